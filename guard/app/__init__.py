@@ -1,0 +1,4 @@
+"""
+The composition root: configuration, service wiring and the command line.
+Nothing in guard.core or guard.edges imports from here.
+"""
