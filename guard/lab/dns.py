@@ -1,0 +1,126 @@
+"""
+A loopback DNS responder for the lab: it tells each Prosody where the other
+side's XMPP domains live, so that the lab can point red at blue directly, at
+a dumb relay, or at the guard, without touching /etc/hosts.
+
+For every domain in its table it answers ``_xmpp-server._tcp.<domain>`` SRV
+(target ``<domain>``, the table's port) and ``<domain>`` A (the table's
+address); other record types of those names get an empty answer; every other
+name gets NXDOMAIN.
+
+Run it as a process::
+
+    python -m guard.lab.dns --listen 127.0.1.53 --port 5300 \\
+        --domain blue.example=127.0.3.1:5269 --domain red.example=127.0.3.2:5269
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import dataclass
+from typing import Mapping, Sequence
+
+from twisted.internet import defer
+from twisted.names import common, dns, server
+
+SRV_PREFIX = "_xmpp-server._tcp."
+TTL = 5
+
+
+@dataclass(frozen=True)
+class ServerAddress:
+    """Where the servers of one domain accept S2S connections."""
+
+    host: str
+    port: int
+
+    @classmethod
+    def parse(cls, text: str) -> "ServerAddress":
+        host, _, port = text.rpartition(":")
+        if not host or not port.isdigit():
+            raise ValueError(f"expected address:port, got {text!r}")
+        return cls(host, int(port))
+
+
+def parse_domain_argument(text: str) -> tuple[str, ServerAddress]:
+    """Parse ``domain=address:port``."""
+    domain, separator, address = text.partition("=")
+    if not separator or not domain:
+        raise argparse.ArgumentTypeError(f"expected domain=address:port, got {text!r}")
+    try:
+        return domain.lower().rstrip("."), ServerAddress.parse(address)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from error
+
+
+def answer_for(
+    table: Mapping[str, ServerAddress], name: str, record_type: int
+) -> list[dns.RRHeader] | None:
+    """The answer records for one question, or None when the name does not exist."""
+    name = name.lower().rstrip(".")
+    if name.startswith(SRV_PREFIX) and name[len(SRV_PREFIX):] in table:
+        domain = name[len(SRV_PREFIX):]
+        if record_type != dns.SRV:
+            return []
+        record = dns.Record_SRV(priority=0, weight=5, port=table[domain].port, target=domain, ttl=TTL)
+        return [dns.RRHeader(name=name, type=dns.SRV, ttl=TTL, payload=record, auth=True)]
+    if name in table:
+        if record_type != dns.A:
+            return []
+        record = dns.Record_A(address=table[name].host, ttl=TTL)
+        return [dns.RRHeader(name=name, type=dns.A, ttl=TTL, payload=record, auth=True)]
+    return None
+
+
+class LabTableResolver(common.ResolverBase):
+    """An authoritative resolver answering only from the lab's table."""
+
+    def __init__(self, table: Mapping[str, ServerAddress]):
+        super().__init__()
+        self.table = dict(table)
+
+    def _lookup(self, name, cls, type, timeout):  # noqa: A002 - Twisted's signature
+        if isinstance(name, bytes):
+            name = name.decode("ascii", "replace")
+        if cls != dns.IN:
+            return defer.fail(dns.DomainError(name))
+        answers = answer_for(self.table, name, type)
+        if answers is None:
+            return defer.fail(dns.AuthoritativeDomainError(name))
+        return defer.succeed((answers, [], []))
+
+
+def listen(reactor, table: Mapping[str, ServerAddress], interface: str, port: int):
+    """Listen for DNS on UDP and TCP; return the two listening ports."""
+    factory = server.DNSServerFactory(authorities=[LabTableResolver(table)])
+    udp = reactor.listenUDP(port, dns.DNSDatagramProtocol(factory), interface=interface)
+    tcp = reactor.listenTCP(port, factory, interface=interface)
+    return udp, tcp
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m guard.lab.dns", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--listen", default="127.0.1.53", help="address to bind (UDP and TCP)")
+    parser.add_argument("--port", type=int, default=5300)
+    parser.add_argument(
+        "--domain",
+        action="append",
+        type=parse_domain_argument,
+        default=[],
+        metavar="DOMAIN=ADDRESS:PORT",
+        help="a domain and where its S2S server listens (repeatable)",
+    )
+    arguments = parser.parse_args(argv)
+    table = dict(arguments.domain)
+
+    from twisted.internet import reactor  # composition root of this small process
+
+    listen(reactor, table, arguments.listen, arguments.port)
+    print(f"lab dns listening on {arguments.listen}:{arguments.port} for {sorted(table)}", flush=True)
+    reactor.run()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
