@@ -1,0 +1,87 @@
+"""
+Addressing checks: the first thing every stanza meets, before any policy.
+
+A stanza received on a stream from side S is acceptable only when its
+``from`` is a well-formed JID whose domain the peer authenticated on that
+stream, and its ``to`` is a well-formed JID whose domain the guard fronts on
+S (a domain hosted on the far side) and which was authenticated as a
+receiving domain for that sender.  Anything else is refused with the RFC 6120
+stream error condition that names the fault; nothing malformed passes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from twisted.words.protocols.jabber import jid
+
+STANZA_NAMES = frozenset({"message", "presence", "iq"})
+
+
+@dataclass(frozen=True)
+class Addressed:
+    """A stanza whose addressing holds: who sent it, to whom, between which domains."""
+
+    sender: jid.JID
+    recipient: jid.JID
+
+    @property
+    def pair(self) -> tuple[str, str]:
+        return (self.sender.host, self.recipient.host)
+
+
+@dataclass(frozen=True)
+class Misaddressed:
+    """A stanza refused before judgement; ``condition`` is the stream error to send."""
+
+    condition: str
+    text: str
+
+
+def parse_jid(text: str | None) -> jid.JID | None:
+    """The JID in ``text``, or None when it is absent or malformed (stringprep and length checks)."""
+    if not text:
+        return None
+    try:
+        parsed = jid.JID(text)
+    except (jid.InvalidFormat, UnicodeError, ValueError):
+        return None
+    if not parsed.host or len(parsed.host.encode("utf-8")) > 1023:
+        return None
+    if parsed.user is not None and (not parsed.user or len(parsed.user.encode("utf-8")) > 1023):
+        return None
+    if parsed.resource is not None and (not parsed.resource or len(parsed.resource.encode("utf-8")) > 1023):
+        return None
+    return parsed
+
+
+def check_addressing(stanza, authenticated_pairs, fronted_domains) -> Addressed | Misaddressed:
+    """
+    Decide whether ``stanza`` may be judged at all.
+
+    ``authenticated_pairs`` is the set of (sending domain, receiving domain)
+    pairs the peer authenticated on this stream; ``fronted_domains`` the
+    domains the guard stands in for on this side.
+    """
+    if stanza.name not in STANZA_NAMES or stanza.uri != "jabber:server":
+        return Misaddressed("unsupported-stanza-type", f"{stanza.uri} {stanza.name} is not a stanza")
+    raw_from = stanza.getAttribute("from")
+    raw_to = stanza.getAttribute("to")
+    if not raw_from or not raw_to:
+        return Misaddressed("improper-addressing", "from and to are required on server streams")
+    sender = parse_jid(raw_from)
+    if sender is None:
+        return Misaddressed("invalid-from", "malformed from address")
+    recipient = parse_jid(raw_to)
+    if recipient is None:
+        return Misaddressed("improper-addressing", "malformed to address")
+    if not any(sender.host == sending for sending, _ in authenticated_pairs):
+        return Misaddressed("invalid-from", f"{sender.host} is not authenticated on this stream")
+    if recipient.host not in fronted_domains:
+        return Misaddressed("host-unknown", f"{recipient.host} is not served through this guard")
+    if (sender.host, recipient.host) not in authenticated_pairs:
+        return Misaddressed(
+            "improper-addressing",
+            f"{sender.host} did not authenticate to {recipient.host} on this stream",
+        )
+    return Addressed(sender, recipient)

@@ -1,0 +1,46 @@
+"""
+Every limit the guard enforces, with its default.  Each one is checked by the
+code named beside it and has a test; a limit that is declared here and not
+enforced is a defect.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+
+@dataclass(frozen=True)
+class Limits:
+    # Enforced by the stream parser (guard.edges.xmlstream.ParserLimits).
+    stanza_bytes: int = 512 * 1024
+    element_depth: int = 48
+    attributes_per_element: int = 64
+    attribute_value_bytes: int = 16 * 1024
+    children_per_stanza: int = 5000
+    header_bytes: int = 4096
+    # Enforced by InboundStream before a stream is authenticated.
+    preauth_bytes: int = 8 * 1024
+    preauth_elements: int = 32
+    # Enforced by the relay's outbound links: stanzas waiting for one domain pair.
+    outbound_queue: int = 1000
+    # Seconds, enforced by the stream machines with the injected clock.
+    connect_timeout: float = 10.0
+    tls_timeout: float = 10.0
+    auth_timeout: float = 30.0
+    idle_timeout: float = 900.0
+
+    def parser_limits(self):
+        from guard.edges.xmlstream import ParserLimits
+
+        return ParserLimits(
+            stanza_bytes=self.stanza_bytes,
+            element_depth=self.element_depth,
+            attributes_per_element=self.attributes_per_element,
+            attribute_value_bytes=self.attribute_value_bytes,
+            children_per_stanza=self.children_per_stanza,
+            header_bytes=self.header_bytes,
+        )
+
+    @classmethod
+    def names(cls) -> tuple[str, ...]:
+        return tuple(f.name for f in fields(cls))

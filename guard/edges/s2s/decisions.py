@@ -1,0 +1,118 @@
+"""
+Decisions S2S streams take about what peers send during negotiation.  Pure
+functions: facts in, a refusal (stream error condition and text) or None out.
+The stream machines act on the answer; they never decide themselves.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from guard.core.addressing import parse_jid
+
+from .wire import SERVER_NS, STREAMS_NS
+
+
+@dataclass(frozen=True)
+class Refusal:
+    condition: str
+    text: str
+
+
+def _domain(text: str | None) -> str | None:
+    parsed = parse_jid(text)
+    if parsed is None or parsed.user is not None or parsed.resource is not None:
+        return None
+    return parsed.host
+
+
+def refuse_inbound_header(header, fronted: frozenset[str], hosted: frozenset[str],
+                          previous=None) -> Refusal | None:
+    """Whether a peer's stream header must be refused (RFC 6120 section 4.7-4.9)."""
+    if header.name != "stream" or header.uri != STREAMS_NS:
+        return Refusal("invalid-namespace", "the root must be {http://etherx.jabber.org/streams}stream")
+    if header.default_namespace != SERVER_NS:
+        return Refusal("invalid-namespace", "server streams use the jabber:server namespace")
+    if header.prefixes.get("stream") not in (None, STREAMS_NS):
+        return Refusal("bad-namespace-prefix", "the stream prefix is bound to the wrong namespace")
+    version = header.attributes.get("version")
+    if version is None or not _version_at_least_one(version):
+        return Refusal("unsupported-version", "version 1.0 or later is required")
+    receiver = _domain(header.attributes.get("to"))
+    if receiver is None:
+        return Refusal("host-unknown", "the stream is not addressed to a domain")
+    if receiver not in fronted:
+        return Refusal("host-unknown", f"{receiver} is not served through this guard")
+    sender = _domain(header.attributes.get("from"))
+    if sender is None:
+        return Refusal("invalid-from", "the stream header needs a from domain")
+    if sender not in hosted:
+        return Refusal("invalid-from", f"{sender} is not a domain of this side")
+    if previous is not None:
+        if previous.attributes.get("to") != header.attributes.get("to"):
+            return Refusal("host-unknown", "the restarted stream changed its to address")
+        if previous.attributes.get("from") != header.attributes.get("from"):
+            return Refusal("invalid-from", "the restarted stream changed its from address")
+    return None
+
+
+def _version_at_least_one(version: str) -> bool:
+    major, _, minor = version.partition(".")
+    if not major.isdigit() or (minor and not minor.isdigit()):
+        return False
+    return int(major) >= 1
+
+
+def refuse_outbound_header(header, expected_sender: str, previous=None) -> Refusal | None:
+    """Whether the header a far server answered with must be refused."""
+    if header.name != "stream" or header.uri != STREAMS_NS:
+        return Refusal("invalid-namespace", "the root must be {http://etherx.jabber.org/streams}stream")
+    if header.default_namespace != SERVER_NS:
+        return Refusal("invalid-namespace", "server streams use the jabber:server namespace")
+    version = header.attributes.get("version")
+    if version is None or not _version_at_least_one(version):
+        return Refusal("unsupported-version", "version 1.0 or later is required")
+    if not header.attributes.get("id"):
+        return Refusal("invalid-xml", "the stream header needs an id")
+    sender = header.attributes.get("from")
+    if sender is not None and _domain(sender) != expected_sender:
+        return Refusal("invalid-from", f"expected {expected_sender}, got {sender}")
+    return None
+
+
+def refuse_dialback_request(element, stream_header, fronted: frozenset[str],
+                            hosted: frozenset[str]) -> Refusal | None:
+    """Whether a <db:result/> asking us to verify a peer must be refused outright."""
+    receiver = _domain(element.getAttribute("to"))
+    sender = _domain(element.getAttribute("from"))
+    if receiver is None or sender is None:
+        return Refusal("improper-addressing", "dialback needs from and to domains")
+    if receiver not in fronted:
+        return Refusal("host-unknown", f"{receiver} is not served through this guard")
+    if sender not in hosted:
+        return Refusal("invalid-from", f"{sender} is not a domain of this side")
+    key = "".join(str(child) for child in element.children if isinstance(child, str)).strip()
+    if not key or len(key) > 1024:
+        return Refusal("bad-format", "a dialback key is required")
+    return None
+
+
+def external_identity(authzid: str | None, stream_header, peer_verdict, hosted: frozenset[str]) -> str | Refusal:
+    """
+    The domain a SASL EXTERNAL exchange authenticates (RFC 6120 6.4.6, XEP-0178),
+    or why it fails: the identity is the stream's from (an authzid must equal
+    it), it must be hosted on this side and the certificate must prove it.
+    """
+    claimed = stream_header.attributes.get("from")
+    if authzid is None:
+        return Refusal("incorrect-encoding", "the authorization identity is not valid base64 UTF-8")
+    if authzid and authzid != claimed:
+        return Refusal("invalid-authzid", "the authorization identity must be the stream's from")
+    if claimed not in hosted:
+        return Refusal("not-authorized", f"{claimed} is not a domain of this side")
+    if peer_verdict is None or not peer_verdict.chain_valid:
+        problem = peer_verdict.problem if peer_verdict is not None else "no certificate"
+        return Refusal("not-authorized", f"certificate refused: {problem}")
+    if not peer_verdict.proves(claimed):
+        return Refusal("not-authorized", f"the certificate's subjectAltName does not name {claimed}")
+    return claimed

@@ -1,0 +1,481 @@
+"""
+The guard as receiving server: one side's server connects, the guard
+negotiates TLS and authentication standing in for a far-side domain, then
+hands every well-addressed stanza to the relay.
+
+The protocol only parses and classifies; ``refuse_*``/``check_addressing``
+decide; the Automat machine holds the lifecycle, named for facts:
+
+    awaiting_header -> awaiting_starttls -> awaiting_secure_header
+      -> awaiting_authentication -> (SASL EXTERNAL) awaiting_authenticated_header -> open
+                                 -> (dialback verified) open
+    any state -> closed
+
+An input a state does not expect closes the stream (fail closed).
+"""
+
+from __future__ import annotations
+
+from automat import MethodicalMachine, NoTransition
+from twisted.internet.protocol import Factory, Protocol
+from twisted.logger import Logger
+
+from guard.core.addressing import Misaddressed, check_addressing
+from guard.core.dialback import key_is_ours
+from guard.edges.xmlstream import StreamFault, StreamParser
+
+from . import wire
+from .decisions import Refusal, external_identity, refuse_dialback_request, refuse_inbound_header
+
+log = Logger()
+
+
+def _text_of(element) -> str:
+    return "".join(child for child in element.children if isinstance(child, str))
+
+
+class InboundStream(Protocol):
+    """One TCP connection from a server on ``side``."""
+
+    _machine = MethodicalMachine()
+
+    def __init__(self, side):
+        self.side = side
+        self.clock = side.clock
+        self.stream_id = wire.new_stream_id()
+        self.first_header = None
+        self.authenticated_pairs: set[tuple[str, str]] = set()
+        self.peer_verdict = None
+        self.header_sent = False
+        self._parser = None
+        self._preauth_bytes = 0
+        self._preauth_elements = 0
+        self._timers = {}
+        self._closing = False
+        self.peer_address = None
+
+    # -- transport events -------------------------------------------------
+
+    def connectionMade(self):
+        self.peer_address = self.transport.getPeer()
+        self._new_parser()
+        self._start_timer("auth", self.side.limits.auth_timeout, "authentication took too long")
+        self.side.inbound_streams.add(self)
+
+    def dataReceived(self, data):
+        if self._closing:
+            return
+        if not self.authenticated_pairs:
+            self._preauth_bytes += len(data)
+            if self._preauth_bytes > self.side.limits.preauth_bytes:
+                self._input(self.fault, "policy-violation", "too much data before authentication")
+                return
+        self._restart_timer("idle")
+        try:
+            self._parser.feed(data)
+        except StreamFault as fault:
+            self._input(self.fault, fault.condition, fault.text)
+
+    def connectionLost(self, reason):
+        for timer in self._timers.values():
+            if timer.active():
+                timer.cancel()
+        self._timers.clear()
+        self.side.inbound_streams.discard(self)
+        self._input(self.connection_lost)
+
+    # -- parser callbacks: classify, decide, feed the machine -----------
+
+    def _new_parser(self):
+        self._parser = StreamParser(self._on_header, self._on_element, self._on_end, self.side.limits.parser_limits())
+
+    def _on_header(self, header):
+        refusal = refuse_inbound_header(
+            header, self.side.fronted, self.side.hosted, previous=self.first_header
+        )
+        if refusal is not None:
+            self._input(self.header_refused, header, refusal.condition, refusal.text)
+        else:
+            self._input(self.header_accepted, header)
+
+    def _on_end(self):
+        self._input(self.peer_closed)
+
+    def _on_element(self, element, size):
+        if not self.authenticated_pairs:
+            self._preauth_elements += 1
+            if self._preauth_elements > self.side.limits.preauth_elements:
+                self._input(self.fault, "policy-violation", "too many elements before authentication")
+                return
+        kind = (element.uri, element.name)
+        if kind == (wire.SERVER_NS, "message") or kind == (wire.SERVER_NS, "presence") or kind == (wire.SERVER_NS, "iq"):
+            self._stanza(element, size)
+        elif kind == (wire.TLS_NS, "starttls"):
+            self._input(self.starttls_requested)
+        elif kind == (wire.SASL_NS, "auth"):
+            self._sasl_auth(element)
+        elif kind == (wire.DIALBACK_NS, "result") and not element.getAttribute("type"):
+            self._dialback_request(element)
+        elif kind == (wire.DIALBACK_NS, "verify") and not element.getAttribute("type"):
+            self._input(self.verify_requested, element)
+        else:
+            self._input(self.fault, "unsupported-stanza-type", f"{element.uri} {element.name} is not accepted here")
+
+    def _stanza(self, element, size):
+        if not self.authenticated_pairs:
+            self._input(self.fault, "not-authorized", "stanza before authentication")
+            return
+        verdict = check_addressing(element, self.authenticated_pairs, self.side.fronted)
+        if isinstance(verdict, Misaddressed):
+            self._input(self.fault, verdict.condition, verdict.text)
+        else:
+            self._input(self.stanza_arrived, element, verdict, size)
+
+    def _sasl_auth(self, element):
+        if self.side.authentication != "certificate":
+            self._input(self.external_refused, "invalid-mechanism", "this side authenticates with dialback")
+            return
+        if element.getAttribute("mechanism") != "EXTERNAL":
+            self._input(self.external_refused, "invalid-mechanism", "only EXTERNAL is offered")
+            return
+        authzid = wire.decode_sasl_external(_text_of(element))
+        identity = external_identity(authzid, self.first_header, self.peer_verdict, self.side.hosted)
+        if isinstance(identity, Refusal):
+            self._input(self.external_refused, identity.condition, identity.text)
+        else:
+            self._input(self.external_accepted, identity)
+
+    def _dialback_request(self, element):
+        if self.side.authentication != "dialback":
+            self._input(self.fault, "not-authorized", "this side authenticates with certificates")
+            return
+        refusal = refuse_dialback_request(element, self.first_header, self.side.fronted, self.side.hosted)
+        if refusal is not None:
+            self._input(self.fault, refusal.condition, refusal.text)
+            return
+        self._input(self.dialback_requested, element)
+
+    # -- machine plumbing ---------------------------------------------------
+
+    def _input(self, method, *args):
+        try:
+            method(*args)
+        except NoTransition as problem:
+            log.info("inbound {peer}: unexpected {problem}", peer=self.peer_address, problem=problem)
+            try:
+                self.unexpected("policy-violation", f"not expected now: {method.__name__}")
+            except NoTransition:
+                self._close_transport()
+
+    def _start_timer(self, name, seconds, text):
+        self._cancel_timer(name)
+        self._timers[name] = self.clock.callLater(seconds, self._input, self.timed_out, "connection-timeout", text)
+
+    def _restart_timer(self, name):
+        timer = self._timers.get(name)
+        if timer is not None and timer.active():
+            timer.reset(self.side.limits.idle_timeout)
+
+    def _cancel_timer(self, name):
+        timer = self._timers.pop(name, None)
+        if timer is not None and timer.active():
+            timer.cancel()
+
+    # -- states -------------------------------------------------------------
+
+    @_machine.state(initial=True)
+    def awaiting_header(self):
+        "Connected; the peer has not opened its stream."
+
+    @_machine.state()
+    def awaiting_starttls(self):
+        "Stream open in the clear; only <starttls/> is acceptable."
+
+    @_machine.state()
+    def awaiting_secure_header(self):
+        "TLS started; the peer must open a new stream over it."
+
+    @_machine.state()
+    def awaiting_authentication(self):
+        "Stream secured; the peer must authenticate by SASL EXTERNAL or dialback."
+
+    @_machine.state()
+    def awaiting_authenticated_header(self):
+        "SASL EXTERNAL succeeded; the peer must restart the stream."
+
+    @_machine.state()
+    def open(self):
+        "At least one domain pair is authenticated; stanzas flow to the relay."
+
+    @_machine.state()
+    def closed(self):
+        "The stream is over; everything is ignored."
+
+    # -- inputs ---------------------------------------------------------------
+
+    @_machine.input()
+    def header_accepted(self, header):
+        "The peer opened a stream the guard will answer."
+
+    @_machine.input()
+    def header_refused(self, header, condition, text):
+        "The peer opened a stream the guard must refuse."
+
+    @_machine.input()
+    def starttls_requested(self):
+        "The peer asked for TLS."
+
+    @_machine.input()
+    def external_accepted(self, domain):
+        "SASL EXTERNAL proved the peer is ``domain``."
+
+    @_machine.input()
+    def external_refused(self, condition, text):
+        "SASL EXTERNAL did not prove the peer's identity."
+
+    @_machine.input()
+    def dialback_requested(self, element):
+        "The peer asked to be verified by dialback (<db:result/> with a key)."
+
+    @_machine.input()
+    def dialback_confirmed(self, sender, receiver):
+        "The authoritative server confirmed the peer's dialback key."
+
+    @_machine.input()
+    def dialback_denied(self, sender, receiver, text):
+        "The authoritative server denied the key, or could not be asked."
+
+    @_machine.input()
+    def verify_requested(self, element):
+        "A far server asks whether a key the guard issued is genuine."
+
+    @_machine.input()
+    def stanza_arrived(self, element, addressed, size):
+        "A well-addressed stanza from an authenticated domain."
+
+    @_machine.input()
+    def fault(self, condition, text):
+        "The peer broke the protocol; the stream ends with this error."
+
+    @_machine.input()
+    def unexpected(self, condition, text):
+        "Something arrived that the current state does not allow."
+
+    @_machine.input()
+    def timed_out(self, condition, text):
+        "A deadline passed."
+
+    @_machine.input()
+    def peer_closed(self):
+        "The peer closed its stream."
+
+    @_machine.input()
+    def shut_down(self):
+        "The guard is stopping."
+
+    @_machine.input()
+    def connection_lost(self):
+        "The TCP connection is gone."
+
+    # -- outputs --------------------------------------------------------------
+
+    @_machine.output()
+    def _answer_header(self, header):
+        if self.first_header is None:
+            self.first_header = header
+        attributes = header.attributes
+        self.transport.write(wire.stream_header(attributes.get("to"), attributes.get("from"), self.stream_id))
+        self.header_sent = True
+
+    @_machine.output()
+    def _refuse_header(self, header, condition, text):
+        self._send_error(condition, text)
+
+    @_machine.output()
+    def _offer_starttls(self, header):
+        self.transport.write(wire.features_starttls_required())
+
+    @_machine.output()
+    def _start_tls(self):
+        receiver = self.first_header.attributes.get("to")
+        identity = self.side.identities[receiver]
+        self.transport.write(wire.PROCEED)
+        self.transport.startTLS(identity.server_options())
+        self._parser.stop()
+        self._new_parser()
+        self.stream_id = wire.new_stream_id()
+        self._start_timer("tls", self.side.limits.tls_timeout, "TLS negotiation took too long")
+
+    @_machine.output()
+    def _offer_authentication(self, header):
+        self._cancel_timer("tls")
+        self.peer_verdict = self.side.anchors.judge_peer(self.transport.getHandle())
+        certificate_mode = self.side.authentication == "certificate"
+        offer_external = certificate_mode and self.peer_verdict.proves(header.attributes.get("from"))
+        if certificate_mode and not offer_external:
+            log.info(
+                "inbound {peer}: certificate does not authenticate {domain}: {problem}",
+                peer=self.peer_address, domain=header.attributes.get("from"),
+                problem=self.peer_verdict.problem or "subjectAltName does not match",
+            )
+        self.transport.write(wire.features_authentication(
+            external=offer_external, dialback=not certificate_mode
+        ))
+
+    @_machine.output()
+    def _succeed_external(self, domain):
+        self.authenticated_pairs.add((domain, self.first_header.attributes.get("to")))
+        self.transport.write(wire.SASL_SUCCESS)
+        self._parser.stop()
+        self._new_parser()
+        self.stream_id = wire.new_stream_id()
+        log.info("inbound {peer}: {domain} authenticated by certificate", peer=self.peer_address, domain=domain)
+
+    @_machine.output()
+    def _fail_external(self, condition, text):
+        log.info("inbound {peer}: SASL EXTERNAL refused: {text}", peer=self.peer_address, text=text)
+        self.transport.write(wire.sasl_failure(condition))
+
+    @_machine.output()
+    def _offer_nothing(self, header):
+        self._cancel_timer("auth")
+        self._start_timer("idle", self.side.limits.idle_timeout, "idle")
+        self.transport.write(wire.features_empty())
+
+    @_machine.output()
+    def _check_dialback(self, element):
+        sender, receiver = element.getAttribute("from"), element.getAttribute("to")
+        checking = self.side.relay.check_dialback(
+            self.side, sender, receiver, self.stream_id, _text_of(element).strip()
+        )
+
+        def checked(valid):
+            if valid:
+                self._input(self.dialback_confirmed, sender, receiver)
+            else:
+                self._input(self.dialback_denied, sender, receiver, "key not confirmed")
+
+        def failed(failure):
+            log.info("inbound {peer}: dialback check failed: {f}", peer=self.peer_address, f=failure.getErrorMessage())
+            self._input(self.dialback_denied, sender, receiver, failure.getErrorMessage())
+
+        checking.addCallbacks(checked, failed)
+
+    @_machine.output()
+    def _confirm_dialback(self, sender, receiver):
+        if not self.authenticated_pairs:
+            self._cancel_timer("auth")
+            self._start_timer("idle", self.side.limits.idle_timeout, "idle")
+        self.authenticated_pairs.add((sender, receiver))
+        self.transport.write(wire.dialback_result(receiver, sender, verdict="valid"))
+        log.info("inbound {peer}: {sender} authenticated by dialback for {receiver}",
+                 peer=self.peer_address, sender=sender, receiver=receiver)
+
+    @_machine.output()
+    def _deny_dialback(self, sender, receiver, text):
+        log.info("inbound {peer}: dialback for {sender} denied: {text}", peer=self.peer_address, sender=sender, text=text)
+        self.transport.write(wire.dialback_result(receiver, sender, verdict="invalid"))
+
+    @_machine.output()
+    def _answer_verify(self, element):
+        asking, claimed = element.getAttribute("from"), element.getAttribute("to")
+        stream_id = element.getAttribute("id") or ""
+        genuine = (
+            asking in self.side.hosted
+            and claimed in self.side.fronted
+            and key_is_ours(self.side.dialback_secret, asking, claimed, stream_id, _text_of(element))
+        )
+        verdict = "valid" if genuine else "invalid"
+        log.info("inbound {peer}: verify for {claimed} asked by {asking}: {verdict}",
+                 peer=self.peer_address, claimed=claimed, asking=asking, verdict=verdict)
+        self.transport.write(wire.dialback_verify(claimed or "", asking or "", stream_id, "", verdict))
+
+    @_machine.output()
+    def _relay(self, element, addressed, size):
+        self.side.relay.stanza_received(self.side, element, addressed, size)
+
+    @_machine.output()
+    def _refuse(self, condition, text):
+        log.info("inbound {peer}: closing with {condition}: {text}", peer=self.peer_address, condition=condition, text=text)
+        self._send_error(condition, text)
+
+    @_machine.output()
+    def _close_cleanly(self):
+        self._closing = True
+        if self.header_sent:
+            self.transport.write(wire.STREAM_CLOSE)
+        self._close_transport()
+
+    @_machine.output()
+    def _announce_shutdown(self):
+        self._send_error("system-shutdown", "the guard is stopping")
+
+    @_machine.output()
+    def _forget(self):
+        self._closing = True
+
+    def _send_error(self, condition, text):
+        self._closing = True
+        if not self.header_sent:
+            fronted = sorted(self.side.fronted)
+            self.transport.write(wire.stream_header(fronted[0] if fronted else None, None, self.stream_id))
+            self.header_sent = True
+        self.transport.write(wire.stream_error(condition, text) + wire.STREAM_CLOSE)
+        self._close_transport()
+
+    def _close_transport(self):
+        self._closing = True
+        if self.transport is not None:
+            self.transport.loseConnection()
+
+    def close_for_shutdown(self):
+        """Tell the peer the guard is stopping and close."""
+        self._input(self.shut_down)
+
+    # -- transitions ------------------------------------------------------------
+
+    awaiting_header.upon(header_accepted, enter=awaiting_starttls, outputs=[_answer_header, _offer_starttls])
+    awaiting_header.upon(header_refused, enter=closed, outputs=[_refuse_header])
+    awaiting_starttls.upon(starttls_requested, enter=awaiting_secure_header, outputs=[_start_tls])
+    awaiting_secure_header.upon(header_accepted, enter=awaiting_authentication,
+                                outputs=[_answer_header, _offer_authentication])
+    awaiting_secure_header.upon(header_refused, enter=closed, outputs=[_refuse_header])
+    awaiting_authentication.upon(external_accepted, enter=awaiting_authenticated_header, outputs=[_succeed_external])
+    awaiting_authentication.upon(external_refused, enter=awaiting_authentication, outputs=[_fail_external])
+    awaiting_authentication.upon(dialback_requested, enter=awaiting_authentication, outputs=[_check_dialback])
+    awaiting_authentication.upon(dialback_confirmed, enter=open, outputs=[_confirm_dialback])
+    awaiting_authentication.upon(dialback_denied, enter=awaiting_authentication, outputs=[_deny_dialback])
+    awaiting_authentication.upon(verify_requested, enter=awaiting_authentication, outputs=[_answer_verify])
+    awaiting_authenticated_header.upon(header_accepted, enter=open, outputs=[_answer_header, _offer_nothing])
+    awaiting_authenticated_header.upon(header_refused, enter=closed, outputs=[_refuse_header])
+    open.upon(stanza_arrived, enter=open, outputs=[_relay])
+    open.upon(dialback_requested, enter=open, outputs=[_check_dialback])
+    open.upon(dialback_confirmed, enter=open, outputs=[_confirm_dialback])
+    open.upon(dialback_denied, enter=open, outputs=[_deny_dialback])
+    open.upon(verify_requested, enter=open, outputs=[_answer_verify])
+
+    for _state in (awaiting_header, awaiting_starttls, awaiting_secure_header, awaiting_authentication,
+                   awaiting_authenticated_header, open):
+        _state.upon(fault, enter=closed, outputs=[_refuse])
+        _state.upon(unexpected, enter=closed, outputs=[_refuse])
+        _state.upon(timed_out, enter=closed, outputs=[_refuse])
+        _state.upon(peer_closed, enter=closed, outputs=[_close_cleanly])
+        _state.upon(shut_down, enter=closed, outputs=[_announce_shutdown])
+        _state.upon(connection_lost, enter=closed, outputs=[_forget])
+    for _input in (header_accepted, header_refused, starttls_requested, external_accepted, external_refused,
+                   dialback_requested, dialback_confirmed, dialback_denied, verify_requested, stanza_arrived,
+                   fault, unexpected, timed_out, peer_closed, shut_down, connection_lost):
+        closed.upon(_input, enter=closed, outputs=[])
+    del _state, _input
+
+
+class InboundFactory(Factory):
+    """Makes an InboundStream for each connection from ``side``'s servers."""
+
+    def __init__(self, side):
+        self.side = side
+
+    def buildProtocol(self, addr):
+        stream = InboundStream(self.side)
+        stream.factory = self
+        return stream

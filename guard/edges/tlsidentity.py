@@ -1,0 +1,198 @@
+"""
+TLS material and peer identity for S2S streams (RFC 6120 section 13.7,
+XEP-0178).
+
+The identity of a peer is taken only from its certificate's subjectAltName:
+dNSName entries (matched with service-identity's rules, wildcards included)
+and id-on-xmppAddr entries (exact domain).  The subject CN is never used.
+A peer's chain is verified against the CA bundle configured for its side,
+after the handshake, so that a stream can report *why* a peer failed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from cryptography import x509
+from cryptography.x509.oid import ExtendedKeyUsageOID
+from OpenSSL import SSL, crypto
+from pyasn1.codec.der import decoder as der_decoder
+from pyasn1.type import char
+from service_identity import VerificationError
+from service_identity.cryptography import verify_certificate_hostname
+from twisted.internet import ssl
+
+XMPP_ADDR_OID = x509.ObjectIdentifier("1.3.6.1.5.5.7.8.5")
+
+
+def load_pem_chain(path: str) -> list[crypto.X509]:
+    """Every certificate in a PEM file, leaf first."""
+    with open(path, "rb") as pem:
+        data = pem.read()
+    return [
+        crypto.X509.from_cryptography(certificate)
+        for certificate in x509.load_pem_x509_certificates(data)
+    ]
+
+
+@dataclass(frozen=True)
+class PeerVerdict:
+    """What a verified peer certificate proves: a trusted chain and the domains it names."""
+
+    chain_valid: bool
+    problem: str | None
+    xmpp_addrs: frozenset[str]
+    dns_names: frozenset[str]
+    certificate: x509.Certificate | None
+
+    def proves(self, domain: str) -> bool:
+        """Whether the certificate authenticates ``domain`` (chain valid and a subjectAltName matches)."""
+        if not self.chain_valid or self.certificate is None:
+            return False
+        if domain in self.xmpp_addrs:
+            return True
+        try:
+            verify_certificate_hostname(self.certificate, domain)
+        except (VerificationError, ValueError):
+            return False
+        return True
+
+
+def certificate_names(certificate: x509.Certificate) -> tuple[frozenset[str], frozenset[str]]:
+    """The XmppAddr and dNSName subjectAltName entries of ``certificate``."""
+    try:
+        names = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return frozenset(), frozenset()
+    xmpp_addrs = set()
+    for other in names.get_values_for_type(x509.OtherName):
+        if other.type_id != XMPP_ADDR_OID:
+            continue
+        try:
+            value, _ = der_decoder.decode(other.value, asn1Spec=char.UTF8String())
+        except Exception:  # noqa: BLE001 - a malformed name proves nothing
+            continue
+        xmpp_addrs.add(str(value).lower())
+    dns_names = frozenset(name.lower() for name in names.get_values_for_type(x509.DNSName))
+    return frozenset(xmpp_addrs), dns_names
+
+
+class TrustAnchors:
+    """The CA bundle that authenticates one side's servers."""
+
+    def __init__(self, ca_path: str):
+        self.path = ca_path
+        self.certificates = load_pem_chain(ca_path)
+        if not self.certificates:
+            raise ValueError(f"{ca_path}: no certificates")
+
+    def _store(self) -> crypto.X509Store:
+        store = crypto.X509Store()
+        for certificate in self.certificates:
+            store.add_cert(certificate)
+        return store
+
+    def judge_peer(self, connection: SSL.Connection | None) -> PeerVerdict:
+        """Verify the chain a peer presented during the handshake on ``connection``."""
+        leaf = connection.get_peer_certificate() if connection is not None else None
+        if leaf is None:
+            return PeerVerdict(False, "no certificate presented", frozenset(), frozenset(), None)
+        chain = connection.get_peer_cert_chain() or []
+        intermediates = [c for c in chain if c.to_cryptography() != leaf.to_cryptography()]
+        certificate = leaf.to_cryptography()
+        xmpp_addrs, dns_names = certificate_names(certificate)
+        try:
+            crypto.X509StoreContext(self._store(), leaf, intermediates).verify_certificate()
+        except crypto.X509StoreContextError as problem:
+            return PeerVerdict(False, f"chain not trusted: {problem}", xmpp_addrs, dns_names, certificate)
+        try:
+            usages = certificate.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+        except x509.ExtensionNotFound:
+            usages = None
+        if usages is not None and ExtendedKeyUsageOID.CLIENT_AUTH not in usages:
+            # This check runs for certificates presented by initiating servers.
+            return PeerVerdict(False, "certificate not valid for clientAuth", xmpp_addrs, dns_names, certificate)
+        return PeerVerdict(True, None, xmpp_addrs, dns_names, certificate)
+
+    def client_trust_root(self):
+        return ssl.trustRootFromCertificates(
+            [ssl.Certificate(certificate) for certificate in self.certificates]
+        )
+
+
+def _harden(context: SSL.Context) -> None:
+    context.set_min_proto_version(SSL.TLS1_2_VERSION)
+    options = SSL.OP_NO_COMPRESSION | SSL.OP_CIPHER_SERVER_PREFERENCE
+    options |= getattr(SSL, "OP_NO_RENEGOTIATION", 0x40000000)
+    context.set_options(options)
+
+
+def _accept_any_chain(connection, certificate, errno, depth, ok):
+    # Chains are judged after the handshake (TrustAnchors.judge_peer) so that
+    # dialback peers with untrusted certificates can still negotiate TLS and a
+    # certificate-mode refusal is a clear SASL failure, not a broken handshake.
+    return True
+
+
+class Identity:
+    """A certificate and key the guard presents on one side for some far-side domains."""
+
+    def __init__(self, domains, certificate_path, key_path, anchors: TrustAnchors):
+        self.domains = frozenset(domains)
+        self.certificate_path = certificate_path
+        self.key_path = key_path
+        chain = load_pem_chain(certificate_path)
+        if not chain:
+            raise ValueError(f"{certificate_path}: no certificates")
+        with open(key_path, "rb") as pem:
+            self._key = crypto.load_privatekey(crypto.FILETYPE_PEM, pem.read())
+        self._leaf, self._extra = chain[0], chain[1:]
+        self._server_context = self._make_server_context(anchors)
+        self._anchors = anchors
+
+    def _make_server_context(self, anchors: TrustAnchors) -> SSL.Context:
+        context = SSL.Context(SSL.TLS_SERVER_METHOD)
+        _harden(context)
+        context.use_certificate(self._leaf)
+        for extra in self._extra:
+            context.add_extra_chain_cert(extra)
+        context.use_privatekey(self._key)
+        context.check_privatekey()
+        context.set_verify(SSL.VERIFY_PEER | SSL.VERIFY_CLIENT_ONCE, _accept_any_chain)
+        for certificate in anchors.certificates:
+            context.add_client_ca(certificate)
+        context.set_session_id(b"xmpp-guard")
+        return context
+
+    def server_options(self):
+        """What startTLS takes when the guard answers as one of ``domains``."""
+        return _FixedContext(self._server_context)
+
+    def client_options(self, server_domain: str):
+        """TLS options for connecting to ``server_domain``'s server, presenting this identity."""
+        client_certificate = ssl.PrivateCertificate.load(
+            crypto.dump_certificate(crypto.FILETYPE_PEM, self._leaf)
+            + crypto.dump_privatekey(crypto.FILETYPE_PEM, self._key),
+            format=crypto.FILETYPE_PEM,
+        )
+        return ssl.optionsForClientTLS(
+            server_domain,
+            trustRoot=self._anchors.client_trust_root(),
+            clientCertificate=client_certificate,
+            extraCertificateOptions={
+                "raiseMinimumTo": ssl.TLSVersion.TLSv1_2,
+                "extraCertChain": [ssl.Certificate(extra) for extra in self._extra],
+            },
+        )
+
+
+class _FixedContext:
+    """An old-style context factory returning one prepared context."""
+
+    isClient = False
+
+    def __init__(self, context):
+        self._context = context
+
+    def getContext(self):
+        return self._context
