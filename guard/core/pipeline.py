@@ -52,6 +52,10 @@ class Judgement:
     rule_rev: int = 1
     condition: str | None = None
     text: str | None = None
+    # What the policy did on the way (e.g. "strip:rule-id", "translate:map",
+    # "fold:profile") and notes for the audit record; both optional.
+    actions: tuple[str, ...] = ()
+    notes: tuple[str, ...] = ()
 
     @classmethod
     def passed(cls, stanza, rule_id, rule_rev=1):
