@@ -1,0 +1,643 @@
+"""
+The hardened incremental parser and the serialiser for XMPP streams.
+
+Every byte a peer sends the guard goes through ``StreamParser``: it accepts
+the restricted XML of RFC 6120 section 11 and nothing else, enforces size,
+depth and count limits while the bytes arrive, and hands each complete
+top-level element (stanza or nonza) to the caller as a ``domish.Element``.
+Anything hostile, broken or outside the limits raises ``StreamFault``
+naming the RFC 6120 stream error to close the stream with; the parser is
+then dead and refuses all later input.
+
+``serialise`` writes an element back as XML text for a stream whose default
+namespace is known, so that the relay never forwards the peer's bytes, only
+what was understood.
+
+How byte counts are kept exact: expat's ``CurrentByteIndex`` gives the
+offset of each start tag.  For an end tag it gives the offset of ``</``; for
+an empty-element tag (``<x/>``) the end event reports the offset just past
+the tag.  The end of a top-level element is therefore the first ``>`` after
+the end event's offset, unless the element has no content and the two bytes
+before that offset are ``/>``.
+"""
+
+from __future__ import annotations
+
+import codecs
+import re
+from dataclasses import dataclass
+from typing import Callable
+
+import pyexpat
+from pyexpat import errors as _expat_errors
+
+from twisted.words.xish import domish
+
+__all__ = [
+    "STREAMS_NS",
+    "XML_NS",
+    "STREAM_ERROR_CONDITIONS",
+    "ParserLimits",
+    "StreamFault",
+    "StreamHeader",
+    "StreamParser",
+    "serialise",
+]
+
+STREAMS_NS = "http://etherx.jabber.org/streams"
+XML_NS = "http://www.w3.org/XML/1998/namespace"
+_XMLNS_NS = "http://www.w3.org/2000/xmlns/"
+
+# RFC 6120 section 4.9.3: the only names a stream error may carry.
+STREAM_ERROR_CONDITIONS = frozenset(
+    {
+        "bad-format",
+        "bad-namespace-prefix",
+        "conflict",
+        "connection-timeout",
+        "host-gone",
+        "host-unknown",
+        "improper-addressing",
+        "internal-server-error",
+        "invalid-from",
+        "invalid-namespace",
+        "invalid-xml",
+        "not-authorized",
+        "not-well-formed",
+        "policy-violation",
+        "remote-connection-failed",
+        "reset",
+        "resource-constraint",
+        "restricted-xml",
+        "see-other-host",
+        "system-shutdown",
+        "undefined-condition",
+        "unsupported-encoding",
+        "unsupported-feature",
+        "unsupported-stanza-type",
+        "unsupported-version",
+    }
+)
+
+# Input is handed to expat in pieces of at most this many bytes, so that the
+# size limits are checked at least this often however large one feed() is.
+_PIECE_BYTES = 64 * 1024
+
+# Bounds on the per-parser name caches (a peer may send endless new names).
+_NAME_CACHE_ENTRIES = 4096
+
+_XML_WHITESPACE = " \t\r\n"
+
+
+@dataclass(frozen=True)
+class ParserLimits:
+    """How much one peer may make the parser hold; every limit is enforced and tested."""
+
+    stanza_bytes: int = 512 * 1024  # bytes of one top-level element, start tag to end tag
+    element_depth: int = 48  # nesting depth inside one stanza (stanza itself = depth 1)
+    attributes_per_element: int = 64  # attributes plus namespace declarations
+    attribute_value_bytes: int = 16 * 1024  # utf-8 bytes of one attribute value (or namespace URI)
+    children_per_stanza: int = 5000  # elements inside one stanza, all levels, stanza excluded
+    header_bytes: int = 4096  # bytes before the stream header's start tag is complete
+
+
+class StreamFault(Exception):
+    """The peer broke the stream; the stream must be closed with this RFC 6120 stream error."""
+
+    def __init__(self, condition: str, text: str) -> None:
+        if condition not in STREAM_ERROR_CONDITIONS:
+            raise ValueError(f"{condition!r} is not an RFC 6120 stream error condition")
+        super().__init__(f"{condition}: {text}")
+        self.condition = condition
+        self.text = text
+
+
+@dataclass(frozen=True)
+class StreamHeader:
+    """What the peer's <stream:stream> start tag said."""
+
+    name: str
+    uri: str
+    default_namespace: str | None
+    prefixes: dict[str, str]
+    attributes: dict[str, str]
+
+
+class _Stopped(Exception):
+    """Raised inside expat callbacks to abandon the rest of the input."""
+
+
+# Expat errors that mean the peer used XML that RFC 6120 section 11 forbids
+# (DTDs, entities) rather than XML that is broken.
+_RESTRICTED_ERRORS = frozenset(
+    _expat_errors.codes[getattr(_expat_errors, name)]
+    for name in (
+        "XML_ERROR_UNDEFINED_ENTITY",
+        "XML_ERROR_RECURSIVE_ENTITY_REF",
+        "XML_ERROR_ASYNC_ENTITY",
+        "XML_ERROR_BINARY_ENTITY_REF",
+        "XML_ERROR_ATTRIBUTE_EXTERNAL_ENTITY_REF",
+        "XML_ERROR_EXTERNAL_ENTITY_HANDLING",
+        "XML_ERROR_ENTITY_DECLARED_IN_PE",
+        "XML_ERROR_NOT_STANDALONE",
+        "XML_ERROR_AMPLIFICATION_LIMIT_BREACH",
+    )
+    if hasattr(_expat_errors, name)
+)
+_ENCODING_ERRORS = frozenset(
+    _expat_errors.codes[getattr(_expat_errors, name)]
+    for name in ("XML_ERROR_UNKNOWN_ENCODING", "XML_ERROR_INCORRECT_ENCODING")
+)
+
+# Declaration handlers we never expect to run (a DOCTYPE is refused first);
+# each one refuses if it ever does.
+_DECLARATION_HANDLERS = (
+    "StartDoctypeDeclHandler",
+    "EntityDeclHandler",
+    "UnparsedEntityDeclHandler",
+    "NotationDeclHandler",
+    "ElementDeclHandler",
+    "AttlistDeclHandler",
+    "SkippedEntityHandler",
+)
+
+
+def _refuse_declaration(*_args: object) -> None:
+    raise StreamFault("restricted-xml", "DTDs and entity declarations are not allowed")
+
+
+def _refuse_external_entity(*_args: object) -> int:
+    raise StreamFault("restricted-xml", "external entities are not allowed")
+
+
+def _refuse_comment(_data: str) -> None:
+    raise StreamFault("restricted-xml", "comments are not allowed")
+
+
+def _refuse_processing_instruction(_target: str, _data: str) -> None:
+    raise StreamFault("restricted-xml", "processing instructions are not allowed")
+
+
+def _check_xml_declaration(version: str, encoding: str | None, _standalone: int) -> None:
+    if encoding is not None and encoding.upper() != "UTF-8":
+        raise StreamFault("unsupported-encoding", f"encoding {encoding!r} is not UTF-8")
+    if version != "1.0":
+        raise StreamFault("not-well-formed", f"XML version {version!r} is not 1.0")
+
+
+class StreamParser:
+    """Turns the bytes of one inbound XML stream into a header, elements and an end."""
+
+    def __init__(
+        self,
+        stream_started: Callable[[StreamHeader], object],
+        element_received: Callable[[domish.Element, int], object],
+        stream_ended: Callable[[], object],
+        limits: ParserLimits = ParserLimits(),
+    ) -> None:
+        """stream_started(header: StreamHeader); element_received(element: domish.Element, size: int)
+        is called for each complete top-level child of the stream (stanzas and nonzas like
+        <starttls/>, <stream:features/>, <db:result/>) with the number of input bytes it took;
+        stream_ended() when </stream:stream> arrives."""
+        self._stream_started = stream_started
+        self._element_received = element_received
+        self._stream_ended = stream_ended
+        self._limits = limits
+
+        self._header: StreamHeader | None = None
+        self._root_default: str | None = None
+        self._root_prefixes: dict[str, str] = {}
+
+        self._stack: list[domish.Element] = []  # open elements of the current stanza
+        self._text: list[str] = []  # character data not yet added to stack[-1]
+        self._stanza_start = 0  # offset of the current stanza's start tag
+        self._stanza_elements = 0  # elements inside the current stanza
+        self._declarations = 0  # namespace declarations on the next start tag
+
+        # Between stanzas: where the last top-level item ended, and where the
+        # next (still incomplete) markup starts, if it has started.
+        self._boundary = 0
+        self._partial_start: int | None = None
+
+        self._fed = 0  # bytes handed to expat so far
+        self._piece = b""  # the bytes expat is parsing now ...
+        self._piece_start = 0  # ... and their offset in the stream
+        self._previous_last_byte = b""  # the byte before self._piece
+
+        self._utf8 = codecs.getincrementaldecoder("utf-8")()
+        self._utf8_pending = False  # the decoder holds part of a character
+
+        self._names: dict[str, tuple[str, str]] = {}
+        self._stopped = False
+        self._dead: StreamFault | None = None
+        self._expat = self._create_expat()
+
+    # -- public -----------------------------------------------------------
+
+    def feed(self, data: bytes) -> None:
+        """Parse more bytes. Raises StreamFault on anything hostile or broken. After a fault, or after
+        stream_ended, further feed() calls raise StreamFault again (the parser is dead).
+        If a callback calls parser.stop(), the parser ignores the rest of this chunk and all later
+        input (used when the stream restarts after STARTTLS/SASL: the protocol then creates a new
+        StreamParser)."""
+        if self._stopped:
+            return
+        if self._dead is not None:
+            raise StreamFault(self._dead.condition, self._dead.text)
+        if not data:
+            return
+        try:
+            self._feed(bytes(data))
+        except _Stopped:
+            return
+        except StreamFault as fault:
+            self._die(fault)
+            raise
+        except pyexpat.ExpatError as error:
+            fault = self._translate(error)
+            self._die(fault)
+            raise fault from None
+        except BaseException:
+            # A callback (or this parser) failed: nothing more is parsed.
+            self._die(StreamFault("internal-server-error", "the stream could not be processed"))
+            raise
+
+    def stop(self) -> None:
+        """Ignore the rest of the current chunk and all later input."""
+        self._stopped = True
+
+    # -- feeding ----------------------------------------------------------
+
+    def _create_expat(self) -> pyexpat.XMLParserType:
+        expat = pyexpat.ParserCreate(encoding="UTF-8", namespace_separator=" ")
+        expat.SetParamEntityParsing(pyexpat.XML_PARAM_ENTITY_PARSING_NEVER)
+        expat.buffer_text = True
+        expat.buffer_size = 64 * 1024
+        expat.StartElementHandler = self._on_start
+        expat.EndElementHandler = self._on_end
+        expat.CharacterDataHandler = self._on_text
+        expat.StartNamespaceDeclHandler = self._on_namespace
+        expat.XmlDeclHandler = _check_xml_declaration
+        expat.CommentHandler = _refuse_comment
+        expat.ProcessingInstructionHandler = _refuse_processing_instruction
+        expat.ExternalEntityRefHandler = _refuse_external_entity
+        for name in _DECLARATION_HANDLERS:
+            setattr(expat, name, _refuse_declaration)
+        return expat
+
+    def _die(self, fault: StreamFault) -> None:
+        self._dead = fault
+        self._expat = None
+        self._stack = []
+        self._text = []
+        self._piece = b""
+
+    def _feed(self, data: bytes) -> None:
+        if self._fed < 4:
+            self._check_stream_start(data)
+        invalid_at = None
+        if self._utf8_pending or not data.isascii():
+            invalid_at = self._check_utf8(data)
+            if invalid_at is not None:
+                data = data[:invalid_at]
+        while data:
+            size = _PIECE_BYTES
+            if self._header is None:
+                size = min(size, self._limits.header_bytes - self._fed)
+                if size <= 0:
+                    raise StreamFault("policy-violation", "stream header too large")
+            piece, data = data[:size], data[size:]
+            self._parse_piece(piece)
+        if invalid_at is not None:
+            raise StreamFault("unsupported-encoding", "the stream is not valid UTF-8")
+
+    def _check_stream_start(self, data: bytes) -> None:
+        """A stream in UTF-16 or UTF-32 shows itself in its first bytes."""
+        head = data[: 4 - self._fed]
+        if self._fed == 0 and head[:2] in (b"\xfe\xff", b"\xff\xfe"):
+            raise StreamFault("unsupported-encoding", "UTF-16 streams are not supported")
+        if b"\x00" in head:
+            raise StreamFault("unsupported-encoding", "the stream is not UTF-8")
+
+    def _check_utf8(self, data: bytes) -> int | None:
+        """The offset in data of the first byte that breaks UTF-8, or None."""
+        held = len(self._utf8.getstate()[0])
+        try:
+            self._utf8.decode(data)
+        except UnicodeDecodeError as error:
+            return max(0, error.start - held)
+        self._utf8_pending = bool(self._utf8.getstate()[0])
+        return None
+
+    def _parse_piece(self, piece: bytes) -> None:
+        limits = self._limits
+        start = self._fed
+        self._piece = piece
+        self._piece_start = start
+        self._expat.Parse(piece, False)
+        end = self._fed = start + len(piece)
+        self._previous_last_byte = piece[-1:]
+
+        if self._stack:
+            if end - self._stanza_start > limits.stanza_bytes:
+                raise StreamFault("policy-violation", "stanza too large")
+        elif self._header is not None:
+            if self._partial_start is None:
+                found = piece.find(b"<", max(0, self._boundary - start))
+                if found >= 0:
+                    self._partial_start = start + found
+            if self._partial_start is not None and end - self._partial_start > limits.stanza_bytes:
+                raise StreamFault("policy-violation", "stanza too large")
+        elif end >= limits.header_bytes:
+            raise StreamFault("policy-violation", "stream header too large")
+
+    def _translate(self, error: pyexpat.ExpatError) -> StreamFault:
+        message = _expat_errors.messages[error.code]
+        if message in _RESTRICTED_ERRORS:
+            return StreamFault("restricted-xml", str(error))
+        if message in _ENCODING_ERRORS:
+            return StreamFault("unsupported-encoding", str(error))
+        if self._looks_like_declaration(error):
+            return StreamFault("restricted-xml", f"markup declarations are not allowed ({error})")
+        return StreamFault("not-well-formed", str(error))
+
+    def _looks_like_declaration(self, error: pyexpat.ExpatError) -> bool:
+        """Whether expat stopped just after a ``<!`` that opens neither a comment nor CDATA."""
+        if self._expat is None:
+            return False
+        at = self._expat.ErrorByteIndex - self._piece_start
+        if at < 2 or at > len(self._piece):
+            return False
+        return self._piece[at - 2 : at] == b"<!" and self._piece[at : at + 1].isalpha()
+
+    # -- expat callbacks --------------------------------------------------
+
+    def _split(self, name: str) -> tuple[str, str]:
+        names = self._names
+        split = names.get(name)
+        if split is None:
+            uri, _, local = name.rpartition(" ")
+            split = (uri, local)
+            if len(names) >= _NAME_CACHE_ENTRIES:
+                names.clear()
+                self._expat.intern.clear()
+            names[name] = split
+        return split
+
+    def _on_namespace(self, prefix: str | None, uri: str | None) -> None:
+        limits = self._limits
+        self._declarations += 1
+        if self._declarations > limits.attributes_per_element:
+            raise StreamFault("policy-violation", "too many attributes")
+        uri = uri or ""
+        if len(uri) > limits.attribute_value_bytes // 4 and (
+            len(uri.encode("utf-8")) > limits.attribute_value_bytes
+        ):
+            raise StreamFault("policy-violation", "namespace name too long")
+        if self._header is None:
+            if prefix is None:
+                self._root_default = uri
+            else:
+                self._root_prefixes[prefix] = uri
+
+    def _check_attributes(self, attributes: dict[str, str]) -> None:
+        limits = self._limits
+        if len(attributes) + self._declarations > limits.attributes_per_element:
+            raise StreamFault("policy-violation", "too many attributes")
+        self._declarations = 0
+        quick = limits.attribute_value_bytes // 4
+        for value in attributes.values():
+            if len(value) > quick and len(value.encode("utf-8")) > limits.attribute_value_bytes:
+                raise StreamFault("policy-violation", "attribute value too long")
+
+    def _on_start(self, name: str, attributes: dict[str, str]) -> None:
+        self._check_attributes(attributes)
+        if self._header is None:
+            self._start_stream(name, attributes)
+            return
+        uri, local = self._split(name)
+        if local == "stream" and uri == STREAMS_NS:
+            raise StreamFault("not-well-formed", "nested stream header")
+        for key in attributes:
+            if " " in key:
+                attributes = self._qualify(attributes)
+                break
+        element = domish.Element((uri, local), uri, attributes)
+        stack = self._stack
+        if stack:
+            if len(stack) >= self._limits.element_depth:
+                raise StreamFault("policy-violation", "elements nested too deeply")
+            self._stanza_elements += 1
+            if self._stanza_elements > self._limits.children_per_stanza:
+                raise StreamFault("policy-violation", "too many elements in one stanza")
+            parent = stack[-1]
+            if self._text:
+                parent.children.append("".join(self._text))
+                self._text.clear()
+            parent.children.append(element)
+            element.parent = parent
+        else:
+            self._stanza_start = self._expat.CurrentByteIndex
+            self._stanza_elements = 0
+        stack.append(element)
+
+    def _qualify(self, attributes: dict[str, str]) -> dict[str, str]:
+        qualified = {}
+        for key, value in attributes.items():
+            if " " in key:
+                qualified[self._split(key)] = value
+            else:
+                qualified[key] = value
+        return qualified
+
+    def _start_stream(self, name: str, attributes: dict[str, str]) -> None:
+        uri, _, local = name.rpartition(" ")
+        if uri != STREAMS_NS or local != "stream":
+            raise StreamFault("invalid-namespace", f"the stream root is {{{uri}}}{local}, not a stream")
+        plain = {}
+        for key, value in attributes.items():
+            if " " not in key:
+                plain[key] = value
+            elif key == XML_NS + " lang":
+                plain["xml:lang"] = value
+        header = StreamHeader(
+            name=local,
+            uri=uri,
+            default_namespace=self._root_default,
+            prefixes=dict(self._root_prefixes),
+            attributes=plain,
+        )
+        self._header = header
+        self._boundary = self._expat.CurrentByteIndex + 1
+        self._partial_start = None
+        self._stream_started(header)
+        if self._stopped:
+            raise _Stopped()
+
+    def _on_text(self, data: str) -> None:
+        if self._stack:
+            self._text.append(data)
+        elif data.strip(_XML_WHITESPACE):
+            raise StreamFault("bad-format", "text directly inside the stream")
+
+    def _on_end(self, name: str) -> None:
+        stack = self._stack
+        if not stack:
+            self._end_stream()
+            return
+        element = stack[-1]
+        if self._text:
+            element.children.append("".join(self._text))
+            self._text.clear()
+        stack.pop()
+        if stack:
+            return
+        end = self._element_end(element)
+        size = end - self._stanza_start
+        if size > self._limits.stanza_bytes:
+            raise StreamFault("policy-violation", "stanza too large")
+        self._boundary = end
+        self._partial_start = None
+        self._element_received(element, size)
+        if self._stopped:
+            raise _Stopped()
+
+    def _element_end(self, element: domish.Element) -> int:
+        """The stream offset just past the end of the top-level element closing now."""
+        at = self._expat.CurrentByteIndex
+        start = self._piece_start
+        if not element.children:
+            before = at - 2 - start
+            slash = self._piece[before : before + 1] if before >= 0 else self._previous_last_byte
+            if before >= -1 and slash == b"/":
+                return at  # an empty-element tag: expat reports the offset past it
+        found = self._piece.find(b">", max(0, at - start))
+        if found < 0:
+            raise StreamFault("internal-server-error", "lost track of the stream position")
+        return start + found + 1
+
+    def _end_stream(self) -> None:
+        self._dead = StreamFault("not-well-formed", "data after the end of the stream")
+        self._stream_ended()
+        raise _Stopped()
+
+
+# -- serialising ----------------------------------------------------------
+
+_FORBIDDEN = "\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff"
+_FORBIDDEN_CHARACTER = re.compile(f"[{_FORBIDDEN}]")
+_TEXT_SPECIAL = re.compile(f"[&<>\r{_FORBIDDEN}]")
+_ATTRIBUTE_SPECIAL = re.compile(f"[&<>\"\t\n\r{_FORBIDDEN}]")
+
+_NAME_START = (
+    "A-Z_a-z\xc0-\xd6\xd8-\xf6\xf8-\u02ff\u0370-\u037d\u037f-\u1fff\u200c\u200d"
+    "\u2070-\u218f\u2c00-\u2fef\u3001-\ud7ff\uf900-\ufdcf\ufdf0-\ufffd\U00010000-\U000effff"
+)
+_NAME_REST = _NAME_START + r"\-.0-9\xb7\u0300-\u036f\u203f-\u2040"
+_NCNAME = re.compile(f"[{_NAME_START}][{_NAME_REST}]*")
+
+_valid_names: dict[str, bool] = {}
+
+
+def _check_name(name: object) -> str:
+    """The name if it can be written as an unprefixed XML name, else ValueError."""
+    if _valid_names.get(name):  # type: ignore[call-overload]
+        return name  # type: ignore[return-value]
+    if name.__class__ is not str or not _NCNAME.fullmatch(name) or name == "xmlns":
+        raise ValueError(f"{name!r} cannot be serialised as an XML name")
+    if len(_valid_names) >= _NAME_CACHE_ENTRIES:
+        _valid_names.clear()
+    _valid_names[name] = True
+    return name
+
+
+def _escape_text(text: object) -> str:
+    if text.__class__ is not str:
+        raise TypeError(f"cannot serialise {type(text).__name__} as text")
+    if _TEXT_SPECIAL.search(text) is None:  # type: ignore[arg-type]
+        return text  # type: ignore[return-value]
+    if _FORBIDDEN_CHARACTER.search(text) is not None:  # type: ignore[arg-type]
+        raise ValueError("text holds a character XML 1.0 forbids")
+    return (
+        text.replace("&", "&amp;")  # type: ignore[union-attr]
+        .replace("<", "&lt;")
+        .replace(">", "&gt;")
+        .replace("\r", "&#13;")
+    )
+
+
+def _escape_attribute(value: object) -> str:
+    if value.__class__ is not str:
+        raise TypeError(f"cannot serialise {type(value).__name__} as an attribute value")
+    if _ATTRIBUTE_SPECIAL.search(value) is None:  # type: ignore[arg-type]
+        return value  # type: ignore[return-value]
+    if _FORBIDDEN_CHARACTER.search(value) is not None:  # type: ignore[arg-type]
+        raise ValueError("attribute value holds a character XML 1.0 forbids")
+    return (
+        value.replace("&", "&amp;")  # type: ignore[union-attr]
+        .replace("<", "&lt;")
+        .replace(">", "&gt;")
+        .replace('"', "&quot;")
+        .replace("\t", "&#9;")
+        .replace("\n", "&#10;")
+        .replace("\r", "&#13;")
+    )
+
+
+def _write(element: domish.Element, namespace: str, out: list[str]) -> None:
+    name = _check_name(element.name)
+    out.append("<" + name)
+    uri = element.uri
+    if uri is not None and uri != namespace:
+        if uri in (XML_NS, _XMLNS_NS):
+            raise ValueError(f"an element cannot be in the namespace {uri}")
+        out.append(' xmlns="' + _escape_attribute(uri) + '"')
+        namespace = uri
+    prefixes: dict[str, str] | None = None
+    for key, value in element.attributes.items():
+        if key.__class__ is str:
+            attribute = _check_name(key)
+        else:
+            attribute_uri, local = key
+            _check_name(local)
+            if not attribute_uri:
+                if local in element.attributes:
+                    raise ValueError(f"attribute {local!r} appears twice")
+                attribute = local
+            elif attribute_uri == XML_NS:
+                attribute = "xml:" + local
+            elif attribute_uri == _XMLNS_NS:
+                raise ValueError("namespace declarations cannot be attributes")
+            else:
+                if prefixes is None:
+                    prefixes = {}
+                prefix = prefixes.get(attribute_uri)
+                if prefix is None:
+                    prefix = prefixes[attribute_uri] = f"ns{len(prefixes)}"
+                    out.append(f' xmlns:{prefix}="{_escape_attribute(attribute_uri)}"')
+                attribute = f"{prefix}:{local}"
+        out.append(f' {attribute}="{_escape_attribute(value)}"')
+    children = element.children
+    if not children:
+        out.append("/>")
+        return
+    out.append(">")
+    for child in children:
+        if child.__class__ is str:
+            out.append(_escape_text(child))
+        elif isinstance(child, domish.Element):
+            _write(child, namespace, out)
+        else:
+            raise TypeError(f"cannot serialise {type(child).__name__} as XML")
+    out.append(f"</{name}>")
+
+
+def serialise(element: domish.Element, default_namespace: str = "jabber:server") -> str:
+    """The element as XML text for a stream whose default namespace is default_namespace:
+    no xmlns attribute where the element is in default_namespace, prefix-free otherwise (xmlns="..."
+    on the element that changes namespace), attribute and text escaping correct (&, <, >, ", and
+    the characters XML 1.0 forbids never appear: they cannot, since the parser never yields them).
+    Output must re-parse to an equal tree."""
+    out: list[str] = []
+    _write(element, default_namespace, out)
+    return "".join(out)
