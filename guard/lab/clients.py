@@ -351,6 +351,11 @@ class LabClient:
             raise ClientError(f"{self.jid} is not connected")
         return self.xmpp
 
+    def send_xml(self, xml: str) -> None:
+        """Send one stanza written exactly as it should look on the wire (jabber:client)."""
+        xmpp = self._xmpp()
+        self.loop.loop.call_soon_threadsafe(lambda: xmpp.send_raw(xml))
+
     def send_message(self, to: str, body: str, type: str = "chat") -> None:
         xmpp = self._xmpp()
         self.loop.loop.call_soon_threadsafe(lambda: xmpp.send_message(mto=to, mbody=body, mtype=type))
@@ -391,7 +396,7 @@ class LabClient:
         xmpp = self._xmpp()
 
         async def ask():
-            iq = await xmpp["xep_0092"].get_version(JID(to), timeout=timeout)
+            iq = await xmpp.plugin["xep_0092"].get_version(JID(to), timeout=timeout)
             version = iq["software_version"]
             return {"name": version["name"], "version": version["version"]}
 
@@ -403,7 +408,7 @@ class LabClient:
 
         async def ask():
             started = time.perf_counter()
-            await xmpp["xep_0199"].send_ping(JID(to), timeout=timeout)
+            await xmpp.plugin["xep_0199"].send_ping(JID(to), timeout=timeout)
             return time.perf_counter() - started
 
         return self._iq(ask, timeout, f"ping {to}")
@@ -414,7 +419,7 @@ class LabClient:
 
         async def ask():
             try:
-                await xmpp["xep_0092"].get_version(JID(to), timeout=timeout)
+                await xmpp.plugin["xep_0092"].get_version(JID(to), timeout=timeout)
             except IqError as error:
                 return error.iq["error"]["condition"]
             return ""
@@ -436,7 +441,7 @@ class LabClient:
         xmpp = self._xmpp()
 
         async def join():
-            await xmpp["xep_0045"].join_muc_wait(JID(room), nick, maxstanzas=0, timeout=timeout)
+            await xmpp.plugin["xep_0045"].join_muc_wait(JID(room), nick, maxstanzas=0, timeout=timeout)
 
         try:
             self.loop.run(join, timeout + 1)
