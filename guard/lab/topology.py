@@ -220,7 +220,15 @@ class Lab:
 
     def _prosody(self, name: str, domain: str, muc_domain: str, address: str) -> ProsodyServer:
         assert self.pki is not None
-        cafile = self.pki.side_ca(name) if self.mode is Mode.GUARD else self.pki.both_cas
+        # Guard mode: each Prosody trusts only its own side's CA (the guard's
+        # certificates facing it come from there).  Direct/relay: both CAs, so
+        # certificates authenticate end to end -- except in dialback mode, where
+        # each trusts only its own CA so that the peer's certificate does not
+        # validate and genuine dialback (with db:verify callbacks) must run.
+        if self.mode is Mode.GUARD or self.authentication == "dialback":
+            cafile = self.pki.side_ca(name)
+        else:
+            cafile = self.pki.both_cas
         settings = ProsodySettings(
             name=name,
             domain=domain,
