@@ -1,0 +1,262 @@
+"""
+A loaded policy: its rules in order, indexed by kind and domain, and the
+judge that applies them to one stanza.  Built once by the loader and never
+changed afterwards, so that swapping policies is one reference assignment.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+from guard.core.pipeline import Judgement, Verdict
+from guard.core.policy.conditions import DomainIs, KindIs, KINDS, Negated
+from guard.core.policy.elements import clone
+from guard.core.policy.facts import StanzaFacts
+from guard.core.policy.labels import LabelMeaningError, without_labels
+
+RULE_NOT_A_STANZA = "guard:not-a-stanza"
+RULE_BAD_ADDRESS = "guard:bad-address"
+RULE_WRONG_DIRECTION = "guard:wrong-direction"
+RULE_TWO_LABELS = "xep0258:two-labels"
+RULE_LABEL_ON_PRESENCE = "xep0258:label-on-presence"
+RULE_DEFAULT = "default"
+
+INDEX_CACHE_LIMIT = 4096
+
+
+@dataclass(frozen=True)
+class Rule:
+    """One rule: when all ``conditions`` hold, ``verdict`` decides (``continue`` only acts)."""
+
+    id: str
+    rev: int
+    why: str
+    order: int
+    conditions: tuple
+    verdict: str
+    condition: str | None = None
+    text: str | None = None
+    fold: object = None
+    translate: object = None
+    strip: tuple = ()
+    log: str | None = None
+    line: int | None = None
+
+    @property
+    def kinds(self):
+        """The kinds this rule can match (from a positive ``kind`` condition)."""
+        for condition in self.conditions:
+            if isinstance(condition, KindIs):
+                return condition.kinds
+        return KINDS
+
+    def exact_domains(self, side):
+        for condition in self.conditions:
+            if isinstance(condition, DomainIs) and condition.side == side and condition.exact is not None:
+                return condition.exact
+        return None
+
+
+@dataclass
+class Consideration:
+    """How one rule fared against one stanza (for ``explain``)."""
+
+    rule: Rule
+    matched: bool
+    reasons: list = field(default_factory=list)
+
+
+@dataclass
+class Explanation:
+    judgement: Judgement
+    considered: list
+    preliminary: list
+
+
+class CompiledPolicy:
+    """A policy ready to judge stanzas; pure and immutable once built."""
+
+    def __init__(self, name, path, rules, default, labels, folding, translations,
+                 sides=None, description=""):
+        self.name = name
+        self.path = path
+        self.rules = tuple(rules)
+        self.default = default  # (verdict, condition, text)
+        self.labels = labels
+        self.folding = folding
+        self.translations = translations
+        self.sides = sides  # (source, destination) or None
+        self.description = description
+        self._index = self._build_index()
+        self._candidates_cache = {}
+
+    # --- index ---------------------------------------------------------------
+
+    def _build_index(self):
+        index = {}
+        for kind in KINDS:
+            by_to, by_from, general = {}, {}, []
+            for rule in self.rules:
+                if kind not in rule.kinds:
+                    continue
+                to_domains = rule.exact_domains("to")
+                from_domains = rule.exact_domains("from")
+                if to_domains is not None:
+                    for domain in to_domains:
+                        by_to.setdefault(domain, []).append(rule)
+                elif from_domains is not None:
+                    for domain in from_domains:
+                        by_from.setdefault(domain, []).append(rule)
+                else:
+                    general.append(rule)
+            index[kind] = (by_to, by_from, general)
+        return index
+
+    def candidates(self, kind, from_domain, to_domain):
+        """The rules that can possibly match, in file order."""
+        key = (kind, from_domain, to_domain)
+        found = self._candidates_cache.get(key)
+        if found is not None:
+            return found
+        by_to, by_from, general = self._index[kind]
+        merged = {rule.order: rule for rule in general}
+        merged.update((rule.order, rule) for rule in by_to.get(to_domain, ()))
+        merged.update((rule.order, rule) for rule in by_from.get(from_domain, ()))
+        found = tuple(merged[order] for order in sorted(merged))
+        if len(self._candidates_cache) >= INDEX_CACHE_LIMIT:
+            self._candidates_cache.clear()
+        self._candidates_cache[key] = found
+        return found
+
+    # --- judging -------------------------------------------------------------
+
+    def judge(self, stanza, direction):
+        """Decide what becomes of ``stanza`` crossing in ``direction``."""
+        return self._evaluate(stanza, direction, None)
+
+    def explain(self, stanza, direction=None):
+        """Judge ``stanza`` considering every rule in order, recording why each matched or not."""
+        considered, preliminary = [], []
+        judgement = self._evaluate(stanza, direction, (considered, preliminary))
+        return Explanation(judgement, considered, preliminary)
+
+    def _evaluate(self, stanza, direction, trace):
+        if self.sides is not None and direction is not None:
+            if (direction.source, direction.destination) != self.sides:
+                return Judgement.dropped(stanza, RULE_WRONG_DIRECTION,
+                                         text=f"policy {self.name} is for {self.sides[0]}->{self.sides[1]}, not {direction}")
+        facts = StanzaFacts(stanza, self.labels)
+        if facts.kind is None:
+            return Judgement.dropped(stanza, RULE_NOT_A_STANZA, text=f"not a stanza: {stanza.name}")
+        if facts.sender is None or facts.receiver is None:
+            return Judgement.dropped(stanza, RULE_BAD_ADDRESS, text="missing or malformed from/to")
+        marked = facts.stanza_label
+        if marked.count > 1:
+            return self._refuse(facts, RULE_TWO_LABELS, 1, "bad-request",
+                                "more than one security label (XEP-0258)")
+        if marked.present and facts.kind == "presence":
+            # Presence is broadcast: one error per recipient would be noise, so drop.
+            return Judgement.dropped(stanza, RULE_LABEL_ON_PRESENCE,
+                                     text="security label on presence is a protocol violation (XEP-0258)")
+        if trace is not None:
+            trace[1].append(f"kind {facts.kind}, type {facts.type or '(none)'}, "
+                            f"{facts.from_domain} -> {facts.to_domain}")
+            rules = self.rules
+        else:
+            rules = self.candidates(facts.kind, facts.from_domain, facts.to_domain)
+        current, actions, notes = stanza, [], []
+        for rule in rules:
+            if trace is None:
+                matched = all(condition.holds(facts) for condition in rule.conditions)
+            else:
+                reasons = []
+                matched = True
+                for condition in rule.conditions:
+                    held = condition.holds(facts)
+                    reasons.append(("yes " if held else "no  ") + condition.explain(facts))
+                    if not held:
+                        matched = False
+                if not rule.conditions:
+                    reasons.append("yes (no conditions: matches everything)")
+                trace[0].append(_considered(rule, matched, reasons))
+            if not matched:
+                continue
+            if rule.log:
+                notes.append(f"{rule.id}: {rule.log}")
+            if rule.strip:
+                current = clone(current, skip=lambda c, patterns=rule.strip: any(p.matches(c) for p in patterns))
+                actions.append(f"strip:{rule.id}")
+            if rule.verdict == "continue":
+                continue
+            return self._decide(rule, facts, current, actions, notes)
+        verdict, condition, text = self.default
+        return self._finish(facts, RULE_DEFAULT, 1, verdict, current, condition, text, None, None, actions, notes)
+
+    def _decide(self, rule, facts, current, actions, notes):
+        return self._finish(facts, rule.id, rule.rev, rule.verdict, current, rule.condition,
+                            rule.text, rule.fold, rule.translate, actions, notes)
+
+    def _finish(self, facts, rule_id, rev, verdict, current, condition, text, fold, translate, actions, notes):
+        stanza = facts.stanza
+        if verdict == "drop":
+            return _with(Judgement.dropped(stanza, rule_id, rev, text=text), actions, notes)
+        if verdict == "bounce":
+            return _with(self._refuse(facts, rule_id, rev, condition, text), actions, notes)
+        if verdict == "refer":
+            return _with(Judgement.dropped(stanza, rule_id, rev,
+                                           text="refer: no release authority (High Assurance Guard) is configured"),
+                         actions, notes)
+        if verdict not in ("pass", "fold", "translate"):
+            return Judgement.dropped(stanza, rule_id, rev, text=f"unknown verdict {verdict!r}")
+        outgoing = current
+        if facts.is_error:
+            # Errors carry no label and are not label-checked: never let one carry a marking across.
+            outgoing = without_labels(outgoing)
+        elif translate is not None:
+            label, why = facts.label
+            if label is None:
+                return _with(self._refuse(facts, rule_id, rev, "policy-violation",
+                                          f"security label cannot be translated: {why}"), actions, notes)
+            try:
+                relabelled = self.labels.relabelled(facts.stanza_label.element, label, translate)
+            except LabelMeaningError as problem:
+                return _with(self._refuse(facts, rule_id, rev, "policy-violation",
+                                          f"security label cannot be translated: {problem}"), actions, notes)
+            outgoing = without_labels(outgoing)
+            outgoing.addChild(relabelled)
+            actions.append(f"translate:{translate.name}")
+        if fold is not None:
+            folded = fold.fold(outgoing)
+            if folded.stanza is None:
+                return _with(Judgement.dropped(stanza, rule_id, rev, text=f"folded away: {folded.note}"),
+                             actions + [f"fold:{fold.name}"], notes)
+            outgoing = folded.stanza
+            actions.append(f"fold:{fold.name}")
+        return _with(Judgement.passed(outgoing, rule_id, rev), actions, notes)
+
+    def _refuse(self, facts, rule_id, rev, condition, text):
+        """Bounce, except to an error or an iq result, which are dropped instead."""
+        if facts.is_error or (facts.kind == "iq" and facts.type == "result"):
+            return Judgement.dropped(facts.stanza, rule_id, rev,
+                                     text=f"not bounced ({facts.kind} {facts.type}): {text or condition}")
+        return Judgement.bounced(facts.stanza, rule_id, condition or "not-acceptable", text=text, rule_rev=rev)
+
+
+def _considered(rule, matched, reasons):
+    return Consideration(rule, matched, reasons)
+
+
+def _with(judgement, actions, notes):
+    """Attach the actions taken and audit notes, when the Judgement type carries them."""
+    if not actions and not notes:
+        return judgement
+    fields = getattr(judgement, "__dataclass_fields__", {})
+    if "actions" not in fields:
+        return judgement
+
+
+    return dataclasses.replace(judgement, actions=tuple(actions), notes=tuple(notes))
+
+
+__all__ = ["CompiledPolicy", "Rule", "Explanation", "Consideration", "Negated", "Verdict"]

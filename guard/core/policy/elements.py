@@ -1,0 +1,125 @@
+"""
+Small, pure helpers over ``domish`` elements: copying, text, element
+patterns such as ``{urn:xmpp:receipts}*``, and reading a stanza written as
+XML text (policy test cases and ``guard explain``).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from twisted.words.xish import domish
+
+STANZA_NAMESPACES = frozenset({"jabber:server", "jabber:client"})
+STANZA_KINDS = ("message", "presence", "iq")
+
+_PATTERN = re.compile(r"^(?:\{(?P<uri>[^{}\s]+)\})?(?P<name>\*|[^{}/@#\s*]+)$")
+
+
+class ElementPatternError(ValueError):
+    """An element pattern that cannot be read."""
+
+
+@dataclass(frozen=True)
+class ElementPattern:
+    """
+    Names child elements: ``{namespace}name``, ``{namespace}*`` or ``name``
+    (a name without namespace means the stanza's own namespace).
+    """
+
+    uri: str | None
+    name: str
+    text: str
+
+    @classmethod
+    def parse(cls, text: str) -> "ElementPattern":
+        if not isinstance(text, str):
+            raise ElementPatternError(f"element pattern must be a string, not {text!r}")
+        found = _PATTERN.match(text)
+        if found is None:
+            raise ElementPatternError(f"{text!r} is not {{namespace}}name, {{namespace}}* or name")
+        return cls(found.group("uri"), found.group("name"), text)
+
+    def matches(self, element: domish.Element) -> bool:
+        if self.uri is None:
+            if element.uri not in STANZA_NAMESPACES:
+                return False
+        elif element.uri != self.uri:
+            return False
+        return self.name == "*" or element.name == self.name
+
+
+def child_elements(element: domish.Element):
+    """The element children of ``element``, in order (text nodes skipped)."""
+    return [child for child in element.children if isinstance(child, domish.Element)]
+
+
+def text_of(element: domish.Element) -> str:
+    """All text directly inside ``element``, joined."""
+    return "".join(child for child in element.children if isinstance(child, str))
+
+
+def clone(element: domish.Element, skip=None) -> domish.Element:
+    """
+    A deep copy of ``element`` that shares nothing with it.
+
+    ``skip`` (a predicate over direct children) leaves matching children out.
+    """
+    copy = domish.Element(
+        (element.uri, element.name),
+        defaultUri=element.defaultUri,
+        attribs=dict(element.attributes),
+        localPrefixes=dict(element.localPrefixes) if element.localPrefixes else None,
+    )
+    for child in element.children:
+        if isinstance(child, domish.Element):
+            if skip is not None and skip(child):
+                continue
+            copy.addChild(clone(child))
+        else:
+            copy.addContent(child)
+    return copy
+
+
+def qualified_name(element: domish.Element) -> str:
+    """``{namespace}name`` of an element, as patterns write it."""
+    return f"{{{element.uri}}}{element.name}"
+
+
+class StanzaTextError(ValueError):
+    """XML text that is not exactly one well-formed stanza."""
+
+
+MAX_STANZA_TEXT = 256 * 1024
+
+
+def parse_stanza_text(text: str, namespace: str = "jabber:server") -> domish.Element:
+    """
+    Read one stanza written as XML; elements without a namespace are in
+    ``namespace`` (as on an S2S stream).  Raises ``StanzaTextError``.
+    """
+    if not isinstance(text, str):
+        raise StanzaTextError("stanza text must be a string")
+    if len(text) > MAX_STANZA_TEXT:
+        raise StanzaTextError(f"stanza text longer than {MAX_STANZA_TEXT} characters")
+    if "<!" in text or "<?" in text:
+        raise StanzaTextError("no DTD, entity declaration, comment or processing instruction allowed")
+    found: list[domish.Element] = []
+    problems: list[str] = []
+    stream = domish.elementStream()
+    stream.DocumentStartEvent = lambda root: None
+    stream.ElementEvent = found.append
+    stream.DocumentEndEvent = lambda: None
+    wrapper = f"<stream xmlns='{namespace}'>"
+    try:
+        stream.parse(wrapper.encode("utf-8"))
+        stream.parse(text.strip().encode("utf-8"))
+        stream.parse(b"</stream>")
+    except Exception as problem:  # noqa: BLE001 - any parser failure means "not a stanza"
+        problems.append(str(problem) or problem.__class__.__name__)
+    if problems:
+        raise StanzaTextError(f"not well-formed XML: {problems[0]}")
+    if len(found) != 1:
+        raise StanzaTextError(f"expected exactly one stanza, found {len(found)}")
+    return found[0]

@@ -1,0 +1,93 @@
+"""
+What rules look at: the facts of one stanza, each computed at most once and
+only when a rule asks for it.
+"""
+
+from __future__ import annotations
+
+from functools import cached_property
+
+from twisted.words.protocols.jabber import jid
+from twisted.words.xish import domish
+
+from guard.core.policy.elements import STANZA_NAMESPACES, child_elements, text_of
+from guard.core.policy.labels import LabelMeaningError, read_stanza_label
+
+DEFAULT_TYPES = {"message": "normal", "presence": "available", "iq": ""}
+
+
+def parse_jid(text):
+    """A ``JID`` or ``None`` when absent or malformed."""
+    if not text:
+        return None
+    try:
+        return jid.internJID(text)
+    except Exception:  # noqa: BLE001 - any stringprep failure: not an address
+        return None
+
+
+class StanzaFacts:
+    """The facts of one stanza that conditions test."""
+
+    def __init__(self, stanza: domish.Element, authority):
+        self.stanza = stanza
+        self.authority = authority
+        self.kind = stanza.name if stanza.uri in STANZA_NAMESPACES else None
+        self.type = stanza.getAttribute("type") or DEFAULT_TYPES.get(stanza.name, "")
+        self.sender = parse_jid(stanza.getAttribute("from"))
+        self.receiver = parse_jid(stanza.getAttribute("to"))
+        self.from_domain = self.sender.host if self.sender is not None else None
+        self.to_domain = self.receiver.host if self.receiver is not None else None
+        self.is_error = self.type == "error"
+
+    @cached_property
+    def namespaces(self) -> frozenset:
+        """Namespaces of the payload: direct children outside the stanza's own namespace."""
+        return frozenset(c.uri for c in child_elements(self.stanza) if c.uri not in STANZA_NAMESPACES)
+
+    @cached_property
+    def body(self) -> str | None:
+        for child in child_elements(self.stanza):
+            if child.name == "body" and child.uri in STANZA_NAMESPACES:
+                return text_of(child)
+        return None
+
+    @cached_property
+    def size(self) -> int:
+        return len(self.stanza.toXml().encode("utf-8"))
+
+    @cached_property
+    def stanza_label(self):
+        return read_stanza_label(self.stanza)
+
+    @cached_property
+    def label(self):
+        """
+        ``(SecurityLabel or None, reason)``: the label this stanza is treated
+        as carrying (its own, or the sender's default when unlabelled or
+        ``<label/>`` is empty); ``None`` when none can be established.
+        """
+        marked = self.stanza_label
+        if marked.problem is not None:
+            return None, f"unreadable label: {marked.problem}"
+        if self.authority is None:
+            return None, "the policy defines no labels"
+        if not marked.present:
+            default = self.authority.default_for(self.from_domain)
+            if default is None:
+                return None, "unlabelled and no default label for the sender"
+            return default, f"unlabelled: default label {default}"
+        try:
+            meaning = self.authority.meaning(marked.label, self.from_domain)
+        except LabelMeaningError as problem:
+            return None, str(problem)
+        return meaning, f"label {meaning}"
+
+    @cached_property
+    def releasable(self):
+        label, why = self.label
+        if label is None:
+            return False, why
+        if self.authority is None:
+            return False, "the policy defines no labels"
+        return self.authority.releasable(label, self.to_domain)

@@ -1,0 +1,484 @@
+"""
+Security labels (XEP-0258): reading them off a stanza, giving them meaning
+under a label policy (a SPIF-like description in the policy file), deciding
+whether a clearance dominates them, translating them between two label
+policies and writing them back for the far side.
+
+Formats understood inside ``<label/>``: ESS security labels
+(``urn:xmpp:sec-label:ess:0``, base64 DER ``ESSSecurityLabel``), NATO
+STANAG 4774 confidentiality labels, and the empty ``<label/>`` meaning
+"the default label".  Anything else is a label we cannot read, which never
+passes a label check.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from dataclasses import dataclass, field
+
+from pyasn1.codec.der import decoder as der_decoder
+from pyasn1.codec.der import encoder as der_encoder
+from pyasn1.error import PyAsn1Error
+from pyasn1.type import univ
+from pyasn1_modules import rfc2634
+from twisted.words.xish import domish
+
+from guard.core.policy.elements import child_elements, clone, text_of
+
+SEC_LABEL_NS = "urn:xmpp:sec-label:0"
+ESS_NS = "urn:xmpp:sec-label:ess:0"
+STANAG_4774_NS = "urn:nato:stanag:4774:confidentialitymetadatalabel:1:0"
+
+MAX_DER_BYTES = 4096
+MAX_CATEGORIES = 64
+
+CATEGORY_TYPES = ("restrictive", "permissive", "informative")
+LABEL_FORMATS = ("ess", "stanag4774")
+
+
+# --- what is on the wire -----------------------------------------------------
+
+
+@dataclass(frozen=True)
+class WireLabel:
+    """
+    The content of one ``<label/>`` or ``<equivalentlabel/>`` as read, before
+    any policy gives it meaning.
+
+    ``categories`` holds ``("ess", type-oid, value-der-hex)`` or
+    ``("stanag4774", tag-name, value)`` triples.
+    """
+
+    format: str  # "ess", "stanag4774" or "default"
+    policy_identifier: str | None = None
+    classification: str | None = None
+    categories: frozenset = frozenset()
+
+
+class LabelFormatError(ValueError):
+    """A label whose content cannot be read."""
+
+
+def read_label_content(holder: domish.Element) -> WireLabel:
+    """Read the one label format inside ``<label/>`` or ``<equivalentlabel/>``."""
+    content = child_elements(holder)
+    if not content:
+        if text_of(holder).strip():
+            raise LabelFormatError("label holds text but no label element")
+        return WireLabel("default")
+    if len(content) != 1:
+        raise LabelFormatError(f"label holds {len(content)} elements, expected one")
+    inner = content[0]
+    if inner.uri == ESS_NS and inner.name == "esssecuritylabel":
+        return read_ess(text_of(inner))
+    if inner.uri == STANAG_4774_NS:
+        return read_stanag_4774(inner)
+    raise LabelFormatError(f"unknown label format {{{inner.uri}}}{inner.name}")
+
+
+def read_ess(text: str) -> WireLabel:
+    """Decode a base64 DER ``ESSSecurityLabel`` (RFC 2634)."""
+    compact = "".join(text.split())
+    if not compact:
+        raise LabelFormatError("empty ESS label")
+    if len(compact) > MAX_DER_BYTES * 4 // 3 + 4:
+        raise LabelFormatError("ESS label too long")
+    try:
+        der = base64.b64decode(compact, validate=True)
+    except (binascii.Error, ValueError) as problem:
+        raise LabelFormatError(f"ESS label is not base64: {problem}") from None
+    try:
+        decoded, rest = der_decoder.decode(der, asn1Spec=rfc2634.ESSSecurityLabel())
+    except (PyAsn1Error, ValueError, TypeError) as problem:
+        raise LabelFormatError(f"ESS label is not DER ESSSecurityLabel: {problem}") from None
+    if rest:
+        raise LabelFormatError("trailing bytes after the ESS label")
+    policy = str(decoded["security-policy-identifier"])
+    classification = None
+    if decoded["security-classification"].isValue:
+        classification = str(int(decoded["security-classification"]))
+    categories = set()
+    if decoded["security-categories"].isValue:
+        if len(decoded["security-categories"]) > MAX_CATEGORIES:
+            raise LabelFormatError("too many ESS categories")
+        for category in decoded["security-categories"]:
+            value = bytes(category["value"].asOctets()).hex()
+            categories.add(("ess", str(category["type"]), value))
+    return WireLabel("ess", policy, classification, frozenset(categories))
+
+
+def _stanag_children(element, name):
+    return [c for c in child_elements(element) if c.uri == STANAG_4774_NS and c.name == name]
+
+
+def read_stanag_4774(element: domish.Element) -> WireLabel:
+    """Read a STANAG 4774 confidentiality label (its ConfidentialityInformation)."""
+    if element.name == "ConfidentialityInformation":
+        information = element
+    else:
+        found = _stanag_children(element, "ConfidentialityInformation")
+        if len(found) != 1:
+            raise LabelFormatError("STANAG 4774 label needs exactly one ConfidentialityInformation")
+        information = found[0]
+    policies = _stanag_children(information, "PolicyIdentifier")
+    classifications = _stanag_children(information, "Classification")
+    if len(policies) != 1 or len(classifications) != 1:
+        raise LabelFormatError("STANAG 4774 label needs one PolicyIdentifier and one Classification")
+    policy = text_of(policies[0]).strip()
+    classification = text_of(classifications[0]).strip()
+    if not policy or not classification:
+        raise LabelFormatError("STANAG 4774 PolicyIdentifier and Classification must not be empty")
+    categories = set()
+    for category in _stanag_children(information, "Category"):
+        tag = category.getAttribute("TagName")
+        if not tag:
+            raise LabelFormatError("STANAG 4774 Category without TagName")
+        values = _stanag_children(category, "GenericValue")
+        if not values:
+            raise LabelFormatError(f"STANAG 4774 Category {tag!r} without GenericValue")
+        for value in values:
+            categories.add(("stanag4774", tag, text_of(value).strip()))
+    if len(categories) > MAX_CATEGORIES:
+        raise LabelFormatError("too many STANAG 4774 categories")
+    return WireLabel("stanag4774", policy, classification, frozenset(categories))
+
+
+@dataclass(frozen=True)
+class StanzaLabel:
+    """
+    What XEP-0258 markup the outer stanza carries (only its direct children
+    count: a label inside ``<forwarded/>`` or a carbon is content, not the
+    stanza's label).
+    """
+
+    count: int
+    element: domish.Element | None = None
+    label: WireLabel | None = None
+    equivalents: tuple = ()
+    problem: str | None = None
+
+    @property
+    def present(self) -> bool:
+        return self.count > 0
+
+
+NO_LABEL = StanzaLabel(0)
+
+
+def read_stanza_label(stanza: domish.Element) -> StanzaLabel:
+    """Find and read the outer ``<securitylabel/>`` of a stanza."""
+    found = [
+        child
+        for child in stanza.children
+        if isinstance(child, domish.Element) and child.uri == SEC_LABEL_NS and child.name == "securitylabel"
+    ]
+    if not found:
+        return NO_LABEL
+    if len(found) > 1:
+        return StanzaLabel(len(found), found[0], problem="more than one securitylabel")
+    element = found[0]
+    labels = [c for c in child_elements(element) if c.uri == SEC_LABEL_NS and c.name == "label"]
+    if len(labels) != 1:
+        return StanzaLabel(1, element, problem=f"securitylabel holds {len(labels)} label elements, expected one")
+    try:
+        label = read_label_content(labels[0])
+        equivalents = tuple(
+            read_label_content(c)
+            for c in child_elements(element)
+            if c.uri == SEC_LABEL_NS and c.name == "equivalentlabel"
+        )
+    except LabelFormatError as problem:
+        return StanzaLabel(1, element, problem=str(problem))
+    return StanzaLabel(1, element, label, equivalents)
+
+
+# --- what it means -----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SecurityLabel:
+    """A label with meaning: its label policy, classification and categories (by name)."""
+
+    policy: str
+    classification: str
+    categories: frozenset = frozenset()
+
+    def __str__(self) -> str:
+        categories = "+".join(sorted(self.categories))
+        return f"{self.policy}:{self.classification}" + (f"/{categories}" if categories else "")
+
+
+@dataclass(frozen=True)
+class Classification:
+    name: str
+    rank: int
+    ess: int | None
+    stanag: str
+    marking: str
+    fgcolor: str | None = None
+    bgcolor: str | None = None
+
+
+@dataclass(frozen=True)
+class Category:
+    name: str
+    type: str
+    ess: tuple | None = None  # (type oid, value DER hex)
+    stanag: tuple | None = None  # (tag name, generic value)
+    marking: str | None = None
+
+
+class LabelMeaningError(ValueError):
+    """A readable label that the configured label policies do not define."""
+
+
+@dataclass
+class LabelPolicy:
+    """A SPIF-like description: identifiers, ordered classifications, categories, markings."""
+
+    name: str
+    ess_oid: str | None
+    stanag_id: str | None
+    emit: str
+    classifications: dict = field(default_factory=dict)  # name -> Classification
+    categories: dict = field(default_factory=dict)  # name -> Category
+
+    def __post_init__(self):
+        self._by_ess_class = {c.ess: c for c in self.classifications.values() if c.ess is not None}
+        self._by_stanag_class = {c.stanag: c for c in self.classifications.values()}
+        self._by_wire_category = {}
+        for category in self.categories.values():
+            if category.ess is not None:
+                self._by_wire_category[("ess",) + category.ess] = category
+            if category.stanag is not None:
+                self._by_wire_category[("stanag4774",) + category.stanag] = category
+
+    def identifies(self, wire: WireLabel) -> bool:
+        if wire.format == "ess":
+            return self.ess_oid is not None and wire.policy_identifier == self.ess_oid
+        if wire.format == "stanag4774":
+            return self.stanag_id is not None and wire.policy_identifier == self.stanag_id
+        return False
+
+    def meaning(self, wire: WireLabel) -> SecurityLabel:
+        if wire.classification is None:
+            raise LabelMeaningError(f"label under {self.name} has no classification")
+        if wire.format == "ess":
+            try:
+                classification = self._by_ess_class.get(int(wire.classification))
+            except ValueError:
+                classification = None
+        else:
+            classification = self._by_stanag_class.get(wire.classification)
+        if classification is None:
+            raise LabelMeaningError(f"classification {wire.classification!r} is not defined by {self.name}")
+        names = set()
+        for category in wire.categories:
+            known = self._by_wire_category.get(category)
+            if known is None:
+                raise LabelMeaningError(f"category {category[1]}={category[2]} is not defined by {self.name}")
+            names.add(known.name)
+        return SecurityLabel(self.name, classification.name, frozenset(names))
+
+    def rank(self, classification: str) -> int:
+        return self.classifications[classification].rank
+
+    def display_marking(self, label: SecurityLabel) -> str:
+        marking = self.classifications[label.classification].marking
+        extras = [self.categories[c].marking or c for c in sorted(label.categories)]
+        return " ".join([marking] + extras)
+
+    def write(self, label: SecurityLabel, holder: domish.Element) -> None:
+        """Add ``label``, encoded in this policy's emit format, to ``holder``."""
+        classification = self.classifications[label.classification]
+        categories = [self.categories[c] for c in sorted(label.categories)]
+        if self.emit == "ess":
+            value = rfc2634.ESSSecurityLabel()
+            value["security-policy-identifier"] = self.ess_oid
+            value["security-classification"] = classification.ess
+            if categories:
+                wire = value["security-categories"]
+                for index, category in enumerate(categories):
+                    item = rfc2634.SecurityCategory()
+                    item["type"] = category.ess[0]
+                    item["value"] = bytes.fromhex(category.ess[1])
+                    wire.setComponentByPosition(index, item)
+            der = der_encoder.encode(value)
+            holder.addElement((ESS_NS, "esssecuritylabel"), content=base64.b64encode(der).decode("ascii"))
+            return
+        root = holder.addElement((STANAG_4774_NS, "ConfidentialityLabel"))
+        information = root.addElement((STANAG_4774_NS, "ConfidentialityInformation"))
+        information.addElement((STANAG_4774_NS, "PolicyIdentifier"), content=self.stanag_id)
+        information.addElement((STANAG_4774_NS, "Classification"), content=classification.stanag)
+        for category in categories:
+            tag = information.addElement((STANAG_4774_NS, "Category"))
+            tag["TagName"] = category.stanag[0]
+            tag["Type"] = category.type.upper()
+            tag.addElement((STANAG_4774_NS, "GenericValue"), content=category.stanag[1])
+
+
+@dataclass(frozen=True)
+class Clearance:
+    """The most a receiver may see under one label policy."""
+
+    policy: str
+    classification: str
+    categories: frozenset = frozenset()
+
+    def __str__(self) -> str:
+        return str(SecurityLabel(self.policy, self.classification, self.categories))
+
+
+@dataclass(frozen=True)
+class Translation:
+    """An equivalence map from one label policy to another."""
+
+    name: str
+    source: str
+    target: str
+    classifications: dict
+    categories: dict
+    keep_original: bool = False
+
+    def translate(self, label: SecurityLabel) -> SecurityLabel:
+        if label.policy != self.source:
+            raise LabelMeaningError(f"translation {self.name} maps {self.source}, not {label.policy}")
+        classification = self.classifications.get(label.classification)
+        if classification is None:
+            raise LabelMeaningError(f"{self.name} has no mapping for classification {label.classification}")
+        categories = set()
+        for category in label.categories:
+            mapped = self.categories.get(category)
+            if mapped is None:
+                raise LabelMeaningError(f"{self.name} has no mapping for category {category}")
+            categories.update(mapped)
+        return SecurityLabel(self.target, classification, frozenset(categories))
+
+
+class LabelAuthority:
+    """
+    Everything the policy file says about labels: the label policies,
+    clearances per peer and for the gateway, default labels and translations.
+    All decisions, no I/O.
+    """
+
+    def __init__(self, policies, gateway_clearances, peers, default_label, translations):
+        self.policies = policies  # name -> LabelPolicy
+        self.gateway_clearances = gateway_clearances  # tuple of Clearance, or None
+        self.peers = peers  # domain pattern -> {"clearance": tuple|None, "default_label": SecurityLabel|None}
+        self.default_label = default_label
+        self.translations = translations  # name -> Translation
+        self._by_pair = {(t.source, t.target): t for t in translations.values()}
+
+    def _peer(self, domain: str | None):
+        if domain is None:
+            return None
+        if domain in self.peers:
+            return self.peers[domain]
+        parts = domain.split(".")
+        for start in range(1, len(parts)):
+            wildcard = "*." + ".".join(parts[start:])
+            if wildcard in self.peers:
+                return self.peers[wildcard]
+        return None
+
+    def default_for(self, sender_domain: str | None) -> SecurityLabel | None:
+        peer = self._peer(sender_domain)
+        if peer is not None and peer.get("default_label") is not None:
+            return peer["default_label"]
+        return self.default_label
+
+    def clearances_for(self, receiver_domain: str | None):
+        peer = self._peer(receiver_domain)
+        if peer is None:
+            return None
+        return peer.get("clearance")
+
+    def meaning(self, wire: WireLabel, sender_domain: str | None) -> SecurityLabel:
+        """The label a wire label stands for; the empty label is the sender's default."""
+        if wire.format == "default":
+            label = self.default_for(sender_domain)
+            if label is None:
+                raise LabelMeaningError("empty label but no default label is configured for the sender")
+            return label
+        for policy in self.policies.values():
+            if policy.identifies(wire):
+                return policy.meaning(wire)
+        raise LabelMeaningError(f"no label policy has identifier {wire.policy_identifier!r} ({wire.format})")
+
+    def _in_policy(self, label: SecurityLabel, policy: str) -> SecurityLabel | None:
+        if label.policy == policy:
+            return label
+        translation = self._by_pair.get((label.policy, policy))
+        if translation is None:
+            return None
+        try:
+            return translation.translate(label)
+        except LabelMeaningError:
+            return None
+
+    def dominates(self, clearance: Clearance, label: SecurityLabel) -> tuple[bool, str]:
+        """Whether ``clearance`` may see ``label`` (translating into its policy if a map exists)."""
+        seen = self._in_policy(label, clearance.policy)
+        if seen is None:
+            return False, f"{label} has no equivalent under {clearance.policy}"
+        policy = self.policies[clearance.policy]
+        if policy.rank(seen.classification) > policy.rank(clearance.classification):
+            return False, f"{seen.classification} is above {clearance.classification}"
+        categories = [policy.categories[c] for c in seen.categories]
+        restrictive = {c.name for c in categories if c.type == "restrictive"}
+        missing = restrictive - clearance.categories
+        if missing:
+            return False, f"clearance lacks restrictive categories {sorted(missing)}"
+        permissive = {c.name for c in categories if c.type == "permissive"}
+        if permissive and not permissive & clearance.categories:
+            return False, f"clearance holds none of the permissive categories {sorted(permissive)}"
+        return True, f"{seen} within {clearance}"
+
+    def releasable(self, label: SecurityLabel, receiver_domain: str | None) -> tuple[bool, str]:
+        """Whether the receiving peer and the gateway as a whole may both see ``label``."""
+        if self.gateway_clearances is None:
+            return False, "no gateway clearance is configured"
+        ok, why = self._any_dominates(self.gateway_clearances, label)
+        if not ok:
+            return False, f"gateway: {why}"
+        clearances = self.clearances_for(receiver_domain)
+        if clearances is None:
+            return False, f"no clearance is configured for {receiver_domain}"
+        ok, why_peer = self._any_dominates(clearances, label)
+        if not ok:
+            return False, f"{receiver_domain}: {why_peer}"
+        return True, f"gateway and {receiver_domain} cleared ({why_peer})"
+
+    def _any_dominates(self, clearances, label):
+        reasons = []
+        for clearance in clearances:
+            ok, why = self.dominates(clearance, label)
+            if ok:
+                return True, why
+            reasons.append(why)
+        return False, "; ".join(reasons) or "no clearance"
+
+    def relabelled(self, securitylabel: domish.Element | None, label: SecurityLabel,
+                   translation: Translation) -> domish.Element:
+        """A new ``<securitylabel/>`` carrying ``label`` translated for the far side."""
+        translated = translation.translate(label)
+        policy = self.policies[translated.policy]
+        classification = policy.classifications[translated.classification]
+        result = domish.Element((SEC_LABEL_NS, "securitylabel"))
+        marking = result.addElement("displaymarking", content=policy.display_marking(translated))
+        if classification.fgcolor:
+            marking["fgcolor"] = classification.fgcolor
+        if classification.bgcolor:
+            marking["bgcolor"] = classification.bgcolor
+        policy.write(translated, result.addElement("label"))
+        if translation.keep_original:
+            original = self.policies[label.policy]
+            original.write(label, result.addElement("equivalentlabel"))
+        return result
+
+
+def without_labels(stanza: domish.Element) -> domish.Element:
+    """A copy of ``stanza`` with its outer ``<securitylabel/>`` elements removed."""
+    return clone(stanza, skip=lambda c: c.uri == SEC_LABEL_NS and c.name == "securitylabel")
