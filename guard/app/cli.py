@@ -1,0 +1,160 @@
+"""
+The ``guard`` command: run, check-config, check-policy, explain, reload, status, demo.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+
+from .config import ConfigError, load_config
+
+
+def _run(arguments) -> int:
+    from twisted.internet import reactor
+    from twisted.logger import (FilteringLogObserver, LogLevel, LogLevelFilterPredicate,
+                                globalLogBeginner, textFileLogObserver)
+
+    from .service import GuardService
+
+    try:
+        config = load_config(arguments.config)
+        guard = GuardService(config, reactor)
+    except ConfigError as problem:
+        print(f"guard: {problem}", file=sys.stderr)
+        return 2
+    level = {"debug": LogLevel.debug, "info": LogLevel.info, "warn": LogLevel.warn,
+             "error": LogLevel.error}[config.log_level]
+    observer = FilteringLogObserver(textFileLogObserver(sys.stdout),
+                                    [LogLevelFilterPredicate(defaultLogLevel=level)])
+    globalLogBeginner.beginLoggingTo([observer], redirectStandardIO=False)
+    if arguments.pidfile:
+        with open(arguments.pidfile, "w") as pidfile:
+            pidfile.write(f"{os.getpid()}\n")
+
+    def reload_on_hangup(signum, frame):
+        reactor.callFromThread(guard.reload_policies)
+
+    def write_status_on_usr1(signum, frame):
+        reactor.callFromThread(guard.write_status)
+
+    signal.signal(signal.SIGHUP, reload_on_hangup)
+    signal.signal(signal.SIGUSR1, write_status_on_usr1)
+    exit_code = []
+
+    def start():
+        started = guard.startService()
+        if started is not None:
+            def failed(failure):
+                print(f"guard: cannot start: {failure.getErrorMessage()}", file=sys.stderr)
+                exit_code.append(1)
+                reactor.stop()
+            started.addErrback(failed)
+
+    reactor.callWhenRunning(start)
+    reactor.addSystemEventTrigger("before", "shutdown", guard.stopService)
+    reactor.run()
+    return exit_code[0] if exit_code else 0
+
+
+def _check_config(arguments) -> int:
+    from .service import load_material
+
+    status = 0
+    for path in arguments.config:
+        try:
+            config = load_config(path)
+            load_material(config)
+        except ConfigError as problem:
+            print(f"{problem}", file=sys.stderr)
+            status = 1
+            continue
+        print(f"{path}: OK ({', '.join(f'{n}: {len(s.domains)} domains' for n, s in config.sides.items())})")
+    return status
+
+
+def _signal_running(arguments, signum) -> int:
+    try:
+        with open(arguments.pidfile) as pidfile:
+            pid = int(pidfile.read().strip())
+        os.kill(pid, signum)
+    except (OSError, ValueError) as problem:
+        print(f"guard: cannot signal the guard named in {arguments.pidfile}: {problem}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _reload(arguments) -> int:
+    if arguments.config:
+        from guard.core.policy import PolicyError, load_policy
+
+        try:
+            config = load_config(arguments.config)
+            for name, side in config.sides.items():
+                load_policy(side.policy)
+        except (ConfigError, PolicyError) as problem:
+            print(f"guard: reload refused: {problem}", file=sys.stderr)
+            return 1
+    return _signal_running(arguments, signal.SIGHUP)
+
+
+def _status(arguments) -> int:
+    config = load_config(arguments.config)
+    if config.status_path is None:
+        print("guard: the configuration names no [guard] status file", file=sys.stderr)
+        return 1
+    if arguments.pidfile and _signal_running(arguments, signal.SIGUSR1) == 0:
+        import time
+
+        time.sleep(0.3)
+    try:
+        with open(config.status_path) as status:
+            print(json.dumps(json.load(status), indent=2, sort_keys=True))
+    except (OSError, ValueError) as problem:
+        print(f"guard: no status in {config.status_path}: {problem}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _demo(arguments) -> int:
+    from guard.lab.demo import run_demo
+
+    return run_demo()
+
+
+def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "check-policy":
+        from .policy_commands import check_policy_main
+
+        return check_policy_main(argv[1:])
+    if argv and argv[0] == "explain":
+        from .policy_commands import explain_main
+
+        return explain_main(argv[1:])
+    parser = argparse.ArgumentParser(prog="guard", description="An XMPP server-to-server boundary guard.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    run = commands.add_parser("run", help="run the guard in the foreground")
+    run.add_argument("--config", "-c", required=True)
+    run.add_argument("--pidfile")
+    run.set_defaults(act=_run)
+    check = commands.add_parser("check-config", help="check configuration files without starting anything")
+    check.add_argument("config", nargs="+")
+    check.set_defaults(act=_check_config)
+    commands.add_parser("check-policy", help="check policy files and run their tests")
+    commands.add_parser("explain", help="show how a policy judges a stanza")
+    reload = commands.add_parser("reload", help="reload the policies of a running guard (SIGHUP)")
+    reload.add_argument("--pidfile", required=True)
+    reload.add_argument("--config", help="check the policies this configuration names first")
+    reload.set_defaults(act=_reload)
+    status = commands.add_parser("status", help="print the running guard's status")
+    status.add_argument("--config", "-c", required=True)
+    status.add_argument("--pidfile")
+    status.set_defaults(act=_status)
+    demo = commands.add_parser("demo", help="two Prosody servers, the guard and two clients: watch a message cross")
+    demo.set_defaults(act=_demo)
+    arguments = parser.parse_args(argv)
+    return arguments.act(arguments)

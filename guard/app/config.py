@@ -1,0 +1,238 @@
+"""
+The guard's configuration: one TOML file describing two sides.
+
+``load_config`` checks everything it can without starting anything (keys,
+types, endpoint strings, files, certificates and keys, that every far-side
+domain has an identity on each side, policies) and raises ``ConfigError``
+with a message naming the file and the key.  deploy/guard.toml documents
+every option.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, field
+
+from guard.core.topology import Topology
+from guard.edges.limits import Limits
+
+AUTHENTICATION_MODES = ("certificate", "dialback")
+AUDIT_FAILURE_MODES = ("stop", "continue")
+
+
+class ConfigError(Exception):
+    """A configuration problem; str() names the file and the key."""
+
+
+@dataclass(frozen=True)
+class CertificateConfig:
+    domains: tuple[str, ...]
+    certificate: str
+    key: str
+
+
+@dataclass(frozen=True)
+class SideConfig:
+    name: str
+    listen: str
+    ca: str
+    authentication: str
+    policy: str
+    domains: dict[str, tuple[str, int]]
+    certificates: tuple[CertificateConfig, ...]
+
+
+@dataclass(frozen=True)
+class GuardConfig:
+    path: str
+    log_level: str
+    dialback_secret: str | None
+    audit_path: str | None
+    audit_failure: str
+    status_path: str | None
+    limits: Limits
+    sides: dict[str, SideConfig] = field(default_factory=dict)
+
+    @property
+    def topology(self) -> Topology:
+        return Topology({name: frozenset(side.domains) for name, side in self.sides.items()})
+
+
+class _Checker:
+    def __init__(self, path):
+        self.path = path
+        self.base = os.path.dirname(os.path.abspath(path))
+
+    def fail(self, key, message):
+        raise ConfigError(f"{self.path}: {key}: {message}")
+
+    def table(self, value, key):
+        if not isinstance(value, dict):
+            self.fail(key, "must be a table")
+        return value
+
+    def only(self, table, allowed, key):
+        for name in table:
+            if name not in allowed:
+                self.fail(f"{key}.{name}" if key else name, f"unknown key (known: {', '.join(sorted(allowed))})")
+
+    def string(self, table, name, key, default=None, required=True):
+        if name not in table:
+            if required:
+                self.fail(f"{key}.{name}", "is required")
+            return default
+        value = table[name]
+        if not isinstance(value, str) or not value:
+            self.fail(f"{key}.{name}", "must be a non-empty string")
+        return value
+
+    def choice(self, table, name, key, choices, default):
+        value = self.string(table, name, key, default=default, required=False)
+        if value not in choices:
+            self.fail(f"{key}.{name}", f"must be one of {', '.join(choices)}, not {value!r}")
+        return value
+
+    def file(self, table, name, key, required=True):
+        value = self.string(table, name, key, required=required)
+        if value is None:
+            return None
+        resolved = value if os.path.isabs(value) else os.path.join(self.base, value)
+        if not os.path.isfile(resolved):
+            self.fail(f"{key}.{name}", f"no such file: {resolved}")
+        if not os.access(resolved, os.R_OK):
+            self.fail(f"{key}.{name}", f"cannot read {resolved}")
+        return resolved
+
+    def writable_path(self, table, name, key):
+        value = self.string(table, name, key, required=False)
+        if value is None:
+            return None
+        resolved = value if os.path.isabs(value) else os.path.join(self.base, value)
+        folder = os.path.dirname(resolved) or "."
+        if not os.path.isdir(folder):
+            self.fail(f"{key}.{name}", f"no such folder: {folder}")
+        return resolved
+
+
+def _domain_ok(name: str) -> bool:
+    from guard.core.addressing import parse_jid
+
+    parsed = parse_jid(name)
+    return parsed is not None and parsed.user is None and parsed.resource is None and parsed.host == name
+
+
+def _route(checker, value, key):
+    if not isinstance(value, str) or value.count(":") != 1:
+        checker.fail(key, 'must be "host:port"')
+    host, _, port = value.partition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        checker.fail(key, 'must be "host:port" with a port from 1 to 65535')
+    return host, int(port)
+
+
+def _check_listen(checker, description, key):
+    from twisted.internet.endpoints import serverFromString
+    from twisted.internet.testing import MemoryReactor
+
+    try:
+        serverFromString(MemoryReactor(), description)
+    except (ValueError, TypeError, KeyError) as problem:
+        checker.fail(key, f"not a Twisted server endpoint string ({problem})")
+
+
+def _limits(checker, table):
+    known = Limits.names()
+    checker.only(table, known, "limits")
+    values = {}
+    defaults = Limits()
+    for name, value in table.items():
+        default = getattr(defaults, name)
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            checker.fail(f"limits.{name}", "must be a number")
+        if isinstance(default, int) and not isinstance(value, int):
+            checker.fail(f"limits.{name}", "must be a whole number")
+        if value <= 0:
+            checker.fail(f"limits.{name}", "must be greater than zero")
+        values[name] = value
+    return Limits(**values)
+
+
+def _side(checker, name, table):
+    key = f"sides.{name}"
+    checker.table(table, key)
+    checker.only(table, ("listen", "ca", "authentication", "policy", "domains", "certificates"), key)
+    listen = checker.string(table, "listen", key)
+    _check_listen(checker, listen, f"{key}.listen")
+    ca = checker.file(table, "ca", key)
+    authentication = checker.choice(table, "authentication", key, AUTHENTICATION_MODES, "certificate")
+    policy = checker.file(table, "policy", key)
+    domains_table = checker.table(table.get("domains", None) or checker.fail(f"{key}.domains", "is required"),
+                                  f"{key}.domains")
+    domains = {}
+    for domain, route in domains_table.items():
+        if not _domain_ok(domain):
+            checker.fail(f"{key}.domains.{domain}", "is not a valid domain name")
+        domains[domain] = _route(checker, route, f"{key}.domains.{domain}")
+    if not domains:
+        checker.fail(f"{key}.domains", "needs at least one domain")
+    certificates = []
+    raw_certificates = table.get("certificates")
+    if not isinstance(raw_certificates, list) or not raw_certificates:
+        checker.fail(f"{key}.certificates", "needs at least one [[certificates]] entry")
+    for index, entry in enumerate(raw_certificates):
+        where = f"{key}.certificates[{index}]"
+        checker.table(entry, where)
+        checker.only(entry, ("domains", "certificate", "key"), where)
+        fronted = entry.get("domains")
+        if not isinstance(fronted, list) or not fronted or not all(isinstance(d, str) for d in fronted):
+            checker.fail(f"{where}.domains", "must be a list of domain names")
+        certificates.append(CertificateConfig(
+            tuple(fronted), checker.file(entry, "certificate", where), checker.file(entry, "key", where)
+        ))
+    return SideConfig(name, listen, ca, authentication, policy, domains, tuple(certificates))
+
+
+def load_config(path: str) -> GuardConfig:
+    """Read and check the configuration at ``path``."""
+    checker = _Checker(path)
+    try:
+        with open(path, "rb") as source:
+            document = tomllib.load(source)
+    except OSError as problem:
+        raise ConfigError(f"{path}: cannot read: {problem.strerror}") from problem
+    except tomllib.TOMLDecodeError as problem:
+        raise ConfigError(f"{path}: not valid TOML: {problem}") from problem
+    checker.only(document, ("guard", "limits", "sides"), "")
+    guard = checker.table(document.get("guard", {}), "guard")
+    checker.only(guard, ("log_level", "dialback_secret", "audit", "audit_failure", "status"), "guard")
+    log_level = checker.choice(guard, "log_level", "guard", ("debug", "info", "warn", "error"), "info")
+    secret = checker.string(guard, "dialback_secret", "guard", required=False)
+    audit_path = checker.writable_path(guard, "audit", "guard")
+    audit_failure = checker.choice(guard, "audit_failure", "guard", AUDIT_FAILURE_MODES, "stop")
+    status_path = checker.writable_path(guard, "status", "guard")
+    limits = _limits(checker, checker.table(document.get("limits", {}), "limits"))
+    sides_table = checker.table(document.get("sides", {}), "sides")
+    if len(sides_table) != 2:
+        checker.fail("sides", f"needs exactly two sides, found {len(sides_table)}")
+    sides = {name: _side(checker, name, table) for name, table in sides_table.items()}
+    config = GuardConfig(path, log_level, secret, audit_path, audit_failure, status_path, limits, sides)
+    try:
+        topology = config.topology
+    except ValueError as problem:
+        checker.fail("sides", str(problem))
+    for name, side in sides.items():
+        fronted = topology.fronted_on(name)
+        covered = {}
+        for index, certificate in enumerate(side.certificates):
+            for domain in certificate.domains:
+                where = f"sides.{name}.certificates[{index}].domains"
+                if domain not in fronted:
+                    checker.fail(where, f"{domain} is not a domain of the other side")
+                if domain in covered:
+                    checker.fail(where, f"{domain} already has a certificate (entry {covered[domain]})")
+                covered[domain] = index
+        missing = sorted(fronted - set(covered))
+        if missing:
+            checker.fail(f"sides.{name}.certificates", f"no certificate for {', '.join(missing)}")
+    return config

@@ -1,0 +1,40 @@
+"""
+Everything a stream needs to know about the side it talks to, in one place.
+Built once by the service from the configuration.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from guard.core.topology import Topology
+
+from .limits import Limits
+from .tlsidentity import Identity, TrustAnchors
+
+
+@dataclass(eq=False)
+class Side:
+    name: str
+    topology: Topology
+    authentication: str  # "certificate" or "dialback"
+    identities: dict[str, Identity]  # fronted (far-side) domain -> what the guard presents for it
+    anchors: TrustAnchors
+    routes: dict[str, tuple[str, int]]  # hosted domain -> (host, port) of its server
+    limits: Limits
+    dialback_secret: str
+    reactor: object
+    relay: object = None
+    inbound_streams: set = field(default_factory=set)
+
+    @property
+    def clock(self):
+        return self.reactor
+
+    @property
+    def fronted(self) -> frozenset[str]:
+        return self.topology.fronted_on(self.name)
+
+    @property
+    def hosted(self) -> frozenset[str]:
+        return self.topology.hosted_on(self.name)
