@@ -29,6 +29,13 @@ class Folded:
     note: str
 
 
+def _is_envelope(element):
+    """``<thread/>`` and the security label describe a message; they are not its content."""
+    if element.name == "thread" and element.uri in STANZA_NAMESPACES:
+        return True
+    return element.name == "securitylabel" and element.uri == "urn:xmpp:sec-label:0"
+
+
 @dataclass(frozen=True)
 class MessageFolding:
     strip: tuple  # ElementPattern
@@ -39,7 +46,7 @@ class MessageFolding:
         message_type = stanza.getAttribute("type") or "normal"
         if message_type in self.drop_types:
             return Folded(None, f"message type {message_type} is folded away")
-        children = [c for c in child_elements(stanza) if not (c.name == "thread" and c.uri in STANZA_NAMESPACES)]
+        children = [c for c in child_elements(stanza) if not _is_envelope(c)]
         if self.drop_if_only and children and all(any(p.matches(c) for p in self.drop_if_only) for c in children):
             return Folded(None, "message holds only elements that are folded away")
         stripped = [c for c in child_elements(stanza) if any(p.matches(c) for p in self.strip)]
