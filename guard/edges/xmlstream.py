@@ -352,10 +352,9 @@ class StreamParser:
             raise StreamFault("policy-violation", "stream header too large")
 
     def _translate(self, error: pyexpat.ExpatError) -> StreamFault:
-        message = _expat_errors.messages[error.code]
-        if message in _RESTRICTED_ERRORS:
+        if error.code in _RESTRICTED_ERRORS:
             return StreamFault("restricted-xml", str(error))
-        if message in _ENCODING_ERRORS:
+        if error.code in _ENCODING_ERRORS:
             return StreamFault("unsupported-encoding", str(error))
         if self._looks_like_declaration(error):
             return StreamFault("restricted-xml", f"markup declarations are not allowed ({error})")
