@@ -87,6 +87,7 @@ _PIECE_BYTES = 64 * 1024
 _NAME_CACHE_ENTRIES = 4096
 
 _XML_WHITESPACE = " \t\r\n"
+_NESTED_STREAM = (STREAMS_NS, "stream")
 
 
 @dataclass(frozen=True)
@@ -410,18 +411,19 @@ class StreamParser:
                 raise StreamFault("policy-violation", "attribute value too long")
 
     def _on_start(self, name: str, attributes: dict[str, str]) -> None:
-        self._check_attributes(attributes)
+        if attributes or self._declarations:
+            self._check_attributes(attributes)
+            for key in attributes:
+                if " " in key:
+                    attributes = self._qualify(attributes)
+                    break
         if self._header is None:
             self._start_stream(name, attributes)
             return
-        uri, local = self._split(name)
-        if local == "stream" and uri == STREAMS_NS:
+        split = self._names.get(name) or self._split(name)
+        if split == _NESTED_STREAM:
             raise StreamFault("not-well-formed", "nested stream header")
-        for key in attributes:
-            if " " in key:
-                attributes = self._qualify(attributes)
-                break
-        element = domish.Element((uri, local), uri, attributes)
+        element = domish.Element(split, split[0], attributes)
         stack = self._stack
         if stack:
             if len(stack) >= self._limits.element_depth:
@@ -449,15 +451,15 @@ class StreamParser:
                 qualified[key] = value
         return qualified
 
-    def _start_stream(self, name: str, attributes: dict[str, str]) -> None:
+    def _start_stream(self, name: str, attributes: dict) -> None:
         uri, _, local = name.rpartition(" ")
         if uri != STREAMS_NS or local != "stream":
             raise StreamFault("invalid-namespace", f"the stream root is {{{uri}}}{local}, not a stream")
         plain = {}
         for key, value in attributes.items():
-            if " " not in key:
+            if key.__class__ is str:
                 plain[key] = value
-            elif key == XML_NS + " lang":
+            elif key == (XML_NS, "lang"):
                 plain["xml:lang"] = value
         header = StreamHeader(
             name=local,
