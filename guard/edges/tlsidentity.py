@@ -21,6 +21,8 @@ from pyasn1.type import char
 from service_identity import VerificationError
 from service_identity.cryptography import verify_certificate_hostname
 from twisted.internet import ssl
+from twisted.internet.interfaces import IOpenSSLServerConnectionCreator
+from zope.interface import implementer
 
 XMPP_ADDR_OID = x509.ObjectIdentifier("1.3.6.1.5.5.7.8.5")
 
@@ -149,6 +151,7 @@ class Identity:
         self._leaf, self._extra = chain[0], chain[1:]
         self._server_context = self._make_server_context(anchors)
         self._anchors = anchors
+        self._client_options = {}
 
     def _make_server_context(self, anchors: TrustAnchors) -> SSL.Context:
         context = SSL.Context(SSL.TLS_SERVER_METHOD)
@@ -170,12 +173,13 @@ class Identity:
 
     def client_options(self, server_domain: str):
         """TLS options for connecting to ``server_domain``'s server, presenting this identity."""
-        client_certificate = ssl.PrivateCertificate.load(
-            crypto.dump_certificate(crypto.FILETYPE_PEM, self._leaf)
-            + crypto.dump_privatekey(crypto.FILETYPE_PEM, self._key),
-            format=crypto.FILETYPE_PEM,
+        cached = self._client_options.get(server_domain)
+        if cached is not None:
+            return cached
+        client_certificate = ssl.PrivateCertificate.fromCertificateAndKeyPair(
+            ssl.Certificate(self._leaf), ssl.KeyPair(self._key)
         )
-        return ssl.optionsForClientTLS(
+        options = self._client_options[server_domain] = ssl.optionsForClientTLS(
             server_domain,
             trustRoot=self._anchors.client_trust_root(),
             clientCertificate=client_certificate,
@@ -184,15 +188,15 @@ class Identity:
                 "extraCertChain": [ssl.Certificate(extra) for extra in self._extra],
             },
         )
+        return options
 
 
+@implementer(IOpenSSLServerConnectionCreator)
 class _FixedContext:
-    """An old-style context factory returning one prepared context."""
-
-    isClient = False
+    """Server connections from one prepared context."""
 
     def __init__(self, context):
         self._context = context
 
-    def getContext(self):
-        return self._context
+    def serverConnectionForTLS(self, protocol):
+        return SSL.Connection(self._context, None)

@@ -166,6 +166,9 @@ class InboundStream(Protocol):
                 self.unexpected("policy-violation", f"not expected now: {method.__name__}")
             except NoTransition:
                 self._close_transport()
+        except Exception:  # noqa: BLE001 - a fault in the guard closes the stream: fail closed
+            log.failure("{name}: internal fault on {input}", name=type(self).__name__, input=method.__name__)
+            self._close_transport()
 
     def _start_timer(self, name, seconds, text):
         self._cancel_timer(name)
@@ -462,11 +465,11 @@ class InboundStream(Protocol):
         _state.upon(peer_closed, enter=closed, outputs=[_close_cleanly])
         _state.upon(shut_down, enter=closed, outputs=[_announce_shutdown])
         _state.upon(connection_lost, enter=closed, outputs=[_forget])
-    for _input in (header_accepted, header_refused, starttls_requested, external_accepted, external_refused,
+    for _each in (header_accepted, header_refused, starttls_requested, external_accepted, external_refused,
                    dialback_requested, dialback_confirmed, dialback_denied, verify_requested, stanza_arrived,
                    fault, unexpected, timed_out, peer_closed, shut_down, connection_lost):
-        closed.upon(_input, enter=closed, outputs=[])
-    del _state, _input
+        closed.upon(_each, enter=closed, outputs=[])
+    del _state, _each
 
 
 class InboundFactory(Factory):

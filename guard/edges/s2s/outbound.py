@@ -202,6 +202,9 @@ class OutboundStream(Protocol):
                 self.fault("policy-violation", f"not expected now: {method.__name__}")
             except NoTransition:
                 self._close_transport()
+        except Exception:  # noqa: BLE001 - a fault in the guard closes the stream: fail closed
+            log.failure("{name}: internal fault on {input}", name=type(self).__name__, input=method.__name__)
+            self._close_transport()
 
     def _start_timer(self, name, seconds, text):
         self._cancel_timer(name)
@@ -522,9 +525,9 @@ class OutboundStream(Protocol):
         _state.upon(header_refused, enter=closed, outputs=[_fail_header])
     for _state in (awaiting_features, awaiting_secure_features):
         _state.upon(unusable, enter=closed, outputs=[_fail_unusable])
-    for _input in (header_accepted, header_refused, tls_offered, proceed_arrived, external_chosen,
+    for _each in (header_accepted, header_refused, tls_offered, proceed_arrived, external_chosen,
                    dialback_chosen, verify_chosen, unusable, sasl_succeeded, sasl_failed,
                    authenticated_features_arrived, dialback_valid, dialback_invalid, verify_answered,
                    fault, peer_failed, timed_out, peer_closed, shut_down, connection_lost):
-        closed.upon(_input, enter=closed, outputs=[])
-    del _state, _input, _live
+        closed.upon(_each, enter=closed, outputs=[])
+    del _state, _each, _live
