@@ -94,7 +94,7 @@ run_as_root = true
 pidfile = {lua_string(str(folder / 'prosody.pid'))}
 data_path = {lua_string(str(folder / 'data'))}
 certificates = {lua_string(str(folder / 'certs'))}
-daemonize = false
+-- Foreground: 0.12 deprecates 'daemonize'; the lab passes -F on the command line.
 log = {{
     {{ levels = {{ min = {lua_string(settings.log_level)} }}, to = "file", filename = {lua_string(str(folder / 'prosody.log'))} }};
 }}
@@ -116,7 +116,6 @@ s2s_interfaces = {{ {lua_string(settings.address)} }}
 s2s_ports = {{ {settings.s2s_port} }}
 c2s_direct_tls_ports = {{ }}
 s2s_direct_tls_ports = {{ }}
-legacy_ssl_ports = {{ }}
 
 -- Resolve other domains only through the lab DNS responder.
 unbound = {{ resolvconf = false; hoststxt = false; forward = {lua_string(settings.dns_forward)} }}
