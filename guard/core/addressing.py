@@ -12,6 +12,7 @@ stream error condition that names the fault; nothing malformed passes.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 from twisted.words.protocols.jabber import jid
 
@@ -38,20 +39,28 @@ class Misaddressed:
     text: str
 
 
+@lru_cache(maxsize=8192)
 def parse_jid(text: str | None) -> jid.JID | None:
-    """The JID in ``text``, or None when it is absent or malformed (stringprep and length checks)."""
-    if not text:
+    """
+    The JID in ``text``, or None when it is absent or malformed: empty or
+    oversized parts (RFC 7622: 1023 bytes each), empty domain labels, a
+    trailing dot, or anything stringprep refuses.  Any failure is None.
+    """
+    if not text or not isinstance(text, str):
+        return None
+    bare, slash, resource = text.partition("/")
+    local, at, domain = bare.rpartition("@")
+    if (slash and not resource) or (at and not local) or not domain:
+        return None
+    if any(not label or len(label.encode("utf-8")) > 63 for label in domain.split(".")):
         return None
     try:
         parsed = jid.JID(text)
-    except (jid.InvalidFormat, UnicodeError, ValueError):
+    except Exception:  # noqa: BLE001 - any parsing fault means malformed, never passed
         return None
-    if not parsed.host or len(parsed.host.encode("utf-8")) > 1023:
-        return None
-    if parsed.user is not None and (not parsed.user or len(parsed.user.encode("utf-8")) > 1023):
-        return None
-    if parsed.resource is not None and (not parsed.resource or len(parsed.resource.encode("utf-8")) > 1023):
-        return None
+    for part in (parsed.user, parsed.host, parsed.resource):
+        if part is not None and (not part or len(part.encode("utf-8")) > 1023):
+            return None
     return parsed
 
 

@@ -1,0 +1,68 @@
+"""Addressing checks: every stanza is refused with the right stream error unless its from and to hold."""
+
+import pytest
+from twisted.words.xish import domish
+
+from guard.core.addressing import Addressed, Misaddressed, check_addressing, parse_jid
+from guard.edges.xmlstream import StreamParser
+
+PAIRS = {("red.example", "blue.example")}
+FRONTED = frozenset({"blue.example", "conference.blue.example"})
+
+
+def stanza(xml: str) -> domish.Element:
+    found = []
+    parser = StreamParser(lambda header: None, lambda element, size: found.append(element), lambda: None)
+    parser.feed(
+        b"<stream:stream xmlns='jabber:server' xmlns:stream='http://etherx.jabber.org/streams' version='1.0'>"
+        + xml.encode()
+    )
+    (element,) = found
+    return element
+
+
+def test_well_addressed_stanza_is_accepted():
+    """A message from the authenticated domain to a fronted domain it authenticated for passes."""
+    verdict = check_addressing(
+        stanza("<message from='romeo@red.example/orchard' to='juliet@blue.example'><body>hi</body></message>"),
+        PAIRS, FRONTED,
+    )
+    assert isinstance(verdict, Addressed)
+    assert verdict.pair == ("red.example", "blue.example")
+    assert verdict.sender.full() == "romeo@red.example/orchard"
+
+
+@pytest.mark.parametrize("xml, condition", [
+    ("<message to='juliet@blue.example'/>", "improper-addressing"),
+    ("<message from='romeo@red.example'/>", "improper-addressing"),
+    ("<message from='romeo@@red.example' to='juliet@blue.example'/>", "invalid-from"),
+    ("<message from='romeo@red.example' to='juliet@blue example'/>", "improper-addressing"),
+    ("<message from='mallory@evil.example' to='juliet@blue.example'/>", "invalid-from"),
+    ("<message from='romeo@red.example.evil.example' to='juliet@blue.example'/>", "invalid-from"),
+    ("<message from='romeo@red.example' to='nurse@red.example'/>", "host-unknown"),
+    ("<message from='romeo@red.example' to='someone@green.example'/>", "host-unknown"),
+    ("<message from='romeo@red.example' to='room@conference.blue.example'/>", "improper-addressing"),
+    ("<foo from='romeo@red.example' to='juliet@blue.example'/>", "unsupported-stanza-type"),
+])
+def test_misaddressed_stanzas_are_refused(xml, condition):
+    """Missing, malformed, unauthenticated, hairpinned, unknown and unauthenticated-pair addresses each get their stream error."""
+    verdict = check_addressing(stanza(xml), PAIRS, FRONTED)
+    assert isinstance(verdict, Misaddressed)
+    assert verdict.condition == condition
+
+
+def test_stanza_in_another_namespace_is_not_a_stanza():
+    """A <message/> outside jabber:server is refused rather than relayed."""
+    element = domish.Element(("jabber:client", "message"))
+    element["from"], element["to"] = "romeo@red.example", "juliet@blue.example"
+    assert check_addressing(element, PAIRS, FRONTED) == Misaddressed(
+        "unsupported-stanza-type", "jabber:client message is not a stanza"
+    )
+
+
+@pytest.mark.parametrize("text", ["", None, "@red.example", "romeo@", "a" * 1024 + "@red.example",
+                                  "romeo@red.example/" + "r" * 1024, "romeo@red..example",
+                                  "romeo@red.example/", "red.example.", "romeo@" + "x" * 64 + ".example"])
+def test_malformed_jids_are_none(text):
+    """Empty parts, oversized parts and bad domains never parse to a JID."""
+    assert parse_jid(text) is None
