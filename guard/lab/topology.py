@@ -16,11 +16,14 @@ A ``Lab`` starts everything it needs in order, stops everything it started
 from __future__ import annotations
 
 import enum
+import fcntl
 import json
 import os
+import socket
 import subprocess
 import sys
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -50,6 +53,63 @@ C2S_PORT = 15222
 
 PASSWORD = "lab-password"
 USERS = {"red": ("romeo",), "blue": ("juliet",)}
+
+
+LOCK_PATH = Path(tempfile.gettempdir()) / "xmpp-guard-lab.lock"
+LOCK_TIMEOUT = float(os.environ.get("GUARD_LAB_LOCK_TIMEOUT", "900"))
+
+
+class LabLock:
+    """Only one lab at a time on this machine: its addresses are fixed.
+
+    An exclusive flock on a file in the temp folder, waited for (bounded), so
+    that concurrent test runs, demos and benchmarks take turns instead of
+    failing on busy ports.
+    """
+
+    def __init__(self, path: Path = LOCK_PATH):
+        self.path = path
+        self._handle = None
+
+    def acquire(self, timeout: float = LOCK_TIMEOUT) -> None:
+        handle = open(self.path, "a+")
+        deadline = time.monotonic() + timeout
+        announced = False
+        while True:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    handle.close()
+                    raise LabError(f"another lab held {self.path} for more than {timeout} s")
+                if not announced:
+                    print(f"lab: waiting (at most {timeout:.0f} s) for another lab to finish ({self.path})",
+                          file=sys.stderr, flush=True)  # fmt: skip
+                    announced = True
+                time.sleep(0.25)
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"{os.getpid()}\n")
+        handle.flush()
+        self._handle = handle
+
+    def release(self) -> None:
+        if self._handle is not None:
+            handle, self._handle = self._handle, None
+            fcntl.flock(handle, fcntl.LOCK_UN)
+            handle.close()
+
+
+def ensure_free(addresses: list[tuple[str, int]]) -> None:
+    """Raise LabError naming the first lab address something else already listens on."""
+    for address, port in addresses:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind((address, port))
+            except OSError as error:
+                raise LabError(f"{address}:{port} is already in use ({error}); is another lab or server running?")
 
 
 class Mode(enum.Enum):
@@ -172,6 +232,7 @@ class Lab:
         self.guard_config: Path | None = None
         self._children: list[_Child] = []
         self._started: list = []  # things to stop, in start order
+        self._lock = LabLock()
 
     # -- lifecycle ----------------------------------------------------------
 
@@ -185,6 +246,13 @@ class Lab:
         return self
 
     def _start(self) -> None:
+        self._lock.acquire()
+        self._started.append(self._lock)
+        ensure_free(
+            [(DNS_ADDRESS, DNS_PORT), (RED_ADDRESS, S2S_PORT), (RED_ADDRESS, C2S_PORT),
+             (BLUE_ADDRESS, S2S_PORT), (BLUE_ADDRESS, C2S_PORT),
+             (GUARD_RED_FACING, S2S_PORT), (GUARD_BLUE_FACING, S2S_PORT)]
+        )  # fmt: skip
         self.folder.mkdir(parents=True, exist_ok=True)
         self.pki = write_lab_pki(self.folder / "pki")
         self._start_dns()
@@ -207,6 +275,8 @@ class Lab:
             try:
                 if isinstance(item, ProsodyServer):
                     item.stop()
+                elif isinstance(item, LabLock):
+                    item.release()
                 else:
                     stop_process(item.process)
             except Exception as error:  # keep stopping the rest
