@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import base64
 import secrets
-from xml.sax.saxutils import quoteattr, escape
+from xml.sax.saxutils import escape
 
 STREAMS_NS = "http://etherx.jabber.org/streams"
 SERVER_NS = "jabber:server"
@@ -26,6 +26,11 @@ STREAM_ERROR_CONDITIONS = frozenset({
     "system-shutdown", "undefined-condition", "unsupported-encoding", "unsupported-feature",
     "unsupported-stanza-type", "unsupported-version",
 })
+
+
+def quoteattr(value: str) -> str:
+    """An attribute value in single quotes, escaped."""
+    return "'" + escape(value, {"'": "&apos;", '"': "&quot;"}) + "'"
 
 
 def new_stream_id() -> str:
