@@ -1,0 +1,92 @@
+"""
+What the pair link puts on the wire besides stanzas.  Pure functions from
+facts to bytes, and the reading of the link's own elements.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from xml.sax.saxutils import quoteattr
+
+LINK_NS = "urn:xmpp-guard:link:0"
+SM_NS = "urn:xmpp:sm:3"
+STREAMS_NS = "http://etherx.jabber.org/streams"
+SERVER_NS = "jabber:server"
+STREAM_ERRORS_NS = "urn:ietf:params:xml:ns:xmpp-streams"
+
+STREAM_CLOSE = b"</stream:stream>"
+ACK_REQUEST = b"<r xmlns='urn:xmpp:sm:3'/>"
+
+# A sequence number or counter larger than this is refused (2**63 - 1).
+MAX_COUNTER = (1 << 63) - 1
+
+
+def stream_header(own_name: str, peer_name: str) -> bytes:
+    """The header a half opens its link stream with."""
+    return (
+        "<?xml version='1.0'?>"
+        "<stream:stream xmlns='jabber:server' xmlns:stream='http://etherx.jabber.org/streams'"
+        f" from={quoteattr(own_name)} to={quoteattr(peer_name)} version='1.0'>"
+    ).encode("utf-8")
+
+
+def resume(session: str, next_sequence: int, seen_session: str | None, received: int) -> bytes:
+    """The first element on every connection: where our numbering resumes and what we have seen."""
+    seen = f" seen-session={quoteattr(seen_session)}" if seen_session else ""
+    return (
+        f"<resume xmlns='{LINK_NS}' session={quoteattr(session)} next='{next_sequence}'"
+        f"{seen} h='{received}'/>"
+    ).encode("utf-8")
+
+
+def ack(received: int) -> bytes:
+    return f"<a xmlns='{SM_NS}' h='{received}'/>".encode("utf-8")
+
+
+def stream_error(condition: str, text: str | None = None) -> bytes:
+    body = f"<{condition} xmlns='{STREAM_ERRORS_NS}'/>"
+    if text:
+        escaped = text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+        body += f"<text xmlns='{STREAM_ERRORS_NS}'>{escaped}</text>"
+    return f"<stream:error>{body}</stream:error>".encode("utf-8") + STREAM_CLOSE
+
+
+def counter(text: str | None) -> int | None:
+    """A non-negative decimal counter, or None when ``text`` is not one."""
+    if text is None or not text.isascii() or not text.isdigit() or len(text) > 19:
+        return None
+    value = int(text)
+    return value if value <= MAX_COUNTER else None
+
+
+@dataclass(frozen=True)
+class Resume:
+    session: str
+    next_sequence: int
+    seen_session: str | None
+    received: int
+
+
+_SESSION_CHARACTERS = frozenset("0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ-_")
+
+
+def _session(text: str | None) -> str | None:
+    if not text or len(text) > 64 or not set(text) <= _SESSION_CHARACTERS:
+        return None
+    return text
+
+
+def read_resume(element) -> Resume | None:
+    """The facts of a <resume/> element, or None when it is malformed."""
+    session = _session(element.getAttribute("session"))
+    next_sequence = counter(element.getAttribute("next"))
+    received = counter(element.getAttribute("h"))
+    raw_seen = element.getAttribute("seen-session")
+    seen = _session(raw_seen)
+    if session is None or next_sequence is None or next_sequence < 1 or received is None:
+        return None
+    if raw_seen is not None and seen is None:
+        return None
+    if element.children:
+        return None
+    return Resume(session, next_sequence, seen, received)
