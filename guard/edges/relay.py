@@ -52,8 +52,10 @@ class PolicyTable:
 
 
 class Relay:
-    def __init__(self, topology, policies: PolicyTable, books, audit, reactor, stop_on_audit_failure=True):
+    def __init__(self, topology, policies: PolicyTable, books, audit, reactor, stop_on_audit_failure=True,
+                 open_stream=None):
         self.topology = topology
+        self.open_stream = open_stream or self._open_tcp_stream
         self.policies = policies
         self.books = books
         self.audit = audit
@@ -94,11 +96,20 @@ class Relay:
         if route is None:
             return defer.succeed(False)
         verification = DialbackVerification()
-        stream = OutboundStream(verification, side, fronted_domain, peer_domain, purpose="verify",
-                                verify=(stream_id, key))
-        endpoint = HostnameEndpoint(self.reactor, route[0], route[1], timeout=side.limits.connect_timeout)
-        connectProtocol(endpoint, stream).addErrback(verification.connect_failed)
+        self.open_stream(verification, side, fronted_domain, peer_domain, route, purpose="verify",
+                         verify=(stream_id, key))
         return verification.answer
+
+    def _open_tcp_stream(self, owner, side, sender, receiver, route, purpose="relay", verify=None):
+        """Connect an OutboundStream to ``route``; the owner hears of failure through stream_failed."""
+        stream = OutboundStream(owner, side, sender, receiver, purpose=purpose, verify=verify)
+        endpoint = HostnameEndpoint(self.reactor, route[0], route[1], timeout=side.limits.connect_timeout)
+
+        def failed(failure):
+            owner.stream_failed(stream, "remote-server-not-found", failure.getErrorMessage())
+
+        connectProtocol(endpoint, stream).addErrback(failed)
+        return stream
 
     # -- settling -------------------------------------------------------------
 
@@ -204,9 +215,6 @@ class DialbackVerification:
     def stream_ready(self, stream):  # a verify stream never becomes ready: refuse
         self._settle(False)
 
-    def connect_failed(self, failure):
-        self._settle(False)
-
 
 class OutboundLink:
     """
@@ -255,13 +263,10 @@ class OutboundLink:
             return
         self.state = "connecting"
         self.connects += 1
-        stream = OutboundStream(self, self.side, self.sender, self.receiver)
-        self.stream = stream
-        endpoint = HostnameEndpoint(self.relay.reactor, route[0], route[1], timeout=self.side.limits.connect_timeout)
-        connectProtocol(endpoint, stream).addErrback(self._connect_failed, stream)
-
-    def _connect_failed(self, failure, stream):
-        self.stream_failed(stream, "remote-server-not-found", failure.getErrorMessage())
+        self.stream = None
+        stream = self.relay.open_stream(self, self.side, self.sender, self.receiver, route)
+        if self.state == "connecting" and self.stream is None:
+            self.stream = stream
 
     # -- owner calls from OutboundStream ---------------------------------
 
@@ -274,7 +279,7 @@ class OutboundLink:
             self._send(self.queue.popleft())
 
     def stream_failed(self, stream, condition, text):
-        if stream is not None and stream is not self.stream:
+        if self.stream is not None and stream is not self.stream:
             return
         self.failures += 1
         self.stream = None

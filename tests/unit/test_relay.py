@@ -1,0 +1,231 @@
+"""
+The relay settles every accepted stanza exactly once: delivered, bounced or
+dropped, with an audit record for each bounce and drop.  Outbound streams are
+stand-ins here that record what they are sent; the test decides when they
+become ready or fail.
+"""
+
+from twisted.internet.testing import MemoryReactorClock
+
+from guard.core.addressing import check_addressing
+from guard.core.books import Books
+from guard.core.pipeline import AllowAll, Direction, Judgement
+from guard.edges.audit import AuditUnavailable
+from guard.edges.limits import Limits
+from guard.edges.relay import PolicyTable, Relay
+from guard.edges.xmlstream import StreamParser, serialise
+
+from .streams.sides import TOPOLOGY, make_side
+
+RED_TO_BLUE = Direction("red", "blue")
+BLUE_TO_RED = Direction("blue", "red")
+
+
+class StandInStream:
+    """Records the stanzas an outbound link writes to it."""
+
+    def __init__(self, log, owner, side, sender, receiver, route, purpose):
+        self.log, self.owner = log, owner
+        self.key = (side.name, sender, receiver)
+        log.append(("open", side.name, sender, receiver, route, purpose))
+
+    def send(self, stanza):
+        self.log.append(("send", self.key, serialise(stanza)))
+
+    def close_for_shutdown(self):
+        self.log.append(("close", self.key))
+
+    def close_idle(self):
+        self.log.append(("close", self.key))
+
+
+class RecordingAudit:
+    def __init__(self, fail=False):
+        self.records, self.fail = [], fail
+
+    def record(self, event, **fields):
+        if self.fail:
+            raise AuditUnavailable("disk full")
+        self.records.append((event, fields["rule"], fields["sender"], fields["recipient"]))
+
+
+class Policy:
+    """Judges by the body text: 'drop', 'bounce', 'explode' or anything else to pass."""
+
+    def judge(self, stanza, direction):
+        body = str(stanza.body) if stanza.body else ""
+        if body == "drop":
+            return Judgement.dropped(stanza, "no-drops", 2)
+        if body == "bounce":
+            return Judgement.bounced(stanza, "no-bounces", "policy-violation", "not across this boundary")
+        if body == "explode":
+            raise RuntimeError("a broken policy")
+        return Judgement.passed(stanza, "pass-rest")
+
+
+def parse(xml):
+    found = []
+    StreamParser(lambda header: None, lambda element, size: found.append(element), lambda: None).feed(
+        b"<stream:stream xmlns='jabber:server' xmlns:stream='http://etherx.jabber.org/streams' version='1.0'>"
+        + xml.encode()
+    )
+    return found[0]
+
+
+class World:
+    def __init__(self, policy=None, limits=None, audit=None):
+        self.log = []
+        self.books = Books()
+        self.audit = audit or RecordingAudit()
+        self.streams = {}
+        clock = MemoryReactorClock()
+        policies = PolicyTable({RED_TO_BLUE: policy or Policy(), BLUE_TO_RED: policy or Policy()})
+        self.relay = Relay(TOPOLOGY, policies, self.books, self.audit, clock, open_stream=self.open_stream)
+        routes = {"red": {"red.example": ("127.0.1.1", 5269)}, "blue": {"blue.example": ("127.0.2.1", 5269)}}
+        for name in ("red", "blue"):
+            self.relay.add_side(make_side(name, clock, relay=self.relay, routes=routes[name], limits=limits))
+
+    def open_stream(self, owner, side, sender, receiver, route, purpose="relay", verify=None):
+        stream = StandInStream(self.log, owner, side, sender, receiver, route, purpose)
+        self.streams[stream.key] = stream
+        return stream
+
+    def arrive(self, xml, side="red"):
+        stanza = parse(xml)
+        pairs = {("red.example", "blue.example")} if side == "red" else {("blue.example", "red.example")}
+        addressed = check_addressing(stanza, pairs, TOPOLOGY.fronted_on(side))
+        self.relay.stanza_received(self.relay.sides[side], stanza, addressed, 100)
+
+    def ready(self, side, sender, receiver):
+        stream = self.streams[(side, sender, receiver)]
+        stream.owner.stream_ready(stream)
+
+    def fail(self, side, sender, receiver, condition="remote-server-not-found"):
+        stream = self.streams[(side, sender, receiver)]
+        stream.owner.stream_failed(stream, condition, "refused")
+
+
+MESSAGE = "<message from='romeo@red.example/a' to='juliet@blue.example' id='{id}'><body>{body}</body></message>"
+
+
+def test_passed_stanzas_wait_for_the_stream_and_are_then_re_serialised():
+    """A passed stanza waits while the outbound stream is set up, then goes out re-serialised, once."""
+    world = World()
+    world.arrive(MESSAGE.format(id="m1", body="hello"))
+    world.arrive(MESSAGE.format(id="m2", body="again"))
+    world.ready("blue", "red.example", "blue.example")
+    world.arrive(MESSAGE.format(id="m3", body="now direct"))
+    assert world.log == [
+        ("open", "blue", "red.example", "blue.example", ("127.0.2.1", 5269), "relay"),
+        ("send", ("blue", "red.example", "blue.example"),
+         '<message from="romeo@red.example/a" to="juliet@blue.example" id="m1"><body>hello</body></message>'),
+        ("send", ("blue", "red.example", "blue.example"),
+         '<message from="romeo@red.example/a" to="juliet@blue.example" id="m2"><body>again</body></message>'),
+        ("send", ("blue", "red.example", "blue.example"),
+         '<message from="romeo@red.example/a" to="juliet@blue.example" id="m3"><body>now direct</body></message>'),
+    ]
+    assert (world.books.accepted, world.books.delivered, world.books.in_flight) == (3, 3, 0)
+
+
+def test_policy_bounce_goes_back_to_the_sender_without_the_payload():
+    """A bounce verdict sends an error from the far domain back on the sender's side, audited, with no body."""
+    world = World()
+    world.arrive(MESSAGE.format(id="m1", body="bounce"))
+    world.ready("red", "blue.example", "red.example")
+    assert world.log == [
+        ("open", "red", "blue.example", "red.example", ("127.0.1.1", 5269), "relay"),
+        ("send", ("red", "blue.example", "red.example"),
+         '<message type="error" from="juliet@blue.example" to="romeo@red.example/a" id="m1">'
+         '<error type="modify"><policy-violation xmlns="urn:ietf:params:xml:ns:xmpp-stanzas"/>'
+         '<text xmlns="urn:ietf:params:xml:ns:xmpp-stanzas">not across this boundary</text></error></message>'),
+    ]
+    assert world.audit.records == [("bounce", "no-bounces", "romeo@red.example/a", "juliet@blue.example")]
+    assert world.books.summary()["bounce_reasons"] == {"no-bounces": 1}
+
+
+def test_policy_drop_and_policy_failure_send_nothing_and_are_audited():
+    """Dropped stanzas and stanzas the policy failed on go nowhere and each has an audit record."""
+    world = World()
+    world.arrive(MESSAGE.format(id="m1", body="drop"))
+    world.arrive(MESSAGE.format(id="m2", body="explode"))
+    assert world.log == []
+    assert world.audit.records == [
+        ("drop", "no-drops", "romeo@red.example/a", "juliet@blue.example"),
+        ("drop", "guard:policy-failure", "romeo@red.example/a", "juliet@blue.example"),
+    ]
+    assert (world.books.dropped, world.books.in_flight) == (2, 0)
+
+
+def test_failed_outbound_stream_bounces_every_waiting_stanza_but_not_errors():
+    """When the far server cannot be reached, waiting stanzas are bounced; a waiting error is dropped, never bounced."""
+    world = World()
+    world.arrive(MESSAGE.format(id="m1", body="one"))
+    world.arrive("<message from='romeo@red.example/a' to='juliet@blue.example' type='error' id='e1'/>")
+    world.arrive("<iq from='romeo@red.example/a' to='juliet@blue.example/x' type='result' id='r1'/>")
+    world.fail("blue", "red.example", "blue.example")
+    assert world.audit.records == [
+        ("bounce", "guard:remote-server-not-found", "romeo@red.example/a", "juliet@blue.example"),
+        ("drop", "guard:remote-server-not-found", "romeo@red.example/a", "juliet@blue.example"),
+        ("drop", "guard:remote-server-not-found", "romeo@red.example/a", "juliet@blue.example/x"),
+    ]
+    assert world.books.summary()["in_flight"] == 0
+    assert world.log[-1] == ("open", "red", "blue.example", "red.example", ("127.0.1.1", 5269), "relay")
+
+
+def test_full_queue_bounces_the_overflow_with_remote_server_timeout():
+    """Beyond outbound_queue waiting stanzas, each further one is bounced at once."""
+    world = World(limits=Limits(outbound_queue=2))
+    for number in range(4):
+        world.arrive(MESSAGE.format(id=f"m{number}", body="wait"))
+    assert [record[:2] for record in world.audit.records] == [
+        ("bounce", "guard:remote-server-timeout"), ("bounce", "guard:remote-server-timeout"),
+    ]
+    world.ready("blue", "red.example", "blue.example")
+    assert (world.books.delivered, world.books.bounced, world.books.in_flight) == (2, 2, 0)
+
+
+def test_unreachable_stanza_to_an_unrouted_domain_bounces():
+    """A domain with no route on its side bounces with remote-server-not-found instead of waiting forever."""
+    world = World()
+    world.relay.sides["blue"].routes.clear()
+    world.arrive(MESSAGE.format(id="m1", body="nowhere"))
+    assert world.books.summary()["bounce_reasons"] == {"guard:remote-server-not-found": 1}
+
+
+def test_audit_failure_stops_relaying():
+    """If the audit trail cannot be written, the guard stops relaying: later stanzas are bounced, none delivered."""
+    world = World(audit=RecordingAudit(fail=True))
+    world.arrive(MESSAGE.format(id="m1", body="drop"))
+    assert world.relay.halted_reason == "audit trail unavailable: disk full"
+    world.arrive(MESSAGE.format(id="m2", body="would pass"))
+    assert world.books.delivered == 0
+    assert world.books.summary()["bounce_reasons"] == {"guard:halted": 1}
+    assert not any(entry[0] == "send" and "would pass" in entry[2] for entry in world.log)
+
+
+def test_shutdown_bounces_what_waits_and_closes_streams():
+    """Stopping the guard bounces every waiting stanza and closes outbound streams; the books balance."""
+    world = World()
+    world.arrive(MESSAGE.format(id="m1", body="late"))
+    world.relay.shut_down()
+    assert world.books.summary()["bounce_reasons"] == {"guard:remote-server-timeout": 1}
+    assert ("close", ("blue", "red.example", "blue.example")) in world.log
+    assert world.books.balanced()
+
+
+def test_books_balance_after_a_mixed_blast_with_faults():
+    """After passes, drops, bounces, policy failures, a failed stream and a full queue, every stanza is settled once."""
+    world = World(limits=Limits(outbound_queue=50))
+    bodies = ["pass", "drop", "bounce", "explode"]
+    for number in range(200):
+        world.arrive(MESSAGE.format(id=f"m{number}", body=bodies[number % 4]))
+        if number == 60:
+            world.fail("blue", "red.example", "blue.example")
+        if number == 120:
+            world.ready("blue", "red.example", "blue.example")
+    books = world.books
+    assert books.accepted == 200
+    assert books.delivered + books.bounced + books.dropped == 200
+    assert books.balanced()
+    assert books.dropped == 100
+    assert books.delivered > 0 and books.bounced > 50
