@@ -163,8 +163,10 @@ class LabClient:
         address: str,
         port: int = 15222,
         cafile: Path | None = None,
+        check_hostname: bool = True,
     ):
         self.loop = loop
+        self.check_hostname = check_hostname
         self.jid = JID(jid)
         self.password = password
         self.address = address
@@ -192,6 +194,7 @@ class LabClient:
         xmpp.enable_plaintext = False
         if self.cafile is not None:
             xmpp.ca_certs = Path(self.cafile)
+        xmpp.ssl_context.check_hostname = self.check_hostname
         xmpp.register_handler(Callback("lab messages", StanzaPath("message"), self._on_message))
         xmpp.register_handler(Callback("lab presences", StanzaPath("presence"), self._on_presence))
         outcome: asyncio.Future = asyncio.get_running_loop().create_future()

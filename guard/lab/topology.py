@@ -215,7 +215,10 @@ class Lab:
         guard_log_level: str = "debug",
         policy: Path = DEFAULT_POLICY,
         python: str = sys.executable,
+        server_certificates: dict[str, str] | None = None,
     ):
+        """``server_certificates`` swaps a side's Prosody certificate for another
+        LabPki attribute, for hostile tests: ``{"red": "red_from_blue_ca"}``."""
         self.mode = Mode(mode)
         if authentication not in AUTHENTICATIONS:
             raise ValueError(f"authentication must be one of {AUTHENTICATIONS}")
@@ -225,6 +228,10 @@ class Lab:
         self.prosody_log_level = prosody_log_level
         self.guard_log_level = guard_log_level
         self.policy = Path(policy)
+        self.server_certificates = dict(server_certificates or {})
+        for side, attribute in self.server_certificates.items():
+            if side not in ("red", "blue") or attribute not in LabPki.__dataclass_fields__:
+                raise ValueError(f"unknown side or certificate: {side}={attribute}")
         self.python = python
         self.pki: LabPki | None = None
         self.red: ProsodyServer | None = None
@@ -304,7 +311,9 @@ class Lab:
             domain=domain,
             muc_domain=muc_domain,
             address=address,
-            certificate=self.pki.server(name),
+            certificate=getattr(self.pki, self.server_certificates[name])
+            if name in self.server_certificates
+            else self.pki.server(name),
             cafile=cafile,
             secure_auth=self.authentication == "certificate",
             log_level=self.prosody_log_level,
@@ -399,7 +408,12 @@ class Lab:
             address = BLUE_ADDRESS
         else:
             raise LabError(f"no lab server hosts {domain!r}")
-        return LabClient(loop, jid, password, address, C2S_PORT, cafile=self.pki.both_cas)
+        side = "red" if domain == "red.example" else "blue"
+        return LabClient(
+            loop, jid, password, address, C2S_PORT, cafile=self.pki.both_cas,
+            # A swapped (hostile) server certificate may not name the domain.
+            check_hostname=side not in self.server_certificates,
+        )  # fmt: skip
 
     def register(self, jid: str, password: str = PASSWORD) -> None:
         """Create another account on its side's Prosody."""

@@ -45,9 +45,12 @@ def pytest_configure(config):
 @pytest.fixture(scope="session", params=LAB_CONFIGURATIONS)
 def lab(request, tmp_path_factory):
     """A running lab (DNS, both Prosodies, and the relay or guard) for one configuration."""
-    mode, authentication = request.param
+    # (mode, authentication) or, for hostile tests parametrizing ``lab``
+    # indirectly, (mode, authentication, ((side, LabPki attribute), ...)).
+    mode, authentication, *swapped = request.param
+    certificates = dict(swapped[0]) if swapped else {}
     folder = tmp_path_factory.mktemp(f"lab-{mode.value}-{authentication}")
-    laboratory = Lab(mode, authentication, folder=folder)
+    laboratory = Lab(mode, authentication, folder=folder, server_certificates=certificates)
     try:
         laboratory.start()
     except Exception as error:
