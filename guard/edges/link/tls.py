@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 
+from cryptography.hazmat.primitives import serialization
 from OpenSSL import SSL, crypto
 from twisted.internet.interfaces import IOpenSSLClientConnectionCreator, IOpenSSLServerConnectionCreator
 from twisted.protocols.tls import TLSMemoryBIOFactory
@@ -85,13 +86,13 @@ def _context(method, certificate_path: str, key_path: str) -> SSL.Context:
     if not chain:
         raise ValueError(f"{certificate_path}: no certificates")
     with open(key_path, "rb") as pem:
-        key = crypto.load_privatekey(crypto.FILETYPE_PEM, pem.read())
+        key = serialization.load_pem_private_key(pem.read(), password=None)
     context = SSL.Context(method)
     context.set_min_proto_version(SSL.TLS1_2_VERSION)
     context.set_options(SSL.OP_NO_COMPRESSION | getattr(SSL, "OP_NO_RENEGOTIATION", 0x40000000))
-    context.use_certificate(chain[0])
+    context.use_certificate(chain[0].to_cryptography())
     for extra in chain[1:]:
-        context.add_extra_chain_cert(extra)
+        context.add_extra_chain_cert(extra.to_cryptography())
     context.use_privatekey(key)
     context.check_privatekey()
     context.set_verify(SSL.VERIFY_PEER | SSL.VERIFY_FAIL_IF_NO_PEER_CERT, _accept_any_chain)
@@ -131,8 +132,15 @@ class LinkTLS:
     def fingerprint(self) -> str:
         return certificate_fingerprint(self.certificate_path)
 
-    def listening(self, factory) -> TLSMemoryBIOFactory:
-        return TLSMemoryBIOFactory(_ServerCreator(self._server), False, factory)
+    def listening(self, factory, clock) -> TLSMemoryBIOFactory:
+        return _on_clock(TLSMemoryBIOFactory(_ServerCreator(self._server), False, factory), clock)
 
-    def dialling(self, factory) -> TLSMemoryBIOFactory:
-        return TLSMemoryBIOFactory(_ClientCreator(self._client), True, factory)
+    def dialling(self, factory, clock) -> TLSMemoryBIOFactory:
+        return _on_clock(TLSMemoryBIOFactory(_ClientCreator(self._client), True, factory), clock)
+
+
+def _on_clock(factory: TLSMemoryBIOFactory, clock) -> TLSMemoryBIOFactory:
+    # Small TLS writes are gathered and flushed on the next turn of this
+    # clock (Twisted's default is the global reactor; we pass ours).
+    factory._clock = clock
+    return factory
