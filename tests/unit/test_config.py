@@ -1,0 +1,90 @@
+"""The configuration is checked at load time and every error names the file and the key."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from guard.app.config import ConfigError, load_config
+from guard.lab.topology import render_guard_config
+
+from .streams.sides import pki
+
+PROJECT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def config_text():
+    return render_guard_config(pki(), "certificate", log_level="info")
+
+
+def write(tmp_path, text):
+    path = tmp_path / "guard.toml"
+    path.write_text(text)
+    return path
+
+
+def test_lab_configuration_loads(tmp_path, config_text):
+    """A complete configuration loads into two sides with their domains, routes and authentication."""
+    config = load_config(str(write(tmp_path, config_text)))
+    assert sorted(config.sides) == ["blue", "red"]
+    assert config.sides["red"].domains["red.example"] == ("127.0.1.1", 5269)
+    assert config.sides["blue"].authentication == "certificate"
+    assert config.topology.fronted_on("red") == {"blue.example", "conference.blue.example"}
+    assert config.limits.stanza_bytes == 524288
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda t: t.replace("[sides.red]\n", "[sides.red]\ncolour = 'red'\n"), "sides.red.colour: unknown key"),
+    (lambda t: t.replace("authentication = \"certificate\"", "authentication = \"trust-me\"", 1),
+     "sides.red.authentication: must be one of certificate, dialback"),
+    (lambda t: t.replace("listen = \"tcp:5269:interface=127.0.3.1\"", "listen = \"carrier-pigeon:5269\""),
+     "sides.red.listen: not a Twisted server endpoint string"),
+    (lambda t: t.replace("red-ca.pem", "missing-ca.pem"), "sides.red.ca: no such file"),
+    (lambda t: t.replace("\"red.example\" = \"127.0.1.1:5269\"", "\"red.example\" = \"127.0.1.1\""),
+     "sides.red.domains.red.example: must be \"host:port\""),
+    (lambda t: t.replace("domains = [\"blue.example\", \"conference.blue.example\"]", "domains = [\"blue.example\"]"),
+     "sides.red.certificates: no certificate for conference.blue.example"),
+    (lambda t: t.replace("domains = [\"blue.example\", \"conference.blue.example\"]",
+                         "domains = [\"blue.example\", \"conference.blue.example\", \"green.example\"]"),
+     "sides.red.certificates[0].domains: green.example is not a domain of the other side"),
+    (lambda t: t.replace("stanza_bytes = 524288", "stanza_bytes = -1"), "limits.stanza_bytes: must be greater than zero"),
+    (lambda t: t.replace("stanza_bytes = 524288", "stanza_bytes = 'big'"), "limits.stanza_bytes: must be a number"),
+    (lambda t: t.replace("[limits]\n", "[limits]\nstanzas_bytes = 1\n"), "limits.stanzas_bytes: unknown key"),
+    (lambda t: t + "\n[sides.green]\nlisten = \"tcp:5269\"\n", "sides: needs exactly two sides, found 3"),
+    (lambda t: t.replace("\"blue.example\" = \"127.0.2.1:5269\"", "\"red.example\" = \"127.0.2.1:5269\""),
+     "sides: domains on both sides: ['red.example']"),
+    (lambda t: t.replace("[guard]", "[guard\n"), "not valid TOML"),
+])
+def test_errors_name_the_file_and_the_key(tmp_path, config_text, change, message):
+    """Each kind of mistake is refused with a message that names the file and the offending key."""
+    path = write(tmp_path, change(config_text))
+    with pytest.raises(ConfigError) as raised:
+        load_config(str(path))
+    assert str(raised.value).startswith(f"{path}: ")
+    assert message in str(raised.value)
+
+
+def test_check_config_command_reports_ok_and_problems(tmp_path, config_text):
+    """`guard check-config` exits 0 on a good file and 1, with the message on stderr, on a bad one."""
+    good = write(tmp_path, config_text)
+    result = subprocess.run([sys.executable, "-m", "guard", "check-config", str(good)],
+                            capture_output=True, text=True, cwd=PROJECT, timeout=60)
+    assert (result.returncode, result.stdout.strip()) == (0, f"{good}: OK (red: 2 domains, blue: 2 domains)")
+    bad = tmp_path / "bad.toml"
+    bad.write_text(config_text.replace("red-ca.pem", "nowhere.pem"))
+    result = subprocess.run([sys.executable, "-m", "guard", "check-config", str(bad)],
+                            capture_output=True, text=True, cwd=PROJECT, timeout=60)
+    assert result.returncode == 1
+    assert "sides.red.ca: no such file" in result.stderr
+
+
+def test_a_key_that_does_not_match_its_certificate_is_refused(tmp_path, config_text):
+    """check-config loads the certificates too: a key from another certificate is refused, naming the entry."""
+    material = pki()
+    text = config_text.replace(str(material.guard_facing("red").key), str(material.red_server.key))
+    result = subprocess.run([sys.executable, "-m", "guard", "check-config", str(write(tmp_path, text))],
+                            capture_output=True, text=True, cwd=PROJECT, timeout=60)
+    assert result.returncode == 1
+    assert "sides.red.certificates[0]: cannot use" in result.stderr
