@@ -29,7 +29,7 @@ def _run(arguments) -> int:
     level = {"debug": LogLevel.debug, "info": LogLevel.info, "warn": LogLevel.warn,
              "error": LogLevel.error}[config.log_level]
     observer = FilteringLogObserver(textFileLogObserver(sys.stdout),
-                                    [LogLevelFilterPredicate(defaultLogLevel=level)])
+                                    [LogLevelFilterPredicate(defaultLogLevel=level), _quiet_factories])
     globalLogBeginner.beginLoggingTo([observer], redirectStandardIO=False)
     if arguments.pidfile:
         with open(arguments.pidfile, "w") as pidfile:
@@ -41,8 +41,17 @@ def _run(arguments) -> int:
     def write_status_on_usr1(signum, frame):
         reactor.callFromThread(guard.write_status)
 
+    stopping = []
+
+    def stop_once(signum, frame):
+        if not stopping:
+            stopping.append(signum)
+            reactor.callFromThread(reactor.stop)
+
     signal.signal(signal.SIGHUP, reload_on_hangup)
     signal.signal(signal.SIGUSR1, write_status_on_usr1)
+    signal.signal(signal.SIGTERM, stop_once)
+    signal.signal(signal.SIGINT, stop_once)
     exit_code = []
 
     def start():
@@ -56,8 +65,18 @@ def _run(arguments) -> int:
 
     reactor.callWhenRunning(start)
     reactor.addSystemEventTrigger("before", "shutdown", guard.stopService)
-    reactor.run()
+    reactor.run(installSignalHandlers=False)
     return exit_code[0] if exit_code else 0
+
+
+def _quiet_factories(event):
+    """Drop Twisted's per-connection "Starting factory" chatter; everything else passes."""
+    from twisted.logger import PredicateResult
+
+    text = event.get("log_format") or ""
+    if text.startswith(("Starting factory", "Stopping factory")) or text.endswith("starting on {port!r}"):
+        return PredicateResult.no
+    return PredicateResult.maybe
 
 
 def _check_config(arguments) -> int:

@@ -1,0 +1,116 @@
+"""
+The outbound stream before TLS, bytes in and bytes out: what the guard does
+when a far server answers badly.
+"""
+
+from twisted.internet.testing import MemoryReactorClock, StringTransport
+
+from guard.edges.limits import Limits
+from guard.edges.s2s.outbound import OutboundStream
+
+from .sides import make_side
+from .test_handshakes import RecordingOwner
+
+FAR_HEADER = (
+    b"<?xml version='1.0'?><stream:stream xmlns='jabber:server' "
+    b"xmlns:stream='http://etherx.jabber.org/streams' xmlns:db='jabber:server:dialback' "
+    b"from='blue.example' to='red.example' id='s1' version='1.0'>"
+)
+
+
+class TLSRecordingTransport(StringTransport):
+    tls_options = None
+
+    def startTLS(self, options):
+        self.tls_options = options
+
+
+def connect(limits=None):
+    clock = MemoryReactorClock()
+    side = make_side("blue", clock, limits=limits, presents_for=("red.example", "conference.red.example"))
+    owner = RecordingOwner()
+    stream = OutboundStream(owner, side, "red.example", "blue.example")
+    transport = TLSRecordingTransport()
+    stream.makeConnection(transport)
+    return stream, transport, clock, owner
+
+
+def written(transport):
+    value = transport.value().decode()
+    transport.clear()
+    return value
+
+
+def test_opens_with_a_header_for_the_pair():
+    """The guard opens the stream from the source domain to the target domain, with the dialback namespace."""
+    stream, transport, clock, owner = connect()
+    assert written(transport) == (
+        "<?xml version='1.0'?><stream:stream xmlns='jabber:server' "
+        "xmlns:stream='http://etherx.jabber.org/streams' xmlns:db='jabber:server:dialback' "
+        "from='red.example' to='blue.example' version='1.0'>"
+    )
+
+
+def test_starttls_is_requested_and_started_with_verification_for_the_target():
+    """Offered STARTTLS, the guard asks for it and starts TLS on <proceed/>, then reopens the stream."""
+    stream, transport, clock, owner = connect()
+    written(transport)
+    stream.dataReceived(FAR_HEADER + b"<stream:features><starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>"
+                                     b"</stream:features>")
+    assert written(transport) == "<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>"
+    stream.dataReceived(b"<proceed xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>")
+    assert transport.tls_options is not None
+    assert written(transport).endswith("from='red.example' to='blue.example' version='1.0'>")
+
+
+def test_a_server_without_tls_is_refused():
+    """A far server that does not offer STARTTLS is never sent a stanza: the stream fails and waiting stanzas bounce."""
+    stream, transport, clock, owner = connect()
+    written(transport)
+    stream.dataReceived(FAR_HEADER + b"<stream:features><dialback xmlns='urn:xmpp:features:dialback'/>"
+                                     b"</stream:features>")
+    assert "<remote-connection-failed xmlns='urn:ietf:params:xml:ns:xmpp-streams'/>" in written(transport)
+    assert owner.events == [("failed", "remote-server-not-found")]
+    assert transport.disconnecting
+
+
+def test_far_stream_error_fails_the_stream():
+    """A stream error from the far server ends the attempt; the owner hears it once."""
+    stream, transport, clock, owner = connect()
+    stream.dataReceived(FAR_HEADER + b"<stream:error><host-unknown xmlns='urn:ietf:params:xml:ns:xmpp-streams'/>"
+                                     b"</stream:error>")
+    assert owner.events == [("failed", "remote-server-not-found")]
+    stream.connectionLost(_Reason())
+    assert owner.events == [("failed", "remote-server-not-found")]
+
+
+def test_header_without_id_is_refused():
+    """A far header without a stream id (needed for dialback) is refused with invalid-xml."""
+    stream, transport, clock, owner = connect()
+    written(transport)
+    stream.dataReceived(FAR_HEADER.replace(b" id='s1'", b""))
+    assert "<invalid-xml xmlns='urn:ietf:params:xml:ns:xmpp-streams'/>" in written(transport)
+    assert owner.events == [("failed", "remote-server-not-found")]
+
+
+def test_silent_server_times_out_and_reports_remote_server_timeout():
+    """A far server that never finishes negotiating is closed at auth_timeout; waiting stanzas bounce with remote-server-timeout."""
+    stream, transport, clock, owner = connect(limits=Limits(auth_timeout=10.0))
+    stream.dataReceived(FAR_HEADER)
+    clock.advance(10.5)
+    assert owner.events == [("failed", "remote-server-timeout")]
+    assert transport.disconnecting
+
+
+def test_unexpected_stanza_on_an_outbound_stream_is_refused():
+    """Outbound streams carry nothing inbound: a stanza from the far server ends the stream."""
+    stream, transport, clock, owner = connect()
+    written(transport)
+    stream.dataReceived(FAR_HEADER + b"<message from='juliet@blue.example' to='romeo@red.example'/>")
+    assert "<unsupported-stanza-type xmlns='urn:ietf:params:xml:ns:xmpp-streams'/>" in written(transport)
+    assert owner.events == [("failed", "remote-server-not-found")]
+
+
+class _Reason:
+    def getErrorMessage(self):
+        return "connection lost"
