@@ -60,11 +60,13 @@ def text_of(element: domish.Element) -> str:
     return "".join(child for child in element.children if isinstance(child, str))
 
 
-def clone(element: domish.Element, skip=None) -> domish.Element:
+def clone(element: domish.Element, skip=None, keep_text=True) -> domish.Element:
     """
     A deep copy of ``element`` that shares nothing with it.
 
-    ``skip`` (a predicate over direct children) leaves matching children out.
+    ``skip`` (a predicate over direct children) leaves matching children out;
+    ``keep_text=False`` leaves out text directly inside ``element`` (its
+    children keep theirs).
     """
     copy = domish.Element(
         (element.uri, element.name),
@@ -77,7 +79,7 @@ def clone(element: domish.Element, skip=None) -> domish.Element:
             if skip is not None and skip(child):
                 continue
             copy.addChild(clone(child))
-        else:
+        elif keep_text:
             copy.addContent(child)
     return copy
 

@@ -4,7 +4,9 @@ Folding: reduce what crosses the boundary to what the receiving side needs.
 A folding profile has a ``message`` part (strip named elements, drop whole
 message kinds) and/or a ``presence`` part (reduce presence to a small set of
 states and keep only allow-listed children).  Folding never mutates its
-input: it builds a new element.
+input: it builds a new element.  Text directly inside a folded stanza (not
+inside one of its children) is never carried: in XMPP it means nothing, so
+across a boundary it could only be a covert channel.
 """
 
 from __future__ import annotations
@@ -50,7 +52,7 @@ class MessageFolding:
         if self.drop_if_only and children and all(any(p.matches(c) for p in self.drop_if_only) for c in children):
             return Folded(None, "message holds only elements that are folded away")
         stripped = [c for c in child_elements(stanza) if any(p.matches(c) for p in self.strip)]
-        result = clone(stanza, skip=lambda c: any(p.matches(c) for p in self.strip))
+        result = clone(stanza, skip=lambda c: any(p.matches(c) for p in self.strip), keep_text=False)
         names = sorted({f"{{{c.uri}}}{c.name}" for c in stripped})
         return Folded(result, f"stripped {names}" if names else "nothing to strip")
 
@@ -74,7 +76,7 @@ class PresenceFolding:
         presence_type = stanza.getAttribute("type")
         if presence_type not in (None, "unavailable"):
             # Subscriptions and probes carry no state; keep only allowed children.
-            result = clone(stanza, skip=lambda c: not any(p.matches(c) for p in self.keep))
+            result = clone(stanza, skip=lambda c: not any(p.matches(c) for p in self.keep), keep_text=False)
             return Folded(result, f"presence {presence_type}: kept only allow-listed children")
         state = self._state(stanza)
         folded_state = state
@@ -82,7 +84,7 @@ class PresenceFolding:
             folded_state = _FALLBACK[folded_state]
         if folded_state is None:
             return Folded(None, f"presence state {state} has no place in this profile")
-        result = clone(stanza, skip=lambda c: True)
+        result = clone(stanza, skip=lambda c: True, keep_text=False)
         for child in child_elements(stanza):
             if any(p.matches(child) for p in self.keep):
                 result.addChild(clone(child))
