@@ -1,0 +1,270 @@
+"""
+The client for the ``refer`` verdict: asks an external release authority
+whether a stanza may cross, and never lets one through on doubt.
+
+The socket protocol (Unix or TCP stream socket; the endpoint is a Twisted
+client endpoint string such as ``unix:path=/run/guard/release.sock`` or
+``tcp:host=127.0.0.1:port=7400``):
+
+- one question per connection: the guard connects, writes one request
+  frame, reads one answer frame, and closes;
+- a frame is one line: a UTF-8 JSON object followed by ``\\n`` (no newline
+  inside it: JSON escapes them), at most 1 MiB;
+- request::
+
+    {"version": 1, "id": "<32 hex>", "direction": "red->blue", "rule": "<rule id>",
+     "stanza": "<message from='...' to='...'>...</message>"}
+
+  ``stanza`` is the stanza serialised by the guard with ``jabber:server`` as
+  the default namespace (no xmlns on the stanza element);
+- answer::
+
+    {"version": 1, "id": "<the request's id>", "decision": "release" | "deny" | "release-with-changes",
+     "reason": "<text, at most 1000 characters>", "stanza": "<...>"}
+
+  ``stanza`` is required with ``release-with-changes`` and forbidden
+  otherwise.  The changed stanza is parsed again by the guard's hardened
+  parser and must be one stanza of the same kind with the same ``from`` and
+  ``to``; it is never trusted as given.
+
+A timeout, a refused or failed connection, a closed socket, an oversized or
+garbled answer, an answer to another id, or an audit trail that cannot be
+written: each means *deny*, with an audit record.  ``ask`` never errbacks.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+from dataclasses import dataclass
+
+from twisted.internet import defer
+from twisted.internet.protocol import Factory, Protocol
+from twisted.logger import Logger
+from twisted.words.xish import domish
+
+from guard.edges.audit import AuditUnavailable
+from guard.edges.xmlstream import ParserLimits, StreamFault, StreamParser, serialise
+
+log = Logger()
+
+PROTOCOL_VERSION = 1
+MAX_FRAME_BYTES = 1024 * 1024
+MAX_REASON_CHARACTERS = 1000
+DECISIONS = ("release", "deny", "release-with-changes")
+_ANSWER_KEYS = frozenset({"version", "id", "decision", "reason", "stanza"})
+_STANZA_NAMES = frozenset({"message", "presence", "iq"})
+_HEADER = (
+    b"<stream:stream xmlns='jabber:server' xmlns:stream='http://etherx.jabber.org/streams' version='1.0'>"
+)
+
+
+@dataclass(frozen=True)
+class Release:
+    """The authority's answer as the relay acts on it."""
+
+    released: bool
+    stanza: domish.Element | None
+    reason: str
+
+
+def request_frame(request_id: str, stanza, direction, rule_id: str) -> bytes:
+    """The request line for ``stanza``."""
+    body = {
+        "version": PROTOCOL_VERSION,
+        "id": request_id,
+        "direction": str(direction),
+        "rule": rule_id,
+        "stanza": serialise(stanza),
+    }
+    return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode("utf-8") + b"\n"
+
+
+def reparse_stanza(text: str, limits: ParserLimits = ParserLimits()) -> domish.Element | None:
+    """The single stanza in ``text`` after the hardened parser, or None when it is not exactly one."""
+    elements, ended = [], []
+    parser = StreamParser(lambda header: None, lambda element, size: elements.append(element),
+                          lambda: ended.append(True), limits)
+    try:
+        parser.feed(_HEADER + text.encode("utf-8") + b"</stream:stream>")
+    except (StreamFault, UnicodeError):
+        return None
+    if not ended or len(elements) != 1:
+        return None
+    element = elements[0]
+    if element.uri != "jabber:server" or element.name not in _STANZA_NAMES:
+        return None
+    return element
+
+
+def read_answer(line: bytes, request_id: str, original) -> Release:
+    """Turn one answer line into a Release; anything unexpected is a denial naming the fault."""
+    try:
+        answer = json.loads(line.decode("utf-8"))
+    except (UnicodeError, ValueError):
+        return Release(False, None, "garbled answer: not UTF-8 JSON")
+    if not isinstance(answer, dict) or not set(answer) <= _ANSWER_KEYS:
+        return Release(False, None, "garbled answer: not an answer object")
+    if answer.get("version") != PROTOCOL_VERSION:
+        return Release(False, None, "garbled answer: unknown version")
+    if answer.get("id") != request_id:
+        return Release(False, None, "garbled answer: answers another request")
+    decision = answer.get("decision")
+    reason = answer.get("reason", "")
+    if decision not in DECISIONS:
+        return Release(False, None, "garbled answer: unknown decision")
+    if not isinstance(reason, str) or len(reason) > MAX_REASON_CHARACTERS:
+        return Release(False, None, "garbled answer: bad reason")
+    reason = reason or decision
+    if decision == "deny":
+        return Release(False, None, f"denied by the release authority: {reason}")
+    if decision == "release":
+        if "stanza" in answer:
+            return Release(False, None, "garbled answer: a plain release carries no stanza")
+        return Release(True, original, reason)
+    changed_text = answer.get("stanza")
+    if not isinstance(changed_text, str):
+        return Release(False, None, "garbled answer: release-with-changes without a stanza")
+    changed = reparse_stanza(changed_text)
+    if changed is None:
+        return Release(False, None, "changed stanza refused by the parser")
+    if changed.name != original.name:
+        return Release(False, None, "changed stanza is of another kind")
+    for attribute in ("from", "to"):
+        if changed.getAttribute(attribute) != original.getAttribute(attribute):
+            return Release(False, None, f"changed stanza changed its {attribute}")
+    return Release(True, changed, reason)
+
+
+class _Question(Protocol):
+    """One connection to the authority: write the request, read one line, report it."""
+
+    def __init__(self, frame: bytes, answered):
+        self.frame = frame
+        self.answered = answered  # called once with the line (bytes) or None
+        self._buffer = b""
+        self._done = False
+
+    def connectionMade(self):
+        self.transport.write(self.frame)
+
+    def dataReceived(self, data):
+        if self._done:
+            return
+        self._buffer += data
+        end = self._buffer.find(b"\n")
+        if end < 0:
+            if len(self._buffer) > MAX_FRAME_BYTES:
+                self._finish(None, "answer too large")
+            return
+        if end > MAX_FRAME_BYTES:
+            self._finish(None, "answer too large")
+            return
+        self._finish(self._buffer[:end], None)
+
+    def connectionLost(self, reason=None):
+        self._finish(None, "the authority closed the socket without an answer")
+
+    def _finish(self, line, problem):
+        if self._done:
+            return
+        self._done = True
+        if self.transport is not None:
+            self.transport.loseConnection()
+        self.answered(line, problem)
+
+    def abort(self):
+        self._done = True
+        if self.transport is not None:
+            self.transport.abortConnection()
+
+
+class ReleaseAuthority:
+    """Asks the release authority at ``endpoint``; every failure is a denial, audited."""
+
+    def __init__(self, endpoint, clock, audit, timeout: float = 5.0):
+        self.endpoint = endpoint
+        self.clock = clock
+        self.audit = audit
+        self.timeout = timeout
+        self.asked = 0
+        self.released = 0
+        self.denied = 0
+
+    def ask(self, stanza, direction, rule_id: str) -> defer.Deferred:
+        """A Deferred firing with a Release; it never errbacks."""
+        result = defer.Deferred()
+        try:
+            self._ask(stanza, direction, rule_id, result)
+        except Exception as problem:  # noqa: BLE001 - fail closed on anything
+            self._settle(result, stanza, direction, rule_id, Release(False, None, f"could not ask: {problem!r}"))
+        return result
+
+    def _ask(self, stanza, direction, rule_id, result):
+        self.asked += 1
+        request_id = secrets.token_hex(16)
+        frame = request_frame(request_id, stanza, direction, rule_id)
+        state = {"question": None, "timer": None, "attempt": None}
+
+        def answered(line, problem):
+            timer = state["timer"]
+            if timer is not None and timer.active():
+                timer.cancel()
+            if line is None:
+                release = Release(False, None, problem or "no answer")
+            else:
+                try:
+                    release = read_answer(line, request_id, stanza)
+                except Exception as error:  # noqa: BLE001 - fail closed on anything
+                    release = Release(False, None, f"answer could not be read: {error!r}")
+            self._settle(result, stanza, direction, rule_id, release)
+
+        def timed_out():
+            state["timer"] = None
+            if state["question"] is not None:
+                state["question"].abort()
+            elif state["attempt"] is not None:
+                state["attempt"].cancel()
+            self._settle(result, stanza, direction, rule_id,
+                         Release(False, None, f"no answer within {self.timeout}s"))
+
+        def connected(question):
+            state["question"] = question
+            return question
+
+        def failed(failure):
+            answered(None, f"cannot reach the release authority: {failure.getErrorMessage()}")
+
+        question = _Question(frame, answered)
+        factory = Factory.forProtocol(lambda: question)
+        state["timer"] = self.clock.callLater(self.timeout, timed_out)
+        attempt = state["attempt"] = self.endpoint.connect(factory)
+        attempt.addCallbacks(connected, failed)
+
+    def _settle(self, result, stanza, direction, rule_id, release: Release) -> None:
+        if result.called:
+            return
+        try:
+            self.audit.record(
+                "release" if release.released else "release-denied",
+                rule=rule_id,
+                direction=str(direction),
+                kind=stanza.name,
+                type=stanza.getAttribute("type"),
+                id=stanza.getAttribute("id"),
+                sender=stanza.getAttribute("from"),
+                recipient=stanza.getAttribute("to"),
+                reason=release.reason,
+                changed=release.released and release.stanza is not stanza,
+            )
+        except AuditUnavailable as problem:
+            log.critical("AUDIT TRAIL UNAVAILABLE: {problem}; release denied", problem=str(problem))
+            release = Release(False, None, f"audit trail unavailable: {problem}")
+        except Exception as problem:  # noqa: BLE001 - no record, no release
+            release = Release(False, None, f"audit failed: {problem!r}")
+        if release.released:
+            self.released += 1
+        else:
+            self.denied += 1
+            log.info("release denied for {rule}: {reason}", rule=rule_id, reason=release.reason)
+        result.callback(release)
