@@ -16,6 +16,8 @@ from guard.core.policy.cases import cases_path, run_cases
 from guard.core.policy.elements import MAX_STANZA_TEXT, StanzaTextError, parse_stanza_text
 from guard.core.policy.explaining import describe
 
+TESTS_SUFFIX = ".tests.toml"
+
 
 def check_policy_main(argv: list[str], out=None, err=None) -> int:
     """Validate each policy file and run its test cases; 0 only when all is well."""
@@ -24,12 +26,13 @@ def check_policy_main(argv: list[str], out=None, err=None) -> int:
     parser = argparse.ArgumentParser(
         prog="guard check-policy",
         description="Validate policy files (unknown keys, unknown sets, shadowed and impossible rules) "
-                    "and run the test cases in <policy>.tests.toml beside each.")
-    parser.add_argument("files", nargs="+", metavar="FILE", help="policy file (.toml)")
+                    "and run the test cases in <policy>.tests.toml beside each.  A <policy>.tests.toml "
+                    "given as FILE stands for its policy, so 'policies/*.toml' checks each policy once.")
+    parser.add_argument("files", nargs="+", metavar="FILE", help="policy file (.toml) or its .tests.toml")
     parser.add_argument("--no-cases", action="store_true", help="validate only; do not require or run test cases")
     arguments = parser.parse_args(argv)
     failed = False
-    for path in arguments.files:
+    for path in policies_named_by(arguments.files):
         try:
             policy = load_policy(path)
         except PolicyError as problem:
@@ -58,6 +61,21 @@ def check_policy_main(argv: list[str], out=None, err=None) -> int:
             failed = True
         print(f"{path}: {len(policy.rules)} rules, {len(results) - len(bad)}/{len(results)} cases pass", file=out)
     return 1 if failed else 0
+
+
+def policies_named_by(files: list[str]) -> list[str]:
+    """
+    The policy files to check, in order, each once: a ``<policy>.tests.toml``
+    stands for ``<policy>.toml`` (its cases run when the policy is checked),
+    so that ``guard check-policy policies/*.toml`` works.
+    """
+    policies = []
+    for path in files:
+        if path.endswith(TESTS_SUFFIX):
+            path = path[: -len(TESTS_SUFFIX)] + ".toml"
+        if path not in policies:
+            policies.append(path)
+    return policies
 
 
 def explain_main(argv: list[str], out=None, err=None, stdin=None) -> int:

@@ -75,8 +75,14 @@ class PresenceFolding:
     def fold(self, stanza):
         presence_type = stanza.getAttribute("type")
         if presence_type not in (None, "unavailable"):
-            # Subscriptions and probes carry no state; keep only allowed children.
-            result = clone(stanza, skip=lambda c: not any(p.matches(c) for p in self.keep), keep_text=False)
+            # Subscriptions and probes carry no state; keep only allowed children
+            # (and an error's <error/>, which is what the error is about).
+            def dropped(child):
+                if presence_type == "error" and child.name == "error" and child.uri in STANZA_NAMESPACES:
+                    return False
+                return not any(p.matches(child) for p in self.keep)
+
+            result = clone(stanza, skip=dropped, keep_text=False)
             return Folded(result, f"presence {presence_type}: kept only allow-listed children")
         state = self._state(stanza)
         folded_state = state

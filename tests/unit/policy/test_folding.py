@@ -170,3 +170,11 @@ def test_text_directly_inside_a_folded_stanza_does_not_cross(xml):
     judgement = fold(xml)
     assert judgement.verdict is Verdict.PASS
     assert "ATTACK" not in judgement.stanza.toXml()
+
+
+def test_a_presence_error_keeps_its_error_when_folded():
+    """Folding a presence error keeps the <error/> it is about and drops everything else."""
+    judgement = fold("""<presence from='alice@red.example/pc' to='bob@blue.example' type='error'><status>x</status><error type='cancel'><remote-server-not-found xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></error></presence>""")
+    assert judgement.stanza.toXml() == (
+        "<presence xmlns='jabber:server' from='alice@red.example/pc' to='bob@blue.example' type='error'>"
+        "<error type='cancel'><remote-server-not-found xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></error></presence>")
