@@ -101,15 +101,26 @@ class LabLock:
             handle.close()
 
 
-def ensure_free(addresses: list[tuple[str, int]]) -> None:
-    """Raise LabError naming the first lab address something else already listens on."""
+def _busy(address: str, port: int) -> OSError | None:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((address, port))
+        except OSError as error:
+            return error
+    return None
+
+
+def ensure_free(addresses: list[tuple[str, int]], timeout: float = 30.0) -> None:
+    """Wait (bounded) until nothing listens on the lab's addresses, or raise LabError naming one."""
+    deadline = time.monotonic() + timeout
     for address, port in addresses:
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            try:
-                probe.bind((address, port))
-            except OSError as error:
-                raise LabError(f"{address}:{port} is already in use ({error}); is another lab or server running?")
+        while (error := _busy(address, port)) is not None:
+            if time.monotonic() > deadline:
+                raise LabError(
+                    f"{address}:{port} is already in use ({error}); is another lab, guard or server running?"
+                )
+            time.sleep(0.25)
 
 
 class Mode(enum.Enum):
@@ -255,11 +266,11 @@ class Lab:
     def _start(self) -> None:
         self._lock.acquire()
         self._started.append(self._lock)
-        ensure_free(
-            [(DNS_ADDRESS, DNS_PORT), (RED_ADDRESS, S2S_PORT), (RED_ADDRESS, C2S_PORT),
-             (BLUE_ADDRESS, S2S_PORT), (BLUE_ADDRESS, C2S_PORT),
-             (GUARD_RED_FACING, S2S_PORT), (GUARD_BLUE_FACING, S2S_PORT)]
-        )  # fmt: skip
+        addresses = [(DNS_ADDRESS, DNS_PORT), (RED_ADDRESS, S2S_PORT), (RED_ADDRESS, C2S_PORT),
+                     (BLUE_ADDRESS, S2S_PORT), (BLUE_ADDRESS, C2S_PORT)]  # fmt: skip
+        if self.mode is not Mode.DIRECT:
+            addresses += [(GUARD_RED_FACING, S2S_PORT), (GUARD_BLUE_FACING, S2S_PORT)]
+        ensure_free(addresses)
         self.folder.mkdir(parents=True, exist_ok=True)
         self.pki = write_lab_pki(self.folder / "pki")
         self._start_dns()
