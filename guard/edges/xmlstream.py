@@ -229,6 +229,7 @@ class StreamParser:
         self._utf8_pending = False  # the decoder holds part of a character
 
         self._names: dict[str, tuple[str, str]] = {}
+        self._element_names: dict[str, tuple[str, str]] = {}
         self._stopped = False
         self._dead: StreamFault | None = None
         self._expat = self._create_expat()
@@ -384,6 +385,19 @@ class StreamParser:
             names[name] = split
         return split
 
+    def _element_name(self, name: str) -> tuple[str, str]:
+        """(uri, local name) of an element inside the stream, refusing names no stanza may have."""
+        split = self._split(name)
+        if split == _NESTED_STREAM:
+            raise StreamFault("not-well-formed", "nested stream header")
+        if split[0] == XML_NS:
+            raise StreamFault("bad-namespace-prefix", "elements in the xml namespace are not allowed")
+        names = self._element_names
+        if len(names) >= _NAME_CACHE_ENTRIES:
+            names.clear()
+        names[name] = split
+        return split
+
     def _on_namespace(self, prefix: str | None, uri: str | None) -> None:
         limits = self._limits
         self._declarations += 1
@@ -420,9 +434,7 @@ class StreamParser:
         if self._header is None:
             self._start_stream(name, attributes)
             return
-        split = self._names.get(name) or self._split(name)
-        if split == _NESTED_STREAM:
-            raise StreamFault("not-well-formed", "nested stream header")
+        split = self._element_names.get(name) or self._element_name(name)
         element = domish.Element(split, split[0], attributes)
         stack = self._stack
         if stack:

@@ -304,6 +304,8 @@ HOSTILE = [
         HEADER + b"<message xmlns:a='urn:x' xmlns:b='urn:x' a:id='1' b:id='2'/>",
         "not-well-formed",
     ),
+    ("element-in-xml-namespace", HEADER + b"<xml:message/>", "bad-namespace-prefix"),
+    ("child-in-xml-namespace", HEADER + BODY % b"<xml:x/>", "bad-namespace-prefix"),
     ("xml-prefix-rebound", HEADER + b"<message xmlns:xml='urn:x'/>", "not-well-formed"),
     ("lt-in-attribute", HEADER + b"<message id='<'/>", "not-well-formed"),
     ("bare-ampersand", HEADER + BODY % b"a & b", "not-well-formed"),
@@ -638,6 +640,7 @@ def test_many_distinct_names_do_not_grow_without_bound():
     for n in range(10_000):
         recorder.feed(b"<m%d/>" % n)
     assert len(recorder.parser._names) <= 4096
+    assert len(recorder.parser._element_names) <= 4096
     assert len(recorder.elements) == 10_000
 
 

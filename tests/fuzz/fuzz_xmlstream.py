@@ -1,0 +1,134 @@
+"""
+Coverage-guided fuzzing of the stream parser with atheris.
+
+Run from the project root (atheris must be installed in the venv):
+
+    .venv/bin/python tests/fuzz/fuzz_xmlstream.py -max_total_time=30
+    .venv/bin/python tests/fuzz/fuzz_xmlstream.py corpus_dir/ -max_total_time=300
+
+Each input is fed after a fixed valid stream header, split into chunks at
+points the fuzzer also chooses.  A finding is any exception other than
+StreamFault, or an element that does not come back equal after
+serialise -> parse.  Small limits make the limit paths reachable.
+"""
+
+from __future__ import annotations
+
+import sys
+import tempfile
+from pathlib import Path
+
+import atheris
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+with atheris.instrument_imports():
+    from guard.edges.xmlstream import ParserLimits, StreamFault, StreamParser, serialise
+
+HEADER = (
+    b"<stream:stream xmlns='jabber:server' xmlns:stream='http://etherx.jabber.org/streams'"
+    b" xmlns:db='jabber:server:dialback' to='blue.example' from='red.example' version='1.0'>"
+)
+
+LIMITS = ParserLimits(
+    stanza_bytes=2048,
+    element_depth=8,
+    attributes_per_element=8,
+    attribute_value_bytes=128,
+    children_per_stanza=64,
+    header_bytes=4096,
+)
+
+
+def tree(element) -> tuple:
+    """An element as comparable data, adjacent text merged and empty text dropped."""
+    children: list = []
+    for child in element.children:
+        if isinstance(child, str):
+            if not child:
+                continue
+            if children and isinstance(children[-1], str):
+                children[-1] += child
+            else:
+                children.append(child)
+        else:
+            children.append(tree(child))
+    return (element.uri, element.name, dict(element.attributes), children)
+
+
+def reparse(element) -> None:
+    """Serialise element and parse it back; raise AssertionError if it changed."""
+    again = []
+    parser = StreamParser(lambda header: None, lambda parsed, size: again.append(parsed), lambda: None)
+    parser.feed(HEADER + serialise(element).encode("utf-8"))
+    if len(again) != 1 or tree(again[0]) != tree(element):
+        raise AssertionError(f"round trip changed {serialise(element)!r}")
+
+
+def test_one_input(data: bytes) -> None:
+    provider = atheris.FuzzedDataProvider(data)
+    cuts = sorted(provider.ConsumeIntInRange(0, 4096) for _ in range(provider.ConsumeIntInRange(0, 3)))
+    tail = provider.ConsumeBytes(sys.maxsize)
+    cuts = [min(cut, len(tail)) for cut in cuts]
+    pieces = [tail[start:end] for start, end in zip([0] + cuts, cuts + [len(tail)])]
+
+    received = []
+    total = []
+    parser = StreamParser(
+        lambda header: None,
+        lambda element, size: (received.append(element), total.append(size)),
+        lambda: None,
+        LIMITS,
+    )
+    parser.feed(HEADER)
+    try:
+        for piece in pieces:
+            parser.feed(piece)
+    except StreamFault:
+        pass
+    if sum(total) > len(tail):
+        raise AssertionError("elements claim more bytes than were fed")
+    for element in received:
+        reparse(element)
+
+
+SEEDS = [
+    b"<message to='a@b' type='chat'><body>hi &amp; bye</body><x xmlns='jabber:x:data'/></message>",
+    b"<presence/> <iq type='get' id='1'><query xmlns='jabber:iq:version'/></iq></stream:stream>",
+    b"<db:result from='red.example' to='blue.example'>key</db:result>",
+    b"<message xml:lang='en' xmlns:e='urn:e' e:a='&#x1F600;'><![CDATA[<x>]]></message>",
+    b"<stream:features><starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/></stream:features>",
+]
+
+DICTIONARY = [
+    "<", ">", "/>", "</", "='", "\\\"", "&amp;", "&#x", "&#", ";", "<![CDATA[", "]]>", "<!--", "-->",
+    "<?", "?>", "<!DOCTYPE", "<!ENTITY", "xmlns", "xmlns:", "xml:lang", "stream:stream",
+    "</stream:stream>", "db:result", "message", "body", "jabber:server", "\\x00", "\\xc3\\xa9",
+    "\\xed\\xa0\\x80", "\\xef\\xbf\\xbe", "\\x0d\\x0a",
+]
+
+
+def with_seeds(argv: list[str]) -> list[str]:
+    """argv plus a seed corpus and a token dictionary when the caller named neither."""
+    argv = list(argv)
+    scratch = Path(tempfile.mkdtemp(prefix="fuzz_xmlstream_"))
+    if not any(argument.startswith("-dict=") for argument in argv):
+        dictionary = scratch / "xml.dict"
+        dictionary.write_text("".join(f'"{token}"\n' for token in DICTIONARY))
+        argv.append(f"-dict={dictionary}")
+    if not any(not argument.startswith("-") for argument in argv[1:]):
+        corpus = scratch / "corpus"
+        corpus.mkdir()
+        for number, seed in enumerate(SEEDS):
+            (corpus / f"seed{number}").write_bytes(b"\x00" + seed)
+        argv.append(str(corpus))
+    return argv
+
+
+def main() -> None:
+    atheris.Setup(with_seeds(sys.argv), test_one_input)
+    atheris.Fuzz()
+
+
+if __name__ == "__main__":
+    main()
