@@ -204,6 +204,8 @@ class StreamParser:
         self._element_received = element_received
         self._stream_ended = stream_ended
         self._limits = limits
+        self._depth_limit = limits.element_depth
+        self._elements_limit = limits.children_per_stanza
 
         self._header: StreamHeader | None = None
         self._root_default: str | None = None
@@ -419,29 +421,29 @@ class StreamParser:
         if len(attributes) + self._declarations > limits.attributes_per_element:
             raise StreamFault("policy-violation", "too many attributes")
         self._declarations = 0
-        quick = limits.attribute_value_bytes // 4
-        for value in attributes.values():
-            if len(value) > quick and len(value.encode("utf-8")) > limits.attribute_value_bytes:
-                raise StreamFault("policy-violation", "attribute value too long")
+        if attributes and max(map(len, attributes.values())) > limits.attribute_value_bytes // 4:
+            for value in attributes.values():
+                if len(value.encode("utf-8")) > limits.attribute_value_bytes:
+                    raise StreamFault("policy-violation", "attribute value too long")
 
     def _on_start(self, name: str, attributes: dict[str, str]) -> None:
         if attributes or self._declarations:
             self._check_attributes(attributes)
-            for key in attributes:
-                if " " in key:
-                    attributes = self._qualify(attributes)
-                    break
+            # Namespaced attribute names arrive as "uri local"; plain ones hold no space.
+            if " " in "<".join(attributes):
+                attributes = self._qualify(attributes)
         if self._header is None:
             self._start_stream(name, attributes)
             return
-        split = self._element_names.get(name) or self._element_name(name)
-        element = domish.Element(split, split[0], attributes)
+        element = domish.Element(
+            self._element_names.get(name) or self._element_name(name), None, attributes
+        )
         stack = self._stack
         if stack:
-            if len(stack) >= self._limits.element_depth:
+            if len(stack) >= self._depth_limit:
                 raise StreamFault("policy-violation", "elements nested too deeply")
             self._stanza_elements += 1
-            if self._stanza_elements > self._limits.children_per_stanza:
+            if self._stanza_elements > self._elements_limit:
                 raise StreamFault("policy-violation", "too many elements in one stanza")
             parent = stack[-1]
             if self._text:
@@ -556,7 +558,7 @@ def _check_name(name: object) -> str:
     """The name if it can be written as an unprefixed XML name, else ValueError."""
     if _valid_names.get(name):  # type: ignore[call-overload]
         return name  # type: ignore[return-value]
-    if name.__class__ is not str or not _NCNAME.fullmatch(name) or name == "xmlns":
+    if name.__class__ is not str or not _NCNAME.fullmatch(name):
         raise ValueError(f"{name!r} cannot be serialised as an XML name")
     if len(_valid_names) >= _NAME_CACHE_ENTRIES:
         _valid_names.clear()
@@ -610,11 +612,13 @@ def _write(element: domish.Element, namespace: str, out: list[str]) -> None:
     for key, value in element.attributes.items():
         if key.__class__ is str:
             attribute = _check_name(key)
+            if attribute == "xmlns":
+                raise ValueError("namespace declarations cannot be attributes")
         else:
             attribute_uri, local = key
             _check_name(local)
             if not attribute_uri:
-                if local in element.attributes:
+                if local == "xmlns" or local in element.attributes:
                     raise ValueError(f"attribute {local!r} appears twice")
                 attribute = local
             elif attribute_uri == XML_NS:

@@ -723,6 +723,14 @@ def test_serialise_unicode_round_trips():
     assert again.children[0].children == ["\u2728 \U0001f600 \u4e2d\u6587 \ufdd0"]
 
 
+def test_elements_named_like_reserved_prefixes_round_trip():
+    """An element whose local name is 'xmlns' or 'xml' is legal XML and survives serialise -> parse."""
+    recorder = Recorder().feed(HEADER + b"<xmlns/><xml><xmlns xmlns='urn:x'/></xml>")
+    for element in recorder.elements:
+        assert serialise(reparse(serialise(element))) == serialise(element)
+    assert [event[1] for event in recorder.events[1:]] == ["<xmlns/>", '<xml><xmlns xmlns="urn:x"/></xml>']
+
+
 def test_serialise_round_trips_the_parsed_stream():
     """Every element of the sample stream serialises to XML that parses to the same serialisation."""
     for element in Recorder().feed(STREAM).elements:
