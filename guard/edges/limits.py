@@ -21,6 +21,15 @@ class Limits:
     # Enforced by InboundStream before a stream is authenticated.
     preauth_bytes: int = 8 * 1024
     preauth_elements: int = 32
+    # Enforced by InboundFactory and InboundStream on each side.
+    connections_per_address: int = 64
+    streams_per_domain: int = 16
+    # Enforced by InboundStream (XEP-0205 style): bytes per second and burst per
+    # connection; excess is slowed by not reading, and a peer still over its
+    # budget after rate_grace seconds of throttling is disconnected.
+    rate_bytes_per_second: int = 1024 * 1024
+    rate_burst_bytes: int = 4 * 1024 * 1024
+    rate_grace: float = 30.0
     # Enforced by the relay's outbound links: stanzas waiting for one domain pair.
     outbound_queue: int = 1000
     # Seconds, enforced by the stream machines with the injected clock.

@@ -169,6 +169,24 @@ class Relay:
                 self.halted_reason = f"audit trail unavailable: {problem}"
                 log.critical("the guard stops relaying: {reason}", reason=self.halted_reason)
 
+    # -- back-pressure ----------------------------------------------------------
+
+    def hold_senders(self, sender, receiver):
+        """Stop reading every inbound stream that carries (sender, receiver): the far server is not reading."""
+        side = self.sides.get(self.topology.side_of(sender))
+        if side is None:
+            return
+        for stream in list(side.inbound_streams):
+            if (sender, receiver) in stream.authenticated_pairs:
+                stream.hold(f"congested {sender}->{receiver}")
+
+    def release_senders(self, sender, receiver):
+        side = self.sides.get(self.topology.side_of(sender))
+        if side is None:
+            return
+        for stream in list(side.inbound_streams):
+            stream.release(f"congested {sender}->{receiver}")
+
     # -- shutdown -------------------------------------------------------------
 
     def shut_down(self):
@@ -214,6 +232,12 @@ class DialbackVerification:
 
     def stream_ready(self, stream):  # a verify stream never becomes ready: refuse
         self._settle(False)
+
+    def congested(self, stream):
+        pass
+
+    def decongested(self, stream):
+        pass
 
 
 class OutboundLink:
@@ -291,6 +315,7 @@ class OutboundLink:
     def stream_lost(self, stream):
         if stream is not self.stream:
             return
+        self.relay.release_senders(self.sender, self.receiver)
         self.stream = None
         self.state = "idle"
         if self.queue:
@@ -300,6 +325,13 @@ class OutboundLink:
         waiting, self.queue = self.queue, deque()
         for parcel in waiting:
             self.relay.undeliverable(parcel, condition, text)
+
+    def congested(self, stream):
+        """The far server stopped reading: stop reading from the servers that send to this pair."""
+        self.relay.hold_senders(self.sender, self.receiver)
+
+    def decongested(self, stream):
+        self.relay.release_senders(self.sender, self.receiver)
 
     def shut_down(self):
         self.bounce_waiting("remote-server-timeout", "the guard is stopping")

@@ -93,8 +93,12 @@ class TrustAnchors:
             store.add_cert(certificate)
         return store
 
-    def judge_peer(self, connection: SSL.Connection | None) -> PeerVerdict:
-        """Verify the chain a peer presented during the handshake on ``connection``."""
+    def judge_peer(self, connection: SSL.Connection | None, usage=ExtendedKeyUsageOID.CLIENT_AUTH) -> PeerVerdict:
+        """
+        Verify the chain a peer presented during the handshake on ``connection``,
+        for ``usage`` (clientAuth for servers connecting to us, serverAuth for
+        servers we connect to).
+        """
         leaf = connection.get_peer_certificate() if connection is not None else None
         if leaf is None:
             return PeerVerdict(False, "no certificate presented", frozenset(), frozenset(), None)
@@ -110,10 +114,13 @@ class TrustAnchors:
             usages = certificate.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
         except x509.ExtensionNotFound:
             usages = None
-        if usages is not None and ExtendedKeyUsageOID.CLIENT_AUTH not in usages:
-            # This check runs for certificates presented by initiating servers.
-            return PeerVerdict(False, "certificate not valid for clientAuth", xmpp_addrs, dns_names, certificate)
+        if usages is not None and usage not in usages:
+            return PeerVerdict(False, f"certificate not valid for {usage._name}", xmpp_addrs, dns_names, certificate)
         return PeerVerdict(True, None, xmpp_addrs, dns_names, certificate)
+
+    def judge_server(self, connection: SSL.Connection | None) -> PeerVerdict:
+        """Verify the certificate a server we connected to presented (chain and serverAuth)."""
+        return self.judge_peer(connection, ExtendedKeyUsageOID.SERVER_AUTH)
 
     def client_trust_root(self):
         return ssl.trustRootFromCertificates(

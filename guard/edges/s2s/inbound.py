@@ -22,6 +22,7 @@ from twisted.logger import Logger
 
 from guard.core.addressing import Misaddressed, check_addressing
 from guard.core.dialback import key_is_ours
+from guard.core.ratelimit import ByteBudget
 from guard.edges.xmlstream import StreamFault, StreamParser
 
 from . import wire
@@ -53,17 +54,27 @@ class InboundStream(Protocol):
         self._timers = {}
         self._closing = False
         self.peer_address = None
+        self.refusal_at_connect = None  # (condition, text) when the factory refuses this connection
+        self._holds: set[str] = set()
+        self._budget = None
+        self._throttled_since = None
 
     # -- transport events -------------------------------------------------
 
     def connectionMade(self):
         self.peer_address = self.transport.getPeer()
         self._new_parser()
-        self._start_timer("auth", self.side.limits.auth_timeout, "authentication took too long")
+        limits = self.side.limits
+        self._budget = ByteBudget(limits.rate_bytes_per_second, limits.rate_burst_bytes, self.clock.seconds())
+        self._start_timer("auth", limits.auth_timeout, "authentication took too long")
         self.side.inbound_streams.add(self)
+        if self.refusal_at_connect is not None:
+            self._input(self.fault, *self.refusal_at_connect)
 
     def dataReceived(self, data):
         if self._closing:
+            return
+        if self._over_budget(len(data)):
             return
         if not self.authenticated_pairs:
             self._preauth_bytes += len(data)
@@ -75,6 +86,41 @@ class InboundStream(Protocol):
             self._parser.feed(data)
         except StreamFault as fault:
             self._input(self.fault, fault.condition, fault.text)
+
+    # -- flow control: the stream stops reading while anything holds it ----
+
+    def hold(self, reason: str):
+        """Stop reading from the peer until ``reason`` is released (rate limit, congestion downstream)."""
+        if not self._holds and self.transport is not None and not self._closing:
+            self.transport.pauseProducing()
+        self._holds.add(reason)
+
+    def release(self, reason: str):
+        if reason not in self._holds:
+            return
+        self._holds.discard(reason)
+        if not self._holds and self.transport is not None and not self._closing:
+            self.transport.resumeProducing()
+
+    @property
+    def held(self) -> frozenset[str]:
+        return frozenset(self._holds)
+
+    def _over_budget(self, amount) -> bool:
+        """Spend from the byte budget; throttle when over it, and close a peer that stays over past the grace."""
+        now = self.clock.seconds()
+        wait = self._budget.spend(now, amount)
+        if wait <= 0:
+            self._throttled_since = None
+            return False
+        if self._throttled_since is None:
+            self._throttled_since = now
+        elif now - self._throttled_since > self.side.limits.rate_grace:
+            self._input(self.fault, "policy-violation", "sending faster than the rate limit allows")
+            return True
+        self.hold("rate")
+        self._start_timer_call("rate", wait, self.release, "rate")
+        return False
 
     def connectionLost(self, reason):
         for timer in self._timers.values():
@@ -142,6 +188,8 @@ class InboundStream(Protocol):
         identity = external_identity(authzid, self.first_header, self.peer_verdict, self.side.hosted)
         if isinstance(identity, Refusal):
             self._input(self.external_refused, identity.condition, identity.text)
+        elif self._streams_from(identity) >= self.side.limits.streams_per_domain:
+            self._input(self.fault, "policy-violation", f"too many streams from {identity}")
         else:
             self._input(self.external_accepted, identity)
 
@@ -153,7 +201,18 @@ class InboundStream(Protocol):
         if refusal is not None:
             self._input(self.fault, refusal.condition, refusal.text)
             return
+        sender = element.getAttribute("from")
+        if not self._sends_as(sender) and self._streams_from(sender) >= self.side.limits.streams_per_domain:
+            self._input(self.fault, "policy-violation", f"too many streams from {sender}")
+            return
         self._input(self.dialback_requested, element)
+
+    def _sends_as(self, domain) -> bool:
+        return any(sender == domain for sender, _ in self.authenticated_pairs)
+
+    def _streams_from(self, domain) -> int:
+        """How many other streams on this side are authenticated for ``domain``."""
+        return sum(1 for stream in self.side.inbound_streams if stream is not self and stream._sends_as(domain))
 
     # -- machine plumbing ---------------------------------------------------
 
@@ -171,8 +230,11 @@ class InboundStream(Protocol):
             self._close_transport()
 
     def _start_timer(self, name, seconds, text):
+        self._start_timer_call(name, seconds, self._input, self.timed_out, "connection-timeout", text)
+
+    def _start_timer_call(self, name, seconds, function, *args):
         self._cancel_timer(name)
-        self._timers[name] = self.clock.callLater(seconds, self._input, self.timed_out, "connection-timeout", text)
+        self._timers[name] = self.clock.callLater(seconds, function, *args)
 
     def _restart_timer(self, name):
         timer = self._timers.get(name)
@@ -475,10 +537,19 @@ class InboundStream(Protocol):
 class InboundFactory(Factory):
     """Makes an InboundStream for each connection from ``side``'s servers."""
 
+    noisy = False
+
     def __init__(self, side):
         self.side = side
 
     def buildProtocol(self, addr):
         stream = InboundStream(self.side)
         stream.factory = self
+        host = getattr(addr, "host", None)
+        same_address = sum(
+            1 for other in self.side.inbound_streams
+            if other.peer_address is not None and getattr(other.peer_address, "host", None) == host
+        )
+        if same_address >= self.side.limits.connections_per_address:
+            stream.refusal_at_connect = ("policy-violation", f"too many connections from {host}")
         return stream

@@ -14,20 +14,24 @@ side's authoritative server to verify a dialback key (``purpose="verify"``).
 
 The owner learns what happened through three calls: ``stream_ready(stream)``,
 ``stream_failed(stream, condition, text)`` (before it was ready) and
-``stream_lost(stream)`` (after).
+``stream_lost(stream)`` (after); and of back-pressure through
+``congested(stream)``/``decongested(stream)`` when the far server stops and
+resumes reading.
 """
 
 from __future__ import annotations
 
 from automat import MethodicalMachine, NoTransition
+from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
+from zope.interface import implementer
 
 from guard.core.dialback import dialback_key
 from guard.edges.xmlstream import StreamFault, StreamParser, serialise
 
 from . import wire
-from .decisions import refuse_outbound_header
+from .decisions import Refusal, refuse_outbound_header
 
 log = Logger()
 
@@ -53,6 +57,30 @@ def _offers_dialback(features) -> bool:
     return _child(features, wire.DIALBACK_FEATURE_NS, "dialback") is not None
 
 
+@implementer(IPushProducer)
+class _Congestion:
+    """Told by the transport when the far server stops reading (its buffer is full) and when it drains."""
+
+    def __init__(self, stream):
+        self.stream = stream
+        self.congested = False
+
+    def pauseProducing(self):
+        # TLS pauses its producer during the handshake; only a ready stream's
+        # full buffer means the far server is not reading.
+        if not self.congested and self.stream.is_ready:
+            self.congested = True
+            self.stream.owner.congested(self.stream)
+
+    def resumeProducing(self):
+        if self.congested:
+            self.congested = False
+            self.stream.owner.decongested(self.stream)
+
+    def stopProducing(self):
+        self.resumeProducing()
+
+
 class OutboundStream(Protocol):
     """One connection the guard opened to a server on ``side`` as ``sender``."""
 
@@ -74,11 +102,14 @@ class OutboundStream(Protocol):
         self._reported = False
         self._secure = False
         self._authenticated = False
+        self.is_ready = False
+        self._server_proven = False
 
     # -- transport events -------------------------------------------------
 
     def connectionMade(self):
         self._start_timer("auth", self.side.limits.auth_timeout, "authentication took too long")
+        self.transport.registerProducer(_Congestion(self), True)
         self._open_stream()
 
     def dataReceived(self, data):
@@ -118,6 +149,15 @@ class OutboundStream(Protocol):
 
     def _on_header(self, header):
         refusal = refuse_outbound_header(header, self.receiver, previous=self.first_header)
+        if refusal is None and self._secure and not self._server_proven:
+            # Twisted's verify callback logs, but does not fail on, some identity
+            # errors (a certificate without subjectAltName): prove it ourselves.
+            verdict = self.side.anchors.judge_server(self.transport.getHandle())
+            if not verdict.proves(self.receiver):
+                problem = verdict.problem or f"its subjectAltName does not name {self.receiver}"
+                refusal = Refusal("undefined-condition", f"the server certificate is refused: {problem}")
+            else:
+                self._server_proven = True
         if refusal is not None:
             self._input(self.header_refused, header, refusal.condition, refusal.text)
         else:
@@ -405,6 +445,7 @@ class OutboundStream(Protocol):
         )
         log.info("outbound {sender}->{receiver}: ready", sender=self.sender, receiver=self.receiver)
         self._reported = True
+        self.is_ready = True
         self.owner.stream_ready(self)
 
     @_machine.output()
