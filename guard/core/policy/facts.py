@@ -10,7 +10,7 @@ from functools import cached_property
 from twisted.words.protocols.jabber import jid
 from twisted.words.xish import domish
 
-from guard.core.policy.elements import STANZA_NAMESPACES, child_elements, text_of
+from guard.core.policy.elements import STANZA_KINDS, STANZA_NAMESPACES, child_elements, text_of
 from guard.core.policy.labels import LabelMeaningError, read_stanza_label
 
 DEFAULT_TYPES = {"message": "normal", "presence": "available", "iq": ""}
@@ -32,7 +32,7 @@ class StanzaFacts:
     def __init__(self, stanza: domish.Element, authority):
         self.stanza = stanza
         self.authority = authority
-        self.kind = stanza.name if stanza.uri in STANZA_NAMESPACES else None
+        self.kind = stanza.name if stanza.uri in STANZA_NAMESPACES and stanza.name in STANZA_KINDS else None
         self.type = stanza.getAttribute("type") or DEFAULT_TYPES.get(stanza.name, "")
         self.sender = parse_jid(stanza.getAttribute("from"))
         self.receiver = parse_jid(stanza.getAttribute("to"))

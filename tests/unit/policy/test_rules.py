@@ -296,3 +296,12 @@ def test_the_rule_index_gives_the_same_answers_as_reading_every_rule():
         fast = policy.judge(read(xml), RED_TO_BLUE)
         slow = policy.explain(read(xml), RED_TO_BLUE).judgement
         assert (fast.verdict, fast.rule_id) == (slow.verdict, slow.rule_id), xml
+
+
+def test_an_element_that_is_not_a_stanza_is_dropped_before_any_rule():
+    """Only message, presence and iq in the stanza namespace are judged; anything else is dropped, not an exception."""
+    policy = one_rule("")
+    for xml in ("<foo from='a@red.example' to='b@blue.example'/>",
+                "<message xmlns='urn:example:other' from='a@red.example' to='b@blue.example'/>"):
+        judgement = policy.judge(read(xml), RED_TO_BLUE)
+        assert (judgement.verdict, judgement.rule_id) == (Verdict.DROP, "guard:not-a-stanza")
