@@ -211,3 +211,62 @@ class HalfService(service.Service):
         with open(temporary, "w", encoding="utf-8") as out:
             json.dump(self.relay.status(), out, indent=2, sort_keys=True)
         os.replace(temporary, self.config.status_path)
+
+
+def main(argv=None) -> int:
+    """Run one half: ``python -m guard.app.half --config half.toml`` (until ``guard run`` starts halves)."""
+    import argparse
+    import signal
+    import sys
+
+    from twisted.internet import reactor
+    from twisted.logger import (FilteringLogObserver, LogLevel, LogLevelFilterPredicate, globalLogBeginner,
+                                textFileLogObserver)
+
+    from .half_config import load_half_config
+
+    parser = argparse.ArgumentParser(prog="guard-half", description="Run one half of a back-to-back pair")
+    parser.add_argument("--config", required=True)
+    parser.add_argument("--check", action="store_true", help="check the configuration, then exit")
+    arguments = parser.parse_args(argv)
+    try:
+        config = load_half_config(arguments.config)
+        half = HalfService(config, reactor)
+    except ConfigError as problem:
+        print(f"guard-half: {problem}", file=sys.stderr)
+        return 2
+    if arguments.check:
+        print(f"{arguments.config}: OK; this half's link fingerprint is {half.leg.tls.fingerprint}")
+        return 0
+    level = {"debug": LogLevel.debug, "info": LogLevel.info, "warn": LogLevel.warn,
+             "error": LogLevel.error}[config.log_level]
+    observer = FilteringLogObserver(textFileLogObserver(sys.stdout), [LogLevelFilterPredicate(defaultLogLevel=level)])
+    globalLogBeginner.beginLoggingTo([observer], redirectStandardIO=False)
+
+    def stop_once(signum, frame):
+        reactor.callFromThread(reactor.stop)
+
+    signal.signal(signal.SIGTERM, stop_once)
+    signal.signal(signal.SIGINT, stop_once)
+    signal.signal(signal.SIGUSR1, lambda signum, frame: reactor.callFromThread(half.write_status))
+    signal.signal(signal.SIGHUP, lambda signum, frame: reactor.callFromThread(half.reload_policies))
+
+    def start():
+        started = half.startService()
+        if started is not None:
+            def failed(failure):
+                log.critical("the half could not start: {problem}", problem=failure.getErrorMessage())
+                reactor.stop()
+
+            started.addErrback(failed)
+
+    reactor.callWhenRunning(start)
+    reactor.addSystemEventTrigger("before", "shutdown", half.stopService)
+    reactor.run(installSignalHandlers=False)
+    return 0
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(main())

@@ -1,0 +1,155 @@
+"""
+Back-to-back pair between real Prosody servers, written like a play:
+Romeo on red.example, Juliet on blue.example, and between them half A (red's
+operator), the pair link (through the reference HAG in the ``hag`` lab) and
+half B (blue's operator, with its own import policy).
+
+Run: .venv/bin/pytest tests/integration/test_back_to_back.py
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from guard.lab.clients import ClientLoop  # noqa: E402
+from pair_lab import PairLab  # noqa: E402
+
+ROMEO = "romeo@red.example"
+JULIET = "juliet@blue.example"
+
+
+def unique(word: str) -> str:
+    return f"{word}-{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture(scope="module", params=[False, True], ids=["pair", "pair-with-hag"])
+def pair(request, tmp_path_factory):
+    """A running pair lab, with or without the reference HAG in the link's path."""
+    with_hag = request.param
+    laboratory = PairLab(tmp_path_factory.mktemp("pair-hag" if with_hag else "pair"), with_hag=with_hag,
+                         down_deadline=20.0)
+    try:
+        laboratory.start()
+    except Exception as error:
+        tails = laboratory.log_tails()
+        laboratory.stop()
+        pytest.fail(f"the pair lab did not start: {error}\n{tails}", pytrace=False)
+    yield laboratory
+    laboratory.stop()
+
+
+@pytest.fixture(scope="module")
+def client_loop():
+    loop = ClientLoop()
+    yield loop
+    loop.close()
+
+
+@pytest.fixture
+def romeo(pair, client_loop):
+    client = pair.client(client_loop, ROMEO).connect()
+    yield client
+    client.disconnect()
+
+
+@pytest.fixture
+def juliet(pair, client_loop):
+    client = pair.client(client_loop, JULIET).connect()
+    yield client
+    client.disconnect()
+
+
+@pytest.fixture(autouse=True)
+def logs_on_failure(request, pair):
+    yield
+    report = getattr(request.node, "rep_call", None)
+    if report is not None and report.failed:
+        print(pair.log_tails(80))
+
+
+def test_message_red_to_blue_through_the_pair(romeo, juliet):
+    """Romeo's message leaves red, crosses half A, the link and half B, and reaches Juliet intact."""
+    body = unique("But soft, what light through yonder window breaks?")
+    romeo.send_xml(f"<message to='{JULIET}' type='chat' id='p1'><body>{body}</body></message>")
+
+    assert juliet.wait_for_body(ROMEO, body, timeout=30).type == "chat"
+
+
+def test_message_blue_to_red_through_the_pair(romeo, juliet):
+    """Juliet's answer takes the pair the other way."""
+    body = unique("Wherefore art thou Romeo?")
+    juliet.send_xml(f"<message to='{ROMEO}' type='chat' id='p2'><body>{body}</body></message>")
+
+    assert romeo.wait_for_body(JULIET, body, timeout=30).type == "chat"
+
+
+def test_presence_subscription_both_ways(romeo, juliet):
+    """Romeo and Juliet subscribe to each other across the pair and see each other available."""
+    romeo.send_presence(JULIET, "subscribe")
+    juliet.wait_for_presence(ROMEO, "subscribe", timeout=30)
+    juliet.send_presence(ROMEO, "subscribed")
+    juliet.send_presence(ROMEO, "subscribe")
+    romeo.wait_for_presence(JULIET, "subscribe", timeout=30)
+    romeo.send_presence(JULIET, "subscribed")
+
+    assert romeo.wait_for_subscription(JULIET, "both", timeout=30)
+
+
+def test_iq_round_trip_to_the_far_server(romeo):
+    """Romeo pings blue.example: the iq crosses and the result comes back."""
+    assert romeo.ping("blue.example", timeout=30) >= 0
+
+
+def test_iq_to_a_nonexistent_user_bounces_back_across(romeo):
+    """An iq to a user blue does not have comes back to Romeo as service-unavailable."""
+    assert romeo.iq_error_condition("nobody@blue.example", timeout=30) == "service-unavailable"
+
+
+def test_half_b_refuses_what_half_a_lets_out(pair, romeo, juliet):
+    """Half A's export policy passes contraband; half B's own import policy bounces it, audited by half B."""
+    body = unique("contraband")
+    romeo.send_xml(f"<message to='{JULIET}' type='chat' id='p3'><body>{body}</body></message>")
+
+    bounce = romeo.wait_for_error(JULIET, timeout=30)
+
+    assert bounce.error_condition == "policy-violation"
+    assert not any(message.body == body for message in juliet.messages)
+    refusals = [record for record in pair.audit_records("b") if record.get("rule") == "no-contraband"]
+    assert refusals and refusals[-1]["event"] == "bounce" and refusals[-1]["direction"] == "red->blue"
+    assert not any(record.get("rule") == "no-contraband" for record in pair.audit_records("a"))
+
+
+def test_a_cut_link_mid_blast_loses_nothing_and_doubles_nothing(pair, romeo, juliet):
+    """2000 messages; the link is cut after 600 and restored after 1200: each arrives exactly once."""
+    count = 2000
+    tag = uuid.uuid4().hex[:6]
+    warm = unique("warm")
+    romeo.send_message(JULIET, warm)
+    juliet.wait_for_body(ROMEO, warm, timeout=30)
+    for number in range(count):
+        if number == 600:
+            pair.stop_child("link-relay")
+        if number == 1200:
+            time.sleep(1.0)
+            pair.start_link_relay()
+        romeo.send_message(JULIET, f"pair-{tag} {number}")
+    deadline = time.monotonic() + 120
+    bodies = []
+    while time.monotonic() < deadline:
+        bodies = [m.body for m in list(juliet.messages) if m.body.startswith(f"pair-{tag} ")]
+        if len(set(bodies)) >= count:
+            break
+        time.sleep(0.5)
+    time.sleep(2.0)  # anything doubled would arrive now
+    bodies = [m.body for m in list(juliet.messages) if m.body.startswith(f"pair-{tag} ")]
+    numbers = sorted(int(body.split()[1]) for body in bodies)
+    missing = sorted(set(range(count)) - set(numbers))
+    doubled = len(numbers) - len(set(numbers))
+    assert (len(set(numbers)), missing[:10], doubled) == (count, [], 0)
