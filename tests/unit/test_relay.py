@@ -229,3 +229,36 @@ def test_books_balance_after_a_mixed_blast_with_faults():
     assert books.balanced()
     assert books.dropped == 100
     assert books.delivered > 0 and books.bounced > 50
+
+
+class HeldStream:
+    """An inbound stream stand-in that records holds and releases."""
+
+    def __init__(self, log, pairs):
+        self.log, self.authenticated_pairs = log, set(pairs)
+
+    def hold(self, reason):
+        self.log.append(("hold", tuple(sorted(self.authenticated_pairs)), reason))
+
+    def release(self, reason):
+        self.log.append(("release", tuple(sorted(self.authenticated_pairs)), reason))
+
+
+def test_congested_outbound_stream_holds_the_streams_that_feed_it():
+    """When blue stops reading, red streams carrying red->blue stop reading too, and resume when it drains."""
+    world = World()
+    feeding = HeldStream(world.log, [("red.example", "blue.example")])
+    unrelated = HeldStream(world.log, [("conference.red.example", "conference.blue.example")])
+    world.relay.sides["red"].inbound_streams.update({feeding, unrelated})
+    world.arrive(MESSAGE.format(id="m1", body="hello"))
+    world.ready("blue", "red.example", "blue.example")
+    link = world.relay.links[("blue", "red.example", "blue.example")]
+    link.congested(link.stream)
+    link.decongested(link.stream)
+    flow = [entry for entry in world.log if entry[0] in ("hold", "release") and entry[1] == (("red.example", "blue.example"),)]
+    assert flow == [
+        ("hold", (("red.example", "blue.example"),), "congested red.example->blue.example"),
+        ("release", (("red.example", "blue.example"),), "congested red.example->blue.example"),
+    ]
+    assert ("hold", (("conference.red.example", "conference.blue.example"),),
+            "congested red.example->blue.example") not in world.log
