@@ -42,6 +42,12 @@ class RecordingOwner:
     def verification_answered(self, stream, valid):
         self._settle(("verified", valid))
 
+    def congested(self, stream):
+        self.events.append(("congested",))
+
+    def decongested(self, stream):
+        self.events.append(("decongested",))
+
 
 def stanza(xml):
     found = []
@@ -55,9 +61,9 @@ def stanza(xml):
 class Negotiation(unittest.TestCase):
     timeout = 20
 
-    def listen(self, authentication="certificate", relay=None):
+    def listen(self, authentication="certificate", relay=None, limits=None):
         self.relay = relay or RecordingRelay()
-        self.guard_side = make_side("red", reactor, authentication=authentication, relay=self.relay)
+        self.guard_side = make_side("red", reactor, authentication=authentication, relay=self.relay, limits=limits)
         endpoint = TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1")
         return endpoint.listen(InboundFactory(self.guard_side)).addCallback(self._listening)
 
@@ -99,6 +105,19 @@ class Negotiation(unittest.TestCase):
             '<message from="romeo@red.example/a" to="juliet@blue.example" id="m1"><body>hi</body></message>',
             ("red.example", "blue.example"),
         )])
+
+    @defer.inlineCallbacks
+    def test_streams_per_domain_over_the_limit_are_refused(self):
+        """With streams_per_domain = 1, a second authenticated stream from red.example is refused while the first carries on."""
+        from guard.edges.limits import Limits
+
+        yield self.listen(limits=Limits(streams_per_domain=1))
+        first, second = RecordingOwner(), RecordingOwner()
+        yield self.connect(first)
+        self.assertEqual((yield first.settled), ("ready",))
+        yield self.connect(second)
+        self.assertEqual((yield second.settled), ("failed", "remote-server-not-found"))
+        self.assertEqual(first.events, [("ready",)])
 
     @defer.inlineCallbacks
     def test_stanza_from_another_domain_closes_the_stream(self):
