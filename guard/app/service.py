@@ -54,6 +54,12 @@ def load_material(config: GuardConfig):
             policies[direction] = load_policy(side.policy)
         except PolicyError as problem:
             raise ConfigError(f"{config.path}: sides.{name}.policy: {problem}") from problem
+        declared = getattr(policies[direction], "sides", None)
+        if declared is not None and tuple(declared) != (direction.source, direction.destination):
+            raise ConfigError(
+                f"{config.path}: sides.{name}.policy: {side.policy} is written for "
+                f"{declared[0]}->{declared[1]}, but judges {direction} here"
+            )
     return anchors, identities, policies
 
 
