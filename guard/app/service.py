@@ -49,18 +49,26 @@ def load_material(config: GuardConfig):
                 ) from problem
             for domain in entry.domains:
                 identities[name][domain] = identity
-        direction = Direction(name, topology.far_side(name))
-        try:
-            policies[direction] = load_policy(side.policy)
-        except PolicyError as problem:
-            raise ConfigError(f"{config.path}: sides.{name}.policy: {problem}") from problem
-        declared = getattr(policies[direction], "sides", None)
-        if declared is not None and tuple(declared) != (direction.source, direction.destination):
-            raise ConfigError(
-                f"{config.path}: sides.{name}.policy: {side.policy} is written for "
-                f"{declared[0]}->{declared[1]}, but judges {direction} here"
-            )
+        direction, policy = load_direction_policy(config, name)
+        policies[direction] = policy
     return anchors, identities, policies
+
+
+def load_direction_policy(config: GuardConfig, name: str):
+    """The policy judging traffic leaving side ``name``, checked to be written for that direction."""
+    side = config.sides[name]
+    direction = Direction(name, config.topology.far_side(name))
+    try:
+        policy = load_policy(side.policy)
+    except PolicyError as problem:
+        raise ConfigError(f"{config.path}: sides.{name}.policy: {problem}") from problem
+    declared = getattr(policy, "sides", None)
+    if declared is not None and tuple(declared) != (direction.source, direction.destination):
+        raise ConfigError(
+            f"{config.path}: sides.{name}.policy: {side.policy} is written for "
+            f"{declared[0]}->{declared[1]}, but judges {direction} here"
+        )
+    return direction, policy
 
 
 class GuardService(service.Service):
@@ -120,13 +128,13 @@ class GuardService(service.Service):
     def reload_policies(self):
         """Load every policy again; swap each in only if all load (the old ones stay otherwise)."""
         fresh = {}
-        for name, side_config in self.config.sides.items():
-            direction = Direction(name, self.config.topology.far_side(name))
+        for name in self.config.sides:
             try:
-                fresh[direction] = load_policy(side_config.policy)
-            except PolicyError as problem:
+                direction, policy = load_direction_policy(self.config, name)
+            except ConfigError as problem:
                 log.error("reload refused, policies unchanged: {problem}", problem=str(problem))
                 return False
+            fresh[direction] = policy
         for direction, policy in fresh.items():
             self.policies.swap(direction, policy)
         log.info("policies reloaded: {files}", files=[s.policy for s in self.config.sides.values()])
