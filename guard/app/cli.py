@@ -108,13 +108,13 @@ def _signal_running(arguments, signum) -> int:
 
 def _reload(arguments) -> int:
     if arguments.config:
-        from guard.core.policy import PolicyError, load_policy
+        from .service import load_direction_policy
 
         try:
             config = load_config(arguments.config)
-            for name, side in config.sides.items():
-                load_policy(side.policy)
-        except (ConfigError, PolicyError) as problem:
+            for name in config.sides:
+                load_direction_policy(config, name)
+        except ConfigError as problem:
             print(f"guard: reload refused: {problem}", file=sys.stderr)
             return 1
     return _signal_running(arguments, signal.SIGHUP)
