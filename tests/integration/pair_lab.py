@@ -272,3 +272,23 @@ class PairLab(Lab):
         if not path.exists():
             return []
         return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+    def status_of(self, half: str, timeout: float = 5.0) -> dict:
+        """Ask a running half for its status (SIGUSR1) and read it."""
+        import json
+        import signal
+        import time
+
+        child = next(c for c in reversed(self._children) if c.name == f"half-{half}" and c.process.poll() is None)
+        path = self.status[half]
+        before = path.stat().st_mtime_ns if path.exists() else 0
+        child.process.send_signal(signal.SIGUSR1)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if path.exists() and path.stat().st_mtime_ns != before:
+                return json.loads(path.read_text())
+            time.sleep(0.1)
+        raise LabError(f"half {half} wrote no status within {timeout} s")
+
+    def log_of(self, name: str) -> str:
+        return (self.folder / f"{name}.log").read_text(errors="replace")
