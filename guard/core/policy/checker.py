@@ -19,15 +19,47 @@ def analyse(policy, lines=None):
     for rule in policy.rules:
         for message in impossible(rule):
             findings.append((rule.id, f"can never match: {message}", rule.line))
-    terminal = []
+    earlier_rules = _EarlierRules()
     for rule in policy.rules:
-        for earlier in terminal:
+        for earlier in earlier_rules.that_could_shadow(rule):
             if shadows(earlier, rule):
                 findings.append((rule.id, f"unreachable: rule {earlier.id} (line {earlier.line}) always decides first", rule.line))
                 break
         if rule.verdict != "continue":
-            terminal.append(rule)
+            earlier_rules.add(rule)
     return findings
+
+
+class _EarlierRules:
+    """
+    The deciding rules seen so far, filed by their literal domains, so that a
+    large policy is not checked pair by pair.  A rule limited to literal
+    to/from domains can only shadow a rule limited to some of the same
+    domains; only those (and the rules without literal domains) are compared.
+    """
+
+    def __init__(self):
+        self.general, self.by_to, self.by_from = [], {}, {}
+
+    def add(self, rule):
+        to_domains, from_domains = rule.exact_domains("to"), rule.exact_domains("from")
+        if to_domains is not None:
+            for domain in to_domains:
+                self.by_to.setdefault(domain, []).append(rule)
+        elif from_domains is not None:
+            for domain in from_domains:
+                self.by_from.setdefault(domain, []).append(rule)
+        else:
+            self.general.append(rule)
+
+    def that_could_shadow(self, rule):
+        found = list(self.general)
+        to_domains, from_domains = rule.exact_domains("to"), rule.exact_domains("from")
+        if to_domains:
+            found.extend(self.by_to.get(min(to_domains), ()))
+        if from_domains:
+            found.extend(self.by_from.get(min(from_domains), ()))
+        return sorted(found, key=lambda r: r.order)
 
 
 def _positive(rule, kind):

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 from dataclasses import dataclass, field
 
 from pyasn1.codec.der import decoder as der_decoder
@@ -32,6 +33,7 @@ STANAG_4774_NS = "urn:nato:stanag:4774:confidentialitymetadatalabel:1:0"
 
 MAX_DER_BYTES = 4096
 MAX_CATEGORIES = 64
+ESS_CACHE_SIZE = 1024  # distinct ESS labels remembered (each at most ~5.5 KB of text)
 
 CATEGORY_TYPES = ("restrictive", "permissive", "informative")
 LABEL_FORMATS = ("ess", "stanag4774")
@@ -84,6 +86,16 @@ def read_ess(text: str) -> WireLabel:
         raise LabelFormatError("empty ESS label")
     if len(compact) > MAX_DER_BYTES * 4 // 3 + 4:
         raise LabelFormatError("ESS label too long")
+    return _decode_ess(compact)
+
+
+@functools.lru_cache(maxsize=ESS_CACHE_SIZE)
+def _decode_ess(compact: str) -> WireLabel:
+    """
+    Decode base64 DER; remembered, because a deployment sees few distinct
+    labels and DER decoding is most of the cost of judging a labelled stanza.
+    The result is immutable; failures raise and are not remembered.
+    """
     try:
         der = base64.b64decode(compact, validate=True)
     except (binascii.Error, ValueError) as problem:

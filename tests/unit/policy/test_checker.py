@@ -173,3 +173,53 @@ def test_load_policy_reads_a_good_file(tmp_path):
     good.write_text(HEADER + '\n[[rules]]\nid = "r1"\nrev = 4\nwhy = "w"\nverdict = "pass"\n')
     policy = load_policy(good)
     assert [(r.id, r.rev, r.line) for r in policy.rules] == [("r1", 4, 4)]
+
+
+def test_a_rule_for_one_domain_shadowed_by_a_rule_for_several_is_reported():
+    """Filing rules by domain for speed still finds a later rule whose domains an earlier rule already covers."""
+    text = HEADER + """
+[[rules]]
+id = "block-two"
+rev = 1
+why = "block two peers"
+to_domain = ["a.example", "b.example"]
+verdict = "drop"
+
+[[rules]]
+id = "other"
+rev = 1
+why = "another peer"
+to_domain = "c.example"
+verdict = "pass"
+
+[[rules]]
+id = "b-chat"
+rev = 1
+why = "never reached"
+kind = "message"
+to_domain = "b.example"
+verdict = "pass"
+"""
+    assert problems_of(text) == [
+        "policies/checked.toml:18: rule b-chat: unreachable: rule block-two (line 4) always decides first"]
+
+
+def test_a_rule_for_all_domains_shadows_a_rule_for_one():
+    """A rule without domain conditions shadows a later, narrower rule for a single domain."""
+    text = HEADER + """
+[[rules]]
+id = "all-presence"
+rev = 1
+why = "presence stays home"
+kind = "presence"
+verdict = "drop"
+
+[[rules]]
+id = "presence-from-host"
+rev = 1
+why = "never reached"
+kind = "presence"
+from_domain = "h.red.example"
+verdict = "pass"
+"""
+    assert problems_of(text)[0].startswith("policies/checked.toml:11: rule presence-from-host: unreachable: rule all-presence")
