@@ -16,7 +16,7 @@ An input a state does not expect closes the stream (fail closed).
 
 from __future__ import annotations
 
-from automat import MethodicalMachine, NoTransition
+from automat import MethodicalMachine
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 
@@ -26,6 +26,7 @@ from guard.core.ratelimit import ByteBudget
 from guard.edges.xmlstream import StreamFault, StreamParser
 
 from . import wire
+from .plumbing import MachinePlumbing
 from .decisions import Refusal, external_identity, refuse_dialback_request, refuse_inbound_header
 
 log = Logger()
@@ -35,7 +36,7 @@ def _text_of(element) -> str:
     return "".join(child for child in element.children if isinstance(child, str))
 
 
-class InboundStream(Protocol):
+class InboundStream(MachinePlumbing, Protocol):
     """One TCP connection from a server on ``side``."""
 
     _machine = MethodicalMachine()
@@ -123,10 +124,7 @@ class InboundStream(Protocol):
         return False
 
     def connectionLost(self, reason):
-        for timer in self._timers.values():
-            if timer.active():
-                timer.cancel()
-        self._timers.clear()
+        self._cancel_all_timers()
         self.side.inbound_streams.discard(self)
         self._input(self.connection_lost)
 
@@ -216,35 +214,16 @@ class InboundStream(Protocol):
 
     # -- machine plumbing ---------------------------------------------------
 
-    def _input(self, method, *args):
-        try:
-            method(*args)
-        except NoTransition as problem:
-            log.info("inbound {peer}: unexpected {problem}", peer=self.peer_address, problem=problem)
-            try:
-                self.unexpected("policy-violation", f"not expected now: {method.__name__}")
-            except NoTransition:
-                self._close_transport()
-        except Exception:  # noqa: BLE001 - a fault in the guard closes the stream: fail closed
-            log.failure("{name}: internal fault on {input}", name=type(self).__name__, input=method.__name__)
-            self._close_transport()
+    def _refuse_unexpected(self, text):
+        self.unexpected("policy-violation", text)
 
-    def _start_timer(self, name, seconds, text):
-        self._start_timer_call(name, seconds, self._input, self.timed_out, "connection-timeout", text)
-
-    def _start_timer_call(self, name, seconds, function, *args):
-        self._cancel_timer(name)
-        self._timers[name] = self.clock.callLater(seconds, function, *args)
+    def _describe(self):
+        return f"inbound {self.peer_address}"
 
     def _restart_timer(self, name):
         timer = self._timers.get(name)
         if timer is not None and timer.active():
             timer.reset(self.side.limits.idle_timeout)
-
-    def _cancel_timer(self, name):
-        timer = self._timers.pop(name, None)
-        if timer is not None and timer.active():
-            timer.cancel()
 
     # -- states -------------------------------------------------------------
 
@@ -487,11 +466,6 @@ class InboundStream(Protocol):
             self.header_sent = True
         self.transport.write(wire.stream_error(condition, text) + wire.STREAM_CLOSE)
         self._close_transport()
-
-    def _close_transport(self):
-        self._closing = True
-        if self.transport is not None:
-            self.transport.loseConnection()
 
     def close_for_shutdown(self):
         """Tell the peer the guard is stopping and close."""

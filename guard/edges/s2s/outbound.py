@@ -21,7 +21,7 @@ resumes reading.
 
 from __future__ import annotations
 
-from automat import MethodicalMachine, NoTransition
+from automat import MethodicalMachine
 from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
@@ -31,6 +31,7 @@ from guard.core.dialback import dialback_key
 from guard.edges.xmlstream import StreamFault, StreamParser, serialise
 
 from . import wire
+from .plumbing import MachinePlumbing
 from .decisions import Refusal, refuse_outbound_header
 
 log = Logger()
@@ -81,7 +82,7 @@ class _Congestion:
         self.resumeProducing()
 
 
-class OutboundStream(Protocol):
+class OutboundStream(MachinePlumbing, Protocol):
     """One connection the guard opened to a server on ``side`` as ``sender``."""
 
     _machine = MethodicalMachine()
@@ -122,10 +123,7 @@ class OutboundStream(Protocol):
             self._input(self.fault, fault.condition, fault.text)
 
     def connectionLost(self, reason):
-        for timer in self._timers.values():
-            if timer.active():
-                timer.cancel()
-        self._timers.clear()
+        self._cancel_all_timers()
         self._input(self.connection_lost, reason.getErrorMessage())
 
     # -- sending stanzas --------------------------------------------------
@@ -232,28 +230,11 @@ class OutboundStream(Protocol):
 
     # -- machine plumbing -------------------------------------------------
 
-    def _input(self, method, *args):
-        try:
-            method(*args)
-        except NoTransition as problem:
-            log.info("outbound {sender}->{receiver}: unexpected {problem}",
-                     sender=self.sender, receiver=self.receiver, problem=problem)
-            try:
-                self.fault("policy-violation", f"not expected now: {method.__name__}")
-            except NoTransition:
-                self._close_transport()
-        except Exception:  # noqa: BLE001 - a fault in the guard closes the stream: fail closed
-            log.failure("{name}: internal fault on {input}", name=type(self).__name__, input=method.__name__)
-            self._close_transport()
+    def _refuse_unexpected(self, text):
+        self.fault("policy-violation", text)
 
-    def _start_timer(self, name, seconds, text):
-        self._cancel_timer(name)
-        self._timers[name] = self.clock.callLater(seconds, self._input, self.timed_out, "connection-timeout", text)
-
-    def _cancel_timer(self, name):
-        timer = self._timers.pop(name, None)
-        if timer is not None and timer.active():
-            timer.cancel()
+    def _describe(self):
+        return f"outbound {self.sender}->{self.receiver}"
 
     def _restart_idle(self):
         timer = self._timers.get("idle")
@@ -519,11 +500,6 @@ class OutboundStream(Protocol):
             return
         self._reported = None
         self.owner.stream_failed(self, condition, text)
-
-    def _close_transport(self):
-        self._closing = True
-        if self.transport is not None:
-            self.transport.loseConnection()
 
     # -- transitions ------------------------------------------------------------
 
