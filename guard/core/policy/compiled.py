@@ -248,14 +248,9 @@ def _considered(rule, matched, reasons):
 
 
 def _with(judgement, actions, notes):
-    """Attach the actions taken and audit notes, when the Judgement type carries them."""
+    """Attach the actions taken and the audit notes to a judgement."""
     if not actions and not notes:
         return judgement
-    fields = getattr(judgement, "__dataclass_fields__", {})
-    if "actions" not in fields:
-        return judgement
-
-
     return dataclasses.replace(judgement, actions=tuple(actions), notes=tuple(notes))
 
 

@@ -259,8 +259,27 @@ def _label_policies(reader, value):
             if emit == "ess" and ess is None or emit == "stanag4774" and stanag is None:
                 reader.problem(where, f"category {cname} has no {emit} encoding, which this policy emits", line)
             categories[cname] = Category(cname, ctype, ess, stanag, entry.get("marking"))
+        _unambiguous(reader, where, line, classifications, categories)
+        for other in policies.values():
+            if ess_oid and other.ess_oid == ess_oid or stanag_id and other.stanag_id == stanag_id:
+                reader.problem(where, f"has the same identifier as label policy {other.name}", line)
         policies[name] = LabelPolicy(name, ess_oid, stanag_id, emit, classifications, categories)
     return policies
+
+
+def _unambiguous(reader, where, line, classifications, categories):
+    """Every wire value must stand for one classification or category, or a label could be read two ways."""
+    for what, values in (
+        ("ESS classification", [(c.ess, c.name) for c in classifications.values() if c.ess is not None]),
+        ("STANAG 4774 classification", [(c.stanag, c.name) for c in classifications.values()]),
+        ("ESS category", [(c.ess, c.name) for c in categories.values() if c.ess is not None]),
+        ("STANAG 4774 category", [(c.stanag, c.name) for c in categories.values() if c.stanag is not None]),
+    ):
+        seen = {}
+        for value, name in values:
+            if value in seen:
+                reader.problem(where, f"{what} {value!r} stands for both {seen[value]} and {name}", line)
+            seen.setdefault(value, name)
 
 
 def _is_oid(value):

@@ -4,7 +4,7 @@ import pytest
 
 from guard.core.policy import PolicyError, load_policy
 
-from .wire import compile_policy
+from .wire import LABEL_POLICIES, compile_policy
 
 HEADER = """[policy]
 name = "checked"
@@ -223,3 +223,14 @@ from_domain = "h.red.example"
 verdict = "pass"
 """
     assert problems_of(text)[0].startswith("policies/checked.toml:11: rule presence-from-host: unreachable: rule all-presence")
+
+
+@pytest.mark.parametrize("change, message", [
+    (('{ name = "RESTRICTED", ess = 2,', '{ name = "RESTRICTED", ess = 1,'), "ESS classification 1 stands for both UNCLASSIFIED and RESTRICTED"),
+    (('stanag = "PROTECTED"', 'stanag = "OPEN"'), "STANAG 4774 classification 'OPEN' stands for both OPEN and PROTECTED"),
+    (('stanag_id = "NATION-B"', 'stanag_id = "NATION-A"'), "label policy nation-b: has the same identifier as label policy nation-a"),
+])
+def test_label_policies_that_could_read_a_label_two_ways_are_refused(change, message):
+    """One wire value must mean one thing: duplicate identifiers or encodings are refused."""
+    text = HEADER + LABEL_POLICIES.replace(*change)
+    assert any(message in line for line in problems_of(text)), problems_of(text)
