@@ -60,11 +60,27 @@ def load_cases(path: str):
         for key in ("name", "stanza", "verdict"):
             if not isinstance(case.get(key), str):
                 problems.append(Problem(path, f"case {case.get('name', number)}", f"{key} is required (a string)"))
+        where = f"case {case.get('name', number)}"
         if case.get("verdict") not in ("pass", "drop", "bounce"):
-            problems.append(Problem(path, f"case {case.get('name', number)}", "verdict is pass, drop or bounce"))
+            problems.append(Problem(path, where, "verdict is pass, drop or bounce"))
+        for key in ("rule", "condition"):
+            if key in case and not isinstance(case[key], str):
+                problems.append(Problem(path, where, f"{key} is a string"))
+        for key in ("output_contains", "output_lacks", "text_contains"):
+            if key in case and (not isinstance(case[key], list) or not all(isinstance(f, str) and f for f in case[key])):
+                problems.append(Problem(path, where, f"{key} is a list of non-empty strings"))
+        if "direction" in case and not _is_direction(case["direction"]):
+            problems.append(Problem(path, where, "direction is \"source->destination\""))
     if problems:
         raise PolicyError(problems)
     return cases
+
+
+def _is_direction(value) -> bool:
+    if not isinstance(value, str) or value.count("->") != 1:
+        return False
+    source, destination = value.split("->")
+    return bool(source.strip() and destination.strip())
 
 
 def run_case(policy, case) -> CaseResult:
@@ -76,7 +92,7 @@ def run_case(policy, case) -> CaseResult:
         result.failures.append(f"stanza: {problem}")
         return result
     direction = None
-    if isinstance(case.get("direction"), str) and "->" in case["direction"]:
+    if "direction" in case:
         source, destination = case["direction"].split("->", 1)
         direction = Direction(source.strip(), destination.strip())
     before = stanza.toXml()

@@ -110,3 +110,16 @@ def test_the_shipped_policies_pass_their_own_cases(tmp_path):
     status, out, err = check(*sorted(tmp_path.glob("*.toml")))
     assert (status, err) == (0, "")
     assert len(out.splitlines()) == len([p for p in POLICIES.glob("*.toml") if not p.name.endswith(".tests.toml")])
+
+
+@pytest.mark.parametrize("line, message", [
+    ('output_contains = "x"', "output_contains is a list of non-empty strings"),
+    ('text_contains = [""]', "text_contains is a list of non-empty strings"),
+    ('direction = "red to blue"', 'direction is "source->destination"'),
+    ("rule = 3", "rule is a string"),
+])
+def test_badly_written_cases_fail_the_check(small, line, message):
+    """A case field of the wrong shape is reported rather than checked loosely (a string is not a list of fragments)."""
+    (small / "small.tests.toml").write_text(CASES.replace('rule = "messages"', line))
+    status, _, err = check(small / "small.toml")
+    assert status == 1 and message in err

@@ -181,3 +181,33 @@ def test_labelled_messages_are_released_or_bounced_by_clearance():
     refused = policy.judge(message_with(ess_xml(ess_label(NATION_A, 4))), RED_TO_BLUE)
     assert (refused.verdict.value, refused.rule_id, refused.rule_rev, refused.condition) == (
         "bounce", "not-releasable", 2, "policy-violation")
+
+
+def test_bounce_unless_in_a_label_set_also_bounces_an_invalid_label():
+    """An invalid label has no value, so ``not = { label_in = ... }`` holds on it and the deny-unless rule refuses it."""
+    from .labelled import LABELS_AND_MAPS
+    from .wire import compile_policy
+
+    policy = compile_policy('[policy]\nname = "deny-unless"\n' + LABELS_AND_MAPS + """
+[sets.labels]
+allowed = [{ policy = "nation-a", classification = "UNCLASSIFIED" }]
+
+[[rules]]
+id = "deny-unless-allowed"
+rev = 1
+why = "only UNCLASSIFIED"
+kind = "message"
+not = { label_in = "$allowed" }
+verdict = "bounce"
+condition = "policy-violation"
+
+[[rules]]
+id = "pass"
+rev = 1
+why = "the rest"
+kind = "message"
+verdict = "pass"
+""")
+    for label in (ess_xml("!!"), ess_xml(ess_label("2.999.77", 1)), ess_xml(ess_label(NATION_A, 4))):
+        assert policy.judge(message_with(label), RED_TO_BLUE).rule_id == "deny-unless-allowed"
+    assert policy.judge(message_with(ess_xml(ess_label(NATION_A, 1))), RED_TO_BLUE).rule_id == "pass"
