@@ -94,6 +94,7 @@ class ReceivedMessage:
     body: str
     error_condition: str
     received_at: float
+    id: str = ""  # the stanza's id attribute, to tell bounces apart
 
 
 @dataclass(frozen=True)
@@ -262,6 +263,7 @@ class LabClient:
                 body=body,
                 error_condition=condition or "",
                 received_at=now_ns / 1e9,
+                id=str(message["id"] or ""),
             )
         )
         self._notify()

@@ -175,6 +175,15 @@ def cpu_seconds(pid: int) -> float:
     return (utime + stime) / os.sysconf("SC_CLK_TCK")
 
 
+def resident_kib(pid: int) -> int:
+    """Resident memory (VmRSS) of process ``pid`` in KiB, from /proc."""
+    with open(f"/proc/{pid}/status", encoding="ascii", errors="replace") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise LabError(f"no VmRSS for process {pid}")
+
+
 def stop_process(process: subprocess.Popen, timeout: float = 10.0) -> None:
     """SIGTERM, then SIGKILL after ``timeout`` seconds; always reaps."""
     if process.poll() is not None:
@@ -264,6 +273,40 @@ class ProsodyServer:
     def stop(self, timeout: float = 10.0) -> None:
         if self.process is not None:
             stop_process(self.process, timeout)
+
+    # -- faults, for hostile tests -------------------------------------------
+
+    def pause(self) -> None:
+        """SIGSTOP: the server stops reading (its TCP windows fill) until ``resume``."""
+        os.kill(self.pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        """SIGCONT after ``pause``."""
+        os.kill(self.pid, signal.SIGCONT)
+
+    def kill(self, timeout: float = 10.0) -> None:
+        """SIGKILL, no goodbye: the kernel closes its connections; always reaps."""
+        if self.process is None or self.process.poll() is not None:
+            return
+        os.kill(self.pid, signal.SIGCONT)  # a stopped process dies as well, but let it be reaped promptly
+        self.process.kill()
+        self.process.wait(timeout=timeout)
+
+    def restart(self, timeout: float = 20.0) -> None:
+        """Start again after ``kill`` or ``stop``, once its addresses are free (bounded wait)."""
+        if self.process is not None and self.process.poll() is None:
+            raise LabError(f"prosody {self.settings.name} is still running")
+        deadline = time.monotonic() + timeout
+        while any(_port_accepts(self.address, port) for port in (self.settings.c2s_port, self.settings.s2s_port)):
+            if time.monotonic() > deadline:
+                raise LabError(f"prosody {self.settings.name}: its ports are still taken")
+            time.sleep(0.1)
+        (self.folder / "prosody.pid").unlink(missing_ok=True)
+        self.start(timeout)
+
+    def resident_kib(self) -> int:
+        """Resident memory (VmRSS) in KiB."""
+        return resident_kib(self.pid)
 
     def register(self, user: str, password: str, timeout: float = 20.0) -> None:
         """Create ``user@domain`` with ``password`` through prosodyctl."""

@@ -19,6 +19,7 @@ import enum
 import fcntl
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -34,6 +35,7 @@ from guard.lab.prosody import (
     ProsodyServer,
     ProsodySettings,
     cpu_seconds,
+    resident_kib,
     stop_process,
     tail,
     wait_for_ports,
@@ -131,6 +133,16 @@ class Mode(enum.Enum):
 
 AUTHENTICATIONS = ("certificate", "dialback")
 
+# The [limits] the lab's guard runs with unless a Lab is given overrides.
+LAB_LIMITS: dict[str, int | float] = {
+    "stanza_bytes": 524288,
+    "outbound_queue": 1000,
+    "connect_timeout": 10.0,
+    "tls_timeout": 10.0,
+    "auth_timeout": 30.0,
+    "idle_timeout": 900.0,
+}
+
 
 def toml_string(text: str) -> str:
     """A TOML basic string (JSON's escaping is a subset TOML accepts)."""
@@ -142,10 +154,18 @@ def render_guard_config(
     authentication: str,
     policy: Path = DEFAULT_POLICY,
     log_level: str = "debug",
+    guard_options: dict[str, str] | None = None,
+    limits: dict[str, int | float] | None = None,
 ) -> str:
-    """The guard's TOML configuration for the lab topology."""
+    """The guard's TOML configuration for the lab topology.
+
+    ``guard_options`` adds [guard] keys (``audit``, ``audit_failure``,
+    ``status``, ``dialback_secret``); ``limits`` overrides [limits] keys.
+    """
     if authentication not in AUTHENTICATIONS:
         raise ValueError(f"authentication must be one of {AUTHENTICATIONS}, not {authentication!r}")
+    chosen_limits = dict(LAB_LIMITS)
+    chosen_limits.update(limits or {})
     sides = {
         "red": (GUARD_RED_FACING, RED_DOMAINS, RED_ADDRESS, BLUE_DOMAINS),
         "blue": (GUARD_BLUE_FACING, BLUE_DOMAINS, BLUE_ADDRESS, RED_DOMAINS),
@@ -154,15 +174,10 @@ def render_guard_config(
         "# Guard configuration written by guard.lab.topology for the loopback lab.",
         "[guard]",
         f"log_level = {toml_string(log_level)}",
-        "",
-        "[limits]",
-        "stanza_bytes = 524288",
-        "outbound_queue = 1000",
-        "connect_timeout = 10.0",
-        "tls_timeout = 10.0",
-        "auth_timeout = 30.0",
-        "idle_timeout = 900.0",
     ]
+    lines += [f"{key} = {toml_string(value)}" for key, value in (guard_options or {}).items() if value is not None]
+    lines += ["", "[limits]"]
+    lines += [f"{name} = {value!r}" for name, value in chosen_limits.items()]
     for side, (listen_address, hosted, server_address, stood_in_for) in sides.items():
         facing = pki.guard_facing(side)
         lines += [
@@ -227,9 +242,17 @@ class Lab:
         policy: Path = DEFAULT_POLICY,
         python: str = sys.executable,
         server_certificates: dict[str, str] | None = None,
+        guard_options: dict[str, str | None] | None = None,
+        limits: dict[str, int | float] | None = None,
     ):
         """``server_certificates`` swaps a side's Prosody certificate for another
-        LabPki attribute, for hostile tests: ``{"red": "red_from_blue_ca"}``."""
+        LabPki attribute, for hostile tests: ``{"red": "red_from_blue_ca"}``.
+
+        ``guard_options`` sets [guard] keys of the guard's configuration; by
+        default the lab's guard writes its status to ``guard-status.json`` and
+        its audit trail to ``guard-audit.jsonl`` in the lab folder (a value of
+        None removes the key).  ``limits`` overrides [limits] keys.
+        """
         self.mode = Mode(mode)
         if authentication not in AUTHENTICATIONS:
             raise ValueError(f"authentication must be one of {AUTHENTICATIONS}")
@@ -244,6 +267,13 @@ class Lab:
             if side not in ("red", "blue") or attribute not in LabPki.__dataclass_fields__:
                 raise ValueError(f"unknown side or certificate: {side}={attribute}")
         self.python = python
+        self.guard_options: dict[str, str | None] = {
+            "status": str(self.folder / "guard-status.json"),
+            "audit": str(self.folder / "guard-audit.jsonl"),
+        }
+        self.guard_options.update(guard_options or {})
+        self.limits = dict(limits or {})
+        self.pidfile = self.folder / "guard.pid"
         self.pki: LabPki | None = None
         self.red: ProsodyServer | None = None
         self.blue: ProsodyServer | None = None
@@ -371,10 +401,63 @@ class Lab:
         assert self.pki is not None
         self.guard_config = self.folder / "guard.toml"
         self.guard_config.write_text(
-            render_guard_config(self.pki, self.authentication, self.policy, self.guard_log_level)
+            render_guard_config(self.pki, self.authentication, self.policy, self.guard_log_level,
+                                guard_options=self.guard_options, limits=self.limits)
         )
-        arguments = [self.python, "-m", "guard", "run", "--config", str(self.guard_config)]
+        arguments = [self.python, "-m", "guard", "run", "--config", str(self.guard_config),
+                     "--pidfile", str(self.pidfile)]
         self._spawn("guard", arguments, [(GUARD_RED_FACING, S2S_PORT), (GUARD_BLUE_FACING, S2S_PORT)], 20.0)
+
+    # -- the guard process, for hostile and fault tests ----------------------
+
+    @property
+    def guard_process(self) -> subprocess.Popen:
+        child = self.intermediary
+        if self.mode is not Mode.GUARD or child is None:
+            raise LabError("this lab runs no guard")
+        return child.process
+
+    def guard_resident_kib(self) -> int:
+        """The guard's resident memory (VmRSS) in KiB."""
+        return resident_kib(self.guard_process.pid)
+
+    def guard_status(self, timeout: float = 10.0) -> dict:
+        """The guard's status (books, links, streams): asks for a fresh one (SIGUSR1) and reads it."""
+        path = Path(self.guard_options.get("status") or "")
+        if not self.guard_options.get("status"):
+            raise LabError("this lab's guard writes no status file")
+        process = self.guard_process
+        before = path.stat().st_mtime_ns if path.exists() else 0
+        if process.poll() is None:
+            process.send_signal(signal.SIGUSR1)
+            deadline = time.monotonic() + timeout
+            while (path.stat().st_mtime_ns if path.exists() else 0) == before:
+                if time.monotonic() > deadline:
+                    raise LabError(f"the guard did not write {path} within {timeout} s")
+                time.sleep(0.05)
+        return json.loads(path.read_text())
+
+    def guard_books(self) -> dict:
+        return self.guard_status()["books"]
+
+    def audit_records(self) -> list[dict]:
+        """Every record of the guard's audit trail so far (a file in the lab folder)."""
+        path = self.guard_options.get("audit")
+        if not path or not Path(path).is_file():
+            return []
+        return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+
+    def stop_guard(self, timeout: float = 15.0) -> int:
+        """SIGTERM the guard and wait (bounded) for it to exit; its exit status."""
+        process = self.guard_process
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            process.wait(timeout=timeout)
+        return process.returncode
+
+    def guard_log(self) -> str:
+        child = self.intermediary
+        return child.log_path.read_text(errors="replace") if child is not None else ""
 
     # -- observation --------------------------------------------------------
 
