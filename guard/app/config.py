@@ -30,6 +30,8 @@ class CertificateConfig:
     domains: tuple[str, ...]
     certificate: str
     key: str
+    client_certificate: str | None = None
+    client_key: str | None = None
 
 
 @dataclass(frozen=True)
@@ -183,12 +185,17 @@ def _side(checker, name, table):
     for index, entry in enumerate(raw_certificates):
         where = f"{key}.certificates[{index}]"
         checker.table(entry, where)
-        checker.only(entry, ("domains", "certificate", "key"), where)
+        checker.only(entry, ("domains", "certificate", "key", "client_certificate", "client_key"), where)
         fronted = entry.get("domains")
         if not isinstance(fronted, list) or not fronted or not all(isinstance(d, str) for d in fronted):
             checker.fail(f"{where}.domains", "must be a list of domain names")
+        client_certificate = checker.file(entry, "client_certificate", where, required=False)
+        client_key = checker.file(entry, "client_key", where, required=False)
+        if (client_certificate is None) != (client_key is None):
+            checker.fail(f"{where}.client_key", "client_certificate and client_key go together")
         certificates.append(CertificateConfig(
-            tuple(fronted), checker.file(entry, "certificate", where), checker.file(entry, "key", where)
+            tuple(fronted), checker.file(entry, "certificate", where), checker.file(entry, "key", where),
+            client_certificate, client_key,
         ))
     return SideConfig(name, listen, ca, authentication, policy, domains, tuple(certificates))
 

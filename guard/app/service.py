@@ -41,7 +41,8 @@ def load_material(config: GuardConfig):
         identities[name] = {}
         for index, entry in enumerate(side.certificates):
             try:
-                identity = Identity(entry.domains, entry.certificate, entry.key, anchors[name])
+                identity = Identity(entry.domains, entry.certificate, entry.key, anchors[name],
+                                    entry.client_certificate, entry.client_key)
             except (ValueError, OSError, crypto.Error, Exception) as problem:  # noqa: BLE001 - report any load fault
                 raise ConfigError(
                     f"{config.path}: sides.{name}.certificates[{index}]: cannot use "

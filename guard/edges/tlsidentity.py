@@ -142,19 +142,35 @@ def _accept_any_chain(connection, certificate, errno, depth, ok):
     return True
 
 
-class Identity:
-    """A certificate and key the guard presents on one side for some far-side domains."""
+def _load_pair(certificate_path, key_path):
+    chain = load_pem_chain(certificate_path)
+    if not chain:
+        raise ValueError(f"{certificate_path}: no certificates")
+    with open(key_path, "rb") as pem:
+        key = crypto.load_privatekey(crypto.FILETYPE_PEM, pem.read())
+    return chain[0], chain[1:], key
 
-    def __init__(self, domains, certificate_path, key_path, anchors: TrustAnchors):
+
+class Identity:
+    """
+    A certificate and key the guard presents on one side for some far-side
+    domains: as server certificate when that side's servers connect, and as
+    client certificate when the guard connects to them (a separate client
+    certificate may be given).
+    """
+
+    def __init__(self, domains, certificate_path, key_path, anchors: TrustAnchors,
+                 client_certificate_path=None, client_key_path=None):
         self.domains = frozenset(domains)
         self.certificate_path = certificate_path
         self.key_path = key_path
-        chain = load_pem_chain(certificate_path)
-        if not chain:
-            raise ValueError(f"{certificate_path}: no certificates")
-        with open(key_path, "rb") as pem:
-            self._key = crypto.load_privatekey(crypto.FILETYPE_PEM, pem.read())
-        self._leaf, self._extra = chain[0], chain[1:]
+        self._leaf, self._extra, self._key = _load_pair(certificate_path, key_path)
+        if client_certificate_path:
+            self._client_leaf, self._client_extra, self._client_key = _load_pair(
+                client_certificate_path, client_key_path
+            )
+        else:
+            self._client_leaf, self._client_extra, self._client_key = self._leaf, self._extra, self._key
         self._server_context = self._make_server_context(anchors)
         self._anchors = anchors
         self._client_options = {}
@@ -183,7 +199,7 @@ class Identity:
         if cached is not None:
             return cached
         client_certificate = ssl.PrivateCertificate.fromCertificateAndKeyPair(
-            ssl.Certificate(self._leaf), ssl.KeyPair(self._key)
+            ssl.Certificate(self._client_leaf), ssl.KeyPair(self._client_key)
         )
         options = self._client_options[server_domain] = ssl.optionsForClientTLS(
             server_domain,
@@ -191,7 +207,7 @@ class Identity:
             clientCertificate=client_certificate,
             extraCertificateOptions={
                 "raiseMinimumTo": ssl.TLSVersion.TLSv1_2,
-                "extraCertChain": [ssl.Certificate(extra) for extra in self._extra],
+                "extraCertChain": [ssl.Certificate(extra) for extra in self._client_extra],
             },
         )
         return options

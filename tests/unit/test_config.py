@@ -88,3 +88,19 @@ def test_a_key_that_does_not_match_its_certificate_is_refused(tmp_path, config_t
                             capture_output=True, text=True, cwd=PROJECT, timeout=60)
     assert result.returncode == 1
     assert "sides.red.certificates[0]: cannot use" in result.stderr
+
+
+def test_separate_client_certificate_loads_and_goes_with_its_key(tmp_path, config_text):
+    """An optional client certificate for outbound connections is accepted with its key, refused without it."""
+    material = pki()
+    facing = material.guard_facing("red")
+    with_client = config_text.replace(
+        f"key = \"{facing.key}\"\n",
+        f"key = \"{facing.key}\"\nclient_certificate = \"{facing.certificate}\"\nclient_key = \"{facing.key}\"\n", 1)
+    config = load_config(str(write(tmp_path, with_client)))
+    assert config.sides["red"].certificates[0].client_certificate == str(facing.certificate)
+    half = config_text.replace(f"key = \"{facing.key}\"\n",
+                               f"key = \"{facing.key}\"\nclient_certificate = \"{facing.certificate}\"\n", 1)
+    with pytest.raises(ConfigError) as raised:
+        load_config(str(write(tmp_path, half)))
+    assert "sides.red.certificates[0].client_key: client_certificate and client_key go together" in str(raised.value)
