@@ -311,13 +311,15 @@ class BodyMatches(Condition):
     key = "body_matches"
 
     def holds(self, facts):
-        body = facts.body
-        return body is not None and any(p.search(body) for p in self.patterns)
+        return any(p.search(body) for body in facts.bodies for p in self.patterns)
 
     def explain(self, facts):
-        if facts.body is None:
+        if not facts.bodies:
             return "no body"
-        return f"body {'matches' if self.holds(facts) else 'matches none of'} {[p.pattern for p in self.patterns]}"
+        bodies = "body" if len(facts.bodies) == 1 else f"one of {len(facts.bodies)} bodies"
+        if self.holds(facts):
+            return f"{bodies} matches {[p.pattern for p in self.patterns]}"
+        return f"{'body' if len(facts.bodies) == 1 else 'no body'} matches none of {[p.pattern for p in self.patterns]}"
 
 
 @dataclass

@@ -5,6 +5,7 @@ only when a rule asks for it.
 
 from __future__ import annotations
 
+import functools
 from functools import cached_property
 
 from twisted.words.protocols.jabber import jid
@@ -16,14 +17,26 @@ from guard.core.policy.labels import LabelMeaningError, read_stanza_label
 DEFAULT_TYPES = {"message": "normal", "presence": "available", "iq": ""}
 
 
+JID_CACHE_SIZE = 4096
+
+
 def parse_jid(text):
     """A ``JID`` or ``None`` when absent or malformed."""
     if not text:
         return None
     try:
-        return jid.internJID(text)
+        return _prepared_jid(text)
     except Exception:  # noqa: BLE001 - any stringprep failure: not an address
         return None
+
+
+@functools.lru_cache(maxsize=JID_CACHE_SIZE)
+def _prepared_jid(text):
+    """
+    A JID, remembered (stringprep is slow and peers reuse addresses).  Not
+    ``jid.internJID``: its cache never forgets, and senders choose addresses.
+    """
+    return jid.JID(text)
 
 
 class StanzaFacts:
@@ -46,11 +59,10 @@ class StanzaFacts:
         return frozenset(c.uri for c in child_elements(self.stanza) if c.uri not in STANZA_NAMESPACES)
 
     @cached_property
-    def body(self) -> str | None:
-        for child in child_elements(self.stanza):
-            if child.name == "body" and child.uri in STANZA_NAMESPACES:
-                return text_of(child)
-        return None
+    def bodies(self) -> tuple:
+        """The text of every ``<body/>`` (one per xml:lang): a pattern has to look at all of them."""
+        return tuple(text_of(child) for child in child_elements(self.stanza)
+                     if child.name == "body" and child.uri in STANZA_NAMESPACES)
 
     @cached_property
     def size(self) -> int:

@@ -305,3 +305,26 @@ def test_an_element_that_is_not_a_stanza_is_dropped_before_any_rule():
                 "<message xmlns='urn:example:other' from='a@red.example' to='b@blue.example'/>"):
         judgement = policy.judge(read(xml), RED_TO_BLUE)
         assert (judgement.verdict, judgement.rule_id) == (Verdict.DROP, "guard:not-a-stanza")
+
+
+def test_body_matches_looks_at_every_body_not_only_the_first():
+    """A word hidden in a second <body xml:lang/> is still found: a deny rule cannot be bypassed by language tags."""
+    xml = """
+    <message from='alice@red.example/pc' to='bob@blue.example' type='chat'>
+      <body>hello</body>
+      <body xml:lang='fr'>le mot de passe est CODEWORD</body>
+    </message>"""
+    assert decided_by_rule('body_matches = "CODEWORD"', xml)
+    assert not decided_by_rule('not = { body_matches = "CODEWORD" }', xml)
+
+
+def test_addresses_chosen_by_senders_are_not_interned_forever():
+    """The policy does not grow Twisted's never-forgetting JID intern table with every address it sees."""
+    from twisted.words.protocols.jabber import jid
+
+    interned = vars(jid)["__internJIDs"]
+    before = len(interned)
+    policy = one_rule('kind = "message"')
+    for number in range(50):
+        policy.judge(read(f"<message from='u{number}@red.example/r{number}' to='b@blue.example'/>"), RED_TO_BLUE)
+    assert len(interned) - before < 50
