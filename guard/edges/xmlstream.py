@@ -304,6 +304,9 @@ class StreamParser:
             invalid_at = self._check_utf8(data)
             if invalid_at is not None:
                 data = data[:invalid_at]
+        if len(data) <= _PIECE_BYTES and self._header is not None:
+            self._parse_piece(data)  # the common case: one piece
+            data = b""
         while data:
             size = _PIECE_BYTES
             if self._header is None:
@@ -497,16 +500,19 @@ class StreamParser:
 
     def _on_end(self, name: str) -> None:
         stack = self._stack
+        if len(stack) > 1:  # an element inside a stanza
+            if self._text:
+                stack[-1].children.append("".join(self._text))
+                self._text.clear()
+            stack.pop()
+            return
         if not stack:
             self._end_stream()
             return
-        element = stack[-1]
+        element = stack.pop()
         if self._text:
             element.children.append("".join(self._text))
             self._text.clear()
-        stack.pop()
-        if stack:
-            return
         end = self._element_end(element)
         size = end - self._stanza_start
         if size > self._limits.stanza_bytes:
