@@ -152,13 +152,14 @@ def toml_string(text: str) -> str:
 def render_guard_config(
     pki: LabPki,
     authentication: str,
-    policy: Path = DEFAULT_POLICY,
+    policy: Path | dict[str, Path] = DEFAULT_POLICY,
     log_level: str = "debug",
     guard_options: dict[str, str] | None = None,
     limits: dict[str, int | float] | None = None,
 ) -> str:
     """The guard's TOML configuration for the lab topology.
 
+    ``policy`` is one file for both sides or ``{"red": ..., "blue": ...}``.
     ``guard_options`` adds [guard] keys (``audit``, ``audit_failure``,
     ``status``, ``dialback_secret``); ``limits`` overrides [limits] keys.
     """
@@ -186,7 +187,7 @@ def render_guard_config(
             f"listen = {toml_string(f'tcp:{S2S_PORT}:interface={listen_address}')}",
             f"ca = {toml_string(str(pki.side_ca(side)))}",
             f"authentication = {toml_string(authentication)}",
-            f"policy = {toml_string(str(policy))}",
+            f"policy = {toml_string(str(policy[side] if isinstance(policy, dict) else policy))}",
             "",
             f"[sides.{side}.domains]",
         ]
@@ -239,7 +240,7 @@ class Lab:
         folder: Path | None = None,
         prosody_log_level: str = "debug",
         guard_log_level: str = "debug",
-        policy: Path = DEFAULT_POLICY,
+        policy: Path | dict[str, Path] = DEFAULT_POLICY,
         python: str = sys.executable,
         server_certificates: dict[str, str] | None = None,
         guard_options: dict[str, str | None] | None = None,
@@ -261,7 +262,8 @@ class Lab:
         self.folder = Path(folder or tempfile.mkdtemp(prefix=f"guard-lab-{self.mode.value}-")).resolve()
         self.prosody_log_level = prosody_log_level
         self.guard_log_level = guard_log_level
-        self.policy = Path(policy)
+        # One policy file for both sides, or one per side: {"red": ..., "blue": ...}.
+        self.policy = {side: Path(path) for side, path in policy.items()} if isinstance(policy, dict) else Path(policy)
         self.server_certificates = dict(server_certificates or {})
         for side, attribute in self.server_certificates.items():
             if side not in ("red", "blue") or attribute not in LabPki.__dataclass_fields__:
