@@ -253,6 +253,7 @@ class StreamParser:
         try:
             self._feed(bytes(data))
         except _Stopped:
+            self._release()
             return
         except StreamFault as fault:
             self._die(fault)
@@ -291,6 +292,10 @@ class StreamParser:
 
     def _die(self, fault: StreamFault) -> None:
         self._dead = fault
+        self._release()
+
+    def _release(self) -> None:
+        """Drop expat and the partial stanza: nothing more will be parsed."""
         self._expat = None
         self._stack = []
         self._text = []
