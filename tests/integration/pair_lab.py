@@ -292,3 +292,14 @@ class PairLab(Lab):
 
     def log_of(self, name: str) -> str:
         return (self.folder / f"{name}.log").read_text(errors="replace")
+
+    def wait_link_up(self, half: str, timeout: float = 30.0) -> dict:
+        """Wait (bounded) until ``half`` reports its pair link up; its link status."""
+        import time
+
+        deadline = time.monotonic() + timeout
+        while True:
+            link = self.status_of(half)["pair_link"]
+            if link["state"] == "up" or time.monotonic() > deadline:
+                return link
+            time.sleep(0.5)

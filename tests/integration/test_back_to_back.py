@@ -9,6 +9,8 @@ Run: .venv/bin/pytest tests/integration/test_back_to_back.py
 
 from __future__ import annotations
 
+import json
+import subprocess
 import sys
 import time
 import uuid
@@ -64,14 +66,6 @@ def juliet(pair, client_loop):
     client = pair.client(client_loop, JULIET).connect()
     yield client
     client.disconnect()
-
-
-@pytest.fixture(autouse=True)
-def logs_on_failure(request, pair):
-    yield
-    report = getattr(request.node, "rep_call", None)
-    if report is not None and report.failed:
-        print(pair.log_tails(80))
 
 
 def test_message_red_to_blue_through_the_pair(romeo, juliet):
@@ -157,3 +151,127 @@ def test_a_cut_link_mid_blast_loses_nothing_and_doubles_nothing(pair, romeo, jul
     assert link["connections"] >= 2, "the link was never cut"
     assert link["unacknowledged"] == 0 and link["queued"] == 0
     print(f"link at half A: {link}; at half B: {pair.status_of('b')['pair_link']}")
+
+
+def test_the_hag_drops_what_its_profile_does_not_permit(pair, romeo, juliet):
+    """An element outside the HAG's allow-list never reaches Juliet, and the HAG audits the drop."""
+    if not pair.with_hag:
+        pytest.skip("no HAG in this lab")
+    body = unique("a note with an unlisted payload")
+    romeo.send_xml(f"<message to='{JULIET}' type='chat' id='p4'><body>{body}</body>"
+                   "<secret xmlns='urn:example:unlisted'/></message>")
+    allowed = unique("and a plain one after it")
+    romeo.send_xml(f"<message to='{JULIET}' type='chat' id='p5'><body>{allowed}</body></message>")
+
+    juliet.wait_for_body(ROMEO, allowed, timeout=30)
+
+    assert not any(message.body == body for message in juliet.messages)
+    drops = [record for record in pair.audit_records("hag") if record["event"] == "hag-drop"]
+    assert drops and "urn:example:unlisted" in drops[-1]["reason"] and drops[-1]["id"] == "p4"
+
+
+def test_with_the_hag_down_nothing_passes_and_each_refusal_is_audited(pair, romeo, juliet):
+    """The HAG stops: Romeo's messages wait, then bounce after the deadline, each audited by half A."""
+    if not pair.with_hag:
+        pytest.skip("no HAG in this lab")
+    pair.stop_child("hag")
+    try:
+        bodies = [unique(f"while the HAG is down {n}") for n in range(5)]
+        for number, body in enumerate(bodies):
+            romeo.send_xml(f"<message to='{JULIET}' type='chat' id='down{number}'><body>{body}</body></message>")
+        deadline = time.monotonic() + pair.down_deadline + 20
+        bounced = []
+        while time.monotonic() < deadline and len(bounced) < 5:
+            bounced = [r for r in pair.audit_records("a")
+                       if r["event"] == "bounce" and str(r.get("id", "")).startswith("down")]
+            time.sleep(0.5)
+        assert sorted(r["id"] for r in bounced) == [f"down{n}" for n in range(5)]
+        assert {r["condition"] for r in bounced} == {"remote-server-timeout"}
+        errors = [m for m in romeo.messages if m.type == "error" and m.sender.startswith(JULIET)]
+        assert len(errors) >= 5
+        assert not any(message.body in bodies for message in juliet.messages)
+    finally:
+        pair.start_hag()
+    assert pair.wait_link_up("a")["state"] == "up"
+    again = unique("after the HAG is back")
+    romeo.send_xml(f"<message to='{JULIET}' type='chat'><body>{again}</body></message>")
+    juliet.wait_for_body(ROMEO, again, timeout=30)
+
+
+# -- the release authority for the refer verdict, over a real socket ------------
+
+ASK = """
+import json, sys
+from twisted.internet import task
+from twisted.internet.endpoints import clientFromString
+from guard.core.pipeline import Direction
+from guard.edges.audit import AuditLog
+from guard.edges.release import ReleaseAuthority, reparse_stanza
+
+def main(reactor, endpoint, audit, stanza):
+    authority = ReleaseAuthority(clientFromString(reactor, endpoint), reactor, AuditLog(audit), timeout=2.0)
+    asked = authority.ask(reparse_stanza(stanza), Direction("red", "blue"), "refer-test")
+    return asked.addCallback(lambda release: print(json.dumps({"released": release.released,
+        "reason": release.reason, "body": str(release.stanza.body) if release.released else None})))
+
+task.react(main, sys.argv[1:])
+"""
+
+STANZA = "<message from='romeo@red.example/a' to='juliet@blue.example' id='r1'><body>{}</body></message>"
+
+
+def ask_authority(tmp_path, options, body, start=True):
+    """Start the reference authority with ``options`` (unless not ``start``) and ask it about one message."""
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    socket_path = tmp_path / "release.sock"
+    audit = tmp_path / "release-audit.jsonl"
+    authority = None
+    if start:
+        authority = subprocess.Popen([sys.executable, "-m", "guard.reference.authority",
+                                      "--listen", f"unix:{socket_path}", *options],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 15
+        while not socket_path.exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+    try:
+        asked = subprocess.run([sys.executable, "-c", ASK, f"unix:path={socket_path}", str(audit),
+                                STANZA.format(body)], capture_output=True, text=True, timeout=30)
+    finally:
+        if authority is not None:
+            authority.terminate()
+            authority.wait(timeout=10)
+    assert asked.returncode == 0, asked.stderr
+    records = [json.loads(line) for line in audit.read_text().splitlines()]
+    return json.loads(asked.stdout.strip().splitlines()[-1]), records
+
+
+def test_the_authority_releases_denies_and_redacts(tmp_path):
+    """Over a Unix socket: a plain message is released, a secret one denied, a sensitive one redacted."""
+    options = ["--deny-word", "secret", "--redact-word", "Verona"]
+    released, _ = ask_authority(tmp_path / "released", options, "hello")
+    denied, denied_records = ask_authority(tmp_path / "denied", options, "the secret plan")
+    redacted, _ = ask_authority(tmp_path / "redacted", options, "meet me in Verona")
+    assert released["released"] and released["body"] == "hello"
+    assert not denied["released"] and denied_records[-1]["event"] == "release-denied"
+    assert redacted["released"] and redacted["body"] == "meet me in [redacted]"
+
+
+def test_a_silent_authority_releases_nothing_and_the_refusal_is_audited(tmp_path):
+    """The authority never answers: after the timeout the stanza is denied, with an audit record."""
+    answer, records = ask_authority(tmp_path, ["--silent"], "hello")
+    assert not answer["released"] and "no answer within" in answer["reason"]
+    assert [record["event"] for record in records] == ["release-denied"]
+
+
+def test_a_garbling_authority_releases_nothing(tmp_path):
+    """An answer that is not JSON is a denial, audited."""
+    answer, records = ask_authority(tmp_path, ["--garble"], "hello")
+    assert not answer["released"] and "garbled" in answer["reason"]
+    assert records[-1]["event"] == "release-denied"
+
+
+def test_an_absent_authority_releases_nothing(tmp_path):
+    """No authority listening: denied at once, audited."""
+    answer, records = ask_authority(tmp_path, [], "hello", start=False)
+    assert not answer["released"] and "cannot reach" in answer["reason"]
+    assert records[-1]["event"] == "release-denied"
