@@ -40,6 +40,11 @@ class Condition:
     """One test over a stanza's facts."""
 
     about_label = False
+    # What a label condition says when no label can be established (unreadable,
+    # unknown policy, no default): the loader sets True in restrictive rules
+    # (drop, bounce, refer) and False in permissive ones, so an unknown label
+    # always falls on the side of not passing.
+    when_unknown = False
 
     def holds(self, facts) -> bool:
         raise NotImplementedError
@@ -350,10 +355,17 @@ class LabelCondition(Condition):
     """Conditions on security labels never hold on error stanzas (errors are not label-checked)."""
 
     about_label = True
+    # Whether the condition reads the label's meaning (policy, classification,
+    # categories, releasability).  Such a condition is indeterminate when no
+    # label can be established, and then neither it nor its negation holds:
+    # an unreadable label must never satisfy "not SECRET".
+    needs_meaning = True
 
     def holds(self, facts):
         if facts.is_error:
             return False
+        if self.needs_meaning and facts.label[0] is None:
+            return self.when_unknown
         return self.test(facts)
 
     def explain(self, facts):
@@ -370,6 +382,8 @@ class LabelCondition(Condition):
 
 @dataclass
 class LabelPresence(LabelCondition):
+    needs_meaning = False
+
     present: bool
     key = "label"
 
@@ -382,6 +396,8 @@ class LabelPresence(LabelCondition):
 
 @dataclass
 class LabelValid(LabelCondition):
+    needs_meaning = False
+
     valid: bool
     key = "label_valid"
 
@@ -487,6 +503,8 @@ class Negated(Condition):
     def holds(self, facts):
         if self.inner.about_label and facts.is_error:
             return False
+        if getattr(self.inner, "needs_meaning", False) and facts.label[0] is None:
+            return self.when_unknown
         return not self.inner.holds(facts)
 
     def explain(self, facts):

@@ -547,6 +547,11 @@ def _label_condition(key, value, context):
     raise ConditionError(key, f"unknown condition {key!r}")
 
 
+# Verdicts that refuse: a label condition that cannot be decided (no label can
+# be established) holds in these rules and not in the others.
+RESTRICTIVE_VERDICTS = frozenset({"drop", "bounce", "refer"})
+
+
 def _rules(reader, value, context):
     if not isinstance(value, list):
         reader.problem("[[rules]]", "rules must be an array of tables")
@@ -599,6 +604,9 @@ def _rules(reader, value, context):
                         conditions.append(Negated(_condition(key, condition_value, context)))
                     except ConditionError as problem:
                         reader.problem(where, f"not: {problem}", reader.lines.rule(order, "not"))
+        restrictive = table.get("verdict") in RESTRICTIVE_VERDICTS
+        for condition in conditions:
+            condition.when_unknown = restrictive
         rule = _rule_action(reader, table, context, where, order, line, rule_id, rev, why, conditions)
         if rule is not None:
             rules.append(rule)

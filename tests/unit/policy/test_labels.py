@@ -211,3 +211,41 @@ verdict = "pass"
     for label in (ess_xml("!!"), ess_xml(ess_label("2.999.77", 1)), ess_xml(ess_label(NATION_A, 4))):
         assert policy.judge(message_with(label), RED_TO_BLUE).rule_id == "deny-unless-allowed"
     assert policy.judge(message_with(ess_xml(ess_label(NATION_A, 1))), RED_TO_BLUE).rule_id == "pass"
+
+
+def test_an_unreadable_label_never_satisfies_a_permissive_rule_and_always_a_restrictive_one():
+    """'pass if not SECRET' does not pass a label the guard cannot read, and 'drop if SECRET' drops it."""
+    from .labelled import LABELS_AND_MAPS
+    from .wire import compile_policy
+
+    secret = '[sets.labels]\nsecret = [{ policy = "nation-a", classification = "SECRET" }]\n'
+    allow_unless = compile_policy('[policy]\nname = "allow-unless"\ndefault = "drop"\n' + LABELS_AND_MAPS + secret + """
+[[rules]]
+id = "pass-unless-secret"
+rev = 1
+why = "written as a negation"
+kind = "message"
+not = { label_in = "$secret" }
+verdict = "pass"
+""")
+    drop_if = compile_policy('[policy]\nname = "drop-if"\n' + LABELS_AND_MAPS + secret + """
+[[rules]]
+id = "drop-secret"
+rev = 1
+why = "written positively"
+kind = "message"
+label_in = "$secret"
+verdict = "drop"
+
+[[rules]]
+id = "pass-rest"
+rev = 1
+why = "everything else"
+verdict = "pass"
+""")
+    for unreadable in (ess_xml("!!"), ess_xml(ess_label("2.999.77", 1))):
+        assert allow_unless.judge(message_with(unreadable), RED_TO_BLUE).rule_id == "default"
+        assert drop_if.judge(message_with(unreadable), RED_TO_BLUE).rule_id == "drop-secret"
+    readable = message_with(ess_xml(ess_label(NATION_A, 1)))
+    assert allow_unless.judge(readable, RED_TO_BLUE).rule_id == "pass-unless-secret"
+    assert drop_if.judge(readable, RED_TO_BLUE).rule_id == "pass-rest"
