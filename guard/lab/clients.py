@@ -95,6 +95,7 @@ class ReceivedMessage:
     error_condition: str
     received_at: float
     id: str = ""  # the stanza's id attribute, to tell bounces apart
+    xml: str = ""  # the whole stanza as the client received it
 
 
 @dataclass(frozen=True)
@@ -264,6 +265,7 @@ class LabClient:
                 error_condition=condition or "",
                 received_at=now_ns / 1e9,
                 id=str(message["id"] or ""),
+                xml=str(message),
             )
         )
         self._notify()
