@@ -1,0 +1,84 @@
+"""The half's configuration loader: the sample files load, and every mistake names the file and the key."""
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from guard.app.config import ConfigError
+from guard.app.half_config import is_half_config, load_half_config
+from guard.lab.pki import CertificateAuthority, write_lab_pki
+
+PROJECT = Path(__file__).resolve().parents[3]
+
+
+@pytest.fixture(scope="module")
+def tree(tmp_path_factory):
+    """A copy of deploy/pair and policies/ beside a run/ folder holding both PKIs."""
+    root = tmp_path_factory.mktemp("pair-config")
+    shutil.copytree(PROJECT / "deploy" / "pair", root / "deploy" / "pair")
+    shutil.copytree(PROJECT / "policies", root / "policies")
+    write_lab_pki(root / "run" / "pki")
+    link = root / "run" / "pair-pki"
+    link.mkdir(parents=True)
+    authority = CertificateAuthority.create("link-ca")
+    authority.write(link)
+    for name in ("half-a", "half-b", "hag"):
+        authority.write_leaf(link, name, [name])
+    return root
+
+
+def variant(tree, replace, add=""):
+    source = (tree / "deploy" / "pair" / "half-a.toml").read_text()
+    for old, new in replace:
+        assert old in source, old
+        source = source.replace(old, new)
+    path = tree / "deploy" / "pair" / "variant.toml"
+    path.write_text(source + add)
+    return str(path)
+
+
+def test_the_sample_halves_load(tree):
+    """Both sample halves, direct and through the HAG, pass the checker."""
+    for name in ("half-a", "half-b", "half-a.hag", "half-b.hag"):
+        config = load_half_config(str(tree / "deploy" / "pair" / f"{name}.toml"))
+        assert config.link.leg.own_name in ("half-a", "half-b")
+    config = load_half_config(str(tree / "deploy" / "pair" / "half-a.toml"))
+    assert config.topology.far_side("red") == "blue"
+    assert config.link.leg.dial == "tcp:host=127.0.4.2:port=5299" and config.link.leg.listen is None
+    assert is_half_config(str(tree / "deploy" / "pair" / "half-a.toml"))
+
+
+@pytest.mark.parametrize("replace, add, key", [
+    ([('dial = "tcp:host=127.0.4.2:port=5299"', 'dial = "tcp:host=127.0.4.2:port=5299"\nlisten = "tcp:1"')], "",
+     "link: needs exactly one of listen and dial"),
+    ([('ca = "../../run/pair-pki/link-ca.pem"', "")], "", "link: needs pins or ca"),
+    ([('# pins = ["ab:cd:..."]', 'pins = ["ab:cd"]')], "", "link.pins[0]"),
+    ([('peer = "half-b"', 'peer = "half-a"')], "", "link.peer"),
+    ([('far_side = "blue"', 'far_side = "red"')], "", "link.far_side"),
+    ([('far_domains = ["blue.example", "conference.blue.example"]', 'far_domains = ["blue.example"]')], "",
+     "sides.red.certificates[0].domains"),
+    ([('far_domains = ["blue.example", "conference.blue.example"]',
+       'far_domains = ["blue.example", "conference.blue.example", "red.example"]')], "", "link.far_domains[2]"),
+    ([("down_deadline = 120 ", "down_deadline = -1 ")], "", "link.down_deadline"),
+    ([("backoff_jitter = 0.5", "backoff_jitter = 2")], "", "link.backoff_jitter"),
+    ([("buffer_stanzas = 10000", "buffer_stanzas = 1.5")], "", "link.buffer_stanzas"),
+    ([], "colour = 'red'\n", "link.colour"),
+    ([('dial = "tcp:host=127.0.4.2:port=5299"', 'dial = "carrier-pigeon:x"')], "", "link.dial"),
+    ([('key = "../../run/pair-pki/half-a.key"', 'key = "../../run/pair-pki/half-b.key"')], "", "link.certificate"),
+    ([('import_policy = "../../policies/allow-all.toml"', 'import_policy = "missing.toml"')], "",
+     "link.import_policy"),
+])
+def test_mistakes_name_the_file_and_the_key(tree, replace, add, key):
+    """Each broken variant of half-a.toml is refused with a message naming the file and the key."""
+    path = variant(tree, replace, add)
+    with pytest.raises(ConfigError) as raised:
+        load_half_config(path)
+    assert str(raised.value).startswith(f"{path}: ") and key in str(raised.value)
+
+
+def test_a_half_has_exactly_one_side(tree):
+    """A second [sides.*] table belongs in a standalone guard, not a half."""
+    path = variant(tree, [], "\n[sides.blue]\nlisten = 'tcp:5269'\n")
+    with pytest.raises(ConfigError, match="a half has exactly one side"):
+        load_half_config(path)
