@@ -456,6 +456,7 @@ def test_depth_at_the_limit_passes_and_one_deeper_fails():
 
 
 def attributes(count: int) -> bytes:
+    """count distinct attributes as they look inside a start tag."""
     return b"".join(b" a%d='%d'" % (n, n) for n in range(count))
 
 
@@ -518,6 +519,7 @@ def test_children_limit_is_per_stanza():
 
 
 def header_of_size(size: int) -> bytes:
+    """The test header padded with an attribute to exactly size bytes."""
     padding = size - len(HEADER) - len(b" pad=''")
     return HEADER[:-1] + b" pad='" + b"p" * padding + b"'>"
 
