@@ -105,9 +105,13 @@ text_bytes = 16384
 class PairLab(Lab):
     """red -> half A -> (link relay) -> (HAG) -> half B -> blue, on its own loopback addresses."""
 
-    def __init__(self, folder: Path, with_hag: bool, down_deadline: float = 30.0, **options):
-        super().__init__(Mode.GUARD, "certificate", folder=folder, guard_log_level="info", **options)
+    def __init__(self, folder: Path | None, with_hag: bool, down_deadline: float = 30.0, standalone: bool = False,
+                 guard_log_level: str = "info", link_relay: bool = True, **options):
+        """``standalone``: one standalone guard on the halves' two addresses instead of the pair (for benchmarks)."""
+        super().__init__(Mode.GUARD, "certificate", folder=folder, guard_log_level=guard_log_level, **options)
         self.with_hag = with_hag
+        self.standalone = standalone
+        self.link_relay = link_relay  # False: half A dials the HAG or half B directly (nothing to cut)
         self.down_deadline = down_deadline
         self._lock = LabLock(PAIR_LOCK)
         self.half_configs: dict[str, Path] = {}
@@ -135,11 +139,15 @@ class PairLab(Lab):
                 server.register(user, PASSWORD)
             server.start()
             self._started.append(server)
+        if self.standalone:
+            self._start_standalone_guard()
+            return
         self._write_pair_material()
         self.start_half("b")
         if self.with_hag:
             self.start_hag()
-        self.start_link_relay()
+        if self.link_relay:
+            self.start_link_relay()
         self.start_half("a")
 
     def _start_dns(self) -> None:
@@ -182,7 +190,7 @@ class PairLab(Lab):
         self.half_configs["a"] = self._write_half(
             folder, "a", "red", "blue", RED_DOMAINS, BLUE_DOMAINS, RED_ADDRESS, HALF_A_ADDRESS,
             self.pki.guard_facing("red"), ALLOW_ALL, ALLOW_ALL, peer_of_a,
-            f"dial = {toml_string(f'tcp:host={LINK_RELAY_ADDRESS}:port={LINK_RELAY_PORT}')}")
+            f"dial = {toml_string(self._half_a_dials())}")
         self.half_configs["b"] = self._write_half(
             folder, "b", "blue", "red", BLUE_DOMAINS, RED_DOMAINS, BLUE_ADDRESS, HALF_B_ADDRESS,
             self.pki.guard_facing("blue"), ALLOW_ALL, self.blue_import, peer_of_b,
@@ -204,6 +212,13 @@ class PairLab(Lab):
                 f"dial = {toml_string(f'tcp:host={LINK_ADDRESS}:port={LINK_PORT}')}",
                 f"down_deadline = {self.down_deadline}", "backoff_initial = 0.2", "backoff_max = 2.0", "",
             ]))
+
+    def _half_a_dials(self) -> str:
+        if self.link_relay:
+            return f"tcp:host={LINK_RELAY_ADDRESS}:port={LINK_RELAY_PORT}"
+        if self.with_hag:
+            return f"tcp:host={HAG_ADDRESS}:port={HAG_PORT}"
+        return f"tcp:host={LINK_ADDRESS}:port={LINK_PORT}"
 
     def _write_half(self, folder, half, side, far_side, hosted, far_domains, server_address, listen_address,
                     facing, export_policy, import_policy, peer, link_endpoint) -> Path:
@@ -239,6 +254,18 @@ class PairLab(Lab):
         path = folder / f"half-{half}.toml"
         path.write_text("\n".join(lines) + "\n")
         return path
+
+    def _start_standalone_guard(self) -> None:
+        from guard.lab import topology
+
+        text = topology.render_guard_config(self.pki, "certificate", ALLOW_ALL, self.guard_log_level)
+        for old, new in ((topology.GUARD_RED_FACING, HALF_A_ADDRESS), (topology.GUARD_BLUE_FACING, HALF_B_ADDRESS),
+                         (topology.RED_ADDRESS, RED_ADDRESS), (topology.BLUE_ADDRESS, BLUE_ADDRESS)):
+            text = text.replace(f'"{old}:', f'"{new}:').replace(f"interface={old}", f"interface={new}")
+        self.guard_config = self.folder / "guard.toml"
+        self.guard_config.write_text(text)
+        arguments = [self.python, "-m", "guard", "run", "--config", str(self.guard_config)]
+        self._spawn("guard", arguments, [(HALF_A_ADDRESS, S2S_PORT), (HALF_B_ADDRESS, S2S_PORT)], 20.0)
 
     def start_half(self, half: str):
         listens = [(HALF_A_ADDRESS if half == "a" else HALF_B_ADDRESS, S2S_PORT)]

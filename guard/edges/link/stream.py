@@ -56,6 +56,14 @@ class LinkStream(Protocol):
 
     def connectionMade(self):
         self._timer = self.clock.callLater(self.open_timeout, self._open_timed_out)
+        # Stanzas and acknowledgements are small writes: do not let Nagle's
+        # algorithm hold them back waiting for a delayed ACK.
+        tcp = getattr(self.transport, "transport", self.transport)
+        if hasattr(tcp, "setTcpNoDelay"):
+            try:
+                tcp.setTcpNoDelay(True)
+            except OSError:
+                pass
 
     def handshakeCompleted(self):
         try:
