@@ -11,6 +11,7 @@ carries and refuses the ones it has counted before.
 
 from __future__ import annotations
 
+import itertools
 import secrets
 from collections import deque
 from dataclasses import dataclass
@@ -55,15 +56,21 @@ class Outbox:
     def __len__(self) -> int:
         return len(self.entries)
 
+    # The entries always hold consecutive sequence numbers (added at the
+    # end, settled from the front, or all given up at once), so the counts
+    # below and ``unsent`` need no scan of the whole buffer.
+
     @property
     def unacknowledged(self) -> int:
         """Stanzas written at least once and not yet acknowledged."""
-        return sum(1 for entry in self.entries if entry.sequence <= self.highest_sent)
+        if not self.entries:
+            return 0
+        return max(0, min(self.highest_sent, self.next_sequence - 1) - self.entries[0].sequence + 1)
 
     @property
     def queued(self) -> int:
         """Stanzas not yet written on the current connection."""
-        return sum(1 for entry in self.entries if entry.sequence > self.sent_up_to)
+        return min(len(self.entries), self.next_sequence - 1 - self.sent_up_to)
 
     def add(self, parcel) -> int | None:
         """Keep ``parcel``; its sequence number, or None when the buffer is full."""
@@ -81,7 +88,9 @@ class Outbox:
 
     def unsent(self):
         """The entries not yet written on this connection, oldest first."""
-        return [entry for entry in self.entries if entry.sequence > self.sent_up_to]
+        waiting = list(itertools.islice(reversed(self.entries), self.queued))
+        waiting.reverse()
+        return waiting
 
     def mark_sent(self, sequence: int) -> None:
         if sequence != self.sent_up_to + 1:

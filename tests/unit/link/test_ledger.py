@@ -99,3 +99,19 @@ def test_inbox_refuses_a_stanza_before_resume():
     """Without <resume/> the numbering is unknown, so the stanza cannot be counted."""
     with pytest.raises(LinkFault):
         Inbox().accept()
+
+
+def test_outbox_counts_hold_across_sends_acknowledgements_and_rewinds():
+    """queued, unacknowledged and unsent agree with a plain count at every step."""
+    outbox = Outbox(100)
+    for name in range(10):
+        outbox.add(name)
+    outbox.rewind()
+    for entry in outbox.unsent()[:6]:
+        outbox.mark_sent(entry.sequence)
+    assert (outbox.queued, outbox.unacknowledged) == (4, 6)
+    outbox.acknowledge(3)
+    assert (outbox.queued, outbox.unacknowledged, len(outbox)) == (4, 3, 7)
+    assert outbox.rewind() == 4
+    assert [entry.sequence for entry in outbox.unsent()] == [4, 5, 6, 7, 8, 9, 10]
+    assert (outbox.queued, outbox.unacknowledged) == (7, 3)

@@ -143,3 +143,19 @@ def test_stopping_bounces_waiting_stanzas_and_closes_the_connection():
     assert stream_a._closing
     pair.a.send(message(2))
     assert pair.owner_a.of("undeliverable") == ["1", "2"]
+
+
+def test_stanzas_sent_but_unacknowledged_bounce_after_the_deadline_and_are_never_delivered_twice():
+    """The XEP-0198 trade-off: an unacknowledged stanza bounces after the deadline even if the peer had it;
+    when the link is back, the peer skips its number, so it is never delivered a second time."""
+    pair = JoinedHalves(LinkSettings(down_deadline=60.0, ack_every=1000))
+    pair.connect()
+    pair.a.send(message(1))
+    pair.flush()  # B has it, the acknowledgement never comes
+    pair.cut()
+    pair.clock.advance(60.0)
+    assert pair.owner_a.of("undeliverable") == ["1"]
+    pair.connect()
+    pair.a.send(message(2))
+    pair.flush()
+    assert pair.owner_b.of("received") == ["1", "2"]
