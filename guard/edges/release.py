@@ -191,6 +191,19 @@ class ReleaseAuthority:
         self.released = 0
         self.denied = 0
 
+    @classmethod
+    def at(cls, reactor, description: str, audit, timeout: float = 5.0) -> "ReleaseAuthority":
+        """The authority at a Twisted client endpoint string (``unix:path=...``, ``tcp:host=...:port=...``);
+        ValueError when the string is not one."""
+        from twisted.internet.endpoints import clientFromString
+
+        if timeout <= 0:
+            raise ValueError("the release timeout must be greater than zero")
+        return cls(clientFromString(reactor, description), reactor, audit, timeout)
+
+    def describe(self) -> dict:
+        return {"asked": self.asked, "released": self.released, "denied": self.denied, "timeout": self.timeout}
+
     def ask(self, stanza, direction, rule_id: str) -> defer.Deferred:
         """A Deferred firing with a Release; it never errbacks."""
         result = defer.Deferred()

@@ -221,3 +221,15 @@ def test_ask_never_errbacks_even_when_the_stanza_cannot_be_serialised():
     results = []
     authority.ask(broken, Direction("red", "blue"), "r").addBoth(results.append)
     assert not results[0].released
+
+
+def test_the_authority_is_named_by_an_endpoint_string():
+    """Operators write the authority's address as a Twisted client endpoint string; nonsense is refused."""
+    import pytest
+    from twisted.internet.testing import MemoryReactorClock
+
+    reactor = MemoryReactorClock()
+    authority = ReleaseAuthority.at(reactor, "unix:path=/run/guard/release.sock", RecordingAudit(), timeout=2.0)
+    assert authority.describe() == {"asked": 0, "released": 0, "denied": 0, "timeout": 2.0}
+    with pytest.raises(ValueError):
+        ReleaseAuthority.at(reactor, "carrier-pigeon:x", RecordingAudit())
