@@ -26,7 +26,7 @@ from .config import (AUDIT_FAILURE_MODES, ConfigError, SideConfig, _Checker, _ch
 LINK_KEYS = (
     "name", "peer", "far_side", "far_domains", "import_policy", "certificate", "key", "pins", "ca",
     "listen", "dial", "buffer_stanzas", "down_deadline", "ack_every", "ack_interval", "ack_timeout",
-    "open_timeout", "backoff_initial", "backoff_max", "backoff_jitter",
+    "keepalive", "open_timeout", "backoff_initial", "backoff_max", "backoff_jitter",
 )
 
 
@@ -113,6 +113,7 @@ def link_leg(checker, table, key, known=LINK_KEYS) -> LegConfig:
         ack_every=_number(checker, table, "ack_every", key, defaults.ack_every, whole=True),
         ack_interval=_number(checker, table, "ack_interval", key, defaults.ack_interval),
         ack_timeout=_number(checker, table, "ack_timeout", key, defaults.ack_timeout),
+        keepalive=_number(checker, table, "keepalive", key, defaults.keepalive),
     )
     backoff = Backoff(
         initial_delay=_number(checker, table, "backoff_initial", key, backoff_defaults.initial_delay),

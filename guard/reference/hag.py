@@ -41,7 +41,7 @@ from .profile import Profile, ProfileError, check_stanza, load_profile
 log = Logger()
 
 LEG_KEYS = ("peer", "certificate", "key", "pins", "ca", "listen", "dial", "buffer_stanzas", "down_deadline",
-            "ack_every", "ack_interval", "ack_timeout", "open_timeout", "backoff_initial", "backoff_max",
+            "ack_every", "ack_interval", "ack_timeout", "keepalive", "open_timeout", "backoff_initial", "backoff_max",
             "backoff_jitter")
 
 

@@ -40,6 +40,7 @@ class LinkSettings:
     ack_every: int = 50  # ask for an acknowledgement after this many stanzas written
     ack_interval: float = 1.0  # seconds between checks for unacknowledged stanzas
     ack_timeout: float = 30.0  # seconds an acknowledgement request may stay unanswered
+    keepalive: float = 60.0  # seconds of an idle link after which <r/> checks the peer is still there
 
 
 @dataclass(frozen=True)
@@ -68,6 +69,7 @@ class Link:
         self._deadline = None
         self._ticker = None
         self._ack_asked_at: float | None = None
+        self._last_request = 0.0
         self._written_since_request = 0
 
     # -- the owner's verbs --------------------------------------------------
@@ -221,6 +223,7 @@ class Link:
         seen = self.inbox.peer_session
         stream.write(wire.resume(self.outbox.session, first, seen, self.inbox.received))
         self._ack_asked_at = None
+        self._last_request = self.clock.seconds()
         self._written_since_request = 0
         self._start_ticker()
         log.info("link up to {peer} ({fingerprint}); resuming at {first}",
@@ -260,8 +263,9 @@ class Link:
 
     def _ask_for_ack(self) -> None:
         self._written_since_request = 0
+        self._last_request = self.clock.seconds()
         if self._ack_asked_at is None:
-            self._ack_asked_at = self.clock.seconds()
+            self._ack_asked_at = self._last_request
         self.stream.write(wire.ACK_REQUEST)
 
     def _settle(self, settled) -> None:
@@ -274,13 +278,17 @@ class Link:
 
     def _tick(self) -> None:
         self._ticker = self.clock.callLater(self.settings.ack_interval, self._tick)
-        if self.stream is None or self.outbox.unacknowledged == 0:
+        if self.stream is None:
             return
-        if self._ack_asked_at is not None and self.clock.seconds() - self._ack_asked_at >= self.settings.ack_timeout:
+        now = self.clock.seconds()
+        if self._ack_asked_at is not None and now - self._ack_asked_at >= self.settings.ack_timeout:
             log.warn("link: no acknowledgement for {t}s; dropping the connection", t=self.settings.ack_timeout)
             self.stream.close("connection-timeout", "acknowledgements stopped")
             return
-        self._ask_for_ack()
+        if self.outbox.unacknowledged:
+            self._ask_for_ack()
+        elif self._ack_asked_at is None and now - self._last_request >= self.settings.keepalive:
+            self._ask_for_ack()  # an idle link: is the peer still there?
 
     def _start_ticker(self) -> None:
         self._stop_ticker()

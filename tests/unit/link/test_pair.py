@@ -159,3 +159,15 @@ def test_stanzas_sent_but_unacknowledged_bounce_after_the_deadline_and_are_never
     pair.a.send(message(2))
     pair.flush()
     assert pair.owner_b.of("received") == ["1", "2"]
+
+
+def test_an_idle_link_with_a_live_peer_stays_up():
+    """Keepalive requests are answered by a live peer: after ten idle minutes the link is still up."""
+    pair = JoinedHalves(LinkSettings(ack_interval=1.0, keepalive=30.0, ack_timeout=5.0))
+    pair.connect()
+    for _ in range(600):
+        pair.clock.advance(1.0)
+        pair.flush()
+    assert pair.a.describe()["state"] == "up" and pair.a.describe()["connections"] == 1
+    stream_a, _ = pair.streams
+    assert not stream_a._closing

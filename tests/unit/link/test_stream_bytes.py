@@ -151,3 +151,15 @@ def test_a_link_that_never_opens_times_out():
     clock, _, _, stream, transport = opened()
     clock.advance(30)
     assert transport.disconnecting
+
+
+def test_an_idle_link_asks_after_keepalive_seconds_and_drops_a_dead_peer():
+    """Nothing to send for keepalive seconds: <r/> goes out; no <a/> within ack_timeout closes the link."""
+    clock, _, _, _, transport = opened(settings=LinkSettings(ack_interval=1.0, keepalive=10.0, ack_timeout=5.0))
+    transport.clear()
+    clock.pump([1.0] * 9)
+    assert transport.value() == b""
+    clock.pump([1.0])
+    assert transport.value().startswith(b"<r xmlns='urn:xmpp:sm:3'/>")
+    clock.pump([1.0] * 5)
+    assert b"<connection-timeout" in transport.value()
