@@ -106,9 +106,11 @@ class PairLab(Lab):
     """red -> half A -> (link relay) -> (HAG) -> half B -> blue, on its own loopback addresses."""
 
     def __init__(self, folder: Path | None, with_hag: bool, down_deadline: float = 30.0, standalone: bool = False,
-                 guard_log_level: str = "info", link_relay: bool = True, **options):
-        """``standalone``: one standalone guard on the halves' two addresses instead of the pair (for benchmarks)."""
-        super().__init__(Mode.GUARD, "certificate", folder=folder, guard_log_level=guard_log_level, **options)
+                 guard_log_level: str = "info", link_relay: bool = True, authentication: str = "certificate",
+                 **options):
+        """``standalone``: one standalone guard on the halves' two addresses instead of the pair (for benchmarks);
+        ``authentication``: how the halves and the Prosodies authenticate S2S ("certificate" or "dialback")."""
+        super().__init__(Mode.GUARD, authentication, folder=folder, guard_log_level=guard_log_level, **options)
         self.with_hag = with_hag
         self.standalone = standalone
         self.link_relay = link_relay  # False: half A dials the HAG or half B directly (nothing to cut)
@@ -161,7 +163,8 @@ class PairLab(Lab):
     def _prosody(self, name, domain, muc_domain, address) -> ProsodyServer:
         settings = ProsodySettings(
             name=name, domain=domain, muc_domain=muc_domain, address=address,
-            certificate=self.pki.server(name), cafile=self.pki.side_ca(name), secure_auth=True,
+            certificate=self.pki.server(name), cafile=self.pki.side_ca(name),
+            secure_auth=self.authentication == "certificate",
             log_level=self.prosody_log_level, dns_forward=f"{DNS_ADDRESS}@{DNS_PORT}",
             c2s_port=C2S_PORT, s2s_port=S2S_PORT,
         )  # fmt: skip
@@ -233,7 +236,7 @@ class PairLab(Lab):
             "", "[limits]", "outbound_queue = 5000",
             "", f"[sides.{side}]",
             f"listen = {toml_string(f'tcp:{S2S_PORT}:interface={listen_address}')}",
-            f"ca = {toml_string(str(self.pki.side_ca(side)))}", 'authentication = "certificate"',
+            f"ca = {toml_string(str(self.pki.side_ca(side)))}", f"authentication = {toml_string(self.authentication)}",
             f"policy = {toml_string(str(export_policy))}",
             "", f"[sides.{side}.domains]",
         ]
@@ -258,7 +261,7 @@ class PairLab(Lab):
     def _start_standalone_guard(self) -> None:
         from guard.lab import topology
 
-        text = topology.render_guard_config(self.pki, "certificate", ALLOW_ALL, self.guard_log_level)
+        text = topology.render_guard_config(self.pki, self.authentication, ALLOW_ALL, self.guard_log_level)
         for old, new in ((topology.GUARD_RED_FACING, HALF_A_ADDRESS), (topology.GUARD_BLUE_FACING, HALF_B_ADDRESS),
                          (topology.RED_ADDRESS, RED_ADDRESS), (topology.BLUE_ADDRESS, BLUE_ADDRESS)):
             text = text.replace(f'"{old}:', f'"{new}:').replace(f"interface={old}", f"interface={new}")

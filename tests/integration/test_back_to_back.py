@@ -31,12 +31,14 @@ def unique(word: str) -> str:
     return f"{word}-{uuid.uuid4().hex[:8]}"
 
 
-@pytest.fixture(scope="module", params=[False, True], ids=["pair", "pair-with-hag"])
+@pytest.fixture(scope="module", params=[(False, "certificate"), (True, "certificate"), (False, "dialback")],
+                ids=["pair", "pair-with-hag", "pair-dialback"])
 def pair(request, tmp_path_factory):
-    """A running pair lab, with or without the reference HAG in the link's path."""
-    with_hag = request.param
-    laboratory = PairLab(tmp_path_factory.mktemp("pair-hag" if with_hag else "pair"), with_hag=with_hag,
-                         down_deadline=20.0)
+    """A running pair lab: with or without the reference HAG in the link's path, S2S by certificate or dialback."""
+    with_hag, authentication = request.param
+    name = "pair-hag" if with_hag else f"pair-{authentication}"
+    laboratory = PairLab(tmp_path_factory.mktemp(name), with_hag=with_hag, down_deadline=20.0,
+                         authentication=authentication)
     try:
         laboratory.start()
     except Exception as error:
