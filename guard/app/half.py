@@ -88,9 +88,11 @@ class HalfRelay(Relay):
         self.undeliverable(parcel, condition, text)
 
     def shut_down(self):
-        super().shut_down()
+        # The link first: what it gives up on bounces toward this half's own
+        # servers while the S2S streams to them are still open.
         if self.leg is not None:
             self.leg.link.stop()
+        super().shut_down()
 
     def status(self) -> dict:
         status = super().status()
