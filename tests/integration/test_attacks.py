@@ -29,7 +29,7 @@ import pytest
 from guard.lab.clients import ClientError
 from guard.lab.topology import GUARD_RED_FACING, PROJECT_ROOT, Lab, Mode
 
-from hostile import ATTACKER_ADDRESS, HostilePeer, header, lab_lock_held_here
+from tests.integration.hostile import ATTACKER_ADDRESS, HostilePeer, header, lab_lock_held_here
 
 ROMEO = "romeo@red.example"
 JULIET = "juliet@blue.example"
