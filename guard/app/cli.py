@@ -18,11 +18,8 @@ def _run(arguments) -> int:
     from twisted.logger import (FilteringLogObserver, LogLevel, LogLevelFilterPredicate,
                                 globalLogBeginner, textFileLogObserver)
 
-    from .service import GuardService
-
     try:
-        config = load_config(arguments.config)
-        guard = GuardService(config, reactor)
+        config, guard = _load_process(arguments.config, reactor)
     except ConfigError as problem:
         print(f"guard: {problem}", file=sys.stderr)
         return 2
@@ -79,19 +76,39 @@ def _quiet_factories(event):
     return PredicateResult.maybe
 
 
+def _load_process(path, reactor):
+    """The configuration at ``path`` and the guard process it describes: a standalone guard, or a half of a pair."""
+    from .half_config import is_half_config
+
+    if is_half_config(path):
+        from .half import HalfService
+        from .half_config import load_half_config
+
+        config = load_half_config(path)
+        return config, HalfService(config, reactor)
+    from .service import GuardService
+
+    config = load_config(path)
+    return config, GuardService(config, reactor)
+
+
 def _check_config(arguments) -> int:
-    from .service import load_material
+    from twisted.internet.testing import MemoryReactorClock
 
     status = 0
     for path in arguments.config:
         try:
-            config = load_config(path)
-            load_material(config)
+            config, process = _load_process(path, MemoryReactorClock())
         except ConfigError as problem:
             print(f"{problem}", file=sys.stderr)
             status = 1
             continue
-        print(f"{path}: OK ({', '.join(f'{n}: {len(s.domains)} domains' for n, s in config.sides.items())})")
+        sides = getattr(config, "sides", None) or {config.side.name: config.side}
+        summary = ", ".join(f"{name}: {len(side.domains)} domains" for name, side in sides.items())
+        leg = getattr(process, "leg", None)
+        if leg is not None:
+            summary += f"; half of a pair, link fingerprint {leg.tls.fingerprint}"
+        print(f"{path}: OK ({summary})")
     return status
 
 
@@ -108,12 +125,10 @@ def _signal_running(arguments, signum) -> int:
 
 def _reload(arguments) -> int:
     if arguments.config:
-        from .service import load_direction_policy
+        from twisted.internet.testing import MemoryReactorClock
 
         try:
-            config = load_config(arguments.config)
-            for name in config.sides:
-                load_direction_policy(config, name)
+            _load_process(arguments.config, MemoryReactorClock())
         except ConfigError as problem:
             print(f"guard: reload refused: {problem}", file=sys.stderr)
             return 1
@@ -121,7 +136,13 @@ def _reload(arguments) -> int:
 
 
 def _status(arguments) -> int:
-    config = load_config(arguments.config)
+    from .half_config import is_half_config, load_half_config
+
+    try:
+        config = load_half_config(arguments.config) if is_half_config(arguments.config) else load_config(arguments.config)
+    except ConfigError as problem:
+        print(f"guard: {problem}", file=sys.stderr)
+        return 2
     if config.status_path is None:
         print("guard: the configuration names no [guard] status file", file=sys.stderr)
         return 1

@@ -46,15 +46,31 @@ class SideConfig:
 
 
 @dataclass(frozen=True)
+class GuardSettings:
+    """The [guard] and [release] tables: what every guard process has, standalone or half of a pair."""
+
+    log_level: str = "info"
+    dialback_secret: str | None = None
+    audit_path: str | None = None
+    audit_failure: str = "stop"
+    status_path: str | None = None
+    release_endpoint: str | None = None
+    release_timeout: float = 5.0
+
+
+@dataclass(frozen=True)
 class GuardConfig:
     path: str
-    log_level: str
-    dialback_secret: str | None
-    audit_path: str | None
-    audit_failure: str
-    status_path: str | None
+    settings: GuardSettings
     limits: Limits
     sides: dict[str, SideConfig] = field(default_factory=dict)
+
+    # The settings read as attributes of the configuration.
+    log_level = property(lambda self: self.settings.log_level)
+    dialback_secret = property(lambda self: self.settings.dialback_secret)
+    audit_path = property(lambda self: self.settings.audit_path)
+    audit_failure = property(lambda self: self.settings.audit_failure)
+    status_path = property(lambda self: self.settings.status_path)
 
     @property
     def topology(self) -> Topology:
@@ -200,30 +216,58 @@ def _side(checker, name, table):
     return SideConfig(name, listen, ca, authentication, policy, domains, tuple(certificates))
 
 
-def load_config(path: str) -> GuardConfig:
-    """Read and check the configuration at ``path``."""
-    checker = _Checker(path)
+def read_document(path: str, checker):
+    """The TOML document at ``path``; ConfigError naming the file when it cannot be read or parsed."""
     try:
         with open(path, "rb") as source:
-            document = tomllib.load(source)
+            return tomllib.load(source)
     except OSError as problem:
         raise ConfigError(f"{path}: cannot read: {problem.strerror}") from problem
     except tomllib.TOMLDecodeError as problem:
         raise ConfigError(f"{path}: not valid TOML: {problem}") from problem
-    checker.only(document, ("guard", "limits", "sides"), "")
+
+
+def read_settings(checker, document) -> GuardSettings:
+    """The [guard] table and the optional [release] table (the release authority `refer` asks)."""
     guard = checker.table(document.get("guard", {}), "guard")
     checker.only(guard, ("log_level", "dialback_secret", "audit", "audit_failure", "status"), "guard")
-    log_level = checker.choice(guard, "log_level", "guard", ("debug", "info", "warn", "error"), "info")
-    secret = checker.string(guard, "dialback_secret", "guard", required=False)
-    audit_path = checker.writable_path(guard, "audit", "guard")
-    audit_failure = checker.choice(guard, "audit_failure", "guard", AUDIT_FAILURE_MODES, "stop")
-    status_path = checker.writable_path(guard, "status", "guard")
+    release = checker.table(document.get("release", {}), "release")
+    checker.only(release, ("endpoint", "timeout"), "release")
+    endpoint = checker.string(release, "endpoint", "release", required=False)
+    if endpoint is not None:
+        from twisted.internet.endpoints import clientFromString
+        from twisted.internet.testing import MemoryReactor
+
+        try:
+            clientFromString(MemoryReactor(), endpoint)
+        except (ValueError, TypeError, KeyError) as problem:
+            checker.fail("release.endpoint", f"not a Twisted client endpoint string ({problem})")
+    timeout = release.get("timeout", 5.0)
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 < timeout <= 300:
+        checker.fail("release.timeout", "must be a number of seconds from 0 to 300")
+    return GuardSettings(
+        log_level=checker.choice(guard, "log_level", "guard", ("debug", "info", "warn", "error"), "info"),
+        dialback_secret=checker.string(guard, "dialback_secret", "guard", required=False),
+        audit_path=checker.writable_path(guard, "audit", "guard"),
+        audit_failure=checker.choice(guard, "audit_failure", "guard", AUDIT_FAILURE_MODES, "stop"),
+        status_path=checker.writable_path(guard, "status", "guard"),
+        release_endpoint=endpoint,
+        release_timeout=float(timeout),
+    )
+
+
+def load_config(path: str) -> GuardConfig:
+    """Read and check the configuration at ``path``."""
+    checker = _Checker(path)
+    document = read_document(path, checker)
+    checker.only(document, ("guard", "release", "limits", "sides"), "")
+    settings = read_settings(checker, document)
     limits = _limits(checker, checker.table(document.get("limits", {}), "limits"))
     sides_table = checker.table(document.get("sides", {}), "sides")
     if len(sides_table) != 2:
         checker.fail("sides", f"needs exactly two sides, found {len(sides_table)}")
     sides = {name: _side(checker, name, table) for name, table in sides_table.items()}
-    config = GuardConfig(path, log_level, secret, audit_path, audit_failure, status_path, limits, sides)
+    config = GuardConfig(path, settings, limits, sides)
     try:
         topology = config.topology
     except ValueError as problem:

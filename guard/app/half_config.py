@@ -20,7 +20,7 @@ from guard.edges.link.link import LinkSettings
 from guard.edges.link.tls import normalise_fingerprint
 from guard.edges.limits import Limits
 
-from .config import (AUDIT_FAILURE_MODES, ConfigError, SideConfig, _Checker, _check_listen, _domain_ok, _limits,
+from .config import (ConfigError, GuardSettings, SideConfig, _Checker, read_document, read_settings, _check_listen, _domain_ok, _limits,
                      _side)
 
 LINK_KEYS = (
@@ -41,14 +41,16 @@ class LinkConfig:
 @dataclass(frozen=True)
 class HalfConfig:
     path: str
-    log_level: str
-    dialback_secret: str | None
-    audit_path: str | None
-    audit_failure: str
-    status_path: str | None
+    settings: GuardSettings
     limits: Limits
     side: SideConfig
     link: LinkConfig
+
+    log_level = property(lambda self: self.settings.log_level)
+    dialback_secret = property(lambda self: self.settings.dialback_secret)
+    audit_path = property(lambda self: self.settings.audit_path)
+    audit_failure = property(lambda self: self.settings.audit_failure)
+    status_path = property(lambda self: self.settings.status_path)
 
     @property
     def topology(self) -> Topology:
@@ -133,21 +135,9 @@ def link_leg(checker, table, key, known=LINK_KEYS) -> LegConfig:
 def load_half_config(path: str) -> HalfConfig:
     """Read and check the half's configuration at ``path``."""
     checker = _Checker(path)
-    try:
-        with open(path, "rb") as source:
-            document = tomllib.load(source)
-    except OSError as problem:
-        raise ConfigError(f"{path}: cannot read: {problem.strerror}") from problem
-    except tomllib.TOMLDecodeError as problem:
-        raise ConfigError(f"{path}: not valid TOML: {problem}") from problem
-    checker.only(document, ("guard", "limits", "sides", "link"), "")
-    guard = checker.table(document.get("guard", {}), "guard")
-    checker.only(guard, ("log_level", "dialback_secret", "audit", "audit_failure", "status"), "guard")
-    log_level = checker.choice(guard, "log_level", "guard", ("debug", "info", "warn", "error"), "info")
-    secret = checker.string(guard, "dialback_secret", "guard", required=False)
-    audit_path = checker.writable_path(guard, "audit", "guard")
-    audit_failure = checker.choice(guard, "audit_failure", "guard", AUDIT_FAILURE_MODES, "stop")
-    status_path = checker.writable_path(guard, "status", "guard")
+    document = read_document(path, checker)
+    checker.only(document, ("guard", "release", "limits", "sides", "link"), "")
+    settings = read_settings(checker, document)
     limits = _limits(checker, checker.table(document.get("limits", {}), "limits"))
     sides_table = checker.table(document.get("sides", {}), "sides")
     if len(sides_table) != 1:
@@ -185,7 +175,7 @@ def load_half_config(path: str) -> HalfConfig:
     missing = sorted(link.far_domains - set(covered))
     if missing:
         checker.fail(f"sides.{side_name}.certificates", f"no certificate for {', '.join(missing)}")
-    return HalfConfig(path, log_level, secret, audit_path, audit_failure, status_path, limits, side, link)
+    return HalfConfig(path, settings, limits, side, link)
 
 
 def is_half_config(path: str) -> bool:

@@ -1,6 +1,8 @@
 """
 The composition root: turns a checked configuration into a running guard
-(listening endpoints, sides, the relay, policies, audit) and back down again.
+(listening endpoints, sides, the relay, policies, audit, release authority)
+and back down again.  ``GuardProcess`` holds what a standalone guard and a
+half of a back-to-back pair share; ``GuardService`` is the standalone guard.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from OpenSSL import crypto
 from twisted.application import service
 from twisted.internet import defer
 from twisted.internet.endpoints import serverFromString
+from twisted.internet.task import deferLater
 from twisted.logger import Logger
 
 from guard.core.books import Books
@@ -20,6 +23,7 @@ from guard.core.pipeline import Direction
 from guard.core.policy import PolicyError, load_policy
 from guard.edges.audit import AuditLog
 from guard.edges.relay import PolicyTable, Relay
+from guard.edges.release import ReleaseAuthority
 from guard.edges.s2s.inbound import InboundFactory
 from guard.edges.side import Side
 from guard.edges.tlsidentity import Identity, TrustAnchors
@@ -29,128 +33,185 @@ from .config import ConfigError, GuardConfig
 log = Logger()
 
 
-def load_material(config: GuardConfig):
-    """Load every CA, certificate, key and policy the configuration names; ConfigError on any fault."""
-    anchors, identities, policies = {}, {}, {}
-    topology = config.topology
-    for name, side in config.sides.items():
-        try:
-            anchors[name] = TrustAnchors(side.ca)
-        except (ValueError, OSError) as problem:
-            raise ConfigError(f"{config.path}: sides.{name}.ca: {problem}") from problem
-        identities[name] = {}
-        for index, entry in enumerate(side.certificates):
-            try:
-                identity = Identity(entry.domains, entry.certificate, entry.key, anchors[name],
-                                    entry.client_certificate, entry.client_key)
-            except (ValueError, OSError, crypto.Error, Exception) as problem:  # noqa: BLE001 - report any load fault
-                raise ConfigError(
-                    f"{config.path}: sides.{name}.certificates[{index}]: cannot use "
-                    f"{entry.certificate} with {entry.key}: {problem}"
-                ) from problem
-            for domain in entry.domains:
-                identities[name][domain] = identity
-        direction, policy = load_direction_policy(config, name)
-        policies[direction] = policy
-    return anchors, identities, policies
-
-
-def load_direction_policy(config: GuardConfig, name: str):
-    """The policy judging traffic leaving side ``name``, checked to be written for that direction."""
-    side = config.sides[name]
-    direction = Direction(name, config.topology.far_side(name))
+def load_side_material(config_path: str, side_config):
+    """The CA bundle and the identities (fronted domain -> Identity) one side's configuration names."""
+    name = side_config.name
     try:
-        policy = load_policy(side.policy)
+        anchors = TrustAnchors(side_config.ca)
+    except (ValueError, OSError) as problem:
+        raise ConfigError(f"{config_path}: sides.{name}.ca: {problem}") from problem
+    identities = {}
+    for index, entry in enumerate(side_config.certificates):
+        try:
+            identity = Identity(entry.domains, entry.certificate, entry.key, anchors,
+                                entry.client_certificate, entry.client_key)
+        except (ValueError, OSError, crypto.Error, Exception) as problem:  # noqa: BLE001 - report any load fault
+            raise ConfigError(
+                f"{config_path}: sides.{name}.certificates[{index}]: cannot use "
+                f"{entry.certificate} with {entry.key}: {problem}"
+            ) from problem
+        for domain in entry.domains:
+            identities[domain] = identity
+    return anchors, identities
+
+
+def load_checked_policy(config_path: str, key: str, path: str, direction: Direction):
+    """The policy at ``path``, refused (ConfigError naming ``key``) if it does not load or is written for another direction."""
+    try:
+        policy = load_policy(path)
     except PolicyError as problem:
-        raise ConfigError(f"{config.path}: sides.{name}.policy: {problem}") from problem
+        raise ConfigError(f"{config_path}: {key}: {problem}") from problem
     declared = getattr(policy, "sides", None)
     if declared is not None and tuple(declared) != (direction.source, direction.destination):
         raise ConfigError(
-            f"{config.path}: sides.{name}.policy: {side.policy} is written for "
-            f"{declared[0]}->{declared[1]}, but judges {direction} here"
+            f"{config_path}: {key}: {path} is written for {declared[0]}->{declared[1]}, but judges {direction} here"
         )
-    return direction, policy
+    return policy
 
 
-class GuardService(service.Service):
-    """One guard: two sides, one relay."""
+def policy_files(config: GuardConfig):
+    """(direction, configuration key, path) for each policy of a standalone guard."""
+    return [
+        (Direction(name, config.topology.far_side(name)), f"sides.{name}.policy", side.policy)
+        for name, side in config.sides.items()
+    ]
 
-    def __init__(self, config: GuardConfig, reactor):
+
+def load_material(config: GuardConfig):
+    """Load every CA, certificate, key and policy the configuration names; ConfigError on any fault."""
+    anchors, identities = {}, {}
+    for name, side in config.sides.items():
+        anchors[name], identities[name] = load_side_material(config.path, side)
+    policies = {direction: load_checked_policy(config.path, key, path, direction)
+                for direction, key, path in policy_files(config)}
+    return anchors, identities, policies
+
+
+def build_side(side_config, config, anchors, identities, dialback_secret, reactor) -> Side:
+    return Side(
+        name=side_config.name,
+        topology=config.topology,
+        authentication=side_config.authentication,
+        identities=identities,
+        anchors=anchors,
+        routes=dict(side_config.domains),
+        limits=config.limits,
+        dialback_secret=dialback_secret,
+        reactor=reactor,
+    )
+
+
+class GuardProcess(service.Service):
+    """
+    What every guard process has: books, audit trail, policies that reload
+    atomically, an optional release authority for ``refer``, the status
+    file, and the listening ports of its sides.  Subclasses build the relay.
+    """
+
+    def __init__(self, config, reactor, policies):
         self.config = config
         self.reactor = reactor
-        anchors, identities, policies = load_material(config)
         self.books = Books()
         self.audit = AuditLog(config.audit_path)
         self.policies = PolicyTable(policies)
-        self.relay = Relay(config.topology, self.policies, self.books, self.audit, reactor,
-                           stop_on_audit_failure=config.audit_failure == "stop")
-        secret = config.dialback_secret or secrets.token_hex(32)
+        self.dialback_secret = config.dialback_secret or secrets.token_hex(32)
+        self.release_authority = None
+        endpoint = config.settings.release_endpoint
+        if endpoint is not None:
+            try:
+                self.release_authority = ReleaseAuthority.at(reactor, endpoint, self.audit,
+                                                             config.settings.release_timeout)
+            except ValueError as problem:
+                raise ConfigError(f"{config.path}: release.endpoint: {problem}") from problem
         self.sides = {}
-        for name, side_config in config.sides.items():
-            side = Side(
-                name=name,
-                topology=config.topology,
-                authentication=side_config.authentication,
-                identities=identities[name],
-                anchors=anchors[name],
-                routes=dict(side_config.domains),
-                limits=config.limits,
-                dialback_secret=secret,
-                reactor=reactor,
-            )
-            self.relay.add_side(side)
-            self.sides[name] = side
         self._ports = []
 
+    def policy_files(self):
+        """(direction, configuration key, path) for each policy this process enforces."""
+        raise NotImplementedError
+
+    def side_configs(self):
+        """The configuration of each side this process terminates S2S streams for, by name."""
+        raise NotImplementedError
+
     @defer.inlineCallbacks
-    def startService(self):
-        super().startService()
+    def _listen(self):
         for name, side in self.sides.items():
-            listen = self.config.sides[name].listen
+            listen = self.side_configs()[name].listen
             port = yield serverFromString(self.reactor, listen).listen(InboundFactory(side))
             self._ports.append(port)
             log.info("side {side}: listening on {listen} for {hosted}, fronting {fronted}",
                      side=name, listen=listen, hosted=sorted(side.hosted), fronted=sorted(side.fronted))
-        self.write_status()
 
     @defer.inlineCallbacks
-    def stopService(self):
-        super().stopService()
+    def _close_down(self, before_grace=None):
+        """Stop listening, bounce what waits, close streams, let it reach the wire, write the books."""
         for port in self._ports:
             yield port.stopListening()
         self._ports = []
         self.relay.shut_down()
-        # Give the bounces and stream closes a moment to reach the wire.
-        yield deferLater(self.reactor, 0.5)
+        if before_grace is not None:
+            yield before_grace()
+        yield deferLater(self.reactor, 0.5, lambda: None)
         self.write_status()
         log.info("books at shutdown: {books}", books=self.books.summary())
         self.audit.close()
 
     def reload_policies(self):
-        """Load every policy again; swap each in only if all load (the old ones stay otherwise)."""
+        """Load every policy again; swap them all in only if all load (the old ones stay otherwise)."""
         fresh = {}
-        for name in self.config.sides:
+        for direction, key, path in self.policy_files():
             try:
-                direction, policy = load_direction_policy(self.config, name)
+                fresh[direction] = load_checked_policy(self.config.path, key, path, direction)
             except ConfigError as problem:
                 log.error("reload refused, policies unchanged: {problem}", problem=str(problem))
                 return False
-            fresh[direction] = policy
         for direction, policy in fresh.items():
             self.policies.swap(direction, policy)
-        log.info("policies reloaded: {files}", files=[s.policy for s in self.config.sides.values()])
+        log.info("policies reloaded: {files}", files=[path for _, _, path in self.policy_files()])
         return True
+
+    def status(self) -> dict:
+        status = self.relay.status()
+        if self.release_authority is not None:
+            status["release_authority"] = self.release_authority.describe()
+        return status
 
     def write_status(self):
         if self.config.status_path is None:
             return
         temporary = self.config.status_path + ".tmp"
         with open(temporary, "w", encoding="utf-8") as out:
-            json.dump(self.relay.status(), out, indent=2, sort_keys=True)
+            json.dump(self.status(), out, indent=2, sort_keys=True)
         os.replace(temporary, self.config.status_path)
 
 
-def deferLater(reactor, seconds):
-    from twisted.internet.task import deferLater as later
+class GuardService(GuardProcess):
+    """One standalone guard: two sides, one relay."""
 
-    return later(reactor, seconds, lambda: None)
+    def __init__(self, config: GuardConfig, reactor):
+        anchors, identities, policies = load_material(config)
+        super().__init__(config, reactor, policies)
+        self.relay = Relay(config.topology, self.policies, self.books, self.audit, reactor,
+                           stop_on_audit_failure=config.audit_failure == "stop",
+                           release_authority=self.release_authority)
+        for name, side_config in config.sides.items():
+            side = build_side(side_config, config, anchors[name], identities[name], self.dialback_secret, reactor)
+            self.relay.add_side(side)
+            self.sides[name] = side
+
+    def policy_files(self):
+        return policy_files(self.config)
+
+    def side_configs(self):
+        return self.config.sides
+
+    @defer.inlineCallbacks
+    def startService(self):
+        super().startService()
+        yield self._listen()
+        self.write_status()
+
+    def stopService(self):
+        super().stopService()
+        return self._close_down()

@@ -10,7 +10,9 @@ addressing checks and acts on the returned ``Judgement``:
   the outbound stream;
 - ``DROP``: nothing is sent to anyone, an audit record cites the rule;
 - ``BOUNCE``: an error reply with ``condition``/``text`` goes back to the
-  sender (never to an error, never to an iq result), audited.
+  sender (never to an error, never to an iq result), audited;
+- ``REFER``: an external release authority (High Assurance Guard) decides;
+  with none configured, or on any failure to answer, the stanza is dropped.
 
 A policy that raises, or returns anything that is not a ``Judgement``, is
 treated as ``DROP`` by the caller: fail closed.
@@ -29,6 +31,7 @@ class Verdict(enum.Enum):
     PASS = "pass"
     DROP = "drop"
     BOUNCE = "bounce"
+    REFER = "refer"
 
 
 @dataclass(frozen=True)
@@ -64,6 +67,10 @@ class Judgement:
     @classmethod
     def dropped(cls, stanza, rule_id, rule_rev=1, text=None):
         return cls(Verdict.DROP, stanza, rule_id, rule_rev, text=text)
+
+    @classmethod
+    def referred(cls, stanza, rule_id, rule_rev=1):
+        return cls(Verdict.REFER, stanza, rule_id, rule_rev)
 
     @classmethod
     def bounced(cls, stanza, rule_id, condition, text=None, rule_rev=1):
@@ -103,7 +110,7 @@ def judge_fail_closed(policy, stanza, direction):
     if not isinstance(judgement, Judgement) or not isinstance(judgement.verdict, Verdict):
         problem = TypeError(f"policy returned {judgement!r}, not a Judgement")
         return Judgement.dropped(stanza, FAIL_CLOSED_RULE, text=str(problem)), problem
-    if judgement.verdict is Verdict.PASS and not isinstance(judgement.stanza, domish.Element):
+    if judgement.verdict in (Verdict.PASS, Verdict.REFER) and not isinstance(judgement.stanza, domish.Element):
         problem = TypeError("policy passed something that is not a stanza")
         return Judgement.dropped(stanza, FAIL_CLOSED_RULE, text=str(problem)), problem
     return judgement, None

@@ -53,8 +53,9 @@ class PolicyTable:
 
 class Relay:
     def __init__(self, topology, policies: PolicyTable, books, audit, reactor, stop_on_audit_failure=True,
-                 open_stream=None):
+                 open_stream=None, release_authority=None):
         self.topology = topology
+        self.release_authority = release_authority
         self.open_stream = open_stream or self._open_tcp_stream
         self.policies = policies
         self.books = books
@@ -87,8 +88,30 @@ class Relay:
         elif judgement.verdict is Verdict.BOUNCE:
             self._bounce(stanza, judgement.condition or "not-allowed", judgement.text,
                          judgement.rule_id, judgement.rule_rev, direction)
+        elif judgement.verdict is Verdict.REFER:
+            self._refer(stanza, judgement, destination, addressed, direction)
         else:
             self._drop(stanza, judgement.rule_id, judgement.rule_rev, direction, judgement.text)
+
+    def _refer(self, stanza, judgement, destination, addressed, direction):
+        """Ask the release authority; release forwards (the answer's stanza), anything else drops."""
+        if self.release_authority is None:
+            self._drop(stanza, judgement.rule_id, judgement.rule_rev, direction,
+                       "refer: no release authority (High Assurance Guard) is configured")
+            return
+
+        def decided(release):
+            if release is not None and release.released and release.stanza is not None:
+                self._forward(destination, addressed.pair, Parcel(release.stanza, stanza))
+            else:
+                reason = release.reason if release is not None else "no answer"
+                self._drop(stanza, judgement.rule_id, judgement.rule_rev, direction, f"refer: {reason}")
+
+        def failed(failure):  # the authority client never errbacks; if it ever does, drop
+            log.error("release authority failed: {f}", f=failure.getErrorMessage())
+            decided(None)
+
+        self.release_authority.ask(judgement.stanza, direction, judgement.rule_id).addCallbacks(decided, failed)
 
     def check_dialback(self, side, peer_domain, fronted_domain, stream_id, key):
         """Ask ``peer_domain``'s authoritative server whether ``key`` is genuine; a Deferred of bool."""

@@ -274,7 +274,7 @@ class PairLab(Lab):
         listens = [(HALF_A_ADDRESS if half == "a" else HALF_B_ADDRESS, S2S_PORT)]
         if half == "b":
             listens.append((LINK_ADDRESS, LINK_PORT))
-        arguments = [self.python, "-m", "guard.app.half", "--config", str(self.half_configs[half])]
+        arguments = [self.python, "-m", "guard", "run", "--config", str(self.half_configs[half])]
         return self._spawn(f"half-{half}", arguments, listens, 20.0)
 
     def start_hag(self):

@@ -262,3 +262,54 @@ def test_congested_outbound_stream_holds_the_streams_that_feed_it():
     ]
     assert ("hold", (("conference.red.example", "conference.blue.example"),),
             "congested red.example->blue.example") not in world.log
+
+
+class ReferringPolicy:
+    """Refers every message to the release authority."""
+
+    def judge(self, stanza, direction):
+        return Judgement.referred(stanza, "ask-the-hag", 4)
+
+
+class AnsweringAuthority:
+    """A release authority stand-in answering from a script: (released, changed body or None, reason)."""
+
+    def __init__(self, answers):
+        self.answers, self.asked = list(answers), []
+
+    def ask(self, stanza, direction, rule_id):
+        from twisted.internet import defer
+
+        from guard.edges.release import Release
+
+        self.asked.append((rule_id, str(direction), stanza.getAttribute("id")))
+        released, body, reason = self.answers.pop(0)
+        changed = None
+        if released:
+            changed = parse(serialise(stanza).replace("<body>secret plans</body>", f"<body>{body}</body>"))
+        return defer.succeed(Release(released, changed, reason))
+
+
+def test_refer_releases_what_the_authority_releases_and_drops_the_rest():
+    """A released stanza goes out as the authority changed it; a denied one is dropped and audited with the rule."""
+    world = World(policy=ReferringPolicy())
+    world.relay.release_authority = AnsweringAuthority([(True, "redacted", "released with changes"),
+                                                        (False, None, "timeout")])
+    world.arrive(MESSAGE.format(id="m1", body="secret plans"))
+    world.arrive(MESSAGE.format(id="m2", body="secret plans"))
+    world.ready("blue", "red.example", "blue.example")
+    assert [entry for entry in world.log if entry[0] == "send"] == [
+        ("send", ("blue", "red.example", "blue.example"),
+         '<message from="romeo@red.example/a" to="juliet@blue.example" id="m1"><body>redacted</body></message>'),
+    ]
+    assert world.audit.records == [("drop", "ask-the-hag", "romeo@red.example/a", "juliet@blue.example")]
+    assert world.relay.release_authority.asked == [("ask-the-hag", "red->blue", "m1"), ("ask-the-hag", "red->blue", "m2")]
+    assert world.books.balanced()
+
+
+def test_refer_without_an_authority_drops():
+    """With no release authority configured, refer fails closed: dropped, audited, nothing sent."""
+    world = World(policy=ReferringPolicy())
+    world.arrive(MESSAGE.format(id="m1", body="secret plans"))
+    assert world.log == []
+    assert world.audit.records == [("drop", "ask-the-hag", "romeo@red.example/a", "juliet@blue.example")]

@@ -204,9 +204,9 @@ class CompiledPolicy:
         if verdict == "bounce":
             return _with(self._refuse(facts, rule_id, rev, condition, text), actions, notes)
         if verdict == "refer":
-            return _with(Judgement.dropped(stanza, rule_id, rev,
-                                           text="refer: no release authority (High Assurance Guard) is configured"),
-                         actions, notes)
+            # The relay asks the release authority with the stanza as it stands
+            # (after any strip actions); with none configured it drops.
+            return _with(Judgement.referred(current, rule_id, rev), actions, notes)
         if verdict not in ("pass", "fold", "translate"):
             return Judgement.dropped(stanza, rule_id, rev, text=f"unknown verdict {verdict!r}")
         outgoing = current

@@ -243,12 +243,11 @@ def test_stanzas_without_valid_addresses_are_dropped_before_any_rule():
         assert (judgement.verdict, judgement.rule_id) == (Verdict.DROP, "guard:bad-address")
 
 
-def test_refer_fails_closed():
-    """``refer`` asks a High Assurance Guard that does not exist yet: it drops, citing the rule and saying so."""
+def test_refer_hands_the_decision_to_the_release_authority():
+    """``refer`` returns a REFER judgement citing the rule; the relay asks the release authority (and drops without one)."""
     policy = one_rule('kind = "message"', verdict="refer")
     judgement = policy.judge(read(CHAT), RED_TO_BLUE)
-    assert (judgement.verdict, judgement.rule_id) == (Verdict.DROP, "r")
-    assert "no release authority" in judgement.text
+    assert (judgement.verdict, judgement.rule_id) == (Verdict.REFER, "r")
 
 
 def test_the_rule_index_gives_the_same_answers_as_reading_every_rule():
