@@ -8,7 +8,7 @@ ALLOWED_ROOTS = {
     "__future__", "abc", "base64", "binascii", "collections", "copy", "dataclasses", "datetime", "enum",
     "fnmatch", "functools", "hashlib", "hmac", "ipaddress", "itertools", "json", "math", "operator", "re",
     "string", "sys", "textwrap", "tomllib", "types", "typing", "unicodedata", "bisect", "heapq",
-    "zope", "pyasn1", "pyasn1_modules", "guard",
+    "zope", "pyasn1", "pyasn1_modules", "re2", "guard",
 }
 ALLOWED_TWISTED = ("twisted.words.protocols.jabber.jid", "twisted.words.xish.domish", "twisted.words.xish")
 

@@ -9,6 +9,8 @@ holds a table of conditions, each negated on its own.
 from __future__ import annotations
 
 import fnmatch
+
+import re2
 import re
 from dataclasses import dataclass
 
@@ -300,14 +302,22 @@ class Inspect(Condition):
 
 
 def compile_regex(key, text):
+    """
+    An operator's pattern, compiled with RE2: matching takes time linear in
+    the input whatever the pattern, so a hostile body cannot make a pattern
+    backtrack for seconds.  RE2 has no backreferences or lookaround; a
+    pattern using them is refused here, at load time.
+    """
     if not isinstance(text, str) or not text:
         raise ConditionError(key, f"{key} takes non-empty regular expressions")
     if len(text) > MAX_REGEX:
         raise ConditionError(key, f"{key} regular expression longer than {MAX_REGEX}")
+    options = re2.Options()
+    options.log_errors = False
     try:
-        return re.compile(text)
-    except re.error as problem:
-        raise ConditionError(key, f"{key}: bad regular expression {text!r}: {problem}") from None
+        return re2.compile(text, options)
+    except re2.error as problem:
+        raise ConditionError(key, f"{key}: bad regular expression {text!r} (RE2 syntax): {problem}") from None
 
 
 @dataclass
