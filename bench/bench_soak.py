@@ -23,6 +23,7 @@ second (accepted by the guard), and at the end whether the books balance
 from __future__ import annotations
 
 import argparse
+import logging
 import random
 import shutil
 import sys
@@ -193,6 +194,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=4, help="random seed for the choices (default 4)")
     parser.add_argument("--every", type=float, default=10.0, help="seconds between reports (default 10)")
     arguments = parser.parse_args(argv)
+    # slixmpp leaves a filter task pending on each disconnect; asyncio's complaint about it is noise here.
+    logging.getLogger("asyncio").setLevel(logging.CRITICAL)
     return run(arguments.seconds, arguments.blast, arguments.seed, arguments.every)
 
 
