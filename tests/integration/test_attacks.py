@@ -27,9 +27,9 @@ import uuid
 import pytest
 
 from guard.lab.clients import ClientError
-from guard.lab.topology import GUARD_RED_FACING, PROJECT_ROOT, Lab, Mode
+from guard.lab.topology import PROJECT_ROOT, Lab, Mode
 
-from tests.integration.hostile import ATTACKER_ADDRESS, HostilePeer, header, lab_lock_held_here
+from tests.integration.hostile import HostilePeer, StreamClosed, header, lab_lock_held_here
 
 ROMEO = "romeo@red.example"
 JULIET = "juliet@blue.example"
@@ -347,6 +347,27 @@ class TestAttacksOnAnAuthenticatedStream:
             peer.expect(rb"<failure[^>]*>")
             peer.try_send(attack_message(text))
             assert peer.stream_error() == "not-authorized"
+        watch.assert_contained(romeo, juliet, text)
+
+    @pytest.mark.parametrize("certificate", ["red_common_name_only", "red_from_blue_ca", "blue_server"])
+    def test_a_certificate_that_does_not_prove_red_cannot_authenticate(self, lab, romeo, juliet, certificate):
+        """A client certificate naming red only in its CN, from blue's CA, or for blue's domains gets no EXTERNAL."""
+        watch = Watch(lab)
+        text = secret()
+        pair = getattr(lab.pki, certificate)
+        with HostilePeer() as peer:
+            peer.open_stream()
+            try:
+                peer.starttls(pair.certificate, pair.key, lab.pki.red_ca)
+                features = peer.open_stream()
+            except (OSError, StreamClosed):
+                features = b""  # refused during the handshake: as good
+            assert b"EXTERNAL" not in features
+            if features:
+                peer.send(b"<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='EXTERNAL'>=</auth>")
+                peer.expect(rb"<failure[^>]*>")
+                peer.try_send(attack_message(text))
+                assert peer.stream_error() == "not-authorized"
         watch.assert_contained(romeo, juliet, text)
 
     def test_two_security_labels_are_bounced_by_the_policy(self, lab, romeo, juliet):
