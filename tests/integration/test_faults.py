@@ -54,6 +54,7 @@ def lab(request, tmp_path, lab_settings):
 
 @pytest.fixture
 def romeo(lab, client_loop):
+    """romeo@red.example, connected to the red Prosody."""
     client = lab.client(client_loop, ROMEO).connect()
     yield client
     client.disconnect()
@@ -61,6 +62,7 @@ def romeo(lab, client_loop):
 
 @pytest.fixture
 def juliet(lab, client_loop):
+    """juliet@blue.example, connected to the blue Prosody."""
     client = lab.client(client_loop, JULIET).connect()
     yield client
     client.disconnect()
