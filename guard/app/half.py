@@ -75,12 +75,12 @@ class HalfRelay(Relay):
     def link_undeliverable(self, parcel, condition, text):
         self.undeliverable(parcel, condition, text)
 
-    def shut_down(self):
+    def begin_shutdown(self):
         # The link first: what it gives up on bounces toward this half's own
         # servers while the S2S streams to them are still open.
         if self.leg is not None:
             self.leg.link.stop()
-        super().shut_down()
+        super().begin_shutdown()
 
     def status(self) -> dict:
         status = super().status()
@@ -137,4 +137,4 @@ class HalfService(GuardProcess):
 
     def stopService(self):
         super().stopService()
-        return self._close_down(before_grace=self.leg.stop)
+        return self._close_down(after_closing=self.leg.stop)

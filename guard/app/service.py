@@ -144,15 +144,23 @@ class GuardProcess(service.Service):
                      side=name, listen=listen, hosted=sorted(side.hosted), fronted=sorted(side.fronted))
 
     @defer.inlineCallbacks
-    def _close_down(self, before_grace=None):
-        """Stop listening, bounce what waits, close streams, let it reach the wire, write the books."""
+    def _close_down(self, after_closing=None):
+        """
+        Stop listening, close inbound streams, bounce what waits, give the
+        bounces up to shutdown_grace to reach their senders, close the
+        outbound streams, let the closes reach the wire, write the books.
+        """
         for port in self._ports:
             yield port.stopListening()
         self._ports = []
-        self.relay.shut_down()
-        if before_grace is not None:
-            yield before_grace()
-        yield deferLater(self.reactor, 0.5, lambda: None)
+        self.relay.begin_shutdown()
+        deadline = self.reactor.seconds() + self.config.limits.shutdown_grace
+        while self.relay.bounces_waiting() and self.reactor.seconds() < deadline:
+            yield deferLater(self.reactor, 0.05, lambda: None)
+        self.relay.finish_shutdown()
+        if after_closing is not None:
+            yield after_closing()
+        yield deferLater(self.reactor, 0.3, lambda: None)
         self.write_status()
         log.info("books at shutdown: {books}", books=self.books.summary())
         self.audit.close()

@@ -37,6 +37,9 @@ class Limits:
     tls_timeout: float = 10.0
     auth_timeout: float = 30.0
     idle_timeout: float = 900.0
+    # Enforced by the service when stopping: how long bounces of what was
+    # waiting may take to reach the senders before every stream is closed.
+    shutdown_grace: float = 5.0
 
     def parser_limits(self):
         from guard.edges.xmlstream import ParserLimits

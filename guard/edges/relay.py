@@ -131,7 +131,8 @@ class Relay:
         def failed(failure):
             owner.stream_failed(stream, "remote-server-not-found", failure.getErrorMessage())
 
-        connectProtocol(endpoint, stream).addErrback(failed)
+        stream.connect_attempt = connectProtocol(endpoint, stream)
+        stream.connect_attempt.addErrback(failed)
         return stream
 
     # -- settling -------------------------------------------------------------
@@ -212,15 +213,32 @@ class Relay:
 
     # -- shutdown -------------------------------------------------------------
 
-    def shut_down(self):
-        """Bounce everything still waiting, then close every stream."""
-        for link in list(self.links.values()):
-            link.bounce_waiting("remote-server-timeout", "the guard is stopping")
+    def begin_shutdown(self):
+        """
+        First half of stopping: close every inbound stream (nothing new is
+        accepted) and bounce every accepted stanza still waiting.  The bounces
+        themselves may need outbound streams back to the senders' side: those
+        stay open, or are opened, until ``finish_shutdown``.
+        """
         for side in self.sides.values():
             for stream in list(side.inbound_streams):
                 stream.close_for_shutdown()
         for link in list(self.links.values()):
+            link.bounce_waiting("remote-server-timeout", "the guard is stopping")
+
+    def bounces_waiting(self) -> int:
+        """Our own bounces not yet written (the service waits for them, within a grace, before closing)."""
+        return sum(len(link.queue) for link in self.links.values())
+
+    def finish_shutdown(self):
+        """Second half of stopping: close every outbound stream; bounces still waiting are given up (logged)."""
+        for link in list(self.links.values()):
             link.shut_down()
+
+    def shut_down(self):
+        """Stop at once: both halves without a grace in between."""
+        self.begin_shutdown()
+        self.finish_shutdown()
 
     def status(self) -> dict:
         return {
@@ -333,7 +351,7 @@ class OutboundLink:
         self.state = "idle"
         log.info("outbound {sender}->{receiver} failed ({condition}): {text}; bouncing {n} waiting",
                  sender=self.sender, receiver=self.receiver, condition=condition, text=text, n=len(self.queue))
-        self.bounce_waiting(condition, text)
+        self.give_up(condition, text)
 
     def stream_lost(self, stream):
         if stream is not self.stream:
@@ -345,6 +363,15 @@ class OutboundLink:
             self._connect()
 
     def bounce_waiting(self, condition, text):
+        """Bounce every accepted stanza waiting here; our own bounces stay queued for the stream being set up."""
+        waiting = self.queue
+        self.queue = deque(parcel for parcel in waiting if parcel.original is None)
+        for parcel in waiting:
+            if parcel.original is not None:
+                self.relay.undeliverable(parcel, condition, text)
+
+    def give_up(self, condition, text):
+        """Bounce or abandon everything waiting: the stream will not come."""
         waiting, self.queue = self.queue, deque()
         for parcel in waiting:
             self.relay.undeliverable(parcel, condition, text)
@@ -357,6 +384,6 @@ class OutboundLink:
         self.relay.release_senders(self.sender, self.receiver)
 
     def shut_down(self):
-        self.bounce_waiting("remote-server-timeout", "the guard is stopping")
+        self.give_up("remote-server-timeout", "the guard is stopping")
         if self.stream is not None:
             self.stream.close_for_shutdown()

@@ -313,3 +313,17 @@ def test_refer_without_an_authority_drops():
     world.arrive(MESSAGE.format(id="m1", body="secret plans"))
     assert world.log == []
     assert world.audit.records == [("drop", "ask-the-hag", "romeo@red.example/a", "juliet@blue.example")]
+
+
+def test_shutdown_keeps_bounces_until_their_stream_is_up():
+    """Stopping bounces what waits; a bounce whose return stream is still being set up is delivered once it is up."""
+    world = World()
+    world.arrive(MESSAGE.format(id="m1", body="held"))
+    world.relay.begin_shutdown()
+    assert world.relay.bounces_waiting() == 1
+    world.ready("red", "blue.example", "red.example")
+    assert world.relay.bounces_waiting() == 0
+    assert world.log[-1][0] == "send" and 'type="error"' in world.log[-1][2] and 'id="m1"' in world.log[-1][2]
+    world.relay.finish_shutdown()
+    assert ("close", ("red", "blue.example", "red.example")) in world.log
+    assert world.books.balanced()

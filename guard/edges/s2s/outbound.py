@@ -134,6 +134,12 @@ class OutboundStream(MachinePlumbing, Protocol):
         self._restart_idle()
 
     def close_for_shutdown(self):
+        if self.transport is None:
+            # Still connecting: abandon the attempt (the owner hears stream_failed).
+            attempt = getattr(self, "connect_attempt", None)
+            if attempt is not None and not attempt.called:
+                attempt.cancel()
+            return
         self._input(self.shut_down)
 
     def close_idle(self):
