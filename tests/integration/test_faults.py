@@ -198,11 +198,7 @@ def read_status_file(lab) -> dict:
 
 @pytest.mark.parametrize("return_path", [
     pytest.param("open", id="return-stream-open"),
-    pytest.param("cold", id="return-stream-not-yet-open", marks=pytest.mark.xfail(strict=True, reason=(
-        "guard defect: at shutdown the bounces for held stanzas are queued on a red-side outbound link that is "
-        "not connected yet, and OutboundLink.shut_down discards them ('bounce ... undeliverable: the guard is "
-        "stopping'); the books count them as bounced but Romeo never hears; also OutboundStream._announce_shutdown "
-        "writes to a None transport on a stream still connecting"))),
+    pytest.param("cold", id="return-stream-not-yet-open"),
 ])
 def test_guard_stopped_while_holding_stanzas_bounces_them(lab, romeo, juliet, return_path):
     """Stanzas waiting for a far server that has not answered yet are bounced to their sender when the guard stops."""
