@@ -6,6 +6,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 GUARD := $(VENV)/bin/guard
 FUZZ_SECONDS ?= 60
+CI_FUZZ_SECONDS ?= 20
 BENCH_MESSAGES ?= 5000
 
 .PHONY: run test unit policies integration demo fuzz bench system-deps venv check-config clean
@@ -61,6 +62,7 @@ test: venv run/pki/red-ca.pem
 	$(PY) -m pytest -q tests/unit
 	$(GUARD) check-policy policies/*.toml
 	$(GUARD) check-config deploy/guard.toml
+	$(MAKE) --no-print-directory fuzz FUZZ_SECONDS=$(CI_FUZZ_SECONDS)
 	$(PY) -m pytest -q tests/integration
 
 demo: venv
@@ -69,6 +71,7 @@ demo: venv
 fuzz: venv
 	$(PY) -m pip install -q -e '.[fuzz]'
 	$(PY) tests/fuzz/fuzz_xmlstream.py -max_total_time=$(FUZZ_SECONDS)
+	$(PY) tests/fuzz/fuzz_pipeline.py -max_total_time=$(FUZZ_SECONDS)
 
 bench: venv
 	$(PY) bench/bench_parser.py

@@ -127,6 +127,7 @@ class HalfService(GuardProcess):
     @defer.inlineCallbacks
     def startService(self):
         super().startService()
+        self._audit_start()
         yield self._listen()
         yield self.leg.start()
         leg = self.config.link.leg

@@ -21,7 +21,7 @@ from twisted.logger import Logger
 from guard.core.books import Books
 from guard.core.pipeline import Direction
 from guard.core.policy import PolicyError, load_policy
-from guard.edges.audit import AuditLog
+from guard.edges.audit import AuditLog, AuditUnavailable
 from guard.edges.relay import PolicyTable, Relay
 from guard.edges.release import ReleaseAuthority
 from guard.edges.s2s.inbound import InboundFactory
@@ -112,7 +112,10 @@ class GuardProcess(service.Service):
         self.config = config
         self.reactor = reactor
         self.books = Books()
-        self.audit = AuditLog(config.audit_path)
+        try:
+            self.audit = AuditLog(config.audit_path)
+        except AuditUnavailable as problem:
+            raise ConfigError(f"{config.path}: guard.audit: cannot open the audit trail: {problem}") from problem
         self.policies = PolicyTable(policies)
         self.dialback_secret = config.dialback_secret or secrets.token_hex(32)
         self.release_authority = None
@@ -133,6 +136,16 @@ class GuardProcess(service.Service):
     def side_configs(self):
         """The configuration of each side this process terminates S2S streams for, by name."""
         raise NotImplementedError
+
+    def _audit_start(self):
+        """Write a first audit record at start: an audit trail that cannot be written is found now, not at the first drop."""
+        try:
+            self.audit.record("start", config=self.config.path, directions=[str(d) for d, _, _ in self.policy_files()])
+        except AuditUnavailable as problem:
+            log.critical("AUDIT TRAIL UNAVAILABLE at start: {problem}", problem=str(problem))
+            if self.config.audit_failure == "stop":
+                self.relay.halted_reason = f"audit trail unavailable: {problem}"
+                log.critical("the guard will not relay: {reason}", reason=self.relay.halted_reason)
 
     @defer.inlineCallbacks
     def _listen(self):
@@ -217,6 +230,7 @@ class GuardService(GuardProcess):
     @defer.inlineCallbacks
     def startService(self):
         super().startService()
+        self._audit_start()
         yield self._listen()
         self.write_status()
 

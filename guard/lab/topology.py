@@ -82,6 +82,10 @@ class LabLock:
                 fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 break
             except BlockingIOError:
+                if self._held_by_this_process():
+                    handle.close()
+                    raise LabError(f"a lab of this very process still holds {self.path}: stop it first "
+                                   "(waiting would wait for ourselves)")
                 if time.monotonic() > deadline:
                     handle.close()
                     raise LabError(f"another lab held {self.path} for more than {timeout} s")
@@ -95,6 +99,12 @@ class LabLock:
         handle.write(f"{os.getpid()}\n")
         handle.flush()
         self._handle = handle
+
+    def _held_by_this_process(self) -> bool:
+        try:
+            return self.path.read_text().strip() == str(os.getpid())
+        except OSError:
+            return False
 
     def release(self) -> None:
         if self._handle is not None:

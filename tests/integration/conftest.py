@@ -42,7 +42,10 @@ def pytest_configure(config):
     config.addinivalue_line("markers", "guard: integration scenario through the guard process")
 
 
-@pytest.fixture(scope="session", params=LAB_CONFIGURATIONS)
+# Module scope: a module's lab is stopped when the module ends, so that the
+# modules that bring up labs of their own (attacks, faults, policies) never
+# wait for one of ours (there is one lab at a time: the addresses are fixed).
+@pytest.fixture(scope="module", params=LAB_CONFIGURATIONS)
 def lab(request, tmp_path_factory):
     """A running lab (DNS, both Prosodies, and the relay or guard) for one configuration."""
     # (mode, authentication) or, for hostile tests parametrizing ``lab``
