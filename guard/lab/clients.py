@@ -104,6 +104,7 @@ class ReceivedPresence:
 
     sender: str
     type: str  # "available", "unavailable", "subscribe", "error", ...
+    xml: str = ""  # the whole stanza as the client received it
 
 
 @dataclass
@@ -271,7 +272,8 @@ class LabClient:
         self._notify()
 
     def _on_presence(self, presence) -> None:
-        self.presences.append(ReceivedPresence(sender=str(presence["from"]), type=presence["type"]))
+        self.presences.append(ReceivedPresence(sender=str(presence["from"]), type=presence["type"],
+                                               xml=str(presence)))
         self._notify()
 
     def _notify(self) -> None:
