@@ -20,7 +20,7 @@ from pyasn1.codec.der import decoder as der_decoder
 from pyasn1.type import char
 from service_identity.cryptography import verify_certificate_hostname
 from twisted.internet import ssl
-from twisted.internet.interfaces import IOpenSSLServerConnectionCreator
+from twisted.internet.interfaces import IOpenSSLClientConnectionCreator, IOpenSSLServerConnectionCreator
 from zope.interface import implementer
 
 XMPP_ADDR_OID = x509.ObjectIdentifier("1.3.6.1.5.5.7.8.5")
@@ -131,7 +131,9 @@ class TrustAnchors:
 def _harden(context: SSL.Context) -> None:
     context.set_min_proto_version(SSL.TLS1_2_VERSION)
     options = SSL.OP_NO_COMPRESSION | SSL.OP_CIPHER_SERVER_PREFERENCE
-    options |= getattr(SSL, "OP_NO_RENEGOTIATION", 0x40000000)
+    # OpenSSL 3 already refuses client-initiated renegotiation on servers;
+    # this makes it explicit and covers renegotiation of any kind.
+    options |= SSL.OP_NO_RENEGOTIATION
     context.set_options(options)
 
 
@@ -201,7 +203,7 @@ class Identity:
         client_certificate = ssl.PrivateCertificate.fromCertificateAndKeyPair(
             ssl.Certificate(self._client_leaf), ssl.KeyPair(self._client_key)
         )
-        options = self._client_options[server_domain] = ssl.optionsForClientTLS(
+        options = self._client_options[server_domain] = _RefusingRenegotiation(ssl.optionsForClientTLS(
             server_domain,
             trustRoot=self._anchors.client_trust_root(),
             clientCertificate=client_certificate,
@@ -209,8 +211,21 @@ class Identity:
                 "raiseMinimumTo": ssl.TLSVersion.TLSv1_2,
                 "extraCertChain": [ssl.Certificate(extra) for extra in self._client_extra],
             },
-        )
+        ))
         return options
+
+
+@implementer(IOpenSSLClientConnectionCreator)
+class _RefusingRenegotiation:
+    """Twisted's verifying client connections, refusing renegotiation a far server might ask for."""
+
+    def __init__(self, inner):
+        self._inner = inner
+
+    def clientConnectionForTLS(self, protocol):
+        connection = self._inner.clientConnectionForTLS(protocol)
+        connection.set_options(SSL.OP_NO_RENEGOTIATION)
+        return connection
 
 
 @implementer(IOpenSSLServerConnectionCreator)
