@@ -140,12 +140,13 @@ class GuardProcess(service.Service):
     def _audit_start(self):
         """Write a first audit record at start: an audit trail that cannot be written is found now, not at the first drop."""
         try:
-            self.audit.record("start", config=self.config.path, directions=[str(d) for d, _, _ in self.policy_files()])
+            self.audit.record("start", rule="guard:start", rev=1, config=self.config.path,
+                              directions=[str(d) for d, _, _ in self.policy_files()])
         except AuditUnavailable as problem:
             log.critical("AUDIT TRAIL UNAVAILABLE at start: {problem}", problem=str(problem))
             if self.config.audit_failure == "stop":
                 self.relay.halted_reason = f"audit trail unavailable: {problem}"
-                log.critical("the guard will not relay: {reason}", reason=self.relay.halted_reason)
+                log.critical("the guard stops relaying: {reason}", reason=self.relay.halted_reason)
 
     @defer.inlineCallbacks
     def _listen(self):
