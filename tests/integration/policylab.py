@@ -13,9 +13,10 @@ from guard.lab.topology import Lab, Mode, render_guard_config
 class PolicyLab(Lab):
     """The guard-mode lab, judging red->blue with ``red_policy`` and blue->red with ``blue_policy``."""
 
-    def __init__(self, folder, red_policy: str, blue_policy: str, authentication="certificate"):
+    def __init__(self, folder, red_policy: str, blue_policy: str, authentication="certificate", extra_config=""):
         super().__init__(Mode.GUARD, authentication, folder=folder, guard_log_level="info")
         self.policy_texts = {"red": red_policy, "blue": blue_policy}
+        self.extra_config = extra_config
         self.policy_files = {}
         self.audit_file = None
 
@@ -31,7 +32,7 @@ class PolicyLab(Lab):
         first = text.index(marker)
         second = text.index(marker, first + 1)
         text = text[:second] + f"policy = {json.dumps(str(self.policy_files['blue']))}" + text[second + len(marker):]
-        self.guard_config.write_text(text)
+        self.guard_config.write_text(text + "\n" + self.extra_config.format(folder=self.folder))
         arguments = [self.python, "-m", "guard", "run", "--config", str(self.guard_config)]
         self._spawn("guard", arguments, [(topology.GUARD_RED_FACING, topology.S2S_PORT),
                                          (topology.GUARD_BLUE_FACING, topology.S2S_PORT)], 20.0)
