@@ -59,6 +59,9 @@ class InboundStream(MachinePlumbing, Protocol):
         self._holds: set[str] = set()
         self._budget = None
         self._throttled_since = None
+        # Automat builds a new wrapper at every access to an input; the one
+        # input taken for every stanza is looked up once.
+        self._stanza_input = self.stanza_arrived
 
     # -- transport events -------------------------------------------------
 
@@ -173,7 +176,7 @@ class InboundStream(MachinePlumbing, Protocol):
         if isinstance(verdict, Misaddressed):
             self._input(self.fault, verdict.condition, verdict.text)
         else:
-            self._input(self.stanza_arrived, element, verdict, size)
+            self._input(self._stanza_input, element, verdict, size)
 
     def _sasl_auth(self, element):
         if self.side.authentication != "certificate":
