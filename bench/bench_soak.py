@@ -90,7 +90,7 @@ class Soak:
         self.received += result.received
         for _ in range(5):
             self.juliet.send_xml(f"<message to='{ROMEO}' type='chat'><body>back {uuid.uuid4().hex[:6]}</body></message>")
-            self.romeo.send_xml(f"<message to='nobody@blue.example' type='chat'><body>anyone?</body></message>")
+            self.romeo.send_xml("<message to='nobody@blue.example' type='chat'><body>anyone?</body></message>")
             self.romeo.send_xml(f"<message to='{JULIET}' type='chat'><body>labels</body>{TWO_LABELS}</message>")
         self.romeo.ping("blue.example")
         self.juliet.ping("red.example")

@@ -20,8 +20,8 @@ from guard.edges.link.link import LinkSettings
 from guard.edges.link.tls import normalise_fingerprint
 from guard.edges.limits import Limits
 
-from .config import (ConfigError, GuardSettings, SideConfig, _Checker, read_document, read_settings, _check_listen, _domain_ok, _limits,
-                     _side)
+from .config import (GuardSettings, SideConfig, _Checker, _check_listen, _domain_ok, _limits, _side, read_document,
+                     read_settings)
 
 LINK_KEYS = (
     "name", "peer", "far_side", "far_domains", "import_policy", "certificate", "key", "pins", "ca",

@@ -114,11 +114,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     arguments = parser.parse_args(argv)
     table = dict(arguments.domain)
 
-    from twisted.internet import reactor  # composition root of this small process
+    from twisted.internet import defer, task
 
-    listen(reactor, table, arguments.listen, arguments.port)
-    print(f"lab dns listening on {arguments.listen}:{arguments.port} for {sorted(table)}", flush=True)
-    reactor.run()
+    def serve(reactor):
+        listen(reactor, table, arguments.listen, arguments.port)
+        print(f"lab dns listening on {arguments.listen}:{arguments.port} for {sorted(table)}", flush=True)
+        return defer.Deferred()  # until SIGTERM or SIGINT
+
+    task.react(serve)
     return 0
 
 

@@ -113,22 +113,19 @@ def main(argv=None) -> int:
     arguments = parser.parse_args(argv)
     rules = Rules(tuple(arguments.deny_word), tuple(arguments.redact_word), arguments.silent, arguments.garble)
 
-    from twisted.internet import reactor
+    from twisted.internet import defer, task
     from twisted.logger import globalLogBeginner, textFileLogObserver
 
     globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stdout)], redirectStandardIO=False)
-    endpoint = serverFromString(reactor, arguments.listen)
 
-    def listening(port):
+    @defer.inlineCallbacks
+    def serve(reactor):
+        endpoint = serverFromString(reactor, arguments.listen)
+        yield endpoint.listen(Factory.forProtocol(lambda: Question(rules)))  # a failure ends the process
         log.info("release authority listening on {listen}", listen=arguments.listen)
+        yield defer.Deferred()  # until SIGTERM or SIGINT
 
-    def failed(failure):
-        log.critical("cannot listen: {problem}", problem=failure.getErrorMessage())
-        reactor.stop()
-
-    reactor.callWhenRunning(lambda: endpoint.listen(Factory.forProtocol(lambda: Question(rules)))
-                            .addCallbacks(listening, failed))
-    reactor.run()
+    task.react(serve)
     return 0
 
 

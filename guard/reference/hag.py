@@ -20,7 +20,6 @@ documents the file).
 from __future__ import annotations
 
 import argparse
-import signal
 import sys
 import tomllib
 
@@ -174,11 +173,12 @@ def main(argv=None) -> int:
     parser.add_argument("--check", action="store_true", help="check the configuration and profile, then exit")
     arguments = parser.parse_args(argv)
 
-    from twisted.internet import reactor
+    from twisted.internet import task
+    from twisted.internet.testing import MemoryReactorClock
     from twisted.logger import globalLogBeginner, textFileLogObserver
 
     try:
-        hag, _ = build(arguments.config, reactor)
+        build(arguments.config, MemoryReactorClock())  # check everything before anything starts
     except ConfigError as problem:
         print(f"guard-hag: {problem}", file=sys.stderr)
         return 2
@@ -188,31 +188,25 @@ def main(argv=None) -> int:
     globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stdout)], redirectStandardIO=False)
 
     @defer.inlineCallbacks
-    def start():
-        try:
-            for name, leg in hag.legs.items():
-                yield leg.start()
-                log.info("hag leg {name}: {role} {endpoint}; fingerprint {fingerprint}", name=name,
-                         role=leg.describe()["role"], endpoint=leg.describe()["endpoint"],
-                         fingerprint=leg.tls.fingerprint)
-        except Exception as problem:  # noqa: BLE001 - cannot start: stop
-            log.critical("hag: cannot start: {problem!r}", problem=problem)
-            reactor.stop()
+    def serve(reactor):
+        hag, _ = build(arguments.config, reactor)
+        stopped = defer.Deferred()
 
-    @defer.inlineCallbacks
-    def stop():
-        for leg in hag.legs.values():
-            yield leg.stop()
-        hag.audit.close()
+        @defer.inlineCallbacks
+        def stop():
+            for leg in hag.legs.values():
+                yield leg.stop()
+            hag.audit.close()
 
-    def stop_once(signum, frame):
-        reactor.callFromThread(reactor.stop)
+        reactor.addSystemEventTrigger("before", "shutdown", stop)
+        for name, leg in hag.legs.items():
+            yield leg.start()  # a leg that cannot start ends the process
+            log.info("hag leg {name}: {role} {endpoint}; fingerprint {fingerprint}", name=name,
+                     role=leg.describe()["role"], endpoint=leg.describe()["endpoint"],
+                     fingerprint=leg.tls.fingerprint)
+        yield stopped  # until SIGTERM or SIGINT
 
-    signal.signal(signal.SIGTERM, stop_once)
-    signal.signal(signal.SIGINT, stop_once)
-    reactor.callWhenRunning(start)
-    reactor.addSystemEventTrigger("before", "shutdown", stop)
-    reactor.run(installSignalHandlers=False)
+    task.react(serve)
     return 0
 
 

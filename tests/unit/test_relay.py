@@ -9,7 +9,7 @@ from twisted.internet.testing import MemoryReactorClock
 
 from guard.core.addressing import check_addressing
 from guard.core.books import Books
-from guard.core.pipeline import AllowAll, Direction, Judgement
+from guard.core.pipeline import Direction, Judgement
 from guard.edges.audit import AuditUnavailable
 from guard.edges.limits import Limits
 from guard.edges.relay import PolicyTable, Relay

@@ -21,7 +21,6 @@ from dataclasses import dataclass, field
 from pyasn1.codec.der import decoder as der_decoder
 from pyasn1.codec.der import encoder as der_encoder
 from pyasn1.error import PyAsn1Error
-from pyasn1.type import univ
 from pyasn1_modules import rfc2634
 from twisted.words.xish import domish
 

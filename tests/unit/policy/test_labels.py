@@ -9,7 +9,7 @@ from guard.core.policy.labels import (
 )
 
 from .labelled import release_policy
-from .wire import A_CRYPTO, A_REL_B, NATION_A, RED_TO_BLUE, ess_label, ess_xml, read, stanag_xml, utf8_der
+from .wire import A_REL_B, NATION_A, RED_TO_BLUE, ess_label, ess_xml, read, stanag_xml, utf8_der
 
 REL_B = ("ess", A_REL_B[0], utf8_der(A_REL_B[1]).hex())
 
