@@ -83,8 +83,8 @@ verdict = "pass"
 
 
 def test_a_continue_rule_does_not_shadow_later_rules():
-    """A ``continue`` rule only acts, so a later rule with the same conditions is still reachable."""
-    compile_policy(HEADER + """
+    """A ``continue`` rule only acts, so a later rule with the same conditions is still reachable (and loads)."""
+    policy = compile_policy(HEADER + """
 [[rules]]
 id = "log"
 rev = 1
@@ -100,6 +100,7 @@ why = "pass"
 kind = "message"
 verdict = "pass"
 """)
+    assert [rule.id for rule in policy.rules] == ["log", "pass"]
 
 
 @pytest.mark.parametrize("conditions, reason", [
