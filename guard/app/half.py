@@ -45,6 +45,9 @@ class HalfRelay(Relay):
                          release_authority=release_authority)
         self.own_side = own_side
         self.far = FarSide(far_side)
+        # Every (far domain, own domain) pair may arrive over the link; computed once, not per stanza.
+        self._link_pairs = frozenset((sender, receiver) for sender in topology.hosted_on(far_side)
+                                     for receiver in topology.hosted_on(own_side))
         self.leg = None  # set by the service once the link exists
 
     def _forward(self, side_name, pair, parcel):
@@ -57,11 +60,8 @@ class HalfRelay(Relay):
 
     def link_stanza_received(self, element, size):
         """A stanza from the peer half: check its addressing here, then judge it with our import policy."""
-        far_domains = self.topology.hosted_on(self.far.name)
-        own_domains = self.topology.hosted_on(self.own_side)
         recipient = element.getAttribute("to") or ""
-        pairs = {(sender, receiver) for sender in far_domains for receiver in own_domains}
-        verdict = check_addressing(element, pairs, own_domains)
+        verdict = check_addressing(element, self._link_pairs, self.topology.hosted_on(self.own_side))
         if isinstance(verdict, Misaddressed):
             self.books.accept()
             self._drop(element, LINK_MISADDRESSED_RULE, 1, Direction(self.far.name, self.own_side),

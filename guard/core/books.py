@@ -16,7 +16,6 @@ class Books:
     delivered: int = 0
     bounced: int = 0
     dropped: int = 0
-    refused_streams: int = 0
     drop_reasons: Counter = field(default_factory=Counter)
     bounce_reasons: Counter = field(default_factory=Counter)
 

@@ -65,6 +65,7 @@ class Relay:
         self.links: dict[tuple[str, str, str], OutboundLink] = {}
         self.stop_on_audit_failure = stop_on_audit_failure
         self.halted_reason: str | None = None
+        self.stopping = False
 
     def add_side(self, side):
         side.relay = self
@@ -138,6 +139,12 @@ class Relay:
     # -- settling -------------------------------------------------------------
 
     def _forward(self, side_name, pair, parcel):
+        if self.stopping and parcel.original is not None:
+            # A late release (refer answered during shutdown) would open a new
+            # stream while the guard stops: bounce it instead.  Our own bounces
+            # still go out within the shutdown grace.
+            self.undeliverable(parcel, "remote-server-timeout", "the guard is stopping")
+            return
         key = (side_name,) + pair
         link = self.links.get(key)
         if link is None:
@@ -220,6 +227,7 @@ class Relay:
         themselves may need outbound streams back to the senders' side: those
         stay open, or are opened, until ``finish_shutdown``.
         """
+        self.stopping = True
         for side in self.sides.values():
             for stream in list(side.inbound_streams):
                 stream.close_for_shutdown()

@@ -327,3 +327,26 @@ def test_shutdown_keeps_bounces_until_their_stream_is_up():
     world.relay.finish_shutdown()
     assert ("close", ("red", "blue.example", "red.example")) in world.log
     assert world.books.balanced()
+
+
+def test_release_answered_during_shutdown_is_bounced_not_sent():
+    """A refer answered after stopping began is bounced to its sender instead of opening a new stream."""
+    from twisted.internet import defer
+
+    from guard.edges.release import Release
+
+    class LateAuthority:
+        def __init__(self):
+            self.answer = defer.Deferred()
+
+        def ask(self, stanza, direction, rule_id):
+            return self.answer
+
+    world = World(policy=ReferringPolicy())
+    world.relay.release_authority = authority = LateAuthority()
+    world.arrive(MESSAGE.format(id="m1", body="secret plans"))
+    world.relay.begin_shutdown()
+    authority.answer.callback(Release(True, parse(MESSAGE.format(id="m1", body="fine")), "released"))
+    assert not any(entry[0] == "open" and entry[1] == "blue" for entry in world.log)
+    assert world.books.summary()["bounce_reasons"] == {"guard:remote-server-timeout": 1}
+    assert world.books.balanced()
