@@ -660,7 +660,12 @@ def _write(element: domish.Element, namespace: str, out: list[str]) -> None:
     out.append(f"</{name}>")
 
 
-def serialise(element: domish.Element, default_namespace: str = "jabber:server") -> str:
+class OversizedStanza(ValueError):
+    """A stanza whose serialisation would exceed the bound the far side accepts."""
+
+
+def serialise(element: domish.Element, default_namespace: str = "jabber:server",
+              max_bytes: int | None = None) -> str:
     """The element as XML text for a stream whose default namespace is default_namespace:
     no xmlns attribute where the element is in default_namespace, prefix-free otherwise (xmlns="..."
     on the element that changes namespace), attribute and text escaping correct (&, <, >, ", and
@@ -668,4 +673,7 @@ def serialise(element: domish.Element, default_namespace: str = "jabber:server")
     Output must re-parse to an equal tree."""
     out: list[str] = []
     _write(element, default_namespace, out)
-    return "".join(out)
+    text = "".join(out)
+    if max_bytes is not None and len(text) > max_bytes // 4 and len(text.encode("utf-8")) > max_bytes:
+        raise OversizedStanza(f"the stanza serialises to more than {max_bytes} bytes")
+    return text

@@ -471,6 +471,23 @@ class LabelAuthority:
             reasons.append(why)
         return False, "; ".join(reasons) or "no clearance"
 
+    def outgoing_label(self, marked: StanzaLabel, label: SecurityLabel) -> domish.Element:
+        """
+        The ``<securitylabel/>`` that leaves with a stanza judged as carrying
+        ``label``: built new from the judged value (display marking from the
+        label policy, label encoded by the guard), never the sender's element.
+        """
+        policy = self.policies[label.policy]
+        classification = policy.classifications[label.classification]
+        result = domish.Element((SEC_LABEL_NS, "securitylabel"))
+        marking = result.addElement("displaymarking", content=policy.display_marking(label))
+        if classification.fgcolor:
+            marking["fgcolor"] = classification.fgcolor
+        if classification.bgcolor:
+            marking["bgcolor"] = classification.bgcolor
+        policy.write(label, result.addElement("label"))
+        return result
+
     def relabelled(self, securitylabel: domish.Element | None, label: SecurityLabel,
                    translation: Translation) -> domish.Element:
         """A new ``<securitylabel/>`` carrying ``label`` translated for the far side."""
