@@ -98,6 +98,18 @@ def juliet(lab, client_loop):
     client.disconnect()
 
 
+PEAK_RESIDENT_KIB: dict[str, int] = {}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def report_peak_resident():
+    """Print the largest resident memory the guard showed in any attack test of this module."""
+    yield
+    if PEAK_RESIDENT_KIB:
+        print("\nlargest guard resident memory seen in the attack tests: "
+              + ", ".join(f"{lab}: {kib} KiB" for lab, kib in sorted(PEAK_RESIDENT_KIB.items())))
+
+
 class Watch:
     """What a test compares before and after an attack: books and memory."""
 
@@ -111,7 +123,10 @@ class Watch:
         after = self.lab.guard_books()
         assert after["delivered"] == self.books["delivered"] + delivered_extra, (self.books, after)
         assert after["in_flight"] == 0, after
-        grown = self.lab.guard_resident_kib() - self.resident
+        resident = self.lab.guard_resident_kib()
+        name = f"{self.lab.authentication}"
+        PEAK_RESIDENT_KIB[name] = max(PEAK_RESIDENT_KIB.get(name, 0), resident)
+        grown = resident - self.resident
         assert grown < MEMORY_SLACK_KIB, f"the guard grew by {grown} KiB"
         body = f"still here {uuid.uuid4().hex[:8]}"
         romeo.send_xml(f"<message to='{JULIET}' type='chat'><body>{body}</body></message>")
