@@ -153,7 +153,8 @@ def read_ess(text: str) -> WireLabel:
 def _decode_ess(compact: str) -> WireLabel:
     """
     Decode base64 DER, strictly: the value must encode back to exactly the
-    bytes received, so duplicate or unsorted SET members, long-form or
+    bytes received (and those to exactly the base64 received, white space
+    aside), so non-zero padding bits, duplicate or unsorted SET members, long-form or
     indefinite lengths and padded integers or identifiers (which a lenient
     decoder reads one way and a strict consumer another) make it unreadable.
 
@@ -165,6 +166,8 @@ def _decode_ess(compact: str) -> WireLabel:
         der = base64.b64decode(compact, validate=True)
     except (binascii.Error, ValueError):
         raise LabelFormatError("ESS label is not base64") from None
+    if base64.b64encode(der).decode("ascii") != compact:
+        raise LabelFormatError("ESS label is not canonical base64")
     try:
         decoded, rest = der_decoder.decode(der, asn1Spec=rfc2634.ESSSecurityLabel())
     except (PyAsn1Error, ValueError, TypeError):

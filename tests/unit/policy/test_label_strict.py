@@ -70,6 +70,17 @@ def test_a_label_that_is_not_canonical_der_is_unreadable_and_never_released(der)
     assert judged(ess_xml(b64(der))) == ("bounce", "label-unreadable")
 
 
+def test_base64_with_non_zero_padding_bits_is_unreadable():
+    """Two base64 texts for the same DER (stray bits in the last character) are not both accepted: only the canonical one is."""
+    canonical = ess_label(NATION_A, 1)
+    assert canonical.endswith("Cg==")
+    stray_bits = canonical[:-3] + "h=="
+    assert base64.b64decode(stray_bits) == base64.b64decode(canonical)
+    marked = read_stanza_label(message_with(ess_xml(stray_bits)))
+    assert (marked.label, marked.problem) == (None, "ESS label is not canonical base64")
+    assert judged(ess_xml(stray_bits)) == ("bounce", "label-unreadable")
+
+
 def test_a_category_repeated_in_the_set_is_unreadable():
     """DER allows equal SET OF members; a label naming the same category twice is still refused rather than folded into one."""
     category = bytes.fromhex("300b800488370a0181030c0142")  # [0] 2.999.10.1, [1] UTF8String "B"
