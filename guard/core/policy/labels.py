@@ -74,43 +74,47 @@ class LabelFormatError(ValueError):
 
 def _without_attributes(element: domish.Element, allowed=frozenset()) -> None:
     """Refuse any attribute the label format does not define here."""
-    if any(name not in allowed for name in element.attributes):
+    if element.attributes and any(name not in allowed for name in element.attributes):
         raise LabelFormatError(f"unexpected attribute on {element.name}")
 
 
 def _without_text(element: domish.Element) -> None:
     """Refuse text (other than XML white space) where the format puts only elements."""
-    if text_of(element).strip(XML_SPACE):
-        raise LabelFormatError(f"text inside {element.name}")
+    for child in element.children:
+        if isinstance(child, str) and child.strip(XML_SPACE):
+            raise LabelFormatError(f"text inside {element.name}")
 
 
 def _only_text(element: domish.Element) -> str:
     """The text of an element that holds text only: no attributes, no child elements."""
     _without_attributes(element)
-    if child_elements(element):
+    if any(not isinstance(child, str) for child in element.children):
         raise LabelFormatError(f"elements inside {element.name}")
-    return text_of(element).strip(XML_SPACE)
+    return "".join(element.children).strip(XML_SPACE)
+
+
+def _utf8_length(text: str) -> int:
+    return len(text) if text.isascii() else len(text.encode("utf-8"))
 
 
 def _within_budget(securitylabel: domish.Element) -> None:
     """
     Refuse a ``<securitylabel/>`` whose names, attributes and text exceed
-    ``MAX_SECURITYLABEL_BYTES`` (counted without recursion, stopping as soon
-    as the budget is spent).
+    ``MAX_SECURITYLABEL_BYTES`` in UTF-8 (counted without recursion, stopping
+    as soon as the budget is spent).
     """
     spent = 0
     pending = [securitylabel]
     while pending:
         element = pending.pop()
-        spent += len(element.name.encode("utf-8"))
+        spent += _utf8_length(element.name)
         for name, value in element.attributes.items():
-            local = name[1] if isinstance(name, tuple) else name
-            spent += len(local.encode("utf-8")) + len(value.encode("utf-8"))
+            spent += _utf8_length(name[1] if isinstance(name, tuple) else name) + _utf8_length(value)
         for child in element.children:
-            if isinstance(child, domish.Element):
-                pending.append(child)
+            if isinstance(child, str):
+                spent += _utf8_length(child)
             else:
-                spent += len(child.encode("utf-8"))
+                pending.append(child)
         if spent > MAX_SECURITYLABEL_BYTES:
             raise LabelFormatError(f"securitylabel larger than {MAX_SECURITYLABEL_BYTES} bytes")
 
