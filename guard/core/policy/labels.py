@@ -9,6 +9,15 @@ Formats understood inside ``<label/>``: ESS security labels
 STANAG 4774 confidentiality labels, and the empty ``<label/>`` meaning
 "the default label".  Anything else is a label we cannot read, which never
 passes a label check.
+
+Labels are read strictly, so that the guard and any strict consumer read
+the same value: ESS must be canonical base64 of canonical DER (it encodes
+back to exactly what was received); ``<securitylabel/>`` and STANAG 4774
+labels may hold only the parts their format defines, each once, no stray
+attributes or text, within ``MAX_SECURITYLABEL_BYTES``.  Every
+``<equivalentlabel/>`` is read and judged too.  Nothing the sender wrote
+leaves: the label that leaves is written by the guard from the value it
+judged, its display marking taken from the label policy.
 """
 
 from __future__ import annotations

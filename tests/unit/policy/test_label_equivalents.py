@@ -126,3 +126,14 @@ def test_one_label_not_releasable_to_the_receiver_refuses_them_all():
     assert (ok, why) == (False, "equivalent label nation-a:RESTRICTED/REL-B: "
                                 "muc.blue.example: RESTRICTED is above UNCLASSIFIED")
     assert labels.all_releasable((), "muc.blue.example") == (False, "no label")
+
+
+def test_the_guards_own_translated_label_with_its_equivalent_reads_back_as_consistent():
+    """What a keep_original translation writes (B's label, A's original as equivalent) is itself a readable, consistent label."""
+    from .labelled import translate_everything
+
+    judgement = translate_everything("a-to-b-keeping").judge(labelled(ess(ess_label(NATION_A, 2))), RED_TO_BLUE)
+    back = read(judgement.stanza.toXml())
+    label, why = facts_of(back).label
+    assert label == SecurityLabel("nation-b", "PROTECTED")
+    assert why == "label nation-b:PROTECTED (equivalents nation-a:RESTRICTED)"
