@@ -77,7 +77,9 @@ class StanzaFacts:
         """
         ``(SecurityLabel or None, reason)``: the label this stanza is treated
         as carrying (its own, or the sender's default when unlabelled or
-        ``<label/>`` is empty); ``None`` when none can be established.
+        ``<label/>`` is empty); ``None`` when none can be established, which
+        includes any ``<equivalentlabel/>`` without meaning here or
+        contradicting the label (see ``LabelAuthority.stanza_labels``).
         """
         marked = self.stanza_label
         if marked.problem is not None:
@@ -90,16 +92,30 @@ class StanzaFacts:
                 return None, "unlabelled and no default label for the sender"
             return default, f"unlabelled: default label {default}"
         try:
-            meaning = self.authority.meaning(marked.label, self.from_domain)
+            labels = self.authority.stanza_labels(marked, self.from_domain)
         except LabelMeaningError as problem:
             return None, str(problem)
+        meaning = labels[0]
+        if len(labels) > 1:
+            return meaning, f"label {meaning} (equivalents {', '.join(str(e) for e in labels[1:])})"
         return meaning, f"label {meaning}"
 
     @cached_property
     def releasable(self):
+        """
+        ``(bool, reason)``: whether the label and every equivalent label are
+        releasable to the receiver (one that is not makes the stanza not
+        releasable).
+        """
         label, why = self.label
         if label is None:
             return False, why
         if self.authority is None:
             return False, "the policy defines no labels"
-        return self.authority.releasable(label, self.to_domain)
+        if not self.stanza_label.present:
+            return self.authority.releasable(label, self.to_domain)
+        try:
+            labels = self.authority.stanza_labels(self.stanza_label, self.from_domain)
+        except LabelMeaningError as problem:
+            return False, str(problem)
+        return self.authority.all_releasable(labels, self.to_domain)

@@ -9,6 +9,15 @@ Formats understood inside ``<label/>``: ESS security labels
 STANAG 4774 confidentiality labels, and the empty ``<label/>`` meaning
 "the default label".  Anything else is a label we cannot read, which never
 passes a label check.
+
+Labels are read strictly, so that the guard and any strict consumer read
+the same value: ESS must be canonical base64 of canonical DER (it encodes
+back to exactly what was received); ``<securitylabel/>`` and STANAG 4774
+labels may hold only the parts their format defines, each once, no stray
+attributes or text, within ``MAX_SECURITYLABEL_BYTES``.  Every
+``<equivalentlabel/>`` is read and judged too.  Nothing the sender wrote
+leaves: the label that leaves is written by the guard from the value it
+judged, its display marking taken from the label policy.
 """
 
 from __future__ import annotations
@@ -16,6 +25,7 @@ from __future__ import annotations
 import base64
 import binascii
 import functools
+import re
 from dataclasses import dataclass, field
 
 from pyasn1.codec.der import decoder as der_decoder
@@ -33,9 +43,16 @@ STANAG_4774_NS = "urn:nato:stanag:4774:confidentialitymetadatalabel:1:0"
 MAX_DER_BYTES = 4096
 MAX_CATEGORIES = 64
 ESS_CACHE_SIZE = 1024  # distinct ESS labels remembered (each at most ~5.5 KB of text)
+MAX_EQUIVALENT_LABELS = 4  # <equivalentlabel/> elements in one <securitylabel/>
+# Names, attribute names and values, and text inside one <securitylabel/>, in
+# UTF-8 bytes: room for a label and its equivalents, never a place to carry data.
+MAX_SECURITYLABEL_BYTES = 8192
 
 CATEGORY_TYPES = ("restrictive", "permissive", "informative")
 LABEL_FORMATS = ("ess", "stanag4774")
+STANAG_CATEGORY_TYPES = frozenset(t.upper() for t in CATEGORY_TYPES)
+DISPLAY_MARKING_ATTRIBUTES = frozenset({"fgcolor", "bgcolor"})
+XML_SPACE = " \t\r\n"
 
 
 # --- what is on the wire -----------------------------------------------------
@@ -58,29 +75,86 @@ class WireLabel:
 
 
 class LabelFormatError(ValueError):
-    """A label whose content cannot be read."""
+    """
+    A label whose content cannot be read.  Its message is a constant of
+    this module (what the peer wrote is never repeated in it).
+    """
 
 
-def read_label_content(holder: domish.Element) -> WireLabel:
-    """Read the one label format inside ``<label/>`` or ``<equivalentlabel/>``."""
+def _without_attributes(element: domish.Element, allowed=frozenset()) -> None:
+    """Refuse any attribute the label format does not define here."""
+    if element.attributes and any(name not in allowed for name in element.attributes):
+        raise LabelFormatError(f"unexpected attribute on {element.name}")
+
+
+def _without_text(element: domish.Element) -> None:
+    """Refuse text (other than XML white space) where the format puts only elements."""
+    for child in element.children:
+        if isinstance(child, str) and child.strip(XML_SPACE):
+            raise LabelFormatError(f"text inside {element.name}")
+
+
+def _only_text(element: domish.Element) -> str:
+    """The text of an element that holds text only: no attributes, no child elements."""
+    _without_attributes(element)
+    if any(not isinstance(child, str) for child in element.children):
+        raise LabelFormatError(f"elements inside {element.name}")
+    return "".join(element.children).strip(XML_SPACE)
+
+
+def _utf8_length(text: str) -> int:
+    return len(text) if text.isascii() else len(text.encode("utf-8"))
+
+
+def _within_budget(securitylabel: domish.Element) -> None:
+    """
+    Refuse a ``<securitylabel/>`` whose names, attributes and text exceed
+    ``MAX_SECURITYLABEL_BYTES`` in UTF-8 (counted without recursion, stopping
+    as soon as the budget is spent).
+    """
+    spent = 0
+    pending = [securitylabel]
+    while pending:
+        element = pending.pop()
+        spent += _utf8_length(element.name)
+        for name, value in element.attributes.items():
+            spent += _utf8_length(name[1] if isinstance(name, tuple) else name) + _utf8_length(value)
+        for child in element.children:
+            if isinstance(child, str):
+                spent += _utf8_length(child)
+            else:
+                pending.append(child)
+        if spent > MAX_SECURITYLABEL_BYTES:
+            raise LabelFormatError(f"securitylabel larger than {MAX_SECURITYLABEL_BYTES} bytes")
+
+
+def read_label_content(holder: domish.Element, empty_is_default: bool = True) -> WireLabel:
+    """
+    Read the one label format inside ``<label/>`` or ``<equivalentlabel/>``.
+
+    Only an empty ``<label/>`` means the default label; an empty
+    ``<equivalentlabel/>`` (``empty_is_default=False``) is unreadable.
+    """
+    _without_attributes(holder)
+    _without_text(holder)
     content = child_elements(holder)
     if not content:
-        if text_of(holder).strip():
-            raise LabelFormatError("label holds text but no label element")
+        if not empty_is_default:
+            raise LabelFormatError(f"empty {holder.name}")
         return WireLabel("default")
     if len(content) != 1:
-        raise LabelFormatError(f"label holds {len(content)} elements, expected one")
+        raise LabelFormatError(f"{holder.name} holds {len(content)} elements, expected one")
     inner = content[0]
     if inner.uri == ESS_NS and inner.name == "esssecuritylabel":
-        return read_ess(text_of(inner))
+        return read_ess(_only_text(inner))
     if inner.uri == STANAG_4774_NS:
         return read_stanag_4774(inner)
-    raise LabelFormatError(f"unknown label format {{{inner.uri}}}{inner.name}")
+    raise LabelFormatError("unknown label format")
 
 
 def read_ess(text: str) -> WireLabel:
     """Decode a base64 DER ``ESSSecurityLabel`` (RFC 2634)."""
-    compact = "".join(text.split())
+    compact = re.sub("[ \t\r\n]+", "", text)
     if not compact:
         raise LabelFormatError("empty ESS label")
     if len(compact) > MAX_DER_BYTES * 4 // 3 + 4:
@@ -91,20 +165,34 @@ def read_ess(text: str) -> WireLabel:
 @functools.lru_cache(maxsize=ESS_CACHE_SIZE)
 def _decode_ess(compact: str) -> WireLabel:
     """
-    Decode base64 DER; remembered, because a deployment sees few distinct
-    labels and DER decoding is most of the cost of judging a labelled stanza.
-    The result is immutable; failures raise and are not remembered.
+    Decode base64 DER, strictly: the value must encode back to exactly the
+    bytes received (and those to exactly the base64 received, white space
+    aside), so non-zero padding bits, duplicate or unsorted SET members, long-form or
+    indefinite lengths and padded integers or identifiers (which a lenient
+    decoder reads one way and a strict consumer another) make it unreadable.
+
+    Remembered, because a deployment sees few distinct labels and DER
+    decoding is most of the cost of judging a labelled stanza.  The result
+    is immutable; failures raise and are not remembered.
     """
     try:
         der = base64.b64decode(compact, validate=True)
-    except (binascii.Error, ValueError) as problem:
-        raise LabelFormatError(f"ESS label is not base64: {problem}") from None
+    except (binascii.Error, ValueError):
+        raise LabelFormatError("ESS label is not base64") from None
+    if base64.b64encode(der).decode("ascii") != compact:
+        raise LabelFormatError("ESS label is not canonical base64")
     try:
         decoded, rest = der_decoder.decode(der, asn1Spec=rfc2634.ESSSecurityLabel())
-    except (PyAsn1Error, ValueError, TypeError) as problem:
-        raise LabelFormatError(f"ESS label is not DER ESSSecurityLabel: {problem}") from None
+    except (PyAsn1Error, ValueError, TypeError):
+        raise LabelFormatError("ESS label is not DER ESSSecurityLabel") from None
     if rest:
         raise LabelFormatError("trailing bytes after the ESS label")
+    try:
+        canonical = der_encoder.encode(decoded)
+    except (PyAsn1Error, ValueError, TypeError):
+        raise LabelFormatError("ESS label is not DER ESSSecurityLabel") from None
+    if canonical != der:
+        raise LabelFormatError("ESS label is not canonical DER (it does not encode back to the bytes received)")
     policy = str(decoded["security-policy-identifier"])
     classification = None
     if decoded["security-classification"].isValue:
@@ -115,43 +203,85 @@ def _decode_ess(compact: str) -> WireLabel:
             raise LabelFormatError("too many ESS categories")
         for category in decoded["security-categories"]:
             value = bytes(category["value"].asOctets()).hex()
-            categories.add(("ess", str(category["type"]), value))
+            found = ("ess", str(category["type"]), value)
+            if found in categories:
+                raise LabelFormatError("ESS category repeated")
+            categories.add(found)
     return WireLabel("ess", policy, classification, frozenset(categories))
 
 
-def _stanag_children(element, name):
-    return [c for c in child_elements(element) if c.uri == STANAG_4774_NS and c.name == name]
+def _stanag_children(element: domish.Element, allowed) -> dict:
+    """
+    The children of a STANAG 4774 element grouped by name, refusing text,
+    attributes and any child not in ``allowed`` (or in another namespace).
+    """
+    _without_text(element)
+    grouped = {name: [] for name in allowed}
+    for child in child_elements(element):
+        if child.uri != STANAG_4774_NS or child.name not in allowed:
+            raise LabelFormatError(f"unexpected element inside STANAG 4774 {element.name}")
+        grouped[child.name].append(child)
+    return grouped
+
+
+def _one_value(grouped: dict, name: str) -> str:
+    found = grouped[name]
+    if len(found) != 1:
+        raise LabelFormatError(f"STANAG 4774 label needs exactly one {name}")
+    value = _only_text(found[0])
+    if not value:
+        raise LabelFormatError(f"STANAG 4774 {name} must not be empty")
+    return value
 
 
 def read_stanag_4774(element: domish.Element) -> WireLabel:
-    """Read a STANAG 4774 confidentiality label (its ConfidentialityInformation)."""
-    if element.name == "ConfidentialityInformation":
+    """
+    Read a STANAG 4774 confidentiality label (its ConfidentialityInformation),
+    strictly: only the elements and attributes below, each once, text only
+    in leaves.  ``ConfidentialityLabel`` holds one ``ConfidentialityInformation``
+    (which may also stand alone), holding one ``PolicyIdentifier``, one
+    ``Classification`` and ``Category`` elements (attributes ``TagName`` and
+    optionally ``Type``, each tag once), each holding distinct ``GenericValue``s.
+    """
+    if element.name == "ConfidentialityLabel":
+        _without_attributes(element)
+        information = _stanag_children(element, ("ConfidentialityInformation",))["ConfidentialityInformation"]
+        if len(information) != 1:
+            raise LabelFormatError("STANAG 4774 label needs exactly one ConfidentialityInformation")
+        information = information[0]
+    elif element.name == "ConfidentialityInformation":
         information = element
     else:
-        found = _stanag_children(element, "ConfidentialityInformation")
-        if len(found) != 1:
-            raise LabelFormatError("STANAG 4774 label needs exactly one ConfidentialityInformation")
-        information = found[0]
-    policies = _stanag_children(information, "PolicyIdentifier")
-    classifications = _stanag_children(information, "Classification")
-    if len(policies) != 1 or len(classifications) != 1:
-        raise LabelFormatError("STANAG 4774 label needs one PolicyIdentifier and one Classification")
-    policy = text_of(policies[0]).strip()
-    classification = text_of(classifications[0]).strip()
-    if not policy or not classification:
-        raise LabelFormatError("STANAG 4774 PolicyIdentifier and Classification must not be empty")
-    categories = set()
-    for category in _stanag_children(information, "Category"):
-        tag = category.getAttribute("TagName")
-        if not tag:
-            raise LabelFormatError("STANAG 4774 Category without TagName")
-        values = _stanag_children(category, "GenericValue")
-        if not values:
-            raise LabelFormatError(f"STANAG 4774 Category {tag!r} without GenericValue")
-        for value in values:
-            categories.add(("stanag4774", tag, text_of(value).strip()))
-    if len(categories) > MAX_CATEGORIES:
+        raise LabelFormatError("unknown STANAG 4774 element")
+    _without_attributes(information)
+    grouped = _stanag_children(information, ("PolicyIdentifier", "Classification", "Category"))
+    policy = _one_value(grouped, "PolicyIdentifier")
+    classification = _one_value(grouped, "Classification")
+    if len(grouped["Category"]) > MAX_CATEGORIES:
         raise LabelFormatError("too many STANAG 4774 categories")
+    categories, tags = set(), set()
+    for category in grouped["Category"]:
+        _without_attributes(category, frozenset({"TagName", "Type"}))
+        tag = category.getAttribute("TagName")
+        if not tag or tag.strip(XML_SPACE) != tag:
+            raise LabelFormatError("STANAG 4774 Category without a TagName")
+        if tag in tags:
+            raise LabelFormatError("STANAG 4774 Category repeated")
+        tags.add(tag)
+        if category.hasAttribute("Type") and category["Type"] not in STANAG_CATEGORY_TYPES:
+            raise LabelFormatError("STANAG 4774 Category of unknown Type")
+        values = _stanag_children(category, ("GenericValue",))["GenericValue"]
+        if not values:
+            raise LabelFormatError("STANAG 4774 Category without GenericValue")
+        for value_element in values:
+            value = _only_text(value_element)
+            if not value:
+                raise LabelFormatError("STANAG 4774 GenericValue must not be empty")
+            if ("stanag4774", tag, value) in categories:
+                raise LabelFormatError("STANAG 4774 GenericValue repeated")
+            categories.add(("stanag4774", tag, value))
+            if len(categories) > MAX_CATEGORIES:
+                raise LabelFormatError("too many STANAG 4774 categories")
     return WireLabel("stanag4774", policy, classification, frozenset(categories))
 
 
@@ -160,7 +290,9 @@ class StanzaLabel:
     """
     What XEP-0258 markup the outer stanza carries (only its direct children
     count: a label inside ``<forwarded/>`` or a carbon is content, not the
-    stanza's label).
+    stanza's label).  ``equivalents`` are the ``<equivalentlabel/>``s, read;
+    the sender's ``<displaymarking/>`` is checked for shape and otherwise
+    ignored (the marking that leaves is the label policy's).
     """
 
     count: int
@@ -189,19 +321,41 @@ def read_stanza_label(stanza: domish.Element) -> StanzaLabel:
     if len(found) > 1:
         return StanzaLabel(len(found), found[0], problem="more than one securitylabel")
     element = found[0]
-    labels = [c for c in child_elements(element) if c.uri == SEC_LABEL_NS and c.name == "label"]
-    if len(labels) != 1:
-        return StanzaLabel(1, element, problem=f"securitylabel holds {len(labels)} label elements, expected one")
     try:
-        label = read_label_content(labels[0])
-        equivalents = tuple(
-            read_label_content(c)
-            for c in child_elements(element)
-            if c.uri == SEC_LABEL_NS and c.name == "equivalentlabel"
-        )
+        label, equivalents = _read_securitylabel(element)
     except LabelFormatError as problem:
         return StanzaLabel(1, element, problem=str(problem))
     return StanzaLabel(1, element, label, equivalents)
+
+
+def _read_securitylabel(element: domish.Element) -> tuple[WireLabel, tuple]:
+    """
+    Read ``<securitylabel/>`` strictly: no attributes, no text, at most one
+    ``<displaymarking/>`` (text only, ``fgcolor``/``bgcolor``), exactly one
+    ``<label/>`` and at most ``MAX_EQUIVALENT_LABELS`` ``<equivalentlabel/>``s;
+    anything else makes the whole label unreadable.
+    """
+    _within_budget(element)
+    _without_attributes(element)
+    _without_text(element)
+    parts = {"displaymarking": [], "label": [], "equivalentlabel": []}
+    for child in child_elements(element):
+        if child.uri != SEC_LABEL_NS or child.name not in parts:
+            raise LabelFormatError("unexpected element inside securitylabel")
+        parts[child.name].append(child)
+    if len(parts["displaymarking"]) > 1:
+        raise LabelFormatError("more than one displaymarking")
+    for marking in parts["displaymarking"]:
+        _without_attributes(marking, DISPLAY_MARKING_ATTRIBUTES)
+        if child_elements(marking):
+            raise LabelFormatError("elements inside displaymarking")
+    if len(parts["label"]) != 1:
+        raise LabelFormatError(f"securitylabel holds {len(parts['label'])} label elements, expected one")
+    if len(parts["equivalentlabel"]) > MAX_EQUIVALENT_LABELS:
+        raise LabelFormatError(f"more than {MAX_EQUIVALENT_LABELS} equivalentlabel elements")
+    label = read_label_content(parts["label"][0])
+    equivalents = tuple(read_label_content(c, empty_is_default=False) for c in parts["equivalentlabel"])
+    return label, equivalents
 
 
 # --- what it means -----------------------------------------------------------
@@ -418,6 +572,53 @@ class LabelAuthority:
                 return policy.meaning(wire)
         raise LabelMeaningError(f"no label policy has identifier {wire.policy_identifier!r} ({wire.format})")
 
+    def stanza_labels(self, marked: StanzaLabel, sender_domain: str | None) -> tuple:
+        """
+        Every label a labelled stanza carries, given meaning: its ``<label/>``
+        first, then each ``<equivalentlabel/>``.  Raises ``LabelMeaningError``
+        (so the stanza's label is unreadable) when any of them has no meaning
+        here, or when an equivalent contradicts the label: under the same
+        label policy it differs, or placed in the label's policy (or the label
+        placed in its policy) through a translation, it is above the label.
+        """
+        label = self.meaning(marked.label, sender_domain)
+        found = [label]
+        for equivalent_wire in marked.equivalents:
+            try:
+                equivalent = self.meaning(equivalent_wire, sender_domain)
+            except LabelMeaningError as problem:
+                raise LabelMeaningError(f"equivalent label: {problem}") from None
+            contradiction = self._contradiction(label, equivalent)
+            if contradiction is not None:
+                raise LabelMeaningError(f"equivalent label {equivalent} contradicts label {label}: {contradiction}")
+            found.append(equivalent)
+        return tuple(found)
+
+    def _contradiction(self, label: SecurityLabel, equivalent: SecurityLabel) -> str | None:
+        """Why ``equivalent`` cannot stand for the same thing as ``label`` (``None`` if it can, as far as the maps tell)."""
+        if equivalent.policy == label.policy:
+            return None if equivalent == label else "under the same label policy they differ"
+        placed = self._in_policy(equivalent, label.policy)
+        if placed is not None:
+            ok, why = self.dominates(Clearance(label.policy, label.classification, label.categories), placed)
+            if not ok:
+                return why
+        mapped = self._in_policy(label, equivalent.policy)
+        if mapped is not None:
+            ok, why = self.dominates(Clearance(mapped.policy, mapped.classification, mapped.categories), equivalent)
+            if not ok:
+                return why
+        return None
+
+    def all_releasable(self, labels, receiver_domain: str | None) -> tuple[bool, str]:
+        """Whether every one of ``labels`` (a label and its equivalents) is releasable to the receiver."""
+        why = "no label"
+        for index, label in enumerate(labels):
+            ok, why = self.releasable(label, receiver_domain)
+            if not ok:
+                return False, why if index == 0 else f"equivalent label {label}: {why}"
+        return bool(labels), why
+
     def _in_policy(self, label: SecurityLabel, policy: str) -> SecurityLabel | None:
         if label.policy == policy:
             return label
@@ -474,9 +675,19 @@ class LabelAuthority:
     def outgoing_label(self, marked: StanzaLabel, label: SecurityLabel) -> domish.Element:
         """
         The ``<securitylabel/>`` that leaves with a stanza judged as carrying
-        ``label``: built new from the judged value (display marking from the
-        label policy, label encoded by the guard), never the sender's element.
+        ``label``: built new from the judged value, never from the sender's
+        element.  It holds a ``<displaymarking/>`` made from the label
+        policy's markings and colours, and ``<label/>`` encoded by the guard
+        in the policy's emit format.  The sender's ``<equivalentlabel/>``s
+        were judged (``stanza_labels``, ``all_releasable``) but do not leave:
+        the far side reads the one label the guard vouches for, and a choice
+        among equivalents is not a channel the sender gets.  ``marked`` is
+        what was read; nothing of it is copied.
         """
+        return self._written(label)
+
+    def _written(self, label: SecurityLabel) -> domish.Element:
+        """A ``<securitylabel/>`` holding ``label``, every part of it generated from the label policy."""
         policy = self.policies[label.policy]
         classification = policy.classifications[label.classification]
         result = domish.Element((SEC_LABEL_NS, "securitylabel"))
@@ -490,17 +701,15 @@ class LabelAuthority:
 
     def relabelled(self, securitylabel: domish.Element | None, label: SecurityLabel,
                    translation: Translation) -> domish.Element:
-        """A new ``<securitylabel/>`` carrying ``label`` translated for the far side."""
+        """
+        A new ``<securitylabel/>`` carrying ``label`` translated for the far
+        side, built as ``outgoing_label`` builds one.  With ``keep_original``
+        the judged ``label`` itself is added as the one ``<equivalentlabel/>``,
+        encoded by the guard; the sender's element (``securitylabel``) and its
+        equivalent labels are never copied.
+        """
         translated = translation.translate(label)
-        policy = self.policies[translated.policy]
-        classification = policy.classifications[translated.classification]
-        result = domish.Element((SEC_LABEL_NS, "securitylabel"))
-        marking = result.addElement("displaymarking", content=policy.display_marking(translated))
-        if classification.fgcolor:
-            marking["fgcolor"] = classification.fgcolor
-        if classification.bgcolor:
-            marking["bgcolor"] = classification.bgcolor
-        policy.write(translated, result.addElement("label"))
+        result = self._written(translated)
         if translation.keep_original:
             original = self.policies[label.policy]
             original.write(label, result.addElement("equivalentlabel"))

@@ -94,7 +94,7 @@ def test_an_empty_label_as_slixmpp_sends_it_is_the_default_label():
     ("<securitylabel xmlns='urn:xmpp:sec-label:0'><displaymarking>X</displaymarking></securitylabel>",
      "holds 0 label elements"),
     ("<securitylabel xmlns='urn:xmpp:sec-label:0'><label/><label/></securitylabel>", "holds 2 label elements"),
-    ("<securitylabel xmlns='urn:xmpp:sec-label:0'><label>SECRET</label></securitylabel>", "text but no label element"),
+    ("<securitylabel xmlns='urn:xmpp:sec-label:0'><label>SECRET</label></securitylabel>", "text inside label"),
     (stanag_xml("NATION-B", ""), "must not be empty"),
 ])
 def test_unreadable_labels_are_reported_and_bounce(label_xml, problem):
