@@ -505,8 +505,9 @@ class OutboundLink:
         self._push(parcel)
         if self.state is LinkState.IDLE:
             self._connect()
-        if (not self.holding and self.state is LinkState.CONNECTING
-                and (len(self.queue) >= limits.outbound_queue or self.queued_bytes >= limits.outbound_queue_bytes)):
+        if self.state is LinkState.CONNECTING and (len(self.queue) >= limits.outbound_queue
+                                                   or self.queued_bytes >= limits.outbound_queue_bytes):
+            # At every stanza past the bound, so that a feeder that was not held yet (a new stream) is held too.
             self.holding = True
             self.relay.hold_senders(self.sender, self.receiver, self.hold_reason)
 

@@ -238,16 +238,21 @@ def test_books_balance_after_a_mixed_blast_with_faults():
 
 
 class HeldStream:
-    """An inbound stream stand-in that records holds and releases."""
+    """An inbound stream stand-in that records each reason it is held for and released from, as InboundStream
+    keeps them (a set: holding twice for one reason is one hold; releasing a reason not held does nothing)."""
 
     def __init__(self, log, pairs):
-        self.log, self.authenticated_pairs = log, set(pairs)
+        self.log, self.authenticated_pairs, self.held = log, set(pairs), set()
 
     def hold(self, reason):
-        self.log.append(("hold", tuple(sorted(self.authenticated_pairs)), reason))
+        if reason not in self.held:
+            self.held.add(reason)
+            self.log.append(("hold", tuple(sorted(self.authenticated_pairs)), reason))
 
     def release(self, reason):
-        self.log.append(("release", tuple(sorted(self.authenticated_pairs)), reason))
+        if reason in self.held:
+            self.held.discard(reason)
+            self.log.append(("release", tuple(sorted(self.authenticated_pairs)), reason))
 
 
 def test_congested_outbound_stream_holds_the_streams_that_feed_it():
@@ -431,6 +436,17 @@ def test_a_burst_while_the_stream_is_set_up_holds_the_feeders_and_bounces_nothin
     assert flow_of(world) == [("hold", FEEDING, "waiting for red.example->blue.example"),
                               ("release", FEEDING, "waiting for red.example->blue.example")]
     assert (world.books.delivered, world.books.bounced, world.relay.held.held) == (5, 0, 0)
+
+
+def test_a_feeder_that_was_not_held_yet_is_held_at_its_first_stanza_past_the_bound():
+    """A stream that starts feeding the pair once its queue is full (a new stream) is held as soon as it sends."""
+    world = World(limits=Limits(outbound_queue=2))
+    for number in range(2):
+        world.arrive(MESSAGE.format(id=f"m{number}", body="burst"))
+    world.relay.sides["red"].inbound_streams.add(HeldStream(world.log, FEEDING[0:1]))
+    world.arrive(MESSAGE.format(id="m2", body="burst"))
+    assert flow_of(world) == [("hold", FEEDING, "waiting for red.example->blue.example")]
+    assert world.audit.records == []
 
 
 def test_a_queue_full_in_bytes_holds_the_feeders_and_bounces_past_twice_the_bytes():
