@@ -678,3 +678,30 @@ def test_with_audit_level_all_a_pass_that_cannot_be_recorded_does_not_leave():
     world.arrive(MESSAGE.format(id="m1", body="hello"))
     assert world.books.delivered == 0 and world.books.summary()["bounce_reasons"] == {"guard:halted": 1}
     assert not any(entry[0] == "open" and entry[1] == "blue" for entry in world.log)
+
+
+def test_a_refer_answered_after_the_audit_trail_closed_is_not_released_silently():
+    """A release that arrives once the trail is closed cannot be recorded: nothing crosses and the guard stops relaying."""
+    from guard.edges.audit import AuditLog
+    from guard.edges.release import ReleaseAuthority
+
+    class AnswerLater:
+        def __init__(self):
+            self.factories = []
+
+        def connect(self, factory):
+            from twisted.internet import defer
+
+            self.factories.append(factory)
+            return defer.Deferred()  # never connects: the answer comes from the timeout below
+
+    trail = AuditLog(None)
+    world = World(policy=ReferringPolicy(), audit=trail)
+    clock = world.relay.reactor
+    world.relay.release_authority = ReleaseAuthority(AnswerLater(), clock, trail, timeout=1.0)
+    world.arrive(MESSAGE.format(id="m1", body="secret plans"))
+    trail.close()
+    clock.advance(1.0)
+    assert world.books.balanced() and world.books.delivered == 0
+    assert world.relay.halted_reason is not None and "closed" in world.relay.halted_reason
+    assert not any(entry[0] == "open" and entry[1] == "blue" for entry in world.log)
