@@ -193,10 +193,10 @@ class Relay:
             self._drop(stanza, judgement.rule_id, judgement.rule_rev, direction,
                        "refer: no release authority (High Assurance Guard) is configured")
             return
-        self._take_bytes(ticket.size)
+        self.count_held(ticket.size)
 
         def decided(release):
-            self._give_bytes(ticket.size)
+            self.count_freed(ticket.size)
             if release is not None and getattr(release, "busy", False):
                 self._bounce(stanza, "resource-constraint", guard_text("resource-constraint"),
                              judgement.rule_id, judgement.rule_rev, direction, detail=release.reason)
@@ -346,7 +346,7 @@ class Relay:
         for stream in list(side.inbound_streams):
             stream.release(reason or f"congested {sender}->{receiver}")
 
-    def _take_bytes(self, amount):
+    def count_held(self, amount):
         """Count bytes the guard now holds; at the budget, stop reading every inbound stream."""
         if self.held.take(amount):
             log.warn("holding {held} bytes of stanzas (budget {budget}): reading stops",
@@ -354,7 +354,7 @@ class Relay:
             for side in self.sides.values():
                 self._hold_inbound(side.inbound_streams)
 
-    def _give_bytes(self, amount):
+    def count_freed(self, amount):
         """Count bytes the guard no longer holds; at the low-water mark, read every inbound stream again."""
         if self.held.give(amount):
             log.info("holding {held} bytes of stanzas: reading resumes", held=self.held.held)
@@ -514,12 +514,12 @@ class OutboundLink:
     def _push(self, parcel):
         self.queue.append(parcel)
         self.queued_bytes += parcel.size
-        self.relay._take_bytes(parcel.size)
+        self.relay.count_held(parcel.size)
 
     def _pop(self):
         parcel = self.queue.popleft()
         self.queued_bytes -= parcel.size
-        self.relay._give_bytes(parcel.size)
+        self.relay.count_freed(parcel.size)
         return parcel
 
     def _release_holds(self):
