@@ -19,6 +19,7 @@ from guard.edges.limits import Limits
 
 AUTHENTICATION_MODES = ("certificate", "dialback")
 AUDIT_FAILURE_MODES = ("stop", "continue")
+AUDIT_LEVELS = ("refusals", "all")
 
 
 class ConfigError(Exception):
@@ -56,6 +57,11 @@ class GuardSettings:
     status_path: str | None = None
     release_endpoint: str | None = None
     release_timeout: float = 5.0
+    # Added for issue 9 (items 9 and 15): questions open at once to the release
+    # authority and waiting their turn; which decisions the audit trail records.
+    release_max_pending: int = 16
+    release_max_waiting: int = 256
+    audit_level: str = "refusals"
 
 
 @dataclass(frozen=True)
@@ -230,9 +236,9 @@ def read_document(path: str, checker):
 def read_settings(checker, document) -> GuardSettings:
     """The [guard] table and the optional [release] table (the release authority `refer` asks)."""
     guard = checker.table(document.get("guard", {}), "guard")
-    checker.only(guard, ("log_level", "dialback_secret", "audit", "audit_failure", "status"), "guard")
+    checker.only(guard, ("log_level", "dialback_secret", "audit", "audit_failure", "status", "audit_level"), "guard")
     release = checker.table(document.get("release", {}), "release")
-    checker.only(release, ("endpoint", "timeout"), "release")
+    checker.only(release, ("endpoint", "timeout", "max_pending", "max_waiting"), "release")
     endpoint = checker.string(release, "endpoint", "release", required=False)
     if endpoint is not None:
         from twisted.internet.endpoints import clientFromString
@@ -245,6 +251,12 @@ def read_settings(checker, document) -> GuardSettings:
     timeout = release.get("timeout", 5.0)
     if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 < timeout <= 300:
         checker.fail("release.timeout", "must be a number of seconds from 0 to 300")
+    max_pending = release.get("max_pending", 16)
+    if isinstance(max_pending, bool) or not isinstance(max_pending, int) or not 1 <= max_pending <= 4096:
+        checker.fail("release.max_pending", "must be a whole number from 1 to 4096")
+    max_waiting = release.get("max_waiting", 256)
+    if isinstance(max_waiting, bool) or not isinstance(max_waiting, int) or not 0 <= max_waiting <= 65536:
+        checker.fail("release.max_waiting", "must be a whole number from 0 to 65536")
     return GuardSettings(
         log_level=checker.choice(guard, "log_level", "guard", ("debug", "info", "warn", "error"), "info"),
         dialback_secret=checker.string(guard, "dialback_secret", "guard", required=False),
@@ -253,6 +265,9 @@ def read_settings(checker, document) -> GuardSettings:
         status_path=checker.writable_path(guard, "status", "guard"),
         release_endpoint=endpoint,
         release_timeout=float(timeout),
+        release_max_pending=max_pending,
+        release_max_waiting=max_waiting,
+        audit_level=checker.choice(guard, "audit_level", "guard", AUDIT_LEVELS, "refusals"),
     )
 
 

@@ -113,7 +113,7 @@ class GuardProcess(service.Service):
         self.reactor = reactor
         self.books = Books()
         try:
-            self.audit = AuditLog(config.audit_path)
+            self.audit = AuditLog(config.audit_path, level=config.settings.audit_level)
         except AuditUnavailable as problem:
             raise ConfigError(f"{config.path}: guard.audit: cannot open the audit trail: {problem}") from problem
         self.policies = PolicyTable(policies)
@@ -123,7 +123,9 @@ class GuardProcess(service.Service):
         if endpoint is not None:
             try:
                 self.release_authority = ReleaseAuthority.at(reactor, endpoint, self.audit,
-                                                             config.settings.release_timeout)
+                                                             config.settings.release_timeout,
+                                                             config.settings.release_max_pending,
+                                                             config.settings.release_max_waiting)
             except ValueError as problem:
                 raise ConfigError(f"{config.path}: release.endpoint: {problem}") from problem
         self.sides = {}
@@ -180,7 +182,12 @@ class GuardProcess(service.Service):
         self.audit.close()
 
     def reload_policies(self):
-        """Load every policy again; swap them all in only if all load (the old ones stay otherwise)."""
+        """
+        Load every policy again; swap them all in only if all load (the old
+        ones stay otherwise).  Stanzas judged by the old policies and still
+        held (in outbound queues, waiting for the release authority) are
+        judged again by the new ones before they leave.
+        """
         fresh = {}
         for direction, key, path in self.policy_files():
             try:
@@ -190,7 +197,8 @@ class GuardProcess(service.Service):
                 return False
         for direction, policy in fresh.items():
             self.policies.swap(direction, policy)
-        log.info("policies reloaded: {files}", files=[path for _, _, path in self.policy_files()])
+        log.info("policies reloaded: {files}; {held} bytes of stanzas held are judged again before they leave",
+                 files=[path for _, _, path in self.policy_files()], held=self.relay.held.held)
         return True
 
     def status(self) -> dict:

@@ -54,3 +54,45 @@ class Books:
             "drop_reasons": dict(self.drop_reasons),
             "bounce_reasons": dict(self.bounce_reasons),
         }
+
+
+@dataclass
+class HeldBytes:
+    """
+    The bytes of every stanza the guard holds (waiting in a relay queue or for
+    the release authority), counted from the wire size the parser reported,
+    against a budget.  ``take`` says when the total reaches the budget (stop
+    reading input); ``give`` says when it falls to the low-water mark again
+    (read again).  No I/O: the relay acts on the answers.
+    """
+
+    budget: int
+    low_water: int
+    held: int = 0
+    peak: int = 0
+    over: bool = False
+
+    @classmethod
+    def for_budget(cls, budget: int) -> "HeldBytes":
+        """A ledger whose low-water mark is three quarters of ``budget``."""
+        return cls(budget, budget * 3 // 4)
+
+    def take(self, amount: int) -> bool:
+        """Count ``amount`` more bytes held; True when this reached the budget."""
+        self.held += amount
+        self.peak = max(self.peak, self.held)
+        if not self.over and self.held >= self.budget:
+            self.over = True
+            return True
+        return False
+
+    def give(self, amount: int) -> bool:
+        """Count ``amount`` bytes no longer held; True when this fell to the low-water mark."""
+        self.held -= amount
+        if self.over and self.held <= self.low_water:
+            self.over = False
+            return True
+        return False
+
+    def summary(self) -> dict:
+        return {"held": self.held, "peak": self.peak, "budget": self.budget, "over": self.over}

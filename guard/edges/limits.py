@@ -40,6 +40,18 @@ class Limits:
     # Enforced by the service when stopping: how long bounces of what was
     # waiting may take to reach the senders before every stream is closed.
     shutdown_grace: float = 5.0
+    # Enforced by the relay's outbound links: wire bytes (as the parser counted
+    # them) of the stanzas waiting for one domain pair.  At outbound_queue
+    # stanzas or outbound_queue_bytes, the streams that feed the pair are not
+    # read until its stream is up (a burst waits, it is not bounced); what
+    # still arrives past twice either bound is bounced (resource-constraint).
+    outbound_queue_bytes: int = 4 * 1024 * 1024
+    # Enforced by the relay (guard.core.books.HeldBytes): wire bytes of every
+    # stanza the guard holds, in outbound queues and waiting for the release
+    # authority.  At the budget no inbound stream is read until what is held
+    # falls to three quarters of it.  A parsed stanza takes up to ~80 times
+    # its wire size in memory: size the budget for that.
+    memory_budget_bytes: int = 32 * 1024 * 1024
 
     def parser_limits(self):
         from guard.edges.xmlstream import ParserLimits

@@ -5,34 +5,67 @@ outbound stream for its (from-domain, to-domain) pair, or bounces or drops it.
 Every accepted stanza is settled exactly once in the books: delivered
 (serialised onto a ready outbound stream), bounced (an error reply sent
 back, or due) or dropped (by policy, by a limit, or because an error may not
-be bounced), and each bounce and drop is audited.
+be bounced), and each bounce and drop is audited (each pass too when the
+audit trail records every decision).
+
+What the relay holds is bounded in bytes: each outbound queue (a full queue
+stops reading from the streams that feed it while its stream is set up), the
+requests waiting for the release authority, and all of them together against
+``memory_budget_bytes`` (beyond it no inbound stream is read).  A stanza held
+while the policies are reloaded is judged again by the new policy before it
+leaves.
 """
 
 from __future__ import annotations
 
+import enum
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from twisted.internet import defer
 from twisted.internet.endpoints import HostnameEndpoint, connectProtocol
 from twisted.logger import Logger
 
 from guard.core.addressing import parse_jid
-from guard.core.bounce import error_reply, may_bounce
+from guard.core.books import HeldBytes
+from guard.core.bounce import error_reply, guard_text, may_bounce, peer_detail
 from guard.core.pipeline import Direction, Verdict, judge_fail_closed
 
 from .audit import AuditUnavailable
+from .limits import Limits
 from .s2s.outbound import OutboundStream
+from .xmlstream import OversizedStanza
 
 log = Logger()
 
 
 @dataclass(frozen=True)
+class Ticket:
+    """What the relay keeps about an accepted stanza until it is settled, so that it can be judged again."""
+
+    stanza: object  # the accepted stanza, as received (never sent: it is what the policy judges)
+    pair: tuple[str, str]  # (sender domain, receiver domain)
+    size: int  # wire bytes, as the parser counted them
+    direction: Direction
+    generation: int  # of the policies that judged it
+
+
+@dataclass(frozen=True)
 class Parcel:
-    """A stanza on its way out; ``original`` is the accepted stanza it settles (None for our own bounces)."""
+    """A stanza on its way out; ``original`` is the accepted stanza it settles (None for our own bounces).
+    ``ticket`` lets the relay judge it again after a reload; ``size`` is what it counts for in byte bounds."""
 
     stanza: object
     original: object | None
+    ticket: Ticket | None = None
+    size: int = 0
+
+
+# What one of our own bounces counts for in byte bounds besides its addresses and id.
+BOUNCE_BYTES = 256
+
+# The reason a stream is held while what the guard holds is over its budget.
+MEMORY_HOLD = "memory budget"
 
 
 class PolicyTable:
@@ -40,12 +73,14 @@ class PolicyTable:
 
     def __init__(self, policies: dict[Direction, object]):
         self._policies = dict(policies)
+        self.generation = 0  # grows at every swap: a stanza judged under an older one is judged again
 
     def current(self, direction: Direction):
         return self._policies[direction]
 
     def swap(self, direction: Direction, policy) -> None:
         self._policies[direction] = policy
+        self.generation += 1
 
     def directions(self):
         return tuple(self._policies)
@@ -66,10 +101,13 @@ class Relay:
         self.stop_on_audit_failure = stop_on_audit_failure
         self.halted_reason: str | None = None
         self.stopping = False
+        self.held = HeldBytes.for_budget(Limits().memory_budget_bytes)
 
     def add_side(self, side):
         side.relay = self
         self.sides[side.name] = side
+        if self.held.budget != side.limits.memory_budget_bytes and not self.held.held:
+            self.held = HeldBytes.for_budget(side.limits.memory_budget_bytes)
 
     # -- from inbound streams ---------------------------------------------
 
@@ -77,36 +115,110 @@ class Relay:
         """Judge a stanza accepted on ``side`` and act on the verdict."""
         self.books.accept()
         if self.halted_reason is not None:
-            self._bounce(stanza, "service-unavailable", "the guard is not relaying", "guard:halted")
+            self._bounce(stanza, "service-unavailable", guard_text("service-unavailable"), "guard:halted")
             return
+        if self.held.over:
+            self._hold_inbound(getattr(side, "inbound_streams", ()))
+        generation = self.policies.generation
         destination = self.topology.far_side(side.name)
         direction = Direction(side.name, destination)
         judgement, problem = judge_fail_closed(self.policies.current(direction), stanza, direction)
         if problem is not None:
             log.error("policy for {direction} failed on a stanza: {problem!r}", direction=str(direction), problem=problem)
+        self._act(judgement, Ticket(stanza, addressed.pair, size, direction, generation))
+
+    def _act(self, judgement, ticket):
+        """Do what ``judgement`` (of the stanza ``ticket`` keeps) says."""
+        stanza, direction = ticket.stanza, ticket.direction
         if judgement.verdict is Verdict.PASS:
-            self._forward(destination, addressed.pair, Parcel(judgement.stanza, stanza))
+            if self._recorded_pass(judgement, ticket):
+                self._forward(direction.destination, ticket.pair, Parcel(judgement.stanza, stanza, ticket, ticket.size))
         elif judgement.verdict is Verdict.BOUNCE:
             self._bounce(stanza, judgement.condition or "not-allowed", judgement.text,
                          judgement.rule_id, judgement.rule_rev, direction)
         elif judgement.verdict is Verdict.REFER:
-            self._refer(stanza, judgement, destination, addressed, direction)
+            self._refer(judgement, ticket)
         else:
             self._drop(stanza, judgement.rule_id, judgement.rule_rev, direction, judgement.text)
 
-    def _refer(self, stanza, judgement, destination, addressed, direction):
-        """Ask the release authority; release forwards (the answer's stanza), anything else drops."""
+    def _judge_again(self, ticket):
+        """Judge the accepted stanza of ``ticket`` by the policy in force now: (judgement, renewed ticket)."""
+        renewed = replace(ticket, generation=self.policies.generation)
+        judgement, problem = judge_fail_closed(self.policies.current(ticket.direction), ticket.stanza, ticket.direction)
+        if problem is not None:
+            log.error("policy for {direction} failed on a stanza judged again: {problem!r}",
+                      direction=str(ticket.direction), problem=problem)
+        return judgement, renewed
+
+    def judged_again(self, parcel):
+        """
+        ``parcel`` as the policy in force now lets it leave, or None when it no
+        longer may (then it is settled here: bounced, dropped or referred).
+        A parcel judged under the policies in force, or one of our own
+        bounces, is returned as it is.
+        """
+        ticket = parcel.ticket
+        if ticket is None or ticket.generation == self.policies.generation:
+            return parcel
+        judgement, renewed = self._judge_again(ticket)
+        if judgement.verdict is Verdict.PASS:
+            if not self._recorded_pass(judgement, renewed):
+                return None
+            return Parcel(judgement.stanza, renewed.stanza, renewed, renewed.size)
+        self._act(judgement, renewed)
+        return None
+
+    def _recorded_pass(self, judgement, ticket) -> bool:
+        """With an audit trail of every decision, record the pass; False when it cannot be and the guard stops."""
+        if not getattr(self.audit, "records_passes", False):
+            return True
+        if self._audit("pass", ticket.stanza, judgement.rule_id, judgement.rule_rev, ticket.direction):
+            return True
+        if self.stop_on_audit_failure:
+            self._bounce(ticket.stanza, "service-unavailable", guard_text("service-unavailable"), "guard:halted")
+            return False
+        return True
+
+    def _refer(self, judgement, ticket):
+        """
+        Ask the release authority.  A release forwards the stanza the policy
+        judged; a stanza the authority changed is judged by the policy again
+        and leaves only as the policy lets it (pass, or refer: the authority
+        already answered for it).  A busy authority bounces
+        (resource-constraint); anything else drops.  While waiting, the
+        stanza counts in the bytes the guard holds.
+        """
+        stanza, direction = ticket.stanza, ticket.direction
         if self.release_authority is None:
             self._drop(stanza, judgement.rule_id, judgement.rule_rev, direction,
                        "refer: no release authority (High Assurance Guard) is configured")
             return
+        self.count_held(ticket.size)
 
         def decided(release):
-            if release is not None and release.released and release.stanza is not None:
-                self._forward(destination, addressed.pair, Parcel(release.stanza, stanza))
-            else:
+            self.count_freed(ticket.size)
+            if release is not None and getattr(release, "busy", False):
+                self._bounce(stanza, "resource-constraint", guard_text("resource-constraint"),
+                             judgement.rule_id, judgement.rule_rev, direction, detail=release.reason)
+                return
+            if release is None or not release.released or release.stanza is None:
                 reason = release.reason if release is not None else "no answer"
                 self._drop(stanza, judgement.rule_id, judgement.rule_rev, direction, f"refer: {reason}")
+                return
+            if ticket.generation != self.policies.generation:
+                # The policies were reloaded while the authority decided: the new one judges from the start.
+                self._act(*self._judge_again(ticket))
+                return
+            leaving = release.stanza
+            if leaving is not judgement.stanza:
+                again, problem = judge_fail_closed(self.policies.current(direction), leaving, direction)
+                if problem is not None or again.verdict not in (Verdict.PASS, Verdict.REFER):
+                    self._drop(stanza, again.rule_id, again.rule_rev, direction,
+                               "refer: the policy refuses the stanza as the release authority changed it")
+                    return
+                leaving = again.stanza
+            if self._recorded_pass(judgement, ticket):
+                self._forward(direction.destination, ticket.pair, Parcel(leaving, stanza, ticket, ticket.size))
 
         def failed(failure):  # the authority client never errbacks; if it ever does, drop
             log.error("release authority failed: {f}", f=failure.getErrorMessage())
@@ -145,6 +257,8 @@ class Relay:
             # still go out within the shutdown grace.
             self.undeliverable(parcel, "remote-server-timeout", "the guard is stopping")
             return
+        if parcel.original is None and not parcel.size:
+            parcel = replace(parcel, size=bounce_bytes(parcel.stanza))
         key = (side_name,) + pair
         link = self.links.get(key)
         if link is None:
@@ -155,19 +269,29 @@ class Relay:
         if parcel.original is not None:
             self.books.deliver()
 
-    def undeliverable(self, parcel, condition, text):
-        """A parcel could not be delivered: bounce what it settles; our own bounces just end."""
+    def undeliverable(self, parcel, condition, detail):
+        """
+        A parcel could not be delivered: bounce what it settles with the
+        guard's own text for ``condition``; our own bounces just end.
+        ``detail`` may hold what a far server said: it goes to the log and the
+        audit trail (bounded, escaped), never into the bounce.
+        """
+        detail = peer_detail(detail)
         if parcel.original is None:
-            log.info("bounce to {to} undeliverable: {text}", to=parcel.stanza.getAttribute("to"), text=text)
+            log.info("bounce to {to} undeliverable: {detail}", to=parcel.stanza.getAttribute("to"), detail=detail)
             return
-        self._bounce(parcel.original, condition, text, f"guard:{condition}")
+        self._bounce(parcel.original, condition, guard_text(condition), f"guard:{condition}", detail=detail)
 
-    def _bounce(self, stanza, condition, text, rule_id, rule_rev=1, direction=None):
+    def _bounce(self, stanza, condition, text, rule_id, rule_rev=1, direction=None, detail=None):
+        """Bounce ``stanza`` with ``text``, which is the guard's constant or the policy rule's (never a peer's);
+        ``detail`` (a peer's words, escaped) is audited only."""
+        extra = {} if detail is None else {"detail": peer_detail(detail)}
         if not may_bounce(stanza):
-            self._drop(stanza, rule_id, rule_rev, direction, f"not bounced ({condition}): errors and results never are")
+            self._drop(stanza, rule_id, rule_rev, direction, f"not bounced ({condition}): errors and results never are",
+                       **extra)
             return
         self.books.bounce(rule_id)
-        self._audit("bounce", stanza, rule_id, rule_rev, direction, condition=condition, text=text)
+        self._audit("bounce", stanza, rule_id, rule_rev, direction, condition=condition, text=text, **extra)
         reply = error_reply(stanza, condition, text)
         sender = parse_jid(stanza.getAttribute("from"))
         recipient = parse_jid(stanza.getAttribute("to"))
@@ -176,11 +300,12 @@ class Relay:
             return
         self._forward(side_name, (recipient.host, sender.host), Parcel(reply, None))
 
-    def _drop(self, stanza, rule_id, rule_rev, direction, text=None):
+    def _drop(self, stanza, rule_id, rule_rev, direction, text=None, **extra):
         self.books.drop(rule_id)
-        self._audit("drop", stanza, rule_id, rule_rev, direction, text=text)
+        self._audit("drop", stanza, rule_id, rule_rev, direction, text=text, **extra)
 
-    def _audit(self, event, stanza, rule_id, rule_rev, direction, **extra):
+    def _audit(self, event, stanza, rule_id, rule_rev, direction, **extra) -> bool:
+        """Write one audit record; False (and, if so configured, the guard stops relaying) when it cannot be."""
         try:
             self.audit.record(
                 event,
@@ -199,24 +324,48 @@ class Relay:
             if self.stop_on_audit_failure and self.halted_reason is None:
                 self.halted_reason = f"audit trail unavailable: {problem}"
                 log.critical("the guard stops relaying: {reason}", reason=self.halted_reason)
+            return False
+        return True
 
     # -- back-pressure ----------------------------------------------------------
 
-    def hold_senders(self, sender, receiver):
-        """Stop reading every inbound stream that carries (sender, receiver): the far server is not reading."""
+    def hold_senders(self, sender, receiver, reason=None):
+        """Stop reading every inbound stream that carries (sender, receiver): the far server is not reading
+        (or, with another ``reason``, its stream is still being set up and its queue is full)."""
         side = self.sides.get(self.topology.side_of(sender))
         if side is None:
             return
         for stream in list(side.inbound_streams):
             if (sender, receiver) in stream.authenticated_pairs:
-                stream.hold(f"congested {sender}->{receiver}")
+                stream.hold(reason or f"congested {sender}->{receiver}")
 
-    def release_senders(self, sender, receiver):
+    def release_senders(self, sender, receiver, reason=None):
         side = self.sides.get(self.topology.side_of(sender))
         if side is None:
             return
         for stream in list(side.inbound_streams):
-            stream.release(f"congested {sender}->{receiver}")
+            stream.release(reason or f"congested {sender}->{receiver}")
+
+    def count_held(self, amount):
+        """Count bytes the guard now holds; at the budget, stop reading every inbound stream."""
+        if self.held.take(amount):
+            log.warn("holding {held} bytes of stanzas (budget {budget}): reading stops",
+                     held=self.held.held, budget=self.held.budget)
+            for side in self.sides.values():
+                self._hold_inbound(side.inbound_streams)
+
+    def count_freed(self, amount):
+        """Count bytes the guard no longer holds; at the low-water mark, read every inbound stream again."""
+        if self.held.give(amount):
+            log.info("holding {held} bytes of stanzas: reading resumes", held=self.held.held)
+            for side in self.sides.values():
+                for stream in list(side.inbound_streams):
+                    stream.release(MEMORY_HOLD)
+
+    @staticmethod
+    def _hold_inbound(streams):
+        for stream in list(streams):
+            stream.hold(MEMORY_HOLD)
 
     # -- shutdown -------------------------------------------------------------
 
@@ -251,6 +400,7 @@ class Relay:
     def status(self) -> dict:
         return {
             "books": self.books.summary(),
+            "held_bytes": self.held.summary(),
             "halted": self.halted_reason,
             "links": {
                 f"{side}:{sender}->{receiver}": link.describe()
@@ -289,10 +439,37 @@ class DialbackVerification:
         pass
 
 
+def bounce_bytes(reply) -> int:
+    """What one of our own bounces counts for in byte bounds: its addresses and id, and a constant for the rest."""
+    return BOUNCE_BYTES + sum(len(reply.getAttribute(name) or "") for name in ("from", "to", "id"))
+
+
+class LinkState(enum.Enum):
+    """Where an outbound link is: no stream, a stream being set up (stanzas wait), a stream ready (write-through)."""
+
+    IDLE = "idle"
+    CONNECTING = "connecting"
+    READY = "ready"
+
+
 class OutboundLink:
     """
-    The outbound path for one (side, sender domain, receiver domain): a
-    bounded queue while a stream is being set up, then write-through.
+    The outbound path for one (side, sender domain, receiver domain): a queue
+    bounded in stanzas and in bytes while a stream is being set up, then
+    write-through.
+
+    ==========  ==================  ==========================================
+    state       event               effect
+    ==========  ==================  ==========================================
+    IDLE        stanza              queue it, open a stream -> CONNECTING
+    CONNECTING  stanza              queue it; at the queue's bound hold the
+                                    streams that feed this pair; past twice
+                                    the bound bounce it (resource-constraint)
+    CONNECTING  stream ready        send the queue, release holds -> READY
+    CONNECTING  stream failed       bounce the queue, release holds -> IDLE
+    READY       stanza              send it
+    READY       stream lost         -> IDLE, or CONNECTING if stanzas wait
+    ==========  ==================  ==========================================
     """
 
     def __init__(self, relay, side, sender, receiver):
@@ -301,28 +478,66 @@ class OutboundLink:
         self.sender = sender
         self.receiver = receiver
         self.queue: deque[Parcel] = deque()
+        self.queued_bytes = 0
         self.stream = None
-        self.state = "idle"  # idle -> connecting -> ready -> idle
+        self.state = LinkState.IDLE
+        self.holding = False
         self.connects = 0
         self.failures = 0
 
+    @property
+    def hold_reason(self) -> str:
+        return f"waiting for {self.sender}->{self.receiver}"
+
     def describe(self):
-        return {"state": self.state, "queued": len(self.queue), "connects": self.connects, "failures": self.failures}
+        return {"state": self.state.value, "queued": len(self.queue), "queued_bytes": self.queued_bytes,
+                "holding": self.holding, "connects": self.connects, "failures": self.failures}
 
     def enqueue(self, parcel):
-        if self.state == "ready":
+        if self.state is LinkState.READY:
             self._send(parcel)
             return
-        if len(self.queue) >= self.side.limits.outbound_queue:
-            self.relay.undeliverable(parcel, "remote-server-timeout", "too many stanzas waiting for this server")
+        limits = self.side.limits
+        if (len(self.queue) >= 2 * limits.outbound_queue
+                or self.queued_bytes + parcel.size > 2 * limits.outbound_queue_bytes):
+            self.relay.undeliverable(parcel, "resource-constraint", "the queue for this server is full")
             return
-        self.queue.append(parcel)
-        if self.state == "idle":
+        self._push(parcel)
+        if self.state is LinkState.IDLE:
             self._connect()
+        if self.state is LinkState.CONNECTING and (len(self.queue) >= limits.outbound_queue
+                                                   or self.queued_bytes >= limits.outbound_queue_bytes):
+            # At every stanza past the bound, so that a feeder that was not held yet (a new stream) is held too.
+            self.holding = True
+            self.relay.hold_senders(self.sender, self.receiver, self.hold_reason)
+
+    def _push(self, parcel):
+        self.queue.append(parcel)
+        self.queued_bytes += parcel.size
+        self.relay.count_held(parcel.size)
+
+    def _pop(self):
+        parcel = self.queue.popleft()
+        self.queued_bytes -= parcel.size
+        self.relay.count_freed(parcel.size)
+        return parcel
+
+    def _release_holds(self):
+        if self.holding:
+            self.holding = False
+            self.relay.release_senders(self.sender, self.receiver, self.hold_reason)
 
     def _send(self, parcel):
+        parcel = self.relay.judged_again(parcel)
+        if parcel is None:
+            return
         try:
             self.stream.send(parcel.stanza)
+        except OversizedStanza as problem:
+            log.info("a stanza for {receiver} is too large once serialised: {problem}", receiver=self.receiver,
+                     problem=str(problem))
+            self.relay.undeliverable(parcel, "policy-violation", str(problem))
+            return
         except Exception as problem:  # noqa: BLE001 - a stanza that cannot be written is not delivered
             log.error("could not serialise a stanza for {receiver}: {problem!r}", receiver=self.receiver, problem=problem)
             self.relay.undeliverable(parcel, "internal-server-error", "the stanza could not be sent")
@@ -334,11 +549,11 @@ class OutboundLink:
         if route is None:
             self.stream_failed(None, "remote-server-not-found", f"no route to {self.receiver}")
             return
-        self.state = "connecting"
+        self.state = LinkState.CONNECTING
         self.connects += 1
         self.stream = None
         stream = self.relay.open_stream(self, self.side, self.sender, self.receiver, route)
-        if self.state == "connecting" and self.stream is None:
+        if self.state is LinkState.CONNECTING and self.stream is None:
             self.stream = stream
 
     # -- owner calls from OutboundStream ---------------------------------
@@ -347,18 +562,20 @@ class OutboundLink:
         if stream is not self.stream:
             stream.close_idle()
             return
-        self.state = "ready"
-        while self.queue and self.state == "ready":
-            self._send(self.queue.popleft())
+        self.state = LinkState.READY
+        while self.queue and self.state is LinkState.READY:
+            self._send(self._pop())
+        self._release_holds()
 
     def stream_failed(self, stream, condition, text):
         if self.stream is not None and stream is not self.stream:
             return
         self.failures += 1
         self.stream = None
-        self.state = "idle"
-        log.info("outbound {sender}->{receiver} failed ({condition}): {text}; bouncing {n} waiting",
-                 sender=self.sender, receiver=self.receiver, condition=condition, text=text, n=len(self.queue))
+        self.state = LinkState.IDLE
+        log.info("outbound {sender}->{receiver} failed ({condition}): {detail}; bouncing {n} waiting",
+                 sender=self.sender, receiver=self.receiver, condition=condition, detail=peer_detail(text),
+                 n=len(self.queue))
         self.give_up(condition, text)
 
     def stream_lost(self, stream):
@@ -366,21 +583,25 @@ class OutboundLink:
             return
         self.relay.release_senders(self.sender, self.receiver)
         self.stream = None
-        self.state = "idle"
+        self.state = LinkState.IDLE
         if self.queue:
             self._connect()
 
     def bounce_waiting(self, condition, text):
         """Bounce every accepted stanza waiting here; our own bounces stay queued for the stream being set up."""
-        waiting = self.queue
-        self.queue = deque(parcel for parcel in waiting if parcel.original is None)
+        waiting = [self._pop() for _ in range(len(self.queue))]
+        for parcel in waiting:
+            if parcel.original is None:
+                self._push(parcel)
+        self._release_holds()
         for parcel in waiting:
             if parcel.original is not None:
                 self.relay.undeliverable(parcel, condition, text)
 
     def give_up(self, condition, text):
         """Bounce or abandon everything waiting: the stream will not come."""
-        waiting, self.queue = self.queue, deque()
+        waiting = [self._pop() for _ in range(len(self.queue))]
+        self._release_holds()
         for parcel in waiting:
             self.relay.undeliverable(parcel, condition, text)
 

@@ -30,12 +30,18 @@ client endpoint string such as ``unix:path=/run/guard/release.sock`` or
 A timeout, a refused or failed connection, a closed socket, an oversized or
 garbled answer, an answer to another id, or an audit trail that cannot be
 written: each means *deny*, with an audit record.  ``ask`` never errbacks.
+
+At most ``max_pending`` questions are open at once; up to ``max_waiting``
+more wait their turn, and the timeout counts from ``ask``, waiting included.
+Beyond both, a question is not asked: the answer is a denial marked ``busy``
+(the relay bounces it with ``resource-constraint``).
 """
 
 from __future__ import annotations
 
 import json
 import secrets
+from collections import deque
 from dataclasses import dataclass
 
 from twisted.internet import defer
@@ -66,6 +72,7 @@ class Release:
     released: bool
     stanza: domish.Element | None
     reason: str
+    busy: bool = False  # not asked: too many questions open and waiting
 
 
 def request_frame(request_id: str, stanza, direction, rule_id: str) -> bytes:
@@ -182,38 +189,88 @@ class _Question(Protocol):
 class ReleaseAuthority:
     """Asks the release authority at ``endpoint``; every failure is a denial, audited."""
 
-    def __init__(self, endpoint, clock, audit, timeout: float = 5.0):
+    def __init__(self, endpoint, clock, audit, timeout: float = 5.0, max_pending: int = 16, max_waiting: int = 256):
         self.endpoint = endpoint
         self.clock = clock
         self.audit = audit
         self.timeout = timeout
+        self.max_pending = max_pending
+        self.max_waiting = max_waiting
+        self.pending = 0  # questions open now
+        self.waiting: deque = deque()  # (start, result) of questions waiting for a turn
         self.asked = 0
         self.released = 0
         self.denied = 0
+        self.busy = 0
 
     @classmethod
-    def at(cls, reactor, description: str, audit, timeout: float = 5.0) -> "ReleaseAuthority":
+    def at(cls, reactor, description: str, audit, timeout: float = 5.0, max_pending: int = 16,
+           max_waiting: int = 256) -> "ReleaseAuthority":
         """The authority at a Twisted client endpoint string (``unix:path=...``, ``tcp:host=...:port=...``);
         ValueError when the string is not one."""
         from twisted.internet.endpoints import clientFromString
 
         if timeout <= 0:
             raise ValueError("the release timeout must be greater than zero")
-        return cls(clientFromString(reactor, description), reactor, audit, timeout)
+        if max_pending < 1 or max_waiting < 0:
+            raise ValueError("max_pending must be at least 1 and max_waiting at least 0")
+        return cls(clientFromString(reactor, description), reactor, audit, timeout, max_pending, max_waiting)
 
     def describe(self) -> dict:
-        return {"asked": self.asked, "released": self.released, "denied": self.denied, "timeout": self.timeout}
+        return {"asked": self.asked, "released": self.released, "denied": self.denied, "timeout": self.timeout,
+                "pending": self.pending, "waiting": len(self.waiting), "busy": self.busy,
+                "max_pending": self.max_pending, "max_waiting": self.max_waiting}
 
     def ask(self, stanza, direction, rule_id: str) -> defer.Deferred:
         """A Deferred firing with a Release; it never errbacks."""
         result = defer.Deferred()
-        try:
-            self._ask(stanza, direction, rule_id, result)
-        except Exception as problem:  # noqa: BLE001 - fail closed on anything
-            self._settle(result, stanza, direction, rule_id, Release(False, None, f"could not ask: {problem!r}"))
+        if self.pending >= self.max_pending and len(self.waiting) >= self.max_waiting:
+            self.busy += 1
+            self._settle(result, stanza, direction, rule_id,
+                         Release(False, None, "too many questions open and waiting for the release authority",
+                                 busy=True))
+            return result
+        timer = None
+
+        def timed_out_waiting():
+            if entry in self.waiting:
+                self.waiting.remove(entry)
+            self._settle(result, stanza, direction, rule_id,
+                         Release(False, None, f"no answer within {self.timeout}s (never asked: waiting for a turn)"))
+
+        def start():
+            if timer is not None and timer.active():
+                timer.cancel()
+            remaining = deadline - self.clock.seconds()
+            if remaining <= 0:  # its time ran out while it waited: never asked
+                timed_out_waiting()
+                return
+            self.pending += 1
+            result.addBoth(self._question_done)
+            try:
+                self._ask(stanza, direction, rule_id, result, remaining)
+            except Exception as problem:  # noqa: BLE001 - fail closed on anything
+                self._settle(result, stanza, direction, rule_id, Release(False, None, f"could not ask: {problem!r}"))
+
+        deadline = self.clock.seconds() + self.timeout
+        if self.pending < self.max_pending:
+            start()
+        else:
+            entry = (start, result)
+            timer = self.clock.callLater(self.timeout, timed_out_waiting)
+            self.waiting.append(entry)
         return result
 
-    def _ask(self, stanza, direction, rule_id, result):
+    def _question_done(self, outcome):
+        """An open question settled: give the next waiting one its turn."""
+        self.pending -= 1
+        while self.waiting and self.pending < self.max_pending:
+            start, result = self.waiting.popleft()
+            if not result.called:
+                start()
+        return outcome
+
+    def _ask(self, stanza, direction, rule_id, result, timeout):
         self.asked += 1
         request_id = secrets.token_hex(16)
         frame = request_frame(request_id, stanza, direction, rule_id)
@@ -250,7 +307,7 @@ class ReleaseAuthority:
 
         question = _Question(frame, answered)
         factory = Factory.forProtocol(lambda: question)
-        state["timer"] = self.clock.callLater(self.timeout, timed_out)
+        state["timer"] = self.clock.callLater(timeout, timed_out)
         attempt = state["attempt"] = self.endpoint.connect(factory)
         attempt.addCallbacks(connected, failed)
 

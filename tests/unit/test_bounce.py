@@ -41,3 +41,24 @@ def test_errors_and_results_are_never_bounced():
     request["type"] = "get"
     assert may_bounce(request)
     assert may_bounce(message(type="chat"))
+
+
+def test_every_condition_the_guard_bounces_with_has_its_own_constant_text():
+    """Each condition the relay uses for its own bounces maps to a fixed text; unknown ones to a fixed default."""
+    from guard.core.bounce import DEFAULT_GUARD_TEXT, ERROR_TYPES, GUARD_TEXTS, guard_text
+
+    for condition in ("internal-server-error", "policy-violation", "remote-server-not-found",
+                      "remote-server-timeout", "resource-constraint", "service-unavailable"):
+        assert guard_text(condition) == GUARD_TEXTS[condition]
+        assert condition in ERROR_TYPES
+    assert guard_text("conflict") == DEFAULT_GUARD_TEXT
+
+
+def test_peer_detail_is_bounded_and_escaped():
+    """A peer's text for the log and audit is cut to 512 characters and shows control and format characters escaped."""
+    from guard.core.bounce import peer_detail
+
+    assert peer_detail("got <x/>\n\u202eevil\x00") == "got <x/>\\n\\u202eevil\\x00"
+    long = peer_detail("a" * 10_000)
+    assert long == "a" * 512 + "..."
+    assert peer_detail(None) == ""

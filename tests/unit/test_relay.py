@@ -24,13 +24,13 @@ BLUE_TO_RED = Direction("blue", "red")
 class StandInStream:
     """Records the stanzas an outbound link writes to it."""
 
-    def __init__(self, log, owner, side, sender, receiver, route, purpose):
-        self.log, self.owner = log, owner
+    def __init__(self, log, owner, side, sender, receiver, route, purpose, max_bytes=None):
+        self.log, self.owner, self.max_bytes = log, owner, max_bytes
         self.key = (side.name, sender, receiver)
         log.append(("open", side.name, sender, receiver, route, purpose))
 
     def send(self, stanza):
-        self.log.append(("send", self.key, serialise(stanza)))
+        self.log.append(("send", self.key, serialise(stanza, max_bytes=self.max_bytes)))
 
     def close_for_shutdown(self):
         self.log.append(("close", self.key))
@@ -40,13 +40,15 @@ class StandInStream:
 
 
 class RecordingAudit:
-    def __init__(self, fail=False):
-        self.records, self.fail = [], fail
+    def __init__(self, fail=False, records_passes=False):
+        self.records, self.fail, self.records_passes = [], fail, records_passes
+        self.fields = []
 
     def record(self, event, **fields):
         if self.fail:
             raise AuditUnavailable("disk full")
         self.records.append((event, fields["rule"], fields["sender"], fields["recipient"]))
+        self.fields.append(fields)
 
 
 class Policy:
@@ -73,8 +75,9 @@ def parse(xml):
 
 
 class World:
-    def __init__(self, policy=None, limits=None, audit=None):
+    def __init__(self, policy=None, limits=None, audit=None, max_bytes=None):
         self.log = []
+        self.max_bytes = max_bytes
         self.books = Books()
         self.audit = audit or RecordingAudit()
         self.streams = {}
@@ -86,23 +89,26 @@ class World:
             self.relay.add_side(make_side(name, clock, relay=self.relay, routes=routes[name], limits=limits))
 
     def open_stream(self, owner, side, sender, receiver, route, purpose="relay", verify=None):
-        stream = StandInStream(self.log, owner, side, sender, receiver, route, purpose)
+        stream = StandInStream(self.log, owner, side, sender, receiver, route, purpose, self.max_bytes)
         self.streams[stream.key] = stream
         return stream
 
-    def arrive(self, xml, side="red"):
+    def arrive(self, xml, side="red", size=100):
         stanza = parse(xml)
         pairs = {("red.example", "blue.example")} if side == "red" else {("blue.example", "red.example")}
         addressed = check_addressing(stanza, pairs, TOPOLOGY.fronted_on(side))
-        self.relay.stanza_received(self.relay.sides[side], stanza, addressed, 100)
+        self.relay.stanza_received(self.relay.sides[side], stanza, addressed, size)
 
     def ready(self, side, sender, receiver):
         stream = self.streams[(side, sender, receiver)]
         stream.owner.stream_ready(stream)
 
-    def fail(self, side, sender, receiver, condition="remote-server-not-found"):
+    def fail(self, side, sender, receiver, condition="remote-server-not-found", text="refused"):
         stream = self.streams[(side, sender, receiver)]
-        stream.owner.stream_failed(stream, condition, "refused")
+        stream.owner.stream_failed(stream, condition, text)
+
+    def sent(self):
+        return [entry for entry in self.log if entry[0] == "send"]
 
 
 MESSAGE = "<message from='romeo@red.example/a' to='juliet@blue.example' id='{id}'><body>{body}</body></message>"
@@ -172,16 +178,16 @@ def test_failed_outbound_stream_bounces_every_waiting_stanza_but_not_errors():
     assert world.log[-1] == ("open", "red", "blue.example", "red.example", ("127.0.1.1", 5269), "relay")
 
 
-def test_full_queue_bounces_the_overflow_with_remote_server_timeout():
-    """Beyond outbound_queue waiting stanzas, each further one is bounced at once."""
+def test_a_queue_past_twice_its_bound_bounces_the_overflow_with_resource_constraint():
+    """Past twice outbound_queue waiting stanzas (what arrives after the feeders were held), each further one is bounced."""
     world = World(limits=Limits(outbound_queue=2))
-    for number in range(4):
+    for number in range(6):
         world.arrive(MESSAGE.format(id=f"m{number}", body="wait"))
     assert [record[:2] for record in world.audit.records] == [
-        ("bounce", "guard:remote-server-timeout"), ("bounce", "guard:remote-server-timeout"),
+        ("bounce", "guard:resource-constraint"), ("bounce", "guard:resource-constraint"),
     ]
     world.ready("blue", "red.example", "blue.example")
-    assert (world.books.delivered, world.books.bounced, world.books.in_flight) == (2, 2, 0)
+    assert (world.books.delivered, world.books.bounced, world.books.in_flight) == (4, 2, 0)
 
 
 def test_unreachable_stanza_to_an_unrouted_domain_bounces():
@@ -232,16 +238,21 @@ def test_books_balance_after_a_mixed_blast_with_faults():
 
 
 class HeldStream:
-    """An inbound stream stand-in that records holds and releases."""
+    """An inbound stream stand-in that records each reason it is held for and released from, as InboundStream
+    keeps them (a set: holding twice for one reason is one hold; releasing a reason not held does nothing)."""
 
     def __init__(self, log, pairs):
-        self.log, self.authenticated_pairs = log, set(pairs)
+        self.log, self.authenticated_pairs, self.held = log, set(pairs), set()
 
     def hold(self, reason):
-        self.log.append(("hold", tuple(sorted(self.authenticated_pairs)), reason))
+        if reason not in self.held:
+            self.held.add(reason)
+            self.log.append(("hold", tuple(sorted(self.authenticated_pairs)), reason))
 
     def release(self, reason):
-        self.log.append(("release", tuple(sorted(self.authenticated_pairs)), reason))
+        if reason in self.held:
+            self.held.discard(reason)
+            self.log.append(("release", tuple(sorted(self.authenticated_pairs)), reason))
 
 
 def test_congested_outbound_stream_holds_the_streams_that_feed_it():
@@ -350,3 +361,347 @@ def test_release_answered_during_shutdown_is_bounced_not_sent():
     assert not any(entry[0] == "open" and entry[1] == "blue" for entry in world.log)
     assert world.books.summary()["bounce_reasons"] == {"guard:remote-server-timeout": 1}
     assert world.books.balanced()
+
+
+# -- what a far server says never reaches a bounce (issue 8 item 2) -----------
+
+MARKER = "FAR-SIDE-MARKER"
+
+
+def test_a_stream_failure_text_never_reaches_any_bounce():
+    """The far server's words in a stream failure go to the audit (escaped) only; every bounce carries the guard's text."""
+    world = World()
+    for number in range(3):
+        world.arrive(MESSAGE.format(id=f"m{number}", body="hello"))
+    world.fail("blue", "red.example", "blue.example", "remote-server-not-found",
+               f"expected blue.example, got {MARKER}\n<forged/>\u202e")
+    world.ready("red", "blue.example", "red.example")
+    bounces = world.sent()
+    assert len(bounces) == 3
+    for _, _, xml in bounces:
+        assert MARKER not in xml
+        assert ('<text xmlns="urn:ietf:params:xml:ns:xmpp-stanzas">'
+                'the guard could not reach the receiving server</text>') in xml
+    details = [fields["detail"] for fields in world.audit.fields]
+    assert details == ["expected blue.example, got FAR-SIDE-MARKER\\n<forged/>\\u202e"] * 3
+    assert all(MARKER not in (fields["text"] or "") for fields in world.audit.fields)
+
+
+def test_a_link_failure_text_passed_to_undeliverable_never_reaches_the_bounce():
+    """Whatever text comes with an undeliverable parcel (the pair link's too), the bounce carries the guard's text."""
+    from guard.edges.relay import Parcel
+
+    world = World()
+    stanza = parse(MESSAGE.format(id="m1", body="hello"))
+    world.relay.undeliverable(Parcel(stanza, stanza), "remote-server-timeout", f"peer said {MARKER}")
+    world.ready("red", "blue.example", "red.example")
+    (_, _, xml), = world.sent()
+    assert MARKER not in xml and "the guard could not deliver this stanza in time" in xml
+
+
+def test_a_stanza_too_large_once_serialised_is_bounced_not_delivered():
+    """A stanza that would exceed the far side's stanza_bytes once written is bounced with policy-violation."""
+    world = World(max_bytes=400)
+    world.arrive(MESSAGE.format(id="m1", body="x" * 400))
+    world.arrive(MESSAGE.format(id="m2", body="small"))
+    world.ready("blue", "red.example", "blue.example")
+    world.ready("red", "blue.example", "red.example")
+    sent = world.sent()
+    assert [key for _, key, _ in sent] == [("blue", "red.example", "blue.example"), ("red", "blue.example", "red.example")]
+    assert 'id="m2"' in sent[0][2]
+    assert 'id="m1"' in sent[1][2] and "<policy-violation " in sent[1][2] and "x" * 400 not in sent[1][2]
+    assert world.books.summary()["bounce_reasons"] == {"guard:policy-violation": 1}
+    assert (world.books.delivered, world.books.bounced, world.books.in_flight) == (1, 1, 0)
+
+
+# -- a burst into a cold guard waits, it is not bounced (issue 9 item 10) -----
+
+FEEDING = (("red.example", "blue.example"),)
+
+
+def flow_of(world, pairs=FEEDING):
+    return [entry for entry in world.log if entry[0] in ("hold", "release") and entry[1] == pairs]
+
+
+def test_a_burst_while_the_stream_is_set_up_holds_the_feeders_and_bounces_nothing():
+    """At outbound_queue waiting stanzas the streams feeding the pair stop being read; once up, all is delivered."""
+    world = World(limits=Limits(outbound_queue=3))
+    world.relay.sides["red"].inbound_streams.add(HeldStream(world.log, FEEDING[0:1]))
+    for number in range(5):  # two more arrive after the hold: what the last read had already brought
+        world.arrive(MESSAGE.format(id=f"m{number}", body="burst"))
+    assert flow_of(world) == [("hold", FEEDING, "waiting for red.example->blue.example")]
+    assert world.audit.records == []
+    world.ready("blue", "red.example", "blue.example")
+    assert len(world.sent()) == 5
+    assert flow_of(world) == [("hold", FEEDING, "waiting for red.example->blue.example"),
+                              ("release", FEEDING, "waiting for red.example->blue.example")]
+    assert (world.books.delivered, world.books.bounced, world.relay.held.held) == (5, 0, 0)
+
+
+def test_a_feeder_that_was_not_held_yet_is_held_at_its_first_stanza_past_the_bound():
+    """A stream that starts feeding the pair once its queue is full (a new stream) is held as soon as it sends."""
+    world = World(limits=Limits(outbound_queue=2))
+    for number in range(2):
+        world.arrive(MESSAGE.format(id=f"m{number}", body="burst"))
+    world.relay.sides["red"].inbound_streams.add(HeldStream(world.log, FEEDING[0:1]))
+    world.arrive(MESSAGE.format(id="m2", body="burst"))
+    assert flow_of(world) == [("hold", FEEDING, "waiting for red.example->blue.example")]
+    assert world.audit.records == []
+
+
+def test_a_queue_full_in_bytes_holds_the_feeders_and_bounces_past_twice_the_bytes():
+    """outbound_queue_bytes holds the feeders at the bound and bounces what would pass twice the bound."""
+    world = World(limits=Limits(outbound_queue=1000, outbound_queue_bytes=250))
+    world.relay.sides["red"].inbound_streams.add(HeldStream(world.log, FEEDING[0:1]))
+    for number in range(6):
+        world.arrive(MESSAGE.format(id=f"m{number}", body="burst"), size=100)
+    assert flow_of(world) == [("hold", FEEDING, "waiting for red.example->blue.example")]
+    assert [record[:2] for record in world.audit.records] == [("bounce", "guard:resource-constraint")]
+    assert world.relay.links[("blue", "red.example", "blue.example")].queued_bytes == 500
+
+
+def test_a_setup_that_fails_bounces_what_waited_and_releases_the_feeders():
+    """When the stream cannot be set up, everything waiting is bounced and the held feeders are read again."""
+    world = World(limits=Limits(outbound_queue=2))
+    world.relay.sides["red"].inbound_streams.add(HeldStream(world.log, FEEDING[0:1]))
+    for number in range(3):
+        world.arrive(MESSAGE.format(id=f"m{number}", body="burst"))
+    world.fail("blue", "red.example", "blue.example", "remote-server-timeout", "took too long")
+    assert flow_of(world)[-1] == ("release", FEEDING, "waiting for red.example->blue.example")
+    assert world.books.summary()["bounce_reasons"] == {"guard:remote-server-timeout": 3}
+    assert world.relay.held.held == sum(
+        link.queued_bytes for link in world.relay.links.values())  # only our own bounces are held now
+
+
+# -- the bytes the guard holds are bounded (issue 9 item 6) -------------------
+
+def test_over_the_memory_budget_no_inbound_stream_is_read_until_the_low_water_mark():
+    """At memory_budget_bytes held, every inbound stream on both sides is held; below 3/4 of it they are read again."""
+    world = World(limits=Limits(memory_budget_bytes=400))
+    red = HeldStream(world.log, FEEDING[0:1])
+    blue = HeldStream(world.log, [("blue.example", "red.example")])
+    world.relay.sides["red"].inbound_streams.add(red)
+    world.relay.sides["blue"].inbound_streams.add(blue)
+    for number in range(3):
+        world.arrive(MESSAGE.format(id=f"m{number}", body="held"), size=100)
+    assert [entry for entry in world.log if entry[0] == "hold"] == []
+    world.arrive(MESSAGE.format(id="m3", body="held"), size=100)
+    assert sorted(entry for entry in world.log if entry[0] == "hold") == [
+        ("hold", (("blue.example", "red.example"),), "memory budget"),
+        ("hold", FEEDING, "memory budget"),
+    ]
+    assert world.relay.held.summary() == {"held": 400, "peak": 400, "budget": 400, "over": True}
+    world.ready("blue", "red.example", "blue.example")
+    assert sorted(entry for entry in world.log if entry[0] == "release") == [
+        ("release", (("blue.example", "red.example"),), "memory budget"),
+        ("release", FEEDING, "memory budget"),
+    ]
+    assert world.relay.held.summary() == {"held": 0, "peak": 400, "budget": 400, "over": False}
+
+
+def test_a_stream_that_sends_while_over_the_budget_is_held_too():
+    """A stream that was not held when the budget was reached (a new one) is held at its first stanza."""
+    world = World(limits=Limits(memory_budget_bytes=100))
+    world.arrive(MESSAGE.format(id="m0", body="held"), size=100)
+    late = HeldStream(world.log, FEEDING[0:1])
+    world.relay.sides["red"].inbound_streams.add(late)
+    world.arrive(MESSAGE.format(id="m1", body="held"), size=100)
+    assert ("hold", FEEDING, "memory budget") in world.log
+
+
+def test_held_bytes_count_the_wire_size_and_return_to_zero_when_settled():
+    """Held bytes follow the parser's wire size of what waits, and every settled stanza gives its bytes back."""
+    world = World()
+    world.arrive(MESSAGE.format(id="m1", body="a"), size=1234)
+    world.arrive(MESSAGE.format(id="m2", body="b"), size=4321)
+    assert world.relay.held.held == 5555
+    world.fail("blue", "red.example", "blue.example")
+    world.ready("red", "blue.example", "red.example")
+    assert world.relay.held.held == 0 and world.relay.held.peak >= 5555
+
+
+# -- refers: capped, counted, and what leaves is what was judged (issue 9 item 9)
+
+class BodyPolicy:
+    """Refers 'secret' bodies, drops 'forbidden' ones, passes the rest as a new element named by the rule."""
+
+    def __init__(self, rule="pass-rest"):
+        self.rule = rule
+
+    def judge(self, stanza, direction):
+        body = str(stanza.body) if stanza.body else ""
+        if "secret" in body:
+            return Judgement.referred(stanza, "ask-the-hag", 4)
+        if "forbidden" in body:
+            return Judgement.dropped(stanza, "no-forbidden", 1)
+        return Judgement.passed(stanza, self.rule)
+
+
+class HeldAuthority:
+    """A release authority stand-in whose answers the test gives later, one Deferred per question."""
+
+    def __init__(self):
+        self.questions = []
+
+    def ask(self, stanza, direction, rule_id):
+        from twisted.internet import defer
+
+        answer = defer.Deferred()
+        self.questions.append((stanza, answer))
+        return answer
+
+
+def release_changed(world, body):
+    from guard.edges.release import Release
+
+    stanza, answer = world.relay.release_authority.questions.pop(0)
+    changed = parse(serialise(stanza).replace("<body>secret plans</body>", f"<body>{body}</body>"))
+    answer.callback(Release(True, changed, "released with changes"))
+
+
+def test_a_stanza_changed_by_the_authority_is_judged_again_and_refused_if_the_policy_refuses_it():
+    """A release-with-changes whose new content the policy drops does not leave; one it passes does."""
+    world = World(policy=BodyPolicy())
+    world.relay.release_authority = HeldAuthority()
+    world.arrive(MESSAGE.format(id="m1", body="secret plans"))
+    world.arrive(MESSAGE.format(id="m2", body="secret plans"))
+    release_changed(world, "forbidden words")
+    release_changed(world, "[redacted]")
+    world.ready("blue", "red.example", "blue.example")
+    assert [xml for _, _, xml in world.sent()] == [
+        '<message from="romeo@red.example/a" to="juliet@blue.example" id="m2"><body>[redacted]</body></message>']
+    assert world.audit.records == [("drop", "no-forbidden", "romeo@red.example/a", "juliet@blue.example")]
+    assert world.books.balanced()
+
+
+def test_stanzas_waiting_for_the_authority_count_in_the_held_bytes():
+    """While the authority decides, the stanza's wire size is held; the answer gives it back."""
+    from guard.edges.release import Release
+
+    world = World(policy=BodyPolicy())
+    world.relay.release_authority = HeldAuthority()
+    world.arrive(MESSAGE.format(id="m1", body="secret plans"), size=777)
+    assert world.relay.held.held == 777
+    _, answer = world.relay.release_authority.questions.pop(0)
+    answer.callback(Release(False, None, "denied"))
+    assert world.relay.held.held == 0
+
+
+def test_a_busy_authority_bounces_with_resource_constraint():
+    """A question the authority client refuses as busy bounces the stanza with resource-constraint and the guard's text."""
+    from guard.edges.release import Release
+
+    world = World(policy=BodyPolicy())
+    world.relay.release_authority = HeldAuthority()
+    world.arrive(MESSAGE.format(id="m1", body="secret plans"))
+    _, answer = world.relay.release_authority.questions.pop(0)
+    answer.callback(Release(False, None, f"too many questions {MARKER}", busy=True))
+    world.ready("red", "blue.example", "red.example")
+    (_, _, xml), = world.sent()
+    assert "<resource-constraint " in xml and "the guard is too busy to take this stanza now" in xml
+    assert MARKER not in xml
+    assert world.audit.records == [("bounce", "ask-the-hag", "romeo@red.example/a", "juliet@blue.example")]
+
+
+# -- reload: what was judged under the old policy is judged again (issue 9 item 15)
+
+def test_a_reload_judges_again_what_waits_for_a_stream():
+    """Stanzas queued under the old policy are judged by the new one before they leave: refused ones never leave."""
+    world = World(policy=BodyPolicy())
+    world.arrive(MESSAGE.format(id="m1", body="later"))
+    world.arrive(MESSAGE.format(id="m2", body="fine"))
+    world.relay.policies.swap(RED_TO_BLUE, DropEverything())
+    world.ready("blue", "red.example", "blue.example")
+    assert world.sent() == []
+    assert [record[:2] for record in world.audit.records] == [("drop", "drop-everything")] * 2
+    assert world.books.balanced() and world.relay.held.held == 0
+
+
+def test_a_reload_keeps_the_order_and_sends_what_the_new_policy_builds():
+    """What the new policy passes leaves as the new policy built it, in the order it arrived."""
+    world = World(policy=BodyPolicy())
+    world.arrive(MESSAGE.format(id="m1", body="one"))
+    world.arrive(MESSAGE.format(id="m2", body="two"))
+    world.relay.policies.swap(RED_TO_BLUE, Rebuilding())
+    world.ready("blue", "red.example", "blue.example")
+    assert [xml for _, _, xml in world.sent()] == [
+        '<message from="romeo@red.example/a" to="juliet@blue.example"><body>rebuilt one</body></message>',
+        '<message from="romeo@red.example/a" to="juliet@blue.example"><body>rebuilt two</body></message>',
+    ]
+
+
+def test_a_reload_judges_again_what_waits_for_the_authority():
+    """A stanza released after a reload is judged from the start by the new policy (here: dropped)."""
+    from guard.edges.release import Release
+
+    world = World(policy=BodyPolicy())
+    world.relay.release_authority = HeldAuthority()
+    world.arrive(MESSAGE.format(id="m1", body="secret plans"))
+    world.relay.policies.swap(RED_TO_BLUE, DropEverything())
+    stanza, answer = world.relay.release_authority.questions.pop(0)
+    answer.callback(Release(True, stanza, "released"))
+    assert not any(entry[0] == "open" and entry[1] == "blue" for entry in world.log)
+    assert world.audit.records == [("drop", "drop-everything", "romeo@red.example/a", "juliet@blue.example")]
+
+
+class DropEverything:
+    def judge(self, stanza, direction):
+        return Judgement.dropped(stanza, "drop-everything", 1)
+
+
+class Rebuilding:
+    """Passes a new message built from the original's addresses and body text."""
+
+    def judge(self, stanza, direction):
+        from twisted.words.xish import domish
+
+        built = domish.Element(("jabber:server", "message"))
+        built["from"], built["to"] = stanza["from"], stanza["to"]
+        built.addElement("body", content=f"rebuilt {stanza.body}")
+        return Judgement.passed(built, "rebuild")
+
+
+# -- an audit trail of every decision (issue 9 item 15) ------------------------
+
+def test_with_audit_level_all_every_pass_is_recorded():
+    """An audit trail that records passes gets one record per stanza let through, naming the rule."""
+    world = World(audit=RecordingAudit(records_passes=True))
+    world.arrive(MESSAGE.format(id="m1", body="hello"))
+    world.arrive(MESSAGE.format(id="m2", body="drop"))
+    assert world.audit.records == [("pass", "pass-rest", "romeo@red.example/a", "juliet@blue.example"),
+                                   ("drop", "no-drops", "romeo@red.example/a", "juliet@blue.example")]
+
+
+def test_with_audit_level_all_a_pass_that_cannot_be_recorded_does_not_leave():
+    """When the pass cannot be recorded the stanza is bounced (service-unavailable), and nothing is sent across."""
+    world = World(audit=RecordingAudit(fail=True, records_passes=True))
+    world.arrive(MESSAGE.format(id="m1", body="hello"))
+    assert world.books.delivered == 0 and world.books.summary()["bounce_reasons"] == {"guard:halted": 1}
+    assert not any(entry[0] == "open" and entry[1] == "blue" for entry in world.log)
+
+
+def test_a_refer_answered_after_the_audit_trail_closed_is_not_released_silently():
+    """A release that arrives once the trail is closed cannot be recorded: nothing crosses and the guard stops relaying."""
+    from guard.edges.audit import AuditLog
+    from guard.edges.release import ReleaseAuthority
+
+    class AnswerLater:
+        def __init__(self):
+            self.factories = []
+
+        def connect(self, factory):
+            from twisted.internet import defer
+
+            self.factories.append(factory)
+            return defer.Deferred()  # never connects: the answer comes from the timeout below
+
+    trail = AuditLog(None)
+    world = World(policy=ReferringPolicy(), audit=trail)
+    clock = world.relay.reactor
+    world.relay.release_authority = ReleaseAuthority(AnswerLater(), clock, trail, timeout=1.0)
+    world.arrive(MESSAGE.format(id="m1", body="secret plans"))
+    trail.close()
+    clock.advance(1.0)
+    assert world.books.balanced() and world.books.delivered == 0
+    assert world.relay.halted_reason is not None and "closed" in world.relay.halted_reason
+    assert not any(entry[0] == "open" and entry[1] == "blue" for entry in world.log)

@@ -230,6 +230,68 @@ def test_the_authority_is_named_by_an_endpoint_string():
 
     reactor = MemoryReactorClock()
     authority = ReleaseAuthority.at(reactor, "unix:path=/run/guard/release.sock", RecordingAudit(), timeout=2.0)
-    assert authority.describe() == {"asked": 0, "released": 0, "denied": 0, "timeout": 2.0}
+    assert authority.describe() == {"asked": 0, "released": 0, "denied": 0, "timeout": 2.0, "pending": 0,
+                                    "waiting": 0, "busy": 0, "max_pending": 16, "max_waiting": 256}
     with pytest.raises(ValueError):
         ReleaseAuthority.at(reactor, "carrier-pigeon:x", RecordingAudit())
+
+
+def capped(max_pending, max_waiting):
+    endpoint = MemoryEndpoint()
+    clock = Clock()
+    audit = RecordingAudit()
+    authority = ReleaseAuthority(endpoint, clock, audit, timeout=5.0, max_pending=max_pending, max_waiting=max_waiting)
+    return authority, endpoint, clock, audit
+
+
+def ask_capped(authority):
+    results = []
+    authority.ask(stanza(), Direction("red", "blue"), "refer-high").addBoth(results.append)
+    return results
+
+
+def test_no_more_than_max_pending_questions_are_open_and_the_next_waits_its_turn():
+    """With max_pending open, a further question waits without a connection and is asked when one is answered."""
+    authority, endpoint, _, _ = capped(max_pending=2, max_waiting=4)
+    first, second, third = ask_capped(authority), ask_capped(authority), ask_capped(authority)
+    assert len(endpoint.connections) == 2 and authority.describe()["waiting"] == 1
+    protocol, transport = endpoint.connections[0]
+    answer(protocol, json.loads(transport.value()), decision="deny")
+    assert not first[0].released and second == [] and third == []
+    assert len(endpoint.connections) == 3 and authority.describe()["pending"] == 2
+
+
+def test_beyond_max_waiting_a_question_is_refused_as_busy_and_audited():
+    """Past max_pending open and max_waiting waiting, ask answers at once: not released, busy, with an audit record."""
+    authority, endpoint, _, audit = capped(max_pending=1, max_waiting=1)
+    ask_capped(authority), ask_capped(authority)
+    refused = ask_capped(authority)
+    assert len(endpoint.connections) == 1
+    assert not refused[0].released and refused[0].busy
+    assert audit.entries == [("release-denied", "refer-high",
+                              "too many questions open and waiting for the release authority")]
+    assert authority.describe()["busy"] == 1
+
+
+def test_a_question_waiting_its_turn_times_out_from_when_it_was_asked():
+    """The timeout counts the wait for a turn: a question still waiting at the timeout is denied and never asked."""
+    authority, endpoint, clock, _ = capped(max_pending=1, max_waiting=1)
+    first, waiting = ask_capped(authority), ask_capped(authority)
+    clock.advance(3.0)
+    assert waiting == []
+    clock.advance(2.0)
+    assert not first[0].released and not waiting[0].released and "waiting for a turn" in waiting[0].reason
+    assert len(endpoint.connections) == 1 and authority.describe()["waiting"] == 0
+    assert authority.describe()["pending"] == 0
+
+
+def test_a_question_given_its_turn_late_has_only_the_rest_of_its_timeout():
+    """A question that waited 3 s of a 5 s timeout is denied 2 s after it was finally asked."""
+    authority, endpoint, clock, _ = capped(max_pending=1, max_waiting=1)
+    first, waiting = ask_capped(authority), ask_capped(authority)
+    clock.advance(3.0)
+    protocol, transport = endpoint.connections[0]
+    answer(protocol, json.loads(transport.value()), decision="deny")
+    assert len(endpoint.connections) == 2 and waiting == []
+    clock.advance(2.0)
+    assert not waiting[0].released and "no answer within" in waiting[0].reason
