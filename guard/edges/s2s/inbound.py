@@ -133,6 +133,13 @@ class InboundStream(MachinePlumbing, Protocol):
 
     # -- parser callbacks: classify, decide, feed the machine -----------
 
+    def _restart_stream(self):
+        """The peer opens a new stream (after STARTTLS or SASL): nothing of the old one is kept, not even our header."""
+        self._parser.stop()
+        self._new_parser()
+        self.stream_id = wire.new_stream_id()
+        self.header_sent = False
+
     def _new_parser(self):
         self._parser = StreamParser(self._on_header, self._on_element, self._on_end, self.side.limits.parser_limits())
 
@@ -348,9 +355,7 @@ class InboundStream(MachinePlumbing, Protocol):
         identity = self.side.identities[receiver]
         self.transport.write(wire.PROCEED)
         self.transport.startTLS(identity.server_options())
-        self._parser.stop()
-        self._new_parser()
-        self.stream_id = wire.new_stream_id()
+        self._restart_stream()
         self._start_timer("tls", self.side.limits.tls_timeout, "TLS negotiation took too long")
 
     @_machine.output()
@@ -373,9 +378,7 @@ class InboundStream(MachinePlumbing, Protocol):
     def _succeed_external(self, domain):
         self.authenticated_pairs.add((domain, self.first_header.attributes.get("to")))
         self.transport.write(wire.SASL_SUCCESS)
-        self._parser.stop()
-        self._new_parser()
-        self.stream_id = wire.new_stream_id()
+        self._restart_stream()
         log.info("inbound {peer}: {domain} authenticated by certificate", peer=self.peer_address, domain=domain)
 
     @_machine.output()

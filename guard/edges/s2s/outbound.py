@@ -105,6 +105,7 @@ class OutboundStream(MachinePlumbing, Protocol):
         self._authenticated = False
         self.is_ready = False
         self._server_proven = False
+        self.header_sent = False  # our header on the current stream (each restart sends a new one)
 
     # -- transport events -------------------------------------------------
 
@@ -150,6 +151,7 @@ class OutboundStream(MachinePlumbing, Protocol):
     def _open_stream(self):
         self._parser = StreamParser(self._on_header, self._on_element, self._on_end, self.side.limits.parser_limits())
         self.transport.write(wire.stream_header(self.sender, self.receiver))
+        self.header_sent = True
 
     def _on_header(self, header):
         refusal = refuse_outbound_header(header, self.receiver, previous=self.first_header)
@@ -493,6 +495,9 @@ class OutboundStream(MachinePlumbing, Protocol):
         log.info("outbound {sender}->{receiver}: closing with {condition}: {text}",
                  sender=self.sender, receiver=self.receiver, condition=condition, text=text)
         self._closing = True
+        if not self.header_sent:
+            self.transport.write(wire.stream_header(self.sender, self.receiver))
+            self.header_sent = True
         self.transport.write(wire.stream_error(condition, text) + wire.STREAM_CLOSE)
         self._close_transport()
 
