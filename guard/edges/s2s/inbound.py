@@ -28,6 +28,7 @@ from guard.edges.xmlstream import StreamFault, StreamParser
 from . import wire
 from .plumbing import MachinePlumbing
 from .decisions import Refusal, external_identity, refuse_dialback_request, refuse_inbound_header
+from .verification import UNREACHABLE, as_answer
 
 log = Logger()
 
@@ -300,6 +301,10 @@ class InboundStream(MachinePlumbing, Protocol):
         "The authoritative server denied the key, or could not be asked."
 
     @_machine.input()
+    def dialback_failed(self, sender, receiver, answer):
+        "The key could not be checked (authoritative server unreachable or silent, or a cap): an XEP-0220 error."
+
+    @_machine.input()
     def verify_requested(self, element):
         "A far server asks whether a key the guard issued is genuine."
 
@@ -396,18 +401,25 @@ class InboundStream(MachinePlumbing, Protocol):
     def _check_dialback(self, element):
         sender, receiver = element.getAttribute("from"), element.getAttribute("to")
         checking = self.side.relay.check_dialback(
-            self.side, sender, receiver, self.stream_id, _text_of(element).strip()
+            self.side, sender, receiver, self.stream_id, _text_of(element).strip(), asker=self
         )
+        if checking is None:
+            log.info("inbound {peer}: dialback for {sender} is already being checked", peer=self.peer_address,
+                     sender=sender)
+            return
 
-        def checked(valid):
-            if valid:
+        def checked(value):
+            answer = as_answer(value)
+            if answer.verdict == "valid":
                 self._input(self.dialback_confirmed, sender, receiver)
-            else:
+            elif answer.verdict == "invalid":
                 self._input(self.dialback_denied, sender, receiver, "key not confirmed")
+            else:
+                self._input(self.dialback_failed, sender, receiver, answer)
 
         def failed(failure):
             log.info("inbound {peer}: dialback check failed: {f}", peer=self.peer_address, f=failure.getErrorMessage())
-            self._input(self.dialback_denied, sender, receiver, failure.getErrorMessage())
+            self._input(self.dialback_failed, sender, receiver, UNREACHABLE)
 
         checking.addCallbacks(checked, failed)
 
@@ -425,6 +437,12 @@ class InboundStream(MachinePlumbing, Protocol):
     def _deny_dialback(self, sender, receiver, text):
         log.info("inbound {peer}: dialback for {sender} denied: {text}", peer=self.peer_address, sender=sender, text=text)
         self.transport.write(wire.dialback_result(receiver, sender, verdict="invalid"))
+
+    @_machine.output()
+    def _report_dialback_error(self, sender, receiver, answer):
+        log.info("inbound {peer}: dialback for {sender} not settled: {condition}", peer=self.peer_address,
+                 sender=sender, condition=answer.condition)
+        self.transport.write(wire.dialback_result_error(receiver, sender, answer.condition, answer.error_type))
 
     @_machine.output()
     def _answer_verify(self, element):
@@ -490,6 +508,7 @@ class InboundStream(MachinePlumbing, Protocol):
     awaiting_authentication.upon(dialback_requested, enter=awaiting_authentication, outputs=[_check_dialback])
     awaiting_authentication.upon(dialback_confirmed, enter=open, outputs=[_confirm_dialback])
     awaiting_authentication.upon(dialback_denied, enter=awaiting_authentication, outputs=[_deny_dialback])
+    awaiting_authentication.upon(dialback_failed, enter=awaiting_authentication, outputs=[_report_dialback_error])
     awaiting_authentication.upon(verify_requested, enter=awaiting_authentication, outputs=[_answer_verify])
     awaiting_authenticated_header.upon(header_accepted, enter=open, outputs=[_answer_header, _offer_nothing])
     awaiting_authenticated_header.upon(header_refused, enter=closed, outputs=[_refuse_header])
@@ -497,6 +516,7 @@ class InboundStream(MachinePlumbing, Protocol):
     open.upon(dialback_requested, enter=open, outputs=[_check_dialback])
     open.upon(dialback_confirmed, enter=open, outputs=[_confirm_dialback])
     open.upon(dialback_denied, enter=open, outputs=[_deny_dialback])
+    open.upon(dialback_failed, enter=open, outputs=[_report_dialback_error])
     open.upon(verify_requested, enter=open, outputs=[_answer_verify])
 
     for _state in (awaiting_header, awaiting_starttls, awaiting_secure_header, awaiting_authentication,
@@ -508,7 +528,8 @@ class InboundStream(MachinePlumbing, Protocol):
         _state.upon(shut_down, enter=closed, outputs=[_announce_shutdown])
         _state.upon(connection_lost, enter=closed, outputs=[_forget])
     for _each in (header_accepted, header_refused, starttls_requested, external_accepted, external_refused,
-                   dialback_requested, dialback_confirmed, dialback_denied, verify_requested, stanza_arrived,
+                   dialback_requested, dialback_confirmed, dialback_denied, dialback_failed, verify_requested,
+                   stanza_arrived,
                    fault, unexpected, timed_out, peer_closed, shut_down, connection_lost):
         closed.upon(_each, enter=closed, outputs=[])
     del _state, _each

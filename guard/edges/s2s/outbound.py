@@ -9,12 +9,14 @@ side's authoritative server to verify a dialback key (``purpose="verify"``).
       -> awaiting_secure_features -> awaiting_sasl_result -> awaiting_authenticated_header
            -> awaiting_authenticated_features -> ready
       -> awaiting_secure_features -> awaiting_dialback_result -> ready
-      -> awaiting_secure_features -> awaiting_verify_answer -> closed
+      -> awaiting_secure_features -> verifying (purpose "verify": db:verify out, answers in)
     any state -> closed
 
 The owner learns what happened through three calls: ``stream_ready(stream)``,
 ``stream_failed(stream, condition, text)`` (before it was ready) and
-``stream_lost(stream)`` (after); and of back-pressure through
+``stream_lost(stream)`` (after); a verification stream's owner also gets
+``verification_answered(stream, stream_id, verdict)`` and is asked
+``asked(stream_id)`` whether an answer is expected; and of back-pressure through
 ``congested(stream)``/``decongested(stream)`` when the far server stops and
 resumes reading.
 """
@@ -54,6 +56,12 @@ def _offers_external(features) -> bool:
     )
 
 
+def _bounded(text, limit=64) -> str:
+    """Something the far server said, made safe for one log line: printable, escaped, at most ``limit`` characters."""
+    shown = repr(text)
+    return shown if len(shown) <= limit else shown[:limit] + "..."
+
+
 def _offers_dialback(features) -> bool:
     return _child(features, wire.DIALBACK_FEATURE_NS, "dialback") is not None
 
@@ -87,14 +95,13 @@ class OutboundStream(MachinePlumbing, Protocol):
 
     _machine = MethodicalMachine()
 
-    def __init__(self, owner, side, sender, receiver, purpose="relay", verify=None):
+    def __init__(self, owner, side, sender, receiver, purpose="relay"):
         self.owner = owner
         self.side = side
         self.clock = side.clock
         self.sender = sender
         self.receiver = receiver
         self.purpose = purpose
-        self.verify = verify  # (stream_id, key) to have verified, for purpose "verify"
         self.stream_id = None
         self.first_header = None
         self._parser = None
@@ -132,6 +139,11 @@ class OutboundStream(MachinePlumbing, Protocol):
     def send(self, element):
         """Serialise ``element`` from its parsed tree onto the stream."""
         self.transport.write(serialise(element).encode("utf-8"))
+        self._restart_idle()
+
+    def send_verify(self, stream_id, key):
+        """Ask the authoritative server whether ``key`` is genuine for the stream ``stream_id`` (purpose "verify")."""
+        self.transport.write(wire.dialback_verify(self.sender, self.receiver, stream_id, key))
         self._restart_idle()
 
     def close_for_shutdown(self):
@@ -187,19 +199,25 @@ class OutboundStream(MachinePlumbing, Protocol):
                 self._input(self.fault, "invalid-from", "dialback answer for another domain pair")
             elif element.getAttribute("type") == "valid":
                 self._input(self.dialback_valid)
+            elif element.getAttribute("type") == "error":
+                # XEP-0220: the far server could not check our key (its reason is logged, never relayed).
+                error = _child(element, wire.SERVER_NS, "error") or _child(element, wire.DIALBACK_NS, "error")
+                reason = next((child.name for child in error.elements()), None) if error is not None else None
+                self._input(self.dialback_invalid, f"dialback error from the far server: {_bounded(reason)}")
             else:
                 self._input(self.dialback_invalid, "the far server did not accept our dialback key")
         elif kind == (wire.DIALBACK_NS, "verify") and element.getAttribute("type"):
+            stream_id = element.getAttribute("id")
             matches = (
-                self.verify is not None
-                and element.getAttribute("id") == self.verify[0]
+                self.purpose == "verify"
                 and element.getAttribute("from") == self.receiver
                 and element.getAttribute("to") == self.sender
+                and self.owner.asked(stream_id)
             )
             if not matches:
                 self._input(self.fault, "invalid-id", "a verification answer we did not ask for")
             else:
-                self._input(self.verify_answered, element.getAttribute("type") == "valid")
+                self._input(self.verify_answered, stream_id, element.getAttribute("type"))
         elif kind == (wire.STREAMS_NS, "error"):
             condition = next((child.name for child in element.elements()
                               if child.uri == wire.STREAM_ERRORS_NS and child.name != "text"), "undefined-condition")
@@ -288,8 +306,8 @@ class OutboundStream(MachinePlumbing, Protocol):
         "We sent a dialback key; the far server is checking it with us."
 
     @_machine.state()
-    def awaiting_verify_answer(self):
-        "We asked the authoritative server whether a key is genuine."
+    def verifying(self):
+        "A verification stream: db:verify requests go out, their answers come in."
 
     @_machine.state()
     def ready(self):
@@ -354,7 +372,7 @@ class OutboundStream(MachinePlumbing, Protocol):
         "The far server refused our dialback key."
 
     @_machine.input()
-    def verify_answered(self, valid):
+    def verify_answered(self, stream_id, verdict):
         "The authoritative server answered a verification."
 
     @_machine.input()
@@ -422,9 +440,13 @@ class OutboundStream(MachinePlumbing, Protocol):
         self.transport.write(wire.dialback_result(self.sender, self.receiver, key=key))
 
     @_machine.output()
-    def _send_verify(self):
-        stream_id, key = self.verify
-        self.transport.write(wire.dialback_verify(self.sender, self.receiver, stream_id, key))
+    def _become_verifier(self):
+        self._cancel_timer("auth")
+        self._timers["idle"] = self.clock.callLater(
+            self.side.limits.idle_timeout, self._input, self.peer_closed
+        )
+        self._reported = True
+        self.owner.stream_ready(self)
 
     @_machine.output()
     def _become_ready(self):
@@ -438,12 +460,8 @@ class OutboundStream(MachinePlumbing, Protocol):
         self.owner.stream_ready(self)
 
     @_machine.output()
-    def _report_verification(self, valid):
-        self._reported = True
-        self.owner.verification_answered(self, valid)
-        self._closing = True
-        self.transport.write(wire.STREAM_CLOSE)
-        self._close_transport()
+    def _report_verification(self, stream_id, verdict):
+        self.owner.verification_answered(self, stream_id, verdict)
 
     @_machine.output()
     def _fail_with_error(self, condition, text):
@@ -503,8 +521,7 @@ class OutboundStream(MachinePlumbing, Protocol):
 
     def _report_failure(self, condition, text):
         if self._reported:
-            if self.purpose == "relay":
-                self.owner.stream_lost(self)
+            self.owner.stream_lost(self)
             self._reported = None
             return
         if self._reported is None:
@@ -525,8 +542,8 @@ class OutboundStream(MachinePlumbing, Protocol):
                                   outputs=[_send_external])
     awaiting_secure_features.upon(dialback_chosen, enter=awaiting_dialback_result,
                                   outputs=[_send_dialback_key])
-    awaiting_secure_features.upon(verify_chosen, enter=awaiting_verify_answer,
-                                  outputs=[_send_verify])
+    awaiting_secure_features.upon(verify_chosen, enter=verifying,
+                                  outputs=[_become_verifier])
     awaiting_sasl_result.upon(sasl_succeeded, enter=awaiting_authenticated_header,
                               outputs=[_restart_stream])
     awaiting_sasl_result.upon(sasl_failed, enter=closed, outputs=[_fail_refused])
@@ -536,12 +553,11 @@ class OutboundStream(MachinePlumbing, Protocol):
                                          outputs=[_become_ready])
     awaiting_dialback_result.upon(dialback_valid, enter=ready, outputs=[_become_ready])
     awaiting_dialback_result.upon(dialback_invalid, enter=closed, outputs=[_fail_refused])
-    awaiting_verify_answer.upon(verify_answered, enter=closed,
-                                outputs=[_report_verification])
+    verifying.upon(verify_answered, enter=verifying, outputs=[_report_verification])
 
     _live = (awaiting_header, awaiting_features, awaiting_proceed, awaiting_secure_header,
              awaiting_secure_features, awaiting_sasl_result, awaiting_authenticated_header,
-             awaiting_authenticated_features, awaiting_dialback_result, awaiting_verify_answer, ready)
+             awaiting_authenticated_features, awaiting_dialback_result, verifying, ready)
     for _state in _live:
         _state.upon(fault, enter=closed, outputs=[_fail_with_error])
         _state.upon(peer_failed, enter=closed, outputs=[_fail_refused])
