@@ -7,9 +7,9 @@ connections or hold state without bound.
 (asking stream, originating domain, receiving domain) and counts what is
 pending per stream, per peer address and per side, refusing beyond the caps.
 ``Verifier`` is the thin part: it owns one verification stream per
-authoritative server ((receiving domain, originating domain) on one side) and
+authoritative server ((receiving domain, originating domain) on one side),
 sends every db:verify for that server on it, each with a deadline on the
-injected clock.  Every request ends in exactly one ``Answer``.
+injected clock, and closes it when nothing is left to ask.  Every request ends in exactly one ``Answer``.
 """
 
 from __future__ import annotations
@@ -211,6 +211,10 @@ class _VerifyChannel:
         if deadline.active():
             deadline.cancel()
         deferred.callback(answer)
+        if not self.waiting and self.ready and not self.closed:
+            # Nothing more to ask: the stream is not kept open for nobody.
+            self._closed(UNREACHABLE)
+            self.stream.close_idle()
 
     def _settle_all(self, answer):
         self.unsent.clear()

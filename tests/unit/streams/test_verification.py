@@ -149,6 +149,10 @@ def test_many_streams_share_one_verification_stream():
     world.ready()
     world.streams[0].owner.verification_answered(world.streams[0], inbound[0][0].stream_id, "invalid")
     assert inbound[0][1].value() == b"<db:result from='blue.example' to='red.example' type='invalid'/>"
+    assert ("close",) not in world.log
+    world.streams[0].owner.verification_answered(world.streams[0], inbound[2][0].stream_id, "valid")
+    assert world.log[-1] == ("close",)
+    assert world.side.verifier.channels == {} and world.side.verifier.book.pending == 0
 
 
 def test_a_repeated_db_result_is_verified_once_and_answered_once():
