@@ -30,6 +30,11 @@ class Limits:
     rate_bytes_per_second: int = 1024 * 1024
     rate_burst_bytes: int = 4 * 1024 * 1024
     rate_grace: float = 30.0
+    # Enforced by InboundStream (and OutboundStream's congestion signal): bytes
+    # written to a peer and not yet read by it.  Past it the guard stops
+    # reading from the peer until it drains; a peer that receives this much
+    # more while it is not reading is disconnected.
+    unread_output_bytes: int = 64 * 1024
     # Enforced by the relay's outbound links: stanzas waiting for one domain pair.
     outbound_queue: int = 1000
     # Enforced by the dialback Verifier (guard.edges.s2s.verification): db:result

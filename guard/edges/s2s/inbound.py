@@ -17,8 +17,10 @@ An input a state does not expect closes the stream (fail closed).
 from __future__ import annotations
 
 from automat import MethodicalMachine
+from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
+from zope.interface import implementer
 
 from guard.core.addressing import Misaddressed, check_addressing
 from guard.core.dialback import key_is_ours
@@ -35,6 +37,28 @@ log = Logger()
 
 def _text_of(element) -> str:
     return "".join(child for child in element.children if isinstance(child, str))
+
+
+# The longest stream id a db:verify may carry: ids are the receiving server's
+# (Prosody's are 36 characters); anything longer is refused, never echoed.
+VERIFY_ID_BYTES = 128
+
+
+@implementer(IPushProducer)
+class _UnreadOutput:
+    """Told by the transport when the peer stops reading what the guard writes (its buffer is full), and when it drains."""
+
+    def __init__(self, stream):
+        self.stream = stream
+
+    def pauseProducing(self):
+        self.stream.peer_stopped_reading()
+
+    def resumeProducing(self):
+        self.stream.peer_resumed_reading()
+
+    def stopProducing(self):
+        self.stream.peer_resumed_reading()
 
 
 class InboundStream(MachinePlumbing, Protocol):
@@ -60,6 +84,7 @@ class InboundStream(MachinePlumbing, Protocol):
         self._holds: set[str] = set()
         self._budget = None
         self._throttled_since = None
+        self._unread_since_pause = None  # bytes written while the peer does not read; None while it reads
         # Automat builds a new wrapper at every access to an input; the one
         # input taken for every stanza is looked up once.
         self._stanza_input = self.stanza_arrived
@@ -70,6 +95,10 @@ class InboundStream(MachinePlumbing, Protocol):
         self.peer_address = self.transport.getPeer()
         self._new_parser()
         limits = self.side.limits
+        # The transport tells the producer when more than unread_output_bytes
+        # wait for the peer to read them; reading stops until they drain.
+        self.transport.bufferSize = limits.unread_output_bytes
+        self._register_producer(_UnreadOutput(self))
         self._budget = ByteBudget(limits.rate_bytes_per_second, limits.rate_burst_bytes, self.clock.seconds())
         self._start_timer("auth", limits.auth_timeout, "authentication took too long")
         self.side.inbound_streams.add(self)
@@ -106,6 +135,29 @@ class InboundStream(MachinePlumbing, Protocol):
         self._holds.discard(reason)
         if not self._holds and self.transport is not None and not self._closing:
             self.transport.resumeProducing()
+
+    def peer_stopped_reading(self):
+        """The peer leaves what we wrote unread: stop reading from it, and count what is still written."""
+        if self._unread_since_pause is None:
+            self._unread_since_pause = 0
+            self.hold("peer not reading")
+
+    def peer_resumed_reading(self):
+        if self._unread_since_pause is not None:
+            self._unread_since_pause = None
+            self.release("peer not reading")
+
+    def _write(self, data: bytes):
+        """Write to the peer; a peer that does not read gets at most unread_output_bytes more, then is cut off."""
+        if self._unread_since_pause is not None:
+            self._unread_since_pause += len(data)
+            if self._unread_since_pause > self.side.limits.unread_output_bytes:
+                log.info("inbound {peer}: does not read what the guard writes; connection aborted",
+                         peer=self.peer_address)
+                self._closing = True
+                self.transport.abortConnection()
+                return
+        self.transport.write(data)
 
     @property
     def held(self) -> frozenset[str]:
@@ -172,7 +224,7 @@ class InboundStream(MachinePlumbing, Protocol):
         elif kind == (wire.DIALBACK_NS, "result") and not element.getAttribute("type"):
             self._dialback_request(element)
         elif kind == (wire.DIALBACK_NS, "verify") and not element.getAttribute("type"):
-            self._input(self.verify_requested, element)
+            self._verify_request(element)
         else:
             self._input(self.fault, "unsupported-stanza-type", f"{element.uri} {element.name} is not accepted here")
 
@@ -215,6 +267,19 @@ class InboundStream(MachinePlumbing, Protocol):
             self._input(self.fault, "policy-violation", f"too many streams from {sender}")
             return
         self._input(self.dialback_requested, element)
+
+    def _verify_request(self, element):
+        """A db:verify is answered only for our own domains and a short id: what is echoed is bounded and known."""
+        asking, claimed = element.getAttribute("from"), element.getAttribute("to")
+        stream_id = element.getAttribute("id") or ""
+        if asking not in self.side.hosted:
+            self._input(self.fault, "invalid-from", "a db:verify must come from a domain of this side")
+        elif claimed not in self.side.fronted:
+            self._input(self.fault, "host-unknown", "a db:verify must name a domain served through this guard")
+        elif not stream_id or len(stream_id.encode("utf-8")) > VERIFY_ID_BYTES:
+            self._input(self.fault, "policy-violation", "a db:verify needs a stream id of at most 128 bytes")
+        else:
+            self._input(self.verify_requested, element, asking, claimed, stream_id)
 
     def _sends_as(self, domain) -> bool:
         return any(sender == domain for sender, _ in self.authenticated_pairs)
@@ -305,7 +370,7 @@ class InboundStream(MachinePlumbing, Protocol):
         "The key could not be checked (authoritative server unreachable or silent, or a cap): an XEP-0220 error."
 
     @_machine.input()
-    def verify_requested(self, element):
+    def verify_requested(self, element, asking, claimed, stream_id):
         "A far server asks whether a key the guard issued is genuine."
 
     @_machine.input()
@@ -343,7 +408,7 @@ class InboundStream(MachinePlumbing, Protocol):
         if self.first_header is None:
             self.first_header = header
         attributes = header.attributes
-        self.transport.write(wire.stream_header(attributes.get("to"), attributes.get("from"), self.stream_id))
+        self._write(wire.stream_header(attributes.get("to"), attributes.get("from"), self.stream_id))
         self.header_sent = True
 
     @_machine.output()
@@ -352,13 +417,13 @@ class InboundStream(MachinePlumbing, Protocol):
 
     @_machine.output()
     def _offer_starttls(self, header):
-        self.transport.write(wire.features_starttls_required())
+        self._write(wire.features_starttls_required())
 
     @_machine.output()
     def _start_tls(self):
         receiver = self.first_header.attributes.get("to")
         identity = self.side.identities[receiver]
-        self.transport.write(wire.PROCEED)
+        self._write(wire.PROCEED)
         self.transport.startTLS(identity.server_options())
         self._restart_stream()
         self._start_timer("tls", self.side.limits.tls_timeout, "TLS negotiation took too long")
@@ -375,27 +440,27 @@ class InboundStream(MachinePlumbing, Protocol):
                 peer=self.peer_address, domain=header.attributes.get("from"),
                 problem=self.peer_verdict.problem or "subjectAltName does not match",
             )
-        self.transport.write(wire.features_authentication(
+        self._write(wire.features_authentication(
             external=offer_external, dialback=not certificate_mode
         ))
 
     @_machine.output()
     def _succeed_external(self, domain):
         self.authenticated_pairs.add((domain, self.first_header.attributes.get("to")))
-        self.transport.write(wire.SASL_SUCCESS)
+        self._write(wire.SASL_SUCCESS)
         self._restart_stream()
         log.info("inbound {peer}: {domain} authenticated by certificate", peer=self.peer_address, domain=domain)
 
     @_machine.output()
     def _fail_external(self, condition, text):
         log.info("inbound {peer}: SASL EXTERNAL refused: {text}", peer=self.peer_address, text=text)
-        self.transport.write(wire.sasl_failure(condition))
+        self._write(wire.sasl_failure(condition))
 
     @_machine.output()
     def _offer_nothing(self, header):
         self._cancel_timer("auth")
         self._start_timer("idle", self.side.limits.idle_timeout, "idle")
-        self.transport.write(wire.features_empty())
+        self._write(wire.features_empty())
 
     @_machine.output()
     def _check_dialback(self, element):
@@ -429,34 +494,28 @@ class InboundStream(MachinePlumbing, Protocol):
             self._cancel_timer("auth")
             self._start_timer("idle", self.side.limits.idle_timeout, "idle")
         self.authenticated_pairs.add((sender, receiver))
-        self.transport.write(wire.dialback_result(receiver, sender, verdict="valid"))
+        self._write(wire.dialback_result(receiver, sender, verdict="valid"))
         log.info("inbound {peer}: {sender} authenticated by dialback for {receiver}",
                  peer=self.peer_address, sender=sender, receiver=receiver)
 
     @_machine.output()
     def _deny_dialback(self, sender, receiver, text):
         log.info("inbound {peer}: dialback for {sender} denied: {text}", peer=self.peer_address, sender=sender, text=text)
-        self.transport.write(wire.dialback_result(receiver, sender, verdict="invalid"))
+        self._write(wire.dialback_result(receiver, sender, verdict="invalid"))
 
     @_machine.output()
     def _report_dialback_error(self, sender, receiver, answer):
         log.info("inbound {peer}: dialback for {sender} not settled: {condition}", peer=self.peer_address,
                  sender=sender, condition=answer.condition)
-        self.transport.write(wire.dialback_result_error(receiver, sender, answer.condition, answer.error_type))
+        self._write(wire.dialback_result_error(receiver, sender, answer.condition, answer.error_type))
 
     @_machine.output()
-    def _answer_verify(self, element):
-        asking, claimed = element.getAttribute("from"), element.getAttribute("to")
-        stream_id = element.getAttribute("id") or ""
-        genuine = (
-            asking in self.side.hosted
-            and claimed in self.side.fronted
-            and key_is_ours(self.side.dialback_secret, asking, claimed, stream_id, _text_of(element))
-        )
+    def _answer_verify(self, element, asking, claimed, stream_id):
+        genuine = key_is_ours(self.side.dialback_secret, asking, claimed, stream_id, _text_of(element))
         verdict = "valid" if genuine else "invalid"
         log.info("inbound {peer}: verify for {claimed} asked by {asking}: {verdict}",
                  peer=self.peer_address, claimed=claimed, asking=asking, verdict=verdict)
-        self.transport.write(wire.dialback_verify(claimed or "", asking or "", stream_id, "", verdict))
+        self._write(wire.dialback_verify(claimed, asking, stream_id, "", verdict))
 
     @_machine.output()
     def _relay(self, element, addressed, size):
@@ -471,7 +530,7 @@ class InboundStream(MachinePlumbing, Protocol):
     def _close_cleanly(self):
         self._closing = True
         if self.header_sent:
-            self.transport.write(wire.STREAM_CLOSE)
+            self._write(wire.STREAM_CLOSE)
         self._close_transport()
 
     @_machine.output()
@@ -486,9 +545,9 @@ class InboundStream(MachinePlumbing, Protocol):
         self._closing = True
         if not self.header_sent:
             fronted = sorted(self.side.fronted)
-            self.transport.write(wire.stream_header(fronted[0] if fronted else None, None, self.stream_id))
+            self._write(wire.stream_header(fronted[0] if fronted else None, None, self.stream_id))
             self.header_sent = True
-        self.transport.write(wire.stream_error(condition, text) + wire.STREAM_CLOSE)
+        self._write(wire.stream_error(condition, text) + wire.STREAM_CLOSE)
         self._close_transport()
 
     def close_for_shutdown(self):

@@ -118,7 +118,9 @@ class OutboundStream(MachinePlumbing, Protocol):
 
     def connectionMade(self):
         self._start_timer("auth", self.side.limits.auth_timeout, "authentication took too long")
-        self.transport.registerProducer(_Congestion(self), True)
+        # Congestion is signalled when more than unread_output_bytes wait for the far server.
+        self.transport.bufferSize = self.side.limits.unread_output_bytes
+        self._register_producer(_Congestion(self))
         self._open_stream()
 
     def dataReceived(self, data):

@@ -91,9 +91,9 @@ class Negotiation(unittest.TestCase):
     def hang_up(self, stream):
         """Close both ends and give the reactor a moment, so no timer or connection outlives the test."""
         if stream.transport is not None:
-            stream.transport.loseConnection()
+            stream.transport.abortConnection()
         for inbound in list(self.guard_side.inbound_streams):
-            inbound.transport.loseConnection()
+            inbound.transport.abortConnection()
         return deferLater(0.1)
 
     @defer.inlineCallbacks
