@@ -38,6 +38,14 @@ from .decisions import Refusal, refuse_outbound_header
 
 log = Logger()
 
+# What an owner hears when a stream fails before it was ready: the guard's own
+# text for each condition, never anything the far side wrote (bounces carry it).
+FAILURE_TEXTS = {
+    "remote-server-not-found": "the far server could not be reached or did not accept the stream",
+    "remote-server-timeout": "the far server did not answer in time",
+}
+STOPPING_TEXT = "the guard is stopping"
+
 
 def _child(element, uri, name):
     for child in element.elements():
@@ -139,8 +147,13 @@ class OutboundStream(MachinePlumbing, Protocol):
     # -- sending stanzas --------------------------------------------------
 
     def send(self, element):
-        """Serialise ``element`` from its parsed tree onto the stream."""
-        self.transport.write(serialise(element).encode("utf-8"))
+        """
+        Serialise ``element`` onto the stream.  A stanza that would be larger
+        than this side's stanza_bytes raises OversizedStanza (a ValueError) and
+        nothing is written: the caller settles it.
+        """
+        data = serialise(element, max_bytes=self.side.limits.stanza_bytes).encode("utf-8")
+        self.transport.write(data)
         self._restart_idle()
 
     def send_verify(self, stream_id, key):
@@ -223,9 +236,11 @@ class OutboundStream(MachinePlumbing, Protocol):
         elif kind == (wire.STREAMS_NS, "error"):
             condition = next((child.name for child in element.elements()
                               if child.uri == wire.STREAM_ERRORS_NS and child.name != "text"), "undefined-condition")
-            self._input(self.peer_failed, f"stream error from the far server: {condition}")
+            self._input(self.peer_failed, f"stream error from the far server: {_bounded(condition)}")
         else:
-            self._input(self.fault, "unsupported-stanza-type", f"{element.uri} {element.name} is not accepted here")
+            log.info("outbound {sender}->{receiver}: unexpected element {name}", sender=self.sender,
+                     receiver=self.receiver, name=_bounded(f"{{{element.uri}}}{element.name}", 300))
+            self._input(self.fault, "unsupported-stanza-type", "this element is not accepted on this stream")
 
     def _features(self, features):
         # Which features these are follows from facts of the stream; the
@@ -504,7 +519,7 @@ class OutboundStream(MachinePlumbing, Protocol):
         self._closing = True
         self.transport.write(wire.STREAM_CLOSE)
         self._close_transport()
-        self._report_failure("remote-server-timeout", "the guard is stopping")
+        self._report_failure("remote-server-timeout", "the guard is stopping", text=STOPPING_TEXT)
 
     @_machine.output()
     def _lost(self, text):
@@ -513,7 +528,7 @@ class OutboundStream(MachinePlumbing, Protocol):
 
     def _send_error(self, condition, text):
         log.info("outbound {sender}->{receiver}: closing with {condition}: {text}",
-                 sender=self.sender, receiver=self.receiver, condition=condition, text=text)
+                 sender=self.sender, receiver=self.receiver, condition=condition, text=_bounded(text, 300))
         self._closing = True
         if not self.header_sent:
             self.transport.write(wire.stream_header(self.sender, self.receiver))
@@ -521,15 +536,22 @@ class OutboundStream(MachinePlumbing, Protocol):
         self.transport.write(wire.stream_error(condition, text) + wire.STREAM_CLOSE)
         self._close_transport()
 
-    def _report_failure(self, condition, text):
+    def _report_failure(self, condition, detail, text=None):
+        """
+        Tell the owner once.  What it hears is the guard's own text for the
+        condition (it may end up in bounces); ``detail``, which may carry what
+        the far side said, goes only to the log, bounded and escaped.
+        """
+        if self._reported is None:
+            return
+        log.info("outbound {sender}->{receiver}: ended ({condition}): {detail}", sender=self.sender,
+                 receiver=self.receiver, condition=condition, detail=_bounded(detail, 300))
         if self._reported:
             self.owner.stream_lost(self)
             self._reported = None
             return
-        if self._reported is None:
-            return
         self._reported = None
-        self.owner.stream_failed(self, condition, text)
+        self.owner.stream_failed(self, condition, text or FAILURE_TEXTS[condition])
 
     # -- transitions ------------------------------------------------------------
 
