@@ -35,6 +35,10 @@ class Limits:
     # reading from the peer until it drains; a peer that receives this much
     # more while it is not reading is disconnected.
     unread_output_bytes: int = 64 * 1024
+    # Enforced by InboundStream: bytes parsed from one connection per turn of
+    # the event loop.  The rest waits (reading paused) for the next turn, so a
+    # peer that floods cannot keep the loop from every other stream.
+    read_turn_bytes: int = 16 * 1024
     # Enforced by the relay's outbound links: stanzas waiting for one domain pair.
     outbound_queue: int = 1000
     # Enforced by the dialback Verifier (guard.edges.s2s.verification): db:result

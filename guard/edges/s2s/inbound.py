@@ -85,6 +85,8 @@ class InboundStream(MachinePlumbing, Protocol):
         self._budget = None
         self._throttled_since = None
         self._unread_since_pause = None  # bytes written while the peer does not read; None while it reads
+        self._backlog = b""  # bytes received and not yet parsed (more than one turn's worth arrived)
+        self._restarts = 0
         # Automat builds a new wrapper at every access to an input; the one
         # input taken for every stanza is looked up once.
         self._stanza_input = self.stanza_arrived
@@ -116,10 +118,42 @@ class InboundStream(MachinePlumbing, Protocol):
                 self._input(self.fault, "policy-violation", "too much data before authentication")
                 return
         self._restart_timer("idle")
+        if self._backlog:
+            # A turn is already waiting: these bytes queue behind it (a
+            # transport may still deliver what it had read before the hold).
+            self._backlog += data
+            return
+        self._parse_a_turn(bytes(data))
+
+    # -- fairness: at most read_turn_bytes are parsed per turn of the event loop --
+
+    def _parse_a_turn(self, data):
+        """Parse up to read_turn_bytes now; keep the rest, stop reading, and parse it on a later turn of the reactor."""
+        turn = self.side.limits.read_turn_bytes
+        stream_before = self._restarts
         try:
-            self._parser.feed(data)
+            self._parser.feed(data[:turn])
         except StreamFault as fault:
             self._input(self.fault, fault.condition, fault.text)
+        rest = data[turn:]
+        if self._restarts != stream_before:
+            # The stream restarted (STARTTLS, SASL) inside this piece: the rest
+            # belonged to the old stream and is ignored, as the parser would.
+            rest = b""
+        if rest and not self._closing:
+            self._backlog = rest
+            self.hold("turn")
+            self._start_timer_call("turn", 0, self._next_turn)
+        else:
+            self._backlog = b""
+            self.release("turn")
+
+    def _next_turn(self):
+        data, self._backlog = self._backlog, b""
+        if self._closing or not data:
+            self.release("turn")
+            return
+        self._parse_a_turn(data)
 
     # -- flow control: the stream stops reading while anything holds it ----
 
@@ -192,6 +226,8 @@ class InboundStream(MachinePlumbing, Protocol):
         self._new_parser()
         self.stream_id = wire.new_stream_id()
         self.header_sent = False
+        self._restarts += 1
+        self._backlog = b""
 
     def _new_parser(self):
         self._parser = StreamParser(self._on_header, self._on_element, self._on_end, self.side.limits.parser_limits())
@@ -226,7 +262,9 @@ class InboundStream(MachinePlumbing, Protocol):
         elif kind == (wire.DIALBACK_NS, "verify") and not element.getAttribute("type"):
             self._verify_request(element)
         else:
-            self._input(self.fault, "unsupported-stanza-type", f"{element.uri} {element.name} is not accepted here")
+            log.info("inbound {peer}: unexpected element {name}", peer=self.peer_address,
+                     name=repr(f"{{{element.uri}}}{element.name}")[:300])
+            self._input(self.fault, "unsupported-stanza-type", "this element is not accepted here")
 
     def _stanza(self, element, size):
         if not self.authenticated_pairs:
