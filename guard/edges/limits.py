@@ -38,7 +38,7 @@ class Limits:
     # Enforced by InboundStream: bytes parsed from one connection per turn of
     # the event loop.  The rest waits (reading paused) for the next turn, so a
     # peer that floods cannot keep the loop from every other stream.
-    read_turn_bytes: int = 16 * 1024
+    read_turn_bytes: int = 8 * 1024
     # Enforced by the relay's outbound links: stanzas waiting for one domain pair.
     outbound_queue: int = 1000
     # Enforced by the dialback Verifier (guard.edges.s2s.verification): db:result

@@ -86,6 +86,7 @@ class InboundStream(MachinePlumbing, Protocol):
         self._throttled_since = None
         self._unread_since_pause = None  # bytes written while the peer does not read; None while it reads
         self._backlog = b""  # bytes received and not yet parsed (more than one turn's worth arrived)
+        self._parsed_this_turn = 0
         self._restarts = 0
         # Automat builds a new wrapper at every access to an input; the one
         # input taken for every stanza is looked up once.
@@ -128,14 +129,22 @@ class InboundStream(MachinePlumbing, Protocol):
     # -- fairness: at most read_turn_bytes are parsed per turn of the event loop --
 
     def _parse_a_turn(self, data):
-        """Parse up to read_turn_bytes now; keep the rest, stop reading, and parse it on a later turn of the reactor."""
-        turn = self.side.limits.read_turn_bytes
+        """
+        Parse what is left of this turn's read_turn_bytes (shared by every
+        delivery in the turn: TLS hands over one record at a time); keep the
+        rest, stop reading, and go on at the next turn of the reactor.
+        """
+        if "turn" not in self._timers:
+            self._start_timer_call("turn", 0, self._next_turn)
+        allowance = max(0, self.side.limits.read_turn_bytes - self._parsed_this_turn)
+        piece, rest = data[:allowance], data[allowance:]
+        self._parsed_this_turn += len(piece)
         stream_before = self._restarts
-        try:
-            self._parser.feed(data[:turn])
-        except StreamFault as fault:
-            self._input(self.fault, fault.condition, fault.text)
-        rest = data[turn:]
+        if piece:
+            try:
+                self._parser.feed(piece)
+            except StreamFault as fault:
+                self._input(self.fault, fault.condition, fault.text)
         if self._restarts != stream_before:
             # The stream restarted (STARTTLS, SASL) inside this piece: the rest
             # belonged to the old stream and is ignored, as the parser would.
@@ -143,17 +152,16 @@ class InboundStream(MachinePlumbing, Protocol):
         if rest and not self._closing:
             self._backlog = rest
             self.hold("turn")
-            self._start_timer_call("turn", 0, self._next_turn)
-        else:
-            self._backlog = b""
-            self.release("turn")
 
     def _next_turn(self):
+        """A new turn: the budget is whole again; parse what waits (if anything)."""
+        self._timers.pop("turn", None)
+        self._parsed_this_turn = 0
         data, self._backlog = self._backlog, b""
-        if self._closing or not data:
+        if data and not self._closing:
+            self._parse_a_turn(data)
+        if not self._backlog:
             self.release("turn")
-            return
-        self._parse_a_turn(data)
 
     # -- flow control: the stream stops reading while anything holds it ----
 

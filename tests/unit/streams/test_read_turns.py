@@ -101,3 +101,15 @@ def test_a_fault_in_the_first_turn_drops_the_rest():
     clock.advance(0)
     assert b"restricted-xml" in transport.value()
     assert ids(relay) == []
+
+
+def test_the_turn_budget_is_shared_by_every_delivery_in_a_turn():
+    """Two deliveries in one turn (as TLS hands over one record at a time) share one read_turn_bytes budget."""
+    clock, relay, [(stream, transport)] = open_streams(turn=300)
+    stream.dataReceived(message(0) + message(1))
+    stream.dataReceived(message(2) + message(3))
+    assert len(ids(relay)) < 4
+    assert transport.producerState == "paused"
+    turns(clock)
+    assert ids(relay) == ["m0", "m1", "m2", "m3"]
+    assert transport.producerState == "producing"
