@@ -87,6 +87,7 @@ class InboundStream(MachinePlumbing, Protocol):
         self._unread_since_pause = None  # bytes written while the peer does not read; None while it reads
         self._backlog = b""  # bytes received and not yet parsed (more than one turn's worth arrived)
         self._parsed_this_turn = 0
+        self._aborted = False
         self._restarts = 0
         # Automat builds a new wrapper at every access to an input; the one
         # input taken for every stanza is looked up once.
@@ -191,12 +192,15 @@ class InboundStream(MachinePlumbing, Protocol):
 
     def _write(self, data: bytes):
         """Write to the peer; a peer that does not read gets at most unread_output_bytes more, then is cut off."""
+        if self._aborted:
+            return
         if self._unread_since_pause is not None:
             self._unread_since_pause += len(data)
             if self._unread_since_pause > self.side.limits.unread_output_bytes:
                 log.info("inbound {peer}: does not read what the guard writes; connection aborted",
                          peer=self.peer_address)
                 self._closing = True
+                self._aborted = True
                 self.transport.abortConnection()
                 return
         self.transport.write(data)
