@@ -30,8 +30,27 @@ class Limits:
     rate_bytes_per_second: int = 1024 * 1024
     rate_burst_bytes: int = 4 * 1024 * 1024
     rate_grace: float = 30.0
+    # Enforced by InboundStream (and OutboundStream's congestion signal): bytes
+    # written to a peer and not yet read by it.  Past it the guard stops
+    # reading from the peer until it drains; a peer that receives this much
+    # more while it is not reading is disconnected.
+    unread_output_bytes: int = 64 * 1024
+    # Enforced by InboundStream: bytes parsed from one connection per turn of
+    # the event loop.  The rest waits (reading paused) for the next turn, so a
+    # peer that floods cannot keep the loop from every other stream.
+    read_turn_bytes: int = 8 * 1024
     # Enforced by the relay's outbound links: stanzas waiting for one domain pair.
     outbound_queue: int = 1000
+    # Enforced by the dialback Verifier (guard.edges.s2s.verification): db:result
+    # requests waiting for the authoritative server's answer, per asking stream,
+    # per peer address and on one side; beyond them the peer gets a
+    # <db:result type='error'> (policy-violation, resource-constraint).  One
+    # verification stream per authoritative server carries every db:verify, and
+    # each waits at most verification_timeout seconds (then remote-server-timeout).
+    verifications_per_stream: int = 4
+    verifications_per_address: int = 16
+    verifications_per_side: int = 256
+    verification_timeout: float = 30.0
     # Seconds, enforced by the stream machines with the injected clock.
     connect_timeout: float = 10.0
     tls_timeout: float = 10.0

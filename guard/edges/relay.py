@@ -34,6 +34,7 @@ from guard.core.pipeline import Direction, Verdict, judge_fail_closed
 from .audit import AuditUnavailable
 from .limits import Limits
 from .s2s.outbound import OutboundStream
+from .s2s.verification import Verifier
 from .xmlstream import OversizedStanza
 
 log = Logger()
@@ -226,19 +227,21 @@ class Relay:
 
         self.release_authority.ask(judgement.stanza, direction, judgement.rule_id).addCallbacks(decided, failed)
 
-    def check_dialback(self, side, peer_domain, fronted_domain, stream_id, key):
-        """Ask ``peer_domain``'s authoritative server whether ``key`` is genuine; a Deferred of bool."""
-        route = side.routes.get(peer_domain)
-        if route is None:
-            return defer.succeed(False)
-        verification = DialbackVerification()
-        self.open_stream(verification, side, fronted_domain, peer_domain, route, purpose="verify",
-                         verify=(stream_id, key))
-        return verification.answer
+    def check_dialback(self, side, peer_domain, fronted_domain, stream_id, key, asker=None):
+        """
+        Ask ``peer_domain``'s authoritative server whether ``key`` is genuine: a
+        Deferred of a verification Answer, or None when ``asker`` already waits
+        for this pair.  Deduplication, caps and the verification streams are the
+        side's Verifier's (guard.edges.s2s.verification).
+        """
+        if side.verifier is None:
+            side.verifier = Verifier(side, self.open_stream)
+        address = getattr(getattr(asker, "peer_address", None), "host", None)
+        return side.verifier.check(asker, address, peer_domain, fronted_domain, stream_id, key)
 
-    def _open_tcp_stream(self, owner, side, sender, receiver, route, purpose="relay", verify=None):
+    def _open_tcp_stream(self, owner, side, sender, receiver, route, purpose="relay"):
         """Connect an OutboundStream to ``route``; the owner hears of failure through stream_failed."""
-        stream = OutboundStream(owner, side, sender, receiver, purpose=purpose, verify=verify)
+        stream = OutboundStream(owner, side, sender, receiver, purpose=purpose)
         endpoint = HostnameEndpoint(self.reactor, route[0], route[1], timeout=side.limits.connect_timeout)
 
         def failed(failure):
@@ -391,6 +394,9 @@ class Relay:
         """Second half of stopping: close every outbound stream; bounces still waiting are given up (logged)."""
         for link in list(self.links.values()):
             link.shut_down()
+        for side in self.sides.values():
+            if getattr(side, "verifier", None) is not None:
+                side.verifier.shut_down()
 
     def shut_down(self):
         """Stop at once: both halves without a grace in between."""
@@ -408,35 +414,6 @@ class Relay:
             },
             "inbound_streams": {name: len(side.inbound_streams) for name, side in self.sides.items()},
         }
-
-
-class DialbackVerification:
-    """Owner of a verify-purpose outbound stream: turns its outcome into a Deferred of bool."""
-
-    def __init__(self):
-        self.answer = defer.Deferred()
-
-    def _settle(self, valid):
-        if not self.answer.called:
-            self.answer.callback(bool(valid))
-
-    def verification_answered(self, stream, valid):
-        self._settle(valid)
-
-    def stream_failed(self, stream, condition, text):
-        self._settle(False)
-
-    def stream_lost(self, stream):
-        self._settle(False)
-
-    def stream_ready(self, stream):  # a verify stream never becomes ready: refuse
-        self._settle(False)
-
-    def congested(self, stream):
-        pass
-
-    def decongested(self, stream):
-        pass
 
 
 def bounce_bytes(reply) -> int:

@@ -26,6 +26,7 @@ class Side:
     reactor: object
     relay: object = None
     inbound_streams: set = field(default_factory=set)
+    verifier: object = None  # the side's dialback Verifier, made by the relay on first use
 
     @property
     def clock(self):

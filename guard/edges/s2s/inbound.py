@@ -17,8 +17,10 @@ An input a state does not expect closes the stream (fail closed).
 from __future__ import annotations
 
 from automat import MethodicalMachine
+from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
+from zope.interface import implementer
 
 from guard.core.addressing import Misaddressed, check_addressing
 from guard.core.dialback import key_is_ours
@@ -28,12 +30,35 @@ from guard.edges.xmlstream import StreamFault, StreamParser
 from . import wire
 from .plumbing import MachinePlumbing
 from .decisions import Refusal, external_identity, refuse_dialback_request, refuse_inbound_header
+from .verification import UNREACHABLE, as_answer
 
 log = Logger()
 
 
 def _text_of(element) -> str:
     return "".join(child for child in element.children if isinstance(child, str))
+
+
+# The longest stream id a db:verify may carry: ids are the receiving server's
+# (Prosody's are 36 characters); anything longer is refused, never echoed.
+VERIFY_ID_BYTES = 128
+
+
+@implementer(IPushProducer)
+class _UnreadOutput:
+    """Told by the transport when the peer stops reading what the guard writes (its buffer is full), and when it drains."""
+
+    def __init__(self, stream):
+        self.stream = stream
+
+    def pauseProducing(self):
+        self.stream.peer_stopped_reading()
+
+    def resumeProducing(self):
+        self.stream.peer_resumed_reading()
+
+    def stopProducing(self):
+        self.stream.peer_resumed_reading()
 
 
 class InboundStream(MachinePlumbing, Protocol):
@@ -59,6 +84,11 @@ class InboundStream(MachinePlumbing, Protocol):
         self._holds: set[str] = set()
         self._budget = None
         self._throttled_since = None
+        self._unread_since_pause = None  # bytes written while the peer does not read; None while it reads
+        self._backlog = b""  # bytes received and not yet parsed (more than one turn's worth arrived)
+        self._parsed_this_turn = 0
+        self._aborted = False
+        self._restarts = 0
         # Automat builds a new wrapper at every access to an input; the one
         # input taken for every stanza is looked up once.
         self._stanza_input = self.stanza_arrived
@@ -69,6 +99,10 @@ class InboundStream(MachinePlumbing, Protocol):
         self.peer_address = self.transport.getPeer()
         self._new_parser()
         limits = self.side.limits
+        # The transport tells the producer when more than unread_output_bytes
+        # wait for the peer to read them; reading stops until they drain.
+        self.transport.bufferSize = limits.unread_output_bytes
+        self._register_producer(_UnreadOutput(self))
         self._budget = ByteBudget(limits.rate_bytes_per_second, limits.rate_burst_bytes, self.clock.seconds())
         self._start_timer("auth", limits.auth_timeout, "authentication took too long")
         self.side.inbound_streams.add(self)
@@ -86,10 +120,49 @@ class InboundStream(MachinePlumbing, Protocol):
                 self._input(self.fault, "policy-violation", "too much data before authentication")
                 return
         self._restart_timer("idle")
-        try:
-            self._parser.feed(data)
-        except StreamFault as fault:
-            self._input(self.fault, fault.condition, fault.text)
+        if self._backlog:
+            # A turn is already waiting: these bytes queue behind it (a
+            # transport may still deliver what it had read before the hold).
+            self._backlog += data
+            return
+        self._parse_a_turn(bytes(data))
+
+    # -- fairness: at most read_turn_bytes are parsed per turn of the event loop --
+
+    def _parse_a_turn(self, data):
+        """
+        Parse what is left of this turn's read_turn_bytes (shared by every
+        delivery in the turn: TLS hands over one record at a time); keep the
+        rest, stop reading, and go on at the next turn of the reactor.
+        """
+        if "turn" not in self._timers:
+            self._start_timer_call("turn", 0, self._next_turn)
+        allowance = max(0, self.side.limits.read_turn_bytes - self._parsed_this_turn)
+        piece, rest = data[:allowance], data[allowance:]
+        self._parsed_this_turn += len(piece)
+        stream_before = self._restarts
+        if piece:
+            try:
+                self._parser.feed(piece)
+            except StreamFault as fault:
+                self._input(self.fault, fault.condition, fault.text)
+        if self._restarts != stream_before:
+            # The stream restarted (STARTTLS, SASL) inside this piece: the rest
+            # belonged to the old stream and is ignored, as the parser would.
+            rest = b""
+        if rest and not self._closing:
+            self._backlog = rest
+            self.hold("turn")
+
+    def _next_turn(self):
+        """A new turn: the budget is whole again; parse what waits (if anything)."""
+        self._timers.pop("turn", None)
+        self._parsed_this_turn = 0
+        data, self._backlog = self._backlog, b""
+        if data and not self._closing:
+            self._parse_a_turn(data)
+        if not self._backlog:
+            self.release("turn")
 
     # -- flow control: the stream stops reading while anything holds it ----
 
@@ -105,6 +178,32 @@ class InboundStream(MachinePlumbing, Protocol):
         self._holds.discard(reason)
         if not self._holds and self.transport is not None and not self._closing:
             self.transport.resumeProducing()
+
+    def peer_stopped_reading(self):
+        """The peer leaves what we wrote unread: stop reading from it, and count what is still written."""
+        if self._unread_since_pause is None:
+            self._unread_since_pause = 0
+            self.hold("peer not reading")
+
+    def peer_resumed_reading(self):
+        if self._unread_since_pause is not None:
+            self._unread_since_pause = None
+            self.release("peer not reading")
+
+    def _write(self, data: bytes):
+        """Write to the peer; a peer that does not read gets at most unread_output_bytes more, then is cut off."""
+        if self._aborted:
+            return
+        if self._unread_since_pause is not None:
+            self._unread_since_pause += len(data)
+            if self._unread_since_pause > self.side.limits.unread_output_bytes:
+                log.info("inbound {peer}: does not read what the guard writes; connection aborted",
+                         peer=self.peer_address)
+                self._closing = True
+                self._aborted = True
+                self.transport.abortConnection()
+                return
+        self.transport.write(data)
 
     @property
     def held(self) -> frozenset[str]:
@@ -132,6 +231,15 @@ class InboundStream(MachinePlumbing, Protocol):
         self._input(self.connection_lost)
 
     # -- parser callbacks: classify, decide, feed the machine -----------
+
+    def _restart_stream(self):
+        """The peer opens a new stream (after STARTTLS or SASL): nothing of the old one is kept, not even our header."""
+        self._parser.stop()
+        self._new_parser()
+        self.stream_id = wire.new_stream_id()
+        self.header_sent = False
+        self._restarts += 1
+        self._backlog = b""
 
     def _new_parser(self):
         self._parser = StreamParser(self._on_header, self._on_element, self._on_end, self.side.limits.parser_limits())
@@ -164,9 +272,11 @@ class InboundStream(MachinePlumbing, Protocol):
         elif kind == (wire.DIALBACK_NS, "result") and not element.getAttribute("type"):
             self._dialback_request(element)
         elif kind == (wire.DIALBACK_NS, "verify") and not element.getAttribute("type"):
-            self._input(self.verify_requested, element)
+            self._verify_request(element)
         else:
-            self._input(self.fault, "unsupported-stanza-type", f"{element.uri} {element.name} is not accepted here")
+            log.info("inbound {peer}: unexpected element {name}", peer=self.peer_address,
+                     name=repr(f"{{{element.uri}}}{element.name}")[:300])
+            self._input(self.fault, "unsupported-stanza-type", "this element is not accepted here")
 
     def _stanza(self, element, size):
         if not self.authenticated_pairs:
@@ -207,6 +317,19 @@ class InboundStream(MachinePlumbing, Protocol):
             self._input(self.fault, "policy-violation", f"too many streams from {sender}")
             return
         self._input(self.dialback_requested, element)
+
+    def _verify_request(self, element):
+        """A db:verify is answered only for our own domains and a short id: what is echoed is bounded and known."""
+        asking, claimed = element.getAttribute("from"), element.getAttribute("to")
+        stream_id = element.getAttribute("id") or ""
+        if asking not in self.side.hosted:
+            self._input(self.fault, "invalid-from", "a db:verify must come from a domain of this side")
+        elif claimed not in self.side.fronted:
+            self._input(self.fault, "host-unknown", "a db:verify must name a domain served through this guard")
+        elif not stream_id or len(stream_id.encode("utf-8")) > VERIFY_ID_BYTES:
+            self._input(self.fault, "policy-violation", "a db:verify needs a stream id of at most 128 bytes")
+        else:
+            self._input(self.verify_requested, element, asking, claimed, stream_id)
 
     def _sends_as(self, domain) -> bool:
         return any(sender == domain for sender, _ in self.authenticated_pairs)
@@ -293,7 +416,11 @@ class InboundStream(MachinePlumbing, Protocol):
         "The authoritative server denied the key, or could not be asked."
 
     @_machine.input()
-    def verify_requested(self, element):
+    def dialback_failed(self, sender, receiver, answer):
+        "The key could not be checked (authoritative server unreachable or silent, or a cap): an XEP-0220 error."
+
+    @_machine.input()
+    def verify_requested(self, element, asking, claimed, stream_id):
         "A far server asks whether a key the guard issued is genuine."
 
     @_machine.input()
@@ -331,7 +458,7 @@ class InboundStream(MachinePlumbing, Protocol):
         if self.first_header is None:
             self.first_header = header
         attributes = header.attributes
-        self.transport.write(wire.stream_header(attributes.get("to"), attributes.get("from"), self.stream_id))
+        self._write(wire.stream_header(attributes.get("to"), attributes.get("from"), self.stream_id))
         self.header_sent = True
 
     @_machine.output()
@@ -340,17 +467,15 @@ class InboundStream(MachinePlumbing, Protocol):
 
     @_machine.output()
     def _offer_starttls(self, header):
-        self.transport.write(wire.features_starttls_required())
+        self._write(wire.features_starttls_required())
 
     @_machine.output()
     def _start_tls(self):
         receiver = self.first_header.attributes.get("to")
         identity = self.side.identities[receiver]
-        self.transport.write(wire.PROCEED)
+        self._write(wire.PROCEED)
         self.transport.startTLS(identity.server_options())
-        self._parser.stop()
-        self._new_parser()
-        self.stream_id = wire.new_stream_id()
+        self._restart_stream()
         self._start_timer("tls", self.side.limits.tls_timeout, "TLS negotiation took too long")
 
     @_machine.output()
@@ -365,46 +490,51 @@ class InboundStream(MachinePlumbing, Protocol):
                 peer=self.peer_address, domain=header.attributes.get("from"),
                 problem=self.peer_verdict.problem or "subjectAltName does not match",
             )
-        self.transport.write(wire.features_authentication(
+        self._write(wire.features_authentication(
             external=offer_external, dialback=not certificate_mode
         ))
 
     @_machine.output()
     def _succeed_external(self, domain):
         self.authenticated_pairs.add((domain, self.first_header.attributes.get("to")))
-        self.transport.write(wire.SASL_SUCCESS)
-        self._parser.stop()
-        self._new_parser()
-        self.stream_id = wire.new_stream_id()
+        self._write(wire.SASL_SUCCESS)
+        self._restart_stream()
         log.info("inbound {peer}: {domain} authenticated by certificate", peer=self.peer_address, domain=domain)
 
     @_machine.output()
     def _fail_external(self, condition, text):
         log.info("inbound {peer}: SASL EXTERNAL refused: {text}", peer=self.peer_address, text=text)
-        self.transport.write(wire.sasl_failure(condition))
+        self._write(wire.sasl_failure(condition))
 
     @_machine.output()
     def _offer_nothing(self, header):
         self._cancel_timer("auth")
         self._start_timer("idle", self.side.limits.idle_timeout, "idle")
-        self.transport.write(wire.features_empty())
+        self._write(wire.features_empty())
 
     @_machine.output()
     def _check_dialback(self, element):
         sender, receiver = element.getAttribute("from"), element.getAttribute("to")
         checking = self.side.relay.check_dialback(
-            self.side, sender, receiver, self.stream_id, _text_of(element).strip()
+            self.side, sender, receiver, self.stream_id, _text_of(element).strip(), asker=self
         )
+        if checking is None:
+            log.info("inbound {peer}: dialback for {sender} is already being checked", peer=self.peer_address,
+                     sender=sender)
+            return
 
-        def checked(valid):
-            if valid:
+        def checked(value):
+            answer = as_answer(value)
+            if answer.verdict == "valid":
                 self._input(self.dialback_confirmed, sender, receiver)
-            else:
+            elif answer.verdict == "invalid":
                 self._input(self.dialback_denied, sender, receiver, "key not confirmed")
+            else:
+                self._input(self.dialback_failed, sender, receiver, answer)
 
         def failed(failure):
             log.info("inbound {peer}: dialback check failed: {f}", peer=self.peer_address, f=failure.getErrorMessage())
-            self._input(self.dialback_denied, sender, receiver, failure.getErrorMessage())
+            self._input(self.dialback_failed, sender, receiver, UNREACHABLE)
 
         checking.addCallbacks(checked, failed)
 
@@ -414,28 +544,28 @@ class InboundStream(MachinePlumbing, Protocol):
             self._cancel_timer("auth")
             self._start_timer("idle", self.side.limits.idle_timeout, "idle")
         self.authenticated_pairs.add((sender, receiver))
-        self.transport.write(wire.dialback_result(receiver, sender, verdict="valid"))
+        self._write(wire.dialback_result(receiver, sender, verdict="valid"))
         log.info("inbound {peer}: {sender} authenticated by dialback for {receiver}",
                  peer=self.peer_address, sender=sender, receiver=receiver)
 
     @_machine.output()
     def _deny_dialback(self, sender, receiver, text):
         log.info("inbound {peer}: dialback for {sender} denied: {text}", peer=self.peer_address, sender=sender, text=text)
-        self.transport.write(wire.dialback_result(receiver, sender, verdict="invalid"))
+        self._write(wire.dialback_result(receiver, sender, verdict="invalid"))
 
     @_machine.output()
-    def _answer_verify(self, element):
-        asking, claimed = element.getAttribute("from"), element.getAttribute("to")
-        stream_id = element.getAttribute("id") or ""
-        genuine = (
-            asking in self.side.hosted
-            and claimed in self.side.fronted
-            and key_is_ours(self.side.dialback_secret, asking, claimed, stream_id, _text_of(element))
-        )
+    def _report_dialback_error(self, sender, receiver, answer):
+        log.info("inbound {peer}: dialback for {sender} not settled: {condition}", peer=self.peer_address,
+                 sender=sender, condition=answer.condition)
+        self._write(wire.dialback_result_error(receiver, sender, answer.condition, answer.error_type))
+
+    @_machine.output()
+    def _answer_verify(self, element, asking, claimed, stream_id):
+        genuine = key_is_ours(self.side.dialback_secret, asking, claimed, stream_id, _text_of(element))
         verdict = "valid" if genuine else "invalid"
         log.info("inbound {peer}: verify for {claimed} asked by {asking}: {verdict}",
                  peer=self.peer_address, claimed=claimed, asking=asking, verdict=verdict)
-        self.transport.write(wire.dialback_verify(claimed or "", asking or "", stream_id, "", verdict))
+        self._write(wire.dialback_verify(claimed, asking, stream_id, "", verdict))
 
     @_machine.output()
     def _relay(self, element, addressed, size):
@@ -450,7 +580,7 @@ class InboundStream(MachinePlumbing, Protocol):
     def _close_cleanly(self):
         self._closing = True
         if self.header_sent:
-            self.transport.write(wire.STREAM_CLOSE)
+            self._write(wire.STREAM_CLOSE)
         self._close_transport()
 
     @_machine.output()
@@ -465,9 +595,9 @@ class InboundStream(MachinePlumbing, Protocol):
         self._closing = True
         if not self.header_sent:
             fronted = sorted(self.side.fronted)
-            self.transport.write(wire.stream_header(fronted[0] if fronted else None, None, self.stream_id))
+            self._write(wire.stream_header(fronted[0] if fronted else None, None, self.stream_id))
             self.header_sent = True
-        self.transport.write(wire.stream_error(condition, text) + wire.STREAM_CLOSE)
+        self._write(wire.stream_error(condition, text) + wire.STREAM_CLOSE)
         self._close_transport()
 
     def close_for_shutdown(self):
@@ -487,6 +617,7 @@ class InboundStream(MachinePlumbing, Protocol):
     awaiting_authentication.upon(dialback_requested, enter=awaiting_authentication, outputs=[_check_dialback])
     awaiting_authentication.upon(dialback_confirmed, enter=open, outputs=[_confirm_dialback])
     awaiting_authentication.upon(dialback_denied, enter=awaiting_authentication, outputs=[_deny_dialback])
+    awaiting_authentication.upon(dialback_failed, enter=awaiting_authentication, outputs=[_report_dialback_error])
     awaiting_authentication.upon(verify_requested, enter=awaiting_authentication, outputs=[_answer_verify])
     awaiting_authenticated_header.upon(header_accepted, enter=open, outputs=[_answer_header, _offer_nothing])
     awaiting_authenticated_header.upon(header_refused, enter=closed, outputs=[_refuse_header])
@@ -494,6 +625,7 @@ class InboundStream(MachinePlumbing, Protocol):
     open.upon(dialback_requested, enter=open, outputs=[_check_dialback])
     open.upon(dialback_confirmed, enter=open, outputs=[_confirm_dialback])
     open.upon(dialback_denied, enter=open, outputs=[_deny_dialback])
+    open.upon(dialback_failed, enter=open, outputs=[_report_dialback_error])
     open.upon(verify_requested, enter=open, outputs=[_answer_verify])
 
     for _state in (awaiting_header, awaiting_starttls, awaiting_secure_header, awaiting_authentication,
@@ -505,7 +637,8 @@ class InboundStream(MachinePlumbing, Protocol):
         _state.upon(shut_down, enter=closed, outputs=[_announce_shutdown])
         _state.upon(connection_lost, enter=closed, outputs=[_forget])
     for _each in (header_accepted, header_refused, starttls_requested, external_accepted, external_refused,
-                   dialback_requested, dialback_confirmed, dialback_denied, verify_requested, stanza_arrived,
+                   dialback_requested, dialback_confirmed, dialback_denied, dialback_failed, verify_requested,
+                   stanza_arrived,
                    fault, unexpected, timed_out, peer_closed, shut_down, connection_lost):
         closed.upon(_each, enter=closed, outputs=[])
     del _state, _each

@@ -9,12 +9,14 @@ side's authoritative server to verify a dialback key (``purpose="verify"``).
       -> awaiting_secure_features -> awaiting_sasl_result -> awaiting_authenticated_header
            -> awaiting_authenticated_features -> ready
       -> awaiting_secure_features -> awaiting_dialback_result -> ready
-      -> awaiting_secure_features -> awaiting_verify_answer -> closed
+      -> awaiting_secure_features -> verifying (purpose "verify": db:verify out, answers in)
     any state -> closed
 
 The owner learns what happened through three calls: ``stream_ready(stream)``,
 ``stream_failed(stream, condition, text)`` (before it was ready) and
-``stream_lost(stream)`` (after); and of back-pressure through
+``stream_lost(stream)`` (after); a verification stream's owner also gets
+``verification_answered(stream, stream_id, verdict)`` and is asked
+``asked(stream_id)`` whether an answer is expected; and of back-pressure through
 ``congested(stream)``/``decongested(stream)`` when the far server stops and
 resumes reading.
 """
@@ -36,6 +38,14 @@ from .decisions import Refusal, refuse_outbound_header
 
 log = Logger()
 
+# What an owner hears when a stream fails before it was ready: the guard's own
+# text for each condition, never anything the far side wrote (bounces carry it).
+FAILURE_TEXTS = {
+    "remote-server-not-found": "the far server could not be reached or did not accept the stream",
+    "remote-server-timeout": "the far server did not answer in time",
+}
+STOPPING_TEXT = "the guard is stopping"
+
 
 def _child(element, uri, name):
     for child in element.elements():
@@ -52,6 +62,12 @@ def _offers_external(features) -> bool:
         mechanism.name == "mechanism" and str(mechanism).strip() == "EXTERNAL"
         for mechanism in mechanisms.elements()
     )
+
+
+def _bounded(text, limit=64) -> str:
+    """Something the far server said, made safe for one log line: printable, escaped, at most ``limit`` characters."""
+    shown = repr(text)
+    return shown if len(shown) <= limit else shown[:limit] + "..."
 
 
 def _offers_dialback(features) -> bool:
@@ -87,14 +103,13 @@ class OutboundStream(MachinePlumbing, Protocol):
 
     _machine = MethodicalMachine()
 
-    def __init__(self, owner, side, sender, receiver, purpose="relay", verify=None):
+    def __init__(self, owner, side, sender, receiver, purpose="relay"):
         self.owner = owner
         self.side = side
         self.clock = side.clock
         self.sender = sender
         self.receiver = receiver
         self.purpose = purpose
-        self.verify = verify  # (stream_id, key) to have verified, for purpose "verify"
         self.stream_id = None
         self.first_header = None
         self._parser = None
@@ -105,12 +120,15 @@ class OutboundStream(MachinePlumbing, Protocol):
         self._authenticated = False
         self.is_ready = False
         self._server_proven = False
+        self.header_sent = False  # our header on the current stream (each restart sends a new one)
 
     # -- transport events -------------------------------------------------
 
     def connectionMade(self):
         self._start_timer("auth", self.side.limits.auth_timeout, "authentication took too long")
-        self.transport.registerProducer(_Congestion(self), True)
+        # Congestion is signalled when more than unread_output_bytes wait for the far server.
+        self.transport.bufferSize = self.side.limits.unread_output_bytes
+        self._register_producer(_Congestion(self))
         self._open_stream()
 
     def dataReceived(self, data):
@@ -129,8 +147,18 @@ class OutboundStream(MachinePlumbing, Protocol):
     # -- sending stanzas --------------------------------------------------
 
     def send(self, element):
-        """Serialise ``element`` from its parsed tree onto the stream."""
-        self.transport.write(serialise(element).encode("utf-8"))
+        """
+        Serialise ``element`` onto the stream.  A stanza that would be larger
+        than this side's stanza_bytes raises OversizedStanza (a ValueError) and
+        nothing is written: the caller settles it.
+        """
+        data = serialise(element, max_bytes=self.side.limits.stanza_bytes).encode("utf-8")
+        self.transport.write(data)
+        self._restart_idle()
+
+    def send_verify(self, stream_id, key):
+        """Ask the authoritative server whether ``key`` is genuine for the stream ``stream_id`` (purpose "verify")."""
+        self.transport.write(wire.dialback_verify(self.sender, self.receiver, stream_id, key))
         self._restart_idle()
 
     def close_for_shutdown(self):
@@ -150,6 +178,7 @@ class OutboundStream(MachinePlumbing, Protocol):
     def _open_stream(self):
         self._parser = StreamParser(self._on_header, self._on_element, self._on_end, self.side.limits.parser_limits())
         self.transport.write(wire.stream_header(self.sender, self.receiver))
+        self.header_sent = True
 
     def _on_header(self, header):
         refusal = refuse_outbound_header(header, self.receiver, previous=self.first_header)
@@ -185,25 +214,33 @@ class OutboundStream(MachinePlumbing, Protocol):
                 self._input(self.fault, "invalid-from", "dialback answer for another domain pair")
             elif element.getAttribute("type") == "valid":
                 self._input(self.dialback_valid)
+            elif element.getAttribute("type") == "error":
+                # XEP-0220: the far server could not check our key (its reason is logged, never relayed).
+                error = _child(element, wire.SERVER_NS, "error") or _child(element, wire.DIALBACK_NS, "error")
+                reason = next((child.name for child in error.elements()), None) if error is not None else None
+                self._input(self.dialback_invalid, f"dialback error from the far server: {_bounded(reason)}")
             else:
                 self._input(self.dialback_invalid, "the far server did not accept our dialback key")
         elif kind == (wire.DIALBACK_NS, "verify") and element.getAttribute("type"):
+            stream_id = element.getAttribute("id")
             matches = (
-                self.verify is not None
-                and element.getAttribute("id") == self.verify[0]
+                self.purpose == "verify"
                 and element.getAttribute("from") == self.receiver
                 and element.getAttribute("to") == self.sender
+                and self.owner.asked(stream_id)
             )
             if not matches:
                 self._input(self.fault, "invalid-id", "a verification answer we did not ask for")
             else:
-                self._input(self.verify_answered, element.getAttribute("type") == "valid")
+                self._input(self.verify_answered, stream_id, element.getAttribute("type"))
         elif kind == (wire.STREAMS_NS, "error"):
             condition = next((child.name for child in element.elements()
                               if child.uri == wire.STREAM_ERRORS_NS and child.name != "text"), "undefined-condition")
-            self._input(self.peer_failed, f"stream error from the far server: {condition}")
+            self._input(self.peer_failed, f"stream error from the far server: {_bounded(condition)}")
         else:
-            self._input(self.fault, "unsupported-stanza-type", f"{element.uri} {element.name} is not accepted here")
+            log.info("outbound {sender}->{receiver}: unexpected element {name}", sender=self.sender,
+                     receiver=self.receiver, name=_bounded(f"{{{element.uri}}}{element.name}", 300))
+            self._input(self.fault, "unsupported-stanza-type", "this element is not accepted on this stream")
 
     def _features(self, features):
         # Which features these are follows from facts of the stream; the
@@ -286,8 +323,8 @@ class OutboundStream(MachinePlumbing, Protocol):
         "We sent a dialback key; the far server is checking it with us."
 
     @_machine.state()
-    def awaiting_verify_answer(self):
-        "We asked the authoritative server whether a key is genuine."
+    def verifying(self):
+        "A verification stream: db:verify requests go out, their answers come in."
 
     @_machine.state()
     def ready(self):
@@ -352,7 +389,7 @@ class OutboundStream(MachinePlumbing, Protocol):
         "The far server refused our dialback key."
 
     @_machine.input()
-    def verify_answered(self, valid):
+    def verify_answered(self, stream_id, verdict):
         "The authoritative server answered a verification."
 
     @_machine.input()
@@ -420,9 +457,13 @@ class OutboundStream(MachinePlumbing, Protocol):
         self.transport.write(wire.dialback_result(self.sender, self.receiver, key=key))
 
     @_machine.output()
-    def _send_verify(self):
-        stream_id, key = self.verify
-        self.transport.write(wire.dialback_verify(self.sender, self.receiver, stream_id, key))
+    def _become_verifier(self):
+        self._cancel_timer("auth")
+        self._timers["idle"] = self.clock.callLater(
+            self.side.limits.idle_timeout, self._input, self.peer_closed
+        )
+        self._reported = True
+        self.owner.stream_ready(self)
 
     @_machine.output()
     def _become_ready(self):
@@ -436,12 +477,8 @@ class OutboundStream(MachinePlumbing, Protocol):
         self.owner.stream_ready(self)
 
     @_machine.output()
-    def _report_verification(self, valid):
-        self._reported = True
-        self.owner.verification_answered(self, valid)
-        self._closing = True
-        self.transport.write(wire.STREAM_CLOSE)
-        self._close_transport()
+    def _report_verification(self, stream_id, verdict):
+        self.owner.verification_answered(self, stream_id, verdict)
 
     @_machine.output()
     def _fail_with_error(self, condition, text):
@@ -482,7 +519,7 @@ class OutboundStream(MachinePlumbing, Protocol):
         self._closing = True
         self.transport.write(wire.STREAM_CLOSE)
         self._close_transport()
-        self._report_failure("remote-server-timeout", "the guard is stopping")
+        self._report_failure("remote-server-timeout", "the guard is stopping", text=STOPPING_TEXT)
 
     @_machine.output()
     def _lost(self, text):
@@ -491,21 +528,30 @@ class OutboundStream(MachinePlumbing, Protocol):
 
     def _send_error(self, condition, text):
         log.info("outbound {sender}->{receiver}: closing with {condition}: {text}",
-                 sender=self.sender, receiver=self.receiver, condition=condition, text=text)
+                 sender=self.sender, receiver=self.receiver, condition=condition, text=_bounded(text, 300))
         self._closing = True
+        if not self.header_sent:
+            self.transport.write(wire.stream_header(self.sender, self.receiver))
+            self.header_sent = True
         self.transport.write(wire.stream_error(condition, text) + wire.STREAM_CLOSE)
         self._close_transport()
 
-    def _report_failure(self, condition, text):
-        if self._reported:
-            if self.purpose == "relay":
-                self.owner.stream_lost(self)
-            self._reported = None
-            return
+    def _report_failure(self, condition, detail, text=None):
+        """
+        Tell the owner once.  What it hears is the guard's own text for the
+        condition (it may end up in bounces); ``detail``, which may carry what
+        the far side said, goes only to the log, bounded and escaped.
+        """
         if self._reported is None:
             return
+        log.info("outbound {sender}->{receiver}: ended ({condition}): {detail}", sender=self.sender,
+                 receiver=self.receiver, condition=condition, detail=_bounded(detail, 300))
+        if self._reported:
+            self.owner.stream_lost(self)
+            self._reported = None
+            return
         self._reported = None
-        self.owner.stream_failed(self, condition, text)
+        self.owner.stream_failed(self, condition, text or FAILURE_TEXTS[condition])
 
     # -- transitions ------------------------------------------------------------
 
@@ -520,8 +566,8 @@ class OutboundStream(MachinePlumbing, Protocol):
                                   outputs=[_send_external])
     awaiting_secure_features.upon(dialback_chosen, enter=awaiting_dialback_result,
                                   outputs=[_send_dialback_key])
-    awaiting_secure_features.upon(verify_chosen, enter=awaiting_verify_answer,
-                                  outputs=[_send_verify])
+    awaiting_secure_features.upon(verify_chosen, enter=verifying,
+                                  outputs=[_become_verifier])
     awaiting_sasl_result.upon(sasl_succeeded, enter=awaiting_authenticated_header,
                               outputs=[_restart_stream])
     awaiting_sasl_result.upon(sasl_failed, enter=closed, outputs=[_fail_refused])
@@ -531,12 +577,11 @@ class OutboundStream(MachinePlumbing, Protocol):
                                          outputs=[_become_ready])
     awaiting_dialback_result.upon(dialback_valid, enter=ready, outputs=[_become_ready])
     awaiting_dialback_result.upon(dialback_invalid, enter=closed, outputs=[_fail_refused])
-    awaiting_verify_answer.upon(verify_answered, enter=closed,
-                                outputs=[_report_verification])
+    verifying.upon(verify_answered, enter=verifying, outputs=[_report_verification])
 
     _live = (awaiting_header, awaiting_features, awaiting_proceed, awaiting_secure_header,
              awaiting_secure_features, awaiting_sasl_result, awaiting_authenticated_header,
-             awaiting_authenticated_features, awaiting_dialback_result, awaiting_verify_answer, ready)
+             awaiting_authenticated_features, awaiting_dialback_result, verifying, ready)
     for _state in _live:
         _state.upon(fault, enter=closed, outputs=[_fail_with_error])
         _state.upon(peer_failed, enter=closed, outputs=[_fail_refused])

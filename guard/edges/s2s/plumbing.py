@@ -47,7 +47,17 @@ class MachinePlumbing:
                 timer.cancel()
         self._timers.clear()
 
+    def _register_producer(self, producer):
+        """Hear from the transport when the peer stops reading what we write (and when it drains)."""
+        self.transport.registerProducer(producer, True)
+        self._producer_registered = True
+
     def _close_transport(self):
         self._closing = True
-        if self.transport is not None:
-            self.transport.loseConnection()
+        if self.transport is None:
+            return
+        if getattr(self, "_producer_registered", False):
+            # TLS does not close while a producer is registered: unregister first.
+            self._producer_registered = False
+            self.transport.unregisterProducer()
+        self.transport.loseConnection()

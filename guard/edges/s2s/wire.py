@@ -119,6 +119,18 @@ def dialback_result(sender: str, receiver: str, key: str | None = None, verdict:
     return f"<db:result {attributes}>{escape(key or '')}</db:result>".encode()
 
 
+STANZA_ERRORS_NS = "urn:ietf:params:xml:ns:xmpp-stanzas"
+
+
+def dialback_result_error(sender: str, receiver: str, condition: str, error_type: str = "cancel") -> bytes:
+    """An XEP-0220 <db:result type='error'/>: the guard could not settle the request (its own condition)."""
+    attributes = f"from={quoteattr(sender)} to={quoteattr(receiver)} type='error'"
+    return (
+        f"<db:result {attributes}><error type={quoteattr(error_type)}>"
+        f"<{condition} xmlns='{STANZA_ERRORS_NS}'/></error></db:result>"
+    ).encode()
+
+
 def dialback_verify(sender: str, receiver: str, stream_id: str, key: str, verdict: str | None = None) -> bytes:
     attributes = f"from={quoteattr(sender)} to={quoteattr(receiver)} id={quoteattr(stream_id)}"
     if verdict:

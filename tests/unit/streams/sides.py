@@ -34,7 +34,7 @@ class RecordingRelay:
     def stanza_received(self, side, stanza, addressed, size):
         self.events.append(("stanza", side.name, serialise(stanza), addressed.pair))
 
-    def check_dialback(self, side, peer, fronted, stream_id, key):
+    def check_dialback(self, side, peer, fronted, stream_id, key, asker=None):
         self.events.append(("check_dialback", side.name, peer, fronted))
         answer = self.dialback_answers.get((peer, fronted), False)
         if isinstance(answer, defer.Deferred):

@@ -24,6 +24,7 @@ class RecordingOwner:
     def __init__(self):
         self.events = []
         self.settled = defer.Deferred()
+        self.asking: set[str] = set()  # stream ids of the db:verify we sent
 
     def _settle(self, event):
         self.events.append(event)
@@ -39,8 +40,12 @@ class RecordingOwner:
     def stream_lost(self, stream):
         self.events.append(("lost",))
 
-    def verification_answered(self, stream, valid):
-        self._settle(("verified", valid))
+    def verification_answered(self, stream, stream_id, verdict):
+        self.asking.discard(stream_id)
+        self.events.append(("verified", stream_id, verdict))
+
+    def asked(self, stream_id):
+        return stream_id in self.asking
 
     def congested(self, stream):
         self.events.append(("congested",))
@@ -72,13 +77,13 @@ class Negotiation(unittest.TestCase):
         self.addCleanup(port.stopListening)
         return port
 
-    def connect(self, owner, authentication="certificate", keypair=None, purpose="relay", verify=None,
+    def connect(self, owner, authentication="certificate", keypair=None, purpose="relay",
                 sender="red.example", receiver="blue.example"):
         material = pki()
         keypair = keypair or material.red_server
         peer_side = make_side("red", reactor, authentication=authentication, certificate=keypair.certificate,
                               key=keypair.key, presents_for=RED_DOMAINS)
-        stream = OutboundStream(owner, peer_side, sender, receiver, purpose=purpose, verify=verify)
+        stream = OutboundStream(owner, peer_side, sender, receiver, purpose=purpose)
         endpoint = HostnameEndpoint(reactor, "127.0.0.1", self.port.getHost().port, timeout=5)
         self.addCleanup(self.hang_up, stream)
         return connectProtocol(endpoint, stream).addCallback(lambda _: stream)
@@ -86,9 +91,9 @@ class Negotiation(unittest.TestCase):
     def hang_up(self, stream):
         """Close both ends and give the reactor a moment, so no timer or connection outlives the test."""
         if stream.transport is not None:
-            stream.transport.loseConnection()
+            stream.transport.abortConnection()
         for inbound in list(self.guard_side.inbound_streams):
-            inbound.transport.loseConnection()
+            inbound.transport.abortConnection()
         return deferLater(0.1)
 
     @defer.inlineCallbacks
@@ -177,15 +182,23 @@ class Negotiation(unittest.TestCase):
 
     @defer.inlineCallbacks
     def test_verify_answers_valid_only_for_keys_the_guard_issued(self):
-        """A db:verify for a key the guard issued is valid; a forged key, or one for another stream id, is invalid."""
+        """On one verification stream, a db:verify for a key the guard issued is valid; a forged key, or one for another stream id, is invalid."""
         yield self.listen("dialback")
         genuine = dialback_key(SECRET, "red.example", "blue.example", "stream-7")
-        answers = []
-        for stream_id, key in (("stream-7", genuine), ("stream-7", "0" * 64), ("stream-8", genuine)):
-            owner = RecordingOwner()
-            yield self.connect(owner, authentication="dialback", purpose="verify", verify=(stream_id, key))
-            answers.append((yield owner.settled))
-        self.assertEqual(answers, [("verified", True), ("verified", False), ("verified", False)])
+        owner = RecordingOwner()
+        stream = yield self.connect(owner, authentication="dialback", purpose="verify")
+        self.assertEqual((yield owner.settled), ("ready",))
+        for stream_id, key in (("stream-7", genuine), ("stream-8", genuine)):
+            owner.asking.add(stream_id)
+            stream.send_verify(stream_id, key)
+        yield deferLater(0.3)
+        owner.asking.add("stream-7")
+        stream.send_verify("stream-7", "0" * 64)
+        yield deferLater(0.3)
+        self.assertEqual(owner.events, [
+            ("ready",), ("verified", "stream-7", "valid"), ("verified", "stream-8", "invalid"),
+            ("verified", "stream-7", "invalid"),
+        ])
 
 
 def deferLater(seconds):

@@ -114,3 +114,32 @@ def test_unexpected_stanza_on_an_outbound_stream_is_refused():
 class _Reason:
     def getErrorMessage(self):
         return "connection lost"
+
+
+def stanza(xml):
+    from guard.edges.xmlstream import StreamParser
+
+    found = []
+    StreamParser(lambda header: None, lambda element, size: found.append(element), lambda: None).feed(
+        FAR_HEADER + xml.encode()
+    )
+    return found[0]
+
+
+def test_send_refuses_a_stanza_larger_than_the_far_sides_stanza_bytes():
+    """A stanza whose serialisation exceeds the far side's stanza_bytes raises OversizedStanza and writes nothing."""
+    import pytest
+
+    from guard.edges.xmlstream import OversizedStanza
+
+    stream, transport, clock, owner = connect(limits=Limits(stanza_bytes=200))
+    transport.clear()
+    small = stanza("<message from='romeo@red.example' to='juliet@blue.example'><body>hi</body></message>")
+    large = stanza("<message from='romeo@red.example' to='juliet@blue.example'><body>"
+                   + "&gt;" * 100 + "</body></message>")
+    with pytest.raises(OversizedStanza):
+        stream.send(large)
+    assert transport.value() == b""
+    stream.send(small)
+    assert transport.value() == (b'<message from="romeo@red.example" to="juliet@blue.example">'
+                                 b'<body>hi</body></message>')
