@@ -88,11 +88,12 @@ class FakeStream:
 class JoinedHalves:
     """Two links, 'half-a' and 'half-b', whose connections are pumped in memory."""
 
-    def __init__(self, settings=LinkSettings(ack_every=10), clock=None, limits=ParserLimits(), limits_b=None):
+    def __init__(self, settings=LinkSettings(ack_every=10), clock=None, limits=ParserLimits(), limits_b=None,
+                 owner_a=None):
         self.clock = clock or Clock()
         self.limits = limits
         self.limits_b = limits_b or limits  # half B's parser may be stricter than half A's
-        self.owner_a, self.owner_b = RecordingOwner(), RecordingOwner()
+        self.owner_a, self.owner_b = owner_a or RecordingOwner(), RecordingOwner()
         self.a = Link(self.owner_a, "half-a", "half-b", self.clock, settings, session="sessiona",
                       stanza_bytes=limits.stanza_bytes)
         self.b = Link(self.owner_b, "half-b", "half-a", self.clock, settings, session="sessionb",

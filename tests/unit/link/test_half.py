@@ -136,3 +136,144 @@ def test_the_link_settles_parcels_in_the_books():
     assert relay.books.summary()["delivered"] == 1 and relay.books.summary()["bounced"] == 1
     assert len(to_red.queue) == 1 and 'type="error"' in to_red.queue[0]
     assert audit.records == [("bounce", "guard:remote-server-timeout", None)]
+
+
+# -- with a real pair link between half A's relay and half B ---------------------
+
+from types import SimpleNamespace  # noqa: E402
+
+from guard.edges.link.link import Link, LinkSettings  # noqa: E402
+from guard.edges.relay import OutboundLink  # noqa: E402
+from guard.edges.xmlstream import ParserLimits  # noqa: E402
+
+from .pairs import JoinedHalves, Parcel  # noqa: E402
+
+
+class RealLeg:
+    def __init__(self, link):
+        self.link = link
+        self.limits = ParserLimits()
+
+    def describe(self):
+        return self.link.describe()
+
+
+def half_a_joined(settings=LinkSettings(ack_every=1000), export=None):
+    """Half A's relay as the owner of a real link to half B; red's server is set up but never ready."""
+    audit = RecordingAudit()
+    policies = PolicyTable({Direction("red", "blue"): export or PassAll(),
+                            Direction("blue", "red"): NoContraband()})
+    clock = Clock()
+    relay = HalfRelay(TOPOLOGY, policies, Books(), audit, clock, "red", "blue")
+    relay.open_stream = lambda *args, **extra: SimpleNamespace(close_for_shutdown=lambda: None)  # never ready
+    red = SimpleNamespace(name="red", limits=SimpleNamespace(outbound_queue=100), inbound_streams=set(),
+                          routes={"red.example": ("127.0.0.1", 5269)})
+    relay.add_side(red)
+    pair = JoinedHalves(settings, clock=clock, owner_a=relay)
+    relay.leg = RealLeg(pair.a)
+    return relay, audit, pair, red
+
+
+def from_romeo(relay, red, number, body="hi"):
+    stanza = reparse_stanza(f"<message from='romeo@red.example/a' to='juliet@blue.example' id='r{number}'>"
+                            f"<body>{body}</body></message>")
+    relay.stanza_received(red, stanza, check_addressing(stanza, {("red.example", "blue.example")}, {"blue.example"}),
+                          90)
+
+
+def test_a_congested_own_server_stops_the_link_being_read_and_acknowledged():
+    """Red's server stops reading what comes from blue: half A stops reading the link, so half B keeps the
+    stanzas (unacknowledged) instead of half A piling them up; when red reads again, they flow in order."""
+    relay, _, pair, _ = half_a_joined(LinkSettings(ack_every=1, ack_timeout=5.0))
+    pair.connect()
+    relay.hold_senders("blue.example", "red.example")  # what OutboundLink.congested calls
+    for number in range(3):
+        pair.b.send(Parcel(reparse_stanza(f"<message from='juliet@blue.example/b' to='romeo@red.example' "
+                                          f"id='j{number}'><body>hi</body></message>")))
+    pair.flush()
+    for _ in range(20):  # well past half B's acknowledgement timeout
+        pair.clock.advance(1.0)
+        pair.flush()
+    to_red = relay.links[("red", "blue.example", "red.example")] if relay.links else None
+    assert to_red is None and relay.books.accepted == 0
+    assert pair.b.describe()["unacknowledged"] == 3 and pair.b.describe()["connections"] == 1
+    assert pair.a.describe()["held"] is True
+    relay.release_senders("blue.example", "red.example")  # OutboundLink.decongested
+    pair.flush()
+    pair.clock.advance(1.0)
+    pair.flush()
+    to_red = relay.links[("red", "blue.example", "red.example")]
+    assert [parcel.stanza["id"] for parcel in to_red.queue] == ["j0", "j1", "j2"]
+    assert pair.b.describe()["unacknowledged"] == 0 and pair.owner_b.of("delivered") == ["j0", "j1", "j2"]
+
+
+def test_congestion_toward_the_link_still_holds_the_own_servers_streams():
+    """A pair whose sender is on our own side is held as in standalone mode: the link is not paused for it."""
+    relay, _, pair, red = half_a_joined()
+    held = []
+
+    class InboundFromRed:
+        authenticated_pairs = {("red.example", "blue.example")}
+        hold = release = staticmethod(held.append)
+
+    red.inbound_streams.add(InboundFromRed())
+    relay.hold_senders("red.example", "blue.example")
+    assert held == ["congested red.example->blue.example"] and pair.a.describe()["held"] is False
+
+
+def test_at_shutdown_stanzas_from_the_link_waiting_for_our_server_bounce_back_over_the_link():
+    """Juliet's message waits for red's server when half A stops: its bounce crosses the link, still carrying,
+    and reaches half B (before, the link was stopped first and the bounce was lost)."""
+    relay, _, pair, _ = half_a_joined(LinkSettings(ack_every=1))
+    pair.connect()
+    pair.b.send(Parcel(reparse_stanza("<message from='juliet@blue.example/b' to='romeo@red.example' id='j1'>"
+                                      "<body>hi</body></message>")))
+    pair.flush()
+    assert pair.owner_b.of("delivered") == ["j1"]  # half A acknowledged it: half B will never bounce it
+    relay.begin_shutdown()
+    pair.flush()
+    assert pair.owner_b.of("received") == ["j1"]  # the error reply, same id, back to Juliet
+    assert relay.books.summary()["bounced"] == 1
+
+
+def test_at_shutdown_the_half_waits_for_acknowledgements_and_reports_the_rest_in_doubt():
+    """Romeo's message was written, not acknowledged: the grace asks for an acknowledgement and settles it
+    as delivered; one whose acknowledgement cannot come is audited in doubt, never bounced to Romeo."""
+    relay, audit, pair, red = half_a_joined()
+    pair.connect()
+    from_romeo(relay, red, 1)
+    pair.flush()  # half B has it
+    relay.begin_shutdown()
+    assert relay.bounces_waiting() == 1
+    pair.flush()
+    assert relay.bounces_waiting() == 0 and relay.books.summary()["delivered"] == 1
+    from_romeo(relay, red, 2)  # accepted late (a release during shutdown): bounced, the link takes nothing new
+    relay.finish_shutdown()
+    assert relay.books.summary()["bounced"] == 1
+
+    relay, audit, pair, red = half_a_joined()
+    pair.connect()
+    from_romeo(relay, red, 3)
+    pair.flush()
+    pair.cut()  # the acknowledgement can never come
+    relay.begin_shutdown()
+    relay.finish_shutdown()
+    assert audit.records == [("drop", "guard:link-in-doubt", "red->blue")]
+    assert relay.books.summary()["bounced"] == 0 and relay.books.summary()["dropped"] == 1
+
+
+def test_after_a_reload_stanzas_waiting_unwritten_on_the_link_are_judged_again():
+    """The link is down; a reload brings a stricter export policy: the contraband that passed before is now
+    bounced under the new rule, the plain message still waits (judged again), nothing is written twice."""
+    relay, audit, pair, red = half_a_joined()
+    to_romeo = relay.links[("red", "blue.example", "red.example")] = RecordingOutbound()
+    from_romeo(relay, red, 1, "contraband")
+    from_romeo(relay, red, 2, "plain")
+    assert pair.a.describe()["queued"] == 2
+    relay.policies.swap(Direction("red", "blue"), NoContraband())
+    relay.rejudge_link_buffer()
+    assert audit.records == [("bounce", "no-contraband", "red->blue")]
+    assert len(to_romeo.queue) == 1 and 'id="r1"' in to_romeo.queue[0]
+    pair.connect()
+    pair.flush()
+    assert pair.owner_b.of("received") == ["r2"] and pair.a.describe()["queued"] == 0
