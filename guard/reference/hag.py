@@ -48,7 +48,8 @@ log = Logger()
 REFUSED = ("policy-violation", "refused by the High Assurance Guard")
 HALTED = ("service-unavailable", "the High Assurance Guard is not forwarding")
 
-LEG_KEYS = ("peer", "certificate", "key", "pins", "ca", "listen", "dial", "buffer_stanzas", "down_deadline",
+LEG_KEYS = ("peer", "certificate", "key", "pins", "ca", "listen", "dial", "buffer_stanzas", "buffer_bytes",
+            "down_deadline",
             "ack_every", "ack_interval", "ack_timeout", "keepalive", "open_timeout", "backoff_initial", "backoff_max",
             "backoff_jitter")
 

@@ -47,6 +47,7 @@ def test_the_sample_halves_load(tree):
     assert config.topology.far_side("red") == "blue"
     assert config.link.leg.dial == "tcp:host=127.0.4.2:port=5299" and config.link.leg.listen is None
     assert is_half_config(str(tree / "deploy" / "pair" / "half-a.toml"))
+    assert config.link.leg.settings.buffer_bytes == 64 * 1024 * 1024
 
 
 @pytest.mark.parametrize("replace, add, key", [
@@ -63,6 +64,9 @@ def test_the_sample_halves_load(tree):
     ([("down_deadline = 120 ", "down_deadline = -1 ")], "", "link.down_deadline"),
     ([("backoff_jitter = 0.5", "backoff_jitter = 2")], "", "link.backoff_jitter"),
     ([("buffer_stanzas = 10000", "buffer_stanzas = 1.5")], "", "link.buffer_stanzas"),
+    ([("buffer_bytes = 67108864", "buffer_bytes = 0")], "", "link.buffer_bytes"),
+    ([("buffer_bytes = 67108864", "buffer_bytes = 1.5")], "", "link.buffer_bytes"),
+    ([("buffer_bytes = 67108864", "buffer_bytes = 1000")], "", "link.buffer_bytes"),
     ([], "colour = 'red'\n", "link.colour"),
     ([('dial = "tcp:host=127.0.4.2:port=5299"', 'dial = "carrier-pigeon:x"')], "", "link.dial"),
     ([('key = "../../run/pair-pki/half-a.key"', 'key = "../../run/pair-pki/half-b.key"')], "", "link.certificate"),
