@@ -144,6 +144,8 @@ class Link:
 
     def hold(self) -> None:
         """Stop reading the peer (and so stop acknowledging it) until ``release``: this half's side is congested."""
+        if not self.inbox.counting:
+            return  # draining: nothing read is counted or passed on, and acknowledgements must still be read
         if not self.held:
             self.held = True
             log.info("link: this half's side is congested; not reading {peer}", peer=self.peer_name)

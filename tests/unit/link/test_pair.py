@@ -318,3 +318,16 @@ def test_the_buffer_keeps_bytes_and_addresses_not_parsed_trees():
     (entry,) = pair.a.outbox.entries
     assert entry.parcel.parcel.stanza.children == [] and entry.parcel.parcel.stanza["id"] == "1"
     assert b"z" * 100 in entry.parcel.data and entry.size == len(entry.parcel.data)
+
+
+def test_a_draining_link_is_not_held_so_acknowledgements_can_still_be_read():
+    """Once the half is stopping nothing read is counted, so congestion no longer pauses the link."""
+    pair = JoinedHalves()
+    pair.connect()
+    pair.a.hold()
+    pair.a.drain()
+    pair.a.hold()
+    assert pair.a.describe()["held"] is False
+    pair.b.send(message(1, "juliet@blue.example", "romeo@red.example"))
+    pair.flush()
+    assert pair.owner_a.events == [] and pair.a.inbox.not_counted == 1
