@@ -20,7 +20,7 @@ from twisted.logger import Logger
 from guard.core.addressing import Misaddressed, check_addressing, parse_jid
 from guard.core.pipeline import Direction, Verdict, judge_fail_closed
 from guard.edges.link.leg import LinkLeg
-from guard.edges.link.link import NOT_WRITABLE, TOO_LARGE
+from guard.edges.link.link import NOT_WRITABLE, REFUSED_CONDITION, TOO_LARGE
 from guard.edges.relay import Relay
 from guard.edges.release import reparse_stanza
 from guard.edges.xmlstream import OversizedStanza, ParserLimits, serialise
@@ -120,7 +120,7 @@ class HalfRelay(Relay):
             try:
                 return serialise(judgement.stanza, max_bytes=limits.stanza_bytes).encode("utf-8")
             except OversizedStanza:
-                self.undeliverable(parcel, "policy-violation", TOO_LARGE)
+                self.undeliverable(parcel, REFUSED_CONDITION, TOO_LARGE)
                 return None
         if judgement.verdict is Verdict.BOUNCE:
             self._bounce(original, judgement.condition or "not-allowed", judgement.text,

@@ -45,7 +45,7 @@ from .profile import Profile, ProfileError, check_stanza, load_profile
 log = Logger()
 
 # The HAG's own answers (condition, text): constant, never what a peer said.
-REFUSED = ("policy-violation", "refused by the High Assurance Guard")
+REFUSED = ("not-allowed", "refused by the High Assurance Guard")  # RFC 3920 and 6120: every client knows it
 HALTED = ("service-unavailable", "the High Assurance Guard is not forwarding")
 
 LEG_KEYS = ("peer", "certificate", "key", "pins", "ca", "listen", "dial", "buffer_stanzas", "buffer_bytes",

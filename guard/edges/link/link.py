@@ -50,6 +50,9 @@ BUFFER_FULL = "too many stanzas waiting for the link"
 TOO_LARGE = "the stanza is too large for the link"
 NOT_WRITABLE = "the stanza could not be sent"
 PEER_REFUSED = "the peer half refused the stanza"
+# The condition of both refusals: RFC 3920 and 6120 define it, so every client can read it
+# (policy-violation is RFC 6120 only, and some clients fail on it and wait out their timeout).
+REFUSED_CONDITION = "not-acceptable"
 
 
 @dataclass(frozen=True)
@@ -134,7 +137,7 @@ class Link:
             data = serialise(parcel.stanza, max_bytes=self.stanza_bytes).encode("utf-8")
         except OversizedStanza:
             log.info("link: a stanza larger than {limit} bytes is not carried", limit=self.stanza_bytes)
-            self._give_up(parcel, "policy-violation", TOO_LARGE)
+            self._give_up(parcel, REFUSED_CONDITION, TOO_LARGE)
             return
         except Exception as problem:  # noqa: BLE001 - what cannot be written is not carried
             log.error("link: a stanza could not be serialised: {problem!r}", problem=problem)
@@ -263,7 +266,7 @@ class Link:
         for carried in settlement.refused:
             self.refused_by_peer += 1
             log.warn("link: the peer half refused stanza {n}; bouncing it", n=sequence)
-            self._give_up(carried.parcel, "policy-violation", PEER_REFUSED)
+            self._give_up(carried.parcel, REFUSED_CONDITION, PEER_REFUSED)
 
     def received_count(self) -> int:
         return self.inbox.received

@@ -242,7 +242,7 @@ def test_a_stanza_the_peer_refuses_is_bounced_once_and_never_resent():
     pair.a.send(message(3))
     pair.flush()
     assert b"<refused xmlns='urn:xmpp-guard:link:0' stanza='2'/>" in b"".join(written_by_b)
-    assert pair.owner_a.events == [("delivered", "1"), ("undeliverable", "2", "policy-violation")]
+    assert pair.owner_a.events == [("delivered", "1"), ("undeliverable", "2", "not-acceptable")]
     pair.cut()
     pair.connect()
     pair.clock.advance(1.0)
@@ -298,7 +298,7 @@ def test_a_stanza_larger_than_the_link_carries_is_bounced_and_never_written():
     pair.flush()
     pair.clock.advance(1.0)
     pair.flush()
-    assert pair.owner_a.events == [("undeliverable", "1", "policy-violation"), ("delivered", "2")]
+    assert pair.owner_a.events == [("undeliverable", "1", "not-acceptable"), ("delivered", "2")]
     assert pair.owner_b.of("received") == ["2"] and pair.a.describe()["connections"] == 1
 
 

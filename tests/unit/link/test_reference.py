@@ -155,7 +155,7 @@ VERSION_QUERY = ("<iq from='romeo@red.example/a' to='juliet@blue.example/b' type
 
 
 def test_an_iq_the_hag_refuses_is_answered_with_an_error_to_its_sender():
-    """A XEP-0092 version query outside the profile: the sender gets policy-violation back on its own leg,
+    """A XEP-0092 version query outside the profile: the sender gets not-allowed back on its own leg,
     with the HAG's constant text and nothing of the query; the refusal is audited."""
     reference = hag()
     reference.crossing("a", reparse_stanza(VERSION_QUERY))
@@ -163,8 +163,8 @@ def test_an_iq_the_hag_refuses_is_answered_with_an_error_to_its_sender():
     (answer,) = reference.legs["a"].link.sent
     assert answer.original is None
     assert serialise(answer.stanza) == (
-        '<iq type="error" from="juliet@blue.example/b" to="romeo@red.example/a" id="v1"><error type="modify">'
-        '<policy-violation xmlns="urn:ietf:params:xml:ns:xmpp-stanzas"/>'
+        '<iq type="error" from="juliet@blue.example/b" to="romeo@red.example/a" id="v1"><error type="cancel">'
+        '<not-allowed xmlns="urn:ietf:params:xml:ns:xmpp-stanzas"/>'
         '<text xmlns="urn:ietf:params:xml:ns:xmpp-stanzas">refused by the High Assurance Guard</text></error></iq>')
     assert reference.audit.records == [("hag-drop", "a->b", "element not permitted: {jabber:server}iq")]
 
@@ -189,4 +189,4 @@ def test_a_halted_hag_answers_what_it_no_longer_forwards():
     reference.crossing("a", reparse_stanza("<message from='a@x/r' to='b@y' id='m1'><x xmlns='urn:example'/></message>"))
     reference.crossing("a", reparse_stanza("<message from='a@x/r' to='b@y' id='m2'><body>hi</body></message>"))
     conditions = [answer.stanza.error.firstChildElement().name for answer in reference.legs["a"].link.sent]
-    assert conditions == ["policy-violation", "service-unavailable"] and reference.legs["b"].link.sent == []
+    assert conditions == ["not-allowed", "service-unavailable"] and reference.legs["b"].link.sent == []
