@@ -277,3 +277,35 @@ def test_after_a_reload_stanzas_waiting_unwritten_on_the_link_are_judged_again()
     pair.connect()
     pair.flush()
     assert pair.owner_b.of("received") == ["r2"] and pair.a.describe()["queued"] == 0
+
+
+class ReferAll:
+    def judge(self, stanza, direction):
+        return Judgement.referred(stanza, "ask-first")
+
+
+class ReleasingAuthority:
+    """Releases every stanza it is asked about, at once, with its body replaced."""
+
+    def __init__(self):
+        self.asked = []
+
+    def ask(self, stanza, direction, rule_id):
+        from twisted.internet import defer
+
+        self.asked.append((stanza["id"], str(direction), rule_id))
+        released = reparse_stanza(serialise(stanza).replace("plain", "released"))
+        return defer.succeed(SimpleNamespace(released=True, stanza=released, reason="ok"))
+
+
+def test_after_a_reload_a_waiting_stanza_the_new_policy_refers_goes_to_the_authority_first():
+    """A reload to a refer rule: the waiting stanza leaves the buffer, is asked about, and what the authority
+    releases is what crosses the link."""
+    relay, _, pair, red = half_a_joined()
+    from_romeo(relay, red, 1, "plain")
+    relay.release_authority = ReleasingAuthority()
+    relay.policies.swap(Direction("red", "blue"), ReferAll())
+    relay.rejudge_link_buffer()
+    assert relay.release_authority.asked == [("r1", "red->blue", "ask-first")]
+    (entry,) = pair.a.outbox.entries
+    assert b"<body>released</body>" in entry.parcel.data
