@@ -181,28 +181,34 @@ def from_romeo(relay, red, number, body="hi"):
                           90)
 
 
+def from_juliet(pair, number):
+    pair.b.send(Parcel(reparse_stanza(f"<message from='juliet@blue.example/b' to='romeo@red.example' "
+                                      f"id='j{number}'><body>hi</body></message>")))
+
+
 def test_a_congested_own_server_stops_the_link_being_read_and_acknowledged():
-    """Red's server stops reading what comes from blue: half A stops reading the link, so half B keeps the
-    stanzas (unacknowledged) instead of half A piling them up; when red reads again, they flow in order."""
+    """Red's server stops reading what comes from blue (its outbound stream reports congestion): half A stops
+    reading the link, so half B keeps the stanzas, unacknowledged, instead of half A piling them up; the
+    connection survives half B's acknowledgement timeout; when red reads again they flow, in order, once."""
     relay, _, pair, _ = half_a_joined(LinkSettings(ack_every=1, ack_timeout=5.0))
     pair.connect()
-    relay.hold_senders("blue.example", "red.example")  # what OutboundLink.congested calls
-    for number in range(3):
-        pair.b.send(Parcel(reparse_stanza(f"<message from='juliet@blue.example/b' to='romeo@red.example' "
-                                          f"id='j{number}'><body>hi</body></message>")))
+    from_juliet(pair, 0)
+    pair.flush()
+    to_red = relay.links[("red", "blue.example", "red.example")]
+    to_red.congested(None)  # what OutboundStream reports when red's transport stops taking bytes
+    for number in (1, 2):
+        from_juliet(pair, number)
     pair.flush()
     for _ in range(20):  # well past half B's acknowledgement timeout
         pair.clock.advance(1.0)
         pair.flush()
-    to_red = relay.links[("red", "blue.example", "red.example")] if relay.links else None
-    assert to_red is None and relay.books.accepted == 0
-    assert pair.b.describe()["unacknowledged"] == 3 and pair.b.describe()["connections"] == 1
+    assert [parcel.stanza["id"] for parcel in to_red.queue] == ["j0"] and relay.books.accepted == 1
+    assert pair.b.describe()["unacknowledged"] == 2 and pair.b.describe()["connections"] == 1
     assert pair.a.describe()["held"] is True
-    relay.release_senders("blue.example", "red.example")  # OutboundLink.decongested
+    to_red.decongested(None)
     pair.flush()
     pair.clock.advance(1.0)
     pair.flush()
-    to_red = relay.links[("red", "blue.example", "red.example")]
     assert [parcel.stanza["id"] for parcel in to_red.queue] == ["j0", "j1", "j2"]
     assert pair.b.describe()["unacknowledged"] == 0 and pair.owner_b.of("delivered") == ["j0", "j1", "j2"]
 
