@@ -226,6 +226,13 @@ class HalfService(GuardProcess):
     def policy_files(self):
         return half_policy_files(self.config)
 
+    def reload_policies(self):
+        """Reload as every guard does; then the stanzas waiting unwritten on the link are judged again."""
+        reloaded = super().reload_policies()
+        if reloaded:
+            self.relay.rejudge_link_buffer()
+        return reloaded
+
     def side_configs(self):
         return {self.config.side.name: self.config.side}
 

@@ -86,3 +86,25 @@ def test_a_half_has_exactly_one_side(tree):
     path = variant(tree, [], "\n[sides.blue]\nlisten = 'tcp:5269'\n")
     with pytest.raises(ConfigError, match="a half has exactly one side"):
         load_half_config(path)
+
+
+def test_a_reload_judges_the_stanzas_waiting_on_the_link_again(tree):
+    """HalfService.reload_policies swaps the policies and then has the relay judge the link's waiting stanzas;
+    a reload that is refused changes nothing and judges nothing again."""
+    from twisted.internet.testing import MemoryReactorClock
+
+    from guard.app.half import HalfService
+
+    path = variant(tree, [])
+    service = HalfService(load_half_config(path), MemoryReactorClock())
+    calls = []
+    service.relay.rejudge_link_buffer = lambda: calls.append("rejudged")
+    assert service.reload_policies() is True and calls == ["rejudged"]
+    policy = tree / "policies" / "allow-all.toml"
+    saved = policy.read_text()
+    try:
+        policy.write_text("this is not a policy [")
+        assert service.reload_policies() is False and calls == ["rejudged"]
+    finally:
+        policy.write_text(saved)
+    service.audit.close()
