@@ -142,8 +142,7 @@ def test_the_link_settles_parcels_in_the_books():
 
 from types import SimpleNamespace  # noqa: E402
 
-from guard.edges.link.link import Link, LinkSettings  # noqa: E402
-from guard.edges.relay import OutboundLink  # noqa: E402
+from guard.edges.link.link import LinkSettings  # noqa: E402
 from guard.edges.xmlstream import ParserLimits  # noqa: E402
 
 from .pairs import JoinedHalves, Parcel  # noqa: E402
