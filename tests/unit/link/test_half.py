@@ -1,5 +1,7 @@
 """A back-to-back half: its own side's stanzas go over the link; the link's are re-checked and judged here."""
 
+from types import SimpleNamespace
+
 from twisted.internet.task import Clock
 
 from guard.app.half import LINK_MISADDRESSED_RULE, HalfRelay
@@ -7,9 +9,12 @@ from guard.core.addressing import check_addressing
 from guard.core.books import Books
 from guard.core.pipeline import Direction, Judgement
 from guard.core.topology import Topology
+from guard.edges.link.link import LinkSettings
 from guard.edges.relay import PolicyTable
 from guard.edges.release import reparse_stanza
-from guard.edges.xmlstream import serialise
+from guard.edges.xmlstream import ParserLimits, serialise
+
+from .pairs import JoinedHalves, Parcel
 
 TOPOLOGY = Topology({"red": frozenset({"red.example"}), "blue": frozenset({"blue.example"})})
 
@@ -139,13 +144,6 @@ def test_the_link_settles_parcels_in_the_books():
 
 
 # -- with a real pair link between half A's relay and half B ---------------------
-
-from types import SimpleNamespace  # noqa: E402
-
-from guard.edges.link.link import LinkSettings  # noqa: E402
-from guard.edges.xmlstream import ParserLimits  # noqa: E402
-
-from .pairs import JoinedHalves, Parcel  # noqa: E402
 
 
 class RealLeg:
