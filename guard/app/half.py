@@ -95,7 +95,11 @@ class HalfRelay(Relay):
 
     def rejudge_link_buffer(self):
         """The policies changed: every stanza still waiting unwritten in the link's buffer is judged again
-        by the export policy now in force before it leaves (the lead's reload_policies calls this)."""
+        by the export policy now in force before it leaves (HalfService.reload_policies calls this).
+
+        What is judged is what would leave (the bytes the old policy let through, parsed again), so a
+        looser new policy cannot bring back what the old one removed; a stricter one bounces, drops or
+        refers it, audited.  A stanza already written may be at the peer: it is not recalled."""
         if self.leg is None:
             return
         direction = Direction(self.own_side, self.far.name)
