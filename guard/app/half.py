@@ -12,13 +12,18 @@ import policy: nothing the peer half decided is trusted.
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 from twisted.internet import defer
 from twisted.logger import Logger
 
-from guard.core.addressing import Misaddressed, check_addressing
-from guard.core.pipeline import Direction
+from guard.core.addressing import Misaddressed, check_addressing, parse_jid
+from guard.core.pipeline import Direction, Verdict, judge_fail_closed
 from guard.edges.link.leg import LinkLeg
+from guard.edges.link.link import NOT_WRITABLE, REFUSED_CONDITION, TOO_LARGE
 from guard.edges.relay import Relay
+from guard.edges.release import reparse_stanza
+from guard.edges.xmlstream import OversizedStanza, ParserLimits, serialise
 
 from .config import ConfigError
 from .half_config import HalfConfig
@@ -27,6 +32,9 @@ from .service import GuardProcess, build_side, load_checked_policy, load_side_ma
 log = Logger()
 
 LINK_MISADDRESSED_RULE = "guard:link-misaddressed"
+LINK_IN_DOUBT_RULE = "guard:link-in-doubt"
+IN_DOUBT_TEXT = "written to the peer half, not acknowledged before this half stopped: it may have been delivered"
+STOPPING_TEXT = "the guard is stopping"
 
 
 class FarSide:
@@ -49,12 +57,85 @@ class HalfRelay(Relay):
         self._link_pairs = frozenset((sender, receiver) for sender in topology.hosted_on(far_side)
                                      for receiver in topology.hosted_on(own_side))
         self.leg = None  # set by the service once the link exists
+        # (far domain, own domain) pairs whose outbound stream to our own
+        # servers is congested: while any is, the link is not read.
+        self.congested_from_link: set[tuple[str, str]] = set()
 
     def _forward(self, side_name, pair, parcel):
         if side_name == self.far.name:
+            if self.stopping and parcel.original is not None:
+                # A late release (refer answered during shutdown): the link
+                # takes nothing new of ours while it drains.
+                self.undeliverable(parcel, "remote-server-timeout", STOPPING_TEXT)
+                return
             self.leg.link.send(parcel)
             return
         super()._forward(side_name, pair, parcel)
+
+    # -- back-pressure: our own servers not reading stop the link --------------
+
+    def hold_senders(self, sender, receiver):
+        """Our server stopped reading what the link brings for (sender, receiver): stop reading the link."""
+        if self.topology.side_of(sender) == self.far.name:
+            self.congested_from_link.add((sender, receiver))
+            if self.leg is not None:
+                self.leg.link.hold()
+            return
+        super().hold_senders(sender, receiver)
+
+    def release_senders(self, sender, receiver):
+        if self.topology.side_of(sender) == self.far.name:
+            self.congested_from_link.discard((sender, receiver))
+            if not self.congested_from_link and self.leg is not None:
+                self.leg.link.release()
+            return
+        super().release_senders(sender, receiver)
+
+    # -- policy reload ------------------------------------------------------------
+
+    def rejudge_link_buffer(self):
+        """The policies changed: every stanza still waiting unwritten in the link's buffer is judged again
+        by the export policy now in force before it leaves (HalfService.reload_policies calls this).
+
+        What is judged is what would leave (the bytes the old policy let through, parsed again), so a
+        looser new policy cannot bring back what the old one removed; a stricter one bounces, drops or
+        refers it, audited.  A stanza already written may be at the peer: it is not recalled."""
+        if self.leg is None:
+            return
+        direction = Direction(self.own_side, self.far.name)
+        self.leg.link.rejudge_unwritten(lambda carried: self._judge_again(carried, direction))
+
+    def _judge_again(self, carried, direction):
+        """The bytes to carry after judging the waiting stanza again, or None once it is settled here."""
+        parcel = carried.parcel
+        if parcel.original is None:
+            return carried.data  # our own bounces are not judged
+        limits = getattr(self.leg, "limits", ParserLimits())
+        stanza = reparse_stanza(carried.data.decode("utf-8"), limits)
+        if stanza is None:
+            self.undeliverable(parcel, "internal-server-error", NOT_WRITABLE)
+            return None
+        judgement, problem = judge_fail_closed(self.policies.current(direction), stanza, direction)
+        if problem is not None:
+            log.error("policy for {direction} failed on a waiting stanza: {problem!r}",
+                      direction=str(direction), problem=problem)
+        original = parcel.original
+        if judgement.verdict is Verdict.PASS:
+            try:
+                return serialise(judgement.stanza, max_bytes=limits.stanza_bytes).encode("utf-8")
+            except OversizedStanza:
+                self.undeliverable(parcel, REFUSED_CONDITION, TOO_LARGE)
+                return None
+        if judgement.verdict is Verdict.BOUNCE:
+            self._bounce(original, judgement.condition or "not-allowed", judgement.text,
+                         judgement.rule_id, judgement.rule_rev, direction)
+        elif judgement.verdict is Verdict.REFER:
+            sender, recipient = parse_jid(original.getAttribute("from")), parse_jid(original.getAttribute("to"))
+            pair = (sender.host if sender else "", recipient.host if recipient else "")
+            self._refer(original, judgement, self.far.name, SimpleNamespace(pair=pair), direction)
+        else:
+            self._drop(original, judgement.rule_id, judgement.rule_rev, direction, judgement.text)
+        return None
 
     # -- the link's owner calls -------------------------------------------
 
@@ -75,12 +156,40 @@ class HalfRelay(Relay):
     def link_undeliverable(self, parcel, condition, text):
         self.undeliverable(parcel, condition, text)
 
+    def link_in_doubt(self, parcel):
+        """Written to the peer, never acknowledged, and this half stops: neither bounced nor delivered; audited."""
+        if parcel.original is None:
+            log.info("bounce to {to} in doubt at shutdown", to=parcel.stanza.getAttribute("to"))
+            return
+        self._drop(parcel.original, LINK_IN_DOUBT_RULE, 1, Direction(self.own_side, self.far.name), IN_DOUBT_TEXT)
+
+    # -- shutdown (deploy/pair/PAIR.md has the table of what happens when) -----
+
     def begin_shutdown(self):
-        # The link first: what it gives up on bounces toward this half's own
-        # servers while the S2S streams to them are still open.
+        """
+        The link drains first: it takes nothing more from the peer (what the
+        peer still sends stays the peer's, to resend to this half's next
+        run) and bounces what it never wrote while the S2S streams to our
+        servers are open.  Then the relay closes inbound streams and bounces
+        what waits for our servers, including stanzas that came over the
+        link: those bounces go back over the link, which still carries.
+        """
+        if self.leg is not None:
+            self.leg.link.drain()
+        super().begin_shutdown()
+
+    def bounces_waiting(self) -> int:
+        """Our bounces not yet written, and what a live link may still acknowledge within the grace."""
+        waiting = super().bounces_waiting()
+        if self.leg is not None:
+            waiting += self.leg.link.waiting_on_peer()
+        return waiting
+
+    def finish_shutdown(self):
+        """The link stops (what is still written and unacknowledged is reported in doubt), then the streams close."""
         if self.leg is not None:
             self.leg.link.stop()
-        super().begin_shutdown()
+        super().finish_shutdown()
 
     def status(self) -> dict:
         status = super().status()
@@ -120,6 +229,13 @@ class HalfService(GuardProcess):
 
     def policy_files(self):
         return half_policy_files(self.config)
+
+    def reload_policies(self):
+        """Reload as every guard does; then the stanzas waiting unwritten on the link are judged again."""
+        reloaded = super().reload_policies()
+        if reloaded:
+            self.relay.rejudge_link_buffer()
+        return reloaded
 
     def side_configs(self):
         return {self.config.side.name: self.config.side}

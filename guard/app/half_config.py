@@ -19,13 +19,14 @@ from guard.edges.link.leg import LegConfig
 from guard.edges.link.link import LinkSettings
 from guard.edges.link.tls import normalise_fingerprint
 from guard.edges.limits import Limits
+from guard.edges.xmlstream import ParserLimits
 
 from .config import (GuardSettings, SideConfig, _Checker, _check_listen, _domain_ok, _limits, _side, read_document,
                      read_settings)
 
 LINK_KEYS = (
     "name", "peer", "far_side", "far_domains", "import_policy", "certificate", "key", "pins", "ca",
-    "listen", "dial", "buffer_stanzas", "down_deadline", "ack_every", "ack_interval", "ack_timeout",
+    "listen", "dial", "buffer_stanzas", "buffer_bytes", "down_deadline", "ack_every", "ack_interval", "ack_timeout",
     "keepalive", "open_timeout", "backoff_initial", "backoff_max", "backoff_jitter",
 )
 
@@ -78,8 +79,9 @@ def _check_dial(checker, description, key):
         checker.fail(key, f"not a Twisted client endpoint string ({problem})")
 
 
-def link_leg(checker, table, key, known=LINK_KEYS) -> LegConfig:
-    """Read one link end (name, peer, certificate, key, pins/ca, listen/dial, bounds) from ``table``."""
+def link_leg(checker, table, key, known=LINK_KEYS, stanza_bytes: int = ParserLimits().stanza_bytes) -> LegConfig:
+    """Read one link end (name, peer, certificate, key, pins/ca, listen/dial, bounds) from ``table``;
+    ``stanza_bytes`` is the largest stanza the link carries (its parser's limit)."""
     checker.table(table, key)
     checker.only(table, known, key)
     name = checker.string(table, "name", key)
@@ -111,12 +113,15 @@ def link_leg(checker, table, key, known=LINK_KEYS) -> LegConfig:
     defaults, backoff_defaults = LinkSettings(), Backoff()
     settings = LinkSettings(
         buffer_stanzas=_number(checker, table, "buffer_stanzas", key, defaults.buffer_stanzas, whole=True),
+        buffer_bytes=_number(checker, table, "buffer_bytes", key, defaults.buffer_bytes, whole=True),
         down_deadline=_number(checker, table, "down_deadline", key, defaults.down_deadline),
         ack_every=_number(checker, table, "ack_every", key, defaults.ack_every, whole=True),
         ack_interval=_number(checker, table, "ack_interval", key, defaults.ack_interval),
         ack_timeout=_number(checker, table, "ack_timeout", key, defaults.ack_timeout),
         keepalive=_number(checker, table, "keepalive", key, defaults.keepalive),
     )
+    if settings.buffer_bytes < stanza_bytes:
+        checker.fail(f"{key}.buffer_bytes", f"must be at least the largest stanza the link carries ({stanza_bytes} bytes)")
     backoff = Backoff(
         initial_delay=_number(checker, table, "backoff_initial", key, backoff_defaults.initial_delay),
         max_delay=_number(checker, table, "backoff_max", key, backoff_defaults.max_delay),
@@ -148,7 +153,7 @@ def load_half_config(path: str) -> HalfConfig:
     if "link" not in document:
         checker.fail("link", "is required for a half")
     link_table = checker.table(document["link"], "link")
-    leg = link_leg(checker, link_table, "link")
+    leg = link_leg(checker, link_table, "link", stanza_bytes=limits.stanza_bytes)
     far_side = checker.string(link_table, "far_side", "link")
     if far_side == side_name:
         checker.fail("link.far_side", f"must differ from this half's side {side_name!r}")

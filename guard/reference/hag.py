@@ -13,6 +13,11 @@ responsibility for (forwarded into the other leg's retransmission buffer, or
 dropped and audited), so the pair's "nothing lost, nothing doubled" holds
 across it.  If the audit trail cannot be written, nothing more passes.
 
+What the HAG refuses is answered: a stanza error goes back on the leg it
+came from, to its sender, wherever RFC 6120 allows one (never for an error
+or an iq result), with the HAG's own constant text; the peer's words go to
+the audit record only.
+
 Run: ``python -m guard.reference.hag --config hag.toml`` (deploy/pair/hag.toml
 documents the file).
 """
@@ -39,7 +44,12 @@ from .profile import Profile, ProfileError, check_stanza, load_profile
 
 log = Logger()
 
-LEG_KEYS = ("peer", "certificate", "key", "pins", "ca", "listen", "dial", "buffer_stanzas", "down_deadline",
+# The HAG's own answers (condition, text): constant, never what a peer said.
+REFUSED = ("not-allowed", "refused by the High Assurance Guard")  # RFC 3920 and 6120: every client knows it
+HALTED = ("service-unavailable", "the High Assurance Guard is not forwarding")
+
+LEG_KEYS = ("peer", "certificate", "key", "pins", "ca", "listen", "dial", "buffer_stanzas", "buffer_bytes",
+            "down_deadline",
             "ack_every", "ack_interval", "ack_timeout", "keepalive", "open_timeout", "backoff_initial", "backoff_max",
             "backoff_jitter")
 
@@ -66,16 +76,16 @@ class ReferenceHag:
         """A stanza arrived on leg ``source``: forward it to the other leg or drop it."""
         destination = self.other(source)
         if self.halted is not None:
-            self._drop(source, destination, stanza, f"the HAG is halted: {self.halted}")
+            self._drop(source, destination, stanza, f"the HAG is halted: {self.halted}", HALTED)
             return
         try:
             serialised = serialise(stanza).encode("utf-8")
             check = check_stanza(serialised, self.profile)
         except Exception as problem:  # noqa: BLE001 - fail closed on anything
-            self._drop(source, destination, stanza, f"check failed: {problem!r}")
+            self._drop(source, destination, stanza, f"check failed: {problem!r}", REFUSED)
             return
         if not check.passed:
-            self._drop(source, destination, stanza, check.reason)
+            self._drop(source, destination, stanza, check.reason, REFUSED)
             return
         self.forwarded += 1
         self.legs[destination].link.send(Parcel(check.stanza, stanza))
@@ -89,17 +99,28 @@ class ReferenceHag:
             return
         self.legs[source].link.send(Parcel(error_reply(original, condition, text), None))
 
-    def _drop(self, source, destination, stanza, reason):
+    def in_doubt(self, destination: str, parcel) -> None:
+        """The far leg stopped with ``parcel`` written and unacknowledged: nobody can say if it arrived; audit it."""
+        self._record("hag-in-doubt", self.other(destination), destination, parcel.stanza,
+                     "written, not acknowledged when the leg stopped")
+
+    def _drop(self, source, destination, stanza, reason, answer):
+        """Refuse ``stanza``: audit it, and answer its sender on the leg it came from when an error is allowed."""
         self.dropped += 1
         log.info("hag: dropped a {kind} from {source}: {reason}", kind=stanza.name, source=source, reason=reason)
-        self._record("hag-drop", source, destination, stanza, reason)
+        condition, text = answer
+        answered = may_bounce(stanza) and parse_jid(stanza.getAttribute("from")) is not None \
+            and parse_jid(stanza.getAttribute("to")) is not None
+        self._record("hag-drop", source, destination, stanza, reason, answer=condition if answered else None)
+        if answered:
+            self.legs[source].link.send(Parcel(error_reply(stanza, condition, text), None))
 
-    def _record(self, event, source, destination, stanza, reason):
+    def _record(self, event, source, destination, stanza, reason, **extra):
         try:
             self.audit.record(event, direction=f"{source}->{destination}", kind=stanza.name,
                               type=stanza.getAttribute("type"), id=stanza.getAttribute("id"),
                               sender=stanza.getAttribute("from"), recipient=stanza.getAttribute("to"),
-                              reason=reason)
+                              reason=reason, **extra)
         except AuditUnavailable as problem:
             log.critical("AUDIT TRAIL UNAVAILABLE: {problem}; the HAG stops forwarding", problem=str(problem))
             self.halted = f"audit trail unavailable: {problem}"
@@ -124,6 +145,9 @@ class LegOwner:
 
     def link_undeliverable(self, parcel, condition, text):
         self.hag.undeliverable(self.name, parcel, condition, text)
+
+    def link_in_doubt(self, parcel):
+        self.hag.in_doubt(self.name, parcel)
 
 
 def load_hag_config(path: str):

@@ -107,9 +107,10 @@ class PairLab(Lab):
 
     def __init__(self, folder: Path | None, with_hag: bool, down_deadline: float = 30.0, standalone: bool = False,
                  guard_log_level: str = "info", link_relay: bool = True, authentication: str = "certificate",
-                 **options):
+                 half_limits: dict[str, dict[str, int]] | None = None, **options):
         """``standalone``: one standalone guard on the halves' two addresses instead of the pair (for benchmarks);
-        ``authentication``: how the halves and the Prosodies authenticate S2S ("certificate" or "dialback")."""
+        ``authentication``: how the halves and the Prosodies authenticate S2S ("certificate" or "dialback");
+        ``half_limits``: extra [limits] keys per half ("a", "b"), e.g. a stricter stanza_bytes for half B."""
         super().__init__(Mode.GUARD, authentication, folder=folder, guard_log_level=guard_log_level, **options)
         self.with_hag = with_hag
         self.standalone = standalone
@@ -120,6 +121,7 @@ class PairLab(Lab):
         self.audits: dict[str, Path] = {}
         self.status: dict[str, Path] = {}
         self.hag_config: Path | None = None
+        self.half_limits = half_limits or {}
 
     # -- lifecycle (as Lab._start, on this lab's addresses) ---------------
 
@@ -234,6 +236,7 @@ class PairLab(Lab):
             "[guard]", f"log_level = {toml_string(self.guard_log_level)}",
             f"audit = {toml_string(str(self.audits[half]))}", f"status = {toml_string(str(self.status[half]))}",
             "", "[limits]", "outbound_queue = 5000",
+            *(f"{key} = {value}" for key, value in self.half_limits.get(half, {}).items()),
             "", f"[sides.{side}]",
             f"listen = {toml_string(f'tcp:{S2S_PORT}:interface={listen_address}')}",
             f"ca = {toml_string(str(self.pki.side_ca(side)))}", f"authentication = {toml_string(self.authentication)}",

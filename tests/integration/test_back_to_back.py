@@ -172,6 +172,32 @@ def test_the_hag_drops_what_its_profile_does_not_permit(pair, romeo, juliet):
     assert drops and "urn:example:unlisted" in drops[-1]["reason"] and drops[-1]["id"] == "p4"
 
 
+def test_an_iq_the_hag_refuses_is_answered_with_an_error_to_its_sender(pair, romeo, client_loop):
+    """Romeo asks blue.example for its last activity (XEP-0012, not in the HAG's profile): instead of waiting
+    out his timeout he gets not-allowed with the HAG's own text, and the HAG audits the refusal."""
+    if not pair.with_hag:
+        pytest.skip("no HAG in this lab")
+    from slixmpp.exceptions import IqError
+
+    xmpp = romeo.xmpp
+
+    async def ask():
+        iq = xmpp.make_iq_get(queryxmlns="jabber:iq:last", ito="blue.example")
+        try:
+            await iq.send(timeout=20)
+        except IqError as error:
+            return error.iq["error"]["condition"], error.iq["error"]["text"]
+        return None
+
+    started = time.monotonic()
+    answer = client_loop.run(ask, 21)
+    assert answer == ("not-allowed", "refused by the High Assurance Guard")
+    assert time.monotonic() - started < 10
+    drops = [record for record in pair.audit_records("hag")
+             if record["event"] == "hag-drop" and "jabber:iq:last" in record["reason"]]
+    assert drops and drops[-1]["answer"] == "not-allowed" and drops[-1]["kind"] == "iq"
+
+
 def test_with_the_hag_down_nothing_passes_and_each_refusal_is_audited(pair, romeo, juliet):
     """The HAG stops: Romeo's messages wait, then bounce after the deadline, each audited by half A."""
     if not pair.with_hag:

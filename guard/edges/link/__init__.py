@@ -29,4 +29,15 @@ What flows over it (after the TLS handshake, with no negotiation: XEP-0361
   the unacknowledged ones again on the next connection, starting at ``next``.
   The receiver drops the ones it has already counted: nothing lost, nothing
   doubled.
+- A stanza the receiver cannot take (its parser refuses it: too large, too
+  deep, not well-formed) ends the connection with a stream error that names
+  it, as an application-specific condition (RFC 6120 4.9.4)::
+
+      <stream:error><policy-violation xmlns='urn:ietf:params:xml:ns:xmpp-streams'/>
+        <refused xmlns='urn:xmpp-guard:link:0' stanza='42'/></stream:error>
+
+  which also counts every stanza before 42 as received.  The sender settles
+  stanza 42 as refused (bounced to its sender, audited) and never writes it
+  again; its next ``<resume/>`` starts after it and the receiver skips the
+  number.
 """

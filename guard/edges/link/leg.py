@@ -44,7 +44,9 @@ class LinkLeg:
             raise ValueError("a link end either listens or dials")
         self.config = config
         self.reactor = reactor
-        self.link = Link(owner, config.own_name, config.peer_name, reactor, config.settings)
+        self.limits = limits  # the link stream parser's limits (the peer half is held to them too)
+        self.link = Link(owner, config.own_name, config.peer_name, reactor, config.settings,
+                         stanza_bytes=limits.stanza_bytes)
         self.tls = LinkTLS(config.certificate, config.key)
         self.check = PeerCheck(config.peer_name, config.pins, config.ca)
         self.factory = LinkStreamFactory(self.link, self.check, reactor, limits, config.open_timeout)

@@ -4,31 +4,55 @@ retransmission buffer, the counters, the "down too long" deadline) and the
 decisions taken on what a connection reports.
 
     down --(a connection proves the peer)--> up --(connection lost)--> down
-    down --(down_deadline passes)--> down_too_long: every waiting stanza is
-          bounced (remote-server-timeout), and so is each new one, until a
-          connection proves the peer again
+    down --(down_deadline passes)--> down_too_long: every stanza never
+          written is bounced (remote-server-timeout), and so is each new
+          one, until a connection proves the peer again
     any state --(stop)--> stopped
 
-The owner (the half's relay, or the reference HAG) is told three things:
+The deadline starts when the link is lost and runs until a connection makes
+progress (the peer acknowledges, refuses or has nothing waiting for it): a
+reconnection that delivers nothing does not reset it.  When it passes, the
+stanzas written and not acknowledged (the peer may have them) are frozen:
+never written again, settled exactly by the peer's next ``<resume/>``
+(delivered if it counted them, bounced if not), or reported in doubt when
+the half stops first.
+
+The owner (the half's relay, or the reference HAG) is told four things:
 ``link_stanza_received(element, size)`` for each new stanza from the peer
 (duplicates are dropped here), ``link_delivered(parcel)`` when the peer has
-acknowledged one of ours, and ``link_undeliverable(parcel, condition, text)``
-when one is given up on.
+acknowledged one of ours, ``link_undeliverable(parcel, condition, text)``
+when one is given up on or refused (the peer never had it), and
+``link_in_doubt(parcel)`` when the half stops before knowing whether the
+peer had it.  Each parcel is told exactly one of the last three, once.
 """
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 from dataclasses import dataclass
 
 from automat import MethodicalMachine
 from twisted.logger import Logger
+from twisted.words.xish import domish
 
-from guard.edges.xmlstream import serialise
+from guard.edges.xmlstream import OversizedStanza, ParserLimits, serialise
 
 from . import wire
 from .ledger import Inbox, LinkFault, Outbox
 
 log = Logger()
+
+# What the link says when it gives a stanza up (constant texts: the peer's words go to the log only).
+LINK_DOWN = "the link to the peer half is down"
+LINK_STOPPING = "the link to the peer half is stopping"
+BUFFER_FULL = "too many stanzas waiting for the link"
+TOO_LARGE = "the stanza is too large for the link"
+NOT_WRITABLE = "the stanza could not be sent"
+PEER_REFUSED = "the peer half refused the stanza"
+# The condition of both refusals: RFC 3920 and 6120 define it, so every client can read it
+# (policy-violation is RFC 6120 only, and some clients fail on it and wait out their timeout).
+REFUSED_CONDITION = "not-acceptable"
 
 
 @dataclass(frozen=True)
@@ -36,7 +60,8 @@ class LinkSettings:
     """The link's bounds and clocks; every one is enforced by ``Link`` and tested."""
 
     buffer_stanzas: int = 10000  # stanzas kept until acknowledged (sent or waiting)
-    down_deadline: float = 120.0  # seconds down after which waiting stanzas are bounced
+    buffer_bytes: int = 64 * 1024 * 1024  # serialised bytes kept until acknowledged (sent or waiting)
+    down_deadline: float = 120.0  # seconds without progress after a loss, after which waiting stanzas are bounced
     ack_every: int = 50  # ask for an acknowledgement after this many stanzas written
     ack_interval: float = 1.0  # seconds between checks for unacknowledged stanzas
     ack_timeout: float = 30.0  # seconds an acknowledgement request may stay unanswered
@@ -51,21 +76,49 @@ class Carried:
     data: bytes
 
 
+def top_element(element):
+    """A copy of ``element`` without children: enough to address a bounce and write an audit record."""
+    copied = domish.Element((element.uri, element.name), defaultUri=element.defaultUri)
+    copied.attributes = dict(element.attributes)
+    return copied
+
+
+def retained(parcel):
+    """What the link keeps of a parcel once its bytes exist: its stanzas cut to their top elements.
+
+    A parsed stanza costs up to ~80 times its wire size; the buffer is bounded
+    by the wire size, so it must not hold the trees."""
+    changes = {name: top_element(value) for name in ("stanza", "original")
+               if isinstance(value := getattr(parcel, name, None), domish.Element)}
+    if not changes:
+        return parcel
+    if dataclasses.is_dataclass(parcel):
+        return dataclasses.replace(parcel, **changes)
+    kept = copy.copy(parcel)
+    for name, value in changes.items():
+        setattr(kept, name, value)
+    return kept
+
+
 class Link:
     _machine = MethodicalMachine()
 
     def __init__(self, owner, own_name: str, peer_name: str, clock, settings: LinkSettings = LinkSettings(),
-                 session: str | None = None):
+                 session: str | None = None, stanza_bytes: int = ParserLimits().stanza_bytes):
         self.owner = owner
         self.own_name = own_name
         self.peer_name = peer_name
         self.clock = clock
         self.settings = settings
-        self.outbox = Outbox(settings.buffer_stanzas, session)
+        self.stanza_bytes = stanza_bytes  # the most one stanza may take on the wire (the peer's parser limit)
+        self.outbox = Outbox(settings.buffer_stanzas, session, settings.buffer_bytes)
         self.inbox = Inbox()
         self.stream = None
         self.connections = 0
         self.bounced = 0
+        self.refused_by_peer = 0
+        self.in_doubt = 0
+        self.held = False  # this half's own side is congested: the link is not read
         self._deadline = None
         self._ticker = None
         self._ack_asked_at: float | None = None
@@ -81,15 +134,68 @@ class Link:
     def send(self, parcel) -> None:
         """Carry ``parcel.stanza`` to the peer half: exactly once, or bounce it."""
         try:
-            data = serialise(parcel.stanza).encode("utf-8")
+            data = serialise(parcel.stanza, max_bytes=self.stanza_bytes).encode("utf-8")
+        except OversizedStanza:
+            log.info("link: a stanza larger than {limit} bytes is not carried", limit=self.stanza_bytes)
+            self._give_up(parcel, REFUSED_CONDITION, TOO_LARGE)
+            return
         except Exception as problem:  # noqa: BLE001 - what cannot be written is not carried
             log.error("link: a stanza could not be serialised: {problem!r}", problem=problem)
-            self.owner.link_undeliverable(parcel, "internal-server-error", "the stanza could not be sent")
+            self._give_up(parcel, "internal-server-error", NOT_WRITABLE)
             return
-        self._offered(Carried(parcel, data))
+        self._offered(Carried(retained(parcel), data))
+
+    def hold(self) -> None:
+        """Stop reading the peer (and so stop acknowledging it) until ``release``: this half's side is congested."""
+        if not self.inbox.counting:
+            return  # draining: nothing read is counted or passed on, and acknowledgements must still be read
+        if not self.held:
+            self.held = True
+            log.info("link: this half's side is congested; not reading {peer}", peer=self.peer_name)
+        if self.stream is not None:
+            self.stream.pause_reading()
+
+    def release(self) -> None:
+        """Read the peer again."""
+        if self.held:
+            self.held = False
+            log.info("link: reading {peer} again", peer=self.peer_name)
+            self._ack_asked_at = None  # acknowledgements could not be read meanwhile: the clock starts again
+        if self.stream is not None:
+            self.stream.resume_reading()
+
+    def rejudge_unwritten(self, judge) -> None:
+        """Pass every stanza never written through ``judge(carried)``: the bytes to carry instead, or None
+        when the owner has settled it (bounced, dropped, referred).  Used when the policies change."""
+        for carried in self.outbox.take_unwritten():
+            try:
+                data = judge(carried)
+            except Exception as problem:  # noqa: BLE001 - a judgement that fails lets nothing through
+                log.error("link: judging a waiting stanza again failed: {problem!r}", problem=problem)
+                self._give_up(carried.parcel, "internal-server-error", NOT_WRITABLE)
+                continue
+            if data is not None:
+                self._keep(Carried(carried.parcel, data))
+        if self.stream is not None and self.state_name == "up":
+            self._write_unsent()
+
+    def drain(self) -> None:
+        """The half begins to stop: take nothing more from the peer, bounce what was never written,
+        and ask the peer to acknowledge the rest while there is time."""
+        self.inbox.stop_counting()
+        if self.held:
+            self.release()  # nothing read now is counted, so nothing piles up; acknowledgements can be read
+        for carried in self.outbox.take_unwritten():
+            self._give_up(carried.parcel, "remote-server-timeout", LINK_STOPPING)
+        if self.stream is not None and self.state_name == "up" and self.outbox.unacknowledged:
+            self._ask_for_ack()
+
+    def waiting_on_peer(self) -> int:
+        """Stanzas a live connection may still settle (the half waits for them within its shutdown grace)."""
+        return len(self.outbox) if self.stream is not None and self.state_name == "up" else 0
 
     def stop(self) -> None:
-        """Bounce everything waiting and close the connection."""
+        """Settle everything waiting and close the connection."""
         self._stop()
 
     def describe(self) -> dict:
@@ -99,10 +205,15 @@ class Link:
             "peer_fingerprint": self.stream.peer_fingerprint if self.stream is not None else None,
             "queued": self.outbox.queued,
             "unacknowledged": self.outbox.unacknowledged,
+            "in_doubt": self.outbox.in_doubt,
+            "buffer_bytes": self.outbox.bytes,
+            "held": self.held,
             "received": self.inbox.received,
             "duplicates_dropped": self.inbox.duplicates,
             "connections": self.connections,
             "bounced": self.bounced,
+            "refused_by_peer": self.refused_by_peer,
+            "settled_in_doubt": self.in_doubt,
         }
 
     # -- what a stream reports (its own faults become LinkFault) -------------
@@ -118,7 +229,14 @@ class Link:
         if stream is not self.stream:
             raise LinkFault("conflict", "this connection was replaced")
         self.inbox.resume(resume)
-        self._settle(self.outbox.resume_from(resume))
+        settlement = self.outbox.resume_from(resume)
+        if settlement.delivered or not self.outbox.entries:
+            self._progressed()
+        self._settle(settlement.delivered)
+        for carried in settlement.refused:
+            self._give_up(carried.parcel, "remote-server-timeout", LINK_DOWN)
+        for carried in settlement.in_doubt:
+            self._report_in_doubt(carried.parcel)
 
     def stanza_arrived(self, stream, element, size) -> None:
         if stream is not self.stream:
@@ -130,10 +248,32 @@ class Link:
         if stream is not self.stream:
             raise LinkFault("conflict", "this connection was replaced")
         self._ack_asked_at = None
-        self._settle(self.outbox.acknowledge(received))
+        settled = self.outbox.acknowledge(received)
+        if settled:
+            self._progressed()
+        self._settle(settled)
+
+    def peer_refused(self, stream, sequence: int) -> None:
+        """The peer closed the connection because it could not take our stanza ``sequence``: settle it, never resend it."""
+        if stream is not self.stream:
+            return
+        settlement = self.outbox.refuse(sequence)
+        if settlement is None:
+            log.warn("link: the peer refused stanza {n}, which is not one waiting for it", n=sequence)
+            return
+        self._progressed()
+        self._settle(settlement.delivered)
+        for carried in settlement.refused:
+            self.refused_by_peer += 1
+            log.warn("link: the peer half refused stanza {n}; bouncing it", n=sequence)
+            self._give_up(carried.parcel, REFUSED_CONDITION, PEER_REFUSED)
 
     def received_count(self) -> int:
         return self.inbox.received
+
+    def expected_sequence(self) -> int | None:
+        """The number of the peer's stanza being read now (None before its <resume/>)."""
+        return self.inbox.expected
 
     # -- states ---------------------------------------------------------------
 
@@ -173,7 +313,7 @@ class Link:
 
     @_machine.input()
     def _deadline_passed(self):
-        "The link has been down for ``down_deadline`` seconds."
+        "``down_deadline`` seconds since a loss, and no connection made progress."
 
     @_machine.input()
     def _stop(self):
@@ -183,13 +323,13 @@ class Link:
 
     @_machine.output()
     def _start_deadline(self):
-        self._cancel_deadline()
-        self._deadline = self.clock.callLater(self.settings.down_deadline, self._deadline_passed)
+        # Started by the first loss; a reconnection does not reset it, progress does.
+        if self._deadline is None or not self._deadline.active():
+            self._deadline = self.clock.callLater(self.settings.down_deadline, self._deadline_passed)
 
     @_machine.output()
-    def _keep(self, carried):
-        if self.outbox.add(carried) is None:
-            self._give_up(carried, "resource-constraint", "too many stanzas waiting for the link")
+    def _keep_offered(self, carried):
+        self._keep(carried)
 
     @_machine.output()
     def _write_offered(self, carried):
@@ -201,15 +341,32 @@ class Link:
 
     @_machine.output()
     def _bounce(self, carried):
-        self._give_up(carried, "remote-server-timeout", "the link to the peer half is down")
+        self._give_up(carried.parcel, "remote-server-timeout", LINK_DOWN)
 
     @_machine.output()
-    def _bounce_waiting(self):
-        waiting = self.outbox.take_all()
-        if waiting:
-            log.warn("link down too long: bouncing {n} waiting stanzas", n=len(waiting))
-        for carried in waiting:
-            self._give_up(carried, "remote-server-timeout", "the link to the peer half is down")
+    def _bounce_stopping(self, carried):
+        self._give_up(carried.parcel, "remote-server-timeout", LINK_STOPPING)
+
+    @_machine.output()
+    def _give_up_unwritten(self):
+        """The deadline: what the peer cannot have bounces; what it may have is frozen for its next <resume/>."""
+        self._deadline = None
+        unwritten = self.outbox.take_unwritten()
+        self.outbox.freeze()
+        if unwritten or self.outbox.in_doubt:
+            log.warn("link without progress for {t}s: bouncing {n} waiting stanzas; {d} written ones wait for "
+                     "the peer's next resume", t=self.settings.down_deadline, n=len(unwritten), d=self.outbox.in_doubt)
+        for carried in unwritten:
+            self._give_up(carried.parcel, "remote-server-timeout", LINK_DOWN)
+
+    @_machine.output()
+    def _settle_everything(self):
+        self._cancel_deadline()
+        settlement = self.outbox.take_all()
+        for carried in settlement.refused:
+            self._give_up(carried.parcel, "remote-server-timeout", LINK_STOPPING)
+        for carried in settlement.in_doubt:
+            self._report_in_doubt(carried.parcel)
 
     @_machine.output()
     def _adopt(self, stream):
@@ -217,11 +374,12 @@ class Link:
         if previous is not None:
             previous.close("conflict", "replaced by a newer connection")
         self.connections += 1
-        self._cancel_deadline()
         self.inbox.connection_over()
         first = self.outbox.rewind()
         seen = self.inbox.peer_session
         stream.write(wire.resume(self.outbox.session, first, seen, self.inbox.received))
+        if self.held:
+            stream.pause_reading()
         self._ack_asked_at = None
         self._last_request = self.clock.seconds()
         self._written_since_request = 0
@@ -250,6 +408,10 @@ class Link:
 
     # -- helpers --------------------------------------------------------------
 
+    def _keep(self, carried) -> None:
+        if self.outbox.add(carried, len(carried.data)) is None:
+            self._give_up(carried.parcel, "resource-constraint", BUFFER_FULL)
+
     def _write_unsent(self) -> None:
         for entry in self.outbox.unsent():
             self._write(entry)
@@ -272,13 +434,27 @@ class Link:
         for carried in settled:
             self.owner.link_delivered(carried.parcel)
 
-    def _give_up(self, carried, condition, text) -> None:
+    def _give_up(self, parcel, condition, text) -> None:
         self.bounced += 1
-        self.owner.link_undeliverable(carried.parcel, condition, text)
+        self.owner.link_undeliverable(parcel, condition, text)
+
+    def _report_in_doubt(self, parcel) -> None:
+        self.in_doubt += 1
+        self.owner.link_in_doubt(parcel)
+
+    def _progressed(self) -> None:
+        """The peer settled something on this connection (or has nothing waiting): the deadline is off."""
+        self._cancel_deadline()
 
     def _tick(self) -> None:
         self._ticker = self.clock.callLater(self.settings.ack_interval, self._tick)
         if self.stream is None:
+            return
+        if self.held:
+            # Nothing from the peer is read, so its acknowledgements cannot
+            # be awaited; tell it (truthfully) what we have counted, so that
+            # it keeps the connection while our side is congested.
+            self.stream.write(wire.ack(self.inbox.received))
             return
         now = self.clock.seconds()
         if self._ack_asked_at is not None and now - self._ack_asked_at >= self.settings.ack_timeout:
@@ -329,22 +505,25 @@ class Link:
     # -- transitions ----------------------------------------------------------
 
     down.upon(_start, enter=down, outputs=[_start_deadline])
-    down.upon(_offered, enter=down, outputs=[_keep])
+    down.upon(_offered, enter=down, outputs=[_keep_offered])
     down.upon(_authenticated, enter=up, outputs=[_now_up, _adopt, _write_waiting])
-    down.upon(_deadline_passed, enter=down_too_long, outputs=[_now_down_too_long, _bounce_waiting])
-    down.upon(_stop, enter=stopped, outputs=[_now_stopped, _bounce_waiting, _close_stream])
-    up.upon(_offered, enter=up, outputs=[_keep, _write_offered])
+    down.upon(_deadline_passed, enter=down_too_long, outputs=[_now_down_too_long, _give_up_unwritten])
+    down.upon(_stop, enter=stopped, outputs=[_now_stopped, _settle_everything, _close_stream])
+    down.upon(_lost, enter=down, outputs=[])
+    up.upon(_offered, enter=up, outputs=[_keep_offered, _write_offered])
     up.upon(_authenticated, enter=up, outputs=[_adopt, _write_waiting])
     up.upon(_lost, enter=down, outputs=[_now_down, _forget_stream, _start_deadline])
-    up.upon(_stop, enter=stopped, outputs=[_now_stopped, _bounce_waiting, _close_stream])
+    up.upon(_stop, enter=stopped, outputs=[_now_stopped, _settle_everything, _close_stream])
     up.upon(_start, enter=up, outputs=[])
-    up.upon(_deadline_passed, enter=up, outputs=[])
+    # Connected but nothing settled since the loss that started the deadline.
+    up.upon(_deadline_passed, enter=up, outputs=[_give_up_unwritten])
     down_too_long.upon(_offered, enter=down_too_long, outputs=[_bounce])
     down_too_long.upon(_authenticated, enter=up, outputs=[_now_up, _adopt, _write_waiting])
-    down_too_long.upon(_stop, enter=stopped, outputs=[_now_stopped, _close_stream])
+    down_too_long.upon(_stop, enter=stopped, outputs=[_now_stopped, _settle_everything, _close_stream])
     down_too_long.upon(_start, enter=down_too_long, outputs=[])
     down_too_long.upon(_deadline_passed, enter=down_too_long, outputs=[])
-    stopped.upon(_offered, enter=stopped, outputs=[_bounce])
+    down_too_long.upon(_lost, enter=down_too_long, outputs=[])
+    stopped.upon(_offered, enter=stopped, outputs=[_bounce_stopping])
     stopped.upon(_authenticated, enter=stopped, outputs=[_refuse_stream])
     stopped.upon(_lost, enter=stopped, outputs=[])
     stopped.upon(_deadline_passed, enter=stopped, outputs=[])

@@ -28,6 +28,11 @@ from .ledger import LinkFault
 
 log = Logger()
 
+# Bytes a paused connection may still receive (what the transport had already
+# read when it was paused); a transport that goes on delivering past this is
+# not honouring the pause, and the connection is closed.
+PAUSED_INPUT_BYTES = 1024 * 1024
+
 STANZA_NAMES = frozenset({"message", "presence", "iq"})
 
 
@@ -51,6 +56,10 @@ class LinkStream(Protocol):
         self._timer = None
         self._closing = False
         self._pending_fault: LinkFault | None = None
+        self._paused = False  # this half's side is congested: input waits unparsed
+        self._feeding = False
+        self._unread: list[bytes] = []
+        self._unread_bytes = 0
 
     # -- transport events -------------------------------------------------
 
@@ -78,10 +87,22 @@ class LinkStream(Protocol):
     def dataReceived(self, data):
         if self._closing:
             return
+        self._unread.append(data)
+        self._unread_bytes += len(data)
+        if self._paused or self._feeding:
+            if self._unread_bytes > PAUSED_INPUT_BYTES:
+                self._input(self.fault, "resource-constraint", "input kept coming while paused")
+            return
+        self._feeding = True
         try:
-            self._parser.feed(data)
+            while self._unread and not self._paused and not self._closing:
+                chunk = b"".join(self._unread)
+                self._unread, self._unread_bytes = [], 0
+                self._parser.feed(chunk)
         except StreamFault as fault:
-            self._input(self.fault, fault.condition, fault.text)
+            self._input(self.parse_failed, fault.condition, fault.text)
+        finally:
+            self._feeding = False
 
     def connectionLost(self, reason=None):
         self._cancel_timer()
@@ -101,6 +122,22 @@ class LinkStream(Protocol):
     def close(self, condition: str, text: str) -> None:
         """End this connection with a stream error (replaced, shut down, unresponsive)."""
         self._input(self.close_requested, condition, text)
+
+    def pause_reading(self) -> None:
+        """Read nothing more from the peer until ``resume_reading`` (input already read waits unparsed)."""
+        if not self._paused:
+            self._paused = True
+            if self.transport is not None:
+                self.transport.pauseProducing()
+
+    def resume_reading(self) -> None:
+        """Read the peer again, starting with the input that waited."""
+        if self._paused:
+            self._paused = False
+            if self.transport is not None and not self._closing:
+                self.transport.resumeProducing()
+            if not self._feeding:
+                self.dataReceived(b"")
 
     # -- parser callbacks -------------------------------------------------
 
@@ -140,7 +177,7 @@ class LinkStream(Protocol):
         elif kind == (wire.STREAMS_NS, "error"):
             condition = next((child.name for child in element.elements()
                               if child.uri == wire.STREAM_ERRORS_NS and child.name != "text"), "undefined-condition")
-            self._input(self.peer_failed, condition)
+            self._input(self.peer_failed, condition, wire.read_refused(element))
         else:
             self._input(self.fault, "unsupported-stanza-type", f"{element.uri} {element.name} is not accepted here")
 
@@ -233,12 +270,16 @@ class LinkStream(Protocol):
         "The peer broke the link protocol."
 
     @_machine.input()
+    def parse_failed(self, condition, text):
+        "The parser refused what the peer wrote (in the open stream: the stanza being read)."
+
+    @_machine.input()
     def timed_out(self, condition, text):
         "The link did not open in time."
 
     @_machine.input()
-    def peer_failed(self, condition):
-        "The peer sent a stream error."
+    def peer_failed(self, condition, refused):
+        "The peer sent a stream error (``refused``: the number of our stanza it could not take, or None)."
 
     @_machine.input()
     def peer_closed(self):
@@ -290,8 +331,17 @@ class LinkStream(Protocol):
         self._send_error(condition, text)
 
     @_machine.output()
-    def _note_peer_error(self, condition):
+    def _refuse_stanza(self, condition, text):
+        sequence = self.link.expected_sequence()
+        log.warn("link: refusing the peer's stanza {n} ({condition}: {text}); closing",
+                 n=sequence, condition=condition, text=text)
+        self._send_error(condition, text, refused=sequence)
+
+    @_machine.output()
+    def _note_peer_error(self, condition, refused):
         log.info("link: the peer ended the stream with {condition}", condition=condition)
+        if refused is not None:
+            self._ask_link(self.link.peer_refused, self, refused)
         self._closing = True
         self.transport.write(wire.STREAM_CLOSE)
         self.transport.loseConnection()
@@ -312,10 +362,10 @@ class LinkStream(Protocol):
         self._closing = True
         self._parser.stop()
 
-    def _send_error(self, condition, text):
+    def _send_error(self, condition, text, refused=None):
         self._closing = True
         self._parser.stop()
-        self.transport.write(wire.stream_error(condition, text))
+        self.transport.write(wire.stream_error(condition, text, refused))
         self.transport.loseConnection()
 
     # -- transitions ----------------------------------------------------------
@@ -323,6 +373,7 @@ class LinkStream(Protocol):
     awaiting_identity.upon(identity_proved, enter=awaiting_header, outputs=[_begin])
     awaiting_identity.upon(identity_refused, enter=closed, outputs=[_refuse_identity])
     awaiting_identity.upon(fault, enter=closed, outputs=[_drop_connection])
+    awaiting_identity.upon(parse_failed, enter=closed, outputs=[_drop_connection])
     awaiting_identity.upon(timed_out, enter=closed, outputs=[_drop_connection])
     awaiting_identity.upon(close_requested, enter=closed, outputs=[_drop_connection])
     awaiting_identity.upon(connection_lost, enter=closed, outputs=[_forget])
@@ -332,6 +383,9 @@ class LinkStream(Protocol):
     open.upon(stanza_arrived, enter=open, outputs=[_deliver])
     open.upon(ack_requested, enter=open, outputs=[_answer_ack_request])
     open.upon(ack_arrived, enter=open, outputs=[_take_ack])
+    open.upon(parse_failed, enter=closed, outputs=[_refuse_stanza])
+    awaiting_header.upon(parse_failed, enter=closed, outputs=[_refuse])
+    awaiting_resume.upon(parse_failed, enter=closed, outputs=[_refuse])
 
     for _state in (awaiting_header, awaiting_resume, open):
         _state.upon(fault, enter=closed, outputs=[_refuse])
@@ -342,7 +396,7 @@ class LinkStream(Protocol):
         _state.upon(connection_lost, enter=closed, outputs=[_forget])
 
     for _each in (identity_proved, identity_refused, header_accepted, header_refused, resume_arrived,
-                  stanza_arrived, ack_requested, ack_arrived, fault, timed_out, peer_failed, peer_closed,
+                  stanza_arrived, ack_requested, ack_arrived, fault, parse_failed, timed_out, peer_failed, peer_closed,
                   close_requested, connection_lost):
         closed.upon(_each, enter=closed, outputs=[])
     del _state, _each

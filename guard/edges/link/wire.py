@@ -43,12 +43,25 @@ def ack(received: int) -> bytes:
     return f"<a xmlns='{SM_NS}' h='{received}'/>".encode("utf-8")
 
 
-def stream_error(condition: str, text: str | None = None) -> bytes:
+def stream_error(condition: str, text: str | None = None, refused: int | None = None) -> bytes:
+    """A stream error and the stream's end; ``refused`` names the peer's stanza this half could not take."""
     body = f"<{condition} xmlns='{STREAM_ERRORS_NS}'/>"
     if text:
         escaped = text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
         body += f"<text xmlns='{STREAM_ERRORS_NS}'>{escaped}</text>"
+    if refused is not None:
+        # RFC 6120 4.9.4: an application-specific condition beside the defined one.
+        body += f"<refused xmlns='{LINK_NS}' stanza='{refused}'/>"
     return f"<stream:error>{body}</stream:error>".encode("utf-8") + STREAM_CLOSE
+
+
+def read_refused(error) -> int | None:
+    """The sequence number a peer's <stream:error> says it refused, or None when it names none."""
+    for child in error.elements():
+        if (child.uri, child.name) == (LINK_NS, "refused"):
+            sequence = counter(child.getAttribute("stanza"))
+            return sequence if sequence is not None and sequence >= 1 else None
+    return None
 
 
 def counter(text: str | None) -> int | None:

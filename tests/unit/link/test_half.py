@@ -1,5 +1,7 @@
 """A back-to-back half: its own side's stanzas go over the link; the link's are re-checked and judged here."""
 
+from types import SimpleNamespace
+
 from twisted.internet.task import Clock
 
 from guard.app.half import LINK_MISADDRESSED_RULE, HalfRelay
@@ -7,9 +9,12 @@ from guard.core.addressing import check_addressing
 from guard.core.books import Books
 from guard.core.pipeline import Direction, Judgement
 from guard.core.topology import Topology
+from guard.edges.link.link import LinkSettings
 from guard.edges.relay import PolicyTable
 from guard.edges.release import reparse_stanza
-from guard.edges.xmlstream import serialise
+from guard.edges.xmlstream import ParserLimits, serialise
+
+from .pairs import JoinedHalves, Parcel
 
 TOPOLOGY = Topology({"red": frozenset({"red.example"}), "blue": frozenset({"blue.example"})})
 
@@ -136,3 +141,174 @@ def test_the_link_settles_parcels_in_the_books():
     assert relay.books.summary()["delivered"] == 1 and relay.books.summary()["bounced"] == 1
     assert len(to_red.queue) == 1 and 'type="error"' in to_red.queue[0]
     assert audit.records == [("bounce", "guard:remote-server-timeout", None)]
+
+
+# -- with a real pair link between half A's relay and half B ---------------------
+
+
+class RealLeg:
+    def __init__(self, link):
+        self.link = link
+        self.limits = ParserLimits()
+
+    def describe(self):
+        return self.link.describe()
+
+
+def half_a_joined(settings=LinkSettings(ack_every=1000), export=None):
+    """Half A's relay as the owner of a real link to half B; red's server is set up but never ready."""
+    audit = RecordingAudit()
+    policies = PolicyTable({Direction("red", "blue"): export or PassAll(),
+                            Direction("blue", "red"): NoContraband()})
+    clock = Clock()
+    relay = HalfRelay(TOPOLOGY, policies, Books(), audit, clock, "red", "blue")
+    relay.open_stream = lambda *args, **extra: SimpleNamespace(close_for_shutdown=lambda: None)  # never ready
+    red = SimpleNamespace(name="red", limits=SimpleNamespace(outbound_queue=100), inbound_streams=set(),
+                          routes={"red.example": ("127.0.0.1", 5269)})
+    relay.add_side(red)
+    pair = JoinedHalves(settings, clock=clock, owner_a=relay)
+    relay.leg = RealLeg(pair.a)
+    return relay, audit, pair, red
+
+
+def from_romeo(relay, red, number, body="hi"):
+    stanza = reparse_stanza(f"<message from='romeo@red.example/a' to='juliet@blue.example' id='r{number}'>"
+                            f"<body>{body}</body></message>")
+    relay.stanza_received(red, stanza, check_addressing(stanza, {("red.example", "blue.example")}, {"blue.example"}),
+                          90)
+
+
+def from_juliet(pair, number):
+    pair.b.send(Parcel(reparse_stanza(f"<message from='juliet@blue.example/b' to='romeo@red.example' "
+                                      f"id='j{number}'><body>hi</body></message>")))
+
+
+def test_a_congested_own_server_stops_the_link_being_read_and_acknowledged():
+    """Red's server stops reading what comes from blue (its outbound stream reports congestion): half A stops
+    reading the link, so half B keeps the stanzas, unacknowledged, instead of half A piling them up; the
+    connection survives half B's acknowledgement timeout; when red reads again they flow, in order, once."""
+    relay, _, pair, _ = half_a_joined(LinkSettings(ack_every=1, ack_timeout=5.0))
+    pair.connect()
+    from_juliet(pair, 0)
+    pair.flush()
+    to_red = relay.links[("red", "blue.example", "red.example")]
+    to_red.congested(None)  # what OutboundStream reports when red's transport stops taking bytes
+    for number in (1, 2):
+        from_juliet(pair, number)
+    pair.flush()
+    for _ in range(20):  # well past half B's acknowledgement timeout
+        pair.clock.advance(1.0)
+        pair.flush()
+    assert [parcel.stanza["id"] for parcel in to_red.queue] == ["j0"] and relay.books.accepted == 1
+    assert pair.b.describe()["unacknowledged"] == 2 and pair.b.describe()["connections"] == 1
+    assert pair.a.describe()["held"] is True
+    to_red.decongested(None)
+    pair.flush()
+    pair.clock.advance(1.0)
+    pair.flush()
+    assert [parcel.stanza["id"] for parcel in to_red.queue] == ["j0", "j1", "j2"]
+    assert pair.b.describe()["unacknowledged"] == 0 and pair.owner_b.of("delivered") == ["j0", "j1", "j2"]
+
+
+def test_congestion_toward_the_link_still_holds_the_own_servers_streams():
+    """A pair whose sender is on our own side is held as in standalone mode: the link is not paused for it."""
+    relay, _, pair, red = half_a_joined()
+    held = []
+
+    class InboundFromRed:
+        authenticated_pairs = {("red.example", "blue.example")}
+        hold = release = staticmethod(held.append)
+
+    red.inbound_streams.add(InboundFromRed())
+    relay.hold_senders("red.example", "blue.example")
+    assert held == ["congested red.example->blue.example"] and pair.a.describe()["held"] is False
+
+
+def test_at_shutdown_stanzas_from_the_link_waiting_for_our_server_bounce_back_over_the_link():
+    """Juliet's message waits for red's server when half A stops: its bounce crosses the link, still carrying,
+    and reaches half B (before, the link was stopped first and the bounce was lost)."""
+    relay, _, pair, _ = half_a_joined(LinkSettings(ack_every=1))
+    pair.connect()
+    pair.b.send(Parcel(reparse_stanza("<message from='juliet@blue.example/b' to='romeo@red.example' id='j1'>"
+                                      "<body>hi</body></message>")))
+    pair.flush()
+    assert pair.owner_b.of("delivered") == ["j1"]  # half A acknowledged it: half B will never bounce it
+    relay.begin_shutdown()
+    pair.flush()
+    assert pair.owner_b.of("received") == ["j1"]  # the error reply, same id, back to Juliet
+    assert relay.books.summary()["bounced"] == 1
+
+
+def test_at_shutdown_the_half_waits_for_acknowledgements_and_reports_the_rest_in_doubt():
+    """Romeo's message was written, not acknowledged: the grace asks for an acknowledgement and settles it
+    as delivered; one whose acknowledgement cannot come is audited in doubt, never bounced to Romeo."""
+    relay, audit, pair, red = half_a_joined()
+    pair.connect()
+    from_romeo(relay, red, 1)
+    pair.flush()  # half B has it
+    relay.begin_shutdown()
+    assert relay.bounces_waiting() == 1
+    pair.flush()
+    assert relay.bounces_waiting() == 0 and relay.books.summary()["delivered"] == 1
+    from_romeo(relay, red, 2)  # accepted late (a release during shutdown): bounced, the link takes nothing new
+    relay.finish_shutdown()
+    assert relay.books.summary()["bounced"] == 1
+
+    relay, audit, pair, red = half_a_joined()
+    pair.connect()
+    from_romeo(relay, red, 3)
+    pair.flush()
+    pair.cut()  # the acknowledgement can never come
+    relay.begin_shutdown()
+    relay.finish_shutdown()
+    assert audit.records == [("drop", "guard:link-in-doubt", "red->blue")]
+    assert relay.books.summary()["bounced"] == 0 and relay.books.summary()["dropped"] == 1
+
+
+def test_after_a_reload_stanzas_waiting_unwritten_on_the_link_are_judged_again():
+    """The link is down; a reload brings a stricter export policy: the contraband that passed before is now
+    bounced under the new rule, the plain message still waits (judged again), nothing is written twice."""
+    relay, audit, pair, red = half_a_joined()
+    to_romeo = relay.links[("red", "blue.example", "red.example")] = RecordingOutbound()
+    from_romeo(relay, red, 1, "contraband")
+    from_romeo(relay, red, 2, "plain")
+    assert pair.a.describe()["queued"] == 2
+    relay.policies.swap(Direction("red", "blue"), NoContraband())
+    relay.rejudge_link_buffer()
+    assert audit.records == [("bounce", "no-contraband", "red->blue")]
+    assert len(to_romeo.queue) == 1 and 'id="r1"' in to_romeo.queue[0]
+    pair.connect()
+    pair.flush()
+    assert pair.owner_b.of("received") == ["r2"] and pair.a.describe()["queued"] == 0
+
+
+class ReferAll:
+    def judge(self, stanza, direction):
+        return Judgement.referred(stanza, "ask-first")
+
+
+class ReleasingAuthority:
+    """Releases every stanza it is asked about, at once, with its body replaced."""
+
+    def __init__(self):
+        self.asked = []
+
+    def ask(self, stanza, direction, rule_id):
+        from twisted.internet import defer
+
+        self.asked.append((stanza["id"], str(direction), rule_id))
+        released = reparse_stanza(serialise(stanza).replace("plain", "released"))
+        return defer.succeed(SimpleNamespace(released=True, stanza=released, reason="ok"))
+
+
+def test_after_a_reload_a_waiting_stanza_the_new_policy_refers_goes_to_the_authority_first():
+    """A reload to a refer rule: the waiting stanza leaves the buffer, is asked about, and what the authority
+    releases is what crosses the link."""
+    relay, _, pair, red = half_a_joined()
+    from_romeo(relay, red, 1, "plain")
+    relay.release_authority = ReleasingAuthority()
+    relay.policies.swap(Direction("red", "blue"), ReferAll())
+    relay.rejudge_link_buffer()
+    assert relay.release_authority.asked == [("r1", "red->blue", "ask-first")]
+    (entry,) = pair.a.outbox.entries
+    assert b"<body>released</body>" in entry.parcel.data

@@ -47,6 +47,7 @@ def test_the_sample_halves_load(tree):
     assert config.topology.far_side("red") == "blue"
     assert config.link.leg.dial == "tcp:host=127.0.4.2:port=5299" and config.link.leg.listen is None
     assert is_half_config(str(tree / "deploy" / "pair" / "half-a.toml"))
+    assert config.link.leg.settings.buffer_bytes == 64 * 1024 * 1024
 
 
 @pytest.mark.parametrize("replace, add, key", [
@@ -63,6 +64,9 @@ def test_the_sample_halves_load(tree):
     ([("down_deadline = 120 ", "down_deadline = -1 ")], "", "link.down_deadline"),
     ([("backoff_jitter = 0.5", "backoff_jitter = 2")], "", "link.backoff_jitter"),
     ([("buffer_stanzas = 10000", "buffer_stanzas = 1.5")], "", "link.buffer_stanzas"),
+    ([("buffer_bytes = 67108864", "buffer_bytes = 0")], "", "link.buffer_bytes"),
+    ([("buffer_bytes = 67108864", "buffer_bytes = 1.5")], "", "link.buffer_bytes"),
+    ([("buffer_bytes = 67108864", "buffer_bytes = 1000")], "", "link.buffer_bytes"),
     ([], "colour = 'red'\n", "link.colour"),
     ([('dial = "tcp:host=127.0.4.2:port=5299"', 'dial = "carrier-pigeon:x"')], "", "link.dial"),
     ([('key = "../../run/pair-pki/half-a.key"', 'key = "../../run/pair-pki/half-b.key"')], "", "link.certificate"),
@@ -82,3 +86,25 @@ def test_a_half_has_exactly_one_side(tree):
     path = variant(tree, [], "\n[sides.blue]\nlisten = 'tcp:5269'\n")
     with pytest.raises(ConfigError, match="a half has exactly one side"):
         load_half_config(path)
+
+
+def test_a_reload_judges_the_stanzas_waiting_on_the_link_again(tree):
+    """HalfService.reload_policies swaps the policies and then has the relay judge the link's waiting stanzas;
+    a reload that is refused changes nothing and judges nothing again."""
+    from twisted.internet.testing import MemoryReactorClock
+
+    from guard.app.half import HalfService
+
+    path = variant(tree, [])
+    service = HalfService(load_half_config(path), MemoryReactorClock())
+    calls = []
+    service.relay.rejudge_link_buffer = lambda: calls.append("rejudged")
+    assert service.reload_policies() is True and calls == ["rejudged"]
+    policy = tree / "policies" / "allow-all.toml"
+    saved = policy.read_text()
+    try:
+        policy.write_text("this is not a policy [")
+        assert service.reload_policies() is False and calls == ["rejudged"]
+    finally:
+        policy.write_text(saved)
+    service.audit.close()

@@ -51,18 +51,20 @@ def test_outbox_ignores_a_resume_about_another_session():
     outbox.add("a")
     outbox.rewind()
     outbox.mark_sent(1)
-    assert outbox.resume_from(Resume("peer", 1, "before", 1)) == []
-    assert outbox.resume_from(Resume("peer", 1, "now", 1)) == ["a"]
+    assert not outbox.resume_from(Resume("peer", 1, "before", 1))
+    assert outbox.resume_from(Resume("peer", 1, "now", 1)).delivered == ["a"]
 
 
-def test_outbox_gives_up_on_everything_and_numbers_continue_after_the_gap():
-    """Bounced stanzas spend their numbers; the next connection resumes after them."""
+def test_outbox_gives_up_on_everything_at_stop_unwritten_refused_written_in_doubt():
+    """At stop, what was never written is certainly undelivered; what was written is in doubt."""
     outbox = Outbox(10)
-    outbox.add("a")
-    outbox.add("b")
-    assert outbox.take_all() == ["a", "b"]
-    assert outbox.add("c") == 3
-    assert outbox.rewind() == 3
+    for name in "abc":
+        outbox.add(name)
+    outbox.rewind()
+    outbox.mark_sent(1)
+    settlement = outbox.take_all()
+    assert (settlement.delivered, settlement.refused, settlement.in_doubt) == ([], ["b", "c"], ["a"])
+    assert len(outbox) == 0 and outbox.bytes == 0
 
 
 def test_inbox_drops_what_it_counted_before_a_reconnect():

@@ -148,3 +148,45 @@ def test_the_authority_denies_what_it_cannot_read():
     """An unknown version or an unparseable stanza is denied."""
     assert decide(request("hi", version=2), Rules())["decision"] == "deny"
     assert decide({"version": 1, "id": "x", "stanza": "<message"}, Rules())["decision"] == "deny"
+
+
+VERSION_QUERY = ("<iq from='romeo@red.example/a' to='juliet@blue.example/b' type='get' id='v1'>"
+                 "<query xmlns='jabber:iq:version'/></iq>")
+
+
+def test_an_iq_the_hag_refuses_is_answered_with_an_error_to_its_sender():
+    """A XEP-0092 version query outside the profile: the sender gets not-allowed back on its own leg,
+    with the HAG's constant text and nothing of the query; the refusal is audited."""
+    reference = hag()
+    reference.crossing("a", reparse_stanza(VERSION_QUERY))
+    assert reference.legs["b"].link.sent == []
+    (answer,) = reference.legs["a"].link.sent
+    assert answer.original is None
+    assert serialise(answer.stanza) == (
+        '<iq type="error" from="juliet@blue.example/b" to="romeo@red.example/a" id="v1"><error type="cancel">'
+        '<not-allowed xmlns="urn:ietf:params:xml:ns:xmpp-stanzas"/>'
+        '<text xmlns="urn:ietf:params:xml:ns:xmpp-stanzas">refused by the High Assurance Guard</text></error></iq>')
+    assert reference.audit.records == [("hag-drop", "a->b", "element not permitted: {jabber:server}iq")]
+
+
+@pytest.mark.parametrize("xml", [
+    "<iq from='romeo@red.example/a' to='juliet@blue.example/b' type='result' id='r1'>"
+    "<query xmlns='jabber:iq:version'/></iq>",
+    "<message from='romeo@red.example/a' to='juliet@blue.example' type='error' id='e1'>"
+    "<x xmlns='urn:example'/></message>",
+])
+def test_errors_and_iq_results_the_hag_refuses_are_never_answered(xml):
+    """RFC 6120 8.3.1: no error in answer to an error or an iq result; the refusal is still audited."""
+    reference = hag()
+    reference.crossing("a", reparse_stanza(xml))
+    assert reference.legs["a"].link.sent == [] and reference.legs["b"].link.sent == []
+    assert [record[0] for record in reference.audit.records] == ["hag-drop"]
+
+
+def test_a_halted_hag_answers_what_it_no_longer_forwards():
+    """Without an audit trail the HAG forwards nothing, and says so to each sender with service-unavailable."""
+    reference = hag(RecordingAudit(broken=True))
+    reference.crossing("a", reparse_stanza("<message from='a@x/r' to='b@y' id='m1'><x xmlns='urn:example'/></message>"))
+    reference.crossing("a", reparse_stanza("<message from='a@x/r' to='b@y' id='m2'><body>hi</body></message>"))
+    conditions = [answer.stanza.error.firstChildElement().name for answer in reference.legs["a"].link.sent]
+    assert conditions == ["not-allowed", "service-unavailable"] and reference.legs["b"].link.sent == []

@@ -163,3 +163,62 @@ def test_an_idle_link_asks_after_keepalive_seconds_and_drops_a_dead_peer():
     assert transport.value().startswith(b"<r xmlns='urn:xmpp:sm:3'/>")
     clock.pump([1.0] * 5)
     assert b"<connection-timeout" in transport.value()
+
+
+PEER_RESUME = b"<resume xmlns='urn:xmpp-guard:link:0' session='sessionb' next='1' h='0'/>"
+
+
+def test_a_held_link_parses_nothing_until_released_and_then_everything_in_order():
+    """Held (our side congested): the transport is paused, bytes already read wait unparsed, no <a/> answers
+    <r/>; on release they are parsed in order and acknowledged."""
+    _, owner, link, stream, transport = opened()
+    stream.dataReceived(PEER_HEADER + PEER_RESUME)
+    link.hold()
+    assert transport.producerState == "paused"
+    transport.clear()
+    stream.dataReceived(b"<message from='juliet@blue.example' to='romeo@red.example' id='j1'/>"
+                        b"<r xmlns='urn:xmpp:sm:3'/>")
+    assert owner.events == [] and transport.value() == b""
+    link.release()
+    assert transport.producerState == "producing"
+    assert owner.events == [("received", "j1")] and transport.value() == b"<a xmlns='urn:xmpp:sm:3' h='1'/>"
+
+
+def test_a_paused_connection_that_keeps_receiving_is_closed():
+    """PAUSED_INPUT_BYTES bounds what waits unparsed: a transport that ignores the pause ends the connection."""
+    from guard.edges.link.stream import PAUSED_INPUT_BYTES
+
+    _, owner, link, stream, transport = opened()
+    stream.dataReceived(PEER_HEADER + PEER_RESUME)
+    link.hold()
+    transport.clear()
+    chunk = b"<message from='juliet@blue.example' to='romeo@red.example'/>" * 1000
+    for _ in range(PAUSED_INPUT_BYTES // len(chunk)):
+        stream.dataReceived(chunk)
+    assert not transport.disconnecting
+    stream.dataReceived(chunk)
+    assert b"<resource-constraint" in transport.value() and transport.disconnecting
+    assert owner.events == []
+
+
+def test_a_stanza_our_parser_refuses_is_named_in_the_stream_error():
+    """The peer's stanza 2 is too deep for us: the stream error carries <refused stanza='2'/> and 1 is counted."""
+    from guard.edges.xmlstream import ParserLimits
+
+    clock = Clock()
+    owner = RecordingOwner()
+    link = Link(owner, "half-a", "half-b", clock, LinkSettings(), session="sessiona")
+    link.start()
+    stream = LinkStream(link, AcceptingCheck(), clock, ParserLimits(element_depth=2))
+    transport = StringTransport()
+    stream.makeConnection(transport)
+    stream.handshakeCompleted()
+    transport.clear()
+    stream.dataReceived(PEER_HEADER + PEER_RESUME
+                        + b"<message from='juliet@blue.example' to='romeo@red.example' id='j1'><body/></message>"
+                        + b"<message from='juliet@blue.example' to='romeo@red.example' id='j2'><a><b/></a></message>")
+    assert owner.events == [("received", "j1")]
+    assert transport.value() == (
+        b"<stream:error><policy-violation xmlns='urn:ietf:params:xml:ns:xmpp-streams'/>"
+        b"<text xmlns='urn:ietf:params:xml:ns:xmpp-streams'>elements nested too deeply</text>"
+        b"<refused xmlns='urn:xmpp-guard:link:0' stanza='2'/></stream:error></stream:stream>")
