@@ -12,7 +12,6 @@ import policy: nothing the peer half decided is trusted.
 
 from __future__ import annotations
 
-from types import SimpleNamespace
 
 from twisted.internet import defer
 from twisted.logger import Logger
@@ -21,7 +20,7 @@ from guard.core.addressing import Misaddressed, check_addressing, parse_jid
 from guard.core.pipeline import Direction, Verdict, judge_fail_closed
 from guard.edges.link.leg import LinkLeg
 from guard.edges.link.link import NOT_WRITABLE, REFUSED_CONDITION, TOO_LARGE
-from guard.edges.relay import Relay
+from guard.edges.relay import Relay, Ticket
 from guard.edges.release import reparse_stanza
 from guard.edges.xmlstream import OversizedStanza, ParserLimits, serialise
 
@@ -103,9 +102,9 @@ class HalfRelay(Relay):
         if self.leg is None:
             return
         direction = Direction(self.own_side, self.far.name)
-        self.leg.link.rejudge_unwritten(lambda carried: self._judge_again(carried, direction))
+        self.leg.link.rejudge_unwritten(lambda carried: self._judge_link_waiting(carried, direction))
 
-    def _judge_again(self, carried, direction):
+    def _judge_link_waiting(self, carried, direction):
         """The bytes to carry after judging the waiting stanza again, or None once it is settled here."""
         parcel = carried.parcel
         if parcel.original is None:
@@ -132,7 +131,7 @@ class HalfRelay(Relay):
         elif judgement.verdict is Verdict.REFER:
             sender, recipient = parse_jid(original.getAttribute("from")), parse_jid(original.getAttribute("to"))
             pair = (sender.host if sender else "", recipient.host if recipient else "")
-            self._refer(original, judgement, self.far.name, SimpleNamespace(pair=pair), direction)
+            self._refer(judgement, Ticket(original, pair, len(carried.data), direction, self.policies.generation))
         else:
             self._drop(original, judgement.rule_id, judgement.rule_rev, direction, judgement.text)
         return None

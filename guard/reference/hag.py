@@ -34,7 +34,7 @@ from twisted.logger import Logger
 from guard.app.config import ConfigError, _Checker
 from guard.app.half_config import link_leg
 from guard.core.addressing import parse_jid
-from guard.core.bounce import error_reply, may_bounce
+from guard.core.bounce import error_reply, guard_text, may_bounce, peer_detail
 from guard.edges.audit import AuditLog, AuditUnavailable
 from guard.edges.link.leg import LinkLeg
 from guard.edges.relay import Parcel
@@ -93,11 +93,12 @@ class ReferenceHag:
     def undeliverable(self, destination: str, parcel, condition: str, text: str) -> None:
         """The far leg gave up on a stanza: audit it and bounce an error back where it came from."""
         source = self.other(destination)
-        self._record("hag-undeliverable", source, destination, parcel.stanza, f"{condition}: {text}")
+        self._record("hag-undeliverable", source, destination, parcel.stanza, f"{condition}: {peer_detail(text)}")
         original = parcel.original
         if original is None or not may_bounce(original) or parse_jid(original.getAttribute("from")) is None:
             return
-        self.legs[source].link.send(Parcel(error_reply(original, condition, text), None))
+        # The text is the guard's own for the condition: what the far leg said stays in the audit record.
+        self.legs[source].link.send(Parcel(error_reply(original, condition, guard_text(condition)), None))
 
     def in_doubt(self, destination: str, parcel) -> None:
         """The far leg stopped with ``parcel`` written and unacknowledged: nobody can say if it arrived; audit it."""

@@ -9,6 +9,7 @@ from guard.core.addressing import check_addressing
 from guard.core.books import Books
 from guard.core.pipeline import Direction, Judgement
 from guard.core.topology import Topology
+from guard.edges.limits import Limits
 from guard.edges.link.link import LinkSettings
 from guard.edges.relay import PolicyTable
 from guard.edges.release import reparse_stanza
@@ -163,7 +164,7 @@ def half_a_joined(settings=LinkSettings(ack_every=1000), export=None):
     clock = Clock()
     relay = HalfRelay(TOPOLOGY, policies, Books(), audit, clock, "red", "blue")
     relay.open_stream = lambda *args, **extra: SimpleNamespace(close_for_shutdown=lambda: None)  # never ready
-    red = SimpleNamespace(name="red", limits=SimpleNamespace(outbound_queue=100), inbound_streams=set(),
+    red = SimpleNamespace(name="red", limits=Limits(outbound_queue=100), inbound_streams=set(),
                           routes={"red.example": ("127.0.0.1", 5269)})
     relay.add_side(red)
     pair = JoinedHalves(settings, clock=clock, owner_a=relay)

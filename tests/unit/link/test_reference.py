@@ -129,6 +129,15 @@ def test_the_hag_bounces_back_what_the_far_leg_gave_up_on():
     assert reply.stanza.getAttribute("type") == "error" and reply.stanza.getAttribute("to") == "a@x/r"
 
 
+def test_what_the_far_leg_said_never_reaches_the_hags_bounce():
+    """The text a leg gives with its failure goes to the audit record only; the bounce carries the guard's own text."""
+    reference = hag()
+    original = reparse_stanza("<message from='a@x/r' to='b@y' id='m2'><body>hi</body></message>")
+    reference.undeliverable("b", Parcel(original, original), "remote-server-timeout", "FAR-SIDE-MARKER")
+    (reply,) = reference.legs["a"].link.sent
+    assert "FAR-SIDE-MARKER" not in serialise(reply.stanza)
+
+
 def request(body, version=1):
     stanza = f"<message from='romeo@red.example' to='juliet@blue.example'><body>{body}</body></message>"
     return {"version": version, "id": "abc", "direction": "red->blue", "rule": "r", "stanza": stanza}
