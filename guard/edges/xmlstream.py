@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import codecs
 import re
+import sys
 from dataclasses import dataclass
 from typing import Callable
 
@@ -83,8 +84,13 @@ STREAM_ERROR_CONDITIONS = frozenset(
 # size limits are checked at least this often however large one feed() is.
 _PIECE_BYTES = 64 * 1024
 
-# Bounds on the per-parser name caches (a peer may send endless new names).
-_NAME_CACHE_ENTRIES = 4096
+# Bounds on the name caches (a peer may send endless new names, each as long
+# as it likes): a cache keeps at most this many names, each at most this many
+# characters (longer names are split again each time), so in bytes it stays
+# under about _NAME_CACHE_ENTRIES * (_NAME_CACHE_LENGTH + _NAME_ENTRY_OVERHEAD).
+_NAME_CACHE_ENTRIES = 1024
+_NAME_CACHE_LENGTH = 128
+_NAME_ENTRY_OVERHEAD = 200  # a dict slot, the key string and the split tuple, roughly
 
 _XML_WHITESPACE = " \t\r\n"
 _NESTED_STREAM = (STREAMS_NS, "stream")
@@ -549,11 +555,33 @@ class StreamParser:
 
 
 # -- serialising ----------------------------------------------------------
+#
+# How the output stays small: each namespace is declared once per scope.  An
+# element in its parent's namespace writes no xmlns.  The first element that
+# enters a namespace declares it as the default (xmlns="..."), as XMPP
+# software expects.  Entering the same namespace again outside that scope
+# (siblings, cousins: a stanza error's condition and text) declares it again
+# while the stanza's repeated declarations stay within _REDECLARATION_BUDGET
+# characters; past that, a namespace entered again is bound once to a prefix
+# on the stanza element, and every later element or attribute in it uses that
+# prefix.  A namespaced attribute's prefix is declared on the first element
+# that needs it and reused by its descendants (and repeated or hoisted the
+# same way).  So beyond that budget each namespace name is written at most
+# twice per stanza, and output grows with the input, never with the product
+# of input sizes.
+#
+# Escaping is minimal: in text only &, < and the > of "]]>" (and CR, which a
+# parser would turn into LF); in attribute values &, <, the quote that
+# delimits the value (the rarer of the two quotes is chosen) and the three
+# whitespace characters that attribute normalisation would turn into spaces.
+
+_REDECLARATION_BUDGET = 1024
+_DECLARATION_OVERHEAD = len(' xmlns:ns0=""')
 
 _FORBIDDEN = "\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff"
 _FORBIDDEN_CHARACTER = re.compile(f"[{_FORBIDDEN}]")
-_TEXT_SPECIAL = re.compile(f"[&<>\r{_FORBIDDEN}]")
-_ATTRIBUTE_SPECIAL = re.compile(f"[&<>\"\t\n\r{_FORBIDDEN}]")
+_TEXT_SPECIAL = re.compile(f"[&<\r{_FORBIDDEN}]|]]>")
+_ATTRIBUTE_SPECIAL = re.compile(f"[&<\"\t\n\r{_FORBIDDEN}]")
 
 _NAME_START = (
     "A-Z_a-z\xc0-\xd6\xd8-\xf6\xf8-\u02ff\u0370-\u037d\u037f-\u1fff\u200c\u200d"
@@ -562,18 +590,28 @@ _NAME_START = (
 _NAME_REST = _NAME_START + r"\-.0-9\xb7\u0300-\u036f\u203f-\u2040"
 _NCNAME = re.compile(f"[{_NAME_START}][{_NAME_REST}]*")
 
+# Names already checked, so that common names are not matched against the
+# regular expression again.  Bounded in bytes, not only in entries: a peer
+# chooses how long each name is.
+_VALID_NAMES_BYTES = 256 * 1024
 _valid_names: dict[str, bool] = {}
+_valid_names_size = 0
 
 
 def _check_name(name: object) -> str:
     """The name if it can be written as an unprefixed XML name, else ValueError."""
+    global _valid_names_size
     if _valid_names.get(name):  # type: ignore[call-overload]
         return name  # type: ignore[return-value]
     if name.__class__ is not str or not _NCNAME.fullmatch(name):
         raise ValueError(f"{name!r} cannot be serialised as an XML name")
-    if len(_valid_names) >= _NAME_CACHE_ENTRIES:
+    if len(name) > _NAME_CACHE_LENGTH:
+        return name  # checked, but too long to be worth keeping
+    if len(_valid_names) >= _NAME_CACHE_ENTRIES or _valid_names_size >= _VALID_NAMES_BYTES:
         _valid_names.clear()
+        _valid_names_size = 0
     _valid_names[name] = True
+    _valid_names_size += _NAME_ENTRY_OVERHEAD + len(name)
     return name
 
 
@@ -587,93 +625,193 @@ def _escape_text(text: object) -> str:
     return (
         text.replace("&", "&amp;")  # type: ignore[union-attr]
         .replace("<", "&lt;")
-        .replace(">", "&gt;")
+        .replace("]]>", "]]&gt;")
         .replace("\r", "&#13;")
     )
 
 
-def _escape_attribute(value: object) -> str:
+def _quote_attribute(value: object) -> str:
+    """The attribute value with its delimiting quotes, escaped as little as XML allows."""
     if value.__class__ is not str:
         raise TypeError(f"cannot serialise {type(value).__name__} as an attribute value")
     if _ATTRIBUTE_SPECIAL.search(value) is None:  # type: ignore[arg-type]
-        return value  # type: ignore[return-value]
+        return '"' + value + '"'  # type: ignore[operator]
     if _FORBIDDEN_CHARACTER.search(value) is not None:  # type: ignore[arg-type]
         raise ValueError("attribute value holds a character XML 1.0 forbids")
-    return (
+    escaped = (
         value.replace("&", "&amp;")  # type: ignore[union-attr]
         .replace("<", "&lt;")
-        .replace(">", "&gt;")
-        .replace('"', "&quot;")
         .replace("\t", "&#9;")
         .replace("\n", "&#10;")
         .replace("\r", "&#13;")
     )
-
-
-def _write(element: domish.Element, namespace: str, out: list[str]) -> None:
-    name = _check_name(element.name)
-    out.append("<" + name)
-    uri = element.uri
-    if uri is not None and uri != namespace:
-        if uri in (XML_NS, _XMLNS_NS):
-            raise ValueError(f"an element cannot be in the namespace {uri}")
-        out.append(' xmlns="' + _escape_attribute(uri) + '"')
-        namespace = uri
-    prefixes: dict[str, str] | None = None
-    for key, value in element.attributes.items():
-        if key.__class__ is str:
-            attribute = _check_name(key)
-            if attribute == "xmlns":
-                raise ValueError("namespace declarations cannot be attributes")
-        else:
-            attribute_uri, local = key
-            _check_name(local)
-            if not attribute_uri:
-                if local == "xmlns" or local in element.attributes:
-                    raise ValueError(f"attribute {local!r} appears twice")
-                attribute = local
-            elif attribute_uri == XML_NS:
-                attribute = "xml:" + local
-            elif attribute_uri == _XMLNS_NS:
-                raise ValueError("namespace declarations cannot be attributes")
-            else:
-                if prefixes is None:
-                    prefixes = {}
-                prefix = prefixes.get(attribute_uri)
-                if prefix is None:
-                    prefix = prefixes[attribute_uri] = f"ns{len(prefixes)}"
-                    out.append(f' xmlns:{prefix}="{_escape_attribute(attribute_uri)}"')
-                attribute = f"{prefix}:{local}"
-        out.append(f' {attribute}="{_escape_attribute(value)}"')
-    children = element.children
-    if not children:
-        out.append("/>")
-        return
-    out.append(">")
-    for child in children:
-        if child.__class__ is str:
-            out.append(_escape_text(child))
-        elif isinstance(child, domish.Element):
-            _write(child, namespace, out)
-        else:
-            raise TypeError(f"cannot serialise {type(child).__name__} as XML")
-    out.append(f"</{name}>")
+    if escaped.count('"') > escaped.count("'"):
+        return "'" + escaped.replace("'", "&#39;") + "'"
+    return '"' + escaped.replace('"', "&#34;") + '"'
 
 
 class OversizedStanza(ValueError):
     """A stanza whose serialisation would exceed the bound the far side accepts."""
 
 
+class _Output:
+    """The pieces written so far for one stanza, their length, and the namespaces bound in it."""
+
+    __slots__ = ("pieces", "length", "limit", "prefixes", "declared", "hoisted", "root_declarations",
+                 "redeclared")
+
+    def __init__(self, limit: int) -> None:
+        self.pieces: list[str] = []
+        self.length = 0  # characters written: a lower bound of the UTF-8 bytes
+        self.limit = limit
+        self.prefixes: dict[str, str] = {}  # namespace -> the one prefix this stanza uses for it
+        self.declared: set[str] = set()  # namespaces some element declared (as default or prefix)
+        self.hoisted: dict[str, str] = {}  # namespaces bound on the stanza element, in scope everywhere
+        self.root_declarations: list[str] = []
+        self.redeclared = 0  # characters spent declaring namespaces declared before
+
+    def over(self) -> OversizedStanza:
+        return OversizedStanza(f"the stanza serialises to more than {self.limit} bytes")
+
+    def may_declare_again(self, uri: str) -> bool:
+        """Whether uri, declared before but not in scope here, may be declared here again within the
+        stanza's budget (else it is bound once on the stanza element)."""
+        cost = len(uri) + _DECLARATION_OVERHEAD
+        if self.redeclared + cost > _REDECLARATION_BUDGET:
+            return False
+        self.redeclared += cost
+        return True
+
+    def prefix_of(self, uri: str) -> str:
+        prefix = self.prefixes.get(uri)
+        if prefix is None:
+            prefix = self.prefixes[uri] = f"ns{len(self.prefixes)}"
+        return prefix
+
+    def hoist(self, uri: str) -> str:
+        """Bind uri to its prefix on the stanza element (in scope everywhere) and return the prefix."""
+        prefix = self.prefix_of(uri)
+        declaration = f" xmlns:{prefix}={_quote_attribute(uri)}"
+        self.length += len(declaration)
+        if self.length > self.limit:
+            raise self.over()
+        self.root_declarations.append(declaration)
+        self.hoisted[uri] = prefix
+        return prefix
+
+
+def _write(element: domish.Element, namespace: str, scope: dict[str, str], output: _Output) -> None:
+    """Write element (and its children) where namespace is the default and scope maps namespaces to bound prefixes."""
+    pieces = output.pieces
+    local = _check_name(element.name)
+    uri = element.uri
+    if uri is None or uri == namespace:
+        name = start = local
+    else:
+        if uri in (XML_NS, _XMLNS_NS):
+            raise ValueError(f"an element cannot be in the namespace {uri}")
+        prefix = scope.get(uri) if scope else None
+        if prefix is None and output.hoisted:
+            prefix = output.hoisted.get(uri)
+        if prefix is not None:
+            name = start = prefix + ":" + local
+        elif uri and uri in output.declared and not output.may_declare_again(uri):
+            name = start = output.hoist(uri) + ":" + local
+        else:
+            name = local
+            start = f"{local} xmlns={_quote_attribute(uri)}"
+            output.declared.add(uri)
+            namespace = uri
+    pieces.append("<" + start)
+    length = 1 + len(start)
+
+    attributes = element.attributes
+    if attributes:
+        child_scope = scope
+        for key, value in attributes.items():
+            if key.__class__ is str:
+                attribute = _check_name(key)
+                if attribute == "xmlns":
+                    raise ValueError("namespace declarations cannot be attributes")
+            else:
+                attribute_uri, attribute_local = key
+                _check_name(attribute_local)
+                if not attribute_uri:
+                    if attribute_local == "xmlns" or attribute_local in attributes:
+                        raise ValueError(f"attribute {attribute_local!r} appears twice")
+                    attribute = attribute_local
+                elif attribute_uri == XML_NS:
+                    attribute = "xml:" + attribute_local
+                elif attribute_uri == _XMLNS_NS:
+                    raise ValueError("namespace declarations cannot be attributes")
+                else:
+                    prefix = child_scope.get(attribute_uri) or output.hoisted.get(attribute_uri)
+                    if prefix is None:
+                        if attribute_uri in output.declared and not output.may_declare_again(attribute_uri):
+                            prefix = output.hoist(attribute_uri)
+                        else:
+                            output.declared.add(attribute_uri)
+                            prefix = output.prefix_of(attribute_uri)
+                            bind = f" xmlns:{prefix}={_quote_attribute(attribute_uri)}"
+                            length += len(bind)
+                            pieces.append(bind)
+                            if child_scope is scope:
+                                child_scope = dict(scope)
+                            child_scope[attribute_uri] = prefix
+                    attribute = prefix + ":" + attribute_local
+            if value.__class__ is str and _ATTRIBUTE_SPECIAL.search(value) is None:
+                written = f' {attribute}="{value}"'
+            else:
+                written = f" {attribute}={_quote_attribute(value)}"
+            length += len(written)
+            pieces.append(written)
+        scope = child_scope
+
+    children = element.children
+    if not children:
+        pieces.append("/>")
+        output.length += length + 2
+        if output.length > output.limit:
+            raise output.over()
+        return
+    pieces.append(">")
+    output.length += length + len(name) + 4  # the end tag counted now, with the start tag
+    if output.length > output.limit:
+        raise output.over()
+    for child in children:
+        if child.__class__ is str:
+            text = _escape_text(child)
+            pieces.append(text)
+            output.length += len(text)
+            if output.length > output.limit:
+                raise output.over()
+        elif isinstance(child, domish.Element):
+            _write(child, namespace, scope, output)
+        else:
+            raise TypeError(f"cannot serialise {type(child).__name__} as XML")
+    pieces.append("</" + name + ">")
+
+
 def serialise(element: domish.Element, default_namespace: str = "jabber:server",
               max_bytes: int | None = None) -> str:
     """The element as XML text for a stream whose default namespace is default_namespace:
-    no xmlns attribute where the element is in default_namespace, prefix-free otherwise (xmlns="..."
-    on the element that changes namespace), attribute and text escaping correct (&, <, >, ", and
-    the characters XML 1.0 forbids never appear: they cannot, since the parser never yields them).
-    Output must re-parse to an equal tree."""
-    out: list[str] = []
-    _write(element, default_namespace, out)
-    text = "".join(out)
+    no xmlns attribute where the element is in default_namespace, each other namespace declared
+    once per scope (see above), minimal escaping, and the characters XML 1.0 forbids never appear
+    (ValueError instead).  Output re-parses to an equal tree.  With max_bytes, raises
+    OversizedStanza as soon as the UTF-8 output is known to exceed it, without writing the rest.
+
+    Size: for an element the parser produced from a stanza of N bytes, the output is at most
+    5 * N bytes, plus the namespace names the stanza used from its stream header (each written
+    at most twice), plus _REDECLARATION_BUDGET; the factor 5 is reached only by '&' inside
+    CDATA (1 byte in, '&amp;' out)."""
+    output = _Output(max_bytes if max_bytes is not None else sys.maxsize)
+    _write(element, default_namespace, {}, output)
+    pieces = output.pieces
+    if output.root_declarations:
+        # The stanza element's start tag ends at the first ">" written: before
+        # it come only its name and attributes, each starting with "<" or " ".
+        pieces.insert(pieces.index(">"), "".join(output.root_declarations))
+    text = "".join(pieces)
     if max_bytes is not None and len(text) > max_bytes // 4 and len(text.encode("utf-8")) > max_bytes:
         raise OversizedStanza(f"the stanza serialises to more than {max_bytes} bytes")
     return text
