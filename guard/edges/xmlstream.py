@@ -42,6 +42,8 @@ __all__ = [
     "StreamFault",
     "StreamHeader",
     "StreamParser",
+    "OversizedStanza",
+    "peer_detail",
     "serialise",
 ]
 
@@ -109,14 +111,35 @@ class ParserLimits:
 
 
 class StreamFault(Exception):
-    """The peer broke the stream; the stream must be closed with this RFC 6120 stream error."""
+    """The peer broke the stream; the stream must be closed with this RFC 6120 stream error.
 
-    def __init__(self, condition: str, text: str) -> None:
+    ``text`` is the guard's own constant wording, safe to write into a stream error or a
+    bounce; ``detail`` is what the peer said (already bounded and escaped by
+    ``peer_detail``), for the log and the audit only."""
+
+    def __init__(self, condition: str, text: str, detail: str = "") -> None:
         if condition not in STREAM_ERROR_CONDITIONS:
             raise ValueError(f"{condition!r} is not an RFC 6120 stream error condition")
         super().__init__(f"{condition}: {text}")
         self.condition = condition
         self.text = text
+        self.detail = detail
+
+
+# How much of a value a peer chose goes into a log detail.
+PEER_DETAIL_CHARACTERS = 200
+
+
+def peer_detail(value: object) -> str:
+    """A value a peer chose, for the log only: at most PEER_DETAIL_CHARACTERS of it, quoted, with
+    control, format and other unprintable characters escaped (so it cannot forge log lines or
+    reorder text), and how much was cut off."""
+    if not isinstance(value, str):
+        value = str(value)
+    shown = repr(value[:PEER_DETAIL_CHARACTERS])
+    if len(value) > PEER_DETAIL_CHARACTERS:
+        shown += f" (and {len(value) - PEER_DETAIL_CHARACTERS} more characters)"
+    return shown
 
 
 @dataclass(frozen=True)
@@ -187,9 +210,10 @@ def _refuse_processing_instruction(_target: str, _data: str) -> None:
 
 def _check_xml_declaration(version: str, encoding: str | None, _standalone: int) -> None:
     if encoding is not None and encoding.upper() != "UTF-8":
-        raise StreamFault("unsupported-encoding", f"encoding {encoding!r} is not UTF-8")
+        raise StreamFault("unsupported-encoding", "the stream is not UTF-8", peer_detail(encoding))
     if version != "1.0":
-        raise StreamFault("not-well-formed", f"XML version {version!r} is not 1.0")
+        # RFC 6120 4.7.5 and 11: XMPP 1.0 is XML 1.0; any other version is one we do not support.
+        raise StreamFault("unsupported-version", "only XML 1.0 is supported", peer_detail(version))
 
 
 class StreamParser:
@@ -370,13 +394,14 @@ class StreamParser:
             raise StreamFault("policy-violation", "stream header too large")
 
     def _translate(self, error: pyexpat.ExpatError) -> StreamFault:
+        # expat's message (with a line and column) goes to the detail; the text is our own.
         if error.code in _RESTRICTED_ERRORS:
-            return StreamFault("restricted-xml", str(error))
+            return StreamFault("restricted-xml", "DTDs and entity references are not allowed", str(error))
         if error.code in _ENCODING_ERRORS:
-            return StreamFault("unsupported-encoding", str(error))
+            return StreamFault("unsupported-encoding", "the stream is not UTF-8", str(error))
         if self._looks_like_declaration(error):
-            return StreamFault("restricted-xml", f"markup declarations are not allowed ({error})")
-        return StreamFault("not-well-formed", str(error))
+            return StreamFault("restricted-xml", "markup declarations are not allowed", str(error))
+        return StreamFault("not-well-formed", "the stream is not well-formed XML", str(error))
 
     def _looks_like_declaration(self, error: pyexpat.ExpatError) -> bool:
         """Whether expat stopped just after a ``<!`` that opens neither a comment nor CDATA."""
@@ -405,7 +430,10 @@ class StreamParser:
         """(uri, local name) of an element inside the stream, refusing names no stanza may have."""
         split = self._split(name)
         if split == _NESTED_STREAM:
-            raise StreamFault("not-well-formed", "nested stream header")
+            # Well-formed XML, but not a stanza (RFC 6120 4.9.3.24) nor anything a stanza may hold.
+            if not self._stack:
+                raise StreamFault("unsupported-stanza-type", "a stream header inside the stream")
+            raise StreamFault("policy-violation", "a stream header inside a stanza")
         if split[0] == XML_NS:
             raise StreamFault("bad-namespace-prefix", "elements in the xml namespace are not allowed")
         names = self._element_names
@@ -482,7 +510,8 @@ class StreamParser:
     def _start_stream(self, name: str, attributes: dict) -> None:
         uri, _, local = name.rpartition(" ")
         if uri != STREAMS_NS or local != "stream":
-            raise StreamFault("invalid-namespace", f"the stream root is {{{uri}}}{local}, not a stream")
+            raise StreamFault("invalid-namespace", "the stream root is not {http://etherx.jabber.org/streams}stream",
+                              peer_detail(f"{{{uri}}}{local}"))
         plain = {}
         for key, value in attributes.items():
             if key.__class__ is str:

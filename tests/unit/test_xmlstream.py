@@ -277,7 +277,7 @@ HOSTILE = [
     ("utf16be-without-bom", HEADER[21:].decode().encode("utf-16-be"), "unsupported-encoding"),
     ("declared-latin1", b"<?xml version='1.0' encoding='ISO-8859-1'?>" + HEADER[21:], "unsupported-encoding"),
     ("declared-utf16", b"<?xml version='1.0' encoding='UTF-16'?>" + HEADER[21:], "unsupported-encoding"),
-    ("xml-1.1", b"<?xml version='1.1'?>" + HEADER[21:], "not-well-formed"),
+    ("xml-1.1", b"<?xml version='1.1'?>" + HEADER[21:], "unsupported-version"),
     ("control-character", HEADER + BODY % b"\x01", "not-well-formed"),
     ("nul-character", HEADER + BODY % b"\x00", "not-well-formed"),
     ("escape-character-in-attribute", HEADER + b"<message id='\x1b'/>", "not-well-formed"),
@@ -286,8 +286,8 @@ HOSTILE = [
     ("noncharacter-fffe-reference", HEADER + BODY % b"&#xFFFE;", "not-well-formed"),
     ("noncharacter-fffe-raw", HEADER + BODY % b"\xef\xbf\xbe", "not-well-formed"),
     ("surrogate-reference", HEADER + BODY % b"&#xD800;", "not-well-formed"),
-    ("nested-stream-header", HEADER + HEADER[21:], "not-well-formed"),
-    ("stream-header-inside-stanza", HEADER + BODY % HEADER[21:], "not-well-formed"),
+    ("nested-stream-header", HEADER + HEADER[21:], "unsupported-stanza-type"),
+    ("stream-header-inside-stanza", HEADER + BODY % HEADER[21:], "policy-violation"),
     ("unbalanced-tags", HEADER + b"<message><body></message>", "not-well-formed"),
     ("stray-end-tag", HEADER + b"</message>", "not-well-formed"),
     ("text-inside-stream", HEADER + b"hello", "bad-format"),
@@ -337,10 +337,11 @@ def test_entity_expansion_is_refused_before_any_expansion():
         assert recorder.events == []
 
 
-def test_expat_message_is_in_the_fault_text():
-    """A fault from expat carries expat's own message."""
+def test_expat_message_is_in_the_fault_detail_not_its_text():
+    """A fault from expat carries expat's own message in its detail, for the log; its text is the guard's own."""
     fault = fault_of(HEADER + b"<message><body></message>")
-    assert "mismatched tag" in fault.text
+    assert "mismatched tag" in fault.detail
+    assert fault.text == "the stream is not well-formed XML"
 
 
 def test_valid_prefix_before_invalid_utf8_is_still_delivered():
