@@ -93,6 +93,11 @@ _PIECE_BYTES = 64 * 1024
 _NAME_CACHE_ENTRIES = 1024
 _NAME_CACHE_LENGTH = 128
 _NAME_ENTRY_OVERHEAD = 200  # a dict slot, the key string and the split tuple, roughly
+_URI_CACHE_BYTES = 64 * 1024
+# Expat keeps every distinct element and attribute name it meets until the parser is freed: after
+# this many bytes of a stream, the parser is replaced at the next stanza boundary.
+_EXPAT_RENEW_BYTES = 1024 * 1024
+_ROOT_TAG_NAME = re.compile(rb"<([^\s/>]+)")
 
 _XML_WHITESPACE = " \t\r\n"
 _NESTED_STREAM = (STREAMS_NS, "stream")
@@ -155,6 +160,14 @@ class StreamHeader:
 
 class _Stopped(Exception):
     """Raised inside expat callbacks to abandon the rest of the input."""
+
+
+class _Renew(Exception):
+    """Raised at a stanza boundary to continue the stream, from stream offset ``at``, on a new expat parser."""
+
+    def __init__(self, at: int) -> None:
+        super().__init__(at)
+        self.at = at
 
 
 # Expat errors that mean the peer used XML that RFC 6120 section 11 forbids
@@ -260,11 +273,21 @@ class StreamParser:
         self._utf8 = codecs.getincrementaldecoder("utf-8")()
         self._utf8_pending = False  # the decoder holds part of a character
 
+        # Name caches, bounded in bytes: names of at most _NAME_CACHE_LENGTH characters, at most
+        # _NAME_CACHE_ENTRIES of them.  Namespace names (up to attribute_value_bytes each) are kept
+        # once each in _uris while a stanza is parsed, so that its elements share them; between
+        # stanzas _uris is emptied once it holds more than _URI_CACHE_BYTES.
         self._names: dict[str, tuple[str, str]] = {}
         self._element_names: dict[str, tuple[str, str]] = {}
+        self._uris: dict[str, str] = {}
+        self._uris_size = 0
         self._stopped = False
         self._dead: StreamFault | None = None
+        self._header_raw = b""  # the bytes before the stream header is parsed
+        self._root_name = b""  # the stream's start tag name as the peer wrote it (stream:stream)
         self._expat = self._create_expat()
+        self._expat_offset = 0  # stream offset of byte 0 of what the current expat parsed
+        self._expat_began = 0  # stream offset where the current expat started on the peer's bytes
 
     # -- public -----------------------------------------------------------
 
@@ -304,7 +327,9 @@ class StreamParser:
     # -- feeding ----------------------------------------------------------
 
     def _create_expat(self) -> pyexpat.XMLParserType:
-        expat = pyexpat.ParserCreate(encoding="UTF-8", namespace_separator=" ")
+        # intern=None: pyexpat would otherwise keep every distinct name a peer sends for the life
+        # of the parser (the name caches above do that job, bounded).
+        expat = pyexpat.ParserCreate(encoding="UTF-8", namespace_separator=" ", intern=None)
         expat.SetParamEntityParsing(pyexpat.XML_PARAM_ENTITY_PARSING_NEVER)
         expat.buffer_text = True
         expat.buffer_size = 64 * 1024
@@ -319,6 +344,30 @@ class StreamParser:
         for name in _DECLARATION_HANDLERS:
             setattr(expat, name, _refuse_declaration)
         return expat
+
+    def _renew_expat(self, at: int) -> None:
+        """Go on from stream offset ``at`` (a stanza boundary) with a new expat parser, so that the
+        names the old one collected (expat keeps every element and attribute name it meets, in
+        tables it never shrinks) are freed.  The new parser first reads a copy of the stream's
+        start tag, written from what the header declared, with no handlers: it then knows the
+        same namespaces and expects the same end tag."""
+        expat = self._create_expat()
+        handlers = (expat.StartElementHandler, expat.StartNamespaceDeclHandler)
+        expat.StartElementHandler = expat.StartNamespaceDeclHandler = None
+        start_tag = self._restated_start_tag()
+        expat.Parse(start_tag, False)
+        expat.StartElementHandler, expat.StartNamespaceDeclHandler = handlers
+        self._expat = expat
+        self._expat_offset = at - len(start_tag)
+        self._expat_began = at
+
+    def _restated_start_tag(self) -> bytes:
+        declarations = []
+        if self._root_default is not None:
+            declarations.append(" xmlns=" + _quote_attribute(self._root_default))
+        for prefix, uri in self._root_prefixes.items():
+            declarations.append(f" xmlns:{prefix}={_quote_attribute(uri)}")
+        return b"<" + self._root_name + "".join(declarations).encode("utf-8") + b">"
 
     def _die(self, fault: StreamFault) -> None:
         self._dead = fault
@@ -376,7 +425,16 @@ class StreamParser:
         start = self._fed
         self._piece = piece
         self._piece_start = start
-        self._expat.Parse(piece, False)
+        if self._header is None:
+            self._header_raw += piece  # at most header_bytes: kept to read the root's tag name
+        rest = piece
+        while True:
+            try:
+                self._expat.Parse(rest, False)
+                break
+            except _Renew as renew:
+                self._renew_expat(renew.at)
+                rest = piece[renew.at - start :]
         end = self._fed = start + len(piece)
         self._previous_last_byte = piece[-1:]
 
@@ -407,7 +465,7 @@ class StreamParser:
         """Whether expat stopped just after a ``<!`` that opens neither a comment nor CDATA."""
         if self._expat is None:
             return False
-        at = self._expat.ErrorByteIndex - self._piece_start
+        at = self._expat.ErrorByteIndex + self._expat_offset - self._piece_start
         if at < 2 or at > len(self._piece):
             return False
         return self._piece[at - 2 : at] == b"<!" and self._piece[at : at + 1].isalpha()
@@ -419,11 +477,18 @@ class StreamParser:
         split = names.get(name)
         if split is None:
             uri, _, local = name.rpartition(" ")
+            uris = self._uris
+            known = uris.get(uri)
+            if known is None:
+                uris[uri] = uri
+                self._uris_size += len(uri) + _NAME_ENTRY_OVERHEAD
+            else:
+                uri = known  # elements share one copy of a namespace name, however long
             split = (uri, local)
-            if len(names) >= _NAME_CACHE_ENTRIES:
-                names.clear()
-                self._expat.intern.clear()
-            names[name] = split
+            if len(name) <= _NAME_CACHE_LENGTH:
+                if len(names) >= _NAME_CACHE_ENTRIES:
+                    names.clear()
+                names[name] = split
         return split
 
     def _element_name(self, name: str) -> tuple[str, str]:
@@ -436,10 +501,11 @@ class StreamParser:
             raise StreamFault("policy-violation", "a stream header inside a stanza")
         if split[0] == XML_NS:
             raise StreamFault("bad-namespace-prefix", "elements in the xml namespace are not allowed")
-        names = self._element_names
-        if len(names) >= _NAME_CACHE_ENTRIES:
-            names.clear()
-        names[name] = split
+        if len(name) <= _NAME_CACHE_LENGTH:
+            names = self._element_names
+            if len(names) >= _NAME_CACHE_ENTRIES:
+                names.clear()
+            names[name] = split
         return split
 
     def _on_namespace(self, prefix: str | None, uri: str | None) -> None:
@@ -494,7 +560,7 @@ class StreamParser:
             parent.children.append(element)
             element.parent = parent
         else:
-            self._stanza_start = self._expat.CurrentByteIndex
+            self._stanza_start = self._expat.CurrentByteIndex + self._expat_offset
             self._stanza_elements = 0
         stack.append(element)
 
@@ -526,7 +592,13 @@ class StreamParser:
             attributes=plain,
         )
         self._header = header
-        self._boundary = self._expat.CurrentByteIndex + 1
+        at = self._expat.CurrentByteIndex + self._expat_offset
+        root = _ROOT_TAG_NAME.match(self._header_raw, at)
+        if root is None:
+            raise StreamFault("internal-server-error", "lost track of the stream position")
+        self._root_name = root.group(1)
+        self._header_raw = b""
+        self._boundary = at + 1
         self._partial_start = None
         self._stream_started(header)
         if self._stopped:
@@ -559,13 +631,18 @@ class StreamParser:
             raise StreamFault("policy-violation", "stanza too large")
         self._boundary = end
         self._partial_start = None
+        if self._uris_size > _URI_CACHE_BYTES:
+            self._uris = {}
+            self._uris_size = 0
         self._element_received(element, size)
         if self._stopped:
             raise _Stopped()
+        if end - self._expat_began > _EXPAT_RENEW_BYTES:
+            raise _Renew(end)
 
     def _element_end(self, element: domish.Element) -> int:
         """The stream offset just past the end of the top-level element closing now."""
-        at = self._expat.CurrentByteIndex
+        at = self._expat.CurrentByteIndex + self._expat_offset
         start = self._piece_start
         if not element.children:
             before = at - 2 - start
@@ -636,11 +713,12 @@ def _check_name(name: object) -> str:
         raise ValueError(f"{name!r} cannot be serialised as an XML name")
     if len(name) > _NAME_CACHE_LENGTH:
         return name  # checked, but too long to be worth keeping
-    if len(_valid_names) >= _NAME_CACHE_ENTRIES or _valid_names_size >= _VALID_NAMES_BYTES:
+    cost = _NAME_ENTRY_OVERHEAD + len(name)
+    if len(_valid_names) >= _NAME_CACHE_ENTRIES or _valid_names_size + cost > _VALID_NAMES_BYTES:
         _valid_names.clear()
         _valid_names_size = 0
     _valid_names[name] = True
-    _valid_names_size += _NAME_ENTRY_OVERHEAD + len(name)
+    _valid_names_size += cost
     return name
 
 

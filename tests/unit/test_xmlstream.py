@@ -14,6 +14,7 @@ import time
 import pytest
 from twisted.words.xish import domish
 
+from guard.edges import xmlstream
 from guard.edges.xmlstream import (
     STREAMS_NS,
     XML_NS,
@@ -910,3 +911,49 @@ def test_worst_expansion_is_five_times_the_wire_size():
     assert size == len(wire)
     out = len(serialise(element).encode("utf-8"))
     assert 4.9 * size < out <= 5 * size
+
+
+# -- the parser is renewed at stanza boundaries, and nothing changes ------
+
+
+@pytest.fixture
+def renew_after_every_stanza(monkeypatch):
+    """Make the parser replace its expat parser after every stanza instead of after a MiB."""
+    monkeypatch.setattr(xmlstream, "_EXPAT_RENEW_BYTES", 0)
+
+
+def test_renewing_after_every_stanza_changes_no_event(renew_after_every_stanza):
+    """With expat replaced after each stanza, the sample stream gives the same events and sizes, whole or byte by byte."""
+    assert Recorder().feed(STREAM).events == EXPECTED_STREAM_EVENTS
+    recorder = Recorder()
+    for index in range(len(STREAM)):
+        recorder.feed(STREAM[index : index + 1])
+    assert recorder.events == EXPECTED_STREAM_EVENTS
+
+
+def test_renewed_parser_keeps_the_header_namespaces_and_the_stream_end(renew_after_every_stanza):
+    """After renewal, prefixes and the default namespace from the header still apply, and the peer's own root name closes the stream."""
+    header = (
+        b"<s:stream xmlns:s='http://etherx.jabber.org/streams' xmlns='jabber:server'"
+        b" xmlns:q='urn:a&amp;b&apos;c\"d' xmlns:db='jabber:server:dialback'>"
+    )
+    recorder = Recorder().feed(header + PRESENCE + b"<q:x/><db:result/>" + PRESENCE + b"</s:stream>")
+    assert [event[:2] for event in recorder.events[1:]] == [
+        ("element", '<presence from="romeo@red.example/orchard" to="juliet@blue.example"/>'),
+        ("element", '<x xmlns="urn:a&amp;b\'c&#34;d"/>'),
+        ("element", '<result xmlns="jabber:server:dialback"/>'),
+        ("element", '<presence from="romeo@red.example/orchard" to="juliet@blue.example"/>'),
+        ("ended",),
+    ]
+    assert [event[2] for event in recorder.events[1:-1]] == [len(PRESENCE), 6, 12, len(PRESENCE)]
+
+
+@pytest.mark.parametrize("tail, condition", [
+    (PRESENCE + b"<!ENTITY a 'b'>", "restricted-xml"),
+    (PRESENCE + b"text", "bad-format"),
+    (PRESENCE + b"</stream>", "not-well-formed"),
+    (PRESENCE + b"<message>" + b"x" * 600_000, "policy-violation"),
+])
+def test_renewed_parser_refuses_as_before(renew_after_every_stanza, tail, condition):
+    """Faults after a renewal get the same conditions as without one."""
+    assert fault_of(HEADER + PRESENCE + tail).condition == condition

@@ -10,10 +10,13 @@ Properties of the stream parser and serialiser, checked on generated input.
 
 from __future__ import annotations
 
+from unittest.mock import patch
+
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from twisted.words.xish import domish
 
+from guard.edges import xmlstream
 from guard.edges.xmlstream import _REDECLARATION_BUDGET, XML_NS, StreamFault, StreamParser, serialise
 
 HEADER = (
@@ -228,3 +231,17 @@ def test_output_is_at_most_five_times_the_wire_size(body):
         xml = serialise(element)
         assert len(xml.encode("utf-8")) <= EXPANSION * size + ALLOWANCE
         assert tree(parse_one(xml)) == tree(element)
+
+
+@SETTINGS
+@given(tails, st.data())
+def test_renewing_expat_after_every_stanza_changes_nothing(tail, data):
+    """Replacing the expat parser after every stanza gives the same events, sizes and faults, however the bytes are chunked."""
+    cuts = sorted(data.draw(st.lists(st.integers(0, len(tail)), max_size=4)))
+    pieces = [tail[start:end] for start, end in zip([0] + cuts, cuts + [len(tail)]) if end > start]
+    plain = Collector().feed(HEADER + tail)
+    with patch.object(xmlstream, "_EXPAT_RENEW_BYTES", 0):
+        renewed = Collector().feed(HEADER, *pieces)
+    assert renewed.events == plain.events
+    if ("ended",) not in plain.events:
+        assert (renewed.fault is None) == (plain.fault is None)
