@@ -885,18 +885,29 @@ def _write(element: domish.Element, namespace: str, scope: dict[str, str], outpu
     output.length += length + len(name) + 4  # the end tag counted now, with the start tag
     if output.length > output.limit:
         raise output.over()
+    text = None  # adjacent text children, escaped together (a "]]" and a ">" may be in two of them)
     for child in children:
         if child.__class__ is str:
-            text = _escape_text(child)
-            pieces.append(text)
-            output.length += len(text)
-            if output.length > output.limit:
-                raise output.over()
-        elif isinstance(child, domish.Element):
+            text = child if text is None else text + child
+            continue
+        if text is not None:
+            _write_text(text, output)
+            text = None
+        if isinstance(child, domish.Element):
             _write(child, namespace, scope, output)
         else:
             raise TypeError(f"cannot serialise {type(child).__name__} as XML")
+    if text is not None:
+        _write_text(text, output)
     pieces.append("</" + name + ">")
+
+
+def _write_text(text: str, output: _Output) -> None:
+    escaped = _escape_text(text)
+    output.pieces.append(escaped)
+    output.length += len(escaped)
+    if output.length > output.limit:
+        raise output.over()
 
 
 def serialise(element: domish.Element, default_namespace: str = "jabber:server",

@@ -957,3 +957,12 @@ def test_renewed_parser_keeps_the_header_namespaces_and_the_stream_end(renew_aft
 def test_renewed_parser_refuses_as_before(renew_after_every_stanza, tail, condition):
     """Faults after a renewal get the same conditions as without one."""
     assert fault_of(HEADER + PRESENCE + tail).condition == condition
+
+
+def test_a_cdata_end_split_across_text_children_is_escaped():
+    """Text children ']]' and '>' next to each other are escaped as one text, so no ']]>' is written."""
+    message = domish.Element(("jabber:server", "message"))
+    message.children.extend(["a]", "]", ">b"])
+    xml = serialise(message)
+    assert xml == "<message>a]]&gt;b</message>"
+    assert reparse(xml).children == ["a]]>b"]
