@@ -773,7 +773,7 @@ class _Output:
         self.limit = limit
         self.prefixes: dict[str, str] = {}  # namespace -> the one prefix this stanza uses for it
         self.declared: set[str] = set()  # namespaces some element declared (as default or prefix)
-        self.hoisted: dict[str, str] = {}  # namespaces bound on the stanza element, in scope everywhere
+        self.hoisted: dict[str, str] | None = None  # namespaces bound on the stanza element, in scope everywhere
         self.root_declarations: list[str] = []
         self.redeclared = 0  # characters spent declaring namespaces declared before
 
@@ -803,6 +803,8 @@ class _Output:
         if self.length > self.limit:
             raise self.over()
         self.root_declarations.append(declaration)
+        if self.hoisted is None:
+            self.hoisted = {}
         self.hoisted[uri] = prefix
         return prefix
 
@@ -818,7 +820,7 @@ def _write(element: domish.Element, namespace: str, scope: dict[str, str], outpu
         if uri in (XML_NS, _XMLNS_NS):
             raise ValueError(f"an element cannot be in the namespace {uri}")
         prefix = scope.get(uri) if scope else None
-        if prefix is None and output.hoisted:
+        if prefix is None and output.hoisted is not None:
             prefix = output.hoisted.get(uri)
         if prefix is not None:
             name = start = prefix + ":" + local
@@ -852,7 +854,9 @@ def _write(element: domish.Element, namespace: str, scope: dict[str, str], outpu
                 elif attribute_uri == _XMLNS_NS:
                     raise ValueError("namespace declarations cannot be attributes")
                 else:
-                    prefix = child_scope.get(attribute_uri) or output.hoisted.get(attribute_uri)
+                    prefix = child_scope.get(attribute_uri)
+                    if prefix is None and output.hoisted is not None:
+                        prefix = output.hoisted.get(attribute_uri)
                     if prefix is None:
                         if attribute_uri in output.declared and not output.may_declare_again(attribute_uri):
                             prefix = output.hoist(attribute_uri)
@@ -885,25 +889,28 @@ def _write(element: domish.Element, namespace: str, scope: dict[str, str], outpu
     output.length += length + len(name) + 4  # the end tag counted now, with the start tag
     if output.length > output.limit:
         raise output.over()
-    text = None  # adjacent text children, escaped together (a "]]" and a ">" may be in two of them)
+    run = None  # adjacent text children, escaped together (a "]]" and a ">" may be in two of them)
     for child in children:
         if child.__class__ is str:
-            text = child if text is None else text + child
+            if run is None:
+                run = [child]
+            else:
+                run.append(child)
             continue
-        if text is not None:
-            _write_text(text, output)
-            text = None
+        if run is not None:
+            _write_text(run, output)
+            run = None
         if isinstance(child, domish.Element):
             _write(child, namespace, scope, output)
         else:
             raise TypeError(f"cannot serialise {type(child).__name__} as XML")
-    if text is not None:
-        _write_text(text, output)
+    if run is not None:
+        _write_text(run, output)
     pieces.append("</" + name + ">")
 
 
-def _write_text(text: str, output: _Output) -> None:
-    escaped = _escape_text(text)
+def _write_text(run: list, output: _Output) -> None:
+    escaped = _escape_text(run[0] if len(run) == 1 else "".join(run))
     output.pieces.append(escaped)
     output.length += len(escaped)
     if output.length > output.limit:
