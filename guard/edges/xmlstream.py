@@ -11,7 +11,17 @@ then dead and refuses all later input.
 
 ``serialise`` writes an element back as XML text for a stream whose default
 namespace is known, so that the relay never forwards the peer's bytes, only
-what was understood.
+what was understood.  Its output is at most 5 times the element's wire size
+plus a fixed allowance (see ``serialise``), and ``max_bytes`` stops it as soon
+as the output passes the far side's bound.
+
+What a peer cannot make the parser keep: every name cache is bounded in bytes,
+pyexpat does not intern names, and the expat parser itself (which keeps every
+distinct name it meets) is replaced at a stanza boundary after each MiB.
+
+Stream error texts are the guard's own constant strings; what the peer wrote
+goes to ``StreamFault.detail`` (bounded and escaped by ``peer_detail``), for
+the log only.
 
 How byte counts are kept exact: expat's ``CurrentByteIndex`` gives the
 offset of each start tag.  For an end tag it gives the offset of ``</``; for
