@@ -86,8 +86,8 @@ def names_condition(output: str, condition: str) -> bool:
 @pytest.mark.parametrize("cause, data, condition, section", PARSER_ROWS, ids=[row[0] for row in PARSER_ROWS])
 def test_parser_condition(cause, data, condition, section):
     """The parser names the RFC 6120 condition for each cause, and an inbound stream sends exactly that one."""
-    assert parser_fault(data).condition == condition
-    assert names_condition(stream_error_written(data), condition)
+    assert parser_fault(data).condition == condition, f"RFC 6120 {section}"
+    assert names_condition(stream_error_written(data), condition), f"RFC 6120 {section}"
 
 
 def test_xml_version_refusal_text_is_the_guards_own():
@@ -122,7 +122,7 @@ INBOUND_ROWS = [
 @pytest.mark.parametrize("cause, data, condition, section", INBOUND_ROWS, ids=[row[0] for row in INBOUND_ROWS])
 def test_inbound_condition(cause, data, condition, section):
     """An inbound stream refuses each cause with the RFC 6120 condition for it."""
-    assert names_condition(stream_error_written(data), condition)
+    assert names_condition(stream_error_written(data), condition), f"RFC 6120 {section}"
 
 
 @pytest.mark.xfail(strict=True, reason="owner: streams engineer (s2s/inbound.py InboundFactory): RFC 6120 4.9.3.3 "
@@ -172,7 +172,7 @@ OUTBOUND_ROWS = [
 @pytest.mark.parametrize("cause, data, condition, section", OUTBOUND_ROWS, ids=[row[0] for row in OUTBOUND_ROWS])
 def test_outbound_condition(cause, data, condition, section):
     """An outbound stream closes on each cause from the far server with the RFC 6120 condition for it."""
-    assert names_condition(outbound_error_written(data), condition)
+    assert names_condition(outbound_error_written(data), condition), f"RFC 6120 {section}"
 
 
 @pytest.mark.xfail(strict=True, reason="owner: streams engineer (s2s/outbound.py _clear_features): the far server "
