@@ -57,16 +57,27 @@ def bench_parse(seconds: float) -> tuple[float, object]:
     return count / elapsed, received[-1]
 
 
-def bench_serialise(seconds: float, element) -> float:
-    """Stanzas per second through serialise."""
+def bench_serialise(seconds: float, element, max_bytes: int | None = None) -> float:
+    """Stanzas per second through serialise (with the far side's bound, as the streams call it)."""
     count = 0
     began = time.perf_counter()
     deadline = began + seconds
     while time.perf_counter() < deadline:
         for _ in range(1000):
-            serialise(element)
+            serialise(element, "jabber:server", max_bytes)
         count += 1000
     return count / (time.perf_counter() - began)
+
+
+def hostile_serialisation() -> tuple[int, int, float]:
+    """Wire bytes, serialised bytes and seconds for 4999 <p:y/> under a 16 KB namespace name (issue 8.7)."""
+    uri = b"urn:" + b"u" * (16 * 1024 - 4)
+    wire = b"<message><x xmlns:p='" + uri + b"'>" + b"<p:y/>" * 4999 + b"</x></message>"
+    received = []
+    StreamParser(lambda header: None, lambda element, size: received.append(element), lambda: None).feed(HEADER + wire)
+    began = time.perf_counter()
+    text = serialise(received[0])
+    return len(wire), len(text.encode("utf-8")), time.perf_counter() - began
 
 
 def bench_bare_expat(seconds: float) -> float:
@@ -104,11 +115,15 @@ def main() -> None:
     _, element = bench_parse(0.01)
     parse_rate = best(lambda: bench_parse(seconds)[0])
     serialise_rate = best(lambda: bench_serialise(seconds, element))
+    bounded_rate = best(lambda: bench_serialise(seconds, element, 512 * 1024))
     floor = best(lambda: bench_bare_expat(seconds))
     print(f"stanza: {len(CHAT_MESSAGE)} bytes")
     print(f"parse:      {parse_rate:10.0f} stanzas/s  ({parse_rate * len(CHAT_MESSAGE) / 1e6:.1f} MB/s)")
     print(f"serialise:  {serialise_rate:10.0f} stanzas/s")
+    print(f"  bounded:  {bounded_rate:10.0f} stanzas/s  (max_bytes=512 KiB, as the streams call it)")
     print(f"bare expat: {floor:10.0f} stanzas/s  (empty callbacks, for comparison)")
+    wire, out, spent = hostile_serialisation()
+    print(f"hostile:    {wire} bytes serialise to {out} bytes ({out / wire:.2f}x) in {spent * 1000:.1f} ms")
 
 
 if __name__ == "__main__":

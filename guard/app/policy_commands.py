@@ -15,8 +15,10 @@ from guard.core.policy import PolicyError, load_policy
 from guard.core.policy.cases import cases_path, run_cases
 from guard.core.policy.elements import MAX_STANZA_TEXT, StanzaTextError, parse_stanza_text
 from guard.core.policy.explaining import describe
+from guard.edges.xmlstream import serialise
 
 TESTS_SUFFIX = ".tests.toml"
+SERVER_NAMESPACE = "jabber:server"  # the default namespace of the S2S streams the stanza leaves on
 
 
 def check_policy_main(argv: list[str], out=None, err=None) -> int:
@@ -119,8 +121,23 @@ def explain_main(argv: list[str], out=None, err=None, stdin=None) -> int:
             return 2
         source, destination = arguments.direction.split("->", 1)
         direction = Direction(source.strip(), destination.strip())
-    out.write(describe(policy, policy.explain(stanza, direction)))
+    explanation = policy.explain(stanza, direction)
+    out.write(leaving_as_on_the_wire(describe(policy, explanation), explanation.judgement))
     return 0
+
+
+def leaving_as_on_the_wire(text: str, judgement) -> str:
+    """The explanation with its "leaves as" stanza replaced by the exact text the S2S wire serialiser writes."""
+    if judgement.verdict.value != "pass":
+        return text
+    described = "leaves as:\n" + judgement.stanza.toXml() + "\n"
+    if not text.endswith(described):
+        raise AssertionError("the explanation does not end with the stanza as it leaves")
+    try:
+        wire = serialise(judgement.stanza, SERVER_NAMESPACE)
+    except ValueError:
+        wire = "(nothing: the stanza cannot be serialised, so it would be refused)"
+    return text[: -len(described)] + "leaves as:\n" + wire + "\n"
 
 
 if __name__ == "__main__":  # pragma: no cover - convenience for running without the guard CLI

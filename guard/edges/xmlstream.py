@@ -11,7 +11,17 @@ then dead and refuses all later input.
 
 ``serialise`` writes an element back as XML text for a stream whose default
 namespace is known, so that the relay never forwards the peer's bytes, only
-what was understood.
+what was understood.  Its output is at most 5 times the element's wire size
+plus a fixed allowance (see ``serialise``), and ``max_bytes`` stops it as soon
+as the output passes the far side's bound.
+
+What a peer cannot make the parser keep: every name cache is bounded in bytes,
+pyexpat does not intern names, and the expat parser itself (which keeps every
+distinct name it meets) is replaced at a stanza boundary after each MiB.
+
+Stream error texts are the guard's own constant strings; what the peer wrote
+goes to ``StreamFault.detail`` (bounded and escaped by ``peer_detail``), for
+the log only.
 
 How byte counts are kept exact: expat's ``CurrentByteIndex`` gives the
 offset of each start tag.  For an end tag it gives the offset of ``</``; for
@@ -25,6 +35,7 @@ from __future__ import annotations
 
 import codecs
 import re
+import sys
 from dataclasses import dataclass
 from typing import Callable
 
@@ -41,6 +52,8 @@ __all__ = [
     "StreamFault",
     "StreamHeader",
     "StreamParser",
+    "OversizedStanza",
+    "peer_detail",
     "serialise",
 ]
 
@@ -83,8 +96,18 @@ STREAM_ERROR_CONDITIONS = frozenset(
 # size limits are checked at least this often however large one feed() is.
 _PIECE_BYTES = 64 * 1024
 
-# Bounds on the per-parser name caches (a peer may send endless new names).
-_NAME_CACHE_ENTRIES = 4096
+# Bounds on the name caches (a peer may send endless new names, each as long
+# as it likes): a cache keeps at most this many names, each at most this many
+# characters (longer names are split again each time), so in bytes it stays
+# under about _NAME_CACHE_ENTRIES * (_NAME_CACHE_LENGTH + _NAME_ENTRY_OVERHEAD).
+_NAME_CACHE_ENTRIES = 1024
+_NAME_CACHE_LENGTH = 128
+_NAME_ENTRY_OVERHEAD = 200  # a dict slot, the key string and the split tuple, roughly
+_URI_CACHE_BYTES = 64 * 1024
+# Expat keeps every distinct element and attribute name it meets until the parser is freed: after
+# this many bytes of a stream, the parser is replaced at the next stanza boundary.
+_EXPAT_RENEW_BYTES = 1024 * 1024
+_ROOT_TAG_NAME = re.compile(rb"<([^\s/>]+)")
 
 _XML_WHITESPACE = " \t\r\n"
 _NESTED_STREAM = (STREAMS_NS, "stream")
@@ -103,14 +126,35 @@ class ParserLimits:
 
 
 class StreamFault(Exception):
-    """The peer broke the stream; the stream must be closed with this RFC 6120 stream error."""
+    """The peer broke the stream; the stream must be closed with this RFC 6120 stream error.
 
-    def __init__(self, condition: str, text: str) -> None:
+    ``text`` is the guard's own constant wording, safe to write into a stream error or a
+    bounce; ``detail`` is what the peer said (already bounded and escaped by
+    ``peer_detail``), for the log and the audit only."""
+
+    def __init__(self, condition: str, text: str, detail: str = "") -> None:
         if condition not in STREAM_ERROR_CONDITIONS:
             raise ValueError(f"{condition!r} is not an RFC 6120 stream error condition")
         super().__init__(f"{condition}: {text}")
         self.condition = condition
         self.text = text
+        self.detail = detail
+
+
+# How much of a value a peer chose goes into a log detail.
+PEER_DETAIL_CHARACTERS = 200
+
+
+def peer_detail(value: object) -> str:
+    """A value a peer chose, for the log only: at most PEER_DETAIL_CHARACTERS of it, quoted, with
+    control, format and other unprintable characters escaped (so it cannot forge log lines or
+    reorder text), and how much was cut off."""
+    if not isinstance(value, str):
+        value = str(value)
+    shown = repr(value[:PEER_DETAIL_CHARACTERS])
+    if len(value) > PEER_DETAIL_CHARACTERS:
+        shown += f" (and {len(value) - PEER_DETAIL_CHARACTERS} more characters)"
+    return shown
 
 
 @dataclass(frozen=True)
@@ -126,6 +170,14 @@ class StreamHeader:
 
 class _Stopped(Exception):
     """Raised inside expat callbacks to abandon the rest of the input."""
+
+
+class _Renew(Exception):
+    """Raised at a stanza boundary to continue the stream, from stream offset ``at``, on a new expat parser."""
+
+    def __init__(self, at: int) -> None:
+        super().__init__(at)
+        self.at = at
 
 
 # Expat errors that mean the peer used XML that RFC 6120 section 11 forbids
@@ -181,9 +233,10 @@ def _refuse_processing_instruction(_target: str, _data: str) -> None:
 
 def _check_xml_declaration(version: str, encoding: str | None, _standalone: int) -> None:
     if encoding is not None and encoding.upper() != "UTF-8":
-        raise StreamFault("unsupported-encoding", f"encoding {encoding!r} is not UTF-8")
+        raise StreamFault("unsupported-encoding", "the stream is not UTF-8", peer_detail(encoding))
     if version != "1.0":
-        raise StreamFault("not-well-formed", f"XML version {version!r} is not 1.0")
+        # RFC 6120 4.7.5 and 11: XMPP 1.0 is XML 1.0; any other version is one we do not support.
+        raise StreamFault("unsupported-version", "only XML 1.0 is supported", peer_detail(version))
 
 
 class StreamParser:
@@ -230,11 +283,21 @@ class StreamParser:
         self._utf8 = codecs.getincrementaldecoder("utf-8")()
         self._utf8_pending = False  # the decoder holds part of a character
 
+        # Name caches, bounded in bytes: names of at most _NAME_CACHE_LENGTH characters, at most
+        # _NAME_CACHE_ENTRIES of them.  Namespace names (up to attribute_value_bytes each) are kept
+        # once each in _uris while a stanza is parsed, so that its elements share them; between
+        # stanzas _uris is emptied once it holds more than _URI_CACHE_BYTES.
         self._names: dict[str, tuple[str, str]] = {}
         self._element_names: dict[str, tuple[str, str]] = {}
+        self._uris: dict[str, str] = {}
+        self._uris_size = 0
         self._stopped = False
         self._dead: StreamFault | None = None
+        self._header_raw = b""  # the bytes before the stream header is parsed
+        self._root_name = b""  # the stream's start tag name as the peer wrote it (stream:stream)
         self._expat = self._create_expat()
+        self._expat_offset = 0  # stream offset of byte 0 of what the current expat parsed
+        self._expat_began = 0  # stream offset where the current expat started on the peer's bytes
 
     # -- public -----------------------------------------------------------
 
@@ -274,7 +337,9 @@ class StreamParser:
     # -- feeding ----------------------------------------------------------
 
     def _create_expat(self) -> pyexpat.XMLParserType:
-        expat = pyexpat.ParserCreate(encoding="UTF-8", namespace_separator=" ")
+        # intern=None: pyexpat would otherwise keep every distinct name a peer sends for the life
+        # of the parser (the name caches above do that job, bounded).
+        expat = pyexpat.ParserCreate(encoding="UTF-8", namespace_separator=" ", intern=None)
         expat.SetParamEntityParsing(pyexpat.XML_PARAM_ENTITY_PARSING_NEVER)
         expat.buffer_text = True
         expat.buffer_size = 64 * 1024
@@ -289,6 +354,30 @@ class StreamParser:
         for name in _DECLARATION_HANDLERS:
             setattr(expat, name, _refuse_declaration)
         return expat
+
+    def _renew_expat(self, at: int) -> None:
+        """Go on from stream offset ``at`` (a stanza boundary) with a new expat parser, so that the
+        names the old one collected (expat keeps every element and attribute name it meets, in
+        tables it never shrinks) are freed.  The new parser first reads a copy of the stream's
+        start tag, written from what the header declared, with no handlers: it then knows the
+        same namespaces and expects the same end tag."""
+        expat = self._create_expat()
+        handlers = (expat.StartElementHandler, expat.StartNamespaceDeclHandler)
+        expat.StartElementHandler = expat.StartNamespaceDeclHandler = None
+        start_tag = self._restated_start_tag()
+        expat.Parse(start_tag, False)
+        expat.StartElementHandler, expat.StartNamespaceDeclHandler = handlers
+        self._expat = expat
+        self._expat_offset = at - len(start_tag)
+        self._expat_began = at
+
+    def _restated_start_tag(self) -> bytes:
+        declarations = []
+        if self._root_default is not None:
+            declarations.append(" xmlns=" + _quote_attribute(self._root_default))
+        for prefix, uri in self._root_prefixes.items():
+            declarations.append(f" xmlns:{prefix}={_quote_attribute(uri)}")
+        return b"<" + self._root_name + "".join(declarations).encode("utf-8") + b">"
 
     def _die(self, fault: StreamFault) -> None:
         self._dead = fault
@@ -346,7 +435,16 @@ class StreamParser:
         start = self._fed
         self._piece = piece
         self._piece_start = start
-        self._expat.Parse(piece, False)
+        if self._header is None:
+            self._header_raw += piece  # at most header_bytes: kept to read the root's tag name
+        rest = piece
+        while True:
+            try:
+                self._expat.Parse(rest, False)
+                break
+            except _Renew as renew:
+                self._renew_expat(renew.at)
+                rest = piece[renew.at - start :]
         end = self._fed = start + len(piece)
         self._previous_last_byte = piece[-1:]
 
@@ -364,19 +462,20 @@ class StreamParser:
             raise StreamFault("policy-violation", "stream header too large")
 
     def _translate(self, error: pyexpat.ExpatError) -> StreamFault:
+        # expat's message (with a line and column) goes to the detail; the text is our own.
         if error.code in _RESTRICTED_ERRORS:
-            return StreamFault("restricted-xml", str(error))
+            return StreamFault("restricted-xml", "DTDs and entity references are not allowed", str(error))
         if error.code in _ENCODING_ERRORS:
-            return StreamFault("unsupported-encoding", str(error))
+            return StreamFault("unsupported-encoding", "the stream is not UTF-8", str(error))
         if self._looks_like_declaration(error):
-            return StreamFault("restricted-xml", f"markup declarations are not allowed ({error})")
-        return StreamFault("not-well-formed", str(error))
+            return StreamFault("restricted-xml", "markup declarations are not allowed", str(error))
+        return StreamFault("not-well-formed", "the stream is not well-formed XML", str(error))
 
     def _looks_like_declaration(self, error: pyexpat.ExpatError) -> bool:
         """Whether expat stopped just after a ``<!`` that opens neither a comment nor CDATA."""
         if self._expat is None:
             return False
-        at = self._expat.ErrorByteIndex - self._piece_start
+        at = self._expat.ErrorByteIndex + self._expat_offset - self._piece_start
         if at < 2 or at > len(self._piece):
             return False
         return self._piece[at - 2 : at] == b"<!" and self._piece[at : at + 1].isalpha()
@@ -388,24 +487,35 @@ class StreamParser:
         split = names.get(name)
         if split is None:
             uri, _, local = name.rpartition(" ")
+            uris = self._uris
+            known = uris.get(uri)
+            if known is None:
+                uris[uri] = uri
+                self._uris_size += len(uri) + _NAME_ENTRY_OVERHEAD
+            else:
+                uri = known  # elements share one copy of a namespace name, however long
             split = (uri, local)
-            if len(names) >= _NAME_CACHE_ENTRIES:
-                names.clear()
-                self._expat.intern.clear()
-            names[name] = split
+            if len(name) <= _NAME_CACHE_LENGTH:
+                if len(names) >= _NAME_CACHE_ENTRIES:
+                    names.clear()
+                names[name] = split
         return split
 
     def _element_name(self, name: str) -> tuple[str, str]:
         """(uri, local name) of an element inside the stream, refusing names no stanza may have."""
         split = self._split(name)
         if split == _NESTED_STREAM:
-            raise StreamFault("not-well-formed", "nested stream header")
+            # Well-formed XML, but not a stanza (RFC 6120 4.9.3.24) nor anything a stanza may hold.
+            if not self._stack:
+                raise StreamFault("unsupported-stanza-type", "a stream header inside the stream")
+            raise StreamFault("policy-violation", "a stream header inside a stanza")
         if split[0] == XML_NS:
             raise StreamFault("bad-namespace-prefix", "elements in the xml namespace are not allowed")
-        names = self._element_names
-        if len(names) >= _NAME_CACHE_ENTRIES:
-            names.clear()
-        names[name] = split
+        if len(name) <= _NAME_CACHE_LENGTH:
+            names = self._element_names
+            if len(names) >= _NAME_CACHE_ENTRIES:
+                names.clear()
+            names[name] = split
         return split
 
     def _on_namespace(self, prefix: str | None, uri: str | None) -> None:
@@ -460,7 +570,7 @@ class StreamParser:
             parent.children.append(element)
             element.parent = parent
         else:
-            self._stanza_start = self._expat.CurrentByteIndex
+            self._stanza_start = self._expat.CurrentByteIndex + self._expat_offset
             self._stanza_elements = 0
         stack.append(element)
 
@@ -476,7 +586,8 @@ class StreamParser:
     def _start_stream(self, name: str, attributes: dict) -> None:
         uri, _, local = name.rpartition(" ")
         if uri != STREAMS_NS or local != "stream":
-            raise StreamFault("invalid-namespace", f"the stream root is {{{uri}}}{local}, not a stream")
+            raise StreamFault("invalid-namespace", "the stream root is not {http://etherx.jabber.org/streams}stream",
+                              peer_detail(f"{{{uri}}}{local}"))
         plain = {}
         for key, value in attributes.items():
             if key.__class__ is str:
@@ -491,7 +602,13 @@ class StreamParser:
             attributes=plain,
         )
         self._header = header
-        self._boundary = self._expat.CurrentByteIndex + 1
+        at = self._expat.CurrentByteIndex + self._expat_offset
+        root = _ROOT_TAG_NAME.match(self._header_raw, at)
+        if root is None:
+            raise StreamFault("internal-server-error", "lost track of the stream position")
+        self._root_name = root.group(1)
+        self._header_raw = b""
+        self._boundary = at + 1
         self._partial_start = None
         self._stream_started(header)
         if self._stopped:
@@ -524,13 +641,18 @@ class StreamParser:
             raise StreamFault("policy-violation", "stanza too large")
         self._boundary = end
         self._partial_start = None
+        if self._uris_size > _URI_CACHE_BYTES:
+            self._uris = {}
+            self._uris_size = 0
         self._element_received(element, size)
         if self._stopped:
             raise _Stopped()
+        if end - self._expat_began > _EXPAT_RENEW_BYTES:
+            raise _Renew(end)
 
     def _element_end(self, element: domish.Element) -> int:
         """The stream offset just past the end of the top-level element closing now."""
-        at = self._expat.CurrentByteIndex
+        at = self._expat.CurrentByteIndex + self._expat_offset
         start = self._piece_start
         if not element.children:
             before = at - 2 - start
@@ -549,11 +671,33 @@ class StreamParser:
 
 
 # -- serialising ----------------------------------------------------------
+#
+# How the output stays small: each namespace is declared once per scope.  An
+# element in its parent's namespace writes no xmlns.  The first element that
+# enters a namespace declares it as the default (xmlns="..."), as XMPP
+# software expects.  Entering the same namespace again outside that scope
+# (siblings, cousins: a stanza error's condition and text) declares it again
+# while the stanza's repeated declarations stay within _REDECLARATION_BUDGET
+# characters; past that, a namespace entered again is bound once to a prefix
+# on the stanza element, and every later element or attribute in it uses that
+# prefix.  A namespaced attribute's prefix is declared on the first element
+# that needs it and reused by its descendants (and repeated or hoisted the
+# same way).  So beyond that budget each namespace name is written at most
+# twice per stanza, and output grows with the input, never with the product
+# of input sizes.
+#
+# Escaping is minimal: in text only &, < and the > of "]]>" (and CR, which a
+# parser would turn into LF); in attribute values &, <, the quote that
+# delimits the value (the rarer of the two quotes is chosen) and the three
+# whitespace characters that attribute normalisation would turn into spaces.
+
+_REDECLARATION_BUDGET = 1024
+_DECLARATION_OVERHEAD = len(' xmlns:ns0=""')
 
 _FORBIDDEN = "\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff"
 _FORBIDDEN_CHARACTER = re.compile(f"[{_FORBIDDEN}]")
-_TEXT_SPECIAL = re.compile(f"[&<>\r{_FORBIDDEN}]")
-_ATTRIBUTE_SPECIAL = re.compile(f"[&<>\"\t\n\r{_FORBIDDEN}]")
+_TEXT_SPECIAL = re.compile(f"[&<\r{_FORBIDDEN}]|]]>")
+_ATTRIBUTE_SPECIAL = re.compile(f"[&<\"\t\n\r{_FORBIDDEN}]")
 
 _NAME_START = (
     "A-Z_a-z\xc0-\xd6\xd8-\xf6\xf8-\u02ff\u0370-\u037d\u037f-\u1fff\u200c\u200d"
@@ -562,18 +706,29 @@ _NAME_START = (
 _NAME_REST = _NAME_START + r"\-.0-9\xb7\u0300-\u036f\u203f-\u2040"
 _NCNAME = re.compile(f"[{_NAME_START}][{_NAME_REST}]*")
 
+# Names already checked, so that common names are not matched against the
+# regular expression again.  Bounded in bytes, not only in entries: a peer
+# chooses how long each name is.
+_VALID_NAMES_BYTES = 256 * 1024
 _valid_names: dict[str, bool] = {}
+_valid_names_size = 0
 
 
 def _check_name(name: object) -> str:
     """The name if it can be written as an unprefixed XML name, else ValueError."""
+    global _valid_names_size
     if _valid_names.get(name):  # type: ignore[call-overload]
         return name  # type: ignore[return-value]
     if name.__class__ is not str or not _NCNAME.fullmatch(name):
         raise ValueError(f"{name!r} cannot be serialised as an XML name")
-    if len(_valid_names) >= _NAME_CACHE_ENTRIES:
+    if len(name) > _NAME_CACHE_LENGTH:
+        return name  # checked, but too long to be worth keeping
+    cost = _NAME_ENTRY_OVERHEAD + len(name)
+    if len(_valid_names) >= _NAME_CACHE_ENTRIES or _valid_names_size + cost > _VALID_NAMES_BYTES:
         _valid_names.clear()
+        _valid_names_size = 0
     _valid_names[name] = True
+    _valid_names_size += cost
     return name
 
 
@@ -587,93 +742,211 @@ def _escape_text(text: object) -> str:
     return (
         text.replace("&", "&amp;")  # type: ignore[union-attr]
         .replace("<", "&lt;")
-        .replace(">", "&gt;")
+        .replace("]]>", "]]&gt;")
         .replace("\r", "&#13;")
     )
 
 
-def _escape_attribute(value: object) -> str:
+def _quote_attribute(value: object) -> str:
+    """The attribute value with its delimiting quotes, escaped as little as XML allows."""
     if value.__class__ is not str:
         raise TypeError(f"cannot serialise {type(value).__name__} as an attribute value")
     if _ATTRIBUTE_SPECIAL.search(value) is None:  # type: ignore[arg-type]
-        return value  # type: ignore[return-value]
+        return '"' + value + '"'  # type: ignore[operator]
     if _FORBIDDEN_CHARACTER.search(value) is not None:  # type: ignore[arg-type]
         raise ValueError("attribute value holds a character XML 1.0 forbids")
-    return (
+    escaped = (
         value.replace("&", "&amp;")  # type: ignore[union-attr]
         .replace("<", "&lt;")
-        .replace(">", "&gt;")
-        .replace('"', "&quot;")
         .replace("\t", "&#9;")
         .replace("\n", "&#10;")
         .replace("\r", "&#13;")
     )
-
-
-def _write(element: domish.Element, namespace: str, out: list[str]) -> None:
-    name = _check_name(element.name)
-    out.append("<" + name)
-    uri = element.uri
-    if uri is not None and uri != namespace:
-        if uri in (XML_NS, _XMLNS_NS):
-            raise ValueError(f"an element cannot be in the namespace {uri}")
-        out.append(' xmlns="' + _escape_attribute(uri) + '"')
-        namespace = uri
-    prefixes: dict[str, str] | None = None
-    for key, value in element.attributes.items():
-        if key.__class__ is str:
-            attribute = _check_name(key)
-            if attribute == "xmlns":
-                raise ValueError("namespace declarations cannot be attributes")
-        else:
-            attribute_uri, local = key
-            _check_name(local)
-            if not attribute_uri:
-                if local == "xmlns" or local in element.attributes:
-                    raise ValueError(f"attribute {local!r} appears twice")
-                attribute = local
-            elif attribute_uri == XML_NS:
-                attribute = "xml:" + local
-            elif attribute_uri == _XMLNS_NS:
-                raise ValueError("namespace declarations cannot be attributes")
-            else:
-                if prefixes is None:
-                    prefixes = {}
-                prefix = prefixes.get(attribute_uri)
-                if prefix is None:
-                    prefix = prefixes[attribute_uri] = f"ns{len(prefixes)}"
-                    out.append(f' xmlns:{prefix}="{_escape_attribute(attribute_uri)}"')
-                attribute = f"{prefix}:{local}"
-        out.append(f' {attribute}="{_escape_attribute(value)}"')
-    children = element.children
-    if not children:
-        out.append("/>")
-        return
-    out.append(">")
-    for child in children:
-        if child.__class__ is str:
-            out.append(_escape_text(child))
-        elif isinstance(child, domish.Element):
-            _write(child, namespace, out)
-        else:
-            raise TypeError(f"cannot serialise {type(child).__name__} as XML")
-    out.append(f"</{name}>")
+    if escaped.count('"') > escaped.count("'"):
+        return "'" + escaped.replace("'", "&#39;") + "'"
+    return '"' + escaped.replace('"', "&#34;") + '"'
 
 
 class OversizedStanza(ValueError):
     """A stanza whose serialisation would exceed the bound the far side accepts."""
 
 
+class _Output:
+    """The pieces written so far for one stanza, their length, and the namespaces bound in it."""
+
+    __slots__ = ("pieces", "length", "limit", "prefixes", "declared", "hoisted", "root_declarations",
+                 "redeclared")
+
+    def __init__(self, limit: int) -> None:
+        self.pieces: list[str] = []
+        self.length = 0  # characters written: a lower bound of the UTF-8 bytes
+        self.limit = limit
+        self.prefixes: dict[str, str] = {}  # namespace -> the one prefix this stanza uses for it
+        self.declared: set[str] = set()  # namespaces some element declared (as default or prefix)
+        self.hoisted: dict[str, str] | None = None  # namespaces bound on the stanza element, in scope everywhere
+        self.root_declarations: list[str] = []
+        self.redeclared = 0  # characters spent declaring namespaces declared before
+
+    def over(self) -> OversizedStanza:
+        return OversizedStanza(f"the stanza serialises to more than {self.limit} bytes")
+
+    def may_declare_again(self, uri: str) -> bool:
+        """Whether uri, declared before but not in scope here, may be declared here again within the
+        stanza's budget (else it is bound once on the stanza element)."""
+        cost = len(uri) + _DECLARATION_OVERHEAD
+        if self.redeclared + cost > _REDECLARATION_BUDGET:
+            return False
+        self.redeclared += cost
+        return True
+
+    def prefix_of(self, uri: str) -> str:
+        prefix = self.prefixes.get(uri)
+        if prefix is None:
+            prefix = self.prefixes[uri] = f"ns{len(self.prefixes)}"
+        return prefix
+
+    def hoist(self, uri: str) -> str:
+        """Bind uri to its prefix on the stanza element (in scope everywhere) and return the prefix."""
+        prefix = self.prefix_of(uri)
+        declaration = f" xmlns:{prefix}={_quote_attribute(uri)}"
+        self.length += len(declaration)
+        if self.length > self.limit:
+            raise self.over()
+        self.root_declarations.append(declaration)
+        if self.hoisted is None:
+            self.hoisted = {}
+        self.hoisted[uri] = prefix
+        return prefix
+
+
+def _write(element: domish.Element, namespace: str, scope: dict[str, str], output: _Output) -> None:
+    """Write element (and its children) where namespace is the default and scope maps namespaces to bound prefixes."""
+    pieces = output.pieces
+    local = _check_name(element.name)
+    uri = element.uri
+    if uri is None or uri == namespace:
+        name = start = local
+    else:
+        if uri in (XML_NS, _XMLNS_NS):
+            raise ValueError(f"an element cannot be in the namespace {uri}")
+        prefix = scope.get(uri) if scope else None
+        if prefix is None and output.hoisted is not None:
+            prefix = output.hoisted.get(uri)
+        if prefix is not None:
+            name = start = prefix + ":" + local
+        elif uri and uri in output.declared and not output.may_declare_again(uri):
+            name = start = output.hoist(uri) + ":" + local
+        else:
+            name = local
+            start = f"{local} xmlns={_quote_attribute(uri)}"
+            output.declared.add(uri)
+            namespace = uri
+    pieces.append("<" + start)
+    length = 1 + len(start)
+
+    attributes = element.attributes
+    if attributes:
+        child_scope = scope
+        for key, value in attributes.items():
+            if key.__class__ is str:
+                attribute = _check_name(key)
+                if attribute == "xmlns":
+                    raise ValueError("namespace declarations cannot be attributes")
+            else:
+                attribute_uri, attribute_local = key
+                _check_name(attribute_local)
+                if not attribute_uri:
+                    if attribute_local == "xmlns" or attribute_local in attributes:
+                        raise ValueError(f"attribute {attribute_local!r} appears twice")
+                    attribute = attribute_local
+                elif attribute_uri == XML_NS:
+                    attribute = "xml:" + attribute_local
+                elif attribute_uri == _XMLNS_NS:
+                    raise ValueError("namespace declarations cannot be attributes")
+                else:
+                    prefix = child_scope.get(attribute_uri)
+                    if prefix is None and output.hoisted is not None:
+                        prefix = output.hoisted.get(attribute_uri)
+                    if prefix is None:
+                        if attribute_uri in output.declared and not output.may_declare_again(attribute_uri):
+                            prefix = output.hoist(attribute_uri)
+                        else:
+                            output.declared.add(attribute_uri)
+                            prefix = output.prefix_of(attribute_uri)
+                            bind = f" xmlns:{prefix}={_quote_attribute(attribute_uri)}"
+                            length += len(bind)
+                            pieces.append(bind)
+                            if child_scope is scope:
+                                child_scope = dict(scope)
+                            child_scope[attribute_uri] = prefix
+                    attribute = prefix + ":" + attribute_local
+            if value.__class__ is str and _ATTRIBUTE_SPECIAL.search(value) is None:
+                written = f' {attribute}="{value}"'
+            else:
+                written = f" {attribute}={_quote_attribute(value)}"
+            length += len(written)
+            pieces.append(written)
+        scope = child_scope
+
+    children = element.children
+    if not children:
+        pieces.append("/>")
+        output.length += length + 2
+        if output.length > output.limit:
+            raise output.over()
+        return
+    pieces.append(">")
+    output.length += length + len(name) + 4  # the end tag counted now, with the start tag
+    if output.length > output.limit:
+        raise output.over()
+    run = None  # adjacent text children, escaped together (a "]]" and a ">" may be in two of them)
+    for child in children:
+        if child.__class__ is str:
+            if run is None:
+                run = [child]
+            else:
+                run.append(child)
+            continue
+        if run is not None:
+            _write_text(run, output)
+            run = None
+        if isinstance(child, domish.Element):
+            _write(child, namespace, scope, output)
+        else:
+            raise TypeError(f"cannot serialise {type(child).__name__} as XML")
+    if run is not None:
+        _write_text(run, output)
+    pieces.append("</" + name + ">")
+
+
+def _write_text(run: list, output: _Output) -> None:
+    escaped = _escape_text(run[0] if len(run) == 1 else "".join(run))
+    output.pieces.append(escaped)
+    output.length += len(escaped)
+    if output.length > output.limit:
+        raise output.over()
+
+
 def serialise(element: domish.Element, default_namespace: str = "jabber:server",
               max_bytes: int | None = None) -> str:
     """The element as XML text for a stream whose default namespace is default_namespace:
-    no xmlns attribute where the element is in default_namespace, prefix-free otherwise (xmlns="..."
-    on the element that changes namespace), attribute and text escaping correct (&, <, >, ", and
-    the characters XML 1.0 forbids never appear: they cannot, since the parser never yields them).
-    Output must re-parse to an equal tree."""
-    out: list[str] = []
-    _write(element, default_namespace, out)
-    text = "".join(out)
+    no xmlns attribute where the element is in default_namespace, each other namespace declared
+    once per scope (see above), minimal escaping, and the characters XML 1.0 forbids never appear
+    (ValueError instead).  Output re-parses to an equal tree.  With max_bytes, raises
+    OversizedStanza as soon as the UTF-8 output is known to exceed it, without writing the rest.
+
+    Size: for an element the parser produced from a stanza of N bytes, the output is at most
+    5 * N bytes, plus the namespace names the stanza used from its stream header (each written
+    at most twice), plus _REDECLARATION_BUDGET; the factor 5 is reached only by '&' inside
+    CDATA (1 byte in, '&amp;' out)."""
+    output = _Output(max_bytes if max_bytes is not None else sys.maxsize)
+    _write(element, default_namespace, {}, output)
+    pieces = output.pieces
+    if output.root_declarations:
+        # The stanza element's start tag ends at the first ">" written: before
+        # it come only its name and attributes, each starting with "<" or " ".
+        pieces.insert(pieces.index(">"), "".join(output.root_declarations))
+    text = "".join(pieces)
     if max_bytes is not None and len(text) > max_bytes // 4 and len(text.encode("utf-8")) > max_bytes:
         raise OversizedStanza(f"the stanza serialises to more than {max_bytes} bytes")
     return text

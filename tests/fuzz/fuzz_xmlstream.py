@@ -8,8 +8,10 @@ Run from the project root (atheris must be installed in the venv):
 
 Each input is fed after a fixed valid stream header, split into chunks at
 points the fuzzer also chooses.  A finding is any exception other than
-StreamFault, or an element that does not come back equal after
-serialise -> parse.  Small limits make the limit paths reachable.
+StreamFault, an element that does not come back equal after
+serialise -> parse, a serialisation larger than EXPANSION times the element's
+wire size plus ALLOWANCE, or a difference when the parser replaces its expat
+parser after every stanza.  Small limits make the limit paths reachable.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import atheris
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 with atheris.instrument_imports():
+    from guard.edges import xmlstream
     from guard.edges.xmlstream import ParserLimits, StreamFault, StreamParser, serialise
 
 HEADER = (
@@ -38,6 +41,15 @@ LIMITS = ParserLimits(
     children_per_stanza=64,
     header_bytes=4096,
 )
+
+
+# serialise's promise: at most 5x the wire size, plus the header's namespaces
+# (each written at most twice) and the budget for declaring a namespace again.
+EXPANSION = 5
+ALLOWANCE = 2 * sum(
+    len(uri) + len(' xmlns:ns0=""')
+    for uri in ("jabber:server", "http://etherx.jabber.org/streams", "jabber:server:dialback")
+) + xmlstream._REDECLARATION_BUDGET
 
 
 def tree(element) -> tuple:
@@ -65,18 +77,13 @@ def reparse(element) -> None:
         raise AssertionError(f"round trip changed {serialise(element)!r}")
 
 
-def test_one_input(data: bytes) -> None:
-    provider = atheris.FuzzedDataProvider(data)
-    cuts = sorted(provider.ConsumeIntInRange(0, 4096) for _ in range(provider.ConsumeIntInRange(0, 3)))
-    tail = provider.ConsumeBytes(sys.maxsize)
-    cuts = [min(cut, len(tail)) for cut in cuts]
-    pieces = [tail[start:end] for start, end in zip([0] + cuts, cuts + [len(tail)])]
-
+def parse(pieces: list[bytes]) -> tuple[list, list, str | None]:
+    """The elements, their sizes and the fault condition (or None) of HEADER then pieces."""
     received = []
-    total = []
+    sizes = []
     parser = StreamParser(
         lambda header: None,
-        lambda element, size: (received.append(element), total.append(size)),
+        lambda element, size: (received.append(element), sizes.append(size)),
         lambda: None,
         LIMITS,
     )
@@ -84,12 +91,36 @@ def test_one_input(data: bytes) -> None:
     try:
         for piece in pieces:
             parser.feed(piece)
-    except StreamFault:
-        pass
-    if sum(total) > len(tail):
+    except StreamFault as fault:
+        return received, sizes, fault.condition
+    return received, sizes, None
+
+
+def test_one_input(data: bytes) -> None:
+    provider = atheris.FuzzedDataProvider(data)
+    cuts = sorted(provider.ConsumeIntInRange(0, 4096) for _ in range(provider.ConsumeIntInRange(0, 3)))
+    tail = provider.ConsumeBytes(sys.maxsize)
+    cuts = [min(cut, len(tail)) for cut in cuts]
+    pieces = [tail[start:end] for start, end in zip([0] + cuts, cuts + [len(tail)])]
+
+    received, sizes, fault = parse(pieces)
+    if sum(sizes) > len(tail):
         raise AssertionError("elements claim more bytes than were fed")
-    for element in received:
+    for element, size in zip(received, sizes):
         reparse(element)
+        if len(serialise(element).encode("utf-8")) > EXPANSION * size + ALLOWANCE:
+            raise AssertionError(f"{size} bytes serialise to {serialise(element)!r}")
+
+    renew_every = xmlstream._EXPAT_RENEW_BYTES
+    xmlstream._EXPAT_RENEW_BYTES = 0
+    try:
+        renewed, renewed_sizes, renewed_fault = parse(pieces)
+    finally:
+        xmlstream._EXPAT_RENEW_BYTES = renew_every
+    if [tree(element) for element in renewed] != [tree(element) for element in received] or renewed_sizes != sizes:
+        raise AssertionError("renewing expat after every stanza changed what was parsed")
+    if (renewed_fault is None) != (fault is None):
+        raise AssertionError(f"renewing expat changed the fault: {fault} -> {renewed_fault}")
 
 
 SEEDS = [

@@ -14,12 +14,14 @@ import time
 import pytest
 from twisted.words.xish import domish
 
+from guard.edges import xmlstream
 from guard.edges.xmlstream import (
     STREAMS_NS,
     XML_NS,
     ParserLimits,
     StreamFault,
     StreamHeader,
+    OversizedStanza,
     StreamParser,
     serialise,
 )
@@ -276,7 +278,7 @@ HOSTILE = [
     ("utf16be-without-bom", HEADER[21:].decode().encode("utf-16-be"), "unsupported-encoding"),
     ("declared-latin1", b"<?xml version='1.0' encoding='ISO-8859-1'?>" + HEADER[21:], "unsupported-encoding"),
     ("declared-utf16", b"<?xml version='1.0' encoding='UTF-16'?>" + HEADER[21:], "unsupported-encoding"),
-    ("xml-1.1", b"<?xml version='1.1'?>" + HEADER[21:], "not-well-formed"),
+    ("xml-1.1", b"<?xml version='1.1'?>" + HEADER[21:], "unsupported-version"),
     ("control-character", HEADER + BODY % b"\x01", "not-well-formed"),
     ("nul-character", HEADER + BODY % b"\x00", "not-well-formed"),
     ("escape-character-in-attribute", HEADER + b"<message id='\x1b'/>", "not-well-formed"),
@@ -285,8 +287,8 @@ HOSTILE = [
     ("noncharacter-fffe-reference", HEADER + BODY % b"&#xFFFE;", "not-well-formed"),
     ("noncharacter-fffe-raw", HEADER + BODY % b"\xef\xbf\xbe", "not-well-formed"),
     ("surrogate-reference", HEADER + BODY % b"&#xD800;", "not-well-formed"),
-    ("nested-stream-header", HEADER + HEADER[21:], "not-well-formed"),
-    ("stream-header-inside-stanza", HEADER + BODY % HEADER[21:], "not-well-formed"),
+    ("nested-stream-header", HEADER + HEADER[21:], "unsupported-stanza-type"),
+    ("stream-header-inside-stanza", HEADER + BODY % HEADER[21:], "policy-violation"),
     ("unbalanced-tags", HEADER + b"<message><body></message>", "not-well-formed"),
     ("stray-end-tag", HEADER + b"</message>", "not-well-formed"),
     ("text-inside-stream", HEADER + b"hello", "bad-format"),
@@ -336,10 +338,11 @@ def test_entity_expansion_is_refused_before_any_expansion():
         assert recorder.events == []
 
 
-def test_expat_message_is_in_the_fault_text():
-    """A fault from expat carries expat's own message."""
+def test_expat_message_is_in_the_fault_detail_not_its_text():
+    """A fault from expat carries expat's own message in its detail, for the log; its text is the guard's own."""
     fault = fault_of(HEADER + b"<message><body></message>")
-    assert "mismatched tag" in fault.text
+    assert "mismatched tag" in fault.detail
+    assert fault.text == "the stream is not well-formed XML"
 
 
 def test_valid_prefix_before_invalid_utf8_is_still_delivered():
@@ -685,14 +688,14 @@ def test_serialise_child_in_no_namespace_undeclares_the_default():
 
 
 def test_serialise_escapes_text_and_attributes():
-    """&, <, >, quotes and whitespace that attribute normalisation would eat are escaped, and survive a re-parse."""
+    """&, <, the delimiting quote, the > of ]]> and whitespace that normalisation would eat are escaped; > is not."""
     message = domish.Element(("jabber:server", "message"))
     message["id"] = "a&b<c>\"d'\te\nf\rg"
     message.addElement("body", content="1 < 2 & 3 > 2 ]]> \"q\" \r\n end")
     xml = serialise(message)
     assert xml == (
-        '<message id="a&amp;b&lt;c&gt;&quot;d\'&#9;e&#10;f&#13;g">'
-        "<body>1 &lt; 2 &amp; 3 &gt; 2 ]]&gt; \"q\" &#13;\n end</body></message>"
+        '<message id="a&amp;b&lt;c>&#34;d\'&#9;e&#10;f&#13;g">'
+        "<body>1 &lt; 2 &amp; 3 > 2 ]]&gt; \"q\" &#13;\n end</body></message>"
     )
     again = reparse(xml)
     assert again["id"] == message["id"]
@@ -768,3 +771,208 @@ def test_serialise_refuses_what_xml_cannot_carry():
     for element in cases:
         with pytest.raises((ValueError, TypeError)):
             serialise(element)
+
+
+# -- serialise: each namespace once per scope, and a bound on what leaves --
+
+
+def test_siblings_under_a_long_prefix_uri_declare_it_once():
+    """4999 <p:y/> children under a 16 KB namespace name serialise to about the input's size, not 76 MiB (1738x)."""
+    uri = "urn:" + "u" * (16 * 1024 - 4)
+    wire = (
+        b"<message><x xmlns:p='" + uri.encode() + b"'>" + b"<p:y/>" * 4999 + b"</x></message>"
+    )
+    (element,) = Recorder().feed(HEADER + wire).elements
+    began = time.process_time()
+    xml = serialise(element)
+    assert time.process_time() - began < 0.1
+    assert xml.count(uri) == 2
+    assert len(xml.encode()) <= 2 * len(wire)
+    assert xml.startswith('<message xmlns:ns0="' + uri + '"><x><y xmlns="' + uri + '"/><ns0:y/><ns0:y/>')
+    assert serialise(reparse(xml)) == xml
+
+
+def test_a_short_namespace_entered_again_is_declared_again():
+    """A stanza error's condition and text, siblings in one short namespace, each declare it as XMPP software expects."""
+    (element,) = Recorder().feed(
+        HEADER + b"<message type='error'><error type='cancel' xmlns:s='urn:ietf:params:xml:ns:xmpp-stanzas'>"
+        b"<s:gone/><s:text s:lang='x'>gone</s:text></error></message>"
+    ).elements
+    assert serialise(element) == (
+        '<message type="error"><error type="cancel">'
+        '<gone xmlns="urn:ietf:params:xml:ns:xmpp-stanzas"/>'
+        '<text xmlns="urn:ietf:params:xml:ns:xmpp-stanzas" xmlns:ns0="urn:ietf:params:xml:ns:xmpp-stanzas"'
+        ' ns0:lang="x">gone</text></error></message>'
+    )
+
+
+def test_cousins_in_one_long_namespace_share_one_declaration_past_the_budget():
+    """A long namespace entered again is declared again only within the stanza's budget, then bound once on the stanza."""
+    q, long = "urn:q:" + "q" * 594, "urn:long:" + "l" * 591
+    (element,) = Recorder().feed(
+        HEADER + b"<message xmlns:p='" + long.encode() + b"' xmlns:q='" + q.encode() + b"'>"
+        b"<q:a><p:y/></q:a><q:a><p:y/></q:a><q:a><p:y><p:z/></p:y></q:a></message>"
+    ).elements
+    xml = serialise(element)
+    assert xml == (
+        f'<message xmlns:ns0="{long}" xmlns:ns1="{q}">'
+        f'<a xmlns="{q}"><y xmlns="{long}"/></a>'
+        f'<a xmlns="{q}"><ns0:y/></a>'
+        "<ns1:a><ns0:y><ns0:z/></ns0:y></ns1:a></message>"
+    )
+    assert serialise(reparse(xml)) == xml
+
+
+def test_namespaced_attribute_prefix_is_reused_by_descendants():
+    """A namespaced attribute's prefix is declared once on the element that first needs it and reused below it."""
+    (element,) = Recorder().feed(
+        HEADER + b"<message xmlns:m='urn:mark'><x m:a='1'><y m:b='2'><z m:c='3'/></y></x></message>"
+    ).elements
+    xml = serialise(element)
+    assert xml == '<message><x xmlns:ns0="urn:mark" ns0:a="1"><y ns0:b="2"><z ns0:c="3"/></y></x></message>'
+    assert tree_of(reparse(xml)) == tree_of(element)
+
+
+def test_namespaced_attribute_on_many_siblings_binds_a_long_namespace_once():
+    """Thousands of siblings with an attribute in a 16 KB namespace declare it once, on the stanza."""
+    mark = "urn:" + "m" * (16 * 1024 - 4)
+    wire = b"<message xmlns:m='" + mark.encode() + b"'>" + b"<x m:a='1'/>" * 4000 + b"</message>"
+    (element,) = Recorder().feed(HEADER + wire).elements
+    xml = serialise(element)
+    assert xml.count(mark) == 2
+    assert len(xml.encode()) <= 2 * len(wire)
+    assert xml.startswith(f'<message xmlns:ns0="{mark}"><x xmlns:ns0="{mark}" ns0:a="1"/><x ns0:a="1"/>')
+    assert tree_of(reparse(xml)) == tree_of(element)
+
+
+def tree_of(element: domish.Element) -> tuple:
+    """An element as comparable data: namespace, name, attributes and children."""
+    return (
+        element.uri,
+        element.name,
+        dict(element.attributes),
+        [child if isinstance(child, str) else tree_of(child) for child in element.children],
+    )
+
+
+def test_greater_than_in_text_is_not_escaped():
+    """200 KB of '>' in a body leaves as 200 KB, not 800 KB: only the > of ']]>' needs escaping."""
+    message = domish.Element(("jabber:server", "message"))
+    message.addElement("body", content=">" * 200_000 + "]]>")
+    xml = serialise(message)
+    assert xml == "<message><body>" + ">" * 200_000 + "]]&gt;</body></message>"
+    assert reparse(xml).children[0].children == [">" * 200_000 + "]]>"]
+
+
+def test_attribute_delimiter_is_the_rarer_quote():
+    """A value holding double quotes is written between single quotes, so no quote needs a reference."""
+    message = domish.Element(("jabber:server", "message"))
+    message["id"] = 'say "hi"'
+    message["type"] = "it's"
+    message["to"] = "both \"'\" quotes"
+    xml = serialise(message)
+    assert xml == "<message id='say \"hi\"' type=\"it's\" to='both \"&#39;\" quotes'/>"
+    assert reparse(xml).attributes == message.attributes
+
+
+def test_max_bytes_at_the_bound_passes_and_one_byte_over_fails():
+    """The bound counts UTF-8 bytes: output of exactly max_bytes passes, one more byte raises OversizedStanza."""
+    message = domish.Element(("jabber:server", "message"))
+    message.addElement("body", content="\u00e9" * 100)
+    size = len(serialise(message).encode("utf-8"))
+    assert size == len("<message><body></body></message>") + 200
+    assert serialise(message, max_bytes=size) == serialise(message)
+    with pytest.raises(OversizedStanza):
+        serialise(message, max_bytes=size - 1)
+
+
+def test_max_bytes_stops_writing_once_over_the_bound():
+    """Once the output passes max_bytes nothing more is written: a child after the bound is never reached."""
+    message = domish.Element(("jabber:server", "message"))
+    message.addElement("body", content="x" * 10_000)
+    message.children.append(object())  # serialising this would raise TypeError
+    with pytest.raises(OversizedStanza):
+        serialise(message, max_bytes=1000)
+    with pytest.raises(TypeError):
+        serialise(message)
+
+
+def test_oversized_stanza_is_a_value_error():
+    """Callers that refuse any stanza the serialiser refuses (ValueError) refuse an oversized one too."""
+    assert issubclass(OversizedStanza, ValueError)
+
+
+def test_worst_expansion_is_five_times_the_wire_size():
+    """The largest growth we can construct, '&' inside CDATA written back as '&amp;', stays within 5x the wire size."""
+    wire = b"<message><body><![CDATA[" + b"&" * 100_000 + b"]]></body></message>"
+    recorder = Recorder().feed(HEADER + wire)
+    (element,) = recorder.elements
+    size = recorder.events[-1][2]
+    assert size == len(wire)
+    out = len(serialise(element).encode("utf-8"))
+    assert 4.9 * size < out <= 5 * size
+
+
+# -- the parser is renewed at stanza boundaries, and nothing changes ------
+
+
+@pytest.fixture
+def renew_after_every_stanza(monkeypatch):
+    """Make the parser replace its expat parser after every stanza instead of after a MiB."""
+    monkeypatch.setattr(xmlstream, "_EXPAT_RENEW_BYTES", 0)
+
+
+def test_renewing_after_every_stanza_changes_no_event(renew_after_every_stanza):
+    """With expat replaced after each stanza, the sample stream gives the same events and sizes, whole or byte by byte."""
+    assert Recorder().feed(STREAM).events == EXPECTED_STREAM_EVENTS
+    recorder = Recorder()
+    for index in range(len(STREAM)):
+        recorder.feed(STREAM[index : index + 1])
+    assert recorder.events == EXPECTED_STREAM_EVENTS
+
+
+def test_renewed_parser_keeps_the_header_namespaces_and_the_stream_end(renew_after_every_stanza):
+    """After renewal, prefixes and the default namespace from the header still apply, and the peer's own root name closes the stream."""
+    header = (
+        b"<s:stream xmlns:s='http://etherx.jabber.org/streams' xmlns='jabber:server'"
+        b" xmlns:q='urn:a&amp;b&apos;c\"d' xmlns:db='jabber:server:dialback'>"
+    )
+    recorder = Recorder().feed(header + PRESENCE + b"<q:x/><db:result/>" + PRESENCE + b"</s:stream>")
+    assert [event[:2] for event in recorder.events[1:]] == [
+        ("element", '<presence from="romeo@red.example/orchard" to="juliet@blue.example"/>'),
+        ("element", '<x xmlns="urn:a&amp;b\'c&#34;d"/>'),
+        ("element", '<result xmlns="jabber:server:dialback"/>'),
+        ("element", '<presence from="romeo@red.example/orchard" to="juliet@blue.example"/>'),
+        ("ended",),
+    ]
+    assert [event[2] for event in recorder.events[1:-1]] == [len(PRESENCE), 6, 12, len(PRESENCE)]
+
+
+@pytest.mark.parametrize("tail, condition", [
+    (PRESENCE + b"<!ENTITY a 'b'>", "restricted-xml"),
+    (PRESENCE + b"text", "bad-format"),
+    (PRESENCE + b"</stream>", "not-well-formed"),
+    (PRESENCE + b"<message>" + b"x" * 600_000, "policy-violation"),
+])
+def test_renewed_parser_refuses_as_before(renew_after_every_stanza, tail, condition):
+    """Faults after a renewal get the same conditions as without one."""
+    assert fault_of(HEADER + PRESENCE + tail).condition == condition
+
+
+def test_a_cdata_end_split_across_text_children_is_escaped():
+    """Text children ']]' and '>' next to each other are escaped as one text, so no ']]>' is written."""
+    message = domish.Element(("jabber:server", "message"))
+    message.children.extend(["a]", "]", ">b"])
+    xml = serialise(message)
+    assert xml == "<message>a]]&gt;b</message>"
+    assert reparse(xml).children == ["a]]>b"]
+
+
+def test_many_adjacent_text_children_serialise_in_linear_time():
+    """20,000 adjacent text children are joined once, not copied into a growing string one by one."""
+    message = domish.Element(("jabber:server", "message"))
+    message.children.extend(["t" * 100] * 20_000)
+    began = time.process_time()
+    xml = serialise(message)
+    assert time.process_time() - began < 0.5
+    assert xml == "<message>" + "t" * 2_000_000 + "</message>"

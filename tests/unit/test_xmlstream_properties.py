@@ -10,11 +10,14 @@ Properties of the stream parser and serialiser, checked on generated input.
 
 from __future__ import annotations
 
+from unittest.mock import patch
+
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from twisted.words.xish import domish
 
-from guard.edges.xmlstream import XML_NS, StreamFault, StreamParser, serialise
+from guard.edges import xmlstream
+from guard.edges.xmlstream import _REDECLARATION_BUDGET, XML_NS, StreamFault, StreamParser, serialise
 
 HEADER = (
     b"<stream:stream xmlns='jabber:server' xmlns:stream='http://etherx.jabber.org/streams'"
@@ -196,3 +199,49 @@ def test_serialised_stanzas_stream_back_with_exact_sizes(stanzas, data):
     assert collector.events == [("started",)] + [
         ("element", tree(stanza), len(encoded)) for stanza, encoded in zip(stanzas, wire)
     ]
+
+
+# -- what leaves is bounded by what arrived ----------------------------------
+
+# The factor the serialiser promises (see serialise's docstring): the worst
+# case, '&' inside CDATA, is tested exactly in test_xmlstream.py.
+EXPANSION = 5
+# Added to it: namespaces a stanza may use without declaring them (those of
+# the stream header, each written at most twice per stanza), and the
+# characters the serialiser may spend declaring a short namespace again.
+HEADER_NAMESPACES = ("jabber:server", "http://etherx.jabber.org/streams", "jabber:server:dialback")
+ALLOWANCE = 2 * sum(len(uri) + len(' xmlns:ns0=""') for uri in HEADER_NAMESPACES) + _REDECLARATION_BUDGET
+
+STANZA_TOKENS = [
+    b"<x>", b"</x>", b"<y/>", b"<p:e>", b"</p:e>", b"<p:f/>", b"<q:g/>", b"<db:result/>", b"<n xmlns=''>",
+    b"</n>", b"<a xmlns='urn:a'>", b"</a>", b"<b xmlns:p='urn:a-rather-long-namespace-name/v1'>", b"</b>",
+    b"<c xmlns:q='urn:q' q:k='v' p:k='w'>", b"</c>", b"<![CDATA[&&<<]]>]]>", b"&amp;&lt;", b"&gt;", b">",
+    b"text", b"\"'", b"<d k='\"' j=\"'\" t='&#9;&#10;&#13;'/>", b"]]&gt;", b"&#13;", b"\xc3\xa9",
+]
+stanza_bodies = st.lists(st.sampled_from(STANZA_TOKENS), max_size=60).map(b"".join)
+
+
+@SETTINGS
+@given(stanza_bodies)
+def test_output_is_at_most_five_times_the_wire_size(body):
+    """Whatever stanza the parser accepts serialises to at most 5x its wire size plus a fixed allowance, and re-parses equal."""
+    wire = b"<message xmlns:p='urn:p'>" + body + b"</message>"
+    collector = Collector().feed(HEADER, wire)
+    for element, (_, _, size) in zip(collector.elements, [e for e in collector.events if e[0] == "element"]):
+        xml = serialise(element)
+        assert len(xml.encode("utf-8")) <= EXPANSION * size + ALLOWANCE
+        assert tree(parse_one(xml)) == tree(element)
+
+
+@SETTINGS
+@given(tails, st.data())
+def test_renewing_expat_after_every_stanza_changes_nothing(tail, data):
+    """Replacing the expat parser after every stanza gives the same events, sizes and faults, however the bytes are chunked."""
+    cuts = sorted(data.draw(st.lists(st.integers(0, len(tail)), max_size=4)))
+    pieces = [tail[start:end] for start, end in zip([0] + cuts, cuts + [len(tail)]) if end > start]
+    plain = Collector().feed(HEADER + tail)
+    with patch.object(xmlstream, "_EXPAT_RENEW_BYTES", 0):
+        renewed = Collector().feed(HEADER, *pieces)
+    assert renewed.events == plain.events
+    if ("ended",) not in plain.events:
+        assert (renewed.fault is None) == (plain.fault is None)

@@ -2,6 +2,11 @@
 Decisions S2S streams take about what peers send during negotiation.  Pure
 functions: facts in, a refusal (stream error condition and text) or None out.
 The stream machines act on the answer; they never decide themselves.
+
+A refusal's text is always one of the guard's own constant strings: it may be
+written into a stream error or into the bounce of every stanza waiting for
+that stream.  What the peer said goes only into ``Refusal.detail``, bounded
+and escaped by ``peer_detail``, for the log and the audit.
 """
 
 from __future__ import annotations
@@ -10,13 +15,18 @@ from dataclasses import dataclass
 
 from guard.core.addressing import parse_jid
 
+from ..xmlstream import peer_detail
 from .wire import SERVER_NS, STREAMS_NS
 
 
 @dataclass(frozen=True)
 class Refusal:
+    """Why a peer is refused: an RFC 6120 (or RFC 6120 SASL) condition, the guard's own constant
+    text, and what the peer said, for the log only."""
+
     condition: str
     text: str
+    detail: str = ""
 
 
 def _domain(text: str | None) -> str | None:
@@ -42,12 +52,13 @@ def refuse_inbound_header(header, fronted: frozenset[str], hosted: frozenset[str
     if receiver is None:
         return Refusal("host-unknown", "the stream is not addressed to a domain")
     if receiver not in fronted:
-        return Refusal("host-unknown", f"{receiver} is not served through this guard")
+        return Refusal("host-unknown", "the stream is addressed to a domain this guard does not serve",
+                       f"to {peer_detail(receiver)}")
     sender = _domain(header.attributes.get("from"))
     if sender is None:
         return Refusal("invalid-from", "the stream header needs a from domain")
     if sender not in hosted:
-        return Refusal("invalid-from", f"{sender} is not a domain of this side")
+        return Refusal("invalid-from", "the stream's from is not a domain of this side", f"from {peer_detail(sender)}")
     if previous is not None:
         if previous.attributes.get("to") != header.attributes.get("to"):
             return Refusal("host-unknown", "the restarted stream changed its to address")
@@ -76,7 +87,8 @@ def refuse_outbound_header(header, expected_sender: str, previous=None) -> Refus
         return Refusal("invalid-xml", "the stream header needs an id")
     sender = header.attributes.get("from")
     if sender is not None and _domain(sender) != expected_sender:
-        return Refusal("invalid-from", f"expected {expected_sender}, got {sender}")
+        return Refusal("invalid-from", "the far server answered for another domain",
+                       f"expected {expected_sender}, got {peer_detail(sender)}")
     return None
 
 
@@ -88,9 +100,9 @@ def refuse_dialback_request(element, stream_header, fronted: frozenset[str],
     if receiver is None or sender is None:
         return Refusal("improper-addressing", "dialback needs from and to domains")
     if receiver not in fronted:
-        return Refusal("host-unknown", f"{receiver} is not served through this guard")
+        return Refusal("host-unknown", "dialback for a domain this guard does not serve", f"to {peer_detail(receiver)}")
     if sender not in hosted:
-        return Refusal("invalid-from", f"{sender} is not a domain of this side")
+        return Refusal("invalid-from", "dialback from a domain not of this side", f"from {peer_detail(sender)}")
     key = "".join(str(child) for child in element.children if isinstance(child, str)).strip()
     if not key or len(key) > 1024:
         return Refusal("bad-format", "a dialback key is required")
@@ -109,10 +121,11 @@ def external_identity(authzid: str | None, stream_header, peer_verdict, hosted: 
     if authzid and authzid != claimed:
         return Refusal("invalid-authzid", "the authorization identity must be the stream's from")
     if claimed not in hosted:
-        return Refusal("not-authorized", f"{claimed} is not a domain of this side")
+        return Refusal("not-authorized", "the stream's from is not a domain of this side", f"from {peer_detail(claimed)}")
     if peer_verdict is None or not peer_verdict.chain_valid:
         problem = peer_verdict.problem if peer_verdict is not None else "no certificate"
-        return Refusal("not-authorized", f"certificate refused: {problem}")
+        return Refusal("not-authorized", "the certificate is refused", peer_detail(problem))
     if not peer_verdict.proves(claimed):
-        return Refusal("not-authorized", f"the certificate's subjectAltName does not name {claimed}")
+        return Refusal("not-authorized", "the certificate does not name the stream's from",
+                       f"from {peer_detail(claimed)}")
     return claimed

@@ -114,7 +114,7 @@ def test_guard_explain_reads_the_stanza_from_a_file(tmp_path):
     stanza.write_text(PRESENCE.format(domain="blue.example", show="away"))
     out = io.StringIO()
     assert explain_main(["--policy", str(policy), str(stanza)], out=out, err=io.StringIO()) == 0
-    assert "leaves as:\n<presence xmlns='jabber:server' from='alice@red.example/pc' to='bob@blue.example'/>\n" in out.getvalue()
+    assert out.getvalue().endswith('leaves as:\n<presence from="alice@red.example/pc" to="bob@blue.example"/>\n')
 
 
 @pytest.mark.parametrize("stanza_text, message", [
