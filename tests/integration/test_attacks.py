@@ -405,7 +405,7 @@ class TestAttacksOnAnAuthenticatedStream:
         watch.assert_contained(romeo, juliet, text)
 
     def test_connections_per_address_over_the_limit_are_refused(self, lab, romeo, juliet):
-        """The connection past connections_per_address from one address gets policy-violation; the rest stay."""
+        """The connection past connections_per_address from one address gets conflict (RFC 6120 4.9.3.3); the rest stay."""
         watch = Watch(lab)
         limit = ATTACK_LIMITS["connections_per_address"]
         peers = []
@@ -416,7 +416,7 @@ class TestAttacksOnAnAuthenticatedStream:
                 peers.append(peer)
             with HostilePeer() as extra:
                 extra.try_send(header())
-                assert extra.stream_error() == "policy-violation"
+                assert extra.stream_error() == "conflict"
             assert not any(peer.wait_closed(0.2) for peer in peers)
             with HostilePeer(source="127.0.9.2") as elsewhere:
                 elsewhere.open_stream()  # another address is unaffected

@@ -125,9 +125,6 @@ def test_inbound_condition(cause, data, condition, section):
     assert names_condition(stream_error_written(data), condition), f"RFC 6120 {section}"
 
 
-@pytest.mark.xfail(strict=True, reason="owner: streams engineer (s2s/inbound.py InboundFactory): RFC 6120 4.9.3.3 "
-                   "names 'only a certain number of connections from the same IP address' as <conflict/>; "
-                   "the guard sends policy-violation")
 def test_connection_over_the_per_address_limit_is_a_conflict():
     """A connection beyond connections_per_address is refused with conflict (RFC 6120 4.9.3.3)."""
     side = make_side("red", MemoryReactorClock(), limits=Limits(connections_per_address=1))
@@ -175,9 +172,6 @@ def test_outbound_condition(cause, data, condition, section):
     assert names_condition(outbound_error_written(data), condition), f"RFC 6120 {section}"
 
 
-@pytest.mark.xfail(strict=True, reason="owner: streams engineer (s2s/outbound.py _clear_features): the far server "
-                   "offering no STARTTLS breaks the guard's policy (RFC 6120 4.9.3.14 policy-violation); "
-                   "remote-connection-failed (4.9.3.17) is for a server that cannot reach a third entity")
 def test_far_server_without_starttls_is_a_policy_violation():
     """A far server that does not offer STARTTLS is told policy-violation."""
     output = outbound_error_written(FAR_HEADER + b"<stream:features/>")

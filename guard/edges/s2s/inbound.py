@@ -661,5 +661,6 @@ class InboundFactory(Factory):
             if other.peer_address is not None and getattr(other.peer_address, "host", None) == host
         )
         if same_address >= self.side.limits.connections_per_address:
-            stream.refusal_at_connect = ("policy-violation", f"too many connections from {host}")
+            # RFC 6120 4.9.3.3 names a per-address connection limit as its example of <conflict/>.
+            stream.refusal_at_connect = ("conflict", "too many connections from this address")
         return stream

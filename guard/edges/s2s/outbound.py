@@ -254,7 +254,7 @@ class OutboundStream(MachinePlumbing, Protocol):
 
     def _clear_features(self, features):
         if _child(features, wire.TLS_NS, "starttls") is None:
-            self._input(self.unusable, "remote-connection-failed", "the far server does not offer TLS")
+            self._input(self.unusable, "policy-violation", "the far server does not offer TLS")
         else:
             self._input(self.tls_offered)
 

@@ -18,14 +18,14 @@ def connect_from(factory, host, port):
 
 
 def test_connections_per_address_over_the_limit_are_refused():
-    """The third connection from one address is refused with policy-violation; another address still connects."""
+    """The third connection from one address is refused with conflict (RFC 6120 4.9.3.3); another address still connects."""
     clock = MemoryReactorClock()
     factory = InboundFactory(make_side("red", clock, limits=Limits(connections_per_address=2)))
     first = connect_from(factory, "127.0.1.1", 40001)
     second = connect_from(factory, "127.0.1.1", 40002)
     third, third_transport = connect_from(factory, "127.0.1.1", 40003)
     other = connect_from(factory, "127.0.1.2", 40004)
-    assert "<policy-violation xmlns='urn:ietf:params:xml:ns:xmpp-streams'/>" in written(third_transport)
+    assert "<conflict xmlns='urn:ietf:params:xml:ns:xmpp-streams'/>" in written(third_transport)
     assert third_transport.disconnecting
     assert not first[1].disconnecting and not second[1].disconnecting and not other[1].disconnecting
 
