@@ -11,14 +11,16 @@ FOLDING = """
 [policy]
 name = "folding"
 
+[shapes.avatar-hash]
+element = "{vcard-temp:x:update}x"
+children = ["avatar-photo"]
+
+[shapes.avatar-photo]
+element = "{vcard-temp:x:update}photo"
+text = true
+
 [folding.plain]
-message.strip = [
-  "{http://jabber.org/protocol/xhtml-im}html",
-  "{http://jabber.org/protocol/chatstates}*",
-  "{urn:xmpp:receipts}*",
-  "{jabber:x:oob}x",
-  "subject",
-]
+message.keep = ["body", "thread"]
 message.drop_types = ["headline", "groupchat"]
 message.drop_if_only = ["{http://jabber.org/protocol/chatstates}*", "{urn:xmpp:receipts}*"]
 
@@ -27,7 +29,7 @@ presence.states = ["available", "unavailable"]
 
 [folding.three-states]
 presence.states = ["available", "away", "unavailable"]
-presence.keep = ["{vcard-temp:x:update}x"]
+presence.keep = ["avatar-hash"]
 
 [[rules]]
 id = "fold-messages"
@@ -61,8 +63,8 @@ def fold(xml):
     return compile_policy(FOLDING).judge(read(xml), RED_TO_BLUE)
 
 
-def test_message_folding_strips_named_elements_and_keeps_the_rest():
-    """XHTML-IM, chat states, receipts, OOB and the subject are removed; body, thread and id stay."""
+def test_message_folding_keeps_only_the_profiles_shapes():
+    """Only the kept body and thread leave (with the id): XHTML-IM, chat states, receipts, OOB and the subject do not."""
     judgement = fold("""
     <message from='alice@red.example/pc' to='bob@blue.example' type='chat' id='m7'>
       <subject>plans</subject>
@@ -75,7 +77,7 @@ def test_message_folding_strips_named_elements_and_keeps_the_rest():
     </message>""")
     assert (judgement.verdict, judgement.rule_id, judgement.actions) == (Verdict.PASS, "fold-messages", ("fold:plain",))
     assert judgement.stanza.toXml() == (
-        "<message xmlns='jabber:server' from='alice@red.example/pc' to='bob@blue.example' type='chat' id='m7'>"
+        "<message xmlns='jabber:server' from='alice@red.example/pc' to='bob@blue.example' id='m7' type='chat'>"
         "<body>meet at noon</body><thread>t1</thread></message>")
 
 
@@ -152,7 +154,7 @@ def test_a_folding_profile_without_the_rules_kind_is_refused():
 def test_unknown_keys_in_a_folding_profile_are_refused():
     """A misspelt folding key is reported under the profile's name."""
     with pytest.raises(PolicyError, match="folding profile plain message: unknown key 'strips'"):
-        compile_policy(FOLDING.replace("message.strip =", "message.strips ="))
+        compile_policy(FOLDING.replace("message.keep =", "message.strips ="))
 
 
 def test_an_unknown_presence_state_is_refused():

@@ -58,7 +58,8 @@ def decided_by_rule(conditions, xml):
     ('payload_present = "jabber:x:oob"', False),
     ('payload_absent = "jabber:x:oob"', True),
     ('payload_absent = "$states"', False),
-    ('payload_only = ["http://jabber.org/protocol/chatstates"]', True),
+    ('payload_only = ["http://jabber.org/protocol/chatstates"]', False),  # <body/> is payload too
+    ('payload_only = ["jabber:server", "http://jabber.org/protocol/chatstates"]', True),
     ('payload_only = "jabber:x:oob"', False),
     ('inspect = { path = "body#", equals = "hello bob" }', True),
     ('inspect = { path = "body#", matches = "^hello" }', True),
@@ -204,6 +205,7 @@ def test_continue_rules_strip_and_log_then_evaluation_goes_on():
         why = "messages pass"
         kind = "message"
         verdict = "pass"
+        keep = "everything"
         """)
     stanza = read("""
     <message from='alice@red.example/pc' to='bob@blue.example'>
@@ -212,7 +214,7 @@ def test_continue_rules_strip_and_log_then_evaluation_goes_on():
     </message>""")
     judgement = policy.judge(stanza, RED_TO_BLUE)
     assert (judgement.verdict, judgement.rule_id, judgement.actions, judgement.notes) == (
-        Verdict.PASS, "pass-messages", ("strip:strip-oob",), ("strip-oob: oob stripped",))
+        Verdict.PASS, "pass-messages", ("strip:strip-oob", "keep:everything"), ("strip-oob: oob stripped",))
     assert "jabber:x:oob" not in judgement.stanza.toXml()
     assert "<body>see link</body>" in judgement.stanza.toXml()
 
