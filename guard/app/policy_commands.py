@@ -119,7 +119,7 @@ def explain_main(argv: list[str], out=None, err=None, stdin=None) -> int:
             return 2
         source, destination = arguments.direction.split("->", 1)
         direction = Direction(source.strip(), destination.strip())
-    out.write(describe(policy, policy.explain(stanza, direction)))
+    out.write(describe(policy, policy.explain(stanza, direction, size=len(text.strip().encode("utf-8")))))
     return 0
 
 

@@ -17,6 +17,7 @@ from twisted.internet import defer
 from twisted.internet.endpoints import HostnameEndpoint, connectProtocol
 from twisted.logger import Logger
 
+from guard.core.accepted import accept
 from guard.core.addressing import parse_jid
 from guard.core.bounce import error_reply, may_bounce
 from guard.core.pipeline import Direction, Verdict, judge_fail_closed
@@ -81,7 +82,8 @@ class Relay:
             return
         destination = self.topology.far_side(side.name)
         direction = Direction(side.name, destination)
-        judgement, problem = judge_fail_closed(self.policies.current(direction), stanza, direction)
+        judgement, problem = judge_fail_closed(self.policies.current(direction), stanza, direction,
+                                               accept(stanza, addressed, size, direction))
         if problem is not None:
             log.error("policy for {direction} failed on a stanza: {problem!r}", direction=str(direction), problem=problem)
         if judgement.verdict is Verdict.PASS:

@@ -24,6 +24,9 @@ RULE_UNKNOWN_TYPE = "guard:unknown-type"
 RULE_TWO_LABELS = "xep0258:two-labels"
 RULE_LABEL_ON_PRESENCE = "xep0258:label-on-presence"
 RULE_DEFAULT = "default"
+# The bounce text of a label that cannot be translated: the guard's own words;
+# why (which may quote the label) goes to the audit notes only.
+UNTRANSLATABLE = "The security label cannot be translated for the far side."
 
 INDEX_CACHE_LIMIT = 4096
 
@@ -231,12 +234,12 @@ class CompiledPolicy:
             # allow-all: the guard terminates streams and judges nothing; the
             # stanza leaves whole (re-serialised by the wire serialiser).
             return _with(Judgement.passed(clone(current), rule_id, rev), actions + ["keep:everything"], notes, facts)
-        outgoing, refusal = self._construct(facts, current, fold, translate, keep, actions)
+        outgoing, refusal = self._construct(facts, current, fold, translate, keep, actions, notes)
         if outgoing is None:
             return _with(refusal(stanza, rule_id, rev), actions, notes, facts)
         return _with(Judgement.passed(outgoing, rule_id, rev), actions, notes, facts)
 
-    def _construct(self, facts, current, fold, translate, keep, actions):
+    def _construct(self, facts, current, fold, translate, keep, actions, notes):
         """
         The stanza that leaves, built new: the envelope, then what the verdict
         allows (an error's reduced ``<error/>``; the folding profile's or the
@@ -265,11 +268,13 @@ class CompiledPolicy:
         if translate is not None:
             label, why = facts.label
             if label is None:
-                return None, self._refusing(facts, f"security label cannot be translated: {why}")
+                notes.append(f"security label cannot be translated: {why}")
+                return None, self._refusing(facts, UNTRANSLATABLE)
             try:
                 relabelled = self.labels.relabelled(facts.stanza_label.element, label, translate)
             except LabelMeaningError as problem:
-                return None, self._refusing(facts, f"security label cannot be translated: {problem}")
+                notes.append(f"security label cannot be translated: {problem}")
+                return None, self._refusing(facts, UNTRANSLATABLE)
             outgoing.addChild(relabelled)
             actions.append(f"translate:{translate.name}")
         elif facts.stanza_label.present:
