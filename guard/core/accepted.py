@@ -18,6 +18,7 @@ written in when that is known.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from twisted.words.protocols.jabber import jid
 from twisted.words.xish import domish
@@ -34,9 +35,8 @@ KIND_TYPES = {
 }
 
 
-@dataclass(frozen=True)
-class AcceptedStanza:
-    """A stanza whose addressing holds, with the facts every later stage reads."""
+class AcceptedStanza(NamedTuple):
+    """A stanza whose addressing holds, with the facts every later stage reads (immutable)."""
 
     element: domish.Element
     kind: str

@@ -6,12 +6,11 @@ changed afterwards, so that swapping policies is one reference assignment.
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 
 from guard.core.accepted import BAD_ADDRESS, NOT_A_STANZA, NotAccepted, accepted_from_element
 from guard.core.pipeline import Judgement, Verdict
-from guard.core.policy.conditions import DomainIs, KindIs, KINDS, Negated
+from guard.core.policy.conditions import DomainIs, KindIs, KINDS, Negated, TypeIs
 from guard.core.policy.elements import clone
 from guard.core.policy.facts import StanzaFacts
 from guard.core.policy.labels import LabelMeaningError
@@ -29,6 +28,9 @@ RULE_DEFAULT = "default"
 UNTRANSLATABLE = "The security label cannot be translated for the far side."
 
 INDEX_CACHE_LIMIT = 4096
+# Labels the guard has encoded, by judged value (DER encoding is the costly
+# part of releasing a labelled stanza); each use gets its own copy.
+LABEL_CACHE_LIMIT = 1024
 
 
 @dataclass(frozen=True)
@@ -59,6 +61,15 @@ class Rule:
             if isinstance(condition, KindIs):
                 return condition.kinds
         return KINDS
+
+    @property
+    def types(self):
+        """The types this rule can match (from its positive ``type`` conditions), or None for any."""
+        found = None
+        for condition in self.conditions:
+            if isinstance(condition, TypeIs):
+                found = condition.types if found is None else found & condition.types
+        return found
 
     def exact_domains(self, side):
         for condition in self.conditions:
@@ -97,8 +108,10 @@ class CompiledPolicy:
         self.translations = translations
         self.sides = sides  # (source, destination) or None
         self.description = description
+        self._types = {rule.order: rule.types for rule in self.rules}
         self._index = self._build_index()
         self._candidates_cache = {}
+        self._label_cache = {}
 
     # --- index ---------------------------------------------------------------
 
@@ -122,9 +135,9 @@ class CompiledPolicy:
             index[kind] = (by_to, by_from, general)
         return index
 
-    def candidates(self, kind, from_domain, to_domain):
-        """The rules that can possibly match, in file order."""
-        key = (kind, from_domain, to_domain)
+    def candidates(self, kind, from_domain, to_domain, stanza_type=None):
+        """The rules that can possibly match (of this kind, domains and, when given, type), in file order."""
+        key = (kind, from_domain, to_domain, stanza_type)
         found = self._candidates_cache.get(key)
         if found is not None:
             return found
@@ -132,7 +145,9 @@ class CompiledPolicy:
         merged = {rule.order: rule for rule in general}
         merged.update((rule.order, rule) for rule in by_to.get(to_domain, ()))
         merged.update((rule.order, rule) for rule in by_from.get(from_domain, ()))
-        found = tuple(merged[order] for order in sorted(merged))
+        found = tuple(merged[order] for order in sorted(merged)
+                      if stanza_type is None or self._types[merged[order].order] is None
+                      or stanza_type in self._types[merged[order].order])
         if len(self._candidates_cache) >= INDEX_CACHE_LIMIT:
             self._candidates_cache.clear()
         self._candidates_cache[key] = found
@@ -183,7 +198,7 @@ class CompiledPolicy:
                             f"{facts.from_domain} -> {facts.to_domain}, {facts.size} bytes")
             rules = self.rules
         else:
-            rules = self.candidates(facts.kind, facts.from_domain, facts.to_domain)
+            rules = self.candidates(facts.kind, facts.from_domain, facts.to_domain, facts.type)
         current, actions, notes = stanza, [], []
         for rule in rules:
             if trace is None:
@@ -221,7 +236,8 @@ class CompiledPolicy:
                 actions, notes):
         stanza = facts.stanza
         if verdict == "drop":
-            return _with(Judgement.dropped(stanza, rule_id, rev, text=text), actions, notes, facts)
+            return Judgement(Verdict.DROP, stanza, rule_id, rev, None, text, tuple(actions), tuple(notes),
+                             facts.accepted)
         if verdict == "bounce":
             return _with(self._refuse(facts, rule_id, rev, condition, text), actions, notes, facts)
         if verdict == "refer":
@@ -237,7 +253,8 @@ class CompiledPolicy:
         outgoing, refusal = self._construct(facts, current, fold, translate, keep, actions, notes)
         if outgoing is None:
             return _with(refusal(stanza, rule_id, rev), actions, notes, facts)
-        return _with(Judgement.passed(outgoing, rule_id, rev), actions, notes, facts)
+        return Judgement(Verdict.PASS, outgoing, rule_id, rev, None, None, tuple(actions), tuple(notes),
+                         facts.accepted)
 
     def _construct(self, facts, current, fold, translate, keep, actions, notes):
         """
@@ -271,7 +288,8 @@ class CompiledPolicy:
                 notes.append(f"security label cannot be translated: {why}")
                 return None, self._refusing(facts, UNTRANSLATABLE)
             try:
-                relabelled = self.labels.relabelled(facts.stanza_label.element, label, translate)
+                relabelled = self._encoded(("translate", translate.name, label, facts.stanza_label),
+                                           lambda: self.labels.relabelled(facts.stanza_label.element, label, translate))
             except LabelMeaningError as problem:
                 notes.append(f"security label cannot be translated: {problem}")
                 return None, self._refusing(facts, UNTRANSLATABLE)
@@ -283,11 +301,32 @@ class CompiledPolicy:
             if label is None or self.labels is None:
                 return None, _dropping(f"the security label cannot be carried: {why}")
             try:
-                outgoing.addChild(self.labels.outgoing_label(facts.stanza_label, label))
+                outgoing.addChild(self._encoded(("release", label, facts.stanza_label),
+                                                lambda: self.labels.outgoing_label(facts.stanza_label, label)))
             except (LabelMeaningError, KeyError, ValueError) as problem:
                 return None, _dropping(f"the security label cannot be carried: {problem}")
             actions.append("label:re-encoded")
         return outgoing, None
+
+    def _encoded(self, key, encode):
+        """
+        A copy of the ``<securitylabel/>`` ``encode()`` builds, remembered by
+        ``key``: the judged value and the wire label it was read from (its
+        label and equivalents, never its element).  Bounded; any failure to
+        build is raised, never remembered.
+        """
+        kind, *judged, marked = key
+        key = (kind, *judged, marked.label, marked.equivalents)
+        try:
+            found = self._label_cache.get(key)
+        except TypeError:  # a value that cannot be a key: build it every time
+            return encode()
+        if found is None:
+            found = encode()
+            if len(self._label_cache) >= LABEL_CACHE_LIMIT:
+                self._label_cache.clear()
+            self._label_cache[key] = found
+        return clone(found)
 
     def _refusing(self, facts, text):
         return lambda stanza, rule_id, rev: self._refuse(facts, rule_id, rev, "policy-violation", text)
@@ -313,7 +352,8 @@ def _with(judgement, actions, notes, facts=None):
     accepted = facts.accepted if facts is not None else None
     if not actions and not notes and accepted is None:
         return judgement
-    return dataclasses.replace(judgement, actions=tuple(actions), notes=tuple(notes), accepted=accepted)
+    return Judgement(judgement.verdict, judgement.stanza, judgement.rule_id, judgement.rule_rev,
+                     judgement.condition, judgement.text, tuple(actions), tuple(notes), accepted)
 
 
 __all__ = ["CompiledPolicy", "Rule", "Explanation", "Consideration", "Negated", "Verdict"]

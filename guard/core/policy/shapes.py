@@ -79,7 +79,7 @@ class Shape:
                 continue
             value = element.attributes.get(attribute)
             if isinstance(value, str):
-                built[attribute] = value
+                built.attributes[attribute] = value
         if self.text:
             text = text_of(element)
             if text:
@@ -104,7 +104,7 @@ def kept_children(element: domish.Element, shapes, stanza_uri: str) -> list:
 def _copy_language(source: domish.Element, target: domish.Element) -> None:
     language = source.attributes.get(XML_LANG)
     if isinstance(language, str) and LANGUAGE_TAG.fullmatch(language):
-        target[XML_LANG] = language
+        target.attributes[XML_LANG] = language
 
 
 def built_in_shapes() -> dict:
@@ -126,13 +126,15 @@ def envelope(accepted) -> domish.Element:
     """
     element = accepted.element
     built = domish.Element((element.uri, element.name), defaultUri=element.uri)
-    built["from"] = accepted.sender.full()
-    built["to"] = accepted.recipient.full()
+    attributes = built.attributes
+    attributes["from"] = accepted.sender.full()
+    attributes["to"] = accepted.recipient.full()
     for name in ("id", "type"):
         value = element.attributes.get(name)
         if isinstance(value, str):
-            built[name] = value
-    _copy_language(element, built)
+            attributes[name] = value
+    if XML_LANG in element.attributes:
+        _copy_language(element, built)
     return built
 
 
