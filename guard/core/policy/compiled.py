@@ -29,8 +29,11 @@ UNTRANSLATABLE = "The security label cannot be translated for the far side."
 
 INDEX_CACHE_LIMIT = 4096
 # Labels the guard has encoded, by judged value (DER encoding is the costly
-# part of releasing a labelled stanza); each use gets its own copy.
+# part of releasing a labelled stanza); each use gets its own copy.  Bounded
+# in entries and in bytes (the text of each key and of each label kept); a
+# label with equivalent labels is encoded every time, never remembered.
 LABEL_CACHE_LIMIT = 1024
+LABEL_CACHE_BYTES = 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -112,6 +115,7 @@ class CompiledPolicy:
         self._index = self._build_index()
         self._candidates_cache = {}
         self._label_cache = {}
+        self._label_cache_bytes = 0
 
     # --- index ---------------------------------------------------------------
 
@@ -316,16 +320,23 @@ class CompiledPolicy:
         build is raised, never remembered.
         """
         kind, *judged, marked = key
-        key = (kind, *judged, marked.label, marked.equivalents)
+        if marked.equivalents:
+            return encode()
+        key = (kind, *judged, marked.label)
         try:
             found = self._label_cache.get(key)
         except TypeError:  # a value that cannot be a key: build it every time
             return encode()
         if found is None:
             found = encode()
-            if len(self._label_cache) >= LABEL_CACHE_LIMIT:
+            cost = len(repr(key)) + len(found.toXml())
+            if cost > LABEL_CACHE_BYTES:
+                return found
+            if len(self._label_cache) >= LABEL_CACHE_LIMIT or self._label_cache_bytes + cost > LABEL_CACHE_BYTES:
                 self._label_cache.clear()
+                self._label_cache_bytes = 0
             self._label_cache[key] = found
+            self._label_cache_bytes += cost
         return clone(found)
 
     def _refusing(self, facts, text):

@@ -5,8 +5,10 @@ import pytest
 from guard.core.accepted import AcceptedStanza, NotAccepted, accept, accepted_from_element
 from guard.core.addressing import check_addressing
 from guard.core.pipeline import AllowAll, Judgement, Verdict, judge_fail_closed
+from guard.core.policy import compiled
 
-from .wire import RED_TO_BLUE, compile_policy, read
+from .labelled import LABELS_AND_MAPS
+from .wire import A_REL_B, NATION_A, RED_TO_BLUE, compile_policy, ess_label, ess_xml, read, utf8_der
 
 PAIRS = frozenset({("red.example", "blue.example")})
 FRONTED = frozenset({"blue.example"})
@@ -98,3 +100,27 @@ def test_judge_fail_closed_hands_the_accepted_value_to_a_policy_that_takes_it():
     judge_fail_closed(AllowAll(), value.element, RED_TO_BLUE, value)
     assert seen == [("judge_accepted", value), ("judge", value.element)]
     assert isinstance(value, AcceptedStanza)
+
+
+def test_the_encoded_label_memory_is_bounded_in_entries_and_bytes(monkeypatch):
+    """Labels encoded for release are remembered by judged value, never more entries or bytes than declared, and each use gets its own copy."""
+    policy = compile_policy('[policy]\nname = "labels"\n' + LABELS_AND_MAPS + """
+[[rules]]
+id = "release"
+rev = 1
+why = "every label leaves, re-encoded"
+kind = "message"
+verdict = "pass"
+keep = ["body"]
+""")
+    monkeypatch.setattr(compiled, "LABEL_CACHE_LIMIT", 2)
+    monkeypatch.setattr(compiled, "LABEL_CACHE_BYTES", 700)
+    labels = [ess_label(NATION_A, 1), ess_label(NATION_A, 2, [(A_REL_B[0], utf8_der("B"))]), ess_label(NATION_A, 4)]
+    leaving = []
+    for label in labels * 2:
+        stanza = read(f"<message from='a@red.example' to='b@blue.example'><body>x</body>{ess_xml(label)}</message>")
+        leaving.append(policy.judge(stanza, RED_TO_BLUE).stanza)
+        assert len(policy._label_cache) <= 2 and policy._label_cache_bytes <= 700
+    assert policy._label_cache_bytes > 0
+    assert [each.toXml() for each in leaving[:3]] == [each.toXml() for each in leaving[3:]]
+    assert leaving[0].children[-1] is not leaving[3].children[-1]
