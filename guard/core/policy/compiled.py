@@ -271,6 +271,9 @@ class CompiledPolicy:
         outgoing = envelope(facts.accepted)
         if facts.is_error:
             # An error carries its type and one defined condition, never the payload it echoes.
+            if fold is not None and fold.drops_type(facts.kind, facts.type):
+                actions.append(f"fold:{fold.name}")
+                return None, _dropping(f"folded away: message type {facts.type} is folded away")
             error = reduced_error(current)
             if error.element is None:
                 return None, _dropping(error.reason)

@@ -106,6 +106,10 @@ class FoldingProfile:
             return self.presence.fold(stanza, stanza_type)
         return Folded(None, f"folding profile {self.name} does not fold {stanza.name}")
 
+    def drops_type(self, kind, stanza_type) -> bool:
+        """Whether this profile folds away every stanza of ``kind`` and ``stanza_type`` (``message.drop_types``)."""
+        return kind == "message" and self.message is not None and stanza_type in self.message.drop_types
+
     @property
     def kinds(self):
         return frozenset(k for k, part in (("message", self.message), ("presence", self.presence)) if part)

@@ -180,3 +180,14 @@ def test_a_presence_error_keeps_its_error_when_folded():
     assert judgement.stanza.toXml() == (
         "<presence xmlns='jabber:server' from='alice@red.example/pc' to='bob@blue.example' type='error'>"
         "<error type='cancel'><remote-server-not-found xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></error></presence>")
+
+
+def test_an_error_message_type_a_profile_drops_is_folded_away():
+    """message.drop_types = ["error"] holds for errors too, although errors leave reduced rather than folded."""
+    judgement = compile_policy(FOLDING.replace('message.drop_types = ["headline", "groupchat"]',
+                                               'message.drop_types = ["headline", "groupchat", "error"]')).judge(
+        read("<message from='alice@red.example/pc' to='bob@blue.example' type='error'>"
+             "<error type='cancel'><gone xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></error></message>"), RED_TO_BLUE)
+    assert (judgement.verdict, judgement.rule_id, judgement.text) == (
+        Verdict.DROP, "fold-messages", "folded away: message type error is folded away")
+
