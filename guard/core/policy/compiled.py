@@ -150,8 +150,7 @@ class CompiledPolicy:
         merged.update((rule.order, rule) for rule in by_to.get(to_domain, ()))
         merged.update((rule.order, rule) for rule in by_from.get(from_domain, ()))
         found = tuple(merged[order] for order in sorted(merged)
-                      if stanza_type is None or self._types[merged[order].order] is None
-                      or stanza_type in self._types[merged[order].order])
+                      if stanza_type is None or self._types[order] is None or stanza_type in self._types[order])
         if len(self._candidates_cache) >= INDEX_CACHE_LIMIT:
             self._candidates_cache.clear()
         self._candidates_cache[key] = found

@@ -253,11 +253,25 @@ def test_refer_hands_the_decision_to_the_release_authority():
 
 
 def test_the_rule_index_gives_the_same_answers_as_reading_every_rule():
-    """The kind/domain index never changes a decision: judge agrees with explain, which reads every rule."""
+    """The kind/domain/type index never changes a decision: judge agrees with explain, which reads every rule."""
     policy = compile_policy("""
         [policy]
         name = "indexed"
         default = "bounce"
+        [[rules]]
+        id = "errors"
+        rev = 1
+        why = "errors stay"
+        type = "error"
+        verdict = "drop"
+        [[rules]]
+        id = "iq-reads"
+        rev = 1
+        why = "reads pass"
+        kind = "iq"
+        type = ["get", "result"]
+        verdict = "pass"
+        keep = ["ping"]
         [[rules]]
         id = "to-green"
         rev = 1
@@ -292,11 +306,19 @@ def test_the_rule_index_gives_the_same_answers_as_reading_every_rule():
         "<presence from='a@red.example' to='b@green.example'/>",
         "<presence from='a@other.example' to='b@muc.blue.example'/>",
         "<iq from='a@red.example' to='green.example' type='get' id='1'><ping xmlns='urn:xmpp:ping'/></iq>",
+        "<iq from='a@red.example' to='green.example' type='set' id='2'><ping xmlns='urn:xmpp:ping'/></iq>",
+        "<iq from='a@red.example' to='green.example' type='result' id='3'/>",
+        "<message from='a@red.example' to='b@green.example' type='error'><error type='cancel'>"
+        "<gone xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></error></message>",
+        "<presence from='a@red.example' to='b@muc.blue.example' type='error'/>",
     ]
+    decided = set()
     for xml in stanzas:
         fast = policy.judge(read(xml), RED_TO_BLUE)
         slow = policy.explain(read(xml), RED_TO_BLUE).judgement
         assert (fast.verdict, fast.rule_id) == (slow.verdict, slow.rule_id), xml
+        decided.add(fast.rule_id)
+    assert decided == {"to-green", "from-red-presence", "wild", "iq", "errors", "iq-reads", "default"}
 
 
 def test_an_element_that_is_not_a_stanza_is_dropped_before_any_rule():
