@@ -351,3 +351,17 @@ def test_addresses_chosen_by_senders_are_not_interned_forever():
     for number in range(50):
         policy.judge(read(f"<message from='u{number}@red.example/r{number}' to='b@blue.example'/>"), RED_TO_BLUE)
     assert len(interned) - before < 50
+
+
+@pytest.mark.parametrize("xml, holds", [
+    ("<iq from='a@red.example' to='b@blue.example' type='result' id='1'>\n  <ping xmlns='urn:xmpp:ping'/>\n</iq>", True),
+    ("<iq from='a@red.example' to='b@blue.example' type='result' id='1'>SECRET</iq>", False),
+    ("<iq from='a@red.example' to='b@blue.example' type='result' id='1'>\u00a0</iq>", False),
+    ("<iq from='a@red.example' to='b@blue.example' type='get' id='1'><data>SECRET</data></iq>", False),
+    ("<iq from='a@red.example' to='b@blue.example' type='get' id='1'><query xmlns='jabber:client'/></iq>", False),
+    ("<iq from='a@red.example' to='b@blue.example' type='result' id='1'><ping xmlns='urn:xmpp:ping'/>"
+     "<body>SECRET</body></iq>", False),
+])
+def test_payload_only_sees_every_child_and_every_text_node(xml, holds):
+    """Stanza-namespace children and any text that is not XML whitespace (a no-break space is not) are payload too."""
+    assert decided_by_rule('payload_only = "urn:xmpp:ping"', xml) is holds
