@@ -191,3 +191,17 @@ def test_an_error_message_type_a_profile_drops_is_folded_away():
     assert (judgement.verdict, judgement.rule_id, judgement.text) == (
         Verdict.DROP, "fold-messages", "folded away: message type error is folded away")
 
+
+
+@pytest.mark.parametrize("xml, expected", [
+    ("<presence from='alice@red.example/pc' to='bob@blue.example' secret='TOP SECRET'><show>away</show></presence>",
+     "<presence xmlns='jabber:server' from='alice@red.example/pc' to='bob@blue.example'><show>away</show></presence>"),
+    ("<presence from='alice@red.example' to='bob@blue.example' type='subscribe' leak='TOP SECRET'/>",
+     "<presence xmlns='jabber:server' from='alice@red.example' to='bob@blue.example' type='subscribe'/>"),
+    ("<message from='alice@red.example/pc' to='bob@blue.example' type='chat' leak='TOP SECRET'>"
+     "<body leak='TOP SECRET'>hi</body></message>",
+     "<message xmlns='jabber:server' from='alice@red.example/pc' to='bob@blue.example' type='chat'><body>hi</body></message>"),
+])
+def test_a_folded_stanza_is_built_new_without_the_attributes_it_arrived_with(xml, expected):
+    """Folding copies no attribute of the stanza or of a kept child: only from, to, id, type, xml:lang and what shapes name."""
+    assert fold(xml).stanza.toXml() == expected
