@@ -194,8 +194,8 @@ def test_an_error_message_type_a_profile_drops_is_folded_away():
 
 
 @pytest.mark.parametrize("xml, expected", [
-    ("<presence from='alice@red.example/pc' to='bob@blue.example' secret='TOP SECRET'><show>away</show></presence>",
-     "<presence xmlns='jabber:server' from='alice@red.example/pc' to='bob@blue.example'><show>away</show></presence>"),
+    ("<presence from='alice@red.example/pc' to='bob@muc.blue.example' secret='TOP SECRET'><show>away</show></presence>",
+     "<presence xmlns='jabber:server' from='alice@red.example/pc' to='bob@muc.blue.example'><show>away</show></presence>"),
     ("<presence from='alice@red.example' to='bob@blue.example' type='subscribe' leak='TOP SECRET'/>",
      "<presence xmlns='jabber:server' from='alice@red.example' to='bob@blue.example' type='subscribe'/>"),
     ("<message from='alice@red.example/pc' to='bob@blue.example' type='chat' leak='TOP SECRET'>"
