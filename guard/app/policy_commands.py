@@ -121,7 +121,7 @@ def explain_main(argv: list[str], out=None, err=None, stdin=None) -> int:
             return 2
         source, destination = arguments.direction.split("->", 1)
         direction = Direction(source.strip(), destination.strip())
-    explanation = policy.explain(stanza, direction)
+    explanation = policy.explain(stanza, direction, size=len(text.strip().encode("utf-8")))
     out.write(leaving_as_on_the_wire(describe(policy, explanation), explanation.judgement))
     return 0
 

@@ -59,6 +59,8 @@ class Judgement:
     # "fold:profile") and notes for the audit record; both optional.
     actions: tuple[str, ...] = ()
     notes: tuple[str, ...] = ()
+    # The accepted stanza the policy judged (guard.core.accepted), when it judged one.
+    accepted: object = None
 
     @classmethod
     def passed(cls, stanza, rule_id, rule_rev=1):
@@ -96,15 +98,24 @@ class AllowAll:
 FAIL_CLOSED_RULE = "guard:policy-failure"
 
 
-def judge_fail_closed(policy, stanza, direction):
+def judge_fail_closed(policy, stanza, direction, accepted=None):
     """
     Ask ``policy`` about ``stanza``; any exception or malformed answer drops it.
+
+    ``accepted`` is the stanza's accepted value (``guard.core.accepted``),
+    built once after addressing; a policy that can judge it (``judge_accepted``)
+    is given it, so that nothing is parsed or measured a second time.  A
+    policy with only ``judge`` is given the element.
 
     Returns the ``Judgement`` and, when the policy misbehaved, the exception
     (or ``None``), so that the caller can audit what went wrong.
     """
     try:
-        judgement = policy.judge(stanza, direction)
+        judge_accepted = getattr(policy, "judge_accepted", None) if accepted is not None else None
+        if judge_accepted is not None:
+            judgement = judge_accepted(accepted, direction)
+        else:
+            judgement = policy.judge(stanza, direction)
     except Exception as problem:  # noqa: BLE001 - fail closed on anything
         return Judgement.dropped(stanza, FAIL_CLOSED_RULE, text=repr(problem)), problem
     if not isinstance(judgement, Judgement) or not isinstance(judgement.verdict, Verdict):

@@ -26,6 +26,7 @@ from twisted.internet import defer
 from twisted.internet.endpoints import HostnameEndpoint, connectProtocol
 from twisted.logger import Logger
 
+from guard.core.accepted import accept
 from guard.core.addressing import parse_jid
 from guard.core.books import HeldBytes
 from guard.core.bounce import error_reply, guard_text, may_bounce, peer_detail
@@ -123,7 +124,8 @@ class Relay:
         generation = self.policies.generation
         destination = self.topology.far_side(side.name)
         direction = Direction(side.name, destination)
-        judgement, problem = judge_fail_closed(self.policies.current(direction), stanza, direction)
+        judgement, problem = judge_fail_closed(self.policies.current(direction), stanza, direction,
+                                               accept(stanza, addressed, size, direction))
         if problem is not None:
             log.error("policy for {direction} failed on a stanza: {problem!r}", direction=str(direction), problem=problem)
         self._act(judgement, Ticket(stanza, addressed.pair, size, direction, generation))

@@ -19,7 +19,10 @@ valid stream header.  A finding is any of:
   (the relay would fail closed, but it is still a bug);
 - a policy that changes the stanza it was given;
 - a passed stanza or a bounce that does not serialise to XML that parses back
-  to the same tree.
+  to the same tree;
+- a passed stanza holding a part its deciding rule does not allow (its
+  shapes, its folding profile's, an error's type and condition, the label the
+  guard writes), or larger than what arrived plus what the guard adds.
 """
 
 from __future__ import annotations
@@ -34,11 +37,14 @@ PROJECT_ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(PROJECT_ROOT))
 
 with atheris.instrument_imports():
+    from guard.core.accepted import accept
     from guard.core.addressing import Addressed, Misaddressed, check_addressing
     from guard.core.bounce import error_reply, may_bounce
     from guard.core.pipeline import AllowAll, Direction, Judgement, Verdict
     from guard.core.policy import load_policy
     from guard.edges.xmlstream import STREAM_ERROR_CONDITIONS, ParserLimits, StreamFault, StreamParser, serialise
+
+from tests.unit.policy.allowed import disallowed_parts, size_problem  # noqa: E402
 
 HEADER = (
     b"<stream:stream xmlns='jabber:server' xmlns:stream='http://etherx.jabber.org/streams'"
@@ -110,7 +116,8 @@ def test_one_input(data: bytes) -> None:
     pairs = PAIRS[(choice // len(POLICIES)) % len(PAIRS)]
 
     received = []
-    parser = StreamParser(lambda header: None, lambda element, size: received.append(element), lambda: None, LIMITS)
+    parser = StreamParser(lambda header: None, lambda element, size: received.append((element, size)), lambda: None,
+                          LIMITS)
     parser.feed(HEADER)
     try:
         parser.feed(tail)
@@ -118,7 +125,7 @@ def test_one_input(data: bytes) -> None:
         if fault.condition not in STREAM_ERROR_CONDITIONS:
             raise AssertionError(f"not an RFC 6120 condition: {fault.condition}")
 
-    for stanza in received:
+    for stanza, size in received:
         addressed = check_addressing(stanza, pairs, FRONTED)
         if isinstance(addressed, Misaddressed):
             if addressed.condition not in STREAM_ERROR_CONDITIONS:
@@ -129,13 +136,22 @@ def test_one_input(data: bytes) -> None:
         if addressed.pair not in pairs or addressed.recipient.host not in FRONTED:
             raise AssertionError(f"misaddressed stanza let through: {serialise(stanza)!r}")
         before = tree(stanza)
-        judgement = policy.judge(stanza, direction)  # an exception here is a finding
+        accepted = accept(stanza, addressed, size, direction)
+        judge = getattr(policy, "judge_accepted", None)
+        # An exception here is a finding.
+        judgement = judge(accepted, direction) if judge is not None else policy.judge(stanza, direction)
         if not isinstance(judgement, Judgement) or not isinstance(judgement.verdict, Verdict):
             raise AssertionError(f"policy returned {judgement!r}")
         if tree(stanza) != before:
             raise AssertionError(f"policy changed its input: {serialise(stanza)!r}")
         if judgement.verdict is Verdict.PASS:
             reparsed(judgement.stanza)
+            problems = disallowed_parts(policy, judgement, stanza)
+            if problems:
+                raise AssertionError(f"parts no rule allows leave: {problems}: {serialise(judgement.stanza)!r}")
+            grown = size_problem(serialise, judgement, stanza, size)
+            if grown:
+                raise AssertionError(f"{grown}: {serialise(judgement.stanza)!r}")
         elif judgement.verdict is Verdict.BOUNCE and may_bounce(stanza):
             reparsed(error_reply(stanza, judgement.condition or "not-allowed", judgement.text))
 

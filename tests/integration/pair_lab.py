@@ -66,6 +66,7 @@ id = "import-rest"
 rev = 1
 why = "Everything else is imported."
 verdict = "pass"
+keep = "everything"
 """
 
 HAG_PROFILE = """\

@@ -37,6 +37,7 @@ id = "pass-rest"
 rev = 1
 why = "Everything else passes."
 verdict = "pass"
+keep = "everything"
 """
 
 RELEASE = """

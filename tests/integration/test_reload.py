@@ -26,6 +26,7 @@ id = "pass-everything"
 rev = 1
 why = "Before the reload everything passes."
 verdict = "pass"
+keep = "everything"
 """
 
 DROP_MARKED = """
@@ -46,6 +47,7 @@ id = "pass-rest"
 rev = 1
 why = "Everything else passes."
 verdict = "pass"
+keep = "everything"
 """
 
 

@@ -10,6 +10,9 @@ red.example -> blue.example:
 - it is judged by the policy exactly once, the judgement is well formed, the
   stanza the policy was given is not changed, and what passes re-serialises to
   well-formed XML that parses back to the same tree: parse(serialise(x)) == x;
+- what passes carries only the parts its deciding rule allows (its shapes,
+  its folding profile's, an error's type and condition, the guard's label)
+  and is no larger than what arrived plus what the guard adds;
 - a stanza that is judged was sent from an authenticated domain to a domain
   the guard fronts on this side: never to a domain of the same side (hairpin).
 """
@@ -23,10 +26,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from twisted.words.xish import domish
 
+from guard.core.accepted import accept
 from guard.core.addressing import Addressed, Misaddressed, check_addressing, parse_jid
 from guard.core.pipeline import AllowAll, Direction, Judgement, Verdict, judge_fail_closed
 from guard.core.policy import load_policy
 from guard.edges.xmlstream import STREAM_ERROR_CONDITIONS, StreamFault, StreamParser, serialise
+from tests.unit.policy.allowed import disallowed_parts, size_problem
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 HEADER = (
@@ -62,8 +67,14 @@ class Parsed:
 
     def __init__(self, data: bytes):
         self.elements: list[domish.Element] = []
+        self.sizes: list[int] = []
         self.fault: str | None = None
-        parser = StreamParser(lambda header: None, lambda element, size: self.elements.append(element), lambda: None)
+
+        def received(element, size):
+            self.elements.append(element)
+            self.sizes.append(size)
+
+        parser = StreamParser(lambda header: None, received, lambda: None)
         try:
             parser.feed(data)
         except StreamFault as fault:
@@ -80,6 +91,13 @@ class CountingPolicy:
     def judge(self, stanza, direction):
         self.asked += 1
         return self.inner.judge(stanza, direction)
+
+    def judge_accepted(self, accepted, direction):
+        self.asked += 1
+        judge_accepted = getattr(self.inner, "judge_accepted", None)
+        if judge_accepted is None:
+            return self.inner.judge(accepted.element, direction)
+        return judge_accepted(accepted, direction)
 
 
 def _policy_directions():
@@ -192,7 +210,7 @@ def stanzas(draw) -> str:
 @SETTINGS
 @given(xml=stanzas())
 def test_any_stanza_is_refused_with_a_stream_error_or_judged_once(policy, direction, xml):
-    """Every stanza ends in an RFC 6120 stream error, or is judged exactly once and what passes re-parses equal."""
+    """Every stanza ends in an RFC 6120 stream error, or is judged exactly once; what passes re-parses equal, holds only allowed parts and does not grow."""
     parsed = Parsed(HEADER + xml.encode("utf-8"))
     if parsed.fault is not None:
         assert parsed.fault in STREAM_ERROR_CONDITIONS
@@ -206,7 +224,8 @@ def test_any_stanza_is_refused_with_a_stream_error_or_judged_once(policy, direct
         return
     assert isinstance(addressed, Addressed)
     before = serialise(stanza)
-    judgement, problem = judge_fail_closed(counting, stanza, direction)
+    (size,) = parsed.sizes
+    judgement, problem = judge_fail_closed(counting, stanza, direction, accept(stanza, addressed, size, direction))
 
     assert problem is None, problem
     assert counting.asked == 1
@@ -217,6 +236,8 @@ def test_any_stanza_is_refused_with_a_stream_error_or_judged_once(policy, direct
         again = Parsed(HEADER + text.encode("utf-8"))
         assert again.fault is None, (again.fault, text)
         assert [tree(element) for element in again.elements] == [tree(judgement.stanza)]
+        assert disallowed_parts(policy, judgement, stanza) == []
+        assert size_problem(serialise, judgement, stanza, size) is None
     elif judgement.verdict is Verdict.BOUNCE:
         assert judgement.condition
 

@@ -12,7 +12,7 @@ from guard.core.pipeline import Direction
 from guard.core.policy.elements import StanzaTextError, parse_stanza_text
 from guard.core.policy.problems import PolicyError, Problem
 
-CASE_KEYS = {"name", "stanza", "verdict", "rule", "condition", "output_contains", "output_lacks",
+CASE_KEYS = {"name", "stanza", "verdict", "rule", "condition", "output", "output_contains", "output_lacks",
              "text_contains", "direction"}
 MAX_CASES_BYTES = 4 * 1024 * 1024
 
@@ -63,7 +63,7 @@ def load_cases(path: str):
         where = f"case {case.get('name', number)}"
         if case.get("verdict") not in ("pass", "drop", "bounce"):
             problems.append(Problem(path, where, "verdict is pass, drop or bounce"))
-        for key in ("rule", "condition"):
+        for key in ("rule", "condition", "output"):
             if key in case and not isinstance(case[key], str):
                 problems.append(Problem(path, where, f"{key} is a string"))
         for key in ("output_contains", "output_lacks", "text_contains"):
@@ -71,6 +71,13 @@ def load_cases(path: str):
                 problems.append(Problem(path, where, f"{key} is a list of non-empty strings"))
         if "direction" in case and not _is_direction(case["direction"]):
             problems.append(Problem(path, where, "direction is \"source->destination\""))
+        if isinstance(case.get("output"), str):
+            if case.get("verdict") != "pass":
+                problems.append(Problem(path, where, "output (the exact stanza that leaves) goes with verdict pass"))
+            try:
+                parse_stanza_text(case["output"])
+            except StanzaTextError as problem:
+                problems.append(Problem(path, where, f"output: {problem}"))
     if problems:
         raise PolicyError(problems)
     return cases
@@ -96,7 +103,7 @@ def run_case(policy, case) -> CaseResult:
         source, destination = case["direction"].split("->", 1)
         direction = Direction(source.strip(), destination.strip())
     before = stanza.toXml()
-    judgement = policy.judge(stanza, direction)
+    judgement = policy.judge(stanza, direction, size=len(case["stanza"].strip().encode("utf-8")))
     if stanza.toXml() != before:
         result.failures.append("the policy changed the input stanza in place")
     if judgement.verdict.value != case["verdict"]:
@@ -110,6 +117,10 @@ def run_case(policy, case) -> CaseResult:
         if fragment not in (judgement.text or ""):
             result.failures.append(f"text {judgement.text!r} lacks {fragment!r}")
     output = judgement.stanza.toXml() if judgement.verdict.value == "pass" else ""
+    if "output" in case and judgement.verdict.value == "pass":
+        expected = parse_stanza_text(case["output"]).toXml()
+        if output != expected:
+            result.failures.append(f"leaves as {output}, expected exactly {expected}")
     for fragment in case.get("output_contains", []):
         if fragment not in output:
             result.failures.append(f"output lacks {fragment!r}: {output}")

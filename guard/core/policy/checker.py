@@ -77,9 +77,6 @@ def impossible(rule):
         possible = set().union(*(KIND_TYPES[k] for k in kinds))
         if not types & possible:
             reasons.append(f"type {sorted(types)} never occurs on {sorted(kinds)}")
-    about_label = [c for c in rule.conditions if c.about_label]
-    if about_label and types is not None and types <= {"error"}:
-        reasons.append("label conditions never hold on errors (errors are not label-checked)")
     if kinds == {"presence"} and any(isinstance(c, LabelPresence) and c.present for c in rule.conditions):
         reasons.append("labelled presence is dropped before any rule (XEP-0258)")
     above = [c.limit for c in _positive(rule, SizeAbove)]

@@ -6,23 +6,34 @@ changed afterwards, so that swapping policies is one reference assignment.
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 
+from guard.core.accepted import BAD_ADDRESS, NOT_A_STANZA, NotAccepted, accepted_from_element
 from guard.core.pipeline import Judgement, Verdict
-from guard.core.policy.conditions import DomainIs, KindIs, KINDS, Negated
+from guard.core.policy.conditions import DomainIs, KindIs, KINDS, Negated, TypeIs
 from guard.core.policy.elements import clone
 from guard.core.policy.facts import StanzaFacts
-from guard.core.policy.labels import LabelMeaningError, without_labels
+from guard.core.policy.labels import LabelMeaningError
+from guard.core.policy.shapes import EVERYTHING, envelope, kept_children, reduced_error
 
-RULE_NOT_A_STANZA = "guard:not-a-stanza"
-RULE_BAD_ADDRESS = "guard:bad-address"
+RULE_NOT_A_STANZA = NOT_A_STANZA
+RULE_BAD_ADDRESS = BAD_ADDRESS
 RULE_WRONG_DIRECTION = "guard:wrong-direction"
+RULE_UNKNOWN_TYPE = "guard:unknown-type"
 RULE_TWO_LABELS = "xep0258:two-labels"
 RULE_LABEL_ON_PRESENCE = "xep0258:label-on-presence"
 RULE_DEFAULT = "default"
+# The bounce text of a label that cannot be translated: the guard's own words;
+# why (which may quote the label) goes to the audit notes only.
+UNTRANSLATABLE = "The security label cannot be translated for the far side."
 
 INDEX_CACHE_LIMIT = 4096
+# Labels the guard has encoded, by judged value (DER encoding is the costly
+# part of releasing a labelled stanza); each use gets its own copy.  Bounded
+# in entries and in bytes (the text of each key and of each label kept); a
+# label with equivalent labels is encoded every time, never remembered.
+LABEL_CACHE_LIMIT = 1024
+LABEL_CACHE_BYTES = 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -42,6 +53,9 @@ class Rule:
     strip: tuple = ()
     log: str | None = None
     line: int | None = None
+    # What a passing verdict lets leave: shapes of the children kept (none:
+    # the envelope only), or EVERYTHING (allow-all: the matched stanza whole).
+    keep: object = ()
 
     @property
     def kinds(self):
@@ -50,6 +64,15 @@ class Rule:
             if isinstance(condition, KindIs):
                 return condition.kinds
         return KINDS
+
+    @property
+    def types(self):
+        """The types this rule can match (from its positive ``type`` conditions), or None for any."""
+        found = None
+        for condition in self.conditions:
+            if isinstance(condition, TypeIs):
+                found = condition.types if found is None else found & condition.types
+        return found
 
     def exact_domains(self, side):
         for condition in self.conditions:
@@ -88,8 +111,11 @@ class CompiledPolicy:
         self.translations = translations
         self.sides = sides  # (source, destination) or None
         self.description = description
+        self._types = {rule.order: rule.types for rule in self.rules}
         self._index = self._build_index()
         self._candidates_cache = {}
+        self._label_cache = {}
+        self._label_cache_bytes = 0
 
     # --- index ---------------------------------------------------------------
 
@@ -113,9 +139,9 @@ class CompiledPolicy:
             index[kind] = (by_to, by_from, general)
         return index
 
-    def candidates(self, kind, from_domain, to_domain):
-        """The rules that can possibly match, in file order."""
-        key = (kind, from_domain, to_domain)
+    def candidates(self, kind, from_domain, to_domain, stanza_type=None):
+        """The rules that can possibly match (of this kind, domains and, when given, type), in file order."""
+        key = (kind, from_domain, to_domain, stanza_type)
         found = self._candidates_cache.get(key)
         if found is not None:
             return found
@@ -123,7 +149,8 @@ class CompiledPolicy:
         merged = {rule.order: rule for rule in general}
         merged.update((rule.order, rule) for rule in by_to.get(to_domain, ()))
         merged.update((rule.order, rule) for rule in by_from.get(from_domain, ()))
-        found = tuple(merged[order] for order in sorted(merged))
+        found = tuple(merged[order] for order in sorted(merged)
+                      if stanza_type is None or self._types[order] is None or stanza_type in self._types[order])
         if len(self._candidates_cache) >= INDEX_CACHE_LIMIT:
             self._candidates_cache.clear()
         self._candidates_cache[key] = found
@@ -131,26 +158,36 @@ class CompiledPolicy:
 
     # --- judging -------------------------------------------------------------
 
-    def judge(self, stanza, direction):
-        """Decide what becomes of ``stanza`` crossing in ``direction``."""
-        return self._evaluate(stanza, direction, None)
+    def judge(self, stanza, direction, size=None):
+        """
+        Decide what becomes of ``stanza`` (an element) crossing in ``direction``;
+        ``size`` is the length of the text it was read from, when known.
+        """
+        return self.judge_accepted(accepted_from_element(stanza, direction, size), direction)
 
-    def explain(self, stanza, direction=None):
+    def judge_accepted(self, accepted, direction=None):
+        """Decide what becomes of an accepted stanza (see ``guard.core.accepted``)."""
+        return self._evaluate(accepted, direction, None)
+
+    def explain(self, stanza, direction=None, size=None):
         """Judge ``stanza`` considering every rule in order, recording why each matched or not."""
         considered, preliminary = [], []
-        judgement = self._evaluate(stanza, direction, (considered, preliminary))
+        accepted = accepted_from_element(stanza, direction, size)
+        judgement = self._evaluate(accepted, direction, (considered, preliminary))
         return Explanation(judgement, considered, preliminary)
 
-    def _evaluate(self, stanza, direction, trace):
+    def _evaluate(self, accepted, direction, trace):
+        if isinstance(accepted, NotAccepted):
+            return Judgement.dropped(accepted.element, accepted.rule, text=accepted.text)
+        stanza = accepted.element
         if self.sides is not None and direction is not None:
             if (direction.source, direction.destination) != self.sides:
                 return Judgement.dropped(stanza, RULE_WRONG_DIRECTION,
                                          text=f"policy {self.name} is for {self.sides[0]}->{self.sides[1]}, not {direction}")
-        facts = StanzaFacts(stanza, self.labels)
-        if facts.kind is None:
-            return Judgement.dropped(stanza, RULE_NOT_A_STANZA, text=f"not a stanza: {stanza.name}")
-        if facts.sender is None or facts.receiver is None:
-            return Judgement.dropped(stanza, RULE_BAD_ADDRESS, text="missing or malformed from/to")
+        if not accepted.type_is_known:
+            return Judgement.dropped(stanza, RULE_UNKNOWN_TYPE,
+                                     text=f"{accepted.kind} type is not one RFC 6120/6121 defines")
+        facts = StanzaFacts(accepted, self.labels)
         marked = facts.stanza_label
         if marked.count > 1:
             return self._refuse(facts, RULE_TWO_LABELS, 1, "bad-request",
@@ -161,10 +198,10 @@ class CompiledPolicy:
                                      text="security label on presence is a protocol violation (XEP-0258)")
         if trace is not None:
             trace[1].append(f"kind {facts.kind}, type {facts.type or '(none)'}, "
-                            f"{facts.from_domain} -> {facts.to_domain}")
+                            f"{facts.from_domain} -> {facts.to_domain}, {facts.size} bytes")
             rules = self.rules
         else:
-            rules = self.candidates(facts.kind, facts.from_domain, facts.to_domain)
+            rules = self.candidates(facts.kind, facts.from_domain, facts.to_domain, facts.type)
         current, actions, notes = stanza, [], []
         for rule in rules:
             if trace is None:
@@ -191,49 +228,121 @@ class CompiledPolicy:
                 continue
             return self._decide(rule, facts, current, actions, notes)
         verdict, condition, text = self.default
-        return self._finish(facts, RULE_DEFAULT, 1, verdict, current, condition, text, None, None, actions, notes)
+        return self._finish(facts, RULE_DEFAULT, 1, verdict, current, condition, text, None, None, (),
+                            actions, notes)
 
     def _decide(self, rule, facts, current, actions, notes):
         return self._finish(facts, rule.id, rule.rev, rule.verdict, current, rule.condition,
-                            rule.text, rule.fold, rule.translate, actions, notes)
+                            rule.text, rule.fold, rule.translate, rule.keep, actions, notes)
 
-    def _finish(self, facts, rule_id, rev, verdict, current, condition, text, fold, translate, actions, notes):
+    def _finish(self, facts, rule_id, rev, verdict, current, condition, text, fold, translate, keep,
+                actions, notes):
         stanza = facts.stanza
         if verdict == "drop":
-            return _with(Judgement.dropped(stanza, rule_id, rev, text=text), actions, notes)
+            return Judgement(Verdict.DROP, stanza, rule_id, rev, None, text, tuple(actions), tuple(notes),
+                             facts.accepted)
         if verdict == "bounce":
-            return _with(self._refuse(facts, rule_id, rev, condition, text), actions, notes)
+            return _with(self._refuse(facts, rule_id, rev, condition, text), actions, notes, facts)
         if verdict == "refer":
             # The relay asks the release authority with the stanza as it stands
             # (after any strip actions); with none configured it drops.
-            return _with(Judgement.referred(current, rule_id, rev), actions, notes)
+            return _with(Judgement.referred(current, rule_id, rev), actions, notes, facts)
         if verdict not in ("pass", "fold", "translate"):
             return Judgement.dropped(stanza, rule_id, rev, text=f"unknown verdict {verdict!r}")
-        outgoing = current
+        if keep == EVERYTHING:
+            # allow-all: the guard terminates streams and judges nothing; the
+            # stanza leaves whole (re-serialised by the wire serialiser).
+            return _with(Judgement.passed(clone(current), rule_id, rev), actions + ["keep:everything"], notes, facts)
+        outgoing, refusal = self._construct(facts, current, fold, translate, keep, actions, notes)
+        if outgoing is None:
+            return _with(refusal(stanza, rule_id, rev), actions, notes, facts)
+        return Judgement(Verdict.PASS, outgoing, rule_id, rev, None, None, tuple(actions), tuple(notes),
+                         facts.accepted)
+
+    def _construct(self, facts, current, fold, translate, keep, actions, notes):
+        """
+        The stanza that leaves, built new: the envelope, then what the verdict
+        allows (an error's reduced ``<error/>``; the folding profile's or the
+        rule's kept children), then the label the guard encodes from the value
+        it judged.  ``(None, refusal)`` when it cannot be built; ``refusal``
+        makes the judgement from (stanza, rule id, rev).
+        """
+        outgoing = envelope(facts.accepted)
         if facts.is_error:
-            # Errors carry no label and are not label-checked: never let one carry a marking across.
-            outgoing = without_labels(outgoing)
-        elif translate is not None:
+            # An error carries its type and one defined condition, never the payload it echoes.
+            if fold is not None and fold.drops_type(facts.kind, facts.type):
+                actions.append(f"fold:{fold.name}")
+                return None, _dropping(f"folded away: message type {facts.type} is folded away")
+            error = reduced_error(current)
+            if error.element is None:
+                return None, _dropping(error.reason)
+            outgoing.addChild(error.element)
+            actions.append("error:reduced")
+        elif fold is not None:
+            folded = fold.fold(current, facts.type)
+            actions.append(f"fold:{fold.name}")
+            if folded.children is None:
+                return None, _dropping(f"folded away: {folded.note}")
+            for child in folded.children:
+                outgoing.addChild(child)
+        else:
+            for child in kept_children(current, keep, outgoing.uri):
+                outgoing.addChild(child)
+        if translate is not None:
             label, why = facts.label
             if label is None:
-                return _with(self._refuse(facts, rule_id, rev, "policy-violation",
-                                          f"security label cannot be translated: {why}"), actions, notes)
+                notes.append(f"security label cannot be translated: {why}")
+                return None, self._refusing(facts, UNTRANSLATABLE)
             try:
-                relabelled = self.labels.relabelled(facts.stanza_label.element, label, translate)
+                relabelled = self._encoded(("translate", translate.name, label, facts.stanza_label),
+                                           lambda: self.labels.relabelled(facts.stanza_label.element, label, translate))
             except LabelMeaningError as problem:
-                return _with(self._refuse(facts, rule_id, rev, "policy-violation",
-                                          f"security label cannot be translated: {problem}"), actions, notes)
-            outgoing = without_labels(outgoing)
+                notes.append(f"security label cannot be translated: {problem}")
+                return None, self._refusing(facts, UNTRANSLATABLE)
             outgoing.addChild(relabelled)
             actions.append(f"translate:{translate.name}")
-        if fold is not None:
-            folded = fold.fold(outgoing)
-            if folded.stanza is None:
-                return _with(Judgement.dropped(stanza, rule_id, rev, text=f"folded away: {folded.note}"),
-                             actions + [f"fold:{fold.name}"], notes)
-            outgoing = folded.stanza
-            actions.append(f"fold:{fold.name}")
-        return _with(Judgement.passed(outgoing, rule_id, rev), actions, notes)
+        elif facts.stanza_label.present:
+            # Never the sender's label: the one the guard encodes from what it judged.
+            label, why = facts.label
+            if label is None or self.labels is None:
+                return None, _dropping(f"the security label cannot be carried: {why}")
+            try:
+                outgoing.addChild(self._encoded(("release", label, facts.stanza_label),
+                                                lambda: self.labels.outgoing_label(facts.stanza_label, label)))
+            except (LabelMeaningError, KeyError, ValueError) as problem:
+                return None, _dropping(f"the security label cannot be carried: {problem}")
+            actions.append("label:re-encoded")
+        return outgoing, None
+
+    def _encoded(self, key, encode):
+        """
+        A copy of the ``<securitylabel/>`` ``encode()`` builds, remembered by
+        ``key``: the judged value and the wire label it was read from (its
+        label and equivalents, never its element).  Bounded; any failure to
+        build is raised, never remembered.
+        """
+        kind, *judged, marked = key
+        if marked.equivalents:
+            return encode()
+        key = (kind, *judged, marked.label)
+        try:
+            found = self._label_cache.get(key)
+        except TypeError:  # a value that cannot be a key: build it every time
+            return encode()
+        if found is None:
+            found = encode()
+            cost = len(repr(key)) + len(found.toXml())
+            if cost > LABEL_CACHE_BYTES:
+                return found
+            if len(self._label_cache) >= LABEL_CACHE_LIMIT or self._label_cache_bytes + cost > LABEL_CACHE_BYTES:
+                self._label_cache.clear()
+                self._label_cache_bytes = 0
+            self._label_cache[key] = found
+            self._label_cache_bytes += cost
+        return clone(found)
+
+    def _refusing(self, facts, text):
+        return lambda stanza, rule_id, rev: self._refuse(facts, rule_id, rev, "policy-violation", text)
 
     def _refuse(self, facts, rule_id, rev, condition, text):
         """Bounce, except to an error or an iq result, which are dropped instead."""
@@ -243,15 +352,21 @@ class CompiledPolicy:
         return Judgement.bounced(facts.stanza, rule_id, condition or "not-acceptable", text=text, rule_rev=rev)
 
 
+def _dropping(text):
+    return lambda stanza, rule_id, rev: Judgement.dropped(stanza, rule_id, rev, text=text)
+
+
 def _considered(rule, matched, reasons):
     return Consideration(rule, matched, reasons)
 
 
-def _with(judgement, actions, notes):
-    """Attach the actions taken and the audit notes to a judgement."""
-    if not actions and not notes:
+def _with(judgement, actions, notes, facts=None):
+    """Attach the actions taken, the audit notes and the accepted stanza to a judgement."""
+    accepted = facts.accepted if facts is not None else None
+    if not actions and not notes and accepted is None:
         return judgement
-    return dataclasses.replace(judgement, actions=tuple(actions), notes=tuple(notes))
+    return Judgement(judgement.verdict, judgement.stanza, judgement.rule_id, judgement.rule_rev,
+                     judgement.condition, judgement.text, tuple(actions), tuple(notes), accepted)
 
 
 __all__ = ["CompiledPolicy", "Rule", "Explanation", "Consideration", "Negated", "Verdict"]

@@ -14,6 +14,7 @@ import re2
 import re
 from dataclasses import dataclass
 
+from guard.core.accepted import KIND_TYPES as _KIND_TYPES
 from guard.core.policy.elements import STANZA_KINDS, STANZA_NAMESPACES, child_elements, text_of
 
 MAX_REGEX = 512
@@ -362,7 +363,7 @@ class SizeBelow(Condition):
 
 
 class LabelCondition(Condition):
-    """Conditions on security labels never hold on error stanzas (errors are not label-checked)."""
+    """Conditions on security labels; an error's label is judged like any other."""
 
     about_label = True
     # Whether the condition reads the label's meaning (policy, classification,
@@ -372,15 +373,11 @@ class LabelCondition(Condition):
     needs_meaning = True
 
     def holds(self, facts):
-        if facts.is_error:
-            return False
         if self.needs_meaning and facts.label[0] is None:
             return self.when_unknown
         return self.test(facts)
 
     def explain(self, facts):
-        if facts.is_error:
-            return f"{self.key}: errors are not label-checked"
         return self.describe(facts)
 
     def test(self, facts):
@@ -511,8 +508,6 @@ class Negated(Condition):
         return self.inner.about_label
 
     def holds(self, facts):
-        if self.inner.about_label and facts.is_error:
-            return False
         if getattr(self.inner, "needs_meaning", False) and facts.label[0] is None:
             return self.when_unknown
         return not self.inner.holds(facts)
@@ -521,10 +516,6 @@ class Negated(Condition):
         return f"not ({self.inner.explain(facts)})"
 
 
-KIND_TYPES = {
-    "message": {"normal", "chat", "groupchat", "headline", "error"},
-    "presence": {"available", "unavailable", "subscribe", "subscribed", "unsubscribe", "unsubscribed", "probe", "error"},
-    "iq": {"get", "set", "result", "error"},
-}
+KIND_TYPES = {kind: set(types) for kind, types in _KIND_TYPES.items()}
 ALL_TYPES = set().union(*KIND_TYPES.values())
 KINDS = frozenset(STANZA_KINDS)

@@ -5,68 +5,62 @@ only when a rule asks for it.
 
 from __future__ import annotations
 
-import functools
 from functools import cached_property
 
-from twisted.words.protocols.jabber import jid
-from twisted.words.xish import domish
-
-from guard.core.policy.elements import STANZA_KINDS, STANZA_NAMESPACES, child_elements, text_of
+from guard.core.accepted import NotAccepted, accepted_from_element
+from guard.core.policy.elements import STANZA_NAMESPACES, child_elements, text_of
 from guard.core.policy.labels import LabelMeaningError, read_stanza_label
 
-DEFAULT_TYPES = {"message": "normal", "presence": "available", "iq": ""}
-
-
-JID_CACHE_SIZE = 4096
-
-
-def parse_jid(text):
-    """A ``JID`` or ``None`` when absent or malformed."""
-    if not text:
-        return None
-    try:
-        return _prepared_jid(text)
-    except Exception:  # noqa: BLE001 - any stringprep failure: not an address
-        return None
-
-
-@functools.lru_cache(maxsize=JID_CACHE_SIZE)
-def _prepared_jid(text):
-    """
-    A JID, remembered (stringprep is slow and peers reuse addresses).  Not
-    ``jid.internJID``: its cache never forgets, and senders choose addresses.
-    """
-    return jid.JID(text)
+# Stands in the payload namespaces for text directly inside the stanza: text is payload too.
+TEXT_PAYLOAD = "#text"
+XML_WHITESPACE = " \t\r\n"
 
 
 class StanzaFacts:
-    """The facts of one stanza that conditions test."""
+    """
+    The facts of one accepted stanza that conditions test.  Kind, type,
+    addresses and size are the accepted value's (parsed and measured once,
+    see ``guard.core.accepted``); the rest is read here, once, on demand.
+    """
 
-    def __init__(self, stanza: domish.Element, authority):
-        self.stanza = stanza
+    def __init__(self, accepted, authority):
+        self.accepted = accepted
+        self.stanza = accepted.element
         self.authority = authority
-        self.kind = stanza.name if stanza.uri in STANZA_NAMESPACES and stanza.name in STANZA_KINDS else None
-        self.type = stanza.getAttribute("type") or DEFAULT_TYPES.get(stanza.name, "")
-        self.sender = parse_jid(stanza.getAttribute("from"))
-        self.receiver = parse_jid(stanza.getAttribute("to"))
-        self.from_domain = self.sender.host if self.sender is not None else None
-        self.to_domain = self.receiver.host if self.receiver is not None else None
-        self.is_error = self.type == "error"
+        self.kind = accepted.kind
+        self.type = accepted.type
+        self.sender = accepted.sender
+        self.receiver = accepted.recipient
+        self.from_domain = self.sender.host
+        self.to_domain = self.receiver.host
+        self.is_error = accepted.is_error
+        self.size = accepted.size
+
+    @classmethod
+    def of(cls, element, authority, direction=None, size=None):
+        """The facts of ``element`` where no stream parser saw it (tests, tools): ValueError when it is no stanza."""
+        accepted = accepted_from_element(element, direction, size)
+        if isinstance(accepted, NotAccepted):
+            raise ValueError(accepted.text)
+        return cls(accepted, authority)
 
     @cached_property
     def namespaces(self) -> frozenset:
-        """Namespaces of the payload: direct children outside the stanza's own namespace."""
-        return frozenset(c.uri for c in child_elements(self.stanza) if c.uri not in STANZA_NAMESPACES)
+        """
+        Namespaces of the payload: every direct child's, the stanza's own
+        namespace included, and ``#text`` when the stanza holds text that is
+        not whitespace.  Nothing inside a stanza is outside its payload.
+        """
+        found = {child.uri for child in child_elements(self.stanza)}
+        if any(isinstance(child, str) and child.strip(XML_WHITESPACE) for child in self.stanza.children):
+            found.add(TEXT_PAYLOAD)
+        return frozenset(found)
 
     @cached_property
     def bodies(self) -> tuple:
         """The text of every ``<body/>`` (one per xml:lang): a pattern has to look at all of them."""
         return tuple(text_of(child) for child in child_elements(self.stanza)
                      if child.name == "body" and child.uri in STANZA_NAMESPACES)
-
-    @cached_property
-    def size(self) -> int:
-        return len(self.stanza.toXml().encode("utf-8"))
 
     @cached_property
     def stanza_label(self):

@@ -1,12 +1,14 @@
 """
 Folding: reduce what crosses the boundary to what the receiving side needs.
 
-A folding profile has a ``message`` part (strip named elements, drop whole
-message kinds) and/or a ``presence`` part (reduce presence to a small set of
-states and keep only allow-listed children).  Folding never mutates its
-input: it builds a new element.  Text directly inside a folded stanza (not
-inside one of its children) is never carried: in XMPP it means nothing, so
-across a boundary it could only be a covert channel.
+A folding profile has a ``message`` part (the children a message keeps, by
+shape; whole message types dropped) and/or a ``presence`` part (presence
+reduced to a small set of states, and the children it keeps, by shape).
+Folding never mutates its input and never copies it: it says which children
+leave, each built new from its shape, and the judge puts them in a new
+envelope.  Text directly inside a folded stanza (not inside one of its
+children) is never carried: in XMPP it means nothing, so across a boundary it
+could only be a covert channel.
 """
 
 from __future__ import annotations
@@ -15,7 +17,8 @@ from dataclasses import dataclass
 
 from twisted.words.xish import domish
 
-from guard.core.policy.elements import STANZA_NAMESPACES, child_elements, clone, text_of
+from guard.core.policy.elements import STANZA_NAMESPACES, child_elements, text_of
+from guard.core.policy.shapes import kept_children
 
 PRESENCE_STATES = ("available", "away", "xa", "dnd", "chat", "unavailable")
 
@@ -25,9 +28,12 @@ _FALLBACK = {"chat": "available", "dnd": "away", "xa": "away", "away": "availabl
 
 @dataclass(frozen=True)
 class Folded:
-    """The outcome of folding: a new stanza, or ``None`` with the reason it was folded away."""
+    """
+    The outcome of folding: the children that leave (built new, in order), or
+    ``None`` with the reason the stanza was folded away.
+    """
 
-    stanza: domish.Element | None
+    children: list | None
     note: str
 
 
@@ -40,30 +46,26 @@ def _is_envelope(element):
 
 @dataclass(frozen=True)
 class MessageFolding:
-    strip: tuple  # ElementPattern
+    keep: tuple  # Shape
     drop_types: frozenset
     drop_if_only: tuple  # ElementPattern
 
-    def fold(self, stanza):
-        message_type = stanza.getAttribute("type") or "normal"
-        if message_type in self.drop_types:
-            return Folded(None, f"message type {message_type} is folded away")
+    def fold(self, stanza, stanza_type):
+        if stanza_type in self.drop_types:
+            return Folded(None, f"message type {stanza_type} is folded away")
         children = [c for c in child_elements(stanza) if not _is_envelope(c)]
         if self.drop_if_only and children and all(any(p.matches(c) for p in self.drop_if_only) for c in children):
             return Folded(None, "message holds only elements that are folded away")
-        stripped = [c for c in child_elements(stanza) if any(p.matches(c) for p in self.strip)]
-        result = clone(stanza, skip=lambda c: any(p.matches(c) for p in self.strip), keep_text=False)
-        names = sorted({f"{{{c.uri}}}{c.name}" for c in stripped})
-        return Folded(result, f"stripped {names}" if names else "nothing to strip")
+        kept = kept_children(stanza, self.keep, stanza.uri)
+        return Folded(kept, f"kept {len(kept)} of {len(child_elements(stanza))} children")
 
 
 @dataclass(frozen=True)
 class PresenceFolding:
     states: frozenset
-    keep: tuple  # ElementPattern
+    keep: tuple  # Shape
 
-    def _state(self, stanza):
-        presence_type = stanza.getAttribute("type")
+    def _state(self, stanza, presence_type):
         if presence_type == "unavailable":
             return "unavailable"
         show = None
@@ -72,34 +74,22 @@ class PresenceFolding:
                 show = text_of(child).strip()
         return show if show in ("away", "xa", "dnd", "chat") else "available"
 
-    def fold(self, stanza):
-        presence_type = stanza.getAttribute("type")
-        if presence_type not in (None, "unavailable"):
-            # Subscriptions and probes carry no state; keep only allowed children
-            # (and an error's <error/>, which is what the error is about).
-            def dropped(child):
-                if presence_type == "error" and child.name == "error" and child.uri in STANZA_NAMESPACES:
-                    return False
-                return not any(p.matches(child) for p in self.keep)
-
-            result = clone(stanza, skip=dropped, keep_text=False)
-            return Folded(result, f"presence {presence_type}: kept only allow-listed children")
-        state = self._state(stanza)
+    def fold(self, stanza, presence_type):
+        kept = kept_children(stanza, self.keep, stanza.uri)
+        if presence_type not in ("available", "unavailable"):
+            # Subscriptions and probes carry no state: only the kept children.
+            return Folded(kept, f"presence {presence_type}: kept only the profile's children")
+        state = self._state(stanza, presence_type)
         folded_state = state
         while folded_state is not None and folded_state not in self.states and folded_state != "unavailable":
             folded_state = _FALLBACK[folded_state]
         if folded_state is None:
             return Folded(None, f"presence state {state} has no place in this profile")
-        result = clone(stanza, skip=lambda c: True, keep_text=False)
-        for child in child_elements(stanza):
-            if any(p.matches(child) for p in self.keep):
-                result.addChild(clone(child))
         if folded_state not in ("available", "unavailable"):
-            show = domish.Element((stanza.uri, "show"))
+            show = domish.Element((stanza.uri, "show"), defaultUri=stanza.uri)
             show.addContent(folded_state)
-            result.children.insert(0, show)
-            show.parent = result
-        return Folded(result, f"presence {state} folded to {folded_state}")
+            kept.insert(0, show)
+        return Folded(kept, f"presence {state} folded to {folded_state}")
 
 
 @dataclass(frozen=True)
@@ -108,12 +98,17 @@ class FoldingProfile:
     message: MessageFolding | None
     presence: PresenceFolding | None
 
-    def fold(self, stanza) -> Folded:
+    def fold(self, stanza, stanza_type) -> Folded:
+        """The children of ``stanza`` (of type ``stanza_type``, defaults applied) that leave."""
         if stanza.name == "message" and self.message is not None:
-            return self.message.fold(stanza)
+            return self.message.fold(stanza, stanza_type)
         if stanza.name == "presence" and self.presence is not None:
-            return self.presence.fold(stanza)
+            return self.presence.fold(stanza, stanza_type)
         return Folded(None, f"folding profile {self.name} does not fold {stanza.name}")
+
+    def drops_type(self, kind, stanza_type) -> bool:
+        """Whether this profile folds away every stanza of ``kind`` and ``stanza_type`` (``message.drop_types``)."""
+        return kind == "message" and self.message is not None and stanza_type in self.message.drop_types
 
     @property
     def kinds(self):

@@ -24,22 +24,17 @@ from guard.core.policy.labels import (
     SecurityLabel, Translation,
 )
 from guard.core.policy.problems import PolicyError, Problem, SourceLines
+from guard.core.policy.shapes import (
+    ATTRIBUTE_NAME, EVERYTHING, STANZA_ERROR_CONDITIONS, Shape, built_in_shapes, parse_element_name,
+)
 
 MAX_POLICY_BYTES = 4 * 1024 * 1024
 MAX_RULES = 100_000
 
-STANZA_ERROR_CONDITIONS = frozenset({
-    "bad-request", "conflict", "feature-not-implemented", "forbidden", "gone", "internal-server-error",
-    "item-not-found", "jid-malformed", "not-acceptable", "not-allowed", "not-authorized",
-    "policy-violation", "recipient-unavailable", "redirect", "registration-required",
-    "remote-server-not-found", "remote-server-timeout", "resource-constraint", "service-unavailable",
-    "subscription-required", "undefined-condition", "unexpected-request",
-})
-
 VERDICTS = ("pass", "drop", "bounce", "fold", "translate", "refer", "continue")
 DEFAULT_VERDICTS = ("pass", "drop", "bounce")
 
-TOP_KEYS = {"policy", "sets", "label_policies", "labels", "translations", "folding", "rules"}
+TOP_KEYS = {"policy", "sets", "shapes", "label_policies", "labels", "translations", "folding", "rules"}
 POLICY_KEYS = {"name", "description", "default", "default_condition", "default_text", "from_side", "to_side"}
 SET_KINDS = {"domains", "jids", "namespaces", "labels"}
 LABEL_POLICY_KEYS = {"name", "ess_oid", "stanag_id", "emit", "classifications", "categories"}
@@ -50,9 +45,10 @@ PEER_KEYS = {"clearance", "default_label"}
 LABEL_SPEC_KEYS = {"policy", "classification", "categories"}
 TRANSLATION_KEYS = {"from", "to", "classifications", "categories", "keep_original"}
 FOLDING_KEYS = {"message", "presence"}
-MESSAGE_FOLDING_KEYS = {"strip", "drop_types", "drop_if_only"}
+MESSAGE_FOLDING_KEYS = {"keep", "drop_types", "drop_if_only"}
 PRESENCE_FOLDING_KEYS = {"states", "keep"}
-RULE_META_KEYS = {"id", "rev", "why", "verdict", "condition", "text", "fold", "translate", "strip", "log"}
+RULE_META_KEYS = {"id", "rev", "why", "verdict", "condition", "text", "fold", "translate", "strip", "log", "keep"}
+SHAPE_KEYS = {"element", "attributes", "text", "children"}
 CONDITION_KEYS = {
     "kind", "type", "from_domain", "to_domain", "from_jid", "to_jid", "payload_present",
     "payload_absent", "payload_only", "inspect", "body_matches", "larger_than", "smaller_than",
@@ -137,8 +133,9 @@ def _compile(reader, document):
     label_policies = _label_policies(reader, document.get("label_policies", []))
     translations = _translations(reader, document.get("translations", {}), label_policies)
     authority = _labels(reader, document.get("labels", {}), label_policies, translations)
-    folding = _folding(reader, document.get("folding", {}))
-    context = _RuleContext(sets, label_policies, translations, folding, authority)
+    shapes = _shapes(reader, document.get("shapes", {}))
+    folding = _folding(reader, document.get("folding", {}), shapes, document.get("rules", []))
+    context = _RuleContext(sets, label_policies, translations, folding, authority, shapes)
     rules = _rules(reader, document.get("rules", []), context)
     description = meta.get("description", "")
     return CompiledPolicy(name, reader.path, rules, default, authority, folding, translations,
@@ -385,7 +382,62 @@ def _patterns(reader, values, where, line):
     return tuple(patterns)
 
 
-def _folding(reader, value):
+def _shapes(reader, value):
+    """The built-in shapes and the file's ``[shapes.<name>]``, their children resolved by name."""
+    shapes = built_in_shapes()
+    declared = {}
+    for name, table in reader.table(value, "[shapes]", reader.lines.section("shapes")).items():
+        where = f"shape {name}"
+        line = reader.lines.section(f"shapes.{name}")
+        table = reader.table(table, where, line)
+        reader.unknown_keys(table, SHAPE_KEYS, where, line)
+        if name in shapes:
+            reader.problem(where, f"{name!r} is a built-in shape and cannot be redeclared", line)
+            continue
+        element = parse_element_name(table.get("element"))
+        if element is None:
+            reader.problem(where, "element is required: {namespace}name, or name in the stanza namespace", line)
+            continue
+        attributes = table.get("attributes", [])
+        if not isinstance(attributes, list) or any(
+                not isinstance(a, str) or not (a == "xml:lang" or ATTRIBUTE_NAME.fullmatch(a)) for a in attributes):
+            reader.problem(where, "attributes lists attribute names (plain names, or xml:lang)", line)
+            attributes = []
+        text = table.get("text", False)
+        if not isinstance(text, bool):
+            reader.problem(where, "text is true or false", line)
+            text = False
+        children = table.get("children", [])
+        if not isinstance(children, list) or any(not isinstance(c, str) for c in children):
+            reader.problem(where, "children lists shape names", line)
+            children = []
+        shapes[name] = Shape(name, element[0], element[1], tuple(attributes), text)
+        declared[name] = (children, where, line)
+    for name, (children, where, line) in declared.items():
+        for child in children:
+            if child not in shapes:
+                reader.problem(where, f"unknown shape {child!r} in children", line)
+                continue
+            shapes[name].children.append(shapes[child])
+    return shapes
+
+
+def _shape_list(reader, shapes, values, where, line, key):
+    """The shapes named in ``values`` (a list of shape names)."""
+    if not isinstance(values, list) or any(not isinstance(v, str) for v in values):
+        reader.problem(where, f"{key} lists shape names (built in: {', '.join(sorted(built_in_shapes()))}, "
+                              f"or [shapes.<name>] of this file)", line)
+        return ()
+    found = []
+    for value in values:
+        if value not in shapes:
+            reader.problem(where, f"{key}: unknown shape {value!r}", line)
+            continue
+        found.append(shapes[value])
+    return tuple(found)
+
+
+def _folding(reader, value, shapes, rules):
     profiles = {}
     for name, table in reader.table(value, "[folding]").items():
         where = f"folding profile {name}"
@@ -395,12 +447,22 @@ def _folding(reader, value):
         message = presence = None
         if "message" in table:
             part = reader.table(table["message"], where, line)
-            reader.unknown_keys(part, MESSAGE_FOLDING_KEYS, f"{where} message", line)
+            if "strip" in part:
+                users = [r.get("id") for r in rules if isinstance(r, dict) and r.get("fold") == name] \
+                    if isinstance(rules, list) else []
+                reader.problem(where, "message.strip is a deny-list and is no longer read: a folded message is "
+                                      "built from what it keeps; list that as message.keep = [shape names] "
+                                      "(see policies/README.md)"
+                                      + (f"; used by rule {', '.join(map(str, users))}" if users else ""),
+                               reader.lines.section(f"folding.{name}", "message.strip"))
+            reader.unknown_keys({k: v for k, v in part.items() if k != "strip"}, MESSAGE_FOLDING_KEYS,
+                                f"{where} message", line)
             drop_types = part.get("drop_types", [])
             if not isinstance(drop_types, list) or any(t not in ("normal", "chat", "groupchat", "headline", "error") for t in drop_types):
                 reader.problem(where, "message.drop_types lists message types", line)
                 drop_types = []
-            message = MessageFolding(_patterns(reader, part.get("strip", []), where, line), frozenset(drop_types),
+            message = MessageFolding(_shape_list(reader, shapes, part.get("keep", []), where, line, "message.keep"),
+                                     frozenset(drop_types),
                                      _patterns(reader, part.get("drop_if_only", []), where, line))
         if "presence" in table:
             part = reader.table(table["presence"], where, line)
@@ -409,7 +471,11 @@ def _folding(reader, value):
             if not isinstance(states, list) or any(s not in PRESENCE_STATES for s in states):
                 reader.problem(where, f"presence.states lists states among {PRESENCE_STATES}", line)
                 states = ["available", "unavailable"]
-            presence = PresenceFolding(frozenset(states), _patterns(reader, part.get("keep", []), where, line))
+            keep = _shape_list(reader, shapes, part.get("keep", []), where, line, "presence.keep")
+            if any(shape.uri is None and shape.element == "show" for shape in keep):
+                reader.problem(where, "presence.keep: <show/> is written by folding from the folded state; "
+                                      "it is not kept", line)
+            presence = PresenceFolding(frozenset(states), keep)
         if message is None and presence is None:
             reader.problem(where, "a folding profile needs a message or a presence part", line)
         profiles[name] = FoldingProfile(name, message, presence)
@@ -417,7 +483,8 @@ def _folding(reader, value):
 
 
 class _RuleContext:
-    def __init__(self, sets, label_policies, translations, folding, authority):
+    def __init__(self, sets, label_policies, translations, folding, authority, shapes):
+        self.shapes = shapes
         self.sets = sets
         self.label_policies = label_policies
         self.translations = translations
@@ -651,7 +718,20 @@ def _rule_action(reader, table, context, where, order, line, rule_id, rev, why, 
     if log is not None and not isinstance(log, str):
         reader.problem(where, "log must be a string", reader.lines.rule(order, "log"))
         log = None
+    keep = ()
+    if "keep" in table:
+        keep_line = reader.lines.rule(order, "keep")
+        if verdict not in ("pass", "translate"):
+            reader.problem(where, "keep only goes with verdict pass or translate (it says what leaves)", keep_line)
+        elif fold is not None:
+            reader.problem(where, "keep does not go with fold: the folding profile says what leaves", keep_line)
+        elif table["keep"] == EVERYTHING:
+            if translate is not None:
+                reader.problem(where, f"keep = {EVERYTHING!r} does not go with translate", keep_line)
+            keep = EVERYTHING
+        else:
+            keep = _shape_list(reader, context.shapes, table["keep"], where, keep_line, "keep")
     if verdict == "continue" and not strip and not log:
         reader.problem(where, "verdict continue without strip or log does nothing", line)
     return Rule(rule_id, rev, why, order, tuple(conditions), verdict, condition, text, fold, translate,
-                strip, log, line)
+                strip, log, line, keep)

@@ -37,7 +37,7 @@ RELEASE_RULES = """
 [[rules]]
 id = "errors-pass"
 rev = 1
-why = "errors are not label-checked"
+why = "errors leave reduced to their type and condition"
 type = "error"
 verdict = "pass"
 
@@ -68,6 +68,7 @@ kind = "message"
 label_releasable = true
 verdict = "translate"
 translate = "a-to-b"
+keep = ["body", "thread"]
 """
 
 
@@ -86,4 +87,5 @@ why = "translation under test"
 kind = "message"
 verdict = "translate"
 translate = "{mapping}"
+keep = ["body", "thread"]
 """)

@@ -4,7 +4,8 @@ import pytest
 
 from guard.core.policy import PolicyError, load_policy
 
-from .wire import LABEL_POLICIES, compile_policy
+from .labelled import LABELS_AND_MAPS
+from .wire import LABEL_POLICIES, NATION_A, RED_TO_BLUE, compile_policy, ess_label, ess_xml, read
 
 HEADER = """[policy]
 name = "checked"
@@ -235,3 +236,19 @@ def test_label_policies_that_could_read_a_label_two_ways_are_refused(change, mes
     """One wire value must mean one thing: duplicate identifiers or encodings are refused."""
     text = HEADER + LABEL_POLICIES.replace(*change)
     assert any(message in line for line in problems_of(text)), problems_of(text)
+
+
+def test_an_operator_can_write_a_label_rule_for_errors():
+    """Errors are judged like any stanza, so a label condition on errors only is a rule that can match, not an impossible one."""
+    policy = compile_policy(HEADER + LABELS_AND_MAPS + """
+[[rules]]
+id = "secret-errors-stay"
+rev = 1
+why = "an error is as secret as its label"
+type = "error"
+label_releasable = false
+verdict = "drop"
+""")
+    error = read(f"<iq from='a@red.example' to='b@blue.example' type='error'>{ess_xml(ess_label(NATION_A, 4))}"
+                 "<error type='cancel'><gone xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></error></iq>")
+    assert policy.judge(error, RED_TO_BLUE).rule_id == "secret-errors-stay"

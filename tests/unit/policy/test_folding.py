@@ -11,14 +11,16 @@ FOLDING = """
 [policy]
 name = "folding"
 
+[shapes.avatar-hash]
+element = "{vcard-temp:x:update}x"
+children = ["avatar-photo"]
+
+[shapes.avatar-photo]
+element = "{vcard-temp:x:update}photo"
+text = true
+
 [folding.plain]
-message.strip = [
-  "{http://jabber.org/protocol/xhtml-im}html",
-  "{http://jabber.org/protocol/chatstates}*",
-  "{urn:xmpp:receipts}*",
-  "{jabber:x:oob}x",
-  "subject",
-]
+message.keep = ["body", "thread"]
 message.drop_types = ["headline", "groupchat"]
 message.drop_if_only = ["{http://jabber.org/protocol/chatstates}*", "{urn:xmpp:receipts}*"]
 
@@ -27,7 +29,7 @@ presence.states = ["available", "unavailable"]
 
 [folding.three-states]
 presence.states = ["available", "away", "unavailable"]
-presence.keep = ["{vcard-temp:x:update}x"]
+presence.keep = ["avatar-hash"]
 
 [[rules]]
 id = "fold-messages"
@@ -61,8 +63,8 @@ def fold(xml):
     return compile_policy(FOLDING).judge(read(xml), RED_TO_BLUE)
 
 
-def test_message_folding_strips_named_elements_and_keeps_the_rest():
-    """XHTML-IM, chat states, receipts, OOB and the subject are removed; body, thread and id stay."""
+def test_message_folding_keeps_only_the_profiles_shapes():
+    """Only the kept body and thread leave (with the id): XHTML-IM, chat states, receipts, OOB and the subject do not."""
     judgement = fold("""
     <message from='alice@red.example/pc' to='bob@blue.example' type='chat' id='m7'>
       <subject>plans</subject>
@@ -75,7 +77,7 @@ def test_message_folding_strips_named_elements_and_keeps_the_rest():
     </message>""")
     assert (judgement.verdict, judgement.rule_id, judgement.actions) == (Verdict.PASS, "fold-messages", ("fold:plain",))
     assert judgement.stanza.toXml() == (
-        "<message xmlns='jabber:server' from='alice@red.example/pc' to='bob@blue.example' type='chat' id='m7'>"
+        "<message xmlns='jabber:server' from='alice@red.example/pc' to='bob@blue.example' id='m7' type='chat'>"
         "<body>meet at noon</body><thread>t1</thread></message>")
 
 
@@ -152,7 +154,7 @@ def test_a_folding_profile_without_the_rules_kind_is_refused():
 def test_unknown_keys_in_a_folding_profile_are_refused():
     """A misspelt folding key is reported under the profile's name."""
     with pytest.raises(PolicyError, match="folding profile plain message: unknown key 'strips'"):
-        compile_policy(FOLDING.replace("message.strip =", "message.strips ="))
+        compile_policy(FOLDING.replace("message.keep =", "message.strips ="))
 
 
 def test_an_unknown_presence_state_is_refused():
@@ -178,3 +180,28 @@ def test_a_presence_error_keeps_its_error_when_folded():
     assert judgement.stanza.toXml() == (
         "<presence xmlns='jabber:server' from='alice@red.example/pc' to='bob@blue.example' type='error'>"
         "<error type='cancel'><remote-server-not-found xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></error></presence>")
+
+
+def test_an_error_message_type_a_profile_drops_is_folded_away():
+    """message.drop_types = ["error"] holds for errors too, although errors leave reduced rather than folded."""
+    judgement = compile_policy(FOLDING.replace('message.drop_types = ["headline", "groupchat"]',
+                                               'message.drop_types = ["headline", "groupchat", "error"]')).judge(
+        read("<message from='alice@red.example/pc' to='bob@blue.example' type='error'>"
+             "<error type='cancel'><gone xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></error></message>"), RED_TO_BLUE)
+    assert (judgement.verdict, judgement.rule_id, judgement.text) == (
+        Verdict.DROP, "fold-messages", "folded away: message type error is folded away")
+
+
+
+@pytest.mark.parametrize("xml, expected", [
+    ("<presence from='alice@red.example/pc' to='bob@muc.blue.example' secret='TOP SECRET'><show>away</show></presence>",
+     "<presence xmlns='jabber:server' from='alice@red.example/pc' to='bob@muc.blue.example'><show>away</show></presence>"),
+    ("<presence from='alice@red.example' to='bob@blue.example' type='subscribe' leak='TOP SECRET'/>",
+     "<presence xmlns='jabber:server' from='alice@red.example' to='bob@blue.example' type='subscribe'/>"),
+    ("<message from='alice@red.example/pc' to='bob@blue.example' type='chat' leak='TOP SECRET'>"
+     "<body leak='TOP SECRET'>hi</body></message>",
+     "<message xmlns='jabber:server' from='alice@red.example/pc' to='bob@blue.example' type='chat'><body>hi</body></message>"),
+])
+def test_a_folded_stanza_is_built_new_without_the_attributes_it_arrived_with(xml, expected):
+    """Folding copies no attribute of the stanza or of a kept child: only from, to, id, type, xml:lang and what shapes name."""
+    assert fold(xml).stanza.toXml() == expected

@@ -65,11 +65,12 @@ def test_the_judge_never_mutates_its_input(policy, xml):
 def test_explain_names_every_rule_considered_and_why():
     """explain lists each rule with MATCH or no and the reason of each condition, the verdict, the deciding rule and the stanza as it leaves."""
     policy = release_policy()
-    text = describe(policy, policy.explain(read(LABELLED_CHAT), RED_TO_BLUE))
+    size = len(LABELLED_CHAT.strip().encode("utf-8"))
+    text = describe(policy, policy.explain(read(LABELLED_CHAT), RED_TO_BLUE, size=size))
     lines = text.splitlines()
     assert lines[0] == "policy: release (test.toml)"
-    assert "stanza: kind message, type chat, red.example -> blue.example" in lines
-    assert "  [no] errors-pass rev 1 -> pass: errors are not label-checked" in lines
+    assert f"stanza: kind message, type chat, red.example -> blue.example, {size} bytes" in lines
+    assert "  [no] errors-pass rev 1 -> pass: errors leave reduced to their type and condition" in lines
     assert "        no  type chat not in ['error']" in lines
     assert "  [no] not-releasable rev 2 -> bounce: only what the gateway and the peer are cleared for leaves" in lines
     assert "  [MATCH] release rev 1 -> translate: releasable messages leave relabelled for nation B" in lines

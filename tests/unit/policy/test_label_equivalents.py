@@ -34,7 +34,7 @@ def labelled(label, *equivalents, to="bob@blue.example"):
 
 
 def facts_of(stanza, policy=None):
-    return StanzaFacts(stanza, (policy or release_policy()).labels)
+    return StanzaFacts.of(stanza, (policy or release_policy()).labels)
 
 
 def test_an_equivalent_top_secret_crypto_under_the_same_policy_is_not_released():

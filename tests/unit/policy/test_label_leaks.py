@@ -111,11 +111,11 @@ def test_a_readable_label_leaves_as_the_guards_own_encoding_of_the_judged_value(
     """outgoing_label and the translated label are byte for byte what a clean label of the same value gives."""
     policy = release_policy()
     stanza = message_with(label_xml)
-    facts = StanzaFacts(stanza, policy.labels)
+    facts = StanzaFacts.of(stanza, policy.labels)
     assert facts.label[0] == JUDGED
     leaving = policy.labels.outgoing_label(facts.stanza_label, facts.label[0]).toXml()
     clean = message_with(securitylabel(f"<label>{ess(CLEAN)}</label>"))
-    clean_facts = StanzaFacts(clean, policy.labels)
+    clean_facts = StanzaFacts.of(clean, policy.labels)
     assert leaving == policy.labels.outgoing_label(clean_facts.stanza_label, clean_facts.label[0]).toXml()
     assert MARKER not in leaving
     judgement = policy.judge(stanza, RED_TO_BLUE)
@@ -127,7 +127,7 @@ def test_a_readable_label_leaves_as_the_guards_own_encoding_of_the_judged_value(
 def test_the_label_that_leaves_is_the_canonical_der_of_the_judged_value():
     """Known answer: A RESTRICTED REL-B leaves as this DER, whatever privacy mark the sender's encoding held."""
     policy = release_policy()
-    facts = StanzaFacts(message_with(securitylabel(f"<label>{ess(with_privacy_mark(MARKER))}</label>")), policy.labels)
+    facts = StanzaFacts.of(message_with(securitylabel(f"<label>{ess(with_privacy_mark(MARKER))}</label>")), policy.labels)
     leaving = policy.labels.outgoing_label(facts.stanza_label, facts.label[0])
     written = read_stanza_label(read(f"<message from='a@b.example' to='c@d.example'>{leaving.toXml()}</message>"))
     # SET { INTEGER 2, OID 2.999.10, SET OF { SEQUENCE { [0] 2.999.10.1, [1] UTF8String "B" } } }
@@ -143,6 +143,6 @@ def test_a_label_hiding_the_marker_where_no_data_belongs_is_unreadable_and_not_r
     """Stray attributes, elements, text, bytes or contradicting equivalents make the label unreadable: it bounces and nothing leaves."""
     policy = release_policy()
     stanza = message_with(label_xml)
-    assert StanzaFacts(stanza, policy.labels).label[0] is None
+    assert StanzaFacts.of(stanza, policy.labels).label[0] is None
     judgement = policy.judge(stanza, RED_TO_BLUE)
     assert (judgement.verdict.value, judgement.rule_id) == ("bounce", "label-unreadable")

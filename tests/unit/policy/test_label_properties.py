@@ -110,7 +110,7 @@ def test_any_securitylabel_is_unreadable_or_leaves_without_the_senders_text(part
     """Whatever parts a sender assembles, the label is unreadable or what leaves is built by the guard and holds no marker."""
     stanza = read("<message from='alice@red.example/pc' to='bob@blue.example' type='chat'><body>hi</body>"
                   f"<securitylabel xmlns='urn:xmpp:sec-label:0'{attributes}>{''.join(parts)}</securitylabel></message>")
-    facts = StanzaFacts(stanza, POLICY.labels)
+    facts = StanzaFacts.of(stanza, POLICY.labels)
     label = facts.label[0]
     if label is None:
         assert POLICY.judge(stanza, RED_TO_BLUE).verdict.value == "bounce"

@@ -58,7 +58,8 @@ def decided_by_rule(conditions, xml):
     ('payload_present = "jabber:x:oob"', False),
     ('payload_absent = "jabber:x:oob"', True),
     ('payload_absent = "$states"', False),
-    ('payload_only = ["http://jabber.org/protocol/chatstates"]', True),
+    ('payload_only = ["http://jabber.org/protocol/chatstates"]', False),  # <body/> is payload too
+    ('payload_only = ["jabber:server", "http://jabber.org/protocol/chatstates"]', True),
     ('payload_only = "jabber:x:oob"', False),
     ('inspect = { path = "body#", equals = "hello bob" }', True),
     ('inspect = { path = "body#", matches = "^hello" }', True),
@@ -204,6 +205,7 @@ def test_continue_rules_strip_and_log_then_evaluation_goes_on():
         why = "messages pass"
         kind = "message"
         verdict = "pass"
+        keep = "everything"
         """)
     stanza = read("""
     <message from='alice@red.example/pc' to='bob@blue.example'>
@@ -212,7 +214,7 @@ def test_continue_rules_strip_and_log_then_evaluation_goes_on():
     </message>""")
     judgement = policy.judge(stanza, RED_TO_BLUE)
     assert (judgement.verdict, judgement.rule_id, judgement.actions, judgement.notes) == (
-        Verdict.PASS, "pass-messages", ("strip:strip-oob",), ("strip-oob: oob stripped",))
+        Verdict.PASS, "pass-messages", ("strip:strip-oob", "keep:everything"), ("strip-oob: oob stripped",))
     assert "jabber:x:oob" not in judgement.stanza.toXml()
     assert "<body>see link</body>" in judgement.stanza.toXml()
 
@@ -251,11 +253,25 @@ def test_refer_hands_the_decision_to_the_release_authority():
 
 
 def test_the_rule_index_gives_the_same_answers_as_reading_every_rule():
-    """The kind/domain index never changes a decision: judge agrees with explain, which reads every rule."""
+    """The kind/domain/type index never changes a decision: judge agrees with explain, which reads every rule."""
     policy = compile_policy("""
         [policy]
         name = "indexed"
         default = "bounce"
+        [[rules]]
+        id = "errors"
+        rev = 1
+        why = "errors stay"
+        type = "error"
+        verdict = "drop"
+        [[rules]]
+        id = "iq-reads"
+        rev = 1
+        why = "reads pass"
+        kind = "iq"
+        type = ["get", "result"]
+        verdict = "pass"
+        keep = ["ping"]
         [[rules]]
         id = "to-green"
         rev = 1
@@ -290,11 +306,19 @@ def test_the_rule_index_gives_the_same_answers_as_reading_every_rule():
         "<presence from='a@red.example' to='b@green.example'/>",
         "<presence from='a@other.example' to='b@muc.blue.example'/>",
         "<iq from='a@red.example' to='green.example' type='get' id='1'><ping xmlns='urn:xmpp:ping'/></iq>",
+        "<iq from='a@red.example' to='green.example' type='set' id='2'><ping xmlns='urn:xmpp:ping'/></iq>",
+        "<iq from='a@red.example' to='green.example' type='result' id='3'/>",
+        "<message from='a@red.example' to='b@green.example' type='error'><error type='cancel'>"
+        "<gone xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></error></message>",
+        "<presence from='a@red.example' to='b@muc.blue.example' type='error'/>",
     ]
+    decided = set()
     for xml in stanzas:
         fast = policy.judge(read(xml), RED_TO_BLUE)
         slow = policy.explain(read(xml), RED_TO_BLUE).judgement
         assert (fast.verdict, fast.rule_id) == (slow.verdict, slow.rule_id), xml
+        decided.add(fast.rule_id)
+    assert decided == {"to-green", "from-red-presence", "wild", "iq", "errors", "iq-reads", "default"}
 
 
 def test_an_element_that_is_not_a_stanza_is_dropped_before_any_rule():
@@ -327,3 +351,17 @@ def test_addresses_chosen_by_senders_are_not_interned_forever():
     for number in range(50):
         policy.judge(read(f"<message from='u{number}@red.example/r{number}' to='b@blue.example'/>"), RED_TO_BLUE)
     assert len(interned) - before < 50
+
+
+@pytest.mark.parametrize("xml, holds", [
+    ("<iq from='a@red.example' to='b@blue.example' type='result' id='1'>\n  <ping xmlns='urn:xmpp:ping'/>\n</iq>", True),
+    ("<iq from='a@red.example' to='b@blue.example' type='result' id='1'>SECRET</iq>", False),
+    ("<iq from='a@red.example' to='b@blue.example' type='result' id='1'>\u00a0</iq>", False),
+    ("<iq from='a@red.example' to='b@blue.example' type='get' id='1'><data>SECRET</data></iq>", False),
+    ("<iq from='a@red.example' to='b@blue.example' type='get' id='1'><query xmlns='jabber:client'/></iq>", False),
+    ("<iq from='a@red.example' to='b@blue.example' type='result' id='1'><ping xmlns='urn:xmpp:ping'/>"
+     "<body>SECRET</body></iq>", False),
+])
+def test_payload_only_sees_every_child_and_every_text_node(xml, holds):
+    """Stanza-namespace children and any text that is not XML whitespace (a no-break space is not) are payload too."""
+    assert decided_by_rule('payload_only = "urn:xmpp:ping"', xml) is holds

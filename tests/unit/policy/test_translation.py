@@ -48,7 +48,8 @@ def test_a_classification_with_no_mapping_does_not_pass():
     judgement = translate_everything().judge(message_with(ess_xml(ess_label(NATION_A, 4))), RED_TO_BLUE)
     assert (judgement.verdict.value, judgement.rule_id, judgement.condition) == (
         "bounce", "translate-all", "policy-violation")
-    assert "no mapping for classification SECRET" in judgement.text
+    assert judgement.text == "The security label cannot be translated for the far side."
+    assert "no mapping for classification SECRET" in judgement.notes[-1]
 
 
 def test_a_category_with_no_mapping_does_not_pass():
@@ -56,14 +57,14 @@ def test_a_category_with_no_mapping_does_not_pass():
     label = ess_label(NATION_A, 2, [(A_CRYPTO[0], utf8_der(A_CRYPTO[1]))])
     judgement = translate_everything().judge(message_with(ess_xml(label)), RED_TO_BLUE)
     assert judgement.verdict.value == "bounce"
-    assert "no mapping for category CRYPTO" in judgement.text
+    assert "no mapping for category CRYPTO" in judgement.notes[-1]
 
 
 def test_a_label_already_under_the_target_policy_does_not_pass_a_one_way_map():
     """A map from A to B does not apply to a B label: it does not pass rather than leave unchanged."""
     judgement = translate_everything().judge(message_with(stanag_xml("NATION-B", "OPEN")), RED_TO_BLUE)
     assert judgement.verdict.value == "bounce"
-    assert "maps nation-a, not nation-b" in judgement.text
+    assert "maps nation-a, not nation-b" in judgement.notes[-1]
 
 
 def test_an_unreadable_label_does_not_pass_translation():

@@ -1,4 +1,4 @@
-"""XEP-0258's own rules: two labels, labels on presence, errors, and only the outer stanza's label counting."""
+"""XEP-0258's own rules: two labels, labels on presence, labelled errors, and only the outer stanza's label counting."""
 
 from guard.core.pipeline import Verdict
 
@@ -34,27 +34,26 @@ def test_a_label_on_presence_is_a_protocol_violation_and_is_dropped():
     assert (judgement.verdict, judgement.rule_id) == (Verdict.DROP, "xep0258:label-on-presence")
 
 
-def test_errors_are_not_label_checked_and_leave_without_a_label():
-    """An error carrying a SECRET label is not refused for it; it passes and the label is removed."""
+def test_an_error_leaves_reduced_with_the_label_the_guard_encodes():
+    """An error that passes leaves as its type and defined condition, with the label the guard encoded from the value it judged."""
     stanza = read(f"""
     <message from='alice@red.example/pc' to='bob@blue.example' type='error' id='m1'>
       {SECRET}
-      <error type='cancel'><item-not-found xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></error>
+      <body>the plan</body>
+      <error type='cancel'><item-not-found xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/><text xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'>the plan</text></error>
     </message>""")
     judgement = release_policy().judge(stanza, RED_TO_BLUE)
     assert (judgement.verdict, judgement.rule_id) == (Verdict.PASS, "errors-pass")
-    assert "securitylabel" not in judgement.stanza.toXml()
-    assert "item-not-found" in judgement.stanza.toXml()
+    assert judgement.stanza.toXml() == (
+        "<message xmlns='jabber:server' from='alice@red.example/pc' to='bob@blue.example' id='m1' type='error'>"
+        "<error type='cancel'><item-not-found xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></error>"
+        "<securitylabel xmlns='urn:xmpp:sec-label:0'><displaymarking>A SECRET</displaymarking>"
+        f"<label><esssecuritylabel xmlns='urn:xmpp:sec-label:ess:0'>{ess_label(NATION_A, 4)}</esssecuritylabel>"
+        "</label></securitylabel></message>")
 
 
-def test_label_conditions_never_hold_on_errors():
-    """Neither a label condition nor its negation matches an error, so an error falls through to later rules."""
-    policy = release_policy()
-    explanation = policy.explain(read(f"""
-    <iq from='alice@red.example/pc' to='bob@blue.example' type='error' id='q1'>{SECRET}
-      <error type='cancel'><service-unavailable xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></error>
-    </iq>"""), RED_TO_BLUE)
-    assert explanation.judgement.rule_id == "errors-pass"
+def test_label_conditions_judge_errors_like_any_stanza():
+    """A label condition, or its negation, holds on an error as on any stanza: a SECRET error is caught by either."""
     strict = compile_policy('[policy]\nname = "strict"\ndefault = "pass"\n' + LABELS_AND_MAPS + """
 [[rules]]
 id = "unreleasable"
@@ -62,6 +61,8 @@ rev = 1
 why = "w"
 label_releasable = false
 verdict = "drop"
+""")
+    negated = compile_policy('[policy]\nname = "negated"\ndefault = "pass"\n' + LABELS_AND_MAPS + """
 [[rules]]
 id = "not-releasable-negated"
 rev = 1
@@ -69,8 +70,10 @@ why = "w"
 not = { label_releasable = true }
 verdict = "drop"
 """)
-    error = read(f"<message from='alice@red.example/pc' to='bob@blue.example' type='error'>{SECRET}<error type='cancel'/></message>")
-    assert strict.judge(error, RED_TO_BLUE).rule_id == "default"
+    error = read(f"<message from='alice@red.example/pc' to='bob@blue.example' type='error'>{SECRET}"
+                 "<error type='cancel'><gone xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></error></message>")
+    assert strict.judge(error, RED_TO_BLUE).rule_id == "unreleasable"
+    assert negated.judge(error, RED_TO_BLUE).rule_id == "not-releasable-negated"
 
 
 def test_a_label_inside_forwarded_content_is_ignored():
@@ -102,9 +105,10 @@ def test_a_label_inside_a_carbon_is_ignored_and_the_outer_label_decides():
     </message>""")
     judgement = release_policy().judge(stanza, RED_TO_BLUE)
     assert (judgement.verdict, judgement.rule_id) == (Verdict.PASS, "release")
-    # Only the outer label was rewritten: the inner one travels as content, untouched.
+    # The outer label decided and was rewritten; the carbon is no shape the rule keeps, so nothing of it leaves.
     leaving = judgement.stanza.toXml()
-    assert ess_label(NATION_A, 4) in leaving and "<PolicyIdentifier>NATION-B</PolicyIdentifier>" in leaving
+    assert "<PolicyIdentifier>NATION-B</PolicyIdentifier>" in leaving
+    assert ess_label(NATION_A, 4) not in leaving and "secret" not in leaving
 
 
 def test_two_labels_inside_forwarded_content_are_not_two_labels_on_the_stanza():

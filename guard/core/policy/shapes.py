@@ -1,0 +1,180 @@
+"""
+Shapes: what a stanza that passes may carry, and the construction of what
+leaves from them.
+
+Nothing that passes the guard is the received tree with pieces cut out.  The
+stanza that leaves is built new: an envelope (``from``, ``to``, ``id``,
+``type``, ``xml:lang``), then only the children a shape allows, each built
+with only the attributes its shape names, its text if the shape allows text,
+and its own children if their shapes are listed.  What no shape names does
+not leave: a deny-list fails open on what it did not foresee, a shape fails
+closed.
+
+Errors have a fixed shape of their own: the ``<error/>`` element's ``type``
+and its one defined RFC 6120 condition, empty.  Its ``<text/>``, any
+application condition and the payload an error echoes never leave.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+from twisted.words.xish import domish
+
+from guard.core.policy.elements import STANZA_NAMESPACES, child_elements, text_of
+
+XML_NS = "http://www.w3.org/XML/1998/namespace"
+XML_LANG = (XML_NS, "lang")
+STANZA_ERROR_NS = "urn:ietf:params:xml:ns:xmpp-stanzas"
+ERROR_TYPES = frozenset({"auth", "cancel", "continue", "modify", "wait"})
+STANZA_ERROR_CONDITIONS = frozenset({
+    "bad-request", "conflict", "feature-not-implemented", "forbidden", "gone", "internal-server-error",
+    "item-not-found", "jid-malformed", "not-acceptable", "not-allowed", "not-authorized",
+    "policy-violation", "recipient-unavailable", "redirect", "registration-required",
+    "remote-server-not-found", "remote-server-timeout", "resource-constraint", "service-unavailable",
+    "subscription-required", "undefined-condition", "unexpected-request",
+})
+# A language tag (BCP 47 shape, no more): anything else in xml:lang is free text and does not leave.
+LANGUAGE_TAG = re.compile(r"[A-Za-z]{1,8}(?:-[A-Za-z0-9]{1,8}){0,15}")
+ATTRIBUTE_NAME = re.compile(r"[A-Za-z_][\w.\-]*")
+ELEMENT_NAME = re.compile(r"(?:\{(?P<uri>[^{}\s]+)\})?(?P<name>[A-Za-z_][\w.\-]*)")
+
+# The value of ``keep`` that copies a matched stanza whole: only for a guard
+# that terminates streams and filters nothing (allow-all).
+EVERYTHING = "everything"
+
+
+@dataclass(eq=False)
+class Shape:
+    """
+    One element that may leave: ``{uri}name`` (``uri`` None: the stanza's own
+    namespace), the attributes it keeps (plain names, or ``xml:lang``),
+    whether its text is kept, and the shapes of the children it keeps.
+    """
+
+    name: str
+    uri: str | None
+    element: str
+    attributes: tuple = ()
+    text: bool = False
+    children: list = field(default_factory=list)
+
+    @property
+    def qualified(self) -> str:
+        return self.element if self.uri is None else f"{{{self.uri}}}{self.element}"
+
+    def matches(self, element: domish.Element) -> bool:
+        if element.name != self.element:
+            return False
+        return element.uri in STANZA_NAMESPACES if self.uri is None else element.uri == self.uri
+
+    def build(self, element: domish.Element, stanza_uri: str) -> domish.Element:
+        """A new element holding only what this shape allows of ``element``."""
+        uri = stanza_uri if self.uri is None else self.uri
+        built = domish.Element((uri, self.element), defaultUri=uri)
+        for attribute in self.attributes:
+            if attribute == "xml:lang":
+                _copy_language(element, built)
+                continue
+            value = element.attributes.get(attribute)
+            if isinstance(value, str):
+                built.attributes[attribute] = value
+        if self.text:
+            text = text_of(element)
+            if text:
+                built.addContent(text)
+        if self.children:
+            for child in kept_children(element, self.children, stanza_uri):
+                built.addChild(child)
+        return built
+
+
+def kept_children(element: domish.Element, shapes, stanza_uri: str) -> list:
+    """Each child of ``element`` a shape in ``shapes`` allows, built by the first shape that matches it."""
+    kept = []
+    for child in child_elements(element):
+        for shape in shapes:
+            if shape.matches(child):
+                kept.append(shape.build(child, stanza_uri))
+                break
+    return kept
+
+
+def _copy_language(source: domish.Element, target: domish.Element) -> None:
+    language = source.attributes.get(XML_LANG)
+    if isinstance(language, str) and LANGUAGE_TAG.fullmatch(language):
+        target.attributes[XML_LANG] = language
+
+
+def built_in_shapes() -> dict:
+    """The shapes every policy may name without declaring them (RFC 6120/6121 and XEP-0199)."""
+    return {
+        "body": Shape("body", None, "body", ("xml:lang",), text=True),
+        "subject": Shape("subject", None, "subject", ("xml:lang",), text=True),
+        "thread": Shape("thread", None, "thread", ("parent",), text=True),
+        "status": Shape("status", None, "status", ("xml:lang",), text=True),
+        "priority": Shape("priority", None, "priority", (), text=True),
+        "ping": Shape("ping", "urn:xmpp:ping", "ping"),
+    }
+
+
+def envelope(accepted) -> domish.Element:
+    """
+    The stanza element that leaves, without children: kind, the addresses as
+    the strict parser read them, ``id``, ``type`` and a well-formed ``xml:lang``.
+    """
+    element = accepted.element
+    built = domish.Element((element.uri, element.name), defaultUri=element.uri)
+    attributes = built.attributes
+    attributes["from"] = accepted.sender.full()
+    attributes["to"] = accepted.recipient.full()
+    for name in ("id", "type"):
+        value = element.attributes.get(name)
+        if isinstance(value, str):
+            attributes[name] = value
+    if XML_LANG in element.attributes:
+        _copy_language(element, built)
+    return built
+
+
+@dataclass(frozen=True)
+class ReducedError:
+    """The ``<error/>`` that leaves, or ``None`` with the reason none can be built."""
+
+    element: domish.Element | None
+    reason: str
+
+
+def reduced_error(stanza: domish.Element) -> ReducedError:
+    """
+    ``<error type='T'><condition xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></error>``
+    built from ``stanza``'s one ``<error/>``: its type must be one RFC 6120
+    defines and it must hold exactly one defined condition.  Anything else
+    (no error, two, an unknown type, no or two conditions) cannot be reduced.
+    """
+    errors = [c for c in child_elements(stanza) if c.name == "error" and c.uri in STANZA_NAMESPACES]
+    if len(errors) != 1:
+        return ReducedError(None, f"an error stanza holds {len(errors)} <error/> elements, expected one")
+    error = errors[0]
+    error_type = error.getAttribute("type")
+    if error_type not in ERROR_TYPES:
+        return ReducedError(None, "the <error/> type is not one RFC 6120 defines")
+    conditions = [c.name for c in child_elements(error)
+                  if c.uri == STANZA_ERROR_NS and c.name in STANZA_ERROR_CONDITIONS]
+    if len(conditions) != 1:
+        return ReducedError(None, f"the <error/> holds {len(conditions)} defined conditions, expected one")
+    built = domish.Element((stanza.uri, "error"), defaultUri=stanza.uri)
+    built["type"] = error_type
+    built.addElement((STANZA_ERROR_NS, conditions[0]), defaultUri=STANZA_ERROR_NS)
+    return ReducedError(built, f"error reduced to {error_type}/{conditions[0]}")
+
+
+def parse_element_name(text: str):
+    """``(uri or None, name)`` of ``{uri}name`` or ``name``; ``None`` when malformed."""
+    if not isinstance(text, str):
+        return None
+    found = ELEMENT_NAME.fullmatch(text)
+    if found is None:
+        return None
+    return found.group("uri"), found.group("name")

@@ -1,0 +1,178 @@
+"""Shapes: what a passing rule keeps, each element built new with only what its shape names; and how the loader reads them."""
+
+import pytest
+
+from guard.core.pipeline import Verdict
+from guard.core.policy import PolicyError
+
+from .wire import RED_TO_BLUE, compile_policy, read
+
+SHAPES = """
+[policy]
+name = "shapes"
+
+[shapes.disco-info]
+element = "{http://jabber.org/protocol/disco#info}query"
+attributes = ["node"]
+children = ["disco-identity", "disco-feature"]
+
+[shapes.disco-identity]
+element = "{http://jabber.org/protocol/disco#info}identity"
+attributes = ["category", "type", "name", "xml:lang"]
+
+[shapes.disco-feature]
+element = "{http://jabber.org/protocol/disco#info}feature"
+attributes = ["var"]
+
+[[rules]]
+id = "disco"
+rev = 1
+why = "feature discovery"
+kind = "iq"
+verdict = "pass"
+keep = ["disco-info"]
+
+[[rules]]
+id = "messages"
+rev = 1
+why = "text only"
+kind = "message"
+verdict = "pass"
+keep = ["body"]
+
+[[rules]]
+id = "presence"
+rev = 1
+why = "no keep: the envelope only"
+kind = "presence"
+verdict = "pass"
+"""
+
+
+def judge(xml, text=SHAPES):
+    return compile_policy(text).judge(read(xml), RED_TO_BLUE)
+
+
+def test_nested_shapes_build_each_element_with_only_the_attributes_and_children_they_name():
+    """A disco#info answer leaves with its identities and features, each with only its named attributes; text, forms and extra attributes stay."""
+    judgement = judge("""
+    <iq from='blue@red.example' to='blue.example' type='result' id='d1' x='1'>
+      <query xmlns='http://jabber.org/protocol/disco#info' node='n' extra='1'>
+        <identity category='server' type='im' name='Red' xml:lang='en-GB' extra='1'>text</identity>
+        <identity category='conference' type='text' xml:lang='not a language tag'/>
+        <feature var='urn:xmpp:ping'><deep/></feature>
+        <x xmlns='jabber:x:data' type='result'/>
+      </query>
+    </iq>""")
+    assert judgement.stanza.toXml() == (
+        "<iq xmlns='jabber:server' from='blue@red.example' to='blue.example' id='d1' type='result'>"
+        "<query xmlns='http://jabber.org/protocol/disco#info' node='n'>"
+        "<identity category='server' type='im' name='Red' xml:lang='en-GB'/>"
+        "<identity category='conference' type='text'/><feature var='urn:xmpp:ping'/></query></iq>")
+
+
+def test_a_passing_rule_without_keep_lets_only_the_envelope_leave():
+    """pass means the shape the rule describes: with no keep, from, to, id and type, and no child."""
+    judgement = judge("<presence from='a@red.example/pc' to='b@blue.example' id='x'><status>out</status></presence>")
+    assert judgement.stanza.toXml() == "<presence xmlns='jabber:server' from='a@red.example/pc' to='b@blue.example' id='x'/>"
+
+
+def test_body_text_and_language_are_kept_but_nothing_inside_a_body():
+    """The built-in body shape keeps its text and a well-formed xml:lang, never elements inside it."""
+    judgement = judge("<message from='a@red.example' to='b@blue.example'><body xml:lang='fr'>salut<b>x</b> toi</body></message>")
+    assert judgement.stanza.toXml() == (
+        "<message xmlns='jabber:server' from='a@red.example' to='b@blue.example'><body xml:lang='fr'>salut toi</body></message>")
+
+
+@pytest.mark.parametrize("xml, reason", [
+    ("<message from='a@red.example' to='b@blue.example' type='error'/>", "0 <error/> elements"),
+    ("<message from='a@red.example' to='b@blue.example' type='error'><error type='later'>"
+     "<gone xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></error></message>", "type is not one RFC 6120 defines"),
+    ("<message from='a@red.example' to='b@blue.example' type='error'><error type='cancel'>"
+     "<made-up xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></error></message>", "0 defined conditions"),
+    ("<message from='a@red.example' to='b@blue.example' type='error'><error type='cancel'>"
+     "<gone xmlns='urn:example'/></error></message>", "0 defined conditions"),
+])
+def test_an_error_that_cannot_be_reduced_to_type_and_condition_does_not_leave(xml, reason):
+    """An error without exactly one <error/> of a defined type holding one defined condition is dropped, citing the rule."""
+    judgement = judge(xml)
+    assert (judgement.verdict, judgement.rule_id) == (Verdict.DROP, "messages")
+    assert reason in judgement.text
+
+
+def test_message_strip_is_refused_naming_file_line_profile_and_rule():
+    """The old deny-list key is refused with a message naming the file, the line, the profile and the rules that use it."""
+    with pytest.raises(PolicyError) as refused:
+        compile_policy("""
+        [policy]
+        name = "old"
+        [folding.plain]
+        message.strip = ["{jabber:x:oob}x"]
+        [[rules]]
+        id = "fold-messages"
+        rev = 1
+        why = "w"
+        kind = "message"
+        verdict = "fold"
+        fold = "plain"
+        """, "old.toml")
+    assert str(refused.value) == (
+        "old.toml:5: folding profile plain: message.strip is a deny-list and is no longer read: a folded message "
+        "is built from what it keeps; list that as message.keep = [shape names] (see policies/README.md); "
+        "used by rule fold-messages")
+
+
+ONE_RULE = """
+[policy]
+name = "keep"
+[folding.p]
+message.keep = ["body"]
+[[rules]]
+id = "r"
+rev = 1
+why = "w"
+kind = "message"
+"""
+
+
+@pytest.mark.parametrize("action, message", [
+    ('verdict = "pass"\nkeep = ["nothing"]', "rule r: keep: unknown shape 'nothing'"),
+    ('verdict = "pass"\nkeep = "body"', "rule r: keep lists shape names"),
+    ('verdict = "drop"\nkeep = ["body"]', "rule r: keep only goes with verdict pass or translate"),
+    ('verdict = "pass"\nfold = "p"\nkeep = ["body"]', "rule r: keep does not go with fold"),
+])
+def test_keep_is_checked_when_the_policy_loads(action, message):
+    """An unknown shape, a keep that is not a list, keep on a refusing verdict and keep beside fold are refused."""
+    with pytest.raises(PolicyError, match=message):
+        compile_policy(ONE_RULE + action)
+
+
+@pytest.mark.parametrize("shape, message", [
+    ('[shapes.body]\nelement = "body"', "'body' is a built-in shape and cannot be redeclared"),
+    ('[shapes.q]\nelement = "{urn:q}q"\nchildren = ["missing"]', "unknown shape 'missing' in children"),
+    ('[shapes.q]\nelement = "{urn:q}q"\nattributes = ["p:x"]', "attributes lists attribute names"),
+    ('[shapes.q]\nelement = "not an element"', "element is required"),
+    ('[shapes.q]\nelement = "{urn:q}q"\ntext = "yes"', "text is true or false"),
+    ('[shapes.q]\nelement = "{urn:q}q"\nchildrens = []', "unknown key 'childrens'"),
+])
+def test_shape_declarations_are_checked(shape, message):
+    """Redeclared built-ins, unknown children, prefixed attributes, bad element names and unknown keys are refused."""
+    with pytest.raises(PolicyError, match=message):
+        compile_policy(SHAPES.replace("[shapes.disco-info]", shape + "\n\n[shapes.disco-info]"))
+
+
+def test_presence_show_is_written_by_folding_not_kept():
+    """presence.keep may not name <show/>: folding writes it from the folded state."""
+    with pytest.raises(PolicyError, match="show/> is written by folding"):
+        compile_policy(SHAPES.replace("[[rules]]\nid = \"disco\"",
+                                      '[shapes.show]\nelement = "show"\ntext = true\n'
+                                      '[folding.p]\npresence.keep = ["show"]\n\n[[rules]]\nid = "disco"', 1))
+
+
+def test_keep_everything_copies_the_stanza_whole_and_says_so():
+    """keep = "everything" (allow-all only) lets the stanza leave whole, and the judgement records it."""
+    judgement = judge("<message from='a@red.example' to='b@blue.example' z='1'>t<x xmlns='urn:x' a='b'/></message>",
+                      SHAPES.replace('keep = ["body"]', 'keep = "everything"'))
+    assert judgement.actions == ("keep:everything",)
+    assert judgement.stanza.toXml() == (
+        "<message xmlns='jabber:server' from='a@red.example' to='b@blue.example' z='1'>t<x xmlns='urn:x' a='b'/></message>")
