@@ -31,6 +31,7 @@ why = "Messages marked for review are released only by the release authority."
 kind = "message"
 body_matches = "^review"
 verdict = "refer"
+keep = ["body"]
 
 [[rules]]
 id = "pass-rest"

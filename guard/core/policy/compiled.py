@@ -243,12 +243,19 @@ class CompiledPolicy:
                              facts.accepted)
         if verdict == "bounce":
             return _with(self._refuse(facts, rule_id, rev, condition, text), actions, notes, facts)
-        if verdict == "refer":
-            # The relay asks the release authority with the stanza as it stands
-            # (after any strip actions); with none configured it drops.
-            return _with(Judgement.referred(current, rule_id, rev), actions, notes, facts)
-        if verdict not in ("pass", "fold", "translate"):
+        if verdict not in ("pass", "fold", "translate", "refer"):
             return Judgement.dropped(stanza, rule_id, rev, text=f"unknown verdict {verdict!r}")
+        if verdict == "refer":
+            # The release authority is asked about what would leave, built as a
+            # pass builds it (the rule's keep shapes); what it releases is that
+            # stanza, never the one received.  With none configured the relay drops.
+            if keep == EVERYTHING:
+                return _with(Judgement.referred(clone(current), rule_id, rev), actions + ["keep:everything"],
+                             notes, facts)
+            outgoing, refusal = self._construct(facts, current, None, None, keep, actions, notes)
+            if outgoing is None:
+                return _with(refusal(stanza, rule_id, rev), actions, notes, facts)
+            return _with(Judgement.referred(outgoing, rule_id, rev), actions, notes, facts)
         if keep == EVERYTHING:
             # allow-all: the guard terminates streams and judges nothing; the
             # stanza leaves whole (re-serialised by the wire serialiser).

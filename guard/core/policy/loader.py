@@ -721,8 +721,9 @@ def _rule_action(reader, table, context, where, order, line, rule_id, rev, why, 
     keep = ()
     if "keep" in table:
         keep_line = reader.lines.rule(order, "keep")
-        if verdict not in ("pass", "translate"):
-            reader.problem(where, "keep only goes with verdict pass or translate (it says what leaves)", keep_line)
+        if verdict not in ("pass", "translate", "refer"):
+            reader.problem(where, "keep only goes with verdict pass, translate or refer (it says what leaves)",
+                           keep_line)
         elif fold is not None:
             reader.problem(where, "keep does not go with fold: the folding profile says what leaves", keep_line)
         elif table["keep"] == EVERYTHING:

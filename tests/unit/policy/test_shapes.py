@@ -138,7 +138,7 @@ kind = "message"
 @pytest.mark.parametrize("action, message", [
     ('verdict = "pass"\nkeep = ["nothing"]', "rule r: keep: unknown shape 'nothing'"),
     ('verdict = "pass"\nkeep = "body"', "rule r: keep lists shape names"),
-    ('verdict = "drop"\nkeep = ["body"]', "rule r: keep only goes with verdict pass or translate"),
+    ('verdict = "drop"\nkeep = ["body"]', "rule r: keep only goes with verdict pass, translate or refer"),
     ('verdict = "pass"\nfold = "p"\nkeep = ["body"]', "rule r: keep does not go with fold"),
 ])
 def test_keep_is_checked_when_the_policy_loads(action, message):
@@ -176,3 +176,43 @@ def test_keep_everything_copies_the_stanza_whole_and_says_so():
     assert judgement.actions == ("keep:everything",)
     assert judgement.stanza.toXml() == (
         "<message xmlns='jabber:server' from='a@red.example' to='b@blue.example' z='1'>t<x xmlns='urn:x' a='b'/></message>")
+
+
+REFER = """
+[policy]
+name = "refer-shapes"
+
+[[rules]]
+id = "ask"
+rev = 1
+why = "the release authority decides about messages"
+kind = "message"
+verdict = "refer"
+keep = ["body"]
+
+[[rules]]
+id = "ask-bare"
+rev = 1
+why = "no keep: the authority is asked about the envelope only"
+kind = "presence"
+verdict = "refer"
+"""
+
+
+def test_a_refer_asks_about_the_stanza_as_it_would_leave_never_the_one_received():
+    """What a refer hands the release authority is built from the rule's shapes: foreign children, text and attributes stay behind."""
+    judgement = judge("""
+    <message from='romeo@red.example' to='juliet@blue.example' type='chat' id='r1' leak='LEAKMARK'>
+      <body note='LEAKMARK'>review this</body>LEAKMARK<x xmlns='urn:example'>LEAKMARK</x>
+    </message>""", REFER)
+    assert judgement.verdict is Verdict.REFER and judgement.rule_id == "ask"
+    assert "LEAKMARK" not in judgement.stanza.toXml()
+    assert [child.name for child in judgement.stanza.elements()] == ["body"]
+
+
+def test_a_refer_without_keep_asks_about_the_envelope_only():
+    """A refer rule with no keep lets only the envelope reach the authority (and so, at most, cross)."""
+    judgement = judge("<presence from='romeo@red.example/a' to='juliet@blue.example'><status>LEAKMARK</status></presence>",
+                      REFER)
+    assert judgement.verdict is Verdict.REFER
+    assert list(judgement.stanza.elements()) == [] and "LEAKMARK" not in judgement.stanza.toXml()
