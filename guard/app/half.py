@@ -16,6 +16,7 @@ from __future__ import annotations
 from twisted.internet import defer
 from twisted.logger import Logger
 
+from guard.core.accepted import accepted_from_element
 from guard.core.addressing import Misaddressed, check_addressing, parse_jid
 from guard.core.pipeline import Direction, Verdict, judge_fail_closed
 from guard.edges.link.leg import LinkLeg
@@ -114,7 +115,8 @@ class HalfRelay(Relay):
         if stanza is None:
             self.undeliverable(parcel, "internal-server-error", NOT_WRITABLE)
             return None
-        judgement, problem = judge_fail_closed(self.policies.current(direction), stanza, direction)
+        judgement, problem = judge_fail_closed(self.policies.current(direction), stanza, direction,
+                                               accepted_from_element(stanza, direction, len(carried.data)))
         if problem is not None:
             log.error("policy for {direction} failed on a waiting stanza: {problem!r}",
                       direction=str(direction), problem=problem)

@@ -26,7 +26,7 @@ from twisted.internet import defer
 from twisted.internet.endpoints import HostnameEndpoint, connectProtocol
 from twisted.logger import Logger
 
-from guard.core.accepted import accept
+from guard.core.accepted import accept, accepted_from_element
 from guard.core.addressing import parse_jid
 from guard.core.books import HeldBytes
 from guard.core.bounce import error_reply, guard_text, may_bounce, peer_detail
@@ -147,7 +147,8 @@ class Relay:
     def _judge_again(self, ticket):
         """Judge the accepted stanza of ``ticket`` by the policy in force now: (judgement, renewed ticket)."""
         renewed = replace(ticket, generation=self.policies.generation)
-        judgement, problem = judge_fail_closed(self.policies.current(ticket.direction), ticket.stanza, ticket.direction)
+        judgement, problem = judge_fail_closed(self.policies.current(ticket.direction), ticket.stanza, ticket.direction,
+                                               accepted_from_element(ticket.stanza, ticket.direction, ticket.size))
         if problem is not None:
             log.error("policy for {direction} failed on a stanza judged again: {problem!r}",
                       direction=str(ticket.direction), problem=problem)
