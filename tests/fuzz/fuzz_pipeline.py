@@ -45,6 +45,7 @@ with atheris.instrument_imports():
     from guard.edges.xmlstream import STREAM_ERROR_CONDITIONS, ParserLimits, StreamFault, StreamParser, serialise
 
 from tests.unit.policy.allowed import disallowed_parts, size_problem  # noqa: E402
+from tests.trees import tree  # noqa: E402
 
 HEADER = (
     b"<stream:stream xmlns='jabber:server' xmlns:stream='http://etherx.jabber.org/streams'"
@@ -78,21 +79,6 @@ def _policies():
 
 POLICIES = _policies()
 
-
-def tree(element) -> tuple:
-    """An element as comparable data, adjacent text merged and empty text dropped."""
-    children: list = []
-    for child in element.children:
-        if isinstance(child, str):
-            if not child:
-                continue
-            if children and isinstance(children[-1], str):
-                children[-1] += child
-            else:
-                children.append(child)
-        else:
-            children.append(tree(child))
-    return (element.uri, element.name, dict(element.attributes), children)
 
 
 def reparsed(element) -> None:

@@ -24,6 +24,8 @@ import atheris
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
+from tests.trees import tree  # noqa: E402
+
 with atheris.instrument_imports():
     from guard.edges import xmlstream
     from guard.edges.xmlstream import ParserLimits, StreamFault, StreamParser, serialise
@@ -51,21 +53,6 @@ ALLOWANCE = 2 * sum(
     for uri in ("jabber:server", "http://etherx.jabber.org/streams", "jabber:server:dialback")
 ) + xmlstream._REDECLARATION_BUDGET
 
-
-def tree(element) -> tuple:
-    """An element as comparable data, adjacent text merged and empty text dropped."""
-    children: list = []
-    for child in element.children:
-        if isinstance(child, str):
-            if not child:
-                continue
-            if children and isinstance(children[-1], str):
-                children[-1] += child
-            else:
-                children.append(child)
-        else:
-            children.append(tree(child))
-    return (element.uri, element.name, dict(element.attributes), children)
 
 
 def reparse(element) -> None:

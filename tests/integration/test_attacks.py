@@ -199,7 +199,7 @@ STREAM_ATTACKS = [
                  id="control-characters"),
     pytest.param(lambda text: attack_message(text).replace(b"</body>", b"&#0;</body>"), "not-well-formed",
                  id="nul-character-reference"),
-    pytest.param(lambda text: HEADER_BODY + attack_message(text), "not-well-formed", id="nested-stream-header"),
+    pytest.param(lambda text: HEADER_BODY + attack_message(text), "unsupported-stanza-type", id="nested-stream-header"),
     pytest.param(lambda text: attack_message(text).replace(b"</body>", b"<b></body>"), "not-well-formed",
                  id="unbalanced-tags"),
     pytest.param(lambda text: attack_message(text).replace(b"<message ", b"<message x='" + b"v" * 20_000 + b"' "),

@@ -32,6 +32,7 @@ from guard.core.pipeline import AllowAll, Direction, Judgement, Verdict, judge_f
 from guard.core.policy import load_policy
 from guard.edges.xmlstream import STREAM_ERROR_CONDITIONS, StreamFault, StreamParser, serialise
 from tests.unit.policy.allowed import disallowed_parts, size_problem
+from tests.trees import tree
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 HEADER = (
@@ -45,21 +46,6 @@ RED_TO_BLUE = Direction("red", "blue")
 
 SETTINGS = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
-
-def tree(element: domish.Element) -> tuple:
-    """An element as comparable data: namespace, name, attributes and children with adjacent text merged."""
-    children: list = []
-    for child in element.children:
-        if isinstance(child, str):
-            if not child:
-                continue
-            if children and isinstance(children[-1], str):
-                children[-1] += child
-            else:
-                children.append(child)
-        else:
-            children.append(tree(child))
-    return (element.uri, element.name, dict(element.attributes), children)
 
 
 class Parsed:

@@ -18,6 +18,7 @@ from twisted.words.xish import domish
 
 from guard.edges import xmlstream
 from guard.edges.xmlstream import _REDECLARATION_BUDGET, XML_NS, StreamFault, StreamParser, serialise
+from tests.trees import tree
 
 HEADER = (
     b"<stream:stream xmlns='jabber:server' xmlns:stream='http://etherx.jabber.org/streams'"
@@ -26,21 +27,6 @@ HEADER = (
 
 SETTINGS = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
-
-def tree(element: domish.Element) -> tuple:
-    """An element as comparable data: namespace, name, attributes and children with adjacent text merged."""
-    children: list = []
-    for child in element.children:
-        if isinstance(child, str):
-            if not child:
-                continue
-            if children and isinstance(children[-1], str):
-                children[-1] += child
-            else:
-                children.append(child)
-        else:
-            children.append(tree(child))
-    return (element.uri, element.name, dict(element.attributes), children)
 
 
 class Collector:

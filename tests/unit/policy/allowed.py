@@ -15,25 +15,11 @@ from guard.core.addressing import parse_jid
 from guard.core.policy.compiled import CompiledPolicy
 from guard.core.policy.folding import PRESENCE_STATES
 from guard.core.policy.shapes import ERROR_TYPES, EVERYTHING, STANZA_ERROR_CONDITIONS, STANZA_ERROR_NS, XML_LANG
+from tests.trees import tree
 
 SEC_LABEL_NS = "urn:xmpp:sec-label:0"
 ENVELOPE_ATTRIBUTES = {"from", "to", "id", "type", XML_LANG}
 
-
-def tree(element: domish.Element) -> tuple:
-    """An element as comparable data: namespace, name, attributes and children with adjacent text merged."""
-    children: list = []
-    for child in element.children:
-        if isinstance(child, str):
-            if not child:
-                continue
-            if children and isinstance(children[-1], str):
-                children[-1] += child
-            else:
-                children.append(child)
-        else:
-            children.append(tree(child))
-    return (element.uri, element.name, dict(element.attributes), children)
 
 
 def _elements(element):
