@@ -416,7 +416,9 @@ class Lab:
             render_guard_config(self.pki, self.authentication, self.policy, self.guard_log_level,
                                 guard_options=self.guard_options, limits=self.limits)
         )
-        arguments = [self.python, "-m", "guard", "run", "--config", str(self.guard_config),
+        # GUARD_PROFILE=FILE runs the lab's guard under cProfile (for benchmarks: bench_relay.py).
+        profile = ["-m", "cProfile", "-o", os.environ["GUARD_PROFILE"]] if os.environ.get("GUARD_PROFILE") else []
+        arguments = [self.python, *profile, "-m", "guard", "run", "--config", str(self.guard_config),
                      "--pidfile", str(self.pidfile)]
         self._spawn("guard", arguments, [(GUARD_RED_FACING, S2S_PORT), (GUARD_BLUE_FACING, S2S_PORT)], 20.0)
 

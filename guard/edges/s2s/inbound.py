@@ -569,6 +569,26 @@ class InboundStream(MachinePlumbing, Protocol):
 
     @_machine.output()
     def _relay(self, element, addressed, size):
+        self._relay_stanza(element, addressed, size)
+
+    @_machine.output()
+    def _let_stanzas_through(self):
+        """Entering ``open``: stanzas take the short route (the machine is not consulted per stanza)."""
+        self._stanza_input = self._stanza_while_open
+
+    def _stanza_while_open(self, element, addressed, size):
+        """
+        The per-stanza route while the machine is ``open``: every transition
+        out of ``open`` marks the stream closing, and then the machine itself
+        is asked again (it ignores stanzas once closed).
+        """
+        if self._closing:
+            self._stanza_input = self.stanza_arrived
+            self.stanza_arrived(element, addressed, size)
+            return
+        self._relay_stanza(element, addressed, size)
+
+    def _relay_stanza(self, element, addressed, size):
         self.side.relay.stanza_received(self.side, element, addressed, size)
 
     @_machine.output()
@@ -615,11 +635,12 @@ class InboundStream(MachinePlumbing, Protocol):
     awaiting_authentication.upon(external_accepted, enter=awaiting_authenticated_header, outputs=[_succeed_external])
     awaiting_authentication.upon(external_refused, enter=awaiting_authentication, outputs=[_fail_external])
     awaiting_authentication.upon(dialback_requested, enter=awaiting_authentication, outputs=[_check_dialback])
-    awaiting_authentication.upon(dialback_confirmed, enter=open, outputs=[_confirm_dialback])
+    awaiting_authentication.upon(dialback_confirmed, enter=open, outputs=[_confirm_dialback, _let_stanzas_through])
     awaiting_authentication.upon(dialback_denied, enter=awaiting_authentication, outputs=[_deny_dialback])
     awaiting_authentication.upon(dialback_failed, enter=awaiting_authentication, outputs=[_report_dialback_error])
     awaiting_authentication.upon(verify_requested, enter=awaiting_authentication, outputs=[_answer_verify])
-    awaiting_authenticated_header.upon(header_accepted, enter=open, outputs=[_answer_header, _offer_nothing])
+    awaiting_authenticated_header.upon(header_accepted, enter=open,
+                                       outputs=[_answer_header, _offer_nothing, _let_stanzas_through])
     awaiting_authenticated_header.upon(header_refused, enter=closed, outputs=[_refuse_header])
     open.upon(stanza_arrived, enter=open, outputs=[_relay])
     open.upon(dialback_requested, enter=open, outputs=[_check_dialback])

@@ -113,3 +113,21 @@ def test_the_turn_budget_is_shared_by_every_delivery_in_a_turn():
     turns(clock)
     assert ids(relay) == ["m0", "m1", "m2", "m3"]
     assert transport.producerState == "producing"
+
+
+def test_stanzas_after_the_peer_closes_its_stream_are_never_relayed():
+    """The short per-stanza route ends with the machine's open state: a stanza behind the peer's stream close is not relayed."""
+    clock, relay, [(stream, transport)] = open_streams(turn=100_000)
+    stream.dataReceived(message(1) + b"</stream:stream>" + message(2))
+    turns(clock)
+    assert ids(relay) == ["m1"]
+
+
+def test_a_stanza_handed_on_after_a_shutdown_goes_back_to_the_machine_and_is_not_relayed():
+    """Once the stream has left open (here: the guard stops), the machine is asked again and ignores the stanza."""
+    clock, relay, [(stream, transport)] = open_streams()
+    assert stream._stanza_input.__func__ is InboundStream._stanza_while_open
+    stream.close_for_shutdown()
+    stream._input(stream._stanza_input, None, None, 0)
+    assert ids(relay) == []
+    assert getattr(stream._stanza_input, "__func__", None) is not InboundStream._stanza_while_open
