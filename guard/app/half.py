@@ -21,7 +21,7 @@ from guard.core.addressing import Misaddressed, check_addressing, parse_jid
 from guard.core.pipeline import Direction, Verdict, judge_fail_closed
 from guard.edges.link.leg import LinkLeg
 from guard.edges.link.link import NOT_WRITABLE, REFUSED_CONDITION, TOO_LARGE
-from guard.edges.relay import Relay, Ticket
+from guard.edges.relay import MEMORY_HOLD, Relay, Ticket
 from guard.edges.release import reparse_stanza
 from guard.edges.xmlstream import OversizedStanza, ParserLimits, serialise
 
@@ -57,9 +57,11 @@ class HalfRelay(Relay):
         self._link_pairs = frozenset((sender, receiver) for sender in topology.hosted_on(far_side)
                                      for receiver in topology.hosted_on(own_side))
         self.leg = None  # set by the service once the link exists
-        # (far domain, own domain) pairs whose outbound stream to our own
-        # servers is congested: while any is, the link is not read.
-        self.congested_from_link: set[tuple[str, str]] = set()
+        # Why the link is not read: (far domain, own domain, reason) for each
+        # pair whose outbound stream to our own servers is congested or still
+        # being set up with a full queue, and MEMORY_HOLD while the guard holds
+        # its whole memory budget.  While any is present, the link is not read.
+        self.link_holds: set = set()
 
     def _forward(self, side_name, pair, parcel):
         if side_name == self.far.name:
@@ -74,22 +76,41 @@ class HalfRelay(Relay):
 
     # -- back-pressure: our own servers not reading stop the link --------------
 
-    def hold_senders(self, sender, receiver):
-        """Our server stopped reading what the link brings for (sender, receiver): stop reading the link."""
+    def hold_senders(self, sender, receiver, reason=None):
+        """Our server is not taking what the link brings for (sender, receiver): stop reading the link."""
         if self.topology.side_of(sender) == self.far.name:
-            self.congested_from_link.add((sender, receiver))
-            if self.leg is not None:
-                self.leg.link.hold()
+            self._hold_link((sender, receiver, reason))
             return
-        super().hold_senders(sender, receiver)
+        super().hold_senders(sender, receiver, reason)
 
-    def release_senders(self, sender, receiver):
+    def release_senders(self, sender, receiver, reason=None):
         if self.topology.side_of(sender) == self.far.name:
-            self.congested_from_link.discard((sender, receiver))
-            if not self.congested_from_link and self.leg is not None:
-                self.leg.link.release()
+            self._release_link((sender, receiver, reason))
             return
-        super().release_senders(sender, receiver)
+        super().release_senders(sender, receiver, reason)
+
+    def count_held(self, amount):
+        """At the memory budget the link stops being read too (its stanzas fill the same queues)."""
+        super().count_held(amount)
+        if self.held.over:
+            self._hold_link(MEMORY_HOLD)
+
+    def count_freed(self, amount):
+        super().count_freed(amount)
+        if not self.held.over:
+            self._release_link(MEMORY_HOLD)
+
+    def _hold_link(self, why):
+        self.link_holds.add(why)
+        if self.leg is not None:
+            self.leg.link.hold()
+
+    def _release_link(self, why):
+        if why not in self.link_holds:
+            return
+        self.link_holds.discard(why)
+        if not self.link_holds and self.leg is not None:
+            self.leg.link.release()
 
     # -- policy reload ------------------------------------------------------------
 

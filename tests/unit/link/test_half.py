@@ -156,7 +156,7 @@ class RealLeg:
         return self.link.describe()
 
 
-def half_a_joined(settings=LinkSettings(ack_every=1000), export=None):
+def half_a_joined(settings=LinkSettings(ack_every=1000), export=None, limits=None):
     """Half A's relay as the owner of a real link to half B; red's server is set up but never ready."""
     audit = RecordingAudit()
     policies = PolicyTable({Direction("red", "blue"): export or PassAll(),
@@ -164,7 +164,7 @@ def half_a_joined(settings=LinkSettings(ack_every=1000), export=None):
     clock = Clock()
     relay = HalfRelay(TOPOLOGY, policies, Books(), audit, clock, "red", "blue")
     relay.open_stream = lambda *args, **extra: SimpleNamespace(close_for_shutdown=lambda: None)  # never ready
-    red = SimpleNamespace(name="red", limits=Limits(outbound_queue=100), inbound_streams=set(),
+    red = SimpleNamespace(name="red", limits=limits or Limits(outbound_queue=100), inbound_streams=set(),
                           routes={"red.example": ("127.0.0.1", 5269)})
     relay.add_side(red)
     pair = JoinedHalves(settings, clock=clock, owner_a=relay)
@@ -209,6 +209,40 @@ def test_a_congested_own_server_stops_the_link_being_read_and_acknowledged():
     pair.flush()
     assert [parcel.stanza["id"] for parcel in to_red.queue] == ["j0", "j1", "j2"]
     assert pair.b.describe()["unacknowledged"] == 0 and pair.owner_b.of("delivered") == ["j0", "j1", "j2"]
+
+
+def test_a_full_queue_toward_our_server_still_being_set_up_holds_the_link_until_the_stream_is_up():
+    """A burst from the link while the stream to red is being set up: the link is not read once the queue is full
+    (nothing bounced), and is read again when the stream is ready, so everything arrives."""
+    relay, _, pair, _ = half_a_joined(LinkSettings(ack_every=1), limits=Limits(outbound_queue=2))
+    pair.connect()
+    for number in range(6):  # each in its own read: a chunk already read is parsed whole
+        from_juliet(pair, number)
+        pair.flush()
+    to_red = relay.links[("red", "blue.example", "red.example")]
+    assert pair.a.describe()["held"] is True and relay.books.bounced == 0
+    written = []
+    to_red.stream = SimpleNamespace(send=lambda stanza, **extra: written.append(stanza["id"]),
+                                    close_for_shutdown=lambda: None)
+    to_red.stream_ready(to_red.stream)
+    for _ in range(10):
+        pair.flush()
+        pair.clock.advance(1.0)
+    assert written == [f"j{n}" for n in range(6)] and pair.a.describe()["held"] is False
+    assert relay.books.bounced == 0
+
+
+def test_over_the_memory_budget_the_link_is_not_read_until_the_low_water_mark():
+    """Stanzas the half holds count against memory_budget_bytes: at the budget the link is held too, and read
+    again once what is held falls to three quarters of it."""
+    relay, _, pair, _ = half_a_joined(limits=Limits(outbound_queue=1000, memory_budget_bytes=1000))
+    pair.connect()
+    relay.count_held(1000)
+    assert pair.a.describe()["held"] is True
+    relay.count_freed(100)
+    assert pair.a.describe()["held"] is True
+    relay.count_freed(200)
+    assert pair.a.describe()["held"] is False
 
 
 def test_congestion_toward_the_link_still_holds_the_own_servers_streams():
