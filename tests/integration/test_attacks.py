@@ -486,17 +486,29 @@ class TestDialbackAttacks:
         pytest.param("red.example.attacker.test", "blue.example", "invalid-from", id="domain-suffix"),
         pytest.param("ed.example", "blue.example", "invalid-from", id="truncated"),
         pytest.param("red.examp1e", "blue.example", "invalid-from", id="homoglyph-digit"),
-        pytest.param("red.example", "blue.example.attacker.test", "host-unknown", id="receiver-suffix"),
-        pytest.param("red.example", "red.example", "host-unknown", id="receiver-on-the-same-side"),
         pytest.param("blue.example", "blue.example", "invalid-from", id="far-side-to-itself"),
     ])
     def test_dialback_for_a_domain_not_of_this_side_is_refused(self, lab, romeo, juliet, sender, receiver, condition):
-        """A db:result for a lookalike, suffixed or wrong-side domain closes the stream with its error."""
+        """A db:result from a lookalike, suffixed or wrong-side domain closes the stream with its error."""
         watch = Watch(lab)
         with HostilePeer() as peer:
             peer.secure(lab.pki)
             peer.try_send(f"<db:result from='{sender}' to='{receiver}'>abcdef0123456789</db:result>".encode())
             assert peer.stream_error() == condition, peer.received[-400:]
+        watch.assert_contained(romeo, juliet)
+
+    @pytest.mark.parametrize("receiver", [
+        pytest.param("blue.example.attacker.test", id="receiver-suffix"),
+        pytest.param("red.example", id="receiver-on-the-same-side"),
+    ])
+    def test_dialback_to_a_domain_the_guard_does_not_serve_is_a_dialback_error(self, lab, romeo, juliet, receiver):
+        """XEP-0220 2.4: a db:result naming a target the guard does not serve gets <item-not-found/>, not a stream error."""
+        watch = Watch(lab)
+        with HostilePeer() as peer:
+            peer.secure(lab.pki)
+            peer.send(f"<db:result from='red.example' to='{receiver}'>abcdef0123456789</db:result>".encode())
+            peer.expect(rb"<db:result[^>]*type=['\"]error['\"][^>]*>.*?<item-not-found", timeout=10)
+            assert not peer.closed and b"stream:error" not in peer.received, peer.received[-400:]
         watch.assert_contained(romeo, juliet)
 
     def test_forged_dialback_key_is_denied_and_stanzas_stay_out(self, lab, romeo, juliet):

@@ -99,10 +99,10 @@ def refuse_dialback_request(element, stream_header, fronted: frozenset[str],
     sender = _domain(element.getAttribute("from"))
     if receiver is None or sender is None:
         return Refusal("improper-addressing", "dialback needs from and to domains")
-    if receiver not in fronted:
-        return Refusal("host-unknown", "dialback for a domain this guard does not serve", f"to {peer_detail(receiver)}")
     if sender not in hosted:
         return Refusal("invalid-from", "dialback from a domain not of this side", f"from {peer_detail(sender)}")
+    if receiver not in fronted:
+        return Refusal("host-unknown", "dialback for a domain this guard does not serve", f"to {peer_detail(receiver)}")
     key = "".join(str(child) for child in element.children if isinstance(child, str)).strip()
     if not key or len(key) > 1024:
         return Refusal("bad-format", "a dialback key is required")

@@ -30,7 +30,7 @@ from guard.edges.xmlstream import StreamFault, StreamParser
 from . import wire
 from .plumbing import MachinePlumbing
 from .decisions import Refusal, external_identity, refuse_dialback_request, refuse_inbound_header
-from .verification import UNREACHABLE, as_answer
+from .verification import NOT_SERVED, UNREACHABLE, as_answer
 
 log = Logger()
 
@@ -309,6 +309,11 @@ class InboundStream(MachinePlumbing, Protocol):
             self._input(self.fault, "not-authorized", "this side authenticates with certificates")
             return
         refusal = refuse_dialback_request(element, self.first_header, self.side.fronted, self.side.hosted)
+        if refusal is not None and refusal.condition == "host-unknown":
+            # XEP-0220 2.2.1 and 2.4: a target domain the guard does not serve is a dialback
+            # error, not a stream error (the stream may carry other domain pairs).
+            self._input(self.dialback_failed, element.getAttribute("from"), element.getAttribute("to"), NOT_SERVED)
+            return
         if refusal is not None:
             self._input(self.fault, refusal.condition, refusal.text)
             return

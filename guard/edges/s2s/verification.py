@@ -36,6 +36,8 @@ INVALID = Answer("invalid")
 # The errors XEP-0220 names for a db:result the receiving server cannot settle.
 UNREACHABLE = Answer("error", "remote-server-not-found")
 TIMED_OUT = Answer("error", "remote-server-timeout")
+# XEP-0220 2.4: the 'to' of a db:result names no domain this guard serves (the stream stays open).
+NOT_SERVED = Answer("error", "item-not-found")
 TOO_MANY_HERE = Answer("error", "policy-violation", "wait")
 TOO_MANY_ON_SIDE = Answer("error", "resource-constraint", "wait")
 

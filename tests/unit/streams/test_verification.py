@@ -340,3 +340,27 @@ def test_answers_are_the_named_constants():
     assert (UNREACHABLE.condition, UNREACHABLE.error_type) == ("remote-server-not-found", "cancel")
     assert (TIMED_OUT.condition, TIMED_OUT.error_type) == ("remote-server-timeout", "cancel")
     assert (TOO_MANY_HERE.condition, TOO_MANY_ON_SIDE.condition) == ("policy-violation", "resource-constraint")
+
+
+def test_a_db_result_for_a_domain_the_guard_does_not_serve_is_a_dialback_error_and_the_stream_stays():
+    """XEP-0220 2.4: an unknown target domain gets <item-not-found/> as a dialback error; no stream error, nothing opened."""
+    world = World()
+    stream, transport = world.authenticating()
+    stream.dataReceived(db_result(receiver="green.example"))
+    assert transport.value() == (
+        b"<db:result from='green.example' to='red.example' type='error'><error type='cancel'>"
+        b"<item-not-found xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></error></db:result>"
+    )
+    assert world.log == [] and not transport.disconnecting
+    transport.clear()
+    stream.dataReceived(db_result())
+    assert world.log[0] == ("open", "blue.example", "red.example", "verify")
+
+
+def test_a_db_result_from_a_domain_not_of_this_side_still_ends_the_stream():
+    """A sender domain that is not on this side is a forgery: invalid-from, whatever its target."""
+    world = World()
+    stream, transport = world.authenticating()
+    stream.dataReceived(db_result(sender="blue.example", receiver="green.example"))
+    assert b"<invalid-from xmlns='urn:ietf:params:xml:ns:xmpp-streams'/>" in transport.value()
+    assert transport.disconnecting
