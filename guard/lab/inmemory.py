@@ -480,6 +480,7 @@ class FakeServer:
         self.authentication = authentication
         self.present(keypair)
         self.up = True
+        self.silent = False  # accepts connections and never answers
         self.received: list[tuple[str, object]] = []
         self.streams: dict[tuple[str, str], OriginatingStream] = {}
         self._secret = secrets.token_bytes(16)
@@ -685,7 +686,9 @@ class InMemoryLab:
         guard_address = self._address("127.0.3.9")
         target = IPv4Address("TCP", host, port)
         server = next((s for s in self.servers.values() if SERVER_ADDRESS[s.side][1] == port), None)
-        if server is not None and server.up:
+        if server is not None and server.up and server.silent:
+            far_protocol, far_chain = Protocol(), server.chain
+        elif server is not None and server.up:
             far_protocol = ReceivingStream(server)
             far_chain = server.chain
         elif server is None and port == AUTHORITY_ADDRESS[1]:

@@ -26,6 +26,7 @@ Steps::
     red is refused: no-mechanism                   # a negotiation red started was refused
     red presents: red_from_blue_ca                 # the lab PKI key pair red's TLS presents from now on
     blue is down / blue is up                      # connections to blue's server fail / succeed
+    blue is silent                                 # blue's server accepts connections and never answers
     authority answers: release                     # or deny (the default)
     authority receives: <message .../>             # what the guard asked the authority about
     audit has: drop rule=label-not-releasable kind=message
@@ -60,6 +61,7 @@ STEPS = [
     ("presents", re.compile(r"^(red|blue) presents:\s*(.*)$")),
     ("is down", re.compile(r"^(red|blue) is down()$")),
     ("is up", re.compile(r"^(red|blue) is up()$")),
+    ("is silent", re.compile(r"^(red|blue) is silent()$")),
     ("answers", re.compile(r"^(authority) answers:\s*(release|deny)$")),
     ("asked", re.compile(r"^(authority) receives:\s*(.*)$")),
     ("audit has", re.compile(r"^()audit has:\s*(.*)$")),
@@ -269,6 +271,11 @@ class Player:
 
     def _is_up(self, step):
         self.lab.servers[step.actor].up = True
+        self.lab.servers[step.actor].silent = False
+
+    def _is_silent(self, step):
+        self.lab.servers[step.actor].up = True
+        self.lab.servers[step.actor].silent = True
 
     def _answers(self, step):
         self.lab.authority_answer = step.value
