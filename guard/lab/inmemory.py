@@ -27,7 +27,7 @@ literal bytes, to be both an originating server (header, STARTTLS, SASL
 EXTERNAL or dialback, stanzas) and a receiving server (the same, answered;
 db:verify answered for keys they issued; dialback keys the guard presents
 checked back through the guard), and record, in order, every stanza, stream
-error and refusal they receive.
+error and refusal they receive, and every dialback check they answer or make.
 """
 
 from __future__ import annotations
@@ -377,6 +377,8 @@ class OriginatingStream(_S2SProtocol):
             self.transport.write(f"<auth xmlns='{SASL}' mechanism='EXTERNAL'>{authzid}</auth>".encode())
         elif self.server.authentication == "dialback" and offers_dialback:
             key = self.server.dialback_key(self.receiver, self.sender, self.stream_id)
+            if self.server.forging:
+                key = "0" * len(key)
             self.transport.write(
                 f"<db:result from={_quote(self.sender)} to={_quote(self.receiver)}>{key}</db:result>".encode())
         else:
@@ -450,6 +452,7 @@ class ReceivingStream(_S2SProtocol):
         originating, receiving = element.getAttribute("from"), element.getAttribute("to")
 
         def answered(verdict):
+            self.server.record("dialback checked", verdict)
             if self.transport.disconnected:
                 return
             if verdict == "valid":
@@ -463,6 +466,7 @@ class ReceivingStream(_S2SProtocol):
         asking, claimed, stream_id = element.getAttribute("from"), element.getAttribute("to"), element.getAttribute("id")
         genuine = hmac.compare_digest(_text(element), self.server.dialback_key(asking, claimed, stream_id))
         verdict = "valid" if genuine else "invalid"
+        self.server.record("asked to verify", verdict)
         self.transport.write(
             f"<db:verify from={_quote(claimed)} to={_quote(asking)} id={_quote(stream_id)} type='{verdict}'/>".encode())
 
@@ -481,6 +485,7 @@ class FakeServer:
         self.present(keypair)
         self.up = True
         self.silent = False  # accepts connections and never answers
+        self.forging = False  # presents dialback keys it did not make
         self.received: list[tuple[str, object]] = []
         self.streams: dict[tuple[str, str], OriginatingStream] = {}
         self._secret = secrets.token_bytes(16)

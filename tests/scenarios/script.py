@@ -27,6 +27,9 @@ Steps::
     red presents: red_from_blue_ca                 # the lab PKI key pair red's TLS presents from now on
     blue is down / blue is up                      # connections to blue's server fail / succeed
     blue is silent                                 # blue's server accepts connections and never answers
+    red forges dialback keys                       # red presents keys it did not make
+    red is asked to verify: valid                  # red (authoritative) got a db:verify and answered so
+    red checks dialback: valid                     # red checked a key the guard presented (through the guard)
     authority answers: release                     # or deny (the default)
     authority receives: <message .../>             # what the guard asked the authority about
     audit has: drop rule=label-not-releasable kind=message
@@ -62,6 +65,9 @@ STEPS = [
     ("is down", re.compile(r"^(red|blue) is down()$")),
     ("is up", re.compile(r"^(red|blue) is up()$")),
     ("is silent", re.compile(r"^(red|blue) is silent()$")),
+    ("forges keys", re.compile(r"^(red|blue) forges dialback keys()$")),
+    ("asked to verify", re.compile(r"^(red|blue) is asked to verify:\s*(valid|invalid)$")),
+    ("dialback checked", re.compile(r"^(red|blue) checks dialback:\s*(valid|invalid|none)$")),
     ("answers", re.compile(r"^(authority) answers:\s*(release|deny)$")),
     ("asked", re.compile(r"^(authority) receives:\s*(.*)$")),
     ("audit has", re.compile(r"^()audit has:\s*(.*)$")),
@@ -272,6 +278,21 @@ class Player:
     def _is_up(self, step):
         self.lab.servers[step.actor].up = True
         self.lab.servers[step.actor].silent = False
+
+    def _forges_keys(self, step):
+        self.lab.servers[step.actor].forging = True
+
+    def _asked_to_verify(self, step):
+        event = self._next_event(step)
+        if event != ("asked to verify", step.value):
+            self.fail(step, f"{step.actor} should be asked to verify a key and answer {step.value}, "
+                            f"but received {_describe(event)}")
+
+    def _dialback_checked(self, step):
+        event = self._next_event(step)
+        if event != ("dialback checked", step.value):
+            self.fail(step, f"{step.actor} should check the guard's dialback key and hear {step.value}, "
+                            f"but received {_describe(event)}")
 
     def _is_silent(self, step):
         self.lab.servers[step.actor].up = True
