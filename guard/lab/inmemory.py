@@ -11,7 +11,9 @@ policies, sides, relay, audit trail, release authority client) on a
   port, or fails it when that server is down.
 - Bytes: ``MemoryWire`` carries them between two ``MemoryTransport`` ends,
   in order, honouring pauses, and hands each end ``connectionLost`` after a
-  close.
+  close.  As a real transport does, it pauses a writer's registered producer
+  while more than its ``bufferSize`` bytes wait unread, and resumes it when
+  they are read (a fake server can stop reading: back-pressure).
 
 TLS is stubbed at exactly one point: ``MemoryTransport.startTLS`` only marks
 the end secure (no handshake happens) and ``MemoryTransport.getHandle``
@@ -108,6 +110,7 @@ class MemoryTransport:
         self.disconnecting = False
         self.disconnected = False
         self.producer = None
+        self.producer_paused = False
         self.bufferSize = 65536
         self.other = None
         self.protocol = None
@@ -145,9 +148,11 @@ class MemoryTransport:
 
     def registerProducer(self, producer, streaming):
         self.producer = producer
+        self.producer_paused = False
 
     def unregisterProducer(self):
         self.producer = None
+        self.producer_paused = False
 
     def pauseProducing(self):
         self.reading = False
@@ -183,6 +188,22 @@ class MemoryWire:
 
     def carry(self, writer, secure, data):
         self._waiting[writer.other].append((secure, data))
+        self._tell_producer(writer)
+
+    def _unread(self, writer) -> int:
+        return sum(len(data) for _, data in self._waiting[writer.other])
+
+    def _tell_producer(self, writer):
+        """As a real transport does: pause the writer's producer while more than bufferSize bytes wait unread, resume when drained."""
+        if writer.producer is None:
+            return
+        unread = self._unread(writer)
+        if unread > writer.bufferSize and not writer.producer_paused:
+            writer.producer_paused = True
+            writer.producer.pauseProducing()
+        elif unread == 0 and writer.producer_paused:
+            writer.producer_paused = False
+            writer.producer.resumeProducing()
 
     def abort(self):
         self._aborted = True
@@ -202,6 +223,7 @@ class MemoryWire:
                         f"{'under TLS' if reader.secure else 'in the clear'}: {data[:80]!r}"
                     )
                 reader.protocol.dataReceived(data)
+                self._tell_producer(reader.other)
                 moved = True
         if self._aborted or any(end.disconnecting and not self._waiting[end.other] for end in (self.near, self.far)):
             self._close()
@@ -486,6 +508,8 @@ class FakeServer:
         self.up = True
         self.silent = False  # accepts connections and never answers
         self.forging = False  # presents dialback keys it did not make
+        self.reading = True  # reads what the guard writes to it
+        self.receiving: list[MemoryTransport] = []  # its ends of the connections the guard opened to it
         self.received: list[tuple[str, object]] = []
         self.streams: dict[tuple[str, str], OriginatingStream] = {}
         self._secret = secrets.token_bytes(16)
@@ -513,7 +537,17 @@ class FakeServer:
         stream = OriginatingStream(self, asking, originating, verify=(stream_id, key, answered))
         self.lab.connect_to_guard(self, stream)
 
+    def read(self, reading: bool):
+        """Stop or start reading what the guard writes on every connection it opened to this server (and later ones)."""
+        self.reading = reading
+        for end in self.receiving:
+            if reading:
+                end.resumeProducing()
+            else:
+                end.pauseProducing()
+
     def forget(self, stream):
+        self.receiving = [end for end in self.receiving if end.protocol is not stream]
         for pair, known in list(self.streams.items()):
             if known is stream:
                 del self.streams[pair]
@@ -708,6 +742,10 @@ class InMemoryLab:
         wire = MemoryWire(guard_protocol, guard_address, guard_chain, far_protocol, target, far_chain)
         self.wires.append(wire)
         wire.start()
+        if server is not None:
+            server.receiving.append(wire.far)
+            if not server.reading:
+                wire.far.pauseProducing()
 
     def settle(self):
         """Carry bytes, connections and due timers until nothing moves (bounded by MAX_ROUNDS)."""

@@ -27,6 +27,7 @@ Steps::
     red presents: red_from_blue_ca                 # the lab PKI key pair red's TLS presents from now on
     blue is down / blue is up                      # connections to blue's server fail / succeed
     blue is silent                                 # blue's server accepts connections and never answers
+    blue stops reading / blue reads again          # blue leaves what the guard writes unread (back-pressure)
     red forges dialback keys                       # red presents keys it did not make
     red is asked to verify: valid                  # red (authoritative) got a db:verify and answered so
     red checks dialback: valid                     # red checked a key the guard presented (through the guard)
@@ -65,6 +66,8 @@ STEPS = [
     ("is down", re.compile(r"^(red|blue) is down()$")),
     ("is up", re.compile(r"^(red|blue) is up()$")),
     ("is silent", re.compile(r"^(red|blue) is silent()$")),
+    ("stops reading", re.compile(r"^(red|blue) stops reading()$")),
+    ("reads again", re.compile(r"^(red|blue) reads again()$")),
     ("forges keys", re.compile(r"^(red|blue) forges dialback keys()$")),
     ("asked to verify", re.compile(r"^(red|blue) is asked to verify:\s*(valid|invalid)$")),
     ("dialback checked", re.compile(r"^(red|blue) checks dialback:\s*(valid|invalid|none)$")),
@@ -278,6 +281,14 @@ class Player:
     def _is_up(self, step):
         self.lab.servers[step.actor].up = True
         self.lab.servers[step.actor].silent = False
+
+    def _stops_reading(self, step):
+        self.lab.servers[step.actor].read(False)
+        self.lab.settle()
+
+    def _reads_again(self, step):
+        self.lab.servers[step.actor].read(True)
+        self.lab.settle()
 
     def _forges_keys(self, step):
         self.lab.servers[step.actor].forging = True
