@@ -20,6 +20,7 @@ Settings (before the first step)::
 Steps::
 
     red sends: <message from='alice@red.example/pc' to='bob@blue.example'/>
+    red sends on red.example->blue.example: <message .../>   # on that pair's stream, whatever the stanza says
     blue receives: <message from='alice@red.example/pc' to='bob@blue.example'/>
     red receives error: policy-violation           # the next stanza red gets is an error with this condition
     red receives stream error: system-shutdown
@@ -58,6 +59,7 @@ from tests.trees import tree
 ACTORS = ("red", "blue")
 STEPS = [
     ("sends", re.compile(r"^(red|blue) sends:\s*(.*)$")),
+    ("sends on", re.compile(r"^(red|blue) sends on (\S+->\S+:\s*.*)$")),
     ("receives error", re.compile(r"^(red|blue) receives error:\s*(.*)$")),
     ("receives stream error", re.compile(r"^(red|blue) receives stream error:\s*(.*)$")),
     ("receives", re.compile(r"^(red|blue) receives:\s*(.*)$")),
@@ -105,7 +107,14 @@ class Step:
 
     @property
     def xml(self) -> str:
-        return (self.value + "".join(part.strip() for part in self.continuation)).strip()
+        text = self.value.partition(":")[2] if self.verb == "sends on" else self.value
+        return (text + "".join(part.strip() for part in self.continuation)).strip()
+
+    @property
+    def pair(self) -> tuple[str, str]:
+        """For ``sends on``: the (sender domain, receiver domain) of the stream named before the colon."""
+        sender, _, receiver = self.value.partition(":")[0].partition("->")
+        return sender.strip(), receiver.strip()
 
 
 @dataclass
@@ -209,7 +218,11 @@ def _match(table, text):
 def _check_step(where, step):
     """Refuse at reading time what could only fail later: XML that is not one stanza, unknown key pairs, bad numbers."""
     try:
-        if step.verb in ("sends", "receives", "asked"):
+        if step.verb == "sends on":
+            parse_stanza(step.xml)
+            if not all(step.pair):
+                raise ValueError("name the stream as sender-domain->receiver-domain")
+        elif step.verb in ("sends", "receives", "asked"):
             stanza = parse_stanza(step.xml)
             if step.verb == "sends" and not (_domain(stanza.getAttribute("from")) and _domain(stanza.getAttribute("to"))):
                 raise ValueError("a stanza sent needs 'from' and 'to' (they choose the stream)")
@@ -270,6 +283,10 @@ class Player:
         stanza = parse_stanza(step.xml)
         server = self.lab.servers[step.actor]
         server.send(_domain(stanza.getAttribute("from")), _domain(stanza.getAttribute("to")), step.xml.encode("utf-8"))
+        self.lab.settle()
+
+    def _sends_on(self, step):
+        self.lab.servers[step.actor].send(*step.pair, step.xml.encode("utf-8"))
         self.lab.settle()
 
     def _presents(self, step):
