@@ -432,7 +432,6 @@ class ReceivingStream(_S2SProtocol):
 
     def _on_header(self, root):
         self.stream_id = secrets.token_hex(8)
-        self.peer_domain = root.getAttribute("from")
         self.transport.write(header(root.getAttribute("to"), root.getAttribute("from"), self.stream_id))
         if not self.secure:
             features = f"<starttls xmlns='{TLS}'><required/></starttls>"
