@@ -55,11 +55,17 @@ unit: venv
 policies: venv
 	$(GUARD) check-policy policies/*.toml
 
+# Whole conversations through the real guard service in memory (tests/scenarios/*.scenario): seconds, no sockets.
+.PHONY: scenarios
+scenarios: venv
+	$(PY) -m pytest -q tests/scenarios
+
 integration: venv
 	$(PY) -m pytest -q tests/integration
 
 test: venv run/pki/red-ca.pem
 	$(PY) -m pytest -q tests/unit
+	$(PY) -m pytest -q tests/scenarios
 	$(GUARD) check-policy policies/*.toml
 	$(GUARD) check-config deploy/guard.toml
 	$(MAKE) --no-print-directory fuzz FUZZ_SECONDS=$(CI_FUZZ_SECONDS)
