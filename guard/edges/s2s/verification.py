@@ -156,7 +156,10 @@ class Verifier:
             return defer.succeed(UNREACHABLE)
         channel = self.channels.get((receiving, originating))
         if channel is None:
-            channel = self.channels[(receiving, originating)] = _VerifyChannel(self, receiving, originating, route)
+            channel = _VerifyChannel(self, receiving, originating, route)
+            if not channel.closed:
+                # A stream that failed while it was being opened is not kept: the next request tries again.
+                self.channels[(receiving, originating)] = channel
         answer = channel.ask(stream_id, key)
 
         def settled(result):

@@ -364,3 +364,18 @@ def test_a_db_result_from_a_domain_not_of_this_side_still_ends_the_stream():
     stream.dataReceived(db_result(sender="blue.example", receiver="green.example"))
     assert b"<invalid-from xmlns='urn:ietf:params:xml:ns:xmpp-streams'/>" in transport.value()
     assert transport.disconnecting
+
+
+def test_an_authoritative_server_unreachable_at_once_is_asked_again_by_the_next_request():
+    """A verification stream that fails while it is being opened leaves no dead channel behind: the next request opens a new one."""
+    world = World(connect_fails=True)
+    stream, transport = world.authenticating()
+    stream.dataReceived(db_result())
+    assert world.side.verifier.channels == {}
+    world.connect_fails = False
+    second, second_transport = world.authenticating(port=40001)
+    second.dataReceived(db_result())
+    assert len(opens(world.log)) == 2
+    world.ready()
+    assert len(verifies(world.log)) == 1
+    assert second_transport.value() == b""
