@@ -104,6 +104,9 @@ class Relay:
         self.halted_reason: str | None = None
         self.stopping = False
         self.held = HeldBytes.for_budget(Limits().memory_budget_bytes)
+        # The stanzas waiting for the release authority, by a token of each question (oldest first):
+        # each is settled once, by the answer or, if the guard stops first, by a bounce.
+        self.referred: dict[object, Ticket] = {}
 
     def add_side(self, side):
         side.relay = self
@@ -197,9 +200,13 @@ class Relay:
             self._drop(stanza, judgement.rule_id, judgement.rule_rev, direction,
                        "refer: no release authority (High Assurance Guard) is configured")
             return
+        question = object()
+        self.referred[question] = ticket
         self.count_held(ticket.size)
 
         def decided(release):
+            if self.referred.pop(question, None) is None:
+                return  # already settled: the guard stopped before the authority answered
             self.count_freed(ticket.size)
             if release is not None and getattr(release, "busy", False):
                 self._bounce(stanza, "resource-constraint", guard_text("resource-constraint"),
@@ -388,6 +395,15 @@ class Relay:
                 stream.close_for_shutdown()
         for link in list(self.links.values()):
             link.bounce_waiting("remote-server-timeout", "the guard is stopping")
+        self._settle_referred()
+
+    def _settle_referred(self):
+        """Bounce every stanza still waiting for the release authority: its answer, if it comes, is ignored."""
+        waiting, self.referred = self.referred, {}
+        for ticket in waiting.values():
+            self.count_freed(ticket.size)
+            self.undeliverable(Parcel(ticket.stanza, ticket.stanza, ticket, ticket.size),
+                               "remote-server-timeout", "the guard is stopping")
 
     def bounces_waiting(self) -> int:
         """Our own bounces not yet written (the service waits for them, within a grace, before closing)."""

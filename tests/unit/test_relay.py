@@ -705,3 +705,21 @@ def test_a_refer_answered_after_the_audit_trail_closed_is_not_released_silently(
     assert world.books.balanced() and world.books.delivered == 0
     assert world.relay.halted_reason is not None and "closed" in world.relay.halted_reason
     assert not any(entry[0] == "open" and entry[1] == "blue" for entry in world.log)
+
+
+def test_a_stanza_waiting_for_the_authority_when_the_guard_stops_is_bounced_once():
+    """Stopping settles a stanza still waiting for the release authority (bounced, its bytes freed); a late answer changes nothing."""
+    from guard.edges.release import Release
+
+    world = World(policy=BodyPolicy())
+    world.relay.release_authority = HeldAuthority()
+    world.arrive(MESSAGE.format(id="m1", body="secret plans"), size=300)
+    world.relay.begin_shutdown()
+    assert world.books.summary()["bounce_reasons"] == {"guard:remote-server-timeout": 1}
+    assert world.books.balanced() and world.relay.bounces_waiting() == 1
+    stanza, answer = world.relay.release_authority.questions.pop(0)
+    answer.callback(Release(True, stanza, "released"))
+    world.relay.finish_shutdown()
+    assert world.books.accepted == 1 and world.books.bounced == 1 and world.books.balanced()
+    assert world.relay.held.held == 0
+    assert not any(entry[0] == "open" and entry[1] == "blue" for entry in world.log)
