@@ -84,12 +84,16 @@ def top_element(element):
 
 
 def retained(parcel):
-    """What the link keeps of a parcel once its bytes exist: its stanzas cut to their top elements.
+    """What the link keeps of a parcel once its bytes exist: its stanzas cut to their top elements,
+    the one its ticket keeps for judging again too (the link judges again from the bytes).
 
     A parsed stanza costs up to ~80 times its wire size; the buffer is bounded
     by the wire size, so it must not hold the trees."""
     changes = {name: top_element(value) for name in ("stanza", "original")
                if isinstance(value := getattr(parcel, name, None), domish.Element)}
+    ticket = getattr(parcel, "ticket", None)
+    if dataclasses.is_dataclass(ticket) and isinstance(getattr(ticket, "stanza", None), domish.Element):
+        changes["ticket"] = dataclasses.replace(ticket, stanza=top_element(ticket.stanza))
     if not changes:
         return parcel
     if dataclasses.is_dataclass(parcel):

@@ -331,3 +331,18 @@ def test_a_draining_link_is_not_held_so_acknowledgements_can_still_be_read():
     pair.b.send(message(1, "juliet@blue.example", "romeo@red.example"))
     pair.flush()
     assert pair.owner_a.events == [] and pair.a.inbox.not_counted == 1
+
+
+def test_the_buffer_keeps_no_parsed_tree_of_a_relay_parcel_not_even_in_its_ticket():
+    """A relay parcel also carries its accepted stanza in its ticket: the buffer keeps none of that tree's children either."""
+    from guard.core.pipeline import Direction
+    from guard.edges.relay import Parcel as RelayParcel, Ticket
+
+    received = message(1, body="z" * 100).stanza
+    ticket = Ticket(received, ("red.example", "blue.example"), 200, Direction("red", "blue"), 0)
+    pair = JoinedHalves()
+    pair.a.send(RelayParcel(received, received, ticket, 200))
+    (entry,) = pair.a.outbox.entries
+    kept = entry.parcel.parcel
+    assert [kept.stanza.children, kept.original.children, kept.ticket.stanza.children] == [[], [], []]
+    assert kept.ticket.stanza["id"] == "1" and received.children != []
