@@ -548,7 +548,13 @@ class OutboundLink:
         self.state = LinkState.CONNECTING
         self.connects += 1
         self.stream = None
-        stream = self.relay.open_stream(self, self.side, self.sender, self.receiver, route)
+        try:
+            stream = self.relay.open_stream(self, self.side, self.sender, self.receiver, route)
+        except Exception as problem:  # noqa: BLE001 - no stream is coming: settle what waits, never wait forever
+            log.error("could not open a stream {sender}->{receiver}: {problem!r}", sender=self.sender,
+                      receiver=self.receiver, problem=problem)
+            self.stream_failed(None, "internal-server-error", "the stream could not be opened")
+            return
         if self.state is LinkState.CONNECTING and self.stream is None:
             self.stream = stream
 

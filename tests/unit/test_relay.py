@@ -723,3 +723,25 @@ def test_a_stanza_waiting_for_the_authority_when_the_guard_stops_is_bounced_once
     assert world.books.accepted == 1 and world.books.bounced == 1 and world.books.balanced()
     assert world.relay.held.held == 0
     assert not any(entry[0] == "open" and entry[1] == "blue" for entry in world.log)
+
+
+def test_a_stream_that_cannot_even_be_opened_bounces_what_waits_and_the_next_stanza_tries_again():
+    """An exception while opening an outbound stream settles the waiting stanza (internal-server-error) instead of leaving the pair connecting forever."""
+    world = World()
+    opened = world.open_stream
+    attempts = []
+
+    def broken_once(owner, side, sender, receiver, route, purpose="relay", verify=None):
+        attempts.append(receiver)
+        if len(attempts) == 1:
+            raise RuntimeError("no socket for you")
+        return opened(owner, side, sender, receiver, route, purpose)
+
+    world.relay.open_stream = broken_once
+    world.arrive(MESSAGE.format(id="m1", body="first"))
+    assert world.books.summary()["bounce_reasons"] == {"guard:internal-server-error": 1}
+    world.arrive(MESSAGE.format(id="m2", body="second"))
+    world.ready("blue", "red.example", "blue.example")
+    assert [xml for _, key, xml in world.sent() if key[0] == "blue"] == [
+        '<message from="romeo@red.example/a" to="juliet@blue.example" id="m2"><body>second</body></message>']
+    assert world.books.balanced() and world.relay.held.held > 0  # only the bounce to red waits for its stream

@@ -190,7 +190,13 @@ class _VerifyChannel:
         self.ready = False
         self.closed = False
         self.stream = None
-        stream = verifier.open_stream(self, verifier.side, sender, receiver, route, purpose="verify")
+        try:
+            stream = verifier.open_stream(self, verifier.side, sender, receiver, route, purpose="verify")
+        except Exception as problem:  # noqa: BLE001 - no stream is coming: answer, never wait or count forever
+            log.error("could not open a verification stream {sender}->{receiver}: {problem!r}",
+                      sender=sender, receiver=receiver, problem=problem)
+            self._closed(UNREACHABLE)
+            return
         if not self.closed:
             self.stream = stream
 

@@ -379,3 +379,18 @@ def test_an_authoritative_server_unreachable_at_once_is_asked_again_by_the_next_
     world.ready()
     assert len(verifies(world.log)) == 1
     assert second_transport.value() == b""
+
+
+def test_a_verification_stream_that_cannot_even_be_opened_answers_and_stops_counting():
+    """An exception while opening the verification stream answers remote-server-not-found and frees the pending count."""
+    world = World()
+
+    def broken(owner, side, sender, receiver, route, purpose="relay"):
+        raise RuntimeError("no socket for you")
+
+    world.relay.open_stream = broken
+    stream, transport = world.authenticating()
+    stream.dataReceived(db_result())
+    assert b"<remote-server-not-found xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/>" in transport.value()
+    assert world.side.verifier.book.pending == 0 and world.side.verifier.channels == {}
+    assert not transport.disconnecting
