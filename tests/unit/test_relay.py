@@ -605,13 +605,19 @@ def test_a_busy_authority_bounces_with_resource_constraint():
 
 # -- reload: what was judged under the old policy is judged again (issue 9 item 15)
 
+def reloaded_while_queued(new_policy, bodies):
+    """A world where messages with ``bodies`` were queued under BodyPolicy, then ``new_policy`` came in and the stream got ready."""
+    world = World(policy=BodyPolicy())
+    for number, body in enumerate(bodies, 1):
+        world.arrive(MESSAGE.format(id=f"m{number}", body=body))
+    world.relay.policies.swap(RED_TO_BLUE, new_policy)
+    world.ready("blue", "red.example", "blue.example")
+    return world
+
+
 def test_a_reload_judges_again_what_waits_for_a_stream():
     """Stanzas queued under the old policy are judged by the new one before they leave: refused ones never leave."""
-    world = World(policy=BodyPolicy())
-    world.arrive(MESSAGE.format(id="m1", body="later"))
-    world.arrive(MESSAGE.format(id="m2", body="fine"))
-    world.relay.policies.swap(RED_TO_BLUE, DropEverything())
-    world.ready("blue", "red.example", "blue.example")
+    world = reloaded_while_queued(DropEverything(), ["later", "fine"])
     assert world.sent() == []
     assert [record[:2] for record in world.audit.records] == [("drop", "drop-everything")] * 2
     assert world.books.balanced() and world.relay.held.held == 0
@@ -619,11 +625,7 @@ def test_a_reload_judges_again_what_waits_for_a_stream():
 
 def test_a_reload_keeps_the_order_and_sends_what_the_new_policy_builds():
     """What the new policy passes leaves as the new policy built it, in the order it arrived."""
-    world = World(policy=BodyPolicy())
-    world.arrive(MESSAGE.format(id="m1", body="one"))
-    world.arrive(MESSAGE.format(id="m2", body="two"))
-    world.relay.policies.swap(RED_TO_BLUE, Rebuilding())
-    world.ready("blue", "red.example", "blue.example")
+    world = reloaded_while_queued(Rebuilding(), ["one", "two"])
     assert [xml for _, _, xml in world.sent()] == [
         '<message from="romeo@red.example/a" to="juliet@blue.example"><body>rebuilt one</body></message>',
         '<message from="romeo@red.example/a" to="juliet@blue.example"><body>rebuilt two</body></message>',

@@ -100,13 +100,19 @@ def test_a_full_buffer_bounces_with_resource_constraint():
     assert pair.owner_a.events == [("undeliverable", "3", "resource-constraint")]
 
 
-def test_a_restarted_peer_receives_everything_unacknowledged():
-    """A new incarnation of B (new session, counters zero) gets every unacknowledged stanza once."""
+def one_written_then_cut():
+    """Two halves where A wrote stanza 1, B read it, and the connection died before any acknowledgement."""
     pair = JoinedHalves(LinkSettings(ack_every=1000))
     pair.connect()
     pair.a.send(message(1))
     pair.flush()
     pair.cut()
+    return pair
+
+
+def test_a_restarted_peer_receives_everything_unacknowledged():
+    """A new incarnation of B (new session, counters zero) gets every unacknowledged stanza once."""
+    pair = one_written_then_cut()
     from guard.edges.link.link import Link
 
     from .pairs import RecordingOwner
@@ -150,11 +156,7 @@ def test_stopping_bounces_what_was_never_written_and_reports_the_rest_in_doubt()
 
 def test_stopping_while_down_bounces_the_unwritten_and_reports_the_written_in_doubt():
     """Down at stop: each waiting stanza is settled exactly once, by what the peer can have."""
-    pair = JoinedHalves(LinkSettings(ack_every=1000))
-    pair.connect()
-    pair.a.send(message(1))
-    pair.flush()
-    pair.cut()
+    pair = one_written_then_cut()
     pair.a.send(message(2))
     pair.a.stop()
     assert sorted(pair.owner_a.events) == [("in_doubt", "1"), ("undeliverable", "2", "remote-server-timeout")]
