@@ -39,7 +39,7 @@ from twisted.words.xish import domish
 from guard.edges.xmlstream import OversizedStanza, ParserLimits, serialise
 
 from . import wire
-from .ledger import Inbox, LinkFault, Outbox
+from .ledger import Inbox, LinkFault, Outbox, StanzaNotTaken
 
 log = Logger()
 
@@ -246,7 +246,12 @@ class Link:
         if stream is not self.stream:
             raise LinkFault("conflict", "this connection was replaced")
         if self.inbox.accept():
-            self.owner.link_stanza_received(element, size)
+            try:
+                self.owner.link_stanza_received(element, size)
+            except Exception as problem:  # noqa: BLE001 - what was not taken is never acknowledged
+                log.failure("link: this half could not take the peer's stanza {n}", n=self.inbox.expected - 1)
+                self.inbox.take_back()
+                raise StanzaNotTaken("internal-server-error", "this half could not take the stanza") from problem
 
     def acknowledged(self, stream, received: int) -> None:
         if stream is not self.stream:

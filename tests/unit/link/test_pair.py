@@ -4,7 +4,7 @@ from guard.edges.link.link import LinkSettings
 
 from guard.edges.xmlstream import ParserLimits
 
-from .pairs import FakeStream, JoinedHalves, message
+from .pairs import FakeStream, JoinedHalves, RecordingOwner, message
 
 
 def test_stanzas_cross_both_ways_and_are_acknowledged():
@@ -348,3 +348,35 @@ def test_the_buffer_keeps_no_parsed_tree_of_a_relay_parcel_not_even_in_its_ticke
     kept = entry.parcel.parcel
     assert [kept.stanza.children, kept.original.children, kept.ticket.stanza.children] == [[], [], []]
     assert kept.ticket.stanza["id"] == "1" and received.children != []
+
+
+class FailingOnce(RecordingOwner):
+    """An owner with a fault: taking stanza ``failing`` raises (a bug in the half, not in the stanza)."""
+
+    def __init__(self, failing):
+        super().__init__()
+        self.failing = failing
+
+    def link_stanza_received(self, element, size):
+        if element.getAttribute("id") == self.failing:
+            raise RuntimeError("a fault in the half")
+        super().link_stanza_received(element, size)
+
+
+def test_a_stanza_the_owner_fails_to_take_is_refused_not_acknowledged():
+    """When half B faults while taking stanza 2, B does not count it (so never acknowledges it as taken): it refuses it,
+    A bounces it once, and what follows is carried on the next connection."""
+    pair = JoinedHalves(LinkSettings(ack_every=1000))
+    pair.b.owner = pair.owner_b = FailingOnce("2")
+    pair.connect()
+    for number in (1, 2, 3):
+        pair.a.send(message(number))
+    pair.flush()
+    assert pair.owner_a.events == [("delivered", "1"), ("undeliverable", "2", "not-acceptable")]
+    assert pair.b.describe()["received"] == 1
+    pair.cut()
+    pair.connect()
+    pair.clock.advance(1.0)
+    pair.flush()
+    assert pair.owner_b.of("received") == ["1", "3"]
+    assert pair.owner_a.events[2:] == [("delivered", "3")]
