@@ -66,6 +66,9 @@ class Parcel:
 # What one of our own bounces counts for in byte bounds besides its addresses and id.
 BOUNCE_BYTES = 256
 
+# The rule an audit record names when one of our own bounces cannot be delivered.
+BOUNCE_LOST_RULE = "guard:bounce-lost"
+
 # The reason a stream is held while what the guard holds is over its budget.
 MEMORY_HOLD = "memory budget"
 
@@ -107,6 +110,7 @@ class Relay:
         # The stanzas waiting for the release authority, by a token of each question (oldest first):
         # each is settled once, by the answer or, if the guard stops first, by a bounce.
         self.referred: dict[object, Ticket] = {}
+        self.bounces_lost = 0  # our own bounces that could not be delivered (each audited)
 
     def add_side(self, side):
         side.relay = self
@@ -285,13 +289,16 @@ class Relay:
     def undeliverable(self, parcel, condition, detail):
         """
         A parcel could not be delivered: bounce what it settles with the
-        guard's own text for ``condition``; our own bounces just end.
+        guard's own text for ``condition``; our own bounces end with an audit
+        record (``bounce-lost``) and a count, never in silence.
         ``detail`` may hold what a far server said: it goes to the log and the
         audit trail (bounded, escaped), never into the bounce.
         """
         detail = peer_detail(detail)
         if parcel.original is None:
+            self.bounces_lost += 1
             log.info("bounce to {to} undeliverable: {detail}", to=parcel.stanza.getAttribute("to"), detail=detail)
+            self._audit("bounce-lost", parcel.stanza, BOUNCE_LOST_RULE, 1, None, condition=condition, detail=detail)
             return
         self._bounce(parcel.original, condition, guard_text(condition), f"guard:{condition}", detail=detail)
 
@@ -427,6 +434,7 @@ class Relay:
             "books": self.books.summary(),
             "held_bytes": self.held.summary(),
             "halted": self.halted_reason,
+            "bounces_lost": self.bounces_lost,
             "links": {
                 f"{side}:{sender}->{receiver}": link.describe()
                 for (side, sender, receiver), link in self.links.items()

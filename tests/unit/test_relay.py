@@ -747,3 +747,16 @@ def test_a_stream_that_cannot_even_be_opened_bounces_what_waits_and_the_next_sta
     assert [xml for _, key, xml in world.sent() if key[0] == "blue"] == [
         '<message from="romeo@red.example/a" to="juliet@blue.example" id="m2"><body>second</body></message>']
     assert world.books.balanced() and world.relay.held.held > 0  # only the bounce to red waits for its stream
+
+
+def test_a_bounce_that_cannot_be_queued_is_audited_and_counted_not_lost_in_silence():
+    """Our own bounce that finds its return queue over the hard bound is given up with an audit record and a count."""
+    world = World(limits=Limits(outbound_queue=2))
+    for number in range(5):
+        world.arrive(MESSAGE.format(id=f"m{number}", body="bounce"))
+    assert [record[0] for record in world.audit.records] == ["bounce"] * 5 + ["bounce-lost"]
+    assert world.audit.records[-1] == ("bounce-lost", "guard:bounce-lost", "juliet@blue.example",
+                                       "romeo@red.example/a")
+    assert world.audit.fields[-1]["id"] == "m4"
+    assert world.relay.status()["bounces_lost"] == 1
+    assert world.books.balanced()
