@@ -66,6 +66,9 @@ class Parcel:
 # What one of our own bounces counts for in byte bounds besides its addresses and id.
 BOUNCE_BYTES = 256
 
+# The rule an audit record names when a fault in the guard bounced the stanza it was relaying.
+INTERNAL_FAULT_RULE = "guard:internal-error"
+
 # The rule an audit record names when one of our own bounces cannot be delivered.
 BOUNCE_LOST_RULE = "guard:bounce-lost"
 
@@ -121,8 +124,23 @@ class Relay:
     # -- from inbound streams ---------------------------------------------
 
     def stanza_received(self, side, stanza, addressed, size):
-        """Judge a stanza accepted on ``side`` and act on the verdict."""
+        """
+        Judge a stanza accepted on ``side`` and act on the verdict.  A fault
+        in the guard while doing so is logged, and settles the stanza if it
+        is neither settled nor held yet (bounced, internal-server-error):
+        once accepted, a stanza is taken, so the fault does not travel back
+        to the stream (or link) that brought it.
+        """
         self.books.accept()
+        settled, held = self.books.settled, self.held.held
+        try:
+            self._judge_and_act(side, stanza, addressed, size)
+        except Exception:  # noqa: BLE001 - settled here, exactly once
+            log.failure("a fault in the guard while relaying a stanza")
+            if self.books.settled == settled and self.held.held == held:
+                self._bounce(stanza, "internal-server-error", guard_text("internal-server-error"), INTERNAL_FAULT_RULE)
+
+    def _judge_and_act(self, side, stanza, addressed, size):
         if self.halted_reason is not None:
             self._bounce(stanza, "service-unavailable", guard_text("service-unavailable"), "guard:halted")
             return

@@ -760,3 +760,15 @@ def test_a_bounce_that_cannot_be_queued_is_audited_and_counted_not_lost_in_silen
     assert world.audit.fields[-1]["id"] == "m4"
     assert world.relay.status()["bounces_lost"] == 1
     assert world.books.balanced()
+
+
+def test_a_fault_inside_the_relay_settles_the_stanza_it_was_handling():
+    """An exception while acting on a verdict (here a side missing from the relay) bounces the stanza (internal-server-error, audited); the books balance."""
+    world = World()
+    world.relay.sides.pop("blue")
+    world.arrive(MESSAGE.format(id="m1", body="hello"))
+    assert world.audit.records == [("bounce", "guard:internal-error", "romeo@red.example/a", "juliet@blue.example")]
+    assert world.books.balanced() and world.books.delivered == 0
+    world.ready("red", "blue.example", "red.example")
+    (_, _, xml), = world.sent()
+    assert "<internal-server-error " in xml and 'id="m1"' in xml
