@@ -142,7 +142,12 @@ class HalfRelay(Relay):
             log.error("policy for {direction} failed on a waiting stanza: {problem!r}",
                       direction=str(direction), problem=problem)
         original = parcel.original
+        sender, recipient = parse_jid(original.getAttribute("from")), parse_jid(original.getAttribute("to"))
+        pair = (sender.host if sender else "", recipient.host if recipient else "")
+        ticket = Ticket(original, pair, len(carried.data), direction, self.policies.generation)
         if judgement.verdict is Verdict.PASS:
+            if not self._recorded_pass(judgement, ticket):
+                return None  # the pass cannot be recorded: bounced, and the guard stops relaying
             try:
                 return serialise(judgement.stanza, max_bytes=limits.stanza_bytes).encode("utf-8")
             except OversizedStanza:
@@ -152,9 +157,7 @@ class HalfRelay(Relay):
             self._bounce(original, judgement.condition or "not-allowed", judgement.text,
                          judgement.rule_id, judgement.rule_rev, direction)
         elif judgement.verdict is Verdict.REFER:
-            sender, recipient = parse_jid(original.getAttribute("from")), parse_jid(original.getAttribute("to"))
-            pair = (sender.host if sender else "", recipient.host if recipient else "")
-            self._refer(judgement, Ticket(original, pair, len(carried.data), direction, self.policies.generation))
+            self._refer(judgement, ticket)
         else:
             self._drop(original, judgement.rule_id, judgement.rule_rev, direction, judgement.text)
         return None

@@ -66,6 +66,12 @@ class Parcel:
 # What one of our own bounces counts for in byte bounds besides its addresses and id.
 BOUNCE_BYTES = 256
 
+# The rule an audit record names when a fault in the guard bounced the stanza it was relaying.
+INTERNAL_FAULT_RULE = "guard:internal-error"
+
+# The rule an audit record names when one of our own bounces cannot be delivered.
+BOUNCE_LOST_RULE = "guard:bounce-lost"
+
 # The reason a stream is held while what the guard holds is over its budget.
 MEMORY_HOLD = "memory budget"
 
@@ -104,6 +110,10 @@ class Relay:
         self.halted_reason: str | None = None
         self.stopping = False
         self.held = HeldBytes.for_budget(Limits().memory_budget_bytes)
+        # The stanzas waiting for the release authority, by a token of each question (oldest first):
+        # each is settled once, by the answer or, if the guard stops first, by a bounce.
+        self.referred: dict[object, Ticket] = {}
+        self.bounces_lost = 0  # our own bounces that could not be delivered (each audited)
 
     def add_side(self, side):
         side.relay = self
@@ -114,8 +124,23 @@ class Relay:
     # -- from inbound streams ---------------------------------------------
 
     def stanza_received(self, side, stanza, addressed, size):
-        """Judge a stanza accepted on ``side`` and act on the verdict."""
+        """
+        Judge a stanza accepted on ``side`` and act on the verdict.  A fault
+        in the guard while doing so is logged, and settles the stanza if it
+        is neither settled nor held yet (bounced, internal-server-error):
+        once accepted, a stanza is taken, so the fault does not travel back
+        to the stream (or link) that brought it.
+        """
         self.books.accept()
+        settled, held = self.books.settled, self.held.held
+        try:
+            self._judge_and_act(side, stanza, addressed, size)
+        except Exception:  # noqa: BLE001 - settled here, exactly once
+            log.failure("a fault in the guard while relaying a stanza")
+            if self.books.settled == settled and self.held.held == held:
+                self._bounce(stanza, "internal-server-error", guard_text("internal-server-error"), INTERNAL_FAULT_RULE)
+
+    def _judge_and_act(self, side, stanza, addressed, size):
         if self.halted_reason is not None:
             self._bounce(stanza, "service-unavailable", guard_text("service-unavailable"), "guard:halted")
             return
@@ -197,9 +222,13 @@ class Relay:
             self._drop(stanza, judgement.rule_id, judgement.rule_rev, direction,
                        "refer: no release authority (High Assurance Guard) is configured")
             return
+        question = object()
+        self.referred[question] = ticket
         self.count_held(ticket.size)
 
         def decided(release):
+            if self.referred.pop(question, None) is None:
+                return  # already settled: the guard stopped before the authority answered
             self.count_freed(ticket.size)
             if release is not None and getattr(release, "busy", False):
                 self._bounce(stanza, "resource-constraint", guard_text("resource-constraint"),
@@ -278,13 +307,16 @@ class Relay:
     def undeliverable(self, parcel, condition, detail):
         """
         A parcel could not be delivered: bounce what it settles with the
-        guard's own text for ``condition``; our own bounces just end.
+        guard's own text for ``condition``; our own bounces end with an audit
+        record (``bounce-lost``) and a count, never in silence.
         ``detail`` may hold what a far server said: it goes to the log and the
         audit trail (bounded, escaped), never into the bounce.
         """
         detail = peer_detail(detail)
         if parcel.original is None:
+            self.bounces_lost += 1
             log.info("bounce to {to} undeliverable: {detail}", to=parcel.stanza.getAttribute("to"), detail=detail)
+            self._audit("bounce-lost", parcel.stanza, BOUNCE_LOST_RULE, 1, None, condition=condition, detail=detail)
             return
         self._bounce(parcel.original, condition, guard_text(condition), f"guard:{condition}", detail=detail)
 
@@ -388,6 +420,15 @@ class Relay:
                 stream.close_for_shutdown()
         for link in list(self.links.values()):
             link.bounce_waiting("remote-server-timeout", "the guard is stopping")
+        self._settle_referred()
+
+    def _settle_referred(self):
+        """Bounce every stanza still waiting for the release authority: its answer, if it comes, is ignored."""
+        waiting, self.referred = self.referred, {}
+        for ticket in waiting.values():
+            self.count_freed(ticket.size)
+            self.undeliverable(Parcel(ticket.stanza, ticket.stanza, ticket, ticket.size),
+                               "remote-server-timeout", "the guard is stopping")
 
     def bounces_waiting(self) -> int:
         """Our own bounces not yet written (the service waits for them, within a grace, before closing)."""
@@ -411,6 +452,7 @@ class Relay:
             "books": self.books.summary(),
             "held_bytes": self.held.summary(),
             "halted": self.halted_reason,
+            "bounces_lost": self.bounces_lost,
             "links": {
                 f"{side}:{sender}->{receiver}": link.describe()
                 for (side, sender, receiver), link in self.links.items()
@@ -532,7 +574,13 @@ class OutboundLink:
         self.state = LinkState.CONNECTING
         self.connects += 1
         self.stream = None
-        stream = self.relay.open_stream(self, self.side, self.sender, self.receiver, route)
+        try:
+            stream = self.relay.open_stream(self, self.side, self.sender, self.receiver, route)
+        except Exception as problem:  # noqa: BLE001 - no stream is coming: settle what waits, never wait forever
+            log.error("could not open a stream {sender}->{receiver}: {problem!r}", sender=self.sender,
+                      receiver=self.receiver, problem=problem)
+            self.stream_failed(None, "internal-server-error", "the stream could not be opened")
+            return
         if self.state is LinkState.CONNECTING and self.stream is None:
             self.stream = stream
 

@@ -605,13 +605,19 @@ def test_a_busy_authority_bounces_with_resource_constraint():
 
 # -- reload: what was judged under the old policy is judged again (issue 9 item 15)
 
+def reloaded_while_queued(new_policy, bodies):
+    """A world where messages with ``bodies`` were queued under BodyPolicy, then ``new_policy`` came in and the stream got ready."""
+    world = World(policy=BodyPolicy())
+    for number, body in enumerate(bodies, 1):
+        world.arrive(MESSAGE.format(id=f"m{number}", body=body))
+    world.relay.policies.swap(RED_TO_BLUE, new_policy)
+    world.ready("blue", "red.example", "blue.example")
+    return world
+
+
 def test_a_reload_judges_again_what_waits_for_a_stream():
     """Stanzas queued under the old policy are judged by the new one before they leave: refused ones never leave."""
-    world = World(policy=BodyPolicy())
-    world.arrive(MESSAGE.format(id="m1", body="later"))
-    world.arrive(MESSAGE.format(id="m2", body="fine"))
-    world.relay.policies.swap(RED_TO_BLUE, DropEverything())
-    world.ready("blue", "red.example", "blue.example")
+    world = reloaded_while_queued(DropEverything(), ["later", "fine"])
     assert world.sent() == []
     assert [record[:2] for record in world.audit.records] == [("drop", "drop-everything")] * 2
     assert world.books.balanced() and world.relay.held.held == 0
@@ -619,11 +625,7 @@ def test_a_reload_judges_again_what_waits_for_a_stream():
 
 def test_a_reload_keeps_the_order_and_sends_what_the_new_policy_builds():
     """What the new policy passes leaves as the new policy built it, in the order it arrived."""
-    world = World(policy=BodyPolicy())
-    world.arrive(MESSAGE.format(id="m1", body="one"))
-    world.arrive(MESSAGE.format(id="m2", body="two"))
-    world.relay.policies.swap(RED_TO_BLUE, Rebuilding())
-    world.ready("blue", "red.example", "blue.example")
+    world = reloaded_while_queued(Rebuilding(), ["one", "two"])
     assert [xml for _, _, xml in world.sent()] == [
         '<message from="romeo@red.example/a" to="juliet@blue.example"><body>rebuilt one</body></message>',
         '<message from="romeo@red.example/a" to="juliet@blue.example"><body>rebuilt two</body></message>',
@@ -705,3 +707,68 @@ def test_a_refer_answered_after_the_audit_trail_closed_is_not_released_silently(
     assert world.books.balanced() and world.books.delivered == 0
     assert world.relay.halted_reason is not None and "closed" in world.relay.halted_reason
     assert not any(entry[0] == "open" and entry[1] == "blue" for entry in world.log)
+
+
+def test_a_stanza_waiting_for_the_authority_when_the_guard_stops_is_bounced_once():
+    """Stopping settles a stanza still waiting for the release authority (bounced, its bytes freed); a late answer changes nothing."""
+    from guard.edges.release import Release
+
+    world = World(policy=BodyPolicy())
+    world.relay.release_authority = HeldAuthority()
+    world.arrive(MESSAGE.format(id="m1", body="secret plans"), size=300)
+    world.relay.begin_shutdown()
+    assert world.books.summary()["bounce_reasons"] == {"guard:remote-server-timeout": 1}
+    assert world.books.balanced() and world.relay.bounces_waiting() == 1
+    stanza, answer = world.relay.release_authority.questions.pop(0)
+    answer.callback(Release(True, stanza, "released"))
+    world.relay.finish_shutdown()
+    assert world.books.accepted == 1 and world.books.bounced == 1 and world.books.balanced()
+    assert world.relay.held.held == 0
+    assert not any(entry[0] == "open" and entry[1] == "blue" for entry in world.log)
+
+
+def test_a_stream_that_cannot_even_be_opened_bounces_what_waits_and_the_next_stanza_tries_again():
+    """An exception while opening an outbound stream settles the waiting stanza (internal-server-error) instead of leaving the pair connecting forever."""
+    world = World()
+    opened = world.open_stream
+    attempts = []
+
+    def broken_once(owner, side, sender, receiver, route, purpose="relay", verify=None):
+        attempts.append(receiver)
+        if len(attempts) == 1:
+            raise RuntimeError("no socket for you")
+        return opened(owner, side, sender, receiver, route, purpose)
+
+    world.relay.open_stream = broken_once
+    world.arrive(MESSAGE.format(id="m1", body="first"))
+    assert world.books.summary()["bounce_reasons"] == {"guard:internal-server-error": 1}
+    world.arrive(MESSAGE.format(id="m2", body="second"))
+    world.ready("blue", "red.example", "blue.example")
+    assert [xml for _, key, xml in world.sent() if key[0] == "blue"] == [
+        '<message from="romeo@red.example/a" to="juliet@blue.example" id="m2"><body>second</body></message>']
+    assert world.books.balanced() and world.relay.held.held > 0  # only the bounce to red waits for its stream
+
+
+def test_a_bounce_that_cannot_be_queued_is_audited_and_counted_not_lost_in_silence():
+    """Our own bounce that finds its return queue over the hard bound is given up with an audit record and a count."""
+    world = World(limits=Limits(outbound_queue=2))
+    for number in range(5):
+        world.arrive(MESSAGE.format(id=f"m{number}", body="bounce"))
+    assert [record[0] for record in world.audit.records] == ["bounce"] * 5 + ["bounce-lost"]
+    assert world.audit.records[-1] == ("bounce-lost", "guard:bounce-lost", "juliet@blue.example",
+                                       "romeo@red.example/a")
+    assert world.audit.fields[-1]["id"] == "m4"
+    assert world.relay.status()["bounces_lost"] == 1
+    assert world.books.balanced()
+
+
+def test_a_fault_inside_the_relay_settles_the_stanza_it_was_handling():
+    """An exception while acting on a verdict (here a side missing from the relay) bounces the stanza (internal-server-error, audited); the books balance."""
+    world = World()
+    world.relay.sides.pop("blue")
+    world.arrive(MESSAGE.format(id="m1", body="hello"))
+    assert world.audit.records == [("bounce", "guard:internal-error", "romeo@red.example/a", "juliet@blue.example")]
+    assert world.books.balanced() and world.books.delivered == 0
+    world.ready("red", "blue.example", "red.example")
+    (_, _, xml), = world.sent()
+    assert "<internal-server-error " in xml and 'id="m1"' in xml

@@ -34,6 +34,11 @@ class LinkFault(Exception):
         self.text = text
 
 
+class StanzaNotTaken(LinkFault):
+    """This half could not take the peer's stanza now being read: it is not counted, and the peer is told
+    (by the stanza's number in the stream error) to settle it as refused, never to resend it."""
+
+
 @dataclass
 class Entry:
     sequence: int
@@ -251,6 +256,11 @@ class Inbox:
             return False
         self.received = sequence
         return True
+
+    def take_back(self) -> None:
+        """The stanza ``accept`` just counted was not taken after all: it is neither counted nor acknowledged."""
+        self.expected -= 1
+        self.received = self.expected - 1
 
     def stop_counting(self) -> None:
         """Take nothing more: every later stanza stays the peer's to resend (to this half's next run)."""

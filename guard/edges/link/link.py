@@ -39,7 +39,7 @@ from twisted.words.xish import domish
 from guard.edges.xmlstream import OversizedStanza, ParserLimits, serialise
 
 from . import wire
-from .ledger import Inbox, LinkFault, Outbox
+from .ledger import Inbox, LinkFault, Outbox, StanzaNotTaken
 
 log = Logger()
 
@@ -84,12 +84,16 @@ def top_element(element):
 
 
 def retained(parcel):
-    """What the link keeps of a parcel once its bytes exist: its stanzas cut to their top elements.
+    """What the link keeps of a parcel once its bytes exist: its stanzas cut to their top elements,
+    the one its ticket keeps for judging again too (the link judges again from the bytes).
 
     A parsed stanza costs up to ~80 times its wire size; the buffer is bounded
     by the wire size, so it must not hold the trees."""
     changes = {name: top_element(value) for name in ("stanza", "original")
                if isinstance(value := getattr(parcel, name, None), domish.Element)}
+    ticket = getattr(parcel, "ticket", None)
+    if dataclasses.is_dataclass(ticket) and isinstance(getattr(ticket, "stanza", None), domish.Element):
+        changes["ticket"] = dataclasses.replace(ticket, stanza=top_element(ticket.stanza))
     if not changes:
         return parcel
     if dataclasses.is_dataclass(parcel):
@@ -242,7 +246,12 @@ class Link:
         if stream is not self.stream:
             raise LinkFault("conflict", "this connection was replaced")
         if self.inbox.accept():
-            self.owner.link_stanza_received(element, size)
+            try:
+                self.owner.link_stanza_received(element, size)
+            except Exception as problem:  # noqa: BLE001 - what was not taken is never acknowledged
+                log.failure("link: this half could not take the peer's stanza {n}", n=self.inbox.expected - 1)
+                self.inbox.take_back()
+                raise StanzaNotTaken("internal-server-error", "this half could not take the stanza") from problem
 
     def acknowledged(self, stream, received: int) -> None:
         if stream is not self.stream:

@@ -24,7 +24,7 @@ from zope.interface import implementer
 from guard.edges.xmlstream import ParserLimits, StreamFault, StreamParser
 
 from . import wire
-from .ledger import LinkFault
+from .ledger import LinkFault, StanzaNotTaken
 
 log = Logger()
 
@@ -191,7 +191,9 @@ class LinkStream(Protocol):
             self._input(self.fault, "undefined-condition", "unexpected at this point of the link stream")
             return
         fault, self._pending_fault = self._pending_fault, None
-        if fault is not None:
+        if isinstance(fault, StanzaNotTaken):
+            self._input(self.parse_failed, fault.condition, fault.text)  # refused by its number, as unparseable ones are
+        elif fault is not None:
             self._input(self.fault, fault.condition, fault.text)
 
     def _ask_link(self, call, *args):

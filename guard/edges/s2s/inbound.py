@@ -155,9 +155,12 @@ class InboundStream(MachinePlumbing, Protocol):
             self.hold("turn")
 
     def _next_turn(self):
-        """A new turn: the budget is whole again; parse what waits (if anything)."""
+        """A new turn: the budget is whole again; parse what waits (if anything), unless
+        something else holds the stream (then ``release`` brings the next turn)."""
         self._timers.pop("turn", None)
         self._parsed_this_turn = 0
+        if self._backlog and self._holds - {"turn"}:
+            return
         data, self._backlog = self._backlog, b""
         if data and not self._closing:
             self._parse_a_turn(data)
@@ -176,6 +179,9 @@ class InboundStream(MachinePlumbing, Protocol):
         if reason not in self._holds:
             return
         self._holds.discard(reason)
+        if self._holds == {"turn"} and self._backlog and "turn" not in self._timers and not self._closing:
+            # Only the waiting input holds the stream now: parse it on the next turn.
+            self._start_timer_call("turn", 0, self._next_turn)
         if not self._holds and self.transport is not None and not self._closing:
             self.transport.resumeProducing()
 

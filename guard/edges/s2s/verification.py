@@ -156,7 +156,10 @@ class Verifier:
             return defer.succeed(UNREACHABLE)
         channel = self.channels.get((receiving, originating))
         if channel is None:
-            channel = self.channels[(receiving, originating)] = _VerifyChannel(self, receiving, originating, route)
+            channel = _VerifyChannel(self, receiving, originating, route)
+            if not channel.closed:
+                # A stream that failed while it was being opened is not kept: the next request tries again.
+                self.channels[(receiving, originating)] = channel
         answer = channel.ask(stream_id, key)
 
         def settled(result):
@@ -187,7 +190,13 @@ class _VerifyChannel:
         self.ready = False
         self.closed = False
         self.stream = None
-        stream = verifier.open_stream(self, verifier.side, sender, receiver, route, purpose="verify")
+        try:
+            stream = verifier.open_stream(self, verifier.side, sender, receiver, route, purpose="verify")
+        except Exception as problem:  # noqa: BLE001 - no stream is coming: answer, never wait or count forever
+            log.error("could not open a verification stream {sender}->{receiver}: {problem!r}",
+                      sender=sender, receiver=receiver, problem=problem)
+            self._closed(UNREACHABLE)
+            return
         if not self.closed:
             self.stream = stream
 

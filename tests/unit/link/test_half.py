@@ -347,3 +347,14 @@ def test_after_a_reload_a_waiting_stanza_the_new_policy_refers_goes_to_the_autho
     assert relay.release_authority.asked == [("r1", "red->blue", "ask-first")]
     (entry,) = pair.a.outbox.entries
     assert b"<body>released</body>" in entry.parcel.data
+
+
+def test_with_an_audit_of_every_decision_a_stanza_judged_again_on_the_link_records_the_new_pass():
+    """When every decision is audited, a waiting stanza the new policy lets through gets a pass record naming the new rule."""
+    relay, audit, pair, red = half_a_joined()
+    audit.records_passes = True
+    from_romeo(relay, red, 1, "plain")
+    relay.policies.swap(Direction("red", "blue"), NoContraband())
+    relay.rejudge_link_buffer()
+    assert audit.records == [("pass", "pass-all", "red->blue"), ("pass", "import-rest", "red->blue")]
+    assert pair.a.describe()["queued"] == 1

@@ -4,7 +4,7 @@ from guard.edges.link.link import LinkSettings
 
 from guard.edges.xmlstream import ParserLimits
 
-from .pairs import FakeStream, JoinedHalves, message
+from .pairs import FakeStream, JoinedHalves, RecordingOwner, message
 
 
 def test_stanzas_cross_both_ways_and_are_acknowledged():
@@ -100,13 +100,19 @@ def test_a_full_buffer_bounces_with_resource_constraint():
     assert pair.owner_a.events == [("undeliverable", "3", "resource-constraint")]
 
 
-def test_a_restarted_peer_receives_everything_unacknowledged():
-    """A new incarnation of B (new session, counters zero) gets every unacknowledged stanza once."""
+def one_written_then_cut():
+    """Two halves where A wrote stanza 1, B read it, and the connection died before any acknowledgement."""
     pair = JoinedHalves(LinkSettings(ack_every=1000))
     pair.connect()
     pair.a.send(message(1))
     pair.flush()
     pair.cut()
+    return pair
+
+
+def test_a_restarted_peer_receives_everything_unacknowledged():
+    """A new incarnation of B (new session, counters zero) gets every unacknowledged stanza once."""
+    pair = one_written_then_cut()
     from guard.edges.link.link import Link
 
     from .pairs import RecordingOwner
@@ -150,11 +156,7 @@ def test_stopping_bounces_what_was_never_written_and_reports_the_rest_in_doubt()
 
 def test_stopping_while_down_bounces_the_unwritten_and_reports_the_written_in_doubt():
     """Down at stop: each waiting stanza is settled exactly once, by what the peer can have."""
-    pair = JoinedHalves(LinkSettings(ack_every=1000))
-    pair.connect()
-    pair.a.send(message(1))
-    pair.flush()
-    pair.cut()
+    pair = one_written_then_cut()
     pair.a.send(message(2))
     pair.a.stop()
     assert sorted(pair.owner_a.events) == [("in_doubt", "1"), ("undeliverable", "2", "remote-server-timeout")]
@@ -331,3 +333,50 @@ def test_a_draining_link_is_not_held_so_acknowledgements_can_still_be_read():
     pair.b.send(message(1, "juliet@blue.example", "romeo@red.example"))
     pair.flush()
     assert pair.owner_a.events == [] and pair.a.inbox.not_counted == 1
+
+
+def test_the_buffer_keeps_no_parsed_tree_of_a_relay_parcel_not_even_in_its_ticket():
+    """A relay parcel also carries its accepted stanza in its ticket: the buffer keeps none of that tree's children either."""
+    from guard.core.pipeline import Direction
+    from guard.edges.relay import Parcel as RelayParcel, Ticket
+
+    received = message(1, body="z" * 100).stanza
+    ticket = Ticket(received, ("red.example", "blue.example"), 200, Direction("red", "blue"), 0)
+    pair = JoinedHalves()
+    pair.a.send(RelayParcel(received, received, ticket, 200))
+    (entry,) = pair.a.outbox.entries
+    kept = entry.parcel.parcel
+    assert [kept.stanza.children, kept.original.children, kept.ticket.stanza.children] == [[], [], []]
+    assert kept.ticket.stanza["id"] == "1" and received.children != []
+
+
+class FailingOnce(RecordingOwner):
+    """An owner with a fault: taking stanza ``failing`` raises (a bug in the half, not in the stanza)."""
+
+    def __init__(self, failing):
+        super().__init__()
+        self.failing = failing
+
+    def link_stanza_received(self, element, size):
+        if element.getAttribute("id") == self.failing:
+            raise RuntimeError("a fault in the half")
+        super().link_stanza_received(element, size)
+
+
+def test_a_stanza_the_owner_fails_to_take_is_refused_not_acknowledged():
+    """When half B faults while taking stanza 2, B does not count it (so never acknowledges it as taken): it refuses it,
+    A bounces it once, and what follows is carried on the next connection."""
+    pair = JoinedHalves(LinkSettings(ack_every=1000))
+    pair.b.owner = pair.owner_b = FailingOnce("2")
+    pair.connect()
+    for number in (1, 2, 3):
+        pair.a.send(message(number))
+    pair.flush()
+    assert pair.owner_a.events == [("delivered", "1"), ("undeliverable", "2", "not-acceptable")]
+    assert pair.b.describe()["received"] == 1
+    pair.cut()
+    pair.connect()
+    pair.clock.advance(1.0)
+    pair.flush()
+    assert pair.owner_b.of("received") == ["1", "3"]
+    assert pair.owner_a.events[2:] == [("delivered", "3")]

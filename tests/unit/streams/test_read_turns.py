@@ -131,3 +131,18 @@ def test_a_stanza_handed_on_after_a_shutdown_goes_back_to_the_machine_and_is_not
     stream._input(stream._stanza_input, None, None, 0)
     assert ids(relay) == []
     assert getattr(stream._stanza_input, "__func__", None) is not InboundStream._stanza_while_open
+
+
+def test_a_stream_held_for_another_reason_parses_no_more_of_what_waits_until_released():
+    """A chunk waiting over several turns stays unparsed while the stream is held (memory budget, congestion); the release resumes it, in order."""
+    clock, relay, [(stream, transport)] = open_streams(turn=250)
+    stream.dataReceived(b"".join(message(n) for n in range(20)))
+    first_turn = len(ids(relay))
+    stream.hold("memory budget")
+    turns(clock)
+    assert len(ids(relay)) == first_turn
+    assert transport.producerState == "paused"
+    stream.release("memory budget")
+    turns(clock)
+    assert ids(relay) == [f"m{n}" for n in range(20)]
+    assert transport.producerState == "producing" and stream.held == frozenset()

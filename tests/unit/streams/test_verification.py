@@ -364,3 +364,33 @@ def test_a_db_result_from_a_domain_not_of_this_side_still_ends_the_stream():
     stream.dataReceived(db_result(sender="blue.example", receiver="green.example"))
     assert b"<invalid-from xmlns='urn:ietf:params:xml:ns:xmpp-streams'/>" in transport.value()
     assert transport.disconnecting
+
+
+def test_an_authoritative_server_unreachable_at_once_is_asked_again_by_the_next_request():
+    """A verification stream that fails while it is being opened leaves no dead channel behind: the next request opens a new one."""
+    world = World(connect_fails=True)
+    stream, transport = world.authenticating()
+    stream.dataReceived(db_result())
+    assert world.side.verifier.channels == {}
+    world.connect_fails = False
+    second, second_transport = world.authenticating(port=40001)
+    second.dataReceived(db_result())
+    assert len(opens(world.log)) == 2
+    world.ready()
+    assert len(verifies(world.log)) == 1
+    assert second_transport.value() == b""
+
+
+def test_a_verification_stream_that_cannot_even_be_opened_answers_and_stops_counting():
+    """An exception while opening the verification stream answers remote-server-not-found and frees the pending count."""
+    world = World()
+
+    def broken(owner, side, sender, receiver, route, purpose="relay"):
+        raise RuntimeError("no socket for you")
+
+    world.relay.open_stream = broken
+    stream, transport = world.authenticating()
+    stream.dataReceived(db_result())
+    assert b"<remote-server-not-found xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/>" in transport.value()
+    assert world.side.verifier.book.pending == 0 and world.side.verifier.channels == {}
+    assert not transport.disconnecting
