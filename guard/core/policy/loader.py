@@ -25,7 +25,8 @@ from guard.core.policy.labels import (
 )
 from guard.core.policy.problems import PolicyError, Problem, SourceLines
 from guard.core.policy.shapes import (
-    ATTRIBUTE_NAME, EVERYTHING, STANZA_ERROR_CONDITIONS, Shape, built_in_shapes, parse_element_name,
+    ATTRIBUTE_NAME, EVERYTHING, ID_MAX_BYTES, ID_MAX_BYTES_LIMIT, STANZA_ERROR_CONDITIONS, Shape, built_in_shapes,
+    parse_element_name,
 )
 
 MAX_POLICY_BYTES = 4 * 1024 * 1024
@@ -35,7 +36,8 @@ VERDICTS = ("pass", "drop", "bounce", "fold", "translate", "refer", "continue")
 DEFAULT_VERDICTS = ("pass", "drop", "bounce")
 
 TOP_KEYS = {"policy", "sets", "shapes", "label_policies", "labels", "translations", "folding", "rules"}
-POLICY_KEYS = {"name", "description", "default", "default_condition", "default_text", "from_side", "to_side"}
+POLICY_KEYS = {"name", "description", "default", "default_condition", "default_text", "from_side", "to_side",
+               "id_max_bytes"}
 SET_KINDS = {"domains", "jids", "namespaces", "labels"}
 LABEL_POLICY_KEYS = {"name", "ess_oid", "stanag_id", "emit", "classifications", "categories"}
 CLASSIFICATION_KEYS = {"name", "ess", "stanag", "marking", "fgcolor", "bgcolor"}
@@ -139,7 +141,17 @@ def _compile(reader, document):
     rules = _rules(reader, document.get("rules", []), context)
     description = meta.get("description", "")
     return CompiledPolicy(name, reader.path, rules, default, authority, folding, translations,
-                          sides, description if isinstance(description, str) else "")
+                          sides, description if isinstance(description, str) else "", _id_max_bytes(reader, meta))
+
+
+def _id_max_bytes(reader, meta):
+    """``[policy] id_max_bytes``: how many UTF-8 bytes of a stanza's id may cross (1 to 16384, default 64)."""
+    value = meta.get("id_max_bytes", ID_MAX_BYTES)
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= ID_MAX_BYTES_LIMIT:
+        reader.problem("[policy]", f"id_max_bytes must be an integer from 1 to {ID_MAX_BYTES_LIMIT}, not {value!r}",
+                       reader.lines.section("policy", "id_max_bytes"))
+        return ID_MAX_BYTES
+    return value
 
 
 def _default(reader, meta):

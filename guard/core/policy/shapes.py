@@ -35,8 +35,16 @@ STANZA_ERROR_CONDITIONS = frozenset({
     "remote-server-not-found", "remote-server-timeout", "resource-constraint", "service-unavailable",
     "subscription-required", "undefined-condition", "unexpected-request",
 })
-# A language tag (BCP 47 shape, no more): anything else in xml:lang is free text and does not leave.
-LANGUAGE_TAG = re.compile(r"[A-Za-z]{1,8}(?:-[A-Za-z0-9]{1,8}){0,15}")
+# A language tag as people write one (BCP 47 language, optional script, optional
+# region: "en", "en-GB", "zh-Hant-TW"); anything longer (variants, extensions,
+# private use: up to 16 subtags of 8 characters of the sender's choosing) is
+# free text, and a stanza's xml:lang that is not this shape does not leave.
+LANGUAGE_TAG = re.compile(r"[A-Za-z]{2,3}(?:-[A-Za-z]{4})?(?:-(?:[A-Za-z]{2}|[0-9]{3}))?")
+# An id is free text the sender chooses and the guard carries unjudged (the far
+# side needs it to match answers to requests), so how much of it crosses is
+# bounded: ``[policy] id_max_bytes`` (UTF-8 bytes), this by default.
+ID_MAX_BYTES = 64
+ID_MAX_BYTES_LIMIT = 16 * 1024
 ATTRIBUTE_NAME = re.compile(r"[A-Za-z_][\w.\-]*")
 ELEMENT_NAME = re.compile(r"(?:\{(?P<uri>[^{}\s]+)\})?(?P<name>[A-Za-z_][\w.\-]*)")
 
@@ -99,6 +107,14 @@ def kept_children(element: domish.Element, shapes, stanza_uri: str) -> list:
                 kept.append(shape.build(child, stanza_uri))
                 break
     return kept
+
+
+def id_fits(element: domish.Element, limit: int) -> bool:
+    """Whether ``element``'s ``id`` (absent counts as fitting) is at most ``limit`` UTF-8 bytes."""
+    value = element.attributes.get("id")
+    if value is None:
+        return True
+    return isinstance(value, str) and len(value.encode("utf-8", "surrogatepass")) <= limit
 
 
 def _copy_language(source: domish.Element, target: domish.Element) -> None:
