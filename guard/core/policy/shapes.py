@@ -45,6 +45,7 @@ LANGUAGE_TAG = re.compile(r"[A-Za-z]{2,3}(?:-[A-Za-z]{4})?(?:-(?:[A-Za-z]{2}|[0-
 # bounded: ``[policy] id_max_bytes`` (UTF-8 bytes), this by default.
 ID_MAX_BYTES = 64
 ID_MAX_BYTES_LIMIT = 16 * 1024
+PRIORITY = re.compile(r"[+-]?[0-9]{1,3}")
 ATTRIBUTE_NAME = re.compile(r"[A-Za-z_][\w.\-]*")
 ELEMENT_NAME = re.compile(r"(?:\{(?P<uri>[^{}\s]+)\})?(?P<name>[A-Za-z_][\w.\-]*)")
 
@@ -67,6 +68,9 @@ class Shape:
     attributes: tuple = ()
     text: bool = False
     children: list = field(default_factory=list)
+    # When set, the text is kept only as this function writes it, and an
+    # element whose text it refuses (returns None) does not leave at all.
+    text_form: object = None
 
     @property
     def qualified(self) -> str:
@@ -77,8 +81,13 @@ class Shape:
             return False
         return element.uri in STANZA_NAMESPACES if self.uri is None else element.uri == self.uri
 
-    def build(self, element: domish.Element, stanza_uri: str) -> domish.Element:
-        """A new element holding only what this shape allows of ``element``."""
+    def build(self, element: domish.Element, stanza_uri: str) -> domish.Element | None:
+        """A new element holding only what this shape allows of ``element`` (None: its text has not the shape's form)."""
+        text = text_of(element) if self.text else ""
+        if self.text_form is not None:
+            text = self.text_form(text)
+            if text is None:
+                return None
         uri = stanza_uri if self.uri is None else self.uri
         built = domish.Element((uri, self.element), defaultUri=uri)
         for attribute in self.attributes:
@@ -88,10 +97,8 @@ class Shape:
             value = element.attributes.get(attribute)
             if isinstance(value, str):
                 built.attributes[attribute] = value
-        if self.text:
-            text = text_of(element)
-            if text:
-                built.addContent(text)
+        if text:
+            built.addContent(text)
         if self.children:
             for child in kept_children(element, self.children, stanza_uri):
                 built.addChild(child)
@@ -104,7 +111,9 @@ def kept_children(element: domish.Element, shapes, stanza_uri: str) -> list:
     for child in child_elements(element):
         for shape in shapes:
             if shape.matches(child):
-                kept.append(shape.build(child, stanza_uri))
+                built = shape.build(child, stanza_uri)
+                if built is not None:
+                    kept.append(built)
                 break
     return kept
 
@@ -115,6 +124,14 @@ def id_fits(element: domish.Element, limit: int) -> bool:
     if value is None:
         return True
     return isinstance(value, str) and len(value.encode("utf-8", "surrogatepass")) <= limit
+
+
+def priority_text(text: str) -> str | None:
+    """A presence priority as RFC 6121 4.7.2.3 defines it (an integer from -128 to 127), written plainly; else None."""
+    stripped = text.strip(" \t\r\n")
+    if not PRIORITY.fullmatch(stripped) or not -128 <= int(stripped) <= 127:
+        return None
+    return str(int(stripped))
 
 
 def _copy_language(source: domish.Element, target: domish.Element) -> None:
@@ -130,7 +147,7 @@ def built_in_shapes() -> dict:
         "subject": Shape("subject", None, "subject", ("xml:lang",), text=True),
         "thread": Shape("thread", None, "thread", ("parent",), text=True),
         "status": Shape("status", None, "status", ("xml:lang",), text=True),
-        "priority": Shape("priority", None, "priority", (), text=True),
+        "priority": Shape("priority", None, "priority", (), text=True, text_form=priority_text),
         "ping": Shape("ping", "urn:xmpp:ping", "ping"),
     }
 

@@ -268,3 +268,34 @@ def test_id_max_bytes_is_checked_when_the_policy_loads(value):
     """id_max_bytes must be an integer from 1 to 16384; anything else is refused with the key's name."""
     with pytest.raises(PolicyError, match="id_max_bytes"):
         compile_policy(SHAPES.replace('name = "shapes"', f'name = "shapes"\nid_max_bytes = {value}'))
+
+
+PRIORITY_KEPT = """
+[policy]
+name = "priority"
+
+[folding.with-priority]
+presence.states = ["available", "away"]
+presence.keep = ["priority"]
+
+[[rules]]
+id = "presence"
+rev = 1
+why = "availability and priority"
+kind = "presence"
+verdict = "fold"
+fold = "with-priority"
+"""
+
+
+@pytest.mark.parametrize("text, leaves", [
+    ("5", "<priority>5</priority>"), (" -128\n", "<priority>-128</priority>"), ("+7", "<priority>7</priority>"),
+    ("128", None), ("SECRET", None), ("5 SECRET", None), ("", None), ("٣", None),
+])
+def test_a_kept_priority_leaves_only_as_an_rfc_6121_integer(text, leaves):
+    """The built-in priority shape keeps an integer from -128 to 127, written by the guard; any other text and its element stay."""
+    judgement = judge(f"<presence from='a@red.example/pc' to='b@blue.example'><priority>{text}</priority></presence>",
+                      PRIORITY_KEPT)
+    assert judgement.verdict is Verdict.PASS
+    envelope = "<presence xmlns='jabber:server' from='a@red.example/pc' to='b@blue.example'"
+    assert judgement.stanza.toXml() == (f"{envelope}>{leaves}</presence>" if leaves else f"{envelope}/>")
