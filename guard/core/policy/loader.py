@@ -15,7 +15,7 @@ from guard.core.policy.conditions import (
     ALL_TYPES, BodyMatches, ConditionError, DomainIs, ElementPath, Inspect, Inspection, JidIs,
     JidPattern, KINDS, KindIs, LabelClassificationIs, LabelIn, LabelPolicyIs, LabelPresence,
     LabelRank, LabelReleasable, LabelValid, Negated, PayloadAbsent, PayloadOnly, PayloadPresent,
-    SizeAbove, SizeBelow, TypeIs, _as_list, compile_regex,
+    SizeAbove, SizeBelow, TextMatches, TypeIs, _as_list, compile_regex,
 )
 from guard.core.policy.elements import ElementPattern, ElementPatternError
 from guard.core.policy.folding import PRESENCE_STATES, FoldingProfile, MessageFolding, PresenceFolding
@@ -53,7 +53,7 @@ RULE_META_KEYS = {"id", "rev", "why", "verdict", "condition", "text", "fold", "t
 SHAPE_KEYS = {"element", "attributes", "text", "children"}
 CONDITION_KEYS = {
     "kind", "type", "from_domain", "to_domain", "from_jid", "to_jid", "payload_present",
-    "payload_absent", "payload_only", "inspect", "body_matches", "larger_than", "smaller_than",
+    "payload_absent", "payload_only", "inspect", "body_matches", "text_matches", "larger_than", "smaller_than",
     "label", "label_valid", "label_releasable", "label_policy", "label_classification",
     "label_at_most", "label_at_least", "label_in",
 }
@@ -566,6 +566,8 @@ def _condition(key, value, context):
         return Inspect(tuple(inspections))
     if key == "body_matches":
         return BodyMatches(tuple(compile_regex(key, p) for p in _as_list(key, value)))
+    if key == "text_matches":
+        return TextMatches(tuple(compile_regex(key, p) for p in _as_list(key, value)))
     if key in ("larger_than", "smaller_than"):
         if not isinstance(value, int) or isinstance(value, bool) or value < 0:
             raise ConditionError(key, f"{key} takes a byte count")
@@ -629,6 +631,7 @@ def _label_condition(key, value, context):
 # Verdicts that refuse: a label condition that cannot be decided (no label can
 # be established) holds in these rules and not in the others.
 RESTRICTIVE_VERDICTS = frozenset({"drop", "bounce", "refer"})
+LETTING_THROUGH = frozenset({"pass", "fold", "translate", "refer"})
 
 
 def _rules(reader, value, context):
@@ -686,10 +689,30 @@ def _rules(reader, value, context):
         restrictive = table.get("verdict") in RESTRICTIVE_VERDICTS
         for condition in conditions:
             condition.when_unknown = restrictive
+        _check_text_matches(reader, table.get("verdict"), conditions, where, reader.lines.rule(order, "verdict"))
         rule = _rule_action(reader, table, context, where, order, line, rule_id, rev, why, conditions)
         if rule is not None:
             rules.append(rule)
     return rules
+
+
+def _check_text_matches(reader, verdict, conditions, where, line):
+    """
+    ``text_matches`` sees every text of a stanza, more than any rule keeps:
+    seeing more may only ever refuse more.  So a rule that lets a stanza
+    through uses it negated (no text matches), and a rule that refuses uses
+    it as it is (some text matches).
+    """
+    for condition in conditions:
+        negated = isinstance(condition, Negated)
+        if not isinstance(condition.inner if negated else condition, TextMatches):
+            continue
+        if verdict in LETTING_THROUGH and not negated:
+            reader.problem(where, "text_matches in a rule that lets a stanza through must be negated: "
+                                  "not = { text_matches = ... } (some text matching says nothing of the rest)", line)
+        elif verdict in ("drop", "bounce") and negated:
+            reader.problem(where, "not.text_matches in a rule that refuses would refuse less the more it sees: "
+                                  "refuse with text_matches, let through with not = { text_matches = ... }", line)
 
 
 def _rule_action(reader, table, context, where, order, line, rule_id, rev, why, conditions):
