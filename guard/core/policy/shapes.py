@@ -45,6 +45,10 @@ LANGUAGE_TAG = re.compile(r"[A-Za-z]{2,3}(?:-[A-Za-z]{4})?(?:-(?:[A-Za-z]{2}|[0-
 # bounded: ``[policy] id_max_bytes`` (UTF-8 bytes), this by default.
 ID_MAX_BYTES = 64
 ID_MAX_BYTES_LIMIT = 16 * 1024
+# The same holds for the resource of each address (``from`` and ``to``): the
+# sender picks it, the envelope carries it.  ``[policy] resource_max_bytes``.
+RESOURCE_MAX_BYTES = 64
+RESOURCE_MAX_BYTES_LIMIT = 1023  # RFC 7622 3.4
 PRIORITY = re.compile(r"[+-]?[0-9]{1,3}")
 ATTRIBUTE_NAME = re.compile(r"[A-Za-z_][\w.\-]*")
 ELEMENT_NAME = re.compile(r"(?:\{(?P<uri>[^{}\s]+)\})?(?P<name>[A-Za-z_][\w.\-]*)")
@@ -124,6 +128,12 @@ def id_fits(element: domish.Element, limit: int) -> bool:
     if value is None:
         return True
     return isinstance(value, str) and len(value.encode("utf-8", "surrogatepass")) <= limit
+
+
+def resources_fit(accepted, limit: int) -> bool:
+    """Whether the resource of the sender and of the recipient (as the strict parser read them) are at most ``limit`` UTF-8 bytes."""
+    return all(len((address.resource or "").encode("utf-8", "surrogatepass")) <= limit
+               for address in (accepted.sender, accepted.recipient))
 
 
 def priority_text(text: str) -> str | None:

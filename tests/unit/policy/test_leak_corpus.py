@@ -157,6 +157,9 @@ def hiding_places(stanza):
     places.append(variant("stanza text", lambda s, t: s.addContent(MARKER)))
     places.append(variant("stanza xml:lang", lambda s, t: s.attributes.__setitem__(XML_LANG, MARKER)))
     places.append(variant("long stanza id", lambda s, t: s.attributes.__setitem__("id", LONG_ID)))
+    for address in ("from", "to"):
+        places.append(variant(f"long resource in {address}", lambda s, t, a=address: s.attributes.__setitem__(
+            a, s.getAttribute(a).split("/")[0] + "/" + LONG_ID)))
     places.append(variant("stanza-namespace child", lambda s, t: s.addElement((root, "data"), content=MARKER)))
     places.append(variant("jabber:client child", lambda s, t: s.addChild(_element("jabber:client", "query", MARKER))))
     places.append(variant("foreign child", lambda s, t: s.addChild(_element(FOREIGN, "x", MARKER))))

@@ -299,3 +299,29 @@ def test_a_kept_priority_leaves_only_as_an_rfc_6121_integer(text, leaves):
     assert judgement.verdict is Verdict.PASS
     envelope = "<presence xmlns='jabber:server' from='a@red.example/pc' to='b@blue.example'"
     assert judgement.stanza.toXml() == (f"{envelope}>{leaves}</presence>" if leaves else f"{envelope}/>")
+
+
+@pytest.mark.parametrize("sender, recipient, passes", [
+    ("a@red.example/" + "r" * 64, "b@blue.example", True),
+    ("a@red.example/" + "r" * 65, "b@blue.example", False),
+    ("a@red.example/pc", "b@blue.example/" + "r" * 65, False),
+    ("a@red.example/" + "é" * 33, "b@blue.example", False),
+])
+def test_a_resource_crosses_only_up_to_64_bytes_by_default(sender, recipient, passes):
+    """The resource of from and of to is text the sender picks: over 64 UTF-8 bytes the stanza bounces with the guard's text."""
+    judgement = judge(f"<presence from='{sender}' to='{recipient}'/>")
+    if passes:
+        assert judgement.verdict is Verdict.PASS
+    else:
+        assert (judgement.verdict, judgement.rule_id) == (Verdict.BOUNCE, "guard:long-resource")
+        assert "r" * 65 not in judgement.text and "é" not in judgement.text
+
+
+def test_a_policy_sets_how_many_bytes_of_a_resource_cross():
+    """[policy] resource_max_bytes = 4 lets 'pc12' cross and refuses 'pc123'; it is checked at load (1 to 1023)."""
+    text = SHAPES.replace('name = "shapes"', 'name = "shapes"\nresource_max_bytes = 4')
+    assert judge("<presence from='a@red.example/pc12' to='b@blue.example'/>", text).verdict is Verdict.PASS
+    assert judge("<presence from='a@red.example/pc123' to='b@blue.example'/>", text).verdict is Verdict.BOUNCE
+    for value in ("0", "1024", "'4'"):
+        with pytest.raises(PolicyError, match="resource_max_bytes"):
+            compile_policy(SHAPES.replace('name = "shapes"', f'name = "shapes"\nresource_max_bytes = {value}'))
