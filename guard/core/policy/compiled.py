@@ -14,24 +14,24 @@ from guard.core.policy.conditions import DomainIs, KindIs, KINDS, Negated, TypeI
 from guard.core.policy.elements import clone
 from guard.core.policy.facts import StanzaFacts
 from guard.core.policy.labels import LabelMeaningError
-from guard.core.policy.shapes import (
-    EVERYTHING, ID_MAX_BYTES, RESOURCE_MAX_BYTES, envelope, id_fits, kept_children, reduced_error, resources_fit,
-)
+from guard.core.policy.shapes import EVERYTHING, EnvelopeBounds, envelope, kept_children, reduced_error
 
 RULE_NOT_A_STANZA = NOT_A_STANZA
 RULE_BAD_ADDRESS = BAD_ADDRESS
 RULE_WRONG_DIRECTION = "guard:wrong-direction"
 RULE_UNKNOWN_TYPE = "guard:unknown-type"
-RULE_LONG_ID = "guard:long-id"
-RULE_LONG_RESOURCE = "guard:long-resource"
 RULE_TWO_LABELS = "xep0258:two-labels"
 RULE_LABEL_ON_PRESENCE = "xep0258:label-on-presence"
 RULE_DEFAULT = "default"
 # The bounce text of a label that cannot be translated: the guard's own words;
 # why (which may quote the label) goes to the audit notes only.
 UNTRANSLATABLE = "The security label cannot be translated for the far side."
-LONG_ID = "The stanza id is longer than the guard carries across the boundary."
-LONG_RESOURCE = "An address resource is longer than the guard carries across the boundary."
+# Refusals of a text the envelope carries unjudged, over its bound: (rule, the guard's own words).
+TOO_LONG = {
+    "id": ("guard:long-id", "The stanza id is longer than the guard carries across the boundary."),
+    "localpart": ("guard:long-localpart", "An address localpart is longer than the guard carries across the boundary."),
+    "resource": ("guard:long-resource", "An address resource is longer than the guard carries across the boundary."),
+}
 
 INDEX_CACHE_LIMIT = 4096
 # Labels the guard has encoded, by judged value (DER encoding is the costly
@@ -107,7 +107,7 @@ class CompiledPolicy:
     """A policy ready to judge stanzas; pure and immutable once built."""
 
     def __init__(self, name, path, rules, default, labels, folding, translations,
-                 sides=None, description="", id_max_bytes=ID_MAX_BYTES, resource_max_bytes=RESOURCE_MAX_BYTES):
+                 sides=None, description="", envelope_bounds=EnvelopeBounds()):
         self.name = name
         self.path = path
         self.rules = tuple(rules)
@@ -117,8 +117,7 @@ class CompiledPolicy:
         self.translations = translations
         self.sides = sides  # (source, destination) or None
         self.description = description
-        self.id_max_bytes = id_max_bytes
-        self.resource_max_bytes = resource_max_bytes
+        self.envelope_bounds = envelope_bounds
         self._types = {rule.order: rule.types for rule in self.rules}
         self._index = self._build_index()
         self._candidates_cache = {}
@@ -196,11 +195,11 @@ class CompiledPolicy:
             return Judgement.dropped(stanza, RULE_UNKNOWN_TYPE,
                                      text=f"{accepted.kind} type is not one RFC 6120/6121 defines")
         facts = StanzaFacts(accepted, self.labels)
-        if not id_fits(stanza, self.id_max_bytes):
-            # An id is carried unjudged: only so much of it may cross (the text of the refusal is the guard's).
-            return self._refuse(facts, RULE_LONG_ID, 1, "policy-violation", LONG_ID)
-        if not resources_fit(accepted, self.resource_max_bytes):
-            return self._refuse(facts, RULE_LONG_RESOURCE, 1, "policy-violation", LONG_RESOURCE)
+        exceeded = self.envelope_bounds.exceeded(accepted)
+        if exceeded is not None:
+            # Texts the envelope carries unjudged: only so much of each may cross.
+            rule_id, text = TOO_LONG[exceeded]
+            return self._refuse(facts, rule_id, 1, "policy-violation", text)
         marked = facts.stanza_label
         if marked.count > 1:
             return self._refuse(facts, RULE_TWO_LABELS, 1, "bad-request",

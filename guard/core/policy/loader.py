@@ -25,8 +25,8 @@ from guard.core.policy.labels import (
 )
 from guard.core.policy.problems import PolicyError, Problem, SourceLines
 from guard.core.policy.shapes import (
-    ATTRIBUTE_NAME, EVERYTHING, ID_MAX_BYTES, ID_MAX_BYTES_LIMIT, RESOURCE_MAX_BYTES, RESOURCE_MAX_BYTES_LIMIT,
-    STANZA_ERROR_CONDITIONS, Shape, built_in_shapes, parse_element_name,
+    ATTRIBUTE_NAME, EVERYTHING, ID_MAX_BYTES, LOCALPART_MAX_BYTES, RESOURCE_MAX_BYTES, STANZA_ERROR_CONDITIONS,
+    EnvelopeBounds, Shape, built_in_shapes, parse_element_name,
 )
 
 MAX_POLICY_BYTES = 4 * 1024 * 1024
@@ -37,7 +37,7 @@ DEFAULT_VERDICTS = ("pass", "drop", "bounce")
 
 TOP_KEYS = {"policy", "sets", "shapes", "label_policies", "labels", "translations", "folding", "rules"}
 POLICY_KEYS = {"name", "description", "default", "default_condition", "default_text", "from_side", "to_side",
-               "id_max_bytes", "resource_max_bytes"}
+               "id_max_bytes", "localpart_max_bytes", "resource_max_bytes"}
 SET_KINDS = {"domains", "jids", "namespaces", "labels"}
 LABEL_POLICY_KEYS = {"name", "ess_oid", "stanag_id", "emit", "classifications", "categories"}
 CLASSIFICATION_KEYS = {"name", "ess", "stanag", "marking", "fgcolor", "bgcolor"}
@@ -142,12 +142,14 @@ def _compile(reader, document):
     description = meta.get("description", "")
     return CompiledPolicy(name, reader.path, rules, default, authority, folding, translations,
                           sides, description if isinstance(description, str) else "",
-                          _byte_bound(reader, meta, "id_max_bytes", ID_MAX_BYTES, ID_MAX_BYTES_LIMIT),
-                          _byte_bound(reader, meta, "resource_max_bytes", RESOURCE_MAX_BYTES, RESOURCE_MAX_BYTES_LIMIT))
+                          EnvelopeBounds(_byte_bound(reader, meta, "id_max_bytes", ID_MAX_BYTES),
+                                         _byte_bound(reader, meta, "localpart_max_bytes", LOCALPART_MAX_BYTES),
+                                         _byte_bound(reader, meta, "resource_max_bytes", RESOURCE_MAX_BYTES)))
 
 
-def _byte_bound(reader, meta, key, default, limit):
-    """``[policy] key``: how many UTF-8 bytes of a text the envelope carries unjudged may cross (1 to ``limit``)."""
+def _byte_bound(reader, meta, key, bounds):
+    """``[policy] key``: how many UTF-8 bytes of a text the envelope carries unjudged may cross (``bounds``: default, most)."""
+    default, limit = bounds
     value = meta.get(key, default)
     if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= limit:
         reader.problem("[policy]", f"{key} must be an integer from 1 to {limit}, not {value!r}",

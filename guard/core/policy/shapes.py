@@ -40,15 +40,14 @@ STANZA_ERROR_CONDITIONS = frozenset({
 # private use: up to 16 subtags of 8 characters of the sender's choosing) is
 # free text, and a stanza's xml:lang that is not this shape does not leave.
 LANGUAGE_TAG = re.compile(r"[A-Za-z]{2,3}(?:-[A-Za-z]{4})?(?:-(?:[A-Za-z]{2}|[0-9]{3}))?")
-# An id is free text the sender chooses and the guard carries unjudged (the far
-# side needs it to match answers to requests), so how much of it crosses is
-# bounded: ``[policy] id_max_bytes`` (UTF-8 bytes), this by default.
-ID_MAX_BYTES = 64
-ID_MAX_BYTES_LIMIT = 16 * 1024
-# The same holds for the resource of each address (``from`` and ``to``): the
-# sender picks it, the envelope carries it.  ``[policy] resource_max_bytes``.
-RESOURCE_MAX_BYTES = 64
-RESOURCE_MAX_BYTES_LIMIT = 1023  # RFC 7622 3.4
+# Texts the envelope carries that the sender chooses and no rule judges: the
+# id (the far side needs it to match answers to requests), the localpart and
+# the resource of each address.  How much of each may cross is bounded, in
+# UTF-8 bytes, by ``[policy] id_max_bytes``, ``localpart_max_bytes`` and
+# ``resource_max_bytes``: these by default, at most the second figure.
+ID_MAX_BYTES = (64, 16 * 1024)
+LOCALPART_MAX_BYTES = (64, 1023)  # RFC 7622 3.3
+RESOURCE_MAX_BYTES = (64, 1023)  # RFC 7622 3.4
 PRIORITY = re.compile(r"[+-]?[0-9]{1,3}")
 ATTRIBUTE_NAME = re.compile(r"[A-Za-z_][\w.\-]*")
 ELEMENT_NAME = re.compile(r"(?:\{(?P<uri>[^{}\s]+)\})?(?P<name>[A-Za-z_][\w.\-]*)")
@@ -122,18 +121,29 @@ def kept_children(element: domish.Element, shapes, stanza_uri: str) -> list:
     return kept
 
 
-def id_fits(element: domish.Element, limit: int) -> bool:
-    """Whether ``element``'s ``id`` (absent counts as fitting) is at most ``limit`` UTF-8 bytes."""
-    value = element.attributes.get("id")
-    if value is None:
-        return True
-    return isinstance(value, str) and len(value.encode("utf-8", "surrogatepass")) <= limit
+@dataclass(frozen=True)
+class EnvelopeBounds:
+    """The UTF-8 bytes of an id, and of the localpart and resource of ``from`` and ``to``, that may cross."""
+
+    id: int = ID_MAX_BYTES[0]
+    localpart: int = LOCALPART_MAX_BYTES[0]
+    resource: int = RESOURCE_MAX_BYTES[0]
+
+    def exceeded(self, accepted) -> str | None:
+        """Which bound ``accepted`` exceeds ("id", "localpart" or "resource"), or None when it is within all."""
+        identifier = accepted.element.attributes.get("id")
+        if identifier is not None and (not isinstance(identifier, str) or _utf8_length(identifier) > self.id):
+            return "id"
+        addresses = (accepted.sender, accepted.recipient)
+        if any(_utf8_length(address.user or "") > self.localpart for address in addresses):
+            return "localpart"
+        if any(_utf8_length(address.resource or "") > self.resource for address in addresses):
+            return "resource"
+        return None
 
 
-def resources_fit(accepted, limit: int) -> bool:
-    """Whether the resource of the sender and of the recipient (as the strict parser read them) are at most ``limit`` UTF-8 bytes."""
-    return all(len((address.resource or "").encode("utf-8", "surrogatepass")) <= limit
-               for address in (accepted.sender, accepted.recipient))
+def _utf8_length(text: str) -> int:
+    return len(text.encode("utf-8", "surrogatepass"))
 
 
 def priority_text(text: str) -> str | None:

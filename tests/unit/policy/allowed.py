@@ -53,10 +53,14 @@ def _shape_problems(element, shapes, where):
 def _unjudged_text_problems(policy, leaving):
     """The texts no rule judges, over their bounds: the id, the resources, any xml:lang, a priority."""
     problems = []
-    if len((leaving.getAttribute("id") or "").encode("utf-8")) > policy.id_max_bytes:
+    bounds = policy.envelope_bounds
+    if len((leaving.getAttribute("id") or "").encode("utf-8")) > bounds.id:
         problems.append("an id longer than the policy's id_max_bytes")
     for name in ("from", "to"):
-        if len((parse_jid(leaving.getAttribute(name)).resource or "").encode("utf-8")) > policy.resource_max_bytes:
+        address = parse_jid(leaving.getAttribute(name))
+        if len((address.user or "").encode("utf-8")) > bounds.localpart:
+            problems.append(f"a {name} localpart longer than the policy's localpart_max_bytes")
+        if len((address.resource or "").encode("utf-8")) > bounds.resource:
             problems.append(f"a {name} resource longer than the policy's resource_max_bytes")
     pending = [leaving]
     while pending:

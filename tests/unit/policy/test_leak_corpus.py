@@ -35,7 +35,7 @@ MARKER = "LEAK7q2MARKER"  # not a language tag, not a JID, found nowhere else
 # A marker shaped like a language tag of many subtags: free text an xml:lang could carry.
 TAG_MARKER = "leaktag-q2tag-marker-attack-at-dawn"
 MARKERS = (MARKER, TAG_MARKER)
-# An id longer than the guard carries (64 bytes unless a policy says otherwise).
+# An id (or localpart, or resource) longer than the guard carries (64 bytes unless a policy says otherwise).
 LONG_ID = MARKER * 8
 FOREIGN = "urn:example:leak"
 
@@ -160,6 +160,8 @@ def hiding_places(stanza):
     for address in ("from", "to"):
         places.append(variant(f"long resource in {address}", lambda s, t, a=address: s.attributes.__setitem__(
             a, s.getAttribute(a).split("/")[0] + "/" + LONG_ID)))
+        places.append(variant(f"long localpart in {address}", lambda s, t, a=address: s.attributes.__setitem__(
+            a, LONG_ID.lower() + "@" + s.getAttribute(a).split("@")[-1])))
     places.append(variant("stanza-namespace child", lambda s, t: s.addElement((root, "data"), content=MARKER)))
     places.append(variant("jabber:client child", lambda s, t: s.addChild(_element("jabber:client", "query", MARKER))))
     places.append(variant("foreign child", lambda s, t: s.addChild(_element(FOREIGN, "x", MARKER))))
@@ -261,7 +263,7 @@ def leaks(policy, received, size, judgement):
     if judgement.verdict is not Verdict.PASS:
         return found
     leaving = serialise(judgement.stanza)
-    if any(m in leaving for m in MARKERS):
+    if any(m in leaving or m.lower() in leaving for m in MARKERS):
         found.append(f"the marker leaves: {leaving}")
     found.extend(disallowed_parts(policy, judgement, received))
     grown = size_problem(serialise, judgement, received, size)

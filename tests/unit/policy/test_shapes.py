@@ -301,20 +301,23 @@ def test_a_kept_priority_leaves_only_as_an_rfc_6121_integer(text, leaves):
     assert judgement.stanza.toXml() == (f"{envelope}>{leaves}</presence>" if leaves else f"{envelope}/>")
 
 
-@pytest.mark.parametrize("sender, recipient, passes", [
-    ("a@red.example/" + "r" * 64, "b@blue.example", True),
-    ("a@red.example/" + "r" * 65, "b@blue.example", False),
-    ("a@red.example/pc", "b@blue.example/" + "r" * 65, False),
-    ("a@red.example/" + "é" * 33, "b@blue.example", False),
+@pytest.mark.parametrize("sender, recipient, refused_by", [
+    ("a@red.example/" + "r" * 64, "b@blue.example", None),
+    ("a@red.example/" + "r" * 65, "b@blue.example", "guard:long-resource"),
+    ("a@red.example/pc", "b@blue.example/" + "r" * 65, "guard:long-resource"),
+    ("a@red.example/" + "é" * 33, "b@blue.example", "guard:long-resource"),
+    ("l" * 64 + "@red.example/pc", "b@blue.example", None),
+    ("a@red.example/pc", "l" * 65 + "@blue.example", "guard:long-localpart"),
+    ("l" * 65 + "@red.example", "b@blue.example", "guard:long-localpart"),
 ])
-def test_a_resource_crosses_only_up_to_64_bytes_by_default(sender, recipient, passes):
-    """The resource of from and of to is text the sender picks: over 64 UTF-8 bytes the stanza bounces with the guard's text."""
+def test_a_localpart_or_resource_crosses_only_up_to_64_bytes_by_default(sender, recipient, refused_by):
+    """The localpart and resource of from and of to are text the sender picks: over 64 UTF-8 bytes the stanza bounces with the guard's text."""
     judgement = judge(f"<presence from='{sender}' to='{recipient}'/>")
-    if passes:
+    if refused_by is None:
         assert judgement.verdict is Verdict.PASS
     else:
-        assert (judgement.verdict, judgement.rule_id) == (Verdict.BOUNCE, "guard:long-resource")
-        assert "r" * 65 not in judgement.text and "é" not in judgement.text
+        assert (judgement.verdict, judgement.rule_id) == (Verdict.BOUNCE, refused_by)
+        assert "r" * 65 not in judgement.text and "l" * 65 not in judgement.text and "é" not in judgement.text
 
 
 def test_a_policy_sets_how_many_bytes_of_a_resource_cross():
@@ -322,6 +325,14 @@ def test_a_policy_sets_how_many_bytes_of_a_resource_cross():
     text = SHAPES.replace('name = "shapes"', 'name = "shapes"\nresource_max_bytes = 4')
     assert judge("<presence from='a@red.example/pc12' to='b@blue.example'/>", text).verdict is Verdict.PASS
     assert judge("<presence from='a@red.example/pc123' to='b@blue.example'/>", text).verdict is Verdict.BOUNCE
-    for value in ("0", "1024", "'4'"):
-        with pytest.raises(PolicyError, match="resource_max_bytes"):
-            compile_policy(SHAPES.replace('name = "shapes"', f'name = "shapes"\nresource_max_bytes = {value}'))
+    for key in ("resource_max_bytes", "localpart_max_bytes"):
+        for value in ("0", "1024", "'4'"):
+            with pytest.raises(PolicyError, match=key):
+                compile_policy(SHAPES.replace('name = "shapes"', f'name = "shapes"\n{key} = {value}'))
+
+
+def test_a_policy_sets_how_many_bytes_of_a_localpart_cross():
+    """[policy] localpart_max_bytes = 3 lets 'bob@' cross and refuses 'juliet@', in from or to."""
+    text = SHAPES.replace('name = "shapes"', 'name = "shapes"\nlocalpart_max_bytes = 3')
+    assert judge("<presence from='bob@red.example' to='eve@blue.example'/>", text).verdict is Verdict.PASS
+    assert judge("<presence from='bob@red.example' to='juliet@blue.example'/>", text).rule_id == "guard:long-localpart"
