@@ -33,7 +33,12 @@ TOO_LONG = {
     "resource": ("guard:long-resource", "An address resource is longer than the guard carries across the boundary."),
 }
 
+# The rules that can match, remembered by (kind, from domain, to domain,
+# type): bounded in entries and in bytes (the domains of each key, a pointer
+# per rule remembered), since a peer with many domains picks the keys and a
+# large policy makes each entry large.
 INDEX_CACHE_LIMIT = 4096
+INDEX_CACHE_BYTES = 4 * 1024 * 1024
 # Labels the guard has encoded, by judged value (DER encoding is the costly
 # part of releasing a labelled stanza); each use gets its own copy.  Bounded
 # in entries and in bytes (the text of each key and of each label kept); a
@@ -121,6 +126,7 @@ class CompiledPolicy:
         self._types = {rule.order: rule.types for rule in self.rules}
         self._index = self._build_index()
         self._candidates_cache = {}
+        self._candidates_cache_bytes = 0
         self._label_cache = {}
         self._label_cache_bytes = 0
 
@@ -158,9 +164,14 @@ class CompiledPolicy:
         merged.update((rule.order, rule) for rule in by_from.get(from_domain, ()))
         found = tuple(merged[order] for order in sorted(merged)
                       if stanza_type is None or self._types[order] is None or stanza_type in self._types[order])
-        if len(self._candidates_cache) >= INDEX_CACHE_LIMIT:
+        cost = len(from_domain) + len(to_domain) + 8 * (len(found) + 8)
+        if cost > INDEX_CACHE_BYTES:
+            return found
+        if len(self._candidates_cache) >= INDEX_CACHE_LIMIT or self._candidates_cache_bytes + cost > INDEX_CACHE_BYTES:
             self._candidates_cache.clear()
+            self._candidates_cache_bytes = 0
         self._candidates_cache[key] = found
+        self._candidates_cache_bytes += cost
         return found
 
     # --- judging -------------------------------------------------------------
