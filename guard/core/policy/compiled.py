@@ -206,11 +206,6 @@ class CompiledPolicy:
             return Judgement.dropped(stanza, RULE_UNKNOWN_TYPE,
                                      text=f"{accepted.kind} type is not one RFC 6120/6121 defines")
         facts = StanzaFacts(accepted, self.labels)
-        exceeded = self.envelope_bounds.exceeded(accepted)
-        if exceeded is not None:
-            # Texts the envelope carries unjudged: only so much of each may cross.
-            rule_id, text = TOO_LONG[exceeded]
-            return self._refuse(facts, rule_id, 1, "policy-violation", text)
         marked = facts.stanza_label
         if marked.count > 1:
             return self._refuse(facts, RULE_TWO_LABELS, 1, "bad-request",
@@ -268,6 +263,11 @@ class CompiledPolicy:
             return _with(self._refuse(facts, rule_id, rev, condition, text), actions, notes, facts)
         if verdict not in ("pass", "fold", "translate", "refer"):
             return Judgement.dropped(stanza, rule_id, rev, text=f"unknown verdict {verdict!r}")
+        exceeded = self.envelope_bounds.exceeded(facts.accepted)
+        if exceeded is not None:
+            # Texts the envelope carries unjudged: only so much of each may leave.
+            too_long, too_long_text = TOO_LONG[exceeded]
+            return _with(self._refuse(facts, too_long, 1, "policy-violation", too_long_text), actions, notes, facts)
         if verdict == "refer":
             # The release authority is asked about what would leave, built as a
             # pass builds it (the rule's keep shapes); what it releases is that

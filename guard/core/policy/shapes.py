@@ -132,18 +132,23 @@ class EnvelopeBounds:
     def exceeded(self, accepted) -> str | None:
         """Which bound ``accepted`` exceeds ("id", "localpart" or "resource"), or None when it is within all."""
         identifier = accepted.element.attributes.get("id")
-        if identifier is not None and (not isinstance(identifier, str) or _utf8_length(identifier) > self.id):
+        if identifier is not None and (not isinstance(identifier, str) or _over(identifier, self.id)):
             return "id"
-        addresses = (accepted.sender, accepted.recipient)
-        if any(_utf8_length(address.user or "") > self.localpart for address in addresses):
+        sender, recipient = accepted.sender, accepted.recipient
+        if _over(sender.user or "", self.localpart) or _over(recipient.user or "", self.localpart):
             return "localpart"
-        if any(_utf8_length(address.resource or "") > self.resource for address in addresses):
+        if _over(sender.resource or "", self.resource) or _over(recipient.resource or "", self.resource):
             return "resource"
         return None
 
 
-def _utf8_length(text: str) -> int:
-    return len(text.encode("utf-8", "surrogatepass"))
+def _over(text: str, limit: int) -> bool:
+    """Whether ``text`` is more than ``limit`` UTF-8 bytes (1 to 4 bytes a character: encoded only when in doubt)."""
+    if len(text) > limit:
+        return True
+    if len(text) * 4 <= limit:
+        return False
+    return len(text.encode("utf-8", "surrogatepass")) > limit
 
 
 def priority_text(text: str) -> str | None:
