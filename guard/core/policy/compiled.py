@@ -47,6 +47,36 @@ LABEL_CACHE_LIMIT = 1024
 LABEL_CACHE_BYTES = 1024 * 1024
 
 
+class BoundedMemory:
+    """
+    Values remembered by key, bounded in entries and in bytes (the cost of
+    each entry is told when it is put): one that would pass either bound
+    empties it first, one larger than the byte bound is not remembered.
+    """
+
+    def __init__(self):
+        self._found = {}
+        self.used = 0
+
+    def __len__(self):
+        return len(self._found)
+
+    def items(self):
+        return self._found.items()
+
+    def get(self, key):
+        return self._found.get(key)
+
+    def put(self, key, value, cost, entries, size_bytes):
+        if cost > size_bytes:
+            return
+        if len(self._found) >= entries or self.used + cost > size_bytes:
+            self._found.clear()
+            self.used = 0
+        self._found[key] = value
+        self.used += cost
+
+
 @dataclass(frozen=True)
 class Rule:
     """One rule: when all ``conditions`` hold, ``verdict`` decides (``continue`` only acts)."""
@@ -125,10 +155,8 @@ class CompiledPolicy:
         self.envelope_bounds = envelope_bounds
         self._types = {rule.order: rule.types for rule in self.rules}
         self._index = self._build_index()
-        self._candidates_cache = {}
-        self._candidates_cache_bytes = 0
-        self._label_cache = {}
-        self._label_cache_bytes = 0
+        self._candidates_cache = BoundedMemory()
+        self._label_cache = BoundedMemory()
 
     # --- index ---------------------------------------------------------------
 
@@ -164,14 +192,8 @@ class CompiledPolicy:
         merged.update((rule.order, rule) for rule in by_from.get(from_domain, ()))
         found = tuple(merged[order] for order in sorted(merged)
                       if stanza_type is None or self._types[order] is None or stanza_type in self._types[order])
-        cost = len(from_domain) + len(to_domain) + 8 * (len(found) + 8)
-        if cost > INDEX_CACHE_BYTES:
-            return found
-        if len(self._candidates_cache) >= INDEX_CACHE_LIMIT or self._candidates_cache_bytes + cost > INDEX_CACHE_BYTES:
-            self._candidates_cache.clear()
-            self._candidates_cache_bytes = 0
-        self._candidates_cache[key] = found
-        self._candidates_cache_bytes += cost
+        self._candidates_cache.put(key, found, len(from_domain) + len(to_domain) + 8 * (len(found) + 8),
+                                   INDEX_CACHE_LIMIT, INDEX_CACHE_BYTES)
         return found
 
     # --- judging -------------------------------------------------------------
@@ -361,14 +383,7 @@ class CompiledPolicy:
             return encode()
         if found is None:
             found = encode()
-            cost = len(repr(key)) + len(found.toXml())
-            if cost > LABEL_CACHE_BYTES:
-                return found
-            if len(self._label_cache) >= LABEL_CACHE_LIMIT or self._label_cache_bytes + cost > LABEL_CACHE_BYTES:
-                self._label_cache.clear()
-                self._label_cache_bytes = 0
-            self._label_cache[key] = found
-            self._label_cache_bytes += cost
+            self._label_cache.put(key, found, len(repr(key)) + len(found.toXml()), LABEL_CACHE_LIMIT, LABEL_CACHE_BYTES)
         return clone(found)
 
     def _refusing(self, facts, text):
