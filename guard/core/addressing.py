@@ -39,7 +39,16 @@ class Misaddressed:
     text: str
 
 
-@lru_cache(maxsize=8192)
+# Parsed JIDs are remembered (stringprep is most of the cost of addressing),
+# bounded in entries and in bytes: only a text of at most JID_CACHE_TEXT
+# characters is remembered, so the cache holds at most about JID_CACHE_SIZE ×
+# (the text, and a JID of at most as many characters, times four bytes each).
+# A peer chooses the localpart and resource of every address; a longer text
+# (up to 3 × 1023 bytes) is parsed every time.
+JID_CACHE_SIZE = 8192
+JID_CACHE_TEXT = 128
+
+
 def parse_jid(text: str | None) -> jid.JID | None:
     """
     The JID in ``text``, or None when it is absent or malformed: empty or
@@ -48,6 +57,17 @@ def parse_jid(text: str | None) -> jid.JID | None:
     """
     if not text or not isinstance(text, str):
         return None
+    if len(text) <= JID_CACHE_TEXT:
+        return _remembered_jid(text)
+    return _parsed_jid(text)
+
+
+@lru_cache(maxsize=JID_CACHE_SIZE)
+def _remembered_jid(text: str) -> jid.JID | None:
+    return _parsed_jid(text)
+
+
+def _parsed_jid(text: str) -> jid.JID | None:
     bare, slash, resource = text.partition("/")
     local, at, domain = bare.rpartition("@")
     if (slash and not resource) or (at and not local) or not domain:

@@ -154,6 +154,8 @@ SEEDS = [
     b"</forwarded></message>",
     b"<message from='romeo@red.example/pc' to='juliet@blue.example' type='error'><error type='cancel'>"
     b"<item-not-found xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></error></message>",
+    b"<presence from='romeo@red.example/pc' to='juliet@blue.example' id='aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"
+    b"aaaaaaaaaaaaaaaaaaaaaaa' xml:lang='en-GB-oxendict-x-plan'><priority>5</priority></presence>",
 ]
 
 DICTIONARY = [
@@ -164,6 +166,7 @@ DICTIONARY = [
     "MQgCAQEGA4g3AQ==", "displaymarking", "urn:xmpp:forward:0", "forwarded", "jabber:client",
     "urn:nato:stanag:4774:confidentialitymetadatalabel:1:0", "ConfidentialityLabel", "urn:xmpp:ping",
     "http://jabber.org/protocol/chatstates", "jabber:x:oob", "xml:lang", "xmlns='", "xmlns:",
+    "id='", "xml:lang='en-GB'", "-x-", "priority", "subject", "thread", "parent='",
 ]
 
 

@@ -66,3 +66,17 @@ def test_stanza_in_another_namespace_is_not_a_stanza():
 def test_malformed_jids_are_none(text):
     """Empty parts, oversized parts and bad domains never parse to a JID."""
     assert parse_jid(text) is None
+
+
+def test_the_parsed_jid_memory_is_bounded_in_bytes():
+    """Only addresses of at most 128 characters are remembered: a peer sending long, unique ones leaves nothing behind, and a short one is parsed once."""
+    from guard.core import addressing
+
+    before = addressing._remembered_jid.cache_info().currsize
+    for n in range(50):
+        long_text = f"{'u' * 500}@red.example/{'r' * 500}{n}"
+        assert parse_jid(long_text).resource == "r" * 500 + str(n)
+    assert addressing._remembered_jid.cache_info().currsize == before
+    short = "someone-new-7f3@red.example/pc"
+    assert parse_jid(short) is parse_jid(short)
+    assert addressing._remembered_jid.cache_info().currsize <= addressing.JID_CACHE_SIZE

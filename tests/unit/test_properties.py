@@ -281,3 +281,33 @@ def test_a_stanza_to_a_domain_the_guard_does_not_front_is_refused(recipient):
                        .encode()).elements
 
     assert check_addressing(stanza, AUTHENTICATED, FRONTED).condition == "host-unknown"
+
+
+ENVELOPE_TEXT = st.one_of(st.text(alphabet="abcXYZ09-é", max_size=8), st.text(alphabet="abcXYZ09-é", min_size=30, max_size=70))
+HIGH_TO_LOW = load_policy(PROJECT_ROOT / "policies" / "high-to-low.toml")
+
+
+@SETTINGS
+@given(stanza_id=ENVELOPE_TEXT, sender_resource=ENVELOPE_TEXT, local=ENVELOPE_TEXT, recipient_resource=ENVELOPE_TEXT)
+def test_the_texts_an_envelope_carries_unjudged_cross_only_within_their_bounds(
+        stanza_id, sender_resource, local, recipient_resource):
+    """A presence HIGH sends to LOW passes only when its id, the recipient's localpart and both resources are each at most 64 UTF-8 bytes, and then carries exactly them."""
+    sender = "romeo@red.example" + (f"/{sender_resource}" if sender_resource else "")
+    recipient = (f"{local}@" if local else "") + "blue.example" + (f"/{recipient_resource}" if recipient_resource else "")
+    xml = f"<presence from='{sender}' to='{recipient}' id='{stanza_id}'/>"
+    parsed = Parsed(HEADER + xml.encode("utf-8"))
+    if parsed.fault is not None or not parsed.elements:
+        return
+    (stanza,) = parsed.elements
+    addressed = check_addressing(stanza, AUTHENTICATED, FRONTED)
+    if not isinstance(addressed, Addressed):
+        return
+    (size,) = parsed.sizes
+    judgement, problem = judge_fail_closed(HIGH_TO_LOW, stanza, RED_TO_BLUE, accept(stanza, addressed, size, RED_TO_BLUE))
+    assert problem is None
+    parts = (stanza_id, addressed.recipient.user or "", addressed.sender.resource or "", addressed.recipient.resource or "")
+    within = all(len(part.encode("utf-8")) <= 64 for part in parts)
+    assert (judgement.verdict is Verdict.PASS) is within, (judgement.verdict, judgement.rule_id, parts)
+    if within:
+        leaving = judgement.stanza
+        assert (leaving.getAttribute("id"), leaving.getAttribute("to")) == (stanza_id, addressed.recipient.full())

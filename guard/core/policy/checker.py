@@ -9,7 +9,7 @@ from __future__ import annotations
 from guard.core.policy.conditions import (
     KIND_TYPES, BodyMatches, DomainIs, Inspect, JidIs, KindIs, LabelClassificationIs, LabelIn,
     LabelPolicyIs, LabelPresence, LabelRank, LabelReleasable, LabelValid, Negated, PayloadAbsent,
-    PayloadOnly, PayloadPresent, SizeAbove, SizeBelow, TypeIs,
+    PayloadOnly, PayloadPresent, SizeAbove, SizeBelow, TextMatches, TypeIs,
 )
 
 
@@ -141,7 +141,7 @@ def implies(narrow, broad) -> bool:
         return narrow.namespaces >= broad.namespaces
     if isinstance(narrow, Inspect):
         return {str(i) for i in narrow.inspections} <= {str(i) for i in broad.inspections}
-    if isinstance(narrow, BodyMatches):
+    if isinstance(narrow, (BodyMatches, TextMatches)):
         return {p.pattern for p in narrow.patterns} <= {p.pattern for p in broad.patterns}
     if isinstance(narrow, SizeAbove):
         return narrow.limit >= broad.limit

@@ -14,7 +14,7 @@ from guard.core.policy.conditions import DomainIs, KindIs, KINDS, Negated, TypeI
 from guard.core.policy.elements import clone
 from guard.core.policy.facts import StanzaFacts
 from guard.core.policy.labels import LabelMeaningError
-from guard.core.policy.shapes import EVERYTHING, envelope, kept_children, reduced_error
+from guard.core.policy.shapes import EVERYTHING, EnvelopeBounds, envelope, kept_children, reduced_error
 
 RULE_NOT_A_STANZA = NOT_A_STANZA
 RULE_BAD_ADDRESS = BAD_ADDRESS
@@ -26,14 +26,55 @@ RULE_DEFAULT = "default"
 # The bounce text of a label that cannot be translated: the guard's own words;
 # why (which may quote the label) goes to the audit notes only.
 UNTRANSLATABLE = "The security label cannot be translated for the far side."
+# Refusals of a text the envelope carries unjudged, over its bound: (rule, the guard's own words).
+TOO_LONG = {
+    "id": ("guard:long-id", "The stanza id is longer than the guard carries across the boundary."),
+    "localpart": ("guard:long-localpart", "An address localpart is longer than the guard carries across the boundary."),
+    "resource": ("guard:long-resource", "An address resource is longer than the guard carries across the boundary."),
+}
 
+# The rules that can match, remembered by (kind, from domain, to domain,
+# type): bounded in entries and in bytes (the domains of each key, a pointer
+# per rule remembered), since a peer with many domains picks the keys and a
+# large policy makes each entry large.
 INDEX_CACHE_LIMIT = 4096
+INDEX_CACHE_BYTES = 4 * 1024 * 1024
 # Labels the guard has encoded, by judged value (DER encoding is the costly
 # part of releasing a labelled stanza); each use gets its own copy.  Bounded
 # in entries and in bytes (the text of each key and of each label kept); a
 # label with equivalent labels is encoded every time, never remembered.
 LABEL_CACHE_LIMIT = 1024
 LABEL_CACHE_BYTES = 1024 * 1024
+
+
+class BoundedMemory:
+    """
+    Values remembered by key, bounded in entries and in bytes (the cost of
+    each entry is told when it is put): one that would pass either bound
+    empties it first, one larger than the byte bound is not remembered.
+    """
+
+    def __init__(self):
+        self._found = {}
+        self.used = 0
+
+    def __len__(self):
+        return len(self._found)
+
+    def items(self):
+        return self._found.items()
+
+    def get(self, key):
+        return self._found.get(key)
+
+    def put(self, key, value, cost, entries, size_bytes):
+        if cost > size_bytes:
+            return
+        if len(self._found) >= entries or self.used + cost > size_bytes:
+            self._found.clear()
+            self.used = 0
+        self._found[key] = value
+        self.used += cost
 
 
 @dataclass(frozen=True)
@@ -101,7 +142,7 @@ class CompiledPolicy:
     """A policy ready to judge stanzas; pure and immutable once built."""
 
     def __init__(self, name, path, rules, default, labels, folding, translations,
-                 sides=None, description=""):
+                 sides=None, description="", envelope_bounds=EnvelopeBounds()):
         self.name = name
         self.path = path
         self.rules = tuple(rules)
@@ -111,11 +152,11 @@ class CompiledPolicy:
         self.translations = translations
         self.sides = sides  # (source, destination) or None
         self.description = description
+        self.envelope_bounds = envelope_bounds
         self._types = {rule.order: rule.types for rule in self.rules}
         self._index = self._build_index()
-        self._candidates_cache = {}
-        self._label_cache = {}
-        self._label_cache_bytes = 0
+        self._candidates_cache = BoundedMemory()
+        self._label_cache = BoundedMemory()
 
     # --- index ---------------------------------------------------------------
 
@@ -151,9 +192,8 @@ class CompiledPolicy:
         merged.update((rule.order, rule) for rule in by_from.get(from_domain, ()))
         found = tuple(merged[order] for order in sorted(merged)
                       if stanza_type is None or self._types[order] is None or stanza_type in self._types[order])
-        if len(self._candidates_cache) >= INDEX_CACHE_LIMIT:
-            self._candidates_cache.clear()
-        self._candidates_cache[key] = found
+        self._candidates_cache.put(key, found, len(from_domain) + len(to_domain) + 8 * (len(found) + 8),
+                                   INDEX_CACHE_LIMIT, INDEX_CACHE_BYTES)
         return found
 
     # --- judging -------------------------------------------------------------
@@ -245,6 +285,11 @@ class CompiledPolicy:
             return _with(self._refuse(facts, rule_id, rev, condition, text), actions, notes, facts)
         if verdict not in ("pass", "fold", "translate", "refer"):
             return Judgement.dropped(stanza, rule_id, rev, text=f"unknown verdict {verdict!r}")
+        exceeded = self.envelope_bounds.exceeded(facts.accepted)
+        if exceeded is not None:
+            # Texts the envelope carries unjudged: only so much of each may leave.
+            too_long, too_long_text = TOO_LONG[exceeded]
+            return _with(self._refuse(facts, too_long, 1, "policy-violation", too_long_text), actions, notes, facts)
         if verdict == "refer":
             # The release authority is asked about what would leave, built as a
             # pass builds it (the rule's keep shapes); what it releases is that
@@ -338,14 +383,7 @@ class CompiledPolicy:
             return encode()
         if found is None:
             found = encode()
-            cost = len(repr(key)) + len(found.toXml())
-            if cost > LABEL_CACHE_BYTES:
-                return found
-            if len(self._label_cache) >= LABEL_CACHE_LIMIT or self._label_cache_bytes + cost > LABEL_CACHE_BYTES:
-                self._label_cache.clear()
-                self._label_cache_bytes = 0
-            self._label_cache[key] = found
-            self._label_cache_bytes += cost
+            self._label_cache.put(key, found, len(repr(key)) + len(found.toXml()), LABEL_CACHE_LIMIT, LABEL_CACHE_BYTES)
         return clone(found)
 
     def _refusing(self, facts, text):

@@ -339,6 +339,31 @@ class BodyMatches(Condition):
 
 
 @dataclass
+class TextMatches(Condition):
+    """
+    Any text the stanza carries, wherever it is: all its text joined (a word
+    split across elements meets again), each text node on its own, and the
+    value of every attribute of every element but the stanza's ``from`` and
+    ``to``.  Meant to refuse (a word in a ``<subject/>``, an XHTML body, a
+    ``<thread/>``, a kept attribute or the id is as much in the stanza as one
+    in its ``<body/>``); the loader has a letting-through rule use it only
+    negated, so that seeing more can only refuse more.
+    """
+
+    patterns: tuple
+    key = "text_matches"
+
+    def holds(self, facts):
+        return any(p.search(text) for text in facts.texts for p in self.patterns)
+
+    def explain(self, facts):
+        patterns = [p.pattern for p in self.patterns]
+        if self.holds(facts):
+            return f"a text of the stanza matches {patterns}"
+        return f"no text of the stanza ({len(facts.texts)} looked at) matches {patterns}"
+
+
+@dataclass
 class SizeAbove(Condition):
     limit: int
     key = "larger_than"

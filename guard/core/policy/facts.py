@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from functools import cached_property
 
+from twisted.words.xish import domish
+
 from guard.core.accepted import NotAccepted, accepted_from_element
 from guard.core.policy.elements import STANZA_NAMESPACES, child_elements, text_of
 from guard.core.policy.labels import LabelMeaningError, read_stanza_label
@@ -61,6 +63,25 @@ class StanzaFacts:
         """The text of every ``<body/>`` (one per xml:lang): a pattern has to look at all of them."""
         return tuple(text_of(child) for child in child_elements(self.stanza)
                      if child.name == "body" and child.uri in STANZA_NAMESPACES)
+
+    @cached_property
+    def texts(self) -> tuple:
+        """
+        Every text the stanza carries (see ``text_matches``): all of its text
+        joined, then each text node, then each attribute value of every
+        element except the stanza's ``from`` and ``to`` (conditions of their own).
+        """
+        nodes, values = [], []
+        pending = [self.stanza]  # elements and text nodes, the next in document order last
+        while pending:
+            item = pending.pop()
+            if not isinstance(item, domish.Element):
+                nodes.append(item)
+                continue
+            values.extend(value for name, value in item.attributes.items()
+                          if isinstance(value, str) and not (item is self.stanza and name in ("from", "to")))
+            pending.extend(reversed(item.children))
+        return ("".join(nodes), *nodes, *values)
 
     @cached_property
     def stanza_label(self):

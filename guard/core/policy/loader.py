@@ -15,7 +15,7 @@ from guard.core.policy.conditions import (
     ALL_TYPES, BodyMatches, ConditionError, DomainIs, ElementPath, Inspect, Inspection, JidIs,
     JidPattern, KINDS, KindIs, LabelClassificationIs, LabelIn, LabelPolicyIs, LabelPresence,
     LabelRank, LabelReleasable, LabelValid, Negated, PayloadAbsent, PayloadOnly, PayloadPresent,
-    SizeAbove, SizeBelow, TypeIs, _as_list, compile_regex,
+    SizeAbove, SizeBelow, TextMatches, TypeIs, _as_list, compile_regex,
 )
 from guard.core.policy.elements import ElementPattern, ElementPatternError
 from guard.core.policy.folding import PRESENCE_STATES, FoldingProfile, MessageFolding, PresenceFolding
@@ -25,7 +25,8 @@ from guard.core.policy.labels import (
 )
 from guard.core.policy.problems import PolicyError, Problem, SourceLines
 from guard.core.policy.shapes import (
-    ATTRIBUTE_NAME, EVERYTHING, STANZA_ERROR_CONDITIONS, Shape, built_in_shapes, parse_element_name,
+    ATTRIBUTE_NAME, EVERYTHING, ID_MAX_BYTES, LOCALPART_MAX_BYTES, RESOURCE_MAX_BYTES, STANZA_ERROR_CONDITIONS,
+    EnvelopeBounds, Shape, built_in_shapes, parse_element_name,
 )
 
 MAX_POLICY_BYTES = 4 * 1024 * 1024
@@ -35,7 +36,8 @@ VERDICTS = ("pass", "drop", "bounce", "fold", "translate", "refer", "continue")
 DEFAULT_VERDICTS = ("pass", "drop", "bounce")
 
 TOP_KEYS = {"policy", "sets", "shapes", "label_policies", "labels", "translations", "folding", "rules"}
-POLICY_KEYS = {"name", "description", "default", "default_condition", "default_text", "from_side", "to_side"}
+POLICY_KEYS = {"name", "description", "default", "default_condition", "default_text", "from_side", "to_side",
+               "id_max_bytes", "localpart_max_bytes", "resource_max_bytes"}
 SET_KINDS = {"domains", "jids", "namespaces", "labels"}
 LABEL_POLICY_KEYS = {"name", "ess_oid", "stanag_id", "emit", "classifications", "categories"}
 CLASSIFICATION_KEYS = {"name", "ess", "stanag", "marking", "fgcolor", "bgcolor"}
@@ -51,7 +53,7 @@ RULE_META_KEYS = {"id", "rev", "why", "verdict", "condition", "text", "fold", "t
 SHAPE_KEYS = {"element", "attributes", "text", "children"}
 CONDITION_KEYS = {
     "kind", "type", "from_domain", "to_domain", "from_jid", "to_jid", "payload_present",
-    "payload_absent", "payload_only", "inspect", "body_matches", "larger_than", "smaller_than",
+    "payload_absent", "payload_only", "inspect", "body_matches", "text_matches", "larger_than", "smaller_than",
     "label", "label_valid", "label_releasable", "label_policy", "label_classification",
     "label_at_most", "label_at_least", "label_in",
 }
@@ -139,7 +141,21 @@ def _compile(reader, document):
     rules = _rules(reader, document.get("rules", []), context)
     description = meta.get("description", "")
     return CompiledPolicy(name, reader.path, rules, default, authority, folding, translations,
-                          sides, description if isinstance(description, str) else "")
+                          sides, description if isinstance(description, str) else "",
+                          EnvelopeBounds(_byte_bound(reader, meta, "id_max_bytes", ID_MAX_BYTES),
+                                         _byte_bound(reader, meta, "localpart_max_bytes", LOCALPART_MAX_BYTES),
+                                         _byte_bound(reader, meta, "resource_max_bytes", RESOURCE_MAX_BYTES)))
+
+
+def _byte_bound(reader, meta, key, bounds):
+    """``[policy] key``: how many UTF-8 bytes of a text the envelope carries unjudged may cross (``bounds``: default, most)."""
+    default, limit = bounds
+    value = meta.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= limit:
+        reader.problem("[policy]", f"{key} must be an integer from 1 to {limit}, not {value!r}",
+                       reader.lines.section("policy", key))
+        return default
+    return value
 
 
 def _default(reader, meta):
@@ -554,6 +570,8 @@ def _condition(key, value, context):
         return Inspect(tuple(inspections))
     if key == "body_matches":
         return BodyMatches(tuple(compile_regex(key, p) for p in _as_list(key, value)))
+    if key == "text_matches":
+        return TextMatches(tuple(compile_regex(key, p) for p in _as_list(key, value)))
     if key in ("larger_than", "smaller_than"):
         if not isinstance(value, int) or isinstance(value, bool) or value < 0:
             raise ConditionError(key, f"{key} takes a byte count")
@@ -617,6 +635,7 @@ def _label_condition(key, value, context):
 # Verdicts that refuse: a label condition that cannot be decided (no label can
 # be established) holds in these rules and not in the others.
 RESTRICTIVE_VERDICTS = frozenset({"drop", "bounce", "refer"})
+LETTING_THROUGH = frozenset({"pass", "fold", "translate", "refer"})
 
 
 def _rules(reader, value, context):
@@ -674,10 +693,30 @@ def _rules(reader, value, context):
         restrictive = table.get("verdict") in RESTRICTIVE_VERDICTS
         for condition in conditions:
             condition.when_unknown = restrictive
+        _check_text_matches(reader, table.get("verdict"), conditions, where, reader.lines.rule(order, "verdict"))
         rule = _rule_action(reader, table, context, where, order, line, rule_id, rev, why, conditions)
         if rule is not None:
             rules.append(rule)
     return rules
+
+
+def _check_text_matches(reader, verdict, conditions, where, line):
+    """
+    ``text_matches`` sees every text of a stanza, more than any rule keeps:
+    seeing more may only ever refuse more.  So a rule that lets a stanza
+    through uses it negated (no text matches), and a rule that refuses uses
+    it as it is (some text matches).
+    """
+    for condition in conditions:
+        negated = isinstance(condition, Negated)
+        if not isinstance(condition.inner if negated else condition, TextMatches):
+            continue
+        if verdict in LETTING_THROUGH and not negated:
+            reader.problem(where, "text_matches in a rule that lets a stanza through must be negated: "
+                                  "not = { text_matches = ... } (some text matching says nothing of the rest)", line)
+        elif verdict in ("drop", "bounce") and negated:
+            reader.problem(where, "not.text_matches in a rule that refuses would refuse less the more it sees: "
+                                  "refuse with text_matches, let through with not = { text_matches = ... }", line)
 
 
 def _rule_action(reader, table, context, where, order, line, rule_id, rev, why, conditions):

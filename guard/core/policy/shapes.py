@@ -35,8 +35,20 @@ STANZA_ERROR_CONDITIONS = frozenset({
     "remote-server-not-found", "remote-server-timeout", "resource-constraint", "service-unavailable",
     "subscription-required", "undefined-condition", "unexpected-request",
 })
-# A language tag (BCP 47 shape, no more): anything else in xml:lang is free text and does not leave.
-LANGUAGE_TAG = re.compile(r"[A-Za-z]{1,8}(?:-[A-Za-z0-9]{1,8}){0,15}")
+# A language tag as people write one (BCP 47 language, optional script, optional
+# region: "en", "en-GB", "zh-Hant-TW"); anything longer (variants, extensions,
+# private use: up to 16 subtags of 8 characters of the sender's choosing) is
+# free text, and a stanza's xml:lang that is not this shape does not leave.
+LANGUAGE_TAG = re.compile(r"[A-Za-z]{2,3}(?:-[A-Za-z]{4})?(?:-(?:[A-Za-z]{2}|[0-9]{3}))?")
+# Texts the envelope carries that the sender chooses and no rule judges: the
+# id (the far side needs it to match answers to requests), the localpart and
+# the resource of each address.  How much of each may cross is bounded, in
+# UTF-8 bytes, by ``[policy] id_max_bytes``, ``localpart_max_bytes`` and
+# ``resource_max_bytes``: these by default, at most the second figure.
+ID_MAX_BYTES = (64, 16 * 1024)
+LOCALPART_MAX_BYTES = (64, 1023)  # RFC 7622 3.3
+RESOURCE_MAX_BYTES = (64, 1023)  # RFC 7622 3.4
+PRIORITY = re.compile(r"[+-]?[0-9]{1,3}")
 ATTRIBUTE_NAME = re.compile(r"[A-Za-z_][\w.\-]*")
 ELEMENT_NAME = re.compile(r"(?:\{(?P<uri>[^{}\s]+)\})?(?P<name>[A-Za-z_][\w.\-]*)")
 
@@ -59,6 +71,9 @@ class Shape:
     attributes: tuple = ()
     text: bool = False
     children: list = field(default_factory=list)
+    # When set, the text is kept only as this function writes it, and an
+    # element whose text it refuses (returns None) does not leave at all.
+    text_form: object = None
 
     @property
     def qualified(self) -> str:
@@ -69,8 +84,13 @@ class Shape:
             return False
         return element.uri in STANZA_NAMESPACES if self.uri is None else element.uri == self.uri
 
-    def build(self, element: domish.Element, stanza_uri: str) -> domish.Element:
-        """A new element holding only what this shape allows of ``element``."""
+    def build(self, element: domish.Element, stanza_uri: str) -> domish.Element | None:
+        """A new element holding only what this shape allows of ``element`` (None: its text has not the shape's form)."""
+        text = text_of(element) if self.text else ""
+        if self.text_form is not None:
+            text = self.text_form(text)
+            if text is None:
+                return None
         uri = stanza_uri if self.uri is None else self.uri
         built = domish.Element((uri, self.element), defaultUri=uri)
         for attribute in self.attributes:
@@ -80,10 +100,8 @@ class Shape:
             value = element.attributes.get(attribute)
             if isinstance(value, str):
                 built.attributes[attribute] = value
-        if self.text:
-            text = text_of(element)
-            if text:
-                built.addContent(text)
+        if text:
+            built.addContent(text)
         if self.children:
             for child in kept_children(element, self.children, stanza_uri):
                 built.addChild(child)
@@ -96,9 +114,49 @@ def kept_children(element: domish.Element, shapes, stanza_uri: str) -> list:
     for child in child_elements(element):
         for shape in shapes:
             if shape.matches(child):
-                kept.append(shape.build(child, stanza_uri))
+                built = shape.build(child, stanza_uri)
+                if built is not None:
+                    kept.append(built)
                 break
     return kept
+
+
+@dataclass(frozen=True)
+class EnvelopeBounds:
+    """The UTF-8 bytes of an id, and of the localpart and resource of ``from`` and ``to``, that may cross."""
+
+    id: int = ID_MAX_BYTES[0]
+    localpart: int = LOCALPART_MAX_BYTES[0]
+    resource: int = RESOURCE_MAX_BYTES[0]
+
+    def exceeded(self, accepted) -> str | None:
+        """Which bound ``accepted`` exceeds ("id", "localpart" or "resource"), or None when it is within all."""
+        identifier = accepted.element.attributes.get("id")
+        if identifier is not None and (not isinstance(identifier, str) or _over(identifier, self.id)):
+            return "id"
+        sender, recipient = accepted.sender, accepted.recipient
+        if _over(sender.user or "", self.localpart) or _over(recipient.user or "", self.localpart):
+            return "localpart"
+        if _over(sender.resource or "", self.resource) or _over(recipient.resource or "", self.resource):
+            return "resource"
+        return None
+
+
+def _over(text: str, limit: int) -> bool:
+    """Whether ``text`` is more than ``limit`` UTF-8 bytes (1 to 4 bytes a character: encoded only when in doubt)."""
+    if len(text) > limit:
+        return True
+    if len(text) * 4 <= limit:
+        return False
+    return len(text.encode("utf-8", "surrogatepass")) > limit
+
+
+def priority_text(text: str) -> str | None:
+    """A presence priority as RFC 6121 4.7.2.3 defines it (an integer from -128 to 127), written plainly; else None."""
+    stripped = text.strip(" \t\r\n")
+    if not PRIORITY.fullmatch(stripped) or not -128 <= int(stripped) <= 127:
+        return None
+    return str(int(stripped))
 
 
 def _copy_language(source: domish.Element, target: domish.Element) -> None:
@@ -114,7 +172,7 @@ def built_in_shapes() -> dict:
         "subject": Shape("subject", None, "subject", ("xml:lang",), text=True),
         "thread": Shape("thread", None, "thread", ("parent",), text=True),
         "status": Shape("status", None, "status", ("xml:lang",), text=True),
-        "priority": Shape("priority", None, "priority", (), text=True),
+        "priority": Shape("priority", None, "priority", (), text=True, text_form=priority_text),
         "ping": Shape("ping", "urn:xmpp:ping", "ping"),
     }
 

@@ -14,7 +14,9 @@ from twisted.words.xish import domish
 from guard.core.addressing import parse_jid
 from guard.core.policy.compiled import CompiledPolicy
 from guard.core.policy.folding import PRESENCE_STATES
-from guard.core.policy.shapes import ERROR_TYPES, EVERYTHING, STANZA_ERROR_CONDITIONS, STANZA_ERROR_NS, XML_LANG
+from guard.core.policy.shapes import (
+    ERROR_TYPES, EVERYTHING, LANGUAGE_TAG, STANZA_ERROR_CONDITIONS, STANZA_ERROR_NS, XML_LANG,
+)
 from tests.trees import tree
 
 SEC_LABEL_NS = "urn:xmpp:sec-label:0"
@@ -45,6 +47,32 @@ def _shape_problems(element, shapes, where):
         problems.append(f"{where}/{element.name}: text its shape does not allow")
     for child in _elements(element):
         problems.extend(_shape_problems(child, shape.children, f"{where}/{element.name}"))
+    return problems
+
+
+def _unjudged_text_problems(policy, leaving):
+    """The texts no rule judges, over their bounds: the id, the resources, any xml:lang, a priority."""
+    problems = []
+    bounds = policy.envelope_bounds
+    if len((leaving.getAttribute("id") or "").encode("utf-8")) > bounds.id:
+        problems.append("an id longer than the policy's id_max_bytes")
+    for name in ("from", "to"):
+        address = parse_jid(leaving.getAttribute(name))
+        if len((address.user or "").encode("utf-8")) > bounds.localpart:
+            problems.append(f"a {name} localpart longer than the policy's localpart_max_bytes")
+        if len((address.resource or "").encode("utf-8")) > bounds.resource:
+            problems.append(f"a {name} resource longer than the policy's resource_max_bytes")
+    pending = [leaving]
+    while pending:
+        element = pending.pop()
+        language = element.attributes.get(XML_LANG)
+        if language is not None and not LANGUAGE_TAG.fullmatch(language):
+            problems.append(f"xml:lang {language!r} on {element.name} is not language[-Script][-REGION]")
+        if element.name == "priority" and element.uri == leaving.uri and element is not leaving:
+            if not (_text(element).lstrip("-").isascii() and _text(element).lstrip("-").isdigit()
+                    and -128 <= int(_text(element)) <= 127):
+                problems.append(f"a <priority/> of {_text(element)!r}")
+        pending.extend(_elements(element))
     return problems
 
 
@@ -86,6 +114,7 @@ def disallowed_parts(policy, judgement, received) -> list[str]:
             problems.append(f"{name} is not the parsed address")
     if _text(leaving):
         problems.append("text directly inside the stanza")
+    problems.extend(_unjudged_text_problems(policy, leaving))
     children = _elements(leaving)
     labels = [c for c in children if c.uri == SEC_LABEL_NS and c.name == "securitylabel"]
     if len(labels) > 1 or labels and children[-1] is not labels[0]:

@@ -120,7 +120,29 @@ keep = ["body"]
     for label in labels * 2:
         stanza = read(f"<message from='a@red.example' to='b@blue.example'><body>x</body>{ess_xml(label)}</message>")
         leaving.append(policy.judge(stanza, RED_TO_BLUE).stanza)
-        assert len(policy._label_cache) <= 2 and policy._label_cache_bytes <= 700
-    assert policy._label_cache_bytes > 0
+        assert len(policy._label_cache) <= 2 and policy._label_cache.used <= 700
+    assert policy._label_cache.used > 0
     assert [each.toXml() for each in leaving[:3]] == [each.toXml() for each in leaving[3:]]
     assert leaving[0].children[-1] is not leaving[3].children[-1]
+
+
+def test_the_rule_index_memory_is_bounded_in_entries_and_bytes(monkeypatch):
+    """The rules remembered per (kind, domains, type) never take more entries or bytes than declared, whatever domains a peer uses, and the judge still finds the same rule."""
+    rules = "".join(f'[[rules]]\nid = "r{n}"\nrev = 1\nwhy = "w"\nkind = "message"\nbody_matches = "never{n}"\n'
+                    f'verdict = "drop"\n' for n in range(50))
+    policy = compile_policy('[policy]\nname = "index"\n' + rules + """
+[[rules]]
+id = "rest"
+rev = 1
+why = "the rest"
+verdict = "pass"
+""")
+    monkeypatch.setattr(compiled, "INDEX_CACHE_BYTES", 2000)
+    for n in range(40):
+        sender = f"a@{'.'.join(['d' * 60] * 3)}{n}.red.example"
+        judgement = policy.judge(read(f"<message from='{sender}' to='b@blue.example'/>"), RED_TO_BLUE)
+        assert judgement.rule_id == "rest"
+        assert policy._candidates_cache.used <= 2000
+        assert sum(len(k[1]) + len(k[2]) + 8 * (len(v) + 8) for k, v in policy._candidates_cache.items()) \
+            == policy._candidates_cache.used
+    assert len(policy._candidates_cache) > 0

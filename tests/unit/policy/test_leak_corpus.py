@@ -32,6 +32,11 @@ from .allowed import disallowed_parts, size_problem, tree
 
 POLICIES = Path(__file__).resolve().parents[3] / "policies"
 MARKER = "LEAK7q2MARKER"  # not a language tag, not a JID, found nowhere else
+# A marker shaped like a language tag of many subtags: free text an xml:lang could carry.
+TAG_MARKER = "leaktag-q2tag-marker-attack-at-dawn"
+MARKERS = (MARKER, TAG_MARKER)
+# An id (or localpart, or resource) longer than the guard carries (64 bytes unless a policy says otherwise).
+LONG_ID = MARKER * 8
 FOREIGN = "urn:example:leak"
 
 RED = "romeo@red.example/pc"
@@ -151,6 +156,12 @@ def hiding_places(stanza):
     root = stanza.uri
     places.append(variant("stanza text", lambda s, t: s.addContent(MARKER)))
     places.append(variant("stanza xml:lang", lambda s, t: s.attributes.__setitem__(XML_LANG, MARKER)))
+    places.append(variant("long stanza id", lambda s, t: s.attributes.__setitem__("id", LONG_ID)))
+    for address in ("from", "to"):
+        places.append(variant(f"long resource in {address}", lambda s, t, a=address: s.attributes.__setitem__(
+            a, s.getAttribute(a).split("/")[0] + "/" + LONG_ID)))
+        places.append(variant(f"long localpart in {address}", lambda s, t, a=address: s.attributes.__setitem__(
+            a, LONG_ID.lower() + "@" + s.getAttribute(a).split("@")[-1])))
     places.append(variant("stanza-namespace child", lambda s, t: s.addElement((root, "data"), content=MARKER)))
     places.append(variant("jabber:client child", lambda s, t: s.addChild(_element("jabber:client", "query", MARKER))))
     places.append(variant("foreign child", lambda s, t: s.addChild(_element(FOREIGN, "x", MARKER))))
@@ -168,6 +179,8 @@ def hiding_places(stanza):
                               lambda s, t, p=path: t[p].attributes.__setitem__((FOREIGN, "leak"), MARKER)))
         places.append(variant(f"nested payload in {path}",
                               lambda s, t, p=path: t[p].addChild(_element(FOREIGN, "x", MARKER))))
+        places.append(variant(f"tag-shaped xml:lang on {path}",
+                              lambda s, t, p=path: t[p].attributes.__setitem__(XML_LANG, TAG_MARKER)))
         if element is not stanza:  # a <body/> of the stanza itself is what a message carries
             places.append(variant(f"nested stanza-namespace body in {path}",
                                   lambda s, t, p=path: t[p].addElement((root, "body"), content=MARKER)))
@@ -245,12 +258,12 @@ def crossing(policy, direction, stanza):
 def leaks(policy, received, size, judgement):
     """What is wrong with one judgement: the marker leaving, parts no rule allows, growth."""
     found = []
-    if judgement.verdict is Verdict.BOUNCE and MARKER in (judgement.text or ""):
+    if judgement.verdict is Verdict.BOUNCE and any(m in (judgement.text or "") for m in MARKERS):
         found.append("the marker is in the bounce text")
     if judgement.verdict is not Verdict.PASS:
         return found
     leaving = serialise(judgement.stanza)
-    if MARKER in leaving:
+    if any(m in leaving or m.lower() in leaving for m in MARKERS):
         found.append(f"the marker leaves: {leaving}")
     found.extend(disallowed_parts(policy, judgement, received))
     grown = size_problem(serialise, judgement, received, size)

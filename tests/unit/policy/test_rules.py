@@ -3,6 +3,7 @@
 import pytest
 
 from guard.core.pipeline import Verdict
+from guard.core.policy import PolicyError
 
 from .wire import RED_TO_BLUE, compile_policy, read
 
@@ -365,3 +366,72 @@ def test_addresses_chosen_by_senders_are_not_interned_forever():
 def test_payload_only_sees_every_child_and_every_text_node(xml, holds):
     """Stanza-namespace children and any text that is not XML whitespace (a no-break space is not) are payload too."""
     assert decided_by_rule('payload_only = "urn:xmpp:ping"', xml) is holds
+
+
+# -- text_matches: a word refused wherever the stanza carries it -------------------
+
+CONTRABAND_HIDING_PLACES = [
+    "<body>plain</body><subject>contraband</subject>",
+    "<body>plain</body><thread>contraband</thread>",
+    "<body>plain</body><thread parent='contraband'>t</thread>",
+    "<body>plain</body><html xmlns='http://jabber.org/protocol/xhtml-im'>"
+    "<body xmlns='http://www.w3.org/1999/xhtml'>contr<b>ab</b>and</body></html>",
+    "<body>plain</body><x xmlns='jabber:x:oob'><desc>contraband</desc></x>",
+    "<body xml:lang='en'>plain</body><body xml:lang='fr'>contraband</body>",
+    "<body>plain</body><data>contra</data>band",
+]
+NO_CONTRABAND = """
+[policy]
+name = "no-contraband"
+[[rules]]
+id = "no-contraband"
+rev = 1
+why = "contraband is refused wherever it is"
+kind = "message"
+{condition} = "contraband"
+verdict = "bounce"
+[[rules]]
+id = "text"
+rev = 1
+why = "text leaves"
+verdict = "pass"
+keep = ["body", "subject", "thread"]
+"""
+
+
+@pytest.mark.parametrize("payload", CONTRABAND_HIDING_PLACES)
+def test_text_matches_refuses_a_word_wherever_the_stanza_carries_it(payload):
+    """A word a refusing rule names is found in a subject, a thread, an attribute, an XHTML body split by markup, any payload: not only in <body/>."""
+    xml = f"<message from='alice@red.example/pc' to='bob@blue.example' type='chat' id='m1'>{payload}</message>"
+    judgement = compile_policy(NO_CONTRABAND.format(condition="text_matches")).judge(read(xml), RED_TO_BLUE)
+    assert (judgement.verdict, judgement.rule_id) == (Verdict.BOUNCE, "no-contraband")
+
+
+def test_body_matches_sees_bodies_only_so_a_refusing_rule_written_with_it_misses_the_subject():
+    """body_matches keeps its meaning (the bodies): the subject case shows why a refusing rule wants text_matches."""
+    xml = ("<message from='alice@red.example/pc' to='bob@blue.example' type='chat'>"
+           "<body>plain</body><subject>contraband</subject></message>")
+    judgement = compile_policy(NO_CONTRABAND.format(condition="body_matches")).judge(read(xml), RED_TO_BLUE)
+    assert judgement.rule_id == "text"
+
+
+def test_text_matches_sees_the_id_but_not_the_addresses():
+    """The id crosses, so text_matches sees it; from and to are judged by their own conditions."""
+    def refused_by(conditions, xml):
+        return one_rule(conditions, "bounce").judge(read(xml), RED_TO_BLUE).rule_id == "r"
+
+    assert refused_by('text_matches = "^m1$"', CHAT)
+    assert not refused_by('text_matches = "alice|bob"', CHAT.replace("hello bob", "hello"))
+
+
+def test_a_rule_that_lets_through_may_use_text_matches_only_negated():
+    """not = { text_matches } lets a clean stanza through and refuses one with the word anywhere; a positive one is refused at load."""
+    policy = one_rule('not = { text_matches = "contraband" }\nkeep = ["body"]')
+    clean = "<message from='alice@red.example/pc' to='bob@blue.example'><body>hi</body></message>"
+    dirty = "<message from='alice@red.example/pc' to='bob@blue.example'><body>hi</body><subject>contraband</subject></message>"
+    assert policy.judge(read(clean), RED_TO_BLUE).rule_id == "r"
+    assert policy.judge(read(dirty), RED_TO_BLUE).rule_id == "default"
+    for conditions, verdict in (('text_matches = "ok"', "pass"), ('text_matches = "ok"', "refer"),
+                                ('not = { text_matches = "ok" }', "bounce"), ('not = { text_matches = "ok" }', "drop")):
+        with pytest.raises(PolicyError, match="text_matches"):
+            one_rule(conditions, verdict)

@@ -216,3 +216,123 @@ def test_a_refer_without_keep_asks_about_the_envelope_only():
                       REFER)
     assert judgement.verdict is Verdict.REFER
     assert list(judgement.stanza.elements()) == [] and "LEAKMARK" not in judgement.stanza.toXml()
+
+
+# -- what crosses unjudged in the envelope: the id and the xml:lang ----------------
+
+@pytest.mark.parametrize("language, kept", [
+    ("en", True), ("en-GB", True), ("zh-Hant-TW", True), ("es-419", True),
+    ("attack-at-dawn", False), ("en-GB-oxendict", False), ("x-secret", False), ("en-a-bbb-x-plan", False),
+    ("english", False), ("e", False),
+])
+def test_an_xml_lang_leaves_only_as_language_script_and_region(language, kept):
+    """A stanza's xml:lang leaves only when it is language[-Script][-REGION]: variants, extensions and private use are free text."""
+    judgement = judge(f"<presence from='a@red.example/pc' to='b@blue.example' xml:lang='{language}'/>")
+    assert judgement.verdict is Verdict.PASS
+    assert (judgement.stanza.getAttribute(("http://www.w3.org/XML/1998/namespace", "lang")) == language) is kept
+
+
+@pytest.mark.parametrize("stanza_id, passes", [
+    ("a" * 64, True), ("a" * 65, False), ("é" * 32, True), ("é" * 33, False), ("", True),
+])
+def test_an_id_crosses_only_up_to_64_bytes_by_default(stanza_id, passes):
+    """An id is free text no rule judges: one over 64 UTF-8 bytes bounces with the guard's own text, not the id."""
+    judgement = judge(f"<presence from='a@red.example/pc' to='b@blue.example' id='{stanza_id}'/>")
+    if passes:
+        assert (judgement.verdict, judgement.stanza.getAttribute("id")) == (Verdict.PASS, stanza_id)
+    else:
+        assert (judgement.verdict, judgement.rule_id, judgement.condition) == \
+            (Verdict.BOUNCE, "guard:long-id", "policy-violation")
+        assert stanza_id not in judgement.text
+
+
+def test_a_long_id_on_an_error_or_an_iq_result_is_dropped_not_bounced():
+    """An error or an iq result with an id over the bound is dropped (nothing answers them), and never passes."""
+    long_id = "s" * 65
+    for xml in (f"<iq from='a@red.example/pc' to='blue.example' type='result' id='{long_id}'/>",
+                f"<message from='a@red.example/pc' to='b@blue.example' type='error' id='{long_id}'><error type='cancel'>"
+                "<gone xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></error></message>"):
+        judgement = judge(xml)
+        assert (judgement.verdict, judgement.rule_id) == (Verdict.DROP, "guard:long-id")
+
+
+def test_a_policy_sets_how_many_bytes_of_an_id_cross():
+    """[policy] id_max_bytes bounds the id in bytes: 8 lets 'abcdefgh' cross and refuses 'abcdefghi'."""
+    text = SHAPES.replace('name = "shapes"', 'name = "shapes"\nid_max_bytes = 8')
+    assert judge("<presence from='a@red.example' to='b@blue.example' id='abcdefgh'/>", text).verdict is Verdict.PASS
+    assert judge("<presence from='a@red.example' to='b@blue.example' id='abcdefghi'/>", text).verdict is Verdict.BOUNCE
+
+
+@pytest.mark.parametrize("value", ["0", "16385", "'64'", "true", "6.4"])
+def test_id_max_bytes_is_checked_when_the_policy_loads(value):
+    """id_max_bytes must be an integer from 1 to 16384; anything else is refused with the key's name."""
+    with pytest.raises(PolicyError, match="id_max_bytes"):
+        compile_policy(SHAPES.replace('name = "shapes"', f'name = "shapes"\nid_max_bytes = {value}'))
+
+
+PRIORITY_KEPT = """
+[policy]
+name = "priority"
+
+[folding.with-priority]
+presence.states = ["available", "away"]
+presence.keep = ["priority"]
+
+[[rules]]
+id = "presence"
+rev = 1
+why = "availability and priority"
+kind = "presence"
+verdict = "fold"
+fold = "with-priority"
+"""
+
+
+@pytest.mark.parametrize("text, leaves", [
+    ("5", "<priority>5</priority>"), (" -128\n", "<priority>-128</priority>"), ("+7", "<priority>7</priority>"),
+    ("128", None), ("SECRET", None), ("5 SECRET", None), ("", None), ("٣", None),
+])
+def test_a_kept_priority_leaves_only_as_an_rfc_6121_integer(text, leaves):
+    """The built-in priority shape keeps an integer from -128 to 127, written by the guard; any other text and its element stay."""
+    judgement = judge(f"<presence from='a@red.example/pc' to='b@blue.example'><priority>{text}</priority></presence>",
+                      PRIORITY_KEPT)
+    assert judgement.verdict is Verdict.PASS
+    envelope = "<presence xmlns='jabber:server' from='a@red.example/pc' to='b@blue.example'"
+    assert judgement.stanza.toXml() == (f"{envelope}>{leaves}</presence>" if leaves else f"{envelope}/>")
+
+
+@pytest.mark.parametrize("sender, recipient, refused_by", [
+    ("a@red.example/" + "r" * 64, "b@blue.example", None),
+    ("a@red.example/" + "r" * 65, "b@blue.example", "guard:long-resource"),
+    ("a@red.example/pc", "b@blue.example/" + "r" * 65, "guard:long-resource"),
+    ("a@red.example/" + "é" * 33, "b@blue.example", "guard:long-resource"),
+    ("l" * 64 + "@red.example/pc", "b@blue.example", None),
+    ("a@red.example/pc", "l" * 65 + "@blue.example", "guard:long-localpart"),
+    ("l" * 65 + "@red.example", "b@blue.example", "guard:long-localpart"),
+])
+def test_a_localpart_or_resource_crosses_only_up_to_64_bytes_by_default(sender, recipient, refused_by):
+    """The localpart and resource of from and of to are text the sender picks: over 64 UTF-8 bytes the stanza bounces with the guard's text."""
+    judgement = judge(f"<presence from='{sender}' to='{recipient}'/>")
+    if refused_by is None:
+        assert judgement.verdict is Verdict.PASS
+    else:
+        assert (judgement.verdict, judgement.rule_id) == (Verdict.BOUNCE, refused_by)
+        assert "r" * 65 not in judgement.text and "l" * 65 not in judgement.text and "é" not in judgement.text
+
+
+def test_a_policy_sets_how_many_bytes_of_a_resource_cross():
+    """[policy] resource_max_bytes = 4 lets 'pc12' cross and refuses 'pc123'; it is checked at load (1 to 1023)."""
+    text = SHAPES.replace('name = "shapes"', 'name = "shapes"\nresource_max_bytes = 4')
+    assert judge("<presence from='a@red.example/pc12' to='b@blue.example'/>", text).verdict is Verdict.PASS
+    assert judge("<presence from='a@red.example/pc123' to='b@blue.example'/>", text).verdict is Verdict.BOUNCE
+    for key in ("resource_max_bytes", "localpart_max_bytes"):
+        for value in ("0", "1024", "'4'"):
+            with pytest.raises(PolicyError, match=key):
+                compile_policy(SHAPES.replace('name = "shapes"', f'name = "shapes"\n{key} = {value}'))
+
+
+def test_a_policy_sets_how_many_bytes_of_a_localpart_cross():
+    """[policy] localpart_max_bytes = 3 lets 'bob@' cross and refuses 'juliet@', in from or to."""
+    text = SHAPES.replace('name = "shapes"', 'name = "shapes"\nlocalpart_max_bytes = 3')
+    assert judge("<presence from='bob@red.example' to='eve@blue.example'/>", text).verdict is Verdict.PASS
+    assert judge("<presence from='bob@red.example' to='juliet@blue.example'/>", text).rule_id == "guard:long-localpart"
