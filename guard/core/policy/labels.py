@@ -30,7 +30,6 @@ from dataclasses import dataclass, field
 
 from pyasn1.codec.der import decoder as der_decoder
 from pyasn1.codec.der import encoder as der_encoder
-from pyasn1.error import PyAsn1Error
 from pyasn1_modules import rfc2634
 from twisted.words.xish import domish
 
@@ -183,13 +182,13 @@ def _decode_ess(compact: str) -> WireLabel:
         raise LabelFormatError("ESS label is not canonical base64")
     try:
         decoded, rest = der_decoder.decode(der, asn1Spec=rfc2634.ESSSecurityLabel())
-    except (PyAsn1Error, ValueError, TypeError):
+    except Exception:  # noqa: BLE001 - pyasn1 raises more than PyAsn1Error (OverflowError on huge lengths): unreadable
         raise LabelFormatError("ESS label is not DER ESSSecurityLabel") from None
     if rest:
         raise LabelFormatError("trailing bytes after the ESS label")
     try:
         canonical = der_encoder.encode(decoded)
-    except (PyAsn1Error, ValueError, TypeError):
+    except Exception:  # noqa: BLE001 - whatever the encoder refuses is unreadable, never passed
         raise LabelFormatError("ESS label is not DER ESSSecurityLabel") from None
     if canonical != der:
         raise LabelFormatError("ESS label is not canonical DER (it does not encode back to the bytes received)")

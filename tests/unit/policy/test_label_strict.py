@@ -233,3 +233,15 @@ def test_a_strict_stanag_4774_label_with_white_space_is_read():
     assert read_stanza_label(message_with(label_xml)).label == WireLabel(
         "stanag4774", "NATION-B", "OPEN", frozenset({("stanag4774", "Releasable to", "A")}))
     assert read_stanza_label(message_with(stanag_xml("NATION-B", "OPEN"))).problem is None
+
+
+def test_der_with_an_eight_byte_long_form_length_is_unreadable_not_a_crash():
+    """pyasn1 raises OverflowError (not PyAsn1Error) on a huge long-form length: the label is unreadable all the same."""
+    import base64
+
+    from guard.core.policy.labels import LabelFormatError, read_ess
+
+    der = (b'1&1\r0\x0b\x80\x04\x887\n\x01\x81\x03\x0c\x01B\x06\x03\x887\n\x02\x01\x011\r0\x0b'
+           b'\x80\x88\x80\n\x01\x81\x03\x0c\x01B')
+    with pytest.raises(LabelFormatError):
+        read_ess(base64.b64encode(der).decode("ascii"))
