@@ -1,7 +1,8 @@
 """
 The audit trail: one JSON line per stanza the guard did not deliver (dropped
-or bounced) and per refused stream, naming the rule that decided; with the
-level ``"all"``, one per stanza it lets through as well.  If a record cannot
+or bounced, and each of its own bounces it could not deliver), naming the rule
+that decided; with the level ``"all"``, one per stanza it lets through as well.
+Refused streams go to the log, not to this trail.  If a record cannot
 be written, or the trail is already closed, ``AuditUnavailable`` is raised
 and the relay stops relaying (unless the operator chose otherwise).
 """
