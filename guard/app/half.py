@@ -153,13 +153,7 @@ class HalfRelay(Relay):
             except OversizedStanza:
                 self.undeliverable(parcel, REFUSED_CONDITION, TOO_LARGE)
                 return None
-        if judgement.verdict is Verdict.BOUNCE:
-            self._bounce(original, judgement.condition or "not-allowed", judgement.text,
-                         judgement.rule_id, judgement.rule_rev, direction)
-        elif judgement.verdict is Verdict.REFER:
-            self._refer(judgement, ticket)
-        else:
-            self._drop(original, judgement.rule_id, judgement.rule_rev, direction, judgement.text)
+        self._act(judgement, ticket)  # bounce, refer or drop, as for any judged stanza
         return None
 
     # -- the link's owner calls -------------------------------------------

@@ -22,7 +22,6 @@ import enum
 from collections import deque
 from dataclasses import dataclass, replace
 
-from twisted.internet import defer
 from twisted.internet.endpoints import HostnameEndpoint, connectProtocol
 from twisted.logger import Logger
 

@@ -33,7 +33,7 @@ from pyasn1.codec.der import encoder as der_encoder
 from pyasn1_modules import rfc2634
 from twisted.words.xish import domish
 
-from guard.core.policy.elements import child_elements, clone, text_of
+from guard.core.policy.elements import child_elements, clone
 
 SEC_LABEL_NS = "urn:xmpp:sec-label:0"
 ESS_NS = "urn:xmpp:sec-label:ess:0"
