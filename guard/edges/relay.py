@@ -75,6 +75,11 @@ BOUNCE_LOST_RULE = "guard:bounce-lost"
 MEMORY_HOLD = "memory budget"
 
 
+def audited_notes(notes) -> dict:
+    """The audit field for a judgement's notes (the rules' ``log`` texts), each bounded and escaped; none: no field."""
+    return {"notes": [peer_detail(note) for note in notes]} if notes else {}
+
+
 class PolicyTable:
     """The policy in force for each direction; a reload swaps one reference."""
 
@@ -155,18 +160,19 @@ class Relay:
         self._act(judgement, Ticket(stanza, addressed.pair, size, direction, generation))
 
     def _act(self, judgement, ticket):
-        """Do what ``judgement`` (of the stanza ``ticket`` keeps) says."""
+        """Do what ``judgement`` (of the stanza ``ticket`` keeps) says; the rules' ``log`` notes go to the audit."""
         stanza, direction = ticket.stanza, ticket.direction
         if judgement.verdict is Verdict.PASS:
             if self._recorded_pass(judgement, ticket):
                 self._forward(direction.destination, ticket.pair, Parcel(judgement.stanza, stanza, ticket, ticket.size))
         elif judgement.verdict is Verdict.BOUNCE:
             self._bounce(stanza, judgement.condition or "not-allowed", judgement.text,
-                         judgement.rule_id, judgement.rule_rev, direction)
+                         judgement.rule_id, judgement.rule_rev, direction, notes=judgement.notes)
         elif judgement.verdict is Verdict.REFER:
             self._refer(judgement, ticket)
         else:
-            self._drop(stanza, judgement.rule_id, judgement.rule_rev, direction, judgement.text)
+            self._drop(stanza, judgement.rule_id, judgement.rule_rev, direction, judgement.text,
+                       **audited_notes(judgement.notes))
 
     def _judge_again(self, ticket):
         """Judge the accepted stanza of ``ticket`` by the policy in force now: (judgement, renewed ticket)."""
@@ -197,10 +203,15 @@ class Relay:
         return None
 
     def _recorded_pass(self, judgement, ticket) -> bool:
-        """With an audit trail of every decision, record the pass; False when it cannot be and the guard stops."""
-        if not getattr(self.audit, "records_passes", False):
+        """
+        Record the pass when the audit trail records every decision, or when a
+        rule asked for a note (its ``log``); False when it cannot be recorded
+        and the guard stops.
+        """
+        if not getattr(self.audit, "records_passes", False) and not judgement.notes:
             return True
-        if self._audit("pass", ticket.stanza, judgement.rule_id, judgement.rule_rev, ticket.direction):
+        if self._audit("pass", ticket.stanza, judgement.rule_id, judgement.rule_rev, ticket.direction,
+                       **audited_notes(judgement.notes)):
             return True
         if self.stop_on_audit_failure:
             self._bounce(ticket.stanza, "service-unavailable", guard_text("service-unavailable"), "guard:halted")
@@ -319,10 +330,11 @@ class Relay:
             return
         self._bounce(parcel.original, condition, guard_text(condition), f"guard:{condition}", detail=detail)
 
-    def _bounce(self, stanza, condition, text, rule_id, rule_rev=1, direction=None, detail=None):
+    def _bounce(self, stanza, condition, text, rule_id, rule_rev=1, direction=None, detail=None, notes=()):
         """Bounce ``stanza`` with ``text``, which is the guard's constant or the policy rule's (never a peer's);
-        ``detail`` (a peer's words, escaped) is audited only."""
+        ``detail`` (a peer's words, escaped) and the rules' ``notes`` are audited only."""
         extra = {} if detail is None else {"detail": peer_detail(detail)}
+        extra.update(audited_notes(notes))
         if not may_bounce(stanza):
             self._drop(stanza, rule_id, rule_rev, direction, f"not bounced ({condition}): errors and results never are",
                        **extra)

@@ -9,7 +9,7 @@ from twisted.internet.testing import MemoryReactorClock
 
 from guard.core.addressing import check_addressing
 from guard.core.books import Books
-from guard.core.pipeline import Direction, Judgement
+from guard.core.pipeline import Direction, Judgement, Verdict
 from guard.edges.audit import AuditUnavailable
 from guard.edges.limits import Limits
 from guard.edges.relay import PolicyTable, Relay
@@ -772,3 +772,30 @@ def test_a_fault_inside_the_relay_settles_the_stanza_it_was_handling():
     world.ready("red", "blue.example", "red.example")
     (_, _, xml), = world.sent()
     assert "<internal-server-error " in xml and 'id="m1"' in xml
+
+
+class LoggingPolicy:
+    """Passes, drops or bounces by the body, always with the note a rule's ``log`` leaves."""
+
+    def judge(self, stanza, direction):
+        body = str(stanza.body) if stanza.body else ""
+        verdict = {"drop": Verdict.DROP, "bounce": Verdict.BOUNCE}.get(body, Verdict.PASS)
+        return Judgement(verdict, stanza, "log-large", 1, "policy-violation" if body == "bounce" else None,
+                         None, (), ("log-large: large message released for review",))
+
+
+def test_a_rules_log_note_reaches_the_audit_record_whatever_the_verdict():
+    """A rule's log note is audited with the decision, a pass included, even when the trail records only refusals."""
+    world = World(policy=LoggingPolicy())
+    for number, body in enumerate(("hello", "drop", "bounce")):
+        world.arrive(MESSAGE.format(id=f"m{number}", body=body))
+    assert [(record[0], record[1]) for record in world.audit.records] == [
+        ("pass", "log-large"), ("drop", "log-large"), ("bounce", "log-large")]
+    assert all(fields["notes"] == ["log-large: large message released for review"] for fields in world.audit.fields)
+
+
+def test_a_pass_without_notes_is_not_recorded_when_the_trail_records_only_refusals():
+    """Without a log note and with the default audit level, a pass leaves no record (refusals only)."""
+    world = World()
+    world.arrive(MESSAGE.format(id="m1", body="hello"))
+    assert world.audit.records == []
