@@ -94,9 +94,6 @@ class PolicyTable:
         self._policies[direction] = policy
         self.generation += 1
 
-    def directions(self):
-        return tuple(self._policies)
-
 
 class Relay:
     def __init__(self, topology, policies: PolicyTable, books, audit, reactor, stop_on_audit_failure=True,

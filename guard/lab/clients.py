@@ -457,9 +457,6 @@ class LabClient:
         except Exception as error:  # PresenceError, timeouts: all mean "not joined"
             raise ClientError(f"{self.jid} could not join {room} as {nick}: {error!r}") from error
 
-    def send_groupchat(self, room: str, body: str) -> None:
-        self.send_message(room, body, type="groupchat")
-
     def wait_for_groupchat(self, room: str, nick: str, body: str, timeout: float = DEFAULT_TIMEOUT) -> ReceivedMessage:
         """Wait for a groupchat message from ``room/nick`` with ``body``."""
         occupant = f"{room}/{nick}"

@@ -84,11 +84,6 @@ def clone(element: domish.Element, skip=None, keep_text=True) -> domish.Element:
     return copy
 
 
-def qualified_name(element: domish.Element) -> str:
-    """``{namespace}name`` of an element, as patterns write it."""
-    return f"{{{element.uri}}}{element.name}"
-
-
 class StanzaTextError(ValueError):
     """XML text that is not exactly one well-formed stanza."""
 
