@@ -337,3 +337,15 @@ class PairLab(Lab):
             if link["state"] == "up" or time.monotonic() > deadline:
                 return link
             time.sleep(0.5)
+
+
+def started(laboratory: PairLab) -> PairLab:
+    """``laboratory``, started; when it cannot start, everything it started is stopped and LabError names why,
+    with the tail of every log."""
+    try:
+        laboratory.start()
+    except Exception as error:
+        tails = laboratory.log_tails()
+        laboratory.stop()
+        raise LabError(f"the pair lab did not start: {error}\n{tails}") from error
+    return laboratory

@@ -21,7 +21,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from guard.lab.clients import ClientLoop  # noqa: E402
-from pair_lab import PairLab  # noqa: E402
+from pair_lab import PairLab, started  # noqa: E402
 
 ROMEO = "romeo@red.example"
 JULIET = "juliet@blue.example"
@@ -37,14 +37,8 @@ def pair(request, tmp_path_factory):
     """A running pair lab: with or without the reference HAG in the link's path, S2S by certificate or dialback."""
     with_hag, authentication = request.param
     name = "pair-hag" if with_hag else f"pair-{authentication}"
-    laboratory = PairLab(tmp_path_factory.mktemp(name), with_hag=with_hag, down_deadline=20.0,
-                         authentication=authentication)
-    try:
-        laboratory.start()
-    except Exception as error:
-        tails = laboratory.log_tails()
-        laboratory.stop()
-        pytest.fail(f"the pair lab did not start: {error}\n{tails}", pytrace=False)
+    laboratory = started(PairLab(tmp_path_factory.mktemp(name), with_hag=with_hag, down_deadline=20.0,
+                                 authentication=authentication))
     yield laboratory
     laboratory.stop()
 

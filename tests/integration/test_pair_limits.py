@@ -18,7 +18,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from guard.lab.clients import ClientLoop  # noqa: E402
-from pair_lab import PairLab  # noqa: E402
+from pair_lab import PairLab, started  # noqa: E402
 
 ROMEO = "romeo@red.example"
 JULIET = "juliet@blue.example"
@@ -27,14 +27,8 @@ JULIET = "juliet@blue.example"
 @pytest.fixture(scope="module")
 def strict_pair(tmp_path_factory):
     """The pair lab without a HAG, half B's parser limited to 4096-byte stanzas."""
-    laboratory = PairLab(tmp_path_factory.mktemp("pair-strict-b"), with_hag=False, down_deadline=20.0,
-                         half_limits={"b": {"stanza_bytes": 4096}})
-    try:
-        laboratory.start()
-    except Exception as error:
-        tails = laboratory.log_tails()
-        laboratory.stop()
-        pytest.fail(f"the pair lab did not start: {error}\n{tails}", pytrace=False)
+    laboratory = started(PairLab(tmp_path_factory.mktemp("pair-strict-b"), with_hag=False, down_deadline=20.0,
+                                 half_limits={"b": {"stanza_bytes": 4096}}))
     yield laboratory
     laboratory.stop()
 
