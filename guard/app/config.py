@@ -15,11 +15,11 @@ import tomllib
 from dataclasses import dataclass, field
 
 from guard.core.topology import Topology
+from guard.edges.audit import AUDIT_LEVELS
 from guard.edges.limits import Limits
 
 AUTHENTICATION_MODES = ("certificate", "dialback")
 AUDIT_FAILURE_MODES = ("stop", "continue")
-AUDIT_LEVELS = ("refusals", "all")
 
 
 class ConfigError(Exception):
