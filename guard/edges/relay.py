@@ -249,15 +249,15 @@ class Relay:
                 # The policies were reloaded while the authority decided: the new one judges from the start.
                 self._act(*self._judge_again(ticket))
                 return
-            leaving = release.stanza
+            leaving, deciding = release.stanza, judgement
             if leaving is not judgement.stanza:
                 again, problem = judge_fail_closed(self.policies.current(direction), leaving, direction)
                 if problem is not None or again.verdict not in (Verdict.PASS, Verdict.REFER):
                     self._drop(stanza, again.rule_id, again.rule_rev, direction,
                                "refer: the policy refuses the stanza as the release authority changed it")
                     return
-                leaving = again.stanza
-            if self._recorded_pass(judgement, ticket):
+                leaving, deciding = again.stanza, again
+            if self._recorded_pass(deciding, ticket):
                 self._forward(direction.destination, ticket.pair, Parcel(leaving, stanza, ticket, ticket.size))
 
         def failed(failure):  # the authority client never errbacks; if it ever does, drop
