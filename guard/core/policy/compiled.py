@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from guard.core.accepted import BAD_ADDRESS, NOT_A_STANZA, NotAccepted, accepted_from_element
+from guard.core.accepted import NotAccepted, accepted_from_element
 from guard.core.pipeline import Judgement, Verdict
 from guard.core.policy.conditions import DomainIs, KindIs, KINDS, Negated, TypeIs
 from guard.core.policy.elements import clone
@@ -16,8 +16,6 @@ from guard.core.policy.facts import StanzaFacts
 from guard.core.policy.labels import LabelMeaningError
 from guard.core.policy.shapes import EVERYTHING, EnvelopeBounds, envelope, kept_children, reduced_error
 
-RULE_NOT_A_STANZA = NOT_A_STANZA
-RULE_BAD_ADDRESS = BAD_ADDRESS
 RULE_WRONG_DIRECTION = "guard:wrong-direction"
 RULE_UNKNOWN_TYPE = "guard:unknown-type"
 RULE_TWO_LABELS = "xep0258:two-labels"
@@ -346,9 +344,9 @@ class CompiledPolicy:
                 notes.append(f"security label cannot be translated: {why}")
                 return None, self._refusing(facts, UNTRANSLATABLE)
             try:
-                relabelled = self._encoded(("translate", translate.name, label, facts.stanza_label),
+                relabelled = self._encoded(("translate", translate.name, label),
                                            lambda: self.labels.relabelled(facts.stanza_label.element, label, translate))
-            except LabelMeaningError as problem:
+            except (LabelMeaningError, KeyError, ValueError) as problem:
                 notes.append(f"security label cannot be translated: {problem}")
                 return None, self._refusing(facts, UNTRANSLATABLE)
             outgoing.addChild(relabelled)
@@ -359,7 +357,7 @@ class CompiledPolicy:
             if label is None or self.labels is None:
                 return None, _dropping(f"the security label cannot be carried: {why}")
             try:
-                outgoing.addChild(self._encoded(("release", label, facts.stanza_label),
+                outgoing.addChild(self._encoded(("release", label),
                                                 lambda: self.labels.outgoing_label(facts.stanza_label, label)))
             except (LabelMeaningError, KeyError, ValueError) as problem:
                 return None, _dropping(f"the security label cannot be carried: {problem}")
@@ -369,18 +367,11 @@ class CompiledPolicy:
     def _encoded(self, key, encode):
         """
         A copy of the ``<securitylabel/>`` ``encode()`` builds, remembered by
-        ``key``: the judged value and the wire label it was read from (its
-        label and equivalents, never its element).  Bounded; any failure to
-        build is raised, never remembered.
+        ``key``: what the output depends on (the judged value, and the
+        translation), never anything the sender wrote.  Bounded; any failure
+        to build is raised, never remembered.
         """
-        kind, *judged, marked = key
-        if marked.equivalents:
-            return encode()
-        key = (kind, *judged, marked.label)
-        try:
-            found = self._label_cache.get(key)
-        except TypeError:  # a value that cannot be a key: build it every time
-            return encode()
+        found = self._label_cache.get(key)
         if found is None:
             found = encode()
             self._label_cache.put(key, found, len(repr(key)) + len(found.toXml()), LABEL_CACHE_LIMIT, LABEL_CACHE_BYTES)

@@ -11,7 +11,8 @@ from dataclasses import dataclass
 
 from twisted.words.xish import domish
 
-STANZA_NAMESPACES = frozenset({"jabber:server", "jabber:client"})
+from guard.core.accepted import STANZA_NAMESPACES  # noqa: F401 - the stanza namespaces, defined once
+
 STANZA_KINDS = ("message", "presence", "iq")
 
 _PATTERN = re.compile(r"^(?:\{(?P<uri>[^{}\s]+)\})?(?P<name>\*|[^{}/@#\s*]+)$")

@@ -33,7 +33,7 @@ from pyasn1.codec.der import encoder as der_encoder
 from pyasn1_modules import rfc2634
 from twisted.words.xish import domish
 
-from guard.core.policy.elements import child_elements, clone
+from guard.core.policy.elements import child_elements
 
 SEC_LABEL_NS = "urn:xmpp:sec-label:0"
 ESS_NS = "urn:xmpp:sec-label:ess:0"
@@ -713,8 +713,3 @@ class LabelAuthority:
             original = self.policies[label.policy]
             original.write(label, result.addElement("equivalentlabel"))
         return result
-
-
-def without_labels(stanza: domish.Element) -> domish.Element:
-    """A copy of ``stanza`` with its outer ``<securitylabel/>`` elements removed."""
-    return clone(stanza, skip=lambda c: c.uri == SEC_LABEL_NS and c.name == "securitylabel")

@@ -768,6 +768,10 @@ def _rule_action(reader, table, context, where, order, line, rule_id, rev, why, 
         elif table["keep"] == EVERYTHING:
             if translate is not None:
                 reader.problem(where, f"keep = {EVERYTHING!r} does not go with translate", keep_line)
+            elif context.label_policies:
+                # It passes stanzas whole, labels and errors as they came: only for a policy that judges nothing.
+                reader.problem(where, f"keep = {EVERYTHING!r} does not go with label policies: a label would "
+                                      "leave as the sender wrote it; name the shapes that leave", keep_line)
             keep = EVERYTHING
         else:
             keep = _shape_list(reader, context.shapes, table["keep"], where, keep_line, "keep")

@@ -187,10 +187,11 @@ def envelope(accepted) -> domish.Element:
     attributes = built.attributes
     attributes["from"] = accepted.sender.full()
     attributes["to"] = accepted.recipient.full()
-    for name in ("id", "type"):
-        value = element.attributes.get(name)
-        if isinstance(value, str):
-            attributes[name] = value
+    value = element.attributes.get("id")
+    if isinstance(value, str):
+        attributes["id"] = value
+    if "type" in element.attributes:
+        attributes["type"] = accepted.type  # the type that was judged (type='' is the kind's default)
     if XML_LANG in element.attributes:
         _copy_language(element, built)
     return built

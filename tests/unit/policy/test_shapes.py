@@ -336,3 +336,38 @@ def test_a_policy_sets_how_many_bytes_of_a_localpart_cross():
     text = SHAPES.replace('name = "shapes"', 'name = "shapes"\nlocalpart_max_bytes = 3')
     assert judge("<presence from='bob@red.example' to='eve@blue.example'/>", text).verdict is Verdict.PASS
     assert judge("<presence from='bob@red.example' to='juliet@blue.example'/>", text).rule_id == "guard:long-localpart"
+
+
+EVERYTHING_WITH_LABELS = """
+[policy]
+name = "everything-and-labels"
+
+[[label_policies]]
+name = "p"
+ess_oid = "2.999.1"
+stanag_id = "P"
+emit = "ess"
+classifications = [{ name = "UNCLASSIFIED", ess = 1, marking = "UNCLASSIFIED" }]
+
+[[rules]]
+id = "all"
+rev = 1
+why = "w"
+verdict = "pass"
+keep = "everything"
+"""
+
+
+def test_keep_everything_is_refused_beside_label_policies():
+    """keep = "everything" passes labels as the sender wrote them, so a policy that judges labels cannot use it."""
+    with pytest.raises(PolicyError) as refused:
+        compile_policy(EVERYTHING_WITH_LABELS)
+    assert "keep = 'everything' does not go with label policies" in str(refused.value)
+
+
+def test_an_empty_type_leaves_as_the_type_that_was_judged():
+    """type='' is judged as the kind's default, and the envelope writes that default, never the sender's empty value."""
+    judgement = judge("<message from='romeo@red.example/a' to='juliet@blue.example' type='' id='e1'>"
+                      "<body>hi</body></message>")
+    assert judgement.verdict is Verdict.PASS
+    assert judgement.stanza.getAttribute("type") == "normal"
