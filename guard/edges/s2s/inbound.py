@@ -207,6 +207,10 @@ class InboundStream(MachinePlumbing, Protocol):
                          peer=self.peer_address)
                 self._closing = True
                 self._aborted = True
+                # Nothing more of what this peer sent is parsed: the rest of the piece is abandoned, as at a restart.
+                self._backlog = b""
+                if self._parser is not None:
+                    self._parser.stop()
                 self.transport.abortConnection()
                 return
         self.transport.write(data)

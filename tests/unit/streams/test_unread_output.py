@@ -111,3 +111,22 @@ def test_verify_for_unknown_domains_is_refused_without_echo():
         assert b"<" + condition + b" xmlns='urn:ietf:params:xml:ns:xmpp-streams'/>" in out
         assert b"x" * 100 not in out and b"y" * 100 not in out
         assert transport.disconnecting
+
+
+def test_nothing_read_after_a_non_reading_peer_is_cut_off_reaches_the_relay():
+    """Once the guard cuts off a peer that does not read, the rest of what it sent in the same read is not parsed."""
+    from .sides import RecordingRelay
+
+    relay = RecordingRelay(dialback_answers={("red.example", "blue.example"): True})
+    side = make_side("red", MemoryReactorClock(), authentication="dialback", relay=relay,
+                     limits=Limits(unread_output_bytes=300, read_turn_bytes=100_000))
+    stream, transport = InboundStream(side), TLSRecordingTransport()
+    stream.makeConnection(transport)
+    stream.dataReceived(HEADER + STARTTLS)
+    stream.dataReceived(HEADER)
+    stream.dataReceived(b"<db:result from='red.example' to='blue.example'>k</db:result>")
+    transport.producer.pauseProducing()
+    message = b"<message from='a@red.example' to='b@blue.example'><body>x</body></message>"
+    stream.dataReceived(b"".join(verify(f"s-{n}") for n in range(10)) + message * 5)
+    assert transport.disconnected
+    assert [event for event in relay.events if event[0] == "stanza"] == []
