@@ -187,6 +187,9 @@ class _VerifyChannel:
         self.clock = verifier.side.clock
         self.waiting: dict[str, tuple[str, defer.Deferred, object]] = {}  # stream id -> (key, answer, deadline)
         self.unsent: list[str] = []  # stream ids asked before the stream was ready
+        # Stream ids sent whose deadline passed: a late answer to one is ignored, not taken for a
+        # forgery (at most as many as were pending; forgotten with the stream).
+        self.expired: set[str] = set()
         self.ready = False
         self.closed = False
         self.stream = None
@@ -218,6 +221,8 @@ class _VerifyChannel:
         entry = self.waiting.pop(stream_id, None)
         if entry is None:
             return
+        if answer is TIMED_OUT and self.ready and stream_id not in self.unsent:
+            self.expired.add(stream_id)
         _, deferred, deadline = entry
         if deadline.active():
             deadline.cancel()
@@ -235,6 +240,7 @@ class _VerifyChannel:
     def _closed(self, answer):
         self.ready = False
         self.closed = True
+        self.expired.clear()
         self.verifier.channel_closed(self)
         self._settle_all(answer)
 
@@ -249,6 +255,10 @@ class _VerifyChannel:
         if self.closed or stream is not self.stream:
             stream.close_idle()
             return
+        if not self.waiting:  # every request timed out while the stream was set up: nothing to ask
+            self._closed(UNREACHABLE)
+            stream.close_idle()
+            return
         self.ready = True
         unsent, self.unsent = self.unsent, []
         for stream_id in unsent:
@@ -256,11 +266,14 @@ class _VerifyChannel:
                 stream.send_verify(stream_id, self.waiting[stream_id][0])
 
     def verification_answered(self, stream, stream_id, verdict):
+        if stream_id in self.expired:
+            self.expired.discard(stream_id)  # too late: its asker already heard remote-server-timeout
+            return
         self._settle(stream_id, {"valid": VALID, "invalid": INVALID}.get(verdict, UNREACHABLE))
 
     def asked(self, stream_id) -> bool:
-        """Whether a db:verify with this id was sent and waits for its answer."""
-        return stream_id in self.waiting and stream_id not in self.unsent
+        """Whether a db:verify with this id was sent (and waits for its answer, or timed out waiting)."""
+        return (stream_id in self.waiting and stream_id not in self.unsent) or stream_id in self.expired
 
     def stream_failed(self, stream, condition, text):
         self._closed(TIMED_OUT if condition == "remote-server-timeout" else UNREACHABLE)

@@ -394,3 +394,32 @@ def test_a_verification_stream_that_cannot_even_be_opened_answers_and_stops_coun
     assert b"<remote-server-not-found xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/>" in transport.value()
     assert world.side.verifier.book.pending == 0 and world.side.verifier.channels == {}
     assert not transport.disconnecting
+
+
+def test_a_late_answer_is_ignored_and_the_shared_stream_keeps_serving_the_others():
+    """An answer that comes after its request timed out is ignored; the verification stream and every other request go on."""
+    world = World(limits=Limits(verification_timeout=5.0))
+    first, _ = world.authenticating(port=40000)
+    first.dataReceived(db_result())
+    world.ready()
+    world.clock.advance(3.0)
+    second, second_transport = world.authenticating(port=40001)
+    second.dataReceived(db_result())
+    world.clock.advance(2.5)
+    channel = world.streams[0].owner
+    late, waiting = [entry[1] for entry in verifies(world.log)]
+    assert channel.asked(late)  # the stream does not take the late answer for one nobody asked for
+    channel.verification_answered(world.streams[0], late, "valid")
+    assert second_transport.value() == b"" and channel.asked(waiting) and not channel.closed
+    channel.verification_answered(world.streams[0], waiting, "valid")
+    assert b"type='valid'" in second_transport.value()
+
+
+def test_a_verification_stream_ready_after_every_request_timed_out_closes_at_once():
+    """When every request timed out while the verification stream was set up, it closes as soon as it is ready."""
+    world = World(limits=Limits(verification_timeout=5.0))
+    stream, _ = world.authenticating()
+    stream.dataReceived(db_result())
+    world.clock.advance(5.5)
+    world.ready()
+    assert world.log[-1] == ("close",) and verifies(world.log) == []
