@@ -170,7 +170,10 @@ class Link:
 
     def rejudge_unwritten(self, judge) -> None:
         """Pass every stanza never written through ``judge(carried)``: the bytes to carry instead, or None
-        when the owner has settled it (bounced, dropped, referred).  Used when the policies change."""
+        when the owner has settled it (bounced, dropped, referred).  Used when the policies change.
+        Stanzas already written were judged by the old policy: they are never written again (a new
+        connection would resend them unjudged); the peer's next <resume/> settles each one."""
+        self.outbox.freeze()
         for carried in self.outbox.take_unwritten():
             try:
                 data = judge(carried)

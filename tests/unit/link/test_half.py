@@ -358,3 +358,18 @@ def test_with_an_audit_of_every_decision_a_stanza_judged_again_on_the_link_recor
     relay.rejudge_link_buffer()
     assert audit.records == [("pass", "pass-all", "red->blue"), ("pass", "import-rest", "red->blue")]
     assert pair.a.describe()["queued"] == 1
+
+
+def test_after_a_reload_a_stanza_written_but_lost_is_not_resent_under_the_old_verdict():
+    """A stanza written on a connection that died is never written again after a reload: the peer's resume
+    settles it (here: not counted, so it bounces), and the stricter policy is not bypassed."""
+    relay, audit, pair, red = half_a_joined()
+    pair.connect()
+    from_romeo(relay, red, 1, "contraband")
+    pair.cut()
+    relay.policies.swap(Direction("red", "blue"), NoContraband())
+    relay.rejudge_link_buffer()
+    pair.connect()
+    pair.flush()
+    assert pair.owner_b.of("received") == []
+    assert relay.books.delivered == 0 and relay.books.bounced == 1
