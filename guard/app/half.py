@@ -21,7 +21,7 @@ from guard.core.addressing import Misaddressed, check_addressing, parse_jid
 from guard.core.pipeline import Direction, Verdict, judge_fail_closed
 from guard.edges.link.leg import LinkLeg
 from guard.edges.link.link import NOT_WRITABLE, REFUSED_CONDITION, TOO_LARGE
-from guard.edges.relay import MEMORY_HOLD, Relay, Ticket
+from guard.edges.relay import BOUNCE_LOST_RULE, MEMORY_HOLD, Relay, Ticket
 from guard.edges.release import reparse_stanza
 from guard.edges.xmlstream import OversizedStanza, ParserLimits, serialise
 
@@ -34,7 +34,6 @@ log = Logger()
 LINK_MISADDRESSED_RULE = "guard:link-misaddressed"
 LINK_IN_DOUBT_RULE = "guard:link-in-doubt"
 IN_DOUBT_TEXT = "written to the peer half, not acknowledged before this half stopped: it may have been delivered"
-STOPPING_TEXT = "the guard is stopping"
 
 
 class FarSide:
@@ -64,12 +63,8 @@ class HalfRelay(Relay):
         self.link_holds: set = set()
 
     def _forward(self, side_name, pair, parcel):
-        if side_name == self.far.name:
-            if self.stopping and parcel.original is not None:
-                # A late release (refer answered during shutdown): the link
-                # takes nothing new of ours while it drains.
-                self.undeliverable(parcel, "remote-server-timeout", STOPPING_TEXT)
-                return
+        # While stopping, a late release of ours is bounced by Relay._forward: the draining link takes nothing new.
+        if side_name == self.far.name and not (self.stopping and parcel.original is not None):
             self.leg.link.send(parcel)
             return
         super()._forward(side_name, pair, parcel)
@@ -144,7 +139,9 @@ class HalfRelay(Relay):
         original = parcel.original
         sender, recipient = parse_jid(original.getAttribute("from")), parse_jid(original.getAttribute("to"))
         pair = (sender.host if sender else "", recipient.host if recipient else "")
-        ticket = Ticket(original, pair, len(carried.data), direction, self.policies.generation)
+        # The ticket keeps the whole stanza (the parcel's original is only its top element): a refer that is
+        # judged once more, after another reload, must see what would leave, body included.
+        ticket = Ticket(stanza, pair, len(carried.data), direction, self.policies.generation)
         if judgement.verdict is Verdict.PASS:
             if not self._recorded_pass(judgement, ticket):
                 return None  # the pass cannot be recorded: bounced, and the guard stops relaying
@@ -178,7 +175,8 @@ class HalfRelay(Relay):
     def link_in_doubt(self, parcel):
         """Written to the peer, never acknowledged, and this half stops: neither bounced nor delivered; audited."""
         if parcel.original is None:
-            log.info("bounce to {to} in doubt at shutdown", to=parcel.stanza.getAttribute("to"))
+            self.bounces_lost += 1  # one of our own bounces that may never arrive: audited, as Relay does
+            self._audit("bounce-lost", parcel.stanza, BOUNCE_LOST_RULE, 1, None, detail=IN_DOUBT_TEXT)
             return
         self._drop(parcel.original, LINK_IN_DOUBT_RULE, 1, Direction(self.own_side, self.far.name), IN_DOUBT_TEXT)
 

@@ -373,3 +373,30 @@ def test_after_a_reload_a_stanza_written_but_lost_is_not_resent_under_the_old_ve
     pair.flush()
     assert pair.owner_b.of("received") == []
     assert relay.books.delivered == 0 and relay.books.bounced == 1
+
+
+def test_a_refer_judged_again_after_a_second_reload_still_carries_the_whole_stanza():
+    """A waiting link stanza referred after one reload and passed after a second leaves with its body, not as
+    the bare top element the link keeps."""
+    from twisted.internet import defer
+
+    relay, _, pair, red = half_a_joined()
+    from_romeo(relay, red, 1, "plain")
+    answer = defer.Deferred()
+    relay.release_authority = SimpleNamespace(ask=lambda stanza, direction, rule: answer)
+    relay.policies.swap(Direction("red", "blue"), ReferAll())
+    relay.rejudge_link_buffer()
+    relay.policies.swap(Direction("red", "blue"), PassAll())
+    answer.callback(SimpleNamespace(released=True, stanza=object(), reason="ok", busy=False))
+    (entry,) = pair.a.outbox.entries
+    assert b"<body>plain</body>" in entry.parcel.data
+
+
+def test_one_of_our_own_bounces_left_in_doubt_at_shutdown_is_audited_not_only_logged():
+    """A bounce of ours written to the peer and never acknowledged when the half stops is counted and audited."""
+    from guard.edges.relay import Parcel as RelayParcel
+
+    relay, audit, _, _ = half_a_joined()
+    reply = reparse_stanza("<message from='juliet@blue.example' to='romeo@red.example/a' type='error' id='b1'/>")
+    relay.link_in_doubt(RelayParcel(reply, None))
+    assert audit.records == [("bounce-lost", "guard:bounce-lost", None)] and relay.bounces_lost == 1
