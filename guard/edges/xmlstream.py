@@ -43,6 +43,7 @@ import pyexpat
 from pyexpat import errors as _expat_errors
 
 from twisted.words.xish import domish
+from guard.core.bounce import peer_detail  # noqa: F401 - one way to show a peer's words, re-exported
 
 __all__ = [
     "STREAMS_NS",
@@ -142,21 +143,6 @@ class StreamFault(Exception):
 
 
 # How much of a value a peer chose goes into a log detail.
-PEER_DETAIL_CHARACTERS = 200
-
-
-def peer_detail(value: object) -> str:
-    """A value a peer chose, for the log only: at most PEER_DETAIL_CHARACTERS of it, quoted, with
-    control, format and other unprintable characters escaped (so it cannot forge log lines or
-    reorder text), and how much was cut off."""
-    if not isinstance(value, str):
-        value = str(value)
-    shown = repr(value[:PEER_DETAIL_CHARACTERS])
-    if len(value) > PEER_DETAIL_CHARACTERS:
-        shown += f" (and {len(value) - PEER_DETAIL_CHARACTERS} more characters)"
-    return shown
-
-
 @dataclass(frozen=True)
 class StreamHeader:
     """What the peer's <stream:stream> start tag said."""

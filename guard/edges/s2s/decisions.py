@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from guard.core.addressing import parse_jid
 
-from ..xmlstream import peer_detail
+from guard.core.bounce import peer_detail
 from .wire import SERVER_NS, STREAMS_NS
 
 

@@ -145,6 +145,7 @@ class InboundStream(MachinePlumbing, Protocol):
             try:
                 self._parser.feed(piece)
             except StreamFault as fault:
+                self._log_refusal(fault)
                 self._input(self.fault, fault.condition, fault.text)
         if self._restarts != stream_before:
             # The stream restarted (STARTTLS, SASL) inside this piece: the rest
@@ -259,6 +260,7 @@ class InboundStream(MachinePlumbing, Protocol):
             header, self.side.fronted, self.side.hosted, previous=self.first_header
         )
         if refusal is not None:
+            self._log_refusal(refusal)
             self._input(self.header_refused, header, refusal.condition, refusal.text)
         else:
             self._input(self.header_accepted, header)
@@ -319,6 +321,8 @@ class InboundStream(MachinePlumbing, Protocol):
             self._input(self.fault, "not-authorized", "this side authenticates with certificates")
             return
         refusal = refuse_dialback_request(element, self.first_header, self.side.fronted, self.side.hosted)
+        if refusal is not None:
+            self._log_refusal(refusal)
         if refusal is not None and refusal.condition == "host-unknown":
             # XEP-0220 2.2.1 and 2.4: a target domain the guard does not serve is a dialback
             # error, not a stream error (the stream may carry other domain pairs).
@@ -345,6 +349,11 @@ class InboundStream(MachinePlumbing, Protocol):
             self._input(self.fault, "policy-violation", "a db:verify needs a stream id of at most 128 bytes")
         else:
             self._input(self.verify_requested, element, asking, claimed, stream_id)
+
+    def _log_refusal(self, refusal):
+        """What the peer said that was refused (a StreamFault's or a Refusal's detail: bounded, escaped) goes to the log."""
+        log.info("inbound {peer}: {condition}: {text} ({detail})", peer=self.peer_address,
+                 condition=refusal.condition, text=refusal.text, detail=getattr(refusal, "detail", "") or "-")
 
     def _sends_as(self, domain) -> bool:
         return any(sender == domain for sender, _ in self.authenticated_pairs)

@@ -29,6 +29,7 @@ from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from guard.core.bounce import peer_detail
 from guard.core.dialback import dialback_key
 from guard.edges.xmlstream import StreamFault, StreamParser, serialise
 
@@ -62,12 +63,6 @@ def _offers_external(features) -> bool:
         mechanism.name == "mechanism" and str(mechanism).strip() == "EXTERNAL"
         for mechanism in mechanisms.elements()
     )
-
-
-def _bounded(text, limit=64) -> str:
-    """Something the far server said, made safe for one log line: printable, escaped, at most ``limit`` characters."""
-    shown = repr(text)
-    return shown if len(shown) <= limit else shown[:limit] + "..."
 
 
 def _offers_dialback(features) -> bool:
@@ -138,6 +133,8 @@ class OutboundStream(MachinePlumbing, Protocol):
         try:
             self._parser.feed(data)
         except StreamFault as fault:
+            log.info("outbound {sender}->{receiver}: {condition}: {text} ({detail})", sender=self.sender,
+                     receiver=self.receiver, condition=fault.condition, text=fault.text, detail=fault.detail or "-")
             self._input(self.fault, fault.condition, fault.text)
 
     def connectionLost(self, reason):
@@ -192,6 +189,9 @@ class OutboundStream(MachinePlumbing, Protocol):
             else:
                 self._server_proven = True
         if refusal is not None:
+            log.info("outbound {sender}->{receiver}: header refused, {condition}: {text} ({detail})",
+                     sender=self.sender, receiver=self.receiver, condition=refusal.condition, text=refusal.text,
+                     detail=refusal.detail or "-")
             self._input(self.header_refused, header, refusal.condition, refusal.text)
         else:
             self._input(self.header_accepted, header)
@@ -218,7 +218,7 @@ class OutboundStream(MachinePlumbing, Protocol):
                 # XEP-0220: the far server could not check our key (its reason is logged, never relayed).
                 error = _child(element, wire.SERVER_NS, "error") or _child(element, wire.DIALBACK_NS, "error")
                 reason = next((child.name for child in error.elements()), None) if error is not None else None
-                self._input(self.dialback_invalid, f"dialback error from the far server: {_bounded(reason)}")
+                self._input(self.dialback_invalid, f"dialback error from the far server: {peer_detail(reason)}")
             else:
                 self._input(self.dialback_invalid, "the far server did not accept our dialback key")
         elif kind == (wire.DIALBACK_NS, "verify") and element.getAttribute("type"):
@@ -236,10 +236,10 @@ class OutboundStream(MachinePlumbing, Protocol):
         elif kind == (wire.STREAMS_NS, "error"):
             condition = next((child.name for child in element.elements()
                               if child.uri == wire.STREAM_ERRORS_NS and child.name != "text"), "undefined-condition")
-            self._input(self.peer_failed, f"stream error from the far server: {_bounded(condition)}")
+            self._input(self.peer_failed, f"stream error from the far server: {peer_detail(condition)}")
         else:
             log.info("outbound {sender}->{receiver}: unexpected element {name}", sender=self.sender,
-                     receiver=self.receiver, name=_bounded(f"{{{element.uri}}}{element.name}", 300))
+                     receiver=self.receiver, name=peer_detail(f"{{{element.uri}}}{element.name}"))
             self._input(self.fault, "unsupported-stanza-type", "this element is not accepted on this stream")
 
     def _features(self, features):
@@ -528,7 +528,7 @@ class OutboundStream(MachinePlumbing, Protocol):
 
     def _send_error(self, condition, text):
         log.info("outbound {sender}->{receiver}: closing with {condition}: {text}",
-                 sender=self.sender, receiver=self.receiver, condition=condition, text=_bounded(text, 300))
+                 sender=self.sender, receiver=self.receiver, condition=condition, text=peer_detail(text))
         self._closing = True
         if not self.header_sent:
             self.transport.write(wire.stream_header(self.sender, self.receiver))
@@ -545,7 +545,7 @@ class OutboundStream(MachinePlumbing, Protocol):
         if self._reported is None:
             return
         log.info("outbound {sender}->{receiver}: ended ({condition}): {detail}", sender=self.sender,
-                 receiver=self.receiver, condition=condition, detail=_bounded(detail, 300))
+                 receiver=self.receiver, condition=condition, detail=peer_detail(detail))
         if self._reported:
             self.owner.stream_lost(self)
             self._reported = None
