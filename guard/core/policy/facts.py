@@ -106,10 +106,9 @@ class StanzaFacts:
             if default is None:
                 return None, "unlabelled and no default label for the sender"
             return default, f"unlabelled: default label {default}"
-        try:
-            labels = self.authority.stanza_labels(marked, self.from_domain)
-        except LabelMeaningError as problem:
-            return None, str(problem)
+        labels, problem = self._judged_labels
+        if labels is None:
+            return None, problem
         meaning = labels[0]
         if len(labels) > 1:
             return meaning, f"label {meaning} (equivalents {', '.join(str(e) for e in labels[1:])})"
@@ -129,8 +128,15 @@ class StanzaFacts:
             return False, "the policy defines no labels"
         if not self.stanza_label.present:
             return self.authority.releasable(label, self.to_domain)
-        try:
-            labels = self.authority.stanza_labels(self.stanza_label, self.from_domain)
-        except LabelMeaningError as problem:
-            return False, str(problem)
+        labels, problem = self._judged_labels
+        if labels is None:
+            return False, problem
         return self.authority.all_releasable(labels, self.to_domain)
+
+    @cached_property
+    def _judged_labels(self):
+        """``(meanings of the label and each equivalent, None)`` or ``(None, why not)``: worked out once."""
+        try:
+            return self.authority.stanza_labels(self.stanza_label, self.from_domain), None
+        except LabelMeaningError as problem:
+            return None, str(problem)
