@@ -15,10 +15,10 @@ from guard.core.policy import PolicyError, load_policy
 from guard.core.policy.cases import cases_path, run_cases
 from guard.core.policy.elements import MAX_STANZA_TEXT, StanzaTextError, parse_stanza_text
 from guard.core.policy.explaining import describe
+from guard.core.vocabulary import SERVER_NS
 from guard.edges.xmlstream import serialise
 
 TESTS_SUFFIX = ".tests.toml"
-SERVER_NAMESPACE = "jabber:server"  # the default namespace of the S2S streams the stanza leaves on
 
 
 def check_policy_main(argv: list[str], out=None, err=None) -> int:
@@ -134,7 +134,7 @@ def leaving_as_on_the_wire(text: str, judgement) -> str:
     if not text.endswith(described):
         raise AssertionError("the explanation does not end with the stanza as it leaves")
     try:
-        wire = serialise(judgement.stanza, SERVER_NAMESPACE)
+        wire = serialise(judgement.stanza, SERVER_NS)  # the default namespace of the S2S streams it leaves on
     except ValueError:
         wire = "(nothing: the stanza cannot be serialised, so it would be refused)"
     return text[: -len(described)] + "leaves as:\n" + wire + "\n"

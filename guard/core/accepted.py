@@ -23,16 +23,8 @@ from typing import NamedTuple
 from twisted.words.protocols.jabber import jid
 from twisted.words.xish import domish
 
-from guard.core.addressing import STANZA_NAMES, parse_jid
-
-STANZA_NAMESPACES = frozenset({"jabber:server", "jabber:client"})
-DEFAULT_TYPES = {"message": "normal", "presence": "available", "iq": ""}
-KIND_TYPES = {
-    "message": frozenset({"normal", "chat", "groupchat", "headline", "error"}),
-    "presence": frozenset({"available", "unavailable", "subscribe", "subscribed", "unsubscribe",
-                           "unsubscribed", "probe", "error"}),
-    "iq": frozenset({"get", "set", "result", "error"}),
-}
+from guard.core.addressing import parse_jid
+from guard.core.vocabulary import DEFAULT_TYPES, KIND_TYPES, STANZA_NAMES, STANZA_NAMESPACES
 
 
 class AcceptedStanza(NamedTuple):

@@ -16,7 +16,7 @@ from functools import lru_cache
 
 from twisted.words.protocols.jabber import jid
 
-STANZA_NAMES = frozenset({"message", "presence", "iq"})
+from guard.core.vocabulary import DOMAIN_LABEL_MAX_BYTES, JID_PART_MAX_BYTES, SERVER_NS, STANZA_NAMES
 
 
 @dataclass(frozen=True)
@@ -72,14 +72,14 @@ def _parsed_jid(text: str) -> jid.JID | None:
     local, at, domain = bare.rpartition("@")
     if (slash and not resource) or (at and not local) or not domain:
         return None
-    if any(not label or len(label.encode("utf-8")) > 63 for label in domain.split(".")):
+    if any(not label or len(label.encode("utf-8")) > DOMAIN_LABEL_MAX_BYTES for label in domain.split(".")):
         return None
     try:
         parsed = jid.JID(text)
     except Exception:  # noqa: BLE001 - any parsing fault means malformed, never passed
         return None
     for part in (parsed.user, parsed.host, parsed.resource):
-        if part is not None and (not part or len(part.encode("utf-8")) > 1023):
+        if part is not None and (not part or len(part.encode("utf-8")) > JID_PART_MAX_BYTES):
             return None
     return parsed
 
@@ -92,7 +92,7 @@ def check_addressing(stanza, authenticated_pairs, fronted_domains) -> Addressed 
     pairs the peer authenticated on this stream; ``fronted_domains`` the
     domains the guard stands in for on this side.
     """
-    if stanza.name not in STANZA_NAMES or stanza.uri != "jabber:server":
+    if stanza.name not in STANZA_NAMES or stanza.uri != SERVER_NS:
         return Misaddressed("unsupported-stanza-type", f"{stanza.uri} {stanza.name} is not a stanza")
     raw_from = stanza.getAttribute("from")
     raw_to = stanza.getAttribute("to")

@@ -15,33 +15,7 @@ from __future__ import annotations
 
 from twisted.words.xish import domish
 
-STANZA_ERROR_NS = "urn:ietf:params:xml:ns:xmpp-stanzas"
-
-# RFC 6120 section 8.3.3: the error type that goes with each condition.
-ERROR_TYPES = {
-    "bad-request": "modify",
-    "conflict": "cancel",
-    "feature-not-implemented": "cancel",
-    "forbidden": "auth",
-    "gone": "cancel",
-    "internal-server-error": "cancel",
-    "item-not-found": "cancel",
-    "jid-malformed": "modify",
-    "not-acceptable": "modify",
-    "not-allowed": "cancel",
-    "not-authorized": "auth",
-    "policy-violation": "modify",
-    "recipient-unavailable": "wait",
-    "redirect": "modify",
-    "registration-required": "auth",
-    "remote-server-not-found": "cancel",
-    "remote-server-timeout": "wait",
-    "resource-constraint": "wait",
-    "service-unavailable": "cancel",
-    "subscription-required": "auth",
-    "undefined-condition": "cancel",
-    "unexpected-request": "wait",
-}
+from guard.core.vocabulary import SERVER_NS, STANZA_ERROR_CONDITION_TYPES, STANZA_ERRORS_NS, STANZA_NAMES
 
 
 # The only texts a bounce the guard makes itself may carry: one per condition.
@@ -79,7 +53,7 @@ def may_bounce(stanza) -> bool:
         return False
     if stanza.name == "iq" and kind == "result":
         return False
-    return stanza.name in ("message", "presence", "iq")
+    return stanza.name in STANZA_NAMES
 
 
 def error_reply(stanza, condition: str, text: str | None = None, by: str | None = None):
@@ -88,19 +62,19 @@ def error_reply(stanza, condition: str, text: str | None = None, by: str | None 
     same id, no payload copied.  ``condition`` must be an RFC 6120 stanza
     error condition (anything else becomes undefined-condition).
     """
-    if condition not in ERROR_TYPES:
+    if condition not in STANZA_ERROR_CONDITION_TYPES:
         condition = "undefined-condition"
-    reply = domish.Element(("jabber:server", stanza.name))
+    reply = domish.Element((SERVER_NS, stanza.name))
     reply["type"] = "error"
     reply["from"] = stanza["to"]
     reply["to"] = stanza["from"]
     if stanza.hasAttribute("id"):
         reply["id"] = stanza["id"]
     error = reply.addElement("error")
-    error["type"] = ERROR_TYPES[condition]
+    error["type"] = STANZA_ERROR_CONDITION_TYPES[condition]
     if by:
         error["by"] = by
-    error.addElement((STANZA_ERROR_NS, condition))
+    error.addElement((STANZA_ERRORS_NS, condition))
     if text:
-        error.addElement((STANZA_ERROR_NS, "text"), content=text)
+        error.addElement((STANZA_ERRORS_NS, "text"), content=text)
     return reply

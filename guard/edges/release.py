@@ -49,6 +49,7 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from twisted.words.xish import domish
 
+from guard.core.vocabulary import SERVER_NS, STANZA_NAMES, STREAMS_NS
 from guard.edges.audit import AuditUnavailable
 from guard.edges.xmlstream import ParserLimits, StreamFault, StreamParser, serialise
 
@@ -59,10 +60,7 @@ MAX_FRAME_BYTES = 1024 * 1024
 MAX_REASON_CHARACTERS = 1000
 DECISIONS = ("release", "deny", "release-with-changes")
 _ANSWER_KEYS = frozenset({"version", "id", "decision", "reason", "stanza"})
-_STANZA_NAMES = frozenset({"message", "presence", "iq"})
-_HEADER = (
-    b"<stream:stream xmlns='jabber:server' xmlns:stream='http://etherx.jabber.org/streams' version='1.0'>"
-)
+_HEADER = f"<stream:stream xmlns='{SERVER_NS}' xmlns:stream='{STREAMS_NS}' version='1.0'>".encode("utf-8")
 
 
 @dataclass(frozen=True)
@@ -99,7 +97,7 @@ def reparse_stanza(text: str, limits: ParserLimits = ParserLimits()) -> domish.E
     if not ended or len(elements) != 1:
         return None
     element = elements[0]
-    if element.uri != "jabber:server" or element.name not in _STANZA_NAMES:
+    if element.uri != SERVER_NS or element.name not in STANZA_NAMES:
         return None
     return element
 

@@ -44,11 +44,9 @@ from pyexpat import errors as _expat_errors
 
 from twisted.words.xish import domish
 from guard.core.bounce import peer_detail  # noqa: F401 - one way to show a peer's words, re-exported
+from guard.core.vocabulary import SERVER_NS, STREAM_ERROR_CONDITIONS, STREAMS_NS, XML_LANG, XML_NS, XMLNS_NS
 
 __all__ = [
-    "STREAMS_NS",
-    "XML_NS",
-    "STREAM_ERROR_CONDITIONS",
     "ParserLimits",
     "StreamFault",
     "StreamHeader",
@@ -57,41 +55,6 @@ __all__ = [
     "peer_detail",
     "serialise",
 ]
-
-STREAMS_NS = "http://etherx.jabber.org/streams"
-XML_NS = "http://www.w3.org/XML/1998/namespace"
-_XMLNS_NS = "http://www.w3.org/2000/xmlns/"
-
-# RFC 6120 section 4.9.3: the only names a stream error may carry.
-STREAM_ERROR_CONDITIONS = frozenset(
-    {
-        "bad-format",
-        "bad-namespace-prefix",
-        "conflict",
-        "connection-timeout",
-        "host-gone",
-        "host-unknown",
-        "improper-addressing",
-        "internal-server-error",
-        "invalid-from",
-        "invalid-namespace",
-        "invalid-xml",
-        "not-authorized",
-        "not-well-formed",
-        "policy-violation",
-        "remote-connection-failed",
-        "reset",
-        "resource-constraint",
-        "restricted-xml",
-        "see-other-host",
-        "system-shutdown",
-        "undefined-condition",
-        "unsupported-encoding",
-        "unsupported-feature",
-        "unsupported-stanza-type",
-        "unsupported-version",
-    }
-)
 
 # Input is handed to expat in pieces of at most this many bytes, so that the
 # size limits are checked at least this often however large one feed() is.
@@ -578,7 +541,7 @@ class StreamParser:
         for key, value in attributes.items():
             if key.__class__ is str:
                 plain[key] = value
-            elif key == (XML_NS, "lang"):
+            elif key == XML_LANG:
                 plain["xml:lang"] = value
         header = StreamHeader(
             name=local,
@@ -813,7 +776,7 @@ def _write(element: domish.Element, namespace: str, scope: dict[str, str], outpu
     if uri is None or uri == namespace:
         name = start = local
     else:
-        if uri in (XML_NS, _XMLNS_NS):
+        if uri in (XML_NS, XMLNS_NS):
             raise ValueError(f"an element cannot be in the namespace {uri}")
         prefix = scope.get(uri) if scope else None
         if prefix is None and output.hoisted is not None:
@@ -847,7 +810,7 @@ def _write(element: domish.Element, namespace: str, scope: dict[str, str], outpu
                     attribute = attribute_local
                 elif attribute_uri == XML_NS:
                     attribute = "xml:" + attribute_local
-                elif attribute_uri == _XMLNS_NS:
+                elif attribute_uri == XMLNS_NS:
                     raise ValueError("namespace declarations cannot be attributes")
                 else:
                     prefix = child_scope.get(attribute_uri)
@@ -913,7 +876,7 @@ def _write_text(run: list, output: _Output) -> None:
         raise output.over()
 
 
-def serialise(element: domish.Element, default_namespace: str = "jabber:server",
+def serialise(element: domish.Element, default_namespace: str = SERVER_NS,
               max_bytes: int | None = None) -> str:
     """The element as XML text for a stream whose default namespace is default_namespace:
     no xmlns attribute where the element is in default_namespace, each other namespace declared

@@ -52,6 +52,7 @@ from twisted.words.xish import domish
 
 from guard.app.config import load_config
 from guard.app.service import GuardService
+from guard.core import vocabulary
 from guard.edges.tlsidentity import load_pem_chain
 from guard.lab.pki import BLUE_DOMAINS, RED_DOMAINS, LabPki, write_lab_pki
 
@@ -63,14 +64,15 @@ AUTHORITY_ADDRESS = ("127.0.0.9", 7400)
 # Every settle() is bounded: more rounds than this means the conversation never goes quiet.
 MAX_ROUNDS = 20000
 
-STREAMS = "http://etherx.jabber.org/streams"
-TLS = "urn:ietf:params:xml:ns:xmpp-tls"
-SASL = "urn:ietf:params:xml:ns:xmpp-sasl"
-DIALBACK = "jabber:server:dialback"
-DIALBACK_FEATURE = "urn:xmpp:features:dialback"
-STANZA_ERRORS = "urn:ietf:params:xml:ns:xmpp-stanzas"
-STREAM_ERRORS = "urn:ietf:params:xml:ns:xmpp-streams"
-STANZA_NAMES = ("message", "presence", "iq")
+# The XMPP vocabulary (guard.core.vocabulary) under the short names this lab's peers use.
+STREAMS = vocabulary.STREAMS_NS
+TLS = vocabulary.TLS_NS
+SASL = vocabulary.SASL_NS
+DIALBACK = vocabulary.DIALBACK_NS
+DIALBACK_FEATURE = vocabulary.DIALBACK_FEATURE_NS
+STANZA_ERRORS = vocabulary.STANZA_ERRORS_NS
+STREAM_ERRORS = vocabulary.STREAM_ERRORS_NS
+STANZA_NAMES = vocabulary.STANZA_NAMES
 
 
 class TlsMismatch(AssertionError):

@@ -42,7 +42,8 @@ with atheris.instrument_imports():
     from guard.core.bounce import error_reply, may_bounce
     from guard.core.pipeline import AllowAll, Direction, Judgement, Verdict
     from guard.core.policy import load_policy
-    from guard.edges.xmlstream import STREAM_ERROR_CONDITIONS, ParserLimits, StreamFault, StreamParser, serialise
+    from guard.core.vocabulary import STREAM_ERROR_CONDITIONS
+    from guard.edges.xmlstream import ParserLimits, StreamFault, StreamParser, serialise
 
 from tests.unit.policy.allowed import disallowed_parts, size_problem  # noqa: E402
 from tests.trees import tree  # noqa: E402

@@ -45,12 +45,13 @@ def test_errors_and_results_are_never_bounced():
 
 def test_every_condition_the_guard_bounces_with_has_its_own_constant_text():
     """Each condition the relay uses for its own bounces maps to a fixed text; unknown ones to a fixed default."""
-    from guard.core.bounce import DEFAULT_GUARD_TEXT, ERROR_TYPES, GUARD_TEXTS, guard_text
+    from guard.core.bounce import DEFAULT_GUARD_TEXT, GUARD_TEXTS, guard_text
+    from guard.core.vocabulary import STANZA_ERROR_CONDITIONS
 
     for condition in ("internal-server-error", "policy-violation", "remote-server-not-found",
                       "remote-server-timeout", "resource-constraint", "service-unavailable"):
         assert guard_text(condition) == GUARD_TEXTS[condition]
-        assert condition in ERROR_TYPES
+        assert condition in STANZA_ERROR_CONDITIONS
     assert guard_text("conflict") == DEFAULT_GUARD_TEXT
 
 

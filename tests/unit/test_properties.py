@@ -30,7 +30,8 @@ from guard.core.accepted import accept
 from guard.core.addressing import Addressed, Misaddressed, check_addressing, parse_jid
 from guard.core.pipeline import AllowAll, Direction, Judgement, Verdict, judge_fail_closed
 from guard.core.policy import load_policy
-from guard.edges.xmlstream import STREAM_ERROR_CONDITIONS, StreamFault, StreamParser, serialise
+from guard.core.vocabulary import STREAM_ERROR_CONDITIONS
+from guard.edges.xmlstream import StreamFault, StreamParser, serialise
 from tests.unit.policy.allowed import disallowed_parts, size_problem
 from tests.trees import tree
 

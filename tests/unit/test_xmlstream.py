@@ -14,10 +14,9 @@ import time
 import pytest
 from twisted.words.xish import domish
 
+from guard.core.vocabulary import STREAMS_NS, XML_NS
 from guard.edges import xmlstream
 from guard.edges.xmlstream import (
-    STREAMS_NS,
-    XML_NS,
     ParserLimits,
     StreamFault,
     StreamHeader,

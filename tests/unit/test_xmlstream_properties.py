@@ -17,7 +17,8 @@ from hypothesis import strategies as st
 from twisted.words.xish import domish
 
 from guard.edges import xmlstream
-from guard.edges.xmlstream import _REDECLARATION_BUDGET, XML_NS, StreamFault, StreamParser, serialise
+from guard.core.vocabulary import XML_NS
+from guard.edges.xmlstream import _REDECLARATION_BUDGET, StreamFault, StreamParser, serialise
 from tests.trees import tree
 
 HEADER = (

@@ -14,8 +14,9 @@ import re2
 import re
 from dataclasses import dataclass
 
-from guard.core.accepted import KIND_TYPES as _KIND_TYPES
-from guard.core.policy.elements import STANZA_KINDS, STANZA_NAMESPACES, child_elements, text_of
+from guard.core.policy.elements import child_elements, text_of
+from guard.core.vocabulary import KIND_TYPES as _KIND_TYPES
+from guard.core.vocabulary import STANZA_NAMES, STANZA_NAMESPACES
 
 MAX_REGEX = 512
 MAX_PATH_STEPS = 16
@@ -543,4 +544,4 @@ class Negated(Condition):
 
 KIND_TYPES = {kind: set(types) for kind, types in _KIND_TYPES.items()}
 ALL_TYPES = set().union(*KIND_TYPES.values())
-KINDS = frozenset(STANZA_KINDS)
+KINDS = STANZA_NAMES

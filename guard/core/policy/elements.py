@@ -11,9 +11,7 @@ from dataclasses import dataclass
 
 from twisted.words.xish import domish
 
-from guard.core.accepted import STANZA_NAMESPACES  # noqa: F401 - the stanza namespaces, defined once
-
-STANZA_KINDS = ("message", "presence", "iq")
+from guard.core.vocabulary import SERVER_NS, STANZA_NAMESPACES
 
 _PATTERN = re.compile(r"^(?:\{(?P<uri>[^{}\s]+)\})?(?P<name>\*|[^{}/@#\s*]+)$")
 
@@ -92,7 +90,7 @@ class StanzaTextError(ValueError):
 MAX_STANZA_TEXT = 256 * 1024
 
 
-def parse_stanza_text(text: str, namespace: str = "jabber:server") -> domish.Element:
+def parse_stanza_text(text: str, namespace: str = SERVER_NS) -> domish.Element:
     """
     Read one stanza written as XML; elements without a namespace are in
     ``namespace`` (as on an S2S stream).  Raises ``StanzaTextError``.

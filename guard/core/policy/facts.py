@@ -10,8 +10,9 @@ from functools import cached_property
 from twisted.words.xish import domish
 
 from guard.core.accepted import NotAccepted, accepted_from_element
-from guard.core.policy.elements import STANZA_NAMESPACES, child_elements, text_of
+from guard.core.policy.elements import child_elements, text_of
 from guard.core.policy.labels import LabelMeaningError, read_stanza_label
+from guard.core.vocabulary import STANZA_NAMESPACES
 
 # Stands in the payload namespaces for text directly inside the stanza: text is payload too.
 TEXT_PAYLOAD = "#text"

@@ -17,8 +17,9 @@ from dataclasses import dataclass
 
 from twisted.words.xish import domish
 
-from guard.core.policy.elements import STANZA_NAMESPACES, child_elements, text_of
+from guard.core.policy.elements import child_elements, text_of
 from guard.core.policy.shapes import kept_children
+from guard.core.vocabulary import SEC_LABEL_NS, STANZA_NAMESPACES
 
 PRESENCE_STATES = ("available", "away", "xa", "dnd", "chat", "unavailable")
 
@@ -41,7 +42,7 @@ def _is_envelope(element):
     """``<thread/>`` and the security label describe a message; they are not its content."""
     if element.name == "thread" and element.uri in STANZA_NAMESPACES:
         return True
-    return element.name == "securitylabel" and element.uri == "urn:xmpp:sec-label:0"
+    return element.name == "securitylabel" and element.uri == SEC_LABEL_NS
 
 
 @dataclass(frozen=True)

@@ -34,10 +34,7 @@ from pyasn1_modules import rfc2634
 from twisted.words.xish import domish
 
 from guard.core.policy.elements import child_elements
-
-SEC_LABEL_NS = "urn:xmpp:sec-label:0"
-ESS_NS = "urn:xmpp:sec-label:ess:0"
-STANAG_4774_NS = "urn:nato:stanag:4774:confidentialitymetadatalabel:1:0"
+from guard.core.vocabulary import SEC_LABEL_ESS_NS, SEC_LABEL_NS, STANAG_4774_NS
 
 MAX_DER_BYTES = 4096
 MAX_CATEGORIES = 64
@@ -144,7 +141,7 @@ def read_label_content(holder: domish.Element, empty_is_default: bool = True) ->
     if len(content) != 1:
         raise LabelFormatError(f"{holder.name} holds {len(content)} elements, expected one")
     inner = content[0]
-    if inner.uri == ESS_NS and inner.name == "esssecuritylabel":
+    if inner.uri == SEC_LABEL_ESS_NS and inner.name == "esssecuritylabel":
         return read_ess(_only_text(inner))
     if inner.uri == STANAG_4774_NS:
         return read_stanag_4774(inner)
@@ -469,7 +466,7 @@ class LabelPolicy:
                     item["value"] = bytes.fromhex(category.ess[1])
                     wire.setComponentByPosition(index, item)
             der = der_encoder.encode(value)
-            holder.addElement((ESS_NS, "esssecuritylabel"), content=base64.b64encode(der).decode("ascii"))
+            holder.addElement((SEC_LABEL_ESS_NS, "esssecuritylabel"), content=base64.b64encode(der).decode("ascii"))
             return
         root = holder.addElement((STANAG_4774_NS, "ConfidentialityLabel"))
         information = root.addElement((STANAG_4774_NS, "ConfidentialityInformation"))

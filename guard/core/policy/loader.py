@@ -25,9 +25,10 @@ from guard.core.policy.labels import (
 )
 from guard.core.policy.problems import PolicyError, Problem, SourceLines
 from guard.core.policy.shapes import (
-    ATTRIBUTE_NAME, EVERYTHING, ID_MAX_BYTES, LOCALPART_MAX_BYTES, RESOURCE_MAX_BYTES, STANZA_ERROR_CONDITIONS,
-    EnvelopeBounds, Shape, built_in_shapes, parse_element_name,
+    ATTRIBUTE_NAME, EVERYTHING, ID_MAX_BYTES, LOCALPART_MAX_BYTES, RESOURCE_MAX_BYTES, EnvelopeBounds, Shape,
+    built_in_shapes, parse_element_name,
 )
+from guard.core.vocabulary import KIND_TYPES, STANZA_ERROR_CONDITIONS
 
 MAX_POLICY_BYTES = 4 * 1024 * 1024
 MAX_RULES = 100_000
@@ -474,7 +475,8 @@ def _folding(reader, value, shapes, rules):
             reader.unknown_keys({k: v for k, v in part.items() if k != "strip"}, MESSAGE_FOLDING_KEYS,
                                 f"{where} message", line)
             drop_types = part.get("drop_types", [])
-            if not isinstance(drop_types, list) or any(t not in ("normal", "chat", "groupchat", "headline", "error") for t in drop_types):
+            if not isinstance(drop_types, list) or any(
+                    not isinstance(t, str) or t not in KIND_TYPES["message"] for t in drop_types):
                 reader.problem(where, "message.drop_types lists message types", line)
                 drop_types = []
             message = MessageFolding(_shape_list(reader, shapes, part.get("keep", []), where, line, "message.keep"),

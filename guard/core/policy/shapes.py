@@ -22,19 +22,12 @@ from dataclasses import dataclass, field
 
 from twisted.words.xish import domish
 
-from guard.core.policy.elements import STANZA_NAMESPACES, child_elements, text_of
+from guard.core.policy.elements import child_elements, text_of
+from guard.core.vocabulary import (
+    JID_PART_MAX_BYTES, PING_NS, STANZA_ERROR_CONDITIONS, STANZA_ERROR_TYPES, STANZA_ERRORS_NS, STANZA_NAMESPACES,
+    XML_LANG,
+)
 
-XML_NS = "http://www.w3.org/XML/1998/namespace"
-XML_LANG = (XML_NS, "lang")
-STANZA_ERROR_NS = "urn:ietf:params:xml:ns:xmpp-stanzas"
-ERROR_TYPES = frozenset({"auth", "cancel", "continue", "modify", "wait"})
-STANZA_ERROR_CONDITIONS = frozenset({
-    "bad-request", "conflict", "feature-not-implemented", "forbidden", "gone", "internal-server-error",
-    "item-not-found", "jid-malformed", "not-acceptable", "not-allowed", "not-authorized",
-    "policy-violation", "recipient-unavailable", "redirect", "registration-required",
-    "remote-server-not-found", "remote-server-timeout", "resource-constraint", "service-unavailable",
-    "subscription-required", "undefined-condition", "unexpected-request",
-})
 # A language tag as people write one (BCP 47 language, optional script, optional
 # region: "en", "en-GB", "zh-Hant-TW"); anything longer (variants, extensions,
 # private use: up to 16 subtags of 8 characters of the sender's choosing) is
@@ -46,8 +39,8 @@ LANGUAGE_TAG = re.compile(r"[A-Za-z]{2,3}(?:-[A-Za-z]{4})?(?:-(?:[A-Za-z]{2}|[0-
 # UTF-8 bytes, by ``[policy] id_max_bytes``, ``localpart_max_bytes`` and
 # ``resource_max_bytes``: these by default, at most the second figure.
 ID_MAX_BYTES = (64, 16 * 1024)
-LOCALPART_MAX_BYTES = (64, 1023)  # RFC 7622 3.3
-RESOURCE_MAX_BYTES = (64, 1023)  # RFC 7622 3.4
+LOCALPART_MAX_BYTES = (64, JID_PART_MAX_BYTES)  # RFC 7622 3.3
+RESOURCE_MAX_BYTES = (64, JID_PART_MAX_BYTES)  # RFC 7622 3.4
 PRIORITY = re.compile(r"[+-]?[0-9]{1,3}")
 ATTRIBUTE_NAME = re.compile(r"[A-Za-z_][\w.\-]*")
 ELEMENT_NAME = re.compile(r"(?:\{(?P<uri>[^{}\s]+)\})?(?P<name>[A-Za-z_][\w.\-]*)")
@@ -173,7 +166,7 @@ def built_in_shapes() -> dict:
         "thread": Shape("thread", None, "thread", ("parent",), text=True),
         "status": Shape("status", None, "status", ("xml:lang",), text=True),
         "priority": Shape("priority", None, "priority", (), text=True, text_form=priority_text),
-        "ping": Shape("ping", "urn:xmpp:ping", "ping"),
+        "ping": Shape("ping", PING_NS, "ping"),
     }
 
 
@@ -217,15 +210,15 @@ def reduced_error(stanza: domish.Element) -> ReducedError:
         return ReducedError(None, f"an error stanza holds {len(errors)} <error/> elements, expected one")
     error = errors[0]
     error_type = error.getAttribute("type")
-    if error_type not in ERROR_TYPES:
+    if error_type not in STANZA_ERROR_TYPES:
         return ReducedError(None, "the <error/> type is not one RFC 6120 defines")
     conditions = [c.name for c in child_elements(error)
-                  if c.uri == STANZA_ERROR_NS and c.name in STANZA_ERROR_CONDITIONS]
+                  if c.uri == STANZA_ERRORS_NS and c.name in STANZA_ERROR_CONDITIONS]
     if len(conditions) != 1:
         return ReducedError(None, f"the <error/> holds {len(conditions)} defined conditions, expected one")
     built = domish.Element((stanza.uri, "error"), defaultUri=stanza.uri)
     built["type"] = error_type
-    built.addElement((STANZA_ERROR_NS, conditions[0]), defaultUri=STANZA_ERROR_NS)
+    built.addElement((STANZA_ERRORS_NS, conditions[0]), defaultUri=STANZA_ERRORS_NS)
     return ReducedError(built, f"error reduced to {error_type}/{conditions[0]}")
 
 

@@ -8,14 +8,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from xml.sax.saxutils import quoteattr
 
-LINK_NS = "urn:xmpp-guard:link:0"
-SM_NS = "urn:xmpp:sm:3"
-STREAMS_NS = "http://etherx.jabber.org/streams"
-SERVER_NS = "jabber:server"
-STREAM_ERRORS_NS = "urn:ietf:params:xml:ns:xmpp-streams"
+from guard.core.vocabulary import SERVER_NS, SM_NS, STREAM_ERRORS_NS, STREAMS_NS  # noqa: F401 - read as wire.NAME
+
+LINK_NS = "urn:xmpp-guard:link:0"  # the pair link's own elements (resume, refused)
 
 STREAM_CLOSE = b"</stream:stream>"
-ACK_REQUEST = b"<r xmlns='urn:xmpp:sm:3'/>"
+ACK_REQUEST = f"<r xmlns='{SM_NS}'/>".encode("utf-8")
 
 # A sequence number or counter larger than this is refused (2**63 - 1).
 MAX_COUNTER = (1 << 63) - 1
@@ -25,7 +23,7 @@ def stream_header(own_name: str, peer_name: str) -> bytes:
     """The header a half opens its link stream with."""
     return (
         "<?xml version='1.0'?>"
-        "<stream:stream xmlns='jabber:server' xmlns:stream='http://etherx.jabber.org/streams'"
+        f"<stream:stream xmlns='{SERVER_NS}' xmlns:stream='{STREAMS_NS}'"
         f" from={quoteattr(own_name)} to={quoteattr(peer_name)} version='1.0'>"
     ).encode("utf-8")
 

@@ -9,23 +9,10 @@ import base64
 import secrets
 from xml.sax.saxutils import escape
 
-STREAMS_NS = "http://etherx.jabber.org/streams"
-SERVER_NS = "jabber:server"
-DIALBACK_NS = "jabber:server:dialback"
-TLS_NS = "urn:ietf:params:xml:ns:xmpp-tls"
-SASL_NS = "urn:ietf:params:xml:ns:xmpp-sasl"
-STREAM_ERRORS_NS = "urn:ietf:params:xml:ns:xmpp-streams"
-DIALBACK_FEATURE_NS = "urn:xmpp:features:dialback"
-
-# RFC 6120 section 4.9.3.
-STREAM_ERROR_CONDITIONS = frozenset({
-    "bad-format", "bad-namespace-prefix", "conflict", "connection-timeout", "host-gone",
-    "host-unknown", "improper-addressing", "internal-server-error", "invalid-from",
-    "invalid-namespace", "invalid-xml", "not-authorized", "not-well-formed", "policy-violation",
-    "remote-connection-failed", "reset", "resource-constraint", "restricted-xml", "see-other-host",
-    "system-shutdown", "undefined-condition", "unsupported-encoding", "unsupported-feature",
-    "unsupported-stanza-type", "unsupported-version",
-})
+from guard.core.vocabulary import (  # noqa: F401 - the streams read these as wire.NAME
+    DIALBACK_FEATURE_NS, DIALBACK_NS, SASL_NS, SERVER_NS, STANZA_ERRORS_NS, STREAM_ERROR_CONDITIONS, STREAM_ERRORS_NS,
+    STREAMS_NS, TLS_NS,
+)
 
 
 def quoteattr(value: str) -> str:
@@ -41,9 +28,9 @@ def stream_header(sender: str | None, receiver: str | None, stream_id: str | Non
     """An opening <stream:stream> for a server stream, with the dialback namespace declared."""
     parts = [
         "<?xml version='1.0'?>",
-        "<stream:stream xmlns='jabber:server'",
-        " xmlns:stream='http://etherx.jabber.org/streams'",
-        " xmlns:db='jabber:server:dialback'",
+        f"<stream:stream xmlns='{SERVER_NS}'",
+        f" xmlns:stream='{STREAMS_NS}'",
+        f" xmlns:db='{DIALBACK_NS}'",
     ]
     if sender:
         parts.append(f" from={quoteattr(sender)}")
@@ -117,9 +104,6 @@ def dialback_result(sender: str, receiver: str, key: str | None = None, verdict:
     if verdict:
         return f"<db:result {attributes} type={quoteattr(verdict)}/>".encode()
     return f"<db:result {attributes}>{escape(key or '')}</db:result>".encode()
-
-
-STANZA_ERRORS_NS = "urn:ietf:params:xml:ns:xmpp-stanzas"
 
 
 def dialback_result_error(sender: str, receiver: str, condition: str, error_type: str = "cancel") -> bytes:

@@ -14,12 +14,12 @@ from twisted.words.xish import domish
 from guard.core.addressing import parse_jid
 from guard.core.policy.compiled import CompiledPolicy
 from guard.core.policy.folding import PRESENCE_STATES
-from guard.core.policy.shapes import (
-    ERROR_TYPES, EVERYTHING, LANGUAGE_TAG, STANZA_ERROR_CONDITIONS, STANZA_ERROR_NS, XML_LANG,
+from guard.core.policy.shapes import EVERYTHING, LANGUAGE_TAG
+from guard.core.vocabulary import (
+    SEC_LABEL_NS, STANZA_ERROR_CONDITIONS, STANZA_ERROR_TYPES, STANZA_ERRORS_NS, XML_LANG,
 )
 from tests.trees import tree
 
-SEC_LABEL_NS = "urn:xmpp:sec-label:0"
 ENVELOPE_ATTRIBUTES = {"from", "to", "id", "type", XML_LANG}
 
 
@@ -78,12 +78,12 @@ def _unjudged_text_problems(policy, leaving):
 
 def _error_problems(error):
     problems = []
-    if set(error.attributes) != {"type"} or error.getAttribute("type") not in ERROR_TYPES:
+    if set(error.attributes) != {"type"} or error.getAttribute("type") not in STANZA_ERROR_TYPES:
         problems.append(f"<error/> attributes {sorted(map(str, error.attributes))}")
     if _text(error):
         problems.append("<error/> holds text")
     conditions = _elements(error)
-    if len(conditions) != 1 or conditions[0].uri != STANZA_ERROR_NS \
+    if len(conditions) != 1 or conditions[0].uri != STANZA_ERRORS_NS \
             or conditions[0].name not in STANZA_ERROR_CONDITIONS \
             or conditions[0].attributes or conditions[0].children:
         problems.append("<error/> does not hold exactly one empty defined condition")

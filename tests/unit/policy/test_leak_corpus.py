@@ -25,7 +25,8 @@ from guard.core.addressing import Addressed, check_addressing
 from guard.core.pipeline import Direction, Verdict, judge_fail_closed
 from guard.core.policy import load_policy
 from guard.core.policy.elements import clone, parse_stanza_text
-from guard.core.policy.shapes import EVERYTHING, STANZA_ERROR_NS, XML_LANG
+from guard.core.policy.shapes import EVERYTHING
+from guard.core.vocabulary import STANZA_ERRORS_NS, XML_LANG
 from guard.edges.xmlstream import StreamFault, StreamParser, serialise
 
 from .allowed import disallowed_parts, size_problem, tree
@@ -167,7 +168,7 @@ def hiding_places(stanza):
     places.append(variant("foreign child", lambda s, t: s.addChild(_element(FOREIGN, "x", MARKER))))
     if stanza.getAttribute("type") == "error":
         places.append(variant("echoed body beside the error", lambda s, t: s.addElement((root, "body"), content=MARKER)))
-        places.append(variant("error text", lambda s, t: _first(s, "error").addElement((STANZA_ERROR_NS, "text"),
+        places.append(variant("error text", lambda s, t: _first(s, "error").addElement((STANZA_ERRORS_NS, "text"),
                                                                                       content=MARKER)))
         places.append(variant("error by", lambda s, t: _first(s, "error").attributes.__setitem__("by", MARKER)))
     for child in [c for c in stanza.children if isinstance(c, domish.Element)]:
