@@ -127,7 +127,7 @@ def link_leg(checker, table, key, known=LINK_KEYS, stanza_bytes: int = ParserLim
         max_delay=_number(checker, table, "backoff_max", key, backoff_defaults.max_delay),
         jitter=_number(checker, table, "backoff_jitter", key, backoff_defaults.jitter, at_most=1),
     )
-    open_timeout = _number(checker, table, "open_timeout", key, 30.0)
+    open_timeout = _number(checker, table, "open_timeout", key, LegConfig.open_timeout)
     try:
         from guard.edges.link.tls import LinkTLS
 

@@ -2,22 +2,25 @@
 Every limit the guard enforces, with its default.  Each one is checked by the
 code named beside it and has a test; a limit that is declared here and not
 enforced is a defect.
+
+The stream parser's limits are declared once, in
+``guard.edges.xmlstream.ParserLimits`` (beside the parser that enforces
+them); ``Limits`` extends it, so the ``[limits]`` table sets both with the
+same keys and the same defaults.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
 
+from guard.edges.xmlstream import ParserLimits
+
 
 @dataclass(frozen=True)
-class Limits:
-    # Enforced by the stream parser (guard.edges.xmlstream.ParserLimits).
-    stanza_bytes: int = 512 * 1024
-    element_depth: int = 48
-    attributes_per_element: int = 64
-    attribute_value_bytes: int = 16 * 1024
-    children_per_stanza: int = 5000
-    header_bytes: int = 4096
+class Limits(ParserLimits):
+    """The parser's limits (stanza_bytes, element_depth, attributes_per_element, attribute_value_bytes,
+    children_per_stanza, header_bytes: see ParserLimits) and every other limit of a guard process."""
+
     # Enforced by InboundStream before a stream is authenticated.
     preauth_bytes: int = 8 * 1024
     preauth_elements: int = 32
@@ -72,17 +75,9 @@ class Limits:
     # its wire size in memory: size the budget for that.
     memory_budget_bytes: int = 32 * 1024 * 1024
 
-    def parser_limits(self):
-        from guard.edges.xmlstream import ParserLimits
-
-        return ParserLimits(
-            stanza_bytes=self.stanza_bytes,
-            element_depth=self.element_depth,
-            attributes_per_element=self.attributes_per_element,
-            attribute_value_bytes=self.attribute_value_bytes,
-            children_per_stanza=self.children_per_stanza,
-            header_bytes=self.header_bytes,
-        )
+    def parser_limits(self) -> ParserLimits:
+        """The stream parser's part of these limits."""
+        return ParserLimits(**{limit.name: getattr(self, limit.name) for limit in fields(ParserLimits)})
 
     @classmethod
     def names(cls) -> tuple[str, ...]:

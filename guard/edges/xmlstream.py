@@ -79,7 +79,8 @@ _NESTED_STREAM = (STREAMS_NS, "stream")
 
 @dataclass(frozen=True)
 class ParserLimits:
-    """How much one peer may make the parser hold; every limit is enforced and tested."""
+    """How much one peer may make the parser hold; every limit is enforced and tested.  Declared here only:
+    ``guard.edges.limits.Limits`` extends this class, so the ``[limits]`` table sets these with the same keys."""
 
     stanza_bytes: int = 512 * 1024  # bytes of one top-level element, start tag to end tag
     element_depth: int = 48  # nesting depth inside one stanza (stanza itself = depth 1)
