@@ -10,7 +10,7 @@ import os
 import signal
 import sys
 
-from .config import ConfigError, load_config
+from .config import ConfigError, check_writable, load_config, written_files
 
 
 def _run(arguments) -> int:
@@ -92,22 +92,72 @@ def _load_process(path, reactor):
     return config, GuardService(config, reactor)
 
 
-def _check_config(arguments) -> int:
-    from twisted.internet.testing import MemoryReactorClock
+def checked_configuration(path):
+    """
+    The configuration at ``path`` and a one-line summary of it, after every
+    check that starts nothing: keys and values, the files it names, the
+    certificates, keys and CA bundles (loaded), each policy (for the
+    direction it judges) and the test cases beside it, and that the audit
+    trail and the status file could be written.  No service is built: nothing
+    is opened for writing, created, bound or connected.  ConfigError names
+    the file and the key of the first problem.
+    """
+    from .half_config import is_half_config
+    from .service import load_checked_policy, load_side_material
 
+    if is_half_config(path):
+        from guard.edges.link.tls import certificate_fingerprint
+
+        from .half import half_policy_files
+        from .half_config import load_half_config
+
+        config = load_half_config(path)
+        sides = {config.side.name: config.side}
+        policies = half_policy_files(config)
+        summary = f"; half of a pair, link fingerprint {certificate_fingerprint(config.link.leg.certificate)}"
+    else:
+        from .service import policy_files
+
+        config = load_config(path)
+        sides = config.sides
+        policies = policy_files(config)
+        summary = ""
+    for side in sides.values():
+        load_side_material(config.path, side)
+    for direction, key, policy_path in policies:
+        _check_cases(config.path, key, policy_path, load_checked_policy(config.path, key, policy_path, direction))
+    for key, written, replaced in written_files(config.settings):
+        check_writable(config.path, key, written, replaced)
+    counts = ", ".join(f"{name}: {len(side.domains)} domains" for name, side in sides.items())
+    return config, counts + summary
+
+
+def _check_cases(config_path: str, key: str, policy_path: str, policy) -> None:
+    """ConfigError naming ``key`` when the test cases beside the policy (if it has any) do not all pass."""
+    from guard.core.policy import PolicyError
+    from guard.core.policy.cases import cases_path, run_cases
+
+    tests = cases_path(policy_path)
+    if not os.path.exists(tests):
+        return
+    try:
+        results = run_cases(policy, tests)
+    except PolicyError as problem:
+        raise ConfigError(f"{config_path}: {key}: {problem}") from problem
+    for result in results:
+        for failure in result.failures:
+            raise ConfigError(f"{config_path}: {key}: {tests}: case {result.name!r}: {failure}")
+
+
+def _check_config(arguments) -> int:
     status = 0
     for path in arguments.config:
         try:
-            config, process = _load_process(path, MemoryReactorClock())
+            _, summary = checked_configuration(path)
         except ConfigError as problem:
             print(f"{problem}", file=sys.stderr)
             status = 1
             continue
-        sides = getattr(config, "sides", None) or {config.side.name: config.side}
-        summary = ", ".join(f"{name}: {len(side.domains)} domains" for name, side in sides.items())
-        leg = getattr(process, "leg", None)
-        if leg is not None:
-            summary += f"; half of a pair, link fingerprint {leg.tls.fingerprint}"
         print(f"{path}: OK ({summary})")
     return status
 
@@ -125,10 +175,8 @@ def _signal_running(arguments, signum) -> int:
 
 def _reload(arguments) -> int:
     if arguments.config:
-        from twisted.internet.testing import MemoryReactorClock
-
         try:
-            _load_process(arguments.config, MemoryReactorClock())
+            checked_configuration(arguments.config)
         except ConfigError as problem:
             print(f"guard: reload refused: {problem}", file=sys.stderr)
             return 1

@@ -139,6 +139,32 @@ class _Checker:
         return resolved
 
 
+def check_writable(config_path: str, key: str, path: str, replaced: bool = False) -> None:
+    """
+    ConfigError naming ``key`` unless the guard could write the file at
+    ``path``: an existing regular file it may write, or a new one in a folder
+    it may write (always the folder for a file ``replaced`` through a
+    temporary file beside it).  Nothing is opened or created: ``guard
+    check-config`` calls this instead of opening the file.
+    """
+    folder = os.path.dirname(path) or "."
+    if not os.path.isdir(folder):
+        raise ConfigError(f"{config_path}: {key}: no such folder: {folder}")
+    if os.path.exists(path) and not os.path.isfile(path):
+        raise ConfigError(f"{config_path}: {key}: not a regular file: {path}")
+    if os.path.exists(path) and not os.access(path, os.W_OK):
+        raise ConfigError(f"{config_path}: {key}: cannot write {path}")
+    if (replaced or not os.path.exists(path)) and not os.access(folder, os.W_OK | os.X_OK):
+        raise ConfigError(f"{config_path}: {key}: cannot create files in {folder} (for {path})")
+
+
+def written_files(settings: GuardSettings) -> list[tuple[str, str, bool]]:
+    """(configuration key, path, replaced) of each file a guard process writes: the audit trail (appended
+    to) and the status file (replaced through a temporary file beside it)."""
+    named = (("guard.audit", settings.audit_path, False), ("guard.status", settings.status_path, True))
+    return [(key, path, replaced) for key, path, replaced in named if path is not None]
+
+
 def _domain_ok(name: str) -> bool:
     from guard.core.addressing import parse_jid
 

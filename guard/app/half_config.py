@@ -17,7 +17,7 @@ from guard.core.topology import Topology
 from guard.edges.link.dialler import Backoff
 from guard.edges.link.leg import LegConfig
 from guard.edges.link.link import LinkSettings
-from guard.edges.link.tls import normalise_fingerprint
+from guard.edges.link.tls import PeerCheck, normalise_fingerprint
 from guard.edges.limits import Limits
 from guard.edges.xmlstream import ParserLimits
 
@@ -134,6 +134,11 @@ def link_leg(checker, table, key, known=LINK_KEYS, stanza_bytes: int = ParserLim
         LinkTLS(certificate, key_file)
     except Exception as problem:  # noqa: BLE001 - report any load fault
         checker.fail(f"{key}.certificate", f"cannot use {certificate} with {key_file}: {problem}")
+    if ca is not None:
+        try:
+            PeerCheck(peer, tuple(pins), ca)
+        except Exception as problem:  # noqa: BLE001 - report any load fault
+            checker.fail(f"{key}.ca", f"cannot use {ca}: {problem}")
     return LegConfig(name, peer, certificate, key_file, tuple(pins), ca, listen, dial, settings, backoff, open_timeout)
 
 

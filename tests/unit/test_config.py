@@ -1,5 +1,6 @@
 """The configuration is checked at load time and every error names the file and the key."""
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -104,3 +105,76 @@ def test_separate_client_certificate_loads_and_goes_with_its_key(tmp_path, confi
     with pytest.raises(ConfigError) as raised:
         load_config(str(write(tmp_path, half)))
     assert "sides.red.certificates[0].client_key: client_certificate and client_key go together" in str(raised.value)
+
+
+def check_config(*paths):
+    """`guard check-config` on ``paths``, in a process of its own: (exit status, stdout, stderr)."""
+    result = subprocess.run([sys.executable, "-m", "guard", "check-config", *map(str, paths)],
+                            capture_output=True, text=True, cwd=PROJECT, timeout=60)
+    return result.returncode, result.stdout.strip(), result.stderr.strip()
+
+
+def with_guard_options(**options):
+    return render_guard_config(pki(), "certificate", log_level="info", guard_options=options)
+
+
+def test_check_config_builds_no_service_and_creates_no_file(tmp_path):
+    """check-config checks a configuration naming an audit trail and a status file without creating either (it opened the audit trail before)."""
+    audit, status = tmp_path / "trail" / "audit.jsonl", tmp_path / "trail" / "status.json"
+    audit.parent.mkdir()
+    path = write(tmp_path, with_guard_options(audit=str(audit), status=str(status)))
+    assert check_config(path) == (0, f"{path}: OK (red: 2 domains, blue: 2 domains)", "")
+    assert list(audit.parent.iterdir()) == []
+
+
+def test_check_config_names_an_audit_trail_in_a_folder_that_does_not_exist_and_creates_nothing(tmp_path):
+    """An audit trail in a missing folder is a problem naming the file and guard.audit; the folder is not made."""
+    audit = tmp_path / "missing" / "audit.jsonl"
+    path = write(tmp_path, with_guard_options(audit=str(audit)))
+    status, out, err = check_config(path)
+    assert (status, out) == (1, "")
+    assert err == f"{path}: guard.audit: no such folder: {audit.parent}"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["guard.toml"]
+
+
+def test_check_config_names_an_audit_trail_that_is_not_a_file(tmp_path):
+    """An audit path that is a folder is refused, naming guard.audit, without opening it."""
+    audit = tmp_path / "audit.jsonl"
+    audit.mkdir()
+    path = write(tmp_path, with_guard_options(audit=str(audit)))
+    assert check_config(path) == (1, "", f"{path}: guard.audit: not a regular file: {audit}")
+
+
+def test_check_config_names_an_audit_trail_in_a_folder_it_may_not_write(tmp_path, monkeypatch, capsys):
+    """An audit trail (or status file) in a folder the guard may not write is a problem naming the file and the key; nothing is created.
+
+    The operating system's answer is simulated for that one folder: these tests run as root, whom access() never refuses."""
+    from guard.app import cli
+
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda where, mode: (False if str(where) == str(locked) and mode & os.W_OK
+                                                           else real_access(where, mode)))
+    for key, options in (("guard.audit", {"audit": str(locked / "audit.jsonl")}),
+                         ("guard.status", {"status": str(locked / "status.json")})):
+        path = write(tmp_path, with_guard_options(**options))
+        assert cli.main(["check-config", str(path)]) == 1
+        captured = capsys.readouterr()
+        written = options.get("audit") or options.get("status")
+        assert (captured.out, captured.err) == ("", f"{path}: {key}: cannot create files in {locked} (for {written})\n")
+    assert list(locked.iterdir()) == []
+
+
+def test_check_config_runs_the_test_cases_beside_a_policy(tmp_path):
+    """A policy whose own test cases fail is a problem naming the policy's key, the cases file and the case."""
+    policy = tmp_path / "policy.toml"
+    policy.write_text((PROJECT / "policies" / "allow-all.toml").read_text())
+    (tmp_path / "policy.tests.toml").write_text(
+        "[[cases]]\nname = 'chat is dropped'\n"
+        "stanza = \"<message from='alice@red.example' to='bob@blue.example' type='chat'><body>hi</body></message>\"\n"
+        "verdict = 'drop'\n")
+    path = write(tmp_path, render_guard_config(pki(), "certificate", policy=policy, log_level="info"))
+    status, out, err = check_config(path)
+    assert (status, out) == (1, "")
+    assert err.startswith(f"{path}: sides.red.policy: {tmp_path / 'policy.tests.toml'}: case 'chat is dropped': ")

@@ -72,6 +72,7 @@ def test_the_sample_halves_load(tree):
     ([('key = "../../run/pair-pki/half-a.key"', 'key = "../../run/pair-pki/half-b.key"')], "", "link.certificate"),
     ([('import_policy = "../../policies/allow-all.toml"', 'import_policy = "missing.toml"')], "",
      "link.import_policy"),
+    ([('ca = "../../run/pair-pki/link-ca.pem"', 'ca = "../../run/pair-pki/half-a.key"')], "", "link.ca: cannot use"),
 ])
 def test_mistakes_name_the_file_and_the_key(tree, replace, add, key):
     """Each broken variant of half-a.toml is refused with a message naming the file and the key."""
@@ -108,3 +109,17 @@ def test_a_reload_judges_the_stanzas_waiting_on_the_link_again(tree):
     finally:
         policy.write_text(saved)
     service.audit.close()
+
+
+def test_check_config_checks_a_half_without_building_it(tree, capsys):
+    """`guard check-config` on a half loads its certificates, CA and policies and creates neither its audit trail nor its status file."""
+    from guard.app import cli
+
+    path = tree / "deploy" / "pair" / "half-a.toml"
+    written = [tree / "run" / "half-a-audit.jsonl", tree / "run" / "half-a-status.json"]
+    for left_by_another_test in written:
+        left_by_another_test.unlink(missing_ok=True)
+    assert cli.main(["check-config", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"{path}: OK (red: 2 domains; half of a pair, link fingerprint ")
+    assert [file for file in written if file.exists()] == []
