@@ -393,7 +393,8 @@ def test_a_link_failure_text_passed_to_undeliverable_never_reaches_the_bounce():
 
     world = World()
     stanza = parse(MESSAGE.format(id="m1", body="hello"))
-    world.relay.undeliverable(Parcel(stanza, stanza), "remote-server-timeout", f"peer said {MARKER}")
+    ticket = world.relay.settlement.accept(stanza, ("red.example", "blue.example"), 100, RED_TO_BLUE, 0)
+    world.relay.undeliverable(Parcel(stanza, stanza, ticket), "remote-server-timeout", f"peer said {MARKER}")
     world.ready("red", "blue.example", "red.example")
     (_, _, xml), = world.sent()
     assert MARKER not in xml and "the guard could not deliver this stanza in time" in xml

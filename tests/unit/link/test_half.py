@@ -42,10 +42,11 @@ class RecordingAudit:
 
 class RecordingLink:
     def __init__(self):
-        self.sent = []
+        self.sent, self.parcels = [], []
 
     def send(self, parcel):
         self.sent.append(serialise(parcel.stanza))
+        self.parcels.append(parcel)
 
 
 class RecordingLeg:
@@ -133,12 +134,9 @@ def test_the_link_settles_parcels_in_the_books():
     addressed = check_addressing(stanza, {("red.example", "blue.example")}, {"blue.example"})
     relay.stanza_received(RedSide(), stanza, addressed, 80)
     relay.stanza_received(RedSide(), stanza, addressed, 80)
-
-    class Parcel:
-        original = stanza
-
-    relay.link_delivered(Parcel())
-    relay.link_undeliverable(Parcel(), "remote-server-timeout", "the link to the peer half is down")
+    first, second = link.parcels
+    relay.link_delivered(first)
+    relay.link_undeliverable(second, "remote-server-timeout", "the link to the peer half is down")
     assert relay.books.summary()["delivered"] == 1 and relay.books.summary()["bounced"] == 1
     assert len(to_red.queue) == 1 and 'type="error"' in to_red.queue[0]
     assert audit.records == [("bounce", "guard:remote-server-timeout", None)]
