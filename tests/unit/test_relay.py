@@ -800,3 +800,19 @@ def test_a_pass_without_notes_is_not_recorded_when_the_trail_records_only_refusa
     world = World()
     world.arrive(MESSAGE.format(id="m1", body="hello"))
     assert world.audit.records == []
+
+
+def test_a_parcel_reported_twice_by_a_carrier_is_settled_once_and_bounces_nobody():
+    """A carrier that reports a delivered parcel again, or then gives it up, changes no count and sends no bounce."""
+    world = World()
+    reported = []
+    settle = world.relay.delivered
+    world.relay.delivered = lambda parcel: (reported.append(parcel), settle(parcel))
+    world.arrive(MESSAGE.format(id="m1", body="hello"))
+    world.ready("blue", "red.example", "blue.example")
+    (parcel,) = reported
+    world.relay.delivered(parcel)
+    world.relay.undeliverable(parcel, "remote-server-timeout", "reported late")
+    assert (world.books.accepted, world.books.delivered, world.books.bounced, world.books.in_flight) == (1, 1, 0, 0)
+    assert world.relay.settlement.counts["refused"] == 2
+    assert not any(entry[0] == "open" and entry[1] == "red" for entry in world.log) and world.audit.records == []
