@@ -79,6 +79,9 @@ class AuditObserver(SettlementObserver):
     every decision (level "all") or a rule asked for a note (its ``log``).
     A record that cannot be written is logged and raised as
     ``RecordUnavailable`` (the settlement core halts relaying, if so configured).
+    It also logs what the operator must see at once: relaying halted, and a
+    second settlement of a stanza refused (a fault in the guard, counted by
+    the core, never written to the trail).
     """
 
     def __init__(self, trail):
