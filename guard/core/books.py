@@ -42,10 +42,10 @@ class Books(SettlementObserver):
     # -- as an observer of settlement (guard.core.settlement.ISettlementObserver)
 
     def stanza_accepted(self, ticket):
-        self.accept()
+        self.accepted += 1
 
     def stanza_delivered(self, event):
-        self.deliver()
+        self.delivered += 1
 
     def stanza_bounced(self, event):
         self.bounce(event.rule)

@@ -389,3 +389,25 @@ def test_the_books_and_the_audit_trail_are_settlement_observers_and_a_new_one_is
     ticket = core.accept(1)
     core.settlement.judged(ticket, Judgement.dropped(ticket.stanza, "d"))
     assert metrics.heard == [("accepted", "m1"), ("drop", ("m1", "d", None))]
+
+
+def test_an_observer_that_overrides_one_method_hears_only_that_and_others_still_hear_all():
+    """A metrics-like observer overriding only stanza_dropped is told drops; observers added later hear from then on."""
+    class Drops(SettlementObserver):
+        def __init__(self):
+            self.rules = []
+
+        def stanza_dropped(self, event):
+            self.rules.append(event.rule)
+
+    drops = Drops()
+    core = Core(more=(drops,))
+    first = core.accept(1)
+    core.settlement.judged(first, Judgement.dropped(first.stanza, "d1"))
+    late = Recorder()
+    core.settlement.observe(late)
+    second = core.accept(2)
+    core.settlement.judged(second, Judgement.dropped(second.stanza, "d2"))
+    assert drops.rules == ["d1", "d2"]
+    assert late.heard == [("accepted", "m2"), ("drop", ("m2", "d2", None))]
+    core.check()
