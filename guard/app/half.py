@@ -12,16 +12,18 @@ import policy: nothing the peer half decided is trusted.
 
 from __future__ import annotations
 
+from dataclasses import replace
 
 from twisted.internet import defer
 from twisted.logger import Logger
 
 from guard.core.accepted import accepted_from_element
 from guard.core.addressing import Misaddressed, check_addressing, parse_jid
-from guard.core.pipeline import Direction, Verdict, judge_fail_closed
+from guard.core.pipeline import Direction, judge_fail_closed
+from guard.core.settlement import Deliver
 from guard.edges.link.leg import LinkLeg
 from guard.edges.link.link import NOT_WRITABLE, REFUSED_CONDITION, TOO_LARGE
-from guard.edges.relay import BOUNCE_LOST_RULE, MEMORY_HOLD, Relay, Ticket
+from guard.edges.relay import MEMORY_HOLD, Relay, Ticket
 from guard.edges.release import reparse_stanza
 from guard.edges.xmlstream import OversizedStanza, ParserLimits, serialise
 
@@ -140,18 +142,19 @@ class HalfRelay(Relay):
         sender, recipient = parse_jid(original.getAttribute("from")), parse_jid(original.getAttribute("to"))
         pair = (sender.host if sender else "", recipient.host if recipient else "")
         # The ticket keeps the whole stanza (the parcel's original is only its top element): a refer that is
-        # judged once more, after another reload, must see what would leave, body included.
-        ticket = Ticket(stanza, pair, len(carried.data), direction, self.policies.generation)
-        if judgement.verdict is Verdict.PASS:
-            if not self._recorded_pass(judgement, ticket):
-                return None  # the pass cannot be recorded: bounced, and the guard stops relaying
-            try:
-                return serialise(judgement.stanza, max_bytes=limits.stanza_bytes).encode("utf-8")
-            except OversizedStanza:
-                self.undeliverable(parcel, REFUSED_CONDITION, TOO_LARGE)
-                return None
-        self._act(judgement, ticket)  # bounce, refer or drop, as for any judged stanza
-        return None
+        # judged once more, after another reload, must see what would leave, body included.  It keeps the
+        # number the settlement gave the stanza when it was accepted (none: the settlement refuses it).
+        ticket = replace(parcel.ticket or Ticket(stanza, pair, 0, direction, 0), stanza=stanza, pair=pair,
+                         size=len(carried.data), direction=direction, generation=self.policies.generation)
+        action = self._settle(ticket, judgement)
+        if not isinstance(action, Deliver):
+            self._act(action)  # bounced, referred or dropped, as any judged stanza (a pass not recorded: bounced)
+            return None
+        try:
+            return serialise(action.parcel.stanza, max_bytes=limits.stanza_bytes).encode("utf-8")
+        except OversizedStanza:
+            self.undeliverable(parcel, REFUSED_CONDITION, TOO_LARGE)
+            return None
 
     # -- the link's owner calls -------------------------------------------
 
@@ -160,9 +163,10 @@ class HalfRelay(Relay):
         recipient = element.getAttribute("to") or ""
         verdict = check_addressing(element, self._link_pairs, self.topology.hosted_on(self.own_side))
         if isinstance(verdict, Misaddressed):
-            self.books.accept()
-            self._drop(element, LINK_MISADDRESSED_RULE, 1, Direction(self.far.name, self.own_side),
-                       f"{verdict.condition}: {verdict.text} (to {recipient!r})")
+            ticket = self.settlement.accept(element, ("", ""), size, Direction(self.far.name, self.own_side),
+                                            self.policies.generation)
+            self.settlement.drop(ticket, LINK_MISADDRESSED_RULE, 1,
+                                 f"{verdict.condition}: {verdict.text} (to {recipient!r})")
             return
         self.stanza_received(self.far, element, verdict, size)
 
@@ -175,10 +179,10 @@ class HalfRelay(Relay):
     def link_in_doubt(self, parcel):
         """Written to the peer, never acknowledged, and this half stops: neither bounced nor delivered; audited."""
         if parcel.original is None:
-            self.bounces_lost += 1  # one of our own bounces that may never arrive: audited, as Relay does
-            self._audit("bounce-lost", parcel.stanza, BOUNCE_LOST_RULE, 1, None, detail=IN_DOUBT_TEXT)
+            self.settlement.bounce_lost(parcel, IN_DOUBT_TEXT)  # one of our own bounces that may never arrive
             return
-        self._drop(parcel.original, LINK_IN_DOUBT_RULE, 1, Direction(self.own_side, self.far.name), IN_DOUBT_TEXT)
+        self.settlement.drop(parcel.ticket, LINK_IN_DOUBT_RULE, 1, IN_DOUBT_TEXT, stanza=parcel.original,
+                             direction=Direction(self.own_side, self.far.name))
 
     # -- shutdown (deploy/pair/PAIR.md has the table of what happens when) -----
 

@@ -1,7 +1,9 @@
 """
 The books: every stanza the guard accepts is accounted for exactly once, as
 delivered, bounced or dropped.  ``balanced`` says whether they add up once
-nothing is in flight.
+nothing is in flight.  The books observe the settlement core
+(guard.core.settlement), which keeps the exactly-once invariant: they only
+count what it tells them.
 """
 
 from __future__ import annotations
@@ -9,9 +11,13 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 
+from guard.core.settlement import SettlementObserver
+
 
 @dataclass
-class Books:
+class Books(SettlementObserver):
+    """The counts of a guard's settlements, by outcome and by the rule that bounced or dropped."""
+
     accepted: int = 0
     delivered: int = 0
     bounced: int = 0
@@ -32,6 +38,20 @@ class Books:
     def drop(self, reason: str):
         self.dropped += 1
         self.drop_reasons[reason] += 1
+
+    # -- as an observer of settlement (guard.core.settlement.ISettlementObserver)
+
+    def stanza_accepted(self, ticket):
+        self.accepted += 1
+
+    def stanza_delivered(self, event):
+        self.delivered += 1
+
+    def stanza_bounced(self, event):
+        self.bounce(event.rule)
+
+    def stanza_dropped(self, event):
+        self.drop(event.rule)
 
     @property
     def settled(self) -> int:

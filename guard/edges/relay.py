@@ -20,18 +20,28 @@ from __future__ import annotations
 
 import enum
 from collections import deque
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
 from twisted.internet.endpoints import HostnameEndpoint, connectProtocol
 from twisted.logger import Logger
 
 from guard.core.accepted import accept, accepted_from_element
-from guard.core.addressing import parse_jid
 from guard.core.books import HeldBytes
-from guard.core.bounce import error_reply, guard_text, may_bounce, peer_detail
-from guard.core.pipeline import Direction, Verdict, judge_fail_closed
+from guard.core.bounce import peer_detail
+from guard.core.pipeline import Direction, judge_fail_closed
+from guard.core.settlement import (
+    BOUNCE_LOST_RULE,
+    INTERNAL_FAULT_RULE,
+    Deliver,
+    Parcel,
+    Refer,
+    ReturnBounce,
+    Settlement,
+    Ticket,
+    released_stanza,
+)
 
-from .audit import AuditUnavailable
+from .audit import AuditObserver
 from .limits import Limits
 from .s2s.outbound import OutboundStream
 from .s2s.verification import Verifier
@@ -39,45 +49,14 @@ from .xmlstream import OversizedStanza
 
 log = Logger()
 
-
-@dataclass(frozen=True)
-class Ticket:
-    """What the relay keeps about an accepted stanza until it is settled, so that it can be judged again."""
-
-    stanza: object  # the accepted stanza, as received (never sent: it is what the policy judges)
-    pair: tuple[str, str]  # (sender domain, receiver domain)
-    size: int  # wire bytes, as the parser counted them
-    direction: Direction
-    generation: int  # of the policies that judged it
-
-
-@dataclass(frozen=True)
-class Parcel:
-    """A stanza on its way out; ``original`` is the accepted stanza it settles (None for our own bounces).
-    ``ticket`` lets the relay judge it again after a reload; ``size`` is what it counts for in byte bounds."""
-
-    stanza: object
-    original: object | None
-    ticket: Ticket | None = None
-    size: int = 0
+__all__ = ["BOUNCE_LOST_RULE", "INTERNAL_FAULT_RULE", "Parcel", "PolicyTable", "Relay", "Ticket"]
 
 
 # What one of our own bounces counts for in byte bounds besides its addresses and id.
 BOUNCE_BYTES = 256
 
-# The rule an audit record names when a fault in the guard bounced the stanza it was relaying.
-INTERNAL_FAULT_RULE = "guard:internal-error"
-
-# The rule an audit record names when one of our own bounces cannot be delivered.
-BOUNCE_LOST_RULE = "guard:bounce-lost"
-
 # The reason a stream is held while what the guard holds is over its budget.
 MEMORY_HOLD = "memory budget"
-
-
-def audited_notes(notes) -> dict:
-    """The audit field for a judgement's notes (the rules' ``log`` texts), each bounded and escaped; none: no field."""
-    return {"notes": [peer_detail(note) for note in notes]} if notes else {}
 
 
 class PolicyTable:
@@ -96,25 +75,44 @@ class PolicyTable:
 
 
 class Relay:
+    """
+    The I/O around the settlement core (guard.core.settlement): judges each
+    accepted stanza with the policy in force, asks the core what to do, and
+    does it (carriers, the release authority).  The books and the audit trail
+    observe the core; ``observers`` adds more (metrics).
+    """
+
     def __init__(self, topology, policies: PolicyTable, books, audit, reactor, stop_on_audit_failure=True,
-                 open_stream=None, release_authority=None):
+                 open_stream=None, release_authority=None, observers=()):
         self.topology = topology
         self.release_authority = release_authority
         self.open_stream = open_stream or self._open_tcp_stream
         self.policies = policies
         self.books = books
         self.audit = audit
+        self.settlement = Settlement(topology, (books, AuditObserver(audit), *observers), stop_on_audit_failure)
         self.reactor = reactor
         self.sides = {}
         self.links: dict[tuple[str, str, str], OutboundLink] = {}
-        self.stop_on_audit_failure = stop_on_audit_failure
-        self.halted_reason: str | None = None
         self.stopping = False
         self.held = HeldBytes.for_budget(Limits().memory_budget_bytes)
         # The stanzas waiting for the release authority, by a token of each question (oldest first):
         # each is settled once, by the answer or, if the guard stops first, by a bounce.
         self.referred: dict[object, Ticket] = {}
-        self.bounces_lost = 0  # our own bounces that could not be delivered (each audited)
+
+    @property
+    def halted_reason(self) -> str | None:
+        """Why the guard does not relay (the audit trail could not be written), or None while it does."""
+        return self.settlement.halted_reason
+
+    @halted_reason.setter
+    def halted_reason(self, reason: str | None) -> None:
+        self.settlement.halted_reason = reason
+
+    @property
+    def bounces_lost(self) -> int:
+        """Our own bounces that could not be delivered (each audited)."""
+        return self.settlement.counts["bounce-lost"]
 
     def add_side(self, side):
         side.relay = self
@@ -132,44 +130,39 @@ class Relay:
         once accepted, a stanza is taken, so the fault does not travel back
         to the stream (or link) that brought it.
         """
-        self.books.accept()
-        settled, held = self.books.settled, self.held.held
+        direction = Direction(side.name, self.topology.far_side(side.name))
+        ticket = self.settlement.accept(stanza, addressed.pair, size, direction, self.policies.generation)
+        held = self.held.held
         try:
-            self._judge_and_act(side, stanza, addressed, size)
+            self._judge_and_act(side, ticket, addressed)
         except Exception:  # noqa: BLE001 - settled here, exactly once
             log.failure("a fault in the guard while relaying a stanza")
-            if self.books.settled == settled and self.held.held == held:
-                self._bounce(stanza, "internal-server-error", guard_text("internal-server-error"), INTERNAL_FAULT_RULE)
+            if self.settlement.is_open(ticket) and self.held.held == held:  # no carrier and no question holds it
+                self._act(self.settlement.fault(ticket))
 
-    def _judge_and_act(self, side, stanza, addressed, size):
-        if self.halted_reason is not None:
-            self._bounce(stanza, "service-unavailable", guard_text("service-unavailable"), "guard:halted")
+    def _judge_and_act(self, side, ticket, addressed):
+        if self.settlement.halted_reason is not None:
+            self._act(self.settlement.refused_while_halted(ticket))
             return
         if self.held.over:
             self._hold_inbound(getattr(side, "inbound_streams", ()))
-        generation = self.policies.generation
-        destination = self.topology.far_side(side.name)
-        direction = Direction(side.name, destination)
-        judgement, problem = judge_fail_closed(self.policies.current(direction), stanza, direction,
-                                               accept(stanza, addressed, size, direction))
+        direction = ticket.direction
+        judgement, problem = judge_fail_closed(self.policies.current(direction), ticket.stanza, direction,
+                                               accept(ticket.stanza, addressed, ticket.size, direction))
         if problem is not None:
             log.error("policy for {direction} failed on a stanza: {problem!r}", direction=str(direction), problem=problem)
-        self._act(judgement, Ticket(stanza, addressed.pair, size, direction, generation))
+        self._act(self._settle(ticket, judgement))
 
-    def _act(self, judgement, ticket):
-        """Do what ``judgement`` (of the stanza ``ticket`` keeps) says; the rules' ``log`` notes go to the audit."""
-        stanza, direction = ticket.stanza, ticket.direction
-        if judgement.verdict is Verdict.PASS:
-            if self._recorded_pass(judgement, ticket):
-                self._forward(direction.destination, ticket.pair, Parcel(judgement.stanza, stanza, ticket, ticket.size))
-        elif judgement.verdict is Verdict.BOUNCE:
-            self._bounce(stanza, judgement.condition or "not-allowed", judgement.text,
-                         judgement.rule_id, judgement.rule_rev, direction, notes=judgement.notes)
-        elif judgement.verdict is Verdict.REFER:
-            self._refer(judgement, ticket)
-        else:
-            self._drop(stanza, judgement.rule_id, judgement.rule_rev, direction, judgement.text,
-                       **audited_notes(judgement.notes))
+    def _settle(self, ticket, judgement):
+        """What the settlement core says to do with the stanza of ``ticket`` judged so."""
+        return self.settlement.judged(ticket, judgement, referable=self.release_authority is not None)
+
+    def _act(self, action):
+        """Carry out what the settlement core said: carry a parcel, or ask the release authority; None: nothing."""
+        if isinstance(action, (Deliver, ReturnBounce)):
+            self._forward(action.side, action.pair, action.parcel)
+        elif isinstance(action, Refer):
+            self._refer(action.ticket, action.judgement)
 
     def _judge_again(self, ticket):
         """Judge the accepted stanza of ``ticket`` by the policy in force now: (judgement, renewed ticket)."""
@@ -192,43 +185,21 @@ class Relay:
         if ticket is None or ticket.generation == self.policies.generation:
             return parcel
         judgement, renewed = self._judge_again(ticket)
-        if judgement.verdict is Verdict.PASS:
-            if not self._recorded_pass(judgement, renewed):
-                return None
-            return Parcel(judgement.stanza, renewed.stanza, renewed, renewed.size)
-        self._act(judgement, renewed)
+        action = self._settle(renewed, judgement)
+        if isinstance(action, Deliver):
+            return action.parcel
+        self._act(action)
         return None
 
-    def _recorded_pass(self, judgement, ticket) -> bool:
+    def _refer(self, ticket, judgement):
         """
-        Record the pass when the audit trail records every decision, or when a
-        rule asked for a note (its ``log``); False when it cannot be recorded
-        and the guard stops.
+        Ask the release authority about the stanza the policy judged; the
+        settlement core decides on the answer (guard.core.settlement.Settlement.answered).
+        A stanza the authority changed is judged by the policy again first; one
+        answered after a reload is judged from the start by the new policy.
+        While waiting, the stanza counts in the bytes the guard holds.
         """
-        if not getattr(self.audit, "records_passes", False) and not judgement.notes:
-            return True
-        if self._audit("pass", ticket.stanza, judgement.rule_id, judgement.rule_rev, ticket.direction,
-                       **audited_notes(judgement.notes)):
-            return True
-        if self.stop_on_audit_failure:
-            self._bounce(ticket.stanza, "service-unavailable", guard_text("service-unavailable"), "guard:halted")
-            return False
-        return True
-
-    def _refer(self, judgement, ticket):
-        """
-        Ask the release authority.  A release forwards the stanza the policy
-        judged; a stanza the authority changed is judged by the policy again
-        and leaves only as the policy lets it (pass, or refer: the authority
-        already answered for it).  A busy authority bounces
-        (resource-constraint); anything else drops.  While waiting, the
-        stanza counts in the bytes the guard holds.
-        """
-        stanza, direction = ticket.stanza, ticket.direction
-        if self.release_authority is None:
-            self._drop(stanza, judgement.rule_id, judgement.rule_rev, direction,
-                       "refer: no release authority (High Assurance Guard) is configured")
-            return
+        direction = ticket.direction
         question = object()
         self.referred[question] = ticket
         self.count_held(ticket.size)
@@ -237,28 +208,19 @@ class Relay:
             if self.referred.pop(question, None) is None:
                 return  # already settled: the guard stopped before the authority answered
             self.count_freed(ticket.size)
-            if release is not None and getattr(release, "busy", False):
-                self._bounce(stanza, "resource-constraint", guard_text("resource-constraint"),
-                             judgement.rule_id, judgement.rule_rev, direction, detail=release.reason)
-                return
-            if release is None or not release.released or release.stanza is None:
-                reason = release.reason if release is not None else "no answer"
-                self._drop(stanza, judgement.rule_id, judgement.rule_rev, direction, f"refer: {reason}")
-                return
-            if ticket.generation != self.policies.generation:
+            leaving = released_stanza(release)
+            if leaving is not None and ticket.generation != self.policies.generation:
                 # The policies were reloaded while the authority decided: the new one judges from the start.
-                self._act(*self._judge_again(ticket))
+                judgement_now, renewed = self._judge_again(ticket)
+                self._act(self._settle(renewed, judgement_now))
                 return
-            leaving, deciding = release.stanza, judgement
-            if leaving is not judgement.stanza:
+            again = None
+            if leaving is not None and leaving is not judgement.stanza:
                 again, problem = judge_fail_closed(self.policies.current(direction), leaving, direction)
-                if problem is not None or again.verdict not in (Verdict.PASS, Verdict.REFER):
-                    self._drop(stanza, again.rule_id, again.rule_rev, direction,
-                               "refer: the policy refuses the stanza as the release authority changed it")
-                    return
-                leaving, deciding = again.stanza, again
-            if self._recorded_pass(deciding, ticket):
-                self._forward(direction.destination, ticket.pair, Parcel(leaving, stanza, ticket, ticket.size))
+                if problem is not None:
+                    log.error("policy for {direction} failed on a released stanza: {problem!r}",
+                              direction=str(direction), problem=problem)
+            self._act(self.settlement.answered(ticket, judgement, release, again))
 
         def failed(failure):  # the authority client never errbacks; if it ever does, drop
             log.error("release authority failed: {f}", f=failure.getErrorMessage())
@@ -308,70 +270,21 @@ class Relay:
         link.enqueue(parcel)
 
     def delivered(self, parcel):
-        if parcel.original is not None:
-            self.books.deliver()
+        """A carrier wrote ``parcel``: the core settles what it carries as delivered."""
+        self.settlement.delivered(parcel)
 
     def undeliverable(self, parcel, condition, detail):
         """
-        A parcel could not be delivered: bounce what it settles with the
-        guard's own text for ``condition``; our own bounces end with an audit
-        record (``bounce-lost``) and a count, never in silence.
+        A parcel could not be delivered: the core bounces what it settles with
+        the guard's own text for ``condition``; our own bounces end with an
+        audit record (``bounce-lost``) and a count, never in silence.
         ``detail`` may hold what a far server said: it goes to the log and the
         audit trail (bounded, escaped), never into the bounce.
         """
-        detail = peer_detail(detail)
         if parcel.original is None:
-            self.bounces_lost += 1
-            log.info("bounce to {to} undeliverable: {detail}", to=parcel.stanza.getAttribute("to"), detail=detail)
-            self._audit("bounce-lost", parcel.stanza, BOUNCE_LOST_RULE, 1, None, condition=condition, detail=detail)
-            return
-        self._bounce(parcel.original, condition, guard_text(condition), f"guard:{condition}", detail=detail)
-
-    def _bounce(self, stanza, condition, text, rule_id, rule_rev=1, direction=None, detail=None, notes=()):
-        """Bounce ``stanza`` with ``text``, which is the guard's constant or the policy rule's (never a peer's);
-        ``detail`` (a peer's words, escaped) and the rules' ``notes`` are audited only."""
-        extra = {} if detail is None else {"detail": peer_detail(detail)}
-        extra.update(audited_notes(notes))
-        if not may_bounce(stanza):
-            self._drop(stanza, rule_id, rule_rev, direction, f"not bounced ({condition}): errors and results never are",
-                       **extra)
-            return
-        self.books.bounce(rule_id)
-        self._audit("bounce", stanza, rule_id, rule_rev, direction, condition=condition, text=text, **extra)
-        reply = error_reply(stanza, condition, text)
-        sender = parse_jid(stanza.getAttribute("from"))
-        recipient = parse_jid(stanza.getAttribute("to"))
-        side_name = self.topology.side_of(sender.host) if sender is not None else None
-        if side_name is None or recipient is None:
-            return
-        self._forward(side_name, (recipient.host, sender.host), Parcel(reply, None))
-
-    def _drop(self, stanza, rule_id, rule_rev, direction, text=None, **extra):
-        self.books.drop(rule_id)
-        self._audit("drop", stanza, rule_id, rule_rev, direction, text=text, **extra)
-
-    def _audit(self, event, stanza, rule_id, rule_rev, direction, **extra) -> bool:
-        """Write one audit record; False (and, if so configured, the guard stops relaying) when it cannot be."""
-        try:
-            self.audit.record(
-                event,
-                rule=rule_id,
-                rev=rule_rev,
-                direction=str(direction) if direction else None,
-                kind=stanza.name,
-                type=stanza.getAttribute("type"),
-                id=stanza.getAttribute("id"),
-                sender=stanza.getAttribute("from"),
-                recipient=stanza.getAttribute("to"),
-                **extra,
-            )
-        except AuditUnavailable as problem:
-            log.critical("AUDIT TRAIL UNAVAILABLE: {problem}", problem=str(problem))
-            if self.stop_on_audit_failure and self.halted_reason is None:
-                self.halted_reason = f"audit trail unavailable: {problem}"
-                log.critical("the guard stops relaying: {reason}", reason=self.halted_reason)
-            return False
-        return True
+            log.info("bounce to {to} undeliverable: {detail}", to=parcel.stanza.getAttribute("to"),
+                     detail=peer_detail(detail))
+        self._act(self.settlement.undeliverable(parcel, condition, detail))
 
     # -- back-pressure ----------------------------------------------------------
 

@@ -32,3 +32,81 @@ def test_the_level_all_says_passes_are_recorded_and_unknown_levels_are_refused()
     assert not AuditLog(None).records_passes
     with pytest.raises(ValueError):
         AuditLog(None, level="everything")
+
+
+# -- the audit trail as an observer of settlement (issue 10 item 1) -------------
+
+def settled_records(tmp_path, level="refusals", judge=None):
+    """The records a real settlement writes through AuditObserver for one stanza per judgement ``judge`` makes."""
+    from guard.core.pipeline import Direction
+    from guard.core.settlement import Settlement
+    from guard.core.topology import Topology
+    from guard.edges.audit import AuditObserver
+    from guard.edges.release import reparse_stanza
+
+    path = tmp_path / "audit.jsonl"
+    trail = AuditLog(str(path), clock=lambda: 5.0, level=level)
+    topology = Topology({"red": frozenset({"red.example"}), "blue": frozenset({"blue.example"})})
+    settlement = Settlement(topology, (AuditObserver(trail),))
+    for number, make in enumerate(judge):
+        stanza = reparse_stanza(f"<message from='romeo@red.example/a' to='juliet@blue.example' id='m{number}'/>")
+        ticket = settlement.accept(stanza, ("red.example", "blue.example"), 10, Direction("red", "blue"), 0)
+        action = settlement.judged(ticket, make(stanza))
+        if action is not None and hasattr(action, "parcel"):
+            settlement.undeliverable(action.parcel, "remote-server-not-found", "far \x1b said")
+    trail.close()
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+ADDRESSES = {"kind": "message", "type": None, "sender": "romeo@red.example/a", "recipient": "juliet@blue.example",
+             "time": 5.0}
+
+
+def test_the_audit_observer_writes_the_records_the_relay_always_wrote(tmp_path):
+    """Bounce, drop, pass with a note, a bounced pass and a lost bounce: same events, same fields as before the settlement core."""
+    from guard.core.pipeline import Judgement, Verdict
+
+    records = settled_records(tmp_path, judge=[
+        lambda stanza: Judgement.bounced(stanza, "no-bounces", "policy-violation", "not across", 3),
+        lambda stanza: Judgement.dropped(stanza, "no-drops", 2, "dropped"),
+        lambda stanza: Judgement(Verdict.PASS, stanza, "log-large", 1, notes=("large\n",)),
+        lambda stanza: Judgement.passed(stanza, "quiet"),
+    ])
+    assert records == [
+        {**ADDRESSES, "event": "bounce", "rule": "no-bounces", "rev": 3, "direction": "red->blue", "id": "m0",
+         "condition": "policy-violation", "text": "not across"},
+        {**ADDRESSES, "event": "bounce-lost", "rule": "guard:bounce-lost", "rev": 1, "direction": None, "id": "m0",
+         "kind": "message", "type": "error", "sender": "juliet@blue.example", "recipient": "romeo@red.example/a",
+         "condition": "remote-server-not-found", "detail": "far \\x1b said"},
+        {**ADDRESSES, "event": "drop", "rule": "no-drops", "rev": 2, "direction": "red->blue", "id": "m1",
+         "text": "dropped"},
+        {**ADDRESSES, "event": "pass", "rule": "log-large", "rev": 1, "direction": "red->blue", "id": "m2",
+         "notes": ["large\\n"]},
+        {**ADDRESSES, "event": "bounce", "rule": "guard:remote-server-not-found", "rev": 1, "direction": None,
+         "id": "m2", "condition": "remote-server-not-found", "text": "the guard could not reach the receiving server",
+         "detail": "far \\x1b said"},
+        {**ADDRESSES, "event": "bounce", "rule": "guard:remote-server-not-found", "rev": 1, "direction": None,
+         "id": "m3", "condition": "remote-server-not-found", "text": "the guard could not reach the receiving server",
+         "detail": "far \\x1b said"},
+    ]
+
+
+def test_with_level_all_every_pass_is_written(tmp_path):
+    """At level "all" a pass without a note is written too, with no notes field."""
+    from guard.core.pipeline import Judgement
+
+    (record, _) = settled_records(tmp_path, level="all", judge=[lambda stanza: Judgement.passed(stanza, "quiet")])
+    assert record == {**ADDRESSES, "event": "pass", "rule": "quiet", "rev": 1, "direction": "red->blue", "id": "m0"}
+
+
+def test_a_record_the_trail_cannot_write_is_unavailable_to_the_settlement():
+    """AuditUnavailable becomes RecordUnavailable naming the audit trail: the reason relaying halts."""
+    from guard.core.settlement import RecordUnavailable, SettlementEvent
+    from guard.edges.audit import AuditObserver
+    from guard.edges.release import reparse_stanza
+
+    trail = AuditLog(None)
+    trail.close()
+    stanza = reparse_stanza("<message from='romeo@red.example/a' to='juliet@blue.example' id='m1'/>")
+    with pytest.raises(RecordUnavailable, match="^audit trail unavailable: the audit trail: closed$"):
+        AuditObserver(trail).stanza_dropped(SettlementEvent("drop", stanza, "r"))

@@ -393,7 +393,8 @@ def test_a_link_failure_text_passed_to_undeliverable_never_reaches_the_bounce():
 
     world = World()
     stanza = parse(MESSAGE.format(id="m1", body="hello"))
-    world.relay.undeliverable(Parcel(stanza, stanza), "remote-server-timeout", f"peer said {MARKER}")
+    ticket = world.relay.settlement.accept(stanza, ("red.example", "blue.example"), 100, RED_TO_BLUE, 0)
+    world.relay.undeliverable(Parcel(stanza, stanza, ticket), "remote-server-timeout", f"peer said {MARKER}")
     world.ready("red", "blue.example", "red.example")
     (_, _, xml), = world.sent()
     assert MARKER not in xml and "the guard could not deliver this stanza in time" in xml
@@ -799,3 +800,19 @@ def test_a_pass_without_notes_is_not_recorded_when_the_trail_records_only_refusa
     world = World()
     world.arrive(MESSAGE.format(id="m1", body="hello"))
     assert world.audit.records == []
+
+
+def test_a_parcel_reported_twice_by_a_carrier_is_settled_once_and_bounces_nobody():
+    """A carrier that reports a delivered parcel again, or then gives it up, changes no count and sends no bounce."""
+    world = World()
+    reported = []
+    settle = world.relay.delivered
+    world.relay.delivered = lambda parcel: (reported.append(parcel), settle(parcel))
+    world.arrive(MESSAGE.format(id="m1", body="hello"))
+    world.ready("blue", "red.example", "blue.example")
+    (parcel,) = reported
+    world.relay.delivered(parcel)
+    world.relay.undeliverable(parcel, "remote-server-timeout", "reported late")
+    assert (world.books.accepted, world.books.delivered, world.books.bounced, world.books.in_flight) == (1, 1, 0, 0)
+    assert world.relay.settlement.counts["refused"] == 2
+    assert not any(entry[0] == "open" and entry[1] == "red" for entry in world.log) and world.audit.records == []

@@ -42,10 +42,11 @@ class RecordingAudit:
 
 class RecordingLink:
     def __init__(self):
-        self.sent = []
+        self.sent, self.parcels = [], []
 
     def send(self, parcel):
         self.sent.append(serialise(parcel.stanza))
+        self.parcels.append(parcel)
 
 
 class RecordingLeg:
@@ -133,15 +134,26 @@ def test_the_link_settles_parcels_in_the_books():
     addressed = check_addressing(stanza, {("red.example", "blue.example")}, {"blue.example"})
     relay.stanza_received(RedSide(), stanza, addressed, 80)
     relay.stanza_received(RedSide(), stanza, addressed, 80)
-
-    class Parcel:
-        original = stanza
-
-    relay.link_delivered(Parcel())
-    relay.link_undeliverable(Parcel(), "remote-server-timeout", "the link to the peer half is down")
+    first, second = link.parcels
+    relay.link_delivered(first)
+    relay.link_undeliverable(second, "remote-server-timeout", "the link to the peer half is down")
     assert relay.books.summary()["delivered"] == 1 and relay.books.summary()["bounced"] == 1
     assert len(to_red.queue) == 1 and 'type="error"' in to_red.queue[0]
     assert audit.records == [("bounce", "guard:remote-server-timeout", None)]
+
+
+
+def test_a_parcel_the_peer_acknowledged_and_then_reported_in_doubt_settles_once():
+    """The half settles link parcels through the settlement core: acknowledged then in doubt counts one delivery, no drop."""
+    relay, audit, link, _ = half_a()
+    stanza = reparse_stanza("<message from='romeo@red.example/a' to='juliet@blue.example' id='m9'/>")
+    relay.stanza_received(RedSide(), stanza, check_addressing(stanza, {("red.example", "blue.example")},
+                                                              {"blue.example"}), 80)
+    (parcel,) = link.parcels
+    relay.link_delivered(parcel)
+    relay.link_in_doubt(parcel)
+    assert (relay.books.delivered, relay.books.dropped, relay.books.in_flight) == (1, 0, 0)
+    assert audit.records == [] and relay.settlement.counts["refused"] == 1
 
 
 # -- with a real pair link between half A's relay and half B ---------------------
