@@ -3,15 +3,20 @@ The guard as receiving server: one side's server connects, the guard
 negotiates TLS and authentication standing in for a far-side domain, then
 hands every well-addressed stanza to the relay.
 
-The protocol only parses and classifies; ``refuse_*``/``check_addressing``
-decide; the Automat machine holds the lifecycle, named for facts:
+The protocol only parses and classifies; the functions of ``decisions``
+(header, mechanism offer, SASL, stream and connection limits, dialback and
+db:verify) and ``check_addressing`` decide; the Automat machine holds the
+lifecycle, named for facts:
 
     awaiting_header -> awaiting_starttls -> awaiting_secure_header
       -> awaiting_authentication -> (SASL EXTERNAL) awaiting_authenticated_header -> open
                                  -> (dialback verified) open
     any state -> closed
 
-An input a state does not expect closes the stream (fail closed).
+The states ``awaiting_*header`` are those in which our header is not yet on
+the stream (an error there is preceded by one).  What every stream shares
+(fail-closed inputs, timers, the unread-output bound, the byte filters: the
+byte count and the rate budget) is ``guard.edges.lifecycle``'s.
 """
 
 from __future__ import annotations
@@ -51,7 +56,6 @@ class InboundStream(StreamLifecycle, Protocol):
         self.first_header = None
         self.authenticated_pairs: set[tuple[str, str]] = set()
         self.peer_verdict = None
-        self.header_sent = False
         self._parser = None
         self._preauth_bytes = 0
         self._preauth_elements = 0
@@ -188,7 +192,6 @@ class InboundStream(StreamLifecycle, Protocol):
         self._parser.stop()
         self._new_parser()
         self.stream_id = wire.new_stream_id()
-        self.header_sent = False
         self._backlog = b""
 
     def _new_parser(self):
@@ -390,11 +393,16 @@ class InboundStream(StreamLifecycle, Protocol):
             self.first_header = header
         attributes = header.attributes
         self._write(wire.stream_header(attributes.get("to"), attributes.get("from"), self.stream_id))
-        self.header_sent = True
 
     @_machine.output()
     def _refuse_header(self, header, condition, text):
         self._send_error(condition, text)
+
+    @_machine.output()
+    def _send_our_header(self):
+        """Our header is not yet sent on this stream (the state awaits the peer's): an error needs one first."""
+        fronted = sorted(self.side.fronted)
+        self._write(wire.stream_header(fronted[0] if fronted else None, None, self.stream_id))
 
     @_machine.output()
     def _offer_starttls(self, header):
@@ -521,8 +529,12 @@ class InboundStream(StreamLifecycle, Protocol):
 
     @_machine.output()
     def _close_cleanly(self):
-        if self.header_sent:
-            self._write(wire.STREAM_CLOSE)
+        self._write(wire.STREAM_CLOSE)
+        self._close_transport()
+
+    @_machine.output()
+    def _hang_up(self):
+        """The peer closed before we answered its header: there is no stream of ours to close."""
         self._close_transport()
 
     @_machine.output()
@@ -530,10 +542,6 @@ class InboundStream(StreamLifecycle, Protocol):
         self._send_error("system-shutdown", "the guard is stopping")
 
     def _send_error(self, condition, text):
-        if not self.header_sent:
-            fronted = sorted(self.side.fronted)
-            self._write(wire.stream_header(fronted[0] if fronted else None, None, self.stream_id))
-            self.header_sent = True
         self._write(wire.stream_error(condition, text) + wire.STREAM_CLOSE)
         self._close_transport()
 
@@ -544,11 +552,9 @@ class InboundStream(StreamLifecycle, Protocol):
     # -- transitions ------------------------------------------------------------
 
     awaiting_header.upon(header_accepted, enter=awaiting_starttls, outputs=[_answer_header, _offer_starttls])
-    awaiting_header.upon(header_refused, enter=closed, outputs=[_refuse_header])
     awaiting_starttls.upon(starttls_requested, enter=awaiting_secure_header, outputs=[_start_tls])
     awaiting_secure_header.upon(header_accepted, enter=awaiting_authentication,
                                 outputs=[_answer_header, _offer_authentication])
-    awaiting_secure_header.upon(header_refused, enter=closed, outputs=[_refuse_header])
     awaiting_authentication.upon(external_accepted, enter=awaiting_authenticated_header, outputs=[_succeed_external])
     awaiting_authentication.upon(external_refused, enter=awaiting_authentication, outputs=[_fail_external])
     awaiting_authentication.upon(dialback_requested, enter=awaiting_authentication, outputs=[_check_dialback])
@@ -558,7 +564,6 @@ class InboundStream(StreamLifecycle, Protocol):
     awaiting_authentication.upon(verify_requested, enter=awaiting_authentication, outputs=[_answer_verify])
     awaiting_authenticated_header.upon(header_accepted, enter=open,
                                        outputs=[_answer_header, _offer_nothing, _let_stanzas_through])
-    awaiting_authenticated_header.upon(header_refused, enter=closed, outputs=[_refuse_header])
     open.upon(stanza_arrived, enter=open, outputs=[_relay])
     open.upon(dialback_requested, enter=open, outputs=[_check_dialback])
     open.upon(dialback_confirmed, enter=open, outputs=[_confirm_dialback])
@@ -566,8 +571,17 @@ class InboundStream(StreamLifecycle, Protocol):
     open.upon(dialback_failed, enter=open, outputs=[_report_dialback_error])
     open.upon(verify_requested, enter=open, outputs=[_answer_verify])
 
-    for _state in (awaiting_header, awaiting_starttls, awaiting_secure_header, awaiting_authentication,
-                   awaiting_authenticated_header, open):
+    # Whether our header is on the stream follows from the state: the states that
+    # await the peer's header have not answered it yet, and an error needs ours first.
+    for _state in (awaiting_header, awaiting_secure_header, awaiting_authenticated_header):
+        _state.upon(header_refused, enter=closed, outputs=[_send_our_header, _refuse_header])
+        _state.upon(fault, enter=closed, outputs=[_send_our_header, _refuse])
+        _state.upon(unexpected, enter=closed, outputs=[_send_our_header, _refuse])
+        _state.upon(timed_out, enter=closed, outputs=[_send_our_header, _refuse])
+        _state.upon(peer_closed, enter=closed, outputs=[_hang_up])
+        _state.upon(shut_down, enter=closed, outputs=[_send_our_header, _announce_shutdown])
+        _state.upon(connection_lost, enter=closed, outputs=[])
+    for _state in (awaiting_starttls, awaiting_authentication, open):
         _state.upon(fault, enter=closed, outputs=[_refuse])
         _state.upon(unexpected, enter=closed, outputs=[_refuse])
         _state.upon(timed_out, enter=closed, outputs=[_refuse])

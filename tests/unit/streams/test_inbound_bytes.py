@@ -201,3 +201,26 @@ def test_shutdown_sends_system_shutdown():
         "<text xmlns='urn:ietf:params:xml:ns:xmpp-streams'>the guard is stopping</text>"
         "</stream:error></stream:stream>"
     )
+
+
+def test_shutdown_before_the_peer_header_sends_our_header_first():
+    """A stream that has not answered a header yet (its state awaits one) gets a header of ours before system-shutdown."""
+    stream, transport, clock, side = connect()
+    stream.close_for_shutdown()
+    out = written(transport)
+    assert out.startswith("<?xml version='1.0'?><stream:stream") and "from='blue.example'" in out
+    assert out.endswith("<system-shutdown xmlns='urn:ietf:params:xml:ns:xmpp-streams'/>"
+                        "<text xmlns='urn:ietf:params:xml:ns:xmpp-streams'>the guard is stopping</text>"
+                        "</stream:error></stream:stream>")
+    assert transport.disconnecting
+
+
+def test_a_timeout_after_starttls_opens_the_secure_stream_before_its_error():
+    """After <proceed/> the old stream is gone: the error of the secure stream comes after a new header of ours."""
+    stream, transport, clock, side = connect(limits=Limits(tls_timeout=5.0, auth_timeout=60.0))
+    stream.dataReceived(HEADER + b"<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>")
+    written(transport)
+    clock.advance(5.1)
+    out = written(transport)
+    assert out.startswith("<?xml version='1.0'?><stream:stream") and f"id='{stream.stream_id}'" in out
+    assert out.endswith("</stream:error></stream:stream>") and out.count("<stream:stream") == 1
