@@ -217,4 +217,3 @@ def test_shutdown_before_the_peer_header_sends_our_header_first():
                         "<text xmlns='urn:ietf:params:xml:ns:xmpp-streams'>the guard is stopping</text>"
                         "</stream:error></stream:stream>")
     assert transport.disconnecting
-
