@@ -10,9 +10,10 @@ Filters run by priority, highest first; filters of equal priority run in the
 order they were added.  Later capabilities (compression) plug in as one more
 filter pair.
 
-Two filters ship here: ``ByteCount`` (bytes in and out per stream, for the
-management page) and ``RateBudget`` (the inbound byte budget: a peer over it
-is throttled, and closed when it stays over it past the grace).
+The filters shipped here: ``ByteCount`` (bytes in and out per stream, for the
+management page), ``RateBudget`` (the inbound byte budget: a peer over it is
+throttled, and closed when it stays over it past the grace) and
+``PreauthBudget`` (the bytes a peer may send before it authenticates).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ OUT = "out"
 # are on the wire (first in, last out); the rate budget spends wire bytes too.
 COUNTING_PRIORITY = 1000
 RATE_PRIORITY = 900
+PREAUTH_PRIORITY = 800
 
 ByteFilter = Callable[[bytes], Optional[bytes]]
 
@@ -135,4 +137,26 @@ class RateBudget:
             raise Refused("policy-violation", "sending faster than the rate limit allows")
         self.stream.hold("rate")
         self.stream.schedule("rate", wait, self.stream.release, "rate")
+        return data
+
+
+class PreauthBudget:
+    """
+    The bytes a peer may send before it authenticates (``preauth_bytes``):
+    one byte more and the stream is refused.  The stream takes the filter out
+    of its chain once a domain is authenticated.
+    """
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        self.received = 0
+
+    def install(self, chain: FilterChain) -> "PreauthBudget":
+        chain.add(IN, self, PREAUTH_PRIORITY)
+        return self
+
+    def __call__(self, data: bytes) -> bytes:
+        self.received += len(data)
+        if self.received > self.limit:
+            raise Refused("policy-violation", "too much data before authentication")
         return data

@@ -8,7 +8,7 @@ import pytest
 from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock
 
-from guard.edges.filters import IN, OUT, ByteCount, FilterChain, RateBudget, Refused
+from guard.edges.filters import IN, OUT, ByteCount, FilterChain, PreauthBudget, RateBudget, Refused
 from guard.edges.limits import Limits
 
 from .streams.test_inbound_bytes import HEADER, connect, written
@@ -119,10 +119,20 @@ def test_the_inbound_stream_counts_its_bytes_in_and_out():
 
 
 def test_the_inbound_rate_limit_is_a_filter_in_the_stream_chain():
-    """The inbound byte budget runs as a filter of the stream's "in" chain, after the byte count."""
+    """The inbound byte budget and the pre-authentication budget run as filters of the stream's "in" chain, after the
+    byte count."""
     stream, _, _, _ = connect()
     kinds = [type(getattr(each, "__self__", each)).__name__ for each in stream.filters.filters(IN)]
-    assert kinds == ["ByteCount", "RateBudget"]
+    assert kinds == ["ByteCount", "RateBudget", "PreauthBudget"]
+
+
+def test_the_preauth_budget_refuses_one_byte_more_than_its_limit():
+    """preauth_bytes may arrive before authentication; the next byte is refused with policy-violation."""
+    budget = PreauthBudget(10)
+    assert budget(b"12345") == b"12345" and budget(b"67890") == b"67890"
+    with pytest.raises(Refused) as refusal:
+        budget(b"x")
+    assert (refusal.value.condition, refusal.value.text) == ("policy-violation", "too much data before authentication")
 
 
 class Mask:

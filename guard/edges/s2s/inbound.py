@@ -26,7 +26,7 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 
 from guard.core.addressing import Misaddressed, check_addressing
-from guard.edges.filters import ByteCount, RateBudget
+from guard.edges.filters import IN, ByteCount, PreauthBudget, RateBudget
 from guard.edges.lifecycle import (StreamLifecycle, closed_state, ignore_when_closed, lifecycle_inputs,
                                    lifecycle_state)
 from guard.edges.xmlstream import StreamFault, StreamParser
@@ -57,7 +57,6 @@ class InboundStream(StreamLifecycle, Protocol):
         self.authenticated_pairs: set[tuple[str, str]] = set()
         self.peer_verdict = None
         self._parser = None
-        self._preauth_bytes = 0
         self._preauth_elements = 0
         self.peer_address = None
         self.refusal_at_connect = None  # (condition, text) when the factory refuses this connection
@@ -82,6 +81,7 @@ class InboundStream(StreamLifecycle, Protocol):
         self._register_producer()
         RateBudget(self, self.clock, limits.rate_bytes_per_second, limits.rate_burst_bytes,
                    limits.rate_grace).install(self.filters)
+        self._preauth_budget = PreauthBudget(limits.preauth_bytes).install(self.filters)
         self._start_timer("auth", limits.auth_timeout, "authentication took too long")
         self.side.inbound_streams.add(self)
         if self.refusal_at_connect is not None:
@@ -91,11 +91,6 @@ class InboundStream(StreamLifecycle, Protocol):
         data = self._filter_in(data)
         if data is None:
             return
-        if not self.authenticated_pairs:
-            self._preauth_bytes += len(data)
-            if self._preauth_bytes > self.side.limits.preauth_bytes:
-                self._input(self.fault, "policy-violation", "too much data before authentication")
-                return
         self._reset_timer("idle", self.side.limits.idle_timeout)
         if self._backlog:
             # A turn is already waiting: these bytes queue behind it (a
@@ -293,6 +288,11 @@ class InboundStream(StreamLifecycle, Protocol):
         log.info("inbound {peer}: {condition}: {text} ({detail})", peer=self.peer_address,
                  condition=refusal.condition, text=refusal.text, detail=getattr(refusal, "detail", "") or "-")
 
+    def _authenticated(self, sender, receiver):
+        """``sender`` may now send to ``receiver`` on this stream; the pre-authentication byte budget is over."""
+        self.authenticated_pairs.add((sender, receiver))
+        self.filters.remove(IN, self._preauth_budget)
+
     def _sends_as(self, domain) -> bool:
         return any(sender == domain for sender, _ in self.authenticated_pairs)
 
@@ -429,7 +429,7 @@ class InboundStream(StreamLifecycle, Protocol):
 
     @_machine.output()
     def _succeed_external(self, domain):
-        self.authenticated_pairs.add((domain, self.first_header.attributes.get("to")))
+        self._authenticated(domain, self.first_header.attributes.get("to"))
         self._write(wire.SASL_SUCCESS)
         self._restart_stream()
         log.info("inbound {peer}: {domain} authenticated by certificate", peer=self.peer_address, domain=domain)
@@ -475,7 +475,7 @@ class InboundStream(StreamLifecycle, Protocol):
         if not self.authenticated_pairs:
             self._cancel_timer("auth")
             self._start_timer("idle", self.side.limits.idle_timeout, "idle")
-        self.authenticated_pairs.add((sender, receiver))
+        self._authenticated(sender, receiver)
         self._write(wire.dialback_result(receiver, sender, verdict="valid"))
         log.info("inbound {peer}: {sender} authenticated by dialback for {receiver}",
                  peer=self.peer_address, sender=sender, receiver=receiver)
