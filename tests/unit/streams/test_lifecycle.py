@@ -13,6 +13,8 @@ from guard.edges.filters import IN, OUT, Refused
 from guard.edges.lifecycle import (CLOSED, StreamLifecycle, closed_state, ignore_when_closed, lifecycle_inputs,
                                    lifecycle_state)
 
+from .test_inbound_bytes import connect
+
 
 class EchoStream(StreamLifecycle, Protocol):
     """A stream whose machine opens on ``hello`` and then echoes lines; every step goes into ``events``."""
@@ -269,3 +271,22 @@ def test_a_fault_in_an_incoming_filter_drops_the_connection():
     stream.filters.add(IN, lambda data: 1 / 0)
     stream.dataReceived(b"hello\n")
     assert transport.value() == b"" and transport.disconnecting and stream.closing
+
+
+def test_a_closed_inbound_stream_ignores_every_input_it_knows():
+    """The inbound stream's closed state takes each of its inputs and does nothing: nothing written, nothing relayed."""
+    stream, transport, _, side = connect()
+    stream.dataReceived(b"</stream:stream>")  # not a header: the stream closes with an error
+    assert stream.closing
+    transport.clear()
+    arguments = {
+        "header_accepted": (None,), "header_refused": (None, "c", "t"), "starttls_requested": (),
+        "external_accepted": ("red.example",), "external_refused": ("c", "t"), "dialback_requested": (None,),
+        "dialback_confirmed": ("red.example", "blue.example"), "dialback_denied": ("red.example", "blue.example", "t"),
+        "dialback_failed": ("red.example", "blue.example", None), "verify_requested": (None, "a", "c", "s"),
+        "stanza_arrived": (None, None, 0), "unexpected": ("c", "t"), "fault": ("c", "t"), "timed_out": ("c", "t"),
+        "peer_closed": (), "shut_down": (), "connection_lost": (),
+    }
+    for name, args in arguments.items():
+        getattr(stream, name)(*args)
+    assert transport.value() == b"" and side.relay.events == []
