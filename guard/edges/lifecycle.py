@@ -4,7 +4,9 @@ the pair link's stream): what surrounds its Automat machine.
 
 - ``lifecycle_inputs(machine)``, called once in each stream's class body,
   declares the inputs every stream has: ``fault``, ``timed_out``,
-  ``peer_closed``, ``shut_down``, ``connection_lost``.  ``closed_state(machine)``
+  ``peer_closed``, ``shut_down``, ``connection_lost``; ``header_inputs(machine)``
+  the two a stream header leads to (``header_accepted``, ``header_refused``).
+  ``closed_state(machine)``
   declares the terminal state (named ``CLOSED``), ``lifecycle_state(machine)``
   reads the state's name and ``ignore_when_closed(machine, closed)`` makes the
   terminal state ignore every input.
@@ -67,6 +69,23 @@ def lifecycle_inputs(machine):
         "The TCP connection is gone (``text``: why, for the log)."
 
     return fault, timed_out, peer_closed, shut_down, connection_lost
+
+
+def header_inputs(machine):
+    """
+    Declare on ``machine`` the inputs a peer's stream header leads to; call it in the class body:
+    ``header_accepted, header_refused = header_inputs(_machine)`` (``_take_header`` feeds them).
+    """
+
+    @machine.input()
+    def header_accepted(self, header):
+        "The peer opened a stream the guard accepts."
+
+    @machine.input()
+    def header_refused(self, header, condition, text):
+        "The peer opened a stream the guard must refuse with this error."
+
+    return header_accepted, header_refused
 
 
 def closed_state(machine):
@@ -161,6 +180,19 @@ class StreamLifecycle:
 
     def _after_input(self):
         """Called after each input the machine took (a stream may act on what its outputs noted)."""
+
+    # -- what the parser reports that every stream treats alike --------------------
+
+    def _take_header(self, header, refusal):
+        """The peer's header, judged (``refusal``: a decisions.Refusal or None), goes to the machine."""
+        if refusal is not None:
+            self._input(self.header_refused, header, refusal.condition, refusal.text)
+        else:
+            self._input(self.header_accepted, header)
+
+    def _on_end(self):
+        """The parser read the end of the peer's stream."""
+        self._input(self.peer_closed)
 
     # -- named timers on the injected clock --------------------------------------
 

@@ -27,8 +27,8 @@ from twisted.logger import Logger
 
 from guard.core.addressing import Misaddressed, check_addressing
 from guard.edges.filters import IN, ByteCount, PreauthBudget, RateBudget
-from guard.edges.lifecycle import (StreamLifecycle, closed_state, ignore_when_closed, lifecycle_inputs,
-                                   lifecycle_state)
+from guard.edges.lifecycle import (StreamLifecycle, closed_state, header_inputs, ignore_when_closed,
+                                   lifecycle_inputs, lifecycle_state)
 from guard.edges.xmlstream import StreamFault, StreamParser
 
 from . import wire
@@ -198,12 +198,7 @@ class InboundStream(StreamLifecycle, Protocol):
         )
         if refusal is not None:
             self._log_refusal(refusal)
-            self._input(self.header_refused, header, refusal.condition, refusal.text)
-        else:
-            self._input(self.header_accepted, header)
-
-    def _on_end(self):
-        self._input(self.peer_closed)
+        self._take_header(header, refusal)
 
     def _on_element(self, element, size):
         if not self.authenticated_pairs:
@@ -335,13 +330,7 @@ class InboundStream(StreamLifecycle, Protocol):
 
     # -- inputs ---------------------------------------------------------------
 
-    @_machine.input()
-    def header_accepted(self, header):
-        "The peer opened a stream the guard will answer."
-
-    @_machine.input()
-    def header_refused(self, header, condition, text):
-        "The peer opened a stream the guard must refuse."
+    header_accepted, header_refused = header_inputs(_machine)
 
     @_machine.input()
     def starttls_requested(self):
