@@ -6,12 +6,10 @@ transforming filter that works both ways between two real streams.
 
 import pytest
 from twisted.internet.task import Clock
-from twisted.internet.testing import MemoryReactorClock
 
 from guard.edges.filters import IN, OUT, ByteCount, FilterChain, PreauthBudget, RateBudget, Refused
-from guard.edges.limits import Limits
 
-from .streams.test_inbound_bytes import HEADER, connect, written
+from .streams.test_inbound_bytes import HEADER, connect
 
 
 def test_filters_run_highest_priority_first_and_in_order_of_addition_within_a_priority():
