@@ -3,33 +3,38 @@ The guard as receiving server: one side's server connects, the guard
 negotiates TLS and authentication standing in for a far-side domain, then
 hands every well-addressed stanza to the relay.
 
-The protocol only parses and classifies; ``refuse_*``/``check_addressing``
-decide; the Automat machine holds the lifecycle, named for facts:
+The protocol only parses and classifies; the functions of ``decisions``
+(header, mechanism offer, SASL, stream and connection limits, dialback and
+db:verify) and ``check_addressing`` decide; the Automat machine holds the
+lifecycle, named for facts:
 
     awaiting_header -> awaiting_starttls -> awaiting_secure_header
       -> awaiting_authentication -> (SASL EXTERNAL) awaiting_authenticated_header -> open
                                  -> (dialback verified) open
     any state -> closed
 
-An input a state does not expect closes the stream (fail closed).
+The states ``awaiting_*header`` are those in which our header is not yet on
+the stream (an error there is preceded by one).  What every stream shares
+(fail-closed inputs, timers, the unread-output bound, the byte filters: the
+byte count and the rate budget) is ``guard.edges.lifecycle``'s.
 """
 
 from __future__ import annotations
 
 from automat import MethodicalMachine
-from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
-from zope.interface import implementer
 
 from guard.core.addressing import Misaddressed, check_addressing
-from guard.core.dialback import key_is_ours
-from guard.core.ratelimit import ByteBudget
+from guard.edges.filters import IN, ByteCount, PreauthBudget, RateBudget
+from guard.edges.lifecycle import (StreamLifecycle, closed_state, header_inputs, ignore_when_closed,
+                                   lifecycle_inputs, lifecycle_state)
 from guard.edges.xmlstream import StreamFault, StreamParser
 
 from . import wire
-from .plumbing import MachinePlumbing
-from .decisions import Refusal, external_identity, refuse_dialback_request, refuse_inbound_header
+from .decisions import (NotServed, Refusal, authentication_offer, dialback_settled, external_identity,
+                        judge_dialback_request, refuse_another_stream, refuse_connection, refuse_inbound_header,
+                        refuse_sasl_mechanism, refuse_verify_request, verify_verdict)
 from .verification import NOT_SERVED, UNREACHABLE, as_answer
 
 log = Logger()
@@ -39,56 +44,26 @@ def _text_of(element) -> str:
     return "".join(child for child in element.children if isinstance(child, str))
 
 
-# The longest stream id a db:verify may carry: ids are the receiving server's
-# (Prosody's are 36 characters); anything longer is refused, never echoed.
-VERIFY_ID_BYTES = 128
-
-
-@implementer(IPushProducer)
-class _UnreadOutput:
-    """Told by the transport when the peer stops reading what the guard writes (its buffer is full), and when it drains."""
-
-    def __init__(self, stream):
-        self.stream = stream
-
-    def pauseProducing(self):
-        self.stream.peer_stopped_reading()
-
-    def resumeProducing(self):
-        self.stream.peer_resumed_reading()
-
-    def stopProducing(self):
-        self.stream.peer_resumed_reading()
-
-
-class InboundStream(MachinePlumbing, Protocol):
+class InboundStream(StreamLifecycle, Protocol):
     """One TCP connection from a server on ``side``."""
 
     _machine = MethodicalMachine()
 
     def __init__(self, side):
         self.side = side
-        self.clock = side.clock
+        self._begin_lifecycle(side.clock)
         self.stream_id = wire.new_stream_id()
         self.first_header = None
         self.authenticated_pairs: set[tuple[str, str]] = set()
         self.peer_verdict = None
-        self.header_sent = False
         self._parser = None
-        self._preauth_bytes = 0
         self._preauth_elements = 0
-        self._timers = {}
-        self._closing = False
         self.peer_address = None
         self.refusal_at_connect = None  # (condition, text) when the factory refuses this connection
         self._holds: set[str] = set()
-        self._budget = None
-        self._throttled_since = None
-        self._unread_since_pause = None  # bytes written while the peer does not read; None while it reads
+        self.byte_count = ByteCount().install(self.filters)
         self._backlog = b""  # bytes received and not yet parsed (more than one turn's worth arrived)
         self._parsed_this_turn = 0
-        self._aborted = False
-        self._restarts = 0
         # Automat builds a new wrapper at every access to an input; the one
         # input taken for every stanza is looked up once.
         self._stanza_input = self.stanza_arrived
@@ -102,24 +77,21 @@ class InboundStream(MachinePlumbing, Protocol):
         # The transport tells the producer when more than unread_output_bytes
         # wait for the peer to read them; reading stops until they drain.
         self.transport.bufferSize = limits.unread_output_bytes
-        self._register_producer(_UnreadOutput(self))
-        self._budget = ByteBudget(limits.rate_bytes_per_second, limits.rate_burst_bytes, self.clock.seconds())
+        self.unread_output_limit = limits.unread_output_bytes
+        self._register_producer()
+        RateBudget(self, self.clock, limits.rate_bytes_per_second, limits.rate_burst_bytes,
+                   limits.rate_grace).install(self.filters)
+        self._preauth_budget = PreauthBudget(limits.preauth_bytes).install(self.filters)
         self._start_timer("auth", limits.auth_timeout, "authentication took too long")
         self.side.inbound_streams.add(self)
         if self.refusal_at_connect is not None:
             self._input(self.fault, *self.refusal_at_connect)
 
     def dataReceived(self, data):
-        if self._closing:
+        data = self._filter_in(data)
+        if data is None:
             return
-        if self._over_budget(len(data)):
-            return
-        if not self.authenticated_pairs:
-            self._preauth_bytes += len(data)
-            if self._preauth_bytes > self.side.limits.preauth_bytes:
-                self._input(self.fault, "policy-violation", "too much data before authentication")
-                return
-        self._restart_timer("idle")
+        self._reset_timer("idle", self.side.limits.idle_timeout)
         if self._backlog:
             # A turn is already waiting: these bytes queue behind it (a
             # transport may still deliver what it had read before the hold).
@@ -135,35 +107,35 @@ class InboundStream(MachinePlumbing, Protocol):
         delivery in the turn: TLS hands over one record at a time); keep the
         rest, stop reading, and go on at the next turn of the reactor.
         """
-        if "turn" not in self._timers:
-            self._start_timer_call("turn", 0, self._next_turn)
+        if not self._timer_running("turn"):
+            self.schedule("turn", 0, self._next_turn)
         allowance = max(0, self.side.limits.read_turn_bytes - self._parsed_this_turn)
         piece, rest = data[:allowance], data[allowance:]
         self._parsed_this_turn += len(piece)
-        stream_before = self._restarts
+        parser_before = self._parser
         if piece:
             try:
                 self._parser.feed(piece)
             except StreamFault as fault:
                 self._log_refusal(fault)
                 self._input(self.fault, fault.condition, fault.text)
-        if self._restarts != stream_before:
+        if self._parser is not parser_before:
             # The stream restarted (STARTTLS, SASL) inside this piece: the rest
             # belonged to the old stream and is ignored, as the parser would.
             rest = b""
-        if rest and not self._closing:
+        if rest and not self.closing:
             self._backlog = rest
             self.hold("turn")
 
     def _next_turn(self):
         """A new turn: the budget is whole again; parse what waits (if anything), unless
         something else holds the stream (then ``release`` brings the next turn)."""
-        self._timers.pop("turn", None)
+        self._forget_timer("turn")
         self._parsed_this_turn = 0
         if self._backlog and self._holds - {"turn"}:
             return
         data, self._backlog = self._backlog, b""
-        if data and not self._closing:
+        if data and not self.closing:
             self._parse_a_turn(data)
         if not self._backlog:
             self.release("turn")
@@ -172,7 +144,7 @@ class InboundStream(MachinePlumbing, Protocol):
 
     def hold(self, reason: str):
         """Stop reading from the peer until ``reason`` is released (rate limit, congestion downstream)."""
-        if not self._holds and self.transport is not None and not self._closing:
+        if not self._holds and self.transport is not None and not self.closing:
             self.transport.pauseProducing()
         self._holds.add(reason)
 
@@ -180,61 +152,28 @@ class InboundStream(MachinePlumbing, Protocol):
         if reason not in self._holds:
             return
         self._holds.discard(reason)
-        if self._holds == {"turn"} and self._backlog and "turn" not in self._timers and not self._closing:
+        if self._holds == {"turn"} and self._backlog and not self._timer_running("turn") and not self.closing:
             # Only the waiting input holds the stream now: parse it on the next turn.
-            self._start_timer_call("turn", 0, self._next_turn)
-        if not self._holds and self.transport is not None and not self._closing:
+            self.schedule("turn", 0, self._next_turn)
+        if not self._holds and self.transport is not None and not self.closing:
             self.transport.resumeProducing()
 
-    def peer_stopped_reading(self):
-        """The peer leaves what we wrote unread: stop reading from it, and count what is still written."""
-        if self._unread_since_pause is None:
-            self._unread_since_pause = 0
-            self.hold("peer not reading")
+    def _peer_stopped_reading(self):
+        """The peer leaves what we wrote unread: stop reading from it (the base counts what is still written)."""
+        self.hold("peer not reading")
 
-    def peer_resumed_reading(self):
-        if self._unread_since_pause is not None:
-            self._unread_since_pause = None
-            self.release("peer not reading")
+    def _peer_resumed_reading(self):
+        self.release("peer not reading")
 
-    def _write(self, data: bytes):
-        """Write to the peer; a peer that does not read gets at most unread_output_bytes more, then is cut off."""
-        if self._aborted:
-            return
-        if self._unread_since_pause is not None:
-            self._unread_since_pause += len(data)
-            if self._unread_since_pause > self.side.limits.unread_output_bytes:
-                log.info("inbound {peer}: does not read what the guard writes; connection aborted",
-                         peer=self.peer_address)
-                self._closing = True
-                self._aborted = True
-                # Nothing more of what this peer sent is parsed: the rest of the piece is abandoned, as at a restart.
-                self._backlog = b""
-                if self._parser is not None:
-                    self._parser.stop()
-                self.transport.abortConnection()
-                return
-        self.transport.write(data)
+    def _stop_reading_input(self):
+        """Nothing more of what this peer sent is parsed: the rest of the piece is abandoned, as at a restart."""
+        self._backlog = b""
+        if self._parser is not None:
+            self._parser.stop()
 
     @property
     def held(self) -> frozenset[str]:
         return frozenset(self._holds)
-
-    def _over_budget(self, amount) -> bool:
-        """Spend from the byte budget; throttle when over it, and close a peer that stays over past the grace."""
-        now = self.clock.seconds()
-        wait = self._budget.spend(now, amount)
-        if wait <= 0:
-            self._throttled_since = None
-            return False
-        if self._throttled_since is None:
-            self._throttled_since = now
-        elif now - self._throttled_since > self.side.limits.rate_grace:
-            self._input(self.fault, "policy-violation", "sending faster than the rate limit allows")
-            return True
-        self.hold("rate")
-        self._start_timer_call("rate", wait, self.release, "rate")
-        return False
 
     def connectionLost(self, reason):
         self._cancel_all_timers()
@@ -248,8 +187,6 @@ class InboundStream(MachinePlumbing, Protocol):
         self._parser.stop()
         self._new_parser()
         self.stream_id = wire.new_stream_id()
-        self.header_sent = False
-        self._restarts += 1
         self._backlog = b""
 
     def _new_parser(self):
@@ -261,12 +198,7 @@ class InboundStream(MachinePlumbing, Protocol):
         )
         if refusal is not None:
             self._log_refusal(refusal)
-            self._input(self.header_refused, header, refusal.condition, refusal.text)
-        else:
-            self._input(self.header_accepted, header)
-
-    def _on_end(self):
-        self._input(self.peer_closed)
+        self._take_header(header, refusal)
 
     def _on_element(self, element, size):
         if not self.authenticated_pairs:
@@ -301,66 +233,63 @@ class InboundStream(MachinePlumbing, Protocol):
             self._input(self._stanza_input, element, verdict, size)
 
     def _sasl_auth(self, element):
-        if self.side.authentication != "certificate":
-            self._input(self.external_refused, "invalid-mechanism", "this side authenticates with dialback")
-            return
-        if element.getAttribute("mechanism") != "EXTERNAL":
-            self._input(self.external_refused, "invalid-mechanism", "only EXTERNAL is offered")
+        refusal = refuse_sasl_mechanism(self.side.authentication, element.getAttribute("mechanism"))
+        if refusal is not None:
+            self._input(self.external_refused, refusal.condition, refusal.text)
             return
         authzid = wire.decode_sasl_external(_text_of(element))
         identity = external_identity(authzid, self.first_header, self.peer_verdict, self.side.hosted)
         if isinstance(identity, Refusal):
             self._input(self.external_refused, identity.condition, identity.text)
-        elif self._streams_from(identity) >= self.side.limits.streams_per_domain:
-            self._input(self.fault, "policy-violation", f"too many streams from {identity}")
+            return
+        refusal = self._refuse_another_stream(identity)
+        if refusal is not None:
+            self._input(self.fault, refusal.condition, refusal.text)
         else:
             self._input(self.external_accepted, identity)
 
     def _dialback_request(self, element):
-        if self.side.authentication != "dialback":
-            self._input(self.fault, "not-authorized", "this side authenticates with certificates")
+        decision = judge_dialback_request(element, self.side.authentication, self.side.fronted, self.side.hosted)
+        if isinstance(decision, NotServed):
+            self._log_refusal(decision.refusal)
+            self._input(self.dialback_failed, decision.sender, decision.receiver, NOT_SERVED)
             return
-        refusal = refuse_dialback_request(element, self.first_header, self.side.fronted, self.side.hosted)
-        if refusal is not None:
-            self._log_refusal(refusal)
-        if refusal is not None and refusal.condition == "host-unknown":
-            # XEP-0220 2.2.1 and 2.4: a target domain the guard does not serve is a dialback
-            # error, not a stream error (the stream may carry other domain pairs).
-            self._input(self.dialback_failed, element.getAttribute("from"), element.getAttribute("to"), NOT_SERVED)
+        if isinstance(decision, Refusal):
+            self._log_refusal(decision)
+            self._input(self.fault, decision.condition, decision.text)
             return
+        refusal = self._refuse_another_stream(decision.sender)
         if refusal is not None:
             self._input(self.fault, refusal.condition, refusal.text)
             return
-        sender = element.getAttribute("from")
-        if not self._sends_as(sender) and self._streams_from(sender) >= self.side.limits.streams_per_domain:
-            self._input(self.fault, "policy-violation", f"too many streams from {sender}")
-            return
-        self._input(self.dialback_requested, element)
+        self._input(self.dialback_requested, decision)
 
     def _verify_request(self, element):
-        """A db:verify is answered only for our own domains and a short id: what is echoed is bounded and known."""
         asking, claimed = element.getAttribute("from"), element.getAttribute("to")
         stream_id = element.getAttribute("id") or ""
-        if asking not in self.side.hosted:
-            self._input(self.fault, "invalid-from", "a db:verify must come from a domain of this side")
-        elif claimed not in self.side.fronted:
-            self._input(self.fault, "host-unknown", "a db:verify must name a domain served through this guard")
-        elif not stream_id or len(stream_id.encode("utf-8")) > VERIFY_ID_BYTES:
-            self._input(self.fault, "policy-violation", "a db:verify needs a stream id of at most 128 bytes")
+        refusal = refuse_verify_request(asking, claimed, stream_id, self.side.fronted, self.side.hosted)
+        if refusal is not None:
+            self._input(self.fault, refusal.condition, refusal.text)
         else:
             self._input(self.verify_requested, element, asking, claimed, stream_id)
+
+    def _refuse_another_stream(self, domain) -> Refusal | None:
+        """Whether streams_per_domain allows this stream to authenticate ``domain`` too."""
+        streams_from = sum(1 for stream in self.side.inbound_streams if stream is not self and stream._sends_as(domain))
+        return refuse_another_stream(domain, self._sends_as(domain), streams_from, self.side.limits.streams_per_domain)
 
     def _log_refusal(self, refusal):
         """What the peer said that was refused (a StreamFault's or a Refusal's detail: bounded, escaped) goes to the log."""
         log.info("inbound {peer}: {condition}: {text} ({detail})", peer=self.peer_address,
                  condition=refusal.condition, text=refusal.text, detail=getattr(refusal, "detail", "") or "-")
 
+    def _authenticated(self, sender, receiver):
+        """``sender`` may now send to ``receiver`` on this stream; the pre-authentication byte budget is over."""
+        self.authenticated_pairs.add((sender, receiver))
+        self.filters.remove(IN, self._preauth_budget)
+
     def _sends_as(self, domain) -> bool:
         return any(sender == domain for sender, _ in self.authenticated_pairs)
-
-    def _streams_from(self, domain) -> int:
-        """How many other streams on this side are authenticated for ``domain``."""
-        return sum(1 for stream in self.side.inbound_streams if stream is not self and stream._sends_as(domain))
 
     # -- machine plumbing ---------------------------------------------------
 
@@ -369,11 +298,6 @@ class InboundStream(MachinePlumbing, Protocol):
 
     def _describe(self):
         return f"inbound {self.peer_address}"
-
-    def _restart_timer(self, name):
-        timer = self._timers.get(name)
-        if timer is not None and timer.active():
-            timer.reset(self.side.limits.idle_timeout)
 
     # -- states -------------------------------------------------------------
 
@@ -401,19 +325,12 @@ class InboundStream(MachinePlumbing, Protocol):
     def open(self):
         "At least one domain pair is authenticated; stanzas flow to the relay."
 
-    @_machine.state()
-    def closed(self):
-        "The stream is over; everything is ignored."
+    closed = closed_state(_machine)
+    _lifecycle_state = lifecycle_state(_machine)
 
     # -- inputs ---------------------------------------------------------------
 
-    @_machine.input()
-    def header_accepted(self, header):
-        "The peer opened a stream the guard will answer."
-
-    @_machine.input()
-    def header_refused(self, header, condition, text):
-        "The peer opened a stream the guard must refuse."
+    header_accepted, header_refused = header_inputs(_machine)
 
     @_machine.input()
     def starttls_requested(self):
@@ -428,8 +345,8 @@ class InboundStream(MachinePlumbing, Protocol):
         "SASL EXTERNAL did not prove the peer's identity."
 
     @_machine.input()
-    def dialback_requested(self, element):
-        "The peer asked to be verified by dialback (<db:result/> with a key)."
+    def dialback_requested(self, request):
+        "The peer asked to be verified by dialback (<db:result/> with a key): a KeyToCheck."
 
     @_machine.input()
     def dialback_confirmed(self, sender, receiver):
@@ -452,28 +369,10 @@ class InboundStream(MachinePlumbing, Protocol):
         "A well-addressed stanza from an authenticated domain."
 
     @_machine.input()
-    def fault(self, condition, text):
-        "The peer broke the protocol; the stream ends with this error."
-
-    @_machine.input()
     def unexpected(self, condition, text):
         "Something arrived that the current state does not allow."
 
-    @_machine.input()
-    def timed_out(self, condition, text):
-        "A deadline passed."
-
-    @_machine.input()
-    def peer_closed(self):
-        "The peer closed its stream."
-
-    @_machine.input()
-    def shut_down(self):
-        "The guard is stopping."
-
-    @_machine.input()
-    def connection_lost(self):
-        "The TCP connection is gone."
+    fault, timed_out, peer_closed, shut_down, connection_lost = lifecycle_inputs(_machine)
 
     # -- outputs --------------------------------------------------------------
 
@@ -483,11 +382,16 @@ class InboundStream(MachinePlumbing, Protocol):
             self.first_header = header
         attributes = header.attributes
         self._write(wire.stream_header(attributes.get("to"), attributes.get("from"), self.stream_id))
-        self.header_sent = True
 
     @_machine.output()
     def _refuse_header(self, header, condition, text):
         self._send_error(condition, text)
+
+    @_machine.output()
+    def _send_our_header(self):
+        """Our header is not yet sent on this stream (the state awaits the peer's): an error needs one first."""
+        fronted = sorted(self.side.fronted)
+        self._write(wire.stream_header(fronted[0] if fronted else None, None, self.stream_id))
 
     @_machine.output()
     def _offer_starttls(self, header):
@@ -506,21 +410,15 @@ class InboundStream(MachinePlumbing, Protocol):
     def _offer_authentication(self, header):
         self._cancel_timer("tls")
         self.peer_verdict = self.side.anchors.judge_peer(self.transport.getHandle())
-        certificate_mode = self.side.authentication == "certificate"
-        offer_external = certificate_mode and self.peer_verdict.proves(header.attributes.get("from"))
-        if certificate_mode and not offer_external:
-            log.info(
-                "inbound {peer}: certificate does not authenticate {domain}: {problem}",
-                peer=self.peer_address, domain=header.attributes.get("from"),
-                problem=self.peer_verdict.problem or "subjectAltName does not match",
-            )
-        self._write(wire.features_authentication(
-            external=offer_external, dialback=not certificate_mode
-        ))
+        offer = authentication_offer(self.side.authentication, self.peer_verdict, header.attributes.get("from"))
+        if offer.problem is not None:
+            log.info("inbound {peer}: certificate does not authenticate {domain}: {problem}",
+                     peer=self.peer_address, domain=header.attributes.get("from"), problem=offer.problem)
+        self._write(wire.features_authentication(external=offer.external, dialback=offer.dialback))
 
     @_machine.output()
     def _succeed_external(self, domain):
-        self.authenticated_pairs.add((domain, self.first_header.attributes.get("to")))
+        self._authenticated(domain, self.first_header.attributes.get("to"))
         self._write(wire.SASL_SUCCESS)
         self._restart_stream()
         log.info("inbound {peer}: {domain} authenticated by certificate", peer=self.peer_address, domain=domain)
@@ -537,11 +435,9 @@ class InboundStream(MachinePlumbing, Protocol):
         self._write(wire.features_empty())
 
     @_machine.output()
-    def _check_dialback(self, element):
-        sender, receiver = element.getAttribute("from"), element.getAttribute("to")
-        checking = self.side.relay.check_dialback(
-            self.side, sender, receiver, self.stream_id, _text_of(element).strip(), asker=self
-        )
+    def _check_dialback(self, request):
+        sender, receiver = request.sender, request.receiver
+        checking = self.side.relay.check_dialback(self.side, sender, receiver, self.stream_id, request.key, asker=self)
         if checking is None:
             log.info("inbound {peer}: dialback for {sender} is already being checked", peer=self.peer_address,
                      sender=sender)
@@ -549,9 +445,10 @@ class InboundStream(MachinePlumbing, Protocol):
 
         def checked(value):
             answer = as_answer(value)
-            if answer.verdict == "valid":
+            settled = dialback_settled(answer.verdict)
+            if settled == "confirmed":
                 self._input(self.dialback_confirmed, sender, receiver)
-            elif answer.verdict == "invalid":
+            elif settled == "denied":
                 self._input(self.dialback_denied, sender, receiver, "key not confirmed")
             else:
                 self._input(self.dialback_failed, sender, receiver, answer)
@@ -567,7 +464,7 @@ class InboundStream(MachinePlumbing, Protocol):
         if not self.authenticated_pairs:
             self._cancel_timer("auth")
             self._start_timer("idle", self.side.limits.idle_timeout, "idle")
-        self.authenticated_pairs.add((sender, receiver))
+        self._authenticated(sender, receiver)
         self._write(wire.dialback_result(receiver, sender, verdict="valid"))
         log.info("inbound {peer}: {sender} authenticated by dialback for {receiver}",
                  peer=self.peer_address, sender=sender, receiver=receiver)
@@ -585,8 +482,7 @@ class InboundStream(MachinePlumbing, Protocol):
 
     @_machine.output()
     def _answer_verify(self, element, asking, claimed, stream_id):
-        genuine = key_is_ours(self.side.dialback_secret, asking, claimed, stream_id, _text_of(element))
-        verdict = "valid" if genuine else "invalid"
+        verdict = verify_verdict(self.side.dialback_secret, asking, claimed, stream_id, _text_of(element))
         log.info("inbound {peer}: verify for {claimed} asked by {asking}: {verdict}",
                  peer=self.peer_address, claimed=claimed, asking=asking, verdict=verdict)
         self._write(wire.dialback_verify(claimed, asking, stream_id, "", verdict))
@@ -606,7 +502,7 @@ class InboundStream(MachinePlumbing, Protocol):
         out of ``open`` marks the stream closing, and then the machine itself
         is asked again (it ignores stanzas once closed).
         """
-        if self._closing:
+        if self.closing:
             self._stanza_input = self.stanza_arrived
             self.stanza_arrived(element, addressed, size)
             return
@@ -622,25 +518,19 @@ class InboundStream(MachinePlumbing, Protocol):
 
     @_machine.output()
     def _close_cleanly(self):
-        self._closing = True
-        if self.header_sent:
-            self._write(wire.STREAM_CLOSE)
+        self._write(wire.STREAM_CLOSE)
+        self._close_transport()
+
+    @_machine.output()
+    def _hang_up(self):
+        """The peer closed before we answered its header: there is no stream of ours to close."""
         self._close_transport()
 
     @_machine.output()
     def _announce_shutdown(self):
         self._send_error("system-shutdown", "the guard is stopping")
 
-    @_machine.output()
-    def _forget(self):
-        self._closing = True
-
     def _send_error(self, condition, text):
-        self._closing = True
-        if not self.header_sent:
-            fronted = sorted(self.side.fronted)
-            self._write(wire.stream_header(fronted[0] if fronted else None, None, self.stream_id))
-            self.header_sent = True
         self._write(wire.stream_error(condition, text) + wire.STREAM_CLOSE)
         self._close_transport()
 
@@ -651,11 +541,9 @@ class InboundStream(MachinePlumbing, Protocol):
     # -- transitions ------------------------------------------------------------
 
     awaiting_header.upon(header_accepted, enter=awaiting_starttls, outputs=[_answer_header, _offer_starttls])
-    awaiting_header.upon(header_refused, enter=closed, outputs=[_refuse_header])
     awaiting_starttls.upon(starttls_requested, enter=awaiting_secure_header, outputs=[_start_tls])
     awaiting_secure_header.upon(header_accepted, enter=awaiting_authentication,
                                 outputs=[_answer_header, _offer_authentication])
-    awaiting_secure_header.upon(header_refused, enter=closed, outputs=[_refuse_header])
     awaiting_authentication.upon(external_accepted, enter=awaiting_authenticated_header, outputs=[_succeed_external])
     awaiting_authentication.upon(external_refused, enter=awaiting_authentication, outputs=[_fail_external])
     awaiting_authentication.upon(dialback_requested, enter=awaiting_authentication, outputs=[_check_dialback])
@@ -665,7 +553,6 @@ class InboundStream(MachinePlumbing, Protocol):
     awaiting_authentication.upon(verify_requested, enter=awaiting_authentication, outputs=[_answer_verify])
     awaiting_authenticated_header.upon(header_accepted, enter=open,
                                        outputs=[_answer_header, _offer_nothing, _let_stanzas_through])
-    awaiting_authenticated_header.upon(header_refused, enter=closed, outputs=[_refuse_header])
     open.upon(stanza_arrived, enter=open, outputs=[_relay])
     open.upon(dialback_requested, enter=open, outputs=[_check_dialback])
     open.upon(dialback_confirmed, enter=open, outputs=[_confirm_dialback])
@@ -673,20 +560,25 @@ class InboundStream(MachinePlumbing, Protocol):
     open.upon(dialback_failed, enter=open, outputs=[_report_dialback_error])
     open.upon(verify_requested, enter=open, outputs=[_answer_verify])
 
-    for _state in (awaiting_header, awaiting_starttls, awaiting_secure_header, awaiting_authentication,
-                   awaiting_authenticated_header, open):
+    # Whether our header is on the stream follows from the state: the states that
+    # await the peer's header have not answered it yet, and an error needs ours first.
+    for _state in (awaiting_header, awaiting_secure_header, awaiting_authenticated_header):
+        _state.upon(header_refused, enter=closed, outputs=[_send_our_header, _refuse_header])
+        _state.upon(fault, enter=closed, outputs=[_send_our_header, _refuse])
+        _state.upon(unexpected, enter=closed, outputs=[_send_our_header, _refuse])
+        _state.upon(timed_out, enter=closed, outputs=[_send_our_header, _refuse])
+        _state.upon(peer_closed, enter=closed, outputs=[_hang_up])
+        _state.upon(shut_down, enter=closed, outputs=[_send_our_header, _announce_shutdown])
+        _state.upon(connection_lost, enter=closed, outputs=[])
+    for _state in (awaiting_starttls, awaiting_authentication, open):
         _state.upon(fault, enter=closed, outputs=[_refuse])
         _state.upon(unexpected, enter=closed, outputs=[_refuse])
         _state.upon(timed_out, enter=closed, outputs=[_refuse])
         _state.upon(peer_closed, enter=closed, outputs=[_close_cleanly])
         _state.upon(shut_down, enter=closed, outputs=[_announce_shutdown])
-        _state.upon(connection_lost, enter=closed, outputs=[_forget])
-    for _each in (header_accepted, header_refused, starttls_requested, external_accepted, external_refused,
-                   dialback_requested, dialback_confirmed, dialback_denied, dialback_failed, verify_requested,
-                   stanza_arrived,
-                   fault, unexpected, timed_out, peer_closed, shut_down, connection_lost):
-        closed.upon(_each, enter=closed, outputs=[])
-    del _state, _each
+        _state.upon(connection_lost, enter=closed, outputs=[])
+    ignore_when_closed(_machine, closed)
+    del _state
 
 
 class InboundFactory(Factory):
@@ -700,12 +592,10 @@ class InboundFactory(Factory):
     def buildProtocol(self, addr):
         stream = InboundStream(self.side)
         stream.factory = self
-        host = getattr(addr, "host", None)
-        same_address = sum(
-            1 for other in self.side.inbound_streams
-            if other.peer_address is not None and getattr(other.peer_address, "host", None) == host
-        )
-        if same_address >= self.side.limits.connections_per_address:
-            # RFC 6120 4.9.3.3 names a per-address connection limit as its example of <conflict/>.
-            stream.refusal_at_connect = ("conflict", "too many connections from this address")
+        hosts_connected = (getattr(other.peer_address, "host", None) for other in self.side.inbound_streams
+                           if other.peer_address is not None)
+        refusal = refuse_connection(getattr(addr, "host", None), hosts_connected,
+                                    self.side.limits.connections_per_address)
+        if refusal is not None:
+            stream.refusal_at_connect = (refusal.condition, refusal.text)
         return stream

@@ -8,6 +8,7 @@ from guard.edges.s2s.inbound import InboundFactory
 
 from .sides import make_side
 from .test_inbound_bytes import HEADER, written
+from .test_unread_output import dialback_stream
 
 
 def connect_from(factory, host, port):
@@ -72,3 +73,13 @@ def test_holds_are_counted_by_reason():
     assert transport.producerState == "producing"
     stream.release("never held")
     assert transport.producerState == "producing"
+
+
+def test_after_authentication_more_than_preauth_bytes_may_arrive():
+    """preauth_bytes bounds only what comes before a domain is authenticated: after dialback confirms one, it no longer applies."""
+    stream, transport = dialback_stream(Limits(preauth_bytes=2000))
+    stream.side.relay.dialback_answers[("red.example", "blue.example")] = True
+    stream.dataReceived(b"<db:result from='red.example' to='blue.example'>" + b"k" * 64 + b"</db:result>")
+    assert "type='valid'" in written(transport)
+    stream.dataReceived(b" " * 3000)
+    assert not transport.disconnecting and stream.byte_count.bytes_in > 3000
