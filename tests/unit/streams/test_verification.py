@@ -23,7 +23,7 @@ from guard.edges.s2s.verification import (
 from .sides import SECRET, TOPOLOGY, make_side
 from .test_handshakes import RecordingOwner
 from .test_inbound_bytes import HEADER, TLSRecordingTransport
-from .test_outbound_bytes import FAR_HEADER
+from .test_outbound_bytes import FAR_HEADER, ProvenTLSTransport
 
 STARTTLS = b"<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>"
 ROUTES = {"red.example": ("127.0.1.1", 5269), "conference.red.example": ("127.0.1.1", 5269)}
@@ -276,12 +276,11 @@ def verify_stream():
     side = make_side("blue", clock, authentication="dialback", presents_for=("red.example",))
     owner = RecordingOwner()
     stream = OutboundStream(owner, side, "red.example", "blue.example", purpose="verify")
-    transport = TLSRecordingTransport()
+    transport = ProvenTLSTransport()
     stream.makeConnection(transport)
     stream.dataReceived(FAR_HEADER + b"<stream:features><starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>"
                                      b"</stream:features>")
     stream.dataReceived(b"<proceed xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>")
-    stream._server_proven = True  # no TLS runs here; the certificate check has its own tests
     stream.dataReceived(FAR_HEADER + SECURE_FEATURES)
     transport.clear()
     return stream, transport, owner
@@ -321,12 +320,11 @@ def test_dialback_error_from_the_far_server_fails_the_outbound_stream(condition)
     side = make_side("blue", clock, authentication="dialback", presents_for=("red.example",))
     owner = RecordingOwner()
     stream = OutboundStream(owner, side, "red.example", "blue.example")
-    transport = TLSRecordingTransport()
+    transport = ProvenTLSTransport()
     stream.makeConnection(transport)
     stream.dataReceived(FAR_HEADER + b"<stream:features><starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>"
                                      b"</stream:features>")
     stream.dataReceived(b"<proceed xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>")
-    stream._server_proven = True
     stream.dataReceived(FAR_HEADER + SECURE_FEATURES)
     assert b"<db:result from='red.example' to='blue.example'>" in transport.value()
     stream.dataReceived(error_result(condition))
