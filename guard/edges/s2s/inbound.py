@@ -17,18 +17,17 @@ An input a state does not expect closes the stream (fail closed).
 from __future__ import annotations
 
 from automat import MethodicalMachine
-from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
-from zope.interface import implementer
 
 from guard.core.addressing import Misaddressed, check_addressing
 from guard.core.dialback import key_is_ours
-from guard.core.ratelimit import ByteBudget
+from guard.edges.filters import ByteCount, RateBudget
+from guard.edges.lifecycle import (StreamLifecycle, closed_state, ignore_when_closed, lifecycle_inputs,
+                                   lifecycle_state)
 from guard.edges.xmlstream import StreamFault, StreamParser
 
 from . import wire
-from .plumbing import MachinePlumbing
 from .decisions import Refusal, external_identity, refuse_dialback_request, refuse_inbound_header
 from .verification import NOT_SERVED, UNREACHABLE, as_answer
 
@@ -44,31 +43,14 @@ def _text_of(element) -> str:
 VERIFY_ID_BYTES = 128
 
 
-@implementer(IPushProducer)
-class _UnreadOutput:
-    """Told by the transport when the peer stops reading what the guard writes (its buffer is full), and when it drains."""
-
-    def __init__(self, stream):
-        self.stream = stream
-
-    def pauseProducing(self):
-        self.stream.peer_stopped_reading()
-
-    def resumeProducing(self):
-        self.stream.peer_resumed_reading()
-
-    def stopProducing(self):
-        self.stream.peer_resumed_reading()
-
-
-class InboundStream(MachinePlumbing, Protocol):
+class InboundStream(StreamLifecycle, Protocol):
     """One TCP connection from a server on ``side``."""
 
     _machine = MethodicalMachine()
 
     def __init__(self, side):
         self.side = side
-        self.clock = side.clock
+        self._begin_lifecycle(side.clock)
         self.stream_id = wire.new_stream_id()
         self.first_header = None
         self.authenticated_pairs: set[tuple[str, str]] = set()
@@ -77,18 +59,12 @@ class InboundStream(MachinePlumbing, Protocol):
         self._parser = None
         self._preauth_bytes = 0
         self._preauth_elements = 0
-        self._timers = {}
-        self._closing = False
         self.peer_address = None
         self.refusal_at_connect = None  # (condition, text) when the factory refuses this connection
         self._holds: set[str] = set()
-        self._budget = None
-        self._throttled_since = None
-        self._unread_since_pause = None  # bytes written while the peer does not read; None while it reads
+        self.byte_count = ByteCount().install(self.filters)
         self._backlog = b""  # bytes received and not yet parsed (more than one turn's worth arrived)
         self._parsed_this_turn = 0
-        self._aborted = False
-        self._restarts = 0
         # Automat builds a new wrapper at every access to an input; the one
         # input taken for every stanza is looked up once.
         self._stanza_input = self.stanza_arrived
@@ -102,24 +78,25 @@ class InboundStream(MachinePlumbing, Protocol):
         # The transport tells the producer when more than unread_output_bytes
         # wait for the peer to read them; reading stops until they drain.
         self.transport.bufferSize = limits.unread_output_bytes
-        self._register_producer(_UnreadOutput(self))
-        self._budget = ByteBudget(limits.rate_bytes_per_second, limits.rate_burst_bytes, self.clock.seconds())
+        self.unread_output_limit = limits.unread_output_bytes
+        self._register_producer()
+        RateBudget(self, self.clock, limits.rate_bytes_per_second, limits.rate_burst_bytes,
+                   limits.rate_grace).install(self.filters)
         self._start_timer("auth", limits.auth_timeout, "authentication took too long")
         self.side.inbound_streams.add(self)
         if self.refusal_at_connect is not None:
             self._input(self.fault, *self.refusal_at_connect)
 
     def dataReceived(self, data):
-        if self._closing:
-            return
-        if self._over_budget(len(data)):
+        data = self._filter_in(data)
+        if data is None:
             return
         if not self.authenticated_pairs:
             self._preauth_bytes += len(data)
             if self._preauth_bytes > self.side.limits.preauth_bytes:
                 self._input(self.fault, "policy-violation", "too much data before authentication")
                 return
-        self._restart_timer("idle")
+        self._reset_timer("idle", self.side.limits.idle_timeout)
         if self._backlog:
             # A turn is already waiting: these bytes queue behind it (a
             # transport may still deliver what it had read before the hold).
@@ -135,35 +112,35 @@ class InboundStream(MachinePlumbing, Protocol):
         delivery in the turn: TLS hands over one record at a time); keep the
         rest, stop reading, and go on at the next turn of the reactor.
         """
-        if "turn" not in self._timers:
-            self._start_timer_call("turn", 0, self._next_turn)
+        if not self._timer_running("turn"):
+            self.schedule("turn", 0, self._next_turn)
         allowance = max(0, self.side.limits.read_turn_bytes - self._parsed_this_turn)
         piece, rest = data[:allowance], data[allowance:]
         self._parsed_this_turn += len(piece)
-        stream_before = self._restarts
+        parser_before = self._parser
         if piece:
             try:
                 self._parser.feed(piece)
             except StreamFault as fault:
                 self._log_refusal(fault)
                 self._input(self.fault, fault.condition, fault.text)
-        if self._restarts != stream_before:
+        if self._parser is not parser_before:
             # The stream restarted (STARTTLS, SASL) inside this piece: the rest
             # belonged to the old stream and is ignored, as the parser would.
             rest = b""
-        if rest and not self._closing:
+        if rest and not self.closing:
             self._backlog = rest
             self.hold("turn")
 
     def _next_turn(self):
         """A new turn: the budget is whole again; parse what waits (if anything), unless
         something else holds the stream (then ``release`` brings the next turn)."""
-        self._timers.pop("turn", None)
+        self._forget_timer("turn")
         self._parsed_this_turn = 0
         if self._backlog and self._holds - {"turn"}:
             return
         data, self._backlog = self._backlog, b""
-        if data and not self._closing:
+        if data and not self.closing:
             self._parse_a_turn(data)
         if not self._backlog:
             self.release("turn")
@@ -172,7 +149,7 @@ class InboundStream(MachinePlumbing, Protocol):
 
     def hold(self, reason: str):
         """Stop reading from the peer until ``reason`` is released (rate limit, congestion downstream)."""
-        if not self._holds and self.transport is not None and not self._closing:
+        if not self._holds and self.transport is not None and not self.closing:
             self.transport.pauseProducing()
         self._holds.add(reason)
 
@@ -180,61 +157,28 @@ class InboundStream(MachinePlumbing, Protocol):
         if reason not in self._holds:
             return
         self._holds.discard(reason)
-        if self._holds == {"turn"} and self._backlog and "turn" not in self._timers and not self._closing:
+        if self._holds == {"turn"} and self._backlog and not self._timer_running("turn") and not self.closing:
             # Only the waiting input holds the stream now: parse it on the next turn.
-            self._start_timer_call("turn", 0, self._next_turn)
-        if not self._holds and self.transport is not None and not self._closing:
+            self.schedule("turn", 0, self._next_turn)
+        if not self._holds and self.transport is not None and not self.closing:
             self.transport.resumeProducing()
 
-    def peer_stopped_reading(self):
-        """The peer leaves what we wrote unread: stop reading from it, and count what is still written."""
-        if self._unread_since_pause is None:
-            self._unread_since_pause = 0
-            self.hold("peer not reading")
+    def _peer_stopped_reading(self):
+        """The peer leaves what we wrote unread: stop reading from it (the base counts what is still written)."""
+        self.hold("peer not reading")
 
-    def peer_resumed_reading(self):
-        if self._unread_since_pause is not None:
-            self._unread_since_pause = None
-            self.release("peer not reading")
+    def _peer_resumed_reading(self):
+        self.release("peer not reading")
 
-    def _write(self, data: bytes):
-        """Write to the peer; a peer that does not read gets at most unread_output_bytes more, then is cut off."""
-        if self._aborted:
-            return
-        if self._unread_since_pause is not None:
-            self._unread_since_pause += len(data)
-            if self._unread_since_pause > self.side.limits.unread_output_bytes:
-                log.info("inbound {peer}: does not read what the guard writes; connection aborted",
-                         peer=self.peer_address)
-                self._closing = True
-                self._aborted = True
-                # Nothing more of what this peer sent is parsed: the rest of the piece is abandoned, as at a restart.
-                self._backlog = b""
-                if self._parser is not None:
-                    self._parser.stop()
-                self.transport.abortConnection()
-                return
-        self.transport.write(data)
+    def _stop_reading_input(self):
+        """Nothing more of what this peer sent is parsed: the rest of the piece is abandoned, as at a restart."""
+        self._backlog = b""
+        if self._parser is not None:
+            self._parser.stop()
 
     @property
     def held(self) -> frozenset[str]:
         return frozenset(self._holds)
-
-    def _over_budget(self, amount) -> bool:
-        """Spend from the byte budget; throttle when over it, and close a peer that stays over past the grace."""
-        now = self.clock.seconds()
-        wait = self._budget.spend(now, amount)
-        if wait <= 0:
-            self._throttled_since = None
-            return False
-        if self._throttled_since is None:
-            self._throttled_since = now
-        elif now - self._throttled_since > self.side.limits.rate_grace:
-            self._input(self.fault, "policy-violation", "sending faster than the rate limit allows")
-            return True
-        self.hold("rate")
-        self._start_timer_call("rate", wait, self.release, "rate")
-        return False
 
     def connectionLost(self, reason):
         self._cancel_all_timers()
@@ -249,7 +193,6 @@ class InboundStream(MachinePlumbing, Protocol):
         self._new_parser()
         self.stream_id = wire.new_stream_id()
         self.header_sent = False
-        self._restarts += 1
         self._backlog = b""
 
     def _new_parser(self):
@@ -370,11 +313,6 @@ class InboundStream(MachinePlumbing, Protocol):
     def _describe(self):
         return f"inbound {self.peer_address}"
 
-    def _restart_timer(self, name):
-        timer = self._timers.get(name)
-        if timer is not None and timer.active():
-            timer.reset(self.side.limits.idle_timeout)
-
     # -- states -------------------------------------------------------------
 
     @_machine.state(initial=True)
@@ -401,9 +339,8 @@ class InboundStream(MachinePlumbing, Protocol):
     def open(self):
         "At least one domain pair is authenticated; stanzas flow to the relay."
 
-    @_machine.state()
-    def closed(self):
-        "The stream is over; everything is ignored."
+    closed = closed_state(_machine)
+    _lifecycle_state = lifecycle_state(_machine)
 
     # -- inputs ---------------------------------------------------------------
 
@@ -452,28 +389,10 @@ class InboundStream(MachinePlumbing, Protocol):
         "A well-addressed stanza from an authenticated domain."
 
     @_machine.input()
-    def fault(self, condition, text):
-        "The peer broke the protocol; the stream ends with this error."
-
-    @_machine.input()
     def unexpected(self, condition, text):
         "Something arrived that the current state does not allow."
 
-    @_machine.input()
-    def timed_out(self, condition, text):
-        "A deadline passed."
-
-    @_machine.input()
-    def peer_closed(self):
-        "The peer closed its stream."
-
-    @_machine.input()
-    def shut_down(self):
-        "The guard is stopping."
-
-    @_machine.input()
-    def connection_lost(self):
-        "The TCP connection is gone."
+    fault, timed_out, peer_closed, shut_down, connection_lost = lifecycle_inputs(_machine)
 
     # -- outputs --------------------------------------------------------------
 
@@ -606,7 +525,7 @@ class InboundStream(MachinePlumbing, Protocol):
         out of ``open`` marks the stream closing, and then the machine itself
         is asked again (it ignores stanzas once closed).
         """
-        if self._closing:
+        if self.closing:
             self._stanza_input = self.stanza_arrived
             self.stanza_arrived(element, addressed, size)
             return
@@ -622,7 +541,6 @@ class InboundStream(MachinePlumbing, Protocol):
 
     @_machine.output()
     def _close_cleanly(self):
-        self._closing = True
         if self.header_sent:
             self._write(wire.STREAM_CLOSE)
         self._close_transport()
@@ -631,12 +549,7 @@ class InboundStream(MachinePlumbing, Protocol):
     def _announce_shutdown(self):
         self._send_error("system-shutdown", "the guard is stopping")
 
-    @_machine.output()
-    def _forget(self):
-        self._closing = True
-
     def _send_error(self, condition, text):
-        self._closing = True
         if not self.header_sent:
             fronted = sorted(self.side.fronted)
             self._write(wire.stream_header(fronted[0] if fronted else None, None, self.stream_id))
@@ -680,13 +593,9 @@ class InboundStream(MachinePlumbing, Protocol):
         _state.upon(timed_out, enter=closed, outputs=[_refuse])
         _state.upon(peer_closed, enter=closed, outputs=[_close_cleanly])
         _state.upon(shut_down, enter=closed, outputs=[_announce_shutdown])
-        _state.upon(connection_lost, enter=closed, outputs=[_forget])
-    for _each in (header_accepted, header_refused, starttls_requested, external_accepted, external_refused,
-                   dialback_requested, dialback_confirmed, dialback_denied, dialback_failed, verify_requested,
-                   stanza_arrived,
-                   fault, unexpected, timed_out, peer_closed, shut_down, connection_lost):
-        closed.upon(_each, enter=closed, outputs=[])
-    del _state, _each
+        _state.upon(connection_lost, enter=closed, outputs=[])
+    ignore_when_closed(_machine, closed)
+    del _state
 
 
 class InboundFactory(Factory):

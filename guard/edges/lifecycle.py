@@ -1,0 +1,303 @@
+"""
+The lifecycle every stream shares (the inbound and outbound S2S streams and
+the pair link's stream): what surrounds its Automat machine.
+
+- ``lifecycle_inputs(machine)``, called once in each stream's class body,
+  declares the inputs every stream has: ``fault``, ``timed_out``,
+  ``peer_closed``, ``shut_down``, ``connection_lost``.  ``closed_state(machine)``
+  declares the terminal state (named ``CLOSED``), ``lifecycle_state(machine)``
+  reads the state's name and ``ignore_when_closed(machine, closed)`` makes the
+  terminal state ignore every input.
+- ``StreamLifecycle``, mixed into the Protocol: feeding the machine fail
+  closed (an unexpected input or a fault in an output closes the stream),
+  named timers on the injected clock, the producer the transport tells when
+  the peer stops and resumes reading, the unread-output accounting (a peer
+  that leaves more than a limit unread is cut off), the byte filter chain
+  (``guard.edges.filters``) between the transport and the parser/serialiser,
+  and closing.
+
+Why MethodicalMachine and a declaring function rather than Automat's
+TypeMachineBuilder: the three machines' outputs are methods of their
+protocols that read the protocol's own facts; the typed builder would split
+each stream into a protocol and a core and rewrite every transition of three
+machines at once.  The declaring function gives the same thing the typed
+input protocols would share: each common input is written once, with one
+signature and one meaning, and each machine gets its own copy (Automat binds
+an input to one machine).
+"""
+
+from __future__ import annotations
+
+from automat import NoTransition
+from twisted.internet.interfaces import IPushProducer
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from .filters import FilterChain, Refused
+
+log = Logger()
+
+CLOSED = "closed"
+
+
+def lifecycle_inputs(machine):
+    """
+    Declare on ``machine`` the inputs every stream has; call it in the class
+    body: ``fault, timed_out, peer_closed, shut_down, connection_lost = lifecycle_inputs(_machine)``.
+    """
+
+    @machine.input()
+    def fault(self, condition, text):
+        "The peer broke the protocol (or a filter refused its bytes); the stream ends with this error."
+
+    @machine.input()
+    def timed_out(self, condition, text):
+        "A deadline passed."
+
+    @machine.input()
+    def peer_closed(self):
+        "The peer closed its stream (or the guard closes an idle one)."
+
+    @machine.input()
+    def shut_down(self):
+        "The guard is stopping."
+
+    @machine.input()
+    def connection_lost(self, text=""):
+        "The TCP connection is gone (``text``: why, for the log)."
+
+    return fault, timed_out, peer_closed, shut_down, connection_lost
+
+
+def closed_state(machine):
+    """Declare the terminal state; call it in the class body: ``closed = closed_state(_machine)``."""
+
+    @machine.state(serialized=CLOSED)
+    def closed(self):
+        "The stream is over; everything is ignored."
+
+    return closed
+
+
+def lifecycle_state(machine):
+    """A method that names the machine's current state (its ``serialized`` name): ``_lifecycle_state = lifecycle_state(_machine)``."""
+
+    @machine.serializer()
+    def state(self, name):
+        return name
+
+    return state
+
+
+def ignore_when_closed(machine, closed) -> None:
+    """Once ``closed``, every input the machine knows is ignored; call it after every other transition."""
+    for each in sorted(machine._automaton.inputAlphabet(), key=lambda one: one._name()):
+        closed.upon(each, enter=closed, outputs=[])
+
+
+@implementer(IPushProducer)
+class PeerReading:
+    """Told by the transport when the peer stops reading what the guard writes (its buffer is full), and when it drains."""
+
+    def __init__(self, stream):
+        self.stream = stream
+
+    def pauseProducing(self):
+        self.stream.peer_stopped_reading()
+
+    def resumeProducing(self):
+        self.stream.peer_resumed_reading()
+
+    def stopProducing(self):
+        self.stream.peer_resumed_reading()
+
+
+class StreamLifecycle:
+    """
+    Mixed into a stream Protocol whose machine has the ``lifecycle_inputs``
+    and a ``closed_state``; the stream provides ``_describe()`` (for the log)
+    and ``_refuse_unexpected(text)`` (which input an unexpected input
+    becomes), calls ``_begin_lifecycle(clock)`` in ``__init__``, and declares
+    ``_lifecycle_state = lifecycle_state(_machine)``.
+    """
+
+    # Bytes a peer may leave unread after it stopped reading before it is cut
+    # off; None: never cut off (the stream only hears that the peer stopped).
+    unread_output_limit: int | None = None
+
+    def _begin_lifecycle(self, clock):
+        self.clock = clock
+        self._timers = {}
+        self.filters = FilterChain()
+        # Bytes written since the peer stopped reading; None while it reads.
+        self._unread_since_pause: int | None = None
+        self._producer_registered = False
+        # The guard dropped the connection outside the machine (a fault in the
+        # guard, a peer that does not read): nothing more is read or written.
+        self._dropped = False
+
+    # -- the machine, fail closed --------------------------------------------
+
+    @property
+    def closing(self) -> bool:
+        """The stream is over (its machine is closed) or the guard dropped its connection."""
+        return self._dropped or self._lifecycle_state() == CLOSED
+
+    def _input(self, method, *args):
+        """Feed the machine; an input the state does not expect, or any fault in an output, closes the stream."""
+        try:
+            method(*args)
+        except NoTransition as problem:
+            log.info("{stream}: unexpected {problem}", stream=self._describe(), problem=problem)
+            try:
+                self._refuse_unexpected(f"not expected now: {method.__name__}")
+            except NoTransition:
+                self._close_transport()
+        except Exception:  # noqa: BLE001 - a fault in the guard closes the stream: fail closed
+            log.failure("{stream}: internal fault on {input}", stream=self._describe(), input=method.__name__)
+            self._drop()
+        else:
+            self._after_input()
+
+    def _after_input(self):
+        """Called after each input the machine took (a stream may act on what its outputs noted)."""
+
+    # -- named timers on the injected clock --------------------------------------
+
+    def _start_timer(self, name, seconds, text):
+        """After ``seconds``, the machine gets timed_out(connection-timeout, text)."""
+        self.schedule(name, seconds, self._input, self.timed_out, "connection-timeout", text)
+
+    def schedule(self, name, seconds, function, *args):
+        """Call ``function(*args)`` after ``seconds`` on the stream's clock, replacing the timer ``name``."""
+        self._cancel_timer(name)
+        self._timers[name] = self.clock.callLater(seconds, function, *args)
+
+    _start_timer_call = schedule
+
+    def _reset_timer(self, name, seconds):
+        """Push the timer ``name`` (if running) back to ``seconds`` from now."""
+        timer = self._timers.get(name)
+        if timer is not None and timer.active():
+            timer.reset(seconds)
+
+    def _timer_running(self, name) -> bool:
+        return name in self._timers
+
+    def _forget_timer(self, name):
+        """The timer ``name`` fired: it is no longer running."""
+        self._timers.pop(name, None)
+
+    def _cancel_timer(self, name):
+        timer = self._timers.pop(name, None)
+        if timer is not None and timer.active():
+            timer.cancel()
+
+    def _cancel_all_timers(self):
+        for timer in self._timers.values():
+            if timer.active():
+                timer.cancel()
+        self._timers.clear()
+
+    # -- the peer reading what we write ----------------------------------------
+
+    def _register_producer(self, producer=None):
+        """Hear from the transport when the peer stops reading what we write (and when it drains)."""
+        self.transport.registerProducer(producer if producer is not None else PeerReading(self), True)
+        self._producer_registered = True
+
+    @property
+    def peer_reading(self) -> bool:
+        return self._unread_since_pause is None
+
+    def peer_stopped_reading(self):
+        """The peer leaves what we wrote unread: count what is still written, and tell the stream."""
+        if self._unread_since_pause is None:
+            self._unread_since_pause = 0
+            self._peer_stopped_reading()
+
+    def peer_resumed_reading(self):
+        if self._unread_since_pause is not None:
+            self._unread_since_pause = None
+            self._peer_resumed_reading()
+
+    def _peer_stopped_reading(self):
+        """What the stream does when its peer stops reading (hold its input, tell its owner)."""
+
+    def _peer_resumed_reading(self):
+        """What the stream does when its peer reads again."""
+
+    # -- bytes in and out, through the filter chain ------------------------------
+
+    def _filter_in(self, data: bytes) -> bytes | None:
+        """
+        What the parser gets of ``data``: the "in" filters' result, or None
+        (held back, refused, or the stream is over).  A refusal closes the
+        stream with the stream error it names.
+        """
+        if self.closing:
+            return None
+        try:
+            data = self.filters.incoming(data)
+        except Refused as refusal:
+            log.info("{stream}: refused by a filter, {condition}: {text}", stream=self._describe(),
+                     condition=refusal.condition, text=refusal.text)
+            self._input(self.fault, refusal.condition, refusal.text)
+            return None
+        except Exception:  # noqa: BLE001 - a fault in a filter closes the stream: fail closed
+            log.failure("{stream}: internal fault in an incoming filter", stream=self._describe())
+            self._drop()
+            return None
+        return data
+
+    def _write(self, data: bytes):
+        """
+        Write to the peer through the "out" filters.  A peer that stopped
+        reading gets at most ``unread_output_limit`` more bytes, then is cut
+        off.  An "out" filter that refuses drops the connection: nothing more
+        can be written through it, not even a stream error.
+        """
+        if self._dropped or self.transport is None:
+            return
+        try:
+            data = self.filters.outgoing(data)
+        except Exception as problem:  # noqa: BLE001 - Refused or a fault: nothing more can be written
+            log.info("{stream}: an outgoing filter refused: {problem!r}; connection dropped",
+                     stream=self._describe(), problem=problem)
+            self._drop()
+            return
+        if data is None:
+            return
+        if self._unread_since_pause is not None:
+            self._unread_since_pause += len(data)
+            if self.unread_output_limit is not None and self._unread_since_pause > self.unread_output_limit:
+                log.info("{stream}: does not read what the guard writes; connection aborted", stream=self._describe())
+                self._cut_off()
+                return
+        self.transport.write(data)
+
+    # -- closing --------------------------------------------------------------------
+
+    def _close_transport(self):
+        if self.transport is None:
+            return
+        if self._producer_registered:
+            # TLS does not close while a producer is registered: unregister first.
+            self._producer_registered = False
+            self.transport.unregisterProducer()
+        self.transport.loseConnection()
+
+    def _drop(self):
+        """Close the connection outside the machine (a fault in the guard): nothing more is read or written."""
+        self._dropped = True
+        self._stop_reading_input()
+        self._close_transport()
+
+    def _cut_off(self):
+        """Abort the connection without a word (the peer does not read): nothing more is read or written."""
+        self._dropped = True
+        self._stop_reading_input()
+        self.transport.abortConnection()
+
+    def _stop_reading_input(self):
+        """Nothing more of what the peer sent is parsed (the stream discards what waits)."""
