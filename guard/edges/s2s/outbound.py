@@ -10,7 +10,17 @@ side's authoritative server to verify a dialback key (``purpose="verify"``).
            -> awaiting_authenticated_features -> ready
       -> awaiting_secure_features -> awaiting_dialback_result -> ready
       -> awaiting_secure_features -> verifying (purpose "verify": db:verify out, answers in)
+    ready <-> congested (the far server stops and resumes reading)
     any state -> closed
+
+Every fact about the stream is its state: whether it is secured, proven by
+its certificate, authenticated, reported ready, congested or over.  The
+protocol only parses and classifies; the machine consults the no-I/O
+decisions of ``decisions`` (``refuse_outbound_header``, ``refuse_far_server``,
+``refuse_clear_offer``, ``choose_mechanism``, ``judge_dialback_answer``,
+``refuse_verify_answer``) and feeds itself their answer.  What every stream
+shares (fail-closed input, timers, the producer, the byte filters, closing)
+is ``guard.edges.lifecycle``.
 
 The owner learns what happened through three calls: ``stream_ready(stream)``,
 ``stream_failed(stream, condition, text)`` (before it was ready) and
@@ -24,17 +34,17 @@ resumes reading.
 from __future__ import annotations
 
 from automat import MethodicalMachine
-from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
-from zope.interface import implementer
 
 from guard.core.bounce import peer_detail
 from guard.core.dialback import dialback_key
+from guard.edges.filters import ByteCount
+from guard.edges.lifecycle import (StreamLifecycle, closed_state, ignore_when_closed, lifecycle_inputs,
+                                   lifecycle_state)
 from guard.edges.xmlstream import StreamFault, StreamParser, serialise
 
 from . import wire
-from .plumbing import MachinePlumbing
 from .decisions import (
     DIALBACK, EXTERNAL, VERIFY, KeyNotAccepted, Refusal, choose_mechanism, first_child, judge_dialback_answer,
     read_offer, refuse_clear_offer, refuse_far_server, refuse_outbound_header, refuse_verify_answer,
@@ -51,24 +61,7 @@ FAILURE_TEXTS = {
 STOPPING_TEXT = "the guard is stopping"
 
 
-@implementer(IPushProducer)
-class _FarReading:
-    """Told by the transport when the far server stops reading what the guard writes (its buffer is full) and when it drains."""
-
-    def __init__(self, stream):
-        self.stream = stream
-
-    def pauseProducing(self):
-        self.stream.far_stopped_reading()
-
-    def resumeProducing(self):
-        self.stream.far_resumed_reading()
-
-    def stopProducing(self):
-        self.stream.far_resumed_reading()
-
-
-class OutboundStream(MachinePlumbing, Protocol):
+class OutboundStream(StreamLifecycle, Protocol):
     """One connection the guard opened to a server on ``side`` as ``sender``."""
 
     _machine = MethodicalMachine()
@@ -76,14 +69,14 @@ class OutboundStream(MachinePlumbing, Protocol):
     def __init__(self, owner, side, sender, receiver, purpose="relay"):
         self.owner = owner
         self.side = side
-        self.clock = side.clock
+        self._begin_lifecycle(side.clock)
         self.sender = sender
         self.receiver = receiver
         self.purpose = purpose
         self.stream_id = None  # the far server's id of the current stream (dialback keys are bound to it)
         self.first_header = None  # the far server's first header: a restarted stream must not change it
         self._parser = None
-        self._timers = {}
+        self.byte_count = ByteCount().install(self.filters)
 
     # -- transport events -------------------------------------------------
 
@@ -91,10 +84,13 @@ class OutboundStream(MachinePlumbing, Protocol):
         self._start_timer("auth", self.side.limits.auth_timeout, "authentication took too long")
         # Congestion is signalled when more than unread_output_bytes wait for the far server.
         self.transport.bufferSize = self.side.limits.unread_output_bytes
-        self._register_producer(_FarReading(self))
+        self._register_producer()
         self._open_stream()
 
     def dataReceived(self, data):
+        data = self._filter_in(data)
+        if data is None:
+            return
         self._restart_idle()
         try:
             self._parser.feed(data)
@@ -107,12 +103,16 @@ class OutboundStream(MachinePlumbing, Protocol):
         self._cancel_all_timers()
         self._input(self.connection_lost, reason.getErrorMessage())
 
-    def far_stopped_reading(self):
-        """The transport's buffer for the far server is full (TLS also pauses during its handshake)."""
+    def _peer_stopped_reading(self):
+        """The transport's buffer for the far server is full (TLS also pauses us during its handshake)."""
         self._input(self.stopped_reading)
 
-    def far_resumed_reading(self):
+    def _peer_resumed_reading(self):
         self._input(self.resumed_reading)
+
+    def _stop_reading_input(self):
+        if self._parser is not None:
+            self._parser.stop()
 
     # -- sending stanzas --------------------------------------------------
 
@@ -123,12 +123,12 @@ class OutboundStream(MachinePlumbing, Protocol):
         nothing is written: the caller settles it.
         """
         data = serialise(element, max_bytes=self.side.limits.stanza_bytes).encode("utf-8")
-        self.transport.write(data)
+        self._write(data)
         self._restart_idle()
 
     def send_verify(self, stream_id, key):
         """Ask the authoritative server whether ``key`` is genuine for the stream ``stream_id`` (purpose "verify")."""
-        self.transport.write(wire.dialback_verify(self.sender, self.receiver, stream_id, key))
+        self._write(wire.dialback_verify(self.sender, self.receiver, stream_id, key))
         self._restart_idle()
 
     def close_for_shutdown(self):
@@ -147,7 +147,7 @@ class OutboundStream(MachinePlumbing, Protocol):
 
     def _open_stream(self):
         self._parser = StreamParser(self._on_header, self._on_element, self._on_end, self.side.limits.parser_limits())
-        self.transport.write(wire.stream_header(self.sender, self.receiver))
+        self._write(wire.stream_header(self.sender, self.receiver))
 
     def _on_header(self, header):
         self._input(self.header_arrived, header)
@@ -205,9 +205,7 @@ class OutboundStream(MachinePlumbing, Protocol):
         return f"outbound {self.sender}->{self.receiver}"
 
     def _restart_idle(self):
-        timer = self._timers.get("idle")
-        if timer is not None and timer.active():
-            timer.reset(self.side.limits.idle_timeout)
+        self._reset_timer("idle", self.side.limits.idle_timeout)
 
     # -- states -------------------------------------------------------------
 
@@ -259,9 +257,8 @@ class OutboundStream(MachinePlumbing, Protocol):
     def congested(self):
         "Ready, but the far server leaves what we write unread (reported congested)."
 
-    @_machine.state()
-    def closed(self):
-        "The stream is over and the owner has been told; everything is ignored."
+    closed = closed_state(_machine)  # the owner has been told how the stream ended
+    _lifecycle_state = lifecycle_state(_machine)
 
     # -- inputs ---------------------------------------------------------------
 
@@ -334,28 +331,10 @@ class OutboundStream(MachinePlumbing, Protocol):
         "The far server reads again."
 
     @_machine.input()
-    def fault(self, condition, text):
-        "The far server broke the protocol."
-
-    @_machine.input()
     def peer_failed(self, text):
         "The far server sent a stream error."
 
-    @_machine.input()
-    def timed_out(self, condition, text):
-        "A deadline passed."
-
-    @_machine.input()
-    def peer_closed(self):
-        "The far server closed its stream, or we close an idle one."
-
-    @_machine.input()
-    def shut_down(self):
-        "The guard is stopping."
-
-    @_machine.input()
-    def connection_lost(self, text):
-        "The TCP connection is gone."
+    fault, timed_out, peer_closed, shut_down, connection_lost = lifecycle_inputs(_machine)
 
     # -- outputs that consult the decisions and feed the machine their answer --
 
@@ -407,7 +386,7 @@ class OutboundStream(MachinePlumbing, Protocol):
 
     @_machine.output()
     def _ask_for_tls(self):
-        self.transport.write(wire.STARTTLS)
+        self._write(wire.STARTTLS)
 
     @_machine.output()
     def _start_tls(self):
@@ -423,7 +402,7 @@ class OutboundStream(MachinePlumbing, Protocol):
 
     @_machine.output()
     def _send_external(self):
-        self.transport.write(wire.sasl_external_auth(self.sender))
+        self._write(wire.sasl_external_auth(self.sender))
 
     @_machine.output()
     def _restart_stream(self):
@@ -433,12 +412,12 @@ class OutboundStream(MachinePlumbing, Protocol):
     @_machine.output()
     def _send_dialback_key(self):
         key = dialback_key(self.side.dialback_secret, self.receiver, self.sender, self.stream_id)
-        self.transport.write(wire.dialback_result(self.sender, self.receiver, key=key))
+        self._write(wire.dialback_result(self.sender, self.receiver, key=key))
 
     @_machine.output()
     def _start_idle_timer(self):
         self._cancel_timer("auth")
-        self._start_timer_call("idle", self.side.limits.idle_timeout, self._input, self.peer_closed)
+        self.schedule("idle", self.side.limits.idle_timeout, self._input, self.peer_closed)
 
     @_machine.output()
     def _log_ready(self):
@@ -472,8 +451,8 @@ class OutboundStream(MachinePlumbing, Protocol):
 
     def _hang_up(self, last_words):
         """Read nothing more, write ``last_words`` and close (our header is always on the stream: it opens each one)."""
-        self._parser.stop()
-        self.transport.write(last_words)
+        self._stop_reading_input()
+        self._write(last_words)
         self._close_transport()
 
     # -- outputs that tell the owner how the stream ended (once: closed ignores everything) --
@@ -566,14 +545,10 @@ class OutboundStream(MachinePlumbing, Protocol):
     awaiting_sasl_result.upon(sasl_failed, enter=closed, outputs=[_write_close, _fail_not_found])
     awaiting_dialback_result.upon(dialback_invalid, enter=closed, outputs=[_write_close, _fail_not_found])
     # TLS pauses its producer during the handshake: only a ready stream's full buffer is congestion.
-    for _state in _before_ready + (verifying, ready, congested, closed):
+    for _state in _before_ready + _after_ready:
         if _state is not ready:
             _state.upon(stopped_reading, enter=_state, outputs=[])
         if _state is not congested:
             _state.upon(resumed_reading, enter=_state, outputs=[])
-    for _each in (header_arrived, header_accepted, header_refused, features_arrived, tls_offered, proceed_arrived,
-                  external_chosen, dialback_chosen, verify_chosen, unusable, sasl_succeeded, sasl_failed,
-                  dialback_valid, dialback_invalid, verify_answered, fault, peer_failed, timed_out, peer_closed,
-                  shut_down, connection_lost):
-        closed.upon(_each, enter=closed, outputs=[])
-    del _state, _each, _before_ready, _after_ready
+    ignore_when_closed(_machine, closed)
+    del _state, _before_ready, _after_ready
