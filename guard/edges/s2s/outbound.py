@@ -196,7 +196,7 @@ class OutboundStream(StreamLifecycle, Protocol):
         else:
             self._input(self.dialback_valid)
 
-    # -- machine plumbing -------------------------------------------------
+    # -- the lifecycle's hooks ----------------------------------------------
 
     def _refuse_unexpected(self, text):
         self.fault("policy-violation", text)
@@ -524,20 +524,20 @@ class OutboundStream(StreamLifecycle, Protocol):
                      awaiting_secure_features, awaiting_sasl_result, awaiting_authenticated_header,
                      awaiting_authenticated_features, awaiting_dialback_result)
     _after_ready = (verifying, ready, congested)
-    for _state in _before_ready:
-        _state.upon(fault, enter=closed, outputs=[_write_error, _fail_not_found])
-        _state.upon(peer_failed, enter=closed, outputs=[_write_close, _fail_not_found])
-        _state.upon(timed_out, enter=closed, outputs=[_write_error, _fail_timeout])
-        _state.upon(peer_closed, enter=closed, outputs=[_write_close, _fail_far_closed])
-        _state.upon(shut_down, enter=closed, outputs=[_write_close, _fail_stopping])
-        _state.upon(connection_lost, enter=closed, outputs=[_fail_lost])
-    for _state in _after_ready:
-        _state.upon(fault, enter=closed, outputs=[_write_error, _tell_lost])
-        _state.upon(peer_failed, enter=closed, outputs=[_write_close, _tell_lost])
-        _state.upon(timed_out, enter=closed, outputs=[_write_error, _tell_lost])
-        _state.upon(peer_closed, enter=closed, outputs=[_write_close, _tell_lost])
-        _state.upon(shut_down, enter=closed, outputs=[_write_close, _tell_lost])
-        _state.upon(connection_lost, enter=closed, outputs=[_tell_lost])
+    # How each ending closes the wire, and what the owner hears of it before the stream was ready.
+    _endings = (
+        (fault, [_write_error], _fail_not_found),
+        (peer_failed, [_write_close], _fail_not_found),
+        (timed_out, [_write_error], _fail_timeout),
+        (peer_closed, [_write_close], _fail_far_closed),
+        (shut_down, [_write_close], _fail_stopping),
+        (connection_lost, [], _fail_lost),
+    )
+    for _ending, _on_the_wire, _failure in _endings:
+        for _state in _before_ready:
+            _state.upon(_ending, enter=closed, outputs=_on_the_wire + [_failure])
+        for _state in _after_ready:
+            _state.upon(_ending, enter=closed, outputs=_on_the_wire + [_tell_lost])
     for _state in (awaiting_header, awaiting_secure_header, awaiting_authenticated_header):
         _state.upon(header_refused, enter=closed, outputs=[_write_error, _fail_not_found])
     for _state in (awaiting_features, awaiting_secure_features):
@@ -551,4 +551,4 @@ class OutboundStream(StreamLifecycle, Protocol):
         if _state is not congested:
             _state.upon(resumed_reading, enter=_state, outputs=[])
     ignore_when_closed(_machine, closed)
-    del _state, _before_ready, _after_ready
+    del _state, _before_ready, _after_ready, _endings, _ending, _on_the_wire, _failure
