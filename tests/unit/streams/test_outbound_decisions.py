@@ -11,21 +11,12 @@ from guard.edges.s2s.decisions import (
     read_offer, refuse_clear_offer, refuse_far_server, refuse_verify_answer,
 )
 from guard.edges.tlsidentity import TrustAnchors, load_pem_chain
-from guard.edges.xmlstream import StreamParser
 from guard.lab.inmemory import PresentedChain
 
 from .sides import pki
+from .test_outbound_bytes import stanza as features
 
 SENDER, RECEIVER = "red.example", "blue.example"
-
-
-def features(xml):
-    found = []
-    StreamParser(lambda header: None, lambda element, size: found.append(element), lambda: None).feed(
-        b"<stream:stream xmlns='jabber:server' xmlns:stream='http://etherx.jabber.org/streams' version='1.0'>"
-        + xml.encode()
-    )
-    return found[0]
 
 
 def test_an_offer_is_read_from_the_features_element():
