@@ -9,10 +9,22 @@ import pytest
 from twisted.words.xish import domish
 
 from guard.edges.s2s.decisions import (
+    VERIFY_ID_BYTES,
+    AuthenticationOffer,
+    KeyToCheck,
+    NotServed,
+    Refusal,
+    authentication_offer,
+    dialback_settled,
     external_identity,
+    judge_dialback_request,
+    refuse_another_stream,
+    refuse_connection,
     refuse_dialback_request,
     refuse_inbound_header,
     refuse_outbound_header,
+    refuse_sasl_mechanism,
+    refuse_verify_request,
 )
 from guard.core.bounce import PEER_DETAIL_CHARACTERS, peer_detail
 from guard.edges.xmlstream import STREAMS_NS, StreamHeader
@@ -77,3 +89,112 @@ def test_detail_is_bounded_and_escaped():
     assert refusal.detail == "expected blue.example, got " + peer_detail(MARKER)
     assert "\\n2026-12-01" in refusal.detail and "\\x1b" in refusal.detail and "\\u202e" in refusal.detail
     assert len(refusal.detail) < 2 * PEER_DETAIL_CHARACTERS
+
+
+# -- the inbound stream's decisions, plain values in and out ----------------------------
+
+class Verdict:
+    """A peer certificate's verdict as the decisions read it: which domains it proves, and its problem."""
+
+    def __init__(self, proves=(), problem=None):
+        self.domains, self.problem = frozenset(proves), problem
+
+    def proves(self, domain):
+        return domain in self.domains
+
+
+@pytest.mark.parametrize("authentication, verdict, offer", [
+    ("certificate", Verdict(proves={"red.example"}), AuthenticationOffer(external=True, dialback=False)),
+    ("certificate", Verdict(problem="expired"), AuthenticationOffer(external=False, dialback=False, problem="expired")),
+    ("certificate", Verdict(proves={"other.example"}),
+     AuthenticationOffer(external=False, dialback=False, problem="subjectAltName does not match")),
+    ("certificate", None, AuthenticationOffer(external=False, dialback=False, problem="no certificate")),
+    ("dialback", Verdict(proves={"red.example"}), AuthenticationOffer(external=False, dialback=True)),
+    ("dialback", None, AuthenticationOffer(external=False, dialback=True)),
+])
+def test_the_mechanism_offered_follows_the_side_and_the_certificate(authentication, verdict, offer):
+    """A certificate side offers EXTERNAL only when the certificate proves the stream's from; a dialback side offers dialback only."""
+    assert authentication_offer(authentication, verdict, "red.example") == offer
+
+
+@pytest.mark.parametrize("authentication, mechanism, refusal", [
+    ("certificate", "EXTERNAL", None),
+    ("certificate", "PLAIN", Refusal("invalid-mechanism", "only EXTERNAL is offered")),
+    ("certificate", None, Refusal("invalid-mechanism", "only EXTERNAL is offered")),
+    ("dialback", "EXTERNAL", Refusal("invalid-mechanism", "this side authenticates with dialback")),
+])
+def test_only_sasl_external_on_a_certificate_side_is_taken(authentication, mechanism, refusal):
+    """SASL <auth/> is refused on a dialback side, and for any mechanism but EXTERNAL."""
+    assert refuse_sasl_mechanism(authentication, mechanism) == refusal
+
+
+@pytest.mark.parametrize("already_sends_as, streams_from, refused", [
+    (False, 0, False), (False, 1, False), (False, 2, True), (False, 3, True), (True, 2, False), (True, 9, False),
+])
+def test_streams_per_domain_counts_other_streams_and_not_one_that_already_sends_as_the_domain(
+        already_sends_as, streams_from, refused):
+    """At streams_per_domain other streams for a domain, another is refused; a stream already sending as it adds none."""
+    refusal = refuse_another_stream("red.example", already_sends_as, streams_from, limit=2)
+    assert refusal == (Refusal("policy-violation", "too many streams from red.example") if refused else None)
+
+
+def test_connections_per_address_counts_only_the_same_address():
+    """A third connection from one address is refused with conflict; connections from other addresses do not count."""
+    assert refuse_connection("10.0.0.1", ["10.0.0.1", "10.0.0.2", "10.0.0.2"], limit=2) is None
+    assert refuse_connection("10.0.0.1", ["10.0.0.1", "10.0.0.1"], limit=2) == Refusal(
+        "conflict", "too many connections from this address")
+    assert refuse_connection("10.0.0.1", [], limit=1) is None
+
+
+@pytest.mark.parametrize("attributes, authentication, decision", [
+    ({"from": "red.example", "to": "blue.example"}, "dialback",
+     KeyToCheck("red.example", "blue.example", "b4835385f37fe2895af6c196b59097b1")),
+    ({"from": "red.example", "to": "blue.example"}, "certificate",
+     Refusal("not-authorized", "this side authenticates with certificates")),
+    ({"from": "red.example", "to": "green.example"}, "dialback",
+     NotServed("red.example", "green.example", Refusal(
+         "host-unknown", "dialback for a domain this guard does not serve", "to green.example"))),
+    ({"from": "blue.example", "to": "blue.example"}, "dialback",
+     Refusal("invalid-from", "dialback from a domain not of this side", "from blue.example")),
+    ({"from": "red.example"}, "dialback", Refusal("improper-addressing", "dialback needs from and to domains")),
+])
+def test_a_dialback_request_is_checked_refused_or_answered_with_an_error(attributes, authentication, decision):
+    """A <db:result/> on a dialback side for a fronted domain is checked; one for a domain not served is a
+    dialback error (the stream stays open); anything else is a stream error."""
+    assert judge_dialback_request(dialback_result(**attributes), authentication, FRONTED, HOSTED) == decision
+
+
+def test_a_dialback_request_without_a_key_or_with_a_huge_one_is_refused():
+    """A <db:result/> must carry a key of at most 1024 characters."""
+    empty = domish.Element(("jabber:server:dialback", "result"))
+    empty["from"], empty["to"] = "red.example", "blue.example"
+    huge = dialback_result(**{"from": "red.example", "to": "blue.example"})
+    huge.addContent("k" * 1024)
+    for element in (empty, huge):
+        assert judge_dialback_request(element, "dialback", FRONTED, HOSTED) == Refusal(
+            "bad-format", "a dialback key is required")
+
+
+@pytest.mark.parametrize("verdict, settled", [
+    ("valid", "confirmed"), ("invalid", "denied"), ("error", "failed"), ("anything else", "failed"),
+])
+def test_the_authoritative_answer_settles_a_dialback_request(verdict, settled):
+    """valid confirms, invalid denies, and any other answer is a dialback error (never a confirmation)."""
+    assert dialback_settled(verdict) == settled
+
+
+@pytest.mark.parametrize("asking, claimed, stream_id, refusal", [
+    ("red.example", "blue.example", "s-1", None),
+    ("blue.example", "blue.example", "s-1",
+     Refusal("invalid-from", "a db:verify must come from a domain of this side")),
+    (None, "blue.example", "s-1", Refusal("invalid-from", "a db:verify must come from a domain of this side")),
+    ("red.example", "red.example", "s-1",
+     Refusal("host-unknown", "a db:verify must name a domain served through this guard")),
+    ("red.example", "blue.example", "", Refusal("policy-violation", "a db:verify needs a stream id of at most 128 bytes")),
+    ("red.example", "blue.example", "i" * VERIFY_ID_BYTES, None),
+    ("red.example", "blue.example", "é" * 65,
+     Refusal("policy-violation", "a db:verify needs a stream id of at most 128 bytes")),
+])
+def test_a_db_verify_is_answered_only_for_our_domains_and_a_short_id(asking, claimed, stream_id, refusal):
+    """What a db:verify answer echoes is bounded and known: our domains, and an id of at most 128 bytes."""
+    assert refuse_verify_request(asking, claimed, stream_id, FRONTED, HOSTED) == refusal

@@ -3,6 +3,7 @@
 from wokkel.server import generateKey
 
 from guard.core.dialback import dialback_key, key_is_ours
+from guard.edges.s2s.decisions import verify_verdict
 
 SECRET = "s3cr3tf0rd14lb4ck"
 
@@ -24,3 +25,11 @@ def test_key_is_ours_only_for_the_same_inputs():
     assert not key_is_ours("another secret", "blue.example", "red.example", "stream-1", key)
     assert not key_is_ours(SECRET, "blue.example", "red.example", "stream-1", "")
     assert not key_is_ours(SECRET, "blue.example", "red.example", "stream-1", "é" * 64)
+
+
+def test_a_db_verify_is_valid_only_for_the_key_the_guard_issued():
+    """verify_verdict (the inbound stream's answer to a db:verify) says valid for our key and invalid for any other."""
+    key = dialback_key(SECRET, "blue.example", "red.example", "stream-1")
+    assert verify_verdict(SECRET, "blue.example", "red.example", "stream-1", key) == "valid"
+    assert verify_verdict(SECRET, "blue.example", "red.example", "stream-2", key) == "invalid"
+    assert verify_verdict(SECRET, "blue.example", "red.example", "stream-1", "") == "invalid"

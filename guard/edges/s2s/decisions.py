@@ -12,11 +12,19 @@ and escaped by ``peer_detail``, for the log and the audit.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Iterable
 
 from guard.core.addressing import parse_jid
-
 from guard.core.bounce import peer_detail
+from guard.core.dialback import key_is_ours
+
 from .wire import SERVER_NS, STREAMS_NS
+
+# The longest stream id a db:verify may carry: ids are the receiving server's
+# (Prosody's are 36 characters); anything longer is refused, never echoed.
+VERIFY_ID_BYTES = 128
+# The longest dialback key a db:result may carry.
+DIALBACK_KEY_CHARACTERS = 1024
 
 
 @dataclass(frozen=True)
@@ -104,7 +112,7 @@ def refuse_dialback_request(element, stream_header, fronted: frozenset[str],
     if receiver not in fronted:
         return Refusal("host-unknown", "dialback for a domain this guard does not serve", f"to {peer_detail(receiver)}")
     key = "".join(str(child) for child in element.children if isinstance(child, str)).strip()
-    if not key or len(key) > 1024:
+    if not key or len(key) > DIALBACK_KEY_CHARACTERS:
         return Refusal("bad-format", "a dialback key is required")
     return None
 
@@ -129,6 +137,123 @@ def external_identity(authzid: str | None, stream_header, peer_verdict, hosted: 
         return Refusal("not-authorized", "the certificate does not name the stream's from",
                        f"from {peer_detail(claimed)}")
     return claimed
+
+
+# -- the inbound stream's decisions: mechanisms, limits, dialback --------------------
+
+
+@dataclass(frozen=True)
+class AuthenticationOffer:
+    """Which authentication the secured stream's features offer; ``problem``: why EXTERNAL is not (for the log)."""
+
+    external: bool
+    dialback: bool
+    problem: str | None = None
+
+
+def authentication_offer(authentication: str, peer_verdict, claimed: str | None) -> AuthenticationOffer:
+    """
+    What a secured inbound stream offers: on a certificate side, SASL EXTERNAL
+    when the peer's certificate proves the stream's from (and nothing when it
+    does not); on a dialback side, dialback only.
+    """
+    if authentication != "certificate":
+        return AuthenticationOffer(external=False, dialback=True)
+    if peer_verdict is not None and peer_verdict.proves(claimed):
+        return AuthenticationOffer(external=True, dialback=False)
+    problem = peer_verdict.problem if peer_verdict is not None else "no certificate"
+    return AuthenticationOffer(external=False, dialback=False, problem=problem or "subjectAltName does not match")
+
+
+def refuse_sasl_mechanism(authentication: str, mechanism: str | None) -> Refusal | None:
+    """Whether a SASL <auth/> is refused for its mechanism (a SASL failure; the stream stays open)."""
+    if authentication != "certificate":
+        return Refusal("invalid-mechanism", "this side authenticates with dialback")
+    if mechanism != "EXTERNAL":
+        return Refusal("invalid-mechanism", "only EXTERNAL is offered")
+    return None
+
+
+def refuse_another_stream(domain: str, already_sends_as: bool, streams_from: int, limit: int) -> Refusal | None:
+    """
+    Whether one more stream may authenticate ``domain``: ``streams_from`` other
+    streams already are, at most ``limit`` may be (streams_per_domain).  A
+    stream that already sends as ``domain`` (dialback for one more receiving
+    domain) adds no stream.
+    """
+    if not already_sends_as and streams_from >= limit:
+        return Refusal("policy-violation", f"too many streams from {domain}")
+    return None
+
+
+def refuse_connection(host, hosts_connected: Iterable, limit: int) -> Refusal | None:
+    """Whether a new connection from ``host`` is refused: ``limit`` (connections_per_address) are already open from it."""
+    if sum(1 for each in hosts_connected if each == host) >= limit:
+        # RFC 6120 4.9.3.3 names a per-address connection limit as its example of <conflict/>.
+        return Refusal("conflict", "too many connections from this address")
+    return None
+
+
+@dataclass(frozen=True)
+class KeyToCheck:
+    """A <db:result/> the guard asks the authoritative server about: originating ``sender``, receiving ``receiver``."""
+
+    sender: str
+    receiver: str
+    key: str
+
+
+@dataclass(frozen=True)
+class NotServed:
+    """
+    XEP-0220 2.2.1 and 2.4: a <db:result/> for a receiving domain the guard
+    does not serve is answered with a dialback error, not a stream error (the
+    stream may carry other domain pairs); ``refusal`` says why, for the log.
+    """
+
+    sender: str | None
+    receiver: str | None
+    refusal: Refusal
+
+
+def judge_dialback_request(element, authentication: str, fronted: frozenset[str],
+                           hosted: frozenset[str]) -> Refusal | NotServed | KeyToCheck:
+    """What to do with a <db:result/> asking the guard to verify a peer: refuse the stream, answer an error, or check the key."""
+    if authentication != "dialback":
+        return Refusal("not-authorized", "this side authenticates with certificates")
+    refusal = refuse_dialback_request(element, None, fronted, hosted)
+    if refusal is not None and refusal.condition == "host-unknown":
+        return NotServed(element.getAttribute("from"), element.getAttribute("to"), refusal)
+    if refusal is not None:
+        return refusal
+    key = "".join(child for child in element.children if isinstance(child, str)).strip()
+    return KeyToCheck(element.getAttribute("from"), element.getAttribute("to"), key)
+
+
+def dialback_settled(verdict: str) -> str:
+    """Which way the authoritative server's answer settles a <db:result/>: "confirmed", "denied" or "failed" (an XEP-0220 error)."""
+    if verdict == "valid":
+        return "confirmed"
+    if verdict == "invalid":
+        return "denied"
+    return "failed"
+
+
+def refuse_verify_request(asking: str | None, claimed: str | None, stream_id: str,
+                          fronted: frozenset[str], hosted: frozenset[str]) -> Refusal | None:
+    """A <db:verify/> is answered only for our own domains and a short id: what is echoed is bounded and known."""
+    if asking not in hosted:
+        return Refusal("invalid-from", "a db:verify must come from a domain of this side")
+    if claimed not in fronted:
+        return Refusal("host-unknown", "a db:verify must name a domain served through this guard")
+    if not stream_id or len(stream_id.encode("utf-8")) > VERIFY_ID_BYTES:
+        return Refusal("policy-violation", "a db:verify needs a stream id of at most 128 bytes")
+    return None
+
+
+def verify_verdict(secret: str, asking: str, claimed: str, stream_id: str, key: str) -> str:
+    """The answer to a <db:verify/>: "valid" when ``key`` is the one the guard issued for these domains and stream."""
+    return "valid" if key_is_ours(secret, asking, claimed, stream_id, key) else "invalid"
 
 
 # -- outbound: what the guard decides about a far server it connected to -------

@@ -3,15 +3,20 @@ The guard as receiving server: one side's server connects, the guard
 negotiates TLS and authentication standing in for a far-side domain, then
 hands every well-addressed stanza to the relay.
 
-The protocol only parses and classifies; ``refuse_*``/``check_addressing``
-decide; the Automat machine holds the lifecycle, named for facts:
+The protocol only parses and classifies; the functions of ``decisions``
+(header, mechanism offer, SASL, stream and connection limits, dialback and
+db:verify) and ``check_addressing`` decide; the Automat machine holds the
+lifecycle, named for facts:
 
     awaiting_header -> awaiting_starttls -> awaiting_secure_header
       -> awaiting_authentication -> (SASL EXTERNAL) awaiting_authenticated_header -> open
                                  -> (dialback verified) open
     any state -> closed
 
-An input a state does not expect closes the stream (fail closed).
+The states ``awaiting_*header`` are those in which our header is not yet on
+the stream (an error there is preceded by one).  What every stream shares
+(fail-closed inputs, timers, the unread-output bound, the byte filters: the
+byte count and the rate budget) is ``guard.edges.lifecycle``'s.
 """
 
 from __future__ import annotations
@@ -21,14 +26,15 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 
 from guard.core.addressing import Misaddressed, check_addressing
-from guard.core.dialback import key_is_ours
 from guard.edges.filters import ByteCount, RateBudget
 from guard.edges.lifecycle import (StreamLifecycle, closed_state, ignore_when_closed, lifecycle_inputs,
                                    lifecycle_state)
 from guard.edges.xmlstream import StreamFault, StreamParser
 
 from . import wire
-from .decisions import Refusal, external_identity, refuse_dialback_request, refuse_inbound_header
+from .decisions import (NotServed, Refusal, authentication_offer, dialback_settled, external_identity,
+                        judge_dialback_request, refuse_another_stream, refuse_connection, refuse_inbound_header,
+                        refuse_sasl_mechanism, refuse_verify_request, verify_verdict)
 from .verification import NOT_SERVED, UNREACHABLE, as_answer
 
 log = Logger()
@@ -36,11 +42,6 @@ log = Logger()
 
 def _text_of(element) -> str:
     return "".join(child for child in element.children if isinstance(child, str))
-
-
-# The longest stream id a db:verify may carry: ids are the receiving server's
-# (Prosody's are 36 characters); anything longer is refused, never echoed.
-VERIFY_ID_BYTES = 128
 
 
 class InboundStream(StreamLifecycle, Protocol):
@@ -55,7 +56,6 @@ class InboundStream(StreamLifecycle, Protocol):
         self.first_header = None
         self.authenticated_pairs: set[tuple[str, str]] = set()
         self.peer_verdict = None
-        self.header_sent = False
         self._parser = None
         self._preauth_bytes = 0
         self._preauth_elements = 0
@@ -192,7 +192,6 @@ class InboundStream(StreamLifecycle, Protocol):
         self._parser.stop()
         self._new_parser()
         self.stream_id = wire.new_stream_id()
-        self.header_sent = False
         self._backlog = b""
 
     def _new_parser(self):
@@ -244,54 +243,50 @@ class InboundStream(StreamLifecycle, Protocol):
             self._input(self._stanza_input, element, verdict, size)
 
     def _sasl_auth(self, element):
-        if self.side.authentication != "certificate":
-            self._input(self.external_refused, "invalid-mechanism", "this side authenticates with dialback")
-            return
-        if element.getAttribute("mechanism") != "EXTERNAL":
-            self._input(self.external_refused, "invalid-mechanism", "only EXTERNAL is offered")
+        refusal = refuse_sasl_mechanism(self.side.authentication, element.getAttribute("mechanism"))
+        if refusal is not None:
+            self._input(self.external_refused, refusal.condition, refusal.text)
             return
         authzid = wire.decode_sasl_external(_text_of(element))
         identity = external_identity(authzid, self.first_header, self.peer_verdict, self.side.hosted)
         if isinstance(identity, Refusal):
             self._input(self.external_refused, identity.condition, identity.text)
-        elif self._streams_from(identity) >= self.side.limits.streams_per_domain:
-            self._input(self.fault, "policy-violation", f"too many streams from {identity}")
+            return
+        refusal = self._refuse_another_stream(identity)
+        if refusal is not None:
+            self._input(self.fault, refusal.condition, refusal.text)
         else:
             self._input(self.external_accepted, identity)
 
     def _dialback_request(self, element):
-        if self.side.authentication != "dialback":
-            self._input(self.fault, "not-authorized", "this side authenticates with certificates")
+        decision = judge_dialback_request(element, self.side.authentication, self.side.fronted, self.side.hosted)
+        if isinstance(decision, NotServed):
+            self._log_refusal(decision.refusal)
+            self._input(self.dialback_failed, decision.sender, decision.receiver, NOT_SERVED)
             return
-        refusal = refuse_dialback_request(element, self.first_header, self.side.fronted, self.side.hosted)
-        if refusal is not None:
-            self._log_refusal(refusal)
-        if refusal is not None and refusal.condition == "host-unknown":
-            # XEP-0220 2.2.1 and 2.4: a target domain the guard does not serve is a dialback
-            # error, not a stream error (the stream may carry other domain pairs).
-            self._input(self.dialback_failed, element.getAttribute("from"), element.getAttribute("to"), NOT_SERVED)
+        if isinstance(decision, Refusal):
+            self._log_refusal(decision)
+            self._input(self.fault, decision.condition, decision.text)
             return
+        refusal = self._refuse_another_stream(decision.sender)
         if refusal is not None:
             self._input(self.fault, refusal.condition, refusal.text)
             return
-        sender = element.getAttribute("from")
-        if not self._sends_as(sender) and self._streams_from(sender) >= self.side.limits.streams_per_domain:
-            self._input(self.fault, "policy-violation", f"too many streams from {sender}")
-            return
-        self._input(self.dialback_requested, element)
+        self._input(self.dialback_requested, decision)
 
     def _verify_request(self, element):
-        """A db:verify is answered only for our own domains and a short id: what is echoed is bounded and known."""
         asking, claimed = element.getAttribute("from"), element.getAttribute("to")
         stream_id = element.getAttribute("id") or ""
-        if asking not in self.side.hosted:
-            self._input(self.fault, "invalid-from", "a db:verify must come from a domain of this side")
-        elif claimed not in self.side.fronted:
-            self._input(self.fault, "host-unknown", "a db:verify must name a domain served through this guard")
-        elif not stream_id or len(stream_id.encode("utf-8")) > VERIFY_ID_BYTES:
-            self._input(self.fault, "policy-violation", "a db:verify needs a stream id of at most 128 bytes")
+        refusal = refuse_verify_request(asking, claimed, stream_id, self.side.fronted, self.side.hosted)
+        if refusal is not None:
+            self._input(self.fault, refusal.condition, refusal.text)
         else:
             self._input(self.verify_requested, element, asking, claimed, stream_id)
+
+    def _refuse_another_stream(self, domain) -> Refusal | None:
+        """Whether streams_per_domain allows this stream to authenticate ``domain`` too."""
+        streams_from = sum(1 for stream in self.side.inbound_streams if stream is not self and stream._sends_as(domain))
+        return refuse_another_stream(domain, self._sends_as(domain), streams_from, self.side.limits.streams_per_domain)
 
     def _log_refusal(self, refusal):
         """What the peer said that was refused (a StreamFault's or a Refusal's detail: bounded, escaped) goes to the log."""
@@ -300,10 +295,6 @@ class InboundStream(StreamLifecycle, Protocol):
 
     def _sends_as(self, domain) -> bool:
         return any(sender == domain for sender, _ in self.authenticated_pairs)
-
-    def _streams_from(self, domain) -> int:
-        """How many other streams on this side are authenticated for ``domain``."""
-        return sum(1 for stream in self.side.inbound_streams if stream is not self and stream._sends_as(domain))
 
     # -- machine plumbing ---------------------------------------------------
 
@@ -365,8 +356,8 @@ class InboundStream(StreamLifecycle, Protocol):
         "SASL EXTERNAL did not prove the peer's identity."
 
     @_machine.input()
-    def dialback_requested(self, element):
-        "The peer asked to be verified by dialback (<db:result/> with a key)."
+    def dialback_requested(self, request):
+        "The peer asked to be verified by dialback (<db:result/> with a key): a KeyToCheck."
 
     @_machine.input()
     def dialback_confirmed(self, sender, receiver):
@@ -402,11 +393,16 @@ class InboundStream(StreamLifecycle, Protocol):
             self.first_header = header
         attributes = header.attributes
         self._write(wire.stream_header(attributes.get("to"), attributes.get("from"), self.stream_id))
-        self.header_sent = True
 
     @_machine.output()
     def _refuse_header(self, header, condition, text):
         self._send_error(condition, text)
+
+    @_machine.output()
+    def _send_our_header(self):
+        """Our header is not yet sent on this stream (the state awaits the peer's): an error needs one first."""
+        fronted = sorted(self.side.fronted)
+        self._write(wire.stream_header(fronted[0] if fronted else None, None, self.stream_id))
 
     @_machine.output()
     def _offer_starttls(self, header):
@@ -425,17 +421,11 @@ class InboundStream(StreamLifecycle, Protocol):
     def _offer_authentication(self, header):
         self._cancel_timer("tls")
         self.peer_verdict = self.side.anchors.judge_peer(self.transport.getHandle())
-        certificate_mode = self.side.authentication == "certificate"
-        offer_external = certificate_mode and self.peer_verdict.proves(header.attributes.get("from"))
-        if certificate_mode and not offer_external:
-            log.info(
-                "inbound {peer}: certificate does not authenticate {domain}: {problem}",
-                peer=self.peer_address, domain=header.attributes.get("from"),
-                problem=self.peer_verdict.problem or "subjectAltName does not match",
-            )
-        self._write(wire.features_authentication(
-            external=offer_external, dialback=not certificate_mode
-        ))
+        offer = authentication_offer(self.side.authentication, self.peer_verdict, header.attributes.get("from"))
+        if offer.problem is not None:
+            log.info("inbound {peer}: certificate does not authenticate {domain}: {problem}",
+                     peer=self.peer_address, domain=header.attributes.get("from"), problem=offer.problem)
+        self._write(wire.features_authentication(external=offer.external, dialback=offer.dialback))
 
     @_machine.output()
     def _succeed_external(self, domain):
@@ -456,11 +446,9 @@ class InboundStream(StreamLifecycle, Protocol):
         self._write(wire.features_empty())
 
     @_machine.output()
-    def _check_dialback(self, element):
-        sender, receiver = element.getAttribute("from"), element.getAttribute("to")
-        checking = self.side.relay.check_dialback(
-            self.side, sender, receiver, self.stream_id, _text_of(element).strip(), asker=self
-        )
+    def _check_dialback(self, request):
+        sender, receiver = request.sender, request.receiver
+        checking = self.side.relay.check_dialback(self.side, sender, receiver, self.stream_id, request.key, asker=self)
         if checking is None:
             log.info("inbound {peer}: dialback for {sender} is already being checked", peer=self.peer_address,
                      sender=sender)
@@ -468,9 +456,10 @@ class InboundStream(StreamLifecycle, Protocol):
 
         def checked(value):
             answer = as_answer(value)
-            if answer.verdict == "valid":
+            settled = dialback_settled(answer.verdict)
+            if settled == "confirmed":
                 self._input(self.dialback_confirmed, sender, receiver)
-            elif answer.verdict == "invalid":
+            elif settled == "denied":
                 self._input(self.dialback_denied, sender, receiver, "key not confirmed")
             else:
                 self._input(self.dialback_failed, sender, receiver, answer)
@@ -504,8 +493,7 @@ class InboundStream(StreamLifecycle, Protocol):
 
     @_machine.output()
     def _answer_verify(self, element, asking, claimed, stream_id):
-        genuine = key_is_ours(self.side.dialback_secret, asking, claimed, stream_id, _text_of(element))
-        verdict = "valid" if genuine else "invalid"
+        verdict = verify_verdict(self.side.dialback_secret, asking, claimed, stream_id, _text_of(element))
         log.info("inbound {peer}: verify for {claimed} asked by {asking}: {verdict}",
                  peer=self.peer_address, claimed=claimed, asking=asking, verdict=verdict)
         self._write(wire.dialback_verify(claimed, asking, stream_id, "", verdict))
@@ -541,8 +529,12 @@ class InboundStream(StreamLifecycle, Protocol):
 
     @_machine.output()
     def _close_cleanly(self):
-        if self.header_sent:
-            self._write(wire.STREAM_CLOSE)
+        self._write(wire.STREAM_CLOSE)
+        self._close_transport()
+
+    @_machine.output()
+    def _hang_up(self):
+        """The peer closed before we answered its header: there is no stream of ours to close."""
         self._close_transport()
 
     @_machine.output()
@@ -550,10 +542,6 @@ class InboundStream(StreamLifecycle, Protocol):
         self._send_error("system-shutdown", "the guard is stopping")
 
     def _send_error(self, condition, text):
-        if not self.header_sent:
-            fronted = sorted(self.side.fronted)
-            self._write(wire.stream_header(fronted[0] if fronted else None, None, self.stream_id))
-            self.header_sent = True
         self._write(wire.stream_error(condition, text) + wire.STREAM_CLOSE)
         self._close_transport()
 
@@ -564,11 +552,9 @@ class InboundStream(StreamLifecycle, Protocol):
     # -- transitions ------------------------------------------------------------
 
     awaiting_header.upon(header_accepted, enter=awaiting_starttls, outputs=[_answer_header, _offer_starttls])
-    awaiting_header.upon(header_refused, enter=closed, outputs=[_refuse_header])
     awaiting_starttls.upon(starttls_requested, enter=awaiting_secure_header, outputs=[_start_tls])
     awaiting_secure_header.upon(header_accepted, enter=awaiting_authentication,
                                 outputs=[_answer_header, _offer_authentication])
-    awaiting_secure_header.upon(header_refused, enter=closed, outputs=[_refuse_header])
     awaiting_authentication.upon(external_accepted, enter=awaiting_authenticated_header, outputs=[_succeed_external])
     awaiting_authentication.upon(external_refused, enter=awaiting_authentication, outputs=[_fail_external])
     awaiting_authentication.upon(dialback_requested, enter=awaiting_authentication, outputs=[_check_dialback])
@@ -578,7 +564,6 @@ class InboundStream(StreamLifecycle, Protocol):
     awaiting_authentication.upon(verify_requested, enter=awaiting_authentication, outputs=[_answer_verify])
     awaiting_authenticated_header.upon(header_accepted, enter=open,
                                        outputs=[_answer_header, _offer_nothing, _let_stanzas_through])
-    awaiting_authenticated_header.upon(header_refused, enter=closed, outputs=[_refuse_header])
     open.upon(stanza_arrived, enter=open, outputs=[_relay])
     open.upon(dialback_requested, enter=open, outputs=[_check_dialback])
     open.upon(dialback_confirmed, enter=open, outputs=[_confirm_dialback])
@@ -586,8 +571,17 @@ class InboundStream(StreamLifecycle, Protocol):
     open.upon(dialback_failed, enter=open, outputs=[_report_dialback_error])
     open.upon(verify_requested, enter=open, outputs=[_answer_verify])
 
-    for _state in (awaiting_header, awaiting_starttls, awaiting_secure_header, awaiting_authentication,
-                   awaiting_authenticated_header, open):
+    # Whether our header is on the stream follows from the state: the states that
+    # await the peer's header have not answered it yet, and an error needs ours first.
+    for _state in (awaiting_header, awaiting_secure_header, awaiting_authenticated_header):
+        _state.upon(header_refused, enter=closed, outputs=[_send_our_header, _refuse_header])
+        _state.upon(fault, enter=closed, outputs=[_send_our_header, _refuse])
+        _state.upon(unexpected, enter=closed, outputs=[_send_our_header, _refuse])
+        _state.upon(timed_out, enter=closed, outputs=[_send_our_header, _refuse])
+        _state.upon(peer_closed, enter=closed, outputs=[_hang_up])
+        _state.upon(shut_down, enter=closed, outputs=[_send_our_header, _announce_shutdown])
+        _state.upon(connection_lost, enter=closed, outputs=[])
+    for _state in (awaiting_starttls, awaiting_authentication, open):
         _state.upon(fault, enter=closed, outputs=[_refuse])
         _state.upon(unexpected, enter=closed, outputs=[_refuse])
         _state.upon(timed_out, enter=closed, outputs=[_refuse])
@@ -609,12 +603,10 @@ class InboundFactory(Factory):
     def buildProtocol(self, addr):
         stream = InboundStream(self.side)
         stream.factory = self
-        host = getattr(addr, "host", None)
-        same_address = sum(
-            1 for other in self.side.inbound_streams
-            if other.peer_address is not None and getattr(other.peer_address, "host", None) == host
-        )
-        if same_address >= self.side.limits.connections_per_address:
-            # RFC 6120 4.9.3.3 names a per-address connection limit as its example of <conflict/>.
-            stream.refusal_at_connect = ("conflict", "too many connections from this address")
+        hosts_connected = (getattr(other.peer_address, "host", None) for other in self.side.inbound_streams
+                           if other.peer_address is not None)
+        refusal = refuse_connection(getattr(addr, "host", None), hosts_connected,
+                                    self.side.limits.connections_per_address)
+        if refusal is not None:
+            stream.refusal_at_connect = (refusal.condition, refusal.text)
         return stream

@@ -169,14 +169,18 @@ def test_slow_drip_is_cut_off_at_the_authentication_deadline():
 
 
 def test_tls_deadline_closes_a_stalled_handshake():
-    """After <proceed/>, a peer that never opens the secure stream is closed at tls_timeout."""
+    """After <proceed/>, a peer that never opens the secure stream is closed at tls_timeout; the old stream is gone,
+    so the error comes after a new header of ours."""
     stream, transport, clock, side = connect(limits=Limits(tls_timeout=5.0, auth_timeout=60.0))
     stream.dataReceived(HEADER + b"<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>")
     written(transport)
     clock.advance(4.9)
     assert not transport.disconnecting
     clock.advance(0.2)
-    assert "connection-timeout" in written(transport)
+    out = written(transport)
+    assert "connection-timeout" in out
+    assert out.startswith("<?xml version='1.0'?><stream:stream") and f"id='{stream.stream_id}'" in out
+    assert out.count("<stream:stream") == 1
     assert transport.disconnecting
 
 
@@ -201,3 +205,15 @@ def test_shutdown_sends_system_shutdown():
         "<text xmlns='urn:ietf:params:xml:ns:xmpp-streams'>the guard is stopping</text>"
         "</stream:error></stream:stream>"
     )
+
+
+def test_shutdown_before_the_peer_header_sends_our_header_first():
+    """A stream that has not answered a header yet (its state awaits one) gets a header of ours before system-shutdown."""
+    stream, transport, clock, side = connect()
+    stream.close_for_shutdown()
+    out = written(transport)
+    assert out.startswith("<?xml version='1.0'?><stream:stream") and "from='blue.example'" in out
+    assert out.endswith("<system-shutdown xmlns='urn:ietf:params:xml:ns:xmpp-streams'/>"
+                        "<text xmlns='urn:ietf:params:xml:ns:xmpp-streams'>the guard is stopping</text>"
+                        "</stream:error></stream:stream>")
+    assert transport.disconnecting
