@@ -15,12 +15,15 @@ state does not expect closes the connection (fail closed).
 
 from __future__ import annotations
 
-from automat import MethodicalMachine, NoTransition
+from automat import MethodicalMachine
 from twisted.internet.interfaces import IHandshakeListener
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from guard.edges.filters import ByteCount
+from guard.edges.lifecycle import (StreamLifecycle, closed_state, ignore_when_closed, lifecycle_inputs,
+                                   lifecycle_state)
 from guard.edges.xmlstream import ParserLimits, StreamFault, StreamParser
 
 from . import wire
@@ -36,8 +39,21 @@ PAUSED_INPUT_BYTES = 1024 * 1024
 STANZA_NAMES = frozenset({"message", "presence", "iq"})
 
 
+def refuse_link_header(header, own_name: str, peer_name: str) -> tuple[str, str] | None:
+    """Whether the peer's stream header is not that of the peer half's link stream: (condition, text), or None."""
+    if header.default_namespace != wire.SERVER_NS:
+        return ("invalid-namespace", "the link stream uses jabber:server")
+    if header.attributes.get("version") != "1.0":
+        return ("unsupported-version", "the link stream is version 1.0")
+    if header.attributes.get("from") != peer_name:
+        return ("invalid-from", "the header does not name the peer half")
+    if header.attributes.get("to") != own_name:
+        return ("host-unknown", "the header does not name this half")
+    return None
+
+
 @implementer(IHandshakeListener)
-class LinkStream(Protocol):
+class LinkStream(StreamLifecycle, Protocol):
     """One TCP (TLS) connection between the two halves."""
 
     _machine = MethodicalMachine()
@@ -45,18 +61,18 @@ class LinkStream(Protocol):
     def __init__(self, link, peer_check, clock, limits: ParserLimits = ParserLimits(), open_timeout: float = 30.0):
         self.link = link
         self.peer_check = peer_check
-        self.clock = clock
+        self._begin_lifecycle(clock)
         self.limits = limits
         self.open_timeout = open_timeout
-        self.peer_fingerprint: str | None = None
-        self.reached_open = False
+        self.peer_fingerprint: str | None = None  # noted when the certificate proves the peer
+        self.reached_open = False  # noted when the peer's <resume/> opened this connection (the dialler reads it after)
         self.when_lost = []  # callables told when the connection is gone
-        self.stanzas_written = 0
+        self.byte_count = ByteCount().install(self.filters)
         self._parser = StreamParser(self._on_header, self._on_element, self._on_end, limits)
-        self._timer = None
-        self._closing = False
-        self._pending_fault: LinkFault | None = None
-        self._paused = False  # this half's side is congested: input waits unparsed
+        self._link_fault: LinkFault | None = None  # what the link refused during the last input
+        # Reading: the link pauses it while this half's side is congested;
+        # what arrives meanwhile (or while a chunk is being parsed) waits unparsed.
+        self._paused = False
         self._feeding = False
         self._unread: list[bytes] = []
         self._unread_bytes = 0
@@ -64,7 +80,7 @@ class LinkStream(Protocol):
     # -- transport events -------------------------------------------------
 
     def connectionMade(self):
-        self._timer = self.clock.callLater(self.open_timeout, self._open_timed_out)
+        self._start_timer("open", self.open_timeout, "the link did not open in time")
         # Stanzas and acknowledgements are small writes: do not let Nagle's
         # algorithm hold them back waiting for a delayed ACK.
         tcp = getattr(self.transport, "transport", self.transport)
@@ -85,8 +101,12 @@ class LinkStream(Protocol):
             self._input(self.identity_proved, fingerprint)
 
     def dataReceived(self, data):
-        if self._closing:
-            return
+        data = self._filter_in(data)
+        if data is not None:
+            self._read(data)
+
+    def _read(self, data):
+        """Parse ``data`` after what waits, unless reading is paused (or a chunk is being parsed: it waits)."""
         self._unread.append(data)
         self._unread_bytes += len(data)
         if self._paused or self._feeding:
@@ -95,7 +115,7 @@ class LinkStream(Protocol):
             return
         self._feeding = True
         try:
-            while self._unread and not self._paused and not self._closing:
+            while self._unread and not self._paused and not self.closing:
                 chunk = b"".join(self._unread)
                 self._unread, self._unread_bytes = [], 0
                 self._parser.feed(chunk)
@@ -105,7 +125,7 @@ class LinkStream(Protocol):
             self._feeding = False
 
     def connectionLost(self, reason=None):
-        self._cancel_timer()
+        self._cancel_all_timers()
         self._input(self.connection_lost)
         self.link.stream_closed(self)
         callbacks, self.when_lost = self.when_lost, []
@@ -116,8 +136,8 @@ class LinkStream(Protocol):
 
     def write(self, data: bytes) -> None:
         """Put link bytes (resume, acks, serialised stanzas) on the wire, unless closing."""
-        if not self._closing and self.transport is not None:
-            self.transport.write(data)
+        if not self.closing:
+            self._write(data)
 
     def close(self, condition: str, text: str) -> None:
         """End this connection with a stream error (replaced, shut down, unresponsive)."""
@@ -134,22 +154,17 @@ class LinkStream(Protocol):
         """Read the peer again, starting with the input that waited."""
         if self._paused:
             self._paused = False
-            if self.transport is not None and not self._closing:
+            if self.transport is not None and not self.closing:
                 self.transport.resumeProducing()
-            if not self._feeding:
-                self.dataReceived(b"")
+            if not self._feeding and not self.closing:
+                self._read(b"")
 
     # -- parser callbacks -------------------------------------------------
 
     def _on_header(self, header):
-        if header.default_namespace != wire.SERVER_NS:
-            self._input(self.header_refused, "invalid-namespace", "the link stream uses jabber:server")
-        elif header.attributes.get("version") != "1.0":
-            self._input(self.header_refused, "unsupported-version", "the link stream is version 1.0")
-        elif header.attributes.get("from") != self.link.peer_name:
-            self._input(self.header_refused, "invalid-from", "the header does not name the peer half")
-        elif header.attributes.get("to") != self.link.own_name:
-            self._input(self.header_refused, "host-unknown", "the header does not name this half")
+        refusal = refuse_link_header(header, self.link.own_name, self.link.peer_name)
+        if refusal is not None:
+            self._input(self.header_refused, *refusal)
         else:
             self._input(self.header_accepted, header)
 
@@ -181,35 +196,31 @@ class LinkStream(Protocol):
         else:
             self._input(self.fault, "unsupported-stanza-type", f"{element.uri} {element.name} is not accepted here")
 
-    # -- machine plumbing -------------------------------------------------
+    # -- the lifecycle's hooks ----------------------------------------------
 
-    def _input(self, method, *args):
-        try:
-            method(*args)
-        except NoTransition as problem:
-            log.info("link: unexpected {problem}; closing", problem=problem)
-            self._input(self.fault, "undefined-condition", "unexpected at this point of the link stream")
-            return
-        fault, self._pending_fault = self._pending_fault, None
+    def _describe(self):
+        return f"link to {self.link.peer_name}"
+
+    def _refuse_unexpected(self, text):
+        self.fault("undefined-condition", "unexpected at this point of the link stream")
+
+    def _after_input(self):
+        """What the link refused while the machine took the last input is the machine's next input."""
+        fault, self._link_fault = self._link_fault, None
         if isinstance(fault, StanzaNotTaken):
             self._input(self.parse_failed, fault.condition, fault.text)  # refused by its number, as unparseable ones are
         elif fault is not None:
             self._input(self.fault, fault.condition, fault.text)
 
+    def _stop_reading_input(self):
+        self._parser.stop()
+        self._unread, self._unread_bytes = [], 0
+
     def _ask_link(self, call, *args):
         try:
             call(*args)
         except LinkFault as fault:
-            self._pending_fault = fault
-
-    def _open_timed_out(self):
-        self._timer = None
-        self._input(self.timed_out, "connection-timeout", "the link did not open in time")
-
-    def _cancel_timer(self):
-        if self._timer is not None and self._timer.active():
-            self._timer.cancel()
-        self._timer = None
+            self._link_fault = fault
 
     # -- states -------------------------------------------------------------
 
@@ -229,11 +240,12 @@ class LinkStream(Protocol):
     def open(self):
         "Both numberings are known; stanzas and acknowledgements flow."
 
-    @_machine.state()
-    def closed(self):
-        "The connection is over; everything is ignored."
+    closed = closed_state(_machine)
+    _lifecycle_state = lifecycle_state(_machine)
 
     # -- inputs ---------------------------------------------------------------
+
+    fault, timed_out, peer_closed, shut_down, connection_lost = lifecycle_inputs(_machine)
 
     @_machine.input()
     def identity_proved(self, fingerprint):
@@ -268,50 +280,33 @@ class LinkStream(Protocol):
         "The peer has counted our stanzas up to ``received``."
 
     @_machine.input()
-    def fault(self, condition, text):
-        "The peer broke the link protocol."
-
-    @_machine.input()
     def parse_failed(self, condition, text):
         "The parser refused what the peer wrote (in the open stream: the stanza being read)."
-
-    @_machine.input()
-    def timed_out(self, condition, text):
-        "The link did not open in time."
 
     @_machine.input()
     def peer_failed(self, condition, refused):
         "The peer sent a stream error (``refused``: the number of our stanza it could not take, or None)."
 
     @_machine.input()
-    def peer_closed(self):
-        "The peer closed its stream."
-
-    @_machine.input()
     def close_requested(self, condition, text):
-        "This half ends the connection."
-
-    @_machine.input()
-    def connection_lost(self):
-        "The TCP connection is gone."
+        "This half ends the connection (replaced, stopping, unresponsive)."
 
     # -- outputs --------------------------------------------------------------
 
     @_machine.output()
     def _begin(self, fingerprint):
         self.peer_fingerprint = fingerprint
-        self.transport.write(wire.stream_header(self.link.own_name, self.link.peer_name))
+        self._write(wire.stream_header(self.link.own_name, self.link.peer_name))
         self._ask_link(self.link.stream_authenticated, self)
 
     @_machine.output()
     def _refuse_identity(self, text):
         log.warn("link: peer refused: {text}", text=text)
-        self._closing = True
-        self.transport.loseConnection()
+        self._close_transport()
 
     @_machine.output()
     def _resumed(self, resume):
-        self._cancel_timer()
+        self._cancel_timer("open")
         self.reached_open = True
         self._ask_link(self.link.peer_resumed, self, resume)
 
@@ -321,7 +316,7 @@ class LinkStream(Protocol):
 
     @_machine.output()
     def _answer_ack_request(self):
-        self.transport.write(wire.ack(self.link.received_count()))
+        self._write(wire.ack(self.link.received_count()))
 
     @_machine.output()
     def _take_ack(self, received):
@@ -344,40 +339,33 @@ class LinkStream(Protocol):
         log.info("link: the peer ended the stream with {condition}", condition=condition)
         if refused is not None:
             self._ask_link(self.link.peer_refused, self, refused)
-        self._closing = True
-        self.transport.write(wire.STREAM_CLOSE)
-        self.transport.loseConnection()
+        self._write(wire.STREAM_CLOSE)
+        self._close_transport()
 
     @_machine.output()
     def _close_cleanly(self):
-        self._closing = True
-        self.transport.write(wire.STREAM_CLOSE)
-        self.transport.loseConnection()
+        self._write(wire.STREAM_CLOSE)
+        self._close_transport()
 
     @_machine.output()
-    def _drop_connection(self, condition, text):
-        self._closing = True
-        self.transport.loseConnection()
+    def _drop_connection(self):
+        self._close_transport()
 
     @_machine.output()
     def _forget(self):
-        self._closing = True
-        self._parser.stop()
+        self._stop_reading_input()
 
     def _send_error(self, condition, text, refused=None):
-        self._closing = True
-        self._parser.stop()
-        self.transport.write(wire.stream_error(condition, text, refused))
-        self.transport.loseConnection()
+        self._stop_reading_input()
+        self._write(wire.stream_error(condition, text, refused))
+        self._close_transport()
 
     # -- transitions ----------------------------------------------------------
 
     awaiting_identity.upon(identity_proved, enter=awaiting_header, outputs=[_begin])
     awaiting_identity.upon(identity_refused, enter=closed, outputs=[_refuse_identity])
-    awaiting_identity.upon(fault, enter=closed, outputs=[_drop_connection])
-    awaiting_identity.upon(parse_failed, enter=closed, outputs=[_drop_connection])
-    awaiting_identity.upon(timed_out, enter=closed, outputs=[_drop_connection])
-    awaiting_identity.upon(close_requested, enter=closed, outputs=[_drop_connection])
+    for _each in (fault, parse_failed, timed_out, close_requested):
+        awaiting_identity.upon(_each, enter=closed, outputs=[_drop_connection])
     awaiting_identity.upon(connection_lost, enter=closed, outputs=[_forget])
     awaiting_header.upon(header_accepted, enter=awaiting_resume, outputs=[])
     awaiting_header.upon(header_refused, enter=closed, outputs=[_refuse])
@@ -396,11 +384,7 @@ class LinkStream(Protocol):
         _state.upon(peer_failed, enter=closed, outputs=[_note_peer_error])
         _state.upon(peer_closed, enter=closed, outputs=[_close_cleanly])
         _state.upon(connection_lost, enter=closed, outputs=[_forget])
-
-    for _each in (identity_proved, identity_refused, header_accepted, header_refused, resume_arrived,
-                  stanza_arrived, ack_requested, ack_arrived, fault, parse_failed, timed_out, peer_failed, peer_closed,
-                  close_requested, connection_lost):
-        closed.upon(_each, enter=closed, outputs=[])
+    ignore_when_closed(_machine, closed)
     del _state, _each
 
 

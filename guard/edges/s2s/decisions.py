@@ -254,3 +254,124 @@ def refuse_verify_request(asking: str | None, claimed: str | None, stream_id: st
 def verify_verdict(secret: str, asking: str, claimed: str, stream_id: str, key: str) -> str:
     """The answer to a <db:verify/>: "valid" when ``key`` is the one the guard issued for these domains and stream."""
     return "valid" if key_is_ours(secret, asking, claimed, stream_id, key) else "invalid"
+
+
+# -- outbound: what the guard decides about a far server it connected to -------
+# (engineer "streams-out" edits below this line; the inbound decisions are above it)
+
+from .wire import DIALBACK_FEATURE_NS, SASL_NS, TLS_NS  # noqa: E402 - kept with the decisions that use them
+
+# How an outbound stream authenticates, chosen from the secured stream's features.
+EXTERNAL = "external"  # SASL EXTERNAL with the guard's certificate
+DIALBACK = "dialback"  # a dialback key the far server checks with us
+VERIFY = "verify"  # not at all: a verification stream only carries db:verify
+
+
+@dataclass(frozen=True)
+class Offer:
+    """What a far server's <stream:features/> offer, as plain facts."""
+
+    starttls: bool = False
+    external: bool = False
+    dialback: bool = False
+
+
+def first_child(element, uri, name):
+    """The first child element of ``element`` named ``name`` in ``uri``, or None."""
+    for child in element.elements():
+        if child.uri == uri and child.name == name:
+            return child
+    return None
+
+
+def read_offer(features) -> Offer:
+    """The facts of a <stream:features/> element that the outbound stream decides on."""
+    mechanisms = first_child(features, SASL_NS, "mechanisms")
+    external = mechanisms is not None and any(
+        mechanism.name == "mechanism" and str(mechanism).strip() == "EXTERNAL"
+        for mechanism in mechanisms.elements()
+    )
+    return Offer(
+        starttls=first_child(features, TLS_NS, "starttls") is not None,
+        external=external,
+        dialback=first_child(features, DIALBACK_FEATURE_NS, "dialback") is not None,
+    )
+
+
+def refuse_clear_offer(offer: Offer) -> Refusal | None:
+    """Whether the features of a stream still in the clear must be refused: the guard never talks without TLS."""
+    if not offer.starttls:
+        return Refusal("policy-violation", "the far server does not offer TLS")
+    return None
+
+
+def choose_mechanism(offer: Offer, purpose: str, authentication: str) -> str | Refusal:
+    """
+    How the secured outbound stream authenticates (EXTERNAL, DIALBACK or VERIFY),
+    or why it cannot: a certificate side needs EXTERNAL offered; a dialback side
+    uses dialback unless the far server offers EXTERNAL and not dialback.
+    """
+    if purpose == "verify":
+        return VERIFY
+    if authentication == "certificate":
+        if offer.external:
+            return EXTERNAL
+        return Refusal("not-authorized", "the far server does not accept our certificate")
+    if offer.dialback or not offer.external:
+        return DIALBACK
+    return Refusal("not-authorized", "the far server does not offer dialback")
+
+
+def refuse_far_server(verdict, receiver: str) -> Refusal | None:
+    """
+    Whether the certificate the far server presented on the secured stream
+    fails to prove it is ``receiver``.  Twisted's verify callback logs, but
+    does not fail on, some identity errors (a certificate without
+    subjectAltName): the guard proves it itself from ``verdict`` (a PeerVerdict).
+    """
+    if verdict.proves(receiver):
+        return None
+    problem = verdict.problem or f"its subjectAltName does not name {receiver}"
+    return Refusal("undefined-condition", f"the server certificate is refused: {problem}")
+
+
+@dataclass(frozen=True)
+class KeyNotAccepted:
+    """The far server did not accept the guard's dialback key; ``detail`` (for the log only) says how."""
+
+    detail: str
+
+
+def judge_dialback_answer(answer_from: str | None, answer_to: str | None, answer_type: str,
+                          error_reason: str | None, sender: str, receiver: str) -> Refusal | KeyNotAccepted | None:
+    """
+    What a <db:result type=.../> answering the key the guard sent as ``sender``
+    to ``receiver`` means: None when the key is accepted; KeyNotAccepted when the
+    far server said invalid or could not check it (XEP-0220: its reason is
+    logged, never relayed); a Refusal when the answer is for another domain pair.
+    """
+    if (answer_from, answer_to) != (receiver, sender):
+        return Refusal("invalid-from", "dialback answer for another domain pair")
+    if answer_type == "valid":
+        return None
+    if answer_type == "error":
+        return KeyNotAccepted(f"dialback error from the far server: {peer_detail(error_reason)}")
+    return KeyNotAccepted("the far server did not accept our dialback key")
+
+
+def refuse_verify_answer(answer_from: str | None, answer_to: str | None, stream_id: str | None,
+                         purpose: str, sender: str, receiver: str, asked) -> Refusal | None:
+    """
+    Whether a <db:verify type=.../> answer must be refused: only a verification
+    stream takes them, for its own domain pair, and only for a stream id the
+    guard asked about (``asked(stream_id)``, consulted last).
+    """
+    matches = (
+        purpose == "verify"
+        and answer_from == receiver
+        and answer_to == sender
+        and asked(stream_id)
+    )
+    if not matches:
+        return Refusal("invalid-id", "a verification answer we did not ask for")
+    return None

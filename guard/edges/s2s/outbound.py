@@ -10,7 +10,17 @@ side's authoritative server to verify a dialback key (``purpose="verify"``).
            -> awaiting_authenticated_features -> ready
       -> awaiting_secure_features -> awaiting_dialback_result -> ready
       -> awaiting_secure_features -> verifying (purpose "verify": db:verify out, answers in)
+    ready <-> congested (the far server stops and resumes reading)
     any state -> closed
+
+Every fact about the stream is its state: whether it is secured, proven by
+its certificate, authenticated, reported ready, congested or over.  The
+protocol only parses and classifies; the machine consults the no-I/O
+decisions of ``decisions`` (``refuse_outbound_header``, ``refuse_far_server``,
+``refuse_clear_offer``, ``choose_mechanism``, ``judge_dialback_answer``,
+``refuse_verify_answer``) and feeds itself their answer.  What every stream
+shares (fail-closed input, timers, the producer, the byte filters, closing)
+is ``guard.edges.lifecycle``.
 
 The owner learns what happened through three calls: ``stream_ready(stream)``,
 ``stream_failed(stream, condition, text)`` (before it was ready) and
@@ -24,18 +34,21 @@ resumes reading.
 from __future__ import annotations
 
 from automat import MethodicalMachine
-from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
-from zope.interface import implementer
 
 from guard.core.bounce import peer_detail
 from guard.core.dialback import dialback_key
+from guard.edges.filters import ByteCount
+from guard.edges.lifecycle import (StreamLifecycle, closed_state, ignore_when_closed, lifecycle_inputs,
+                                   lifecycle_state)
 from guard.edges.xmlstream import StreamFault, StreamParser, serialise
 
 from . import wire
-from .plumbing import MachinePlumbing
-from .decisions import Refusal, refuse_outbound_header
+from .decisions import (
+    DIALBACK, EXTERNAL, VERIFY, KeyNotAccepted, Refusal, choose_mechanism, first_child, judge_dialback_answer,
+    read_offer, refuse_clear_offer, refuse_far_server, refuse_outbound_header, refuse_verify_answer,
+)
 
 log = Logger()
 
@@ -48,52 +61,7 @@ FAILURE_TEXTS = {
 STOPPING_TEXT = "the guard is stopping"
 
 
-def _child(element, uri, name):
-    for child in element.elements():
-        if child.uri == uri and child.name == name:
-            return child
-    return None
-
-
-def _offers_external(features) -> bool:
-    mechanisms = _child(features, wire.SASL_NS, "mechanisms")
-    if mechanisms is None:
-        return False
-    return any(
-        mechanism.name == "mechanism" and str(mechanism).strip() == "EXTERNAL"
-        for mechanism in mechanisms.elements()
-    )
-
-
-def _offers_dialback(features) -> bool:
-    return _child(features, wire.DIALBACK_FEATURE_NS, "dialback") is not None
-
-
-@implementer(IPushProducer)
-class _Congestion:
-    """Told by the transport when the far server stops reading (its buffer is full) and when it drains."""
-
-    def __init__(self, stream):
-        self.stream = stream
-        self.congested = False
-
-    def pauseProducing(self):
-        # TLS pauses its producer during the handshake; only a ready stream's
-        # full buffer means the far server is not reading.
-        if not self.congested and self.stream.is_ready:
-            self.congested = True
-            self.stream.owner.congested(self.stream)
-
-    def resumeProducing(self):
-        if self.congested:
-            self.congested = False
-            self.stream.owner.decongested(self.stream)
-
-    def stopProducing(self):
-        self.resumeProducing()
-
-
-class OutboundStream(MachinePlumbing, Protocol):
+class OutboundStream(StreamLifecycle, Protocol):
     """One connection the guard opened to a server on ``side`` as ``sender``."""
 
     _machine = MethodicalMachine()
@@ -101,21 +69,14 @@ class OutboundStream(MachinePlumbing, Protocol):
     def __init__(self, owner, side, sender, receiver, purpose="relay"):
         self.owner = owner
         self.side = side
-        self.clock = side.clock
+        self._begin_lifecycle(side.clock)
         self.sender = sender
         self.receiver = receiver
         self.purpose = purpose
-        self.stream_id = None
-        self.first_header = None
+        self.stream_id = None  # the far server's id of the current stream (dialback keys are bound to it)
+        self.first_header = None  # the far server's first header: a restarted stream must not change it
         self._parser = None
-        self._timers = {}
-        self._closing = False
-        self._reported = False
-        self._secure = False
-        self._authenticated = False
-        self.is_ready = False
-        self._server_proven = False
-        self.header_sent = False  # our header on the current stream (each restart sends a new one)
+        self.byte_count = ByteCount().install(self.filters)
 
     # -- transport events -------------------------------------------------
 
@@ -123,11 +84,12 @@ class OutboundStream(MachinePlumbing, Protocol):
         self._start_timer("auth", self.side.limits.auth_timeout, "authentication took too long")
         # Congestion is signalled when more than unread_output_bytes wait for the far server.
         self.transport.bufferSize = self.side.limits.unread_output_bytes
-        self._register_producer(_Congestion(self))
+        self._register_producer()
         self._open_stream()
 
     def dataReceived(self, data):
-        if self._closing:
+        data = self._filter_in(data)
+        if data is None:
             return
         self._restart_idle()
         try:
@@ -141,6 +103,17 @@ class OutboundStream(MachinePlumbing, Protocol):
         self._cancel_all_timers()
         self._input(self.connection_lost, reason.getErrorMessage())
 
+    def _peer_stopped_reading(self):
+        """The transport's buffer for the far server is full (TLS also pauses us during its handshake)."""
+        self._input(self.stopped_reading)
+
+    def _peer_resumed_reading(self):
+        self._input(self.resumed_reading)
+
+    def _stop_reading_input(self):
+        if self._parser is not None:
+            self._parser.stop()
+
     # -- sending stanzas --------------------------------------------------
 
     def send(self, element):
@@ -150,12 +123,12 @@ class OutboundStream(MachinePlumbing, Protocol):
         nothing is written: the caller settles it.
         """
         data = serialise(element, max_bytes=self.side.limits.stanza_bytes).encode("utf-8")
-        self.transport.write(data)
+        self._write(data)
         self._restart_idle()
 
     def send_verify(self, stream_id, key):
         """Ask the authoritative server whether ``key`` is genuine for the stream ``stream_id`` (purpose "verify")."""
-        self.transport.write(wire.dialback_verify(self.sender, self.receiver, stream_id, key))
+        self._write(wire.dialback_verify(self.sender, self.receiver, stream_id, key))
         self._restart_idle()
 
     def close_for_shutdown(self):
@@ -170,31 +143,14 @@ class OutboundStream(MachinePlumbing, Protocol):
     def close_idle(self):
         self._input(self.peer_closed)
 
-    # -- parser callbacks -------------------------------------------------
+    # -- parser callbacks: classify, and feed the machine ------------------
 
     def _open_stream(self):
         self._parser = StreamParser(self._on_header, self._on_element, self._on_end, self.side.limits.parser_limits())
-        self.transport.write(wire.stream_header(self.sender, self.receiver))
-        self.header_sent = True
+        self._write(wire.stream_header(self.sender, self.receiver))
 
     def _on_header(self, header):
-        refusal = refuse_outbound_header(header, self.receiver, previous=self.first_header)
-        if refusal is None and self._secure and not self._server_proven:
-            # Twisted's verify callback logs, but does not fail on, some identity
-            # errors (a certificate without subjectAltName): prove it ourselves.
-            verdict = self.side.anchors.judge_server(self.transport.getHandle())
-            if not verdict.proves(self.receiver):
-                problem = verdict.problem or f"its subjectAltName does not name {self.receiver}"
-                refusal = Refusal("undefined-condition", f"the server certificate is refused: {problem}")
-            else:
-                self._server_proven = True
-        if refusal is not None:
-            log.info("outbound {sender}->{receiver}: header refused, {condition}: {text} ({detail})",
-                     sender=self.sender, receiver=self.receiver, condition=refusal.condition, text=refusal.text,
-                     detail=refusal.detail or "-")
-            self._input(self.header_refused, header, refusal.condition, refusal.text)
-        else:
-            self._input(self.header_accepted, header)
+        self._input(self.header_arrived, header)
 
     def _on_end(self):
         self._input(self.peer_closed)
@@ -202,7 +158,7 @@ class OutboundStream(MachinePlumbing, Protocol):
     def _on_element(self, element, size):
         kind = (element.uri, element.name)
         if kind == (wire.STREAMS_NS, "features"):
-            self._features(element)
+            self._input(self.features_arrived, read_offer(element))
         elif kind == (wire.TLS_NS, "proceed"):
             self._input(self.proceed_arrived)
         elif kind == (wire.SASL_NS, "success"):
@@ -210,27 +166,13 @@ class OutboundStream(MachinePlumbing, Protocol):
         elif kind == (wire.SASL_NS, "failure"):
             self._input(self.sasl_failed, "the far server refused our certificate")
         elif kind == (wire.DIALBACK_NS, "result") and element.getAttribute("type"):
-            if (element.getAttribute("from"), element.getAttribute("to")) != (self.receiver, self.sender):
-                self._input(self.fault, "invalid-from", "dialback answer for another domain pair")
-            elif element.getAttribute("type") == "valid":
-                self._input(self.dialback_valid)
-            elif element.getAttribute("type") == "error":
-                # XEP-0220: the far server could not check our key (its reason is logged, never relayed).
-                error = _child(element, wire.SERVER_NS, "error") or _child(element, wire.DIALBACK_NS, "error")
-                reason = next((child.name for child in error.elements()), None) if error is not None else None
-                self._input(self.dialback_invalid, f"dialback error from the far server: {peer_detail(reason)}")
-            else:
-                self._input(self.dialback_invalid, "the far server did not accept our dialback key")
+            self._dialback_answer(element)
         elif kind == (wire.DIALBACK_NS, "verify") and element.getAttribute("type"):
             stream_id = element.getAttribute("id")
-            matches = (
-                self.purpose == "verify"
-                and element.getAttribute("from") == self.receiver
-                and element.getAttribute("to") == self.sender
-                and self.owner.asked(stream_id)
-            )
-            if not matches:
-                self._input(self.fault, "invalid-id", "a verification answer we did not ask for")
+            refusal = refuse_verify_answer(element.getAttribute("from"), element.getAttribute("to"), stream_id,
+                                           self.purpose, self.sender, self.receiver, self.owner.asked)
+            if refusal is not None:
+                self._input(self.fault, refusal.condition, refusal.text)
             else:
                 self._input(self.verify_answered, stream_id, element.getAttribute("type"))
         elif kind == (wire.STREAMS_NS, "error"):
@@ -242,36 +184,19 @@ class OutboundStream(MachinePlumbing, Protocol):
                      receiver=self.receiver, name=peer_detail(f"{{{element.uri}}}{element.name}"))
             self._input(self.fault, "unsupported-stanza-type", "this element is not accepted on this stream")
 
-    def _features(self, features):
-        # Which features these are follows from facts of the stream; the
-        # machine refuses them if they arrive out of order.
-        if self._authenticated:
-            self._input(self.authenticated_features_arrived)
-        elif self._secure:
-            self._secure_features(features)
+    def _dialback_answer(self, element):
+        error = first_child(element, wire.SERVER_NS, "error") or first_child(element, wire.DIALBACK_NS, "error")
+        reason = next((child.name for child in error.elements()), None) if error is not None else None
+        answer = judge_dialback_answer(element.getAttribute("from"), element.getAttribute("to"),
+                                       element.getAttribute("type"), reason, self.sender, self.receiver)
+        if isinstance(answer, Refusal):
+            self._input(self.fault, answer.condition, answer.text)
+        elif isinstance(answer, KeyNotAccepted):
+            self._input(self.dialback_invalid, answer.detail)
         else:
-            self._clear_features(features)
+            self._input(self.dialback_valid)
 
-    def _clear_features(self, features):
-        if _child(features, wire.TLS_NS, "starttls") is None:
-            self._input(self.unusable, "policy-violation", "the far server does not offer TLS")
-        else:
-            self._input(self.tls_offered)
-
-    def _secure_features(self, features):
-        if self.purpose == "verify":
-            self._input(self.verify_chosen)
-        elif self.side.authentication == "certificate":
-            if _offers_external(features):
-                self._input(self.external_chosen)
-            else:
-                self._input(self.unusable, "not-authorized", "the far server does not accept our certificate")
-        elif _offers_dialback(features) or not _offers_external(features):
-            self._input(self.dialback_chosen)
-        else:
-            self._input(self.unusable, "not-authorized", "the far server does not offer dialback")
-
-    # -- machine plumbing -------------------------------------------------
+    # -- the lifecycle's hooks ----------------------------------------------
 
     def _refuse_unexpected(self, text):
         self.fault("policy-violation", text)
@@ -280,9 +205,7 @@ class OutboundStream(MachinePlumbing, Protocol):
         return f"outbound {self.sender}->{self.receiver}"
 
     def _restart_idle(self):
-        timer = self._timers.get("idle")
-        if timer is not None and timer.active():
-            timer.reset(self.side.limits.idle_timeout)
+        self._reset_timer("idle", self.side.limits.idle_timeout)
 
     # -- states -------------------------------------------------------------
 
@@ -300,11 +223,11 @@ class OutboundStream(MachinePlumbing, Protocol):
 
     @_machine.state()
     def awaiting_secure_header(self):
-        "TLS is up and our new header sent."
+        "TLS is up and our new header sent; the far server's certificate is not yet proven."
 
     @_machine.state()
     def awaiting_secure_features(self):
-        "The secured stream is open; its features decide how we authenticate."
+        "The secured stream is open and the certificate proves the far server; its features decide how we authenticate."
 
     @_machine.state()
     def awaiting_sasl_result(self):
@@ -324,17 +247,24 @@ class OutboundStream(MachinePlumbing, Protocol):
 
     @_machine.state()
     def verifying(self):
-        "A verification stream: db:verify requests go out, their answers come in."
+        "A verification stream, reported ready: db:verify requests go out, their answers come in."
 
     @_machine.state()
     def ready(self):
-        "Authenticated: stanzas may be sent."
+        "Authenticated and reported ready: stanzas may be sent."
 
     @_machine.state()
-    def closed(self):
-        "The stream is over."
+    def congested(self):
+        "Ready, but the far server leaves what we write unread (reported congested)."
+
+    closed = closed_state(_machine)  # the owner has been told how the stream ended
+    _lifecycle_state = lifecycle_state(_machine)
 
     # -- inputs ---------------------------------------------------------------
+
+    @_machine.input()
+    def header_arrived(self, header):
+        "The far server opened its stream (again)."
 
     @_machine.input()
     def header_accepted(self, header):
@@ -342,7 +272,11 @@ class OutboundStream(MachinePlumbing, Protocol):
 
     @_machine.input()
     def header_refused(self, header, condition, text):
-        "The far server's header is not acceptable."
+        "The far server's header (or, on the secured stream, its certificate) is not acceptable."
+
+    @_machine.input()
+    def features_arrived(self, offer):
+        "The far server's <stream:features/>, read as an Offer."
 
     @_machine.input()
     def tls_offered(self):
@@ -362,7 +296,7 @@ class OutboundStream(MachinePlumbing, Protocol):
 
     @_machine.input()
     def verify_chosen(self):
-        "The stream exists to verify one key."
+        "The stream exists to verify keys."
 
     @_machine.input()
     def unusable(self, condition, text):
@@ -377,10 +311,6 @@ class OutboundStream(MachinePlumbing, Protocol):
         "The far server refused our certificate."
 
     @_machine.input()
-    def authenticated_features_arrived(self):
-        "The restarted stream is ready."
-
-    @_machine.input()
     def dialback_valid(self):
         "The far server accepted our dialback key."
 
@@ -393,30 +323,60 @@ class OutboundStream(MachinePlumbing, Protocol):
         "The authoritative server answered a verification."
 
     @_machine.input()
-    def fault(self, condition, text):
-        "The far server broke the protocol."
+    def stopped_reading(self):
+        "The far server leaves what we write unread (or TLS pauses us during its handshake)."
+
+    @_machine.input()
+    def resumed_reading(self):
+        "The far server reads again."
 
     @_machine.input()
     def peer_failed(self, text):
         "The far server sent a stream error."
 
-    @_machine.input()
-    def timed_out(self, condition, text):
-        "A deadline passed."
+    fault, timed_out, peer_closed, shut_down, connection_lost = lifecycle_inputs(_machine)
 
-    @_machine.input()
-    def peer_closed(self):
-        "The far server closed its stream, or we close an idle one."
+    # -- outputs that consult the decisions and feed the machine their answer --
 
-    @_machine.input()
-    def shut_down(self):
-        "The guard is stopping."
+    @_machine.output()
+    def _judge_header(self, header):
+        self._answer_header(header, refuse_outbound_header(header, self.receiver, previous=self.first_header))
 
-    @_machine.input()
-    def connection_lost(self, text):
-        "The TCP connection is gone."
+    @_machine.output()
+    def _judge_secure_header(self, header):
+        """The first header on the secured stream: the far server's certificate must prove it is the receiver."""
+        refusal = refuse_outbound_header(header, self.receiver, previous=self.first_header)
+        if refusal is None:
+            refusal = refuse_far_server(self.side.anchors.judge_server(self.transport.getHandle()), self.receiver)
+        self._answer_header(header, refusal)
 
-    # -- outputs --------------------------------------------------------------
+    def _answer_header(self, header, refusal):
+        if refusal is None:
+            self._input(self.header_accepted, header)
+            return
+        log.info("outbound {sender}->{receiver}: header refused, {condition}: {text} ({detail})",
+                 sender=self.sender, receiver=self.receiver, condition=refusal.condition, text=refusal.text,
+                 detail=refusal.detail or "-")
+        self._input(self.header_refused, header, refusal.condition, refusal.text)
+
+    @_machine.output()
+    def _judge_clear_features(self, offer):
+        refusal = refuse_clear_offer(offer)
+        if refusal is not None:
+            self._input(self.unusable, refusal.condition, refusal.text)
+        else:
+            self._input(self.tls_offered)
+
+    @_machine.output()
+    def _judge_secure_features(self, offer):
+        choice = choose_mechanism(offer, self.purpose, self.side.authentication)
+        if isinstance(choice, Refusal):
+            self._input(self.unusable, choice.condition, choice.text)
+        else:
+            self._input({EXTERNAL: self.external_chosen, DIALBACK: self.dialback_chosen,
+                         VERIFY: self.verify_chosen}[choice])
+
+    # -- outputs on the wire --------------------------------------------------
 
     @_machine.output()
     def _note_header(self, header):
@@ -426,12 +386,11 @@ class OutboundStream(MachinePlumbing, Protocol):
 
     @_machine.output()
     def _ask_for_tls(self):
-        self.transport.write(wire.STARTTLS)
+        self._write(wire.STARTTLS)
 
     @_machine.output()
     def _start_tls(self):
         identity = self.side.identities[self.sender]
-        self._secure = True
         self._parser.stop()
         self.transport.startTLS(identity.client_options(self.receiver))
         self._start_timer("tls", self.side.limits.tls_timeout, "TLS negotiation took too long")
@@ -443,37 +402,29 @@ class OutboundStream(MachinePlumbing, Protocol):
 
     @_machine.output()
     def _send_external(self):
-        self.transport.write(wire.sasl_external_auth(self.sender))
+        self._write(wire.sasl_external_auth(self.sender))
 
     @_machine.output()
     def _restart_stream(self):
-        self._authenticated = True
         self._parser.stop()
         self._open_stream()
 
     @_machine.output()
     def _send_dialback_key(self):
         key = dialback_key(self.side.dialback_secret, self.receiver, self.sender, self.stream_id)
-        self.transport.write(wire.dialback_result(self.sender, self.receiver, key=key))
+        self._write(wire.dialback_result(self.sender, self.receiver, key=key))
 
     @_machine.output()
-    def _become_verifier(self):
+    def _start_idle_timer(self):
         self._cancel_timer("auth")
-        self._timers["idle"] = self.clock.callLater(
-            self.side.limits.idle_timeout, self._input, self.peer_closed
-        )
-        self._reported = True
-        self.owner.stream_ready(self)
+        self.schedule("idle", self.side.limits.idle_timeout, self._input, self.peer_closed)
 
     @_machine.output()
-    def _become_ready(self):
-        self._cancel_timer("auth")
-        self._timers["idle"] = self.clock.callLater(
-            self.side.limits.idle_timeout, self._input, self.peer_closed
-        )
+    def _log_ready(self):
         log.info("outbound {sender}->{receiver}: ready", sender=self.sender, receiver=self.receiver)
-        self._reported = True
-        self.is_ready = True
+
+    @_machine.output()
+    def _tell_ready(self):
         self.owner.stream_ready(self)
 
     @_machine.output()
@@ -481,121 +432,123 @@ class OutboundStream(MachinePlumbing, Protocol):
         self.owner.verification_answered(self, stream_id, verdict)
 
     @_machine.output()
-    def _fail_with_error(self, condition, text):
-        self._send_error(condition, text)
-        self._report_failure("remote-server-not-found", text)
+    def _tell_congested(self):
+        self.owner.congested(self)
 
     @_machine.output()
-    def _fail_header(self, header, condition, text):
-        self._send_error(condition, text)
-        self._report_failure("remote-server-not-found", text)
+    def _tell_decongested(self):
+        self.owner.decongested(self)
 
     @_machine.output()
-    def _fail_unusable(self, condition, text):
-        self._send_error(condition, text)
-        self._report_failure("remote-server-not-found", text)
-
-    @_machine.output()
-    def _fail_refused(self, text):
-        self._closing = True
-        self.transport.write(wire.STREAM_CLOSE)
-        self._close_transport()
-        self._report_failure("remote-server-not-found", text)
-
-    @_machine.output()
-    def _fail_timeout(self, condition, text):
-        self._send_error(condition, text)
-        self._report_failure("remote-server-timeout", text)
-
-    @_machine.output()
-    def _close_cleanly(self):
-        self._closing = True
-        self.transport.write(wire.STREAM_CLOSE)
-        self._close_transport()
-        self._report_failure("remote-server-not-found", "the far server closed the stream")
-
-    @_machine.output()
-    def _announce_shutdown(self):
-        self._closing = True
-        self.transport.write(wire.STREAM_CLOSE)
-        self._close_transport()
-        self._report_failure("remote-server-timeout", "the guard is stopping", text=STOPPING_TEXT)
-
-    @_machine.output()
-    def _lost(self, text):
-        self._closing = True
-        self._report_failure("remote-server-not-found", text or "connection lost")
-
-    def _send_error(self, condition, text):
+    def _write_error(self, condition, text):
         log.info("outbound {sender}->{receiver}: closing with {condition}: {text}",
                  sender=self.sender, receiver=self.receiver, condition=condition, text=peer_detail(text))
-        self._closing = True
-        if not self.header_sent:
-            self.transport.write(wire.stream_header(self.sender, self.receiver))
-            self.header_sent = True
-        self.transport.write(wire.stream_error(condition, text) + wire.STREAM_CLOSE)
+        self._hang_up(wire.stream_error(condition, text) + wire.STREAM_CLOSE)
+
+    @_machine.output()
+    def _write_close(self):
+        self._hang_up(wire.STREAM_CLOSE)
+
+    def _hang_up(self, last_words):
+        """Read nothing more, write ``last_words`` and close (our header is always on the stream: it opens each one)."""
+        self._stop_reading_input()
+        self._write(last_words)
         self._close_transport()
 
-    def _report_failure(self, condition, detail, text=None):
+    # -- outputs that tell the owner how the stream ended (once: closed ignores everything) --
+
+    @_machine.output()
+    def _fail_not_found(self, text):
+        self._tell_failed("remote-server-not-found", text)
+
+    @_machine.output()
+    def _fail_far_closed(self):
+        self._tell_failed("remote-server-not-found", "the far server closed the stream")
+
+    @_machine.output()
+    def _fail_lost(self, text):
+        self._tell_failed("remote-server-not-found", text or "connection lost")
+
+    @_machine.output()
+    def _fail_timeout(self, text):
+        self._tell_failed("remote-server-timeout", text)
+
+    @_machine.output()
+    def _fail_stopping(self):
+        self._tell_failed("remote-server-timeout", "the guard is stopping", text=STOPPING_TEXT)
+
+    @_machine.output()
+    def _tell_lost(self):
+        log.info("outbound {sender}->{receiver}: ended", sender=self.sender, receiver=self.receiver)
+        self.owner.stream_lost(self)
+
+    def _tell_failed(self, condition, detail, text=None):
         """
-        Tell the owner once.  What it hears is the guard's own text for the
-        condition (it may end up in bounces); ``detail``, which may carry what
-        the far side said, goes only to the log, bounded and escaped.
+        The stream failed before it was ready.  What the owner hears is the
+        guard's own text for the condition (it may end up in bounces);
+        ``detail``, which may carry what the far side said, goes only to the
+        log, bounded and escaped.
         """
-        if self._reported is None:
-            return
         log.info("outbound {sender}->{receiver}: ended ({condition}): {detail}", sender=self.sender,
                  receiver=self.receiver, condition=condition, detail=peer_detail(detail))
-        if self._reported:
-            self.owner.stream_lost(self)
-            self._reported = None
-            return
-        self._reported = None
         self.owner.stream_failed(self, condition, text or FAILURE_TEXTS[condition])
 
     # -- transitions ------------------------------------------------------------
 
-    awaiting_header.upon(header_accepted, enter=awaiting_features,
-                         outputs=[_note_header])
+    awaiting_header.upon(header_arrived, enter=awaiting_header, outputs=[_judge_header])
+    awaiting_header.upon(header_accepted, enter=awaiting_features, outputs=[_note_header])
+    awaiting_features.upon(features_arrived, enter=awaiting_features, outputs=[_judge_clear_features])
     awaiting_features.upon(tls_offered, enter=awaiting_proceed, outputs=[_ask_for_tls])
-    awaiting_proceed.upon(proceed_arrived, enter=awaiting_secure_header,
-                          outputs=[_start_tls])
-    awaiting_secure_header.upon(header_accepted, enter=awaiting_secure_features,
-                                outputs=[_note_header, _tls_done])
-    awaiting_secure_features.upon(external_chosen, enter=awaiting_sasl_result,
-                                  outputs=[_send_external])
-    awaiting_secure_features.upon(dialback_chosen, enter=awaiting_dialback_result,
-                                  outputs=[_send_dialback_key])
-    awaiting_secure_features.upon(verify_chosen, enter=verifying,
-                                  outputs=[_become_verifier])
-    awaiting_sasl_result.upon(sasl_succeeded, enter=awaiting_authenticated_header,
-                              outputs=[_restart_stream])
-    awaiting_sasl_result.upon(sasl_failed, enter=closed, outputs=[_fail_refused])
+    awaiting_proceed.upon(proceed_arrived, enter=awaiting_secure_header, outputs=[_start_tls])
+    awaiting_secure_header.upon(header_arrived, enter=awaiting_secure_header, outputs=[_judge_secure_header])
+    awaiting_secure_header.upon(header_accepted, enter=awaiting_secure_features, outputs=[_note_header, _tls_done])
+    awaiting_secure_features.upon(features_arrived, enter=awaiting_secure_features,
+                                  outputs=[_judge_secure_features])
+    awaiting_secure_features.upon(external_chosen, enter=awaiting_sasl_result, outputs=[_send_external])
+    awaiting_secure_features.upon(dialback_chosen, enter=awaiting_dialback_result, outputs=[_send_dialback_key])
+    awaiting_secure_features.upon(verify_chosen, enter=verifying, outputs=[_start_idle_timer, _tell_ready])
+    awaiting_sasl_result.upon(sasl_succeeded, enter=awaiting_authenticated_header, outputs=[_restart_stream])
+    awaiting_authenticated_header.upon(header_arrived, enter=awaiting_authenticated_header,
+                                       outputs=[_judge_header])
     awaiting_authenticated_header.upon(header_accepted, enter=awaiting_authenticated_features,
                                        outputs=[_note_header])
-    awaiting_authenticated_features.upon(authenticated_features_arrived, enter=ready,
-                                         outputs=[_become_ready])
-    awaiting_dialback_result.upon(dialback_valid, enter=ready, outputs=[_become_ready])
-    awaiting_dialback_result.upon(dialback_invalid, enter=closed, outputs=[_fail_refused])
+    awaiting_authenticated_features.upon(features_arrived, enter=ready,
+                                         outputs=[_start_idle_timer, _log_ready, _tell_ready])
+    awaiting_dialback_result.upon(dialback_valid, enter=ready, outputs=[_start_idle_timer, _log_ready, _tell_ready])
     verifying.upon(verify_answered, enter=verifying, outputs=[_report_verification])
+    ready.upon(stopped_reading, enter=congested, outputs=[_tell_congested])
+    congested.upon(resumed_reading, enter=ready, outputs=[_tell_decongested])
 
-    _live = (awaiting_header, awaiting_features, awaiting_proceed, awaiting_secure_header,
-             awaiting_secure_features, awaiting_sasl_result, awaiting_authenticated_header,
-             awaiting_authenticated_features, awaiting_dialback_result, verifying, ready)
-    for _state in _live:
-        _state.upon(fault, enter=closed, outputs=[_fail_with_error])
-        _state.upon(peer_failed, enter=closed, outputs=[_fail_refused])
-        _state.upon(timed_out, enter=closed, outputs=[_fail_timeout])
-        _state.upon(peer_closed, enter=closed, outputs=[_close_cleanly])
-        _state.upon(shut_down, enter=closed, outputs=[_announce_shutdown])
-        _state.upon(connection_lost, enter=closed, outputs=[_lost])
+    # Before it was ready the owner hears stream_failed with the condition of how it ended; after, stream_lost.
+    _before_ready = (awaiting_header, awaiting_features, awaiting_proceed, awaiting_secure_header,
+                     awaiting_secure_features, awaiting_sasl_result, awaiting_authenticated_header,
+                     awaiting_authenticated_features, awaiting_dialback_result)
+    _after_ready = (verifying, ready, congested)
+    # How each ending closes the wire, and what the owner hears of it before the stream was ready.
+    _endings = (
+        (fault, [_write_error], _fail_not_found),
+        (peer_failed, [_write_close], _fail_not_found),
+        (timed_out, [_write_error], _fail_timeout),
+        (peer_closed, [_write_close], _fail_far_closed),
+        (shut_down, [_write_close], _fail_stopping),
+        (connection_lost, [], _fail_lost),
+    )
+    for _ending, _on_the_wire, _failure in _endings:
+        for _state in _before_ready:
+            _state.upon(_ending, enter=closed, outputs=_on_the_wire + [_failure])
+        for _state in _after_ready:
+            _state.upon(_ending, enter=closed, outputs=_on_the_wire + [_tell_lost])
     for _state in (awaiting_header, awaiting_secure_header, awaiting_authenticated_header):
-        _state.upon(header_refused, enter=closed, outputs=[_fail_header])
+        _state.upon(header_refused, enter=closed, outputs=[_write_error, _fail_not_found])
     for _state in (awaiting_features, awaiting_secure_features):
-        _state.upon(unusable, enter=closed, outputs=[_fail_unusable])
-    for _each in (header_accepted, header_refused, tls_offered, proceed_arrived, external_chosen,
-                   dialback_chosen, verify_chosen, unusable, sasl_succeeded, sasl_failed,
-                   authenticated_features_arrived, dialback_valid, dialback_invalid, verify_answered,
-                   fault, peer_failed, timed_out, peer_closed, shut_down, connection_lost):
-        closed.upon(_each, enter=closed, outputs=[])
-    del _state, _each, _live
+        _state.upon(unusable, enter=closed, outputs=[_write_error, _fail_not_found])
+    awaiting_sasl_result.upon(sasl_failed, enter=closed, outputs=[_write_close, _fail_not_found])
+    awaiting_dialback_result.upon(dialback_invalid, enter=closed, outputs=[_write_close, _fail_not_found])
+    # TLS pauses its producer during the handshake: only a ready stream's full buffer is congestion.
+    for _state in _before_ready + _after_ready:
+        if _state is not ready:
+            _state.upon(stopped_reading, enter=_state, outputs=[])
+        if _state is not congested:
+            _state.upon(resumed_reading, enter=_state, outputs=[])
+    ignore_when_closed(_machine, closed)
+    del _state, _before_ready, _after_ready, _endings, _ending, _on_the_wire, _failure

@@ -134,7 +134,7 @@ def test_a_newer_connection_replaces_the_older_one():
     old_a, _ = pair.streams
     pair.connect()
     assert b"<conflict" in b"".join(old_a.transport.stream)
-    assert old_a._closing
+    assert old_a.closing
     pair.a.send(message(1))
     pair.flush()
     assert pair.owner_b.of("received") == ["1"]
@@ -151,7 +151,7 @@ def test_stopping_bounces_what_was_never_written_and_reports_the_rest_in_doubt()
     pair.a.stop()
     pair.a.send(message(2))
     assert pair.owner_a.events == [("in_doubt", "1"), ("undeliverable", "2", "remote-server-timeout")]
-    assert stream_a._closing
+    assert stream_a.closing
 
 
 def test_stopping_while_down_bounces_the_unwritten_and_reports_the_written_in_doubt():
@@ -227,7 +227,7 @@ def test_an_idle_link_with_a_live_peer_stays_up():
         pair.flush()
     assert pair.a.describe()["state"] == "up" and pair.a.describe()["connections"] == 1
     stream_a, _ = pair.streams
-    assert not stream_a._closing
+    assert not stream_a.closing
 
 
 def test_a_stanza_the_peer_refuses_is_bounced_once_and_never_resent():

@@ -9,8 +9,7 @@ from twisted.internet.testing import MemoryReactorClock
 from guard.edges.limits import Limits
 from guard.edges.s2s.outbound import FAILURE_TEXTS, OutboundStream
 
-from .test_inbound_bytes import TLSRecordingTransport
-from .test_outbound_bytes import FAR_HEADER
+from .test_outbound_bytes import FAR_HEADER, ProvenTLSTransport
 from .sides import make_side
 
 MARKER = "LEAKMARKER"
@@ -44,7 +43,7 @@ def far_stream(limits=None):
                      presents_for=("red.example",))
     owner = TextRecordingOwner()
     stream = OutboundStream(owner, side, "red.example", "blue.example")
-    transport = TLSRecordingTransport()
+    transport = ProvenTLSTransport()
     stream.makeConnection(transport)
     transport.clear()
     return stream, transport, owner, side.clock
@@ -68,8 +67,8 @@ def test_failure_text_is_the_guards_own(case):
     stream.dataReceived(FAR_SAYS[case])
     if case == "a dialback error":
         stream.dataReceived(b"<proceed xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>")
-        stream._server_proven = True  # no TLS runs here
         stream.dataReceived(FAR_HEADER + b"<stream:features/>")
+        assert b"<db:result from='red.example' to='blue.example'>" in transport.value()  # the certificate proved blue
         stream.dataReceived(
             f"<db:result from='blue.example' to='red.example' type='error'><error type='cancel'>"
             f"<{MARKER} xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></error></db:result>".encode()

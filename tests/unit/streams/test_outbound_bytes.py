@@ -7,8 +7,10 @@ from twisted.internet.testing import MemoryReactorClock, StringTransport
 
 from guard.edges.limits import Limits
 from guard.edges.s2s.outbound import OutboundStream
+from guard.edges.tlsidentity import load_pem_chain
+from guard.lab.inmemory import PresentedChain
 
-from .sides import make_side
+from .sides import make_side, pki
 from .test_handshakes import RecordingOwner
 
 FAR_HEADER = (
@@ -23,6 +25,18 @@ class TLSRecordingTransport(StringTransport):
 
     def startTLS(self, options):
         self.tls_options = options
+
+
+class ProvenTLSTransport(TLSRecordingTransport):
+    """Records startTLS instead of doing it, and presents a certificate (by default the blue server's own) as its
+    handshake would."""
+
+    def __init__(self, presents=None):
+        super().__init__()
+        self.presents = presents
+
+    def getHandle(self):
+        return PresentedChain(load_pem_chain(str((self.presents or pki().blue_server).certificate)))
 
 
 def connect(limits=None):
@@ -143,3 +157,61 @@ def test_send_refuses_a_stanza_larger_than_the_far_sides_stanza_bytes():
     stream.send(small)
     assert transport.value() == (b'<message from="romeo@red.example" to="juliet@blue.example">'
                                  b'<body>hi</body></message>')
+
+
+STARTTLS_FEATURES = b"<stream:features><starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/></stream:features>"
+DIALBACK_FEATURES = b"<stream:features><dialback xmlns='urn:xmpp:features:dialback'/></stream:features>"
+
+
+def dialback_stream():
+    """A stream on a dialback side, with the far server's certificate presented when TLS starts, not yet ready."""
+    clock = MemoryReactorClock()
+    side = make_side("blue", clock, authentication="dialback", presents_for=("red.example",))
+    owner = RecordingOwner()
+    stream = OutboundStream(owner, side, "red.example", "blue.example")
+    transport = ProvenTLSTransport()
+    stream.makeConnection(transport)
+    stream.dataReceived(FAR_HEADER + STARTTLS_FEATURES)
+    stream.dataReceived(b"<proceed xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>")
+    return stream, transport, owner
+
+
+def test_a_full_buffer_before_ready_is_not_congestion_and_after_ready_is_reported_once():
+    """TLS pauses during its handshake (ignored); once ready, a pause is one congested and a resume one decongested."""
+    stream, transport, owner = dialback_stream()
+    transport.producer.pauseProducing()
+    transport.producer.resumeProducing()
+    stream.dataReceived(FAR_HEADER + DIALBACK_FEATURES)
+    stream.dataReceived(b"<db:result from='blue.example' to='red.example' type='valid'/>")
+    transport.producer.pauseProducing()
+    transport.producer.pauseProducing()
+    transport.producer.resumeProducing()
+    transport.producer.resumeProducing()
+    assert owner.events == [("ready",), ("congested",), ("decongested",)]
+
+
+def test_a_connection_lost_while_congested_decongests_then_reports_the_loss():
+    """The transport stops its producer before the loss: the owner hears decongested, then lost."""
+    stream, transport, owner = dialback_stream()
+    stream.dataReceived(FAR_HEADER + DIALBACK_FEATURES)
+    stream.dataReceived(b"<db:result from='blue.example' to='red.example' type='valid'/>")
+    transport.producer.pauseProducing()
+    transport.producer.stopProducing()
+    stream.connectionLost(_Reason())
+    assert owner.events == [("ready",), ("congested",), ("decongested",), ("lost",)]
+
+
+def test_a_certificate_that_does_not_name_the_receiver_fails_the_secured_stream():
+    """The secured stream's first header is refused when the far server's certificate has no subjectAltName for it."""
+    clock = MemoryReactorClock()
+    side = make_side("blue", clock, authentication="dialback", presents_for=("red.example",))
+    owner = RecordingOwner()
+    stream = OutboundStream(owner, side, "red.example", "blue.example")
+    transport = ProvenTLSTransport(presents=pki().blue_common_name_only)
+    stream.makeConnection(transport)
+    stream.dataReceived(FAR_HEADER + STARTTLS_FEATURES)
+    stream.dataReceived(b"<proceed xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>")
+    transport.clear()
+    stream.dataReceived(FAR_HEADER + DIALBACK_FEATURES)
+    assert "<undefined-condition xmlns='urn:ietf:params:xml:ns:xmpp-streams'/>" in written(transport)
+    assert owner.events == [("failed", "remote-server-not-found")]

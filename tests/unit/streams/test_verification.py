@@ -23,7 +23,7 @@ from guard.edges.s2s.verification import (
 from .sides import SECRET, TOPOLOGY, make_side
 from .test_handshakes import RecordingOwner
 from .test_inbound_bytes import HEADER, TLSRecordingTransport
-from .test_outbound_bytes import FAR_HEADER
+from .test_outbound_bytes import FAR_HEADER, ProvenTLSTransport, dialback_stream
 
 STARTTLS = b"<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>"
 ROUTES = {"red.example": ("127.0.1.1", 5269), "conference.red.example": ("127.0.1.1", 5269)}
@@ -276,12 +276,11 @@ def verify_stream():
     side = make_side("blue", clock, authentication="dialback", presents_for=("red.example",))
     owner = RecordingOwner()
     stream = OutboundStream(owner, side, "red.example", "blue.example", purpose="verify")
-    transport = TLSRecordingTransport()
+    transport = ProvenTLSTransport()
     stream.makeConnection(transport)
     stream.dataReceived(FAR_HEADER + b"<stream:features><starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>"
                                      b"</stream:features>")
     stream.dataReceived(b"<proceed xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>")
-    stream._server_proven = True  # no TLS runs here; the certificate check has its own tests
     stream.dataReceived(FAR_HEADER + SECURE_FEATURES)
     transport.clear()
     return stream, transport, owner
@@ -317,16 +316,7 @@ def test_verification_answer_nobody_asked_for_closes_the_stream():
 @pytest.mark.parametrize("condition", ["remote-server-timeout", "item-not-found", "policy-violation"])
 def test_dialback_error_from_the_far_server_fails_the_outbound_stream(condition):
     """A <db:result type='error'> answering our key fails the stream; the owner hears a condition of ours, never the far server's."""
-    clock = MemoryReactorClock()
-    side = make_side("blue", clock, authentication="dialback", presents_for=("red.example",))
-    owner = RecordingOwner()
-    stream = OutboundStream(owner, side, "red.example", "blue.example")
-    transport = TLSRecordingTransport()
-    stream.makeConnection(transport)
-    stream.dataReceived(FAR_HEADER + b"<stream:features><starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>"
-                                     b"</stream:features>")
-    stream.dataReceived(b"<proceed xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>")
-    stream._server_proven = True
+    stream, transport, owner = dialback_stream()
     stream.dataReceived(FAR_HEADER + SECURE_FEATURES)
     assert b"<db:result from='red.example' to='blue.example'>" in transport.value()
     stream.dataReceived(error_result(condition))
