@@ -275,7 +275,7 @@ class S2SCarrier:
         self.unexpected += 1
         log.error("outbound {sender}->{receiver}: {event} is not expected while {state}; bouncing {n} waiting "
                   "and closing the stream", sender=self.sender, receiver=self.receiver, event=event.value,
-                  state=self.state.value, n=len(self.queue))
+                  state=getattr(self.state, "value", self.state), n=len(self.queue))
         reporting = args[0] if event in (QueueEvent.STREAM_READY, QueueEvent.STREAM_FAILED,
                                          QueueEvent.STREAM_LOST) else None
         stream, self.stream = self.stream, None
