@@ -25,20 +25,10 @@ from guard.edges.s2s.carrier import TRANSITIONS, QueueEvent, QueueState, S2SCarr
 from guard.lab.topology import render_guard_config
 
 from .streams.sides import make_side, pki
+from .test_config import write
 
 TOPOLOGY = Topology({"red": frozenset({"red.example"}), "blue": frozenset({"blue.example"})})
 ROUTE = "tcp:host=127.0.2.1:port=5269:timeout=10"
-
-
-@pytest.fixture
-def config_text():
-    return render_guard_config(pki(), "certificate", log_level="info")
-
-
-def write(tmp_path, text):
-    path = tmp_path / "guard.toml"
-    path.write_text(text)
-    return path
 
 
 @implementer(ICarrierOwner)
@@ -288,9 +278,11 @@ def test_a_host_and_port_route_becomes_a_tcp_endpoint_string_with_the_connect_ti
     assert route_endpoint("tcp:host=127.0.2.1:port=5269", 10.0) == "tcp:host=127.0.2.1:port=5269"
 
 
-def test_the_configuration_takes_an_endpoint_string_as_a_route_and_refuses_a_broken_one(tmp_path, config_text):
+def test_the_configuration_takes_an_endpoint_string_as_a_route_and_refuses_a_broken_one(tmp_path):
     """A route may be written as a Twisted client endpoint string; one Twisted cannot parse names the key."""
     from guard.app.config import load_config
+
+    config_text = render_guard_config(pki(), "certificate")
 
     text = config_text.replace('"red.example" = "127.0.1.1:5269"', '"red.example" = "tcp:host=127.0.1.1:port=5270"')
     assert load_config(str(write(tmp_path, text))).sides["red"].domains["red.example"] == "tcp:host=127.0.1.1:port=5270"
@@ -316,12 +308,12 @@ def test_the_s2s_stream_is_opened_with_client_from_string_and_a_refused_connecti
     assert heard == [("remote-server-not-found", "Connection was refused by other side: down.")]
 
 
-def test_a_service_side_has_endpoint_routes_and_its_own_verifier(tmp_path, config_text):
+def test_a_service_side_has_endpoint_routes_and_its_own_verifier(tmp_path):
     """build_side turns the configured routes into endpoint strings and gives the side its dialback Verifier."""
     from guard.app.config import load_config
     from guard.app.service import GuardService
 
-    config = load_config(str(write(tmp_path, config_text)))
+    config = load_config(str(write(tmp_path, render_guard_config(pki(), "certificate"))))
     service = GuardService(config, MemoryReactorClock())
     red = service.sides["red"]
     assert red.routes["red.example"] == "tcp:host=127.0.1.1:port=5269:timeout=10"
