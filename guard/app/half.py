@@ -23,6 +23,7 @@ from guard.edges.feeders import Feeders
 from guard.edges.link.leg import LinkLeg
 from guard.edges.link.link import NOT_WRITABLE, REFUSED_CONDITION, TOO_LARGE, LinkCarrier, LinkFeeder
 from guard.edges.relay import BOUNCE_LOST_RULE, Relay, Ticket
+from guard.edges.s2s.carrier import open_outbound_stream
 from guard.edges.release import reparse_stanza
 from guard.edges.xmlstream import OversizedStanza, ParserLimits, serialise
 
@@ -48,9 +49,9 @@ class HalfRelay(Relay):
     """A relay whose far side is the pair link."""
 
     def __init__(self, topology, policies, books, audit, reactor, own_side: str, far_side: str,
-                 stop_on_audit_failure=True, release_authority=None):
+                 stop_on_audit_failure=True, release_authority=None, open_stream=None):
         super().__init__(topology, policies, books, audit, reactor, stop_on_audit_failure,
-                         release_authority=release_authority)
+                         open_stream=open_stream, release_authority=release_authority)
         self.own_side = own_side
         self.far = FarSide(far_side)
         # Every (far domain, own domain) pair may arrive over the link; computed once, not per stanza.
@@ -70,6 +71,8 @@ class HalfRelay(Relay):
         of every (far domain, own domain) pair: held while a pair toward our own servers is congested (or
         its stream is set up with a full queue) and while the guard holds its whole memory budget."""
         self._leg = leg
+        if leg is None:
+            return
         own = self.topology.hosted_on(self.own_side)
         far = self.topology.hosted_on(self.far.name)
         self.link_feeder = LinkFeeder(leg.link, self._link_pairs)
@@ -184,7 +187,8 @@ def half_policy_files(config: HalfConfig):
 class HalfService(GuardProcess):
     """One half: one side, one relay, one pair link."""
 
-    def __init__(self, config: HalfConfig, reactor):
+    def __init__(self, config: HalfConfig, reactor, open_stream=open_outbound_stream):
+        """``open_stream`` opens every outbound S2S stream (relay and dialback verification); a lab may inject its own."""
         anchors, identities = load_side_material(config.path, config.side)
         policies = {direction: load_checked_policy(config.path, key, path, direction)
                     for direction, key, path in half_policy_files(config)}
@@ -192,8 +196,8 @@ class HalfService(GuardProcess):
         self.relay = HalfRelay(config.topology, self.policies, self.books, self.audit, reactor,
                                config.side.name, config.link.far_side,
                                stop_on_audit_failure=config.audit_failure == "stop",
-                               release_authority=self.release_authority)
-        self.side = build_side(config.side, config, anchors, identities, self.dialback_secret, reactor)
+                               release_authority=self.release_authority, open_stream=open_stream)
+        self.side = build_side(config.side, config, anchors, identities, self.dialback_secret, reactor, open_stream)
         self.relay.add_side(self.side)
         self.sides[self.side.name] = self.side
         try:

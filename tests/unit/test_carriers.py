@@ -309,12 +309,18 @@ def test_the_s2s_stream_is_opened_with_client_from_string_and_a_refused_connecti
 
 
 def test_a_service_side_has_endpoint_routes_and_its_own_verifier(tmp_path):
-    """build_side turns the configured routes into endpoint strings and gives the side its dialback Verifier."""
+    """build_side turns the configured routes into endpoint strings and gives the side its dialback Verifier;
+    an opener injected into the service opens the relay's streams and the verifier's alike."""
     from guard.app.config import load_config
     from guard.app.service import GuardService
 
     config = load_config(str(write(tmp_path, render_guard_config(pki(), "certificate"))))
-    service = GuardService(config, MemoryReactorClock())
-    red = service.sides["red"]
+    red = GuardService(config, MemoryReactorClock()).sides["red"]
     assert red.routes["red.example"] == "tcp:host=127.0.1.1:port=5269:timeout=10"
-    assert red.verifier is not None and red.verifier.side is red
+    assert red.verifier.side is red and red.verifier.open_stream is open_outbound_stream
+
+    def opener(owner, side, sender, receiver, route, purpose="relay"):
+        raise AssertionError("not opened in this test")
+
+    service = GuardService(config, MemoryReactorClock(), open_stream=opener)
+    assert service.relay.open_stream is opener and service.sides["blue"].verifier.open_stream is opener
