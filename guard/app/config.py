@@ -10,6 +10,7 @@ every option.
 
 from __future__ import annotations
 
+import math
 import os
 import tomllib
 from dataclasses import dataclass, field
@@ -42,7 +43,7 @@ class SideConfig:
     ca: str
     authentication: str
     policy: str
-    domains: dict[str, tuple[str, int]]
+    domains: dict[str, tuple[str, int] | str]  # hosted domain -> (host, port), or a Twisted client endpoint string
     certificates: tuple[CertificateConfig, ...]
 
 
@@ -173,12 +174,36 @@ def _domain_ok(name: str) -> bool:
 
 
 def _route(checker, value, key):
+    """(host, port) for "host:port"; the string itself for a Twisted client endpoint string ("tcp:host=…:port=…")."""
+    if isinstance(value, str) and value.count(":") > 1:
+        from twisted.internet.endpoints import clientFromString
+        from twisted.internet.testing import MemoryReactor
+
+        try:
+            clientFromString(MemoryReactor(), value)
+        except (ValueError, TypeError, KeyError) as problem:
+            checker.fail(key, f'must be "host:port" or a Twisted client endpoint string ({problem})')
+        return value
     if not isinstance(value, str) or value.count(":") != 1:
         checker.fail(key, 'must be "host:port"')
     host, _, port = value.partition(":")
     if not host or not port.isdigit() or not 0 < int(port) < 65536:
         checker.fail(key, 'must be "host:port" with a port from 1 to 65535')
     return host, int(port)
+
+
+def route_endpoint(route, connect_timeout: float) -> str:
+    """
+    The Twisted client endpoint string a route is opened with: "host:port"
+    becomes ``tcp:host=…:port=…:timeout=…`` (``connect_timeout`` in whole
+    seconds, rounded up); an endpoint string is used as it was written.
+    """
+    if isinstance(route, str):
+        return route
+    from twisted.internet.endpoints import quoteStringArgument
+
+    host, port = route
+    return f"tcp:host={quoteStringArgument(host)}:port={port}:timeout={max(1, math.ceil(connect_timeout))}"
 
 
 def _check_listen(checker, description, key):

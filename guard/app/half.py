@@ -21,9 +21,11 @@ from guard.core.accepted import accepted_from_element
 from guard.core.addressing import Misaddressed, check_addressing, parse_jid
 from guard.core.pipeline import Direction, judge_fail_closed
 from guard.core.settlement import Deliver
+from guard.edges.feeders import Feeders
 from guard.edges.link.leg import LinkLeg
-from guard.edges.link.link import NOT_WRITABLE, REFUSED_CONDITION, TOO_LARGE
-from guard.edges.relay import MEMORY_HOLD, Relay, Ticket
+from guard.edges.link.link import NOT_WRITABLE, REFUSED_CONDITION, TOO_LARGE, LinkCarrier, LinkFeeder
+from guard.edges.relay import Relay, Ticket
+from guard.edges.s2s.carrier import open_outbound_stream
 from guard.edges.release import reparse_stanza
 from guard.edges.xmlstream import OversizedStanza, ParserLimits, serialise
 
@@ -49,65 +51,41 @@ class HalfRelay(Relay):
     """A relay whose far side is the pair link."""
 
     def __init__(self, topology, policies, books, audit, reactor, own_side: str, far_side: str,
-                 stop_on_audit_failure=True, release_authority=None):
+                 stop_on_audit_failure=True, release_authority=None, open_stream=None):
         super().__init__(topology, policies, books, audit, reactor, stop_on_audit_failure,
-                         release_authority=release_authority)
+                         open_stream=open_stream, release_authority=release_authority)
         self.own_side = own_side
         self.far = FarSide(far_side)
         # Every (far domain, own domain) pair may arrive over the link; computed once, not per stanza.
         self._link_pairs = frozenset((sender, receiver) for sender in topology.hosted_on(far_side)
                                      for receiver in topology.hosted_on(own_side))
-        self.leg = None  # set by the service once the link exists
-        # Why the link is not read: (far domain, own domain, reason) for each
-        # pair whose outbound stream to our own servers is congested or still
-        # being set up with a full queue, and MEMORY_HOLD while the guard holds
-        # its whole memory budget.  While any is present, the link is not read.
-        self.link_holds: set = set()
+        self._leg = None
+        self.link_feeder = None
 
-    def _forward(self, side_name, pair, parcel):
-        # While stopping, a late release of ours is bounced by Relay._forward: the draining link takes nothing new.
-        if side_name == self.far.name and not (self.stopping and parcel.original is not None):
-            self.leg.link.send(parcel)
+    @property
+    def leg(self):
+        """The pair link's leg (set by the service once the link exists)."""
+        return self._leg
+
+    @leg.setter
+    def leg(self, leg):
+        """Setting the leg makes its link the carrier of everything bound for the far side, and the feeder
+        of every (far domain, own domain) pair: held while a pair toward our own servers is congested (or
+        its stream is set up with a full queue) and while the guard holds its whole memory budget."""
+        self._leg = leg
+        if leg is None:
             return
-        super()._forward(side_name, pair, parcel)
+        own = self.topology.hosted_on(self.own_side)
+        far = self.topology.hosted_on(self.far.name)
+        self.link_feeder = LinkFeeder(leg.link, self._link_pairs)
+        self.back_pressure.attach(self.far.name, Feeders([self.link_feeder]))
+        self.carry_side_over(self.far.name, LinkCarrier(leg.link, ((sender, receiver) for sender in own
+                                                                   for receiver in far)))
 
-    # -- back-pressure: our own servers not reading stop the link --------------
-
-    def hold_senders(self, sender, receiver, reason=None):
-        """Our server is not taking what the link brings for (sender, receiver): stop reading the link."""
-        if self.topology.side_of(sender) == self.far.name:
-            self._hold_link((sender, receiver, reason))
-            return
-        super().hold_senders(sender, receiver, reason)
-
-    def release_senders(self, sender, receiver, reason=None):
-        if self.topology.side_of(sender) == self.far.name:
-            self._release_link((sender, receiver, reason))
-            return
-        super().release_senders(sender, receiver, reason)
-
-    def count_held(self, amount):
-        """At the memory budget the link stops being read too (its stanzas fill the same queues)."""
-        super().count_held(amount)
-        if self.held.over:
-            self._hold_link(MEMORY_HOLD)
-
-    def count_freed(self, amount):
-        super().count_freed(amount)
-        if not self.held.over:
-            self._release_link(MEMORY_HOLD)
-
-    def _hold_link(self, why):
-        self.link_holds.add(why)
-        if self.leg is not None:
-            self.leg.link.hold()
-
-    def _release_link(self, why):
-        if why not in self.link_holds:
-            return
-        self.link_holds.discard(why)
-        if not self.link_holds and self.leg is not None:
-            self.leg.link.release()
+    @property
+    def link_holds(self) -> set:
+        """Why the link is not read: a reason per congested pair (its text names the pair), and MEMORY_HOLD."""
+        return set(self.link_feeder.reasons) if self.link_feeder is not None else set()
 
     # -- policy reload ------------------------------------------------------------
 
@@ -185,32 +163,15 @@ class HalfRelay(Relay):
                              direction=Direction(self.own_side, self.far.name))
 
     # -- shutdown (deploy/pair/PAIR.md has the table of what happens when) -----
-
-    def begin_shutdown(self):
-        """
-        The link drains first: it takes nothing more from the peer (what the
-        peer still sends stays the peer's, to resend to this half's next
-        run) and bounces what it never wrote while the S2S streams to our
-        servers are open.  Then the relay closes inbound streams and bounces
-        what waits for our servers, including stanzas that came over the
-        link: those bounces go back over the link, which still carries.
-        """
-        if self.leg is not None:
-            self.leg.link.drain()
-        super().begin_shutdown()
-
-    def bounces_waiting(self) -> int:
-        """Our bounces not yet written, and what a live link may still acknowledge within the grace."""
-        waiting = super().bounces_waiting()
-        if self.leg is not None:
-            waiting += self.leg.link.waiting_on_peer()
-        return waiting
-
-    def finish_shutdown(self):
-        """The link stops (what is still written and unacknowledged is reported in doubt), then the streams close."""
-        if self.leg is not None:
-            self.leg.link.stop()
-        super().finish_shutdown()
+    #
+    # Relay.begin_shutdown drains the link first (its carrier's bounce_waiting): it
+    # takes nothing more from the peer (what the peer still sends stays the peer's,
+    # to resend to this half's next run) and bounces what it never wrote while the
+    # S2S streams to our servers are open.  Then the relay closes inbound streams and
+    # bounces what waits for our servers, including stanzas that came over the link:
+    # those bounces go back over the link, which still carries.  bounces_waiting counts
+    # what a live link may still acknowledge within the grace; finish_shutdown stops
+    # the link (what is written and unacknowledged is reported in doubt), then the streams.
 
     def status(self) -> dict:
         status = super().status()
@@ -230,7 +191,8 @@ def half_policy_files(config: HalfConfig):
 class HalfService(GuardProcess):
     """One half: one side, one relay, one pair link."""
 
-    def __init__(self, config: HalfConfig, reactor):
+    def __init__(self, config: HalfConfig, reactor, open_stream=open_outbound_stream):
+        """``open_stream`` opens every outbound S2S stream (relay and dialback verification); a lab may inject its own."""
         anchors, identities = load_side_material(config.path, config.side)
         policies = {direction: load_checked_policy(config.path, key, path, direction)
                     for direction, key, path in half_policy_files(config)}
@@ -238,8 +200,8 @@ class HalfService(GuardProcess):
         self.relay = HalfRelay(config.topology, self.policies, self.books, self.audit, reactor,
                                config.side.name, config.link.far_side,
                                stop_on_audit_failure=config.audit_failure == "stop",
-                               release_authority=self.release_authority)
-        self.side = build_side(config.side, config, anchors, identities, self.dialback_secret, reactor)
+                               release_authority=self.release_authority, open_stream=open_stream)
+        self.side = build_side(config.side, config, anchors, identities, self.dialback_secret, reactor, open_stream)
         self.relay.add_side(self.side)
         self.sides[self.side.name] = self.side
         try:

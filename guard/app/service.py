@@ -24,11 +24,13 @@ from guard.core.policy import PolicyError, load_policy
 from guard.edges.audit import AuditLog, AuditUnavailable
 from guard.edges.relay import PolicyTable, Relay
 from guard.edges.release import ReleaseAuthority
+from guard.edges.s2s.carrier import open_outbound_stream
 from guard.edges.s2s.inbound import InboundFactory
+from guard.edges.s2s.verification import Verifier
 from guard.edges.side import Side
 from guard.edges.tlsidentity import Identity, TrustAnchors
 
-from .config import ConfigError, GuardConfig
+from .config import ConfigError, GuardConfig, route_endpoint
 
 log = Logger()
 
@@ -87,18 +89,24 @@ def load_material(config: GuardConfig):
     return anchors, identities, policies
 
 
-def build_side(side_config, config, anchors, identities, dialback_secret, reactor) -> Side:
-    return Side(
+def build_side(side_config, config, anchors, identities, dialback_secret, reactor,
+               open_stream=open_outbound_stream) -> Side:
+    """One side, its routes as Twisted client endpoint strings and its dialback Verifier (which opens its
+    verification streams with ``open_stream``)."""
+    side = Side(
         name=side_config.name,
         topology=config.topology,
         authentication=side_config.authentication,
         identities=identities,
         anchors=anchors,
-        routes=dict(side_config.domains),
+        routes={domain: route_endpoint(route, config.limits.connect_timeout)
+                for domain, route in side_config.domains.items()},
         limits=config.limits,
         dialback_secret=dialback_secret,
         reactor=reactor,
     )
+    side.verifier = Verifier(side, open_stream)
+    return side
 
 
 class GuardProcess(service.Service):
@@ -219,14 +227,16 @@ class GuardProcess(service.Service):
 class GuardService(GuardProcess):
     """One standalone guard: two sides, one relay."""
 
-    def __init__(self, config: GuardConfig, reactor):
+    def __init__(self, config: GuardConfig, reactor, open_stream=open_outbound_stream):
+        """``open_stream`` opens every outbound S2S stream (relay and dialback verification); a lab may inject its own."""
         anchors, identities, policies = load_material(config)
         super().__init__(config, reactor, policies)
         self.relay = Relay(config.topology, self.policies, self.books, self.audit, reactor,
                            stop_on_audit_failure=config.audit_failure == "stop",
-                           release_authority=self.release_authority)
+                           open_stream=open_stream, release_authority=self.release_authority)
         for name, side_config in config.sides.items():
-            side = build_side(side_config, config, anchors[name], identities[name], self.dialback_secret, reactor)
+            side = build_side(side_config, config, anchors[name], identities[name], self.dialback_secret, reactor,
+                              open_stream)
             self.relay.add_side(side)
             self.sides[name] = side
 

@@ -18,12 +18,10 @@ leaves.
 
 from __future__ import annotations
 
-import enum
-from collections import deque
 from dataclasses import replace
 
-from twisted.internet.endpoints import HostnameEndpoint, connectProtocol
 from twisted.logger import Logger
+from zope.interface import implementer
 
 from guard.core.accepted import accept, accepted_from_element
 from guard.core.books import HeldBytes
@@ -42,10 +40,10 @@ from guard.core.settlement import (
 )
 
 from .audit import AuditObserver
+from .carriers import ICarrierOwner
+from .feeders import MEMORY_HOLD, BackPressure
 from .limits import Limits
-from .s2s.outbound import OutboundStream
-from .s2s.verification import Verifier
-from .xmlstream import OversizedStanza
+from .s2s.carrier import S2SCarrier, open_outbound_stream
 
 log = Logger()
 
@@ -55,8 +53,6 @@ __all__ = ["BOUNCE_LOST_RULE", "INTERNAL_FAULT_RULE", "Parcel", "PolicyTable", "
 # What one of our own bounces counts for in byte bounds besides its addresses and id.
 BOUNCE_BYTES = 256
 
-# The reason a stream is held while what the guard holds is over its budget.
-MEMORY_HOLD = "memory budget"
 
 
 class PolicyTable:
@@ -74,6 +70,7 @@ class PolicyTable:
         self.generation += 1
 
 
+@implementer(ICarrierOwner)
 class Relay:
     """
     The I/O around the settlement core (guard.core.settlement): judges each
@@ -86,14 +83,16 @@ class Relay:
                  open_stream=None, release_authority=None, observers=()):
         self.topology = topology
         self.release_authority = release_authority
-        self.open_stream = open_stream or self._open_tcp_stream
+        self.open_stream = open_stream or open_outbound_stream
         self.policies = policies
         self.books = books
         self.audit = audit
         self.settlement = Settlement(topology, (books, AuditObserver(audit), *observers), stop_on_audit_failure)
         self.reactor = reactor
         self.sides = {}
-        self.links: dict[tuple[str, str, str], OutboundLink] = {}
+        self.links: dict[tuple[str, str, str], S2SCarrier] = {}  # the S2S carrier of each (side, sender, receiver)
+        self.side_carriers: dict[str, object] = {}  # a carrier for everything bound to a side (a half's pair link)
+        self.back_pressure = BackPressure(topology)  # who feeds the relay, by side
         self.stopping = False
         self.held = HeldBytes.for_budget(Limits().memory_budget_bytes)
         # The stanzas waiting for the release authority, by a token of each question (oldest first):
@@ -117,6 +116,7 @@ class Relay:
     def add_side(self, side):
         side.relay = self
         self.sides[side.name] = side
+        self.back_pressure.attach(side.name, side.inbound_streams)
         if self.held.budget != side.limits.memory_budget_bytes and not self.held.held:
             self.held = HeldBytes.for_budget(side.limits.memory_budget_bytes)
 
@@ -145,7 +145,7 @@ class Relay:
             self._act(self.settlement.refused_while_halted(ticket))
             return
         if self.held.over:
-            self._hold_inbound(getattr(side, "inbound_streams", ()))
+            self.back_pressure.feeders_of(side.name).hold_all(MEMORY_HOLD)  # a feeder that came after the hold
         direction = ticket.direction
         judgement, problem = judge_fail_closed(self.policies.current(direction), ticket.stanza, direction,
                                                accept(ticket.stanza, addressed, ticket.size, direction))
@@ -229,28 +229,8 @@ class Relay:
         self.release_authority.ask(judgement.stanza, direction, judgement.rule_id).addCallbacks(decided, failed)
 
     def check_dialback(self, side, peer_domain, fronted_domain, stream_id, key, asker=None):
-        """
-        Ask ``peer_domain``'s authoritative server whether ``key`` is genuine: a
-        Deferred of a verification Answer, or None when ``asker`` already waits
-        for this pair.  Deduplication, caps and the verification streams are the
-        side's Verifier's (guard.edges.s2s.verification).
-        """
-        if side.verifier is None:
-            side.verifier = Verifier(side, self.open_stream)
-        address = getattr(getattr(asker, "peer_address", None), "host", None)
-        return side.verifier.check(asker, address, peer_domain, fronted_domain, stream_id, key)
-
-    def _open_tcp_stream(self, owner, side, sender, receiver, route, purpose="relay"):
-        """Connect an OutboundStream to ``route``; the owner hears of failure through stream_failed."""
-        stream = OutboundStream(owner, side, sender, receiver, purpose=purpose)
-        endpoint = HostnameEndpoint(self.reactor, route[0], route[1], timeout=side.limits.connect_timeout)
-
-        def failed(failure):
-            owner.stream_failed(stream, "remote-server-not-found", failure.getErrorMessage())
-
-        stream.connect_attempt = connectProtocol(endpoint, stream)
-        stream.connect_attempt.addErrback(failed)
-        return stream
+        """Kept for the inbound stream: the side's Verifier (guard.edges.s2s.verification) answers."""
+        return side.verifier.check_dialback(asker, peer_domain, fronted_domain, stream_id, key)
 
     # -- settling -------------------------------------------------------------
 
@@ -263,11 +243,26 @@ class Relay:
             return
         if parcel.original is None and not parcel.size:
             parcel = replace(parcel, size=bounce_bytes(parcel.stanza))
+        self._carrier_for(side_name, pair).carry(parcel)
+
+    def _carrier_for(self, side_name, pair):
+        """The carrier bound for ``side_name`` (a side's own carrier, else the S2S carrier of the pair, made on first use)."""
+        carrier = self.side_carriers.get(side_name)
+        if carrier is not None:
+            return carrier
         key = (side_name,) + pair
-        link = self.links.get(key)
-        if link is None:
-            link = self.links[key] = OutboundLink(self, self.sides[side_name], *pair)
-        link.enqueue(parcel)
+        carrier = self.links.get(key)
+        if carrier is None:
+            carrier = self.links[key] = S2SCarrier(self, self.sides[side_name], *pair, open_stream=self.open_stream)
+        return carrier
+
+    def carry_side_over(self, side_name, carrier):
+        """Everything bound for ``side_name`` leaves on ``carrier`` (an ICarrier) instead of S2S streams."""
+        self.side_carriers[side_name] = carrier
+
+    def _carriers(self):
+        """Every carrier; a side's own carrier first (what it gives up bounces onto the S2S carriers)."""
+        return list(self.side_carriers.values()) + list(self.links.values())
 
     def delivered(self, parcel):
         """A carrier wrote ``parcel``: the core settles what it carries as delivered."""
@@ -286,45 +281,27 @@ class Relay:
                      detail=peer_detail(detail))
         self._act(self.settlement.undeliverable(parcel, condition, detail))
 
-    # -- back-pressure ----------------------------------------------------------
+    # -- back-pressure: carriers report, feeders are held (guard.edges.feeders) --------
 
-    def hold_senders(self, sender, receiver, reason=None):
-        """Stop reading every inbound stream that carries (sender, receiver): the far server is not reading
-        (or, with another ``reason``, its stream is still being set up and its queue is full)."""
-        side = self.sides.get(self.topology.side_of(sender))
-        if side is None:
-            return
-        for stream in list(side.inbound_streams):
-            if (sender, receiver) in stream.authenticated_pairs:
-                stream.hold(reason or f"congested {sender}->{receiver}")
+    def congested(self, carrier, reason):
+        """``carrier`` takes nothing more for now: stop reading the feeders of its pairs for ``reason``."""
+        self.back_pressure.hold(carrier.pairs, reason)
 
-    def release_senders(self, sender, receiver, reason=None):
-        side = self.sides.get(self.topology.side_of(sender))
-        if side is None:
-            return
-        for stream in list(side.inbound_streams):
-            stream.release(reason or f"congested {sender}->{receiver}")
+    def decongested(self, carrier, reason):
+        self.back_pressure.release(carrier.pairs, reason)
 
     def count_held(self, amount):
-        """Count bytes the guard now holds; at the budget, stop reading every inbound stream."""
+        """Count bytes the guard now holds; at the budget, stop reading every feeder."""
         if self.held.take(amount):
             log.warn("holding {held} bytes of stanzas (budget {budget}): reading stops",
                      held=self.held.held, budget=self.held.budget)
-            for side in self.sides.values():
-                self._hold_inbound(side.inbound_streams)
+            self.back_pressure.hold_everyone(MEMORY_HOLD)
 
     def count_freed(self, amount):
-        """Count bytes the guard no longer holds; at the low-water mark, read every inbound stream again."""
+        """Count bytes the guard no longer holds; at the low-water mark, read every feeder again."""
         if self.held.give(amount):
             log.info("holding {held} bytes of stanzas: reading resumes", held=self.held.held)
-            for side in self.sides.values():
-                for stream in list(side.inbound_streams):
-                    stream.release(MEMORY_HOLD)
-
-    @staticmethod
-    def _hold_inbound(streams):
-        for stream in list(streams):
-            stream.hold(MEMORY_HOLD)
+            self.back_pressure.release_everyone(MEMORY_HOLD)
 
     # -- shutdown -------------------------------------------------------------
 
@@ -336,11 +313,13 @@ class Relay:
         stay open, or are opened, until ``finish_shutdown``.
         """
         self.stopping = True
+        for carrier in list(self.side_carriers.values()):
+            carrier.bounce_waiting("remote-server-timeout", "the guard is stopping")
         for side in self.sides.values():
             for stream in list(side.inbound_streams):
                 stream.close_for_shutdown()
-        for link in list(self.links.values()):
-            link.bounce_waiting("remote-server-timeout", "the guard is stopping")
+        for carrier in list(self.links.values()):
+            carrier.bounce_waiting("remote-server-timeout", "the guard is stopping")
         self._settle_referred()
 
     def _settle_referred(self):
@@ -353,12 +332,12 @@ class Relay:
 
     def bounces_waiting(self) -> int:
         """Our own bounces not yet written (the service waits for them, within a grace, before closing)."""
-        return sum(len(link.queue) for link in self.links.values())
+        return sum(carrier.waiting() for carrier in self._carriers())
 
     def finish_shutdown(self):
         """Second half of stopping: close every outbound stream; bounces still waiting are given up (logged)."""
-        for link in list(self.links.values()):
-            link.shut_down()
+        for carrier in self._carriers():
+            carrier.shut_down()
         for side in self.sides.values():
             if getattr(side, "verifier", None) is not None:
                 side.verifier.shut_down()
@@ -385,183 +364,3 @@ class Relay:
 def bounce_bytes(reply) -> int:
     """What one of our own bounces counts for in byte bounds: its addresses and id, and a constant for the rest."""
     return BOUNCE_BYTES + sum(len(reply.getAttribute(name) or "") for name in ("from", "to", "id"))
-
-
-class LinkState(enum.Enum):
-    """Where an outbound link is: no stream, a stream being set up (stanzas wait), a stream ready (write-through)."""
-
-    IDLE = "idle"
-    CONNECTING = "connecting"
-    READY = "ready"
-
-
-class OutboundLink:
-    """
-    The outbound path for one (side, sender domain, receiver domain): a queue
-    bounded in stanzas and in bytes while a stream is being set up, then
-    write-through.
-
-    ==========  ==================  ==========================================
-    state       event               effect
-    ==========  ==================  ==========================================
-    IDLE        stanza              queue it, open a stream -> CONNECTING
-    CONNECTING  stanza              queue it; at the queue's bound hold the
-                                    streams that feed this pair; past twice
-                                    the bound bounce it (resource-constraint)
-    CONNECTING  stream ready        send the queue, release holds -> READY
-    CONNECTING  stream failed       bounce the queue, release holds -> IDLE
-    READY       stanza              send it
-    READY       stream lost         -> IDLE, or CONNECTING if stanzas wait
-    ==========  ==================  ==========================================
-    """
-
-    def __init__(self, relay, side, sender, receiver):
-        self.relay = relay
-        self.side = side
-        self.sender = sender
-        self.receiver = receiver
-        self.queue: deque[Parcel] = deque()
-        self.queued_bytes = 0
-        self.stream = None
-        self.state = LinkState.IDLE
-        self.holding = False
-        self.connects = 0
-        self.failures = 0
-
-    @property
-    def hold_reason(self) -> str:
-        return f"waiting for {self.sender}->{self.receiver}"
-
-    def describe(self):
-        return {"state": self.state.value, "queued": len(self.queue), "queued_bytes": self.queued_bytes,
-                "holding": self.holding, "connects": self.connects, "failures": self.failures}
-
-    def enqueue(self, parcel):
-        if self.state is LinkState.READY:
-            self._send(parcel)
-            return
-        limits = self.side.limits
-        if (len(self.queue) >= 2 * limits.outbound_queue
-                or self.queued_bytes + parcel.size > 2 * limits.outbound_queue_bytes):
-            self.relay.undeliverable(parcel, "resource-constraint", "the queue for this server is full")
-            return
-        self._push(parcel)
-        if self.state is LinkState.IDLE:
-            self._connect()
-        if self.state is LinkState.CONNECTING and (len(self.queue) >= limits.outbound_queue
-                                                   or self.queued_bytes >= limits.outbound_queue_bytes):
-            # At every stanza past the bound, so that a feeder that was not held yet (a new stream) is held too.
-            self.holding = True
-            self.relay.hold_senders(self.sender, self.receiver, self.hold_reason)
-
-    def _push(self, parcel):
-        self.queue.append(parcel)
-        self.queued_bytes += parcel.size
-        self.relay.count_held(parcel.size)
-
-    def _pop(self):
-        parcel = self.queue.popleft()
-        self.queued_bytes -= parcel.size
-        self.relay.count_freed(parcel.size)
-        return parcel
-
-    def _release_holds(self):
-        if self.holding:
-            self.holding = False
-            self.relay.release_senders(self.sender, self.receiver, self.hold_reason)
-
-    def _send(self, parcel):
-        parcel = self.relay.judged_again(parcel)
-        if parcel is None:
-            return
-        try:
-            self.stream.send(parcel.stanza)
-        except OversizedStanza as problem:
-            log.info("a stanza for {receiver} is too large once serialised: {problem}", receiver=self.receiver,
-                     problem=str(problem))
-            self.relay.undeliverable(parcel, "policy-violation", str(problem))
-            return
-        except Exception as problem:  # noqa: BLE001 - a stanza that cannot be written is not delivered
-            log.error("could not serialise a stanza for {receiver}: {problem!r}", receiver=self.receiver, problem=problem)
-            self.relay.undeliverable(parcel, "internal-server-error", "the stanza could not be sent")
-            return
-        self.relay.delivered(parcel)
-
-    def _connect(self):
-        route = self.side.routes.get(self.receiver)
-        if route is None:
-            self.stream_failed(None, "remote-server-not-found", f"no route to {self.receiver}")
-            return
-        self.state = LinkState.CONNECTING
-        self.connects += 1
-        self.stream = None
-        try:
-            stream = self.relay.open_stream(self, self.side, self.sender, self.receiver, route)
-        except Exception as problem:  # noqa: BLE001 - no stream is coming: settle what waits, never wait forever
-            log.error("could not open a stream {sender}->{receiver}: {problem!r}", sender=self.sender,
-                      receiver=self.receiver, problem=problem)
-            self.stream_failed(None, "internal-server-error", "the stream could not be opened")
-            return
-        if self.state is LinkState.CONNECTING and self.stream is None:
-            self.stream = stream
-
-    # -- owner calls from OutboundStream ---------------------------------
-
-    def stream_ready(self, stream):
-        if stream is not self.stream:
-            stream.close_idle()
-            return
-        self.state = LinkState.READY
-        while self.queue and self.state is LinkState.READY:
-            self._send(self._pop())
-        self._release_holds()
-
-    def stream_failed(self, stream, condition, text):
-        if self.stream is not None and stream is not self.stream:
-            return
-        self.failures += 1
-        self.stream = None
-        self.state = LinkState.IDLE
-        log.info("outbound {sender}->{receiver} failed ({condition}): {detail}; bouncing {n} waiting",
-                 sender=self.sender, receiver=self.receiver, condition=condition, detail=peer_detail(text),
-                 n=len(self.queue))
-        self.give_up(condition, text)
-
-    def stream_lost(self, stream):
-        if stream is not self.stream:
-            return
-        self.relay.release_senders(self.sender, self.receiver)
-        self.stream = None
-        self.state = LinkState.IDLE
-        if self.queue:
-            self._connect()
-
-    def bounce_waiting(self, condition, text):
-        """Bounce every accepted stanza waiting here; our own bounces stay queued for the stream being set up."""
-        waiting = [self._pop() for _ in range(len(self.queue))]
-        for parcel in waiting:
-            if parcel.original is None:
-                self._push(parcel)
-        self._release_holds()
-        for parcel in waiting:
-            if parcel.original is not None:
-                self.relay.undeliverable(parcel, condition, text)
-
-    def give_up(self, condition, text):
-        """Bounce or abandon everything waiting: the stream will not come."""
-        waiting = [self._pop() for _ in range(len(self.queue))]
-        self._release_holds()
-        for parcel in waiting:
-            self.relay.undeliverable(parcel, condition, text)
-
-    def congested(self, stream):
-        """The far server stopped reading: stop reading from the servers that send to this pair."""
-        self.relay.hold_senders(self.sender, self.receiver)
-
-    def decongested(self, stream):
-        self.relay.release_senders(self.sender, self.receiver)
-
-    def shut_down(self):
-        self.give_up("remote-server-timeout", "the guard is stopping")
-        if self.stream is not None:
-            self.stream.close_for_shutdown()

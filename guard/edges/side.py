@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 
 from guard.core.topology import Topology
 
+from .feeders import Feeders
 from .limits import Limits
 from .tlsidentity import Identity, TrustAnchors
 
@@ -20,13 +21,13 @@ class Side:
     authentication: str  # "certificate" or "dialback"
     identities: dict[str, Identity]  # fronted (far-side) domain -> what the guard presents for it
     anchors: TrustAnchors
-    routes: dict[str, tuple[str, int]]  # hosted domain -> (host, port) of its server
+    routes: dict[str, str]  # hosted domain -> its server, a Twisted client endpoint string (tcp:host=…:port=…)
     limits: Limits
     dialback_secret: str
     reactor: object
     relay: object = None
-    inbound_streams: set = field(default_factory=set)
-    verifier: object = None  # the side's dialback Verifier, made by the relay on first use
+    inbound_streams: Feeders = field(default_factory=Feeders)  # the inbound streams open on this side
+    verifier: object = None  # the side's dialback Verifier (guard.edges.s2s.verification), made with the side
 
     @property
     def clock(self):

@@ -35,7 +35,9 @@ from dataclasses import dataclass
 from automat import MethodicalMachine
 from twisted.logger import Logger
 from twisted.words.xish import domish
+from zope.interface import implementer
 
+from guard.edges.carriers import ICarrier
 from guard.edges.xmlstream import OversizedStanza, ParserLimits, serialise
 
 from . import wire
@@ -541,3 +543,59 @@ class Link:
     stopped.upon(_deadline_passed, enter=stopped, outputs=[])
     stopped.upon(_stop, enter=stopped, outputs=[])
     stopped.upon(_start, enter=stopped, outputs=[])
+
+
+@implementer(ICarrier)
+class LinkCarrier:
+    """
+    The pair link as the carrier of everything this half sends to the far
+    side (``pairs``: every (own domain, far domain) pair).  The link settles
+    each parcel with its owner (``link_delivered``, ``link_undeliverable``,
+    ``link_in_doubt``); it is never congested toward the peer: its bounded
+    buffer bounces what does not fit.
+    """
+
+    def __init__(self, link: Link, pairs):
+        self.link = link
+        self.pairs = frozenset(pairs)
+
+    def carry(self, parcel):
+        self.link.send(parcel)
+
+    def bounce_waiting(self, condition, text):
+        """Drain: nothing more is taken from the peer; what was never written bounces (the link's own text)."""
+        self.link.drain()
+
+    def waiting(self) -> int:
+        return self.link.waiting_on_peer()
+
+    def shut_down(self):
+        self.link.stop()
+
+    def describe(self) -> dict:
+        return self.link.describe()
+
+
+class LinkFeeder:
+    """
+    The pair link as the feeder of every (far domain, own domain) pair: it
+    is not read while it is held for any reason (a congested pair toward one
+    of this half's servers, or the memory budget), and is read again once
+    the last reason is released.
+    """
+
+    def __init__(self, link: Link, pairs):
+        self.link = link
+        self.authenticated_pairs = frozenset(pairs)
+        self.reasons: set[str] = set()
+
+    def hold(self, reason: str) -> None:
+        self.reasons.add(reason)
+        self.link.hold()
+
+    def release(self, reason: str) -> None:
+        if reason not in self.reasons:
+            return
+        self.reasons.discard(reason)
+        if not self.reasons:
+            self.link.release()

@@ -124,10 +124,12 @@ def _decrement(counts: dict, key) -> None:
 
 class Verifier:
     """
-    The verifications of one side.  ``open_stream(owner, side, sender, receiver,
-    route, purpose="verify")`` connects an OutboundStream whose owner is a
-    ``_VerifyChannel``; the channel sends db:verify elements on it once it is
-    ready and turns its answers into Answers.
+    The verifications of one side, made with the side by whoever builds it
+    (the service).  ``open_stream(owner, side, sender, receiver, route,
+    purpose="verify")`` (``guard.edges.s2s.carrier.open_outbound_stream``, or
+    a stand-in) connects an OutboundStream whose owner is a ``_VerifyChannel``;
+    the channel sends db:verify elements on it once it is ready and turns its
+    answers into Answers.
     """
 
     def __init__(self, side, open_stream):
@@ -138,6 +140,16 @@ class Verifier:
             limits.verifications_per_stream, limits.verifications_per_address, limits.verifications_per_side
         )
         self.channels: dict[tuple[str, str], _VerifyChannel] = {}
+
+    def check_dialback(self, asker, originating: str, receiving: str, stream_id: str, key: str):
+        """
+        Ask ``originating``'s authoritative server whether ``key`` is genuine
+        for ``receiving``: a Deferred of an Answer, or None when ``asker`` (the
+        inbound stream) already waits for this pair.  Its peer's address counts
+        against the per-address cap.
+        """
+        address = getattr(getattr(asker, "peer_address", None), "host", None)
+        return self.check(asker, address, originating, receiving, stream_id, key)
 
     def check(self, stream, address, originating: str, receiving: str, stream_id: str, key: str):
         """

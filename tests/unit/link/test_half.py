@@ -9,6 +9,7 @@ from guard.core.addressing import check_addressing
 from guard.core.books import Books
 from guard.core.pipeline import Direction, Judgement
 from guard.core.topology import Topology
+from guard.edges.feeders import Feeders, congestion_reason
 from guard.edges.limits import Limits
 from guard.edges.link.link import LinkSettings
 from guard.edges.relay import PolicyTable
@@ -63,7 +64,7 @@ class RecordingOutbound:
     def __init__(self):
         self.queue = []
 
-    def enqueue(self, parcel):
+    def carry(self, parcel):
         self.queue.append(serialise(parcel.stanza))
 
 
@@ -176,7 +177,7 @@ def half_a_joined(settings=LinkSettings(ack_every=1000), export=None, limits=Non
     clock = Clock()
     relay = HalfRelay(TOPOLOGY, policies, Books(), audit, clock, "red", "blue")
     relay.open_stream = lambda *args, **extra: SimpleNamespace(close_for_shutdown=lambda: None)  # never ready
-    red = SimpleNamespace(name="red", limits=limits or Limits(outbound_queue=100), inbound_streams=set(),
+    red = SimpleNamespace(name="red", limits=limits or Limits(outbound_queue=100), inbound_streams=Feeders(),
                           routes={"red.example": ("127.0.0.1", 5269)})
     relay.add_side(red)
     pair = JoinedHalves(settings, clock=clock, owner_a=relay)
@@ -267,7 +268,8 @@ def test_congestion_toward_the_link_still_holds_the_own_servers_streams():
         hold = release = staticmethod(held.append)
 
     red.inbound_streams.add(InboundFromRed())
-    relay.hold_senders("red.example", "blue.example")
+    toward_blue = SimpleNamespace(pairs={("red.example", "blue.example")})  # a carrier the far server stopped reading
+    relay.congested(toward_blue, congestion_reason("red.example", "blue.example"))
     assert held == ["congested red.example->blue.example"] and pair.a.describe()["held"] is False
 
 

@@ -17,7 +17,7 @@ from guard.edges.s2s.inbound import InboundStream
 from guard.edges.s2s.outbound import OutboundStream
 from guard.edges.s2s.verification import (
     INVALID, TIMED_OUT, TOO_MANY_HERE, TOO_MANY_ON_SIDE, UNREACHABLE, VALID, Admitted, Duplicate,
-    PendingVerifications, Refused,
+    PendingVerifications, Refused, Verifier,
 )
 
 from .sides import SECRET, TOPOLOGY, make_side
@@ -56,7 +56,7 @@ class StandInVerifyStream:
 
 
 class World:
-    """The red side on dialback, a real Relay, and stand-in verification streams."""
+    """The red side on dialback with its Verifier, a real Relay, and stand-in verification streams."""
 
     def __init__(self, limits=None, routes=ROUTES, connect_fails=False):
         self.clock = MemoryReactorClock()
@@ -66,6 +66,7 @@ class World:
         self.relay = Relay(TOPOLOGY, PolicyTable({}), None, None, self.clock, open_stream=self.open_stream)
         self.side = make_side("red", self.clock, authentication="dialback", relay=self.relay, routes=routes,
                               limits=limits or Limits())
+        self.side.verifier = Verifier(self.side, self.open_stream)
         self.relay.add_side(self.side)
 
     def open_stream(self, owner, side, sender, receiver, route, purpose="relay"):
@@ -378,7 +379,7 @@ def test_a_verification_stream_that_cannot_even_be_opened_answers_and_stops_coun
     def broken(owner, side, sender, receiver, route, purpose="relay"):
         raise RuntimeError("no socket for you")
 
-    world.relay.open_stream = broken
+    world.side.verifier.open_stream = broken
     stream, transport = world.authenticating()
     stream.dataReceived(db_result())
     assert b"<remote-server-not-found xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/>" in transport.value()
