@@ -10,7 +10,6 @@ every option.
 
 from __future__ import annotations
 
-import math
 import os
 import tomllib
 from dataclasses import dataclass, field
@@ -18,6 +17,7 @@ from dataclasses import dataclass, field
 from guard.core.topology import Topology
 from guard.edges.audit import AUDIT_LEVELS
 from guard.edges.limits import Limits
+from guard.edges.s2s.routes import route_endpoint, route_string
 
 AUTHENTICATION_MODES = ("certificate", "dialback")
 AUDIT_FAILURE_MODES = ("stop", "continue")
@@ -176,11 +176,10 @@ def _domain_ok(name: str) -> bool:
 def _route(checker, value, key):
     """(host, port) for "host:port"; the string itself for a Twisted client endpoint string ("tcp:host=…:port=…")."""
     if isinstance(value, str) and value.count(":") > 1:
-        from twisted.internet.endpoints import clientFromString
         from twisted.internet.testing import MemoryReactor
 
         try:
-            clientFromString(MemoryReactor(), value)
+            route_endpoint(MemoryReactor(), value)
         except (ValueError, TypeError, KeyError) as problem:
             checker.fail(key, f'must be "host:port" or a Twisted client endpoint string ({problem})')
         return value
@@ -192,18 +191,17 @@ def _route(checker, value, key):
     return host, int(port)
 
 
-def route_endpoint(route, connect_timeout: float) -> str:
+def configured_route(route, connect_timeout: float) -> str:
     """
-    The Twisted client endpoint string a route is opened with: "host:port"
-    becomes ``tcp:host=…:port=…:timeout=…`` (``connect_timeout`` in whole
-    seconds, rounded up); an endpoint string is used as it was written.
+    The endpoint string a configured route is opened with: "host:port" becomes
+    ``tcp:`` (``tcp6:``) for an address, ``hostname:`` for a name (both with
+    ``connect_timeout`` in whole seconds, rounded up; guard.edges.s2s.routes);
+    an endpoint string is used as it was written.
     """
     if isinstance(route, str):
         return route
-    from twisted.internet.endpoints import quoteStringArgument
-
     host, port = route
-    return f"tcp:host={quoteStringArgument(host)}:port={port}:timeout={max(1, math.ceil(connect_timeout))}"
+    return route_string(host, port, connect_timeout)
 
 
 def _check_listen(checker, description, key):

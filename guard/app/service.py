@@ -30,7 +30,7 @@ from guard.edges.s2s.verification import Verifier
 from guard.edges.side import Side
 from guard.edges.tlsidentity import Identity, TrustAnchors
 
-from .config import ConfigError, GuardConfig, route_endpoint
+from .config import ConfigError, GuardConfig, configured_route
 
 log = Logger()
 
@@ -99,7 +99,7 @@ def build_side(side_config, config, anchors, identities, dialback_secret, reacto
         authentication=side_config.authentication,
         identities=identities,
         anchors=anchors,
-        routes={domain: route_endpoint(route, config.limits.connect_timeout)
+        routes={domain: configured_route(route, config.limits.connect_timeout)
                 for domain, route in side_config.domains.items()},
         limits=config.limits,
         dialback_secret=dialback_secret,

@@ -228,10 +228,6 @@ class Relay:
 
         self.release_authority.ask(judgement.stanza, direction, judgement.rule_id).addCallbacks(decided, failed)
 
-    def check_dialback(self, side, peer_domain, fronted_domain, stream_id, key, asker=None):
-        """Kept for the inbound stream: the side's Verifier (guard.edges.s2s.verification) answers."""
-        return side.verifier.check_dialback(asker, peer_domain, fronted_domain, stream_id, key)
-
     # -- settling -------------------------------------------------------------
 
     def _forward(self, side_name, pair, parcel):

@@ -447,7 +447,7 @@ class ReceivingStream(_S2SProtocol):
 
     def _on_element(self, element):
         kind = (element.uri, element.name)
-        if element.uri == "jabber:server" and element.name in STANZA_NAMES:
+        if element.uri == vocabulary.SERVER_NS and element.name in STANZA_NAMES:
             if self.authenticated:
                 self.server.record("stanza", element)
             else:

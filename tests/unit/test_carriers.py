@@ -12,7 +12,7 @@ from twisted.internet.testing import MemoryReactorClock
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
-from guard.app.config import ConfigError, route_endpoint
+from guard.app.config import ConfigError, configured_route
 from guard.app.half import HalfRelay
 from guard.core.books import Books
 from guard.core.topology import Topology
@@ -271,11 +271,28 @@ def test_a_half_carries_everything_for_the_far_side_on_its_link_carrier():
 # -- routes are Twisted client endpoint strings --------------------------------------
 
 
-def test_a_host_and_port_route_becomes_a_tcp_endpoint_string_with_the_connect_timeout():
-    """ "host:port" from the configuration becomes tcp:host=…:port=…:timeout=… (whole seconds, rounded up)."""
-    assert route_endpoint(("127.0.2.1", 5269), 10.0) == "tcp:host=127.0.2.1:port=5269:timeout=10"
-    assert route_endpoint(("blue-server.example", 5270), 2.5) == "tcp:host=blue-server.example:port=5270:timeout=3"
-    assert route_endpoint("tcp:host=127.0.2.1:port=5269", 10.0) == "tcp:host=127.0.2.1:port=5269"
+def test_a_host_and_port_route_becomes_an_endpoint_string_with_the_connect_timeout():
+    """ "host:port" from the configuration becomes tcp: (tcp6:) for an address and hostname: for a name, with the
+    connect timeout in whole seconds, rounded up; an endpoint string stays as it was written."""
+    assert configured_route(("127.0.2.1", 5269), 10.0) == "tcp:host=127.0.2.1:port=5269:timeout=10"
+    assert configured_route(("::1", 5269), 10.0) == r"tcp6:host=\:\:1:port=5269:timeout=10"
+    assert configured_route(("blue-server.example", 5270), 2.5) == "hostname:host=blue-server.example:port=5270:timeout=3"
+    assert configured_route("tcp:host=127.0.2.1:port=5269", 10.0) == "tcp:host=127.0.2.1:port=5269"
+
+
+def test_a_hostname_route_is_opened_with_hostname_endpoint_and_a_broken_one_is_refused():
+    """hostname: routes try every address of the name (HostnameEndpoint); wrong arguments are a ValueError."""
+    from twisted.internet.endpoints import HostnameEndpoint
+
+    from guard.edges.s2s.routes import route_endpoint
+
+    endpoint = route_endpoint(MemoryReactorClock(), "hostname:host=blue-server.example:port=5270:timeout=3")
+    assert isinstance(endpoint, HostnameEndpoint)
+    assert (endpoint._hostText, endpoint._port, endpoint._timeout) == ("blue-server.example", 5270, 3)
+    for broken in ("hostname:host=x", "hostname:host=x:port=0", "hostname:host=x:port=1:colour=red",
+                   "hostname:host=x:port=1:timeout=soon", "hostname:host=x:host=y:port=1"):
+        with pytest.raises(ValueError, match="hostname:"):
+            route_endpoint(MemoryReactorClock(), broken)
 
 
 def test_the_configuration_takes_an_endpoint_string_as_a_route_and_refuses_a_broken_one(tmp_path):

@@ -16,7 +16,7 @@ from guard.edges.xmlstream import ParserLimits
 
 from .dialler import Backoff, LinkDialler
 from .link import Link, LinkSettings
-from .stream import LinkStreamFactory
+from .stream import OPEN_TIMEOUT_SECONDS, LinkStreamFactory
 from .tls import LinkTLS, PeerCheck
 
 
@@ -34,7 +34,7 @@ class LegConfig:
     dial: str | None = None  # Twisted client endpoint string, e.g. tcp:host=192.0.2.2:port=5299
     settings: LinkSettings = field(default_factory=LinkSettings)
     backoff: Backoff = field(default_factory=Backoff)
-    open_timeout: float = 30.0
+    open_timeout: float = OPEN_TIMEOUT_SECONDS
 
 
 class LinkLeg:

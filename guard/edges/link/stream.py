@@ -24,6 +24,7 @@ from zope.interface import implementer
 from guard.edges.filters import ByteCount
 from guard.edges.lifecycle import (StreamLifecycle, closed_state, ignore_when_closed, lifecycle_inputs,
                                    lifecycle_state)
+from guard.core.vocabulary import STANZA_NAMES
 from guard.edges.xmlstream import ParserLimits, StreamFault, StreamParser
 
 from . import wire
@@ -36,7 +37,8 @@ log = Logger()
 # not honouring the pause, and the connection is closed.
 PAUSED_INPUT_BYTES = 1024 * 1024
 
-STANZA_NAMES = frozenset({"message", "presence", "iq"})
+# How long a link connection may take to open (TLS, headers, resume) unless the leg's configuration says otherwise.
+OPEN_TIMEOUT_SECONDS = 30.0
 
 
 def refuse_link_header(header, own_name: str, peer_name: str) -> tuple[str, str] | None:
@@ -58,7 +60,7 @@ class LinkStream(StreamLifecycle, Protocol):
 
     _machine = MethodicalMachine()
 
-    def __init__(self, link, peer_check, clock, limits: ParserLimits = ParserLimits(), open_timeout: float = 30.0):
+    def __init__(self, link, peer_check, clock, limits: ParserLimits = ParserLimits(), open_timeout: float = OPEN_TIMEOUT_SECONDS):
         self.link = link
         self.peer_check = peer_check
         self._begin_lifecycle(clock)
@@ -391,7 +393,7 @@ class LinkStream(StreamLifecycle, Protocol):
 class LinkStreamFactory(Factory):
     """Builds the link's streams, for the listening half or for the dialler."""
 
-    def __init__(self, link, peer_check, clock, limits: ParserLimits = ParserLimits(), open_timeout: float = 30.0):
+    def __init__(self, link, peer_check, clock, limits: ParserLimits = ParserLimits(), open_timeout: float = OPEN_TIMEOUT_SECONDS):
         self.link = link
         self.peer_check = peer_check
         self.clock = clock

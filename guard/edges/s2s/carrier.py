@@ -18,7 +18,7 @@ from __future__ import annotations
 import enum
 from collections import deque
 
-from twisted.internet.endpoints import clientFromString, connectProtocol
+from twisted.internet.endpoints import connectProtocol
 from twisted.logger import Logger
 from zope.interface import implementer
 
@@ -28,6 +28,7 @@ from guard.edges.feeders import congestion_reason
 from guard.edges.xmlstream import OversizedStanza
 
 from .outbound import OutboundStream
+from .routes import route_endpoint
 
 log = Logger()
 
@@ -43,7 +44,7 @@ def open_outbound_stream(owner, side, sender, receiver, route, purpose="relay"):
     """Connect an OutboundStream to ``route``, a Twisted client endpoint string (``tcp:host=…:port=…``);
     ``owner`` hears of a failure to connect through ``stream_failed``."""
     stream = OutboundStream(owner, side, sender, receiver, purpose=purpose)
-    endpoint = clientFromString(side.reactor, route)
+    endpoint = route_endpoint(side.reactor, route)
 
     def failed(failure):
         owner.stream_failed(stream, "remote-server-not-found", failure.getErrorMessage())

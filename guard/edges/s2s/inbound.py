@@ -437,7 +437,7 @@ class InboundStream(StreamLifecycle, Protocol):
     @_machine.output()
     def _check_dialback(self, request):
         sender, receiver = request.sender, request.receiver
-        checking = self.side.relay.check_dialback(self.side, sender, receiver, self.stream_id, request.key, asker=self)
+        checking = self.side.verifier.check_dialback(self, sender, receiver, self.stream_id, request.key)
         if checking is None:
             log.info("inbound {peer}: dialback for {sender} is already being checked", peer=self.peer_address,
                      sender=sender)
