@@ -1,18 +1,19 @@
 """
-The relay: judges each accepted stanza and carries it to the far side on the
-outbound stream for its (from-domain, to-domain) pair, or bounces or drops it.
+The relay: the I/O around the settlement core.  For each stanza an inbound
+stream (or the pair link) accepted, it judges it with the policy in force,
+asks the settlement core (guard.core.settlement) what to do, and does it:
+hands a parcel to a carrier (guard.edges.carriers: the S2S carrier of the
+(side, sender, receiver) pair, or a side's own carrier such as the pair
+link), or asks the release authority.  Carriers report back as the
+relay's ``ICarrierOwner``: delivered, undeliverable, congested and
+decongested; the core settles what they report, and the books, the audit
+trail and (later) the metrics observe the core.
 
-Every accepted stanza is settled exactly once in the books: delivered
-(serialised onto a ready outbound stream), bounced (an error reply sent
-back, or due) or dropped (by policy, by a limit, or because an error may not
-be bounced), and each bounce and drop is audited (each pass too when the
-audit trail records every decision).
-
-What the relay holds is bounded in bytes: each outbound queue (a full queue
-stops reading from the streams that feed it while its stream is set up), the
-requests waiting for the release authority, and all of them together against
-``memory_budget_bytes`` (beyond it no inbound stream is read).  A stanza held
-while the policies are reloaded is judged again by the new policy before it
+What the relay holds is bounded in bytes: each carrier's queue (a full queue
+holds the feeders of its pair through guard.edges.feeders), the requests
+waiting for the release authority, and all of them together against
+``memory_budget_bytes`` (beyond it no feeder is read).  A stanza held while
+the policies are reloaded is judged again by the new policy before it
 leaves.
 """
 
