@@ -208,10 +208,42 @@ def _check_listen(checker, description, key):
     from twisted.internet.endpoints import serverFromString
     from twisted.internet.testing import MemoryReactor
 
+    if description.startswith("systemd:"):
+        _check_systemd_listen(checker, description, key)
+        return
     try:
         serverFromString(MemoryReactor(), description)
     except (ValueError, TypeError, KeyError) as problem:
         checker.fail(key, f"not a Twisted server endpoint string ({problem})")
+
+
+def _check_systemd_listen(checker, description, key):
+    """
+    A ``systemd:`` listen string is checked for its form only (an address
+    family, and exactly one of ``index`` and ``name``): the socket it names
+    is passed by systemd when the guard runs, not when its configuration is
+    checked.  ``guard run`` refuses to start when the socket is not there.
+    """
+    import socket
+
+    from twisted.internet.endpoints import _parse
+
+    try:
+        arguments, options = _parse(description)
+    except (ValueError, TypeError) as problem:
+        checker.fail(key, f"not a Twisted server endpoint string ({problem})")
+    unknown = sorted(set(options) - {"domain", "index", "name"})
+    if arguments != ["systemd"] or unknown:
+        checker.fail(key, f'a systemd listen string is "systemd:domain=INET:name=NAME" (unknown: {unknown or arguments[1:]})')
+    domain = options.get("domain")
+    if domain not in ("INET", "INET6", "UNIX") or not hasattr(socket, f"AF_{domain}"):
+        checker.fail(key, f"systemd: domain must be INET, INET6 or UNIX, not {domain!r}")
+    if ("index" in options) == ("name" in options):
+        checker.fail(key, "systemd: give exactly one of index and name (the socket unit's FileDescriptorName)")
+    if "index" in options and not options["index"].isdigit():
+        checker.fail(key, f"systemd: index must be a whole number, not {options['index']!r}")
+    if "name" in options and not options["name"]:
+        checker.fail(key, "systemd: name must not be empty")
 
 
 def _limits(checker, table):

@@ -162,7 +162,15 @@ class GuardProcess(service.Service):
     def _listen(self):
         for name, side in self.sides.items():
             listen = self.side_configs()[name].listen
-            port = yield serverFromString(self.reactor, listen).listen(InboundFactory(side))
+            try:
+                endpoint = serverFromString(self.reactor, listen)
+            except (KeyError, IndexError) as problem:
+                # A systemd: string whose socket was not passed (Twisted raises KeyError/IndexError).
+                raise ConfigError(
+                    f"{self.config.path}: sides.{name}.listen: {listen}: no such socket was passed by systemd "
+                    f"(LISTEN_FDNAMES={os.environ.get('LISTEN_FDNAMES', '')!r}): {problem!r}"
+                ) from problem
+            port = yield endpoint.listen(InboundFactory(side))
             self._ports.append(port)
             log.info("side {side}: listening on {listen} for {hosted}, fronting {fronted}",
                      side=name, listen=listen, hosted=sorted(side.hosted), fronted=sorted(side.fronted))
