@@ -9,8 +9,81 @@ import json
 import os
 import signal
 import sys
+import textwrap
 
 from .config import ConfigError, check_writable, load_config, written_files
+
+
+
+def _paragraph(text: str) -> str:
+    """``text`` wrapped for a help page: the formatter keeps it as it is, so that examples keep their lines."""
+    return textwrap.fill(text, 78)
+
+
+TOP_EPILOG = """\
+examples:
+  guard check-config /etc/xmpp-guard/guard.toml
+  guard run --config /etc/xmpp-guard/guard.toml --pidfile /run/xmpp-guard/guard.pid
+  guard check-policy policies/*.toml
+  guard explain --policy policies/allow-all.toml stanza.xml
+  guard reload --pidfile /run/xmpp-guard/guard.pid --config /etc/xmpp-guard/guard.toml
+  guard status --config /etc/xmpp-guard/guard.toml --pidfile /run/xmpp-guard/guard.pid
+
+signals:
+  SIGHUP   load every policy again (all or none; the old ones stay otherwise)
+  SIGUSR1  write the status file now
+  SIGTERM  stop: stop listening, bounce what is held (limits.shutdown_grace),
+           close every stream, write the books (SIGINT does the same)
+
+exit status:
+  0  success; 1  a check failed, the guard could not start or could not be
+  signalled; 2  a configuration that does not load, or bad arguments
+
+files:
+  /etc/xmpp-guard/guard.toml         the configuration ('make install' puts a sample)
+  /etc/xmpp-guard/policies/          policies and their .tests.toml
+  /var/log/xmpp-guard/audit.jsonl    the audit trail ([guard] audit)
+  /run/xmpp-guard/status.json        the status file ([guard] status)
+  xmpp-guard.service, xmpp-guard-red.socket, xmpp-guard-blue.socket,
+  xmpp-guard-half@.service           the systemd units, in /usr/local/lib/systemd/system
+  listen = "systemd:domain=INET:name=red" adopts the socket of the unit
+  whose FileDescriptorName is red (socket activation)
+"""
+
+RUN_EPILOG = """\
+examples:
+  guard run --config deploy/guard.toml --pidfile run/guard.pid
+  guard run -c /etc/xmpp-guard/half-a.toml      (one half of a pair)
+  systemd-socket-activate -l 127.0.3.1:5269 -l 127.0.3.2:5269 --fdname=red:blue \\
+      guard run -c guard.toml      (listen = "systemd:domain=INET:name=red" ...)
+
+signals: SIGHUP reloads the policies, SIGUSR1 writes the status file,
+SIGTERM and SIGINT stop the guard gracefully.
+"""
+
+CHECK_CONFIG_EPILOG = """\
+examples:
+  guard check-config /etc/xmpp-guard/guard.toml
+  guard check-config deploy/pair/half-a.toml deploy/pair/half-b.toml
+
+exit status: 0 when every file checks, 1 otherwise.
+"""
+
+RELOAD_EPILOG = """\
+example:
+  guard reload --pidfile /run/xmpp-guard/guard.pid --config /etc/xmpp-guard/guard.toml
+
+exit status: 0 when signalled, 1 when the configuration does not check or
+the guard cannot be signalled. The guard logs whether it took the policies.
+"""
+
+STATUS_EPILOG = """\
+example:
+  guard status -c /etc/xmpp-guard/guard.toml --pidfile /run/xmpp-guard/guard.pid
+
+exit status: 0 when printed, 1 when there is no status file to read, 2 when
+the configuration does not load.
+"""
 
 
 def _run(arguments) -> int:
@@ -223,26 +296,75 @@ def main(argv=None) -> int:
         from .policy_commands import explain_main
 
         return explain_main(argv[1:])
-    parser = argparse.ArgumentParser(prog="guard", description="An XMPP server-to-server boundary guard.")
-    commands = parser.add_subparsers(dest="command", required=True)
-    run = commands.add_parser("run", help="run the guard in the foreground")
-    run.add_argument("--config", "-c", required=True)
-    run.add_argument("--pidfile")
+    parser = argparse.ArgumentParser(
+        prog="guard", formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=_paragraph("An XMPP server-to-server boundary guard. It joins two sides: the XMPP servers of each side "
+                    "federate with the other side only through the guard, which terminates every S2S stream on "
+                    "each side with its own TLS and authentication, judges every stanza with the policy for its "
+                    "direction, and writes what passes onto a stream of its own toward the far side. "
+                    "One command per task; 'guard COMMAND --help' describes each."),
+        epilog=TOP_EPILOG)
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    run = commands.add_parser(
+        "run", help="run the guard in the foreground", formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=_paragraph("Run the guard (or one half of a back-to-back pair, when the configuration has a [link] "
+                    "table) in the foreground until SIGTERM or SIGINT, logging to standard output. The "
+                    "configuration is checked first; the guard does not start on one that does not check."),
+        epilog=RUN_EPILOG)
+    run.add_argument("--config", "-c", required=True, metavar="FILE",
+                     help="the guard's configuration (TOML; see the sample deploy/guard.toml)")
+    run.add_argument("--pidfile", metavar="FILE",
+                     help="write the guard's process id here once it runs, for 'guard reload' and 'guard status'")
     run.set_defaults(act=_run)
-    check = commands.add_parser("check-config", help="check configuration files without starting anything")
-    check.add_argument("config", nargs="+")
+    check = commands.add_parser(
+        "check-config", help="check configuration files without starting anything",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=_paragraph("Check each configuration as 'guard run' would, without starting anything: keys and "
+                    "values, listen strings, the files it names, the certificates, keys and CA bundles (loaded), "
+                    "each policy and the test cases beside it, and that the audit trail and the status file "
+                    "could be written. Nothing is created, bound or connected. Prints 'FILE: OK (...)' for a "
+                    "good file and the file, the key and the problem on standard error for a bad one."),
+        epilog=CHECK_CONFIG_EPILOG)
+    check.add_argument("config", nargs="+", metavar="FILE", help="a guard or pair-half configuration (TOML)")
     check.set_defaults(act=_check_config)
-    commands.add_parser("check-policy", help="check policy files and run their tests")
-    commands.add_parser("explain", help="show how a policy judges a stanza")
-    reload = commands.add_parser("reload", help="reload the policies of a running guard (SIGHUP)")
-    reload.add_argument("--pidfile", required=True)
-    reload.add_argument("--config", help="check the policies this configuration names first")
+    commands.add_parser("check-policy", help="check policy files and run their tests (see 'guard check-policy --help')",
+                        add_help=False)
+    commands.add_parser("explain", help="show how a policy judges a stanza (see 'guard explain --help')",
+                        add_help=False)
+    reload = commands.add_parser(
+        "reload", help="reload the policies of a running guard (SIGHUP)",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=_paragraph("Make the running guard named by its pid file load every policy again (SIGHUP). The "
+                    "new policies replace the old ones only if all of them load; stanzas still held are judged "
+                    "again by the new ones before they leave. Under systemd use 'systemctl reload xmpp-guard'."),
+        epilog=RELOAD_EPILOG)
+    reload.add_argument("--pidfile", required=True, metavar="FILE",
+                        help="the pid file the guard was started with (guard run --pidfile)")
+    reload.add_argument("--config", metavar="FILE",
+                        help="check this configuration and the policies it names first; signal nothing if it "
+                             "does not check")
     reload.set_defaults(act=_reload)
-    status = commands.add_parser("status", help="print the running guard's status")
-    status.add_argument("--config", "-c", required=True)
-    status.add_argument("--pidfile")
+    status = commands.add_parser(
+        "status", help="print the running guard's status",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=_paragraph("Print, as JSON, the status file the configuration's [guard] status key names: the "
+                    "books (accepted, delivered, bounced, dropped, in flight), the outbound links and their "
+                    "queues, and the streams of each side. With --pidfile the guard is first asked (SIGUSR1) "
+                    "to write a fresh one."),
+        epilog=STATUS_EPILOG)
+    status.add_argument("--config", "-c", required=True, metavar="FILE",
+                        help="the running guard's configuration (for the path of its status file)")
+    status.add_argument("--pidfile", metavar="FILE",
+                        help="the running guard's pid file: ask it for a fresh status first")
     status.set_defaults(act=_status)
-    demo = commands.add_parser("demo", help="two Prosody servers, the guard and two clients: watch a message cross")
+    demo = commands.add_parser(
+        "demo", help="two Prosody servers, the guard and two clients: watch a message cross",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=_paragraph("Start the loopback lab (two Prosody servers on 127.0.1.1 and 127.0.2.1, the guard "
+                    "between them on 127.0.3.1 and 127.0.3.2, a throwaway PKI), send a message from "
+                    "romeo@red.example to juliet@blue.example through the guard, print what happens, and stop "
+                    "everything. Needs Debian's prosody and lua-unbound and the addresses free."),
+        epilog="example:\n  guard demo")
     demo.set_defaults(act=_demo)
     arguments = parser.parse_args(argv)
     return arguments.act(arguments)
