@@ -10,6 +10,7 @@ CI_FUZZ_SECONDS ?= 20
 BENCH_MESSAGES ?= 5000
 
 .PHONY: run test unit policies integration demo fuzz bench system-deps venv check-config clean
+.PHONY: install man
 
 # Debian packages the project needs: a venv-capable Python, Prosody 0.12 and
 # lua-unbound for the integration tests, the demo and the benchmarks.
@@ -18,6 +19,7 @@ system-deps:
 	$(PYTHON) -c 'import ensurepip, venv' 2>/dev/null || missing="$$missing python3-venv"; \
 	command -v prosody >/dev/null 2>&1 || missing="$$missing prosody"; \
 	dpkg -s lua-unbound >/dev/null 2>&1 || missing="$$missing lua-unbound"; \
+	for package in systemd man-db groff-base logrotate; do dpkg -s $$package >/dev/null 2>&1 || missing="$$missing $$package"; done; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ]; then \
 	    echo "installing:$$missing"; \
@@ -86,3 +88,82 @@ bench: venv
 
 clean:
 	rm -rf run .pytest_cache
+
+# ------------------------------------------------------------------ install
+# `make install` (as root) puts the guard where a Debian operator expects it;
+# `make install DESTDIR=/tmp/x` stages the same tree under /tmp/x.
+#   /opt/xmpp-guard                 the guard and its Python dependencies, in a virtualenv of its own
+#   /usr/local/sbin/guard           -> /opt/xmpp-guard/bin/guard
+#   /usr/local/lib/systemd/system   xmpp-guard.service, its socket units, xmpp-guard-half@.service
+#   /usr/local/lib/sysusers.d       the xmpp-guard user;  /usr/local/lib/tmpfiles.d: its folders
+#   /etc/logrotate.d/xmpp-guard     rotation of the audit trail when it is rotated outside the guard
+#   /etc/xmpp-guard/guard.toml      sample configuration (never overwrites one), policies/ beside it
+#   /usr/local/share/man/man8       guard(8)
+# Why a virtualenv: Debian 12's Python is externally managed (PEP 668: pip may
+# not install into it) and its python3-twisted (22.4) is older than the guard
+# needs; a venv under /opt (the FHS place for an add-on package) keeps the
+# guard's dependencies apart from apt's, and `rm -rf /opt/xmpp-guard` removes
+# them. Units, sysusers and tmpfiles go under /usr/local/lib (systemd reads
+# them there; `systemctl edit` drop-ins in /etc override them).
+DESTDIR ?=
+PREFIX ?= /usr/local
+OPTDIR ?= /opt/xmpp-guard
+SYSCONFDIR ?= /etc
+UNITDIR ?= $(PREFIX)/lib/systemd/system
+MANDIR ?= $(PREFIX)/share/man
+INSTALL_PYTHON ?= $(PYTHON)
+UNITS := deploy/systemd/xmpp-guard.service deploy/systemd/xmpp-guard-red.socket \
+         deploy/systemd/xmpp-guard-blue.socket deploy/systemd/xmpp-guard-half@.service
+# The sample configuration as installed: sockets passed by systemd, absolute
+# paths in the folders the service unit gives the guard.
+INSTALLED_CONFIG_EDITS := \
+	-e 's|"\.\./run/audit\.jsonl"|"/var/log/xmpp-guard/audit.jsonl"|' \
+	-e 's|"\.\./run/status\.json"|"/run/xmpp-guard/status.json"|' \
+	-e 's|"\.\./run/pki/|"$(SYSCONFDIR)/xmpp-guard/pki/|' \
+	-e 's|"\.\./policies/|"$(SYSCONFDIR)/xmpp-guard/policies/|' \
+	-e '/^\[sides\.red\]/,/^\[sides\.red\./ s|^listen = .*|listen = "systemd:domain=INET:name=red"|' \
+	-e '/^\[sides\.blue\]/,/^\[sides\.blue\./ s|^listen = .*|listen = "systemd:domain=INET:name=blue"|'
+
+install: deploy/man/guard.8
+	install -d $(DESTDIR)$(OPTDIR) $(DESTDIR)$(PREFIX)/sbin $(DESTDIR)$(UNITDIR) \
+	  $(DESTDIR)$(PREFIX)/lib/sysusers.d $(DESTDIR)$(PREFIX)/lib/tmpfiles.d $(DESTDIR)$(SYSCONFDIR)/logrotate.d \
+	  $(DESTDIR)$(MANDIR)/man8
+	install -d -m 0750 $(DESTDIR)$(SYSCONFDIR)/xmpp-guard $(DESTDIR)$(SYSCONFDIR)/xmpp-guard/pki \
+	  $(DESTDIR)$(SYSCONFDIR)/xmpp-guard/policies
+	$(INSTALL_PYTHON) -m venv $(DESTDIR)$(OPTDIR)
+	rm -rf build
+	$(DESTDIR)$(OPTDIR)/bin/python -m pip install -q --disable-pip-version-check $(PIP_INSTALL_FLAGS) .
+	rm -rf build
+	@# Staged under DESTDIR: the venv's scripts must name $(OPTDIR), where they will run.
+	if [ -n "$(DESTDIR)" ]; then \
+	  grep -rlI -- "$(DESTDIR)$(OPTDIR)" $(DESTDIR)$(OPTDIR)/bin $(DESTDIR)$(OPTDIR)/pyvenv.cfg \
+	    | xargs -r sed -i "s|$(DESTDIR)$(OPTDIR)|$(OPTDIR)|g"; \
+	fi
+	ln -sfn $(OPTDIR)/bin/guard $(DESTDIR)$(PREFIX)/sbin/guard
+	install -m 0644 $(UNITS) $(DESTDIR)$(UNITDIR)/
+	install -m 0644 deploy/sysusers/xmpp-guard.conf $(DESTDIR)$(PREFIX)/lib/sysusers.d/xmpp-guard.conf
+	install -m 0644 deploy/tmpfiles/xmpp-guard.conf $(DESTDIR)$(PREFIX)/lib/tmpfiles.d/xmpp-guard.conf
+	install -m 0644 deploy/logrotate/xmpp-guard $(DESTDIR)$(SYSCONFDIR)/logrotate.d/xmpp-guard
+	install -m 0644 deploy/man/guard.8 $(DESTDIR)$(MANDIR)/man8/guard.8
+	@# Never overwrite the operator's configuration or policies.
+	if [ ! -e $(DESTDIR)$(SYSCONFDIR)/xmpp-guard/guard.toml ]; then \
+	  sed $(INSTALLED_CONFIG_EDITS) deploy/guard.toml > $(DESTDIR)$(SYSCONFDIR)/xmpp-guard/guard.toml; \
+	  chmod 0640 $(DESTDIR)$(SYSCONFDIR)/xmpp-guard/guard.toml; \
+	fi
+	for policy in policies/*.toml; do \
+	  [ -e $(DESTDIR)$(SYSCONFDIR)/xmpp-guard/$$policy ] || install -m 0640 $$policy $(DESTDIR)$(SYSCONFDIR)/xmpp-guard/$$policy; \
+	done
+	@if [ -z "$(DESTDIR)" ]; then \
+	  systemd-sysusers xmpp-guard.conf; \
+	  systemd-tmpfiles --create xmpp-guard.conf; \
+	  chgrp -R xmpp-guard $(SYSCONFDIR)/xmpp-guard; \
+	  systemctl daemon-reload 2>/dev/null || true; \
+	  echo "installed. Next: put the certificates and keys in $(SYSCONFDIR)/xmpp-guard/pki (root:xmpp-guard 0640),"; \
+	  echo "edit $(SYSCONFDIR)/xmpp-guard/guard.toml and the ListenStream= of the socket units, then:"; \
+	  echo "  guard check-config $(SYSCONFDIR)/xmpp-guard/guard.toml"; \
+	  echo "  systemctl enable --now xmpp-guard-red.socket xmpp-guard-blue.socket xmpp-guard.service"; \
+	fi
+
+# guard(8), generated from the help of `guard` and of each subcommand (a test checks it is current).
+man: venv
+	$(PY) deploy/man/make_man.py > deploy/man/guard.8
