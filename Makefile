@@ -117,6 +117,7 @@ UNITS := deploy/systemd/xmpp-guard.service deploy/systemd/xmpp-guard-red.socket 
 # The sample configuration as installed: sockets passed by systemd, absolute
 # paths in the folders the service unit gives the guard.
 INSTALLED_CONFIG_EDITS := \
+	-e '1i \# Installed by make install from deploy/guard.toml: each side listens on the socket its unit\n\# (xmpp-guard-red.socket, xmpp-guard-blue.socket) passes by name; the certificates and keys go in\n\# $(SYSCONFDIR)/xmpp-guard/pki (root:xmpp-guard 0640); the audit trail and status file are in the\n\# folders xmpp-guard.service gives the guard. Check it: guard check-config $(SYSCONFDIR)/xmpp-guard/guard.toml\n' \
 	-e 's|"\.\./run/audit\.jsonl"|"/var/log/xmpp-guard/audit.jsonl"|' \
 	-e 's|"\.\./run/status\.json"|"/run/xmpp-guard/status.json"|' \
 	-e 's|"\.\./run/pki/|"$(SYSCONFDIR)/xmpp-guard/pki/|' \
