@@ -15,9 +15,12 @@ from .config import ConfigError, check_writable, load_config, written_files
 
 
 
-def _paragraph(text: str) -> str:
-    """``text`` wrapped for a help page: the formatter keeps it as it is, so that examples keep their lines."""
-    return textwrap.fill(text, 78)
+class _ParserWithExamples(argparse.ArgumentParser):
+    """An argument parser whose description is re-flowed to 78 columns and whose epilog (examples, signals, files) keeps its lines."""
+
+    def __init__(self, *args, description=None, **kwargs):
+        kwargs.setdefault("formatter_class", argparse.RawDescriptionHelpFormatter)
+        super().__init__(*args, description=textwrap.fill(description, 78) if description else None, **kwargs)
 
 
 TOP_EPILOG = """\
@@ -296,20 +299,20 @@ def main(argv=None) -> int:
         from .policy_commands import explain_main
 
         return explain_main(argv[1:])
-    parser = argparse.ArgumentParser(
-        prog="guard", formatter_class=argparse.RawDescriptionHelpFormatter,
-        description=_paragraph("An XMPP server-to-server boundary guard. It joins two sides: the XMPP servers of each side "
-                    "federate with the other side only through the guard, which terminates every S2S stream on "
-                    "each side with its own TLS and authentication, judges every stanza with the policy for its "
-                    "direction, and writes what passes onto a stream of its own toward the far side. "
-                    "One command per task; 'guard COMMAND --help' describes each."),
+    parser = _ParserWithExamples(
+        prog="guard",
+        description=("An XMPP server-to-server boundary guard. It joins two sides: the XMPP servers of each side "
+                     "federate with the other side only through the guard, which terminates every S2S stream on "
+                     "each side with its own TLS and authentication, judges every stanza with the policy for its "
+                     "direction, and writes what passes onto a stream of its own toward the far side. "
+                     "One command per task; 'guard COMMAND --help' describes each."),
         epilog=TOP_EPILOG)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     run = commands.add_parser(
-        "run", help="run the guard in the foreground", formatter_class=argparse.RawDescriptionHelpFormatter,
-        description=_paragraph("Run the guard (or one half of a back-to-back pair, when the configuration has a [link] "
-                    "table) in the foreground until SIGTERM or SIGINT, logging to standard output. The "
-                    "configuration is checked first; the guard does not start on one that does not check."),
+        "run", help="run the guard in the foreground",
+        description=("Run the guard (or one half of a back-to-back pair, when the configuration has a [link] "
+                     "table) in the foreground until SIGTERM or SIGINT, logging to standard output. The "
+                     "configuration is checked first; the guard does not start on one that does not check."),
         epilog=RUN_EPILOG)
     run.add_argument("--config", "-c", required=True, metavar="FILE",
                      help="the guard's configuration (TOML; see the sample deploy/guard.toml)")
@@ -318,12 +321,11 @@ def main(argv=None) -> int:
     run.set_defaults(act=_run)
     check = commands.add_parser(
         "check-config", help="check configuration files without starting anything",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        description=_paragraph("Check each configuration as 'guard run' would, without starting anything: keys and "
-                    "values, listen strings, the files it names, the certificates, keys and CA bundles (loaded), "
-                    "each policy and the test cases beside it, and that the audit trail and the status file "
-                    "could be written. Nothing is created, bound or connected. Prints 'FILE: OK (...)' for a "
-                    "good file and the file, the key and the problem on standard error for a bad one."),
+        description=("Check each configuration as 'guard run' would, without starting anything: keys and "
+                     "values, listen strings, the files it names, the certificates, keys and CA bundles (loaded), "
+                     "each policy and the test cases beside it, and that the audit trail and the status file "
+                     "could be written. Nothing is created, bound or connected. Prints 'FILE: OK (...)' for a "
+                     "good file and the file, the key and the problem on standard error for a bad one."),
         epilog=CHECK_CONFIG_EPILOG)
     check.add_argument("config", nargs="+", metavar="FILE", help="a guard or pair-half configuration (TOML)")
     check.set_defaults(act=_check_config)
@@ -333,10 +335,9 @@ def main(argv=None) -> int:
                         add_help=False)
     reload = commands.add_parser(
         "reload", help="reload the policies of a running guard (SIGHUP)",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        description=_paragraph("Make the running guard named by its pid file load every policy again (SIGHUP). The "
-                    "new policies replace the old ones only if all of them load; stanzas still held are judged "
-                    "again by the new ones before they leave. Under systemd use 'systemctl reload xmpp-guard'."),
+        description=("Make the running guard named by its pid file load every policy again (SIGHUP). The "
+                     "new policies replace the old ones only if all of them load; stanzas still held are judged "
+                     "again by the new ones before they leave. Under systemd use 'systemctl reload xmpp-guard'."),
         epilog=RELOAD_EPILOG)
     reload.add_argument("--pidfile", required=True, metavar="FILE",
                         help="the pid file the guard was started with (guard run --pidfile)")
@@ -346,11 +347,10 @@ def main(argv=None) -> int:
     reload.set_defaults(act=_reload)
     status = commands.add_parser(
         "status", help="print the running guard's status",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        description=_paragraph("Print, as JSON, the status file the configuration's [guard] status key names: the "
-                    "books (accepted, delivered, bounced, dropped, in flight), the outbound links and their "
-                    "queues, and the streams of each side. With --pidfile the guard is first asked (SIGUSR1) "
-                    "to write a fresh one."),
+        description=("Print, as JSON, the status file the configuration's [guard] status key names: the "
+                     "books (accepted, delivered, bounced, dropped, in flight), the outbound links and their "
+                     "queues, and the streams of each side. With --pidfile the guard is first asked (SIGUSR1) "
+                     "to write a fresh one."),
         epilog=STATUS_EPILOG)
     status.add_argument("--config", "-c", required=True, metavar="FILE",
                         help="the running guard's configuration (for the path of its status file)")
@@ -359,11 +359,10 @@ def main(argv=None) -> int:
     status.set_defaults(act=_status)
     demo = commands.add_parser(
         "demo", help="two Prosody servers, the guard and two clients: watch a message cross",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        description=_paragraph("Start the loopback lab (two Prosody servers on 127.0.1.1 and 127.0.2.1, the guard "
-                    "between them on 127.0.3.1 and 127.0.3.2, a throwaway PKI), send a message from "
-                    "romeo@red.example to juliet@blue.example through the guard, print what happens, and stop "
-                    "everything. Needs Debian's prosody and lua-unbound and the addresses free."),
+        description=("Start the loopback lab (two Prosody servers on 127.0.1.1 and 127.0.2.1, the guard "
+                     "between them on 127.0.3.1 and 127.0.3.2, a throwaway PKI), send a message from "
+                     "romeo@red.example to juliet@blue.example through the guard, print what happens, and stop "
+                     "everything. Needs Debian's prosody and lua-unbound and the addresses free."),
         epilog="example:\n  guard demo")
     demo.set_defaults(act=_demo)
     arguments = parser.parse_args(argv)

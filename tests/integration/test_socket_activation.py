@@ -45,15 +45,8 @@ class SocketActivatedLab(Lab):
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory):
     """Red and blue Prosody with the socket-activated guard between them."""
-    laboratory = SocketActivatedLab(Mode.GUARD, "certificate", folder=tmp_path_factory.mktemp("socket-activation"))
-    try:
-        laboratory.start()
-    except Exception as error:
-        tails = laboratory.log_tails()
-        laboratory.stop()
-        pytest.fail(f"the lab did not start: {error}\n{tails}", pytrace=False)
-    yield laboratory
-    laboratory.stop()
+    with SocketActivatedLab(Mode.GUARD, "certificate", folder=tmp_path_factory.mktemp("socket-activation")) as laboratory:
+        yield laboratory
 
 
 def guard_environment(pid: int) -> dict[str, str]:
