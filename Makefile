@@ -126,6 +126,8 @@ INSTALLED_CONFIG_EDITS := \
 	-e '/^\[sides\.blue\]/,/^\[sides\.blue\./ s|^listen = .*|listen = "systemd:domain=INET:name=blue"|'
 
 install: deploy/man/guard.8
+	@$(INSTALL_PYTHON) -c 'import ensurepip, venv' 2>/dev/null || \
+	  { echo "make install needs a Python with venv: apt-get install -y python3-venv"; exit 1; }
 	install -d $(DESTDIR)$(OPTDIR) $(DESTDIR)$(PREFIX)/sbin $(DESTDIR)$(UNITDIR) \
 	  $(DESTDIR)$(PREFIX)/lib/sysusers.d $(DESTDIR)$(PREFIX)/lib/tmpfiles.d $(DESTDIR)$(SYSCONFDIR)/logrotate.d \
 	  $(DESTDIR)$(MANDIR)/man8
@@ -133,8 +135,10 @@ install: deploy/man/guard.8
 	  $(DESTDIR)$(SYSCONFDIR)/xmpp-guard/policies
 	$(INSTALL_PYTHON) -m venv $(DESTDIR)$(OPTDIR)
 	rm -rf build
-	$(DESTDIR)$(OPTDIR)/bin/python -m pip install -q --disable-pip-version-check $(PIP_INSTALL_FLAGS) .
+	$(DESTDIR)$(OPTDIR)/bin/python -m pip install -q --disable-pip-version-check --no-compile $(PIP_INSTALL_FLAGS) .
 	rm -rf build
+	@# Byte-compiled here (the service cannot write beside its code): naming $(OPTDIR), not the staging folder.
+	$(DESTDIR)$(OPTDIR)/bin/python -m compileall -q $(if $(DESTDIR),-s $(DESTDIR) -p /) $(DESTDIR)$(OPTDIR)/lib
 	@# Staged under DESTDIR: the venv's scripts must name $(OPTDIR), where they will run.
 	if [ -n "$(DESTDIR)" ]; then \
 	  grep -rlI -- "$(DESTDIR)$(OPTDIR)" $(DESTDIR)$(OPTDIR)/bin $(DESTDIR)$(OPTDIR)/pyvenv.cfg \

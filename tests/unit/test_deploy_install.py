@@ -67,8 +67,11 @@ def test_each_file_is_where_a_debian_operator_expects_it(staged):
 
 
 def test_the_staged_virtualenv_names_the_place_it_will_run_from(staged):
-    """No script or setting of the staged venv names the staging folder: they name /opt/xmpp-guard."""
+    """No script, setting or byte-compiled module of the staged venv names the staging folder: they name /opt/xmpp-guard."""
     venv = staged / "opt" / "xmpp-guard"
+    compiled = sorted(venv.glob("lib/python3*/site-packages/guard/**/*.pyc"))
+    assert compiled and all(str(staged).encode() not in path.read_bytes() for path in compiled)
+    assert b"/opt/xmpp-guard/lib/" in compiled[0].read_bytes()
     assert (venv / "bin" / "guard").read_text().splitlines()[0] == "#!/opt/xmpp-guard/bin/python"
     for path in [*sorted((venv / "bin").iterdir()), venv / "pyvenv.cfg"]:
         if path.is_file() and not path.is_symlink():
