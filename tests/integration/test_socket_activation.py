@@ -21,12 +21,15 @@ pytestmark = pytest.mark.guard
 
 
 class SocketActivatedLab(Lab):
-    """The lab whose guard gets its listening sockets from systemd-socket-activate, by name, instead of binding them."""
+    """The lab whose guard gets its listening sockets from systemd-socket-activate, by name, and runs with no capability."""
 
     def _start_guard(self) -> None:
         activate = shutil.which("systemd-socket-activate")
         if activate is None:
             pytest.skip("systemd-socket-activate not found: install the Debian package systemd (make test does)")
+        setpriv = shutil.which("setpriv")
+        if setpriv is None:
+            pytest.skip("setpriv not found: install the Debian package util-linux")
         self.guard_config = self.folder / "guard.toml"
         text = render_guard_config(self.pki, self.authentication, self.policy, self.guard_log_level,
                                    guard_options=self.guard_options, limits=self.limits)
@@ -38,6 +41,8 @@ class SocketActivatedLab(Lab):
         arguments = [activate, "--listen", f"{GUARD_RED_FACING}:{S2S_PORT}",
                      "--listen", f"{GUARD_BLUE_FACING}:{S2S_PORT}", "--fdname=red:blue",
                      "--setenv=PYTHONPATH", "--setenv=PYTHONUNBUFFERED",
+                     # As CapabilityBoundingSet= (empty) and NoNewPrivileges=yes in xmpp-guard.service.
+                     setpriv, "--bounding-set=-all", "--inh-caps=-all", "--no-new-privs",
                      self.python, "-m", "guard", "run", "--config", str(self.guard_config), "--pidfile", str(self.pidfile)]
         self._spawn("guard", arguments, [(GUARD_RED_FACING, S2S_PORT), (GUARD_BLUE_FACING, S2S_PORT)], 20.0)
 
@@ -53,6 +58,13 @@ def guard_environment(pid: int) -> dict[str, str]:
     """The environment the guard process runs with."""
     entries = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
     return dict(entry.decode().partition("=")[::2] for entry in entries if entry)
+
+
+def guard_privileges(pid: int) -> dict[str, str]:
+    """The capability sets and the no-new-privileges flag of the guard process, as /proc/PID/status gives them."""
+    lines = Path(f"/proc/{pid}/status").read_text().splitlines()
+    fields = dict(line.split(":\t", 1) for line in lines if ":\t" in line)
+    return {name: fields[name].strip() for name in ("CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb", "NoNewPrivs")}
 
 
 def wait_until(predicate, timeout: float) -> bool:
@@ -79,6 +91,13 @@ def test_the_guard_adopts_the_sockets_passed_to_it_by_name(lab):
         "2", "red:blue", str(process.pid))
     assert wait_until(lambda: "listening on systemd:domain=INET:name=blue" in lab.guard_log(), 10), lab.guard_log()
     assert "listening on systemd:domain=INET:name=red" in lab.guard_log()
+
+
+def test_the_guard_runs_with_no_capability_at_all(lab):
+    """With its sockets passed, the guard runs (and relays, below) with every capability set empty and no way to gain one."""
+    none = "0000000000000000"
+    assert guard_privileges(lab.guard_process.pid) == {
+        "CapInh": none, "CapPrm": none, "CapEff": none, "CapBnd": none, "CapAmb": none, "NoNewPrivs": "1"}
 
 
 def test_prosody_federates_both_ways_through_the_socket_activated_guard(lab, client_loop):

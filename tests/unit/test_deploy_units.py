@@ -11,7 +11,7 @@ import pytest
 UNITS = Path(__file__).resolve().parents[2] / "deploy" / "systemd"
 # The committed exposure of each service (systemd-analyze security --offline, systemd 252): a change that
 # raises one fails here; lower the figure when the hardening improves.  The issue's goal is "OK", <= 2.0.
-EXPOSURE = {"xmpp-guard.service": 1.1, "xmpp-guard-half@.service": 1.4}
+EXPOSURE = {"xmpp-guard.service": 1.1, "xmpp-guard-half@.service": 1.1}
 SIDES = ("red", "blue")
 
 
@@ -86,9 +86,9 @@ def test_the_socket_activated_service_runs_unprivileged_and_confined():
     assert service["ExecStart"].startswith("/opt/xmpp-guard/bin/guard run --config /etc/xmpp-guard/guard.toml")
 
 
-def test_the_half_template_runs_the_configuration_named_by_its_instance():
-    """xmpp-guard-half@a.service runs /etc/xmpp-guard/half-a.toml and keeps only the capability to bind its ports."""
+def test_the_half_template_runs_the_configuration_named_by_its_instance_without_privilege():
+    """xmpp-guard-half@a.service runs /etc/xmpp-guard/half-a.toml, with an empty capability set (its ports are above 1023)."""
     service = unit("xmpp-guard-half@.service")["Service"]
     assert service["ExecStart"].startswith("/opt/xmpp-guard/bin/guard run --config /etc/xmpp-guard/half-%i.toml")
-    assert (service["CapabilityBoundingSet"], service["AmbientCapabilities"]) == (
-        "CAP_NET_BIND_SERVICE", "CAP_NET_BIND_SERVICE")
+    assert (service["CapabilityBoundingSet"], service["AmbientCapabilities"], service["NoNewPrivileges"]) == (
+        "", "", "yes")
