@@ -130,19 +130,20 @@ def _classify(before: Link, link: Link, rest) -> Break:
     if link.seq < expected:
         return Break(link.path, link.line, f"out of order or repeated: seq {link.seq} comes after seq {before.seq}"
                                            f" ({before.path}:{before.line})")
-    missing = f"seq {expected}" if link.seq == expected + 1 else f"seq {expected} to {link.seq - 1}"
+    missing = (f"record seq {expected} is" if link.seq == expected + 1
+               else f"records seq {expected} to {link.seq - 1} are")
     later = _found_later(rest, expected, link.seq - 1)
     if later is not None:
         what = "files given out of order" if crossing or later[0] != link.path else "lines out of order"
         return Break(link.path, link.line, f"{what}: seq {link.seq} comes where seq {expected} belongs; "
-                                           f"{missing} is later, at {later[0]}:{later[1]}")
+                                           f"seq {expected} is later, at {later[0]}:{later[1]}")
     if crossing:
         named = link.record.get("previous_file")
         after = f" (it continues from {named})" if isinstance(named, str) and named != os.path.basename(before.path) \
             else ""
-        return Break(link.path, link.line, f"records {missing} are missing before this file{after}: a file missing "
+        return Break(link.path, link.line, f"{missing} missing before this file{after}: a file missing "
                                            f"in the sequence, or records deleted from the end of {before.path}")
-    return Break(link.path, link.line, f"records {missing} are missing before this line: deleted")
+    return Break(link.path, link.line, f"{missing} missing before this line: deleted")
 
 
 def verify_trail(paths: list[str]) -> TrailReport:
