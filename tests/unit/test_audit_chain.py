@@ -6,6 +6,7 @@ import os
 
 import pytest
 
+from guard.app.audit_commands import verify_trail
 from guard.edges.audit import (GENESIS, MAX_RECORD_BYTES, MIN_ROTATE_BYTES, AuditLog, AuditUnavailable,
                                read_chain_head, rotated_files)
 
@@ -244,6 +245,7 @@ def test_a_file_moved_away_under_the_guard_is_reopened_with_the_chain_marked(tmp
     assert [(r["event"], r.get("reason")) for r in records] == [("chain-continues", "moved"), ("drop", None)]
     assert records[0]["prev"] == sha256(old_last)
     assert records[1]["prev"] == sha256(lines[0])
+    assert verify_trail([str(tmp_path / "audit.jsonl.1"), str(path)]).whole
 
 
 def test_a_file_cut_under_the_guard_is_marked_where_the_chain_goes_on(tmp_path):
