@@ -256,7 +256,6 @@ class AuditLog:
         self.records = 0
         self.copies_lost = 0
         self.head = ChainHead(0, GENESIS)
-        self._copies = []
         if path is not None:
             self.head = trail_head(path)
             rotated = rotated_files(path)
