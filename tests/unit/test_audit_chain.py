@@ -52,7 +52,7 @@ def test_a_restart_continues_the_chain_of_the_existing_file(tmp_path):
     assert (restarted["seq"], restarted["prev"], restarted["chain"]) == (3, sha256(lines[1]), "start")
 
 
-def test_the_chain_head_is_read_from_the_tail_of_a_large_file_only(tmp_path):
+def test_the_chain_head_is_read_from_the_tail_of_a_large_file_only(tmp_path, monkeypatch):
     """A restart on a trail far larger than a record reads only its last MAX_RECORD_BYTES + 2 bytes."""
     path = tmp_path / "audit.jsonl"
     filler = json.dumps({"event": "old", "seq": 1, "prev": GENESIS, "pad": "x" * 1000}).encode()
@@ -82,11 +82,9 @@ def test_the_chain_head_is_read_from_the_tail_of_a_large_file_only(tmp_path):
             return getattr(self.inner, name)
 
     import builtins
-    builtins.open = lambda *args, **kwargs: CountingFile(real_open(*args, **kwargs))
-    try:
-        head = read_chain_head(str(path))
-    finally:
-        builtins.open = real_open
+    monkeypatch.setattr(builtins, "open", lambda *args, **kwargs: CountingFile(real_open(*args, **kwargs)))
+    head = read_chain_head(str(path))
+    monkeypatch.undo()
     assert head.seq == 41
     assert sum(read) <= MAX_RECORD_BYTES + 2 < os.path.getsize(path)
 
