@@ -1,5 +1,5 @@
 """
-The ``guard`` command: run, check-config, check-policy, explain, reload, status, demo.
+The ``guard`` command: run, check-config, check-policy, explain, audit, reload, status, demo.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ examples:
   guard explain --policy policies/allow-all.toml stanza.xml
   guard reload --pidfile /run/xmpp-guard/guard.pid --config /etc/xmpp-guard/guard.toml
   guard status --config /etc/xmpp-guard/guard.toml --pidfile /run/xmpp-guard/guard.pid
+  guard audit verify /var/log/xmpp-guard/audit.jsonl.* /var/log/xmpp-guard/audit.jsonl
 
 signals:
   SIGHUP   load every policy again (all or none; the old ones stay otherwise)
@@ -45,8 +46,10 @@ exit status:
 files:
   /etc/xmpp-guard/guard.toml         the configuration ('make install' puts a sample)
   /etc/xmpp-guard/policies/          policies and their .tests.toml
-  /var/log/xmpp-guard/audit.jsonl    the audit trail ([guard] audit)
+  /var/log/xmpp-guard/audit.jsonl    the audit trail ([guard] audit), rotated files beside it
   /run/xmpp-guard/status.json        the status file ([guard] status)
+  /etc/logrotate.d/xmpp-guard        external rotation of the audit trail (the guard's own
+                                     audit_rotate_bytes is preferred)
   xmpp-guard.service, xmpp-guard-red.socket, xmpp-guard-blue.socket,
   xmpp-guard-half@.service           the systemd units, in /usr/local/lib/systemd/system
   listen = "systemd:domain=INET:name=red" adopts the socket of the unit
@@ -299,6 +302,10 @@ def main(argv=None) -> int:
         from .policy_commands import explain_main
 
         return explain_main(argv[1:])
+    if argv and argv[0] == "audit":
+        from .audit_commands import audit_main
+
+        return audit_main(argv[1:])
     parser = _ParserWithExamples(
         prog="guard",
         description=("An XMPP server-to-server boundary guard. It joins two sides: the XMPP servers of each side "
@@ -332,6 +339,8 @@ def main(argv=None) -> int:
     commands.add_parser("check-policy", help="check policy files and run their tests (see 'guard check-policy --help')",
                         add_help=False)
     commands.add_parser("explain", help="show how a policy judges a stanza (see 'guard explain --help')",
+                        add_help=False)
+    commands.add_parser("audit", help="verify the audit trail's hash chain (see 'guard audit --help')",
                         add_help=False)
     reload = commands.add_parser(
         "reload", help="reload the policies of a running guard (SIGHUP)",

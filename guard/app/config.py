@@ -15,7 +15,7 @@ import tomllib
 from dataclasses import dataclass, field
 
 from guard.core.topology import Topology
-from guard.edges.audit import AUDIT_LEVELS
+from guard.edges.audit import AUDIT_LEVELS, MIN_ROTATE_BYTES, journald_unavailable, syslog_address
 from guard.edges.limits import Limits
 from guard.edges.s2s.routes import route_endpoint, route_string
 
@@ -63,6 +63,12 @@ class GuardSettings:
     release_max_pending: int = 16
     release_max_waiting: int = 256
     audit_level: str = "refusals"
+    # Added for issue 12 (audit trail): rotation by size and copies to syslog/journald.
+    audit_rotate_bytes: int | None = None
+    audit_keep: int = 10
+    audit_syslog: bool = False
+    audit_syslog_address: str = "/dev/log"
+    audit_journald: bool = False
 
 
 @dataclass(frozen=True)
@@ -161,8 +167,9 @@ def check_writable(config_path: str, key: str, path: str, replaced: bool = False
 
 def written_files(settings: GuardSettings) -> list[tuple[str, str, bool]]:
     """(configuration key, path, replaced) of each file a guard process writes: the audit trail (appended
-    to) and the status file (replaced through a temporary file beside it)."""
-    named = (("guard.audit", settings.audit_path, False), ("guard.status", settings.status_path, True))
+    to, and renamed when it rotates) and the status file (replaced through a temporary file beside it)."""
+    named = (("guard.audit", settings.audit_path, settings.audit_rotate_bytes is not None),  # rotation renames it
+             ("guard.status", settings.status_path, True))
     return [(key, path, replaced) for key, path, replaced in named if path is not None]
 
 
@@ -317,7 +324,8 @@ def read_document(path: str, checker):
 def read_settings(checker, document) -> GuardSettings:
     """The [guard] table and the optional [release] table (the release authority `refer` asks)."""
     guard = checker.table(document.get("guard", {}), "guard")
-    checker.only(guard, ("log_level", "dialback_secret", "audit", "audit_failure", "status", "audit_level"), "guard")
+    checker.only(guard, ("log_level", "dialback_secret", "audit", "audit_failure", "status", "audit_level")
+                 + AUDIT_OUTPUT_KEYS, "guard")
     release = checker.table(document.get("release", {}), "release")
     checker.only(release, ("endpoint", "timeout", "max_pending", "max_waiting"), "release")
     endpoint = checker.string(release, "endpoint", "release", required=False)
@@ -349,7 +357,57 @@ def read_settings(checker, document) -> GuardSettings:
         release_max_pending=max_pending,
         release_max_waiting=max_waiting,
         audit_level=checker.choice(guard, "audit_level", "guard", AUDIT_LEVELS, "refusals"),
+        **_audit_outputs(checker, guard),
     )
+
+
+AUDIT_OUTPUT_KEYS = ("audit_rotate_bytes", "audit_keep", "audit_syslog", "audit_syslog_address", "audit_journald")
+AUDIT_KEEP_MAX = 100_000
+AUDIT_ROTATE_MAX = 1 << 40
+
+
+def _audit_outputs(checker, guard) -> dict:
+    """The [guard] keys of the audit trail's rotation and copies (guard.edges.audit), checked."""
+    named = [key for key in AUDIT_OUTPUT_KEYS if key in guard]
+    if named and "audit" not in guard:
+        checker.fail(f"guard.{named[0]}", "needs guard.audit (the file the trail is written to)")
+    rotate = guard.get("audit_rotate_bytes")
+    if rotate is not None and (isinstance(rotate, bool) or not isinstance(rotate, int)
+                               or not MIN_ROTATE_BYTES <= rotate <= AUDIT_ROTATE_MAX):
+        checker.fail("guard.audit_rotate_bytes", f"must be a whole number of bytes from {MIN_ROTATE_BYTES} "
+                                                 f"to {AUDIT_ROTATE_MAX}")
+    keep = guard.get("audit_keep", 10)
+    if isinstance(keep, bool) or not isinstance(keep, int) or not 1 <= keep <= AUDIT_KEEP_MAX:
+        checker.fail("guard.audit_keep", f"must be a whole number from 1 to {AUDIT_KEEP_MAX}")
+    if "audit_keep" in guard and rotate is None:
+        checker.fail("guard.audit_keep", "needs guard.audit_rotate_bytes (only rotated files are kept or removed)")
+    flags = {}
+    for key in ("audit_syslog", "audit_journald"):
+        flags[key] = guard.get(key, False)
+        if not isinstance(flags[key], bool):
+            checker.fail(f"guard.{key}", "must be true or false")
+    address = checker.string(guard, "audit_syslog_address", "guard", default="/dev/log", required=False)
+    try:
+        parsed = syslog_address(address)
+    except ValueError as problem:
+        checker.fail("guard.audit_syslog_address", str(problem))
+    if flags["audit_syslog"] and isinstance(parsed, str) and not os.path.exists(parsed):
+        checker.fail("guard.audit_syslog", f"{parsed} does not exist (no syslog daemon listening there; "
+                                           f"set guard.audit_syslog_address)")
+    if flags["audit_journald"]:
+        why = journald_unavailable()
+        if why is not None:
+            checker.fail("guard.audit_journald", f"journald is unavailable: {why}")
+    return dict(audit_rotate_bytes=rotate, audit_keep=keep, audit_syslog_address=address, **flags)
+
+
+def audit_options(settings: GuardSettings) -> dict:
+    """The keyword arguments of AuditLog for the rotation and copies these settings ask for."""
+    from guard.edges.audit import JOURNAL_SOCKET
+
+    return dict(rotate_bytes=settings.audit_rotate_bytes, keep=settings.audit_keep,
+                syslog_address=syslog_address(settings.audit_syslog_address) if settings.audit_syslog else None,
+                journal_socket=JOURNAL_SOCKET if settings.audit_journald else None)
 
 
 def load_config(path: str) -> GuardConfig:

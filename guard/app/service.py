@@ -30,7 +30,7 @@ from guard.edges.s2s.verification import Verifier
 from guard.edges.side import Side
 from guard.edges.tlsidentity import Identity, TrustAnchors
 
-from .config import ConfigError, GuardConfig, configured_route
+from .config import ConfigError, GuardConfig, audit_options, configured_route
 
 log = Logger()
 
@@ -121,7 +121,7 @@ class GuardProcess(service.Service):
         self.reactor = reactor
         self.books = Books()
         try:
-            self.audit = AuditLog(config.audit_path, level=config.settings.audit_level)
+            self.audit = AuditLog(config.audit_path, level=config.settings.audit_level, **audit_options(config.settings))
         except AuditUnavailable as problem:
             raise ConfigError(f"{config.path}: guard.audit: cannot open the audit trail: {problem}") from problem
         self.policies = PolicyTable(policies)

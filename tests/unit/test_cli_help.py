@@ -25,20 +25,23 @@ MAKER = man_maker()
 COMMANDS = MAKER.subcommands(MAKER.parser_of([]))
 
 
-def described_arguments(parser):
-    """(argument, its help) for every argument of ``parser`` but --help."""
-    return [(action.dest, action.help) for action in parser._actions
-            if not isinstance(action, MAKER.argparse._HelpAction)]
+def undescribed(path, summary, sub):
+    """The commands under ``path`` (itself included) lacking a summary or description, and their arguments lacking help."""
+    parser = MAKER.command_parser(path, sub)
+    missing = [" ".join(path)] if not (summary and parser.description) else []
+    missing += [f"{' '.join(path)} {action.dest}" for action in parser._actions
+                if not isinstance(action, (MAKER.argparse._HelpAction, MAKER.argparse._SubParsersAction))
+                and not action.help]
+    for name, (nested_summary, nested) in MAKER.subcommands(parser).items():
+        missing += undescribed([*path, name], nested_summary, nested)
+    return missing
 
 
 @pytest.mark.parametrize("name", sorted(COMMANDS))
 def test_every_option_of_every_command_is_described(name):
-    """Each command has a description and a summary, and every one of its arguments says what it is for."""
+    """Each command (and each command under it) has a description and a summary, and every one of its arguments says what it is for."""
     summary, sub = COMMANDS[name]
-    parser = MAKER.command_parser([name], sub)
-    assert summary and parser.description, name
-    undescribed = [dest for dest, text in described_arguments(parser) if not text]
-    assert undescribed == []
+    assert undescribed([name], summary, sub) == []
 
 
 @pytest.mark.parametrize("name", ["run", "check-config", "reload", "status", "demo"])
