@@ -1,0 +1,68 @@
+"""
+The management page (``[management]`` in the configuration): service status
+and uptime, the peers connected now, outbound links and queues, the pair link
+and the release authority, the policies in force with a reload action, the
+recent refusals from the audit trail, and a live chart of stanzas per second.
+
+Everything shown comes from ``guard.app.snapshot`` and the metrics registry;
+this package only reads.  ``listen_management`` wires it to a running
+``GuardProcess`` (standalone guard or pair half) and listens.
+"""
+
+from __future__ import annotations
+
+from guard.edges.tlsidentity import load_pem_chain
+
+from ..config import ConfigError, read_token
+from .access import Access
+from .rates import stanza_counts
+from .refusals import recent_refusals
+from .site import ManagementPage, ReloadAction, management_site
+
+
+def management_page(process, snapshot_of) -> ManagementPage:
+    """The page of ``process`` (a GuardProcess whose configuration has a [management] table)."""
+    from ..cli import checked_configuration
+
+    config = process.config.management
+    clock = process.reactor.seconds
+    reload = None
+    if config.allow_reload:
+        reload = ReloadAction(check=lambda: checked_configuration(process.config.path)[1],
+                              reload=process.reload_policies, refusal=ConfigError)
+    metrics = getattr(process, "metrics", None)
+    return ManagementPage(
+        Access(read_token(config.token_file) if config.token_file is not None else None, clock),
+        snapshot_of=lambda: snapshot_of(process),
+        counts_of=lambda: stanza_counts(getattr(metrics, "registry", None)),
+        refusals_of=lambda: recent_refusals(process.config.audit_path),
+        clock=clock,
+        reload=reload,
+        tls=config.tls,
+        client_certificates=config.client_ca is not None,
+    )
+
+
+def tls_options(config):
+    """The TLS server options of the page: its certificate and key, and, with a client CA, a client certificate
+    from that CA required on every connection."""
+    from twisted.internet.ssl import CertificateOptions, PrivateCertificate
+
+    with open(config.certificate, "rb") as certificate, open(config.key, "rb") as key:
+        own = PrivateCertificate.loadPEM(certificate.read() + b"\n" + key.read())
+    if config.client_ca is None:
+        return CertificateOptions(privateKey=own.privateKey.original, certificate=own.original)
+    return CertificateOptions(privateKey=own.privateKey.original, certificate=own.original, verify=True,
+                              caCerts=load_pem_chain(config.client_ca), requireCertificate=True)
+
+
+def listen_management(process, snapshot_of):
+    """Listen on ``[management] listen`` for ``process``; a Deferred firing with the listening port."""
+    from twisted.internet.endpoints import serverFromString
+    from twisted.protocols.tls import TLSMemoryBIOFactory
+
+    config = process.config.management
+    factory = management_site(management_page(process, snapshot_of), process.reactor)
+    if config.tls:
+        factory = TLSMemoryBIOFactory(tls_options(config), False, factory)
+    return serverFromString(process.reactor, config.listen).listen(factory)
