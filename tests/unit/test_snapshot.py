@@ -28,6 +28,7 @@ from guard.lab.topology import DEFAULT_POLICY, render_guard_config
 from .link.pairs import AcceptingCheck, RecordingOwner as LinkOwner, message
 from .streams.sides import RecordingRelay, make_side, pki
 from .streams.test_handshakes import RecordingOwner, deferLater, stanza
+from .link.test_half_config import tree  # noqa: F401 - the pytest fixture
 from .test_config import write
 
 STREAM_KEYS = {"id", "side", "direction", "peer_domain", "local_domain", "pairs", "authentication",
@@ -191,3 +192,20 @@ class StreamsOverLoopback(unittest.TestCase):
         self.assertEqual(inbound.describe()["authentication"], "dialback")
         self.assertEqual(outbound.describe()["authentication"], "dialback")
         self.assertEqual(inbound.describe()["pairs"], [["red.example", "blue.example"]])
+
+
+def test_a_half_snapshot_has_its_one_side_and_the_pair_link(tree):
+    """A pair half's snapshot has its own side only, and the pair link down with an empty buffer and no connection."""
+    from guard.app.half import HalfService
+    from guard.app.half_config import load_half_config
+
+    from .link.test_half_config import variant
+
+    service = HalfService(load_half_config(variant(tree, [])), MemoryReactorClock())
+    seen = snapshot(service)
+    assert json.loads(json.dumps(seen)) == seen
+    assert list(seen["sides"]) == [service.side.name]
+    link = seen["pair_link"]
+    assert (link["state"], link["buffer_bytes"], link["unacknowledged"], link["stream"]) == ("down", 0, 0, None)
+    assert link["peer"] == service.config.link.leg.peer_name
+    assert len(seen["policies"]) == 2
