@@ -207,6 +207,20 @@ class GuardProcess(service.Service):
                      side=name, listen=listen, hosted=sorted(side.hosted), fronted=sorted(side.fronted))
 
     @defer.inlineCallbacks
+    def _start_management(self):
+        """Serve the management page when [management] listen is set (guard.app.management); it stops with the
+        other listeners."""
+        if getattr(self.config, "management", None) is None:
+            return
+        from guard.app.management import listen_management
+        from guard.app.snapshot import snapshot
+
+        port = yield listen_management(self, snapshot)
+        self._ports.append(port)
+        log.info("management page: listening on {listen} ({mode})", listen=self.config.management.listen,
+                 mode="reload allowed" if self.config.management.allow_reload else "read-only")
+
+    @defer.inlineCallbacks
     def _close_down(self, after_closing=None):
         """
         Stop listening, close inbound streams, bounce what waits, give the
@@ -291,6 +305,7 @@ class GuardService(GuardProcess):
         super().startService()
         self._audit_start()
         yield self._listen()
+        yield self._start_management()
         self.write_status()
 
     def stopService(self):

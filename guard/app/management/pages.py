@@ -61,11 +61,20 @@ def table(headings, rows, empty: str) -> str:
     return f"<table>\n<thead><tr>{head}</tr></thead>\n<tbody>{body}</tbody>\n</table>"
 
 
+def flat(value) -> str:
+    """A nested value as one line of text: ``name=value`` pairs for a dict, commas for a list."""
+    if isinstance(value, dict):
+        return ", ".join(f"{name}={flat(item)}" for name, item in value.items()) or NO_VALUE
+    if isinstance(value, (list, tuple)):
+        return ", ".join(flat(item) for item in value) or NO_VALUE
+    return NO_VALUE if value is None else str(value)
+
+
 def fields(values: dict | None, empty: str) -> str:
     """A definition list of a dict (nested values shown as text), or ``empty``."""
     if not values:
         return f'<p class="empty">{text(empty)}</p>'
-    items = "".join(f"<dt>{text(name)}</dt><dd>{text(value)}</dd>" for name, value in values.items())
+    items = "".join(f"<dt>{text(name)}</dt><dd>{text(flat(value))}</dd>" for name, value in values.items())
     return f"<dl>{items}</dl>"
 
 
