@@ -1,0 +1,251 @@
+"""
+The management page in a real headless Chromium (Debian's chromium and
+chromium-driver, driven by selenium) against the guard of the loopback lab,
+between two real Prosody servers: access refused without credentials, the
+page after signing in, a peer appearing when a Prosody connects, the chart
+moving under traffic (with a screenshot, docs/management.png), and a reload
+refused for a broken policy and accepted for a good one.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from guard.lab.clients import ClientLoop
+from guard.lab.topology import PROJECT_ROOT, Lab, Mode
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMEDRIVER = "/usr/bin/chromedriver"
+MANAGEMENT_ADDRESS = "127.0.3.3"
+MANAGEMENT_PORT = 19270
+BASE = f"http://{MANAGEMENT_ADDRESS}:{MANAGEMENT_PORT}"
+TOKEN = "lab-management-token-0123456789abcdef"
+SCREENSHOT = PROJECT_ROOT / "docs" / "management.png"
+CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                  "--window-size=1280,1500", "--hide-scrollbars")
+
+POLICY = """
+[policy]
+name = "allow-all-but-quarantine"
+description = "Pass everything but what goes to the quarantined conference service."
+default = "drop"
+
+[sets.domains]
+quarantined = ["conference.blue.example"]
+
+[[rules]]
+id = "quarantine"
+rev = 1
+why = "The blue conference service is quarantined."
+to_domain = "$quarantined"
+verdict = "drop"
+
+[[rules]]
+id = "allow-all"
+rev = 1
+why = "Everything else passes."
+verdict = "pass"
+keep = "everything"
+"""
+BROKEN = POLICY.replace('verdict = "drop"', 'verdict = "launch"')
+
+pytestmark = pytest.mark.guard
+
+
+def browser_missing() -> str | None:
+    for path, package in ((CHROMIUM, "chromium"), (CHROMEDRIVER, "chromium-driver")):
+        if not os.path.exists(path):
+            return f"{path} is missing: install Debian's {package} (make test does)"
+    try:
+        import selenium  # noqa: F401
+    except ImportError:
+        return "selenium is missing: pip install -e '.[test]' (make test does)"
+    return None
+
+
+class ManagedLab(Lab):
+    """The lab whose guard also serves the management page, reload allowed, with a token file only it can read."""
+
+    def _spawn(self, name, arguments, listens, timeout):
+        if name == "guard":
+            token_file = self.folder / "management.token"
+            token_file.write_text(TOKEN + "\n")
+            os.chmod(token_file, 0o600)
+            with open(self.guard_config, "a", encoding="utf-8") as config:
+                config.write(f'\n[management]\nlisten = "tcp:{MANAGEMENT_PORT}:interface={MANAGEMENT_ADDRESS}"\n'
+                             f'token_file = "{token_file}"\nallow_reload = true\n')
+            listens = [*listens, (MANAGEMENT_ADDRESS, MANAGEMENT_PORT)]
+        return super()._spawn(name, arguments, listens, timeout)
+
+
+@pytest.fixture(scope="module")
+def policy(tmp_path_factory):
+    path = tmp_path_factory.mktemp("management-policy") / "policy.toml"
+    path.write_text(POLICY)
+    return path
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory, policy):
+    missing = browser_missing()
+    if missing:
+        pytest.skip(missing)
+    laboratory = ManagedLab(Mode.GUARD, "certificate", folder=tmp_path_factory.mktemp("lab-management"),
+                            policy=policy)
+    try:
+        laboratory.start()
+    except Exception as error:
+        tails = laboratory.log_tails()
+        laboratory.stop()
+        pytest.fail(f"the lab did not start: {error}\n{tails}", pytrace=False)
+    yield laboratory
+    laboratory.stop()
+
+
+@pytest.fixture(scope="module")
+def clients(lab):
+    loop = ClientLoop()
+    romeo = lab.client(loop, "romeo@red.example").connect()
+    juliet = lab.client(loop, "juliet@blue.example").connect()
+    yield romeo, juliet
+    romeo.disconnect()
+    juliet.disconnect()
+    loop.close()
+
+
+@pytest.fixture(scope="module")
+def browser(lab):
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    profile = tempfile.mkdtemp(prefix="guard-chromium-")
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in CHROMIUM_FLAGS:
+        options.add_argument(flag)
+    options.add_argument(f"--user-data-dir={profile}")
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    driver.set_page_load_timeout(30)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+        shutil.rmtree(profile, ignore_errors=True)
+
+
+def wait_until(condition, timeout=20.0, every=0.25, what="the condition"):
+    """Poll ``condition`` (bounded in time) until it returns something true; that value."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(every)
+    raise AssertionError(f"{what} did not hold within {timeout} s")
+
+
+def sign_in(browser):
+    from selenium.webdriver.common.by import By
+
+    browser.get(BASE + "/login")
+    browser.find_element(By.ID, "token").send_keys(TOKEN)
+    browser.find_element(By.ID, "sign-in").click()
+    wait_until(lambda: browser.find_elements(By.ID, "service-state"), what="the status page after signing in")
+
+
+def side_table(browser, side):
+    from selenium.webdriver.common.by import By
+
+    return browser.find_element(By.CSS_SELECTOR, f'div.side[data-side="{side}"]').text
+
+
+def csp_violations(browser) -> list[str]:
+    return [entry["message"] for entry in browser.get_log("browser") if "Content Security Policy" in entry["message"]]
+
+
+def test_access_is_refused_without_credentials(lab, browser):
+    """Without the token the browser gets the sign-in form and nothing of the guard; a script gets a 401."""
+    from selenium.webdriver.common.by import By
+
+    browser.delete_all_cookies()
+    browser.get(BASE + "/")
+    assert browser.find_elements(By.ID, "token") and not browser.find_elements(By.ID, "service-state")
+    assert "red.example" not in browser.page_source
+    for path in ("/", "/rates.json", "/reload"):
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(BASE + path, timeout=10)
+        assert refused.value.code == 401 and refused.value.headers["X-Frame-Options"] == "DENY"
+    browser.find_element(By.ID, "token").send_keys("not-the-token")
+    browser.find_element(By.ID, "sign-in").click()
+    assert wait_until(lambda: browser.find_elements(By.ID, "login-problem"), what="the refusal").pop().text == "wrong token"
+
+
+def test_the_page_loads_after_signing_in_with_no_csp_violation(lab, browser):
+    """Signed in, the page shows the running service and its policies, and Chromium reports no CSP violation
+    (no inline script or style on the page)."""
+    from selenium.webdriver.common.by import By
+
+    browser.get_log("browser")
+    sign_in(browser)
+    assert browser.find_element(By.ID, "service-state").text == "running"
+    assert "allow-all-but-quarantine" in browser.find_element(By.ID, "policies").text
+    wait_until(lambda: browser.find_element(By.ID, "rates-chart").get_attribute("data-readings") not in (None, "0"),
+               what="the chart's first reading")
+    assert csp_violations(browser) == []
+
+
+def test_a_peer_appears_after_a_real_prosody_connects(lab, browser, clients):
+    """Once romeo's message crosses, red's Prosody is an inbound peer on side red (certificate authenticated, with
+    its certificate subject) and the guard's stream to blue's Prosody is an outbound peer on side blue."""
+    romeo, juliet = clients
+    sign_in(browser)
+    romeo.send_message("juliet@blue.example", "wherefore art thou")
+    juliet.wait_for_body("romeo@red.example", "wherefore art thou")
+
+    def peers_shown():
+        browser.refresh()
+        red, blue = side_table(browser, "red"), side_table(browser, "blue")
+        return "red.example inbound" in red and "blue.example outbound" in blue and (red, blue)
+
+    red, blue = wait_until(peers_shown, what="the peers on the page")
+    assert "certificate" in red and "red.example" in red.split("inbound", 1)[1]
+
+
+def test_a_broken_policy_is_refused_with_the_checkers_message_and_a_good_one_is_reloaded(lab, browser, policy):
+    """Reload from the page: confirm, then the checker's refusal (naming the key and the rule) for a broken policy,
+    with the policies in force unchanged; the same steps with the good policy reload it."""
+    from selenium.webdriver.common.by import By
+
+    sign_in(browser)
+    loaded_before = browser.find_element(By.ID, "policies").text
+
+    def reload_from_the_page():
+        browser.get(BASE + "/")
+        browser.find_element(By.ID, "reload-link").click()
+        wait_until(lambda: browser.find_elements(By.ID, "confirm-reload"), what="the confirmation").pop().click()
+        return wait_until(lambda: browser.find_elements(By.ID, "reload-result"), what="the result").pop()
+
+    policy.write_text(BROKEN)
+    try:
+        result = reload_from_the_page()
+        assert result.get_attribute("data-reloaded") == "false" and "Reload refused" in result.text
+        message = browser.find_element(By.ID, "checker-message").text
+        assert "sides.red.policy" in message and "launch" in message
+        browser.get(BASE + "/")
+        assert browser.find_element(By.ID, "policies").text == loaded_before
+    finally:
+        policy.write_text(POLICY)
+    result = reload_from_the_page()
+    assert result.get_attribute("data-reloaded") == "true" and "Policies reloaded" in result.text
+    assert csp_violations(browser) == []
