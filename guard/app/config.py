@@ -401,6 +401,14 @@ def read_management(checker, document) -> ManagementConfig | None:
     client_ca = checker.file(table, "client_ca", "management", required=False)
     if client_ca is not None and certificate is None:
         checker.fail("management.client_ca", "client certificates need TLS: set management.certificate and key")
+    if certificate is not None:
+        from guard.app.management import tls_options
+
+        try:
+            tls_options(certificate, key, client_ca)
+        except Exception as problem:  # noqa: BLE001 - report any load fault
+            checker.fail("management.certificate", f"cannot use {certificate} with {key} "
+                                                   f"(client CA {client_ca}): {problem}")
     if token_file is None and client_ca is None:
         checker.fail("management", "needs token_file or client_ca: the page is never served without authentication")
     allow_reload = table.get("allow_reload", False)

@@ -43,17 +43,20 @@ def management_page(process, snapshot_of) -> ManagementPage:
     )
 
 
-def tls_options(config):
+def tls_options(certificate: str, key: str, client_ca: str | None = None):
     """The TLS server options of the page: its certificate and key, and, with a client CA, a client certificate
-    from that CA required on every connection."""
+    from that CA required on every connection (OpenSSL refuses the handshake without one)."""
     from twisted.internet.ssl import CertificateOptions, PrivateCertificate
 
-    with open(config.certificate, "rb") as certificate, open(config.key, "rb") as key:
-        own = PrivateCertificate.loadPEM(certificate.read() + b"\n" + key.read())
-    if config.client_ca is None:
+    with open(certificate, "rb") as certificate_file, open(key, "rb") as key_file:
+        own = PrivateCertificate.loadPEM(certificate_file.read() + b"\n" + key_file.read())
+    if client_ca is None:
         return CertificateOptions(privateKey=own.privateKey.original, certificate=own.original)
+    authorities = load_pem_chain(client_ca)
+    if not authorities:
+        raise ValueError(f"{client_ca}: no certificates")
     return CertificateOptions(privateKey=own.privateKey.original, certificate=own.original, verify=True,
-                              caCerts=load_pem_chain(config.client_ca), requireCertificate=True)
+                              caCerts=authorities, requireCertificate=True)
 
 
 def listen_management(process, snapshot_of):
@@ -64,5 +67,6 @@ def listen_management(process, snapshot_of):
     config = process.config.management
     factory = management_site(management_page(process, snapshot_of), process.reactor)
     if config.tls:
-        factory = TLSMemoryBIOFactory(tls_options(config), False, factory)
+        factory = TLSMemoryBIOFactory(tls_options(config.certificate, config.key, config.client_ca), False, factory,
+                                      clock=process.reactor)
     return serverFromString(process.reactor, config.listen).listen(factory)
