@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import tempfile
 import threading
 import time
@@ -20,7 +21,10 @@ import urllib.request
 import pytest
 
 from guard.lab.clients import ClientLoop
-from guard.lab.topology import PROJECT_ROOT, Lab, Mode
+from guard.lab.topology import DEFAULT_POLICY as ALLOW_ALL
+from guard.lab.topology import PROJECT_ROOT
+
+from .policylab import PolicyLab
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
@@ -66,49 +70,53 @@ def browser_missing() -> str | None:
         if not os.path.exists(path):
             return f"{path} is missing: install Debian's {package} (make test does)"
     try:
-        import selenium  # noqa: F401
+        import selenium  # noqa: F401 - only whether it is installed
     except ImportError:
         return "selenium is missing: pip install -e '.[test]' (make test does)"
     return None
 
 
-class ManagedLab(Lab):
-    """The lab whose guard also serves the management page, reload allowed, with a token file only it can read."""
-
-    def _spawn(self, name, arguments, listens, timeout):
-        if name == "guard":
-            token_file = self.folder / "management.token"
-            token_file.write_text(TOKEN + "\n")
-            os.chmod(token_file, 0o600)
-            with open(self.guard_config, "a", encoding="utf-8") as config:
-                config.write(f'\n[management]\nlisten = "tcp:{MANAGEMENT_PORT}:interface={MANAGEMENT_ADDRESS}"\n'
-                             f'token_file = "{token_file}"\nallow_reload = true\n')
-            listens = [*listens, (MANAGEMENT_ADDRESS, MANAGEMENT_PORT)]
-        return super()._spawn(name, arguments, listens, timeout)
+MANAGEMENT = f"""
+[management]
+listen = "tcp:{MANAGEMENT_PORT}:interface={MANAGEMENT_ADDRESS}"
+token_file = "{{folder}}/management.token"
+allow_reload = true
+"""
 
 
 @pytest.fixture(scope="module")
-def policy(tmp_path_factory):
-    path = tmp_path_factory.mktemp("management-policy") / "policy.toml"
-    path.write_text(POLICY)
-    return path
-
-
-@pytest.fixture(scope="module")
-def lab(tmp_path_factory, policy):
+def lab(tmp_path_factory):
+    """The policy lab (red->blue judged by POLICY, blue->red by allow-all) whose guard serves the management page,
+    reload allowed, with a token file only the guard's user can read."""
     missing = browser_missing()
     if missing:
         pytest.skip(missing)
-    laboratory = ManagedLab(Mode.GUARD, "certificate", folder=tmp_path_factory.mktemp("lab-management"),
-                            policy=policy)
+    folder = tmp_path_factory.mktemp("lab-management")
+    token_file = folder / "management.token"
+    token_file.write_text(TOKEN + "\n")
+    os.chmod(token_file, 0o600)
+    laboratory = PolicyLab(folder, POLICY, ALLOW_ALL.read_text(), extra_config=MANAGEMENT)
     try:
         laboratory.start()
+        wait_until(lambda: port_open(MANAGEMENT_ADDRESS, MANAGEMENT_PORT), what="the management page's port")
     except Exception as error:
         tails = laboratory.log_tails()
         laboratory.stop()
         pytest.fail(f"the lab did not start: {error}\n{tails}", pytrace=False)
     yield laboratory
     laboratory.stop()
+
+
+@pytest.fixture(scope="module")
+def policy(lab):
+    """red's policy file, which the reload test breaks and mends."""
+    return lab.policy_files["red"]
+
+
+def port_open(address, port) -> bool:
+    with socket.socket() as probe:
+        probe.settimeout(1)
+        return probe.connect_ex((address, port)) == 0
 
 
 @pytest.fixture(scope="module")
@@ -219,6 +227,47 @@ def test_a_peer_appears_after_a_real_prosody_connects(lab, browser, clients):
 
     red, blue = wait_until(peers_shown, what="the peers on the page")
     assert "certificate" in red and "red.example" in red.split("inbound", 1)[1]
+
+
+def test_the_chart_moves_under_traffic_and_the_screenshot_is_taken(lab, browser, clients):
+    """Messages both ways for a few seconds: the chart reads a rate above zero for red->blue passed, its pixels
+    change, a refusal shows in the table; the page under traffic is saved as docs/management.png."""
+    from selenium.webdriver.common.by import By
+
+    romeo, juliet = clients
+    sign_in(browser)
+    canvas = browser.find_element(By.ID, "rates-chart")
+    blank = browser.execute_script("return arguments[0].toDataURL();", canvas)
+    stop = threading.Event()
+
+    def traffic():
+        sent = 0
+        while not stop.is_set() and sent < 2000:
+            romeo.send_message("juliet@blue.example", f"message {sent}")
+            juliet.send_message("romeo@red.example", f"answer {sent}")
+            if sent % 20 == 0:
+                romeo.send_message("room@conference.blue.example", "to the quarantine")
+            sent += 1
+            time.sleep(0.02)
+
+    sender = threading.Thread(target=traffic, daemon=True)
+    sender.start()
+    try:
+        wait_until(lambda: float(canvas.get_attribute("data-peak") or 0) > 1.0, timeout=30, what="a rate above 1/s")
+        wait_until(lambda: "red->blue passed" in browser.find_element(By.ID, "rates-legend").text,
+                   what="the red->blue passed series")
+        time.sleep(4)  # a few more seconds of the chart for the screenshot
+        assert browser.execute_script("return arguments[0].toDataURL();", canvas) != blank
+        browser.refresh()
+        canvas = browser.find_element(By.ID, "rates-chart")
+        wait_until(lambda: int(canvas.get_attribute("data-readings") or 0) >= 6, what="six readings after refresh")
+        assert "quarantine" in browser.find_element(By.ID, "refusals").text
+        SCREENSHOT.parent.mkdir(exist_ok=True)
+        browser.save_screenshot(str(SCREENSHOT))
+    finally:
+        stop.set()
+        sender.join(timeout=30)
+    assert SCREENSHOT.stat().st_size < 600 * 1024
 
 
 def test_a_broken_policy_is_refused_with_the_checkers_message_and_a_good_one_is_reloaded(lab, browser, policy):

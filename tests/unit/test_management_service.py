@@ -16,6 +16,7 @@ from guard.app.snapshot import snapshot
 from guard.lab.topology import DEFAULT_POLICY, render_guard_config
 
 from .streams.sides import pki
+from .link.test_half_config import tree  # noqa: F401 - the pair configuration fixture
 from .test_management import TOKEN, Harness
 
 BROKEN_POLICY = "[policy]\nname = \"broken\"\n[[rules]]\nid = \"x\"\nverdict = \"launch-missiles\"\n"
@@ -88,3 +89,21 @@ def test_a_policy_whose_cases_fail_is_refused_as_check_config_refuses_it(tmp_pat
     cases.write_text(cases.read_text().replace('verdict = "pass"', 'verdict = "drop"', 1))
     status, _, body = page.post("/reload", f"csrf={page.csrf(bearer)}&confirm=yes", bearer)
     assert status == 409 and b"case " in body
+
+
+def test_a_pair_half_serves_the_page_with_its_pair_link(tree, tmp_path):
+    """A half with [management] listens for the page too, and the page shows its pair link."""
+    from guard.app.half import HalfService
+    from guard.app.half_config import load_half_config
+
+    from .link.test_half_config import variant
+
+    token_file = tmp_path / "token"
+    token_file.write_text(TOKEN)
+    os.chmod(token_file, 0o600)
+    config = load_half_config(variant(tree, [], add=f'\n[management]\nlisten = "tcp:9271"\ntoken_file = "{token_file}"\n'))
+    service = HalfService(config, MemoryReactorClock())
+    service.startService()
+    assert (9271, "127.0.0.1") in [(port, interface) for port, _, _, interface in service.reactor.tcpServers]
+    status, _, body = harness_for(service).get("/", f"Authorization: Bearer {TOKEN}")
+    assert status == 200 and b"<dt>state</dt><dd>down</dd>" in body and b"read-only" in body
