@@ -63,6 +63,8 @@ class GuardSettings:
     release_max_pending: int = 16
     release_max_waiting: int = 256
     audit_level: str = "refusals"
+    # Issue 12, [metrics]: where /metrics is served (a Twisted server endpoint string); None: not served.
+    metrics_listen: str | None = None
 
 
 @dataclass(frozen=True)
@@ -334,6 +336,7 @@ def read_settings(checker, document) -> GuardSettings:
         release_max_pending=max_pending,
         release_max_waiting=max_waiting,
         audit_level=checker.choice(guard, "audit_level", "guard", AUDIT_LEVELS, "refusals"),
+        metrics_listen=read_metrics_listen(checker, document),
     )
 
 
@@ -417,11 +420,21 @@ def read_management(checker, document) -> ManagementConfig | None:
     return ManagementConfig(listen, token_file, certificate, key, client_ca, allow_reload)
 
 
+def read_metrics_listen(checker, document) -> str | None:
+    """The [metrics] table: ``listen``, a Twisted server endpoint string (``tcp:9269:interface=127.0.0.1``), or None."""
+    metrics = checker.table(document.get("metrics", {}), "metrics")
+    checker.only(metrics, ("listen",), "metrics")
+    listen = checker.string(metrics, "listen", "metrics", required=False)
+    if listen is not None:
+        _check_listen(checker, listen, "metrics.listen")
+    return listen
+
+
 def load_config(path: str) -> GuardConfig:
     """Read and check the configuration at ``path``."""
     checker = _Checker(path)
     document = read_document(path, checker)
-    checker.only(document, ("guard", "release", "limits", "sides", "management"), "")
+    checker.only(document, ("guard", "release", "limits", "sides", "metrics", "management"), "")
     settings = read_settings(checker, document)
     management = read_management(checker, document)
     limits = _limits(checker, checker.table(document.get("limits", {}), "limits"))

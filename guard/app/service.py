@@ -33,6 +33,7 @@ from guard.edges.side import Side
 from guard.edges.tlsidentity import Identity, TrustAnchors
 
 from .config import ConfigError, GuardConfig, configured_route
+from .metrics import GuardMetrics, metrics_site
 
 log = Logger()
 
@@ -172,6 +173,8 @@ class GuardProcess(service.Service):
         # For the snapshot and the metrics (guard.app.snapshot): when the process started, and each policy in force.
         self.started = reactor.seconds()
         self.policy_records = self._policy_records(policies)
+        self.metrics = None  # GuardMetrics, once the subclass built the relay (_attach_metrics)
+        self._metrics_port = None
 
     def policy_files(self):
         """(direction, configuration key, path) for each policy this process enforces."""
@@ -185,6 +188,18 @@ class GuardProcess(service.Service):
         now = self.reactor.seconds()
         return [policy_record(direction, path, policies[direction], now)
                 for direction, _, path in self.policy_files() if direction in policies]
+
+    def _attach_metrics(self):
+        """Build the metrics (always; served only when [metrics] listen is set) once relay, sides and link exist."""
+        self.metrics = GuardMetrics(self).attach()
+
+    @defer.inlineCallbacks
+    def _listen_metrics(self):
+        listen = self.config.settings.metrics_listen
+        if listen is None:
+            return
+        self._metrics_port = yield serverFromString(self.reactor, listen).listen(metrics_site(self.metrics.registry))
+        log.info("metrics: serving /metrics on {listen}", listen=listen)
 
     def _audit_start(self):
         """Write a first audit record at start: an audit trail that cannot be written is found now, not at the first drop."""
@@ -205,6 +220,7 @@ class GuardProcess(service.Service):
             self._ports.append(port)
             log.info("side {side}: listening on {listen} for {hosted}, fronting {fronted}",
                      side=name, listen=listen, hosted=sorted(side.hosted), fronted=sorted(side.fronted))
+        yield self._listen_metrics()
 
     @defer.inlineCallbacks
     def _start_management(self):
@@ -241,6 +257,9 @@ class GuardProcess(service.Service):
         self.write_status()
         log.info("books at shutdown: {books}", books=self.books.summary())
         self.audit.close()
+        if self._metrics_port is not None:
+            yield self._metrics_port.stopListening()
+            self._metrics_port = None
 
     def reload_policies(self):
         """
@@ -259,6 +278,8 @@ class GuardProcess(service.Service):
         for direction, policy in fresh.items():
             self.policies.swap(direction, policy)
         self.policy_records = self._policy_records(fresh)
+        if self.metrics is not None:
+            self.metrics.policies_changed()
         log.info("policies reloaded: {files}; {held} bytes of stanzas held are judged again before they leave",
                  files=[path for _, _, path in self.policy_files()], held=self.relay.held.held)
         return True
@@ -293,6 +314,7 @@ class GuardService(GuardProcess):
                               open_stream)
             self.relay.add_side(side)
             self.sides[name] = side
+        self._attach_metrics()
 
     def policy_files(self):
         return policy_files(self.config)
