@@ -3,6 +3,7 @@ service's own snapshot, and its reload runs the same check as `guard check-confi
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -107,3 +108,27 @@ def test_a_pair_half_serves_the_page_with_its_pair_link(tree, tmp_path):
     assert (9271, "127.0.0.1") in [(port, interface) for port, _, _, interface in service.reactor.tcpServers]
     status, _, body = harness_for(service).get("/", f"Authorization: Bearer {TOKEN}")
     assert status == 200 and b"<dt>state</dt><dd>down</dd>" in body and b"read-only" in body
+
+
+def test_the_chart_reads_the_same_counter_as_metrics(tmp_path):
+    """After stanzas are decided, /rates.json gives per direction and verdict exactly what /metrics's
+    xmpp_guard_stanzas_total holds, summed over kinds."""
+    from twisted.words.xish import domish
+
+    from guard.core.pipeline import Direction
+    from guard.core.settlement import SettlementEvent
+
+    service, _ = a_guard(tmp_path)
+    red_to_blue = Direction("red", "blue")
+    for name, verdict in (("message", "pass"), ("message", "pass"), ("presence", "pass"), ("iq", "drop")):
+        event = SettlementEvent(verdict, domish.Element((None, name)), "allow-all", 1, red_to_blue)
+        (service.metrics.stanzas.stanza_passed if verdict == "pass" else service.metrics.stanzas.stanza_dropped)(event)
+    _, _, body = harness_for(service).get("/rates.json", f"Authorization: Bearer {TOKEN}")
+    counts = json.loads(body)["counts"]
+    registry = service.metrics.registry
+    for verdict in ("passed", "dropped"):
+        assert counts[f"red->blue {verdict}"] == sum(
+            registry.get_sample_value("xmpp_guard_stanzas_total", {"direction": "red->blue", "kind": kind,
+                                                                   "verdict": verdict}) or 0
+            for kind in ("message", "presence", "iq"))
+    assert counts == {"red->blue passed": 3, "red->blue dropped": 1}

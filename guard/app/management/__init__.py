@@ -15,7 +15,7 @@ from guard.edges.tlsidentity import load_pem_chain
 
 from ..config import ConfigError, read_token
 from .access import Access
-from .rates import stanza_counts
+from .rates import process_stanza_counts
 from .refusals import recent_refusals
 from .site import ManagementPage, ReloadAction, management_site
 
@@ -30,11 +30,10 @@ def management_page(process, snapshot_of) -> ManagementPage:
     if config.allow_reload:
         reload = ReloadAction(check=lambda: checked_configuration(process.config.path)[1],
                               reload=process.reload_policies, refusal=ConfigError)
-    metrics = getattr(process, "metrics", None)
     return ManagementPage(
         Access(read_token(config.token_file) if config.token_file is not None else None, clock),
         snapshot_of=lambda: snapshot_of(process),
-        counts_of=lambda: stanza_counts(getattr(metrics, "registry", None)),
+        counts_of=lambda: process_stanza_counts(process),
         refusals_of=lambda: recent_refusals(process.config.audit_path),
         clock=clock,
         reload=reload,
