@@ -35,7 +35,7 @@ TOKEN = "lab-management-token-0123456789abcdef"
 SCREENSHOT = PROJECT_ROOT / "docs" / "management.png"
 CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                  "--window-size=1280,1500", "--hide-scrollbars")
+                  "--window-size=1280,1800", "--hide-scrollbars")
 
 POLICY = """
 [policy]
@@ -242,7 +242,7 @@ def test_the_chart_moves_under_traffic_and_the_screenshot_is_taken(lab, browser,
 
     def traffic():
         sent = 0
-        while not stop.is_set() and sent < 2000:
+        while not stop.is_set() and sent < 3000:
             romeo.send_message("juliet@blue.example", f"message {sent}")
             juliet.send_message("romeo@red.example", f"answer {sent}")
             if sent % 20 == 0:
@@ -256,11 +256,11 @@ def test_the_chart_moves_under_traffic_and_the_screenshot_is_taken(lab, browser,
         wait_until(lambda: float(canvas.get_attribute("data-peak") or 0) > 1.0, timeout=30, what="a rate above 1/s")
         wait_until(lambda: "red->blue passed" in browser.find_element(By.ID, "rates-legend").text,
                    what="the red->blue passed series")
-        time.sleep(4)  # a few more seconds of the chart for the screenshot
         assert browser.execute_script("return arguments[0].toDataURL();", canvas) != blank
         browser.refresh()
         canvas = browser.find_element(By.ID, "rates-chart")
-        wait_until(lambda: int(canvas.get_attribute("data-readings") or 0) >= 6, what="six readings after refresh")
+        wait_until(lambda: int(canvas.get_attribute("data-readings") or 0) >= 20, timeout=40,
+                   what="twenty readings after refresh")
         assert "quarantine" in browser.find_element(By.ID, "refusals").text
         SCREENSHOT.parent.mkdir(exist_ok=True)
         browser.save_screenshot(str(SCREENSHOT))

@@ -146,9 +146,13 @@ def policies_section(snapshot: dict, reload_allowed: bool) -> str:
     rows = []
     for policy in snapshot.get("policies") or []:
         cases = policy.get("cases") or {}
+        version = policy.get("version") or policy.get("digest")
+        shown = f"sha256 {version[:12]}\N{HORIZONTAL ELLIPSIS}" if version == policy.get("digest") and version else version
+        results = (f"{text(cases.get('passed'))} passed, {text(cases.get('failed'))} failed"
+                   if cases.get("passed") or cases.get("failed") else "no cases")
         rows.append([text(policy.get("direction")), text(policy.get("name")), text(policy.get("file")),
-                     text(moment(policy.get("loaded"))), text(policy.get("version") or policy.get("digest")),
-                     f"{text(cases.get('passed'))} passed, {text(cases.get('failed'))} failed"])
+                     text(moment(policy.get("loaded"))), f'<span title="{text(version)}">{text(shown)}</span>',
+                     results])
     action = ('<p><a class="button" href="/reload" id="reload-link">Reload the policies\N{HORIZONTAL ELLIPSIS}</a></p>'
               if reload_allowed else '<p class="empty">read-only: reloading is not enabled here</p>')
     return ('<section id="policies"><h2>Policies in force</h2>'
