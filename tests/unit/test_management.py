@@ -396,3 +396,32 @@ def test_a_short_token_is_refused(tmp_path):
     path, _ = management_config(tmp_path, 'listen = "tcp:9270"\ntoken_file = "TOKEN_FILE"\n', token="short")
     with pytest.raises(ConfigError, match="at least 32 characters"):
         load_config(path)
+
+
+def test_after_too_many_wrong_tokens_the_sign_in_form_is_held_for_a_minute():
+    """FAILED_SIGN_INS wrong tokens within FAILED_SIGN_IN_SECONDS hold the form (429, even for the right token);
+    once they are older, the right token signs in again."""
+    from guard.app.management.access import FAILED_SIGN_IN_SECONDS, FAILED_SIGN_INS
+
+    guard = Harness()
+    for _ in range(FAILED_SIGN_INS):
+        assert guard.post("/login", "token=wrong")[0] == 401
+    status, headers, body = guard.post("/login", f"token={TOKEN}")
+    assert status == 429 and "set-cookie" not in headers and b"too many wrong tokens" in body
+    guard.clock.advance(FAILED_SIGN_IN_SECONDS)
+    assert guard.post("/login", f"token={TOKEN}")[0] == 303
+
+
+def test_the_page_takes_at_most_max_connections_at_once():
+    """The listener's factory builds MAX_CONNECTIONS connections; the next is refused until one closes."""
+    from guard.app.management.site import MAX_CONNECTIONS, at_most_connections
+
+    guard = Harness()
+    factory = at_most_connections(management_site(guard.page, guard.clock))
+    address = IPv4Address("TCP", "127.0.0.1", 40000)
+    opened = [factory.buildProtocol(address) for _ in range(MAX_CONNECTIONS)]
+    for protocol in opened:
+        protocol.makeConnection(StringTransport())
+    assert None not in opened and factory.buildProtocol(address) is None
+    opened[0].connectionLost(None)
+    assert factory.buildProtocol(address) is not None

@@ -17,7 +17,7 @@ from ..config import ConfigError, read_token
 from .access import Access
 from .rates import process_stanza_counts
 from .refusals import recent_refusals
-from .site import ManagementPage, ReloadAction, management_site
+from .site import ManagementPage, ReloadAction, at_most_connections, management_site
 
 
 def management_page(process, snapshot_of) -> ManagementPage:
@@ -68,4 +68,4 @@ def listen_management(process, snapshot_of):
     if config.tls:
         factory = TLSMemoryBIOFactory(tls_options(config.certificate, config.key, config.client_ca), False, factory,
                                       clock=process.reactor)
-    return serverFromString(process.reactor, config.listen).listen(factory)
+    return serverFromString(process.reactor, config.listen).listen(at_most_connections(factory))

@@ -27,6 +27,8 @@ from dataclasses import dataclass
 SESSION_COOKIE = b"guard_session"
 SESSION_SECONDS = 8 * 3600
 MAX_SESSIONS = 32
+FAILED_SIGN_INS = 10  # wrong tokens accepted per FAILED_SIGN_IN_SECONDS, from everyone together
+FAILED_SIGN_IN_SECONDS = 60.0
 
 
 @dataclass(frozen=True)
@@ -45,6 +47,25 @@ class Access:
         self._random_bytes = random_bytes
         self._csrf_secret = random_bytes(32)
         self._sessions: OrderedDict[str, float] = OrderedDict()  # session -> expiry (clock seconds)
+        self._failures: list[float] = []  # when the last wrong tokens were offered at the sign-in form
+
+    def sign_in(self, offered: bytes | str | None) -> str | None:
+        """A new session if ``offered`` is the token; None if not, or while FAILED_SIGN_INS wrong tokens in the last
+        FAILED_SIGN_IN_SECONDS hold the form shut (then not even the right token is tried)."""
+        now = self._clock()
+        self._failures = [when for when in self._failures if now - when < FAILED_SIGN_IN_SECONDS]
+        if len(self._failures) >= FAILED_SIGN_INS:
+            return None
+        if not self.token_matches(offered):
+            self._failures.append(now)
+            return None
+        return self.open_session()
+
+    @property
+    def sign_in_held(self) -> bool:
+        """Whether too many wrong tokens were offered lately for the form to try another."""
+        now = self._clock()
+        return sum(1 for when in self._failures if now - when < FAILED_SIGN_IN_SECONDS) >= FAILED_SIGN_INS
 
     @property
     def takes_tokens(self) -> bool:

@@ -13,6 +13,7 @@ import json
 from importlib import resources
 from urllib.parse import parse_qs
 
+from twisted.protocols.policies import ThrottlingFactory
 from twisted.web import http
 from twisted.web.resource import Resource
 from twisted.web.server import Site
@@ -29,6 +30,8 @@ SECURITY_HEADERS = {
     b"Cache-Control": b"no-store",
 }
 MAX_BODY_BYTES = 4096
+TOO_MANY_REQUESTS = 429
+MAX_CONNECTIONS = 16  # open connections to the page at once; more are closed as they come
 HTML = b"text/html; charset=utf-8"
 STATIC = {
     b"/static/chart.js": ("chart.js", b"text/javascript; charset=utf-8"),
@@ -154,11 +157,13 @@ class ManagementPage(Resource):
             return pages.login_page()
         if request.method != b"POST":
             return self._refuse(request, http.NOT_ALLOWED, "method not allowed", "use GET or POST")
-        if not self.access.token_matches(self._form(request).get("token")):
-            request.setResponseCode(http.UNAUTHORIZED)
+        held = self.access.sign_in_held
+        session = self.access.sign_in(self._form(request).get("token"))
+        if session is None:
+            request.setResponseCode(TOO_MANY_REQUESTS if held else http.UNAUTHORIZED)
             request.setHeader(b"Content-Type", HTML)
-            return pages.login_page("wrong token")
-        self._set_session_cookie(request, self.access.open_session(), max_age=SESSION_SECONDS)
+            return pages.login_page("too many wrong tokens: wait a minute" if held else "wrong token")
+        self._set_session_cookie(request, session, max_age=SESSION_SECONDS)
         return self._redirect(request, b"/")
 
     # -- small effects --------------------------------------------------------
@@ -228,3 +233,8 @@ def management_site(page: ManagementPage, reactor=None) -> Site:
     site.displayTracebacks = False
     site.noisy = False
     return site
+
+
+def at_most_connections(factory, limit: int = MAX_CONNECTIONS):
+    """``factory`` behind a bound on the connections open at once (the one past it is closed at once)."""
+    return ThrottlingFactory(factory, maxConnectionCount=limit)
