@@ -1,0 +1,162 @@
+"""
+What the guard shows over SNMP: the MIB view its AgentX subagent
+(guard.edges.agentx) answers from, built afresh for each request from the
+process snapshot (guard.app.snapshot) and the stanza counters of the metrics
+registry, never from the streams directly.
+
+- RFC 2788 NETWORK-SERVICES-MIB ``applTable``: the guard as one network
+  service application (applIndex 1): name, version, uptime, operational
+  status (up, halted when relaying stopped, congested under back-pressure),
+  last change, inbound and outbound associations;
+- its ``assocTable``: one row per S2S stream, both sides and both
+  directions; ``assocRemoteApplication`` is the peer domain,
+  ``assocApplicationProtocol`` is ``applTCPProtoID.5269`` (XMPP S2S), the
+  type peer-responder (inbound) or peer-initiator (outbound);
+- XMPP-GUARD-MIB (deploy/snmp/XMPP-GUARD-MIB.txt, under the placeholder
+  enterprise number 99999): the books, the halted reason and a verdict table
+  per direction.
+
+TimeStamps are the master's sysUpTime: the subagent passes the current value
+(in centiseconds) it works out from the master's last Response.
+"""
+
+from __future__ import annotations
+
+from guard.edges.agentx import COUNTER64, GAUGE32, INTEGER, OBJECT_IDENTIFIER, OCTET_STRING, TIME_TICKS, MibView
+
+APPLICATION = (1, 3, 6, 1, 2, 1, 27)                 # NETWORK-SERVICES-MIB
+APPL_ENTRY = APPLICATION + (1, 1, 1)                # applTable.applEntry
+ASSOC_ENTRY = APPLICATION + (2, 1, 1)               # assocTable.assocEntry
+APPL_TCP_PROTO_ID = APPLICATION + (4,)              # applTCPProtoID
+XMPP_S2S_PORT = 5269
+ENTERPRISE = (1, 3, 6, 1, 4, 1, 99999)              # placeholder enterprise number: see XMPP-GUARD-MIB
+GUARD_OBJECTS = ENTERPRISE + (1,)
+BOOKS = GUARD_OBJECTS + (1,)
+VERDICT_ENTRY = GUARD_OBJECTS + (2, 1)
+HALTED_REASON = GUARD_OBJECTS + (3, 0)
+
+# The subtrees the subagent registers with the master.
+SUBTREES = (APPLICATION, ENTERPRISE)
+
+GUARD_APPL_INDEX = 1
+
+# applOperStatus (RFC 2788) for each snapshot state.
+OPER_STATUS = {"running": 1, "halted": 3, "congested": 4}
+DOWN = 2
+# assocApplicationType
+PEER_INITIATOR, PEER_RESPONDER = 3, 4
+BOOK_NAMES = ("accepted", "delivered", "bounced", "dropped")
+VERDICTS = ("passed", "bounced", "dropped", "referred")
+STANZA_COUNTER = "xmpp_guard_stanzas_total"
+MAX_TEXT_BYTES = 255  # SnmpAdminString (SIZE (0..255))
+
+
+def admin_string(text) -> bytes:
+    """``text`` as an SnmpAdminString: UTF-8, at most 255 bytes, cut on a character boundary."""
+    encoded = str(text if text is not None else "").encode("utf-8")[:MAX_TEXT_BYTES]
+    return encoded.decode("utf-8", errors="ignore").encode("utf-8")
+
+
+def stanza_verdicts(registry) -> dict[str, dict[str, int]]:
+    """{direction: {verdict: count}} summed over kinds from ``xmpp_guard_stanzas_total``; {} without a registry."""
+    totals: dict[str, dict[str, int]] = {}
+    if registry is None:
+        return totals
+    for family in registry.collect():
+        for sample in family.samples:
+            if sample.name != STANZA_COUNTER:
+                continue
+            direction, verdict = sample.labels.get("direction"), sample.labels.get("verdict")
+            if direction is None or verdict not in VERDICTS:
+                continue
+            counts = totals.setdefault(direction, dict.fromkeys(VERDICTS, 0))
+            counts[verdict] += int(sample.value)
+    return totals
+
+
+class GuardMib:
+    """
+    Builds the MIB view from ``read_snapshot()`` (the documented snapshot
+    dict) and ``read_registry()`` (the metrics CollectorRegistry, or None).
+    Between views it keeps only what SNMP needs to be stable: the sysUpTime
+    of the last change of operational status, and the assocIndex of each
+    open stream (a stream keeps its index while it is open; indices of
+    closed streams are not used again).
+    """
+
+    def __init__(self, read_snapshot, read_registry=lambda: None, directions=()):
+        self.read_snapshot = read_snapshot
+        self.read_registry = read_registry
+        self.directions = tuple(directions)
+        self.last_status = None
+        self.last_change = 0
+        self.assoc_indices: dict[object, int] = {}
+        self.next_assoc_index = 1
+
+    def view(self, now_ticks: int) -> MibView:
+        """Every value, with TimeStamps against the master's sysUpTime ``now_ticks`` (centiseconds)."""
+        snapshot = self.read_snapshot()
+        entries = self._appl_row(snapshot, now_ticks)
+        entries += self._assoc_rows(snapshot, now_ticks)
+        entries += self._guard_objects(snapshot)
+        return MibView(entries)
+
+    def _since(self, now_ticks: int, seconds) -> int:
+        """The sysUpTime ``seconds`` ago (0 when that was before the master started)."""
+        return max(0, now_ticks - int(float(seconds or 0) * 100))
+
+    def _appl_row(self, snapshot, now_ticks):
+        service = snapshot["service"]
+        status = OPER_STATUS.get(service.get("state"), DOWN)
+        if status != self.last_status:
+            self.last_status, self.last_change = status, now_ticks
+        streams = [stream for side in snapshot["sides"].values() for stream in side["peers"]]
+        inbound = sum(1 for stream in streams if stream["direction"] == "inbound")
+        column = lambda number: APPL_ENTRY + (number, GUARD_APPL_INDEX)  # noqa: E731
+        return [
+            (column(2), OCTET_STRING, admin_string(service["name"])),                  # applName
+            (column(3), OCTET_STRING, b""),                                            # applDirectoryName
+            (column(4), OCTET_STRING, admin_string(service["version"])),               # applVersion
+            (column(5), TIME_TICKS, self._since(now_ticks, service["uptime"])),        # applUptime
+            (column(6), INTEGER, status),                                              # applOperStatus
+            (column(7), TIME_TICKS, self.last_change),                                 # applLastChange
+            (column(8), GAUGE32, inbound),                                             # applInboundAssociations
+            (column(9), GAUGE32, len(streams) - inbound),                              # applOutboundAssociations
+            (column(15), OCTET_STRING, admin_string("XMPP server-to-server boundary guard")),  # applDescription
+        ]
+
+    def _assoc_rows(self, snapshot, now_ticks):
+        streams = [stream for side in snapshot["sides"].values() for stream in side["peers"]]
+        open_ids = {stream["id"] for stream in streams}
+        for gone in set(self.assoc_indices) - open_ids:
+            del self.assoc_indices[gone]
+        entries = []
+        for stream in streams:
+            index = self.assoc_indices.get(stream["id"])
+            if index is None:
+                index = self.assoc_indices[stream["id"]] = self.next_assoc_index
+                self.next_assoc_index = self.next_assoc_index % 2147483647 + 1
+            column = lambda number: ASSOC_ENTRY + (number, GUARD_APPL_INDEX, index)  # noqa: E731
+            kind = PEER_RESPONDER if stream["direction"] == "inbound" else PEER_INITIATOR
+            entries += [
+                (column(2), OCTET_STRING, admin_string(stream["peer_domain"])),        # assocRemoteApplication
+                (column(3), OBJECT_IDENTIFIER, APPL_TCP_PROTO_ID + (XMPP_S2S_PORT,)),  # assocApplicationProtocol
+                (column(4), INTEGER, kind),                                            # assocApplicationType
+                (column(5), TIME_TICKS, self._since(now_ticks, stream["age"])),        # assocDuration
+            ]
+        return entries
+
+    def _guard_objects(self, snapshot):
+        books = snapshot["books"]
+        entries = [(BOOKS + (number, 0), COUNTER64, int(books[name]))
+                   for number, name in enumerate(BOOK_NAMES, start=1)]
+        entries.append((BOOKS + (5, 0), GAUGE32, int(books["in_flight"])))
+        entries.append((HALTED_REASON, OCTET_STRING, admin_string(snapshot["service"].get("halted_reason"))))
+        verdicts = stanza_verdicts(self.read_registry())
+        directions = list(self.directions) + sorted(set(verdicts) - set(self.directions))
+        for index, direction in enumerate(directions, start=1):
+            counts = verdicts.get(direction, dict.fromkeys(VERDICTS, 0))
+            entries.append((VERDICT_ENTRY + (2, index), OCTET_STRING, admin_string(direction)))
+            entries += [(VERDICT_ENTRY + (number, index), COUNTER64, counts[verdict])
+                        for number, verdict in enumerate(VERDICTS, start=3)]
+        return entries
