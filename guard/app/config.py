@@ -48,6 +48,14 @@ class SideConfig:
 
 
 @dataclass(frozen=True)
+class SnmpSettings:
+    """The [snmp] table: the guard as an AgentX subagent of snmpd, off unless ``agentx`` is set."""
+
+    agentx: str | None = None  # the master's AgentX socket, a Twisted client endpoint string
+    ping_interval: float = 15.0  # seconds between Pings to the master (no answer by the next: reconnect)
+
+
+@dataclass(frozen=True)
 class GuardSettings:
     """The [guard] and [release] tables: what every guard process has, standalone or half of a pair."""
 
@@ -63,6 +71,8 @@ class GuardSettings:
     release_max_pending: int = 16
     release_max_waiting: int = 256
     audit_level: str = "refusals"
+    # Added for issue 12 (SNMP): the [snmp] table.
+    snmp: SnmpSettings = SnmpSettings()
 
 
 @dataclass(frozen=True)
@@ -282,6 +292,25 @@ def read_document(path: str, checker):
         raise ConfigError(f"{path}: not valid TOML: {problem}") from problem
 
 
+def read_snmp(checker, document) -> SnmpSettings:
+    """The optional [snmp] table: ``agentx = "unix:path=/var/agentx/master"`` turns the AgentX subagent on."""
+    snmp = checker.table(document.get("snmp", {}), "snmp")
+    checker.only(snmp, ("agentx", "ping_interval"), "snmp")
+    agentx = checker.string(snmp, "agentx", "snmp", required=False)
+    if agentx is not None:
+        from twisted.internet.endpoints import clientFromString
+        from twisted.internet.testing import MemoryReactor
+
+        try:
+            clientFromString(MemoryReactor(), agentx)
+        except (ValueError, TypeError, KeyError) as problem:
+            checker.fail("snmp.agentx", f"not a Twisted client endpoint string ({problem})")
+    ping_interval = snmp.get("ping_interval", 15.0)
+    if isinstance(ping_interval, bool) or not isinstance(ping_interval, (int, float)) or not 1 <= ping_interval <= 3600:
+        checker.fail("snmp.ping_interval", "must be a number of seconds from 1 to 3600")
+    return SnmpSettings(agentx=agentx, ping_interval=float(ping_interval))
+
+
 def read_settings(checker, document) -> GuardSettings:
     """The [guard] table and the optional [release] table (the release authority `refer` asks)."""
     guard = checker.table(document.get("guard", {}), "guard")
@@ -317,6 +346,7 @@ def read_settings(checker, document) -> GuardSettings:
         release_max_pending=max_pending,
         release_max_waiting=max_waiting,
         audit_level=checker.choice(guard, "audit_level", "guard", AUDIT_LEVELS, "refusals"),
+        snmp=read_snmp(checker, document),
     )
 
 
@@ -324,7 +354,7 @@ def load_config(path: str) -> GuardConfig:
     """Read and check the configuration at ``path``."""
     checker = _Checker(path)
     document = read_document(path, checker)
-    checker.only(document, ("guard", "release", "limits", "sides"), "")
+    checker.only(document, ("guard", "release", "limits", "sides", "snmp"), "")
     settings = read_settings(checker, document)
     limits = _limits(checker, checker.table(document.get("limits", {}), "limits"))
     sides_table = checker.table(document.get("sides", {}), "sides")
