@@ -7,6 +7,7 @@ half of a back-to-back pair share; ``GuardService`` is the standalone guard.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import secrets
@@ -21,6 +22,7 @@ from twisted.logger import Logger
 from guard.core.books import Books
 from guard.core.pipeline import Direction
 from guard.core.policy import PolicyError, load_policy
+from guard.core.policy.cases import cases_path, run_cases
 from guard.edges.audit import AuditLog, AuditUnavailable
 from guard.edges.relay import PolicyTable, Relay
 from guard.edges.release import ReleaseAuthority
@@ -69,6 +71,35 @@ def load_checked_policy(config_path: str, key: str, path: str, direction: Direct
             f"{config_path}: {key}: {path} is written for {declared[0]}->{declared[1]}, but judges {direction} here"
         )
     return policy
+
+
+def policy_record(direction, path: str, policy, loaded: float) -> dict:
+    """
+    What the snapshot and the metrics say of a policy in force: its file,
+    name, when it was loaded (epoch seconds), the SHA-256 of the file, and
+    the results of its own cases (``<policy>.tests.toml``, when there is one;
+    a cases file that cannot be read counts as one failed case).
+    """
+    try:
+        with open(path, "rb") as source:
+            digest = hashlib.sha256(source.read()).hexdigest()
+    except OSError:
+        digest = None
+    passed = failed = 0
+    cases = cases_path(path)
+    if os.path.exists(cases):
+        try:
+            results = run_cases(policy, cases)
+        except Exception as problem:  # noqa: BLE001 - a cases file that cannot be run is a failed case
+            log.warn("policy cases {cases} could not be run: {problem}", cases=cases, problem=str(problem))
+            results = None
+        if results is None:
+            failed = 1
+        else:
+            passed = sum(1 for result in results if result.passed)
+            failed = len(results) - passed
+    return {"direction": str(direction), "file": path, "name": getattr(policy, "name", None), "loaded": loaded,
+            "digest": digest, "cases": {"passed": passed, "failed": failed}}
 
 
 def policy_files(config: GuardConfig):
@@ -138,6 +169,9 @@ class GuardProcess(service.Service):
                 raise ConfigError(f"{config.path}: release.endpoint: {problem}") from problem
         self.sides = {}
         self._ports = []
+        # For the snapshot and the metrics (guard.app.snapshot): when the process started, and each policy in force.
+        self.started = reactor.seconds()
+        self.policy_records = self._policy_records(policies)
 
     def policy_files(self):
         """(direction, configuration key, path) for each policy this process enforces."""
@@ -146,6 +180,11 @@ class GuardProcess(service.Service):
     def side_configs(self):
         """The configuration of each side this process terminates S2S streams for, by name."""
         raise NotImplementedError
+
+    def _policy_records(self, policies) -> list[dict]:
+        now = self.reactor.seconds()
+        return [policy_record(direction, path, policies[direction], now)
+                for direction, _, path in self.policy_files() if direction in policies]
 
     def _audit_start(self):
         """Write a first audit record at start: an audit trail that cannot be written is found now, not at the first drop."""
@@ -205,6 +244,7 @@ class GuardProcess(service.Service):
                 return False
         for direction, policy in fresh.items():
             self.policies.swap(direction, policy)
+        self.policy_records = self._policy_records(fresh)
         log.info("policies reloaded: {files}; {held} bytes of stanzas held are judged again before they leave",
                  files=[path for _, _, path in self.policy_files()], held=self.relay.held.held)
         return True

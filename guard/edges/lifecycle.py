@@ -30,7 +30,10 @@ an input to one machine).
 
 from __future__ import annotations
 
+import itertools
+
 from automat import NoTransition
+from automat._methodical import _transitionerFromInstance
 from twisted.internet.interfaces import IPushProducer
 from twisted.logger import Logger
 from zope.interface import implementer
@@ -40,6 +43,16 @@ from .filters import FilterChain, Refused
 log = Logger()
 
 CLOSED = "closed"
+
+# Every stream of the process gets the next number: what the snapshot and SNMP name it by.
+_stream_numbers = itertools.count(1)
+
+
+def certificate_facts(certificate) -> tuple[str | None, float | None]:
+    """(subject as RFC 4514, notAfter in epoch seconds) of a ``cryptography`` certificate, or (None, None)."""
+    if certificate is None:
+        return None, None
+    return certificate.subject.rfc4514_string(), certificate.not_valid_after_utc.timestamp()
 
 
 def lifecycle_inputs(machine):
@@ -99,11 +112,14 @@ def closed_state(machine):
 
 
 def lifecycle_state(machine):
-    """A method that names the machine's current state (its ``serialized`` name): ``_lifecycle_state = lifecycle_state(_machine)``."""
+    """
+    A method that names the machine's current state: ``_lifecycle_state = lifecycle_state(_machine)``.
+    The name is the state's ``serialized`` name, or else the name of its method (``open``, ``ready``).
+    """
 
-    @machine.serializer()
-    def state(self, name):
-        return name
+    def state(self):
+        current = _transitionerFromInstance(self, machine._symbol, machine._automaton)._state
+        return current.serialized if current.serialized is not None else current.method.__name__
 
     return state
 
@@ -146,6 +162,15 @@ class StreamLifecycle:
 
     def _begin_lifecycle(self, clock):
         self.clock = clock
+        # What describe() reports: a number for the stream, when it started (on the injected clock),
+        # how it authenticated, the peer's certificate, and the stanzas each way.
+        self.number = next(_stream_numbers)
+        self.started = clock.seconds()
+        self.authentication: str | None = None  # "certificate" or "dialback", once authenticated
+        self.certificate_subject: str | None = None
+        self.certificate_not_after: float | None = None
+        self.stanzas_in = 0
+        self.stanzas_out = 0
         self._timers = {}
         self.filters = FilterChain()
         # Bytes written since the peer stopped reading; None while it reads.
@@ -154,6 +179,21 @@ class StreamLifecycle:
         # The guard dropped the connection outside the machine (a fault in the
         # guard, a peer that does not read): nothing more is read or written.
         self._dropped = False
+
+    def _note_certificate(self, certificate):
+        """The peer's certificate (a ``cryptography`` certificate, or None), as describe() reports it."""
+        self.certificate_subject, self.certificate_not_after = certificate_facts(certificate)
+
+    def _stream_facts(self) -> dict:
+        """What every stream's describe() shares: number, start, age, state, authentication, certificate, counts."""
+        now = self.clock.seconds()
+        facts = {"id": self.number, "started": self.started, "age": max(0.0, now - self.started),
+                 "state": CLOSED if self._dropped else self._lifecycle_state(),
+                 "authentication": self.authentication, "certificate_subject": self.certificate_subject,
+                 "certificate_not_after": self.certificate_not_after,
+                 "stanzas_in": self.stanzas_in, "stanzas_out": self.stanzas_out}
+        facts.update(self.byte_count.describe())
+        return facts
 
     # -- the machine, fail closed --------------------------------------------
 

@@ -37,6 +37,10 @@ log = Logger()
 # not honouring the pause, and the connection is closed.
 PAUSED_INPUT_BYTES = 1024 * 1024
 
+# How a stanza the link writes begins (the link writes only the guard's own serialisations, never a peer's bytes):
+# what tells a stanza from the link's own elements (header, resume, acks) when describe() counts them.
+STANZA_OPENINGS = tuple(f"<{name}{after}".encode() for name in sorted(STANZA_NAMES) for after in (" ", ">", "/"))
+
 # How long a link connection may take to open (TLS, headers, resume) unless the leg's configuration says otherwise.
 OPEN_TIMEOUT_SECONDS = 30.0
 
@@ -100,6 +104,7 @@ class LinkStream(StreamLifecycle, Protocol):
         if problem is not None or fingerprint is None:
             self._input(self.identity_refused, problem or "no identity")
         else:
+            self._note_peer_certificate()
             self._input(self.identity_proved, fingerprint)
 
     def dataReceived(self, data):
@@ -139,6 +144,8 @@ class LinkStream(StreamLifecycle, Protocol):
     def write(self, data: bytes) -> None:
         """Put link bytes (resume, acks, serialised stanzas) on the wire, unless closing."""
         if not self.closing:
+            if data.startswith(STANZA_OPENINGS):
+                self.stanzas_out += 1
             self._write(data)
 
     def close(self, condition: str, text: str) -> None:
@@ -202,6 +209,21 @@ class LinkStream(StreamLifecycle, Protocol):
 
     def _describe(self):
         return f"link to {self.link.peer_name}"
+
+    def _note_peer_certificate(self):
+        """The proved peer's certificate, as describe() reports it (nothing if the transport cannot tell)."""
+        connection = self.transport.getHandle() if hasattr(self.transport, "getHandle") else None
+        leaf = connection.get_peer_certificate() if connection is not None else None
+        if leaf is not None:
+            self.authentication = "certificate"
+            self._note_certificate(leaf.to_cryptography())
+
+    def describe(self) -> dict:
+        """This connection of the pair link as the snapshot reports it (guard.app.snapshot)."""
+        facts = {"side": "link", "direction": "link", "peer_domain": self.link.peer_name,
+                 "local_domain": self.link.own_name, "peer_fingerprint": self.peer_fingerprint}
+        facts.update(self._stream_facts())
+        return facts
 
     def _refuse_unexpected(self, text):
         self.fault("undefined-condition", "unexpected at this point of the link stream")
@@ -314,6 +336,7 @@ class LinkStream(StreamLifecycle, Protocol):
 
     @_machine.output()
     def _deliver(self, element, size):
+        self.stanzas_in += 1
         self._ask_link(self.link.stanza_arrived, self, element, size)
 
     @_machine.output()

@@ -299,6 +299,19 @@ class InboundStream(StreamLifecycle, Protocol):
     def _describe(self):
         return f"inbound {self.peer_address}"
 
+    def describe(self) -> dict:
+        """
+        This stream as the snapshot reports it (guard.app.snapshot): the
+        domains it is authenticated for (none before), how, the peer's
+        certificate, its age and state, stanzas and bytes each way.
+        """
+        pairs = sorted(self.authenticated_pairs)
+        facts = {"side": self.side.name, "direction": "inbound",
+                 "peer_domain": pairs[0][0] if pairs else None, "local_domain": pairs[0][1] if pairs else None,
+                 "pairs": [list(pair) for pair in pairs]}
+        facts.update(self._stream_facts())
+        return facts
+
     # -- states -------------------------------------------------------------
 
     @_machine.state(initial=True)
@@ -410,6 +423,8 @@ class InboundStream(StreamLifecycle, Protocol):
     def _offer_authentication(self, header):
         self._cancel_timer("tls")
         self.peer_verdict = self.side.anchors.judge_peer(self.transport.getHandle())
+        if getattr(self.peer_verdict, "chain_valid", False):  # only a certificate the side's CA issued is described
+            self._note_certificate(getattr(self.peer_verdict, "certificate", None))
         offer = authentication_offer(self.side.authentication, self.peer_verdict, header.attributes.get("from"))
         if offer.problem is not None:
             log.info("inbound {peer}: certificate does not authenticate {domain}: {problem}",
@@ -418,6 +433,7 @@ class InboundStream(StreamLifecycle, Protocol):
 
     @_machine.output()
     def _succeed_external(self, domain):
+        self.authentication = "certificate"
         self._authenticated(domain, self.first_header.attributes.get("to"))
         self._write(wire.SASL_SUCCESS)
         self._restart_stream()
@@ -464,6 +480,7 @@ class InboundStream(StreamLifecycle, Protocol):
         if not self.authenticated_pairs:
             self._cancel_timer("auth")
             self._start_timer("idle", self.side.limits.idle_timeout, "idle")
+            self.authentication = "dialback"
         self._authenticated(sender, receiver)
         self._write(wire.dialback_result(receiver, sender, verdict="valid"))
         log.info("inbound {peer}: {sender} authenticated by dialback for {receiver}",
@@ -509,6 +526,7 @@ class InboundStream(StreamLifecycle, Protocol):
         self._relay_stanza(element, addressed, size)
 
     def _relay_stanza(self, element, addressed, size):
+        self.stanzas_in += 1
         self.side.relay.stanza_received(self.side, element, addressed, size)
 
     @_machine.output()

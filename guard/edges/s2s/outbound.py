@@ -77,6 +77,7 @@ class OutboundStream(StreamLifecycle, Protocol):
         self.first_header = None  # the far server's first header: a restarted stream must not change it
         self._parser = None
         self.byte_count = ByteCount().install(self.filters)
+        self._mechanism = None  # how the stream is authenticating ("certificate", "dialback"), until it is ready
 
     # -- transport events -------------------------------------------------
 
@@ -124,6 +125,7 @@ class OutboundStream(StreamLifecycle, Protocol):
         """
         data = serialise(element, max_bytes=self.side.limits.stanza_bytes).encode("utf-8")
         self._write(data)
+        self.stanzas_out += 1
         self._restart_idle()
 
     def send_verify(self, stream_id, key):
@@ -203,6 +205,13 @@ class OutboundStream(StreamLifecycle, Protocol):
 
     def _describe(self):
         return f"outbound {self.sender}->{self.receiver}"
+
+    def describe(self) -> dict:
+        """This stream as the snapshot reports it (guard.app.snapshot): see InboundStream.describe."""
+        facts = {"side": self.side.name, "direction": "outbound", "peer_domain": self.receiver,
+                 "local_domain": self.sender, "pairs": [[self.sender, self.receiver]], "purpose": self.purpose}
+        facts.update(self._stream_facts())
+        return facts
 
     def _restart_idle(self):
         self._reset_timer("idle", self.side.limits.idle_timeout)
@@ -347,7 +356,10 @@ class OutboundStream(StreamLifecycle, Protocol):
         """The first header on the secured stream: the far server's certificate must prove it is the receiver."""
         refusal = refuse_outbound_header(header, self.receiver, previous=self.first_header)
         if refusal is None:
-            refusal = refuse_far_server(self.side.anchors.judge_server(self.transport.getHandle()), self.receiver)
+            verdict = self.side.anchors.judge_server(self.transport.getHandle())
+            refusal = refuse_far_server(verdict, self.receiver)
+            if refusal is None:
+                self._note_certificate(getattr(verdict, "certificate", None))
         self._answer_header(header, refusal)
 
     def _answer_header(self, header, refusal):
@@ -402,6 +414,7 @@ class OutboundStream(StreamLifecycle, Protocol):
 
     @_machine.output()
     def _send_external(self):
+        self._mechanism = "certificate"
         self._write(wire.sasl_external_auth(self.sender))
 
     @_machine.output()
@@ -412,6 +425,7 @@ class OutboundStream(StreamLifecycle, Protocol):
     @_machine.output()
     def _send_dialback_key(self):
         key = dialback_key(self.side.dialback_secret, self.receiver, self.sender, self.stream_id)
+        self._mechanism = "dialback"
         self._write(wire.dialback_result(self.sender, self.receiver, key=key))
 
     @_machine.output()
@@ -425,6 +439,7 @@ class OutboundStream(StreamLifecycle, Protocol):
 
     @_machine.output()
     def _tell_ready(self):
+        self.authentication = self._mechanism  # None on a verification stream: it does not authenticate
         self.owner.stream_ready(self)
 
     @_machine.output()
