@@ -33,6 +33,7 @@ from guard.edges.side import Side
 from guard.edges.tlsidentity import Identity, TrustAnchors
 
 from .config import ConfigError, GuardConfig, configured_route
+from .snmp import subagent_for
 
 log = Logger()
 
@@ -172,6 +173,8 @@ class GuardProcess(service.Service):
         # For the snapshot and the metrics (guard.app.snapshot): when the process started, and each policy in force.
         self.started = reactor.seconds()
         self.policy_records = self._policy_records(policies)
+        # SNMP (issue 12): the AgentX subagent, when [snmp] agentx is set; it reads guard.app.snapshot.
+        self.snmp = None
 
     def policy_files(self):
         """(direction, configuration key, path) for each policy this process enforces."""
@@ -185,6 +188,17 @@ class GuardProcess(service.Service):
         now = self.reactor.seconds()
         return [policy_record(direction, path, policies[direction], now)
                 for direction, _, path in self.policy_files() if direction in policies]
+
+    def startService(self):
+        super().startService()
+        self.snmp = subagent_for(self)
+        if self.snmp is not None:
+            self.snmp.start()
+
+    def stopService(self):
+        super().stopService()
+        if self.snmp is not None:
+            self.snmp.stop()
 
     def _audit_start(self):
         """Write a first audit record at start: an audit trail that cannot be written is found now, not at the first drop."""

@@ -22,7 +22,10 @@ TimeStamps are the master's sysUpTime: the subagent passes the current value
 
 from __future__ import annotations
 
-from guard.edges.agentx import COUNTER64, GAUGE32, INTEGER, OBJECT_IDENTIFIER, OCTET_STRING, TIME_TICKS, MibView
+from guard.edges.agentx import (COUNTER64, GAUGE32, INTEGER, OBJECT_IDENTIFIER, OCTET_STRING, TIME_TICKS,
+                                AgentXSubagent, MibView)
+
+from .snapshot import snapshot
 
 APPLICATION = (1, 3, 6, 1, 2, 1, 27)                 # NETWORK-SERVICES-MIB
 APPL_ENTRY = APPLICATION + (1, 1, 1)                # applTable.applEntry
@@ -48,6 +51,7 @@ PEER_INITIATOR, PEER_RESPONDER = 3, 4
 BOOK_NAMES = ("accepted", "delivered", "bounced", "dropped")
 VERDICTS = ("passed", "bounced", "dropped", "referred")
 STANZA_COUNTER = "xmpp_guard_stanzas_total"
+MAX_ASSOC_INDEX = 2147483647  # assocIndex INTEGER (1..2147483647)
 MAX_TEXT_BYTES = 255  # SnmpAdminString (SIZE (0..255))
 
 
@@ -78,10 +82,10 @@ class GuardMib:
     """
     Builds the MIB view from ``read_snapshot()`` (the documented snapshot
     dict) and ``read_registry()`` (the metrics CollectorRegistry, or None).
-    Between views it keeps only what SNMP needs to be stable: the sysUpTime
-    of the last change of operational status, and the assocIndex of each
-    open stream (a stream keeps its index while it is open; indices of
-    closed streams are not used again).
+    Between views it keeps only the sysUpTime of the last change of
+    operational status.  A stream's assocIndex is its ``id`` (unique in the
+    process, never used again), so a row keeps its index while the stream
+    is open and the management page and the logs name it the same way.
     """
 
     def __init__(self, read_snapshot, read_registry=lambda: None, directions=()):
@@ -90,8 +94,6 @@ class GuardMib:
         self.directions = tuple(directions)
         self.last_status = None
         self.last_change = 0
-        self.assoc_indices: dict[object, int] = {}
-        self.next_assoc_index = 1
 
     def view(self, now_ticks: int) -> MibView:
         """Every value, with TimeStamps against the master's sysUpTime ``now_ticks`` (centiseconds)."""
@@ -112,6 +114,7 @@ class GuardMib:
             self.last_status, self.last_change = status, now_ticks
         streams = [stream for side in snapshot["sides"].values() for stream in side["peers"]]
         inbound = sum(1 for stream in streams if stream["direction"] == "inbound")
+        outbound = sum(1 for stream in streams if stream["direction"] == "outbound")
         column = lambda number: APPL_ENTRY + (number, GUARD_APPL_INDEX)  # noqa: E731
         return [
             (column(2), OCTET_STRING, admin_string(service["name"])),                  # applName
@@ -121,21 +124,18 @@ class GuardMib:
             (column(6), INTEGER, status),                                              # applOperStatus
             (column(7), TIME_TICKS, self.last_change),                                 # applLastChange
             (column(8), GAUGE32, inbound),                                             # applInboundAssociations
-            (column(9), GAUGE32, len(streams) - inbound),                              # applOutboundAssociations
+            (column(9), GAUGE32, outbound),                                            # applOutboundAssociations
             (column(15), OCTET_STRING, admin_string("XMPP server-to-server boundary guard")),  # applDescription
         ]
 
     def _assoc_rows(self, snapshot, now_ticks):
-        streams = [stream for side in snapshot["sides"].values() for stream in side["peers"]]
-        open_ids = {stream["id"] for stream in streams}
-        for gone in set(self.assoc_indices) - open_ids:
-            del self.assoc_indices[gone]
+        streams = [stream for side in snapshot["sides"].values() for stream in side["peers"]
+                   if stream["direction"] in ("inbound", "outbound")]
         entries = []
         for stream in streams:
-            index = self.assoc_indices.get(stream["id"])
-            if index is None:
-                index = self.assoc_indices[stream["id"]] = self.next_assoc_index
-                self.next_assoc_index = self.next_assoc_index % 2147483647 + 1
+            index = stream["id"]
+            if isinstance(index, bool) or not isinstance(index, int) or not 0 < index <= MAX_ASSOC_INDEX:
+                raise ValueError(f"a stream id that is no assocIndex: {index!r}")
             column = lambda number: ASSOC_ENTRY + (number, GUARD_APPL_INDEX, index)  # noqa: E731
             kind = PEER_RESPONDER if stream["direction"] == "inbound" else PEER_INITIATOR
             entries += [
@@ -160,3 +160,19 @@ class GuardMib:
             entries += [(VERDICT_ENTRY + (number, index), COUNTER64, counts[verdict])
                         for number, verdict in enumerate(VERDICTS, start=3)]
         return entries
+
+
+def subagent_for(process):
+    """
+    The AgentX subagent of ``process`` (a GuardProcess) when its [snmp]
+    table sets ``agentx``, else None: it shows the process's snapshot and the
+    stanza counters of ``process.metrics`` (when there is one).
+    """
+    settings = process.config.settings.snmp
+    if settings.agentx is None:
+        return None
+    mib = GuardMib(lambda: snapshot(process),
+                   lambda: getattr(getattr(process, "metrics", None), "registry", None),
+                   directions=[str(direction) for direction, _, _ in process.policy_files()])
+    return AgentXSubagent(process.reactor, settings.agentx, SUBTREES, mib.view, b"xmpp-guard",
+                          ping_interval=settings.ping_interval)
