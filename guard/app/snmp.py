@@ -28,8 +28,8 @@ from guard.edges.agentx import (COUNTER64, GAUGE32, INTEGER, OBJECT_IDENTIFIER, 
 from .snapshot import snapshot
 
 APPLICATION = (1, 3, 6, 1, 2, 1, 27)                 # NETWORK-SERVICES-MIB
-APPL_ENTRY = APPLICATION + (1, 1, 1)                # applTable.applEntry
-ASSOC_ENTRY = APPLICATION + (2, 1, 1)               # assocTable.assocEntry
+APPL_ENTRY = APPLICATION + (1, 1)                   # applTable.applEntry
+ASSOC_ENTRY = APPLICATION + (2, 1)                  # assocTable.assocEntry
 APPL_TCP_PROTO_ID = APPLICATION + (4,)              # applTCPProtoID
 XMPP_S2S_PORT = 5269
 ENTERPRISE = (1, 3, 6, 1, 4, 1, 99999)              # placeholder enterprise number: see XMPP-GUARD-MIB
@@ -125,7 +125,7 @@ class GuardMib:
             (column(7), TIME_TICKS, self.last_change),                                 # applLastChange
             (column(8), GAUGE32, inbound),                                             # applInboundAssociations
             (column(9), GAUGE32, outbound),                                            # applOutboundAssociations
-            (column(15), OCTET_STRING, admin_string("XMPP server-to-server boundary guard")),  # applDescription
+            (column(16), OCTET_STRING, admin_string("XMPP server-to-server boundary guard")),  # applDescription
         ]
 
     def _assoc_rows(self, snapshot, now_ticks):
