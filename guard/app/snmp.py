@@ -110,7 +110,9 @@ class GuardMib:
     def _appl_row(self, snapshot, now_ticks):
         service = snapshot["service"]
         status = OPER_STATUS.get(service.get("state"), DOWN)
-        if status != self.last_status:
+        if self.last_status is None:  # the status the guard had since it started, as far as SNMP can tell
+            self.last_status, self.last_change = status, self._since(now_ticks, service["uptime"])
+        elif status != self.last_status:
             self.last_status, self.last_change = status, now_ticks
         streams = [stream for side in snapshot["sides"].values() for stream in side["peers"]]
         inbound = sum(1 for stream in streams if stream["direction"] == "inbound")

@@ -92,13 +92,14 @@ def test_oper_status_follows_the_state(state, status):
 
 
 def test_last_change_moves_only_when_the_status_changes():
-    """applLastChange is the sysUpTime at which applOperStatus last changed."""
+    """applLastChange is the sysUpTime at which applOperStatus last changed: first the guard's start, then each change seen."""
     current = {"state": "running"}
     mib = GuardMib(lambda: snapshot(state=current["state"]))
-    assert values(mib.view(now_ticks=100))[APPL + (7, 1)] == (TIME_TICKS, 100)
-    assert values(mib.view(now_ticks=200))[APPL + (7, 1)] == (TIME_TICKS, 100)
+    assert values(mib.view(now_ticks=10000))[APPL + (7, 1)] == (TIME_TICKS, 7000)
+    assert values(mib.view(now_ticks=20000))[APPL + (7, 1)] == (TIME_TICKS, 7000)
     current["state"] = "halted"
-    assert values(mib.view(now_ticks=300))[APPL + (7, 1)] == (TIME_TICKS, 300)
+    assert values(mib.view(now_ticks=30000))[APPL + (7, 1)] == (TIME_TICKS, 30000)
+    assert values(mib.view(now_ticks=40000))[APPL + (7, 1)] == (TIME_TICKS, 30000)
 
 
 def test_books_and_halted_reason():
