@@ -137,14 +137,13 @@ def snmpd(tmp_path_factory):
     agent.stop()
 
 
-@pytest.fixture(scope="module")
-def lab(snmpd, tmp_path_factory):
-    """The lab's guard (certificate authentication) with ``[snmp] agentx`` at the test's snmpd."""
+def start_lab(snmpd, folder, **settings):
+    """A lab's guard (certificate authentication) with ``[snmp] agentx`` at ``snmpd``; Lab keyword ``settings``."""
     if lab_lock_held_here():
         pytest.skip("another lab of this pytest session is still running; run this module on its own")
     block = f'\n[snmp]\nagentx = "unix:path={snmpd.socket_path}"\nping_interval = 2\n'
     original = topology.render_guard_config
-    laboratory = Lab(Mode.GUARD, "certificate", folder=tmp_path_factory.mktemp("lab-snmp"), guard_log_level="info")
+    laboratory = Lab(Mode.GUARD, "certificate", folder=folder, guard_log_level="info", **settings)
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(topology, "render_guard_config", lambda *args, **kwargs: original(*args, **kwargs) + block)
         try:
@@ -153,6 +152,13 @@ def lab(snmpd, tmp_path_factory):
             tails = laboratory.log_tails()
             laboratory.stop()
             pytest.fail(f"the SNMP lab did not start: {error}\n{tails}", pytrace=False)
+    return laboratory
+
+
+@pytest.fixture(scope="module")
+def lab(snmpd, tmp_path_factory):
+    """The lab's guard with ``[snmp] agentx`` at the test's snmpd."""
+    laboratory = start_lab(snmpd, tmp_path_factory.mktemp("lab-snmp"))
     yield laboratory
     laboratory.stop()
 
