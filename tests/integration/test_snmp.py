@@ -60,7 +60,8 @@ def free_udp_port() -> int:
 class Snmpd:
     """One snmpd in the foreground: AgentX master on ``socket_path``, v2c read-only for COMMUNITY on 127.0.0.1:``port``."""
 
-    def __init__(self, folder: Path):
+    def __init__(self, folder: Path, config_text: str | None = None):
+        """``config_text``: the configuration, with {port} and {socket} where they go (default: v2c for COMMUNITY)."""
         self.executable = need("snmpd", "snmpd")
         self.folder = folder
         self.socket_path = folder / "agentx" / "master"
@@ -69,14 +70,14 @@ class Snmpd:
         self.log_path = folder / "snmpd.log"
         self.process = None
         self.socket_path.parent.mkdir(parents=True, exist_ok=True)
-        self.config.write_text(
-            f"agentaddress udp:127.0.0.1:{self.port}\n"
-            "master agentx\n"
-            f"agentXSocket {self.socket_path}\n"
-            "agentXPerms 0600 0700\n"
-            f"rocommunity {COMMUNITY} 127.0.0.1\n"
-            "dontLogTCPWrappersConnects yes\n"
-        )
+        if config_text is None:
+            config_text = ("agentaddress udp:127.0.0.1:{port}\n"
+                           "master agentx\n"
+                           "agentXSocket {socket}\n"
+                           "agentXPerms 0600 0700\n"
+                           f"rocommunity {COMMUNITY} 127.0.0.1\n")
+        self.config.write_text(config_text.format(port=self.port, socket=self.socket_path)
+                               + "dontLogTCPWrappersConnects yes\n")
 
     def start(self):
         environment = dict(os.environ, SNMP_PERSISTENT_DIR=str(self.folder / "persistent"), MIBS="")
@@ -97,17 +98,20 @@ class Snmpd:
             self.process = None
 
 
-def snmp(tool, *arguments, mibs=None, timeout=20):
-    """Run snmpwalk/snmpget (v2c) against the test's snmpd; its stdout lines."""
+V2C = ("-v2c", "-c", COMMUNITY)
+
+
+def snmp(tool, *arguments, mibs=None, timeout=20, security=V2C):
+    """Run snmpwalk/snmpget (v2c unless ``security`` says otherwise) against the test's snmpd; its stdout lines."""
     executable = need(tool, "snmp")
     names = ["-m", mibs, "-M", f"+{MIBS}"] if mibs else ["-m", "", "-On"]
-    result = subprocess.run([executable, "-v2c", "-c", COMMUNITY, "-t", "2", "-r", "1", *names, *arguments],
+    result = subprocess.run([executable, *security, "-t", "2", "-r", "1", *names, *arguments],
                             capture_output=True, text=True, timeout=timeout)
-    return result.stdout.splitlines()
+    return result.stdout.splitlines() or result.stderr.splitlines()
 
 
-def walk(agent, oid, mibs=None):
-    return snmp("snmpwalk", f"127.0.0.1:{agent.port}", oid, mibs=mibs)
+def walk(agent, oid, mibs=None, security=V2C):
+    return snmp("snmpwalk", f"127.0.0.1:{agent.port}", oid, mibs=mibs, security=security)
 
 
 def values(lines) -> dict[str, str]:
