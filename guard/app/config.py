@@ -139,6 +139,19 @@ class _Checker:
             self.fail(f"{key}.{name}", f"cannot read {resolved}")
         return resolved
 
+    def client_endpoint(self, table, name, key):
+        """An optional Twisted client endpoint string (``unix:path=…``, ``tcp:host=…:port=…``), parsed to check it."""
+        value = self.string(table, name, key, required=False)
+        if value is not None:
+            from twisted.internet.endpoints import clientFromString
+            from twisted.internet.testing import MemoryReactor
+
+            try:
+                clientFromString(MemoryReactor(), value)
+            except (ValueError, TypeError, KeyError) as problem:
+                self.fail(f"{key}.{name}", f"not a Twisted client endpoint string ({problem})")
+        return value
+
     def writable_path(self, table, name, key):
         value = self.string(table, name, key, required=False)
         if value is None:
@@ -296,15 +309,7 @@ def read_snmp(checker, document) -> SnmpSettings:
     """The optional [snmp] table: ``agentx = "unix:path=/var/agentx/master"`` turns the AgentX subagent on."""
     snmp = checker.table(document.get("snmp", {}), "snmp")
     checker.only(snmp, ("agentx", "ping_interval"), "snmp")
-    agentx = checker.string(snmp, "agentx", "snmp", required=False)
-    if agentx is not None:
-        from twisted.internet.endpoints import clientFromString
-        from twisted.internet.testing import MemoryReactor
-
-        try:
-            clientFromString(MemoryReactor(), agentx)
-        except (ValueError, TypeError, KeyError) as problem:
-            checker.fail("snmp.agentx", f"not a Twisted client endpoint string ({problem})")
+    agentx = checker.client_endpoint(snmp, "agentx", "snmp")
     ping_interval = snmp.get("ping_interval", 15.0)
     if isinstance(ping_interval, bool) or not isinstance(ping_interval, (int, float)) or not 1 <= ping_interval <= 3600:
         checker.fail("snmp.ping_interval", "must be a number of seconds from 1 to 3600")
@@ -317,15 +322,7 @@ def read_settings(checker, document) -> GuardSettings:
     checker.only(guard, ("log_level", "dialback_secret", "audit", "audit_failure", "status", "audit_level"), "guard")
     release = checker.table(document.get("release", {}), "release")
     checker.only(release, ("endpoint", "timeout", "max_pending", "max_waiting"), "release")
-    endpoint = checker.string(release, "endpoint", "release", required=False)
-    if endpoint is not None:
-        from twisted.internet.endpoints import clientFromString
-        from twisted.internet.testing import MemoryReactor
-
-        try:
-            clientFromString(MemoryReactor(), endpoint)
-        except (ValueError, TypeError, KeyError) as problem:
-            checker.fail("release.endpoint", f"not a Twisted client endpoint string ({problem})")
+    endpoint = checker.client_endpoint(release, "endpoint", "release")
     timeout = release.get("timeout", 5.0)
     if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 < timeout <= 300:
         checker.fail("release.timeout", "must be a number of seconds from 0 to 300")

@@ -11,7 +11,6 @@ subagent, and the values read with real ``snmpwalk`` and ``snmpget``.
 from __future__ import annotations
 
 import os
-import shutil
 import socket
 import subprocess
 import time
@@ -26,6 +25,7 @@ from guard.lab.prosody import stop_process
 from guard.lab.topology import Lab, Mode
 
 from tests.integration.hostile import lab_lock_held_here
+from tests.unit.test_snmp import need
 
 pytestmark = pytest.mark.guard
 
@@ -38,17 +38,6 @@ APPL = "1.3.6.1.2.1.27.1.1"
 ASSOC = "1.3.6.1.2.1.27.2.1"
 BOOKS = "1.3.6.1.4.1.99999.1.1"
 WAIT_SECONDS = 30.0
-
-
-def need(tool, package):
-    """The path of ``tool``; under make (MAKELEVEL set) a missing tool is a failure, by hand a skip naming the package."""
-    found = shutil.which(tool) or shutil.which(tool, path="/usr/sbin:/sbin")
-    if found is None:
-        message = f"{tool} is missing: install the Debian package {package} (make system-deps does)"
-        if os.environ.get("MAKELEVEL"):
-            pytest.fail(message)
-        pytest.skip(message)
-    return found
 
 
 def free_udp_port() -> int:

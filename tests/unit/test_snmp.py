@@ -12,9 +12,8 @@ from guard.app.config import ConfigError, SnmpSettings, load_config
 from guard.app.snmp import GuardMib, admin_string
 from guard.edges.agentx import (COUNTER64, GAUGE32, INTEGER, OBJECT_IDENTIFIER, OCTET_STRING, TIME_TICKS,
                                 SearchRange)
-from guard.lab.topology import render_guard_config
 
-from .streams.sides import pki
+from .test_config import config_text, write  # noqa: F401 - the lab configuration fixture
 
 PROJECT = Path(__file__).resolve().parents[2]
 MIBS = PROJECT / "deploy" / "snmp"
@@ -151,15 +150,8 @@ def test_view_walks_in_oid_order():
 # -- the [snmp] table ------------------------------------------------------------
 
 
-@pytest.fixture
-def config_text():
-    return render_guard_config(pki(), "certificate", log_level="info")
-
-
 def load(tmp_path, text):
-    path = tmp_path / "guard.toml"
-    path.write_text(text)
-    return load_config(str(path))
+    return load_config(str(write(tmp_path, text)))
 
 
 def test_snmp_is_off_unless_configured(tmp_path, config_text):
@@ -190,7 +182,7 @@ def test_snmp_table_refuses_mistakes(tmp_path, config_text, table, message):
 
 def need(tool, package):
     """The path of ``tool``; under make (MAKELEVEL set) a missing tool is a failure, by hand a skip naming the package."""
-    found = shutil.which(tool)
+    found = shutil.which(tool) or shutil.which(tool, path="/usr/sbin:/sbin")
     if found is None:
         message = f"{tool} is missing: install the Debian package {package} (make system-deps does)"
         if os.environ.get("MAKELEVEL"):
