@@ -404,19 +404,20 @@ class AgentXSession:
     ``closed`` says when the connection must end.  The states, named for
     facts, and what moves between them:
 
-    ========== ====================== ==========================================
-    state      input                  what happens
-    ========== ====================== ==========================================
-    idle       ``start``              Open out -> ``opening``
-    opening    Response, no error     one Register per subtree -> ``registering``
-    registering Response, no error    the last one -> ``serving``
-    serving    Get/GetNext/GetBulk    answered from ``read_view()``
-    serving    TestSet                ``notWritable``
-    serving    ``ping_due``           Ping out (the last unanswered: close)
-    serving    Response to our Ping   remembered
-    any        Close from the master  -> ``closed``
-    any        anything else          Close (protocolError) -> ``closed``
-    ========== ====================== ==========================================
+    ============ ====================== ==========================================
+    state        input                  what happens
+    ============ ====================== ==========================================
+    idle         ``start``              Open out -> ``opening``
+    opening      Response, no error     one Register per subtree -> ``registering``
+    registering  Response, no error     the last one -> ``serving``
+    serving      Get/GetNext/GetBulk    answered from ``read_view(now_ticks)``
+    serving      a non-default context  genErr (only the default context is ours)
+    serving      TestSet                ``notWritable``
+    serving      ``ping_due``           Ping out (the last unanswered: close)
+    serving      Response to our Ping   remembered
+    any          Close from the master  -> ``closed``
+    any          anything else          Close (protocolError) -> ``closed``
+    ============ ====================== ==========================================
 
     An error in the Response to Open or to a Register closes the session too.
     """
@@ -525,6 +526,9 @@ class AgentXSession:
             return [Pdu(header, error=PROCESSING_ERROR)]
         if pdu.type == CLEANUP_SET:
             return []
+        if pdu.context is not None:
+            log.warn("SNMP: a request for context {context!r}, which the guard did not register", context=pdu.context)
+            return [Pdu(header, error=GEN_ERR, index=1)]
         try:
             error, index, varbinds = answer_request(pdu, self.read_view(self.master_ticks()))
         except Exception as problem:  # noqa: BLE001 - a fault reading the guard is genErr, never a made-up value

@@ -249,6 +249,15 @@ def test_a_view_that_fails_answers_gen_err():
     assert (answer.error, answer.index, answer.varbinds) == (agentx.GEN_ERR, 1, ())
 
 
+def test_a_request_for_another_context_answers_gen_err():
+    """Only the default context is registered: a request naming another context gets genErr, not the guard's values."""
+    session = serving_session()
+    body = b"\0\0\0\x04ctx1" + oid_bytes(NAME) + NULL_OID
+    data = header(GET, len(body), 7, 3, 9, flags=NETWORK_BYTE_ORDER | agentx.NON_DEFAULT_CONTEXT) + body
+    [answer] = session.received(decode_pdu(data))
+    assert (answer.error, answer.index, answer.varbinds) == (agentx.GEN_ERR, 1, ())
+
+
 def test_view_is_read_with_the_masters_uptime_now():
     """read_view gets the master's sysUpTime: its last Response's value plus the time since, in centiseconds."""
     clock = MemoryReactorClock()
