@@ -18,6 +18,7 @@ system-deps:
 	$(PYTHON) -c 'import ensurepip, venv' 2>/dev/null || missing="$$missing python3-venv"; \
 	command -v prosody >/dev/null 2>&1 || missing="$$missing prosody"; \
 	dpkg -s lua-unbound >/dev/null 2>&1 || missing="$$missing lua-unbound"; \
+	command -v promtool >/dev/null 2>&1 || missing="$$missing prometheus"; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ]; then \
 	    echo "installing:$$missing"; \

@@ -271,7 +271,7 @@ def test_unconfigured_domains_are_other_in_queue_labels(tmp_path):
     service.relay._forward("blue", ("evil.example", "blue.example"), Parcel(message(1), message(1), None, 10))
     seen = samples(service.metrics.registry)
     assert seen[("xmpp_guard_outbound_queue_stanzas",
-                 (("receiver", "blue.example"), ("sender", "other"), ("side", "blue")))] >= 0
+                 (("receiver", "blue.example"), ("sender", "other"), ("side", "blue")))] == 1
     assert not any("evil.example" in str(labels) for _, labels in seen)
 
 
@@ -378,3 +378,67 @@ def test_guard_metrics_is_built_for_every_service(tmp_path):
     """The service always owns its metrics (served only when configured)."""
     service, _ = lab_service(tmp_path)
     assert isinstance(service.metrics, GuardMetrics) and service._metrics_port is None
+
+
+class StreamEventsOverLoopback(unittest.TestCase):
+    """Real streams over loopback TLS tell the side's StreamEvents what happens to them."""
+
+    timeout = 20
+
+    @defer.inlineCallbacks
+    def connect(self, keypair):
+        from twisted.internet.endpoints import HostnameEndpoint, connectProtocol
+
+        from guard.edges.s2s.inbound import InboundFactory
+
+        from .streams.sides import make_side
+        from .streams.test_handshakes import RecordingOwner
+
+        self.events = StreamEvents()
+        self.guard_side = make_side("red", reactor)
+        self.guard_side.events = self.events
+        port = yield TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(InboundFactory(self.guard_side))
+        self.addCleanup(port.stopListening)
+        peer_side = make_side("red", reactor, certificate=keypair.certificate, key=keypair.key,
+                              presents_for=("red.example", "conference.red.example"))
+        owner = RecordingOwner()
+        self.outbound = OutboundStream(owner, peer_side, "red.example", "blue.example")
+        self.addCleanup(self.close)
+        yield connectProtocol(HostnameEndpoint(reactor, "127.0.0.1", port.getHost().port, timeout=5), self.outbound)
+        settled = yield owner.settled
+        return settled
+
+    @defer.inlineCallbacks
+    def close(self):
+        from .streams.test_handshakes import deferLater
+
+        self.outbound.close_for_shutdown()
+        yield deferLater(0.3)
+        for stream in [self.outbound] + list(self.guard_side.inbound_streams):
+            if stream.transport is not None:
+                stream.transport.abortConnection()
+        yield deferLater(0.1)
+
+    @defer.inlineCallbacks
+    def test_an_authenticated_stream_is_open_then_closed_with_its_bytes_kept(self):
+        """A stream authenticated by certificate counts as open (red, inbound, certificate); once the peer closes,
+        it counts as a closure and its bytes stay in red's totals."""
+        self.assertEqual((yield self.connect(pki().red_server)), ("ready",))
+        self.assertEqual(dict(self.events.open_streams()), {("red", "inbound", "certificate"): 1})
+        (inbound,) = list(self.guard_side.inbound_streams)
+        yield self.close()
+        self.assertEqual(self.events.open_streams(), {})
+        self.assertEqual(sum(self.events.closures.values()), 1)
+        self.assertEqual(list(self.events.closures)[0][:2], ("red", "inbound"))
+        totals = self.events.bytes_by_side()
+        self.assertEqual((totals[("red", "in")], totals[("red", "out")]),
+                         (inbound.byte_count.bytes_in, inbound.byte_count.bytes_out))
+        self.assertGreater(totals[("red", "in")], 500)
+
+    @defer.inlineCallbacks
+    def test_a_certificate_from_the_wrong_ca_is_an_authentication_failure(self):
+        """A red.example certificate issued by blue's CA is refused: one authentication failure, certificate-refused."""
+        self.assertEqual((yield self.connect(pki().red_from_blue_ca)), ("failed", "remote-server-not-found"))
+        yield self.close()
+        self.assertEqual(dict(self.events.authentication_failures), {("red", "inbound", "certificate-refused"): 1})
+        self.assertEqual(self.events.open_streams(), {})
