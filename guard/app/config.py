@@ -73,6 +73,8 @@ class GuardSettings:
     audit_level: str = "refusals"
     # Added for issue 12 (SNMP): the [snmp] table.
     snmp: SnmpSettings = SnmpSettings()
+    # Issue 12, [metrics]: where /metrics is served (a Twisted server endpoint string); None: not served.
+    metrics_listen: str | None = None
 
 
 @dataclass(frozen=True)
@@ -344,14 +346,25 @@ def read_settings(checker, document) -> GuardSettings:
         release_max_waiting=max_waiting,
         audit_level=checker.choice(guard, "audit_level", "guard", AUDIT_LEVELS, "refusals"),
         snmp=read_snmp(checker, document),
+        metrics_listen=read_metrics_listen(checker, document),
     )
+
+
+def read_metrics_listen(checker, document) -> str | None:
+    """The [metrics] table: ``listen``, a Twisted server endpoint string (``tcp:9269:interface=127.0.0.1``), or None."""
+    metrics = checker.table(document.get("metrics", {}), "metrics")
+    checker.only(metrics, ("listen",), "metrics")
+    listen = checker.string(metrics, "listen", "metrics", required=False)
+    if listen is not None:
+        _check_listen(checker, listen, "metrics.listen")
+    return listen
 
 
 def load_config(path: str) -> GuardConfig:
     """Read and check the configuration at ``path``."""
     checker = _Checker(path)
     document = read_document(path, checker)
-    checker.only(document, ("guard", "release", "limits", "sides", "snmp"), "")
+    checker.only(document, ("guard", "release", "limits", "sides", "snmp", "metrics"), "")
     settings = read_settings(checker, document)
     limits = _limits(checker, checker.table(document.get("limits", {}), "limits"))
     sides_table = checker.table(document.get("sides", {}), "sides")

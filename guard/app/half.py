@@ -209,6 +209,7 @@ class HalfService(GuardProcess):
         except (ValueError, OSError, Exception) as problem:  # noqa: BLE001 - report any load fault
             raise ConfigError(f"{config.path}: link: {problem}") from problem
         self.relay.leg = self.leg
+        self._attach_metrics()
 
     def policy_files(self):
         return half_policy_files(self.config)

@@ -146,7 +146,7 @@ def load_half_config(path: str) -> HalfConfig:
     """Read and check the half's configuration at ``path``."""
     checker = _Checker(path)
     document = read_document(path, checker)
-    checker.only(document, ("guard", "release", "limits", "sides", "link", "snmp"), "")
+    checker.only(document, ("guard", "release", "limits", "sides", "link", "snmp", "metrics"), "")
     settings = read_settings(checker, document)
     limits = _limits(checker, checker.table(document.get("limits", {}), "limits"))
     sides_table = checker.table(document.get("sides", {}), "sides")

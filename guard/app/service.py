@@ -34,6 +34,7 @@ from guard.edges.tlsidentity import Identity, TrustAnchors
 
 from .config import ConfigError, GuardConfig, configured_route
 from .snmp import subagent_for
+from .metrics import GuardMetrics, metrics_site
 
 log = Logger()
 
@@ -175,6 +176,8 @@ class GuardProcess(service.Service):
         self.policy_records = self._policy_records(policies)
         # SNMP (issue 12): the AgentX subagent, when [snmp] agentx is set; it reads guard.app.snapshot.
         self.snmp = None
+        self.metrics = None  # GuardMetrics, once the subclass built the relay (_attach_metrics)
+        self._metrics_port = None
 
     def policy_files(self):
         """(direction, configuration key, path) for each policy this process enforces."""
@@ -200,6 +203,18 @@ class GuardProcess(service.Service):
         if self.snmp is not None:
             self.snmp.stop()
 
+    def _attach_metrics(self):
+        """Build the metrics (always; served only when [metrics] listen is set) once relay, sides and link exist."""
+        self.metrics = GuardMetrics(self).attach()
+
+    @defer.inlineCallbacks
+    def _listen_metrics(self):
+        listen = self.config.settings.metrics_listen
+        if listen is None:
+            return
+        self._metrics_port = yield serverFromString(self.reactor, listen).listen(metrics_site(self.metrics.registry))
+        log.info("metrics: serving /metrics on {listen}", listen=listen)
+
     def _audit_start(self):
         """Write a first audit record at start: an audit trail that cannot be written is found now, not at the first drop."""
         try:
@@ -219,6 +234,7 @@ class GuardProcess(service.Service):
             self._ports.append(port)
             log.info("side {side}: listening on {listen} for {hosted}, fronting {fronted}",
                      side=name, listen=listen, hosted=sorted(side.hosted), fronted=sorted(side.fronted))
+        yield self._listen_metrics()
 
     @defer.inlineCallbacks
     def _close_down(self, after_closing=None):
@@ -241,6 +257,9 @@ class GuardProcess(service.Service):
         self.write_status()
         log.info("books at shutdown: {books}", books=self.books.summary())
         self.audit.close()
+        if self._metrics_port is not None:
+            yield self._metrics_port.stopListening()
+            self._metrics_port = None
 
     def reload_policies(self):
         """
@@ -259,6 +278,8 @@ class GuardProcess(service.Service):
         for direction, policy in fresh.items():
             self.policies.swap(direction, policy)
         self.policy_records = self._policy_records(fresh)
+        if self.metrics is not None:
+            self.metrics.policies_changed()
         log.info("policies reloaded: {files}; {held} bytes of stanzas held are judged again before they leave",
                  files=[path for _, _, path in self.policy_files()], held=self.relay.held.held)
         return True
@@ -293,6 +314,7 @@ class GuardService(GuardProcess):
                               open_stream)
             self.relay.add_side(side)
             self.sides[name] = side
+        self._attach_metrics()
 
     def policy_files(self):
         return policy_files(self.config)

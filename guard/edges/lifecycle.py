@@ -34,6 +34,7 @@ import itertools
 
 from automat import NoTransition
 from automat._methodical import _transitionerFromInstance
+from OpenSSL import SSL
 from twisted.internet.interfaces import IPushProducer
 from twisted.logger import Logger
 from zope.interface import implementer
@@ -130,6 +131,12 @@ def ignore_when_closed(machine, closed) -> None:
         closed.upon(each, enter=closed, outputs=[])
 
 
+def _is_tls_failure(reason) -> bool:
+    """Whether a connection was lost to a TLS error (a failed handshake, a bad record)."""
+    check = getattr(reason, "check", None)
+    return check is not None and check(SSL.Error) is not None
+
+
 @implementer(IPushProducer)
 class PeerReading:
     """Told by the transport when the peer stops reading what the guard writes (its buffer is full), and when it drains."""
@@ -171,6 +178,9 @@ class StreamLifecycle:
         self.certificate_not_after: float | None = None
         self.stanzas_in = 0
         self.stanzas_out = 0
+        # How the stream ended, for the stream-events listener: the stream error the guard sent, or
+        # "closed", "peer-error", "dropped", "cut-off"; None until then ("connection-lost" if nothing said).
+        self.close_condition: str | None = None
         self._timers = {}
         self.filters = FilterChain()
         # Bytes written since the peer stopped reading; None while it reads.
@@ -183,6 +193,38 @@ class StreamLifecycle:
     def _note_certificate(self, certificate):
         """The peer's certificate (a ``cryptography`` certificate, or None), as describe() reports it."""
         self.certificate_subject, self.certificate_not_after = certificate_facts(certificate)
+
+    # -- what the stream-events listener (the metrics) hears ---------------------
+
+    # What a stream is, for the listener: "inbound", "outbound" or "link".
+    stream_kind = "stream"
+
+    def _stream_events(self):
+        """Who hears this stream's events (``guard.edges.metrics.StreamEvents``), or None."""
+        return None
+
+    def _tell_events(self, event, *args):
+        """Tell the listener ``event(stream, *args)``; a fault there is logged and never touches the stream."""
+        listener = self._stream_events()
+        if listener is None:
+            return
+        try:
+            getattr(listener, event)(self, *args)
+        except Exception:  # noqa: BLE001 - counting must not change what the stream does
+            log.failure("{stream}: a stream-events listener failed on {event}", stream=self._describe(), event=event)
+
+    def _closing_with(self, condition: str):
+        """Note how the stream ends (the first reason given stands)."""
+        if self.close_condition is None:
+            self.close_condition = condition
+
+    def _tell_closed(self, reason=None):
+        """The connection is gone: tell the listener how the stream ended (a TLS failure first, if it was one)."""
+        if self._stream_events() is None:
+            return
+        if reason is not None and _is_tls_failure(reason):
+            self._tell_events("tls_failed", "handshake")
+        self._tell_events("stream_closed", self.close_condition or "connection-lost")
 
     def _stream_facts(self) -> dict:
         """What every stream's describe() shares: number, start, age, state, authentication, certificate, counts."""
@@ -237,8 +279,12 @@ class StreamLifecycle:
     # -- named timers on the injected clock --------------------------------------
 
     def _start_timer(self, name, seconds, text):
-        """After ``seconds``, the machine gets timed_out(connection-timeout, text)."""
-        self.schedule(name, seconds, self._input, self.timed_out, "connection-timeout", text)
+        """After ``seconds``, the machine gets timed_out(connection-timeout, text) (and the listener hears which timer)."""
+        self.schedule(name, seconds, self._timer_fired, name, text)
+
+    def _timer_fired(self, name, text):
+        self._tell_events("timer_fired", name)
+        self._input(self.timed_out, "connection-timeout", text)
 
     def schedule(self, name, seconds, function, *args):
         """Call ``function(*args)`` after ``seconds`` on the stream's clock, replacing the timer ``name``."""
@@ -361,12 +407,14 @@ class StreamLifecycle:
 
     def _drop(self):
         """Close the connection outside the machine (a fault in the guard): nothing more is read or written."""
+        self._closing_with("dropped")
         self._dropped = True
         self._stop_reading_input()
         self._close_transport()
 
     def _cut_off(self):
         """Abort the connection without a word (the peer does not read): nothing more is read or written."""
+        self._closing_with("cut-off")
         self._dropped = True
         self._stop_reading_input()
         self.transport.abortConnection()

@@ -200,7 +200,8 @@ class ReleaseAuthority:
         self.released = 0
         self.denied = 0
         self.busy = 0
-        # How long answers took (asked to settled, on the clock), and who hears each (outcome, seconds): the metrics.
+        # How long answers took (asked to settled, on the clock), and who hears of each question and answer
+        # (``asked(kind, direction)``, ``answered(outcome, seconds)``: guard.edges.metrics.ReleaseCounts).
         self.answered = 0
         self.answered_seconds = 0.0
         self.last_answer_seconds: float | None = None
@@ -228,6 +229,7 @@ class ReleaseAuthority:
         """A Deferred firing with a Release; it never errbacks."""
         result = defer.Deferred()
         result.addCallback(self._timed, self.clock.seconds())
+        self._tell_listeners("asked", stanza.name, direction)
         if self.pending >= self.max_pending and len(self.waiting) >= self.max_waiting:
             self.busy += 1
             self._settle(result, stanza, direction, rule_id,
@@ -272,12 +274,15 @@ class ReleaseAuthority:
         self.answered += 1
         self.answered_seconds += seconds
         self.last_answer_seconds = seconds
+        self._tell_listeners("answered", outcome, seconds)
+        return release
+
+    def _tell_listeners(self, event, *args):
         for listener in self.answer_listeners:
             try:
-                listener(outcome, seconds)
-            except Exception:  # noqa: BLE001 - counting must not change the answer
-                log.failure("a listener to release answers failed")
-        return release
+                getattr(listener, event)(*args)
+            except Exception:  # noqa: BLE001 - counting must not change the question or the answer
+                log.failure("a listener to the release authority failed on {event}", event=event)
 
     def _question_done(self, outcome):
         """An open question settled: give the next waiting one its turn."""

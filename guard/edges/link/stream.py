@@ -63,6 +63,7 @@ class LinkStream(StreamLifecycle, Protocol):
     """One TCP (TLS) connection between the two halves."""
 
     _machine = MethodicalMachine()
+    stream_kind = "link"
 
     def __init__(self, link, peer_check, clock, limits: ParserLimits = ParserLimits(), open_timeout: float = OPEN_TIMEOUT_SECONDS):
         self.link = link
@@ -86,6 +87,7 @@ class LinkStream(StreamLifecycle, Protocol):
     # -- transport events -------------------------------------------------
 
     def connectionMade(self):
+        self._tell_events("stream_opened")
         self._start_timer("open", self.open_timeout, "the link did not open in time")
         # Stanzas and acknowledgements are small writes: do not let Nagle's
         # algorithm hold them back waiting for a delayed ACK.
@@ -102,6 +104,7 @@ class LinkStream(StreamLifecycle, Protocol):
         except Exception as error:  # noqa: BLE001 - a check that fails proves nothing
             fingerprint, problem = None, f"the peer check failed: {error!r}"
         if problem is not None or fingerprint is None:
+            self._tell_events("tls_failed", "untrusted-certificate")
             self._input(self.identity_refused, problem or "no identity")
         else:
             self._note_peer_certificate()
@@ -134,6 +137,7 @@ class LinkStream(StreamLifecycle, Protocol):
     def connectionLost(self, reason=None):
         self._cancel_all_timers()
         self._input(self.connection_lost)
+        self._tell_closed(reason)
         self.link.stream_closed(self)
         callbacks, self.when_lost = self.when_lost, []
         for callback in callbacks:
@@ -209,6 +213,9 @@ class LinkStream(StreamLifecycle, Protocol):
 
     def _describe(self):
         return f"link to {self.link.peer_name}"
+
+    def _stream_events(self):
+        return getattr(self.link, "stream_events", None)
 
     def _note_peer_certificate(self):
         """The proved peer's certificate, as describe() reports it (nothing if the transport cannot tell)."""
@@ -362,6 +369,7 @@ class LinkStream(StreamLifecycle, Protocol):
     @_machine.output()
     def _note_peer_error(self, condition, refused):
         log.info("link: the peer ended the stream with {condition}", condition=condition)
+        self._closing_with("peer-error")
         if refused is not None:
             self._ask_link(self.link.peer_refused, self, refused)
         self._write(wire.STREAM_CLOSE)
@@ -369,6 +377,7 @@ class LinkStream(StreamLifecycle, Protocol):
 
     @_machine.output()
     def _close_cleanly(self):
+        self._closing_with("closed")
         self._write(wire.STREAM_CLOSE)
         self._close_transport()
 
@@ -381,6 +390,7 @@ class LinkStream(StreamLifecycle, Protocol):
         self._stop_reading_input()
 
     def _send_error(self, condition, text, refused=None):
+        self._closing_with(condition)
         self._stop_reading_input()
         self._write(wire.stream_error(condition, text, refused))
         self._close_transport()

@@ -48,6 +48,7 @@ class InboundStream(StreamLifecycle, Protocol):
     """One TCP connection from a server on ``side``."""
 
     _machine = MethodicalMachine()
+    stream_kind = "inbound"
 
     def __init__(self, side):
         self.side = side
@@ -84,6 +85,7 @@ class InboundStream(StreamLifecycle, Protocol):
         self._preauth_budget = PreauthBudget(limits.preauth_bytes).install(self.filters)
         self._start_timer("auth", limits.auth_timeout, "authentication took too long")
         self.side.inbound_streams.add(self)
+        self._tell_events("stream_opened")
         if self.refusal_at_connect is not None:
             self._input(self.fault, *self.refusal_at_connect)
 
@@ -179,6 +181,7 @@ class InboundStream(StreamLifecycle, Protocol):
         self._cancel_all_timers()
         self.side.inbound_streams.discard(self)
         self._input(self.connection_lost)
+        self._tell_closed(reason)
 
     # -- parser callbacks: classify, decide, feed the machine -----------
 
@@ -298,6 +301,9 @@ class InboundStream(StreamLifecycle, Protocol):
 
     def _describe(self):
         return f"inbound {self.peer_address}"
+
+    def _stream_events(self):
+        return getattr(self.side, "events", None)
 
     def describe(self) -> dict:
         """
@@ -429,6 +435,8 @@ class InboundStream(StreamLifecycle, Protocol):
         if offer.problem is not None:
             log.info("inbound {peer}: certificate does not authenticate {domain}: {problem}",
                      peer=self.peer_address, domain=header.attributes.get("from"), problem=offer.problem)
+            if not offer.dialback:  # nothing else the peer could authenticate with
+                self._tell_events("authentication_failed", "certificate-refused")
         self._write(wire.features_authentication(external=offer.external, dialback=offer.dialback))
 
     @_machine.output()
@@ -442,6 +450,7 @@ class InboundStream(StreamLifecycle, Protocol):
     @_machine.output()
     def _fail_external(self, condition, text):
         log.info("inbound {peer}: SASL EXTERNAL refused: {text}", peer=self.peer_address, text=text)
+        self._tell_events("authentication_failed", "certificate-refused")
         self._write(wire.sasl_failure(condition))
 
     @_machine.output()
@@ -489,12 +498,14 @@ class InboundStream(StreamLifecycle, Protocol):
     @_machine.output()
     def _deny_dialback(self, sender, receiver, text):
         log.info("inbound {peer}: dialback for {sender} denied: {text}", peer=self.peer_address, sender=sender, text=text)
+        self._tell_events("authentication_failed", "dialback-denied")
         self._write(wire.dialback_result(receiver, sender, verdict="invalid"))
 
     @_machine.output()
     def _report_dialback_error(self, sender, receiver, answer):
         log.info("inbound {peer}: dialback for {sender} not settled: {condition}", peer=self.peer_address,
                  sender=sender, condition=answer.condition)
+        self._tell_events("authentication_failed", "dialback-unsettled")
         self._write(wire.dialback_result_error(receiver, sender, answer.condition, answer.error_type))
 
     @_machine.output()
@@ -536,12 +547,14 @@ class InboundStream(StreamLifecycle, Protocol):
 
     @_machine.output()
     def _close_cleanly(self):
+        self._closing_with("closed")
         self._write(wire.STREAM_CLOSE)
         self._close_transport()
 
     @_machine.output()
     def _hang_up(self):
         """The peer closed before we answered its header: there is no stream of ours to close."""
+        self._closing_with("closed")
         self._close_transport()
 
     @_machine.output()
@@ -549,6 +562,7 @@ class InboundStream(StreamLifecycle, Protocol):
         self._send_error("system-shutdown", "the guard is stopping")
 
     def _send_error(self, condition, text):
+        self._closing_with(condition)
         self._write(wire.stream_error(condition, text) + wire.STREAM_CLOSE)
         self._close_transport()
 
