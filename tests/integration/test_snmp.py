@@ -37,6 +37,7 @@ COMMUNITY = "guard-test"
 APPL = "1.3.6.1.2.1.27.1.1"
 ASSOC = "1.3.6.1.2.1.27.2.1"
 BOOKS = "1.3.6.1.4.1.99999.1.1"
+VERDICTS = "1.3.6.1.4.1.99999.1.2.1"
 WAIT_SECONDS = 30.0
 
 
@@ -175,9 +176,10 @@ def test_appl_table_shows_the_running_guard(lab, snmpd):
 
 def test_assoc_rows_appear_for_the_streams_of_a_message_and_the_books_move(lab, snmpd, romeo, juliet):
     """After Romeo's message crosses, assocTable has one row per open stream (red.example inbound, blue.example
-    outbound) and the books counted it."""
+    outbound), and the books and the red->blue passed verdicts counted it."""
     wait_for(lambda: appl_row(snmpd).get(f"{APPL}.2.1"), "the guard's applTable row")
     before = values(walk(snmpd, BOOKS))
+    verdicts_before = values(walk(snmpd, VERDICTS))
     body = f"snmp {uuid.uuid4()}"
     romeo.send_message(JULIET, body)
     juliet.wait_for_body(ROMEO, body)
@@ -199,6 +201,10 @@ def test_assoc_rows_appear_for_the_streams_of_a_message_and_the_books_move(lab, 
     accepted, delivered = f"{BOOKS}.1.0", f"{BOOKS}.2.0"
     assert int(after[accepted].split()[-1]) > int(before[accepted].split()[-1])
     assert int(after[delivered].split()[-1]) > int(before[delivered].split()[-1])
+    verdicts_after = values(walk(snmpd, VERDICTS))
+    assert verdicts_after[f"{VERDICTS}.2.1"] == 'STRING: "red->blue"'
+    passed = f"{VERDICTS}.3.1"
+    assert int(verdicts_after[passed].split()[-1]) > int(verdicts_before[passed].split()[-1])
 
 
 def test_mib_files_name_what_snmpwalk_reads(lab, snmpd):
