@@ -7,7 +7,8 @@ registry, never from the streams directly.
 - RFC 2788 NETWORK-SERVICES-MIB ``applTable``: the guard as one network
   service application (applIndex 1): name, version, uptime, operational
   status (up, halted when relaying stopped, congested under back-pressure),
-  last change, inbound and outbound associations;
+  last change, inbound and outbound associations now, and (from the
+  metrics' stream counters) associations accumulated, rejected and failed;
 - its ``assocTable``: one row per S2S stream, both sides and both
   directions; ``assocRemoteApplication`` is the peer domain,
   ``assocApplicationProtocol`` is ``applTCPProtoID.5269`` (XMPP S2S), the
@@ -22,8 +23,8 @@ TimeStamps are the master's sysUpTime: the subagent passes the current value
 
 from __future__ import annotations
 
-from guard.edges.agentx import (COUNTER64, GAUGE32, INTEGER, OBJECT_IDENTIFIER, OCTET_STRING, TIME_TICKS,
-                                AgentXSubagent, MibView)
+from guard.edges.agentx import (COUNTER32, COUNTER64, GAUGE32, INTEGER, OBJECT_IDENTIFIER, OCTET_STRING,
+                                TIME_TICKS, AgentXSubagent, MibView)
 
 from .snapshot import snapshot
 
@@ -51,6 +52,10 @@ PEER_INITIATOR, PEER_RESPONDER = 3, 4
 BOOK_NAMES = ("accepted", "delivered", "bounced", "dropped")
 VERDICTS = ("passed", "bounced", "dropped", "referred")
 STANZA_COUNTER = "xmpp_guard_stanzas_total"
+OPENED_COUNTER = "xmpp_guard_streams_opened_total"
+REFUSED_COUNTERS = ("xmpp_guard_tls_failures_total", "xmpp_guard_authentication_failures_total")
+OUTBOUND_FAILURES_COUNTER = "xmpp_guard_outbound_stream_failures_total"
+METRIC_SAMPLES = frozenset({STANZA_COUNTER, OPENED_COUNTER, *REFUSED_COUNTERS, OUTBOUND_FAILURES_COUNTER})
 MAX_ASSOC_INDEX = 2147483647  # assocIndex INTEGER (1..2147483647)
 MAX_TEXT_BYTES = 255  # SnmpAdminString (SIZE (0..255))
 
@@ -61,21 +66,44 @@ def admin_string(text) -> bytes:
     return encoded.decode("utf-8", errors="ignore").encode("utf-8")
 
 
-def stanza_verdicts(registry) -> dict[str, dict[str, int]]:
-    """{direction: {verdict: count}} summed over kinds from ``xmpp_guard_stanzas_total``; {} without a registry."""
-    totals: dict[str, dict[str, int]] = {}
+def samples(registry, names) -> list[tuple[str, dict, float]]:
+    """(name, labels, value) of every sample named in ``names`` in ``registry`` (one collection); [] without one."""
     if registry is None:
-        return totals
-    for family in registry.collect():
-        for sample in family.samples:
-            if sample.name != STANZA_COUNTER:
-                continue
-            direction, verdict = sample.labels.get("direction"), sample.labels.get("verdict")
-            if direction is None or verdict not in VERDICTS:
-                continue
-            counts = totals.setdefault(direction, dict.fromkeys(VERDICTS, 0))
-            counts[verdict] += int(sample.value)
+        return []
+    return [(sample.name, sample.labels, sample.value)
+            for family in registry.collect() for sample in family.samples if sample.name in names]
+
+
+def stanza_verdicts(found) -> dict[str, dict[str, int]]:
+    """{direction: {verdict: count}} summed over kinds from the ``xmpp_guard_stanzas_total`` samples ``found``."""
+    totals: dict[str, dict[str, int]] = {}
+    for name, labels, value in found:
+        direction, verdict = labels.get("direction"), labels.get("verdict")
+        if name != STANZA_COUNTER or direction is None or verdict not in VERDICTS:
+            continue
+        counts = totals.setdefault(direction, dict.fromkeys(VERDICTS, 0))
+        counts[verdict] += int(value)
     return totals
+
+
+def association_counts(found) -> dict[int, int]:
+    """
+    {applEntry column: Counter32} from the stream counters of the metrics:
+    accumulated inbound (10) and outbound (11) associations (streams
+    opened), inbound associations rejected (14: TLS or authentication
+    failures of inbound streams), outbound associations that failed (15:
+    outbound streams that failed before they were ready).
+    """
+    counts = dict.fromkeys((10, 11, 14, 15), 0)
+    for name, labels, value in found:
+        direction = labels.get("direction")
+        if name == OPENED_COUNTER and direction in ("inbound", "outbound"):
+            counts[10 if direction == "inbound" else 11] += int(value)
+        elif name in REFUSED_COUNTERS and direction == "inbound":
+            counts[14] += int(value)
+        elif name == OUTBOUND_FAILURES_COUNTER:
+            counts[15] += int(value)
+    return {column: count % 2**32 for column, count in counts.items()}
 
 
 class GuardMib:
@@ -98,9 +126,14 @@ class GuardMib:
     def view(self, now_ticks: int) -> MibView:
         """Every value, with TimeStamps against the master's sysUpTime ``now_ticks`` (centiseconds)."""
         snapshot = self.read_snapshot()
+        registry = self.read_registry()
+        found = samples(registry, METRIC_SAMPLES)
         entries = self._appl_row(snapshot, now_ticks)
+        if registry is not None:
+            entries += [(APPL_ENTRY + (column, GUARD_APPL_INDEX), COUNTER32, count)
+                        for column, count in association_counts(found).items()]
         entries += self._assoc_rows(snapshot, now_ticks)
-        entries += self._guard_objects(snapshot)
+        entries += self._guard_objects(snapshot, stanza_verdicts(found))
         return MibView(entries)
 
     def _since(self, now_ticks: int, seconds) -> int:
@@ -148,13 +181,12 @@ class GuardMib:
             ]
         return entries
 
-    def _guard_objects(self, snapshot):
+    def _guard_objects(self, snapshot, verdicts):
         books = snapshot["books"]
         entries = [(BOOKS + (number, 0), COUNTER64, int(books[name]))
                    for number, name in enumerate(BOOK_NAMES, start=1)]
         entries.append((BOOKS + (5, 0), GAUGE32, int(books["in_flight"])))
         entries.append((HALTED_REASON, OCTET_STRING, admin_string(snapshot["service"].get("halted_reason"))))
-        verdicts = stanza_verdicts(self.read_registry())
         directions = list(self.directions) + sorted(set(verdicts) - set(self.directions))
         for index, direction in enumerate(directions, start=1):
             counts = verdicts.get(direction, dict.fromkeys(VERDICTS, 0))

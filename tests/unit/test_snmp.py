@@ -10,7 +10,7 @@ from prometheus_client import CollectorRegistry, Counter
 
 from guard.app.config import ConfigError, SnmpSettings, load_config
 from guard.app.snmp import GuardMib, admin_string
-from guard.edges.agentx import (COUNTER64, GAUGE32, INTEGER, OBJECT_IDENTIFIER, OCTET_STRING, TIME_TICKS,
+from guard.edges.agentx import (COUNTER32, COUNTER64, GAUGE32, INTEGER, OBJECT_IDENTIFIER, OCTET_STRING, TIME_TICKS,
                                 SearchRange)
 
 from .test_config import config_text, write  # noqa: F401 - the lab configuration fixture
@@ -126,6 +126,41 @@ def test_verdicts_per_direction_sum_the_stanza_counter_over_kinds():
     assert [view[entry + (n, 2)][1] for n in (3, 4, 5, 6)] == [0, 0, 0, 4]
 
 
+def stream_counters():
+    registry = CollectorRegistry()
+    opened = Counter("xmpp_guard_streams_opened", "Streams", ["side", "direction"], registry=registry)
+    opened.labels("red", "inbound").inc(5)
+    opened.labels("blue", "inbound").inc(2)
+    opened.labels("blue", "outbound").inc(3)
+    opened.labels("red", "link").inc(9)
+    tls = Counter("xmpp_guard_tls_failures", "TLS", ["side", "direction", "reason"], registry=registry)
+    tls.labels("red", "inbound", "handshake").inc(2)
+    tls.labels("blue", "outbound", "handshake").inc(7)
+    authentication = Counter("xmpp_guard_authentication_failures", "Auth", ["side", "direction", "reason"],
+                             registry=registry)
+    authentication.labels("blue", "inbound", "certificate").inc()
+    failures = Counter("xmpp_guard_outbound_stream_failures", "Failed", ["side", "sender", "receiver"],
+                       registry=registry)
+    failures.labels("blue", "red.example", "blue.example").inc(4)
+    failures.labels("red", "blue.example", "red.example").inc(2**32 + 1)
+    return registry
+
+
+def test_accumulated_rejected_and_failed_associations_come_from_the_stream_counters():
+    """applAccumulated* count S2S streams opened each way; applRejectedInbound the inbound TLS and authentication
+    failures; applFailedOutbound the outbound streams that failed; each a Counter32 (wrapping at 2**32)."""
+    registry = stream_counters()
+    view = values(GuardMib(lambda: snapshot(), lambda: registry).view(100))
+    assert [view[APPL + (column, 1)] for column in (10, 11, 14, 15)] == [
+        (COUNTER32, 7), (COUNTER32, 3), (COUNTER32, 3), (COUNTER32, 5)]
+
+
+def test_without_metrics_the_accumulated_columns_are_absent():
+    """With no metrics registry the view leaves out what it cannot count, rather than answering zero."""
+    view = values(GuardMib(lambda: snapshot()).view(100))
+    assert not [column for column in (10, 11, 14, 15) if APPL + (column, 1) in view]
+
+
 def test_without_metrics_the_verdicts_are_zero():
     """With no metrics registry each configured direction still has its row, every verdict zero."""
     view = values(GuardMib(lambda: snapshot(), directions=("red->blue",)).view(100))
@@ -214,7 +249,7 @@ def test_net_snmp_reads_both_mibs():
 def test_every_name_in_the_view_is_the_object_the_mibs_define():
     """net-snmp names every OID the view answers with the object of the MIB it belongs to, with its instance."""
     snmptranslate = need("snmptranslate", "snmp")
-    view = GuardMib(lambda: snapshot(streams=[stream(3, "inbound", "red.example", 1.0)]),
+    view = GuardMib(lambda: snapshot(streams=[stream(3, "inbound", "red.example", 1.0)]), stream_counters,
                     directions=("red->blue",)).view(100)
     oids = [".".join(map(str, name)) for name, _, _ in view.entries]
     result = subprocess.run([snmptranslate, "-m", "XMPP-GUARD-MIB:NETWORK-SERVICES-MIB", "-M", f"+{MIBS}", "-OS",
@@ -224,6 +259,10 @@ def test_every_name_in_the_view_is_the_object_the_mibs_define():
         "NETWORK-SERVICES-MIB::applVersion.1", "NETWORK-SERVICES-MIB::applUptime.1",
         "NETWORK-SERVICES-MIB::applOperStatus.1", "NETWORK-SERVICES-MIB::applLastChange.1",
         "NETWORK-SERVICES-MIB::applInboundAssociations.1", "NETWORK-SERVICES-MIB::applOutboundAssociations.1",
+        "NETWORK-SERVICES-MIB::applAccumulatedInboundAssociations.1",
+        "NETWORK-SERVICES-MIB::applAccumulatedOutboundAssociations.1",
+        "NETWORK-SERVICES-MIB::applRejectedInboundAssociations.1",
+        "NETWORK-SERVICES-MIB::applFailedOutboundAssociations.1",
         "NETWORK-SERVICES-MIB::applDescription.1",
         "NETWORK-SERVICES-MIB::assocRemoteApplication.1.3", "NETWORK-SERVICES-MIB::assocApplicationProtocol.1.3",
         "NETWORK-SERVICES-MIB::assocApplicationType.1.3", "NETWORK-SERVICES-MIB::assocDuration.1.3",
