@@ -212,6 +212,14 @@ def test_snmp_table_refuses_mistakes(tmp_path, config_text, table, message):
         load(tmp_path, config_text + f"\n[snmp]\n{table}\n")
 
 
+def test_release_endpoint_shares_the_endpoint_check(tmp_path, config_text):
+    """[release] endpoint goes through the same client endpoint check as [snmp] agentx, naming its own key."""
+    with pytest.raises(ConfigError, match="release.endpoint: not a Twisted client endpoint string"):
+        load(tmp_path, config_text + '\n[release]\nendpoint = "nonsense:x"\n')
+    text = config_text + '\n[release]\nendpoint = "unix:path=/run/guard/release.sock"\n'
+    assert load(tmp_path, text).settings.release_endpoint == "unix:path=/run/guard/release.sock"
+
+
 # -- the MIB files -----------------------------------------------------------------
 
 
