@@ -48,6 +48,14 @@ class SideConfig:
 
 
 @dataclass(frozen=True)
+class SnmpSettings:
+    """The [snmp] table: the guard as an AgentX subagent of snmpd, off unless ``agentx`` is set."""
+
+    agentx: str | None = None  # the master's AgentX socket, a Twisted client endpoint string
+    ping_interval: float = 15.0  # seconds between Pings to the master (no answer by the next: reconnect)
+
+
+@dataclass(frozen=True)
 class GuardSettings:
     """The [guard] and [release] tables: what every guard process has, standalone or half of a pair."""
 
@@ -69,6 +77,8 @@ class GuardSettings:
     audit_syslog: bool = False
     audit_syslog_address: str = "/dev/log"
     audit_journald: bool = False
+    # Added for issue 12 (SNMP): the [snmp] table.
+    snmp: SnmpSettings = SnmpSettings()
     # Issue 12, [metrics]: where /metrics is served (a Twisted server endpoint string); None: not served.
     metrics_listen: str | None = None
 
@@ -153,6 +163,19 @@ class _Checker:
         if not os.access(resolved, os.R_OK):
             self.fail(f"{key}.{name}", f"cannot read {resolved}")
         return resolved
+
+    def client_endpoint(self, table, name, key):
+        """An optional Twisted client endpoint string (``unix:path=…``, ``tcp:host=…:port=…``), parsed to check it."""
+        value = self.string(table, name, key, required=False)
+        if value is not None:
+            from twisted.internet.endpoints import clientFromString
+            from twisted.internet.testing import MemoryReactor
+
+            try:
+                clientFromString(MemoryReactor(), value)
+            except (ValueError, TypeError, KeyError) as problem:
+                self.fail(f"{key}.{name}", f"not a Twisted client endpoint string ({problem})")
+        return value
 
     def writable_path(self, table, name, key):
         value = self.string(table, name, key, required=False)
@@ -308,6 +331,17 @@ def read_document(path: str, checker):
         raise ConfigError(f"{path}: not valid TOML: {problem}") from problem
 
 
+def read_snmp(checker, document) -> SnmpSettings:
+    """The optional [snmp] table: ``agentx = "unix:path=/var/agentx/master"`` turns the AgentX subagent on."""
+    snmp = checker.table(document.get("snmp", {}), "snmp")
+    checker.only(snmp, ("agentx", "ping_interval"), "snmp")
+    agentx = checker.client_endpoint(snmp, "agentx", "snmp")
+    ping_interval = snmp.get("ping_interval", 15.0)
+    if isinstance(ping_interval, bool) or not isinstance(ping_interval, (int, float)) or not 1 <= ping_interval <= 3600:
+        checker.fail("snmp.ping_interval", "must be a number of seconds from 1 to 3600")
+    return SnmpSettings(agentx=agentx, ping_interval=float(ping_interval))
+
+
 def read_settings(checker, document) -> GuardSettings:
     """The [guard] table and the optional [release] table (the release authority `refer` asks)."""
     guard = checker.table(document.get("guard", {}), "guard")
@@ -315,15 +349,7 @@ def read_settings(checker, document) -> GuardSettings:
                  + AUDIT_OUTPUT_KEYS, "guard")
     release = checker.table(document.get("release", {}), "release")
     checker.only(release, ("endpoint", "timeout", "max_pending", "max_waiting"), "release")
-    endpoint = checker.string(release, "endpoint", "release", required=False)
-    if endpoint is not None:
-        from twisted.internet.endpoints import clientFromString
-        from twisted.internet.testing import MemoryReactor
-
-        try:
-            clientFromString(MemoryReactor(), endpoint)
-        except (ValueError, TypeError, KeyError) as problem:
-            checker.fail("release.endpoint", f"not a Twisted client endpoint string ({problem})")
+    endpoint = checker.client_endpoint(release, "endpoint", "release")
     timeout = release.get("timeout", 5.0)
     if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 < timeout <= 300:
         checker.fail("release.timeout", "must be a number of seconds from 0 to 300")
@@ -345,6 +371,7 @@ def read_settings(checker, document) -> GuardSettings:
         release_max_waiting=max_waiting,
         audit_level=checker.choice(guard, "audit_level", "guard", AUDIT_LEVELS, "refusals"),
         **_audit_outputs(checker, guard),
+        snmp=read_snmp(checker, document),
         metrics_listen=read_metrics_listen(checker, document),
     )
 
@@ -492,7 +519,7 @@ def load_config(path: str) -> GuardConfig:
     """Read and check the configuration at ``path``."""
     checker = _Checker(path)
     document = read_document(path, checker)
-    checker.only(document, ("guard", "release", "limits", "sides", "metrics", "management"), "")
+    checker.only(document, ("guard", "release", "limits", "sides", "metrics", "management", "snmp"), "")
     settings = read_settings(checker, document)
     management = read_management(checker, document)
     limits = _limits(checker, checker.table(document.get("limits", {}), "limits"))

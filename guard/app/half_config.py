@@ -147,7 +147,7 @@ def load_half_config(path: str) -> HalfConfig:
     """Read and check the half's configuration at ``path``."""
     checker = _Checker(path)
     document = read_document(path, checker)
-    checker.only(document, ("guard", "release", "limits", "sides", "link", "metrics", "management"), "")
+    checker.only(document, ("guard", "release", "limits", "sides", "link", "metrics", "management", "snmp"), "")
     settings = read_settings(checker, document)
     management = read_management(checker, document)
     limits = _limits(checker, checker.table(document.get("limits", {}), "limits"))

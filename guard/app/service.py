@@ -33,6 +33,7 @@ from guard.edges.side import Side
 from guard.edges.tlsidentity import Identity, TrustAnchors
 
 from .config import ConfigError, GuardConfig, audit_options, configured_route
+from .snmp import subagent_for
 from .metrics import GuardMetrics, metrics_site
 
 log = Logger()
@@ -173,6 +174,8 @@ class GuardProcess(service.Service):
         # For the snapshot and the metrics (guard.app.snapshot): when the process started, and each policy in force.
         self.started = reactor.seconds()
         self.policy_records = self._policy_records(policies)
+        # SNMP (issue 12): the AgentX subagent, when [snmp] agentx is set; it reads guard.app.snapshot.
+        self.snmp = None
         self.metrics = None  # GuardMetrics, once the subclass built the relay (_attach_metrics)
         self._metrics_port = None
 
@@ -188,6 +191,17 @@ class GuardProcess(service.Service):
         now = self.reactor.seconds()
         return [policy_record(direction, path, policies[direction], now)
                 for direction, _, path in self.policy_files() if direction in policies]
+
+    def startService(self):
+        super().startService()
+        self.snmp = subagent_for(self)
+        if self.snmp is not None:
+            self.snmp.start()
+
+    def stopService(self):
+        super().stopService()
+        if self.snmp is not None:
+            self.snmp.stop()
 
     def _attach_metrics(self):
         """Build the metrics (always; served only when [metrics] listen is set) once relay, sides and link exist."""

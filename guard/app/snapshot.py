@@ -23,7 +23,6 @@ LinkStream): ``id``, ``side``, ``direction``, ``peer_domain``,
 from __future__ import annotations
 
 import guard
-from guard.edges.lifecycle import CLOSED
 
 SERVICE_NAME = "xmpp-guard"
 

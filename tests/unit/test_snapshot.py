@@ -96,7 +96,7 @@ def test_a_carrier_waiting_for_its_stream_is_described(tmp_path):
         return OutboundStream(owner, side, sender, receiver, purpose)
 
     service.relay.open_stream = opener
-    service.relay._forward("blue", ("red.example", "blue.example"), Parcel(message(1), message(1), None, 90))
+    service.relay._forward("blue", ("red.example", "blue.example"), Parcel(message(1).stanza, message(1).stanza, None, 90))
     assert opened == [("red.example", "blue.example")]
     carriers = snapshot(service)["carriers"]
     assert [(c["side"], c["sender"], c["receiver"], c["state"], c["queued"], c["queued_bytes"]) for c in carriers] == [

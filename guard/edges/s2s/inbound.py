@@ -435,6 +435,8 @@ class InboundStream(StreamLifecycle, Protocol):
         if offer.problem is not None:
             log.info("inbound {peer}: certificate does not authenticate {domain}: {problem}",
                      peer=self.peer_address, domain=header.attributes.get("from"), problem=offer.problem)
+            if not offer.dialback:  # nothing else the peer could authenticate with
+                self._tell_events("authentication_failed", "certificate-refused")
         self._write(wire.features_authentication(external=offer.external, dialback=offer.dialback))
 
     @_machine.output()
