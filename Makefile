@@ -13,13 +13,20 @@ BENCH_MESSAGES ?= 5000
 .PHONY: install man
 
 # Debian packages the project needs: a venv-capable Python, Prosody 0.12 and
-# lua-unbound for the integration tests, the demo and the benchmarks.
+# lua-unbound for the integration tests, the demo and the benchmarks;
+# chromium and chromium-driver for the management page's browser tests; snmpd,
+# snmp and smitools for the SNMP tests (a real snmpd, snmpwalk, smilint);
+# systemd (systemd-analyze, systemd-socket-activate), man-db, groff-base and
+# logrotate for the deployment tests.
 system-deps:
 	@missing=""; \
 	$(PYTHON) -c 'import ensurepip, venv' 2>/dev/null || missing="$$missing python3-venv"; \
 	command -v prosody >/dev/null 2>&1 || missing="$$missing prosody"; \
 	dpkg -s lua-unbound >/dev/null 2>&1 || missing="$$missing lua-unbound"; \
 	for package in systemd man-db groff-base logrotate; do dpkg -s $$package >/dev/null 2>&1 || missing="$$missing $$package"; done; \
+	for package in chromium chromium-driver; do dpkg -s $$package >/dev/null 2>&1 || missing="$$missing $$package"; done; \
+	for package in snmpd snmp smitools; do dpkg -s $$package >/dev/null 2>&1 || missing="$$missing $$package"; done; \
+	command -v promtool >/dev/null 2>&1 || missing="$$missing prometheus"; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ]; then \
 	    echo "installing:$$missing"; \

@@ -48,6 +48,14 @@ class SideConfig:
 
 
 @dataclass(frozen=True)
+class SnmpSettings:
+    """The [snmp] table: the guard as an AgentX subagent of snmpd, off unless ``agentx`` is set."""
+
+    agentx: str | None = None  # the master's AgentX socket, a Twisted client endpoint string
+    ping_interval: float = 15.0  # seconds between Pings to the master (no answer by the next: reconnect)
+
+
+@dataclass(frozen=True)
 class GuardSettings:
     """The [guard] and [release] tables: what every guard process has, standalone or half of a pair."""
 
@@ -69,6 +77,26 @@ class GuardSettings:
     audit_syslog: bool = False
     audit_syslog_address: str = "/dev/log"
     audit_journald: bool = False
+    # Added for issue 12 (SNMP): the [snmp] table.
+    snmp: SnmpSettings = SnmpSettings()
+    # Issue 12, [metrics]: where /metrics is served (a Twisted server endpoint string); None: not served.
+    metrics_listen: str | None = None
+
+
+@dataclass(frozen=True)
+class ManagementConfig:
+    """The [management] table: the management page, off unless ``listen`` is set (guard.app.management)."""
+
+    listen: str
+    token_file: str | None = None
+    certificate: str | None = None
+    key: str | None = None
+    client_ca: str | None = None
+    allow_reload: bool = False
+
+    @property
+    def tls(self) -> bool:
+        return self.certificate is not None
 
 
 @dataclass(frozen=True)
@@ -77,6 +105,7 @@ class GuardConfig:
     settings: GuardSettings
     limits: Limits
     sides: dict[str, SideConfig] = field(default_factory=dict)
+    management: ManagementConfig | None = None
 
     # The settings read as attributes of the configuration.
     log_level = property(lambda self: self.settings.log_level)
@@ -134,6 +163,19 @@ class _Checker:
         if not os.access(resolved, os.R_OK):
             self.fail(f"{key}.{name}", f"cannot read {resolved}")
         return resolved
+
+    def client_endpoint(self, table, name, key):
+        """An optional Twisted client endpoint string (``unix:path=…``, ``tcp:host=…:port=…``), parsed to check it."""
+        value = self.string(table, name, key, required=False)
+        if value is not None:
+            from twisted.internet.endpoints import clientFromString
+            from twisted.internet.testing import MemoryReactor
+
+            try:
+                clientFromString(MemoryReactor(), value)
+            except (ValueError, TypeError, KeyError) as problem:
+                self.fail(f"{key}.{name}", f"not a Twisted client endpoint string ({problem})")
+        return value
 
     def writable_path(self, table, name, key):
         value = self.string(table, name, key, required=False)
@@ -321,6 +363,17 @@ def read_document(path: str, checker):
         raise ConfigError(f"{path}: not valid TOML: {problem}") from problem
 
 
+def read_snmp(checker, document) -> SnmpSettings:
+    """The optional [snmp] table: ``agentx = "unix:path=/var/agentx/master"`` turns the AgentX subagent on."""
+    snmp = checker.table(document.get("snmp", {}), "snmp")
+    checker.only(snmp, ("agentx", "ping_interval"), "snmp")
+    agentx = checker.client_endpoint(snmp, "agentx", "snmp")
+    ping_interval = snmp.get("ping_interval", 15.0)
+    if isinstance(ping_interval, bool) or not isinstance(ping_interval, (int, float)) or not 1 <= ping_interval <= 3600:
+        checker.fail("snmp.ping_interval", "must be a number of seconds from 1 to 3600")
+    return SnmpSettings(agentx=agentx, ping_interval=float(ping_interval))
+
+
 def read_settings(checker, document) -> GuardSettings:
     """The [guard] table and the optional [release] table (the release authority `refer` asks)."""
     guard = checker.table(document.get("guard", {}), "guard")
@@ -328,15 +381,7 @@ def read_settings(checker, document) -> GuardSettings:
                  + AUDIT_OUTPUT_KEYS, "guard")
     release = checker.table(document.get("release", {}), "release")
     checker.only(release, ("endpoint", "timeout", "max_pending", "max_waiting"), "release")
-    endpoint = checker.string(release, "endpoint", "release", required=False)
-    if endpoint is not None:
-        from twisted.internet.endpoints import clientFromString
-        from twisted.internet.testing import MemoryReactor
-
-        try:
-            clientFromString(MemoryReactor(), endpoint)
-        except (ValueError, TypeError, KeyError) as problem:
-            checker.fail("release.endpoint", f"not a Twisted client endpoint string ({problem})")
+    endpoint = checker.client_endpoint(release, "endpoint", "release")
     timeout = release.get("timeout", 5.0)
     if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 < timeout <= 300:
         checker.fail("release.timeout", "must be a number of seconds from 0 to 300")
@@ -358,6 +403,8 @@ def read_settings(checker, document) -> GuardSettings:
         release_max_waiting=max_waiting,
         audit_level=checker.choice(guard, "audit_level", "guard", AUDIT_LEVELS, "refusals"),
         **_audit_outputs(checker, guard),
+        snmp=read_snmp(checker, document),
+        metrics_listen=read_metrics_listen(checker, document),
     )
 
 
@@ -410,18 +457,109 @@ def audit_options(settings: GuardSettings) -> dict:
                 journal_socket=JOURNAL_SOCKET if settings.audit_journald else None)
 
 
+MANAGEMENT_KEYS = ("listen", "token_file", "certificate", "key", "client_ca", "allow_reload")
+MANAGEMENT_TOKEN_CHARACTERS = 32  # the shortest token a token file may hold
+
+
+def loopback_by_default(listen: str) -> str:
+    """A ``tcp:``/``tcp6:`` endpoint string with no ``interface=`` listens on loopback only (127.0.0.1, ::1)."""
+    kind, _, rest = listen.partition(":")
+    if kind in ("tcp", "tcp6") and "interface=" not in rest:
+        return f"{listen}:interface={'::1' if kind == 'tcp6' else '127.0.0.1'}"
+    return listen
+
+
+def check_token_file(config_path: str, key: str, path: str) -> None:
+    """ConfigError naming the file and ``key`` unless the token file is a regular file owned by this user,
+    readable by nobody else (no group or other permission bits), holding a token of at least
+    MANAGEMENT_TOKEN_CHARACTERS characters."""
+    import stat
+
+    try:
+        status = os.stat(path)
+    except OSError as problem:
+        raise ConfigError(f"{config_path}: {key}: cannot use {path}: {problem.strerror}") from problem
+    if not stat.S_ISREG(status.st_mode):
+        raise ConfigError(f"{config_path}: {key}: {path} is not a regular file")
+    if status.st_mode & 0o077:
+        raise ConfigError(f"{config_path}: {key}: {path} is readable or writable by group or others "
+                          f"(mode {stat.S_IMODE(status.st_mode):04o}); the guard refuses it: chmod 600 {path}")
+    if status.st_uid != os.geteuid():
+        raise ConfigError(f"{config_path}: {key}: {path} belongs to uid {status.st_uid}, not to the guard's "
+                          f"user (uid {os.geteuid()})")
+    if len(read_token(path)) < MANAGEMENT_TOKEN_CHARACTERS:
+        raise ConfigError(f"{config_path}: {key}: {path} must hold a token of at least "
+                          f"{MANAGEMENT_TOKEN_CHARACTERS} characters")
+
+
+def read_token(path: str) -> str:
+    """The token a token file holds: its first line, without surrounding white space."""
+    with open(path, encoding="utf-8") as source:
+        return source.readline(4096).strip()
+
+
+def read_management(checker, document) -> ManagementConfig | None:
+    """The optional [management] table; None (no management page) unless it sets ``listen``."""
+    table = checker.table(document.get("management", {}), "management")
+    checker.only(table, MANAGEMENT_KEYS, "management")
+    listen = checker.string(table, "listen", "management", required=False)
+    if listen is None:
+        if table:
+            checker.fail("management.listen", "is required to serve the management page")
+        return None
+    listen = loopback_by_default(listen)
+    _check_listen(checker, listen, "management.listen")
+    if listen.startswith("ssl:"):
+        checker.fail("management.listen", "use tcp: with management.certificate and management.key for TLS")
+    token_file = checker.file(table, "token_file", "management", required=False)
+    if token_file is not None:
+        check_token_file(checker.path, "management.token_file", token_file)
+    certificate = checker.file(table, "certificate", "management", required=False)
+    key = checker.file(table, "key", "management", required=False)
+    if (certificate is None) != (key is None):
+        checker.fail("management.key", "certificate and key go together (they make the page TLS)")
+    client_ca = checker.file(table, "client_ca", "management", required=False)
+    if client_ca is not None and certificate is None:
+        checker.fail("management.client_ca", "client certificates need TLS: set management.certificate and key")
+    if certificate is not None:
+        from guard.app.management import tls_options
+
+        try:
+            tls_options(certificate, key, client_ca)
+        except Exception as problem:  # noqa: BLE001 - report any load fault
+            checker.fail("management.certificate", f"cannot use {certificate} with {key} "
+                                                   f"(client CA {client_ca}): {problem}")
+    if token_file is None and client_ca is None:
+        checker.fail("management", "needs token_file or client_ca: the page is never served without authentication")
+    allow_reload = table.get("allow_reload", False)
+    if not isinstance(allow_reload, bool):
+        checker.fail("management.allow_reload", "must be true or false")
+    return ManagementConfig(listen, token_file, certificate, key, client_ca, allow_reload)
+
+
+def read_metrics_listen(checker, document) -> str | None:
+    """The [metrics] table: ``listen``, a Twisted server endpoint string (``tcp:9269:interface=127.0.0.1``), or None."""
+    metrics = checker.table(document.get("metrics", {}), "metrics")
+    checker.only(metrics, ("listen",), "metrics")
+    listen = checker.string(metrics, "listen", "metrics", required=False)
+    if listen is not None:
+        _check_listen(checker, listen, "metrics.listen")
+    return listen
+
+
 def load_config(path: str) -> GuardConfig:
     """Read and check the configuration at ``path``."""
     checker = _Checker(path)
     document = read_document(path, checker)
-    checker.only(document, ("guard", "release", "limits", "sides"), "")
+    checker.only(document, ("guard", "release", "limits", "sides", "metrics", "management", "snmp"), "")
     settings = read_settings(checker, document)
+    management = read_management(checker, document)
     limits = _limits(checker, checker.table(document.get("limits", {}), "limits"))
     sides_table = checker.table(document.get("sides", {}), "sides")
     if len(sides_table) != 2:
         checker.fail("sides", f"needs exactly two sides, found {len(sides_table)}")
     sides = {name: _side(checker, name, table) for name, table in sides_table.items()}
-    config = GuardConfig(path, settings, limits, sides)
+    config = GuardConfig(path, settings, limits, sides, management)
     try:
         topology = config.topology
     except ValueError as problem:

@@ -209,6 +209,7 @@ class HalfService(GuardProcess):
         except (ValueError, OSError, Exception) as problem:  # noqa: BLE001 - report any load fault
             raise ConfigError(f"{config.path}: link: {problem}") from problem
         self.relay.leg = self.leg
+        self._attach_metrics()
 
     def policy_files(self):
         return half_policy_files(self.config)
@@ -228,6 +229,7 @@ class HalfService(GuardProcess):
         super().startService()
         self._audit_start()
         yield self._listen()
+        yield self._start_management()
         yield self.leg.start()
         leg = self.config.link.leg
         log.info("pair link {own} <-> {peer}: {role} {endpoint}; our fingerprint {fingerprint}",

@@ -7,6 +7,7 @@ half of a back-to-back pair share; ``GuardService`` is the standalone guard.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import secrets
@@ -21,6 +22,7 @@ from twisted.logger import Logger
 from guard.core.books import Books
 from guard.core.pipeline import Direction
 from guard.core.policy import PolicyError, load_policy
+from guard.core.policy.cases import cases_path, run_cases
 from guard.edges.audit import AuditLog, AuditUnavailable
 from guard.edges.relay import PolicyTable, Relay
 from guard.edges.release import ReleaseAuthority
@@ -31,6 +33,8 @@ from guard.edges.side import Side
 from guard.edges.tlsidentity import Identity, TrustAnchors
 
 from .config import ConfigError, GuardConfig, audit_options, configured_route
+from .snmp import subagent_for
+from .metrics import GuardMetrics, metrics_site
 
 log = Logger()
 
@@ -69,6 +73,35 @@ def load_checked_policy(config_path: str, key: str, path: str, direction: Direct
             f"{config_path}: {key}: {path} is written for {declared[0]}->{declared[1]}, but judges {direction} here"
         )
     return policy
+
+
+def policy_record(direction, path: str, policy, loaded: float) -> dict:
+    """
+    What the snapshot and the metrics say of a policy in force: its file,
+    name, when it was loaded (epoch seconds), the SHA-256 of the file, and
+    the results of its own cases (``<policy>.tests.toml``, when there is one;
+    a cases file that cannot be read counts as one failed case).
+    """
+    try:
+        with open(path, "rb") as source:
+            digest = hashlib.sha256(source.read()).hexdigest()
+    except OSError:
+        digest = None
+    passed = failed = 0
+    cases = cases_path(path)
+    if os.path.exists(cases):
+        try:
+            results = run_cases(policy, cases)
+        except Exception as problem:  # noqa: BLE001 - a cases file that cannot be run is a failed case
+            log.warn("policy cases {cases} could not be run: {problem}", cases=cases, problem=str(problem))
+            results = None
+        if results is None:
+            failed = 1
+        else:
+            passed = sum(1 for result in results if result.passed)
+            failed = len(results) - passed
+    return {"direction": str(direction), "file": path, "name": getattr(policy, "name", None), "loaded": loaded,
+            "digest": digest, "cases": {"passed": passed, "failed": failed}}
 
 
 def policy_files(config: GuardConfig):
@@ -138,6 +171,13 @@ class GuardProcess(service.Service):
                 raise ConfigError(f"{config.path}: release.endpoint: {problem}") from problem
         self.sides = {}
         self._ports = []
+        # For the snapshot and the metrics (guard.app.snapshot): when the process started, and each policy in force.
+        self.started = reactor.seconds()
+        self.policy_records = self._policy_records(policies)
+        # SNMP (issue 12): the AgentX subagent, when [snmp] agentx is set; it reads guard.app.snapshot.
+        self.snmp = None
+        self.metrics = None  # GuardMetrics, once the subclass built the relay (_attach_metrics)
+        self._metrics_port = None
 
     def policy_files(self):
         """(direction, configuration key, path) for each policy this process enforces."""
@@ -146,6 +186,34 @@ class GuardProcess(service.Service):
     def side_configs(self):
         """The configuration of each side this process terminates S2S streams for, by name."""
         raise NotImplementedError
+
+    def _policy_records(self, policies) -> list[dict]:
+        now = self.reactor.seconds()
+        return [policy_record(direction, path, policies[direction], now)
+                for direction, _, path in self.policy_files() if direction in policies]
+
+    def startService(self):
+        super().startService()
+        self.snmp = subagent_for(self)
+        if self.snmp is not None:
+            self.snmp.start()
+
+    def stopService(self):
+        super().stopService()
+        if self.snmp is not None:
+            self.snmp.stop()
+
+    def _attach_metrics(self):
+        """Build the metrics (always; served only when [metrics] listen is set) once relay, sides and link exist."""
+        self.metrics = GuardMetrics(self).attach()
+
+    @defer.inlineCallbacks
+    def _listen_metrics(self):
+        listen = self.config.settings.metrics_listen
+        if listen is None:
+            return
+        self._metrics_port = yield serverFromString(self.reactor, listen).listen(metrics_site(self.metrics.registry))
+        log.info("metrics: serving /metrics on {listen}", listen=listen)
 
     def _audit_start(self):
         """Write a first audit record at start: an audit trail that cannot be written is found now, not at the first drop."""
@@ -174,6 +242,21 @@ class GuardProcess(service.Service):
             self._ports.append(port)
             log.info("side {side}: listening on {listen} for {hosted}, fronting {fronted}",
                      side=name, listen=listen, hosted=sorted(side.hosted), fronted=sorted(side.fronted))
+        yield self._listen_metrics()
+
+    @defer.inlineCallbacks
+    def _start_management(self):
+        """Serve the management page when [management] listen is set (guard.app.management); it stops with the
+        other listeners."""
+        if getattr(self.config, "management", None) is None:
+            return
+        from guard.app.management import listen_management
+        from guard.app.snapshot import snapshot
+
+        port = yield listen_management(self, snapshot)
+        self._ports.append(port)
+        log.info("management page: listening on {listen} ({mode})", listen=self.config.management.listen,
+                 mode="reload allowed" if self.config.management.allow_reload else "read-only")
 
     @defer.inlineCallbacks
     def _close_down(self, after_closing=None):
@@ -196,6 +279,9 @@ class GuardProcess(service.Service):
         self.write_status()
         log.info("books at shutdown: {books}", books=self.books.summary())
         self.audit.close()
+        if self._metrics_port is not None:
+            yield self._metrics_port.stopListening()
+            self._metrics_port = None
 
     def reload_policies(self):
         """
@@ -213,6 +299,9 @@ class GuardProcess(service.Service):
                 return False
         for direction, policy in fresh.items():
             self.policies.swap(direction, policy)
+        self.policy_records = self._policy_records(fresh)
+        if self.metrics is not None:
+            self.metrics.policies_changed()
         log.info("policies reloaded: {files}; {held} bytes of stanzas held are judged again before they leave",
                  files=[path for _, _, path in self.policy_files()], held=self.relay.held.held)
         return True
@@ -247,6 +336,7 @@ class GuardService(GuardProcess):
                               open_stream)
             self.relay.add_side(side)
             self.sides[name] = side
+        self._attach_metrics()
 
     def policy_files(self):
         return policy_files(self.config)
@@ -259,6 +349,7 @@ class GuardService(GuardProcess):
         super().startService()
         self._audit_start()
         yield self._listen()
+        yield self._start_management()
         self.write_status()
 
     def stopService(self):

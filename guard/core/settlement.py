@@ -69,6 +69,7 @@ class Ticket:
     direction: Direction
     generation: int  # of the policies that judged it
     number: int = 0
+    arrived: float | None = None  # when the relay accepted it, on its injected clock (the metrics' latency)
 
 
 @dataclass(frozen=True)
@@ -264,9 +265,10 @@ class Settlement:
 
     # -- entering ---------------------------------------------------------
 
-    def accept(self, stanza, pair, size, direction, generation) -> Ticket:
-        """Take ``stanza`` into the books: from now on it must settle exactly once."""
-        ticket = Ticket(stanza, pair, size, direction, generation, next(self._numbers))
+    def accept(self, stanza, pair, size, direction, generation, arrived=None) -> Ticket:
+        """Take ``stanza`` into the books: from now on it must settle exactly once (``arrived``: when, on the
+        relay's clock)."""
+        ticket = Ticket(stanza, pair, size, direction, generation, next(self._numbers), arrived)
         self._open.add(ticket.number)
         self.counts["accepted"] += 1
         self._tell("stanza_accepted", ticket)

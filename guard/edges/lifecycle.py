@@ -30,7 +30,11 @@ an input to one machine).
 
 from __future__ import annotations
 
+import itertools
+
 from automat import NoTransition
+from automat._methodical import _transitionerFromInstance
+from OpenSSL import SSL
 from twisted.internet.interfaces import IPushProducer
 from twisted.logger import Logger
 from zope.interface import implementer
@@ -40,6 +44,16 @@ from .filters import FilterChain, Refused
 log = Logger()
 
 CLOSED = "closed"
+
+# Every stream of the process gets the next number: what the snapshot and SNMP name it by.
+_stream_numbers = itertools.count(1)
+
+
+def certificate_facts(certificate) -> tuple[str | None, float | None]:
+    """(subject as RFC 4514, notAfter in epoch seconds) of a ``cryptography`` certificate, or (None, None)."""
+    if certificate is None:
+        return None, None
+    return certificate.subject.rfc4514_string(), certificate.not_valid_after_utc.timestamp()
 
 
 def lifecycle_inputs(machine):
@@ -99,11 +113,14 @@ def closed_state(machine):
 
 
 def lifecycle_state(machine):
-    """A method that names the machine's current state (its ``serialized`` name): ``_lifecycle_state = lifecycle_state(_machine)``."""
+    """
+    A method that names the machine's current state: ``_lifecycle_state = lifecycle_state(_machine)``.
+    The name is the state's ``serialized`` name, or else the name of its method (``open``, ``ready``).
+    """
 
-    @machine.serializer()
-    def state(self, name):
-        return name
+    def state(self):
+        current = _transitionerFromInstance(self, machine._symbol, machine._automaton)._state
+        return current.serialized if current.serialized is not None else current.method.__name__
 
     return state
 
@@ -112,6 +129,12 @@ def ignore_when_closed(machine, closed) -> None:
     """Once ``closed``, every input the machine knows is ignored; call it after every other transition."""
     for each in sorted(machine._automaton.inputAlphabet(), key=lambda one: one._name()):
         closed.upon(each, enter=closed, outputs=[])
+
+
+def _is_tls_failure(reason) -> bool:
+    """Whether a connection was lost to a TLS error (a failed handshake, a bad record)."""
+    check = getattr(reason, "check", None)
+    return check is not None and check(SSL.Error) is not None
 
 
 @implementer(IPushProducer)
@@ -146,6 +169,18 @@ class StreamLifecycle:
 
     def _begin_lifecycle(self, clock):
         self.clock = clock
+        # What describe() reports: a number for the stream, when it started (on the injected clock),
+        # how it authenticated, the peer's certificate, and the stanzas each way.
+        self.number = next(_stream_numbers)
+        self.started = clock.seconds()
+        self.authentication: str | None = None  # "certificate" or "dialback", once authenticated
+        self.certificate_subject: str | None = None
+        self.certificate_not_after: float | None = None
+        self.stanzas_in = 0
+        self.stanzas_out = 0
+        # How the stream ended, for the stream-events listener: the stream error the guard sent, or
+        # "closed", "peer-error", "dropped", "cut-off"; None until then ("connection-lost" if nothing said).
+        self.close_condition: str | None = None
         self._timers = {}
         self.filters = FilterChain()
         # Bytes written since the peer stopped reading; None while it reads.
@@ -154,6 +189,53 @@ class StreamLifecycle:
         # The guard dropped the connection outside the machine (a fault in the
         # guard, a peer that does not read): nothing more is read or written.
         self._dropped = False
+
+    def _note_certificate(self, certificate):
+        """The peer's certificate (a ``cryptography`` certificate, or None), as describe() reports it."""
+        self.certificate_subject, self.certificate_not_after = certificate_facts(certificate)
+
+    # -- what the stream-events listener (the metrics) hears ---------------------
+
+    # What a stream is, for the listener: "inbound", "outbound" or "link".
+    stream_kind = "stream"
+
+    def _stream_events(self):
+        """Who hears this stream's events (``guard.edges.metrics.StreamEvents``), or None."""
+        return None
+
+    def _tell_events(self, event, *args):
+        """Tell the listener ``event(stream, *args)``; a fault there is logged and never touches the stream."""
+        listener = self._stream_events()
+        if listener is None:
+            return
+        try:
+            getattr(listener, event)(self, *args)
+        except Exception:  # noqa: BLE001 - counting must not change what the stream does
+            log.failure("{stream}: a stream-events listener failed on {event}", stream=self._describe(), event=event)
+
+    def _closing_with(self, condition: str):
+        """Note how the stream ends (the first reason given stands)."""
+        if self.close_condition is None:
+            self.close_condition = condition
+
+    def _tell_closed(self, reason=None):
+        """The connection is gone: tell the listener how the stream ended (a TLS failure first, if it was one)."""
+        if self._stream_events() is None:
+            return
+        if reason is not None and _is_tls_failure(reason):
+            self._tell_events("tls_failed", "handshake")
+        self._tell_events("stream_closed", self.close_condition or "connection-lost")
+
+    def _stream_facts(self) -> dict:
+        """What every stream's describe() shares: number, start, age, state, authentication, certificate, counts."""
+        now = self.clock.seconds()
+        facts = {"id": self.number, "started": self.started, "age": max(0.0, now - self.started),
+                 "state": CLOSED if self._dropped else self._lifecycle_state(),
+                 "authentication": self.authentication, "certificate_subject": self.certificate_subject,
+                 "certificate_not_after": self.certificate_not_after,
+                 "stanzas_in": self.stanzas_in, "stanzas_out": self.stanzas_out}
+        facts.update(self.byte_count.describe())
+        return facts
 
     # -- the machine, fail closed --------------------------------------------
 
@@ -197,8 +279,12 @@ class StreamLifecycle:
     # -- named timers on the injected clock --------------------------------------
 
     def _start_timer(self, name, seconds, text):
-        """After ``seconds``, the machine gets timed_out(connection-timeout, text)."""
-        self.schedule(name, seconds, self._input, self.timed_out, "connection-timeout", text)
+        """After ``seconds``, the machine gets timed_out(connection-timeout, text) (and the listener hears which timer)."""
+        self.schedule(name, seconds, self._timer_fired, name, text)
+
+    def _timer_fired(self, name, text):
+        self._tell_events("timer_fired", name)
+        self._input(self.timed_out, "connection-timeout", text)
 
     def schedule(self, name, seconds, function, *args):
         """Call ``function(*args)`` after ``seconds`` on the stream's clock, replacing the timer ``name``."""
@@ -321,12 +407,14 @@ class StreamLifecycle:
 
     def _drop(self):
         """Close the connection outside the machine (a fault in the guard): nothing more is read or written."""
+        self._closing_with("dropped")
         self._dropped = True
         self._stop_reading_input()
         self._close_transport()
 
     def _cut_off(self):
         """Abort the connection without a word (the peer does not read): nothing more is read or written."""
+        self._closing_with("cut-off")
         self._dropped = True
         self._stop_reading_input()
         self.transport.abortConnection()

@@ -132,7 +132,8 @@ class Relay:
         to the stream (or link) that brought it.
         """
         direction = Direction(side.name, self.topology.far_side(side.name))
-        ticket = self.settlement.accept(stanza, addressed.pair, size, direction, self.policies.generation)
+        ticket = self.settlement.accept(stanza, addressed.pair, size, direction, self.policies.generation,
+                                        self.reactor.seconds())
         held = self.held.held
         try:
             self._judge_and_act(side, ticket, addressed)

@@ -200,6 +200,12 @@ class ReleaseAuthority:
         self.released = 0
         self.denied = 0
         self.busy = 0
+        # How long answers took (asked to settled, on the clock), and who hears of each question and answer
+        # (``asked(kind, direction)``, ``answered(outcome, seconds)``: guard.edges.metrics.ReleaseCounts).
+        self.answered = 0
+        self.answered_seconds = 0.0
+        self.last_answer_seconds: float | None = None
+        self.answer_listeners: list = []
 
     @classmethod
     def at(cls, reactor, description: str, audit, timeout: float = 5.0, max_pending: int = 16,
@@ -222,6 +228,8 @@ class ReleaseAuthority:
     def ask(self, stanza, direction, rule_id: str) -> defer.Deferred:
         """A Deferred firing with a Release; it never errbacks."""
         result = defer.Deferred()
+        result.addCallback(self._timed, self.clock.seconds())
+        self._tell_listeners("asked", stanza.name, direction)
         if self.pending >= self.max_pending and len(self.waiting) >= self.max_waiting:
             self.busy += 1
             self._settle(result, stanza, direction, rule_id,
@@ -258,6 +266,23 @@ class ReleaseAuthority:
             timer = self.clock.callLater(self.timeout, timed_out_waiting)
             self.waiting.append(entry)
         return result
+
+    def _timed(self, release, asked_at):
+        """Count how long the answer took and tell the listeners (a fault in one is logged: the answer stands)."""
+        seconds = max(0.0, self.clock.seconds() - asked_at)
+        outcome = "busy" if release.busy else "released" if release.released else "denied"
+        self.answered += 1
+        self.answered_seconds += seconds
+        self.last_answer_seconds = seconds
+        self._tell_listeners("answered", outcome, seconds)
+        return release
+
+    def _tell_listeners(self, event, *args):
+        for listener in self.answer_listeners:
+            try:
+                getattr(listener, event)(*args)
+            except Exception:  # noqa: BLE001 - counting must not change the question or the answer
+                log.failure("a listener to the release authority failed on {event}", event=event)
 
     def _question_done(self, outcome):
         """An open question settled: give the next waiting one its turn."""

@@ -28,6 +28,7 @@ class Side:
     relay: object = None
     inbound_streams: Feeders = field(default_factory=Feeders)  # the inbound streams open on this side
     verifier: object = None  # the side's dialback Verifier (guard.edges.s2s.verification), made with the side
+    events: object = None  # who hears its streams' events (guard.edges.metrics.StreamEvents), or None
 
     @property
     def clock(self):

@@ -37,6 +37,10 @@ log = Logger()
 # not honouring the pause, and the connection is closed.
 PAUSED_INPUT_BYTES = 1024 * 1024
 
+# How a stanza the link writes begins (the link writes only the guard's own serialisations, never a peer's bytes):
+# what tells a stanza from the link's own elements (header, resume, acks) when describe() counts them.
+STANZA_OPENINGS = tuple(f"<{name}{after}".encode() for name in sorted(STANZA_NAMES) for after in (" ", ">", "/"))
+
 # How long a link connection may take to open (TLS, headers, resume) unless the leg's configuration says otherwise.
 OPEN_TIMEOUT_SECONDS = 30.0
 
@@ -59,6 +63,7 @@ class LinkStream(StreamLifecycle, Protocol):
     """One TCP (TLS) connection between the two halves."""
 
     _machine = MethodicalMachine()
+    stream_kind = "link"
 
     def __init__(self, link, peer_check, clock, limits: ParserLimits = ParserLimits(), open_timeout: float = OPEN_TIMEOUT_SECONDS):
         self.link = link
@@ -82,6 +87,7 @@ class LinkStream(StreamLifecycle, Protocol):
     # -- transport events -------------------------------------------------
 
     def connectionMade(self):
+        self._tell_events("stream_opened")
         self._start_timer("open", self.open_timeout, "the link did not open in time")
         # Stanzas and acknowledgements are small writes: do not let Nagle's
         # algorithm hold them back waiting for a delayed ACK.
@@ -98,8 +104,10 @@ class LinkStream(StreamLifecycle, Protocol):
         except Exception as error:  # noqa: BLE001 - a check that fails proves nothing
             fingerprint, problem = None, f"the peer check failed: {error!r}"
         if problem is not None or fingerprint is None:
+            self._tell_events("tls_failed", "untrusted-certificate")
             self._input(self.identity_refused, problem or "no identity")
         else:
+            self._note_peer_certificate()
             self._input(self.identity_proved, fingerprint)
 
     def dataReceived(self, data):
@@ -129,6 +137,7 @@ class LinkStream(StreamLifecycle, Protocol):
     def connectionLost(self, reason=None):
         self._cancel_all_timers()
         self._input(self.connection_lost)
+        self._tell_closed(reason)
         self.link.stream_closed(self)
         callbacks, self.when_lost = self.when_lost, []
         for callback in callbacks:
@@ -139,6 +148,8 @@ class LinkStream(StreamLifecycle, Protocol):
     def write(self, data: bytes) -> None:
         """Put link bytes (resume, acks, serialised stanzas) on the wire, unless closing."""
         if not self.closing:
+            if data.startswith(STANZA_OPENINGS):
+                self.stanzas_out += 1
             self._write(data)
 
     def close(self, condition: str, text: str) -> None:
@@ -202,6 +213,24 @@ class LinkStream(StreamLifecycle, Protocol):
 
     def _describe(self):
         return f"link to {self.link.peer_name}"
+
+    def _stream_events(self):
+        return getattr(self.link, "stream_events", None)
+
+    def _note_peer_certificate(self):
+        """The proved peer's certificate, as describe() reports it (nothing if the transport cannot tell)."""
+        connection = self.transport.getHandle() if hasattr(self.transport, "getHandle") else None
+        leaf = connection.get_peer_certificate() if connection is not None else None
+        if leaf is not None:
+            self.authentication = "certificate"
+            self._note_certificate(leaf.to_cryptography())
+
+    def describe(self) -> dict:
+        """This connection of the pair link as the snapshot reports it (guard.app.snapshot)."""
+        facts = {"side": "link", "direction": "link", "peer_domain": self.link.peer_name,
+                 "local_domain": self.link.own_name, "peer_fingerprint": self.peer_fingerprint}
+        facts.update(self._stream_facts())
+        return facts
 
     def _refuse_unexpected(self, text):
         self.fault("undefined-condition", "unexpected at this point of the link stream")
@@ -314,6 +343,7 @@ class LinkStream(StreamLifecycle, Protocol):
 
     @_machine.output()
     def _deliver(self, element, size):
+        self.stanzas_in += 1
         self._ask_link(self.link.stanza_arrived, self, element, size)
 
     @_machine.output()
@@ -339,6 +369,7 @@ class LinkStream(StreamLifecycle, Protocol):
     @_machine.output()
     def _note_peer_error(self, condition, refused):
         log.info("link: the peer ended the stream with {condition}", condition=condition)
+        self._closing_with("peer-error")
         if refused is not None:
             self._ask_link(self.link.peer_refused, self, refused)
         self._write(wire.STREAM_CLOSE)
@@ -346,6 +377,7 @@ class LinkStream(StreamLifecycle, Protocol):
 
     @_machine.output()
     def _close_cleanly(self):
+        self._closing_with("closed")
         self._write(wire.STREAM_CLOSE)
         self._close_transport()
 
@@ -358,6 +390,7 @@ class LinkStream(StreamLifecycle, Protocol):
         self._stop_reading_input()
 
     def _send_error(self, condition, text, refused=None):
+        self._closing_with(condition)
         self._stop_reading_input()
         self._write(wire.stream_error(condition, text, refused))
         self._close_transport()

@@ -48,6 +48,7 @@ class InboundStream(StreamLifecycle, Protocol):
     """One TCP connection from a server on ``side``."""
 
     _machine = MethodicalMachine()
+    stream_kind = "inbound"
 
     def __init__(self, side):
         self.side = side
@@ -84,6 +85,7 @@ class InboundStream(StreamLifecycle, Protocol):
         self._preauth_budget = PreauthBudget(limits.preauth_bytes).install(self.filters)
         self._start_timer("auth", limits.auth_timeout, "authentication took too long")
         self.side.inbound_streams.add(self)
+        self._tell_events("stream_opened")
         if self.refusal_at_connect is not None:
             self._input(self.fault, *self.refusal_at_connect)
 
@@ -179,6 +181,7 @@ class InboundStream(StreamLifecycle, Protocol):
         self._cancel_all_timers()
         self.side.inbound_streams.discard(self)
         self._input(self.connection_lost)
+        self._tell_closed(reason)
 
     # -- parser callbacks: classify, decide, feed the machine -----------
 
@@ -299,6 +302,22 @@ class InboundStream(StreamLifecycle, Protocol):
     def _describe(self):
         return f"inbound {self.peer_address}"
 
+    def _stream_events(self):
+        return getattr(self.side, "events", None)
+
+    def describe(self) -> dict:
+        """
+        This stream as the snapshot reports it (guard.app.snapshot): the
+        domains it is authenticated for (none before), how, the peer's
+        certificate, its age and state, stanzas and bytes each way.
+        """
+        pairs = sorted(self.authenticated_pairs)
+        facts = {"side": self.side.name, "direction": "inbound",
+                 "peer_domain": pairs[0][0] if pairs else None, "local_domain": pairs[0][1] if pairs else None,
+                 "pairs": [list(pair) for pair in pairs]}
+        facts.update(self._stream_facts())
+        return facts
+
     # -- states -------------------------------------------------------------
 
     @_machine.state(initial=True)
@@ -410,14 +429,19 @@ class InboundStream(StreamLifecycle, Protocol):
     def _offer_authentication(self, header):
         self._cancel_timer("tls")
         self.peer_verdict = self.side.anchors.judge_peer(self.transport.getHandle())
+        if getattr(self.peer_verdict, "chain_valid", False):  # only a certificate the side's CA issued is described
+            self._note_certificate(getattr(self.peer_verdict, "certificate", None))
         offer = authentication_offer(self.side.authentication, self.peer_verdict, header.attributes.get("from"))
         if offer.problem is not None:
             log.info("inbound {peer}: certificate does not authenticate {domain}: {problem}",
                      peer=self.peer_address, domain=header.attributes.get("from"), problem=offer.problem)
+            if not offer.dialback:  # nothing else the peer could authenticate with
+                self._tell_events("authentication_failed", "certificate-refused")
         self._write(wire.features_authentication(external=offer.external, dialback=offer.dialback))
 
     @_machine.output()
     def _succeed_external(self, domain):
+        self.authentication = "certificate"
         self._authenticated(domain, self.first_header.attributes.get("to"))
         self._write(wire.SASL_SUCCESS)
         self._restart_stream()
@@ -426,6 +450,7 @@ class InboundStream(StreamLifecycle, Protocol):
     @_machine.output()
     def _fail_external(self, condition, text):
         log.info("inbound {peer}: SASL EXTERNAL refused: {text}", peer=self.peer_address, text=text)
+        self._tell_events("authentication_failed", "certificate-refused")
         self._write(wire.sasl_failure(condition))
 
     @_machine.output()
@@ -464,6 +489,7 @@ class InboundStream(StreamLifecycle, Protocol):
         if not self.authenticated_pairs:
             self._cancel_timer("auth")
             self._start_timer("idle", self.side.limits.idle_timeout, "idle")
+            self.authentication = "dialback"
         self._authenticated(sender, receiver)
         self._write(wire.dialback_result(receiver, sender, verdict="valid"))
         log.info("inbound {peer}: {sender} authenticated by dialback for {receiver}",
@@ -472,12 +498,14 @@ class InboundStream(StreamLifecycle, Protocol):
     @_machine.output()
     def _deny_dialback(self, sender, receiver, text):
         log.info("inbound {peer}: dialback for {sender} denied: {text}", peer=self.peer_address, sender=sender, text=text)
+        self._tell_events("authentication_failed", "dialback-denied")
         self._write(wire.dialback_result(receiver, sender, verdict="invalid"))
 
     @_machine.output()
     def _report_dialback_error(self, sender, receiver, answer):
         log.info("inbound {peer}: dialback for {sender} not settled: {condition}", peer=self.peer_address,
                  sender=sender, condition=answer.condition)
+        self._tell_events("authentication_failed", "dialback-unsettled")
         self._write(wire.dialback_result_error(receiver, sender, answer.condition, answer.error_type))
 
     @_machine.output()
@@ -509,6 +537,7 @@ class InboundStream(StreamLifecycle, Protocol):
         self._relay_stanza(element, addressed, size)
 
     def _relay_stanza(self, element, addressed, size):
+        self.stanzas_in += 1
         self.side.relay.stanza_received(self.side, element, addressed, size)
 
     @_machine.output()
@@ -518,12 +547,14 @@ class InboundStream(StreamLifecycle, Protocol):
 
     @_machine.output()
     def _close_cleanly(self):
+        self._closing_with("closed")
         self._write(wire.STREAM_CLOSE)
         self._close_transport()
 
     @_machine.output()
     def _hang_up(self):
         """The peer closed before we answered its header: there is no stream of ours to close."""
+        self._closing_with("closed")
         self._close_transport()
 
     @_machine.output()
@@ -531,6 +562,7 @@ class InboundStream(StreamLifecycle, Protocol):
         self._send_error("system-shutdown", "the guard is stopping")
 
     def _send_error(self, condition, text):
+        self._closing_with(condition)
         self._write(wire.stream_error(condition, text) + wire.STREAM_CLOSE)
         self._close_transport()
 

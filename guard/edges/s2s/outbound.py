@@ -65,6 +65,7 @@ class OutboundStream(StreamLifecycle, Protocol):
     """One connection the guard opened to a server on ``side`` as ``sender``."""
 
     _machine = MethodicalMachine()
+    stream_kind = "outbound"
 
     def __init__(self, owner, side, sender, receiver, purpose="relay"):
         self.owner = owner
@@ -77,10 +78,12 @@ class OutboundStream(StreamLifecycle, Protocol):
         self.first_header = None  # the far server's first header: a restarted stream must not change it
         self._parser = None
         self.byte_count = ByteCount().install(self.filters)
+        self._mechanism = None  # how the stream is authenticating ("certificate", "dialback"), until it is ready
 
     # -- transport events -------------------------------------------------
 
     def connectionMade(self):
+        self._tell_events("stream_opened")
         self._start_timer("auth", self.side.limits.auth_timeout, "authentication took too long")
         # Congestion is signalled when more than unread_output_bytes wait for the far server.
         self.transport.bufferSize = self.side.limits.unread_output_bytes
@@ -102,6 +105,7 @@ class OutboundStream(StreamLifecycle, Protocol):
     def connectionLost(self, reason):
         self._cancel_all_timers()
         self._input(self.connection_lost, reason.getErrorMessage())
+        self._tell_closed(reason)
 
     def _peer_stopped_reading(self):
         """The transport's buffer for the far server is full (TLS also pauses us during its handshake)."""
@@ -124,6 +128,7 @@ class OutboundStream(StreamLifecycle, Protocol):
         """
         data = serialise(element, max_bytes=self.side.limits.stanza_bytes).encode("utf-8")
         self._write(data)
+        self.stanzas_out += 1
         self._restart_idle()
 
     def send_verify(self, stream_id, key):
@@ -164,6 +169,7 @@ class OutboundStream(StreamLifecycle, Protocol):
         elif kind == (wire.SASL_NS, "success"):
             self._input(self.sasl_succeeded)
         elif kind == (wire.SASL_NS, "failure"):
+            self._tell_events("authentication_failed", "certificate-refused")
             self._input(self.sasl_failed, "the far server refused our certificate")
         elif kind == (wire.DIALBACK_NS, "result") and element.getAttribute("type"):
             self._dialback_answer(element)
@@ -178,6 +184,7 @@ class OutboundStream(StreamLifecycle, Protocol):
         elif kind == (wire.STREAMS_NS, "error"):
             condition = next((child.name for child in element.elements()
                               if child.uri == wire.STREAM_ERRORS_NS and child.name != "text"), "undefined-condition")
+            self._closing_with("peer-error")
             self._input(self.peer_failed, f"stream error from the far server: {peer_detail(condition)}")
         else:
             log.info("outbound {sender}->{receiver}: unexpected element {name}", sender=self.sender,
@@ -192,6 +199,7 @@ class OutboundStream(StreamLifecycle, Protocol):
         if isinstance(answer, Refusal):
             self._input(self.fault, answer.condition, answer.text)
         elif isinstance(answer, KeyNotAccepted):
+            self._tell_events("authentication_failed", "dialback-denied")
             self._input(self.dialback_invalid, answer.detail)
         else:
             self._input(self.dialback_valid)
@@ -203,6 +211,16 @@ class OutboundStream(StreamLifecycle, Protocol):
 
     def _describe(self):
         return f"outbound {self.sender}->{self.receiver}"
+
+    def _stream_events(self):
+        return getattr(self.side, "events", None)
+
+    def describe(self) -> dict:
+        """This stream as the snapshot reports it (guard.app.snapshot): see InboundStream.describe."""
+        facts = {"side": self.side.name, "direction": "outbound", "peer_domain": self.receiver,
+                 "local_domain": self.sender, "pairs": [[self.sender, self.receiver]], "purpose": self.purpose}
+        facts.update(self._stream_facts())
+        return facts
 
     def _restart_idle(self):
         self._reset_timer("idle", self.side.limits.idle_timeout)
@@ -347,7 +365,12 @@ class OutboundStream(StreamLifecycle, Protocol):
         """The first header on the secured stream: the far server's certificate must prove it is the receiver."""
         refusal = refuse_outbound_header(header, self.receiver, previous=self.first_header)
         if refusal is None:
-            refusal = refuse_far_server(self.side.anchors.judge_server(self.transport.getHandle()), self.receiver)
+            verdict = self.side.anchors.judge_server(self.transport.getHandle())
+            refusal = refuse_far_server(verdict, self.receiver)
+            if refusal is None:
+                self._note_certificate(getattr(verdict, "certificate", None))
+            else:
+                self._tell_events("tls_failed", "untrusted-certificate")
         self._answer_header(header, refusal)
 
     def _answer_header(self, header, refusal):
@@ -371,6 +394,7 @@ class OutboundStream(StreamLifecycle, Protocol):
     def _judge_secure_features(self, offer):
         choice = choose_mechanism(offer, self.purpose, self.side.authentication)
         if isinstance(choice, Refusal):
+            self._tell_events("authentication_failed", "no-mechanism")
             self._input(self.unusable, choice.condition, choice.text)
         else:
             self._input({EXTERNAL: self.external_chosen, DIALBACK: self.dialback_chosen,
@@ -402,6 +426,7 @@ class OutboundStream(StreamLifecycle, Protocol):
 
     @_machine.output()
     def _send_external(self):
+        self._mechanism = "certificate"
         self._write(wire.sasl_external_auth(self.sender))
 
     @_machine.output()
@@ -412,6 +437,7 @@ class OutboundStream(StreamLifecycle, Protocol):
     @_machine.output()
     def _send_dialback_key(self):
         key = dialback_key(self.side.dialback_secret, self.receiver, self.sender, self.stream_id)
+        self._mechanism = "dialback"
         self._write(wire.dialback_result(self.sender, self.receiver, key=key))
 
     @_machine.output()
@@ -425,6 +451,7 @@ class OutboundStream(StreamLifecycle, Protocol):
 
     @_machine.output()
     def _tell_ready(self):
+        self.authentication = self._mechanism  # None on a verification stream: it does not authenticate
         self.owner.stream_ready(self)
 
     @_machine.output()
@@ -443,10 +470,12 @@ class OutboundStream(StreamLifecycle, Protocol):
     def _write_error(self, condition, text):
         log.info("outbound {sender}->{receiver}: closing with {condition}: {text}",
                  sender=self.sender, receiver=self.receiver, condition=condition, text=peer_detail(text))
+        self._closing_with(condition)
         self._hang_up(wire.stream_error(condition, text) + wire.STREAM_CLOSE)
 
     @_machine.output()
     def _write_close(self):
+        self._closing_with("closed")
         self._hang_up(wire.STREAM_CLOSE)
 
     def _hang_up(self, last_words):
