@@ -519,3 +519,18 @@ def test_the_alerts_and_the_dashboard_name_only_exported_metrics(tmp_path, tree)
     dashboard = json.loads((MONITORING / "xmpp-guard-dashboard.json").read_text())
     queries = [panel for panel in dashboard["panels"] if panel["type"] != "row"]
     assert queries and all(target["expr"] for panel in queries for target in panel["targets"])
+
+
+def test_stanza_rates_are_per_second_over_the_last_seconds_from_the_same_counter(tmp_path):
+    """The chart's rates come from xmpp_guard_stanzas_total: 0 at first, then the stanzas counted since the oldest
+    sample of the window divided by the seconds between."""
+    service, clock = lab_service(tmp_path)
+    assert service.metrics.stanza_rates() == {}
+    relay_message(service, 1)
+    assert service.metrics.stanza_rates() == {("red->blue", "passed"): 0.0}
+    for number in range(2, 6):
+        relay_message(service, number)
+    clock.advance(2.0)
+    assert service.metrics.stanza_rates() == {("red->blue", "passed"): 2.5}  # 5 since the first sample, 2 s ago
+    clock.advance(20.0)
+    assert service.metrics.stanza_rates() == {("red->blue", "passed"): 0.0}
