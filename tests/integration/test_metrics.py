@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import socket
 import urllib.request
+
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -16,19 +17,7 @@ from guard.lab.clients import ClientLoop
 
 from ..unit.test_metrics import exported_names, monitored_names
 from .policylab import PolicyLab, wait_for
-
-PASS_ALL = """
-[policy]
-name = "pass-all"
-default = "drop"
-
-[[rules]]
-id = "pass-everything"
-rev = 1
-why = "Everything passes: these tests count what crosses."
-verdict = "pass"
-keep = "everything"
-"""
+from .test_reload import PASS_ALL
 
 
 def free_port() -> int:

@@ -27,7 +27,7 @@ from guard.lab.topology import DEFAULT_POLICY, render_guard_config
 
 from .link.pairs import AcceptingCheck, RecordingOwner as LinkOwner, message
 from .streams.sides import RecordingRelay, make_side, pki
-from .streams.test_handshakes import RecordingOwner, deferLater, stanza
+from .streams.test_handshakes import Negotiation, RecordingOwner, deferLater, stanza
 from .link.test_half_config import tree  # noqa: F401 - the pytest fixture
 from .test_config import write
 
@@ -152,12 +152,7 @@ class StreamsOverLoopback(unittest.TestCase):
         (inbound,) = list(self.guard_side.inbound_streams)
         return inbound, outbound
 
-    def hang_up(self, stream):
-        if stream.transport is not None:
-            stream.transport.abortConnection()
-        for inbound in list(self.guard_side.inbound_streams):
-            inbound.transport.abortConnection()
-        return deferLater(0.1)
+    hang_up = Negotiation.hang_up
 
     @defer.inlineCallbacks
     def test_certificate_streams_describe_subject_expiry_stanzas_and_bytes(self):
