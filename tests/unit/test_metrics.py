@@ -513,6 +513,8 @@ def test_the_alerts_and_the_dashboard_name_only_exported_metrics(tmp_path, tree)
     exported = set()
     for service in (standalone, half):
         exported |= exported_names(generate_latest(service.metrics.registry).decode())
+    assert ("link", half.config.link.leg.own_name) in half.metrics.expiries  # the pair link's identity
+    assert half.side.events is half.metrics.streams and half.leg.link.stream_events is half.metrics.streams
     named = monitored_names()
     assert len(named) > 30
     assert named <= exported, sorted(named - exported)
