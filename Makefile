@@ -12,12 +12,16 @@ BENCH_MESSAGES ?= 5000
 .PHONY: run test unit policies integration demo fuzz bench system-deps venv check-config clean
 
 # Debian packages the project needs: a venv-capable Python, Prosody 0.12 and
-# lua-unbound for the integration tests, the demo and the benchmarks.
+# lua-unbound for the integration tests, the demo and the benchmarks;
+# chromium and chromium-driver for the management page's browser tests; snmpd,
+# snmp and smitools for the SNMP tests (a real snmpd, snmpwalk, smilint).
 system-deps:
 	@missing=""; \
 	$(PYTHON) -c 'import ensurepip, venv' 2>/dev/null || missing="$$missing python3-venv"; \
 	command -v prosody >/dev/null 2>&1 || missing="$$missing prosody"; \
 	dpkg -s lua-unbound >/dev/null 2>&1 || missing="$$missing lua-unbound"; \
+	for package in chromium chromium-driver; do dpkg -s $$package >/dev/null 2>&1 || missing="$$missing $$package"; done; \
+	for package in snmpd snmp smitools; do dpkg -s $$package >/dev/null 2>&1 || missing="$$missing $$package"; done; \
 	command -v promtool >/dev/null 2>&1 || missing="$$missing prometheus"; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ]; then \

@@ -1,5 +1,5 @@
 """
-The ``guard`` command: run, check-config, check-policy, explain, reload, status, demo.
+The ``guard`` command: run, check-config, check-policy, explain, audit, reload, status, demo.
 """
 
 from __future__ import annotations
@@ -223,6 +223,10 @@ def main(argv=None) -> int:
         from .policy_commands import explain_main
 
         return explain_main(argv[1:])
+    if argv and argv[0] == "audit":
+        from .audit_commands import audit_main
+
+        return audit_main(argv[1:])
     parser = argparse.ArgumentParser(prog="guard", description="An XMPP server-to-server boundary guard.")
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser("run", help="run the guard in the foreground")
@@ -234,6 +238,7 @@ def main(argv=None) -> int:
     check.set_defaults(act=_check_config)
     commands.add_parser("check-policy", help="check policy files and run their tests")
     commands.add_parser("explain", help="show how a policy judges a stanza")
+    commands.add_parser("audit", help="verify the audit trail's hash chain (guard audit verify FILE...)")
     reload = commands.add_parser("reload", help="reload the policies of a running guard (SIGHUP)")
     reload.add_argument("--pidfile", required=True)
     reload.add_argument("--config", help="check the policies this configuration names first")

@@ -15,7 +15,7 @@ import tomllib
 from dataclasses import dataclass, field
 
 from guard.core.topology import Topology
-from guard.edges.audit import AUDIT_LEVELS
+from guard.edges.audit import AUDIT_LEVELS, MIN_ROTATE_BYTES, journald_unavailable, syslog_address
 from guard.edges.limits import Limits
 from guard.edges.s2s.routes import route_endpoint, route_string
 
@@ -48,6 +48,14 @@ class SideConfig:
 
 
 @dataclass(frozen=True)
+class SnmpSettings:
+    """The [snmp] table: the guard as an AgentX subagent of snmpd, off unless ``agentx`` is set."""
+
+    agentx: str | None = None  # the master's AgentX socket, a Twisted client endpoint string
+    ping_interval: float = 15.0  # seconds between Pings to the master (no answer by the next: reconnect)
+
+
+@dataclass(frozen=True)
 class GuardSettings:
     """The [guard] and [release] tables: what every guard process has, standalone or half of a pair."""
 
@@ -63,8 +71,32 @@ class GuardSettings:
     release_max_pending: int = 16
     release_max_waiting: int = 256
     audit_level: str = "refusals"
+    # Added for issue 12 (audit trail): rotation by size and copies to syslog/journald.
+    audit_rotate_bytes: int | None = None
+    audit_keep: int = 10
+    audit_syslog: bool = False
+    audit_syslog_address: str = "/dev/log"
+    audit_journald: bool = False
+    # Added for issue 12 (SNMP): the [snmp] table.
+    snmp: SnmpSettings = SnmpSettings()
     # Issue 12, [metrics]: where /metrics is served (a Twisted server endpoint string); None: not served.
     metrics_listen: str | None = None
+
+
+@dataclass(frozen=True)
+class ManagementConfig:
+    """The [management] table: the management page, off unless ``listen`` is set (guard.app.management)."""
+
+    listen: str
+    token_file: str | None = None
+    certificate: str | None = None
+    key: str | None = None
+    client_ca: str | None = None
+    allow_reload: bool = False
+
+    @property
+    def tls(self) -> bool:
+        return self.certificate is not None
 
 
 @dataclass(frozen=True)
@@ -73,6 +105,7 @@ class GuardConfig:
     settings: GuardSettings
     limits: Limits
     sides: dict[str, SideConfig] = field(default_factory=dict)
+    management: ManagementConfig | None = None
 
     # The settings read as attributes of the configuration.
     log_level = property(lambda self: self.settings.log_level)
@@ -131,6 +164,19 @@ class _Checker:
             self.fail(f"{key}.{name}", f"cannot read {resolved}")
         return resolved
 
+    def client_endpoint(self, table, name, key):
+        """An optional Twisted client endpoint string (``unix:path=…``, ``tcp:host=…:port=…``), parsed to check it."""
+        value = self.string(table, name, key, required=False)
+        if value is not None:
+            from twisted.internet.endpoints import clientFromString
+            from twisted.internet.testing import MemoryReactor
+
+            try:
+                clientFromString(MemoryReactor(), value)
+            except (ValueError, TypeError, KeyError) as problem:
+                self.fail(f"{key}.{name}", f"not a Twisted client endpoint string ({problem})")
+        return value
+
     def writable_path(self, table, name, key):
         value = self.string(table, name, key, required=False)
         if value is None:
@@ -163,8 +209,9 @@ def check_writable(config_path: str, key: str, path: str, replaced: bool = False
 
 def written_files(settings: GuardSettings) -> list[tuple[str, str, bool]]:
     """(configuration key, path, replaced) of each file a guard process writes: the audit trail (appended
-    to) and the status file (replaced through a temporary file beside it)."""
-    named = (("guard.audit", settings.audit_path, False), ("guard.status", settings.status_path, True))
+    to, and renamed when it rotates) and the status file (replaced through a temporary file beside it)."""
+    named = (("guard.audit", settings.audit_path, settings.audit_rotate_bytes is not None),  # rotation renames it
+             ("guard.status", settings.status_path, True))
     return [(key, path, replaced) for key, path, replaced in named if path is not None]
 
 
@@ -284,21 +331,25 @@ def read_document(path: str, checker):
         raise ConfigError(f"{path}: not valid TOML: {problem}") from problem
 
 
+def read_snmp(checker, document) -> SnmpSettings:
+    """The optional [snmp] table: ``agentx = "unix:path=/var/agentx/master"`` turns the AgentX subagent on."""
+    snmp = checker.table(document.get("snmp", {}), "snmp")
+    checker.only(snmp, ("agentx", "ping_interval"), "snmp")
+    agentx = checker.client_endpoint(snmp, "agentx", "snmp")
+    ping_interval = snmp.get("ping_interval", 15.0)
+    if isinstance(ping_interval, bool) or not isinstance(ping_interval, (int, float)) or not 1 <= ping_interval <= 3600:
+        checker.fail("snmp.ping_interval", "must be a number of seconds from 1 to 3600")
+    return SnmpSettings(agentx=agentx, ping_interval=float(ping_interval))
+
+
 def read_settings(checker, document) -> GuardSettings:
     """The [guard] table and the optional [release] table (the release authority `refer` asks)."""
     guard = checker.table(document.get("guard", {}), "guard")
-    checker.only(guard, ("log_level", "dialback_secret", "audit", "audit_failure", "status", "audit_level"), "guard")
+    checker.only(guard, ("log_level", "dialback_secret", "audit", "audit_failure", "status", "audit_level")
+                 + AUDIT_OUTPUT_KEYS, "guard")
     release = checker.table(document.get("release", {}), "release")
     checker.only(release, ("endpoint", "timeout", "max_pending", "max_waiting"), "release")
-    endpoint = checker.string(release, "endpoint", "release", required=False)
-    if endpoint is not None:
-        from twisted.internet.endpoints import clientFromString
-        from twisted.internet.testing import MemoryReactor
-
-        try:
-            clientFromString(MemoryReactor(), endpoint)
-        except (ValueError, TypeError, KeyError) as problem:
-            checker.fail("release.endpoint", f"not a Twisted client endpoint string ({problem})")
+    endpoint = checker.client_endpoint(release, "endpoint", "release")
     timeout = release.get("timeout", 5.0)
     if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 < timeout <= 300:
         checker.fail("release.timeout", "must be a number of seconds from 0 to 300")
@@ -319,8 +370,139 @@ def read_settings(checker, document) -> GuardSettings:
         release_max_pending=max_pending,
         release_max_waiting=max_waiting,
         audit_level=checker.choice(guard, "audit_level", "guard", AUDIT_LEVELS, "refusals"),
+        **_audit_outputs(checker, guard),
+        snmp=read_snmp(checker, document),
         metrics_listen=read_metrics_listen(checker, document),
     )
+
+
+AUDIT_OUTPUT_KEYS = ("audit_rotate_bytes", "audit_keep", "audit_syslog", "audit_syslog_address", "audit_journald")
+AUDIT_KEEP_MAX = 100_000
+AUDIT_ROTATE_MAX = 1 << 40
+
+
+def _audit_outputs(checker, guard) -> dict:
+    """The [guard] keys of the audit trail's rotation and copies (guard.edges.audit), checked."""
+    named = [key for key in AUDIT_OUTPUT_KEYS if key in guard]
+    if named and "audit" not in guard:
+        checker.fail(f"guard.{named[0]}", "needs guard.audit (the file the trail is written to)")
+    rotate = guard.get("audit_rotate_bytes")
+    if rotate is not None and (isinstance(rotate, bool) or not isinstance(rotate, int)
+                               or not MIN_ROTATE_BYTES <= rotate <= AUDIT_ROTATE_MAX):
+        checker.fail("guard.audit_rotate_bytes", f"must be a whole number of bytes from {MIN_ROTATE_BYTES} "
+                                                 f"to {AUDIT_ROTATE_MAX}")
+    keep = guard.get("audit_keep", 10)
+    if isinstance(keep, bool) or not isinstance(keep, int) or not 1 <= keep <= AUDIT_KEEP_MAX:
+        checker.fail("guard.audit_keep", f"must be a whole number from 1 to {AUDIT_KEEP_MAX}")
+    if "audit_keep" in guard and rotate is None:
+        checker.fail("guard.audit_keep", "needs guard.audit_rotate_bytes (only rotated files are kept or removed)")
+    flags = {}
+    for key in ("audit_syslog", "audit_journald"):
+        flags[key] = guard.get(key, False)
+        if not isinstance(flags[key], bool):
+            checker.fail(f"guard.{key}", "must be true or false")
+    address = checker.string(guard, "audit_syslog_address", "guard", default="/dev/log", required=False)
+    try:
+        parsed = syslog_address(address)
+    except ValueError as problem:
+        checker.fail("guard.audit_syslog_address", str(problem))
+    if flags["audit_syslog"] and isinstance(parsed, str) and not os.path.exists(parsed):
+        checker.fail("guard.audit_syslog", f"{parsed} does not exist (no syslog daemon listening there; "
+                                           f"set guard.audit_syslog_address)")
+    if flags["audit_journald"]:
+        why = journald_unavailable()
+        if why is not None:
+            checker.fail("guard.audit_journald", f"journald is unavailable: {why}")
+    return dict(audit_rotate_bytes=rotate, audit_keep=keep, audit_syslog_address=address, **flags)
+
+
+def audit_options(settings: GuardSettings) -> dict:
+    """The keyword arguments of AuditLog for the rotation and copies these settings ask for."""
+    from guard.edges.audit import JOURNAL_SOCKET
+
+    return dict(rotate_bytes=settings.audit_rotate_bytes, keep=settings.audit_keep,
+                syslog_address=syslog_address(settings.audit_syslog_address) if settings.audit_syslog else None,
+                journal_socket=JOURNAL_SOCKET if settings.audit_journald else None)
+
+
+MANAGEMENT_KEYS = ("listen", "token_file", "certificate", "key", "client_ca", "allow_reload")
+MANAGEMENT_TOKEN_CHARACTERS = 32  # the shortest token a token file may hold
+
+
+def loopback_by_default(listen: str) -> str:
+    """A ``tcp:``/``tcp6:`` endpoint string with no ``interface=`` listens on loopback only (127.0.0.1, ::1)."""
+    kind, _, rest = listen.partition(":")
+    if kind in ("tcp", "tcp6") and "interface=" not in rest:
+        return f"{listen}:interface={'::1' if kind == 'tcp6' else '127.0.0.1'}"
+    return listen
+
+
+def check_token_file(config_path: str, key: str, path: str) -> None:
+    """ConfigError naming the file and ``key`` unless the token file is a regular file owned by this user,
+    readable by nobody else (no group or other permission bits), holding a token of at least
+    MANAGEMENT_TOKEN_CHARACTERS characters."""
+    import stat
+
+    try:
+        status = os.stat(path)
+    except OSError as problem:
+        raise ConfigError(f"{config_path}: {key}: cannot use {path}: {problem.strerror}") from problem
+    if not stat.S_ISREG(status.st_mode):
+        raise ConfigError(f"{config_path}: {key}: {path} is not a regular file")
+    if status.st_mode & 0o077:
+        raise ConfigError(f"{config_path}: {key}: {path} is readable or writable by group or others "
+                          f"(mode {stat.S_IMODE(status.st_mode):04o}); the guard refuses it: chmod 600 {path}")
+    if status.st_uid != os.geteuid():
+        raise ConfigError(f"{config_path}: {key}: {path} belongs to uid {status.st_uid}, not to the guard's "
+                          f"user (uid {os.geteuid()})")
+    if len(read_token(path)) < MANAGEMENT_TOKEN_CHARACTERS:
+        raise ConfigError(f"{config_path}: {key}: {path} must hold a token of at least "
+                          f"{MANAGEMENT_TOKEN_CHARACTERS} characters")
+
+
+def read_token(path: str) -> str:
+    """The token a token file holds: its first line, without surrounding white space."""
+    with open(path, encoding="utf-8") as source:
+        return source.readline(4096).strip()
+
+
+def read_management(checker, document) -> ManagementConfig | None:
+    """The optional [management] table; None (no management page) unless it sets ``listen``."""
+    table = checker.table(document.get("management", {}), "management")
+    checker.only(table, MANAGEMENT_KEYS, "management")
+    listen = checker.string(table, "listen", "management", required=False)
+    if listen is None:
+        if table:
+            checker.fail("management.listen", "is required to serve the management page")
+        return None
+    listen = loopback_by_default(listen)
+    _check_listen(checker, listen, "management.listen")
+    if listen.startswith("ssl:"):
+        checker.fail("management.listen", "use tcp: with management.certificate and management.key for TLS")
+    token_file = checker.file(table, "token_file", "management", required=False)
+    if token_file is not None:
+        check_token_file(checker.path, "management.token_file", token_file)
+    certificate = checker.file(table, "certificate", "management", required=False)
+    key = checker.file(table, "key", "management", required=False)
+    if (certificate is None) != (key is None):
+        checker.fail("management.key", "certificate and key go together (they make the page TLS)")
+    client_ca = checker.file(table, "client_ca", "management", required=False)
+    if client_ca is not None and certificate is None:
+        checker.fail("management.client_ca", "client certificates need TLS: set management.certificate and key")
+    if certificate is not None:
+        from guard.app.management import tls_options
+
+        try:
+            tls_options(certificate, key, client_ca)
+        except Exception as problem:  # noqa: BLE001 - report any load fault
+            checker.fail("management.certificate", f"cannot use {certificate} with {key} "
+                                                   f"(client CA {client_ca}): {problem}")
+    if token_file is None and client_ca is None:
+        checker.fail("management", "needs token_file or client_ca: the page is never served without authentication")
+    allow_reload = table.get("allow_reload", False)
+    if not isinstance(allow_reload, bool):
+        checker.fail("management.allow_reload", "must be true or false")
+    return ManagementConfig(listen, token_file, certificate, key, client_ca, allow_reload)
 
 
 def read_metrics_listen(checker, document) -> str | None:
@@ -337,14 +519,15 @@ def load_config(path: str) -> GuardConfig:
     """Read and check the configuration at ``path``."""
     checker = _Checker(path)
     document = read_document(path, checker)
-    checker.only(document, ("guard", "release", "limits", "sides", "metrics"), "")
+    checker.only(document, ("guard", "release", "limits", "sides", "metrics", "management", "snmp"), "")
     settings = read_settings(checker, document)
+    management = read_management(checker, document)
     limits = _limits(checker, checker.table(document.get("limits", {}), "limits"))
     sides_table = checker.table(document.get("sides", {}), "sides")
     if len(sides_table) != 2:
         checker.fail("sides", f"needs exactly two sides, found {len(sides_table)}")
     sides = {name: _side(checker, name, table) for name, table in sides_table.items()}
-    config = GuardConfig(path, settings, limits, sides)
+    config = GuardConfig(path, settings, limits, sides, management)
     try:
         topology = config.topology
     except ValueError as problem:

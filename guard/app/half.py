@@ -229,6 +229,7 @@ class HalfService(GuardProcess):
         super().startService()
         self._audit_start()
         yield self._listen()
+        yield self._start_management()
         yield self.leg.start()
         leg = self.config.link.leg
         log.info("pair link {own} <-> {peer}: {role} {endpoint}; our fingerprint {fingerprint}",

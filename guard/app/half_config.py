@@ -21,8 +21,8 @@ from guard.edges.link.tls import PeerCheck, normalise_fingerprint
 from guard.edges.limits import Limits
 from guard.edges.xmlstream import ParserLimits
 
-from .config import (GuardSettings, SideConfig, _Checker, _check_listen, _domain_ok, _limits, _side, read_document,
-                     read_settings)
+from .config import (GuardSettings, ManagementConfig, SideConfig, _Checker, _check_listen, _domain_ok, _limits, _side,
+                     read_document, read_management, read_settings)
 
 LINK_KEYS = (
     "name", "peer", "far_side", "far_domains", "import_policy", "certificate", "key", "pins", "ca",
@@ -46,6 +46,7 @@ class HalfConfig:
     limits: Limits
     side: SideConfig
     link: LinkConfig
+    management: ManagementConfig | None = None
 
     log_level = property(lambda self: self.settings.log_level)
     dialback_secret = property(lambda self: self.settings.dialback_secret)
@@ -146,8 +147,9 @@ def load_half_config(path: str) -> HalfConfig:
     """Read and check the half's configuration at ``path``."""
     checker = _Checker(path)
     document = read_document(path, checker)
-    checker.only(document, ("guard", "release", "limits", "sides", "link", "metrics"), "")
+    checker.only(document, ("guard", "release", "limits", "sides", "link", "metrics", "management", "snmp"), "")
     settings = read_settings(checker, document)
+    management = read_management(checker, document)
     limits = _limits(checker, checker.table(document.get("limits", {}), "limits"))
     sides_table = checker.table(document.get("sides", {}), "sides")
     if len(sides_table) != 1:
@@ -185,7 +187,7 @@ def load_half_config(path: str) -> HalfConfig:
     missing = sorted(link.far_domains - set(covered))
     if missing:
         checker.fail(f"sides.{side_name}.certificates", f"no certificate for {', '.join(missing)}")
-    return HalfConfig(path, settings, limits, side, link)
+    return HalfConfig(path, settings, limits, side, link, management)
 
 
 def is_half_config(path: str) -> bool:

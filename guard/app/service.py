@@ -32,7 +32,8 @@ from guard.edges.s2s.verification import Verifier
 from guard.edges.side import Side
 from guard.edges.tlsidentity import Identity, TrustAnchors
 
-from .config import ConfigError, GuardConfig, configured_route
+from .config import ConfigError, GuardConfig, audit_options, configured_route
+from .snmp import subagent_for
 from .metrics import GuardMetrics, metrics_site
 
 log = Logger()
@@ -153,7 +154,7 @@ class GuardProcess(service.Service):
         self.reactor = reactor
         self.books = Books()
         try:
-            self.audit = AuditLog(config.audit_path, level=config.settings.audit_level)
+            self.audit = AuditLog(config.audit_path, level=config.settings.audit_level, **audit_options(config.settings))
         except AuditUnavailable as problem:
             raise ConfigError(f"{config.path}: guard.audit: cannot open the audit trail: {problem}") from problem
         self.policies = PolicyTable(policies)
@@ -173,6 +174,8 @@ class GuardProcess(service.Service):
         # For the snapshot and the metrics (guard.app.snapshot): when the process started, and each policy in force.
         self.started = reactor.seconds()
         self.policy_records = self._policy_records(policies)
+        # SNMP (issue 12): the AgentX subagent, when [snmp] agentx is set; it reads guard.app.snapshot.
+        self.snmp = None
         self.metrics = None  # GuardMetrics, once the subclass built the relay (_attach_metrics)
         self._metrics_port = None
 
@@ -188,6 +191,17 @@ class GuardProcess(service.Service):
         now = self.reactor.seconds()
         return [policy_record(direction, path, policies[direction], now)
                 for direction, _, path in self.policy_files() if direction in policies]
+
+    def startService(self):
+        super().startService()
+        self.snmp = subagent_for(self)
+        if self.snmp is not None:
+            self.snmp.start()
+
+    def stopService(self):
+        super().stopService()
+        if self.snmp is not None:
+            self.snmp.stop()
 
     def _attach_metrics(self):
         """Build the metrics (always; served only when [metrics] listen is set) once relay, sides and link exist."""
@@ -221,6 +235,20 @@ class GuardProcess(service.Service):
             log.info("side {side}: listening on {listen} for {hosted}, fronting {fronted}",
                      side=name, listen=listen, hosted=sorted(side.hosted), fronted=sorted(side.fronted))
         yield self._listen_metrics()
+
+    @defer.inlineCallbacks
+    def _start_management(self):
+        """Serve the management page when [management] listen is set (guard.app.management); it stops with the
+        other listeners."""
+        if getattr(self.config, "management", None) is None:
+            return
+        from guard.app.management import listen_management
+        from guard.app.snapshot import snapshot
+
+        port = yield listen_management(self, snapshot)
+        self._ports.append(port)
+        log.info("management page: listening on {listen} ({mode})", listen=self.config.management.listen,
+                 mode="reload allowed" if self.config.management.allow_reload else "read-only")
 
     @defer.inlineCallbacks
     def _close_down(self, after_closing=None):
@@ -313,6 +341,7 @@ class GuardService(GuardProcess):
         super().startService()
         self._audit_start()
         yield self._listen()
+        yield self._start_management()
         self.write_status()
 
     def stopService(self):
