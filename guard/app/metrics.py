@@ -144,6 +144,14 @@ class GuardMetrics:
         return {key: (count - since[1].get(key, 0)) / elapsed for key, count in totals.items()}
 
 
+def labelled(family_type, name: str, text: str, labels: list[str], counts) -> object:
+    """A metric family of ``family_type`` whose samples are ``counts``: {(label values...): value}."""
+    family = family_type(PREFIX + name, text, labels=labels)
+    for values, count in sorted(counts.items()):
+        family.add_metric(list(values), count)
+    return family
+
+
 class _GuardCollector:
     """Reads the process and the counts at each scrape."""
 
@@ -211,17 +219,11 @@ class _GuardCollector:
     @staticmethod
     def _stanzas(metrics):
         stanzas = metrics.stanzas
-        family = CounterMetricFamily(PREFIX + "stanzas", "Stanzas decided, by direction, kind and verdict "
-                                     "(passed, bounced, dropped, referred to the release authority).",
-                                     labels=["direction", "kind", "verdict"])
-        for labels, count in sorted(stanzas.decisions.items()):
-            family.add_metric(list(labels), count)
-        yield family
-        family = CounterMetricFamily(PREFIX + "rule_decisions", "Stanzas decided, by direction, deciding rule id "
-                                     "and verdict.", labels=["direction", "rule", "verdict"])
-        for labels, count in sorted(stanzas.rules.items()):
-            family.add_metric(list(labels), count)
-        yield family
+        yield labelled(CounterMetricFamily, "stanzas", "Stanzas decided, by direction, kind and verdict (passed, "
+                       "bounced, dropped, referred to the release authority).", ["direction", "kind", "verdict"],
+                       stanzas.decisions)
+        yield labelled(CounterMetricFamily, "rule_decisions", "Stanzas decided, by direction, deciding rule id and "
+                       "verdict.", ["direction", "rule", "verdict"], stanzas.rules)
         family = HistogramMetricFamily(PREFIX + "delivery_latency_seconds",
                                        "Seconds from a stanza's arrival to its write to the destination.",
                                        labels=["direction"])
@@ -232,12 +234,9 @@ class _GuardCollector:
     @staticmethod
     def _streams(metrics):
         events = metrics.streams
-        family = GaugeMetricFamily(PREFIX + "streams_open", "Streams connected now, by side, direction and "
-                                   "authentication method (none: not authenticated yet).",
-                                   labels=["side", "direction", "authentication"])
-        for labels, count in sorted(events.open_streams().items()):
-            family.add_metric(list(labels), count)
-        yield family
+        yield labelled(GaugeMetricFamily, "streams_open", "Streams connected now, by side, direction and "
+                       "authentication method (none: not authenticated yet).",
+                       ["side", "direction", "authentication"], events.open_streams())
         for name, counts, text, label in (
                 ("streams_opened", events.opened, "Streams connected, by side and direction.", None),
                 ("stream_closures", events.closures, "Streams ended, by side, direction and stream-error "
@@ -245,10 +244,7 @@ class _GuardCollector:
                 ("tls_failures", events.tls_failures, "TLS failures, by side, direction and reason.", "reason"),
                 ("authentication_failures", events.authentication_failures,
                  "Authentication failures, by side, direction and reason.", "reason")):
-            family = CounterMetricFamily(PREFIX + name, text, labels=["side", "direction"] + ([label] if label else []))
-            for labels, count in sorted(counts.items()):
-                family.add_metric(list(labels), count)
-            yield family
+            yield labelled(CounterMetricFamily, name, text, ["side", "direction"] + ([label] if label else []), counts)
         received = CounterMetricFamily(PREFIX + "received_bytes", "Bytes received on the wire, by side.",
                                        labels=["side"])
         sent = CounterMetricFamily(PREFIX + "sent_bytes", "Bytes sent on the wire, by side.", labels=["side"])
@@ -280,10 +276,7 @@ class _GuardCollector:
                 ("outbound_connects", CounterMetricFamily, connects, "Outbound streams the guard began to open."),
                 ("outbound_stream_failures", CounterMetricFamily, failures,
                  "Outbound streams that failed before they were ready (the far server unreachable or refusing).")):
-            family = family_type(PREFIX + name, text, labels=labels)
-            for key, count in sorted(counts.items()):
-                family.add_metric(list(key), count)
-            yield family
+            yield labelled(family_type, name, text, labels, counts)
 
     @staticmethod
     def _link(relay):

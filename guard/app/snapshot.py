@@ -114,7 +114,9 @@ def describe_release_authority(process) -> dict | None:
         "pending": authority.pending,
         "waiting": len(authority.waiting),
         "asked": authority.asked,
-        "answers": {"released": authority.released, "denied": authority.denied, "busy": authority.busy},
+        # The authority counts a busy answer as denied too: here each answer is in one outcome.
+        "answers": {"released": authority.released, "denied": authority.denied - authority.busy,
+                    "busy": authority.busy},
         "answered": answered,
         "latency_seconds": authority.answered_seconds / answered if answered else None,
         "last_latency_seconds": authority.last_answer_seconds,

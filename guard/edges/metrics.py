@@ -29,6 +29,7 @@ from __future__ import annotations
 
 from bisect import bisect_left
 from collections import Counter
+from types import SimpleNamespace
 
 from zope.interface import implementer
 
@@ -52,7 +53,8 @@ AUTHENTICATION_FAILURES = frozenset({"certificate-refused", "dialback-denied", "
 TIMER_FAILURES = {"tls": ("tls", "timeout"), "auth": ("authentication", "timeout")}
 RELEASE_OUTCOMES = ("released", "denied", "busy")
 
-VERDICTS = {"pass": "passed", "bounce": "bounced", "drop": "dropped"}
+# The direction of an event that names none (never expected: every settled stanza has a ticket).
+UNKNOWN_DIRECTION = SimpleNamespace(source="unknown", destination="unknown")
 
 
 def bounded(value, allowed) -> str:
@@ -91,14 +93,14 @@ class StanzaCounts(SettlementObserver):
 
     def __init__(self, clock, rules=()):
         self.clock = clock
-        self.decisions: Counter = Counter()  # (direction, kind, verdict) -> stanzas
-        self.rules: Counter = Counter()  # (direction, rule, verdict) -> stanzas
-        self.latency: dict[str, Buckets] = {}  # direction -> arrival to write
-        self.delivered: Counter = Counter()  # direction -> stanzas
+        # Per stanza only plain tuples of strings are counted (source and destination, not the Direction, whose
+        # hash is computed at each use); the labels are made at scrape time (``decisions``, ``rules``, ``latency``).
+        self._decisions: dict = {}  # (source, destination, kind, verdict) -> stanzas
+        self._rule_decisions: dict = {}  # (source, destination, rule, verdict) -> stanzas
+        self._latency: dict = {}  # (source, destination) -> Buckets, arrival to write
         self.bounces_lost = 0
         self.settled_twice = 0
         self._rules = frozenset(rules)
-        self._directions: dict = {}  # Direction -> its label, made once
 
     def rules_in_force(self, rules) -> None:
         """The rule ids of the policies now in force (their ids become label values; others are "other")."""
@@ -117,15 +119,13 @@ class StanzaCounts(SettlementObserver):
 
     def stanza_delivered(self, event):
         ticket = event.ticket
-        if ticket is None:
+        if ticket is None or ticket.arrived is None:
             return
-        direction = self._direction(ticket.direction)
-        self.delivered[direction] += 1
-        if ticket.arrived is not None:
-            buckets = self.latency.get(direction)
-            if buckets is None:
-                buckets = self.latency[direction] = Buckets(LATENCY_BUCKETS)
-            buckets.observe(max(0.0, self.clock.seconds() - ticket.arrived))
+        key = (ticket.direction.source, ticket.direction.destination)
+        buckets = self._latency.get(key)
+        if buckets is None:
+            buckets = self._latency[key] = Buckets(LATENCY_BUCKETS)
+        buckets.observe(max(0.0, self.clock.seconds() - ticket.arrived))
 
     def bounce_lost(self, event):
         self.bounces_lost += 1
@@ -137,19 +137,47 @@ class StanzaCounts(SettlementObserver):
 
     def referred(self, kind: str, direction) -> None:
         """A policy referred a stanza to the release authority (it settles later as passed, bounced or dropped)."""
-        self.decisions[(self._direction(direction), bounded(kind, STANZA_NAMES), "referred")] += 1
+        key = (direction.source, direction.destination, bounded(kind, STANZA_NAMES), "referred")
+        self._decisions[key] = self._decisions.get(key, 0) + 1
 
-    # -- reading --------------------------------------------------------------
+    # -- reading (at scrape time) -----------------------------------------------
+
+    @property
+    def decisions(self) -> Counter:
+        """(direction, kind, verdict) -> stanzas."""
+        return Counter({(f"{source}->{destination}", kind, verdict): count
+                        for (source, destination, kind, verdict), count in self._decisions.items()})
+
+    @property
+    def rules(self) -> Counter:
+        """(direction, rule, verdict) -> stanzas."""
+        return Counter({(f"{source}->{destination}", rule, verdict): count
+                        for (source, destination, rule, verdict), count in self._rule_decisions.items()})
+
+    @property
+    def latency(self) -> dict[str, Buckets]:
+        """direction -> the histogram of seconds from arrival to write."""
+        return {f"{source}->{destination}": buckets for (source, destination), buckets in self._latency.items()}
+
+    # -- per stanza ---------------------------------------------------------------
 
     def _decided(self, event, verdict):
-        ticket = event.ticket
-        direction = self._direction(event.direction if event.direction is not None
-                                    else ticket.direction if ticket is not None else None)
+        direction = event.direction
+        if direction is None:
+            direction = event.ticket.direction if event.ticket is not None else UNKNOWN_DIRECTION
+        source, destination = direction.source, direction.destination
         kind = event.stanza.name
         if kind not in STANZA_NAMES:
             kind = OTHER
-        self.decisions[(direction, kind, verdict)] += 1
-        self.rules[(direction, self._rule(event.rule), verdict)] += 1
+        key = (source, destination, kind, verdict)
+        decisions = self._decisions
+        decisions[key] = decisions.get(key, 0) + 1
+        rule = event.rule
+        if rule not in self._rules:
+            rule = self._rule(rule)
+        key = (source, destination, rule, verdict)
+        rules = self._rule_decisions
+        rules[key] = rules.get(key, 0) + 1
 
     def _rule(self, rule) -> str:
         if rule in self._rules or rule == "default":
@@ -157,12 +185,6 @@ class StanzaCounts(SettlementObserver):
         if isinstance(rule, str) and rule.startswith(("guard:", "xep0258:")) and len(rule) <= 64:
             return rule  # the guard's own rules: constants, or guard:<a condition of its own>
         return OTHER
-
-    def _direction(self, direction) -> str:
-        label = self._directions.get(direction)
-        if label is None:
-            label = self._directions[direction] = "unknown" if direction is None else str(direction)
-        return label
 
 
 class StreamEvents:

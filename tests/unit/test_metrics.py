@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import re
 import shutil
+from pathlib import Path
 from types import SimpleNamespace
 
 from prometheus_client.parser import text_string_to_metric_families
@@ -32,10 +33,30 @@ from guard.lab.topology import DEFAULT_POLICY, render_guard_config
 
 from .link import pairs
 from .streams.sides import TOPOLOGY, pki
+from .link.test_half_config import tree  # noqa: F401 - the pytest fixture
 from .test_config import write
 from .test_release import RecordingAudit, stanza as release_stanza
 
 RED_BLUE = Direction("red", "blue")
+MONITORING = Path(__file__).resolve().parents[2] / "deploy" / "monitoring"
+
+
+def exported_names(text: str) -> set[str]:
+    """Every sample name a scrape in the text format declares (a family with no sample yet included)."""
+    names = set()
+    for family in text_string_to_metric_families(text):
+        names.add(family.name)
+        suffixes = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count")}.get(family.type, ())
+        names.update(family.name + suffix for suffix in suffixes)
+    return names
+
+
+def monitored_names() -> set[str]:
+    """Every xmpp_guard_ name the alert rules and the Grafana dashboard use."""
+    named = set()
+    for path in (MONITORING / "alerts.yml", MONITORING / "xmpp-guard-dashboard.json"):
+        named |= set(re.findall(r"\bxmpp_guard_[a-z_]+", path.read_text()))
+    return named
 
 
 def message(number, sender="romeo@red.example", recipient="juliet@blue.example"):
@@ -442,3 +463,76 @@ class StreamEventsOverLoopback(unittest.TestCase):
         yield self.close()
         self.assertEqual(dict(self.events.authentication_failures), {("red", "inbound", "certificate-refused"): 1})
         self.assertEqual(self.events.open_streams(), {})
+
+
+# -- deploy/monitoring ------------------------------------------------------------------
+
+
+def promtool(*arguments):
+    """Run Debian's promtool (package prometheus, installed by make test) in deploy/monitoring."""
+    import subprocess
+
+    import pytest
+
+    if shutil.which("promtool") is None:
+        pytest.skip("promtool not found: install Debian's prometheus package (make system-deps does)")
+    return subprocess.run(["promtool", *arguments], cwd=MONITORING, capture_output=True, text=True, timeout=60)
+
+
+def test_the_alert_rules_pass_promtool_check_and_their_own_tests():
+    """promtool check rules accepts alerts.yml, and promtool test rules runs alerts.test.yml: each of the five
+    alerts fires when it should and not before."""
+    checked = promtool("check", "rules", "alerts.yml")
+    assert checked.returncode == 0 and "SUCCESS: 5 rules found" in checked.stdout, checked.stdout + checked.stderr
+    tested = promtool("test", "rules", "alerts.test.yml")
+    assert tested.returncode == 0 and "SUCCESS" in tested.stdout, tested.stdout + tested.stderr
+
+
+def test_the_alerts_cover_audit_books_certificates_link_and_far_side():
+    """The rules are the five the operators page on."""
+    alerts = re.findall(r"^      - alert: (\w+)$", (MONITORING / "alerts.yml").read_text(), re.MULTILINE)
+    assert alerts == ["XmppGuardAuditFailure", "XmppGuardBooksNotBalancing",
+                                                 "XmppGuardCertificateExpiring", "XmppGuardLinkDown",
+                                                 "XmppGuardFarSideUnreachable"]
+
+
+def test_the_alerts_and_the_dashboard_name_only_exported_metrics(tmp_path, tree):
+    """Every xmpp_guard_ name in alerts.yml and the dashboard is exported by a standalone guard with a release
+    authority or by a pair half; the dashboard is JSON with a query in every panel."""
+    import json
+
+    from prometheus_client import generate_latest
+
+    from guard.app.half import HalfService
+    from guard.app.half_config import load_half_config
+
+    from .link.test_half_config import variant
+
+    standalone, _ = lab_service(tmp_path, '\n[release]\nendpoint = "tcp:host=127.0.0.1:port=9"\n')
+    half = HalfService(load_half_config(variant(tree, [])), MemoryReactorClock())
+    exported = set()
+    for service in (standalone, half):
+        exported |= exported_names(generate_latest(service.metrics.registry).decode())
+    assert ("link", half.config.link.leg.own_name) in half.metrics.expiries  # the pair link's identity
+    assert half.side.events is half.metrics.streams and half.leg.link.stream_events is half.metrics.streams
+    named = monitored_names()
+    assert len(named) > 30
+    assert named <= exported, sorted(named - exported)
+    dashboard = json.loads((MONITORING / "xmpp-guard-dashboard.json").read_text())
+    queries = [panel for panel in dashboard["panels"] if panel["type"] != "row"]
+    assert queries and all(target["expr"] for panel in queries for target in panel["targets"])
+
+
+def test_stanza_rates_are_per_second_over_the_last_seconds_from_the_same_counter(tmp_path):
+    """The chart's rates come from xmpp_guard_stanzas_total: 0 at first, then the stanzas counted since the oldest
+    sample of the window divided by the seconds between."""
+    service, clock = lab_service(tmp_path)
+    assert service.metrics.stanza_rates() == {}
+    relay_message(service, 1)
+    assert service.metrics.stanza_rates() == {("red->blue", "passed"): 0.0}
+    for number in range(2, 6):
+        relay_message(service, number)
+    clock.advance(2.0)
+    assert service.metrics.stanza_rates() == {("red->blue", "passed"): 2.5}  # 5 since the first sample, 2 s ago
+    clock.advance(20.0)
+    assert service.metrics.stanza_rates() == {("red->blue", "passed"): 0.0}

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from types import SimpleNamespace
 
 from twisted.internet import defer, reactor
 from twisted.internet.endpoints import HostnameEndpoint, TCP4ServerEndpoint, connectProtocol
@@ -18,6 +19,8 @@ from twisted.trial import unittest
 from guard.app.config import load_config
 from guard.app.service import GuardService
 from guard.app.snapshot import snapshot
+from guard.core.pipeline import Direction
+from guard.edges.release import ReleaseAuthority
 from guard.edges.link.link import Link
 from guard.edges.link.stream import LinkStream
 from guard.edges.relay import Parcel
@@ -27,9 +30,11 @@ from guard.lab.topology import DEFAULT_POLICY, render_guard_config
 
 from .link.pairs import AcceptingCheck, RecordingOwner as LinkOwner, message
 from .streams.sides import RecordingRelay, make_side, pki
+from .streams import test_handshakes
 from .streams.test_handshakes import RecordingOwner, deferLater, stanza
 from .link.test_half_config import tree  # noqa: F401 - the pytest fixture
 from .test_config import write
+from .test_release import RecordingAudit, stanza as release_stanza
 
 STREAM_KEYS = {"id", "side", "direction", "peer_domain", "local_domain", "pairs", "authentication",
                "certificate_subject", "certificate_not_after", "started", "age", "state", "stanzas_in",
@@ -152,12 +157,7 @@ class StreamsOverLoopback(unittest.TestCase):
         (inbound,) = list(self.guard_side.inbound_streams)
         return inbound, outbound
 
-    def hang_up(self, stream):
-        if stream.transport is not None:
-            stream.transport.abortConnection()
-        for inbound in list(self.guard_side.inbound_streams):
-            inbound.transport.abortConnection()
-        return deferLater(0.1)
+    hang_up = test_handshakes.Negotiation.hang_up
 
     @defer.inlineCallbacks
     def test_certificate_streams_describe_subject_expiry_stanzas_and_bytes(self):
@@ -209,3 +209,21 @@ def test_a_half_snapshot_has_its_one_side_and_the_pair_link(tree):
     assert (link["state"], link["buffer_bytes"], link["unacknowledged"], link["stream"]) == ("down", 0, 0, None)
     assert link["peer"] == service.config.link.leg.peer_name
     assert len(seen["policies"]) == 2
+
+
+def test_the_release_authority_is_described_with_each_answer_in_one_outcome(tmp_path):
+    """With a release authority configured, the snapshot gives its endpoint and questions; a busy answer counts as
+    busy only, and the latency is the mean of the answers."""
+    service, clock = lab_service(tmp_path)
+    service.release_authority = authority = ReleaseAuthority(
+        SimpleNamespace(connect=lambda factory: defer.Deferred()), clock, RecordingAudit(), timeout=2.0,
+        max_pending=1, max_waiting=0)
+    service.config = SimpleNamespace(settings=SimpleNamespace(release_endpoint="unix:path=/run/guard/release.sock"))
+    authority.ask(release_stanza(), Direction("red", "blue"), "refer-high")
+    authority.ask(release_stanza(), Direction("red", "blue"), "refer-high")
+    assert snapshot(service)["release_authority"]["pending"] == 1
+    clock.advance(2.0)
+    assert snapshot(service)["release_authority"] == {
+        "endpoint": "unix:path=/run/guard/release.sock", "pending": 0, "waiting": 0, "asked": 1,
+        "answers": {"released": 0, "denied": 1, "busy": 1}, "answered": 2, "latency_seconds": 1.0,
+        "last_latency_seconds": 2.0}
