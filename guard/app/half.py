@@ -22,7 +22,7 @@ from guard.core.addressing import Misaddressed, check_addressing, parse_jid
 from guard.core.pipeline import Direction, judge_fail_closed
 from guard.core.settlement import Deliver
 from guard.edges.feeders import Feeders
-from guard.edges.link.leg import LinkLeg
+from guard.edges.link.leg import LinkLeg, NoSuchSocket
 from guard.edges.link.link import NOT_WRITABLE, REFUSED_CONDITION, TOO_LARGE, LinkCarrier, LinkFeeder
 from guard.edges.relay import Relay, Ticket
 from guard.edges.s2s.carrier import open_outbound_stream
@@ -230,7 +230,10 @@ class HalfService(GuardProcess):
         self._audit_start()
         yield self._listen()
         yield self._start_management()
-        yield self.leg.start()
+        try:
+            yield self.leg.start()
+        except NoSuchSocket as problem:
+            raise ConfigError(f"{self.config.path}: link.listen: {problem}") from problem
         leg = self.config.link.leg
         log.info("pair link {own} <-> {peer}: {role} {endpoint}; our fingerprint {fingerprint}",
                  own=leg.own_name, peer=leg.peer_name, role="listening on" if leg.listen else "dialling",

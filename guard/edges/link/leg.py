@@ -37,6 +37,10 @@ class LegConfig:
     open_timeout: float = OPEN_TIMEOUT_SECONDS
 
 
+class NoSuchSocket(ValueError):
+    """The link's listen string names a socket that was not passed (systemd socket activation)."""
+
+
 class LinkLeg:
     def __init__(self, config: LegConfig, owner, reactor, limits: ParserLimits = ParserLimits(),
                  random_source=random.random):
@@ -58,7 +62,12 @@ class LinkLeg:
     def start(self):
         self.link.start()
         if self.config.listen is not None:
-            endpoint = serverFromString(self.reactor, self.config.listen)
+            try:
+                endpoint = serverFromString(self.reactor, self.config.listen)
+            except (KeyError, IndexError) as problem:
+                # A systemd: string whose socket was not passed (Twisted raises KeyError/IndexError).
+                raise NoSuchSocket(f"{self.config.listen}: no such socket was passed by systemd ({problem!r})") \
+                    from problem
             self.port = yield endpoint.listen(self.tls.listening(self.factory, self.reactor))
         else:
             endpoint = clientFromString(self.reactor, self.config.dial)

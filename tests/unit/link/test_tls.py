@@ -94,3 +94,22 @@ def test_a_check_needs_pins_or_a_ca():
     """A peer check with nothing to check against is a configuration error, not an open door."""
     with pytest.raises(ValueError):
         PeerCheck("half-b")
+
+
+def test_a_link_listening_on_a_socket_systemd_did_not_pass_says_so(material, monkeypatch):
+    """A systemd: link listen string with no such passed socket fails with NoSuchSocket naming it, not a bare KeyError."""
+    from twisted.internet.testing import MemoryReactorClock
+
+    from guard.edges.link.leg import LegConfig, LinkLeg, NoSuchSocket
+
+    monkeypatch.delenv("LISTEN_FDS", raising=False)
+    monkeypatch.delenv("LISTEN_FDNAMES", raising=False)
+    a = material["a"]
+    config = LegConfig("half-a", "half-b", str(a.certificate), str(a.key), ca=str(material["ca"]),
+                       listen="systemd:domain=INET:name=link")
+    leg = LinkLeg(config, RecordingOwner(), MemoryReactorClock())
+    failure = leg.start()
+    problem = failure.result.value if hasattr(failure, "result") else None
+    failure.addErrback(lambda _: None)
+    assert isinstance(problem, NoSuchSocket)
+    assert "systemd:domain=INET:name=link: no such socket was passed by systemd" in str(problem)
