@@ -25,6 +25,7 @@ if str(PROJECT_ROOT) not in sys.path:
 
 from guard.lab.clients import ClientLoop  # noqa: E402
 from guard.lab.topology import Lab, Mode  # noqa: E402
+from .labs import started
 
 LAB_CONFIGURATIONS = [
     pytest.param((Mode.DIRECT, "certificate"), marks=pytest.mark.direct, id="direct-certificate"),
@@ -54,13 +55,7 @@ def lab(request, tmp_path_factory):
     certificates = dict(swapped[0]) if swapped else {}
     folder = tmp_path_factory.mktemp(f"lab-{mode.value}-{authentication}")
     laboratory = Lab(mode, authentication, folder=folder, server_certificates=certificates)
-    try:
-        laboratory.start()
-    except Exception as error:
-        tails = laboratory.log_tails()
-        laboratory.stop()
-        pytest.fail(f"the lab did not start ({mode.value}, {authentication}): {error}\n{tails}", pytrace=False)
-    yield laboratory
+    yield started(laboratory, f"the lab ({mode.value}, {authentication})")
     laboratory.stop()
 
 

@@ -30,6 +30,7 @@ from guard.lab.clients import ClientError
 from guard.lab.topology import PROJECT_ROOT, Lab, Mode
 
 from tests.integration.hostile import HostilePeer, StreamClosed, header, lab_lock_held_here
+from .labs import started
 
 ROMEO = "romeo@red.example"
 JULIET = "juliet@blue.example"
@@ -64,13 +65,7 @@ def start_lab(request, tmp_path_factory, authentication, policy=None) -> Lab:
     if policy is not None:
         options["policy"] = policy
     laboratory = Lab(Mode.GUARD, authentication, folder=folder, **options)
-    try:
-        laboratory.start()
-    except Exception as error:
-        tails = laboratory.log_tails()
-        laboratory.stop()
-        pytest.fail(f"the attack lab did not start: {error}\n{tails}", pytrace=False)
-    return laboratory
+    return started(laboratory, "the attack lab")
 
 
 @pytest.fixture(scope="class")

@@ -19,6 +19,7 @@ from guard.edges.audit import MIN_ROTATE_BYTES, rotated_files
 from guard.lab.clients import ClientLoop
 
 from .policylab import PolicyLab, wait_for
+from .labs import started
 
 DROP_MARKED = """
 [policy]
@@ -74,13 +75,7 @@ def syslog(tmp_path_factory):
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory, syslog):
     laboratory = RotatingLab(tmp_path_factory.mktemp("audit-lab"), syslog[0])
-    try:
-        laboratory.start()
-    except Exception as error:
-        tails = laboratory.log_tails()
-        laboratory.stop()
-        pytest.fail(f"the lab did not start: {error}\n{tails}", pytrace=False)
-    yield laboratory
+    yield started(laboratory)
     laboratory.stop()
 
 

@@ -23,6 +23,7 @@ from guard.lab.clients import _Blast
 from guard.lab.topology import Lab, Mode
 
 from tests.integration.hostile import HostilePeer, lab_lock_held_here
+from .labs import started
 
 JULIET = "juliet@blue.example"
 BURST = 20_000
@@ -38,13 +39,7 @@ def lab(tmp_path):
         pytest.skip("another lab of this pytest session is still running; run this module on its own")
     laboratory = Lab(Mode.GUARD, "certificate", folder=tmp_path / "lab", guard_log_level="info",
                      limits={"rate_bytes_per_second": 256 * 1024 * 1024, "rate_burst_bytes": 256 * 1024 * 1024})
-    try:
-        laboratory.start()
-    except Exception as error:
-        tails = laboratory.log_tails()
-        laboratory.stop()
-        pytest.fail(f"the cold-burst lab did not start: {error}\n{tails}", pytrace=False)
-    yield laboratory
+    yield started(laboratory, "the cold-burst lab")
     laboratory.stop()
 
 

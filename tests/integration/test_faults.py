@@ -23,6 +23,7 @@ from guard.lab.clients import ClientError
 from guard.lab.topology import Lab, Mode
 
 from tests.integration.hostile import lab_lock_held_here
+from .labs import started
 
 ROMEO = "romeo@red.example"
 JULIET = "juliet@blue.example"
@@ -42,13 +43,7 @@ def lab(request, tmp_path, lab_settings):
     if lab_lock_held_here():
         pytest.skip("another lab of this pytest session is still running; run this module on its own")
     laboratory = Lab(Mode.GUARD, "certificate", folder=tmp_path / "lab", guard_log_level="info", **lab_settings)
-    try:
-        laboratory.start()
-    except Exception as error:
-        tails = laboratory.log_tails()
-        laboratory.stop()
-        pytest.fail(f"the fault lab did not start: {error}\n{tails}", pytrace=False)
-    yield laboratory
+    yield started(laboratory, "the fault lab")
     laboratory.stop()
 
 

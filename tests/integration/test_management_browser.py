@@ -25,6 +25,7 @@ from guard.lab.clients import ClientLoop
 from guard.lab.topology import DEFAULT_POLICY as ALLOW_ALL
 
 from .policylab import PolicyLab
+from .labs import started
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
@@ -97,14 +98,8 @@ def lab(tmp_path_factory):
     token_file.write_text(TOKEN + "\n")
     os.chmod(token_file, 0o600)
     laboratory = PolicyLab(folder, POLICY, ALLOW_ALL.read_text(), extra_config=MANAGEMENT)
-    try:
-        laboratory.start()
-        wait_until(lambda: port_open(MANAGEMENT_ADDRESS, MANAGEMENT_PORT), what="the management page's port")
-    except Exception as error:
-        tails = laboratory.log_tails()
-        laboratory.stop()
-        pytest.fail(f"the lab did not start: {error}\n{tails}", pytrace=False)
-    yield laboratory
+    yield started(laboratory, ready=lambda: wait_until(lambda: port_open(MANAGEMENT_ADDRESS, MANAGEMENT_PORT),
+                                                       what="the management page's port"))
     laboratory.stop()
 
 

@@ -18,6 +18,7 @@ from guard.lab.clients import ClientLoop
 from ..unit.test_metrics import exported_names, monitored_names
 from .policylab import PolicyLab, wait_for
 from .test_reload import PASS_ALL
+from .labs import started
 
 
 def free_port() -> int:
@@ -32,13 +33,7 @@ def lab(tmp_path_factory):
     laboratory = PolicyLab(tmp_path_factory.mktemp("metrics-lab"), PASS_ALL, PASS_ALL,
                            extra_config=f'[metrics]\nlisten = "tcp:{port}:interface=127.0.0.1"\n')
     laboratory.metrics_url = f"http://127.0.0.1:{port}/metrics"
-    try:
-        laboratory.start()
-    except Exception as error:
-        tails = laboratory.log_tails()
-        laboratory.stop()
-        pytest.fail(f"the lab did not start: {error}\n{tails}", pytrace=False)
-    yield laboratory
+    yield started(laboratory)
     laboratory.stop()
 
 

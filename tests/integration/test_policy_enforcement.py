@@ -14,6 +14,7 @@ import pytest
 from guard.lab.clients import ClientError, ClientLoop
 
 from .policylab import PolicyLab, wait_for
+from .labs import started
 
 POLICIES = Path(__file__).resolve().parents[2] / "policies"
 
@@ -34,14 +35,7 @@ SECRET = (
 
 
 def start(folder, red_policy, blue_policy):
-    laboratory = PolicyLab(folder, red_policy, blue_policy)
-    try:
-        laboratory.start()
-    except Exception as error:
-        tails = laboratory.log_tails()
-        laboratory.stop()
-        pytest.fail(f"the lab did not start: {error}\n{tails}", pytrace=False)
-    return laboratory
+    return started(PolicyLab(folder, red_policy, blue_policy))
 
 
 @pytest.fixture(scope="module")

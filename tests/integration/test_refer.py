@@ -18,6 +18,7 @@ import pytest
 from guard.lab.clients import ClientLoop
 
 from .policylab import PolicyLab, wait_for
+from .labs import started
 
 REFER_REVIEWS = """
 [policy]
@@ -82,15 +83,8 @@ def lab(tmp_path_factory):
     laboratory = PolicyLab(folder, REFER_REVIEWS, REFER_REVIEWS.replace("refer-reviews", "refer-reviews-back"),
                            extra_config=RELEASE)
     laboratory.authority = Authority(folder)
-    try:
-        laboratory.authority.start("--deny-word", "secret")
-        laboratory.start()
-    except Exception as error:
-        tails = laboratory.log_tails()
-        laboratory.stop()
-        laboratory.authority.stop()
-        pytest.fail(f"the lab did not start: {error}\n{tails}", pytrace=False)
-    yield laboratory
+    laboratory.authority.start("--deny-word", "secret")
+    yield started(laboratory, also_stop=[laboratory.authority])
     laboratory.stop()
     laboratory.authority.stop()
 

@@ -15,6 +15,7 @@ import pytest
 from guard.lab.clients import ClientLoop
 
 from .policylab import PolicyLab, wait_for
+from .labs import started
 
 PASS_ALL = """
 [policy]
@@ -54,13 +55,7 @@ keep = "everything"
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory):
     laboratory = PolicyLab(tmp_path_factory.mktemp("reload-lab"), PASS_ALL, PASS_ALL)
-    try:
-        laboratory.start()
-    except Exception as error:
-        tails = laboratory.log_tails()
-        laboratory.stop()
-        pytest.fail(f"the lab did not start: {error}\n{tails}", pytrace=False)
-    yield laboratory
+    yield started(laboratory)
     laboratory.stop()
 
 

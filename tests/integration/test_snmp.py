@@ -26,6 +26,7 @@ from guard.lab.topology import Lab, Mode
 
 from tests.integration.hostile import lab_lock_held_here
 from tests.unit.test_snmp import need
+from .labs import started
 
 pytestmark = pytest.mark.guard
 
@@ -140,13 +141,7 @@ def start_lab(snmpd, folder, **settings):
     laboratory = Lab(Mode.GUARD, "certificate", folder=folder, guard_log_level="info", **settings)
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(topology, "render_guard_config", lambda *args, **kwargs: original(*args, **kwargs) + block)
-        try:
-            laboratory.start()
-        except Exception as error:
-            tails = laboratory.log_tails()
-            laboratory.stop()
-            pytest.fail(f"the SNMP lab did not start: {error}\n{tails}", pytrace=False)
-    return laboratory
+        return started(laboratory, "the SNMP lab")
 
 
 @pytest.fixture(scope="module")
