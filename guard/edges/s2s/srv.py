@@ -130,7 +130,12 @@ class AnswerCache:
 
 
 def _name(value) -> str:
-    text = value.name.decode("ascii", "replace") if hasattr(value, "name") else str(value)
+    """A DNS name (of a record, a dns.Name, bytes or text) in lower case without its final dot; "." for the root."""
+    if isinstance(value, dns.RRHeader):
+        value = value.name
+    if isinstance(value, dns.Name):
+        value = value.name
+    text = value.decode("ascii", "replace") if isinstance(value, bytes) else str(value)
     return text.lower().rstrip(".") or "."
 
 
@@ -195,7 +200,7 @@ class DomainResolver:
         question.addTimeout(self.lookup_seconds, self.clock)
         try:
             answers, _, _ = yield question
-        except (dns_error.DomainError, dns_error.AuthoritativeDomainError):
+        except (dns_error.DNSNameError, dns_error.AuthoritativeDomainError):  # NXDOMAIN: no such name
             self.cache.put(key, (), NEGATIVE_TTL, len(name))
             return None
         except defer.CancelledError:
