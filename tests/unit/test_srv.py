@@ -113,8 +113,8 @@ def test_targets_come_from_the_srv_records_of_the_side_dns():
     names = TableResolver(TWO_GUARDS)
     resolver = DomainResolver(names, Clock(), random=random.Random(1))
     targets = found(resolver.targets("blue.example"))
-    assert sorted(targets) == [("guard-a.lab.example", 5269), ("guard-b.lab.example", 5270)]
-    assert names.asked == [("_xmpp-server._tcp.blue.example", dns.SRV)]
+    assert sorted(targets) == [("guard-a.lab.example", 5269, False), ("guard-b.lab.example", 5270, False)]
+    assert names.asked == [("_xmpps-server._tcp.blue.example", dns.SRV), ("_xmpp-server._tcp.blue.example", dns.SRV)]
     assert found(resolver.addresses("guard-b.lab.example")) == ["127.0.3.2"]
 
 
@@ -123,8 +123,8 @@ def test_without_srv_records_the_domain_itself_is_tried_on_5269():
     names = TableResolver({("blue.example", dns.A): [a("127.0.2.1")],
                            ("_xmpp-server._tcp.conference.blue.example", dns.TXT): []})
     resolver = DomainResolver(names, Clock())
-    assert found(resolver.targets("blue.example")) == [("blue.example", DEFAULT_PORT)]
-    assert found(resolver.targets("conference.blue.example")) == [("conference.blue.example", 5269)]
+    assert found(resolver.targets("blue.example")) == [("blue.example", DEFAULT_PORT, False)]
+    assert found(resolver.targets("conference.blue.example")) == [("conference.blue.example", 5269, False)]
     assert found(resolver.addresses("blue.example")) == ["127.0.2.1"]
 
 
@@ -133,6 +133,15 @@ def test_a_dot_target_means_the_domain_offers_no_service():
     names = TableResolver({("_xmpp-server._tcp.blue.example", dns.SRV): [srv(0, 0, 0, "")]})
     with pytest.raises(LookupFailed, match="offers no XMPP server"):
         found(DomainResolver(names, Clock()).targets("blue.example"))
+
+
+def test_direct_tls_records_are_ordered_with_the_starttls_ones_and_marked():
+    """XEP-0368: _xmpps-server records join the _xmpp-server ones in one RFC 2782 order, marked direct TLS."""
+    names = TableResolver({("_xmpps-server._tcp.blue.example", dns.SRV): [srv(5, 1, 5223, "tls.lab.example")],
+                           ("_xmpp-server._tcp.blue.example", dns.SRV): [srv(1, 1, 5269, "plain.lab.example"),
+                                                                          srv(9, 1, 5269, "last.lab.example")]})
+    assert found(DomainResolver(names, Clock()).targets("blue.example")) == [
+        ("plain.lab.example", 5269, False), ("tls.lab.example", 5223, True), ("last.lab.example", 5269, False)]
 
 
 def test_a_lookup_without_answer_fails_closed_within_its_bound_and_is_not_cached():
@@ -147,7 +156,8 @@ def test_a_lookup_without_answer_fails_closed_within_its_bound_and_is_not_cached
     with pytest.raises(LookupFailed, match="looking up _xmpp-server._tcp.blue.example failed"):
         found(pending)
     resolver.targets("blue.example")
-    assert len(names.asked) == 2 and resolver.cache.entries == {}
+    assert names.asked.count(("_xmpp-server._tcp.blue.example", dns.SRV)) == 2
+    assert ("_xmpp-server._tcp.blue.example", dns.SRV) not in resolver.cache.entries
 
 
 def test_a_server_failure_fails_the_lookup_closed():
@@ -171,13 +181,14 @@ def test_answers_are_cached_for_their_ttl():
     records[("_xmpp-server._tcp.blue.example", dns.SRV)] = [srv(0, 1, 5269, "guard-a.lab.example", ttl=60)]
     names = TableResolver(records)
     resolver = DomainResolver(names, clock)
+    question = ("_xmpp-server._tcp.blue.example", dns.SRV)
     found(resolver.targets("blue.example"))
     clock.advance(59)
     found(resolver.targets("blue.example"))
-    assert len(names.asked) == 1
+    assert names.asked.count(question) == 1
     clock.advance(2)
     found(resolver.targets("blue.example"))
-    assert len(names.asked) == 2
+    assert names.asked.count(question) == 2
     found(resolver.targets("red.example"))
     clock.advance(NEGATIVE_TTL - 1)
     found(resolver.targets("red.example"))

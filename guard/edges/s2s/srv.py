@@ -4,17 +4,21 @@ asked of the DNS server configured for the side (``[sides.X] dns``), never of
 the system resolver.
 
 A route ``srv:domain=blue.example`` is opened by ``SrvEndpoint``: it looks up
-``_xmpp-server._tcp.blue.example``, orders the records (lowest priority
-first, then weighted random within a priority), resolves each target's A and
+``_xmpps-server._tcp.blue.example`` (XEP-0368, TLS from the first byte) and
+``_xmpp-server._tcp.blue.example`` (STARTTLS), orders the records of both
+together (lowest priority first, then weighted random within a priority),
+resolves each target's A and
 AAAA records through the same DNS server and connects to them in turn, at
 most ``MAX_ATTEMPTS`` addresses, each with the route's connect timeout.  A
 refused or timed-out connection means the next address is tried; when none
 is left the connection fails and the carrier bounces what waits
 (remote-server-not-found).
 
-- No SRV record (the name does not exist, or has no SRV record): the
-  domain's own A/AAAA records on port 5269.
-- A single record whose target is "." : the domain offers no service.
+- No SRV record of either kind (the names do not exist, or have no SRV
+  record): the domain's own A/AAAA records on port 5269, with STARTTLS.
+- Records whose target is "." only: the domain offers no service.
+- A direct TLS target: the OutboundStream starts TLS at once, SNI the domain
+  and ALPN ``xmpp-server`` (``direct_tls_options``).
 - A lookup that fails or takes longer than ``LOOKUP_SECONDS``: no route
   (fail closed); the failure is not cached.
 - Answers are cached for their TTL (at most ``MAX_TTL``; a name without
@@ -36,7 +40,8 @@ from dataclasses import dataclass
 from twisted.internet import defer
 from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint
 from twisted.internet.error import ConnectError
-from twisted.internet.interfaces import IStreamClientEndpoint
+from twisted.internet.interfaces import IOpenSSLClientConnectionCreator, IStreamClientEndpoint
+from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.names import dns, error as dns_error
 from zope.interface import implementer
@@ -47,6 +52,8 @@ log = Logger()
 
 SRV_KIND = "srv"  # the route kind: srv:domain=<domain>[:timeout=<seconds>]
 SERVICE_PREFIX = "_xmpp-server._tcp."
+DIRECT_TLS_PREFIX = "_xmpps-server._tcp."  # XEP-0368
+ALPN_PROTOCOL = b"xmpp-server"
 DEFAULT_PORT = 5269  # RFC 6120 3.2.2: the fallback when a domain has no SRV record
 
 MAX_ATTEMPTS = 6  # addresses tried per connection, each with the connect timeout
@@ -73,6 +80,7 @@ class SrvRecord:
     weight: int
     port: int
     target: str  # "." means no service
+    direct_tls: bool = False  # from _xmpps-server: TLS from the first byte (XEP-0368)
 
 
 def order_records(records, random) -> list[SrvRecord]:
@@ -155,16 +163,17 @@ class DomainResolver:
 
     @defer.inlineCallbacks
     def targets(self, domain):
-        """The (host, port) to try for ``domain``, in RFC 2782 order; its own name on 5269 without SRV records."""
-        records = yield self._srv_records(domain)
-        if records is None:
-            return [(domain, DEFAULT_PORT)]
-        if len(records) == 1 and records[0].target == ".":
-            raise LookupFailed(string=NO_SERVICE)
+        """The (host, port, direct_tls) to try for ``domain``, in RFC 2782 order over the records of both
+        services; its own name on 5269 (STARTTLS) without SRV records."""
+        direct = yield self._lookup(DIRECT_TLS_PREFIX + domain, dns.SRV, "lookupService")
+        starttls = yield self._lookup(SERVICE_PREFIX + domain, dns.SRV, "lookupService")
+        records = [SrvRecord(r.priority, r.weight, r.port, r.target, True) for r in direct or ()] + list(starttls or ())
+        if not records:
+            return [(domain, DEFAULT_PORT, False)]
         usable = [record for record in records if record.target != "."]
         if not usable:
             raise LookupFailed(string=NO_SERVICE)
-        return [(record.target, record.port) for record in order_records(usable, self.random)]
+        return [(record.target, record.port, record.direct_tls) for record in order_records(usable, self.random)]
 
     @defer.inlineCallbacks
     def addresses(self, host):
@@ -183,11 +192,6 @@ class DomainResolver:
         if len(failures) == 2:
             raise failures[0]
         return found
-
-    @defer.inlineCallbacks
-    def _srv_records(self, domain):
-        """The domain's SRV records (at most MAX_RECORDS), or None when it has none."""
-        return (yield self._lookup(SERVICE_PREFIX + domain, dns.SRV, "lookupService"))
 
     @defer.inlineCallbacks
     def _lookup(self, name, kind, method):
@@ -242,7 +246,7 @@ class SrvEndpoint:
             raise LookupFailed(string=NO_DNS)
         targets = yield self.resolver.targets(self.domain)
         attempts, failures = 0, []
-        for host, port in targets[: self.max_attempts]:
+        for host, port, direct_tls in targets[: self.max_attempts]:
             if attempts >= self.max_attempts:
                 break
             try:
@@ -254,7 +258,8 @@ class SrvEndpoint:
                 attempts += 1
                 kind = TCP6ClientEndpoint if ":" in address else TCP4ClientEndpoint
                 try:
-                    return (yield kind(self.reactor, address, port, timeout=self.timeout).connect(factory))
+                    endpoint = kind(self.reactor, address, port, timeout=self.timeout)
+                    return (yield endpoint.connect(_DirectTls(factory) if direct_tls else factory))
                 except defer.CancelledError:
                     raise
                 except Exception as problem:  # noqa: BLE001 - refused, timed out, unreachable: the next one
@@ -262,6 +267,38 @@ class SrvEndpoint:
                              domain=self.domain, address=address, port=port, host=host, problem=peer_detail(str(problem)))
                     failures.append(f"{host} {address}:{port}: {problem}")
         raise LookupFailed(string=f"{NOT_CONNECTED} ({attempts} tried): {'; '.join(failures)[:500]}")
+
+
+class _DirectTls(Factory):
+    """Builds what ``factory`` builds, told (``direct_tls = True``) to start TLS as soon as it is connected."""
+
+    def __init__(self, factory):
+        self.factory = factory
+
+    def buildProtocol(self, address):
+        protocol = self.factory.buildProtocol(address)
+        if protocol is not None:
+            protocol.direct_tls = True
+        return protocol
+
+
+@implementer(IOpenSSLClientConnectionCreator)
+class _OfferingAlpn:
+    """TLS client options that also offer ALPN ``xmpp-server`` (XEP-0368), around ``inner``'s."""
+
+    def __init__(self, inner):
+        self.inner = inner
+
+    def clientConnectionForTLS(self, tls_protocol):
+        connection = self.inner.clientConnectionForTLS(tls_protocol)
+        connection.set_alpn_protos([ALPN_PROTOCOL])
+        return connection
+
+
+def direct_tls_options(options):
+    """The client options of a direct TLS connection: ``options`` (SNI and the certificate check for the
+    domain) offering ALPN ``xmpp-server``."""
+    return _OfferingAlpn(options)
 
 
 def side_resolver(server, reactor, lookup_seconds=LOOKUP_SECONDS) -> DomainResolver | None:

@@ -1,12 +1,14 @@
 """
 The far server's certificate is checked for the domain, never for the SRV
-target: real loopback sockets and real TLS with the lab's throwaway PKI, an
-outbound stream opened on an ``srv:`` route whose target name differs from
-the domain, through a resolver answering from a table.
+target, and a XEP-0368 target gets TLS at once: real loopback sockets and
+real TLS with the lab's throwaway PKI, an outbound stream opened on an
+``srv:`` route whose target name differs from the domain, through a resolver
+answering from a table.
 """
 
-from twisted.internet import defer, reactor
-from twisted.internet.endpoints import TCP4ServerEndpoint
+from twisted.internet import defer, reactor, ssl
+from twisted.internet.endpoints import SSL4ServerEndpoint, TCP4ServerEndpoint
+from twisted.internet.protocol import Factory, Protocol
 from twisted.names import dns
 from twisted.trial import unittest
 
@@ -14,11 +16,11 @@ from guard.edges.s2s.carrier import open_outbound_stream
 from guard.edges.s2s.inbound import InboundFactory
 from guard.lab.pki import BLUE_DOMAINS
 
+from guard.edges.s2s.srv import DomainResolver
+
 from ..test_srv import TableResolver, a, srv
 from .sides import RecordingRelay, make_side, pki
 from .test_handshakes import RED_DOMAINS, RecordingOwner, deferLater
-
-from guard.edges.s2s.srv import DomainResolver
 
 
 class CertificateName(unittest.TestCase):
@@ -61,3 +63,51 @@ class CertificateName(unittest.TestCase):
         """The server's certificate names red.example, the SRV target, not blue.example: the stream fails."""
         outcome = yield self.open_through_srv("red.example", presented=pki().red_server)
         self.assertEqual(outcome, ("failed", "remote-server-not-found"))
+
+
+class ServerSeeingTls(Protocol):
+    """A direct TLS server that keeps what arrives through TLS and the ALPN protocol it negotiated."""
+
+    def connectionMade(self):
+        self.received = b""
+
+    def dataReceived(self, data):
+        self.received += data
+        self.factory.seen["alpn"] = self.transport.negotiatedProtocol
+        self.factory.seen["data"] = self.received
+
+
+class DirectTls(unittest.TestCase):
+    timeout = 20
+
+    @defer.inlineCallbacks
+    def test_a_direct_tls_target_gets_tls_at_once_with_sni_and_alpn_for_the_domain(self):
+        """XEP-0368: to an _xmpps-server target the stream starts TLS before its first byte, with SNI blue.example
+        and ALPN xmpp-server, verifies the server as blue.example, and only then writes its header."""
+        material = pki()
+        keypair = material.guard_facing("red")
+        with open(keypair.certificate) as certificate, open(keypair.key) as key:
+            private = ssl.PrivateCertificate.loadPEM(certificate.read() + key.read())
+        options = ssl.CertificateOptions(privateKey=private.privateKey.original, certificate=private.original,
+                                         acceptableProtocols=[b"xmpp-server"])
+        factory = Factory.forProtocol(ServerSeeingTls)
+        factory.seen = {}
+        options.getContext().set_tlsext_servername_callback(
+            lambda connection: factory.seen.setdefault("sni", connection.get_servername()))
+        port = yield SSL4ServerEndpoint(reactor, 0, options, interface="127.0.0.1").listen(factory)
+        self.addCleanup(port.stopListening)
+        records = {("_xmpps-server._tcp.blue.example", dns.SRV): [srv(0, 1, port.getHost().port, "tls.lab.example")],
+                   ("tls.lab.example", dns.A): [a("127.0.0.1")]}
+        red = make_side("red", reactor, certificate=material.red_server.certificate, key=material.red_server.key,
+                        presents_for=RED_DOMAINS)
+        red.resolver = DomainResolver(TableResolver(records), reactor)
+        stream = open_outbound_stream(RecordingOwner(), red, "red.example", "blue.example",
+                                      "srv:domain=blue.example:timeout=5")
+        self.addCleanup(lambda: stream.transport and stream.transport.abortConnection())
+        for _ in range(100):
+            if b"blue.example" in factory.seen.get("data", b""):
+                break
+            yield deferLater(0.05)
+        self.assertEqual((factory.seen.get("sni"), factory.seen.get("alpn")), (b"blue.example", b"xmpp-server"))
+        self.assertIn(b"to='blue.example'", factory.seen["data"].replace(b'"', b"'"))
+        self.assertTrue(stream.direct_tls)
