@@ -333,3 +333,26 @@ def test_an_srv_endpoint_string_is_checked():
     for broken in ("srv:", "srv:timeout=3", "srv:domain=x:port=5", "srv:domain=x:timeout=0"):
         with pytest.raises(ValueError, match="srv:"):
             route_endpoint(MemoryReactorClock(), broken)
+
+
+# -- the lab's DNS responder -----------------------------------------------------------
+
+
+def test_the_lab_dns_answers_several_srv_targets_and_their_addresses():
+    """--srv records replace a domain's record pointing at itself; --host gives each target its A record."""
+    from guard.lab.dns import ServerAddress, answer_for, parse_host_argument, parse_srv_argument
+
+    table = {"blue.example": ServerAddress("127.0.3.1", 5269)}
+    services = {"blue.example": [parse_srv_argument("blue.example=0:60:5269:guard-a.lab.example")[1],
+                                 parse_srv_argument("blue.example=0:40:5270:guard-b.lab.example")[1]]}
+    hosts = dict([parse_host_argument("guard-a.lab.example=127.0.3.1"),
+                  parse_host_argument("guard-b.lab.example=127.0.4.1")])
+    answers = answer_for(table, "_xmpp-server._tcp.blue.example", dns.SRV, services, hosts)
+    assert [(r.payload.weight, r.payload.port, str(r.payload.target)) for r in answers] == [
+        (60, 5269, "guard-a.lab.example"), (40, 5270, "guard-b.lab.example")]
+    assert answer_for(table, "guard-b.lab.example", dns.A, services, hosts)[0].payload.dottedQuad() == "127.0.4.1"
+    assert answer_for(table, "guard-b.lab.example", dns.AAAA, services, hosts) == []
+    assert answer_for(table, "blue.example", dns.A, services, hosts)[0].payload.dottedQuad() == "127.0.3.1"
+    assert answer_for(table, "_xmpps-server._tcp.blue.example", dns.SRV, services, hosts) is None
+    with pytest.raises(Exception, match="priority:weight:port:target"):
+        parse_srv_argument("blue.example=0:60:guard-a")

@@ -111,3 +111,26 @@ class DirectTls(unittest.TestCase):
         self.assertEqual((factory.seen.get("sni"), factory.seen.get("alpn")), (b"blue.example", b"xmpp-server"))
         self.assertIn(b"to='blue.example'", factory.seen["data"].replace(b'"', b"'"))
         self.assertTrue(stream.direct_tls)
+
+
+class RealDns(unittest.TestCase):
+    timeout = 20
+
+    @defer.inlineCallbacks
+    def test_a_side_resolver_asks_only_its_own_dns_server_over_udp(self):
+        """side_resolver asks the configured server (the lab's responder on a loopback port) for SRV and A records."""
+        from twisted.names import dns as names_dns, server
+
+        from guard.edges.s2s.srv import side_resolver
+        from guard.lab.dns import LabTableResolver, ServerAddress, ServiceRecord
+
+        authority = LabTableResolver({"blue.example": ServerAddress("127.0.2.1", 5269)},
+                                     services={"blue.example": [ServiceRecord(0, 1, 5270, "blue-server.lab.example")]},
+                                     hosts={"blue-server.lab.example": "127.0.2.1"})
+        factory = server.DNSServerFactory(authorities=[authority])
+        port = reactor.listenUDP(0, names_dns.DNSDatagramProtocol(factory), interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        resolver = side_resolver(("127.0.0.1", port.getHost().port), reactor)
+        self.assertEqual((yield resolver.targets("blue.example")), [("blue-server.lab.example", 5270, False)])
+        self.assertEqual((yield resolver.addresses("blue-server.lab.example")), ["127.0.2.1"])
+        self.assertEqual((yield resolver.targets("red.example")), [("red.example", 5269, False)])
