@@ -16,6 +16,8 @@ for the target.
 One guard is stopped in the middle of traffic: traffic continues through
 the other; nothing accepted is lost: every message is delivered or bounced,
 and the stopped guard's books balance with an audit record for each bounce.
+With dialback the guards share the dialback secret: the key one guard sends
+is verified by whichever guard the receiving Prosody's SRV lookup reaches.
 
     .venv/bin/pytest tests/integration/test_srv.py
 """
@@ -41,6 +43,7 @@ pytestmark = pytest.mark.guard
 GUARD_B_RED_FACING = "127.0.4.1"
 GUARD_B_BLUE_FACING = "127.0.4.2"
 GUARDS_DNS_ADDRESS = "127.0.1.54"  # the guards' own DNS: where the Prosodies really are
+SHARED_DIALBACK_SECRET = "two-guards-share-this-dialback-secret"
 GUARDS = {"a": (GUARD_RED_FACING, GUARD_BLUE_FACING), "b": (GUARD_B_RED_FACING, GUARD_B_BLUE_FACING)}
 
 
@@ -51,9 +54,11 @@ def target(guard: str, facing: str) -> str:
 class TwoGuardLab(Lab):
     """The guard lab with a second guard and SRV records for both; the guards route by SRV through their own DNS."""
 
-    def __init__(self, folder: Path):
-        super().__init__(Mode.GUARD, "certificate", folder=folder, guard_log_level="info",
-                         guard_options={"audit_level": "all"})
+    def __init__(self, folder: Path, authentication: str):
+        # The dialback secret is shared: a key one guard made is verified by whichever guard the
+        # receiving server's SRV lookup reaches.
+        super().__init__(Mode.GUARD, authentication, folder=folder, guard_log_level="info",
+                         guard_options={"audit_level": "all", "dialback_secret": SHARED_DIALBACK_SECRET})
         self.guard_processes = {}
 
     def _start_dns(self) -> None:
@@ -119,11 +124,11 @@ class TwoGuardLab(Lab):
         return process.wait(timeout=timeout)
 
 
-@pytest.fixture
-def lab(tmp_path):
+@pytest.fixture(params=["certificate", "dialback"])
+def lab(request, tmp_path):
     if lab_lock_held_here():
         pytest.skip("another lab of this pytest session is still running; run this module on its own")
-    laboratory = TwoGuardLab(tmp_path / "lab")
+    laboratory = TwoGuardLab(tmp_path / "lab", request.param)
     try:
         laboratory.start()
     except Exception as error:
