@@ -245,6 +245,42 @@ def test_a_refused_target_is_followed_by_the_next_one():
     assert not connecting.called
 
 
+def test_a_target_that_times_out_is_followed_by_the_next_one_and_ipv6_is_tried_too():
+    """The first target's connection times out: its IPv6 address is tried next (tcp6), then the next target."""
+    from twisted.internet.error import TimeoutError as ConnectTimeout
+    from twisted.internet.protocol import Factory, Protocol
+
+    reactor = MemoryReactorClock()
+    records = {("_xmpp-server._tcp.blue.example", dns.SRV): [srv(0, 1, 5269, "guard-a.lab.example"),
+                                                              srv(1, 1, 5269, "guard-b.lab.example")],
+               ("guard-a.lab.example", dns.A): [a("127.0.3.1")],
+               ("guard-a.lab.example", dns.AAAA): [(dns.Record_AAAA(address="::1", ttl=300), 300)],
+               ("guard-b.lab.example", dns.A): [a("127.0.3.2")]}
+    endpoint_for(records, reactor).connect(Factory.forProtocol(Protocol))
+    tried = []
+    for attempt in range(3):
+        host, port, factory, timeout, _ = reactor.tcpClients[attempt]
+        tried.append((host, port, timeout))
+        if attempt < 2:
+            factory.clientConnectionFailed(None, Failure(ConnectTimeout("slow")))
+    assert tried == [("127.0.3.1", 5269, 7), ("::1", 5269, 7), ("127.0.3.2", 5269, 7)]
+
+
+def test_a_fault_inside_the_endpoint_fails_the_connection_closed():
+    """Whatever goes wrong while finding the servers (here the resolver raises) fails the connection: no stream."""
+    from twisted.internet.protocol import Factory, Protocol
+
+    class Broken:
+        def targets(self, domain):
+            raise RuntimeError("broken resolver")
+
+    reactor = MemoryReactorClock()
+    connecting = SrvEndpoint(reactor, Broken(), "blue.example", timeout=7).connect(Factory.forProtocol(Protocol))
+    with pytest.raises(RuntimeError):
+        found(connecting)
+    assert reactor.tcpClients == []
+
+
 def test_attempts_are_bounded_and_the_last_failure_fails_the_connection():
     """With more targets than max_attempts, only max_attempts are tried; when all fail, the connection fails."""
     reactor = MemoryReactorClock()
