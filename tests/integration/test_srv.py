@@ -36,7 +36,9 @@ from guard.lab.topology import (BLUE_ADDRESS, DNS_ADDRESS, DNS_PORT, GUARD_BLUE_
                                 S2S_PORT, Lab, Mode, ensure_free, render_guard_config)
 
 from tests.integration.hostile import lab_lock_held_here
-from tests.integration.test_faults import JULIET, ROMEO, Tally, assert_nothing_vanished
+from tests.integration.test_faults import (  # noqa: F401 - romeo and juliet are fixtures (on this module's lab)
+    Tally, assert_nothing_vanished, juliet, romeo,
+)
 
 pytestmark = pytest.mark.guard
 
@@ -137,20 +139,6 @@ def lab(request, tmp_path):
         pytest.fail(f"the two-guard lab did not start: {error}\n{tails}", pytrace=False)
     yield laboratory
     laboratory.stop()
-
-
-@pytest.fixture
-def romeo(lab, client_loop):
-    client = lab.client(client_loop, ROMEO).connect()
-    yield client
-    client.disconnect()
-
-
-@pytest.fixture
-def juliet(lab, client_loop):
-    client = lab.client(client_loop, JULIET).connect()
-    yield client
-    client.disconnect()
 
 
 def wait_idle(lab, guard, timeout=30.0) -> dict:
