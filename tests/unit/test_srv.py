@@ -356,6 +356,14 @@ def test_an_srv_route_needs_the_side_dns_and_a_dns_server_must_be_an_address(tmp
     without = base.replace('"blue.example" = "127.0.2.1:5269"', '"blue.example" = "srv"')
     with pytest.raises(ConfigError, match="sides.blue.domains.blue.example: an srv route needs sides.blue.dns"):
         load_config(str(write(tmp_path, without)))
+    spelled = base.replace('"blue.example" = "127.0.2.1:5269"',
+                           '"blue.example" = "srv:domain=blue.example:timeout=3"').replace(
+        '[sides.blue.domains]', 'dns = "[::1]:53"\n\n[sides.blue.domains]')
+    config = load_config(str(write(tmp_path, spelled)))
+    assert config.sides["blue"].domains["blue.example"] == "srv:domain=blue.example:timeout=3"
+    assert config.sides["blue"].dns == ("::1", 53)
+    with pytest.raises(ConfigError, match="sides.blue.domains.blue.example: must be"):
+        load_config(str(write(tmp_path, spelled.replace("timeout=3", "timeout=soon"))))
     for bad in ("dns.example:53", "127.0.0.1", "127.0.0.1:0"):
         text = base.replace('[sides.blue.domains]', f'dns = "{bad}"\n\n[sides.blue.domains]')
         with pytest.raises(ConfigError, match="sides.blue.dns: must be"):
