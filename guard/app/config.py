@@ -17,7 +17,8 @@ from dataclasses import dataclass, field
 from guard.core.topology import Topology
 from guard.edges.audit import AUDIT_LEVELS, MIN_ROTATE_BYTES, journald_unavailable, syslog_address
 from guard.edges.limits import Limits
-from guard.edges.s2s.routes import route_endpoint, route_string
+from guard.edges.s2s.routes import route_endpoint, route_string, srv_route_string
+from guard.edges.s2s.srv import SRV_KIND
 
 AUTHENTICATION_MODES = ("certificate", "dialback")
 AUDIT_FAILURE_MODES = ("stop", "continue")
@@ -45,6 +46,15 @@ class SideConfig:
     policy: str
     domains: dict[str, tuple[str, int] | str]  # hosted domain -> (host, port), or a Twisted client endpoint string
     certificates: tuple[CertificateConfig, ...]
+    # Issue 11 (SRV routing): the side's DNS server, (address, port); routes "srv" are looked up there.
+    dns: tuple[str, int] | None = None
+
+
+@dataclass(frozen=True)
+class SrvRoute:
+    """A route found through the DNS SRV records of ``domain`` (the side's ``dns`` server)."""
+
+    domain: str
 
 
 @dataclass(frozen=True)
@@ -222,9 +232,12 @@ def _domain_ok(name: str) -> bool:
     return parsed is not None and parsed.user is None and parsed.resource is None and parsed.host == name
 
 
-def _route(checker, value, key):
-    """(host, port) for "host:port"; the string itself for a Twisted client endpoint string ("tcp:host=…:port=…")."""
-    if isinstance(value, str) and value.count(":") > 1:
+def _route(checker, value, key, domain=None):
+    """(host, port) for "host:port"; SrvRoute for "srv"; the string itself for a Twisted client endpoint string
+    ("tcp:host=…:port=…", "srv:domain=…")."""
+    if value == SRV_KIND and domain is not None:
+        return SrvRoute(domain)
+    if isinstance(value, str) and (value.count(":") > 1 or value.startswith(SRV_KIND + ":")):
         from twisted.internet.testing import MemoryReactor
 
         try:
@@ -245,10 +258,12 @@ def configured_route(route, connect_timeout: float) -> str:
     The endpoint string a configured route is opened with: "host:port" becomes
     ``tcp:`` (``tcp6:``) for an address, ``hostname:`` for a name (both with
     ``connect_timeout`` in whole seconds, rounded up; guard.edges.s2s.routes);
-    an endpoint string is used as it was written.
+    an endpoint string is used as it was written; "srv" becomes ``srv:domain=…`` with ``connect_timeout``.
     """
     if isinstance(route, str):
         return route
+    if isinstance(route, SrvRoute):
+        return srv_route_string(route.domain, connect_timeout)
     host, port = route
     return route_string(host, port, connect_timeout)
 
@@ -315,7 +330,7 @@ def _limits(checker, table):
 def _side(checker, name, table):
     key = f"sides.{name}"
     checker.table(table, key)
-    checker.only(table, ("listen", "ca", "authentication", "policy", "domains", "certificates"), key)
+    checker.only(table, ("listen", "ca", "authentication", "policy", "domains", "certificates", "dns"), key)
     listen = checker.string(table, "listen", key)
     _check_listen(checker, listen, f"{key}.listen")
     ca = checker.file(table, "ca", key)
@@ -327,9 +342,13 @@ def _side(checker, name, table):
     for domain, route in domains_table.items():
         if not _domain_ok(domain):
             checker.fail(f"{key}.domains.{domain}", "is not a valid domain name")
-        domains[domain] = _route(checker, route, f"{key}.domains.{domain}")
+        domains[domain] = _route(checker, route, f"{key}.domains.{domain}", domain)
     if not domains:
         checker.fail(f"{key}.domains", "needs at least one domain")
+    dns_server = _dns_server(checker, table, key)
+    for domain, route in domains.items():
+        if dns_server is None and (isinstance(route, SrvRoute) or str(route).startswith(SRV_KIND + ":")):
+            checker.fail(f"{key}.domains.{domain}", f"an srv route needs {key}.dns (the side's DNS server)")
     certificates = []
     raw_certificates = table.get("certificates")
     if not isinstance(raw_certificates, list) or not raw_certificates:
@@ -349,7 +368,25 @@ def _side(checker, name, table):
             tuple(fronted), checker.file(entry, "certificate", where), checker.file(entry, "key", where),
             client_certificate, client_key,
         ))
-    return SideConfig(name, listen, ca, authentication, policy, domains, tuple(certificates))
+    return SideConfig(name, listen, ca, authentication, policy, domains, tuple(certificates), dns_server)
+
+
+def _dns_server(checker, table, key):
+    """``dns = "address:port"``: the side's DNS server for srv routes (an address: no system resolver is asked)."""
+    import ipaddress
+
+    value = checker.string(table, "dns", key, required=False)
+    if value is None:
+        return None
+    host, _, port = value.rpartition(":")
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        checker.fail(f"{key}.dns", f'must be "address:port" with an IP address, not {value!r}')
+    if not port.isdigit() or not 0 < int(port) < 65536:
+        checker.fail(f"{key}.dns", 'must be "address:port" with a port from 1 to 65535')
+    return host, int(port)
 
 
 def read_document(path: str, checker):

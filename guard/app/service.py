@@ -28,6 +28,7 @@ from guard.edges.relay import PolicyTable, Relay
 from guard.edges.release import ReleaseAuthority
 from guard.edges.s2s.carrier import open_outbound_stream
 from guard.edges.s2s.inbound import InboundFactory
+from guard.edges.s2s.srv import side_resolver
 from guard.edges.s2s.verification import Verifier
 from guard.edges.side import Side
 from guard.edges.tlsidentity import Identity, TrustAnchors
@@ -137,6 +138,7 @@ def build_side(side_config, config, anchors, identities, dialback_secret, reacto
         limits=config.limits,
         dialback_secret=dialback_secret,
         reactor=reactor,
+        resolver=side_resolver(getattr(side_config, "dns", None), reactor),  # issue 11: srv routes
     )
     side.verifier = Verifier(side, open_stream)
     return side

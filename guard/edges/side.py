@@ -29,6 +29,7 @@ class Side:
     inbound_streams: Feeders = field(default_factory=Feeders)  # the inbound streams open on this side
     verifier: object = None  # the side's dialback Verifier (guard.edges.s2s.verification), made with the side
     events: object = None  # who hears its streams' events (guard.edges.metrics.StreamEvents), or None
+    resolver: object = None  # its DNS for srv: routes (guard.edges.s2s.srv.DomainResolver), or None: no DNS
 
     @property
     def clock(self):

@@ -12,6 +12,13 @@ Run it as a process::
 
     python -m guard.lab.dns --listen 127.0.1.53 --port 5300 \\
         --domain blue.example=127.0.3.1:5269 --domain red.example=127.0.3.2:5269
+
+Several servers behind one domain (issue 11: two guards, SRV weights):
+``--srv blue.example=0:50:5269:guard-a.lab.example`` (repeatable) answers
+those SRV records for the domain instead of the one pointing at the domain
+itself, and ``--host guard-a.lab.example=127.0.3.1`` gives a target its A
+record.  Targets may be named otherwise than the domain: the servers behind
+them must still prove the domain.
 """
 
 from __future__ import annotations
@@ -54,11 +61,52 @@ def parse_domain_argument(text: str) -> tuple[str, ServerAddress]:
         raise argparse.ArgumentTypeError(str(error)) from error
 
 
+@dataclass(frozen=True)
+class ServiceRecord:
+    """One SRV record of a domain: ``priority:weight:port:target``."""
+
+    priority: int
+    weight: int
+    port: int
+    target: str
+
+
+def parse_srv_argument(text: str) -> tuple[str, ServiceRecord]:
+    """Parse ``domain=priority:weight:port:target``."""
+    domain, separator, record = text.partition("=")
+    parts = record.split(":")
+    if not separator or not domain or len(parts) != 4 or not all(part.isdigit() for part in parts[:3]) or not parts[3]:
+        raise argparse.ArgumentTypeError(f"expected domain=priority:weight:port:target, got {text!r}")
+    return domain.lower().rstrip("."), ServiceRecord(int(parts[0]), int(parts[1]), int(parts[2]), parts[3].lower())
+
+
+def parse_host_argument(text: str) -> tuple[str, str]:
+    """Parse ``name=address`` (an A record)."""
+    name, separator, address = text.partition("=")
+    if not separator or not name or not address:
+        raise argparse.ArgumentTypeError(f"expected name=address, got {text!r}")
+    return name.lower().rstrip("."), address
+
+
 def answer_for(
-    table: Mapping[str, ServerAddress], name: str, record_type: int
+    table: Mapping[str, ServerAddress], name: str, record_type: int,
+    services: Mapping[str, Sequence[ServiceRecord]] | None = None, hosts: Mapping[str, str] | None = None,
 ) -> list[dns.RRHeader] | None:
-    """The answer records for one question, or None when the name does not exist."""
+    """The answer records for one question, or None when the name does not exist.  ``services`` replaces the
+    SRV record of a domain by its own records; ``hosts`` are further names with an A record."""
     name = name.lower().rstrip(".")
+    services, hosts = services or {}, hosts or {}
+    if name.startswith(SRV_PREFIX) and name[len(SRV_PREFIX):] in services:
+        if record_type != dns.SRV:
+            return []
+        return [dns.RRHeader(name=name, type=dns.SRV, ttl=TTL, auth=True, payload=dns.Record_SRV(
+            priority=record.priority, weight=record.weight, port=record.port, target=record.target, ttl=TTL))
+            for record in services[name[len(SRV_PREFIX):]]]
+    if name in hosts and name not in table:
+        if record_type != dns.A:
+            return []
+        return [dns.RRHeader(name=name, type=dns.A, ttl=TTL, payload=dns.Record_A(address=hosts[name], ttl=TTL),
+                             auth=True)]
     if name.startswith(SRV_PREFIX) and name[len(SRV_PREFIX):] in table:
         domain = name[len(SRV_PREFIX):]
         if record_type != dns.SRV:
@@ -76,24 +124,26 @@ def answer_for(
 class LabTableResolver(common.ResolverBase):
     """An authoritative resolver answering only from the lab's table."""
 
-    def __init__(self, table: Mapping[str, ServerAddress]):
+    def __init__(self, table: Mapping[str, ServerAddress], services=None, hosts=None):
         super().__init__()
         self.table = dict(table)
+        self.services = dict(services or {})
+        self.hosts = dict(hosts or {})
 
     def _lookup(self, name, cls, type, timeout):  # noqa: A002 - Twisted's signature
         if isinstance(name, bytes):
             name = name.decode("ascii", "replace")
         if cls != dns.IN:
             return defer.fail(dns.DomainError(name))
-        answers = answer_for(self.table, name, type)
+        answers = answer_for(self.table, name, type, self.services, self.hosts)
         if answers is None:
             return defer.fail(dns.AuthoritativeDomainError(name))
         return defer.succeed((answers, [], []))
 
 
-def listen(reactor, table: Mapping[str, ServerAddress], interface: str, port: int):
+def listen(reactor, table: Mapping[str, ServerAddress], interface: str, port: int, services=None, hosts=None):
     """Listen for DNS on UDP and TCP; return the two listening ports."""
-    factory = server.DNSServerFactory(authorities=[LabTableResolver(table)])
+    factory = server.DNSServerFactory(authorities=[LabTableResolver(table, services, hosts)])
     udp = reactor.listenUDP(port, dns.DNSDatagramProtocol(factory), interface=interface)
     tcp = reactor.listenTCP(port, factory, interface=interface)
     return udp, tcp
@@ -111,13 +161,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         metavar="DOMAIN=ADDRESS:PORT",
         help="a domain and where its S2S server listens (repeatable)",
     )
+    parser.add_argument("--srv", action="append", type=parse_srv_argument, default=[],
+                        metavar="DOMAIN=PRIORITY:WEIGHT:PORT:TARGET",
+                        help="an SRV record of the domain, replacing the one pointing at itself (repeatable)")
+    parser.add_argument("--host", action="append", type=parse_host_argument, default=[], metavar="NAME=ADDRESS",
+                        help="an A record for an SRV target (repeatable)")
     arguments = parser.parse_args(argv)
     table = dict(arguments.domain)
+    services: dict[str, list[ServiceRecord]] = {}
+    for domain, record in arguments.srv:
+        services.setdefault(domain, []).append(record)
+    hosts = dict(arguments.host)
 
     from twisted.internet import defer, task
 
     def serve(reactor):
-        listen(reactor, table, arguments.listen, arguments.port)
+        listen(reactor, table, arguments.listen, arguments.port, services, hosts)
         print(f"lab dns listening on {arguments.listen}:{arguments.port} for {sorted(table)}", flush=True)
         return defer.Deferred()  # until SIGTERM or SIGINT
 

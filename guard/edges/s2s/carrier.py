@@ -41,10 +41,11 @@ UNEXPECTED = "the outbound queue met an event it does not expect"
 
 
 def open_outbound_stream(owner, side, sender, receiver, route, purpose="relay"):
-    """Connect an OutboundStream to ``route``, a Twisted client endpoint string (``tcp:host=…:port=…``);
-    ``owner`` hears of a failure to connect through ``stream_failed``."""
+    """Connect an OutboundStream to ``route``, a Twisted client endpoint string (``tcp:host=…:port=…``, or
+    ``srv:domain=…`` found through the side's resolver); ``owner`` hears of a failure to connect through
+    ``stream_failed``.  The stream checks the far certificate for ``receiver``, whatever the route."""
     stream = OutboundStream(owner, side, sender, receiver, purpose=purpose)
-    endpoint = route_endpoint(side.reactor, route)
+    endpoint = route_endpoint(side.reactor, route, resolver=getattr(side, "resolver", None))
 
     def failed(failure):
         owner.stream_failed(stream, "remote-server-not-found", failure.getErrorMessage())

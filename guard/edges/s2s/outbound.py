@@ -10,6 +10,7 @@ side's authoritative server to verify a dialback key (``purpose="verify"``).
            -> awaiting_authenticated_features -> ready
       -> awaiting_secure_features -> awaiting_dialback_result -> ready
       -> awaiting_secure_features -> verifying (purpose "verify": db:verify out, answers in)
+    awaiting_header -> awaiting_secure_header (a XEP-0368 target: TLS before the first byte, guard.edges.s2s.srv)
     ready <-> congested (the far server stops and resumes reading)
     any state -> closed
 
@@ -45,6 +46,7 @@ from guard.edges.lifecycle import (StreamLifecycle, closed_state, ignore_when_cl
 from guard.edges.xmlstream import StreamFault, StreamParser, serialise
 
 from . import wire
+from .srv import direct_tls_options
 from .decisions import (
     DIALBACK, EXTERNAL, VERIFY, KeyNotAccepted, Refusal, choose_mechanism, first_child, judge_dialback_answer,
     read_offer, refuse_clear_offer, refuse_far_server, refuse_outbound_header, refuse_verify_answer,
@@ -66,6 +68,7 @@ class OutboundStream(StreamLifecycle, Protocol):
 
     _machine = MethodicalMachine()
     stream_kind = "outbound"
+    direct_tls = False  # set by the endpoint (guard.edges.s2s.srv) for a XEP-0368 target: TLS from the first byte
 
     def __init__(self, owner, side, sender, receiver, purpose="relay"):
         self.owner = owner
@@ -88,6 +91,9 @@ class OutboundStream(StreamLifecycle, Protocol):
         # Congestion is signalled when more than unread_output_bytes wait for the far server.
         self.transport.bufferSize = self.side.limits.unread_output_bytes
         self._register_producer()
+        if self.direct_tls:
+            self._input(self.connected_for_direct_tls)
+            return
         self._open_stream()
 
     def dataReceived(self, data):
@@ -297,6 +303,10 @@ class OutboundStream(StreamLifecycle, Protocol):
         "The far server's <stream:features/>, read as an Offer."
 
     @_machine.input()
+    def connected_for_direct_tls(self):
+        "Connected to a XEP-0368 target: TLS starts before the first byte."
+
+    @_machine.input()
     def tls_offered(self):
         "The far server offers STARTTLS."
 
@@ -421,6 +431,13 @@ class OutboundStream(StreamLifecycle, Protocol):
         self._open_stream()
 
     @_machine.output()
+    def _start_direct_tls(self):
+        identity = self.side.identities[self.sender]
+        self.transport.startTLS(direct_tls_options(identity.client_options(self.receiver)))
+        self._start_timer("tls", self.side.limits.tls_timeout, "TLS negotiation took too long")
+        self._open_stream()
+
+    @_machine.output()
     def _tls_done(self, header):
         self._cancel_timer("tls")
 
@@ -526,6 +543,7 @@ class OutboundStream(StreamLifecycle, Protocol):
 
     awaiting_header.upon(header_arrived, enter=awaiting_header, outputs=[_judge_header])
     awaiting_header.upon(header_accepted, enter=awaiting_features, outputs=[_note_header])
+    awaiting_header.upon(connected_for_direct_tls, enter=awaiting_secure_header, outputs=[_start_direct_tls])
     awaiting_features.upon(features_arrived, enter=awaiting_features, outputs=[_judge_clear_features])
     awaiting_features.upon(tls_offered, enter=awaiting_proceed, outputs=[_ask_for_tls])
     awaiting_proceed.upon(proceed_arrived, enter=awaiting_secure_header, outputs=[_start_tls])
