@@ -88,6 +88,7 @@ def pytest_runtest_makereport(item, call):
     outcome = yield
     report = outcome.get_result()
     if report.failed:
-        laboratory = getattr(item, "funcargs", {}).get("lab")
-        if isinstance(laboratory, Lab):
-            report.sections.append(("lab logs", laboratory.log_tails()))
+        # Every lab the test used (a Lab, a PolicyLab, a PairLab...) adds the tails of its logs to the report.
+        for name, laboratory in getattr(item, "funcargs", {}).items():
+            if callable(getattr(laboratory, "log_tails", None)):
+                report.sections.append((f"{name} logs", laboratory.log_tails()))
