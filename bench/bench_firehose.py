@@ -100,11 +100,11 @@ def message(sequence: int) -> str:
     return head + ("x" * padding) + tail_
 
 
-def shipped_limits() -> dict[str, int | float]:
-    """The [limits] of the bench's guard: the shipped defaults, with the rate and the queue raised."""
+def shipped_limits(raised: dict[str, int | float] = RAISED_LIMITS) -> dict[str, int | float]:
+    """The [limits] of a bench's guard: the shipped defaults, but ``raised`` (by default the rate and the queue)."""
     shipped = Limits()
     chosen: dict[str, int | float] = {name: getattr(shipped, name) for name in LAB_LIMITS}
-    chosen.update(RAISED_LIMITS)
+    chosen.update(raised)
     return chosen
 
 
@@ -265,11 +265,12 @@ def _peak_kib(pid: int) -> int:
     return 0
 
 
-def _start_guard(pki: LabPki, mode: str, folder: Path, audit: bool) -> subprocess.Popen:
+def start_guard(pki: LabPki, policy, folder: Path, limits: dict[str, int | float],
+                audit: bool = False) -> subprocess.Popen:
+    """The guard as a process of its own, from a configuration written into ``folder``; listening when returned."""
     config = folder / "guard.toml"
     options = {"audit": str(folder / "guard-audit.jsonl")} if audit else None
-    config.write_text(render_guard_config(pki, "certificate", POLICIES[mode], "warn", guard_options=options,
-                                          limits=shipped_limits()))
+    config.write_text(render_guard_config(pki, "certificate", policy, "warn", guard_options=options, limits=limits))
     profile = ["-m", "cProfile", "-o", os.environ["GUARD_PROFILE"]] if os.environ.get("GUARD_PROFILE") else []
     environment = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     with open(folder / "guard.log", "ab") as log:
@@ -304,7 +305,7 @@ def run_once(mode: str, messages: int, warm_up: int, timeout: float, audit: bool
         children.append(sink)
         reports.wait("listening")
         if mode != "straight":
-            guard = _start_guard(pki, mode, folder, audit)
+            guard = start_guard(pki, POLICIES[mode], folder, shipped_limits(), audit)
         address = BLUE_ADDRESS if mode == "straight" else GUARD_RED_FACING
         blaster = context.Process(target=run_blaster, name="blaster",
                                   args=(pki, address, warm_up, messages, channel, go, stop, deadline))
