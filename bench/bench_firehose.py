@@ -24,7 +24,12 @@ clock starts, so it pays for TLS and writing only); then checks that the sink re
 message, in order, and exactly what the policy lets out.
 
     .venv/bin/python bench/bench_firehose.py [--modes straight,allow-all,high-to-low]
-        [--messages 20000] [--warm-up 500] [--rounds 1] [--timeout 60] [--audit]
+        [--messages 20000] [--warm-up 500] [--rounds 1] [--timeout 60] [--audit] [--pairs 1]
+
+``--pairs N`` (up to 4; 2 for high-to-low) blasts N domain pairs at once
+(red.example and conference.red.example to blue.example and
+conference.blue.example), each its own stream and blaster process, sharing
+``--messages``; the sink checks each pair's stream on its own.
 
 GUARD_PROFILE=FILE runs the guard under cProfile (as the lab does).  Exit
 status 1 when a run failed or a check did not hold.
@@ -42,6 +47,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import xml.etree.ElementTree as ElementTree
 from dataclasses import dataclass, field
@@ -70,6 +76,11 @@ POLICIES = {
 MESSAGE_BYTES = 400
 SENDER = "romeo@red.example/firehose"
 RECEIVER = "juliet@blue.example"
+# The (from, to) domain pairs of --pairs N, in this order; the lab's certificates name all four domains.
+# high-to-low releases the label only to blue.example: it takes the first two.
+PAIRS = (("red.example", "blue.example"), ("conference.red.example", "blue.example"),
+         ("red.example", "conference.blue.example"), ("conference.red.example", "conference.blue.example"))
+MOST_PAIRS = {"straight": 4, "allow-all": 4, "high-to-low": 2}
 CHAT_STATE = "<active xmlns='http://jabber.org/protocol/chatstates'/>"
 ESS_LABEL = ("<label><esssecuritylabel xmlns='urn:xmpp:sec-label:ess:0'>MRoCAQIGA4g3ATEQMA6ABIg3AQmBBgwEQkxVRQ=="
              "</esssecuritylabel></label>")  # red-national RESTRICTED, REL-BLUE
@@ -89,10 +100,14 @@ RAISED_LIMITS = {
 }
 
 
-def message(sequence: int) -> str:
-    """The ``sequence``-th message of a blast: exactly MESSAGE_BYTES bytes, labelled RESTRICTED REL BLUE,
-    with a chat state (which high-to-low's folding leaves behind)."""
-    head = f"<message from='{SENDER}' to='{RECEIVER}' type='chat' id='fh-{sequence:07d}'><body>firehose {sequence:07d} "
+def message(sequence: int, pair: int = 0) -> str:
+    """The ``sequence``-th message of a blast on the ``pair``-th domain pair: exactly MESSAGE_BYTES bytes,
+    labelled RESTRICTED REL BLUE, with a chat state (which high-to-low's folding leaves behind)."""
+    sender, receiver = SENDER, RECEIVER
+    if pair:
+        sender = sender.replace("@red.example", "@" + PAIRS[pair][0])
+        receiver = receiver.replace("@blue.example", "@" + PAIRS[pair][1])
+    head = f"<message from='{sender}' to='{receiver}' type='chat' id='fh-{sequence:07d}'><body>firehose {sequence:07d} "
     tail_ = f"</body>{CHAT_STATE}{LABEL}</message>"
     padding = MESSAGE_BYTES - len(head) - len(tail_)
     if padding < 0:
@@ -116,15 +131,15 @@ def _shape(element: ElementTree.Element) -> tuple:
             tuple(_shape(child) for child in element), (element.tail or "").strip())
 
 
-def expected_shape(mode: str, sequence: int) -> tuple:
+def expected_shape(mode: str, sequence: int, pair: int = 0) -> tuple:
     """What the sink should receive for the ``sequence``-th message: as sent, or folded by high-to-low."""
-    text = message(sequence)
+    text = message(sequence, pair)
     if mode == "high-to-low":  # message-plain keeps body, subject, thread and the label the guard encodes
         text = text.replace(CHAT_STATE, "").replace(LABEL, LABEL_RELEASED)
     return _shape(ElementTree.fromstring(f"{STREAM_OPEN}{text}</stream:stream>")[0])
 
 
-def check_received(mode: str, received: bytes, count: int) -> list[str]:
+def check_received(mode: str, received: bytes, count: int, pair: int = 0) -> list[str]:
     """Problems with what the sink received (every message, in order, as the policy lets it out)."""
     try:
         root = ElementTree.fromstring(STREAM_OPEN.encode() + received + b"</stream:stream>")
@@ -135,7 +150,7 @@ def check_received(mode: str, received: bytes, count: int) -> list[str]:
     if len(stanzas) != count:
         problems.append(f"{len(stanzas)} stanzas received, {count} sent")
     for sequence, stanza in enumerate(stanzas[:count]):
-        if _shape(stanza) != expected_shape(mode, sequence):
+        if _shape(stanza) != expected_shape(mode, sequence, pair):
             problems.append(f"stanza {sequence} is not what {mode} lets out: "
                             f"{ElementTree.tostring(stanza)[:300]!r}")
             if len(problems) > 5:
@@ -146,50 +161,93 @@ def check_received(mode: str, received: bytes, count: int) -> list[str]:
 # -- the sink and the blaster (each a process of its own) ---------------------
 
 
-def run_sink(pki: LabPki, mode: str, warm_up: int, messages: int, reports, measured, deadline: float) -> None:
-    """Stand as blue.example at blue's address; report when the warm-up and the blast have arrived."""
+class _Arrivals:
+    """The sink's streams (one per pair): reports when every one has its warm-up, and then its whole blast."""
+
+    def __init__(self, pairs: int, warm_up: int, messages: int, reports):
+        self.waiting_warm = self.waiting_done = pairs
+        self.warm_up, self.total = warm_up, warm_up + messages
+        self.reports = reports
+        self.cpu_began = 0.0
+        self.finished: float | None = None  # when the last stream had its whole blast
+        self.cpu = 0.0  # the sink's CPU seconds from the warm-up to then
+        self.lock = threading.Lock()
+
+    def receive(self, stream, counter: MessageCounter, deadline: float) -> None:
+        warm = False
+        while counter.count < self.total:
+            if not warm and counter.count >= self.warm_up:
+                warm = True
+                with self.lock:
+                    self.waiting_warm -= 1
+                    if not self.waiting_warm:
+                        self.reports.put(("warm", time.monotonic()))
+                        self.cpu_began = time.process_time()
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            stream.connection.settimeout(remaining)
+            data = stream.connection.recv(262144)
+            if not data:
+                break
+            counter.feed(data)
+        with self.lock:
+            self.waiting_done -= 1
+            if not self.waiting_done:
+                self.finished, self.cpu = time.monotonic(), time.process_time() - self.cpu_began
+
+
+def run_sink(pki: LabPki, mode: str, pairs: int, warm_up: int, messages: int, reports, measured,
+             deadline: float) -> None:
+    """Stand as blue's domains at blue's address, one stream per pair; report when the warm-up and the blast
+    have arrived on every stream, then check what arrived."""
     # Straight, the blaster expects the guard's red-facing certificate (red's CA, blue's names).
     certificate = pki.guard_red_facing if mode == "straight" else pki.blue_server
     context = server_context(certificate.certificate, certificate.key, pki.both_cas)
+    arrivals = _Arrivals(pairs, warm_up, messages, reports)
+    streams: dict[int, tuple] = {}
     try:
         with socket.create_server((BLUE_ADDRESS, S2S_PORT)) as listener:
             reports.put(("listening",))
-            listener.settimeout(max(0.1, deadline - time.monotonic()))
-            connection, _ = listener.accept()
-            stream = accept_server_stream(connection, context, "blue.example")
-            counter = MessageCounter(keep=True)
-            counter.feed(stream.leftover)
-            total, cpu_began = warm_up + messages, None
-            while counter.count < total:
-                if cpu_began is None and counter.count >= warm_up:
-                    reports.put(("warm", time.monotonic()))
-                    cpu_began = time.process_time()
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    break
-                stream.connection.settimeout(remaining)
-                data = stream.connection.recv(262144)
-                if not data:
-                    break
-                counter.feed(data)
-            finished = time.monotonic()
-            reports.put(("done", finished, counter.count, time.process_time() - (cpu_began or 0.0)))
+            threads = []
+            for _ in range(pairs):
+                listener.settimeout(max(0.1, deadline - time.monotonic()))
+                connection, _ = listener.accept()
+                stream = accept_server_stream(connection, context, "blue.example")
+                pair = PAIRS.index((stream.peer_domain, stream.local_domain))
+                if pair in streams or pair >= pairs:
+                    raise RuntimeError(f"a second stream for {PAIRS[pair]}")
+                counter = MessageCounter(keep=True)
+                counter.feed(stream.leftover)
+                streams[pair] = stream, counter
+                threads.append(threading.Thread(target=arrivals.receive, args=(stream, counter, deadline),
+                                                daemon=True))
+                threads[-1].start()
+            for thread in threads:
+                thread.join(max(0.1, deadline - time.monotonic()))
+            received = sum(counter.count for _, counter in streams.values())
+            reports.put(("done", arrivals.finished or time.monotonic(), received, arrivals.cpu))
             measured.wait(max(0.1, deadline - time.monotonic()))
-            problems = check_received(mode, counter.received(), min(counter.count, total))
+            problems = []
+            for pair, (stream, counter) in sorted(streams.items()):
+                problems += [f"{PAIRS[pair][0]} -> {PAIRS[pair][1]}: {problem}" for problem in
+                             check_received(mode, counter.received(), min(counter.count, arrivals.total), pair)]
+                stream.connection.close()
             reports.put(("checked", problems))
-            stream.connection.close()
     except Exception as error:  # reported, never silent: the bench fails
         reports.put(("failed", f"sink: {type(error).__name__}: {error}"))
 
 
-def run_blaster(pki: LabPki, address: str, warm_up: int, messages: int, reports, go, stop, deadline: float) -> None:
-    """Authenticate as red.example, send the warm-up, wait for the go, blast; report what came back."""
+def run_blaster(pki: LabPki, address: str, pair: int, warm_up: int, messages: int, reports, go, stop,
+                deadline: float) -> None:
+    """Authenticate as the pair's red domain, send the warm-up, wait for the go, blast; report what came back."""
     try:
-        peer = HostilePeer(address, S2S_PORT, source=None, timeout=10.0).authenticate(pki)
+        sender, receiver = PAIRS[pair]
+        peer = HostilePeer(address, S2S_PORT, source=None, timeout=10.0).authenticate(pki, sender, receiver)
         peer.socket.settimeout(max(1.0, deadline - time.monotonic()))
-        peer.send("".join(message(sequence) for sequence in range(warm_up)).encode())
-        blast = "".join(message(sequence) for sequence in range(warm_up, warm_up + messages)).encode()
-        reports.put(("ready",))
+        peer.send("".join(message(sequence, pair) for sequence in range(warm_up)).encode())
+        blast = "".join(message(sequence, pair) for sequence in range(warm_up, warm_up + messages)).encode()
+        reports.put(("ready", pair))
         if not go.wait(max(0.1, deadline - time.monotonic())):
             raise TimeoutError("no go before the deadline")
         began, cpu_began = time.monotonic(), time.process_time()
@@ -213,6 +271,7 @@ class Run:
 
     mode: str
     messages: int
+    pairs: int = 1
     received: int = 0
     seconds: float = float("nan")
     cpu: dict[str, float] = field(default_factory=dict)
@@ -224,11 +283,7 @@ class Run:
 
     @property
     def rate(self) -> float:
-        return self.received_in_blast / self.seconds if self.seconds > 0 else 0.0
-
-    @property
-    def received_in_blast(self) -> int:
-        return self.received
+        return self.received / self.seconds if self.seconds > 0 else 0.0
 
     def per_stanza_us(self, name: str) -> float:
         return self.cpu.get(name, float("nan")) / max(self.messages, 1) * 1e6
@@ -240,10 +295,11 @@ class _Reports:
     def __init__(self, channel, deadline: float):
         self.channel = channel
         self.deadline = deadline
-        self.seen: dict[str, tuple] = {}
+        self.seen: dict[str, list[tuple]] = {}
 
-    def wait(self, kind: str) -> tuple:
-        while kind not in self.seen:
+    def wait(self, kind: str, count: int = 1) -> list[tuple]:
+        """The first ``count`` reports of ``kind`` (each a tuple of its values), waiting for them before the deadline."""
+        while len(self.seen.get(kind, ())) < count:
             remaining = self.deadline - time.monotonic()
             if remaining <= 0:
                 raise TimeoutError(f"no {kind!r} report before the deadline (seen {sorted(self.seen)})")
@@ -253,8 +309,11 @@ class _Reports:
                 continue
             if report[0] == "failed":
                 raise RuntimeError(report[1])
-            self.seen[report[0]] = report[1:]
-        return self.seen[kind]
+            self.seen.setdefault(report[0], []).append(report[1:])
+        return self.seen[kind][:count]
+
+    def one(self, kind: str) -> tuple:
+        return self.wait(kind)[0]
 
 
 def _peak_kib(pid: int) -> int:
@@ -283,10 +342,12 @@ def start_guard(pki: LabPki, policy, folder: Path, limits: dict[str, int | float
     return process
 
 
-def run_once(mode: str, messages: int, warm_up: int, timeout: float, audit: bool) -> Run:
-    """Sink, guard (unless straight) and blaster up; warm up, blast, measure, check; everything stopped."""
+def run_once(mode: str, messages: int, warm_up: int, timeout: float, audit: bool, pairs: int = 1) -> Run:
+    """Sink, guard (unless straight) and one blaster per pair up; warm up, blast (``messages`` shared by the
+    pairs), measure, check; everything stopped."""
     folder = Path(tempfile.mkdtemp(prefix=f"firehose-{mode}-"))
-    run = Run(mode, messages)
+    per_pair = messages // pairs
+    run = Run(mode, per_pair * pairs, pairs)
     lock = LabLock()
     lock.acquire()
     context = multiprocessing.get_context("fork")
@@ -300,32 +361,35 @@ def run_once(mode: str, messages: int, warm_up: int, timeout: float, audit: bool
         pki = write_lab_pki(folder / "pki")
         reports = _Reports(channel, deadline)
         sink = context.Process(target=run_sink, name="sink",
-                               args=(pki, mode, warm_up, messages, channel, measured, deadline))
+                               args=(pki, mode, pairs, warm_up, per_pair, channel, measured, deadline))
         sink.start()
         children.append(sink)
         reports.wait("listening")
         if mode != "straight":
             guard = start_guard(pki, POLICIES[mode], folder, shipped_limits(), audit)
         address = BLUE_ADDRESS if mode == "straight" else GUARD_RED_FACING
-        blaster = context.Process(target=run_blaster, name="blaster",
-                                  args=(pki, address, warm_up, messages, channel, go, stop, deadline))
-        blaster.start()
-        children.append(blaster)
-        reports.wait("ready")
+        for pair in range(pairs):
+            blaster = context.Process(target=run_blaster, name=f"blaster-{pair}",
+                                      args=(pki, address, pair, warm_up, per_pair, channel, go, stop, deadline))
+            blaster.start()
+            children.append(blaster)
+        reports.wait("ready", pairs)
         reports.wait("warm")
         guard_before = cpu_seconds(guard.pid) if guard is not None else 0.0
         go.set()
-        began, run.cpu["blaster"] = reports.wait("sent")
-        finished, received, run.cpu["sink"] = reports.wait("done")
+        sent = reports.wait("sent", pairs)
+        finished, received, run.cpu["sink"] = reports.one("done")
         if guard is not None:
             run.cpu["guard"] = cpu_seconds(guard.pid) - guard_before
             run.guard_rss_kib, run.guard_peak_kib = resident_kib(guard.pid), _peak_kib(guard.pid)
-        run.received = received - warm_up
-        run.seconds = finished - began
+        run.cpu["blaster"] = sum(cpu for _, cpu in sent)
+        run.received = received - warm_up * pairs
+        run.seconds = finished - min(began for began, _ in sent)
         measured.set()
-        (run.problems,) = reports.wait("checked")
+        (run.problems,) = reports.one("checked")
         stop.set()
-        run.back_bytes, run.back_errors = reports.wait("back")
+        back = reports.wait("back", pairs)
+        run.back_bytes, run.back_errors = sum(b for b, _ in back), sum(e for _, e in back)
         if run.back_errors:
             run.problems.append(f"the blaster received {run.back_errors} error stanzas back")
         succeeded = not run.problems
@@ -351,6 +415,8 @@ def run_once(mode: str, messages: int, warm_up: int, timeout: float, audit: bool
 
 def report(run: Run) -> None:
     through = "straight into the sink" if run.mode == "straight" else f"through the guard, {run.mode}"
+    if run.pairs > 1:
+        through += f", {run.pairs} domain pairs (one stream and one blaster process each)"
     print(f"== {through} ==")
     print(f"  messages received   {run.received}/{run.messages} in {run.seconds:.3f} s")
     print(f"  throughput          {run.rate:,.0f} msg/s")
@@ -386,6 +452,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=1, help="runs of every mode, interleaved (default 1)")
     parser.add_argument("--timeout", type=float, default=60.0, help="seconds per run at most (default 60)")
     parser.add_argument("--audit", action="store_true", help="the guard writes its audit trail (off by default)")
+    parser.add_argument("--pairs", type=int, default=1,
+                        help="domain pairs, each its own stream and blaster, sharing --messages (default 1; "
+                             "at most 4, 2 for high-to-low)")
     arguments = parser.parse_args(argv)
     modes = [name.strip() for name in arguments.modes.split(",") if name.strip()]
     unknown = [name for name in modes if name not in MODES]
@@ -395,9 +464,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--messages must be 1..1000000 and --warm-up 1..100000")
     if not 1 <= arguments.rounds <= 20 or not 1 <= arguments.timeout <= 600:
         parser.error("--rounds must be 1..20 and --timeout 1..600")
+    if not all(1 <= arguments.pairs <= MOST_PAIRS[mode] for mode in modes):
+        parser.error(f"--pairs must be 1..{min(MOST_PAIRS[mode] for mode in modes)} for modes {', '.join(modes)}")
 
-    print(f"firehose: {arguments.messages} messages of {MESSAGE_BYTES} bytes after {arguments.warm_up} of warm-up, "
-          f"{SENDER} -> {RECEIVER}; guard limits as shipped but {', '.join(RAISED_LIMITS)} raised"
+    pairs = ", ".join(f"{sender} -> {receiver}" for sender, receiver in PAIRS[:arguments.pairs])
+    print(f"firehose: {arguments.messages} messages of {MESSAGE_BYTES} bytes (shared by the pairs) after "
+          f"{arguments.warm_up} of warm-up per pair ({pairs}); guard limits as shipped but {', '.join(RAISED_LIMITS)} raised"
           + ("; audit on" if arguments.audit else ""))
     runs: list[Run] = []
     failures = 0
@@ -405,7 +477,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         for mode in modes:
             started = time.monotonic()
             try:
-                run = run_once(mode, arguments.messages, arguments.warm_up, arguments.timeout, arguments.audit)
+                run = run_once(mode, arguments.messages, arguments.warm_up, arguments.timeout, arguments.audit,
+                               arguments.pairs)
             except (Exception, LabError) as error:
                 failures += 1
                 print(f"== {mode} ==\n  FAILED after {time.monotonic() - started:.1f} s: {error}")

@@ -24,6 +24,7 @@ HEADER = re.compile(rb"<stream:stream\b[^>]*>")
 STARTTLS = re.compile(rb"<starttls\b[^>]*(/>|>.*?</starttls>)", re.S)
 AUTH = re.compile(rb"<auth\b([^>]*?)(/>|>(.*?)</auth>)", re.S)
 FROM = re.compile(rb"""\sfrom=['"]([^'"]*)['"]""")
+TO = re.compile(rb"""\sto=['"]([^'"]*)['"]""")
 MESSAGE_END = b"</message>"
 
 
@@ -69,21 +70,25 @@ class _Reader:
 
 @dataclass
 class AcceptedStream:
-    """An authenticated inbound server stream: the TLS socket, who the peer is, and stanza bytes already read."""
+    """An authenticated inbound server stream: the TLS socket, who the peer is, which of our domains it
+    addressed, and stanza bytes already read."""
 
     connection: ssl.SSLSocket
     peer_domain: str
+    local_domain: str
     leftover: bytes
 
 
 def accept_server_stream(connection: socket.socket, context: ssl.SSLContext, local_domain: str,
                          timeout: float = 10.0) -> AcceptedStream:
-    """Run the receiving server's side of STARTTLS and SASL EXTERNAL on a freshly accepted connection."""
+    """Run the receiving server's side of STARTTLS and SASL EXTERNAL on a freshly accepted connection
+    (``local_domain`` answers a header without a ``to``)."""
     deadline = time.monotonic() + timeout
     reader = _Reader(connection, deadline)
     header = reader.until(HEADER)
-    sender = FROM.search(header.group(0))
+    sender, receiver = FROM.search(header.group(0)), TO.search(header.group(0))
     peer = sender.group(1).decode() if sender else ""
+    local_domain = receiver.group(1).decode() if receiver else local_domain
     connection.sendall(wire.stream_header(local_domain, peer or None, wire.new_stream_id())
                        + wire.features_starttls_required())
     reader.until(STARTTLS)
@@ -108,7 +113,7 @@ def accept_server_stream(connection: socket.socket, context: ssl.SSLContext, loc
     secure.sendall(wire.SASL_SUCCESS)
     reader.until(HEADER)
     secure.sendall(wire.stream_header(local_domain, peer or None, wire.new_stream_id()) + wire.features_empty())
-    return AcceptedStream(secure, peer, reader.buffer)
+    return AcceptedStream(secure, peer, local_domain, reader.buffer)
 
 
 def _certificate_names(connection: ssl.SSLSocket, domain: str) -> bool:

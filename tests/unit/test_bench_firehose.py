@@ -34,7 +34,7 @@ def _sink_in_a_thread(pki, outcome: dict):
             stream = accept_server_stream(connection, context, "blue.example", timeout=10)
             counter = MessageCounter(keep=True)
             counter.feed(stream.leftover)
-            outcome["peer"] = stream.peer_domain
+            outcome["peer"], outcome["local"] = stream.peer_domain, stream.local_domain
             while counter.count < outcome["expect"]:
                 data = stream.connection.recv(65536)
                 if not data:
@@ -65,6 +65,21 @@ def test_the_blaster_authenticates_to_the_sink_and_its_messages_arrive_whole(pki
     assert bench_firehose.check_received("straight", outcome["received"], 3) == []
 
 
+def test_a_stream_of_another_domain_pair_is_told_apart_by_its_header(pki):
+    """A blaster of the fourth pair (conference.red.example -> conference.blue.example) is accepted as that pair
+    and its messages, addressed within that pair, pass the check for it."""
+    outcome = {"expect": 2}
+    port, thread = _sink_in_a_thread(pki, outcome)
+    sender, receiver = bench_firehose.PAIRS[3]
+    with HostilePeer("127.0.0.1", port, source=None, timeout=10).authenticate(pki, sender, receiver) as peer:
+        peer.send("".join(bench_firehose.message(n, 3) for n in range(2)).encode())
+        thread.join(10)
+    assert "error" not in outcome, outcome.get("error")
+    assert (outcome["peer"], outcome["local"]) == (sender, receiver)
+    assert bench_firehose.check_received("allow-all", outcome["received"], 2, pair=3) == []
+    assert bench_firehose.check_received("allow-all", outcome["received"], 2, pair=0) != []
+
+
 def test_the_sink_refuses_a_peer_whose_certificate_does_not_name_it(pki):
     """A peer claiming blue.example with red's certificate gets a SASL failure, and the sink reports why."""
     outcome = {"expect": 1}
@@ -88,7 +103,8 @@ def test_the_counter_counts_messages_split_anywhere_across_reads():
 
 def test_every_message_is_exactly_four_hundred_bytes():
     """The blast's messages are 400 bytes each, whatever their sequence number."""
-    assert {len(bench_firehose.message(n).encode()) for n in (0, 9, 123456, 9999999)} == {400}
+    assert {len(bench_firehose.message(n, pair).encode())
+            for n in (0, 9, 123456, 9999999) for pair in range(len(bench_firehose.PAIRS))} == {400}
 
 
 def test_the_check_refuses_what_high_to_low_would_not_let_out():
