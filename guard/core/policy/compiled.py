@@ -226,11 +226,12 @@ class CompiledPolicy:
             return Judgement.dropped(stanza, RULE_UNKNOWN_TYPE,
                                      text=f"{accepted.kind} type is not one RFC 6120/6121 defines")
         facts = StanzaFacts(accepted, self.labels)
-        marked = facts.stanza_label
-        if marked.count > 1:
+        # Counted, not read: a rule that looks at the label reads it (facts.stanza_label), once.
+        labels_on_stanza = facts.label_count
+        if labels_on_stanza > 1:
             return self._refuse(facts, RULE_TWO_LABELS, 1, "bad-request",
                                 "more than one security label (XEP-0258)")
-        if marked.present and facts.kind == "presence":
+        if labels_on_stanza and facts.kind == "presence":
             # Presence is broadcast: one error per recipient would be noise, so drop.
             return Judgement.dropped(stanza, RULE_LABEL_ON_PRESENCE,
                                      text="security label on presence is a protocol violation (XEP-0258)")

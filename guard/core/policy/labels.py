@@ -305,13 +305,18 @@ class StanzaLabel:
 NO_LABEL = StanzaLabel(0)
 
 
-def read_stanza_label(stanza: domish.Element) -> StanzaLabel:
-    """Find and read the outer ``<securitylabel/>`` of a stanza."""
-    found = [
+def outer_securitylabels(stanza: domish.Element) -> list:
+    """The ``<securitylabel/>`` direct children of a stanza (the only ones that label it), unread."""
+    return [
         child
         for child in stanza.children
         if isinstance(child, domish.Element) and child.uri == SEC_LABEL_NS and child.name == "securitylabel"
     ]
+
+
+def read_stanza_label(stanza: domish.Element) -> StanzaLabel:
+    """Find and read the outer ``<securitylabel/>`` of a stanza."""
+    found = outer_securitylabels(stanza)
     if not found:
         return NO_LABEL
     if len(found) > 1:
