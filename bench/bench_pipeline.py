@@ -1,7 +1,8 @@
 """
 The guard's own CPU per stanza, in one process: bytes of N stanzas fed to a
 real InboundStream (red side, authenticated by dialback) over a
-StringTransport, judged by a real Relay with a real policy, settled, carried
+StringTransport (with ``--tls-out`` every write to the sink is encrypted as a
+TLS record, as the guard pays for it), judged by a real Relay with a real policy, settled, carried
 by the real S2SCarrier to a real OutboundStream (blue side, authenticated by
 SASL EXTERNAL with the lab PKI's certificates) over a StringTransport.  TLS is
 off (the transports only record startTLS); everything else is what the
@@ -11,6 +12,7 @@ settlement, books, serialiser.
 Run from the project root:
 
     .venv/bin/python bench/bench_pipeline.py [--stanzas 20000] [--rounds 3] [--policy allow-all|high-to-low]
+        [--tls-out]
 
 Each read hands the inbound stream ``--read-bytes`` of stanzas (as a TCP read
 would), then lets the event loop turn until everything was parsed and
@@ -31,6 +33,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from OpenSSL import SSL  # noqa: E402
 from twisted.internet.address import IPv4Address  # noqa: E402
 from twisted.internet.testing import MemoryReactorClock, StringTransport  # noqa: E402
 
@@ -96,10 +99,55 @@ class RecordingTLSTransport(StringTransport):
         return self.presents
 
 
+class EncryptingTransport(RecordingTLSTransport):
+    """
+    Encrypts every write as a TLS connection does (one record per write, a
+    session handshaked in memory beforehand) and keeps the plaintext: the
+    guard's cost of TLS out, without a socket.
+    """
+
+    def __init__(self, presents=None, peer=None):
+        super().__init__(presents, peer)
+        self.session = tls_session()
+        self.encrypted = 0
+
+    def write(self, data):
+        self.session.send(data)
+        self.encrypted += len(self.session.bio_read(1 << 20))
+        super().write(data)
+
+
+def tls_session():
+    """The client end of a TLS session handshaked in memory with the lab's blue server certificate."""
+    server_context = SSL.Context(SSL.TLS_METHOD)
+    server_context.use_certificate_file(str(pki().blue_server.certificate))
+    server_context.use_privatekey_file(str(pki().blue_server.key))
+    server, client = SSL.Connection(server_context, None), SSL.Connection(SSL.Context(SSL.TLS_METHOD), None)
+    server.set_accept_state()
+    client.set_connect_state()
+    done = set()
+    for _ in range(50):
+        for source, target in ((client, server), (server, client)):
+            try:
+                target.bio_write(source.bio_read(1 << 20))
+            except SSL.WantReadError:
+                pass
+        for end in (client, server):
+            try:
+                end.do_handshake()
+                done.add(id(end))
+            except SSL.WantReadError:
+                pass
+        if len(done) == 2:
+            return client
+    raise SystemExit("the in-memory TLS handshake did not finish")
+
+
 class Pipeline:
     """One inbound stream on red, the relay, and the outbound stream it opens on blue."""
 
-    def __init__(self, policy_name):
+    def __init__(self, policy_name, tls=False):
+        self.transport_kind = EncryptingTransport if tls else RecordingTLSTransport
         self.clock = MemoryReactorClock()
         limits = Limits(rate_bytes_per_second=1 << 40, rate_burst_bytes=1 << 40,
                         outbound_queue=1_000_000, outbound_queue_bytes=1 << 40, memory_budget_bytes=1 << 40)
@@ -125,7 +173,7 @@ class Pipeline:
     def _open_stream(self, owner, side, sender, receiver, route, purpose="relay"):
         stream = OutboundStream(owner, side, sender, receiver, purpose=purpose)
         presented = PresentedChain(load_pem_chain(str(pki().blue_server.certificate)))
-        self.outbound_transport = RecordingTLSTransport(presents=presented)
+        self.outbound_transport = self.transport_kind(presents=presented)
         self.outbound = stream
         stream.makeConnection(self.outbound_transport)
         self.clock.callLater(0, self._answer_as_far_server, stream)
@@ -169,8 +217,8 @@ def reads_of(count, read_bytes, first=0):
     return reads
 
 
-def one_round(policy_name, stanzas, read_bytes):
-    pipeline = Pipeline(policy_name)
+def one_round(policy_name, stanzas, read_bytes, tls=False):
+    pipeline = Pipeline(policy_name, tls)
     pipeline.pump(reads_of(200, read_bytes))  # the outbound stream is opened and warm
     passed_before = pipeline.books.summary()
     reads = reads_of(stanzas, read_bytes, first=200)
@@ -189,10 +237,13 @@ def main():
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--read-bytes", type=int, default=16 * 1024)
     parser.add_argument("--policy", choices=sorted(POLICIES), default="allow-all")
+    parser.add_argument("--tls-out", action="store_true",
+                        help="encrypt what the guard writes to the sink as TLS would (one record per write)")
     arguments = parser.parse_args()
     rates, costs = [], []
     for _ in range(arguments.rounds):
-        rate, cost, out = one_round(arguments.policy, arguments.stanzas, arguments.read_bytes)
+        rate, cost, out = one_round(arguments.policy, arguments.stanzas, arguments.read_bytes,
+                                     arguments.tls_out)
         rates.append(rate)
         costs.append(cost)
         print(f"{arguments.policy}: {rate:,.0f} stanzas/s, {cost:.1f} us CPU per stanza, {out:.0f} bytes out each")
