@@ -14,6 +14,7 @@ from guard.core.policy.conditions import DomainIs, KindIs, KINDS, Negated, TypeI
 from guard.core.policy.elements import clone
 from guard.core.policy.facts import StanzaFacts
 from guard.core.policy.labels import LabelMeaningError
+from guard.core.policy.memory import BoundedMemory
 from guard.core.policy.shapes import EVERYTHING, EnvelopeBounds, envelope, kept_children, reduced_error
 
 RULE_WRONG_DIRECTION = "guard:wrong-direction"
@@ -43,36 +44,6 @@ INDEX_CACHE_BYTES = 4 * 1024 * 1024
 # label with equivalent labels is encoded every time, never remembered.
 LABEL_CACHE_LIMIT = 1024
 LABEL_CACHE_BYTES = 1024 * 1024
-
-
-class BoundedMemory:
-    """
-    Values remembered by key, bounded in entries and in bytes (the cost of
-    each entry is told when it is put): one that would pass either bound
-    empties it first, one larger than the byte bound is not remembered.
-    """
-
-    def __init__(self):
-        self._found = {}
-        self.used = 0
-
-    def __len__(self):
-        return len(self._found)
-
-    def items(self):
-        return self._found.items()
-
-    def get(self, key):
-        return self._found.get(key)
-
-    def put(self, key, value, cost, entries, size_bytes):
-        if cost > size_bytes:
-            return
-        if len(self._found) >= entries or self.used + cost > size_bytes:
-            self._found.clear()
-            self.used = 0
-        self._found[key] = value
-        self.used += cost
 
 
 @dataclass(frozen=True)

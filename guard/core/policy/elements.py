@@ -73,13 +73,29 @@ def clone(element: domish.Element, skip=None, keep_text=True) -> domish.Element:
         attribs=dict(element.attributes),
         localPrefixes=dict(element.localPrefixes) if element.localPrefixes else None,
     )
+    # The children are appended directly (addChild and addContent would ask
+    # zope.interface about each one): adjacent texts are joined as addContent
+    # joins them, and anything neither text nor element is refused.
+    children = copy.children
     for child in element.children:
-        if isinstance(child, domish.Element):
+        if child.__class__ is str:
+            if not keep_text:
+                continue
+            if children and children[-1].__class__ is str:
+                children[-1] += child
+            else:
+                children.append(child)
+        elif isinstance(child, domish.Element):
             if skip is not None and skip(child):
                 continue
-            copy.addChild(clone(child))
-        elif keep_text:
-            copy.addContent(child)
+            child_copy = clone(child)
+            child_copy.parent = copy
+            children.append(child_copy)
+        elif isinstance(child, str):  # a str subclass: as addContent would take it
+            if keep_text:
+                copy.addContent(str(child))
+        else:
+            raise TypeError(f"cannot copy {type(child).__name__} inside an element")
     return copy
 
 
