@@ -772,7 +772,9 @@ class _Output:
 def _write(element: domish.Element, namespace: str, scope: dict[str, str], output: _Output) -> None:
     """Write element (and its children) where namespace is the default and scope maps namespaces to bound prefixes."""
     pieces = output.pieces
-    local = _check_name(element.name)
+    local = element.name
+    if not _valid_names.get(local):  # the cache's test, inline: a call per element costs as much as the rest
+        _check_name(local)
     uri = element.uri
     if uri is None or uri == namespace:
         name = start = local
@@ -799,7 +801,9 @@ def _write(element: domish.Element, namespace: str, scope: dict[str, str], outpu
         child_scope = scope
         for key, value in attributes.items():
             if key.__class__ is str:
-                attribute = _check_name(key)
+                attribute = key
+                if not _valid_names.get(key):
+                    _check_name(key)
                 if attribute == "xmlns":
                     raise ValueError("namespace declarations cannot be attributes")
             else:
