@@ -189,6 +189,23 @@ def _check_xml_declaration(version: str, encoding: str | None, _standalone: int)
         raise StreamFault("unsupported-version", "only XML 1.0 is supported", peer_detail(version))
 
 
+class ParsedElement(domish.Element):
+    """
+    A ``domish.Element`` as the parser makes one, built in half the time of
+    ``domish.Element(qname, None, attributes)`` with the same fields: its
+    namespace is its default, it declares no prefixes, and it takes the
+    attribute dictionary it is given (a new one for each element).
+    """
+
+    def __init__(self, qname: tuple[str, str], attributes: dict) -> None:
+        self.uri, self.name = qname
+        self.defaultUri = self.uri
+        self.localPrefixes = {}
+        self.attributes = attributes
+        self.children = []
+        self.parent = None
+
+
 class StreamParser:
     """Turns the bytes of one inbound XML stream into a header, elements and an end."""
 
@@ -503,9 +520,7 @@ class StreamParser:
         if self._header is None:
             self._start_stream(name, attributes)
             return
-        element = domish.Element(
-            self._element_names.get(name) or self._element_name(name), None, attributes
-        )
+        element = ParsedElement(self._element_names.get(name) or self._element_name(name), attributes)
         stack = self._stack
         if stack:
             if len(stack) >= self._depth_limit:
