@@ -59,6 +59,9 @@ def text_of(element: domish.Element) -> str:
     return "".join(child for child in element.children if isinstance(child, str))
 
 
+_new_element = object.__new__
+
+
 def clone(element: domish.Element, skip=None, keep_text=True) -> domish.Element:
     """
     A deep copy of ``element`` that shares nothing with it.
@@ -67,12 +70,17 @@ def clone(element: domish.Element, skip=None, keep_text=True) -> domish.Element:
     ``keep_text=False`` leaves out text directly inside ``element`` (its
     children keep theirs).
     """
-    copy = domish.Element(
-        (element.uri, element.name),
-        defaultUri=element.defaultUri,
-        attribs=dict(element.attributes),
-        localPrefixes=dict(element.localPrefixes) if element.localPrefixes else None,
-    )
+    # The fields domish.Element((uri, name), defaultUri, attribs, localPrefixes) would set, set directly.
+    copy = _new_element(domish.Element)
+    copy.uri, copy.name = element.uri, element.name
+    copy.localPrefixes = dict(element.localPrefixes) if element.localPrefixes else {}
+    default = element.defaultUri
+    if default is None and copy.uri not in copy.localPrefixes.values():
+        default = copy.uri
+    copy.defaultUri = default
+    copy.attributes = dict(element.attributes)
+    copy.children = []
+    copy.parent = None
     # The children are appended directly (addChild and addContent would ask
     # zope.interface about each one): adjacent texts are joined as addContent
     # joins them, and anything neither text nor element is refused.

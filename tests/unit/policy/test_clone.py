@@ -46,3 +46,17 @@ def test_a_child_that_is_neither_text_nor_element_is_refused():
     stanza.children.append(42)
     with pytest.raises(TypeError):
         clone(stanza)
+
+
+def test_a_copy_has_the_fields_domish_would_give_it():
+    """Each copied element is a plain domish.Element with the fields its constructor would set from the original."""
+    stanza = read("<message from='a@red.example/r' to='b@blue.example'><body>hi</body>"
+                  "<x xmlns='jabber:x:data'><field var='v'/></x></message>")
+    stanza.children[1].localPrefixes = {"p": "urn:example:p"}
+    for original, copied in zip(elements_of(stanza), elements_of(clone(stanza))):
+        reference = domish.Element((original.uri, original.name), defaultUri=original.defaultUri,
+                                   attribs=dict(original.attributes),
+                                   localPrefixes=dict(original.localPrefixes) if original.localPrefixes else None)
+        assert type(copied) is domish.Element
+        assert (copied.uri, copied.name, copied.defaultUri, copied.localPrefixes, copied.attributes) == (
+            reference.uri, reference.name, reference.defaultUri, reference.localPrefixes, reference.attributes)
