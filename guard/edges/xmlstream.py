@@ -189,6 +189,23 @@ def _check_xml_declaration(version: str, encoding: str | None, _standalone: int)
         raise StreamFault("unsupported-version", "only XML 1.0 is supported", peer_detail(version))
 
 
+class ParsedElement(domish.Element):
+    """
+    A ``domish.Element`` as the parser makes one, built in half the time of
+    ``domish.Element(qname, None, attributes)`` with the same fields: its
+    namespace is its default, it declares no prefixes, and it takes the
+    attribute dictionary it is given (a new one for each element).
+    """
+
+    def __init__(self, qname: tuple[str, str], attributes: dict) -> None:
+        self.uri, self.name = qname
+        self.defaultUri = self.uri
+        self.localPrefixes = {}
+        self.attributes = attributes
+        self.children = []
+        self.parent = None
+
+
 class StreamParser:
     """Turns the bytes of one inbound XML stream into a header, elements and an end."""
 
@@ -503,9 +520,7 @@ class StreamParser:
         if self._header is None:
             self._start_stream(name, attributes)
             return
-        element = domish.Element(
-            self._element_names.get(name) or self._element_name(name), None, attributes
-        )
+        element = ParsedElement(self._element_names.get(name) or self._element_name(name), attributes)
         stack = self._stack
         if stack:
             if len(stack) >= self._depth_limit:
@@ -772,7 +787,9 @@ class _Output:
 def _write(element: domish.Element, namespace: str, scope: dict[str, str], output: _Output) -> None:
     """Write element (and its children) where namespace is the default and scope maps namespaces to bound prefixes."""
     pieces = output.pieces
-    local = _check_name(element.name)
+    local = element.name
+    if not _valid_names.get(local):  # the cache's test, inline: a call per element costs as much as the rest
+        _check_name(local)
     uri = element.uri
     if uri is None or uri == namespace:
         name = start = local
@@ -799,7 +816,9 @@ def _write(element: domish.Element, namespace: str, scope: dict[str, str], outpu
         child_scope = scope
         for key, value in attributes.items():
             if key.__class__ is str:
-                attribute = _check_name(key)
+                attribute = key
+                if not _valid_names.get(key):
+                    _check_name(key)
                 if attribute == "xmlns":
                     raise ValueError("namespace declarations cannot be attributes")
             else:

@@ -975,3 +975,21 @@ def test_many_adjacent_text_children_serialise_in_linear_time():
     xml = serialise(message)
     assert time.process_time() - began < 0.5
     assert xml == "<message>" + "t" * 2_000_000 + "</message>"
+
+
+def test_a_parsed_element_has_the_fields_domish_would_give_it():
+    """The parser's lean element type carries exactly what domish.Element(qname, None, attributes) would."""
+    found = []
+    parser = xmlstream.StreamParser(lambda header: None, lambda element, size: found.append(element), lambda: None)
+    parser.feed(HEADER + b"<message to='b@blue.example' xml:lang='en'><body>hi</body>"
+                         b"<x xmlns='jabber:x:data'><field var='v'/></x></message>")
+    elements = [found[0], found[0].children[0], found[0].children[1], found[0].children[1].children[0]]
+    for element in elements:
+        reference = domish.Element((element.uri, element.name), None, dict(element.attributes))
+        assert isinstance(element, domish.Element)
+        assert (element.uri, element.name, element.defaultUri, element.localPrefixes, element.attributes) == (
+            reference.uri, reference.name, reference.defaultUri, reference.localPrefixes, reference.attributes)
+    assert [child.parent for child in elements[1:]] == [elements[0], elements[0], elements[2]]
+    assert found[0].parent is None and found[0].body is elements[1]
+    assert found[0].toXml() == ("<message xmlns='jabber:server' to='b@blue.example' xml:lang='en'><body>hi</body>"
+                                "<x xmlns='jabber:x:data'><field var='v'/></x></message>")

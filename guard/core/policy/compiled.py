@@ -14,6 +14,7 @@ from guard.core.policy.conditions import DomainIs, KindIs, KINDS, Negated, TypeI
 from guard.core.policy.elements import clone
 from guard.core.policy.facts import StanzaFacts
 from guard.core.policy.labels import LabelMeaningError
+from guard.core.policy.memory import BoundedMemory
 from guard.core.policy.shapes import EVERYTHING, EnvelopeBounds, envelope, kept_children, reduced_error
 
 RULE_WRONG_DIRECTION = "guard:wrong-direction"
@@ -43,36 +44,6 @@ INDEX_CACHE_BYTES = 4 * 1024 * 1024
 # label with equivalent labels is encoded every time, never remembered.
 LABEL_CACHE_LIMIT = 1024
 LABEL_CACHE_BYTES = 1024 * 1024
-
-
-class BoundedMemory:
-    """
-    Values remembered by key, bounded in entries and in bytes (the cost of
-    each entry is told when it is put): one that would pass either bound
-    empties it first, one larger than the byte bound is not remembered.
-    """
-
-    def __init__(self):
-        self._found = {}
-        self.used = 0
-
-    def __len__(self):
-        return len(self._found)
-
-    def items(self):
-        return self._found.items()
-
-    def get(self, key):
-        return self._found.get(key)
-
-    def put(self, key, value, cost, entries, size_bytes):
-        if cost > size_bytes:
-            return
-        if len(self._found) >= entries or self.used + cost > size_bytes:
-            self._found.clear()
-            self.used = 0
-        self._found[key] = value
-        self.used += cost
 
 
 @dataclass(frozen=True)
@@ -226,11 +197,12 @@ class CompiledPolicy:
             return Judgement.dropped(stanza, RULE_UNKNOWN_TYPE,
                                      text=f"{accepted.kind} type is not one RFC 6120/6121 defines")
         facts = StanzaFacts(accepted, self.labels)
-        marked = facts.stanza_label
-        if marked.count > 1:
+        # Counted, not read: a rule that looks at the label reads it (facts.stanza_label), once.
+        labels_on_stanza = facts.label_count
+        if labels_on_stanza > 1:
             return self._refuse(facts, RULE_TWO_LABELS, 1, "bad-request",
                                 "more than one security label (XEP-0258)")
-        if marked.present and facts.kind == "presence":
+        if labels_on_stanza and facts.kind == "presence":
             # Presence is broadcast: one error per recipient would be noise, so drop.
             return Judgement.dropped(stanza, RULE_LABEL_ON_PRESENCE,
                                      text="security label on presence is a protocol violation (XEP-0258)")

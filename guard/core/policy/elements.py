@@ -59,6 +59,9 @@ def text_of(element: domish.Element) -> str:
     return "".join(child for child in element.children if isinstance(child, str))
 
 
+_new_element = object.__new__
+
+
 def clone(element: domish.Element, skip=None, keep_text=True) -> domish.Element:
     """
     A deep copy of ``element`` that shares nothing with it.
@@ -67,19 +70,40 @@ def clone(element: domish.Element, skip=None, keep_text=True) -> domish.Element:
     ``keep_text=False`` leaves out text directly inside ``element`` (its
     children keep theirs).
     """
-    copy = domish.Element(
-        (element.uri, element.name),
-        defaultUri=element.defaultUri,
-        attribs=dict(element.attributes),
-        localPrefixes=dict(element.localPrefixes) if element.localPrefixes else None,
-    )
+    # The fields domish.Element((uri, name), defaultUri, attribs, localPrefixes) would set, set directly.
+    copy = _new_element(domish.Element)
+    copy.uri, copy.name = element.uri, element.name
+    copy.localPrefixes = dict(element.localPrefixes) if element.localPrefixes else {}
+    default = element.defaultUri
+    if default is None and copy.uri not in copy.localPrefixes.values():
+        default = copy.uri
+    copy.defaultUri = default
+    copy.attributes = dict(element.attributes)
+    copy.children = []
+    copy.parent = None
+    # The children are appended directly (addChild and addContent would ask
+    # zope.interface about each one): adjacent texts are joined as addContent
+    # joins them, and anything neither text nor element is refused.
+    children = copy.children
     for child in element.children:
-        if isinstance(child, domish.Element):
+        if child.__class__ is str:
+            if not keep_text:
+                continue
+            if children and children[-1].__class__ is str:
+                children[-1] += child
+            else:
+                children.append(child)
+        elif isinstance(child, domish.Element):
             if skip is not None and skip(child):
                 continue
-            copy.addChild(clone(child))
-        elif keep_text:
-            copy.addContent(child)
+            child_copy = clone(child)
+            child_copy.parent = copy
+            children.append(child_copy)
+        elif isinstance(child, str):  # a str subclass: as addContent would take it
+            if keep_text:
+                copy.addContent(str(child))
+        else:
+            raise TypeError(f"cannot copy {type(child).__name__} inside an element")
     return copy
 
 

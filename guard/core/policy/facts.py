@@ -11,7 +11,7 @@ from twisted.words.xish import domish
 
 from guard.core.accepted import NotAccepted, accepted_from_element
 from guard.core.policy.elements import child_elements, text_of
-from guard.core.policy.labels import LabelMeaningError, read_stanza_label
+from guard.core.policy.labels import LabelMeaningError, outer_securitylabels, read_stanza_label
 from guard.core.vocabulary import STANZA_NAMESPACES
 
 # Stands in the payload namespaces for text directly inside the stanza: text is payload too.
@@ -83,6 +83,11 @@ class StanzaFacts:
                           if isinstance(value, str) and not (item is self.stanza and name in ("from", "to")))
             pending.extend(reversed(item.children))
         return ("".join(nodes), *nodes, *values)
+
+    @cached_property
+    def label_count(self) -> int:
+        """How many ``<securitylabel/>`` label the stanza, counted without reading them (that is ``stanza_label``)."""
+        return len(outer_securitylabels(self.stanza))
 
     @cached_property
     def stanza_label(self):

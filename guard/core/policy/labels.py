@@ -34,6 +34,7 @@ from pyasn1_modules import rfc2634
 from twisted.words.xish import domish
 
 from guard.core.policy.elements import child_elements
+from guard.core.policy.memory import BoundedMemory
 from guard.core.vocabulary import SEC_LABEL_ESS_NS, SEC_LABEL_NS, STANAG_4774_NS
 
 MAX_DER_BYTES = 4096
@@ -305,13 +306,18 @@ class StanzaLabel:
 NO_LABEL = StanzaLabel(0)
 
 
-def read_stanza_label(stanza: domish.Element) -> StanzaLabel:
-    """Find and read the outer ``<securitylabel/>`` of a stanza."""
-    found = [
+def outer_securitylabels(stanza: domish.Element) -> list:
+    """The ``<securitylabel/>`` direct children of a stanza (the only ones that label it), unread."""
+    return [
         child
         for child in stanza.children
         if isinstance(child, domish.Element) and child.uri == SEC_LABEL_NS and child.name == "securitylabel"
     ]
+
+
+def read_stanza_label(stanza: domish.Element) -> StanzaLabel:
+    """Find and read the outer ``<securitylabel/>`` of a stanza."""
+    found = outer_securitylabels(stanza)
     if not found:
         return NO_LABEL
     if len(found) > 1:
@@ -517,6 +523,14 @@ class Translation:
         return SecurityLabel(self.target, classification, frozenset(categories))
 
 
+# Release decisions remembered by (label, receiving domain): they depend on
+# nothing else (a reload builds a new authority).  Bounded in entries and in
+# bytes (each entry counted as the texts of its key and reason, plus a constant).
+RELEASABLE_MEMORY_ENTRIES = 4096
+RELEASABLE_MEMORY_BYTES = 1024 * 1024
+RELEASABLE_ENTRY_OVERHEAD = 200
+
+
 class LabelAuthority:
     """
     Everything the policy file says about labels: the label policies,
@@ -531,6 +545,7 @@ class LabelAuthority:
         self.default_label = default_label
         self.translations = translations  # name -> Translation
         self._by_pair = {(t.source, t.target): t for t in translations.values()}
+        self.releasable_memory = BoundedMemory()
 
     def _peer(self, domain: str | None):
         if domain is None:
@@ -645,7 +660,17 @@ class LabelAuthority:
         return True, f"{seen} within {clearance}"
 
     def releasable(self, label: SecurityLabel, receiver_domain: str | None) -> tuple[bool, str]:
-        """Whether the receiving peer and the gateway as a whole may both see ``label``."""
+        """Whether the receiving peer and the gateway as a whole may both see ``label`` (remembered, bounded)."""
+        key = (label, receiver_domain)
+        found = self.releasable_memory.get(key)
+        if found is None:
+            found = self._releasable(label, receiver_domain)
+            cost = (RELEASABLE_ENTRY_OVERHEAD + len(receiver_domain or "") + len(label.policy)
+                    + len(label.classification) + sum(len(c) for c in label.categories) + len(found[1]))
+            self.releasable_memory.put(key, found, cost, RELEASABLE_MEMORY_ENTRIES, RELEASABLE_MEMORY_BYTES)
+        return found
+
+    def _releasable(self, label: SecurityLabel, receiver_domain: str | None) -> tuple[bool, str]:
         if self.gateway_clearances is None:
             return False, "no gateway clearance is configured"
         ok, why = self._any_dominates(self.gateway_clearances, label)

@@ -249,3 +249,23 @@ verdict = "pass"
     readable = message_with(ess_xml(ess_label(NATION_A, 1)))
     assert allow_unless.judge(readable, RED_TO_BLUE).rule_id == "pass-unless-secret"
     assert drop_if.judge(readable, RED_TO_BLUE).rule_id == "pass-rest"
+
+
+def test_release_decisions_are_remembered_within_entries_and_bytes():
+    """Each (label, receiver) decision is remembered as first made; the memory never passes its entry or byte bound."""
+    from pathlib import Path
+
+    from guard.core.policy import load_policy
+    from guard.core.policy import labels as label_module
+
+    authority = load_policy(Path(__file__).resolve().parents[3] / "policies" / "high-to-low.toml").labels
+    restricted = label_module.SecurityLabel("red-national", "RESTRICTED", frozenset({"REL-BLUE"}))
+    secret = label_module.SecurityLabel("red-national", "SECRET")
+    first = [authority.releasable(label, "blue.example") for label in (restricted, secret)]
+    assert [authority.releasable(label, "blue.example") for label in (restricted, secret)] == first
+    assert first[0][0] is True and first[1][0] is False
+    for n in range(label_module.RELEASABLE_MEMORY_ENTRIES + 10):
+        domain = f"host{n}." + "d" * 200 + ".blue.example"
+        assert authority.releasable(restricted, domain) == authority._releasable(restricted, domain)
+        assert len(authority.releasable_memory) <= label_module.RELEASABLE_MEMORY_ENTRIES
+        assert authority.releasable_memory.used <= label_module.RELEASABLE_MEMORY_BYTES

@@ -121,3 +121,31 @@ def test_two_labels_inside_forwarded_content_are_not_two_labels_on_the_stanza():
       {UNCLASSIFIED}
     </message>""")
     assert release_policy().judge(stanza, RED_TO_BLUE).rule_id == "release"
+
+
+def allow_all():
+    from pathlib import Path
+
+    from guard.core.policy import load_policy
+    return load_policy(Path(__file__).resolve().parents[3] / "policies" / "allow-all.toml")
+
+
+def test_a_policy_whose_rules_never_look_at_labels_does_not_read_them(monkeypatch):
+    """Under allow-all a labelled message passes with its label counted, never read (reading is for rules that look)."""
+    from guard.core.policy import facts
+
+    def must_not_read(stanza):
+        raise AssertionError("the label was read")
+
+    monkeypatch.setattr(facts, "read_stanza_label", must_not_read)
+    stanza = read(f"<message from='alice@red.example/pc' to='bob@blue.example' type='chat'><body>hi</body>{SECRET}</message>")
+    judgement = allow_all().judge(stanza, RED_TO_BLUE)
+    assert (judgement.verdict, judgement.rule_id) == (Verdict.PASS, "allow-all")
+
+
+def test_two_labels_and_a_labelled_presence_are_refused_under_allow_all_too():
+    """XEP-0258's own rules hold before any rule, whatever the policy: two labels bounce, a labelled presence drops."""
+    two = read(f"<message from='alice@red.example/pc' to='bob@blue.example' type='chat'>{SECRET}{SECRET}</message>")
+    presence = read(f"<presence from='alice@red.example/pc' to='bob@blue.example'>{UNCLASSIFIED}</presence>")
+    assert [(j.verdict, j.rule_id) for j in (allow_all().judge(two, RED_TO_BLUE), allow_all().judge(presence, RED_TO_BLUE))] == [
+        (Verdict.BOUNCE, "xep0258:two-labels"), (Verdict.DROP, "xep0258:label-on-presence")]

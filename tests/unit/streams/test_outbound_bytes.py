@@ -155,6 +155,7 @@ def test_send_refuses_a_stanza_larger_than_the_far_sides_stanza_bytes():
         stream.send(large)
     assert transport.value() == b""
     stream.send(small)
+    clock.advance(0)
     assert transport.value() == (b'<message from="romeo@red.example" to="juliet@blue.example">'
                                  b'<body>hi</body></message>')
 
@@ -215,3 +216,78 @@ def test_a_certificate_that_does_not_name_the_receiver_fails_the_secured_stream(
     stream.dataReceived(FAR_HEADER + DIALBACK_FEATURES)
     assert "<undefined-condition xmlns='urn:ietf:params:xml:ns:xmpp-streams'/>" in written(transport)
     assert owner.events == [("failed", "remote-server-not-found")]
+
+
+class CountingTransport(TLSRecordingTransport):
+    """Records each write separately (a TLS transport makes one record of each)."""
+
+    def __init__(self):
+        super().__init__()
+        self.writes = []
+
+    def write(self, data):
+        self.writes.append(data)
+        super().write(data)
+
+
+def ready_stream_counting_writes():
+    """A ready outbound stream (SASL EXTERNAL) whose transport counts writes, with the handshake's writes forgotten."""
+    clock = MemoryReactorClock()
+    side = make_side("blue", clock, presents_for=("red.example", "conference.red.example"))
+    owner = RecordingOwner()
+    stream = OutboundStream(owner, side, "red.example", "blue.example")
+    transport = CountingTransport()
+    transport.getHandle = lambda: PresentedChain(load_pem_chain(str(pki().blue_server.certificate)))
+    stream.makeConnection(transport)
+    for data in (FAR_HEADER + STARTTLS_FEATURES, b"<proceed xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>",
+                 FAR_HEADER + b"<stream:features><mechanisms xmlns='urn:ietf:params:xml:ns:xmpp-sasl'>"
+                              b"<mechanism>EXTERNAL</mechanism></mechanisms></stream:features>",
+                 b"<success xmlns='urn:ietf:params:xml:ns:xmpp-sasl'/>", FAR_HEADER + b"<stream:features/>"):
+        stream.dataReceived(data)
+    assert stream._lifecycle_state() == "ready"
+    transport.writes.clear()
+    transport.clear()
+    return stream, transport, clock
+
+
+def chat(n, body="hi"):
+    return stanza(f"<message from='romeo@red.example' to='juliet@blue.example' id='m{n}'><body>{body}</body></message>")
+
+
+def test_stanzas_sent_in_one_turn_leave_in_one_write_at_the_end_of_the_turn():
+    """Three stanzas sent in one turn of the event loop are written once, together and in order, when the turn ends."""
+    stream, transport, clock = ready_stream_counting_writes()
+    for n in range(3):
+        stream.send(chat(n))
+    assert transport.writes == []
+    clock.advance(0)
+    assert transport.writes == [b"".join(
+        b'<message from="romeo@red.example" to="juliet@blue.example" id="m%d"><body>hi</body></message>' % n
+        for n in range(3))]
+    assert stream.stanzas_out == 3
+
+
+def test_a_batch_is_written_as_soon_as_batch_bytes_wait():
+    """What waits for the end of the turn is bounded in bytes: at BATCH_BYTES it is written at once."""
+    from guard.edges.s2s.outbound import BATCH_BYTES
+
+    stream, transport, clock = ready_stream_counting_writes()
+    body = "x" * 1000
+    sent = 0
+    while not transport.writes:
+        stream.send(chat(sent, body))
+        sent += 1
+    assert len(transport.writes) == 1 and BATCH_BYTES <= len(transport.writes[0]) < BATCH_BYTES + 1100
+    assert transport.writes[0].count(b"<message ") == sent
+    clock.advance(0)
+    assert len(transport.writes) == 1  # nothing else was waiting
+
+
+def test_what_the_stream_writes_after_stanzas_of_the_same_turn_follows_them():
+    """Closing the stream in the turn stanzas were sent writes them first, then the end of the stream."""
+    stream, transport, clock = ready_stream_counting_writes()
+    stream.send(chat(1))
+    stream.close_idle()
+    assert b"".join(transport.writes) == (
+        b'<message from="romeo@red.example" to="juliet@blue.example" id="m1"><body>hi</body></message>'
+        b"</stream:stream>")
