@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from guard.core.topology import Topology
 
 from .feeders import Feeders
+from .s2s.counts import InboundCounts
 from .limits import Limits
 from .tlsidentity import Identity, TrustAnchors
 
@@ -27,6 +28,7 @@ class Side:
     reactor: object
     relay: object = None
     inbound_streams: Feeders = field(default_factory=Feeders)  # the inbound streams open on this side
+    inbound_counts: InboundCounts = field(default_factory=InboundCounts)  # by address and by proved domain
     verifier: object = None  # the side's dialback Verifier (guard.edges.s2s.verification), made with the side
     events: object = None  # who hears its streams' events (guard.edges.metrics.StreamEvents), or None
     resolver: object = None  # its DNS for srv: routes (guard.edges.s2s.srv.DomainResolver), or None: no DNS

@@ -138,12 +138,28 @@ def test_streams_per_domain_counts_other_streams_and_not_one_that_already_sends_
     assert refusal == (Refusal("policy-violation", "too many streams from red.example") if refused else None)
 
 
-def test_connections_per_address_counts_only_the_same_address():
-    """A third connection from one address is refused with conflict; connections from other addresses do not count."""
-    assert refuse_connection("10.0.0.1", ["10.0.0.1", "10.0.0.2", "10.0.0.2"], limit=2) is None
-    assert refuse_connection("10.0.0.1", ["10.0.0.1", "10.0.0.1"], limit=2) == Refusal(
-        "conflict", "too many connections from this address")
-    assert refuse_connection("10.0.0.1", [], limit=1) is None
+def test_connections_per_address_refuses_the_connection_past_the_limit_with_conflict():
+    """With ``limit`` connections already open from an address, the next is refused with conflict; fewer pass."""
+    assert refuse_connection(1, limit=2) is None
+    assert refuse_connection(2, limit=2) == Refusal("conflict", "too many connections from this address")
+    assert refuse_connection(0, limit=1) is None
+
+
+def test_inbound_counts_count_by_address_and_by_proved_domain_and_forget_what_is_gone():
+    """Counts follow streams as they connect, prove domains and close, and keep no key once nothing is open."""
+    from guard.edges.s2s.counts import InboundCounts
+
+    counts = InboundCounts()
+    counts.connected("127.0.1.1")
+    counts.connected("127.0.1.1")
+    counts.connected("127.0.1.2")
+    counts.proved("red.example")
+    assert counts.from_address["127.0.1.1"] == 2 and counts.sending_as["red.example"] == 1
+    counts.disconnected("127.0.1.1")
+    counts.disconnected("127.0.1.1")
+    counts.disconnected("127.0.1.2")
+    counts.closed_proving({"red.example"})
+    assert counts.from_address == {} and counts.sending_as == {}
 
 
 @pytest.mark.parametrize("attributes, authentication, decision", [

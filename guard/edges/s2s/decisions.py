@@ -12,7 +12,6 @@ and escaped by ``peer_detail``, for the log and the audit.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterable
 
 from guard.core.addressing import parse_jid
 from guard.core.bounce import peer_detail
@@ -186,9 +185,9 @@ def refuse_another_stream(domain: str, already_sends_as: bool, streams_from: int
     return None
 
 
-def refuse_connection(host, hosts_connected: Iterable, limit: int) -> Refusal | None:
-    """Whether a new connection from ``host`` is refused: ``limit`` (connections_per_address) are already open from it."""
-    if sum(1 for each in hosts_connected if each == host) >= limit:
+def refuse_connection(connections_from_address: int, limit: int) -> Refusal | None:
+    """Whether a new connection is refused: ``limit`` (connections_per_address) are already open from its address."""
+    if connections_from_address >= limit:
         # RFC 6120 4.9.3.3 names a per-address connection limit as its example of <conflict/>.
         return Refusal("conflict", "too many connections from this address")
     return None

@@ -85,6 +85,7 @@ class InboundStream(StreamLifecycle, Protocol):
         self._preauth_budget = PreauthBudget(limits.preauth_bytes).install(self.filters)
         self._start_timer("auth", limits.auth_timeout, "authentication took too long")
         self.side.inbound_streams.add(self)
+        self.side.inbound_counts.connected(getattr(self.peer_address, "host", None))
         self._tell_events("stream_opened")
         if self.refusal_at_connect is not None:
             self._input(self.fault, *self.refusal_at_connect)
@@ -179,7 +180,10 @@ class InboundStream(StreamLifecycle, Protocol):
 
     def connectionLost(self, reason):
         self._cancel_all_timers()
-        self.side.inbound_streams.discard(self)
+        if self in self.side.inbound_streams:
+            self.side.inbound_streams.discard(self)
+            self.side.inbound_counts.disconnected(getattr(self.peer_address, "host", None))
+            self.side.inbound_counts.closed_proving({sender for sender, _ in self.authenticated_pairs})
         self._input(self.connection_lost)
         self._tell_closed(reason)
 
@@ -278,7 +282,7 @@ class InboundStream(StreamLifecycle, Protocol):
 
     def _refuse_another_stream(self, domain) -> Refusal | None:
         """Whether streams_per_domain allows this stream to authenticate ``domain`` too."""
-        streams_from = sum(1 for stream in self.side.inbound_streams if stream is not self and stream._sends_as(domain))
+        streams_from = self.side.inbound_counts.sending_as[domain] - (1 if self._sends_as(domain) else 0)
         return refuse_another_stream(domain, self._sends_as(domain), streams_from, self.side.limits.streams_per_domain)
 
     def _log_refusal(self, refusal):
@@ -288,6 +292,8 @@ class InboundStream(StreamLifecycle, Protocol):
 
     def _authenticated(self, sender, receiver):
         """``sender`` may now send to ``receiver`` on this stream; the pre-authentication byte budget is over."""
+        if not self._sends_as(sender) and self in self.side.inbound_streams:
+            self.side.inbound_counts.proved(sender)
         self.authenticated_pairs.add((sender, receiver))
         self.filters.remove(IN, self._preauth_budget)
 
@@ -624,9 +630,7 @@ class InboundFactory(Factory):
     def buildProtocol(self, addr):
         stream = InboundStream(self.side)
         stream.factory = self
-        hosts_connected = (getattr(other.peer_address, "host", None) for other in self.side.inbound_streams
-                           if other.peer_address is not None)
-        refusal = refuse_connection(getattr(addr, "host", None), hosts_connected,
+        refusal = refuse_connection(self.side.inbound_counts.from_address[getattr(addr, "host", None)],
                                     self.side.limits.connections_per_address)
         if refusal is not None:
             stream.refusal_at_connect = (refusal.condition, refusal.text)
