@@ -98,7 +98,7 @@ def _run(arguments) -> int:
                                 globalLogBeginner, textFileLogObserver)
 
     try:
-        config, guard = _load_process(arguments.config, reactor)
+        config, guard = _load_process(arguments.config, reactor, arguments.worker)
     except ConfigError as problem:
         print(f"guard: {problem}", file=sys.stderr)
         return 2
@@ -107,7 +107,12 @@ def _run(arguments) -> int:
     observer = FilteringLogObserver(textFileLogObserver(sys.stdout),
                                     [LogLevelFilterPredicate(defaultLogLevel=level), _quiet_factories])
     globalLogBeginner.beginLoggingTo([observer], redirectStandardIO=False)
-    if arguments.pidfile:
+    if arguments.worker is not None:
+        from .workers import SupervisorWatch
+
+        # The supervisor's pipe on standard input: its end-of-file means the supervisor is gone, and so is this worker.
+        reactor.addReader(SupervisorWatch(reactor, 0, lambda: reactor.stop() if reactor.running else None))
+    if arguments.pidfile and arguments.worker is None:
         with open(arguments.pidfile, "w") as pidfile:
             pidfile.write(f"{os.getpid()}\n")
 
@@ -128,6 +133,10 @@ def _run(arguments) -> int:
     signal.signal(signal.SIGUSR1, write_status_on_usr1)
     signal.signal(signal.SIGTERM, stop_once)
     signal.signal(signal.SIGINT, stop_once)
+    if arguments.worker is not None:
+        from .workers import ready_for_signals
+
+        ready_for_signals()
     exit_code = []
 
     def start():
@@ -155,8 +164,13 @@ def _quiet_factories(event):
     return PredicateResult.maybe
 
 
-def _load_process(path, reactor):
-    """The configuration at ``path`` and the guard process it describes: a standalone guard, or a half of a pair."""
+def _load_process(path, reactor, worker=None):
+    """
+    The configuration at ``path`` and the guard process it describes: a
+    standalone guard, a half of a pair, the supervisor of ``[guard] workers``
+    > 1 worker processes, or (``worker``, the index a supervisor gave) one
+    of those workers (guard.app.workers).
+    """
     from .half_config import is_half_config
 
     if is_half_config(path):
@@ -164,11 +178,31 @@ def _load_process(path, reactor):
         from .half_config import load_half_config
 
         config = load_half_config(path)
+        _refuse_workers_in_a_half(config)
         return config, HalfService(config, reactor)
     from .service import GuardService
 
     config = load_config(path)
+    if worker is not None:
+        from .workers import adopted_listeners, read_secret_line, worker_config
+
+        if not 0 <= worker < config.settings.workers:
+            raise ConfigError(f"{path}: guard.workers: there is no worker {worker} of {config.settings.workers}")
+        config = worker_config(config, worker, read_secret_line(0))
+        guard = GuardService(config, reactor)
+        guard.adopted_listeners = adopted_listeners(config)
+        return config, guard
+    if config.settings.workers > 1:
+        from .workers import WorkerSupervisor
+
+        return config, WorkerSupervisor(config, reactor)
     return config, GuardService(config, reactor)
+
+
+def _refuse_workers_in_a_half(config) -> None:
+    """A half of a back-to-back pair runs as one process: ``[guard] workers`` > 1 is refused there."""
+    if config.settings.workers > 1:
+        raise ConfigError(f"{config.path}: guard.workers: a half of a pair runs as one process (workers = 1)")
 
 
 def checked_configuration(path):
@@ -191,6 +225,7 @@ def checked_configuration(path):
         from .half_config import load_half_config
 
         config = load_half_config(path)
+        _refuse_workers_in_a_half(config)
         sides = {config.side.name: config.side}
         policies = half_policy_files(config)
         summary = f"; half of a pair, link fingerprint {certificate_fingerprint(config.link.leg.certificate)}"
@@ -325,6 +360,7 @@ def main(argv=None) -> int:
                      help="the guard's configuration (TOML; see the sample deploy/guard.toml)")
     run.add_argument("--pidfile", metavar="FILE",
                      help="write the guard's process id here once it runs, for 'guard reload' and 'guard status'")
+    run.add_argument("--worker", type=int, metavar="INDEX", help=argparse.SUPPRESS)  # guard.app.workers starts these
     run.set_defaults(act=_run)
     check = commands.add_parser(
         "check-config", help="check configuration files without starting anything",

@@ -178,6 +178,8 @@ class GuardProcess(service.Service):
         self.snmp = None
         self.metrics = None  # GuardMetrics, once the subclass built the relay (_attach_metrics)
         self._metrics_port = None
+        # A worker (guard.app.workers) adopts the listening socket of each side it inherited: side name -> fd.
+        self.adopted_listeners: dict[str, int] = {}
 
     def policy_files(self):
         """(direction, configuration key, path) for each policy this process enforces."""
@@ -230,6 +232,14 @@ class GuardProcess(service.Service):
     def _listen(self):
         for name, side in self.sides.items():
             listen = self.side_configs()[name].listen
+            if name in self.adopted_listeners:
+                from .workers import socket_family
+
+                fd = self.adopted_listeners[name]
+                self._ports.append(self.reactor.adoptStreamPort(fd, socket_family(fd), InboundFactory(side)))
+                log.info("side {side}: accepting on the inherited socket of {listen} (fd {fd})", side=name,
+                         listen=listen, fd=fd)
+                continue
             try:
                 endpoint = serverFromString(self.reactor, listen)
             except (KeyError, IndexError) as problem:

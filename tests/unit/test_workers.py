@@ -1,0 +1,132 @@
+"""[guard] workers (guard.app.workers): the configuration, what each worker runs with, and how the supervisor adds up."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from guard.app.config import ConfigError, load_config
+from guard.app.workers import (RESTART_MAX_DELAY, add_up, adopted_listeners, read_secret_line, restart_delay,
+                               worker_config, worker_file, worker_limits)
+from guard.edges.limits import Limits
+from guard.lab.topology import render_guard_config
+
+from .streams.sides import pki
+
+
+def config_with(tmp_path, guard_lines="", extra="", limits=None):
+    """The lab configuration with ``guard_lines`` added to [guard] and ``extra`` tables appended; its path."""
+    text = render_guard_config(pki(), "certificate", log_level="info", limits=limits,
+                               guard_options={"audit": str(tmp_path / "audit.jsonl"),
+                                              "status": str(tmp_path / "status.json")})
+    path = tmp_path / "guard.toml"
+    path.write_text(text.replace("[guard]\n", f"[guard]\n{guard_lines}\n", 1) + extra)
+    return str(path)
+
+
+def test_one_worker_is_the_default(tmp_path):
+    """A configuration without the key runs one process, as before."""
+    assert load_config(config_with(tmp_path)).settings.workers == 1
+
+
+@pytest.mark.parametrize("value", ["0", "65", "1.5", "true", '"2"'])
+def test_a_workers_value_out_of_bounds_or_not_a_whole_number_is_refused(tmp_path, value):
+    """guard.workers is a whole number from 1 to 64; anything else is refused naming the key."""
+    with pytest.raises(ConfigError, match=r"guard\.workers: must be a whole number from 1 to 64"):
+        load_config(config_with(tmp_path, f"workers = {value}"))
+
+
+@pytest.mark.parametrize("limit", ["connections_per_address", "streams_per_domain"])
+def test_a_shared_limit_smaller_than_the_workers_is_refused(tmp_path, limit):
+    """A limit each worker holds a share of must leave every worker at least one."""
+    with pytest.raises(ConfigError, match=rf"limits\.{limit}: must be at least guard.workers \(4\)"):
+        load_config(config_with(tmp_path, "workers = 4", limits={limit: 3}))
+
+
+@pytest.mark.parametrize("extra, key", [
+    ('\n[metrics]\nlisten = "tcp:9269:interface=127.0.0.1"\n', "metrics.listen"),
+    ('\n[snmp]\nagentx = "unix:path=/var/agentx/master"\n', "snmp.agentx"),
+])
+def test_what_does_not_add_up_over_workers_yet_is_refused(tmp_path, extra, key):
+    """The metrics and SNMP would describe one worker only: with workers > 1 they are refused, not served wrong."""
+    with pytest.raises(ConfigError, match=rf"{key}: is not served with guard.workers > 1 yet"):
+        load_config(config_with(tmp_path, "workers = 2", extra=extra))
+
+
+def test_each_worker_writes_its_own_files_named_after_the_configured_ones():
+    """Worker 1's audit trail and status file sit beside the configured ones, the worker's number before the suffix."""
+    assert (worker_file("/var/log/xmpp-guard/audit.jsonl", 1), worker_file("/run/status.json", 0),
+            worker_file(None, 3)) == ("/var/log/xmpp-guard/audit.worker-1.jsonl", "/run/status.worker-0.json", None)
+
+
+def test_a_worker_holds_its_share_of_the_limits_that_hold_for_the_whole_guard():
+    """connections_per_address and streams_per_domain are divided (rounded down) so the workers never exceed them together; others are untouched."""
+    shared = worker_limits(Limits(connections_per_address=64, streams_per_domain=7, outbound_queue=1000), 3)
+    assert (shared.connections_per_address, shared.streams_per_domain, shared.outbound_queue) == (21, 2, 1000)
+
+
+def test_a_worker_runs_with_the_supervisors_secret_its_files_and_its_share(tmp_path):
+    """worker_config gives the worker the secret it was handed, its own audit and status paths and its share of the limits."""
+    config = load_config(config_with(tmp_path, "workers = 2", limits={"connections_per_address": 9}))
+    mine = worker_config(config, 1, "shared-secret")
+    assert (mine.dialback_secret, mine.audit_path, mine.status_path, mine.limits.connections_per_address,
+            mine.settings.workers) == (
+        "shared-secret", str(tmp_path / "audit.worker-1.jsonl"), str(tmp_path / "status.worker-1.json"), 4, 2)
+
+
+def test_the_listening_sockets_are_inherited_from_fd_3_in_the_order_of_the_sides(tmp_path):
+    """The supervisor passes one listening socket per side, from fd 3, in the configuration's order."""
+    assert adopted_listeners(load_config(config_with(tmp_path, "workers = 2"))) == {"red": 3, "blue": 4}
+
+
+def test_the_secret_is_read_as_one_line_from_the_supervisors_pipe():
+    """The worker reads the secret line written in pieces, and nothing after it."""
+    reading, writing = os.pipe()
+    try:
+        os.write(writing, b"abc")
+        os.write(writing, b"def\nlater")
+        assert read_secret_line(reading) == "abcdef"
+    finally:
+        os.close(reading)
+        os.close(writing)
+
+
+@pytest.mark.parametrize("written, message", [
+    (b"", "closed the secret pipe before writing"),
+    (b"no-newline", "closed the secret pipe before writing"),
+    (b"\n", "empty dialback secret"),
+    (b"x" * 2000, "too long"),
+])
+def test_a_missing_empty_or_endless_secret_stops_the_worker(written, message):
+    """Without a whole secret line the worker does not start (fail closed: no secret of its own)."""
+    reading, writing = os.pipe()
+    os.write(writing, written)
+    os.close(writing)
+    try:
+        with pytest.raises(ConfigError, match=message):
+            read_secret_line(reading)
+    finally:
+        os.close(reading)
+
+
+def test_restarts_back_off_and_stay_bounded():
+    """The first restart is quick, each death in a row doubles the wait, never beyond the cap."""
+    assert [restart_delay(deaths) for deaths in (1, 2, 3, 4)] == [0.5, 1.0, 2.0, 4.0]
+    assert restart_delay(50) == RESTART_MAX_DELAY
+
+
+def test_the_books_add_up_over_live_workers_and_dead_ones():
+    """The status sums the books of each live worker and of the workers that died, and reports their in-flight stanzas as in doubt."""
+    statuses = [
+        {"worker": 0, "pid": 10, "restarts": 1, "books": {"accepted": 5, "delivered": 4, "bounced": 0, "dropped": 1,
+                                                          "in_flight": 0}, "inbound_streams": {"red": 1, "blue": 2}},
+        {"worker": 1, "pid": 11, "restarts": 0, "books": {"accepted": 3, "delivered": 1, "bounced": 1, "dropped": 0,
+                                                          "in_flight": 1}, "inbound_streams": {"red": 1},
+         "halted": "audit trail unavailable"},
+    ]
+    total = add_up(statuses, {"accepted": 7, "delivered": 6, "bounced": 0, "dropped": 0, "in_flight": 0}, 1)
+    assert (total["books"], total["in_doubt"], total["inbound_streams"], total["halted"],
+            [(w["worker"], w["pid"], w["restarts"]) for w in total["workers"]]) == (
+        {"accepted": 15, "delivered": 11, "bounced": 1, "dropped": 1, "in_flight": 1}, 1, {"red": 2, "blue": 2},
+        "worker 1: audit trail unavailable", [(0, 10, 1), (1, 11, 0)])
