@@ -65,6 +65,12 @@ examples:
 
 signals: SIGHUP reloads the policies, SIGUSR1 writes the status file,
 SIGTERM and SIGINT stop the guard gracefully.
+
+workers: with [guard] workers = N > 1 this process is a supervisor: it binds
+the listeners and runs N worker processes that accept on them; it passes
+each signal on to every worker, restarts a worker that dies, and writes the
+status file as the sum of the workers' (each worker writes its own audit
+trail, audit.worker-K.jsonl beside the configured file).
 """
 
 CHECK_CONFIG_EPILOG = """\
@@ -360,7 +366,9 @@ def main(argv=None) -> int:
                      help="the guard's configuration (TOML; see the sample deploy/guard.toml)")
     run.add_argument("--pidfile", metavar="FILE",
                      help="write the guard's process id here once it runs, for 'guard reload' and 'guard status'")
-    run.add_argument("--worker", type=int, metavar="INDEX", help=argparse.SUPPRESS)  # guard.app.workers starts these
+    run.add_argument("--worker", type=int, metavar="INDEX",
+                     help="internal: run as worker INDEX of a guard with [guard] workers > 1; the supervisor starts "
+                          "its workers with this and hands each the listening sockets and the dialback secret")
     run.set_defaults(act=_run)
     check = commands.add_parser(
         "check-config", help="check configuration files without starting anything",
