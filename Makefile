@@ -8,6 +8,9 @@ GUARD := $(VENV)/bin/guard
 FUZZ_SECONDS ?= 60
 CI_FUZZ_SECONDS ?= 20
 BENCH_MESSAGES ?= 5000
+# Quick forms by default; the long forms: make bench BENCH_STREAMS=1000,5000 BENCH_ROUNDS=3
+BENCH_STREAMS ?= 1000
+BENCH_ROUNDS ?= 1
 
 .PHONY: run test unit policies integration demo fuzz bench system-deps venv check-config clean
 .PHONY: install man
@@ -91,7 +94,9 @@ fuzz: venv
 bench: venv
 	$(PY) bench/bench_parser.py
 	$(PY) bench/bench_policy.py
-	$(PY) bench/bench_relay.py --messages $(BENCH_MESSAGES)
+	$(PY) bench/bench_relay.py --messages $(BENCH_MESSAGES) --blasts windowed,unbounded,latency --rounds $(BENCH_ROUNDS)
+	$(PY) bench/bench_firehose.py --rounds $(BENCH_ROUNDS)
+	$(PY) bench/bench_streams.py --streams $(BENCH_STREAMS)
 
 clean:
 	rm -rf run .pytest_cache
