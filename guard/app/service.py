@@ -233,10 +233,11 @@ class GuardProcess(service.Service):
         for name, side in self.sides.items():
             listen = self.side_configs()[name].listen
             if name in self.adopted_listeners:
-                from .workers import socket_family
+                from .workers import accept_one_at_a_time, socket_family
 
                 fd = self.adopted_listeners[name]
-                self._ports.append(self.reactor.adoptStreamPort(fd, socket_family(fd), InboundFactory(side)))
+                self._ports.append(accept_one_at_a_time(
+                    self.reactor.adoptStreamPort(fd, socket_family(fd), InboundFactory(side))))
                 log.info("side {side}: accepting on the inherited socket of {listen} (fd {fd})", side=name,
                          listen=listen, fd=fd)
                 continue

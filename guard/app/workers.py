@@ -143,6 +143,27 @@ def socket_family(fd: int) -> int:
         probe.close()
 
 
+def accept_one_at_a_time(port):
+    """
+    ``port`` (an adopted listening port) accepts one connection per turn of
+    the reactor instead of Twisted's up to a hundred: the workers share the
+    listening socket, and a worker that took a whole burst would serve it
+    alone while the others idle.  One at a time, a busy worker takes fewer
+    turns and the idle ones take the rest.  Returns ``port``.
+    """
+    accept_a_turn = port.doRead
+
+    def accept_one():
+        port.numberAccepts = 1
+        try:
+            return accept_a_turn()
+        finally:
+            port.numberAccepts = 1
+
+    port.doRead = accept_one
+    return port
+
+
 def add_up(statuses: list[dict], retired_books: dict, in_doubt: int) -> dict:
     """
     The guard's status from its workers' (each as its status file says,

@@ -130,3 +130,37 @@ def test_the_books_add_up_over_live_workers_and_dead_ones():
             [(w["worker"], w["pid"], w["restarts"]) for w in total["workers"]]) == (
         {"accepted": 15, "delivered": 11, "bounced": 1, "dropped": 1, "in_flight": 1}, 1, {"red": 2, "blue": 2},
         "worker 1: audit trail unavailable", [(0, 10, 1), (1, 11, 0)])
+
+
+def test_a_worker_accepts_one_connection_per_turn_of_its_reactor():
+    """Three connections wait on a shared listening socket: one turn of a worker's port accepts one of them, leaving the others for the other workers."""
+    import socket
+
+    from twisted.internet import protocol
+    from twisted.internet.epollreactor import EPollReactor
+
+    from guard.app.workers import accept_one_at_a_time, socket_family
+
+    accepted = []
+
+    class Counted(protocol.Protocol):
+        def connectionMade(self):
+            accepted.append(self.transport.getPeer().port)
+
+    listening = socket.socket()
+    listening.bind(("127.0.0.1", 0))
+    listening.listen(8)
+    waiting = [socket.create_connection(listening.getsockname(), timeout=5) for _ in range(3)]
+    reactor = EPollReactor()
+    try:
+        port = accept_one_at_a_time(reactor.adoptStreamPort(listening.fileno(), socket_family(listening.fileno()),
+                                                            protocol.Factory.forProtocol(Counted)))
+        port.doRead()
+        assert len(accepted) == 1
+        port.doRead()
+        assert len(accepted) == 2
+        port.stopListening()
+    finally:
+        for connection in waiting:
+            connection.close()
+        listening.close()
