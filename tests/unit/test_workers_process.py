@@ -177,9 +177,15 @@ def test_a_worker_that_dies_is_restarted_and_counted(guard):
     """A worker killed with SIGKILL is replaced by a new process in its slot, and the status counts the restart."""
     first, second = guard.workers()
     os.kill(first, signal.SIGKILL)
-    assert wait_until(lambda: len(guard.workers()) == 2 and first not in guard.workers()), guard.output()
-    status = guard.status()
-    assert second in [worker["pid"] for worker in status["workers"]]
+
+    def replaced():
+        status = guard.status()
+        pids = [worker["pid"] for worker in status["workers"]]
+        return status if None not in pids and first not in pids and second in pids else None
+
+    status = wait_until(replaced)
+    assert status, guard.output()
+    assert sorted(guard.workers()) == sorted(worker["pid"] for worker in status["workers"])
     assert sorted(worker["restarts"] for worker in status["workers"]) == [0, 1]
     assert "died" in guard.output() and "restarting it in 0.5 s" in guard.output()
 
@@ -189,9 +195,9 @@ def test_sigterm_stops_the_workers_and_the_supervisor(guard):
     workers = guard.workers()
     guard.process.send_signal(signal.SIGTERM)
     assert guard.process.wait(timeout=30) == 0, guard.output()
-    assert not any(alive(pid) for pid in workers)
-    assert guard.output().count("books at shutdown") == 2
-    assert len(json.loads(guard.status_path.read_text())["workers"]) == 2
+    assert not any(alive(pid) for pid in workers), guard.output()
+    assert guard.output().count("books at shutdown") == 2, guard.output()
+    assert len(json.loads(guard.status_path.read_text())["workers"]) == 2, guard.output()
 
 
 def test_workers_stop_when_their_supervisor_is_gone(another_guard):
