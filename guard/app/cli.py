@@ -314,10 +314,18 @@ def _status(arguments) -> int:
     if config.status_path is None:
         print("guard: the configuration names no [guard] status file", file=sys.stderr)
         return 1
-    if arguments.pidfile and _signal_running(arguments, signal.SIGUSR1) == 0:
+    if arguments.pidfile:
         import time
 
-        time.sleep(0.3)
+        before = _modified(config.status_path)
+        if _signal_running(arguments, signal.SIGUSR1) == 0:
+            # A guard writes at once; a supervisor of workers asks each of them first (at most STATUS_WAIT seconds).
+            from .workers import STATUS_WAIT
+
+            deadline = time.monotonic() + STATUS_WAIT + 1.0
+            time.sleep(0.3)
+            while _modified(config.status_path) == before and time.monotonic() < deadline:
+                time.sleep(0.05)
     try:
         with open(config.status_path) as status:
             print(json.dumps(json.load(status), indent=2, sort_keys=True))
@@ -325,6 +333,14 @@ def _status(arguments) -> int:
         print(f"guard: no status in {config.status_path}: {problem}", file=sys.stderr)
         return 1
     return 0
+
+
+def _modified(path) -> int:
+    """When the file at ``path`` was last written (nanoseconds), 0 if there is none."""
+    try:
+        return os.stat(path).st_mtime_ns
+    except OSError:
+        return 0
 
 
 def _demo(arguments) -> int:

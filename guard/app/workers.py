@@ -49,6 +49,7 @@ from pathlib import Path
 from twisted.application import service
 from twisted.internet import defer, protocol
 from twisted.internet.endpoints import serverFromString
+from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from .config import WORKER_SHARED_LIMITS, ConfigError, GuardConfig
@@ -68,6 +69,8 @@ RESTART_RESET_AFTER = 60.0
 STATUS_WAIT = 3.0
 STOP_MARGIN = 10.0
 REAP_INTERVAL = 1.0
+# Every STATUS_REFRESH seconds the supervisor asks its workers for their status and writes the sum.
+STATUS_REFRESH = 5.0
 # Numbers that add up over workers in the status file.
 BOOK_NAMES = ("accepted", "delivered", "bounced", "dropped", "in_flight")
 
@@ -242,6 +245,7 @@ class WorkerSupervisor(service.Service):
         self._ports = []
         self._restart_calls = {}
         self._reaper = None
+        self._refresh = None
 
     # -- starting -------------------------------------------------------------
 
@@ -252,7 +256,6 @@ class WorkerSupervisor(service.Service):
         REAP_INTERVAL seconds as well (a signal lost between two checks).
         """
         from twisted.internet import process
-        from twisted.internet.task import LoopingCall
 
         signal.signal(signal.SIGCHLD, lambda signum, frame: self.reactor.callFromThread(process.reapAllProcesses))
         self._reaper = LoopingCall(process.reapAllProcesses)
@@ -276,6 +279,11 @@ class WorkerSupervisor(service.Service):
                      listen=side.listen, count=self.count)
         for index in range(self.count):
             self._spawn(index)
+        if self.config.status_path is not None:
+            # The books of a worker that dies are those of its last status: ask for one every STATUS_REFRESH seconds.
+            self._refresh = LoopingCall(self.write_status)
+            self._refresh.clock = self.reactor
+            self._refresh.start(STATUS_REFRESH, now=False)
 
     def _spawn(self, index: int) -> None:
         self._restart_calls.pop(index, None)
@@ -410,6 +418,8 @@ class WorkerSupervisor(service.Service):
         """SIGTERM every worker (each stops as a guard does) and wait for all, at most shutdown_grace + STOP_MARGIN."""
         super().stopService()
         self.stopping = True
+        if self._refresh is not None and self._refresh.running:
+            self._refresh.stop()
         for call in self._restart_calls.values():
             if call.active():
                 call.cancel()

@@ -87,7 +87,9 @@ class Supervised:
         self.config.write_text(text)
         self.log = open(folder / "guard.log", "wb")
         environment = {key: value for key, value in os.environ.items() if not key.startswith("LISTEN_")}
-        self.process = subprocess.Popen([sys.executable, "-m", "guard", "run", "--config", str(self.config)],
+        self.pidfile = folder / "guard.pid"
+        self.process = subprocess.Popen([sys.executable, "-m", "guard", "run", "--config", str(self.config),
+                                         "--pidfile", str(self.pidfile)],
                                         cwd=PROJECT, env=environment | {"PYTHONPATH": str(PROJECT)},
                                         stdout=self.log, stderr=subprocess.STDOUT)
 
@@ -171,6 +173,18 @@ def test_reload_reaches_every_worker(guard):
     """SIGHUP to the supervisor makes each worker load its policies again."""
     guard.process.send_signal(signal.SIGHUP)
     assert wait_until(lambda: guard.output().count("policies reloaded") == 2), guard.output()
+
+
+def test_guard_status_prints_the_sum_over_the_workers(guard):
+    """`guard status --pidfile` waits for the supervisor to collect every worker's status and prints the sum, each worker named."""
+    result = subprocess.run([sys.executable, "-m", "guard", "status", "--config", str(guard.config),
+                             "--pidfile", str(guard.pidfile)], capture_output=True, text=True, cwd=PROJECT,
+                            env=dict(os.environ, PYTHONPATH=str(PROJECT)), timeout=60)
+    assert result.returncode == 0, result.stderr
+    printed = json.loads(result.stdout)
+    assert sorted(worker["pid"] for worker in printed["workers"]) == guard.workers()
+    assert [worker["stale"] for worker in printed["workers"]] == [False, False]
+    assert set(printed["books"]) == {"accepted", "delivered", "bounced", "dropped", "in_flight"}
 
 
 def test_a_worker_that_dies_is_restarted_and_counted(guard):
