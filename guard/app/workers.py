@@ -192,7 +192,7 @@ def add_up(statuses: list[dict], retired_books: dict, in_doubt: int) -> dict:
         "inbound_streams": inbound,
         "workers": [
             {key: status.get(key) for key in ("worker", "pid", "restarts", "stale", "books", "held_bytes",
-                                              "bounces_lost", "links", "halted")}
+                                              "bounces_lost", "links", "inbound_streams", "halted")}
             for status in statuses
         ],
     }

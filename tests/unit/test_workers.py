@@ -127,9 +127,9 @@ def test_the_books_add_up_over_live_workers_and_dead_ones():
     ]
     total = add_up(statuses, {"accepted": 7, "delivered": 6, "bounced": 0, "dropped": 0, "in_flight": 0}, 1)
     assert (total["books"], total["in_doubt"], total["inbound_streams"], total["halted"],
-            [(w["worker"], w["pid"], w["restarts"]) for w in total["workers"]]) == (
+            [(w["worker"], w["pid"], w["restarts"], w["inbound_streams"]) for w in total["workers"]]) == (
         {"accepted": 15, "delivered": 11, "bounced": 1, "dropped": 1, "in_flight": 1}, 1, {"red": 2, "blue": 2},
-        "worker 1: audit trail unavailable", [(0, 10, 1), (1, 11, 0)])
+        "worker 1: audit trail unavailable", [(0, 10, 1, {"red": 1, "blue": 2}), (1, 11, 0, {"red": 1})])
 
 
 def test_a_worker_accepts_one_connection_per_turn_of_its_reactor():
