@@ -11,13 +11,14 @@ from __future__ import annotations
 import json
 import os
 import signal
-import time
 from pathlib import Path
 
 import pytest
 from slixmpp import JID
 
 from guard.lab.topology import Lab, Mode, render_guard_config
+
+from .policylab import wait_for
 
 pytestmark = pytest.mark.guard
 
@@ -55,17 +56,6 @@ def lab(tmp_path_factory):
         yield laboratory
 
 
-def wait_until(predicate, timeout: float):
-    """Poll ``predicate`` every 0.2 s for at most ``timeout`` seconds; its last value."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.2)
-    return predicate()
-
-
 def bodies_from(client, sender: str, prefix: str) -> list[str]:
     """The bodies ``client`` received from ``sender`` starting with ``prefix``, in the order they arrived."""
     return [message.body for message in client.messages
@@ -96,9 +86,8 @@ def test_messages_cross_both_ways_in_order_through_two_workers(lab, client_loop)
     to_juliet, to_romeo = exchange(lab, client_loop, "first")
     assert to_juliet == [f"first red {number}" for number in range(MESSAGES)]
     assert to_romeo == [f"first blue {number}" for number in range(MESSAGES)]
-    status = wait_until(lambda: (lambda s: s if s["books"]["delivered"] >= 2 * MESSAGES else None)(lab.guard_status()),
-                        15)
-    assert status, lab.guard_status()
+    assert wait_for(lambda: lab.guard_status()["books"]["delivered"] >= 2 * MESSAGES, 15), lab.guard_status()
+    status = lab.guard_status()
     assert len(status["workers"]) == 2 and all(worker["pid"] for worker in status["workers"])
     assert books_add_up(status), status
 
@@ -108,17 +97,19 @@ def test_a_killed_worker_is_restarted_and_traffic_goes_on(lab, client_loop):
     before = lab.guard_status()  # fresh: every worker's books as they are now, quiet
     victim = before["workers"][0]["pid"]
     os.kill(victim, signal.SIGKILL)
-    restarted = wait_until(lambda: (lambda s: s if len(s["workers"]) == 2 and victim not in
-                                    [w["pid"] for w in s["workers"]] and all(w["pid"] for w in s["workers"])
-                                    else None)(lab.guard_status()), 30)
-    assert restarted, lab.guard_log()
+
+    def replaced() -> bool:
+        pids = [worker["pid"] for worker in lab.guard_status()["workers"]]
+        return len(pids) == 2 and victim not in pids and None not in pids
+
+    assert wait_for(replaced, 30), lab.guard_log()
+    restarted = lab.guard_status()
     assert sorted(worker["restarts"] for worker in restarted["workers"]) == [0, 1]
     to_juliet, to_romeo = exchange(lab, client_loop, "second")
     assert to_juliet == [f"second red {number}" for number in range(MESSAGES)]
     assert to_romeo == [f"second blue {number}" for number in range(MESSAGES)]
-    after = wait_until(lambda: (lambda s: s if s["books"]["delivered"] >= 4 * MESSAGES else None)(lab.guard_status()),
-                       15)
-    assert after, lab.guard_status()
+    assert wait_for(lambda: lab.guard_status()["books"]["delivered"] >= 4 * MESSAGES, 15), lab.guard_status()
+    after = lab.guard_status()
     assert books_add_up(after), after
     assert after["books"]["accepted"] >= before["books"]["accepted"] + 2 * MESSAGES
 
