@@ -190,13 +190,15 @@ def _load_process(path, reactor, worker=None):
 
     config = load_config(path)
     if worker is not None:
-        from .workers import adopted_listeners, read_secret_line, worker_config
+        from .workers import adopted_listeners, read_secret_line, worker_config, worker_metrics_file
 
         if not 0 <= worker < config.settings.workers:
             raise ConfigError(f"{path}: guard.workers: there is no worker {worker} of {config.settings.workers}")
+        metrics_path = worker_metrics_file(config, worker)
         config = worker_config(config, worker, read_secret_line(0))
         guard = GuardService(config, reactor)
         guard.adopted_listeners = adopted_listeners(config)
+        guard.metrics_path = metrics_path
         return config, guard
     if config.settings.workers > 1:
         from .workers import WorkerSupervisor

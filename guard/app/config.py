@@ -436,8 +436,9 @@ def _check_workers(checker, config) -> None:
     for name in WORKER_SHARED_LIMITS:
         if getattr(config.limits, name) < workers:
             checker.fail(f"limits.{name}", f"must be at least guard.workers ({workers}): each worker holds a share")
-    if config.settings.metrics_listen is not None:
-        checker.fail("metrics.listen", "is not served with guard.workers > 1 yet (the metrics do not add up)")
+    if config.settings.metrics_listen is not None and config.settings.status_path is None:
+        checker.fail("metrics.listen", "with guard.workers > 1 needs guard.status (the workers' metrics are written "
+                                       "beside it for the supervisor to serve)")
     if config.management is not None:
         checker.fail("management", "is not served with guard.workers > 1 yet (the snapshot does not add up)")
     if config.settings.snmp.agentx is not None:

@@ -180,6 +180,8 @@ class GuardProcess(service.Service):
         self._metrics_port = None
         # A worker (guard.app.workers) adopts the listening socket of each side it inherited: side name -> fd.
         self.adopted_listeners: dict[str, int] = {}
+        # A worker writes its metrics here with its status (guard.app.workers.worker_metrics_file); None: it does not.
+        self.metrics_path: str | None = None
 
     def policy_files(self):
         """(direction, configuration key, path) for each policy this process enforces."""
@@ -330,6 +332,12 @@ class GuardProcess(service.Service):
         with open(temporary, "w", encoding="utf-8") as out:
             json.dump(self.status(), out, indent=2, sort_keys=True)
         os.replace(temporary, self.config.status_path)
+        if self.metrics_path is not None:  # a worker: its metrics, for the supervisor's /metrics (guard.app.workers)
+            from prometheus_client import generate_latest
+
+            with open(self.metrics_path + ".tmp", "wb") as out:
+                out.write(generate_latest(self.metrics.registry))
+            os.replace(self.metrics_path + ".tmp", self.metrics_path)
 
 
 class GuardService(GuardProcess):

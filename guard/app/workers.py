@@ -53,6 +53,7 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from .config import WORKER_SHARED_LIMITS, ConfigError, GuardConfig
+from .metrics import PREFIX, metrics_site
 
 log = Logger()
 
@@ -102,6 +103,61 @@ def worker_limits(limits, workers: int):
     return dataclasses.replace(limits, **{name: getattr(limits, name) // workers for name in WORKER_SHARED_LIMITS})
 
 
+def worker_metrics_file(config: GuardConfig, index: int) -> str | None:
+    """Where worker ``index`` writes its metrics (Prometheus text) with its status, when [metrics] is served."""
+    if config.settings.metrics_listen is None or config.settings.status_path is None:
+        return None
+    return str(Path(worker_file(config.settings.status_path, index)).with_suffix(".prom"))
+
+
+class WorkersCollector:
+    """
+    The supervisor's metrics: every worker's, as it last wrote them (at most
+    STATUS_REFRESH seconds old), each sample labelled ``worker`` (PromQL
+    ``sum without (worker) (...)`` adds them up; a timestamp or a state is not
+    summed wrong), and the supervisor's own: workers running, restarts, stanzas
+    in doubt.
+    """
+
+    def __init__(self, supervisor: "WorkerSupervisor"):
+        self.supervisor = supervisor
+
+    def describe(self):
+        return []
+
+    def collect(self):
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+        from prometheus_client.parser import text_string_to_metric_families
+
+        supervisor = self.supervisor
+        merged: dict[str, Metric] = {}
+        for index in range(supervisor.count):
+            path = worker_metrics_file(supervisor.config, index)
+            try:
+                with open(path, encoding="utf-8") as page:
+                    families = list(text_string_to_metric_families(page.read()))
+            except (OSError, ValueError, TypeError):
+                continue  # not written yet, or torn: this worker is missing from this scrape
+            for family in families:
+                into = merged.setdefault(family.name, Metric(family.name, family.documentation, family.type,
+                                                             family.unit))
+                for sample in family.samples:
+                    into.add_sample(sample.name, dict(sample.labels, worker=str(index)), sample.value,
+                                    sample.timestamp, sample.exemplar)
+        yield from merged.values()
+        running = GaugeMetricFamily(PREFIX + "workers_running", "Worker processes running now.",
+                                    value=len(supervisor.workers))
+        yield running
+        restarts = CounterMetricFamily(PREFIX + "worker_restarts", "Worker processes restarted after dying.",
+                                       labels=["worker"])
+        for index, count in supervisor.restarts.items():
+            restarts.add_metric([str(index)], count)
+        yield restarts
+        yield GaugeMetricFamily(PREFIX + "stanzas_in_doubt",
+                                "Stanzas accepted by workers that died before settling them.",
+                                value=supervisor.in_doubt)
+
+
 def worker_config(config: GuardConfig, index: int, dialback_secret: str) -> GuardConfig:
     """What worker ``index`` of ``config.settings.workers`` runs: its own files, the shared secret, its share of the limits."""
     settings = dataclasses.replace(
@@ -109,6 +165,7 @@ def worker_config(config: GuardConfig, index: int, dialback_secret: str) -> Guar
         dialback_secret=dialback_secret,
         audit_path=worker_file(config.settings.audit_path, index),
         status_path=worker_file(config.settings.status_path, index),
+        metrics_listen=None,  # the supervisor serves the workers' metrics (WorkersCollector)
     )
     return dataclasses.replace(config, settings=settings, limits=worker_limits(config.limits, config.settings.workers))
 
@@ -246,6 +303,7 @@ class WorkerSupervisor(service.Service):
         self._restart_calls = {}
         self._reaper = None
         self._refresh = None
+        self._metrics_port = None
 
     # -- starting -------------------------------------------------------------
 
@@ -279,6 +337,14 @@ class WorkerSupervisor(service.Service):
                      listen=side.listen, count=self.count)
         for index in range(self.count):
             self._spawn(index)
+        listen = self.config.settings.metrics_listen
+        if listen is not None:
+            from prometheus_client import CollectorRegistry
+
+            registry = CollectorRegistry(auto_describe=False)
+            registry.register(WorkersCollector(self))
+            self._metrics_port = yield serverFromString(self.reactor, listen).listen(metrics_site(registry))
+            log.info("metrics: serving /metrics on {listen} for {count} workers", listen=listen, count=self.count)
         if self.config.status_path is not None:
             # The books of a worker that dies are those of its last status: ask for one every STATUS_REFRESH seconds.
             self._refresh = LoopingCall(self.write_status)
@@ -434,6 +500,9 @@ class WorkerSupervisor(service.Service):
         for port in self._ports:
             yield port.stopListening()
         self._ports = []
+        if self._metrics_port is not None:
+            yield self._metrics_port.stopListening()
+            self._metrics_port = None
         if self.config.status_path is not None:
             self._write_sum()
         if self._reaper is not None and self._reaper.running:

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 
 from guard.app.config import ConfigError, load_config
 from guard.app.workers import (RESTART_MAX_DELAY, add_up, adopted_listeners, read_secret_line, restart_delay,
-                               worker_config, worker_file, worker_limits)
+                               worker_config, worker_file, worker_limits, worker_metrics_file)
 from guard.edges.limits import Limits
 from guard.lab.topology import render_guard_config
 
@@ -44,14 +45,52 @@ def test_a_shared_limit_smaller_than_the_workers_is_refused(tmp_path, limit):
         load_config(config_with(tmp_path, "workers = 4", limits={limit: 3}))
 
 
-@pytest.mark.parametrize("extra, key", [
-    ('\n[metrics]\nlisten = "tcp:9269:interface=127.0.0.1"\n', "metrics.listen"),
-    ('\n[snmp]\nagentx = "unix:path=/var/agentx/master"\n', "snmp.agentx"),
-])
-def test_what_does_not_add_up_over_workers_yet_is_refused(tmp_path, extra, key):
-    """The metrics and SNMP would describe one worker only: with workers > 1 they are refused, not served wrong."""
-    with pytest.raises(ConfigError, match=rf"{key}: is not served with guard.workers > 1 yet"):
-        load_config(config_with(tmp_path, "workers = 2", extra=extra))
+def test_snmp_is_refused_with_workers_as_it_would_describe_one_worker_only(tmp_path):
+    """SNMP reads one process's snapshot: with workers > 1 it is refused, not served wrong."""
+    with pytest.raises(ConfigError, match=r"snmp.agentx: is not served with guard.workers > 1 yet"):
+        load_config(config_with(tmp_path, "workers = 2", extra='\n[snmp]\nagentx = "unix:path=/var/agentx/master"\n'))
+
+
+def test_metrics_with_workers_need_a_status_file_to_be_written_beside(tmp_path):
+    """The workers write their metrics beside the status file for the supervisor to serve: without one, refused."""
+    path = config_with(tmp_path, "workers = 2", extra='\n[metrics]\nlisten = "tcp:9269:interface=127.0.0.1"\n')
+    assert worker_metrics_file(load_config(path), 1) == str(tmp_path / "status.worker-1.prom")
+    text = Path(path).read_text()
+    Path(path).write_text("\n".join(line for line in text.splitlines() if not line.startswith("status =")))
+    with pytest.raises(ConfigError, match=r"metrics.listen: with guard.workers > 1 needs guard.status"):
+        load_config(path)
+
+
+def test_the_supervisors_metrics_are_every_workers_labelled_and_its_own(tmp_path):
+    """Each worker's samples come out with a worker label (sum without (worker) adds them up), beside workers running, restarts and stanzas in doubt."""
+    from types import SimpleNamespace
+
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from guard.app.workers import WorkersCollector
+
+    config = load_config(config_with(tmp_path, "workers = 2", extra='\n[metrics]\nlisten = "tcp:9269"\n'))
+    for index, accepted in ((0, 5), (1, 7)):
+        Path(worker_metrics_file(config, index)).write_text(
+            "# HELP xmpp_guard_books_accepted Stanzas accepted.\n# TYPE xmpp_guard_books_accepted counter\n"
+            f"xmpp_guard_books_accepted_total {accepted}.0\n"
+            "# HELP xmpp_guard_streams_open Streams.\n# TYPE xmpp_guard_streams_open gauge\n"
+            f'xmpp_guard_streams_open{{side="red"}} {index + 1}.0\n')
+    supervisor = SimpleNamespace(config=config, count=2, workers={0: object()}, restarts={0: 0, 1: 3}, in_doubt=2)
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(WorkersCollector(supervisor))
+    page = generate_latest(registry).decode()
+    samples = [line for line in page.splitlines() if line and not line.startswith("#")]
+    assert samples == [
+        'xmpp_guard_books_accepted_total{worker="0"} 5.0',
+        'xmpp_guard_books_accepted_total{worker="1"} 7.0',
+        'xmpp_guard_streams_open{side="red",worker="0"} 1.0',
+        'xmpp_guard_streams_open{side="red",worker="1"} 2.0',
+        "xmpp_guard_workers_running 1.0",
+        'xmpp_guard_worker_restarts_total{worker="0"} 0.0',
+        'xmpp_guard_worker_restarts_total{worker="1"} 3.0',
+        "xmpp_guard_stanzas_in_doubt 2.0",
+    ]
 
 
 def test_each_worker_writes_its_own_files_named_after_the_configured_ones():

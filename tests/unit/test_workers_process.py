@@ -83,6 +83,8 @@ class Supervised:
         text = text.replace("[guard]\n", "[guard]\nworkers = 2\n", 1)
         text = text.replace(RED_TCP, f'listen = "tcp:{self.port}:interface={RED_ADDRESS}"')
         text = text.replace(BLUE_TCP, f'listen = "tcp:{self.port}:interface={BLUE_ADDRESS}"')
+        self.metrics_port = free_port()
+        text += f'\n[metrics]\nlisten = "tcp:{self.metrics_port}:interface={RED_ADDRESS}"\n'
         self.config = folder / "guard.toml"
         self.config.write_text(text)
         self.log = open(folder / "guard.log", "wb")
@@ -185,6 +187,18 @@ def test_guard_status_prints_the_sum_over_the_workers(guard):
     assert sorted(worker["pid"] for worker in printed["workers"]) == guard.workers()
     assert [worker["stale"] for worker in printed["workers"]] == [False, False]
     assert set(printed["books"]) == {"accepted", "delivered", "bounced", "dropped", "in_flight"}
+
+
+def test_the_supervisor_serves_every_workers_metrics(guard):
+    """/metrics on the configured listener has each worker's books, labelled by worker, and the count of workers running."""
+    import urllib.request
+
+    guard.status()  # each worker writes its metrics with its status
+    with urllib.request.urlopen(f"http://{RED_ADDRESS}:{guard.metrics_port}/metrics", timeout=10) as answer:
+        page = answer.read().decode()
+    assert 'xmpp_guard_books_accepted_total{worker="0"} 0.0' in page
+    assert 'xmpp_guard_books_accepted_total{worker="1"} 0.0' in page
+    assert "xmpp_guard_workers_running 2.0" in page
 
 
 def test_a_worker_that_dies_is_restarted_and_counted(guard):
