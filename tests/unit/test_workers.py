@@ -13,6 +13,7 @@ from guard.app.workers import (RESTART_MAX_DELAY, add_up, adopted_listeners, rea
 from guard.edges.limits import Limits
 from guard.lab.topology import render_guard_config
 
+from .link.test_half_config import tree, variant  # noqa: F401 - the fixture of a pair's configuration tree
 from .streams.sides import pki
 
 
@@ -203,3 +204,15 @@ def test_a_worker_accepts_one_connection_per_turn_of_its_reactor():
         for connection in waiting:
             connection.close()
         listening.close()
+
+
+def test_a_half_of_a_pair_refuses_workers(tree):
+    """A half of a back-to-back pair runs as one process: guard run and check-config refuse workers > 1 there."""
+    from twisted.internet.testing import MemoryReactorClock
+
+    from guard.app.cli import _load_process, checked_configuration
+
+    path = variant(tree, [("[guard]\n", "[guard]\nworkers = 2\n")])
+    for load in (lambda: checked_configuration(path), lambda: _load_process(path, MemoryReactorClock())):
+        with pytest.raises(ConfigError, match=r"guard.workers: a half of a pair runs as one process"):
+            load()
