@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -36,6 +37,14 @@ def free_port() -> int:
                 continue
         return port
     raise RuntimeError("no free port on 127.0.9.1 and 127.0.9.2")
+
+
+def connected(address: str, port: int) -> socket.socket | None:
+    """A TCP connection to ``address``:``port``, or None if it is refused."""
+    try:
+        return socket.create_connection((address, port), timeout=5)
+    except ConnectionRefusedError:
+        return None
 
 
 def wait_until(predicate, timeout: float = 15.0):
@@ -74,7 +83,8 @@ def alive(pid: int) -> bool:
 class Supervised:
     """A `guard run` with two workers on 127.0.9.1 and 127.0.9.2 in ``folder``."""
 
-    def __init__(self, folder: Path):
+    def __init__(self, folder: Path, socket_activated: bool = False):
+        """``socket_activated``: systemd-socket-activate binds both sockets and passes them named red and blue."""
         self.folder = folder
         self.port = free_port()
         self.status_path = folder / "status.json"
@@ -83,6 +93,12 @@ class Supervised:
         text = text.replace("[guard]\n", "[guard]\nworkers = 2\n", 1)
         text = text.replace(RED_TCP, f'listen = "tcp:{self.port}:interface={RED_ADDRESS}"')
         text = text.replace(BLUE_TCP, f'listen = "tcp:{self.port}:interface={BLUE_ADDRESS}"')
+        launcher = []
+        if socket_activated:
+            text = text.replace(f'listen = "tcp:{self.port}:interface={RED_ADDRESS}"', 'listen = "systemd:domain=INET:name=red"')
+            text = text.replace(f'listen = "tcp:{self.port}:interface={BLUE_ADDRESS}"', 'listen = "systemd:domain=INET:name=blue"')
+            launcher = [shutil.which("systemd-socket-activate"), "--listen", f"{RED_ADDRESS}:{self.port}",
+                        "--listen", f"{BLUE_ADDRESS}:{self.port}", "--fdname=red:blue", "--setenv=PYTHONPATH"]
         self.metrics_port = free_port()
         text += f'\n[metrics]\nlisten = "tcp:{self.metrics_port}:interface={RED_ADDRESS}"\n'
         self.config = folder / "guard.toml"
@@ -90,7 +106,7 @@ class Supervised:
         self.log = open(folder / "guard.log", "wb")
         environment = {key: value for key, value in os.environ.items() if not key.startswith("LISTEN_")}
         self.pidfile = folder / "guard.pid"
-        self.process = subprocess.Popen([sys.executable, "-m", "guard", "run", "--config", str(self.config),
+        self.process = subprocess.Popen([*launcher, sys.executable, "-m", "guard", "run", "--config", str(self.config),
                                          "--pidfile", str(self.pidfile)],
                                         cwd=PROJECT, env=environment | {"PYTHONPATH": str(PROJECT)},
                                         stdout=self.log, stderr=subprocess.STDOUT)
@@ -234,3 +250,26 @@ def test_workers_stop_when_their_supervisor_is_gone(another_guard):
     another_guard.process.kill()
     another_guard.process.wait(timeout=10)
     assert wait_until(lambda: not any(alive(pid) for pid in workers), 20), another_guard.output()
+
+
+def test_the_supervisor_takes_the_sockets_systemd_passed(tmp_path):
+    """Under systemd-socket-activate (listen = "systemd:...:name=red"), the supervisor hands the passed sockets to its workers, which accept on them."""
+    if shutil.which("systemd-socket-activate") is None:
+        pytest.skip("systemd-socket-activate not found: install the Debian package systemd (make test does)")
+    supervised = Supervised(tmp_path, socket_activated=True)
+    try:
+        # systemd-socket-activate binds, then execs the guard at the first connection.
+        first = wait_until(lambda: connected(RED_ADDRESS, supervised.port))
+        assert first, "systemd-socket-activate did not listen"
+        with first:
+            assert wait_until(lambda: supervised.output().count("accepting on the inherited socket of systemd:") == 4,
+                              30), supervised.output()
+        with socket.create_connection((BLUE_ADDRESS, supervised.port), timeout=5):
+            assert wait_until(lambda: supervised.status()["inbound_streams"].get("blue") == 1), supervised.output()
+        assert len(supervised.workers()) == 2
+    finally:
+        workers = supervised.workers()
+        supervised.stop()
+        for pid in workers:
+            if alive(pid):
+                os.kill(pid, signal.SIGKILL)
