@@ -65,6 +65,12 @@ examples:
 
 signals: SIGHUP reloads the policies, SIGUSR1 writes the status file,
 SIGTERM and SIGINT stop the guard gracefully.
+
+workers: with [guard] workers = N > 1 this process is a supervisor: it binds
+the listeners and runs N worker processes that accept on them; it passes
+each signal on to every worker, restarts a worker that dies, and writes the
+status file as the sum of the workers' (each worker writes its own audit
+trail, audit.worker-K.jsonl beside the configured file).
 """
 
 CHECK_CONFIG_EPILOG = """\
@@ -98,7 +104,7 @@ def _run(arguments) -> int:
                                 globalLogBeginner, textFileLogObserver)
 
     try:
-        config, guard = _load_process(arguments.config, reactor)
+        config, guard = _load_process(arguments.config, reactor, arguments.worker)
     except ConfigError as problem:
         print(f"guard: {problem}", file=sys.stderr)
         return 2
@@ -107,7 +113,12 @@ def _run(arguments) -> int:
     observer = FilteringLogObserver(textFileLogObserver(sys.stdout),
                                     [LogLevelFilterPredicate(defaultLogLevel=level), _quiet_factories])
     globalLogBeginner.beginLoggingTo([observer], redirectStandardIO=False)
-    if arguments.pidfile:
+    if arguments.worker is not None:
+        from .workers import SupervisorWatch
+
+        # The supervisor's pipe on standard input: its end-of-file means the supervisor is gone, and so is this worker.
+        reactor.addReader(SupervisorWatch(reactor, 0, lambda: reactor.stop() if reactor.running else None))
+    if arguments.pidfile and arguments.worker is None:
         with open(arguments.pidfile, "w") as pidfile:
             pidfile.write(f"{os.getpid()}\n")
 
@@ -128,6 +139,10 @@ def _run(arguments) -> int:
     signal.signal(signal.SIGUSR1, write_status_on_usr1)
     signal.signal(signal.SIGTERM, stop_once)
     signal.signal(signal.SIGINT, stop_once)
+    if arguments.worker is not None:
+        from .workers import ready_for_signals
+
+        ready_for_signals()
     exit_code = []
 
     def start():
@@ -155,8 +170,13 @@ def _quiet_factories(event):
     return PredicateResult.maybe
 
 
-def _load_process(path, reactor):
-    """The configuration at ``path`` and the guard process it describes: a standalone guard, or a half of a pair."""
+def _load_process(path, reactor, worker=None):
+    """
+    The configuration at ``path`` and the guard process it describes: a
+    standalone guard, a half of a pair, the supervisor of ``[guard] workers``
+    > 1 worker processes, or (``worker``, the index a supervisor gave) one
+    of those workers (guard.app.workers).
+    """
     from .half_config import is_half_config
 
     if is_half_config(path):
@@ -164,11 +184,33 @@ def _load_process(path, reactor):
         from .half_config import load_half_config
 
         config = load_half_config(path)
+        _refuse_workers_in_a_half(config)
         return config, HalfService(config, reactor)
     from .service import GuardService
 
     config = load_config(path)
+    if worker is not None:
+        from .workers import adopted_listeners, read_secret_line, worker_config, worker_metrics_file
+
+        if not 0 <= worker < config.settings.workers:
+            raise ConfigError(f"{path}: guard.workers: there is no worker {worker} of {config.settings.workers}")
+        metrics_path = worker_metrics_file(config, worker)
+        config = worker_config(config, worker, read_secret_line(0))
+        guard = GuardService(config, reactor)
+        guard.adopted_listeners = adopted_listeners(config)
+        guard.metrics_path = metrics_path
+        return config, guard
+    if config.settings.workers > 1:
+        from .workers import WorkerSupervisor
+
+        return config, WorkerSupervisor(config, reactor)
     return config, GuardService(config, reactor)
+
+
+def _refuse_workers_in_a_half(config) -> None:
+    """A half of a back-to-back pair runs as one process: ``[guard] workers`` > 1 is refused there."""
+    if config.settings.workers > 1:
+        raise ConfigError(f"{config.path}: guard.workers: a half of a pair runs as one process (workers = 1)")
 
 
 def checked_configuration(path):
@@ -191,6 +233,7 @@ def checked_configuration(path):
         from .half_config import load_half_config
 
         config = load_half_config(path)
+        _refuse_workers_in_a_half(config)
         sides = {config.side.name: config.side}
         policies = half_policy_files(config)
         summary = f"; half of a pair, link fingerprint {certificate_fingerprint(config.link.leg.certificate)}"
@@ -273,10 +316,18 @@ def _status(arguments) -> int:
     if config.status_path is None:
         print("guard: the configuration names no [guard] status file", file=sys.stderr)
         return 1
-    if arguments.pidfile and _signal_running(arguments, signal.SIGUSR1) == 0:
+    if arguments.pidfile:
         import time
 
-        time.sleep(0.3)
+        before = _modified(config.status_path)
+        if _signal_running(arguments, signal.SIGUSR1) == 0:
+            # A guard writes at once; a supervisor of workers asks each of them first (at most STATUS_WAIT seconds).
+            from .workers import STATUS_WAIT
+
+            deadline = time.monotonic() + STATUS_WAIT + 1.0
+            time.sleep(0.3)
+            while _modified(config.status_path) == before and time.monotonic() < deadline:
+                time.sleep(0.05)
     try:
         with open(config.status_path) as status:
             print(json.dumps(json.load(status), indent=2, sort_keys=True))
@@ -284,6 +335,14 @@ def _status(arguments) -> int:
         print(f"guard: no status in {config.status_path}: {problem}", file=sys.stderr)
         return 1
     return 0
+
+
+def _modified(path) -> int:
+    """When the file at ``path`` was last written (nanoseconds), 0 if there is none."""
+    try:
+        return os.stat(path).st_mtime_ns
+    except OSError:
+        return 0
 
 
 def _demo(arguments) -> int:
@@ -325,6 +384,9 @@ def main(argv=None) -> int:
                      help="the guard's configuration (TOML; see the sample deploy/guard.toml)")
     run.add_argument("--pidfile", metavar="FILE",
                      help="write the guard's process id here once it runs, for 'guard reload' and 'guard status'")
+    run.add_argument("--worker", type=int, metavar="INDEX",
+                     help="internal: run as worker INDEX of a guard with [guard] workers > 1; the supervisor starts "
+                          "its workers with this and hands each the listening sockets and the dialback secret")
     run.set_defaults(act=_run)
     check = commands.add_parser(
         "check-config", help="check configuration files without starting anything",

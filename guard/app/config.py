@@ -91,6 +91,8 @@ class GuardSettings:
     snmp: SnmpSettings = SnmpSettings()
     # Issue 12, [metrics]: where /metrics is served (a Twisted server endpoint string); None: not served.
     metrics_listen: str | None = None
+    # Issue 11 (every core): worker processes; 1 is one process, as before (guard.app.workers).
+    workers: int = 1
 
 
 @dataclass(frozen=True)
@@ -415,7 +417,7 @@ def read_settings(checker, document) -> GuardSettings:
     """The [guard] table and the optional [release] table (the release authority `refer` asks)."""
     guard = checker.table(document.get("guard", {}), "guard")
     checker.only(guard, ("log_level", "dialback_secret", "audit", "audit_failure", "status", "audit_level")
-                 + AUDIT_OUTPUT_KEYS, "guard")
+                 + AUDIT_OUTPUT_KEYS + ("workers",), "guard")
     release = checker.table(document.get("release", {}), "release")
     checker.only(release, ("endpoint", "timeout", "max_pending", "max_waiting"), "release")
     endpoint = checker.client_endpoint(release, "endpoint", "release")
@@ -442,7 +444,46 @@ def read_settings(checker, document) -> GuardSettings:
         **_audit_outputs(checker, guard),
         snmp=read_snmp(checker, document),
         metrics_listen=read_metrics_listen(checker, document),
+        workers=_workers(checker, guard),
     )
+
+
+WORKERS_MAX = 64
+
+
+def _workers(checker, guard) -> int:
+    """[guard] workers: how many worker processes share the listeners (guard.app.workers); 1 by default."""
+    workers = guard.get("workers", 1)
+    if isinstance(workers, bool) or not isinstance(workers, int) or not 1 <= workers <= WORKERS_MAX:
+        checker.fail("guard.workers", f"must be a whole number from 1 to {WORKERS_MAX}")
+    return workers
+
+
+def _check_workers(checker, config) -> None:
+    """
+    With more than one worker: every per-process limit that must hold for
+    the whole guard is split between the workers (each gets its share,
+    guard.app.workers.worker_limits), so it must leave each worker at least
+    one; and what does not yet add up over workers is refused, not served
+    per worker (the metrics, the management page, SNMP).
+    """
+    workers = config.settings.workers
+    if workers == 1:
+        return
+    for name in WORKER_SHARED_LIMITS:
+        if getattr(config.limits, name) < workers:
+            checker.fail(f"limits.{name}", f"must be at least guard.workers ({workers}): each worker holds a share")
+    if config.settings.metrics_listen is not None and config.settings.status_path is None:
+        checker.fail("metrics.listen", "with guard.workers > 1 needs guard.status (the workers' metrics are written "
+                                       "beside it for the supervisor to serve)")
+    if config.management is not None:
+        checker.fail("management", "is not served with guard.workers > 1 yet (the snapshot does not add up)")
+    if config.settings.snmp.agentx is not None:
+        checker.fail("snmp.agentx", "is not served with guard.workers > 1 yet (the snapshot does not add up)")
+
+
+# The limits a worker holds a share of (limit // workers): together the workers never exceed the limit.
+WORKER_SHARED_LIMITS = ("connections_per_address", "streams_per_domain")
 
 
 AUDIT_OUTPUT_KEYS = ("audit_rotate_bytes", "audit_keep", "audit_syslog", "audit_syslog_address", "audit_journald")
@@ -597,6 +638,7 @@ def load_config(path: str) -> GuardConfig:
         checker.fail("sides", f"needs exactly two sides, found {len(sides_table)}")
     sides = {name: _side(checker, name, table) for name, table in sides_table.items()}
     config = GuardConfig(path, settings, limits, sides, management)
+    _check_workers(checker, config)
     try:
         topology = config.topology
     except ValueError as problem:

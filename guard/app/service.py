@@ -180,6 +180,10 @@ class GuardProcess(service.Service):
         self.snmp = None
         self.metrics = None  # GuardMetrics, once the subclass built the relay (_attach_metrics)
         self._metrics_port = None
+        # A worker (guard.app.workers) adopts the listening socket of each side it inherited: side name -> fd.
+        self.adopted_listeners: dict[str, int] = {}
+        # A worker writes its metrics here with its status (guard.app.workers.worker_metrics_file); None: it does not.
+        self.metrics_path: str | None = None
 
     def policy_files(self):
         """(direction, configuration key, path) for each policy this process enforces."""
@@ -232,6 +236,15 @@ class GuardProcess(service.Service):
     def _listen(self):
         for name, side in self.sides.items():
             listen = self.side_configs()[name].listen
+            if name in self.adopted_listeners:
+                from .workers import accept_one_at_a_time, socket_family
+
+                fd = self.adopted_listeners[name]
+                self._ports.append(accept_one_at_a_time(
+                    self.reactor.adoptStreamPort(fd, socket_family(fd), InboundFactory(side))))
+                log.info("side {side}: accepting on the inherited socket of {listen} (fd {fd})", side=name,
+                         listen=listen, fd=fd)
+                continue
             try:
                 endpoint = serverFromString(self.reactor, listen)
             except (KeyError, IndexError) as problem:
@@ -321,6 +334,12 @@ class GuardProcess(service.Service):
         with open(temporary, "w", encoding="utf-8") as out:
             json.dump(self.status(), out, indent=2, sort_keys=True)
         os.replace(temporary, self.config.status_path)
+        if self.metrics_path is not None:  # a worker: its metrics, for the supervisor's /metrics (guard.app.workers)
+            from prometheus_client import generate_latest
+
+            with open(self.metrics_path + ".tmp", "wb") as out:
+                out.write(generate_latest(self.metrics.registry))
+            os.replace(self.metrics_path + ".tmp", self.metrics_path)
 
 
 class GuardService(GuardProcess):
