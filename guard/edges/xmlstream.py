@@ -44,6 +44,7 @@ from pyexpat import errors as _expat_errors
 
 from twisted.words.xish import domish
 from guard.core.bounce import peer_detail  # noqa: F401 - one way to show a peer's words, re-exported
+from guard.core.policy.elements import SealedElement
 from guard.core.vocabulary import SERVER_NS, STREAM_ERROR_CONDITIONS, STREAMS_NS, XML_LANG, XML_NS, XMLNS_NS
 
 __all__ = [
@@ -658,6 +659,7 @@ class StreamParser:
 
 _REDECLARATION_BUDGET = 1024
 _DECLARATION_OVERHEAD = len(' xmlns:ns0=""')
+_SEALED_ELEMENTS = 64  # a sealed element with more elements inside is written by the general path
 
 _FORBIDDEN = "\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff"
 _FORBIDDEN_CHARACTER = re.compile(f"[{_FORBIDDEN}]")
@@ -786,6 +788,8 @@ class _Output:
 
 def _write(element: domish.Element, namespace: str, scope: dict[str, str], output: _Output) -> None:
     """Write element (and its children) where namespace is the default and scope maps namespaces to bound prefixes."""
+    if element.__class__ is SealedElement and _write_sealed(element, namespace, scope, output):
+        return
     pieces = output.pieces
     local = element.name
     if not _valid_names.get(local):  # the cache's test, inline: a call per element costs as much as the rest
@@ -886,6 +890,57 @@ def _write(element: domish.Element, namespace: str, scope: dict[str, str], outpu
     if run is not None:
         _write_text(run, output)
     pieces.append("</" + name + ">")
+
+
+def _sealed_text(element: SealedElement) -> tuple[str, frozenset[str]] | None:
+    """
+    The text of a sealed element written on its own, and the namespaces it
+    declares; None when that text would depend on where it is written: an
+    element without a namespace, a prefix it binds (for a namespaced
+    attribute or a hoisted namespace: prefix names count the stanza's), or a
+    namespace it declares again (the stanza's budget for that).
+    """
+    uris = set()
+    pending = [element]
+    for _ in range(_SEALED_ELEMENTS):
+        if not pending:
+            break
+        node = pending.pop()
+        if not node.uri:
+            return None
+        uris.add(node.uri)
+        pending.extend(child for child in node.children if child.__class__ is not str)
+    else:
+        return None
+    output = _Output(sys.maxsize)
+    _write(element, "", {}, output)
+    if output.hoisted is not None or output.redeclared or output.prefixes:
+        return None
+    return "".join(output.pieces), frozenset(uris)
+
+
+def _write_sealed(element: SealedElement, namespace: str, scope: dict[str, str], output: _Output) -> bool:
+    """
+    Write a sealed element from the text remembered for it, where that text
+    is what _write would write (none of its namespaces in scope, bound or
+    declared before in this stanza); False, writing nothing, elsewhere.
+    """
+    written = element.written
+    if written[0] is None:
+        written[0] = False  # while it is written on its own, the general path writes it
+        written[0] = _sealed_text(element) or False
+    if not written[0]:
+        return False
+    text, uris = written[0]
+    # A namespace bound to a prefix in scope or hoisted was declared before (output.declared holds it).
+    if namespace in uris or not uris.isdisjoint(output.declared):
+        return False
+    output.length += len(text)
+    if output.length > output.limit:
+        raise output.over()
+    output.declared.update(uris)
+    output.pieces.append(text)
+    return True
 
 
 def _write_text(run: list, output: _Output) -> None:

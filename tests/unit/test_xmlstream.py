@@ -14,6 +14,7 @@ import time
 import pytest
 from twisted.words.xish import domish
 
+from guard.core.policy.elements import clone, parse_stanza_text, seal, sealed_copy
 from guard.core.vocabulary import STREAMS_NS, XML_NS
 from guard.edges import xmlstream
 from guard.edges.xmlstream import (
@@ -993,3 +994,67 @@ def test_a_parsed_element_has_the_fields_domish_would_give_it():
     assert found[0].parent is None and found[0].body is elements[1]
     assert found[0].toXml() == ("<message xmlns='jabber:server' to='b@blue.example' xml:lang='en'><body>hi</body>"
                                 "<x xmlns='jabber:x:data'><field var='v'/></x></message>")
+
+
+LABEL = (
+    "<securitylabel xmlns='urn:xmpp:sec-label:0'>"
+    "<displaymarking fgcolor='black' bgcolor='yellow'>RESTRICTED &amp; REL BLUE</displaymarking>"
+    "<label><esssecuritylabel xmlns='urn:xmpp:sec-label:ess:0'>MRoCAQIG</esssecuritylabel></label>"
+    "</securitylabel>"
+)
+
+
+def _with_children(stanza_xml: str, *children: domish.Element) -> tuple[domish.Element, domish.Element]:
+    """The stanza read from stanza_xml with children appended: once as given, once as plain copies."""
+    with_given, with_copies = parse_stanza_text(stanza_xml), parse_stanza_text(stanza_xml)
+    for child in children:
+        with_given.addChild(child)
+        with_copies.addChild(clone(child))
+    return with_given, with_copies
+
+
+@pytest.mark.parametrize("stanza_xml, label_xml", [
+    ("<message to='b@blue.example'><body>hi</body></message>", LABEL),
+    ("<message><x xmlns='urn:xmpp:sec-label:0'/></message>", LABEL),
+    ("<message><x xmlns='urn:xmpp:sec-label:ess:0'/></message>", LABEL),
+    ("<message xmlns='urn:xmpp:sec-label:0'/>", LABEL),
+    ("<message><x xmlns='urn:a' xmlns:p='urn:xmpp:sec-label:0' p:y='1'/></message>", LABEL),
+    ("<message/>", "<securitylabel xmlns='urn:xmpp:sec-label:0' xmlns:q='urn:q' q:a='1'/>"),
+    ("<message/>", "<securitylabel xmlns='urn:xmpp:sec-label:0'><label xmlns=''/></securitylabel>"),
+    ("<message>" + "<x xmlns='urn:r{}'/>".format("r" * 100) * 12 + "</message>",
+     "<securitylabel xmlns='urn:xmpp:sec-label:0'><a><e xmlns='urn:e'/></a><b><e xmlns='urn:e'/></b></securitylabel>"),
+], ids=["fresh", "namespace-declared-before", "inner-namespace-declared-before", "stanza-in-its-namespace",
+        "namespace-bound-to-a-prefix", "namespaced-attribute", "child-in-no-namespace",
+        "declared-twice-inside-after-the-budget-is-spent"])
+def test_a_sealed_element_serialises_as_its_plain_copy(stanza_xml, label_xml):
+    """A sealed element written from its remembered text, or by the general path where that text would differ, gives the bytes its plain copy gives, here and in every stanza after."""
+    sealed = seal(parse_stanza_text(label_xml, "urn:none"))
+    for _ in range(3):
+        with_sealed, with_plain = _with_children(stanza_xml, sealed_copy(sealed))
+        assert serialise(with_sealed) == serialise(with_plain)
+    twice, twice_plain = _with_children(stanza_xml, sealed_copy(sealed), sealed_copy(sealed))
+    assert serialise(twice) == serialise(twice_plain)
+    assert reparse(serialise(twice)).toXml() == reparse(serialise(twice_plain)).toXml()
+
+
+def test_a_sealed_element_counts_against_max_bytes():
+    """The stanza bound holds when a sealed element is written from its remembered text: exactly the size passes, one byte less raises OversizedStanza."""
+    sealed = seal(parse_stanza_text(LABEL, "urn:none"))
+    stanza, _ = _with_children("<message to='b@blue.example'/>", sealed_copy(sealed))
+    size = len(serialise(stanza).encode("utf-8"))
+    assert serialise(stanza, max_bytes=size) == serialise(stanza)
+    with pytest.raises(OversizedStanza):
+        serialise(stanza, max_bytes=size - 1)
+
+
+def test_a_sealed_element_refuses_every_change():
+    """Copies of a sealed element share its children and its remembered text, so every mutator raises instead of changing them."""
+    sealed = seal(parse_stanza_text(LABEL, "urn:none"))
+    copy = sealed_copy(sealed)
+    marking = next(copy.elements())
+    for change in (lambda: copy.addElement("x"), lambda: marking.addContent("x"),
+                   lambda: marking.__setitem__("fgcolor", "red"), lambda: copy.addChild(domish.Element(("u", "x"))),
+                   lambda: marking.__delitem__("fgcolor")):
+        with pytest.raises(TypeError):
+            change()
+    assert serialise(copy) == serialise(clone(sealed))

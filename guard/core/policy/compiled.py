@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from guard.core.accepted import NotAccepted, accepted_from_element
 from guard.core.pipeline import Judgement, Verdict
 from guard.core.policy.conditions import DomainIs, KindIs, KINDS, Negated, TypeIs
-from guard.core.policy.elements import clone
+from guard.core.policy.elements import clone, seal, sealed_copy
 from guard.core.policy.facts import StanzaFacts
 from guard.core.policy.labels import LabelMeaningError
 from guard.core.policy.memory import BoundedMemory
@@ -338,16 +338,16 @@ class CompiledPolicy:
 
     def _encoded(self, key, encode):
         """
-        A copy of the ``<securitylabel/>`` ``encode()`` builds, remembered by
-        ``key``: what the output depends on (the judged value, and the
+        A sealed copy of the ``<securitylabel/>`` ``encode()`` builds (the
+        serialiser writes it from text it remembers), remembered by ``key``: what the output depends on (the judged value, and the
         translation), never anything the sender wrote.  Bounded; any failure
         to build is raised, never remembered.
         """
         found = self._label_cache.get(key)
         if found is None:
-            found = encode()
+            found = seal(encode())
             self._label_cache.put(key, found, len(repr(key)) + len(found.toXml()), LABEL_CACHE_LIMIT, LABEL_CACHE_BYTES)
-        return clone(found)
+        return sealed_copy(found)
 
     def _refusing(self, facts, text):
         return lambda stanza, rule_id, rev: self._refuse(facts, rule_id, rev, "policy-violation", text)

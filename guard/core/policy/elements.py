@@ -107,6 +107,57 @@ def clone(element: domish.Element, skip=None, keep_text=True) -> domish.Element:
     return copy
 
 
+class SealedElement(domish.Element):
+    """
+    An element the guard built from its own constants and never changes
+    once sealed: its mutators raise, copies (``sealed_copy``) share its
+    children, and the wire serialiser writes it from the text it remembers
+    in ``written`` (a one-item list shared by every copy, filled by the
+    serialiser the first time it writes one of them).
+    """
+
+    def _sealed(self, *_arguments, **_keywords):
+        raise TypeError("a sealed element cannot be changed")
+
+    __setitem__ = __delitem__ = addChild = addElement = addContent = addRawXml = addUniqueId = _sealed
+    swapAttributeValues = _sealed
+
+
+def seal(element: domish.Element) -> SealedElement:
+    """A deep copy of ``element`` (elements and text only) in which every element is sealed."""
+    copy = _new_element(SealedElement)
+    copy.uri, copy.name = element.uri, element.name
+    copy.localPrefixes = dict(element.localPrefixes) if element.localPrefixes else {}
+    copy.defaultUri = element.defaultUri
+    copy.attributes = dict(element.attributes)
+    copy.children = []
+    copy.parent = None
+    copy.written = [None]
+    for child in element.children:
+        if isinstance(child, domish.Element):
+            child = seal(child)
+            child.parent = copy
+        elif isinstance(child, str):
+            child = str(child)
+        else:
+            raise TypeError(f"cannot seal {type(child).__name__} inside an element")
+        copy.children.append(child)
+    return copy
+
+
+def sealed_copy(sealed: SealedElement) -> SealedElement:
+    """A new sealed element for one stanza: its own attributes and parent, the children and the remembered text shared."""
+    copy = _new_element(SealedElement)
+    copy.uri, copy.name = sealed.uri, sealed.name
+    copy.localPrefixes = dict(sealed.localPrefixes)
+    copy.defaultUri = sealed.defaultUri
+    copy.attributes = dict(sealed.attributes)
+    copy.children = sealed.children
+    copy.parent = None
+    copy.written = sealed.written
+    return copy
+
+
 class StanzaTextError(ValueError):
     """XML text that is not exactly one well-formed stanza."""
 

@@ -5,8 +5,6 @@ only when a rule asks for it.
 
 from __future__ import annotations
 
-from functools import cached_property
-
 from twisted.words.xish import domish
 
 from guard.core.accepted import NotAccepted, accepted_from_element
@@ -17,6 +15,30 @@ from guard.core.vocabulary import STANZA_NAMESPACES
 # Stands in the payload namespaces for text directly inside the stanza: text is payload too.
 TEXT_PAYLOAD = "#text"
 XML_WHITESPACE = " \t\r\n"
+
+
+class computed_once:  # noqa: N801 - a decorator, named as functools.cached_property is
+    """
+    A fact computed on its first use and kept in the instance's ``__dict__``
+    (later uses never reach this descriptor): ``functools.cached_property``
+    without the lock Python 3.11 takes on each first use, a cost paid per
+    stanza for every fact a rule reads.  A fact whose computation raises is
+    not kept.
+    """
+
+    def __init__(self, compute):
+        self.compute = compute
+        self.name = compute.__name__
+        self.__doc__ = compute.__doc__
+
+    def __set_name__(self, owner, name):
+        self.name = name
+
+    def __get__(self, instance, owner=None):
+        if instance is None:
+            return self
+        value = instance.__dict__[self.name] = self.compute(instance)
+        return value
 
 
 class StanzaFacts:
@@ -47,7 +69,7 @@ class StanzaFacts:
             raise ValueError(accepted.text)
         return cls(accepted, authority)
 
-    @cached_property
+    @computed_once
     def namespaces(self) -> frozenset:
         """
         Namespaces of the payload: every direct child's, the stanza's own
@@ -59,13 +81,13 @@ class StanzaFacts:
             found.add(TEXT_PAYLOAD)
         return frozenset(found)
 
-    @cached_property
+    @computed_once
     def bodies(self) -> tuple:
         """The text of every ``<body/>`` (one per xml:lang): a pattern has to look at all of them."""
         return tuple(text_of(child) for child in child_elements(self.stanza)
                      if child.name == "body" and child.uri in STANZA_NAMESPACES)
 
-    @cached_property
+    @computed_once
     def texts(self) -> tuple:
         """
         Every text the stanza carries (see ``text_matches``): all of its text
@@ -84,16 +106,16 @@ class StanzaFacts:
             pending.extend(reversed(item.children))
         return ("".join(nodes), *nodes, *values)
 
-    @cached_property
+    @computed_once
     def label_count(self) -> int:
         """How many ``<securitylabel/>`` label the stanza, counted without reading them (that is ``stanza_label``)."""
         return len(outer_securitylabels(self.stanza))
 
-    @cached_property
+    @computed_once
     def stanza_label(self):
-        return read_stanza_label(self.stanza)
+        return read_stanza_label(self.stanza, self.size)
 
-    @cached_property
+    @computed_once
     def label(self):
         """
         ``(SecurityLabel or None, reason)``: the label this stanza is treated
@@ -120,7 +142,7 @@ class StanzaFacts:
             return meaning, f"label {meaning} (equivalents {', '.join(str(e) for e in labels[1:])})"
         return meaning, f"label {meaning}"
 
-    @cached_property
+    @computed_once
     def releasable(self):
         """
         ``(bool, reason)``: whether the label and every equivalent label are
@@ -139,7 +161,7 @@ class StanzaFacts:
             return False, problem
         return self.authority.all_releasable(labels, self.to_domain)
 
-    @cached_property
+    @computed_once
     def _judged_labels(self):
         """``(meanings of the label and each equivalent, None)`` or ``(None, why not)``: worked out once."""
         try:

@@ -315,8 +315,14 @@ def outer_securitylabels(stanza: domish.Element) -> list:
     ]
 
 
-def read_stanza_label(stanza: domish.Element) -> StanzaLabel:
-    """Find and read the outer ``<securitylabel/>`` of a stanza."""
+def read_stanza_label(stanza: domish.Element, size: int | None = None) -> StanzaLabel:
+    """
+    Find and read the outer ``<securitylabel/>`` of a stanza.  ``size``, when
+    known, is the stanza's length in wire bytes: within
+    ``MAX_SECURITYLABEL_BYTES`` no part of it can spend that budget (a name,
+    attribute value or text read is never longer than what it was read
+    from), so the label's bytes are not counted again.
+    """
     found = outer_securitylabels(stanza)
     if not found:
         return NO_LABEL
@@ -324,20 +330,22 @@ def read_stanza_label(stanza: domish.Element) -> StanzaLabel:
         return StanzaLabel(len(found), found[0], problem="more than one securitylabel")
     element = found[0]
     try:
-        label, equivalents = _read_securitylabel(element)
+        label, equivalents = _read_securitylabel(element, size is None or size > MAX_SECURITYLABEL_BYTES)
     except LabelFormatError as problem:
         return StanzaLabel(1, element, problem=str(problem))
     return StanzaLabel(1, element, label, equivalents)
 
 
-def _read_securitylabel(element: domish.Element) -> tuple[WireLabel, tuple]:
+def _read_securitylabel(element: domish.Element, count_bytes: bool = True) -> tuple[WireLabel, tuple]:
     """
-    Read ``<securitylabel/>`` strictly: no attributes, no text, at most one
-    ``<displaymarking/>`` (text only, ``fgcolor``/``bgcolor``), exactly one
-    ``<label/>`` and at most ``MAX_EQUIVALENT_LABELS`` ``<equivalentlabel/>``s;
-    anything else makes the whole label unreadable.
+    Read ``<securitylabel/>`` strictly: within ``MAX_SECURITYLABEL_BYTES``
+    (counted unless ``count_bytes`` is false), no attributes, no text, at
+    most one ``<displaymarking/>`` (text only, ``fgcolor``/``bgcolor``),
+    exactly one ``<label/>`` and at most ``MAX_EQUIVALENT_LABELS``
+    ``<equivalentlabel/>``s; anything else makes the whole label unreadable.
     """
-    _within_budget(element)
+    if count_bytes:
+        _within_budget(element)
     _without_attributes(element)
     _without_text(element)
     parts = {"displaymarking": [], "label": [], "equivalentlabel": []}

@@ -245,3 +245,23 @@ def test_der_with_an_eight_byte_long_form_length_is_unreadable_not_a_crash():
            b'\x80\x88\x80\n\x01\x81\x03\x0c\x01B')
     with pytest.raises(LabelFormatError):
         read_ess(base64.b64encode(der).decode("ascii"))
+
+
+def test_a_securitylabel_over_its_byte_limit_is_unreadable_when_the_wire_size_is_known():
+    """With the stanza's wire size given (as the stream parser gives it) the label's bytes are still bounded: a stanza longer than the budget has its label counted, one byte over is unreadable."""
+    overhead = len("securitylabel") + len("displaymarking") + len("label") + len("esssecuritylabel") + len(UNCLASSIFIED_B64)
+    room = MAX_SECURITYLABEL_BYTES - overhead
+    for size, problem in ((room, None), (room + 1, f"securitylabel larger than {MAX_SECURITYLABEL_BYTES} bytes")):
+        stanza = message_with(securitylabel(f"<displaymarking>{'x' * size}</displaymarking><label>{ESS_INNER}</label>"))
+        wire_size = len(stanza.toXml().encode("utf-8"))
+        assert wire_size > MAX_SECURITYLABEL_BYTES
+        assert read_stanza_label(stanza, wire_size).problem == problem
+
+
+def test_a_stanza_within_the_label_budget_reads_its_label_as_without_a_size():
+    """A stanza no longer than the label budget cannot hold a label over it: read with its wire size it reads as without."""
+    stanza = message_with(securitylabel(f"<displaymarking>SECRET</displaymarking><label>{ESS_INNER}</label>"))
+    wire_size = len(stanza.toXml().encode("utf-8"))
+    assert wire_size <= MAX_SECURITYLABEL_BYTES
+    assert read_stanza_label(stanza, wire_size) == read_stanza_label(stanza)
+    assert read_stanza_label(stanza).problem is None
