@@ -74,6 +74,7 @@ _EXPAT_RENEW_BYTES = 1024 * 1024
 _ROOT_TAG_NAME = re.compile(rb"<([^\s/>]+)")
 
 _XML_WHITESPACE = " \t\r\n"
+_XML_WHITESPACE_BYTES = _XML_WHITESPACE.encode("ascii")
 _NESTED_STREAM = (STREAMS_NS, "stream")
 
 
@@ -301,6 +302,24 @@ class StreamParser:
         """Ignore the rest of the current chunk and all later input."""
         self._stopped = True
 
+    @property
+    def resting(self) -> bool:
+        """Whether the parser holds no expat now (it rested, see rest(), and no markup came since)."""
+        return self._expat is None and self._header is not None and not self._stopped and self._dead is None
+
+    def rest(self) -> bool:
+        """Let go of expat (its buffers and tables, some 15 KiB) and of the last input while the stream
+        waits between stanzas; the next feed() goes on with a new expat, as after a renewal.  Only at a
+        stanza boundary with nothing pending; whether it did."""
+        if (self._expat is None or self._header is None or self._stopped or self._dead is not None
+                or self._stack or self._partial_start is not None or self._utf8_pending):
+            return False
+        # Nothing is lost: pyexpat hands over the text it buffered at the end of each Parse (text
+        # directly inside the stream was refused then), and what follows the boundary is no markup.
+        self._expat = None
+        self._piece = b""
+        return True
+
     # -- feeding ----------------------------------------------------------
 
     def _create_expat(self) -> pyexpat.XMLParserType:
@@ -404,6 +423,13 @@ class StreamParser:
         self._piece_start = start
         if self._header is None:
             self._header_raw += piece  # at most header_bytes: kept to read the root's tag name
+        elif self._expat is None:  # the stream rested (see rest())
+            if not piece.strip(_XML_WHITESPACE_BYTES):
+                # Whitespace between stanzas (a keepalive): nothing for expat to see, none is made.
+                self._fed = start + len(piece)
+                self._previous_last_byte = piece[-1:]
+                return
+            self._renew_expat(start)
         rest = piece
         while True:
             try:

@@ -1,5 +1,6 @@
 """What an idle stream holds: OpenSSL's record buffers and the expat parser are let go between uses."""
 
+import pytest
 from OpenSSL import SSL
 from OpenSSL._util import lib as openssl
 
@@ -7,6 +8,7 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.protocols.tls import TLSMemoryBIOFactory
 
 from guard.edges.tlsidentity import Identity, TrustAnchors
+from guard.edges.xmlstream import ParserLimits, StreamFault, StreamParser
 
 from .streams.sides import pki
 
@@ -35,3 +37,80 @@ def test_outbound_tls_connections_free_their_buffers_when_idle():
     tls = TLSMemoryBIOFactory(options, True, Factory.forProtocol(Protocol)).buildProtocol(None)
     connection = options.clientConnectionForTLS(tls)
     assert releases_buffers(connection)
+
+
+HEADER = b"<stream:stream xmlns='jabber:server' xmlns:stream='http://etherx.jabber.org/streams' version='1.0'>"
+STANZAS = [
+    b"<message from='romeo@red.example' to='juliet@blue.example'><body>hi</body></message>",
+    b"<presence/>",
+    b"<iq type='get' id='1'><query xmlns='jabber:iq:version'/></iq>",
+]
+
+
+def recording_parser(events: list, limits: ParserLimits = ParserLimits()) -> StreamParser:
+    return StreamParser(lambda header: events.append("header"),
+                        lambda element, size: events.append((element.toXml(), size)),
+                        lambda: events.append("end"), limits)
+
+
+def test_a_rested_parser_parses_on_as_one_that_never_rested():
+    """Resting between every stanza and keepalive changes nothing in the elements, their sizes or the end."""
+    wire = [HEADER, STANZAS[0], b" \n", STANZAS[1], b"\t", STANZAS[2] + b" ", b"</stream:stream>"]
+    steady, rested = [], []
+    steady_parser, rested_parser = recording_parser(steady), recording_parser(rested)
+    rests = 0
+    for data in wire:
+        steady_parser.feed(data)
+        rested_parser.feed(data)
+        rests += rested_parser.rest()
+    assert rests == 4  # not after the keepalives (still resting) nor after the end
+    assert rested == steady
+    assert rested[-1] == "end" and len(rested) == 5
+
+
+def test_a_parser_rests_only_between_stanzas():
+    """In the middle of a stanza or a tag, or before the header, the parser keeps expat."""
+    events = []
+    parser = recording_parser(events)
+    parser.feed(HEADER[:20])
+    assert not parser.rest()
+    parser.feed(HEADER[20:] + b"<message><body>")
+    assert not parser.rest()
+    parser.feed(b"x</body></message><iq")
+    assert not parser.rest() and not parser.resting
+    parser.feed(b"/>")
+    assert parser.rest() and parser.resting
+    assert events == ["header", ("<message xmlns='jabber:server'><body>x</body></message>", 33),
+                      ("<iq xmlns='jabber:server'/>", 5)]
+
+
+def test_keepalives_make_no_expat():
+    """Whitespace keepalives to a resting parser leave it resting; the next stanza wakes it."""
+    events = []
+    parser = recording_parser(events)
+    parser.feed(HEADER)
+    assert parser.rest()
+    for _ in range(3):
+        parser.feed(b" ")
+        assert parser.resting
+    parser.feed(b"\r\n<presence/>")
+    assert not parser.resting
+    assert events == ["header", ("<presence xmlns='jabber:server'/>", 11)]
+
+
+@pytest.mark.parametrize("data, condition", [
+    (b"text", "bad-format"),
+    (b" \x0b ", "not-well-formed"),
+    (b"<!DOCTYPE x>", "restricted-xml"),
+    (b"<stream:stream>", "unsupported-stanza-type"),
+    (b"<message>" + b"x" * 600 + b"</message>", "policy-violation"),
+], ids=["text", "vertical-tab", "doctype", "nested-header", "stanza-bytes"])
+def test_a_woken_parser_refuses_what_it_refused_before(data, condition):
+    """After a rest, text, bad whitespace, a DTD, a second header and an oversized stanza are refused as without it."""
+    parser = recording_parser([], ParserLimits(stanza_bytes=512))
+    parser.feed(HEADER)
+    assert parser.rest()
+    with pytest.raises(StreamFault) as refused:
+        parser.feed(data)
+    assert refused.value.condition == condition
+    assert not parser.resting
