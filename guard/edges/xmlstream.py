@@ -310,12 +310,17 @@ class StreamParser:
     def rest(self) -> bool:
         """Let go of expat (its buffers and tables, some 15 KiB) and of the last input while the stream
         waits between stanzas; the next feed() goes on with a new expat, as after a renewal.  Only at a
-        stanza boundary with nothing pending; whether it did."""
+        stanza boundary followed by nothing but whitespace; whether it did."""
         if (self._expat is None or self._header is None or self._stopped or self._dead is not None
                 or self._stack or self._partial_start is not None or self._utf8_pending):
             return False
-        # Nothing is lost: pyexpat hands over the text it buffered at the end of each Parse (text
-        # directly inside the stream was refused then), and what follows the boundary is no markup.
+        # Text outside a stanza was refused as expat reported it, but expat holds back the end of its
+        # input when it may start a token ("]" of "]]>", an "&" reference, "<" is known as a partial
+        # start above).  Whitespace after the last ">" shows it holds nothing: whitespace ends such a
+        # token (or breaks the XML), and a ">" ends a tag, or a token (or breaks it).
+        piece = self._piece
+        if not piece or piece[piece.rfind(b">") + 1 :].strip(_XML_WHITESPACE_BYTES):
+            return False
         self._expat = None
         self._piece = b""
         return True

@@ -80,8 +80,27 @@ def test_a_parser_rests_only_between_stanzas():
     assert not parser.rest() and not parser.resting
     parser.feed(b"/>")
     assert parser.rest() and parser.resting
+    parser.feed(b"<presence/>&amp")
+    assert not parser.rest()  # expat holds "&amp" back: it may be a reference
+    with pytest.raises(StreamFault):
+        parser.feed(b";")
     assert events == ["header", ("<message xmlns='jabber:server'><body>x</body></message>", 33),
-                      ("<iq xmlns='jabber:server'/>", 5)]
+                      ("<iq xmlns='jabber:server'/>", 5), ("<presence xmlns='jabber:server'/>", 11)]
+    assert not parser.rest()
+
+
+@pytest.mark.parametrize("held_back, condition", [
+    (b"]", "bad-format"), (b" ]]", "bad-format"), (b"\n]", "bad-format"),
+    (b"&amp", "not-well-formed"), (b"&", "not-well-formed"),
+])
+def test_a_parser_does_not_rest_on_what_expat_holds_back(held_back, condition):
+    """Text expat has not reported yet (it may start a token) keeps the parser awake, and is refused when the next markup comes."""
+    parser = recording_parser([])
+    parser.feed(HEADER + b"<presence/>" + held_back)
+    assert not parser.rest()
+    with pytest.raises(StreamFault) as refused:
+        parser.feed(b"<presence/>")
+    assert refused.value.condition == condition
 
 
 def test_keepalives_make_no_expat():
