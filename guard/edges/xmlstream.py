@@ -308,7 +308,7 @@ class StreamParser:
         return self._expat is None and self._header is not None and not self._stopped and self._dead is None
 
     def rest(self) -> bool:
-        """Let go of expat (its buffers and tables, some 15 KiB) and of the last input while the stream
+        """Let go of expat (its buffers and tables, some 15 KiB), the name caches and the last input while the stream
         waits between stanzas; the next feed() goes on with a new expat, as after a renewal.  Only at a
         stanza boundary followed by nothing but whitespace; whether it did."""
         if (self._expat is None or self._header is None or self._stopped or self._dead is not None
@@ -323,6 +323,11 @@ class StreamParser:
             return False
         self._expat = None
         self._piece = b""
+        # The name caches fill again from the next stanzas.
+        self._names.clear()
+        self._element_names.clear()
+        self._uris.clear()
+        self._uris_size = 0
         return True
 
     # -- feeding ----------------------------------------------------------

@@ -133,3 +133,14 @@ def test_a_woken_parser_refuses_what_it_refused_before(data, condition):
         parser.feed(data)
     assert refused.value.condition == condition
     assert not parser.resting
+
+
+def test_a_resting_parser_keeps_no_names():
+    """Resting empties the name caches the stanzas filled; the next stanza fills them again."""
+    parser = recording_parser([])
+    parser.feed(HEADER + STANZAS[2])
+    assert parser._names and parser._element_names and parser._uris
+    assert parser.rest()
+    assert (parser._names, parser._element_names, parser._uris, parser._uris_size) == ({}, {}, {}, 0)
+    parser.feed(STANZAS[0])
+    assert parser._element_names
