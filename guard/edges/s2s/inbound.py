@@ -126,8 +126,8 @@ class InboundStream(StreamLifecycle, Protocol):
                 self._input(self.fault, fault.condition, fault.text)
             else:
                 if not rest and self._elements_received == elements_before and self._parser is parser_before:
-                    # Nothing but a header or whitespace (a keepalive): the peer waits, the stream
-                    # may be idle for long; its parser lets go of expat until more markup comes.
+                    # No element came (a header, a whitespace keepalive; part of a stanza, where
+                    # the parser declines): the stream may stay idle long, its parser lets go of expat.
                     self._parser.rest()
         if self._parser is not parser_before:
             # The stream restarted (STARTTLS, SASL) inside this piece: the rest
