@@ -135,6 +135,10 @@ def _harden(context: SSL.Context) -> None:
     # this makes it explicit and covers renegotiation of any kind.
     options |= SSL.OP_NO_RENEGOTIATION
     context.set_options(options)
+    # OpenSSL frees a connection's read and write buffers (about 34 KiB) whenever they are empty, so an
+    # idle stream holds none; they are allocated again for the next record (Twisted's client contexts
+    # already have this mode).
+    context.set_mode(SSL.MODE_RELEASE_BUFFERS)
 
 
 def _accept_any_chain(connection, certificate, errno, depth, ok):

@@ -75,6 +75,7 @@ _EXPAT_RENEW_BYTES = 1024 * 1024
 _ROOT_TAG_NAME = re.compile(rb"<([^\s/>]+)")
 
 _XML_WHITESPACE = " \t\r\n"
+_XML_WHITESPACE_BYTES = _XML_WHITESPACE.encode("ascii")
 _NESTED_STREAM = (STREAMS_NS, "stream")
 
 
@@ -302,6 +303,34 @@ class StreamParser:
         """Ignore the rest of the current chunk and all later input."""
         self._stopped = True
 
+    @property
+    def resting(self) -> bool:
+        """Whether the parser holds no expat now (it rested, see rest(), and no markup came since)."""
+        return self._expat is None and self._header is not None and not self._stopped and self._dead is None
+
+    def rest(self) -> bool:
+        """Let go of expat (its buffers and tables, some 15 KiB), the name caches and the last input while the stream
+        waits between stanzas; the next feed() goes on with a new expat, as after a renewal.  Only at a
+        stanza boundary followed by nothing but whitespace; whether it did."""
+        if (self._expat is None or self._header is None or self._stopped or self._dead is not None
+                or self._stack or self._partial_start is not None or self._utf8_pending):
+            return False
+        # Text outside a stanza was refused as expat reported it, but expat holds back the end of its
+        # input when it may start a token ("]" of "]]>", an "&" reference, "<" is known as a partial
+        # start above).  Whitespace after the last ">" shows it holds nothing: whitespace ends such a
+        # token (or breaks the XML), and a ">" ends a tag, or a token (or breaks it).
+        piece = self._piece
+        if not piece or piece[piece.rfind(b">") + 1 :].strip(_XML_WHITESPACE_BYTES):
+            return False
+        self._expat = None
+        self._piece = b""
+        # The name caches fill again from the next stanzas.
+        self._names.clear()
+        self._element_names.clear()
+        self._uris.clear()
+        self._uris_size = 0
+        return True
+
     # -- feeding ----------------------------------------------------------
 
     def _create_expat(self) -> pyexpat.XMLParserType:
@@ -405,6 +434,13 @@ class StreamParser:
         self._piece_start = start
         if self._header is None:
             self._header_raw += piece  # at most header_bytes: kept to read the root's tag name
+        elif self._expat is None:  # the stream rested (see rest())
+            if not piece.strip(_XML_WHITESPACE_BYTES):
+                # Whitespace between stanzas (a keepalive): nothing for expat to see, none is made.
+                self._fed = start + len(piece)
+                self._previous_last_byte = piece[-1:]
+                return
+            self._renew_expat(start)
         rest = piece
         while True:
             try:

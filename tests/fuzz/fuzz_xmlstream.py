@@ -64,8 +64,9 @@ def reparse(element) -> None:
         raise AssertionError(f"round trip changed {serialise(element)!r}")
 
 
-def parse(pieces: list[bytes]) -> tuple[list, list, str | None]:
-    """The elements, their sizes and the fault condition (or None) of HEADER then pieces."""
+def parse(pieces: list[bytes], resting: bool = False) -> tuple[list, list, str | None]:
+    """The elements, their sizes and the fault condition (or None) of HEADER then pieces (with ``resting``,
+    the parser is told to rest after the header and after each piece)."""
     received = []
     sizes = []
     parser = StreamParser(
@@ -77,6 +78,8 @@ def parse(pieces: list[bytes]) -> tuple[list, list, str | None]:
     parser.feed(HEADER)
     try:
         for piece in pieces:
+            if resting:
+                parser.rest()
             parser.feed(piece)
     except StreamFault as fault:
         return received, sizes, fault.condition
@@ -108,6 +111,12 @@ def test_one_input(data: bytes) -> None:
         raise AssertionError("renewing expat after every stanza changed what was parsed")
     if (renewed_fault is None) != (fault is None):
         raise AssertionError(f"renewing expat changed the fault: {fault} -> {renewed_fault}")
+
+    rested, rested_sizes, rested_fault = parse(pieces, resting=True)
+    if [tree(element) for element in rested] != [tree(element) for element in received] or rested_sizes != sizes:
+        raise AssertionError("resting between pieces changed what was parsed")
+    if rested_fault != fault:
+        raise AssertionError(f"resting between pieces changed the fault: {fault} -> {rested_fault}")
 
 
 SEEDS = [

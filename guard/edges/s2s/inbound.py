@@ -65,6 +65,7 @@ class InboundStream(StreamLifecycle, Protocol):
         self.byte_count = ByteCount().install(self.filters)
         self._backlog = b""  # bytes received and not yet parsed (more than one turn's worth arrived)
         self._parsed_this_turn = 0
+        self._elements_received = 0  # top-level elements (stanzas and nonzas) parsed, all restarts included
         # Automat builds a new wrapper at every access to an input; the one
         # input taken for every stanza is looked up once.
         self._stanza_input = self.stanza_arrived
@@ -117,11 +118,17 @@ class InboundStream(StreamLifecycle, Protocol):
         self._parsed_this_turn += len(piece)
         parser_before = self._parser
         if piece:
+            elements_before = self._elements_received
             try:
                 self._parser.feed(piece)
             except StreamFault as fault:
                 self._log_refusal(fault)
                 self._input(self.fault, fault.condition, fault.text)
+            else:
+                if not rest and self._elements_received == elements_before and self._parser is parser_before:
+                    # No element came (a header, a whitespace keepalive; part of a stanza, where
+                    # the parser declines): the stream may stay idle long, its parser lets go of expat.
+                    self._parser.rest()
         if self._parser is not parser_before:
             # The stream restarted (STARTTLS, SASL) inside this piece: the rest
             # belonged to the old stream and is ignored, as the parser would.
@@ -208,6 +215,7 @@ class InboundStream(StreamLifecycle, Protocol):
         self._take_header(header, refusal)
 
     def _on_element(self, element, size):
+        self._elements_received += 1
         if not self.authenticated_pairs:
             self._preauth_elements += 1
             if self._preauth_elements > self.side.limits.preauth_elements:
