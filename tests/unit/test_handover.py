@@ -1,0 +1,165 @@
+"""Handing a judged stanza over to the worker its pair is pinned to (guard.edges.handover)."""
+
+import pytest
+from twisted.test import iosim
+
+from guard.edges.handover import (
+    CARRY,
+    DELIVERED,
+    ENVELOPE_BYTES,
+    HANDOVER_IN_DOUBT_RULE,
+    FrameFault,
+    FrameReader,
+    HandoverCarrier,
+    HandoverReceiver,
+    frame,
+    in_doubt_settler,
+    number_frame,
+    pinned_worker,
+)
+from guard.edges.limits import Limits
+from guard.edges.s2s.carrier import S2SCarrier
+
+from .test_relay import MESSAGE, World
+
+PAIR = ("red.example", "blue.example")
+
+
+def test_frames_split_anywhere_are_read_whole_and_in_order():
+    """Two frames fed one byte at a time come out whole, in order, with their kinds."""
+    reader = FrameReader(max_frame=64)
+    data = frame(CARRY, b"first") + number_frame(DELIVERED, 7)
+    frames = []
+    for index in range(len(data)):
+        frames += reader.feed(data[index:index + 1])
+    assert frames == [(CARRY, b"first"), (DELIVERED, b"\x00" * 7 + b"\x07")]
+
+
+def test_a_frame_past_the_bound_or_of_an_unknown_kind_breaks_the_channel_for_good():
+    """A frame header announcing more than the bound, or an unknown kind, raises FrameFault, and so does what follows."""
+    reader = FrameReader(max_frame=16)
+    with pytest.raises(FrameFault):
+        reader.feed(frame(CARRY, b"x" * 17)[:5])
+    with pytest.raises(FrameFault):
+        reader.feed(frame(CARRY, b"ok"))
+    with pytest.raises(FrameFault):
+        FrameReader(max_frame=16).feed(b"\x00\x00\x00\x02\x63x")
+
+
+def test_a_pair_is_pinned_to_the_same_worker_in_every_process():
+    """The pin is a stable hash (not Python's salted hash): a known answer, within range, for several counts."""
+    assert [pinned_worker(PAIR, n) for n in (1, 2, 3)] == [0, pinned_worker(PAIR, 2), pinned_worker(PAIR, 3)]
+    assert pinned_worker(PAIR, 1) == 0
+    spread = {pinned_worker((f"d{i}.example", "blue.example"), 2) for i in range(20)}
+    assert spread == {0, 1}
+
+
+class Workers:
+    """Worker A accepts every stanza; the pair red->blue is pinned to worker B; a channel joins them in memory."""
+
+    def __init__(self):
+        self.a, self.b = World(), World()
+        self.channel = HandoverCarrier(self.a.relay, Limits(), in_doubt_settler(self.a.relay))
+        self.a.relay.carrier_for_pair = lambda side, pair: self.channel.carry_for(side, pair) if pair == PAIR else None
+        self.b_carriers = {}
+        self.receiver = HandoverReceiver(self.b.relay, self.b_carrier, Limits().stanza_bytes)
+        self.pump = iosim.connect(self.receiver, iosim.makeFakeServer(self.receiver),
+                                  self.channel, iosim.makeFakeClient(self.channel))
+
+    def b_carrier(self, side, pair, owner):
+        key = (side,) + pair
+        if key not in self.b_carriers:
+            self.b_carriers[key] = S2SCarrier(owner, self.b.relay.sides[side], *pair, open_stream=self.b.open_stream)
+        return self.b_carriers[key]
+
+
+def test_a_pair_pinned_to_another_worker_leaves_there_in_order_and_is_settled_where_accepted():
+    """Stanzas accepted on A for a pair pinned to B leave on B's stream in order; A's books settle them, B's stay empty."""
+    workers = Workers()
+    for number in range(3):
+        workers.a.arrive(MESSAGE.format(id=f"m{number}", body=f"hello {number}"))
+    workers.pump.flush()
+    assert workers.a.log == []
+    workers.b.ready("blue", *PAIR)
+    workers.pump.flush()
+    assert [entry[2] for entry in workers.b.sent()] == [
+        f'<message from="romeo@red.example/a" to="juliet@blue.example" id="m{n}"><body>hello {n}</body></message>'
+        for n in range(3)]
+    assert (workers.a.books.accepted, workers.a.books.delivered, workers.a.books.in_flight) == (3, 3, 0)
+    assert workers.b.books.accepted == 0
+    assert (workers.a.relay.held.held, workers.b.relay.held.held) == (0, 0)
+
+
+def test_what_the_pinned_worker_cannot_deliver_bounces_from_the_accepting_worker_with_its_own_words():
+    """A failed stream on B bounces on A (remote-server-not-found), and the far server's text stays out of the bounce."""
+    workers = Workers()
+    workers.a.arrive(MESSAGE.format(id="m1", body="hello"))
+    workers.pump.flush()
+    workers.b.fail("blue", *PAIR, text="secret words of the far server")
+    workers.pump.flush()
+    assert (workers.a.books.bounced, workers.a.books.in_flight) == (1, 0)
+    bounce = [entry[2] for entry in workers.a.sent()]
+    assert bounce == []  # the bounce waits for A's stream back to red
+    workers.a.ready("red", "blue.example", "red.example")
+    sent = [entry[2] for entry in workers.a.sent()]
+    assert len(sent) == 1 and "remote-server-not-found" in sent[0] and "secret" not in sent[0]
+
+
+def test_parcels_the_pinned_worker_never_confirmed_settle_in_doubt_once_when_it_dies():
+    """B dies with two parcels unconfirmed: A settles each once, in doubt (audited), and frees their bytes."""
+    workers = Workers()
+    workers.a.arrive(MESSAGE.format(id="m1", body="one"))
+    workers.a.arrive(MESSAGE.format(id="m2", body="two"))
+    workers.pump.flush()
+    workers.channel.connectionLost()
+    workers.channel.connectionLost()
+    assert (workers.a.books.dropped, workers.a.books.in_flight) == (2, 0)
+    assert [record[1] for record in workers.a.audit.records if record[0] == "drop"] == [HANDOVER_IN_DOUBT_RULE] * 2
+    assert workers.a.relay.held.held == 0
+    assert workers.channel.describe()["in_doubt"] == 2
+
+
+def test_a_stanza_carried_while_the_channel_is_down_bounces_with_remote_server_timeout():
+    """With the channel down, a stanza for the pinned pair bounces at once (remote-server-timeout)."""
+    workers = Workers()
+    workers.channel.connectionLost()
+    workers.a.arrive(MESSAGE.format(id="m1", body="late"))
+    workers.a.ready("red", "blue.example", "red.example")
+    sent = [entry[2] for entry in workers.a.sent()]
+    assert (workers.a.books.bounced, len(sent)) == (1, 1) and "remote-server-timeout" in sent[0]
+
+
+def test_unconfirmed_bytes_past_the_bound_hold_the_feeders_of_the_pinned_pairs():
+    """Past the unconfirmed bound the channel says congested; confirmations below half of it release the hold."""
+    workers = Workers()
+    workers.channel.unconfirmed_bound = 250
+    held = []
+    workers.a.relay.congested = lambda carrier, reason: held.append(("held", tuple(carrier.pairs), reason))
+    workers.a.relay.decongested = lambda carrier, reason: held.append(("released", tuple(carrier.pairs), reason))
+    workers.a.arrive(MESSAGE.format(id="m1", body="one"))
+    workers.a.arrive(MESSAGE.format(id="m2", body="two"))
+    workers.a.arrive(MESSAGE.format(id="m3", body="three"))
+    workers.pump.flush()
+    reason = workers.channel.hold_reason
+    assert held == [("held", (PAIR,), reason)]
+    workers.b.ready("blue", *PAIR)
+    workers.pump.flush()
+    assert held[-1] == ("released", (PAIR,), reason)
+
+
+def test_a_carry_frame_larger_than_stanza_bytes_plus_the_envelope_ends_the_channel():
+    """The receiving worker refuses a frame past stanza_bytes + ENVELOPE_BYTES: the channel closes, nothing is carried."""
+    workers = Workers()
+    workers.receiver.dataReceived(frame(CARRY, b"x" * (Limits().stanza_bytes + ENVELOPE_BYTES + 1))[:9])
+    workers.pump.flush()
+    assert workers.b_carriers == {} and workers.receiver.transport.disconnecting
+
+
+def test_the_relay_keeps_its_own_s2s_carrier_for_a_pair_the_hook_does_not_take():
+    """carrier_for_pair answering None leaves the pair on this worker's S2S carrier; an answer is kept per pair."""
+    workers = Workers()
+    workers.a.arrive(MESSAGE.format(id="m1", body="bounce"))
+    assert isinstance(workers.a.relay.links[("red", "blue.example", "red.example")], S2SCarrier)
+    workers.a.arrive(MESSAGE.format(id="m2", body="hello"))
+    assert workers.a.relay.links[("blue",) + PAIR].pairs == {PAIR}
+    assert not isinstance(workers.a.relay.links[("blue",) + PAIR], S2SCarrier)
