@@ -55,6 +55,7 @@ _CARRY_HEAD = struct.Struct(">QBI")
 
 # What the carrier tells its owner (the guard's own words).
 CHANNEL_DOWN = "the worker this domain pair is pinned to cannot be reached"
+CHANNEL_FULL = "the worker this domain pair is pinned to has too much waiting"
 IN_DOUBT_TEXT = "handed to another worker, which stopped before it confirmed the stanza"
 HANDOVER_IN_DOUBT_RULE = "guard:handover-in-doubt"
 # The stream header the receiving parser is fed once, so that each frame's stanza parses as a stream child.
@@ -94,8 +95,9 @@ class FrameReader:
     """Cuts a channel's bytes into (kind, body) frames; a frame larger than ``max_frame`` or of an unknown kind
     raises FrameFault, and so does every later call."""
 
-    def __init__(self, max_frame: int):
+    def __init__(self, max_frame: int, kinds=KINDS):
         self.max_frame = max_frame
+        self.kinds = kinds
         self._buffer = bytearray()
         self._dead = False
 
@@ -106,7 +108,7 @@ class FrameReader:
         frames = []
         while len(self._buffer) >= _HEAD.size:
             length, kind = _HEAD.unpack_from(self._buffer)
-            if length < 1 or length - 1 > self.max_frame or kind not in KINDS:
+            if length < 1 or length - 1 > self.max_frame or kind not in self.kinds:
                 self._dead = True
                 raise FrameFault(f"a frame of kind {kind} and {length} bytes")
             if len(self._buffer) < 4 + length:
@@ -175,6 +177,9 @@ class HandoverCarrier(protocol.Protocol):
         if self.transport is None or self.stopped:
             self.counts["bounced_down"] += 1
             self.owner.undeliverable(parcel, "remote-server-timeout", CHANNEL_DOWN)
+            return
+        if self.unconfirmed_bytes + parcel.size > 2 * self.unconfirmed_bound:
+            self.owner.undeliverable(parcel, "resource-constraint", CHANNEL_FULL)
             return
         parcel = self.owner.judged_again(parcel)
         if parcel is None:
@@ -330,9 +335,9 @@ class HandoverReceiver(protocol.Protocol):
         self.carrier_for = carrier_for
         self.reader = FrameReader(stanza_bytes + ENVELOPE_BYTES)
         self.parsed = []
-        kwargs = {"limits": parser_limits} if parser_limits is not None else {}
+        self._parser_kwargs = {"limits": parser_limits} if parser_limits is not None else {}
         self.parser = StreamParser(lambda header: None, lambda element, size: self.parsed.append(element),
-                                   lambda: None, **kwargs)
+                                   lambda: None, **self._parser_kwargs)
         self.parser.feed(_RECEIVING_HEADER)
         self.numbers: dict[int, tuple[int, Parcel]] = {}  # id(parcel) -> (number, parcel)
 
@@ -357,23 +362,42 @@ class HandoverReceiver(protocol.Protocol):
             raise FrameFault("a CARRY frame that is not one stanza")
         stanza = self.parsed.pop()
         parcel = Parcel(stanza, None if own_bounce else stanza, None, size)
+        try:
+            carrier = self.carrier_for(side, (sender, receiver), self)
+        except KeyError:
+            raise FrameFault("a CARRY frame for a side this guard does not have") from None
         self.numbers[id(parcel)] = (number, parcel)
-        self.carrier_for(side, (sender, receiver), self).carry(parcel)
+        carrier.carry(parcel)
 
     def _number(self, parcel):
-        return self.numbers.pop(id(parcel))[0]
+        """The accepting worker's number for ``parcel``, or None when that worker is gone since it was handed over."""
+        entry = self.numbers.pop(id(parcel), None)
+        return None if entry is None else entry[0]
 
     def _send(self, data):
         if self.transport is not None:
             self.transport.write(data)
 
+    def accepting_worker_gone(self):
+        """The accepting worker died (its parcels are in doubt there): what we still carry for it is not confirmed."""
+        self.numbers.clear()
+        self.reader = FrameReader(self.reader.max_frame)
+        self.parsed = []
+        self.parser = StreamParser(lambda header: None, lambda element, size: self.parsed.append(element),
+                                   lambda: None, **self._parser_kwargs)
+        self.parser.feed(_RECEIVING_HEADER)
+
     # -- ICarrierOwner, for the S2S carriers of the pairs pinned here ---------------
 
     def delivered(self, parcel):
-        self._send(number_frame(DELIVERED, self._number(parcel)))
+        number = self._number(parcel)
+        if number is not None:
+            self._send(number_frame(DELIVERED, number))
 
     def undeliverable(self, parcel, condition, text):
-        self._send(number_frame(UNDELIVERABLE, self._number(parcel), condition, peer_detail(text or "")))
+        number = self._number(parcel)
+        if number is not None:
+            self._send(number_frame(UNDELIVERABLE, number, condition, peer_detail(text or "")))
 
     def congested(self, carrier, reason):
         for pair in carrier.pairs:
@@ -405,3 +429,189 @@ def in_doubt_settler(relay):
                               direction=parcel.ticket.direction)
 
     return settle
+
+
+# -- star routing: each worker has one channel to the supervisor, which passes frames between workers --------
+#
+# On a worker's channel every frame is an outer frame whose body starts with a worker's index:
+#   ROUTE      worker -> supervisor: to that worker; supervisor -> worker: from that worker (then an inner frame)
+#   PEER_UP    supervisor -> worker: that worker runs (a new life: nothing of the last one is confirmed)
+#   PEER_DOWN  supervisor -> worker: that worker is gone
+# and, once, first on the channel: HELLO (this worker's index, the number of workers), read before the reactor runs.
+ROUTE = 16
+PEER_UP = 17
+PEER_DOWN = 18
+HELLO = 19
+ROUTING_KINDS = frozenset({ROUTE, PEER_UP, PEER_DOWN})
+
+
+def routed_frame_bound(stanza_bytes: int) -> int:
+    """The largest outer frame body: an inner frame of the largest stanza and its envelope, and the index."""
+    return stanza_bytes + 2 * ENVELOPE_BYTES
+
+
+def hello_frame(index: int, count: int) -> bytes:
+    return frame(HELLO, bytes([index, count]))
+
+
+def read_hello(fd: int) -> tuple[int, int]:
+    """This worker's (index, count), the first frame the supervisor wrote on ``fd`` (read before the reactor runs)."""
+    import os
+
+    expected = len(hello_frame(0, 1))
+    data = b""
+    while len(data) < expected:
+        piece = os.read(fd, expected - len(data))
+        if not piece:
+            raise FrameFault("the supervisor closed the handover channel before saying which worker this is")
+        data += piece
+    length, kind = _HEAD.unpack_from(data)
+    index, count = data[_HEAD.size:]
+    if (length, kind) != (3, HELLO) or not 0 <= index < count:
+        raise FrameFault("the handover channel did not start with this worker's index")
+    return index, count
+
+
+class _PeerTransport:
+    """What a HandoverCarrier or HandoverReceiver writes to reach one other worker: routed frames on the channel."""
+
+    def __init__(self, channels: "WorkerChannels", peer: int):
+        self.channels = channels
+        self.peer = peer
+        self.disconnecting = False
+
+    def write(self, data: bytes) -> None:
+        self.channels.write_to(self.peer, data)
+
+    def registerProducer(self, producer, streaming):
+        pass  # the channel's own back-pressure reaches every carrier (WorkerChannels.pauseProducing)
+
+    def unregisterProducer(self):
+        pass
+
+    def loseConnection(self):
+        """A carrier or receiver found the peer's frames broken: the peer is down for it until its next life."""
+        self.disconnecting = True
+        self.channels.peer_broken(self.peer)
+
+
+class WorkerChannels(protocol.Protocol):
+    """
+    A worker's channel to its supervisor: carries the parcels of pairs pinned
+    to other workers (``carrier_for_pair``, the relay's per-pair hook) and
+    receives those of pairs pinned here.  ``carrier_for(side, pair, owner)``
+    makes the S2S carrier a received pair leaves on.
+    """
+
+    def __init__(self, index: int, count: int, relay, stanza_bytes: int, carrier_for):
+        self.index = index
+        self.count = count
+        self.relay = relay
+        self.reader = FrameReader(routed_frame_bound(stanza_bytes), ROUTING_KINDS)
+        self.carriers = {}
+        self.receivers = {}
+        self.up: set[int] = set()
+        for peer in range(count):
+            if peer == index:
+                continue
+            limits = _StanzaBytes(stanza_bytes)
+            self.carriers[peer] = HandoverCarrier(relay, limits, in_doubt_settler(relay))
+            self.receivers[peer] = HandoverReceiver(relay, carrier_for(peer), stanza_bytes)
+
+    def carrier_for_pair(self, side_name, pair):
+        """The relay's hook: None for a pair pinned to this worker, else the way to the worker it is pinned to."""
+        peer = pinned_worker(pair, self.count)
+        if peer == self.index:
+            return None
+        return self.carriers[peer].carry_for(side_name, pair)
+
+    def write_to(self, peer: int, data: bytes) -> None:
+        if self.transport is not None and peer in self.up:
+            self.transport.write(frame(ROUTE, bytes([peer]) + data))
+
+    def connectionMade(self):
+        self.transport.registerProducer(self, True)
+
+    def pauseProducing(self):
+        for peer in self.up:
+            self.carriers[peer].pauseProducing()
+
+    def resumeProducing(self):
+        for peer in self.up:
+            self.carriers[peer].resumeProducing()
+
+    def stopProducing(self):
+        pass
+
+    def dataReceived(self, data):
+        try:
+            for kind, body in self.reader.feed(data):
+                if not body:
+                    raise FrameFault(f"a routing frame of kind {kind} without a worker")
+                self._on(kind, body[0], body[1:])
+        except FrameFault as fault:
+            log.error("the handover channel to the supervisor broke: {fault}", fault=str(fault))
+            self.transport.loseConnection()
+            self._all_down()
+
+    def _on(self, kind, peer, inner):
+        if peer not in self.carriers:
+            raise FrameFault(f"a frame about worker {peer}")
+        if kind == PEER_UP:
+            self._peer_down(peer)
+            self.up.add(peer)
+            self.receivers[peer].makeConnection(_PeerTransport(self, peer))
+            self.carriers[peer].makeConnection(_PeerTransport(self, peer))
+        elif kind == PEER_DOWN:
+            self._peer_down(peer)
+        elif peer in self.up:
+            if len(inner) > _HEAD.size and inner[_HEAD.size - 1] == CARRY:
+                self.receivers[peer].dataReceived(inner)
+            else:
+                self.carriers[peer].dataReceived(inner)
+
+    def peer_broken(self, peer: int) -> None:
+        self._peer_down(peer)
+
+    def _peer_down(self, peer):
+        if peer not in self.up:
+            return
+        self.up.discard(peer)
+        self.receivers[peer].transport = None
+        self.receivers[peer].accepting_worker_gone()
+        carrier = self.carriers[peer]
+        if carrier.transport is not None:
+            carrier.connectionLost()
+
+    def _all_down(self):
+        for peer in list(self.up):
+            self._peer_down(peer)
+
+    def connectionLost(self, reason=None):
+        self._all_down()
+        self.transport = None
+
+    def describe(self):
+        return {str(peer): carrier.describe() for peer, carrier in self.carriers.items()}
+
+
+class _StanzaBytes:
+    def __init__(self, stanza_bytes):
+        self.stanza_bytes = stanza_bytes
+
+
+def routed(source: int, kind: int, body: bytes, running) -> list[tuple[int, bytes]]:
+    """
+    The supervisor's routing, with no I/O: what to write to which worker when
+    worker ``source`` sent the outer frame (``kind``, ``body``); ``running``
+    holds the workers whose channel is up.  A frame to a worker not running is
+    answered with PEER_DOWN; any other frame is a fault (FrameFault).
+    """
+    if kind != ROUTE or not body:
+        raise FrameFault(f"worker {source} sent a frame of kind {kind}")
+    target = body[0]
+    if target == source:
+        raise FrameFault(f"worker {source} sent a frame to itself")
+    if target not in running:
+        return [(source, frame(PEER_DOWN, bytes([target])))]
+    return [(target, frame(ROUTE, bytes([source]) + body[1:]))]

@@ -1,6 +1,7 @@
 """Handing a judged stanza over to the worker its pair is pinned to (guard.edges.handover)."""
 
 import pytest
+from twisted.internet.testing import StringTransport
 from twisted.test import iosim
 
 from guard.edges.handover import (
@@ -8,14 +9,23 @@ from guard.edges.handover import (
     DELIVERED,
     ENVELOPE_BYTES,
     HANDOVER_IN_DOUBT_RULE,
+    PEER_DOWN,
+    PEER_UP,
+    ROUTE,
+    ROUTING_KINDS,
     FrameFault,
     FrameReader,
     HandoverCarrier,
     HandoverReceiver,
+    WorkerChannels,
     frame,
+    hello_frame,
     in_doubt_settler,
     number_frame,
     pinned_worker,
+    read_hello,
+    routed,
+    routed_frame_bound,
 )
 from guard.edges.limits import Limits
 from guard.edges.s2s.carrier import S2SCarrier
@@ -163,3 +173,130 @@ def test_the_relay_keeps_its_own_s2s_carrier_for_a_pair_the_hook_does_not_take()
     workers.a.arrive(MESSAGE.format(id="m2", body="hello"))
     assert workers.a.relay.links[("blue",) + PAIR].pairs == {PAIR}
     assert not isinstance(workers.a.relay.links[("blue",) + PAIR], S2SCarrier)
+
+
+# -- star routing through the supervisor -----------------------------------------------------------------
+
+PINNED = pinned_worker(PAIR, 2)
+ACCEPTING = 1 - PINNED
+
+
+class Star:
+    """Two workers, each a World with WorkerChannels on an in-memory channel, and the supervisor's routing between."""
+
+    def __init__(self):
+        self.worlds = {index: World() for index in range(2)}
+        self.channels, self.readers, self.running = {}, {}, set()
+        for index, world in self.worlds.items():
+            channels = WorkerChannels(index, 2, world.relay, Limits().stanza_bytes, self.receiving_carriers(world))
+            world.relay.carrier_for_pair = channels.carrier_for_pair
+            channels.makeConnection(StringTransport())
+            self.channels[index] = channels
+            self.readers[index] = FrameReader(routed_frame_bound(Limits().stanza_bytes), ROUTING_KINDS)
+        for index in range(2):
+            self.start(index)
+
+    @staticmethod
+    def receiving_carriers(world):
+        def carrier_for(peer):
+            def make(side, pair, owner):
+                key = (f"{side} from worker {peer}",) + pair
+                if key not in world.relay.links:
+                    world.relay.links[key] = S2SCarrier(owner, world.relay.sides[side], *pair,
+                                                        open_stream=world.open_stream)
+                return world.relay.links[key]
+            return make
+        return carrier_for
+
+    def start(self, index):
+        self.running.add(index)
+        for other in self.running - {index}:
+            self.channels[other].dataReceived(frame(PEER_UP, bytes([index])))
+            self.channels[index].dataReceived(frame(PEER_UP, bytes([other])))
+
+    def stop(self, index):
+        self.running.discard(index)
+        self.channels[index].transport.clear()
+        for other in self.running:
+            self.channels[other].dataReceived(frame(PEER_DOWN, bytes([index])))
+
+    def pump(self):
+        for _ in range(20):
+            moved = False
+            for index in sorted(self.running):
+                written = self.channels[index].transport.value()
+                self.channels[index].transport.clear()
+                for kind, body in self.readers[index].feed(written):
+                    for target, data in routed(index, kind, body, self.running):
+                        self.channels[target].dataReceived(data)
+                        moved = True
+            if not moved:
+                return
+
+
+def test_through_the_supervisor_a_pair_pinned_to_the_other_worker_leaves_there_in_order():
+    """With 2 workers, stanzas accepted on one for a pair pinned to the other leave there in order; the books add up."""
+    star = Star()
+    accepting, pinned = star.worlds[ACCEPTING], star.worlds[PINNED]
+    for number in range(3):
+        accepting.arrive(MESSAGE.format(id=f"m{number}", body=f"hello {number}"))
+    star.pump()
+    stream = next(iter(pinned.streams.values()))
+    stream.owner.stream_ready(stream)
+    star.pump()
+    assert accepting.log == []
+    assert [entry[2] for entry in pinned.sent()] == [
+        f'<message from="romeo@red.example/a" to="juliet@blue.example" id="m{n}"><body>hello {n}</body></message>'
+        for n in range(3)]
+    assert (accepting.books.accepted, accepting.books.delivered, accepting.books.in_flight) == (3, 3, 0)
+    assert pinned.books.accepted == 0
+
+
+def test_a_pinned_worker_that_dies_leaves_its_unconfirmed_parcels_in_doubt_and_its_next_life_carries_again():
+    """The pinned worker dies with parcels unconfirmed: each settles once in doubt; restarted, it carries new ones."""
+    star = Star()
+    accepting, pinned = star.worlds[ACCEPTING], star.worlds[PINNED]
+    accepting.arrive(MESSAGE.format(id="m1", body="lost"))
+    star.pump()
+    star.stop(PINNED)
+    assert (accepting.books.dropped, accepting.books.in_flight) == (1, 0)
+    star.worlds[PINNED] = pinned = World()
+    channels = WorkerChannels(PINNED, 2, pinned.relay, Limits().stanza_bytes, star.receiving_carriers(pinned))
+    channels.makeConnection(StringTransport())
+    star.channels[PINNED] = channels
+    star.start(PINNED)
+    accepting.arrive(MESSAGE.format(id="m2", body="again"))
+    star.pump()
+    stream = next(iter(pinned.streams.values()))
+    stream.owner.stream_ready(stream)
+    star.pump()
+    assert [entry[2] for entry in pinned.sent()] == [
+        '<message from="romeo@red.example/a" to="juliet@blue.example" id="m2"><body>again</body></message>']
+    assert (accepting.books.accepted, accepting.books.delivered, accepting.books.dropped,
+            accepting.books.in_flight) == (2, 1, 1, 0)
+
+
+def test_the_supervisor_answers_a_frame_for_a_stopped_worker_with_peer_down_and_refuses_odd_frames():
+    """routed(): to a running worker the frame goes on marked with its source; to a stopped one PEER_DOWN comes back."""
+    assert routed(0, ROUTE, bytes([1]) + b"inner", {0, 1}) == [(1, frame(ROUTE, bytes([0]) + b"inner"))]
+    assert routed(0, ROUTE, bytes([1]) + b"inner", {0}) == [(0, frame(PEER_DOWN, bytes([1])))]
+    with pytest.raises(FrameFault):
+        routed(0, ROUTE, bytes([0]) + b"inner", {0, 1})
+    with pytest.raises(FrameFault):
+        routed(0, PEER_UP, bytes([1]), {0, 1})
+
+
+def test_a_worker_reads_its_index_from_the_first_frame_on_its_channel():
+    """read_hello gives (index, count) from a HELLO frame and refuses anything else."""
+    import os
+
+    read, write = os.pipe()
+    os.write(write, hello_frame(1, 2))
+    assert read_hello(read) == (1, 2)
+    os.write(write, frame(CARRY, b"xy"))
+    with pytest.raises(FrameFault):
+        read_hello(read)
+    os.close(write)
+    with pytest.raises(FrameFault):
+        read_hello(read)
+    os.close(read)
