@@ -33,6 +33,7 @@ from guard.core.bounce import peer_detail
 from guard.core.settlement import Parcel
 from guard.core.vocabulary import SERVER_NS, STANZA_ERROR_CONDITIONS, STREAMS_NS
 from guard.edges.carriers import ICarrier, ICarrierOwner
+from guard.edges.s2s.carrier import S2SCarrier
 from guard.edges.xmlstream import StreamFault, StreamParser, serialise
 
 log = Logger()
@@ -298,11 +299,17 @@ class HandoverCarrier(protocol.Protocol):
 class _PairLane:
     """One pair's way into a HandoverCarrier (the relay keeps one carrier per (side, sender, receiver))."""
 
+    stream = None  # no S2S stream of its own (the status, the metrics and the snapshot read relay.links alike)
+
     def __init__(self, channel: HandoverCarrier, side_name: str, pair: tuple[str, str]):
         self.channel = channel
         self.side_name = side_name
         self.pair = pair
         self.pairs = frozenset({pair})
+
+    @property
+    def holding(self) -> bool:
+        return self.channel.holding
 
     def carry(self, parcel):
         self.channel.carry(parcel, self.side_name, self.pair)
@@ -317,7 +324,9 @@ class _PairLane:
         self.channel.shut_down()
 
     def describe(self):
-        return {"handed_over": True, **self.channel.describe()}
+        """What an S2S carrier's describe() says (nothing queued here: the channel's counts follow), and the channel's."""
+        return {"state": "handed over", "queued": 0, "queued_bytes": 0, "holding": self.channel.holding,
+                "connects": 0, "failures": 0, "channel": self.channel.describe()}
 
 
 @implementer(ICarrierOwner)
@@ -365,7 +374,7 @@ class HandoverReceiver(protocol.Protocol):
         try:
             carrier = self.carrier_for(side, (sender, receiver), self)
         except KeyError:
-            raise FrameFault("a CARRY frame for a side this guard does not have") from None
+            raise FrameFault("a CARRY frame for a side or pair this worker does not carry") from None
         self.numbers[id(parcel)] = (number, parcel)
         carrier.carry(parcel)
 
@@ -374,13 +383,17 @@ class HandoverReceiver(protocol.Protocol):
         entry = self.numbers.pop(id(parcel), None)
         return None if entry is None else entry[0]
 
+    def handed_over(self, parcel) -> bool:
+        """Whether ``parcel`` came over this channel and is not reported yet (in this life of the peer or an earlier one)."""
+        return id(parcel) in self.numbers
+
     def _send(self, data):
         if self.transport is not None:
             self.transport.write(data)
 
     def accepting_worker_gone(self):
         """The accepting worker died (its parcels are in doubt there): what we still carry for it is not confirmed."""
-        self.numbers.clear()
+        self.numbers = {key: (None, parcel) for key, (_, parcel) in self.numbers.items()}
         self.reader = FrameReader(self.reader.max_frame)
         self.parsed = []
         self.parser = StreamParser(lambda header: None, lambda element, size: self.parsed.append(element),
@@ -503,7 +516,7 @@ class WorkerChannels(protocol.Protocol):
     makes the S2S carrier a received pair leaves on.
     """
 
-    def __init__(self, index: int, count: int, relay, stanza_bytes: int, carrier_for):
+    def __init__(self, index: int, count: int, relay, stanza_bytes: int):
         self.index = index
         self.count = count
         self.relay = relay
@@ -516,14 +529,25 @@ class WorkerChannels(protocol.Protocol):
                 continue
             limits = _StanzaBytes(stanza_bytes)
             self.carriers[peer] = HandoverCarrier(relay, limits, in_doubt_settler(relay))
-            self.receivers[peer] = HandoverReceiver(relay, carrier_for(peer), stanza_bytes)
+            self.receivers[peer] = HandoverReceiver(relay, self._received_pair_carrier, stanza_bytes)
+        self.pinned_owner = PinnedPairOwner(relay, self.receivers)
 
     def carrier_for_pair(self, side_name, pair):
-        """The relay's hook: None for a pair pinned to this worker, else the way to the worker it is pinned to."""
+        """
+        The relay's hook: for a pair pinned to another worker, the way there;
+        for one pinned here, the pair's one S2S carrier, which carries what
+        this worker accepted and what the others hand over, in the order it
+        comes (its owner tells each its own).
+        """
         peer = pinned_worker(pair, self.count)
         if peer == self.index:
-            return None
+            return S2SCarrier(self.pinned_owner, self.relay.sides[side_name], *pair, open_stream=self.relay.open_stream)
         return self.carriers[peer].carry_for(side_name, pair)
+
+    def _received_pair_carrier(self, side_name, pair, receiver):
+        if pinned_worker(pair, self.count) != self.index:
+            raise KeyError(pair)  # another worker handed over a pair that is not pinned here: refused
+        return self.relay.carrier_bound_for(side_name, pair)
 
     def write_to(self, peer: int, data: bytes) -> None:
         if self.transport is not None and peer in self.up:
@@ -593,6 +617,48 @@ class WorkerChannels(protocol.Protocol):
 
     def describe(self):
         return {str(peer): carrier.describe() for peer, carrier in self.carriers.items()}
+
+
+@implementer(ICarrierOwner)
+class PinnedPairOwner:
+    """The owner of the S2S carrier of a pair pinned to this worker: what another worker handed over is reported to
+    it (the receiver that took it), the rest to this worker's relay; congestion holds both."""
+
+    def __init__(self, relay, receivers):
+        self.relay = relay
+        self.receivers = receivers
+
+    def _receiver_of(self, parcel):
+        for receiver in self.receivers.values():
+            if receiver.handed_over(parcel):
+                return receiver
+        return None
+
+    def delivered(self, parcel):
+        (self._receiver_of(parcel) or self.relay).delivered(parcel)
+
+    def undeliverable(self, parcel, condition, text):
+        (self._receiver_of(parcel) or self.relay).undeliverable(parcel, condition, text)
+
+    def congested(self, carrier, reason):
+        self.relay.congested(carrier, reason)
+        for receiver in self.receivers.values():
+            receiver.congested(carrier, reason)
+
+    def decongested(self, carrier, reason):
+        self.relay.decongested(carrier, reason)
+        for receiver in self.receivers.values():
+            receiver.decongested(carrier, reason)
+
+    def judged_again(self, parcel):
+        receiver = self._receiver_of(parcel)
+        return parcel if receiver is not None else self.relay.judged_again(parcel)
+
+    def count_held(self, amount):
+        self.relay.count_held(amount)
+
+    def count_freed(self, amount):
+        self.relay.count_freed(amount)
 
 
 class _StanzaBytes:

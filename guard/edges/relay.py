@@ -261,6 +261,10 @@ class Relay:
             carrier = self.links[key] = S2SCarrier(self, self.sides[side_name], *pair, open_stream=self.open_stream)
         return carrier
 
+    def carrier_bound_for(self, side_name, pair):
+        """The carrier a stanza bound for ``side_name`` and ``pair`` leaves on (another worker hands such stanzas here)."""
+        return self._carrier_for(side_name, pair)
+
     def carry_side_over(self, side_name, carrier):
         """Everything bound for ``side_name`` leaves on ``carrier`` (an ICarrier) instead of S2S streams."""
         self.side_carriers[side_name] = carrier

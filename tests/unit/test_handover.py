@@ -18,6 +18,7 @@ from guard.edges.handover import (
     HandoverCarrier,
     HandoverReceiver,
     WorkerChannels,
+    carry_frame,
     frame,
     hello_frame,
     in_doubt_settler,
@@ -27,10 +28,11 @@ from guard.edges.handover import (
     routed,
     routed_frame_bound,
 )
+from guard.core.settlement import Parcel
 from guard.edges.limits import Limits
 from guard.edges.s2s.carrier import S2SCarrier
 
-from .test_relay import MESSAGE, World
+from .test_relay import MESSAGE, World, parse
 
 PAIR = ("red.example", "blue.example")
 
@@ -188,25 +190,13 @@ class Star:
         self.worlds = {index: World() for index in range(2)}
         self.channels, self.readers, self.running = {}, {}, set()
         for index, world in self.worlds.items():
-            channels = WorkerChannels(index, 2, world.relay, Limits().stanza_bytes, self.receiving_carriers(world))
+            channels = WorkerChannels(index, 2, world.relay, Limits().stanza_bytes)
             world.relay.carrier_for_pair = channels.carrier_for_pair
             channels.makeConnection(StringTransport())
             self.channels[index] = channels
             self.readers[index] = FrameReader(routed_frame_bound(Limits().stanza_bytes), ROUTING_KINDS)
         for index in range(2):
             self.start(index)
-
-    @staticmethod
-    def receiving_carriers(world):
-        def carrier_for(peer):
-            def make(side, pair, owner):
-                key = (f"{side} from worker {peer}",) + pair
-                if key not in world.relay.links:
-                    world.relay.links[key] = S2SCarrier(owner, world.relay.sides[side], *pair,
-                                                        open_stream=world.open_stream)
-                return world.relay.links[key]
-            return make
-        return carrier_for
 
     def start(self, index):
         self.running.add(index)
@@ -261,7 +251,8 @@ def test_a_pinned_worker_that_dies_leaves_its_unconfirmed_parcels_in_doubt_and_i
     star.stop(PINNED)
     assert (accepting.books.dropped, accepting.books.in_flight) == (1, 0)
     star.worlds[PINNED] = pinned = World()
-    channels = WorkerChannels(PINNED, 2, pinned.relay, Limits().stanza_bytes, star.receiving_carriers(pinned))
+    channels = WorkerChannels(PINNED, 2, pinned.relay, Limits().stanza_bytes)
+    pinned.relay.carrier_for_pair = channels.carrier_for_pair
     channels.makeConnection(StringTransport())
     star.channels[PINNED] = channels
     star.start(PINNED)
@@ -300,3 +291,30 @@ def test_a_worker_reads_its_index_from_the_first_frame_on_its_channel():
     with pytest.raises(FrameFault):
         read_hello(read)
     os.close(read)
+
+
+def test_the_pinned_worker_sends_its_own_and_the_handed_over_stanzas_of_a_pair_on_one_stream_in_arrival_order():
+    """The pinned worker's pair has one S2S stream: its own stanzas and those handed over leave in the order they came."""
+    star = Star()
+    accepting, pinned = star.worlds[ACCEPTING], star.worlds[PINNED]
+    pinned.arrive(MESSAGE.format(id="own-1", body="mine"))
+    accepting.arrive(MESSAGE.format(id="over-1", body="theirs"))
+    star.pump()
+    pinned.arrive(MESSAGE.format(id="own-2", body="mine again"))
+    pinned.ready("blue", *PAIR)
+    star.pump()
+    assert [entry[1] for entry in pinned.log if entry[0] == "open"] == ["blue"]
+    assert [entry[2].split('id="')[1].split('"')[0] for entry in pinned.sent()] == ["own-1", "over-1", "own-2"]
+    assert (pinned.books.accepted, pinned.books.delivered, pinned.books.in_flight) == (2, 2, 0)
+    assert (accepting.books.accepted, accepting.books.delivered, accepting.books.in_flight) == (1, 1, 0)
+    assert pinned.books.summary().get("refused", 0) == 0
+
+
+def test_a_worker_refuses_a_handed_over_pair_that_is_not_pinned_to_it():
+    """A CARRY frame for a pair pinned elsewhere ends that peer's channel on the receiving worker; nothing is carried."""
+    star = Star()
+    accepting = star.worlds[ACCEPTING]
+    stanza = parse(MESSAGE.format(id="x", body="wrong worker"))
+    inner = carry_frame(1, Parcel(stanza, stanza, None, 10), "blue", PAIR, Limits().stanza_bytes)
+    star.channels[ACCEPTING].dataReceived(frame(ROUTE, bytes([PINNED]) + inner))
+    assert accepting.streams == {} and PINNED not in star.channels[ACCEPTING].up
