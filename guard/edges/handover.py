@@ -206,7 +206,8 @@ class HandoverCarrier(protocol.Protocol):
         """Nothing waits here unwritten: what is written is the other worker's to settle and confirm."""
 
     def waiting(self) -> int:
-        return sum(1 for parcel in self.unconfirmed.values() if parcel.original is None)
+        """Parcels the other worker may still confirm within the shutdown grace (it bounces what it cannot send)."""
+        return len(self.unconfirmed)
 
     def shut_down(self):
         if self.stopped:
@@ -318,7 +319,7 @@ class _PairLane:
         self.channel.bounce_waiting(condition, text)
 
     def waiting(self) -> int:
-        return 0  # the channel counts what waits once (Relay.bounces_waiting sums every carrier)
+        return self.channel.waiting()  # counted once per lane: the service only waits while any is > 0
 
     def shut_down(self):
         self.channel.shut_down()

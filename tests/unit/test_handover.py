@@ -318,3 +318,55 @@ def test_a_worker_refuses_a_handed_over_pair_that_is_not_pinned_to_it():
     inner = carry_frame(1, Parcel(stanza, stanza, None, 10), "blue", PAIR, Limits().stanza_bytes)
     star.channels[ACCEPTING].dataReceived(frame(ROUTE, bytes([PINNED]) + inner))
     assert accepting.streams == {} and PINNED not in star.channels[ACCEPTING].up
+
+
+def test_past_twice_the_unconfirmed_bound_a_stanza_bounces_with_resource_constraint_and_shutdown_waits_for_the_rest():
+    """Unconfirmed bytes never pass twice the bound: the next stanza bounces; what is unconfirmed counts as waiting."""
+    workers = Workers()
+    workers.channel.unconfirmed_bound = 100
+    for number in range(3):
+        workers.a.arrive(MESSAGE.format(id=f"m{number}", body="x"), size=90)
+    workers.pump.flush()
+    assert (workers.channel.describe()["unconfirmed"], workers.a.books.bounced) == (2, 1)
+    assert workers.a.relay.bounces_waiting() > 0
+    workers.a.ready("red", "blue.example", "red.example")
+    assert "resource-constraint" in workers.a.sent()[0][2]
+    workers.b.ready("blue", *PAIR)
+    workers.pump.flush()
+    assert (workers.a.books.delivered, workers.a.books.in_flight, workers.a.relay.held.held) == (2, 0, 0)
+    assert workers.a.relay.bounces_waiting() == 0
+
+
+def lines_of(count):
+    """A supervisor's router with ``count`` workers' lines on in-memory transports."""
+    from guard.app.workers import WorkerLine, WorkerRouter
+
+    router = WorkerRouter(None, count, Limits().stanza_bytes)
+    for index in range(count):
+        line = WorkerLine(router, index)
+        line.makeConnection(StringTransport())
+        router.lines[index] = line
+    return router
+
+
+def test_the_supervisor_passes_frames_between_workers_and_tells_the_others_when_one_ends():
+    """A frame from worker 0 to 1 reaches 1 marked from 0; once 1 ends, 0 hears PEER_DOWN, and so does a late frame."""
+    router = lines_of(2)
+    zero, one = router.lines[0], router.lines[1]
+    zero.dataReceived(frame(ROUTE, bytes([1]) + b"inner"))
+    assert one.transport.value() == frame(ROUTE, bytes([0]) + b"inner")
+    router.close_line(1)
+    assert zero.transport.value() == frame(PEER_DOWN, bytes([1]))
+    zero.transport.clear()
+    zero.dataReceived(frame(ROUTE, bytes([1]) + b"late"))
+    assert zero.transport.value() == frame(PEER_DOWN, bytes([1]))
+
+
+def test_a_worker_that_sends_the_supervisor_a_frame_it_does_not_route_loses_its_channel():
+    """A PEER_UP (or anything but ROUTE) from a worker ends that worker's channel; the other hears PEER_DOWN."""
+    router = lines_of(2)
+    zero, one = router.lines[0], router.lines[1]
+    one.dataReceived(frame(PEER_UP, bytes([0])))
+    assert one.transport.disconnecting
+    one.connectionLost()
+    assert set(router.lines) == {0} and zero.transport.value() == frame(PEER_DOWN, bytes([1]))
