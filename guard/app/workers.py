@@ -293,13 +293,17 @@ class WorkerLine(protocol.Protocol):
         self.reader = FrameReader(routed_frame_bound(router.stanza_bytes), frozenset({ROUTE}))
 
     def dataReceived(self, data):
+        outgoing: dict[int, list[bytes]] = {}  # one write per worker per read
         try:
+            running = self.router.running()
             for kind, body in self.reader.feed(data):
-                for target, out in routed(self.index, kind, body, self.router.running()):
-                    self.router.lines[target].transport.write(out)
+                for target, out in routed(self.index, kind, body, running):
+                    outgoing.setdefault(target, []).append(out)
         except FrameFault as fault:
             log.error("worker {index} broke its handover channel: {fault}", index=self.index, fault=str(fault))
             self.transport.loseConnection()
+        for target, pieces in outgoing.items():
+            self.router.lines[target].transport.write(b"".join(pieces))
 
     def connectionLost(self, reason=None):
         self.router.line_lost(self)
