@@ -148,9 +148,9 @@ class HandoverCarrier(protocol.Protocol):
     written and never confirmed when the channel ends.
     """
 
-    def __init__(self, owner, side_limits, in_doubt, unconfirmed_bound: int = UNCONFIRMED_BOUND):
+    def __init__(self, owner, stanza_bytes: int, in_doubt, unconfirmed_bound: int = UNCONFIRMED_BOUND):
         self.owner = owner
-        self.stanza_bytes = side_limits.stanza_bytes
+        self.stanza_bytes = stanza_bytes
         self.in_doubt = in_doubt
         self.unconfirmed_bound = unconfirmed_bound
         self.reader = FrameReader(self.stanza_bytes + ENVELOPE_BYTES)
@@ -528,8 +528,7 @@ class WorkerChannels(protocol.Protocol):
         for peer in range(count):
             if peer == index:
                 continue
-            limits = _StanzaBytes(stanza_bytes)
-            self.carriers[peer] = HandoverCarrier(relay, limits, in_doubt_settler(relay))
+            self.carriers[peer] = HandoverCarrier(relay, stanza_bytes, in_doubt_settler(relay))
             self.receivers[peer] = HandoverReceiver(relay, self._received_pair_carrier, stanza_bytes)
         self.pinned_owner = PinnedPairOwner(relay, self.receivers)
 
@@ -660,11 +659,6 @@ class PinnedPairOwner:
 
     def count_freed(self, amount):
         self.relay.count_freed(amount)
-
-
-class _StanzaBytes:
-    def __init__(self, stanza_bytes):
-        self.stanza_bytes = stanza_bytes
 
 
 def routed(source: int, kind: int, body: bytes, running) -> list[tuple[int, bytes]]:

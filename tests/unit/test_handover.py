@@ -71,7 +71,7 @@ class Workers:
 
     def __init__(self):
         self.a, self.b = World(), World()
-        self.channel = HandoverCarrier(self.a.relay, Limits(), in_doubt_settler(self.a.relay))
+        self.channel = HandoverCarrier(self.a.relay, Limits().stanza_bytes, in_doubt_settler(self.a.relay))
         self.a.relay.carrier_for_pair = lambda side, pair: self.channel.carry_for(side, pair) if pair == PAIR else None
         self.b_carriers = {}
         self.receiver = HandoverReceiver(self.b.relay, self.b_carrier, Limits().stanza_bytes)
