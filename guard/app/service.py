@@ -369,6 +369,10 @@ class GuardService(GuardProcess):
     def startService(self):
         super().startService()
         self._audit_start()
+        if self.adopted_listeners:  # a worker (guard.app.workers): pairs pinned to other workers are handed over
+            from .workers import join_handover
+
+            self.handover = join_handover(self)
         yield self._listen()
         yield self._start_management()
         self.write_status()

@@ -28,6 +28,14 @@ up, including those of worker processes that died), restarts a worker
 that dies (``restart_delay``: bounded exponential backoff), and on
 SIGTERM stops the workers and waits for them (bounded).
 
+Each domain pair's outbound traffic leaves from one worker (issue 11: a
+pair stays ordered): the pair is pinned to ``pinned_worker(pair, N)``, and
+a worker that accepted a stanza for a pair pinned to another hands it over
+(guard.edges.handover).  Each worker has one channel (a socketpair, the fd
+after its listeners) to the supervisor, which passes frames between
+workers (``WorkerRouter``): a restarted worker gets a new channel, and the
+others hear PEER_DOWN and PEER_UP.
+
 A worker that dies takes its streams with it: the peers' connections drop
 and they reconnect (to another worker, or the restarted one).  Stanzas it
 had accepted and not yet delivered (its books' ``in_flight`` when it last
@@ -51,6 +59,20 @@ from twisted.internet import defer, protocol
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
+
+from guard.edges.handover import (
+    PEER_DOWN,
+    PEER_UP,
+    ROUTE,
+    FrameFault,
+    FrameReader,
+    WorkerChannels,
+    frame,
+    hello_frame,
+    read_hello,
+    routed,
+    routed_frame_bound,
+)
 
 from .config import WORKER_SHARED_LIMITS, ConfigError, GuardConfig
 from .metrics import PREFIX, metrics_site
@@ -262,6 +284,105 @@ class _ClosesAtOnce(protocol.Protocol):
         self.transport.abortConnection()
 
 
+class WorkerLine(protocol.Protocol):
+    """The supervisor's end of one worker's channel: frames from the worker go where ``routed`` says."""
+
+    def __init__(self, router: "WorkerRouter", index: int):
+        self.router = router
+        self.index = index
+        self.reader = FrameReader(routed_frame_bound(router.stanza_bytes), frozenset({ROUTE}))
+
+    def dataReceived(self, data):
+        outgoing: dict[int, list[bytes]] = {}  # one write per worker per read
+        try:
+            running = self.router.running()
+            for kind, body in self.reader.feed(data):
+                for target, out in routed(self.index, kind, body, running):
+                    outgoing.setdefault(target, []).append(out)
+        except FrameFault as fault:
+            log.error("worker {index} broke its handover channel: {fault}", index=self.index, fault=str(fault))
+            self.transport.loseConnection()
+        for target, pieces in outgoing.items():
+            self.router.lines[target].transport.write(b"".join(pieces))
+
+    def connectionLost(self, reason=None):
+        self.router.line_lost(self)
+
+
+class WorkerRouter:
+    """The supervisor's switchboard of handover channels, one per running worker (star routing)."""
+
+    def __init__(self, reactor, count: int, stanza_bytes: int):
+        self.reactor = reactor
+        self.count = count
+        self.stanza_bytes = stanza_bytes
+        self.lines: dict[int, WorkerLine] = {}
+
+    def running(self) -> set[int]:
+        return set(self.lines)
+
+    def open_line(self, index: int) -> socket.socket:
+        """A new channel for worker ``index`` (its last one, if any, ends): returns the worker's end, to pass it."""
+        self.close_line(index)
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        ours.sendall(hello_frame(index, self.count))
+        line = WorkerLine(self, index)
+        self.reactor.adoptStreamConnection(ours.fileno(), socket.AF_UNIX, _Once(line))
+        ours.close()  # the reactor holds its own duplicate
+        for other, other_line in self.lines.items():
+            other_line.transport.write(frame(PEER_UP, bytes([index])))
+            line.transport.write(frame(PEER_UP, bytes([other])))
+        self.lines[index] = line
+        return theirs
+
+    def close_line(self, index: int) -> None:
+        """Worker ``index`` is gone: the others hear PEER_DOWN, and its channel closes."""
+        line = self.lines.pop(index, None)
+        if line is None:
+            return
+        line.transport.loseConnection()
+        for other_line in self.lines.values():
+            other_line.transport.write(frame(PEER_DOWN, bytes([index])))
+
+    def line_lost(self, line: WorkerLine) -> None:
+        if self.lines.get(line.index) is line:
+            self.close_line(line.index)
+
+
+class _Once(protocol.Factory):
+    """A factory for the one protocol instance of an adopted connection."""
+
+    def __init__(self, instance):
+        self.instance = instance
+
+    def buildProtocol(self, addr):
+        return self.instance
+
+
+def join_handover(guard) -> WorkerChannels | None:
+    """
+    In a worker: take the handover channel the supervisor passed (the fd after
+    the listeners), read which worker this is, and give the relay its per-pair
+    hook.  None when no channel was passed (the worker then carries every pair
+    itself).
+    """
+    import stat
+
+    fd = FIRST_LISTENING_FD + len(guard.adopted_listeners)
+    try:
+        if not stat.S_ISSOCK(os.fstat(fd).st_mode):
+            return None
+    except OSError:
+        return None
+    index, count = read_hello(fd)
+    channels = WorkerChannels(index, count, guard.relay, guard.config.limits.stanza_bytes)
+    guard.reactor.adoptStreamConnection(fd, socket.AF_UNIX, _Once(channels))
+    os.close(fd)
+    guard.relay.carrier_for_pair = channels.carrier_for_pair
+    log.info("worker {index} of {count}: pairs pinned to other workers are handed over", index=index, count=count)
+    return channels
+
+
 class WorkerProcess(protocol.ProcessProtocol):
     """One running worker, as its supervisor sees it: it hears the secret on standard input and tells of its end."""
 
@@ -304,6 +425,7 @@ class WorkerSupervisor(service.Service):
         self._reaper = None
         self._refresh = None
         self._metrics_port = None
+        self.router = WorkerRouter(reactor, self.count, config.limits.stanza_bytes)
 
     # -- starting -------------------------------------------------------------
 
@@ -358,6 +480,8 @@ class WorkerSupervisor(service.Service):
         child_fds = {0: "w", 1: 1, 2: 2}
         for position, port in enumerate(self._ports):
             child_fds[FIRST_LISTENING_FD + position] = port.fileno()
+        channel = self.router.open_line(index)  # the worker's handover channel, on the fd after its listeners
+        child_fds[FIRST_LISTENING_FD + len(self._ports)] = channel.fileno()
         worker = WorkerProcess(self, index, self.reactor.seconds())
         arguments = [self.python, "-m", "guard", "run", "--config", self.config.path, "--worker", str(index)]
         # The worker starts with the signals it will handle blocked (a mask survives fork and exec): a SIGUSR1 or
@@ -367,6 +491,7 @@ class WorkerSupervisor(service.Service):
             self.reactor.spawnProcess(worker, self.python, arguments, env=self.environment, childFDs=child_fds)
         finally:
             signal.pthread_sigmask(signal.SIG_SETMASK, unblocked)
+            channel.close()  # the worker holds its end
         self.workers[index] = worker
         log.info("worker {index} started (pid {pid})", index=index, pid=worker.transport.pid)
 
@@ -376,6 +501,7 @@ class WorkerSupervisor(service.Service):
         """Count what the dead worker's last status says, and restart it (unless the guard is stopping)."""
         if self.workers.get(worker.index) is worker:
             del self.workers[worker.index]
+            self.router.close_line(worker.index)
         if self.stopping:
             log.info("worker {index} stopped: {reason}", index=worker.index, reason=str(reason))
             return

@@ -93,6 +93,9 @@ class Relay:
         self.sides = {}
         self.links: dict[tuple[str, str, str], S2SCarrier] = {}  # the S2S carrier of each (side, sender, receiver)
         self.side_carriers: dict[str, object] = {}  # a carrier for everything bound to a side (a half's pair link)
+        # With workers: carrier_for_pair(side name, pair) -> the ICarrier of a pair pinned to another worker, or None
+        # for this worker's own S2S carrier (guard.edges.handover).
+        self.carrier_for_pair = None
         self.back_pressure = BackPressure(topology)  # who feeds the relay, by side
         self.stopping = False
         self.held = HeldBytes.for_budget(Limits().memory_budget_bytes)
@@ -250,9 +253,17 @@ class Relay:
             return carrier
         key = (side_name,) + pair
         carrier = self.links.get(key)
+        if carrier is None and self.carrier_for_pair is not None:
+            carrier = self.carrier_for_pair(side_name, pair)
+            if carrier is not None:
+                self.links[key] = carrier
         if carrier is None:
             carrier = self.links[key] = S2SCarrier(self, self.sides[side_name], *pair, open_stream=self.open_stream)
         return carrier
+
+    def carrier_bound_for(self, side_name, pair):
+        """The carrier a stanza bound for ``side_name`` and ``pair`` leaves on (another worker hands such stanzas here)."""
+        return self._carrier_for(side_name, pair)
 
     def carry_side_over(self, side_name, carrier):
         """Everything bound for ``side_name`` leaves on ``carrier`` (an ICarrier) instead of S2S streams."""
