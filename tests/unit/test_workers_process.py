@@ -148,6 +148,15 @@ def another_guard(tmp_path):
     yield from supervised_guard(tmp_path)
 
 
+def stop_with_every_worker(supervised):
+    """Stop the supervisor, then kill any worker it left behind (a test never leaves a process running)."""
+    workers = supervised.workers()
+    supervised.stop()
+    for pid in workers:
+        if alive(pid):
+            os.kill(pid, signal.SIGKILL)
+
+
 def supervised_guard(folder):
     """Start a supervised guard in ``folder`` and wait for both workers to accept; stop it (and any worker left) after."""
     supervised = Supervised(folder)
@@ -156,11 +165,7 @@ def supervised_guard(folder):
                           supervised.output().count("accepting on the inherited socket") == 4), supervised.output()
         yield supervised
     finally:
-        workers = supervised.workers()
-        supervised.stop()
-        for pid in workers:
-            if alive(pid):
-                os.kill(pid, signal.SIGKILL)
+        stop_with_every_worker(supervised)
 
 
 def test_two_workers_accept_on_the_sockets_the_supervisor_bound(guard):
@@ -268,8 +273,4 @@ def test_the_supervisor_takes_the_sockets_systemd_passed(tmp_path):
             assert wait_until(lambda: supervised.status()["inbound_streams"].get("blue") == 1), supervised.output()
         assert len(supervised.workers()) == 2
     finally:
-        workers = supervised.workers()
-        supervised.stop()
-        for pid in workers:
-            if alive(pid):
-                os.kill(pid, signal.SIGKILL)
+        stop_with_every_worker(supervised)
