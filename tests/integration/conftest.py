@@ -92,3 +92,16 @@ def pytest_runtest_makereport(item, call):
         for name, laboratory in getattr(item, "funcargs", {}).items():
             if callable(getattr(laboratory, "log_tails", None)):
                 report.sections.append((f"{name} logs", laboratory.log_tails()))
+
+
+def pytest_collection_modifyitems(config, items):
+    """A test marked hag_only runs only with the pair lab that has the HAG in its path: for the other pair labs it
+    is deselected at collection, not collected and then skipped."""
+    kept, deselected = [], []
+    for item in items:
+        params = getattr(getattr(item, "callspec", None), "params", {})
+        with_hag = params.get("pair", (True,))[0]
+        (deselected if item.get_closest_marker("hag_only") and not with_hag else kept).append(item)
+    if deselected:
+        config.hook.pytest_deselected(items=deselected)
+        items[:] = kept

@@ -149,10 +149,9 @@ def test_a_cut_link_mid_blast_loses_nothing_and_doubles_nothing(pair, romeo, jul
     print(f"link at half A: {link}; at half B: {pair.status_of('b')['pair_link']}")
 
 
+@pytest.mark.hag_only
 def test_the_hag_drops_what_its_profile_does_not_permit(pair, romeo, juliet):
     """An element outside the HAG's allow-list never reaches Juliet, and the HAG audits the drop."""
-    if not pair.with_hag:
-        pytest.skip("no HAG in this lab")
     body = unique("a note with an unlisted payload")
     romeo.send_xml(f"<message to='{JULIET}' type='chat' id='p4'><body>{body}</body>"
                    "<secret xmlns='urn:example:unlisted'/></message>")
@@ -166,11 +165,10 @@ def test_the_hag_drops_what_its_profile_does_not_permit(pair, romeo, juliet):
     assert drops and "urn:example:unlisted" in drops[-1]["reason"] and drops[-1]["id"] == "p4"
 
 
+@pytest.mark.hag_only
 def test_an_iq_the_hag_refuses_is_answered_with_an_error_to_its_sender(pair, romeo, client_loop):
     """Romeo asks blue.example for its last activity (XEP-0012, not in the HAG's profile): instead of waiting
     out his timeout he gets not-allowed with the HAG's own text, and the HAG audits the refusal."""
-    if not pair.with_hag:
-        pytest.skip("no HAG in this lab")
     from slixmpp.exceptions import IqError
 
     xmpp = romeo.xmpp
@@ -192,10 +190,9 @@ def test_an_iq_the_hag_refuses_is_answered_with_an_error_to_its_sender(pair, rom
     assert drops and drops[-1]["answer"] == "not-allowed" and drops[-1]["kind"] == "iq"
 
 
+@pytest.mark.hag_only
 def test_with_the_hag_down_nothing_passes_and_each_refusal_is_audited(pair, romeo, juliet):
     """The HAG stops: Romeo's messages wait, then bounce after the deadline, each audited by half A."""
-    if not pair.with_hag:
-        pytest.skip("no HAG in this lab")
     pair.stop_child("hag")
     try:
         bodies = [unique(f"while the HAG is down {n}") for n in range(5)]
