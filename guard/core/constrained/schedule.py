@@ -25,7 +25,13 @@ Classes, served strictly in this order:
    arrives during the burst.
 
 Within a class, senders (``Outgoing.sender``) take turns, one item each
-(round robin); one sender's items keep their order.
+(round robin); one sender's items keep their order.  Across classes one
+order is kept: a message or IQ never overtakes a presence queued before it
+that was sent to a full JID with the same bare ``from`` and bare ``to`` (a
+MUC join before the first message to the room; a room's occupant presence
+before its subject and history to that occupant).  When the message's turn
+comes, that presence leaves in its place (it inherits the message's class).
+Presence to a bare JID (roster broadcast) holds nothing back.
 
 Rate: a token bucket in bytes, filled at ``rate_bits_per_second / 8`` up to
 ``burst_bytes`` (default 0).  An item leaves when the balance is not
@@ -230,6 +236,9 @@ class Queued:
     merge_key: tuple | None = field(default=None, repr=False)
     answer_by: float | None = None  # an IQ get/set: the last moment it can leave and be answered in time
     state_presence: bool = False
+    waits_for: list = field(default_factory=list, repr=False)  # directed presence that must leave first
+    queued: bool = field(default=True, repr=False)
+    share_charged: bool = field(default=False, repr=False)
 
 
 @dataclass(frozen=True)
@@ -408,6 +417,7 @@ class BearerSchedule:
         self._lane_bytes = {lane: 0 for lane in LANES}
         self._open_groups: dict[tuple, Queued] = {}  # merge key -> the item still gathering copies
         self._presence_slots: dict[tuple, Queued] = {}  # (from, to) of available/unavailable -> its item
+        self._directed: dict[tuple, Queued] = {}  # (bare from, bare to) -> last presence item sent to a full JID
         self._new_presence_times: deque = deque()  # when each recent new presence item was made
         self._stanzas = 0
         self._bytes = 0
@@ -435,6 +445,10 @@ class BearerSchedule:
         to) while the bearer was down, so what waits is already the snapshot.
         """
         return [item for lane in ("presence", HELD) for items in self._lanes[lane].values() for item in items]
+
+    def queued_items(self) -> list:
+        """Every waiting item, class by class (for a status page; nothing leaves)."""
+        return [item for lane in LANES for items in self._lanes[lane].values() for item in items]
 
     # -- offer ---------------------------------------------------------------
 
@@ -512,6 +526,7 @@ class BearerSchedule:
                 self._presence_slots[(sender_jid, to)] = group
             if slot is not None and slot is not group:
                 self._remove(slot)
+            self._note_order(group, element, is_presence, sender_jid, to)
             return Offered(MERGED, group, superseded)
 
         if slot is not None:
@@ -532,7 +547,24 @@ class BearerSchedule:
             self._open_groups[merge_key] = item
         if state_presence and to:
             self._presence_slots[(sender_jid, to)] = item
+        self._note_order(item, element, is_presence, sender_jid, to)
         return Offered(QUEUED, item, superseded)
+
+    def _note_order(self, item: Queued, element, is_presence: bool, sender_jid: str, to: str) -> None:
+        """Remember a presence sent to a full JID; make a message or IQ wait for the one of its bare addresses."""
+        key = (_bare(sender_jid), _bare(to))
+        if is_presence:
+            if "/" in to:
+                self._directed[key] = item
+            return
+        presence_item = self._directed.get(key)
+        if presence_item is None:
+            return
+        if not presence_item.queued:
+            del self._directed[key]
+            return
+        if presence_item is not item and all(presence_item is not known for known in item.waits_for):
+            item.waits_for.append(presence_item)
 
     def _presence_crosses(self, element: domish.Element, presence_type: str) -> bool:
         mode = self.presence_mode
@@ -629,6 +661,7 @@ class BearerSchedule:
                 if item is not None:
                     self._bearer.charge(item.size, now)
                     self._burst_share.charge(item.size, now)
+                    item.share_charged = True
                     return Due(item, None)
         return Due(None, self._wake_at(now))
 
@@ -636,7 +669,7 @@ class BearerSchedule:
         """The link wrote ``item`` as ``wire_bytes`` on the bearer (compressed, with its own framing): correct the charge."""
         correction = wire_bytes - item.size
         self._bearer.charge(correction, now)
-        if item.lane == HELD:
+        if item.share_charged:
             self._burst_share.charge(correction, now)
 
     def spend(self, wire_bytes: int, now: float) -> None:
@@ -665,15 +698,27 @@ class BearerSchedule:
         return at
 
     def _take_due(self, lane: str, now: float) -> Queued | None:
-        """The first sender in turn whose first item is due: take that item and send the sender to the back."""
+        """
+        The first sender in turn whose first item is due: take that item and
+        send the sender to the back.  An item waiting for a directed presence
+        has that presence taken in its place (it inherits the item's class),
+        and the sender keeps its turn.
+        """
         senders = self._lanes[lane]
         for sender, items in senders.items():
-            if items[0].due_at <= now:
-                item = items[0]
-                self._remove(item)
-                if sender in senders:  # still has items: its turn comes again after everyone else's
-                    senders[sender] = senders.pop(sender)
-                return item
+            item = items[0]
+            if item.due_at > now:
+                continue
+            blocker = _first_queued(item.waits_for)
+            if blocker is not None:
+                if blocker.due_at > now:
+                    continue
+                self._remove(blocker)
+                return blocker
+            self._remove(item)
+            if sender in senders:  # still has items: its turn comes again after everyone else's
+                senders[sender] = senders.pop(sender)
+            return item
         return None
 
     def _remove(self, item: Queued) -> None:
@@ -683,6 +728,7 @@ class BearerSchedule:
         if not items:
             del senders[item.sender]
         self._count(item, -len(item.parcels), -item.size)
+        item.queued = False
         if item.merge_key is not None and self._open_groups.get(item.merge_key) is item:
             del self._open_groups[item.merge_key]
         if item.state_presence:
@@ -697,13 +743,25 @@ class BearerSchedule:
         for lane in LANES:
             for items in self._lanes[lane].values():
                 at = max(items[0].due_at, bearer_at)
-                if lane == HELD:
+                blocker = _first_queued(items[0].waits_for)
+                if blocker is not None:
+                    at = max(at, blocker.due_at)
+                elif lane == HELD:
                     at = max(at, self._burst_share.ready_at(now))
                 times.append(at)
         expiry = self.next_expiry()
         if expiry is not None:
             times.append(expiry)
         return min(times, default=None)
+
+
+def _first_queued(items: list) -> Queued | None:
+    return next((item for item in items if item.queued), None)
+
+
+def _bare(jid: str) -> str:
+    """A JID without its resource."""
+    return jid.partition("/")[0]
 
 
 def _without(recipients: list, to: str) -> list:

@@ -569,3 +569,44 @@ def test_a_labelled_chat_crosses_a_roster_burst_within_three_seconds():
     assert left_at == pytest.approx(before_when + before_bytes * 8 / rate)
     arrived_at = left_at + labelled_bytes * 8 / rate + delay
     assert arrived_at - offered_at < 3.0
+
+
+# -- order across classes -----------------------------------------------------------
+
+
+def test_a_message_to_a_room_never_overtakes_the_join():
+    """A groupchat message sent after a MUC join waits for the join presence, which leaves in the message's turn, ahead of other presence."""
+    schedule = BearerSchedule(1200, "all", 0)
+    schedule.offer(outgoing(presence(sender="nurse@blue.example/h", to="friar@red.example"), parcel="nurse"), 0.0)
+    join = ("<presence from='juliet@blue.example/b' to='hall@conference.red.example/juliet'>"
+            "<x xmlns='http://jabber.org/protocol/muc'/></presence>")
+    schedule.offer(outgoing(join, parcel="join"), 0.0)
+    said = ("<message from='juliet@blue.example/b' to='hall@conference.red.example' type='groupchat' id='g1'>"
+            "<body>hello all</body></message>")
+    schedule.offer(outgoing(said, parcel="said"), 0.0)
+    schedule.offer(outgoing(chat(sender="romeo@blue.example/o", to="friar@red.example"), parcel="chat"), 0.0)
+    assert parcels_in_order(drain(schedule, 0.0)) == ["chat", "join", "said", "nurse"]
+
+
+def test_a_room_subject_waits_for_the_occupant_presence_before_it():
+    """The room's occupant presence to a joining user leaves before the room's subject to that user, even inside the merge window."""
+    schedule = BearerSchedule(1200, "all", 0.25)
+    occupant = ("<presence from='hall@conference.red.example/friar' to='juliet@blue.example/b'>"
+                "<x xmlns='http://jabber.org/protocol/muc#user'><item affiliation='owner' role='moderator'/></x></presence>")
+    subject = ("<message from='hall@conference.red.example/friar' to='juliet@blue.example/b' type='groupchat' id='s'>"
+               "<subject>Vigil</subject></message>")
+    first = schedule.offer(outgoing(occupant, parcel="occupant"), 0.0).item
+    schedule.offer(outgoing(subject, parcel="subject"), 0.1)
+    written = drain(schedule, 0.1)
+    assert [(when, item.parcels) for when, item in written] == [
+        (pytest.approx(0.25), ["occupant"]), (pytest.approx(0.25 + first.size * 8 / 1200), ["subject"]),
+    ]
+
+
+def test_a_roster_broadcast_holds_no_message_back():
+    """Presence to a bare JID (a roster broadcast) does not make the contact's chat wait."""
+    schedule = BearerSchedule(1200, "all", 0)
+    schedule.offer(outgoing(presence(sender="romeo@red.example/orchard", to="juliet@blue.example"), parcel="here"), 0.0)
+    schedule.offer(outgoing(chat(), parcel="chat"), 0.0)
+    schedule.offer(outgoing(room_message("juliet@blue.example/balcony"), parcel="room"), 0.0)
+    assert parcels_in_order(drain(schedule, 0.0)) == ["chat", "room", "here"]
