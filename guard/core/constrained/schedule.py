@@ -178,11 +178,14 @@ class ScheduleLimits:
         if not _positive_number(self.roster_share) or self.roster_share > 1:
             raise ValueError(f"roster_share must be above 0 and at most 1, not {self.roster_share!r}")
         headers = self.flash_headers
-        if not isinstance(headers, tuple) or not all(
-            isinstance(pair, tuple) and len(pair) == 2 and all(isinstance(part, str) and part for part in pair)
+        if isinstance(headers, (str, bytes)) or not isinstance(headers, (tuple, list)) or not all(
+            isinstance(pair, (tuple, list)) and len(pair) == 2
+            and all(isinstance(part, str) and part.strip() for part in pair)
             for pair in headers
         ):
-            raise ValueError("flash_headers must be a tuple of (header name, value) pairs of non-empty strings")
+            raise ValueError("flash_headers must be a list of [header name, value] pairs of non-empty strings")
+        # as read from a config file (lists), kept as tuples
+        object.__setattr__(self, "flash_headers", tuple((name, value) for name, value in headers))
 
 
 def _number(value) -> bool:

@@ -101,7 +101,8 @@ def test_flash_headers_are_configurable():
     assert classify(element) == "chat"
     assert classify(element, (("Precedence", "flash"),)) == "priority"
     assert classify(stanza(f"<message from='a@red.example' to='b@blue.example'>{FLASH}</message>")[0], ()) == "chat"
-    schedule = BearerSchedule(1200, "all", 0, ScheduleLimits(flash_headers=(("Precedence", "Flash"),)))
+    schedule = BearerSchedule(1200, "all", 0, ScheduleLimits(flash_headers=[["Precedence", "Flash"]]))
+    assert schedule.limits.flash_headers == (("Precedence", "Flash"),)
     assert schedule.classify(element) == "priority"
 
 
@@ -516,6 +517,7 @@ def test_limits_and_settings_are_checked():
     """A schedule refuses settings it could not honour: no rate, an unknown presence mode, a share above the rate, no bound."""
     for bad in [dict(queue_stanzas=0), dict(queue_bytes=-1), dict(roster_share=1.5), dict(roster_share=0),
                 dict(max_wait_seconds=0), dict(round_trip_seconds=-1), dict(flash_headers=(("Urgency",),)),
+                dict(flash_headers="Urgency: high"), dict(flash_headers=[["Urgency", " "]]),
                 dict(burst_bytes=-1), dict(roster_burst=True)]:
         with pytest.raises(ValueError):
             ScheduleLimits(**bad)
@@ -610,3 +612,68 @@ def test_a_roster_broadcast_holds_no_message_back():
     schedule.offer(outgoing(chat(), parcel="chat"), 0.0)
     schedule.offer(outgoing(room_message("juliet@blue.example/balcony"), parcel="room"), 0.0)
     assert parcels_in_order(drain(schedule, 0.0)) == ["chat", "room", "here"]
+
+
+# -- nothing lost ---------------------------------------------------------------------
+
+
+def test_every_parcel_comes_out_exactly_once_and_the_counts_hold():
+    """Across random offers, writes and expiries in every mode, each accepted parcel leaves once (written, expired or superseded) and the stanza and byte counts match what waits."""
+    import random
+
+    senders = ["hall@conference.red.example/friar", "nurse@red.example/h", "romeo@red.example/o", "red.example"]
+    receivers = ["juliet@blue.example/b", "juliet@blue.example", "paris@blue.example/p", "hall@conference.blue.example/j"]
+    templates = [
+        lambda f, t, n: f"<message from='{f}' to='{t}' type='chat' id='{n}'><body>{'x' * (n % 40)}</body></message>",
+        lambda f, t, n: f"<message from='{senders[0]}' to='{t}' type='groupchat' id='{n // 4}'><body>{n // 4}</body></message>",
+        lambda f, t, n: f"<message from='{f}' to='{t}' id='{n}'>{LABEL}</message>",
+        lambda f, t, n: f"<iq from='{f}' to='{t}' type='get' id='{n}'><ping xmlns='urn:xmpp:ping'/></iq>",
+        lambda f, t, n: f"<iq from='{f}' to='{t}' type='result' id='{n}'/>",
+        lambda f, t, n: f"<presence from='{f}' to='{t}'><show>{['away', 'xa', 'dnd'][n % 3]}</show></presence>",
+        lambda f, t, n: f"<presence from='{f}' to='{t}'/>",
+        lambda f, t, n: f"<presence from='{f}' to='{t}' type='unavailable'/>",
+        lambda f, t, n: f"<presence from='{f}' to='{t}' type='subscribe'/>",
+    ]
+    seen = set()
+    for seed, mode in enumerate(["all", "available", "directed", "none"] * 2):
+        chance = random.Random(seed)
+        limits = ScheduleLimits(queue_stanzas=60, queue_bytes=chance.choice([3000, 9000]), max_wait_seconds=20.0, roster_burst=3,
+                                iq_deadline_seconds=15.0, round_trip_seconds=1.0, burst_bytes=chance.choice([0, 200]))
+        schedule = BearerSchedule(chance.choice([300, 1200, 9600]), mode, chance.choice([0, 0.25, 1.0]), limits)
+        accepted, out = set(), []
+        now = 0.0
+        for number in range(600):
+            now += chance.choice([0.0, 0.0, 0.0, 0.05, 0.3, 1.0])
+            if chance.random() < 0.75:
+                xml = chance.choice(templates)(chance.choice(senders), chance.choice(receivers), number)
+                offered = schedule.offer(outgoing(xml, parcel=number), now)
+                seen.add(offered.reason or offered.outcome)
+                out.extend(offered.superseded)
+                if offered.outcome in (QUEUED, MERGED):
+                    accepted.add(number)
+            else:
+                for item in schedule.expired(now):
+                    out.extend(item.parcels)
+                due = schedule.next_due(now)
+                if due.item is not None:
+                    out.extend(due.item.parcels)
+                    schedule.wrote(due.item, max(1, due.item.size // 2), now)
+            waiting = schedule.queued_items()
+            assert schedule.queued_stanzas == sum(len(item.parcels) for item in waiting)
+            assert schedule.queued_bytes == sum(item.size for item in waiting) <= limits.queue_bytes
+            assert schedule.queued_stanzas <= limits.queue_stanzas
+            assert all(len(item.parcels) == len(item.recipients) >= 1 for item in waiting)
+            assert all(item.element.getAttribute("to") == item.recipients[0] for item in waiting)
+        for _ in range(10_000):
+            for item in schedule.expired(now):
+                out.extend(item.parcels)
+            due = schedule.next_due(now)
+            if due.item is not None:
+                out.extend(due.item.parcels)
+            elif due.wake_at is None:
+                break
+            else:
+                now = due.wake_at
+        assert sorted(out) == sorted(accepted)
+        assert (schedule.queued_stanzas, schedule.queued_bytes) == (0, 0)
+    assert seen == {QUEUED, MERGED, PRESENCE_MODE, FULL_STANZAS, FULL_BYTES, IQ_DEADLINE}
