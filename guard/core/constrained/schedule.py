@@ -150,15 +150,24 @@ _EPSILON_BYTES = 1e-6
 class ScheduleLimits:
     """The bounds and knobs of one bearer schedule (see the module's text for each)."""
 
+    # Enforced by offer: stanzas waiting (each copy of a merged item counts) and
+    # the bytes the waiting items will cost the bearer; past either, REFUSED.
     queue_stanzas: int = 2000
     queue_bytes: int = 1024 * 1024
+    # Enforced by expired: seconds an item may wait for the bearer.
     max_wait_seconds: float = 600.0
+    # New presence items per window that are not held; the held ones use at
+    # most roster_share of the rate (0 < share <= 1).
     roster_burst: int = 8
     roster_window_seconds: float = 10.0
     roster_share: float = 0.5
+    # Enforced by offer (TOO_LATE) and expired: how long a requester waits for
+    # an IQ answer, and the bearer's round trip spent on it.
     iq_deadline_seconds: float = 60.0
     round_trip_seconds: float = 2.0
+    # Bytes the rate may save up while the bearer is idle (0: none).
     burst_bytes: int = 0
+    # XEP-0131 headers (name, value) that make a message flash (priority).
     flash_headers: tuple = DEFAULT_FLASH_HEADERS
 
     def __post_init__(self):
