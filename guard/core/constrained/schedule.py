@@ -430,7 +430,8 @@ class BearerSchedule:
         self._open_groups: dict[tuple, Queued] = {}  # merge key -> the item still gathering copies
         self._presence_slots: dict[tuple, Queued] = {}  # (from, to) of available/unavailable -> its item
         self._directed: dict[tuple, Queued] = {}  # (bare from, bare to) -> last presence item sent to a full JID
-        self._new_presence_times: deque = deque()  # when each recent new presence item was made
+        # when the last roster_burst + 1 new presence items were made (enough to tell whether the window holds more)
+        self._new_presence_times: deque = deque(maxlen=limits.roster_burst + 1)
         self._stanzas = 0
         self._bytes = 0
 
@@ -457,6 +458,13 @@ class BearerSchedule:
         to) while the bearer was down, so what waits is already the snapshot.
         """
         return [item for lane in ("presence", HELD) for items in self._lanes[lane].values() for item in items]
+
+    def take_all(self) -> list:
+        """Take out every waiting item, class by class (the link stopping, or judging all again after a reload)."""
+        items = self.queued_items()
+        for item in items:
+            self._remove(item)
+        return items
 
     def queued_items(self) -> list:
         """Every waiting item, class by class (for a status page; nothing leaves)."""
@@ -644,7 +652,16 @@ class BearerSchedule:
         sender_jid = item.element.attributes.get("from", "")
         if self._presence_slots.get((sender_jid, to)) is item:
             del self._presence_slots[(sender_jid, to)]
+        self._forget_directed(item, sender_jid, to)
         return parcel
+
+    def _forget_directed(self, item: Queued, sender_jid: str, to: str) -> None:
+        """``item`` no longer holds a copy for the bare JID of ``to``: it holds no message back for it."""
+        key = (_bare(sender_jid), _bare(to))
+        if self._directed.get(key) is item and (
+            not item.queued or all(_bare(recipient) != key[1] for recipient in item.recipients)
+        ):
+            del self._directed[key]
 
     def _take_over(self, slot: Queued, parcel, element, size, to, merge_key, now) -> Queued:
         """A newer presence takes the place of the emptied item of the one it replaced."""
@@ -743,11 +760,11 @@ class BearerSchedule:
         item.queued = False
         if item.merge_key is not None and self._open_groups.get(item.merge_key) is item:
             del self._open_groups[item.merge_key]
-        if item.state_presence:
-            sender_jid = item.element.attributes.get("from", "")
-            for to in item.recipients:
-                if self._presence_slots.get((sender_jid, to)) is item:
-                    del self._presence_slots[(sender_jid, to)]
+        sender_jid = item.element.attributes.get("from", "")
+        for to in item.recipients:
+            if self._presence_slots.get((sender_jid, to)) is item:
+                del self._presence_slots[(sender_jid, to)]
+            self._forget_directed(item, sender_jid, to)
 
     def _wake_at(self, now: float) -> float | None:
         bearer_at = self._bearer.ready_at(now)

@@ -6,7 +6,7 @@ import pytest
 
 from guard.core.constrained.schedule import (
     FULL_BYTES, FULL_STANZAS, HELD, IQ_DEADLINE, MERGED, PRESENCE_MODE, QUEUED, REFUSED, STRIPPED, TOO_LATE,
-    UNKNOWN_PRESENCE_TYPE, BearerSchedule, Outgoing, ScheduleLimits, classify, merged_size,
+    UNKNOWN_PRESENCE_TYPE, BearerSchedule, Due, Outgoing, ScheduleLimits, classify, merged_size,
 )
 from guard.edges.xmlstream import StreamParser
 
@@ -200,8 +200,7 @@ def test_what_the_link_really_wrote_corrects_the_charge():
     first = schedule.next_due(0.0).item
     schedule.wrote(first, 50, 0.0)
     schedule.spend(50, 0.0)
-    assert schedule.next_due(0.0) == schedule.next_due(0.0)
-    assert schedule.next_due(0.0).wake_at == pytest.approx(1.0)  # 100 bytes at 100 bytes per second
+    assert schedule.next_due(0.0) == Due(None, pytest.approx(1.0))  # 100 bytes at 100 bytes per second
     assert schedule.next_due(1.0).item.parcels == ["2"]
 
 
@@ -320,8 +319,7 @@ def test_copies_of_a_room_message_merge_into_one_item():
     assert (item.recipients, item.parcels) == (occupants, ["c0", "c1", "c2"])
     assert item.size == merged_size(outgoing(room_message(occupants[0])).size, occupants)
     assert schedule.queued_stanzas == 3 and schedule.queued_bytes == item.size
-    assert schedule.next_due(10.2) == schedule.next_due(10.2)
-    assert schedule.next_due(10.2).wake_at == pytest.approx(10.25)
+    assert schedule.next_due(10.2) == Due(None, pytest.approx(10.25))
     assert drain(schedule, 10.2) == [(pytest.approx(10.25), item)]
 
 
@@ -676,4 +674,27 @@ def test_every_parcel_comes_out_exactly_once_and_the_counts_hold():
                 now = due.wake_at
         assert sorted(out) == sorted(accepted)
         assert (schedule.queued_stanzas, schedule.queued_bytes) == (0, 0)
+        # nothing the schedule remembers outlives what it holds
+        assert (schedule._presence_slots, schedule._open_groups, schedule._directed) == ({}, {}, {})
     assert seen == {QUEUED, MERGED, PRESENCE_MODE, FULL_STANZAS, FULL_BYTES, IQ_DEADLINE}
+
+
+def test_take_all_empties_the_schedule_in_class_order():
+    """take_all hands back every waiting item, class by class, and leaves nothing counted."""
+    schedule = BearerSchedule(1200, "all", 0.25)
+    schedule.offer(outgoing(presence(), parcel="presence"), 0.0)
+    schedule.offer(outgoing(room_message("a@blue.example/r"), parcel="room-a"), 0.0)
+    schedule.offer(outgoing(room_message("b@blue.example/r"), parcel="room-b"), 0.0)
+    schedule.offer(outgoing(chat(), parcel="chat"), 0.0)
+    assert [item.parcels for item in schedule.take_all()] == [["chat"], ["room-a", "room-b"], ["presence"]]
+    assert (schedule.queued_stanzas, schedule.queued_bytes) == (0, 0)
+    assert schedule.next_due(1.0) == Due(None, None)
+
+
+def test_the_roster_window_remembers_no_more_than_it_needs():
+    """However many presence items a window sees, the schedule keeps roster_burst + 1 times to count them."""
+    schedule = BearerSchedule(1200, "all", 0, ScheduleLimits(roster_burst=2))
+    for number in range(50):
+        schedule.offer(outgoing(presence(sender=f"c{number}@red.example/r")), 0.0)
+    assert len(schedule._new_presence_times) == 3
+    assert [item.lane for item in schedule.snapshot_after_outage()].count("presence") == 2
