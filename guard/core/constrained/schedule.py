@@ -50,7 +50,9 @@ Presence modes (``PRESENCE_MODES``):
 - ``available``: available and unavailable presence cross reduced to their
   attributes (from, to, type, id, xml:lang), their ``<securitylabel/>`` and
   a MUC occupant's ``<x xmlns='http://jabber.org/protocol/muc#user'/>``
-  (without it a far-side client never completes a room join); show, status,
+  (without it a far-side client never completes a room join) and a join's
+  ``<x xmlns='http://jabber.org/protocol/muc'/>`` (a room answers a join
+  without it with an error); show, status,
   priority, caps, avatar hashes, idle, nick and everything else stay behind.
   Probes cross (a far server asks for the state after an outage with them).
 - ``directed``: available and unavailable presence cross only when ``to`` is a
@@ -110,6 +112,7 @@ from guard.core.vocabulary import DEFAULT_TYPES, KIND_TYPES, STANZA_NAMESPACES, 
 
 SHIM_NS = "http://jabber.org/protocol/shim"  # XEP-0131 stanza headers
 MUC_USER_NS = "http://jabber.org/protocol/muc#user"  # XEP-0045 occupant information
+MUC_NS = "http://jabber.org/protocol/muc"  # XEP-0045: the <x/> of a join (a room refuses a join without it)
 
 # The classes, in the order they are served; HELD (roster bursts) goes after all of them.
 KINDS = ("priority", "chat", "iq", "groupchat", "presence")
@@ -374,8 +377,8 @@ def merged_size(copy_size: int, recipients) -> int:
 def reduced_presence(element: domish.Element) -> domish.Element:
     """
     A new presence built from what the ``available`` mode lets cross: the
-    attributes in REDUCED_PRESENCE_ATTRIBUTES, the ``<securitylabel/>`` and
-    the MUC occupant ``<x/>`` (copied), nothing else.
+    attributes in REDUCED_PRESENCE_ATTRIBUTES, the ``<securitylabel/>``, the
+    MUC occupant ``<x/>`` and the MUC join ``<x/>`` (copied), nothing else.
     """
     reduced = domish.Element((element.uri, "presence"), defaultUri=element.defaultUri)
     for name in REDUCED_PRESENCE_ATTRIBUTES:
@@ -383,7 +386,7 @@ def reduced_presence(element: domish.Element) -> domish.Element:
             reduced.attributes[name] = element.attributes[name]
     labels = outer_securitylabels(element)
     for child in child_elements(element):
-        if any(child is label for label in labels) or (child.uri == MUC_USER_NS and child.name == "x"):
+        if any(child is label for label in labels) or (child.uri in (MUC_USER_NS, MUC_NS) and child.name == "x"):
             reduced.addChild(clone(child))
     return reduced
 

@@ -698,3 +698,18 @@ def test_the_roster_window_remembers_no_more_than_it_needs():
         schedule.offer(outgoing(presence(sender=f"c{number}@red.example/r")), 0.0)
     assert len(schedule._new_presence_times) == 3
     assert [item.lane for item in schedule.snapshot_after_outage()].count("presence") == 2
+
+
+def test_available_mode_keeps_the_x_of_a_room_join():
+    """In available mode a MUC join keeps its <x xmlns='http://jabber.org/protocol/muc'/>: a room refuses a join without it."""
+    xml = (
+        "<presence from='juliet@blue.example/balcony' to='hall@conference.red.example/juliet' id='j1'>"
+        "<show>chat</show><x xmlns='http://jabber.org/protocol/muc'><history maxstanzas='0'/></x>"
+        "</presence>"
+    )
+    offered = BearerSchedule(1200, "available", 0).offer(outgoing(xml), 0.0)
+    assert offered.outcome == QUEUED
+    assert offered.item.element.toXml() == (
+        "<presence xmlns='jabber:server' from='juliet@blue.example/balcony' to='hall@conference.red.example/juliet'"
+        " id='j1'><x xmlns='http://jabber.org/protocol/muc'><history maxstanzas='0'/></x></presence>"
+    )
