@@ -25,6 +25,10 @@ A line, as this module reads and writes it::
   never passed on.  Tag values are UTF-8 (IRCv3), invalid bytes replaced.  Control characters are
   left in the text here (formatting codes and CTCP use them); ``formatting`` strips them.
 
+No CTCP low-level dequoting is done (``\\x10`` sequences stay as they are, and ``formatting`` strips
+the ``\\x10``): Twisted's ``IRCClient.lineReceived`` applies ``lowDequote``, which turns ``\\x100``
+into NUL and ``\\x10n`` into LF inside a parameter, so lines must reach ``parse_line`` as bytes.
+
 CTCP: a PRIVMSG or NOTICE text that starts with ``\\x01`` is a CTCP message, never text.
 ``read_ctcp`` names its kind; only ACTION (``/me``) becomes text; the caller refuses the others
 (or answers VERSION itself with ``ctcp_message``).
