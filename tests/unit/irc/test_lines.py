@@ -217,3 +217,15 @@ def test_ctcp_messages_are_written_with_delimiters_and_refuse_control_characters
     for kind in ("", "ACT ION", "ACT\x01"):
         with pytest.raises(BadLine):
             ctcp_message(kind, "x")
+
+
+def test_parse_line_takes_bytes_only():
+    """A line already decoded to text is refused: decoding is parse_line's own, UTF-8 first then the fallback."""
+    with pytest.raises(BadLine) as refused:
+        parse_line("PING x")
+    assert refused.value.reason == "not bytes"
+
+
+def test_privmsg_budget_counts_the_target_in_utf8_bytes():
+    """A channel name with a two-byte character leaves one byte less for the text."""
+    assert privmsg_budget("#café", 40) == privmsg_budget("#cafe", 40) - 1
