@@ -296,8 +296,8 @@ def split_text(text: str, budget: int) -> list[str]:
     """
     ``text`` as the texts of IRC lines of at most ``budget`` UTF-8 bytes each: every newline (LF,
     CR LF or CR) starts a new line and empty lines are dropped (IRC cannot send them); a longer
-    line is cut at its last space that fits (the space is dropped), else at the last code point
-    that fits.  Raises ValueError when ``budget`` cannot hold one code point (4 bytes).
+    line is cut at its last space that fits (the spaces around the cut are dropped), else at the
+    last code point that fits.  Raises ValueError when ``budget`` cannot hold one code point (4 bytes).
     """
     if budget < 4:
         raise ValueError("budget below one code point")
@@ -310,8 +310,10 @@ def split_text(text: str, budget: int) -> list[str]:
             fits = _chars_within(line, budget)
             space = line.rfind(" ", 1, fits + 1)
             if space > 0:
-                pieces.append(line[:space])
-                line = line[space + 1:]
+                piece = line[:space].rstrip(" ")
+                if piece:
+                    pieces.append(piece)
+                line = line[space + 1:].lstrip(" ")
             else:
                 pieces.append(line[:fits])
                 line = line[fits:]

@@ -121,9 +121,11 @@ def test_a_fallback_that_is_unknown_or_not_ascii_compatible_is_refused():
 
 
 def test_split_text_keeps_every_line_within_its_budget_at_spaces():
-    """A text longer than the budget is cut at its last space that fits, the space dropped."""
+    """A text longer than the budget is cut at its last space that fits, the spaces around the cut dropped."""
     assert split_text("hello world this is a test", 10) == ["hello", "world this", "is a test"]
     assert split_text("short", 10) == ["short"]
+    assert split_text("hello     world", 6) == ["hello", "world"]
+    assert split_text("  indented text", 20) == ["  indented text"]
 
 
 def test_split_text_starts_a_new_line_at_each_newline_and_drops_empty_lines():
