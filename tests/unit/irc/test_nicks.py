@@ -11,6 +11,7 @@ from guard.edges.irc.nicks import (
     SPECIAL,
     Isupport,
     NickBook,
+    SERVICE_NICKS,
     NickBookFull,
     escaped_nick,
     is_valid_nick,
@@ -186,6 +187,14 @@ def test_reserved_nicks_are_never_handed_out_in_any_case():
     folds = {book.isupport.fold(nick) for nick in given}
     assert "guardbot" not in folds and "{gw}" not in folds
     assert len(folds) == 5
+
+
+def test_service_nicks_are_reserved_so_no_occupant_speaks_as_nickserv():
+    """A MUC occupant called NickServ or chanserv gets a suffixed nick, so IRC users never see services speak from XMPP."""
+    book = NickBook(NICKLEN_9)
+    assert book.irc_nick_for("NickServ") == "NickSer|2"
+    assert book.irc_nick_for("chanserv") == "chanser|2"
+    assert all(book.isupport.fold(book.irc_nick_for(nick)) != book.isupport.fold(nick) for nick in SERVICE_NICKS)
 
 
 def test_a_nick_the_server_says_is_in_use_is_replaced_and_the_replacement_kept():
