@@ -14,10 +14,10 @@ IRC nicks from MUC nicks and back, by the rules a network announces in RPL_ISUPP
   base32 SHA-256 of the MUC nick (``Zoë`` -> ``Zoe|xxxx``), so distinct MUC nicks stay distinct.
   A nick whose fold is already held (by another MUC nick of the book, a reserved nick such as
   the bot's or the network services' in ``SERVICE_NICKS``, or an IRC user the server named in
-  ERR_NICKNAMEINUSE) gets the suffix ``|2``,
-  ``|3``, ... within NICKLEN.  A MUC nick keeps its IRC nick for the life of the book, across
-  ``release`` (a released entry still holds its nick; only when the book is full is the least
-  recently used released entry forgotten), and across restarts with ``dump``/``load``.
+  ERR_NICKNAMEINUSE) gets the suffix ``|2``, ``|3``, ... within NICKLEN.  A MUC nick keeps its
+  IRC nick for the life of the book, across ``release`` (a released entry still holds its nick;
+  only when the book is full is the least recently used released entry forgotten), and across
+  restarts with ``dump``/``load``.
 - ``muc_nick_for``: an IRC nick as a MUC nick (a resourcepart).  A nick in IRC's character set is
   a valid RFC 7622 resourcepart unchanged (ASCII 0x21-0x7E are all allowed by the OpaqueString
   profile, and stringprep leaves them as they are; a test walks the whole set), so it is used as
@@ -25,7 +25,8 @@ IRC nicks from MUC nicks and back, by the rules a network announces in RPL_ISUPP
   stringprep refuses it, escaped as ``irc|`` and a base32 hash.
 
 Bounds: at most ``max_entries`` entries (default 4096), each a MUC nick of at most 1023 UTF-8
-bytes (RFC 7622) and an IRC nick of at most NICKLEN; as many nicks named in use by the server.
+bytes (RFC 7622) and an IRC nick of at most NICKLEN, so at most about 4096 x (1023 + NICKLEN)
+bytes of text; and at most as many nicks the server named in use, each at most NICKLEN.
 """
 
 from __future__ import annotations

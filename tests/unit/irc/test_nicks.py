@@ -208,6 +208,17 @@ def test_a_nick_the_server_says_is_in_use_is_replaced_and_the_replacement_kept()
     assert book.holder_of("DAVE|2") == "dave"
 
 
+def test_the_nicks_named_in_use_are_bounded_too():
+    """The book remembers at most max_entries nicks the server said were in use, the oldest forgotten first."""
+    book = NickBook(NICKLEN_9, max_entries=2)
+    for nick in ("ann", "ben", "cat"):
+        book.irc_nick_for(nick)
+        book.nick_in_use(nick)
+        book.release(nick)
+    assert book.dump()["in_use_on_irc"] == ["ben", "cat"]
+    assert book.irc_nick_for("ANN") == "ANN"
+
+
 def test_holder_of_names_only_occupants_whose_connection_is_in_use():
     """holder_of finds the MUC nick behind an IRC nick (by fold) while it is in use, and none once it is released."""
     book = NickBook(NICKLEN_9)
