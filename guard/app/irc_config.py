@@ -33,7 +33,6 @@ import codecs
 import ipaddress
 import os
 import re
-import string
 from dataclasses import dataclass, field, fields
 
 from guard.app.config import (AUDIT_FAILURE_MODES, ConfigError, ManagementConfig, _Checker, _domain_ok,
@@ -41,14 +40,11 @@ from guard.app.config import (AUDIT_FAILURE_MODES, ConfigError, ManagementConfig
 from guard.core.addressing import parse_jid
 from guard.core.topology import Topology
 from guard.edges.audit import AUDIT_LEVELS
+# The sides of the topology every bridge policy judges in (policies/irc-bridge.toml names them).
+from guard.edges.irc.labels import DEFAULT_FLOT_TEMPLATE, FLOT_POSITIONS, IRC_SIDE, XMPP_SIDE, FirstLineMarking
 
 SASL_MECHANISMS = ("none", "plain", "external")
-FLOT_POSITIONS = ("line", "prefix")
-DEFAULT_FLOT_TEMPLATE = "Protective Marking: {marking}"
 FLOT_TEMPLATE_MAX_BYTES = 200
-# The sides of the topology every bridge policy judges in (policies/irc-bridge.toml names them).
-XMPP_SIDE = "xmpp"
-IRC_SIDE = "irc"
 IRC_DOMAIN_SUFFIX = ".irc.invalid"
 CHANNEL_MAX_BYTES = 50  # RFC 2812 section 1.3
 CHANNEL_PREFIXES = "#&+!"
@@ -376,10 +372,8 @@ def _network(checker, name, table, limits) -> NetworkConfig:
 def _flot_template(checker, table, key) -> str:
     template = checker.string(table, "flot_template", key, default=DEFAULT_FLOT_TEMPLATE, required=False)
     try:
-        named = [part[1] for part in string.Formatter().parse(template) if part[1] is not None]
-    except ValueError as problem:
-        checker.fail(f"{key}.flot_template", f"cannot be read ({problem})")
-    if named != ["marking"] or any(part[2] or part[3] for part in string.Formatter().parse(template)):
+        FirstLineMarking(template)
+    except ValueError:
         checker.fail(f"{key}.flot_template", "must hold {marking} exactly once, and no other field")
     if any(c in template for c in "\r\n\x00\x01") or len(template.encode("utf-8")) > FLOT_TEMPLATE_MAX_BYTES:
         checker.fail(f"{key}.flot_template", f"must be one line of at most {FLOT_TEMPLATE_MAX_BYTES} bytes")
