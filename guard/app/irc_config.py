@@ -29,7 +29,6 @@ Tables (deploy/irc/irc.toml documents every key):
 
 from __future__ import annotations
 
-import codecs
 import ipaddress
 import os
 import re
@@ -41,6 +40,7 @@ from guard.core.addressing import parse_jid
 from guard.core.topology import Topology
 from guard.edges.audit import AUDIT_LEVELS
 # The sides of the topology every bridge policy judges in (policies/irc-bridge.toml names them).
+from guard.edges.irc.lines import check_fallback
 from guard.edges.irc.labels import DEFAULT_FLOT_TEMPLATE, FLOT_POSITIONS, IRC_SIDE, XMPP_SIDE, FirstLineMarking
 
 SASL_MECHANISMS = ("none", "plain", "external")
@@ -355,9 +355,9 @@ def _network(checker, name, table, limits) -> NetworkConfig:
         checker.fail(f"{key}.sasl", "external needs client_certificate and client_key")
     charset = checker.string(table, "charset", key, default="latin-1", required=False)
     try:
-        codecs.lookup(charset)
-    except LookupError:
-        checker.fail(f"{key}.charset", f"{charset!r} is not a character set Python knows")
+        check_fallback(charset)
+    except ValueError:
+        checker.fail(f"{key}.charset", f"{charset!r} is not an ASCII-compatible character set Python knows")
     flood_burst = checker.number(table, "flood_burst", key, None, 1, 100)
     flood_interval = checker.number(table, "flood_interval", key, None, 0.01, 60.0, whole=False)
     max_connections = checker.number(table, "max_connections", key, 64, 1, limits.total_connections)

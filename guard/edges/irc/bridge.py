@@ -80,7 +80,7 @@ from guard.core.settlement import Deliver, ReturnBounce
 from guard.edges.irc.formatting import formatting_to_styling, text_for_irc, without_controls
 from guard.edges.irc.labels import (TOWARD_IRC, BridgeLabels, Labelled, MarkingOnly, Refused, RefusedFromIrc)
 from guard.edges.irc.lines import CTCP_ACTION_OVERHEAD, ctcp_action, privmsg_budget, read_ctcp, source_prefix_bytes, split_text
-from guard.edges.irc.nicks import NickBook
+from guard.edges.irc.nicks import Isupport, NickBook, NickBookFull
 
 # The MUC words the bridge reads and writes (XEP-0045).
 MUC_NS = "http://jabber.org/protocol/muc"
@@ -153,7 +153,7 @@ class XmppOccupant:
     """A real occupant of the room: its IRC nick and, while it has one, its own connection."""
 
     muc_nick: str
-    irc_nick: str
+    irc_nick: str | None  # None: the NickBook is full, the bot relays it
     key: ConnectionKey
     connected: bool = False  # holds a connection slot (its own connection is open or opening)
     kicked_on_irc: bool = False
@@ -388,12 +388,13 @@ class Bridge:
         folded = self.fold(irc_nick)
         if folded == self.fold(self.bot_nick):
             return True
-        return any(o.connected and self.fold(o.irc_nick) == folded for o in self.occupants.values())
+        return any(o.connected and o.irc_nick is not None and self.fold(o.irc_nick) == folded
+                   for o in self.occupants.values())
 
     def _occupant_by_irc_nick(self, irc_nick: str) -> XmppOccupant | None:
         folded = self.fold(irc_nick)
         for occupant in self.occupants.values():
-            if self.fold(occupant.irc_nick) == folded:
+            if occupant.irc_nick is not None and self.fold(occupant.irc_nick) == folded:
                 return occupant
         return None
 
@@ -460,14 +461,18 @@ class Bridge:
         return None
 
     def _occupant_joined(self, muc_nick: str) -> list:
-        irc_nick = self.nicks.irc_nick_for(muc_nick)
+        try:
+            irc_nick = self.nicks.irc_nick_for(muc_nick)
+        except (NickBookFull, ValueError):
+            irc_nick = None  # no IRC nick to be had: the bot relays this occupant
         occupant = XmppOccupant(muc_nick, irc_nick, ConnectionKey(self.network, self.room, next(self._serials)))
         self.occupants[muc_nick] = occupant
         return self._connect(occupant)
 
     def _connect(self, occupant: XmppOccupant) -> list:
         """Give ``occupant`` its own IRC connection if both caps allow it (else the bot relays it)."""
-        if occupant.connected or occupant.kicked_on_irc or self._connections >= self.max_connections:
+        if (occupant.connected or occupant.kicked_on_irc or occupant.irc_nick is None
+                or self._connections >= self.max_connections):
             return []
         if not self.slots.take():
             return []
@@ -503,8 +508,12 @@ class Bridge:
         del self.occupants[occupant.muc_nick]
         self.nicks.release(occupant.muc_nick)
         occupant.muc_nick = new_muc_nick
-        occupant.irc_nick = self.nicks.irc_nick_for(new_muc_nick)
         self.occupants[new_muc_nick] = occupant
+        try:
+            occupant.irc_nick = self.nicks.irc_nick_for(new_muc_nick)
+        except (NickBookFull, ValueError):
+            occupant.irc_nick = None
+            return self._disconnect(occupant, LEFT_ROOM_REASON)
         return [IrcNick(occupant.key, occupant.irc_nick)] if occupant.connected else []
 
     def _irc_users_occupant_presence(self, user: IrcUser, unavailable, statuses, item) -> list:
@@ -879,6 +888,22 @@ class Bridge:
                 actions += self._irc_user_gone(self.irc_users[folded].irc_nick)
             return actions + [Audit("connection-lost", "irc:connection-lost", self.room, reason)]
         return []
+
+
+def build_bridges(config, settlement) -> list:
+    """
+    Every bridge of an irc.toml (guard.app.irc_config.IrcConfig) over one
+    ``settlement``: one NickBook per network (bounded by
+    ``limits.nick_book_entries``, the bot's nick reserved), and one
+    ``ConnectionSlots`` for the whole gateway (``limits.total_connections``
+    less one bot connection per network).
+    """
+    books = {name: NickBook(Isupport(), reserved=(network.nick,), max_entries=config.limits.nick_book_entries)
+             for name, network in config.networks.items()}
+    slots = ConnectionSlots(config.limits.total_connections - len(config.networks))
+    return [Bridge(bridge, config.networks[bridge.network], BridgeLabels.for_bridge(bridge), settlement,
+                   books[bridge.network], config.xmpp.component, slots, config.limits.joined_message_bytes)
+            for bridge in config.bridges]
 
 
 def _muc_user(stanza: domish.Element) -> tuple[set, dict]:

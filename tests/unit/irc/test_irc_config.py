@@ -119,7 +119,7 @@ def test_every_limit_can_be_set_within_its_bounds(folder):
      "plain needs sasl_user and sasl_password_file"),
     (lambda t: t.replace('nick = "redgw"', 'sasl = "external"'), "networks.lab.sasl",
      "external needs client_certificate and client_key"),
-    (lambda t: t.replace('nick = "redgw"', 'charset = "klingon"'), "networks.lab.charset", "not a character set"),
+    (lambda t: t.replace('nick = "redgw"', 'charset = "klingon"'), "networks.lab.charset", "not an ASCII-compatible character set"),
     (lambda t: t.replace('nick = "redgw"', 'flood_burst = 0'), "networks.lab.flood_burst", "must be from 1 to 100"),
     (lambda t: t.replace('nick = "redgw"', 'flood_interval = 120'), "networks.lab.flood_interval",
      "must be from 0.01 to 60.0"),
