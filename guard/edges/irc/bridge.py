@@ -85,6 +85,9 @@ from guard.edges.irc.nicks import Isupport, NickBook, NickBookFull
 # The MUC words the bridge reads and writes (XEP-0045).
 MUC_NS = "http://jabber.org/protocol/muc"
 MUC_USER_NS = MUC_NS + "#user"
+MUC_ADMIN_NS = MUC_NS + "#admin"
+MUC_NICK_SUFFIX = "[irc]"  # added to an IRC user's MUC nick that an occupant of the room already holds
+MUC_NICK_ATTEMPTS = 5
 STATUS_SELF = "110"
 STATUS_NICK_CHANGED = "303"
 STATUS_KICKED = "307"
@@ -104,6 +107,7 @@ RULE_KICK_REFUSED = "irc:kick-refused"
 RULE_CTCP_REFUSED = "irc:ctcp-refused"
 RULE_PRIVATE_REFUSED = "irc:private-refused"
 RULE_JOINED_TOO_LONG = "irc:joined-too-long"
+RULE_JOIN_REFUSED = "irc:join-refused"
 KICKED_ON_IRC_TEXT = "You were kicked from the IRC channel; rejoin the room to talk there again."
 NOTHING_TO_SAY_TEXT = "the message carries no text the IRC channel can show"
 KICK_REFUSED_TEXT = "The gateway is not an operator of the IRC channel: {nick} was not kicked there."
@@ -161,11 +165,14 @@ class XmppOccupant:
 
 @dataclass
 class IrcUser:
-    """An IRC user in the channel and the occupant the gateway joins the room as for it."""
+    """An IRC user in the channel and the occupant the gateway joins the room as for it, from ``jid`` (fixed
+    for the occupant's life, so that a NICK on IRC is a nick change in the room, XEP-0045 7.6)."""
 
     irc_nick: str
     muc_nick: str
+    jid: str
     in_room: bool = True
+    conflicts: int = 0  # nicks the room refused (409) for it
 
 
 @dataclass
@@ -265,14 +272,17 @@ class MucLeave:
 
 @dataclass(frozen=True)
 class MucNick:
-    """Change the occupant ``as_nick`` (joined from ``from_jid``) to ``new_nick`` (and from ``new_from_jid``:
-    the gateway leaves as the old occupant and joins as the new one, so the JID follows the IRC nick)."""
+    """Change the occupant ``as_nick`` (joined from ``from_jid``) to ``new_nick`` (XEP-0045 7.6)."""
 
     room: str
     as_nick: str
     from_jid: str
     new_nick: str
-    new_from_jid: str
+
+    def stanza(self, uri: str) -> domish.Element:
+        presence = domish.Element((uri, "presence"))
+        presence["from"], presence["to"] = self.from_jid, f"{self.room}/{self.new_nick}"
+        return presence
 
 
 @dataclass(frozen=True)
@@ -297,12 +307,22 @@ class MucSay:
 
 @dataclass(frozen=True)
 class MucSubject:
+    """Set the room's subject as the occupant ``as_nick`` (joined from ``from_jid``), labelled."""
+
     room: str
     as_nick: str
     from_jid: str
     subject: str
     label: SecurityLabel | None = None
     securitylabel: domish.Element | None = field(default=None, compare=False)
+
+    def stanza(self, uri: str) -> domish.Element:
+        message = domish.Element((uri, "message"))
+        message["from"], message["to"], message["type"] = self.from_jid, self.room, "groupchat"
+        message.addElement("subject", content=self.subject)
+        if self.securitylabel is not None:
+            message.addChild(self.securitylabel)
+        return message
 
 
 @dataclass(frozen=True)
@@ -313,6 +333,14 @@ class MucKick:
     nick: str
     from_jid: str
     reason: str
+
+    def stanza(self, uri: str, stanza_id: str) -> domish.Element:
+        iq = domish.Element((uri, "iq"))
+        iq["from"], iq["to"], iq["type"], iq["id"] = self.from_jid, self.room, "set", stanza_id
+        item = iq.addElement((MUC_ADMIN_NS, "query")).addElement("item")
+        item["nick"], item["role"] = self.nick, "none"
+        item.addElement("reason", content=self.reason)
+        return iq
 
 
 @dataclass(frozen=True)
@@ -368,6 +396,7 @@ class Bridge:
         self.listener_is_moderator = False
         self.bot_in_channel = False
         self._serials = itertools.count(1)
+        self._user_serials = itertools.count(1)
         self._connections = 0
 
     # -- names --------------------------------------------------------------
@@ -376,12 +405,27 @@ class Bridge:
         return self.nicks.isupport.fold(nick)
 
     def irc_user_jid(self, irc_nick: str) -> str:
-        """The JID the gateway joins the room from for an IRC user (``nick%network@component/room``)."""
-        candidate = f"{irc_nick}%{self.network}@{self.component}/{self.room_local}"
-        if parse_jid(candidate) is not None and "/" not in irc_nick and "@" not in irc_nick:
+        """A new JID for the occupant of an IRC user: ``nick%network@component/room-localpart~serial`` (the
+        nick hex-encoded where it cannot be a localpart); unique for the bridge's life."""
+        resource = f"{self.room_local}~{next(self._user_serials)}"
+        candidate = f"{irc_nick}%{self.network}@{self.component}/{resource}"
+        if parse_jid(candidate) is not None and not set(irc_nick) & set("/@%"):
             return candidate
-        return f"{self.nicks.muc_nick_for(irc_nick).encode('utf-8').hex()}%{self.network}@{self.component}/" \
-               f"{self.room_local}"
+        return f"{irc_nick.encode('utf-8').hex()[:64]}%{self.network}@{self.component}/{resource}"
+
+    def _new_irc_user(self, irc_nick: str) -> IrcUser:
+        user = IrcUser(irc_nick, self._free_muc_nick(self.nicks.muc_nick_for(irc_nick)), self.irc_user_jid(irc_nick))
+        self.irc_users[self.fold(irc_nick)] = user
+        return user
+
+    def _free_muc_nick(self, wanted: str, skip: IrcUser | None = None) -> str:
+        """``wanted``, or ``wanted[irc]``, ``wanted[irc2]``...: a MUC nick no occupant the bridge knows holds."""
+        taken = set(self.occupants) | {self.room_nick} | {u.muc_nick for u in self.irc_users.values() if u is not skip}
+        candidate, number = wanted, 1
+        while candidate in taken and number <= MUC_NICK_ATTEMPTS:
+            candidate = f"{wanted}{MUC_NICK_SUFFIX}" if number == 1 else f"{wanted}{MUC_NICK_SUFFIX[:-1]}{number}]"
+            number += 1
+        return candidate
 
     def _own_irc_nick(self, irc_nick: str) -> bool:
         """Whether ``irc_nick`` is one of the gateway's own connections in this channel (the bot, an occupant)."""
@@ -414,7 +458,7 @@ class Bridge:
         actions = [MucJoin(self.room, self.room_nick, self.listener_jid)]
         for user in self.irc_users.values():
             user.in_room = True
-            actions.append(MucJoin(self.room, user.muc_nick, self.irc_user_jid(user.irc_nick)))
+            actions.append(MucJoin(self.room, user.muc_nick, user.jid))
         return actions
 
     def xmpp_lost(self) -> list:
@@ -427,7 +471,10 @@ class Bridge:
         return actions
 
     def room_presence(self, stanza: domish.Element, now: float = 0.0) -> list:
-        """A presence from the room to the gateway: an occupant joined, left, was kicked or changed nick."""
+        """A presence from the room to the gateway: an occupant joined, left, was kicked or changed nick; or the
+        room refused to let one of the gateway's IRC users in."""
+        if stanza.getAttribute("type") == "error":
+            return self._join_refused(stanza)
         if stanza.getAttribute("to") != self.listener_jid:
             return []
         sender = parse_jid(stanza.getAttribute("from"))
@@ -453,6 +500,21 @@ class Bridge:
             return self._occupant_renamed(occupant, item["nick"])
         reason = KICKED_FROM_ROOM_REASON if STATUS_KICKED in statuses or STATUS_BANNED in statuses else LEFT_ROOM_REASON
         return self._occupant_gone(occupant, reason)
+
+    def _join_refused(self, stanza: domish.Element) -> list:
+        """The room refused an IRC user's occupant: a nick conflict (409) is tried again under another nick, a
+        bounded number of times; anything else leaves the IRC user out of the room, audited."""
+        user = next((u for u in self.irc_users.values() if u.jid == stanza.getAttribute("to")), None)
+        sender = parse_jid(stanza.getAttribute("from"))
+        if user is None or sender is None or sender.userhost() != self.room or sender.resource != user.muc_nick:
+            return []
+        condition, _ = _error_of(stanza)
+        if condition == "conflict" and user.conflicts < MUC_NICK_ATTEMPTS:
+            user.conflicts += 1
+            user.muc_nick = f"{self.nicks.muc_nick_for(user.irc_nick)}{MUC_NICK_SUFFIX[:-1]}{user.conflicts + 1}]"
+            return [MucJoin(self.room, user.muc_nick, user.jid)]
+        user.in_room = False
+        return [Audit("join-refused", RULE_JOIN_REFUSED, self.room, f"{user.irc_nick}: {condition}")]
 
     def _irc_user_by_muc_nick(self, muc_nick: str) -> IrcUser | None:
         for user in self.irc_users.values():
@@ -542,6 +604,16 @@ class Bridge:
         if size is None:
             size = len(stanza.toXml().encode("utf-8"))
         ticket = self.settlement.accept(stanza, (sender.host, self.component), size, TOWARD_IRC, 0, now)
+        if self.settlement.halted_reason is not None:
+            return self._settled(self.settlement.refused_while_halted(ticket))
+        try:
+            return self._carry(ticket, stanza, nick, size)
+        except Exception:  # noqa: BLE001 - a fault in the gateway: the message bounces, it never passes
+            if not self.settlement.is_open(ticket):
+                return []
+            return self._settled(self.settlement.fault(ticket))
+
+    def _carry(self, ticket, stanza, nick, size) -> list:
         occupant = self.occupants.get(nick)
         if occupant is not None and occupant.kicked_on_irc:
             return self._settled(self.settlement.judged(ticket, Judgement.bounced(
@@ -647,9 +719,8 @@ class Bridge:
             return []
         if self._own_irc_nick(nick) or self.fold(nick) in self.irc_users:
             return []
-        user = IrcUser(nick, self.nicks.muc_nick_for(nick))
-        self.irc_users[self.fold(nick)] = user
-        return [MucJoin(self.room, user.muc_nick, self.irc_user_jid(nick))]
+        user = self._new_irc_user(nick)
+        return [MucJoin(self.room, user.muc_nick, user.jid)]
 
     def irc_names(self, key: ConnectionKey, channel: str, names, now: float = 0.0) -> list:
         """RPL_NAMREPLY: ``names`` as the server lists them (with their prefixes, e.g. ``@op``, ``+voiced``)."""
@@ -704,7 +775,7 @@ class Bridge:
         self.marked_next.pop(self.fold(nick), None)
         if user is None or not user.in_room:
             return []
-        return [MucLeave(self.room, user.muc_nick, self.irc_user_jid(user.irc_nick))]
+        return [MucLeave(self.room, user.muc_nick, user.jid)]
 
     def irc_kicked(self, key: ConnectionKey, channel: str, nick: str, by: str, reason: str = "",
                    now: float = 0.0) -> list:
@@ -732,7 +803,7 @@ class Bridge:
             return []
         if self.listener_is_moderator:
             return [MucKick(self.room, user.muc_nick, self.listener_jid, f"kicked from the IRC channel by {by}")]
-        return [MucLeave(self.room, user.muc_nick, self.irc_user_jid(user.irc_nick))]
+        return [MucLeave(self.room, user.muc_nick, user.jid)]
 
     def irc_nick_changed(self, key: ConnectionKey, old: str, new: str, now: float = 0.0) -> list:
         """NICK: an IRC user's occupant follows it; an occupant's own connection that got another nick is noted."""
@@ -745,11 +816,12 @@ class Bridge:
         user = self.irc_users.pop(self.fold(old), None)
         if user is None:
             return []
-        renamed = IrcUser(new, self.nicks.muc_nick_for(new), user.in_room)
-        self.irc_users[self.fold(new)] = renamed
-        if not user.in_room:
+        old_muc_nick = user.muc_nick
+        user.irc_nick, user.muc_nick = new, self._free_muc_nick(self.nicks.muc_nick_for(new), skip=user)
+        self.irc_users[self.fold(new)] = user
+        if not user.in_room or user.muc_nick == old_muc_nick:
             return []
-        return [MucNick(self.room, user.muc_nick, self.irc_user_jid(old), renamed.muc_nick, self.irc_user_jid(new))]
+        return [MucNick(self.room, old_muc_nick, user.jid, user.muc_nick)]
 
     def irc_topic(self, key: ConnectionKey, channel: str, nick: str | None, topic: str, now: float = 0.0) -> list:
         """The channel's topic (set by ``nick``, or read on joining): the room's subject, from that IRC user."""
@@ -761,7 +833,7 @@ class Bridge:
         if isinstance(labelled, MarkingOnly):
             labelled = Labelled("", labelled.label, mapped=True)
         user = self.irc_users.get(self.fold(nick)) if nick is not None else None
-        as_nick, from_jid = ((user.muc_nick, self.irc_user_jid(user.irc_nick)) if user is not None and user.in_room
+        as_nick, from_jid = ((user.muc_nick, user.jid) if user is not None and user.in_room
                              else (self.room_nick, self.listener_jid))
         return [MucSubject(self.room, as_nick, from_jid, labelled.text, labelled.label,
                            self.labels.securitylabel(labelled.label))]
@@ -865,7 +937,7 @@ class Bridge:
         elif kind == "notice":
             return [MucSay(self.room, self.room_nick, self.listener_jid, f"-{nick}- {body}", label,
                            self.labels.securitylabel(label))]
-        return [MucSay(self.room, user.muc_nick, self.irc_user_jid(user.irc_nick), body, label,
+        return [MucSay(self.room, user.muc_nick, user.jid, body, label,
                        self.labels.securitylabel(label))]
 
     def irc_connected(self, key: ConnectionKey, nick: str) -> list:

@@ -58,7 +58,7 @@ class Lab:
         self.settlement = Settlement(Topology({"xmpp": frozenset({"conference.red.example"}),
                                                "irc": frozenset({"irc.red.example", "lab.irc.invalid"})}),
                                      [self.books, self.heard])
-        self.nicks = nicks or NickBook(Isupport(), reserved=("xmppgw",))
+        self.nicks = nicks if nicks is not None else NickBook(Isupport(), reserved=("xmppgw",))
         self.bridge = Bridge(bridge, NETWORK, BridgeLabels.for_bridge(bridge), self.settlement, self.nicks,
                              "irc.red.example", slots or ConnectionSlots(10), joined_message_bytes)
 
@@ -116,6 +116,11 @@ def said(nick, body, label=None, to=LISTENER, extra=""):
         f"{ESS[label]}</esssecuritylabel></label></securitylabel>")
     return (f"<message from='{ROOM}/{nick}' to='{to}' type='groupchat' id='m-{nick}'>"
             f"<body>{body}</body>{extra}{marked}</message>")
+
+
+def irc_jid(nick, serial=1):
+    """The JID the gateway joins the room from for the ``serial``-th IRC user it saw, first known as ``nick``."""
+    return f"{nick}%lab@irc.red.example/ops~{serial}"
 
 
 def alice_key(serial=1):
@@ -257,20 +262,20 @@ def test_an_occupants_nick_change_changes_its_irc_nick(lab):
 
 def test_irc_joins_parts_and_quits_are_occupants_joining_and_leaving(lab):
     """An IRC user's JOIN makes the gateway join the room as it; PART and QUIT make it leave."""
-    carol = "carol%lab@irc.red.example/ops"
+    carol = irc_jid("carol")
     assert lab.irc(b":carol!c@h JOIN #ops") == [MucJoin(ROOM, "carol", carol)]
     assert lab.irc(b":carol!c@h JOIN #ops") == []
     assert lab.irc(b":carol!c@h PART #ops :bye") == [MucLeave(ROOM, "carol", carol)]
     lab.irc(b":dave!d@h JOIN #ops")
-    assert lab.irc(b":dave!d@h QUIT :gone") == [MucLeave(ROOM, "dave", "dave%lab@irc.red.example/ops")]
+    assert lab.irc(b":dave!d@h QUIT :gone") == [MucLeave(ROOM, "dave", irc_jid("dave", 2))]
     assert lab.irc(b":erin!e@h JOIN #elsewhere") == []
 
 
 def test_names_brings_the_channel_in_and_tells_whether_the_bot_is_an_operator(lab):
     """RPL_NAMREPLY joins every IRC user (prefixes removed) and records the bot's operator status."""
     actions = lab.irc(b":server 353 xmppgw = #ops :@xmppgw +carol dave")
-    assert actions == [MucJoin(ROOM, "carol", "carol%lab@irc.red.example/ops"),
-                       MucJoin(ROOM, "dave", "dave%lab@irc.red.example/ops")]
+    assert actions == [MucJoin(ROOM, "carol", irc_jid("carol")),
+                       MucJoin(ROOM, "dave", irc_jid("dave", 2))]
     assert lab.bridge.bot_is_op
     lab.irc(b":op!o@h MODE #ops -o xmppgw")
     assert not lab.bridge.bot_is_op
@@ -282,10 +287,10 @@ def test_irc_messages_reach_the_room_labelled_with_the_irc_sides_default(lab):
     """A PRIVMSG is said by the IRC user's occupant, with the IRC side's default label written by the gateway."""
     lab.irc(b":carol!c@h JOIN #ops")
     (say,) = lab.irc(b":carol!c@h PRIVMSG #ops :hello \x02room\x02")
-    assert say == MucSay(ROOM, "carol", "carol%lab@irc.red.example/ops", "hello *room*", UNCLASSIFIED)
+    assert say == MucSay(ROOM, "carol", irc_jid("carol"), "hello *room*", UNCLASSIFIED)
     assert ">UNCLASSIFIED</displaymarking>" in say.securitylabel.toXml()
     stanza = say.stanza("jabber:component:accept").toXml()
-    assert stanza.startswith("<message xmlns='jabber:component:accept' from='carol%lab@irc.red.example/ops' "
+    assert stanza.startswith("<message xmlns='jabber:component:accept' from='carol%lab@irc.red.example/ops~1' "
                              "to='ops@conference.red.example' type='groupchat'><body>hello *room*</body>")
 
 
@@ -375,7 +380,7 @@ def test_the_gateways_own_occupants_and_connections_are_never_bridged_back(lab):
     lab.room(joined("alice"))
     assert lab.room(said("carol", "echo of carol")) == []
     assert lab.room(said("irc", "echo of the listener")) == []
-    assert lab.room(said("alice", "a copy", to="carol%lab@irc.red.example/ops")) == []
+    assert lab.room(said("alice", "a copy", to=irc_jid("carol"))) == []
     assert lab.summary() == (0, 0, 0, 0, 0)
     assert lab.irc(b":alice!a@h JOIN #ops") == []
     assert lab.irc(b":alice!a@h PRIVMSG #ops :from our own connection") == []
@@ -417,7 +422,7 @@ def test_an_irc_kick_of_an_irc_user_removes_its_occupant(lab):
     """An IRC operator's kick of an IRC user: a MUC kick when the listener moderates the room, else it leaves."""
     lab.irc(b":carol!c@h JOIN #ops")
     lab.irc(b":dave!d@h JOIN #ops")
-    assert lab.irc(b":op!o@h KICK #ops carol :spam") == [MucLeave(ROOM, "carol", "carol%lab@irc.red.example/ops")]
+    assert lab.irc(b":op!o@h KICK #ops carol :spam") == [MucLeave(ROOM, "carol", irc_jid("carol"))]
     lab.room(joined("irc", role="moderator").replace("<item", "<status code='110'/><item"))
     assert lab.irc(b":op!o@h KICK #ops dave :spam") == [MucKick(ROOM, "dave", LISTENER,
                                                                "kicked from the IRC channel by op")]
@@ -426,10 +431,12 @@ def test_an_irc_kick_of_an_irc_user_removes_its_occupant(lab):
 # -- nicks and topics -------------------------------------------------------------
 
 def test_an_irc_nick_change_renames_its_occupant(lab):
-    """NICK on IRC moves the IRC user's occupant to its new nick (and the JID it joins from)."""
+    """NICK on IRC is a MUC nick change of the IRC user's occupant, from the same JID (XEP-0045 7.6)."""
     lab.irc(b":carol!c@h JOIN #ops")
-    assert lab.irc(b":carol!c@h NICK carla") == [MucNick(ROOM, "carol", "carol%lab@irc.red.example/ops", "carla",
-                                                         "carla%lab@irc.red.example/ops")]
+    assert lab.irc(b":carol!c@h NICK carla") == [MucNick(ROOM, "carol", irc_jid("carol"), "carla")]
+    assert MucNick(ROOM, "carol", irc_jid("carol"), "carla").stanza("jabber:component:accept").toXml() == (
+        "<presence xmlns='jabber:component:accept' from='carol%lab@irc.red.example/ops~1' "
+        "to='ops@conference.red.example/carla'/>")
     (say,) = lab.irc(b":carla!c@h PRIVMSG #ops :renamed")
     assert say.as_nick == "carla"
 
@@ -445,7 +452,7 @@ def test_topic_both_ways(lab):
     assert lab.summary() == (1, 1, 0, 0, 0)
     lab.irc(b":carol!c@h JOIN #ops")
     (subject,) = lab.irc(b":carol!c@h TOPIC #ops :release on friday")
-    assert subject == MucSubject(ROOM, "carol", "carol%lab@irc.red.example/ops", "release on friday", UNCLASSIFIED)
+    assert subject == MucSubject(ROOM, "carol", irc_jid("carol"), "release on friday", UNCLASSIFIED)
 
 
 # -- losses and restarts ------------------------------------------------------------
@@ -466,10 +473,9 @@ def test_the_bots_connection_lost_empties_the_room_of_irc_users_and_names_brings
     """While the bot is away no IRC user is shown in the room; the NAMES after its rejoin brings them back."""
     lab.irc(b":carol!c@h JOIN #ops")
     actions = lab.bridge.irc_connection_lost(BOT, "connection refused")
-    assert actions[0] == MucLeave(ROOM, "carol", "carol%lab@irc.red.example/ops") and actions[1].event == \
+    assert actions[0] == MucLeave(ROOM, "carol", irc_jid("carol")) and actions[1].event == \
         "connection-lost"
-    assert lab.irc(b":server 353 xmppgw = #ops :xmppgw carol") == [MucJoin(ROOM, "carol",
-                                                                          "carol%lab@irc.red.example/ops")]
+    assert lab.irc(b":server 353 xmppgw = #ops :xmppgw carol") == [MucJoin(ROOM, "carol", irc_jid("carol", 2))]
 
 
 def test_the_xmpp_side_restarting_parts_occupants_and_rejoins_the_room(lab):
@@ -478,7 +484,7 @@ def test_the_xmpp_side_restarting_parts_occupants_and_rejoins_the_room(lab):
     lab.irc(b":carol!c@h JOIN #ops")
     assert lab.bridge.xmpp_lost() == [IrcPart(alice_key(), "#ops", "the XMPP side went away")]
     assert lab.bridge.xmpp_ready() == [MucJoin(ROOM, "irc", LISTENER),
-                                       MucJoin(ROOM, "carol", "carol%lab@irc.red.example/ops")]
+                                       MucJoin(ROOM, "carol", irc_jid("carol"))]
     assert lab.room(joined("alice")) == [IrcJoin(alice_key(2), "#ops", "alice")]
 
 
@@ -512,3 +518,83 @@ def test_build_bridges_shares_nick_books_per_network_and_one_slot_count(tmp_path
     assert first.nicks is second.nicks and first.nicks.max_entries == 20
     assert first.slots is second.slots and first.slots.total == 4
     assert first.nicks.irc_nick_for("xmppgw") != "xmppgw"
+
+
+def test_while_the_audit_trail_is_down_every_room_message_bounces(lab):
+    """A halted settlement (an audit record could not be written) bounces each message with service-unavailable."""
+    lab.room(joined("alice"))
+    lab.settlement.stop_on_audit_failure = True
+    lab.settlement.halt("audit trail unwritable")
+    (bounce,) = lab.room(said("alice", "anyone?"))
+    assert (bounce.condition, bounce.text) == ("service-unavailable", "the guard is not relaying")
+    assert lab.summary() == (1, 0, 1, 0, 0)
+
+
+def test_a_fault_while_carrying_bounces_the_message_and_leaves_nothing_in_flight(lab):
+    """Any exception after a message was taken settles it as bounced (internal-server-error): fail closed."""
+    lab.room(joined("alice"))
+
+    def broken(*arguments):
+        raise RuntimeError("a fault in the gateway")
+
+    lab.bridge._lines_for = broken
+    (bounce,) = lab.room(said("alice", "hello"))
+    assert bounce.condition == "internal-server-error"
+    assert lab.summary() == (1, 0, 1, 0, 0)
+
+
+def test_an_irc_users_nick_held_in_the_room_gets_a_suffix_and_a_refused_join_is_retried():
+    """A MUC nick a real occupant holds is not taken; a 409 conflict is retried under another nick, a bounded number
+    of times, then the IRC user stays out of the room (audited)."""
+    lab = Lab(replace(BRIDGE, max_occupant_connections=0))
+    lab.room(joined("bob"))
+    assert lab.irc(b":bob!b@h JOIN #ops") == [MucJoin(ROOM, "bob[irc]", irc_jid("bob"))]
+    lab.irc(b":carol!c@h JOIN #ops")
+    conflict = ("<presence from='ops@conference.red.example/{nick}' to='{jid}' type='error'><error type='cancel'>"
+                "<conflict xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></error></presence>")
+    nick = "carol"
+    for attempt in range(2, 7):
+        (again,) = lab.room(conflict.format(nick=nick, jid=irc_jid("carol", 2)))
+        assert again == MucJoin(ROOM, f"carol[irc{attempt}]", irc_jid("carol", 2))
+        nick = again.as_nick
+    (audit,) = lab.room(conflict.format(nick=nick, jid=irc_jid("carol", 2)))
+    assert (audit.rule, audit.detail) == ("irc:join-refused", "carol: conflict")
+    assert lab.irc(b":carol!c@h PRIVMSG #ops :nobody hears me") == []
+
+
+def test_the_muc_actions_build_their_stanzas():
+    """Join, leave, subject and kick actions write the XEP-0045 stanzas the component sends."""
+    uri = "jabber:component:accept"
+    assert MucJoin(ROOM, "carol", irc_jid("carol")).stanza(uri).toXml() == (
+        "<presence xmlns='jabber:component:accept' from='carol%lab@irc.red.example/ops~1' "
+        "to='ops@conference.red.example/carol'><x xmlns='http://jabber.org/protocol/muc'/></presence>")
+    assert MucLeave(ROOM, "carol", irc_jid("carol")).stanza(uri).toXml() == (
+        "<presence xmlns='jabber:component:accept' from='carol%lab@irc.red.example/ops~1' "
+        "to='ops@conference.red.example/carol' type='unavailable'/>")
+    assert MucSubject(ROOM, "carol", irc_jid("carol"), "the topic").stanza(uri).toXml() == (
+        "<message xmlns='jabber:component:accept' from='carol%lab@irc.red.example/ops~1' "
+        "to='ops@conference.red.example' type='groupchat'><subject>the topic</subject></message>")
+    assert MucKick(ROOM, "dave", LISTENER, "kicked").stanza(uri, "k1").toXml() == (
+        "<iq xmlns='jabber:component:accept' from='irc.red.example/ops' to='ops@conference.red.example' type='set' "
+        "id='k1'><query xmlns='http://jabber.org/protocol/muc#admin'><item nick='dave' role='none'>"
+        "<reason>kicked</reason></item></query></iq>")
+
+
+def test_connection_slots_are_bounded():
+    """ConnectionSlots hands out at most its total and takes back what is given."""
+    slots = ConnectionSlots(2)
+    assert [slots.take(), slots.take(), slots.take()] == [True, True, False]
+    slots.give_back()
+    assert slots.take() and slots.used == 2
+    with pytest.raises(ValueError):
+        ConnectionSlots(-1)
+
+
+def test_a_full_nick_book_leaves_the_occupant_to_the_bot():
+    """When the NickBook has no entry to give, the occupant gets no connection of its own: the bot relays it."""
+    book = NickBook(Isupport(), reserved=("xmppgw",), max_entries=1)
+    lab = Lab(nicks=book)
+    assert lab.room(joined("alice")) == [IrcJoin(alice_key(), "#ops", "alice")]
+    assert lab.room(joined("bob")) == []
+    (say,) = lab.room(said("bob", "via the bot"))
+    assert say.connection_key == BOT and say.lines[-1] == "<bob> via the bot"
