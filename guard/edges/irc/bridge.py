@@ -297,12 +297,7 @@ class MucSay:
     securitylabel: domish.Element | None = field(default=None, compare=False)
 
     def stanza(self, uri: str) -> domish.Element:
-        message = domish.Element((uri, "message"))
-        message["from"], message["to"], message["type"] = self.from_jid, self.room, "groupchat"
-        message.addElement("body", content=self.body)
-        if self.securitylabel is not None:
-            message.addChild(self.securitylabel)
-        return message
+        return _groupchat(uri, self.from_jid, self.room, "body", self.body, self.securitylabel)
 
 
 @dataclass(frozen=True)
@@ -317,12 +312,7 @@ class MucSubject:
     securitylabel: domish.Element | None = field(default=None, compare=False)
 
     def stanza(self, uri: str) -> domish.Element:
-        message = domish.Element((uri, "message"))
-        message["from"], message["to"], message["type"] = self.from_jid, self.room, "groupchat"
-        message.addElement("subject", content=self.subject)
-        if self.securitylabel is not None:
-            message.addChild(self.securitylabel)
-        return message
+        return _groupchat(uri, self.from_jid, self.room, "subject", self.subject, self.securitylabel)
 
 
 @dataclass(frozen=True)
@@ -960,6 +950,16 @@ class Bridge:
                 actions += self._irc_user_gone(self.irc_users[folded].irc_nick)
             return actions + [Audit("connection-lost", "irc:connection-lost", self.room, reason)]
         return []
+
+
+def _groupchat(uri, from_jid, room, name, text, securitylabel) -> domish.Element:
+    """A groupchat message to ``room`` holding ``text`` in its ``name`` element (body, subject), labelled."""
+    message = domish.Element((uri, "message"))
+    message["from"], message["to"], message["type"] = from_jid, room, "groupchat"
+    message.addElement(name, content=text)
+    if securitylabel is not None:
+        message.addChild(securitylabel)
+    return message
 
 
 def build_bridges(config, settlement) -> list:

@@ -141,6 +141,19 @@ def test_every_limit_can_be_set_within_its_bounds(folder):
      "bridges[0].map_markings.RESTRICTED.classification", "has no classification 'SEKRET'"),
     (lambda t: t.replace('policy = "irc-bridge.toml"', 'policy = "missing.toml"'), "bridges[0].policy",
      "no such file"),
+    (lambda t: t.replace('channel = "#ops"', 'channel = "#' + "o" * 50 + '"'), "bridges[0].channel",
+     "be at most 50 bytes"),
+    (lambda t: t.replace('channel = "#ops"', 'channel = "#ops"\nflot_template = "' + "x" * 200 + '{marking}"'),
+     "bridges[0].flot_template", "must be one line of at most 200 bytes"),
+    (lambda t: t.replace('{ "RESTRICTED"', '{ "' + "R" * 129 + '"'), "bridges[0].map_markings." + "R" * 129,
+     "a marking is one line of at most 128 bytes"),
+    (lambda t: t.replace('nick = "redgw"', 'nick = "' + "n" * 65 + '"'), "networks.lab.nick",
+     "must be at most 64 bytes"),
+    (lambda t: t.replace('ca = "ca.pem"', 'ca = "ca.pem"\ntls = false'), "networks.lab.ca", "needs tls = true"),
+    (lambda t: t.replace("[networks.lab]", "[networks.Lab_1]").replace('network = "lab"', 'network = "Lab_1"'),
+     "networks.Lab_1", "a network's name is a DNS label"),
+    (lambda t: t + "\n[limits]\ntotal_connections = 1\n", "limits.total_connections",
+     "must be more than the number of networks"),
 ])
 def test_each_error_names_the_file_the_line_and_the_key(folder, change, key, message):
     """A wrong value is refused with "file:line: key: why", the line being where the key (or its table) is written."""
