@@ -16,7 +16,7 @@ Tables (deploy/irc/irc.toml documents every key):
 - ``[gateway]``: log_level, audit, audit_failure, audit_level, status;
 - ``[management]`` and ``[metrics]``: as in the guard's configuration;
 - ``[xmpp]``: component, connect, tls, ca, secret or secret_file, room_service;
-- ``[networks.NAME]``: host, port, tls, ca, tls_verify, sasl (none, plain,
+- ``[networks.NAME]``: host, port, tls, ca, tls_verify, server_name, sasl (none, plain,
   external) with sasl_user + sasl_password_file or client_certificate +
   client_key, nick, user, realname, flood_burst, flood_interval, charset,
   max_connections;
@@ -54,7 +54,7 @@ MARKING_MAX_BYTES = 128
 
 GATEWAY_KEYS = ("log_level", "audit", "audit_failure", "audit_level", "status")
 XMPP_KEYS = ("component", "connect", "tls", "ca", "secret", "secret_file", "room_service")
-NETWORK_KEYS = ("host", "port", "tls", "ca", "tls_verify", "sasl", "sasl_user", "sasl_password_file",
+NETWORK_KEYS = ("host", "port", "tls", "ca", "tls_verify", "server_name", "sasl", "sasl_user", "sasl_password_file",
                 "client_certificate", "client_key", "nick", "user", "realname", "flood_burst", "flood_interval",
                 "charset", "max_connections")
 BRIDGE_KEYS = ("room", "network", "channel", "policy", "irc_domain", "room_nick", "flot_template", "flot_position",
@@ -125,6 +125,7 @@ class NetworkConfig:
     flood_interval: float | None = None
     charset: str = "latin-1"  # the fallback when a line is not UTF-8
     max_connections: int = 64
+    server_name: str | None = None  # the name the server's certificate must hold (None: host)
 
 
 @dataclass(frozen=True)
@@ -255,6 +256,14 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
+def _is_ip(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
+
+
 def _irc_word(checker, table, name, key, default, budget=NICK_MAX_BYTES):
     """A nick, user or realname: no character IRC would read as a separator, within ``budget`` bytes."""
     value = checker.string(table, name, key, default=default, required=False)
@@ -332,8 +341,12 @@ def _network(checker, name, table, limits) -> NetworkConfig:
     port = checker.number(table, "port", key, 6697 if tls else 6667, 1, 65535)
     ca = checker.file(table, "ca", key, required=False)
     tls_verify = checker.boolean(table, "tls_verify", key, True)
-    if (ca is not None or "tls_verify" in table) and not tls:
-        checker.fail(f"{key}.{'ca' if ca is not None else 'tls_verify'}", "needs tls = true")
+    server_name = checker.string(table, "server_name", key, required=False)
+    for name in ("ca", "tls_verify", "server_name"):
+        if name in table and not tls:
+            checker.fail(f"{key}.{name}", "needs tls = true")
+    if server_name is not None and not (_domain_ok(server_name) or _is_ip(server_name)):
+        checker.fail(f"{key}.server_name", "must be a DNS name or an IP address")
     sasl = checker.choice(table, "sasl", key, SASL_MECHANISMS, "none")
     sasl_user = checker.string(table, "sasl_user", key, required=False)
     password_file = checker.file(table, "sasl_password_file", key, required=False)
@@ -366,7 +379,8 @@ def _network(checker, name, table, limits) -> NetworkConfig:
         nick=_irc_word(checker, table, "nick", key, "xmppgw"),
         user=_irc_word(checker, table, "user", key, "xmppgw"),
         realname=_irc_word(checker, table, "realname", key, "XMPP gateway", budget=200),
-        flood_burst=flood_burst, flood_interval=flood_interval, charset=charset, max_connections=max_connections)
+        flood_burst=flood_burst, flood_interval=flood_interval, charset=charset, max_connections=max_connections,
+        server_name=server_name)
 
 
 def _flot_template(checker, table, key) -> str:

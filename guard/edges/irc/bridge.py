@@ -88,6 +88,7 @@ MUC_USER_NS = MUC_NS + "#user"
 MUC_ADMIN_NS = MUC_NS + "#admin"
 MUC_NICK_SUFFIX = "[irc]"  # added to an IRC user's MUC nick that an occupant of the room already holds
 MUC_NICK_ATTEMPTS = 5
+DELAY_NS = "urn:xmpp:delay"  # XEP-0203: a message the room replays (history), never bridged again
 STATUS_SELF = "110"
 STATUS_NICK_CHANGED = "303"
 STATUS_KICKED = "307"
@@ -251,7 +252,8 @@ class MucJoin:
     def stanza(self, uri: str) -> domish.Element:
         presence = domish.Element((uri, "presence"))
         presence["from"], presence["to"] = self.from_jid, f"{self.room}/{self.as_nick}"
-        presence.addElement((MUC_NS, "x"))
+        history = presence.addElement((MUC_NS, "x")).addElement("history")
+        history["maxstanzas"] = "0"  # the room's history is not the conversation to bridge
         return presence
 
 
@@ -385,6 +387,7 @@ class Bridge:
         self.bot_is_op = False
         self.listener_is_moderator = False
         self.bot_in_channel = False
+        self.room_subject: str | None = None  # the subject the room has, as far as the bridge knows
         self._serials = itertools.count(1)
         self._user_serials = itertools.count(1)
         self._connections = 0
@@ -591,6 +594,11 @@ class Bridge:
         nick = sender.resource
         if nick == self.room_nick or self._irc_user_by_muc_nick(nick) is not None:
             return []  # our own occupants: never bridged back
+        if any(child.uri == DELAY_NS for child in child_elements(stanza)):
+            return []  # history replayed to the listener on joining: said before, not said now
+        subject = _only_subject(stanza)
+        if subject is not None and subject == self.room_subject:
+            return []  # the room restating its subject (on joining), or the echo of one we set
         if size is None:
             size = len(stanza.toXml().encode("utf-8"))
         ticket = self.settlement.accept(stanza, (sender.host, self.component), size, TOWARD_IRC, 0, now)
@@ -626,6 +634,7 @@ class Bridge:
         return [IrcSay(key, self.channel, tuple(lines), token=decision.parcel)]
 
     def _topic_from_room(self, ticket, released, occupant) -> list:
+        self.room_subject = released.subject
         decision = self.settlement.judged(ticket, released.judgement)
         if not isinstance(decision, Deliver):
             return self._settled(decision)
@@ -822,6 +831,9 @@ class Bridge:
             return [Audit("topic-refused", labelled.rule_id, self.room, f"{nick}: {labelled.detail}")]
         if isinstance(labelled, MarkingOnly):
             labelled = Labelled("", labelled.label, mapped=True)
+        if labelled.text == self.room_subject:
+            return []  # the topic found on (re)joining the channel, the room has it already
+        self.room_subject = labelled.text
         user = self.irc_users.get(self.fold(nick)) if nick is not None else None
         as_nick, from_jid = ((user.muc_nick, user.jid) if user is not None and user.in_room
                              else (self.room_nick, self.listener_jid))
@@ -993,6 +1005,14 @@ def _muc_user(stanza: domish.Element) -> tuple[set, dict]:
                     if inner.name == "reason":
                         item["reason"] = text_of(inner)
     return statuses, item
+
+
+def _only_subject(stanza: domish.Element) -> str | None:
+    """The text of a message's ``<subject/>`` when it has one and no ``<body/>`` (a subject change), else None."""
+    names = {child.name: child for child in child_elements(stanza) if child.uri == stanza.uri}
+    if "subject" not in names or "body" in names:
+        return None
+    return text_of(names["subject"])
 
 
 def _error_of(reply: domish.Element) -> tuple[str, str | None]:

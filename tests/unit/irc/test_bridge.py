@@ -567,7 +567,8 @@ def test_the_muc_actions_build_their_stanzas():
     uri = "jabber:component:accept"
     assert MucJoin(ROOM, "carol", irc_jid("carol")).stanza(uri).toXml() == (
         "<presence xmlns='jabber:component:accept' from='carol%lab@irc.red.example/ops~1' "
-        "to='ops@conference.red.example/carol'><x xmlns='http://jabber.org/protocol/muc'/></presence>")
+        "to='ops@conference.red.example/carol'><x xmlns='http://jabber.org/protocol/muc'><history maxstanzas='0'/>"
+        "</x></presence>")
     assert MucLeave(ROOM, "carol", irc_jid("carol")).stanza(uri).toXml() == (
         "<presence xmlns='jabber:component:accept' from='carol%lab@irc.red.example/ops~1' "
         "to='ops@conference.red.example/carol' type='unavailable'/>")
@@ -598,3 +599,23 @@ def test_a_full_nick_book_leaves_the_occupant_to_the_bot():
     assert lab.room(joined("bob")) == []
     (say,) = lab.room(said("bob", "via the bot"))
     assert say.connection_key == BOT and say.lines[-1] == "<bob> via the bot"
+
+
+def test_history_and_restated_subjects_are_not_bridged_again(lab):
+    """What the room replays on (re)joining (delayed history, its current subject) is not taken a second time."""
+    lab.room(joined("alice"))
+    delayed = said("alice", "said yesterday", extra="<delay xmlns='urn:xmpp:delay' stamp='2026-11-30T10:00:00Z'/>")
+    assert lab.room(delayed) == []
+    subject = f"<message from='{ROOM}/alice' to='{LISTENER}' type='groupchat'><subject>rota</subject></message>"
+    (topic,) = lab.room(subject)
+    assert topic.topic.endswith(" rota")
+    assert lab.room(subject) == []
+    assert lab.summary() == (1, 0, 0, 0, 1)
+
+
+def test_the_channels_topic_found_on_rejoining_is_not_set_again(lab):
+    """The topic an IRC server sends on every join sets the room's subject once, not on each rejoin."""
+    assert len(lab.bridge.irc_topic(BOT, "#ops", None, "release on friday")) == 1
+    assert lab.bridge.irc_topic(BOT, "#ops", None, "release on friday") == []
+    (changed,) = lab.bridge.irc_topic(BOT, "#ops", None, "release on monday")
+    assert (changed.as_nick, changed.subject) == ("irc", "release on monday")

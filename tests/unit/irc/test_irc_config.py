@@ -72,6 +72,9 @@ def test_a_complete_configuration_loads_with_its_defaults(folder):
     assert network.ca == str(folder / "ca.pem")
     assert (network.charset, network.max_connections, network.flood_burst, network.flood_interval) == (
         "latin-1", 64, None, None)
+    assert network.server_name is None
+    named = load(folder, CONFIG.replace('ca = "ca.pem"', 'ca = "ca.pem"\nserver_name = "irc.lab.example"'))
+    assert named.networks["lab"].server_name == "irc.lab.example"
     (bridge,) = config.bridges
     assert (bridge.room, bridge.channel, bridge.irc_domain, bridge.room_nick) == (
         "ops@conference.red.example", "#ops", "lab.irc.invalid", "irc")
@@ -150,6 +153,8 @@ def test_every_limit_can_be_set_within_its_bounds(folder):
     (lambda t: t.replace('nick = "redgw"', 'nick = "' + "n" * 65 + '"'), "networks.lab.nick",
      "must be at most 64 bytes"),
     (lambda t: t.replace('ca = "ca.pem"', 'ca = "ca.pem"\ntls = false'), "networks.lab.ca", "needs tls = true"),
+    (lambda t: t.replace('ca = "ca.pem"', 'ca = "ca.pem"\nserver_name = "not a name"'), "networks.lab.server_name",
+     "must be a DNS name or an IP address"),
     (lambda t: t.replace("[networks.lab]", "[networks.Lab_1]").replace('network = "lab"', 'network = "Lab_1"'),
      "networks.Lab_1", "a network's name is a DNS label"),
     (lambda t: t + "\n[limits]\ntotal_connections = 1\n", "limits.total_connections",
