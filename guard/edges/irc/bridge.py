@@ -135,22 +135,32 @@ class ConnectionKey:
 
 
 class ConnectionSlots:
-    """IRC connections the whole gateway may open for occupants (its total, less one bot per network); shared."""
+    """
+    IRC connections occupants may open: at most ``total`` here, and only
+    while ``parent`` (the gateway's count, when this is a network's) has one
+    too.  Shared by every bridge that draws on it.
+    """
 
-    def __init__(self, total: int):
+    def __init__(self, total: int, parent: "ConnectionSlots | None" = None):
         if total < 0:
             raise ValueError("total must not be negative")
         self.total = total
+        self.parent = parent
         self.used = 0
 
     def take(self) -> bool:
         if self.used >= self.total:
             return False
+        if self.parent is not None and not self.parent.take():
+            return False
         self.used += 1
         return True
 
     def give_back(self) -> None:
-        self.used = max(0, self.used - 1)
+        if self.used > 0:
+            self.used -= 1
+            if self.parent is not None:
+                self.parent.give_back()
 
 
 @dataclass
@@ -978,15 +988,19 @@ def build_bridges(config, settlement) -> list:
     """
     Every bridge of an irc.toml (guard.app.irc_config.IrcConfig) over one
     ``settlement``: one NickBook per network (bounded by
-    ``limits.nick_book_entries``, the bot's nick reserved), and one
-    ``ConnectionSlots`` for the whole gateway (``limits.total_connections``
-    less one bot connection per network).
+    ``limits.nick_book_entries``, the bot's nick reserved) and one
+    ``ConnectionSlots`` (the network's ``max_connections`` less its bot),
+    drawing on one for the whole gateway (``limits.total_connections`` less
+    one bot connection per network).
     """
-    books = {name: NickBook(Isupport(), reserved=(network.nick,), max_entries=config.limits.nick_book_entries)
-             for name, network in config.networks.items()}
-    slots = ConnectionSlots(config.limits.total_connections - len(config.networks))
+    gateway = ConnectionSlots(config.limits.total_connections - len(config.networks))
+    books, slots = {}, {}
+    for name, network in config.networks.items():
+        books[name] = NickBook(Isupport(), reserved=(network.nick,), max_entries=config.limits.nick_book_entries)
+        slots[name] = ConnectionSlots(network.max_connections - 1, parent=gateway)
     return [Bridge(bridge, config.networks[bridge.network], BridgeLabels.for_bridge(bridge), settlement,
-                   books[bridge.network], config.xmpp.component, slots, config.limits.joined_message_bytes)
+                   books[bridge.network], config.xmpp.component, slots[bridge.network],
+                   config.limits.joined_message_bytes)
             for bridge in config.bridges]
 
 

@@ -505,19 +505,28 @@ def test_a_message_with_nothing_to_say_is_dropped_and_audited(lab):
     assert lab.summary() == (1, 0, 0, 1, 0)
 
 
-def test_build_bridges_shares_nick_books_per_network_and_one_slot_count(tmp_path):
-    """Bridges on one network share its NickBook (bounded, the bot reserved); the slots are the total less the bots."""
+def test_build_bridges_shares_nick_books_and_slots_per_network_within_the_gateways_total(tmp_path):
+    """Bridges on one network share its NickBook (bounded, the bot reserved) and its slots (max_connections less
+    the bot), which draw on the gateway's (total_connections less one bot per network)."""
     from guard.app.irc_config import GatewaySettings, IrcConfig, XmppConfig
 
+    other = replace(NETWORK, name="far", max_connections=2)
     config = IrcConfig("irc.toml", GatewaySettings(), XmppConfig("irc.red.example", "tcp:host=127.0.0.1:port=5347",
                                                                  False, None, "s", "conference.red.example"),
-                       {"lab": NETWORK}, (BRIDGE, replace(BRIDGE, room="dev@conference.red.example", channel="#dev")),
+                       {"lab": replace(NETWORK, max_connections=3), "far": other},
+                       (BRIDGE, replace(BRIDGE, room="dev@conference.red.example", channel="#dev"),
+                        replace(BRIDGE, room="far@conference.red.example", network="far")),
                        IrcLimits(total_connections=5, nick_book_entries=20))
-    settlement = Settlement(config.topology)
-    first, second = build_bridges(config, settlement)
-    assert first.nicks is second.nicks and first.nicks.max_entries == 20
-    assert first.slots is second.slots and first.slots.total == 4
+    first, second, far = build_bridges(config, Settlement(config.topology))
+    assert first.nicks is second.nicks and first.nicks.max_entries == 20 and far.nicks is not first.nicks
     assert first.nicks.irc_nick_for("xmppgw") != "xmppgw"
+    assert first.slots is second.slots and (first.slots.total, far.slots.total) == (2, 1)
+    gateway = first.slots.parent
+    assert gateway is far.slots.parent and gateway.total == 3
+    assert [first.slots.take(), first.slots.take(), first.slots.take()] == [True, True, False]
+    assert [far.slots.take(), far.slots.take()] == [True, False] and gateway.used == 3
+    first.slots.give_back()
+    assert gateway.used == 2 and first.slots.take() and not far.slots.take()
 
 
 def test_while_the_audit_trail_is_down_every_room_message_bounces(lab):
