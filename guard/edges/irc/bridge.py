@@ -657,7 +657,7 @@ class Bridge:
 
     def _budget(self, irc_nick: str, command: str = "PRIVMSG") -> int:
         prefix = source_prefix_bytes(irc_nick, "~" + self.network_config.user, "h" * HOST_ALLOWANCE)
-        return privmsg_budget(self.channel, prefix, command=command)
+        return privmsg_budget(self.channel, prefix, command=command, line_bytes=self.nicks.isupport.linelen)
 
     def _lines_for(self, muc_nick: str, occupant: XmppOccupant | None, released) -> tuple[ConnectionKey, list]:
         """
@@ -902,7 +902,7 @@ class Bridge:
         user, _, host = rest.partition("@")
         prefix = source_prefix_bytes(nick, user or "~" + "u" * 10, host or "h" * HOST_ALLOWANCE)
         try:
-            return privmsg_budget(target, prefix)
+            return privmsg_budget(target, prefix, line_bytes=self.nicks.isupport.linelen)
         except ValueError:
             return 4
 
@@ -954,6 +954,9 @@ class Bridge:
 
     def irc_connected(self, key: ConnectionKey, nick: str) -> list:
         """A connection registered as ``nick`` (a connection may have needed another nick than asked)."""
+        if key == self.bot_key:
+            self.bot_nick = nick
+            return []
         occupant = self._occupant_by_key(key)
         if occupant is not None:
             occupant.irc_nick = nick

@@ -628,3 +628,14 @@ def test_the_channels_topic_found_on_rejoining_is_not_set_again(lab):
     assert lab.bridge.irc_topic(BOT, "#ops", None, "release on friday") == []
     (changed,) = lab.bridge.irc_topic(BOT, "#ops", None, "release on monday")
     assert (changed.as_nick, changed.subject) == ("irc", "release on monday")
+
+
+def test_the_split_follows_the_networks_linelen_and_the_bots_registered_nick():
+    """ISUPPORT LINELEN sets the budget lines are split to; the bot relays under the nick it registered with."""
+    book = NickBook(Isupport(linelen=2048), reserved=("xmppgw",))
+    lab = Lab(replace(BRIDGE, max_occupant_connections=0), nicks=book)
+    lab.bridge.irc_connected(BOT, "xmppgw1")
+    lab.room(joined("bob"))
+    (say,) = lab.room(said("bob", "x" * 1800))
+    assert say.lines == ("<bob> Protective Marking: UNCLASSIFIED", "<bob> " + "x" * 1800)
+    assert lab.irc(b":xmppgw1!x@h PRIVMSG #ops :the bot's own line") == []
