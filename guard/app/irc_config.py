@@ -24,7 +24,7 @@ Tables (deploy/irc/irc.toml documents every key):
   flot_template, flot_position, map_markings, max_occupant_connections,
   join_window;
 - ``[limits]``: queue_bytes, queue_lines, total_connections,
-  nick_book_entries, joined_message_bytes.
+  nick_book_entries, joined_message_bytes, irc_users_per_bridge.
 """
 
 from __future__ import annotations
@@ -71,6 +71,7 @@ class IrcLimits:
     total_connections: int = 256  # IRC connections of the whole gateway, bots included
     nick_book_entries: int = 10_000  # MUC nick <-> IRC nick mappings a network's NickBook keeps
     joined_message_bytes: int = 16 * 1024  # UTF-8 bytes of IRC lines joined back into one room message
+    irc_users_per_bridge: int = 500  # IRC users a bridge joins the room as (past it: relayed as <nick> text)
 
     BOUNDS = {  # name -> (lowest, highest)
         "queue_bytes": (512, 64 * 1024 * 1024),
@@ -78,6 +79,7 @@ class IrcLimits:
         "total_connections": (1, 100_000),
         "nick_book_entries": (16, 10_000_000),
         "joined_message_bytes": (512, 1024 * 1024),
+        "irc_users_per_bridge": (1, 100_000),
     }
 
     @classmethod

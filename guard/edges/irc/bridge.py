@@ -109,6 +109,7 @@ RULE_CTCP_REFUSED = "irc:ctcp-refused"
 RULE_PRIVATE_REFUSED = "irc:private-refused"
 RULE_JOINED_TOO_LONG = "irc:joined-too-long"
 RULE_JOIN_REFUSED = "irc:join-refused"
+RULE_IRC_USERS_FULL = "irc:irc-users-full"
 KICKED_ON_IRC_TEXT = "You were kicked from the IRC channel; rejoin the room to talk there again."
 NOTHING_TO_SAY_TEXT = "the message carries no text the IRC channel can show"
 KICK_REFUSED_TEXT = "The gateway is not an operator of the IRC channel: {nick} was not kicked there."
@@ -372,7 +373,7 @@ class Bridge:
     """The decisions of one room <-> channel bridge; every method answers a list of actions."""
 
     def __init__(self, bridge, network, labels: BridgeLabels, settlement, nicks: NickBook, component: str,
-                 slots: ConnectionSlots, joined_message_bytes: int = 16 * 1024):
+                 slots: ConnectionSlots, joined_message_bytes: int = 16 * 1024, max_irc_users: int = 500):
         self.room = bridge.room
         self.channel = bridge.channel
         self.network = network.name
@@ -386,6 +387,7 @@ class Bridge:
         self.component = component
         self.slots = slots
         self.joined_message_bytes = joined_message_bytes
+        self.max_irc_users = max_irc_users
         self.room_local = self.room.split("@", 1)[0]
         self.listener_jid = f"{component}/{self.room_local}"
         self.bot_key = ConnectionKey(self.network)
@@ -728,6 +730,9 @@ class Bridge:
             return []
         if self._own_irc_nick(nick) or self.fold(nick) in self.irc_users:
             return []
+        if len(self.irc_users) >= self.max_irc_users:
+            # Past the bound no state is kept for it: what it says is relayed by the listener as <nick> text.
+            return [Audit("irc-user-relayed", RULE_IRC_USERS_FULL, self.room, nick)]
         user = self._new_irc_user(nick)
         return [MucJoin(self.room, user.muc_nick, user.jid)]
 
@@ -875,8 +880,10 @@ class Bridge:
                 kind, text = "action", ctcp[1]
         folded = self.fold(nick)
         actions = self.due(now)
+        if kind == "notice" and folded not in self.irc_users:
+            return actions + self._to_room(nick, "notice", without_controls(text), now)
         if folded not in self.irc_users:
-            return actions  # not (yet) in the channel as far as the bot knows: no occupant to speak for it
+            return actions + self._to_room(nick, kind, text, now)  # no occupant of its own: no lines held for it
         if kind == "notice":
             return actions + self._to_room(nick, "notice", without_controls(text), now)
         budget = self._budget_of(source or nick, target)
@@ -925,10 +932,13 @@ class Bridge:
         return self._to_room(user.irc_nick, held.kind, " ".join(held.parts), now)
 
     def _to_room(self, nick: str, kind: str, text: str, now: float) -> list:
+        """IRC text said in the room: by the IRC user's occupant, or, for an IRC user without one (past
+        ``max_irc_users``, or not seen joining), by the listener as ``<nick> text`` (``* nick text``)."""
         folded = self.fold(nick)
         user = self.irc_users.get(folded)
-        if user is None or not user.in_room:
-            return []
+        if user is not None and not user.in_room:
+            return []  # kept out of the room (a room moderator's kick, a refused join)
+        name = without_controls(nick)
         text = formatting_to_styling(text)
         if len(text.encode("utf-8")) > self.joined_message_bytes:
             return [Audit("refused", RULE_JOINED_TOO_LONG, self.room, f"{nick}: {len(text.encode('utf-8'))} bytes")]
@@ -937,20 +947,23 @@ class Bridge:
             return [IrcSay(self.bot_key, nick, (labelled.own_text,), notice=True),
                     Audit("refused", labelled.rule_id, self.room, f"{nick}: {labelled.detail}")]
         if isinstance(labelled, MarkingOnly):
-            self.marked_next[folded] = (labelled.label, now + max(self.join_window, 1.0))
+            if user is not None:
+                self.marked_next[folded] = (labelled.label, now + max(self.join_window, 1.0))
             return []
         label = labelled.label
         marked = self.marked_next.pop(folded, None)
         if marked is not None and now <= marked[1] and not labelled.mapped:
             label = marked[0]
         body = labelled.text
-        if kind == "action":
+        if kind == "notice":
+            body = f"-{name}- {body}"
+        elif user is None:
+            body = f"* {name} {body}" if kind == "action" else f"<{name}> {body}"
+        elif kind == "action":
             body = ME_PREFIX + body
-        elif kind == "notice":
-            return [MucSay(self.room, self.room_nick, self.listener_jid, f"-{nick}- {body}", label,
-                           self.labels.securitylabel(label))]
-        return [MucSay(self.room, user.muc_nick, user.jid, body, label,
-                       self.labels.securitylabel(label))]
+        as_nick, from_jid = (self.room_nick, self.listener_jid) if kind == "notice" or user is None \
+            else (user.muc_nick, user.jid)
+        return [MucSay(self.room, as_nick, from_jid, body, label, self.labels.securitylabel(label))]
 
     def irc_connected(self, key: ConnectionKey, nick: str) -> list:
         """A connection registered as ``nick`` (a connection may have needed another nick than asked)."""
@@ -1003,7 +1016,7 @@ def build_bridges(config, settlement) -> list:
         slots[name] = ConnectionSlots(network.max_connections - 1, parent=gateway)
     return [Bridge(bridge, config.networks[bridge.network], BridgeLabels.for_bridge(bridge), settlement,
                    books[bridge.network], config.xmpp.component, slots[bridge.network],
-                   config.limits.joined_message_bytes)
+                   config.limits.joined_message_bytes, config.limits.irc_users_per_bridge)
             for bridge in config.bridges]
 
 

@@ -53,14 +53,14 @@ class Heard(SettlementObserver):
 class Lab:
     """One bridge over a settlement with the books and a recording observer."""
 
-    def __init__(self, bridge=BRIDGE, slots=None, nicks=None, joined_message_bytes=16 * 1024):
+    def __init__(self, bridge=BRIDGE, slots=None, nicks=None, joined_message_bytes=16 * 1024, max_irc_users=500):
         self.books, self.heard = Books(), Heard()
         self.settlement = Settlement(Topology({"xmpp": frozenset({"conference.red.example"}),
                                                "irc": frozenset({"irc.red.example", "lab.irc.invalid"})}),
                                      [self.books, self.heard])
         self.nicks = nicks if nicks is not None else NickBook(Isupport(), reserved=("xmppgw",))
         self.bridge = Bridge(bridge, NETWORK, BridgeLabels.for_bridge(bridge), self.settlement, self.nicks,
-                             "irc.red.example", slots or ConnectionSlots(10), joined_message_bytes)
+                             "irc.red.example", slots or ConnectionSlots(10), joined_message_bytes, max_irc_users)
 
     def room(self, xml, now=0.0):
         """Feed one stanza from the room (presence or message)."""
@@ -639,3 +639,25 @@ def test_the_split_follows_the_networks_linelen_and_the_bots_registered_nick():
     (say,) = lab.room(said("bob", "x" * 1800))
     assert say.lines == ("<bob> Protective Marking: UNCLASSIFIED", "<bob> " + "x" * 1800)
     assert lab.irc(b":xmppgw1!x@h PRIVMSG #ops :the bot's own line") == []
+
+
+def test_past_the_bound_of_irc_users_the_listener_relays_them():
+    """Past max_irc_users no occupant (and no state) is made for an IRC user: the listener says <nick> text for it."""
+    lab = Lab(max_irc_users=1)
+    assert len(lab.irc(b":carol!c@h JOIN #ops")) == 1
+    assert lab.irc(b":dave!d@h JOIN #ops") == [Audit("irc-user-relayed", "irc:irc-users-full", ROOM, "dave")]
+    assert list(lab.bridge.irc_users) == ["carol"]
+    (say,) = lab.irc(b":dave!d@h PRIVMSG #ops :hello")
+    assert (say.as_nick, say.from_jid, say.body, say.label) == ("irc", LISTENER, "<dave> hello", UNCLASSIFIED)
+    (action,) = lab.irc(b":dave!d@h PRIVMSG #ops :\x01ACTION waves\x01")
+    assert action.body == "* dave waves"
+    full = privmsg_budget("#ops", source_prefix_bytes("dave", "d", "h"))
+    (long_line,) = lab.irc(line_of("dave", "z" * full))
+    assert long_line.body == "<dave> " + "z" * full and lab.bridge.pending == {}
+    assert lab.irc(b":dave!d@h PRIVMSG #ops :Protective Marking: RESTRICTED") == [] and lab.bridge.marked_next == {}
+
+
+def test_a_notice_from_someone_not_in_the_channel_still_reaches_the_room(lab):
+    """A NOTICE to the channel from a service not in it is said by the listener as -nick- text."""
+    (notice,) = lab.irc(b":ChanServ!s@services NOTICE #ops :channel registered")
+    assert (notice.as_nick, notice.body) == ("irc", "-ChanServ- channel registered")
