@@ -113,7 +113,9 @@ RULE_IRC_USERS_FULL = "irc:irc-users-full"
 KICKED_ON_IRC_TEXT = "You were kicked from the IRC channel; rejoin the room to talk there again."
 NOTHING_TO_SAY_TEXT = "the message carries no text the IRC channel can show"
 KICK_REFUSED_TEXT = "The gateway is not an operator of the IRC channel: {nick} was not kicked there."
-KICKED_FROM_CHANNEL_TEXT = "{nick} was kicked from the IRC channel by {by}."
+# {nick}: a room nick the room already shows; who kicked and why (IRC's words) go to the audit only.
+KICKED_FROM_CHANNEL_TEXT = "{nick} was kicked from the IRC channel by an IRC operator."
+KICKED_FROM_CHANNEL_REASON = "kicked from the IRC channel by an IRC operator"
 PRIVATE_REFUSED_TEXT = "Private messages are not bridged to XMPP."
 KICKED_FROM_ROOM_REASON = "kicked from the XMPP room"
 LEFT_ROOM_REASON = "left the XMPP room"
@@ -453,6 +455,11 @@ class Bridge:
                 return occupant
         return None
 
+    def _gateway_says(self, text: str) -> MucSay:
+        """The gateway's own words in the room, from the listener, under the IRC side's default label."""
+        label = self.labels.default_label
+        return MucSay(self.room, self.room_nick, self.listener_jid, text, label, self.labels.securitylabel(label))
+
     def _ours(self, channel: str) -> bool:
         return self.fold(channel) == self.fold(self.channel)
 
@@ -593,7 +600,7 @@ class Bridge:
             return [IrcKick(self.bot_key, self.channel, user.irc_nick, KICKED_FROM_ROOM_REASON),
                     Audit("kick", "irc:kick-relayed", self.room, f"{user.irc_nick}: {reason}")]
         text = KICK_REFUSED_TEXT.format(nick=user.muc_nick)
-        return [MucSay(self.room, self.room_nick, self.listener_jid, text),
+        return [self._gateway_says(text),
                 Audit("kick-refused", RULE_KICK_REFUSED, self.room, f"{user.irc_nick}: the bot is not a channel op")]
 
     def room_message(self, stanza: domish.Element, size: int | None = None, now: float = 0.0) -> list:
@@ -803,9 +810,9 @@ class Bridge:
             if key == self.bot_key and occupant.kicked_on_irc:
                 return []
             occupant.kicked_on_irc = True
-            text = KICKED_FROM_CHANNEL_TEXT.format(nick=occupant.muc_nick, by=without_controls(by))
+            text = KICKED_FROM_CHANNEL_TEXT.format(nick=occupant.muc_nick)
             actions = self._disconnect(occupant, KICKED_FROM_ROOM_REASON) + self._promote_relayed()
-            return actions + [MucSay(self.room, self.room_nick, self.listener_jid, text),
+            return actions + [self._gateway_says(text),
                               Audit("kicked-on-irc", RULE_KICKED_ON_IRC, self.room, f"{nick} by {by}: {reason}")]
         if not self._from_bot(key):
             return []
@@ -816,7 +823,8 @@ class Bridge:
         if user is None or not user.in_room:
             return []
         if self.listener_is_moderator:
-            return [MucKick(self.room, user.muc_nick, self.listener_jid, f"kicked from the IRC channel by {by}")]
+            return [MucKick(self.room, user.muc_nick, self.listener_jid, KICKED_FROM_CHANNEL_REASON),
+                    Audit("kicked-on-irc", RULE_KICKED_ON_IRC, self.room, f"{nick} by {by}: {reason}")]
         return [MucLeave(self.room, user.muc_nick, user.jid)]
 
     def irc_nick_changed(self, key: ConnectionKey, old: str, new: str, now: float = 0.0) -> list:

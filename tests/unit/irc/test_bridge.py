@@ -396,7 +396,7 @@ def test_an_irc_kick_of_a_bridged_occupant_closes_its_connection_and_tells_the_r
     lab.room(joined("alice"))
     actions = lab.irc(b":op!o@h KICK #ops alice :behave")
     assert actions == [IrcPart(alice_key(), "#ops", "kicked from the XMPP room"),
-                       MucSay(ROOM, "irc", LISTENER, "alice was kicked from the IRC channel by op."),
+                       MucSay(ROOM, "irc", LISTENER, "alice was kicked from the IRC channel by an IRC operator.", UNCLASSIFIED),
                        Audit("kicked-on-irc", "irc:kicked-on-irc", ROOM, "alice by op: behave")]
     (bounce,) = lab.room(said("alice", "let me back"))
     assert (bounce.condition, bounce.text) == (
@@ -412,7 +412,8 @@ def test_a_room_kick_of_an_irc_user_kicks_on_irc_only_when_the_bot_is_an_operato
     lab.irc(b":dave!d@h JOIN #ops")
     refused = lab.room(left("carol", "307"))
     assert refused == [MucSay(ROOM, "irc", LISTENER,
-                              "The gateway is not an operator of the IRC channel: carol was not kicked there."),
+                              "The gateway is not an operator of the IRC channel: carol was not kicked there.",
+                              UNCLASSIFIED),
                        Audit("kick-refused", "irc:kick-refused", ROOM, "carol: the bot is not a channel op")]
     lab.irc(b":op!o@h MODE #ops +o xmppgw")
     assert lab.room(left("dave", "307"))[0] == IrcKick(BOT, "#ops", "dave", "kicked from the XMPP room")
@@ -424,8 +425,9 @@ def test_an_irc_kick_of_an_irc_user_removes_its_occupant(lab):
     lab.irc(b":dave!d@h JOIN #ops")
     assert lab.irc(b":op!o@h KICK #ops carol :spam") == [MucLeave(ROOM, "carol", irc_jid("carol"))]
     lab.room(joined("irc", role="moderator").replace("<item", "<status code='110'/><item"))
-    assert lab.irc(b":op!o@h KICK #ops dave :spam") == [MucKick(ROOM, "dave", LISTENER,
-                                                               "kicked from the IRC channel by op")]
+    assert lab.irc(b":op!o@h KICK #ops dave :spam") == [
+        MucKick(ROOM, "dave", LISTENER, "kicked from the IRC channel by an IRC operator"),
+        Audit("kicked-on-irc", "irc:kicked-on-irc", ROOM, "dave by op: spam")]
 
 
 # -- nicks and topics -------------------------------------------------------------
