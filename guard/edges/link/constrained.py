@@ -21,7 +21,6 @@ The decisions here are plain functions of elements; ``Link`` does the I/O.
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass
 
 from twisted.words.xish import domish
@@ -59,11 +58,18 @@ def carries_link_elements(element) -> bool:
     return any(getattr(child, "uri", None) == LINK_NS for child in element.children)
 
 
+def _shallow(element, children) -> domish.Element:
+    """A new element with ``element``'s name, namespaces and attributes and the given children (shared, not copied)."""
+    made = domish.Element((element.uri, element.name), defaultUri=element.defaultUri)
+    made.attributes = dict(element.attributes)
+    made.localPrefixes = dict(element.localPrefixes)
+    made.children = list(children)
+    return made
+
+
 def with_recipients(element, recipients) -> domish.Element:
     """A copy of the merged message ``element`` listing every recipient in the link's namespace."""
-    merged = copy.copy(element)
-    merged.children = list(element.children)
-    merged.attributes = dict(element.attributes)
+    merged = _shallow(element, element.children)
     listing = domish.Element((LINK_NS, RECIPIENTS))
     for jid in recipients:
         listing.addElement((LINK_NS, "to"))["jid"] = jid
@@ -99,10 +105,8 @@ def fan_out(element, max_recipients: int, max_bytes: int, size: int) -> list:
         recipients.append(jid)
     copies = []
     for jid in recipients:
-        single = copy.copy(element)
-        single.attributes = dict(element.attributes)
+        single = _shallow(element, (child for child in element.children if child is not listing))
         single.attributes["to"] = jid
-        single.children = [child for child in element.children if child is not listing]
         copies.append(single)
     return copies
 
@@ -142,9 +146,11 @@ class ConstrainedLink:
         return expanded
 
     def new_schedule(self, settings):
-        """The bearer schedule of this link end, bounded by the link's own buffer bounds."""
+        """The bearer schedule of this link end: bounded by the link's own buffer bounds (``buffer_stanzas``,
+        ``buffer_bytes``) and by ``max_wait``; IQ deadlines from ``iq_deadline`` and ``round_trip``."""
         from guard.core.constrained.schedule import BearerSchedule, ScheduleLimits
 
         limits = ScheduleLimits(queue_stanzas=settings.buffer_stanzas, queue_bytes=settings.buffer_bytes,
-                                max_wait_seconds=self.profile.max_wait)
+                                max_wait_seconds=self.profile.max_wait, iq_deadline_seconds=self.profile.iq_deadline,
+                                round_trip_seconds=self.profile.round_trip)
         return BearerSchedule(self.profile.rate, self.profile.presence, self.profile.groupchat_merge, limits)

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 from dataclasses import dataclass
 
 from automat import MethodicalMachine
@@ -75,7 +76,6 @@ class LinkSettings:
     keepalive: float = 60.0  # seconds of an idle link after which <r/> checks the peer is still there
     fan_out_recipients: int = 100  # recipients one merged link stanza may list (constrained profile)
     fan_out_bytes: int = 4 * 1024 * 1024  # copies x wire size one merged link stanza may fan out into
-    expiry_check: float = 1.0  # seconds between checks for stanzas that waited past max_wait (constrained profile)
 
 
 @dataclass(frozen=True)
@@ -222,7 +222,7 @@ class Link:
         from guard.edges.release import reparse_stanza
 
         limits = ParserLimits(stanza_bytes=self.stanza_bytes)
-        for item in self.schedule.take_all():
+        for item in self.schedule.expired(math.inf):  # everything it holds, to be offered again
             for parcel in item.parcels:
                 try:
                     data = judge(Carried(parcel, serialise(parcel.stanza).encode("utf-8")))
@@ -275,7 +275,7 @@ class Link:
             "refused_by_peer": self.refused_by_peer,
             "settled_in_doubt": self.in_doubt,
             **({} if self.schedule is None else {
-                "scheduled": self.schedule.waiting(), "dropped_by_profile": self.profile_dropped,
+                "scheduled": self.schedule.queued_stanzas, "scheduled_bytes": self.schedule.queued_bytes, "dropped_by_profile": self.profile_dropped,
                 "answered_too_late": self.answered_too_late, "expired": self.expired}),
         }
 
@@ -559,19 +559,21 @@ class Link:
             log.error("link: a stanza could not be serialised: {problem!r}", problem=problem)
             self._give_up(parcel, "internal-server-error", NOT_WRITABLE)
             return
-        from guard.core.constrained.schedule import Outgoing
+        from guard.core.constrained import schedule
 
-        offered = self.schedule.offer(Outgoing(parcel, stanza, size, stanza.getAttribute("from") or "",
-                                               stanza.getAttribute("to") or "", self.schedule.classify(stanza)),
+        offered = self.schedule.offer(schedule.Outgoing(parcel, stanza, size, stanza.getAttribute("from") or "",
+                                                        stanza.getAttribute("to") or "",
+                                                        self.schedule.classify(stanza)),
                                       self.clock.seconds())
         for superseded in offered.superseded:
             self._drop_by_profile(superseded, "superseded", PRESENCE_SUPERSEDED)
         outcome = offered.outcome
-        if outcome == "stripped":
+        if outcome == schedule.STRIPPED:
             self._drop_by_profile(parcel, "stripped", PRESENCE_STRIPPED)
-        elif outcome == "refused":
+        elif outcome == schedule.REFUSED:
+            log.info("link: the bearer schedule is full ({reason}); bouncing a stanza", reason=offered.reason)
             self._give_up(parcel, "resource-constraint", BUFFER_FULL)
-        elif outcome == "too_late":
+        elif outcome == schedule.TOO_LATE:
             self.answered_too_late += 1
             self._give_up(parcel, "remote-server-timeout", IQ_TOO_LATE)
         self._pace()
@@ -581,8 +583,8 @@ class Link:
         self.owner.link_dropped_by_profile(parcel, why, text)
 
     def _pace(self) -> None:
-        """Write what the bearer's rate allows now, one stanza per write; bounce what waited past max_wait;
-        ask again when the schedule says (or after ``expiry_check`` while anything waits)."""
+        """Write what the bearer's rate allows now, one stanza per write; bounce what waited past max_wait (and
+        IQs that can no longer be answered in time); ask again when the schedule says."""
         if self._pacer is not None and self._pacer.active():
             self._pacer.cancel()
         self._pacer = None
@@ -593,23 +595,17 @@ class Link:
             self.expired += len(item.parcels)
             for parcel in item.parcels:
                 self._give_up(parcel, "remote-server-timeout", WAITED_TOO_LONG)
-        wake_at = None
-        if self.stream is not None and self.state_name == "up":
-            while True:
-                due = self.schedule.next_due(now)
-                if due.item is None:
-                    wake_at = due.wake_at
-                    break
-                self._write_queued(due.item)
-                if self.stream is None:
-                    break
-        if self.schedule.waiting():
-            check = now + self.settings.expiry_check
-            wake_at = check if wake_at is None else min(wake_at, check)
+        wake_at = self.schedule.next_expiry()
+        while self.stream is not None and self.state_name == "up":
+            due = self.schedule.next_due(now)
+            if due.item is None:
+                wake_at = due.wake_at
+                break
+            self._write_queued(due.item, now)
         if wake_at is not None:
             self._pacer = self.clock.callLater(max(0.0, wake_at - now), self._pace)
 
-    def _write_queued(self, item) -> None:
+    def _write_queued(self, item, now) -> None:
         """Number and write one item the schedule let go (a merged groupchat message lists its recipients)."""
         parcels = tuple(item.parcels)
         parcel = parcels[0] if len(parcels) == 1 else Merged(parcels)
@@ -629,13 +625,17 @@ class Link:
         if self.outbox.add(carried, len(data)) is None:
             self._give_up(parcel, "resource-constraint", BUFFER_FULL)
             return
+        counter = getattr(self.stream, "byte_count", None)
+        before = counter.bytes_out if counter is not None else 0
         self._write_unsent()
+        if counter is not None:
+            self.schedule.wrote(item, counter.bytes_out - before, now)  # what it really cost the bearer
 
     def _give_up_scheduled(self, condition: str, text: str) -> None:
         """Everything the schedule holds is given up (the down deadline, draining, stopping)."""
         if self.schedule is None:
             return
-        for item in self.schedule.take_all():
+        for item in self.schedule.expired(math.inf):  # everything it holds
             for parcel in item.parcels:
                 self._give_up(parcel, condition, text)
 
