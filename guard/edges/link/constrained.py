@@ -111,6 +111,11 @@ def fan_out(element, max_recipients: int, max_bytes: int, size: int) -> list:
     return copies
 
 
+def default_domain(domains) -> str:
+    """The domain an end of the link implies in addresses: the shortest of its domains, then the first in order."""
+    return min(domains, key=lambda domain: (len(domain), domain))
+
+
 class ConstrainedLink:
     """The constrained profile's pieces for one link end, built once from the configuration."""
 
@@ -122,8 +127,9 @@ class ConstrainedLink:
         near, far = sorted(near_domains), sorted(far_domains)
         self.dictionary = link_dictionary(near, far)
         self.frame_budget = stanza_bytes + LINK_ELEMENT_ALLOWANCE
-        # The default domains both ends imply: the first of each end's domains, in sorted order.
-        self.abbreviation = Abbreviation(near[0], far[0]) if near and far else None
+        # The default domain each end implies: its shortest (then first in order), so that its subdomains
+        # (conference.red.example) are written short too; both ends compute it from their mirrored domains.
+        self.abbreviation = Abbreviation(default_domain(near), default_domain(far)) if near and far else None
 
     def prepare_stream(self, stream) -> None:
         """Install the configured compression on a new link connection's filter chain."""

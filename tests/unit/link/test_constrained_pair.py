@@ -179,3 +179,122 @@ def test_a_stanza_that_waited_past_max_wait_bounces():
     pair.run(2.0, step=1.0)
     assert pair.a.books() == {"accepted": 1, "delivered": 0, "bounced": 1, "dropped": 0, "in_flight": 0}
     assert pair.a.link.describe()["expired"] == 1
+
+
+def test_a_merged_message_over_the_receivers_recipient_bound_is_refused_and_each_copy_bounces_once():
+    """Half B fans out at most 2 recipients: A's 3-copy message is refused by its number, and A bounces each copy."""
+    profile = ConstrainedProfile(security="bearer", compression="dictionary", rate=1_000_000)
+    pair = ConstrainedPair(profile, settings=LinkSettings(ack_every=1, fan_out_recipients=2))
+    pair.connect()
+    for occupant in OCCUPANTS[:3]:
+        pair.a.sends(groupchat(occupant))
+    pair.run(2.0)
+    assert pair.b.server.received == [] and pair.b.books()["accepted"] == 0
+    assert pair.a.link.describe()["refused_by_peer"] == 1  # one link stanza
+    assert pair.a.books() == {"accepted": 3, "delivered": 0, "bounced": 3, "dropped": 0, "in_flight": 0}
+
+
+def test_a_merged_message_whose_copies_exceed_the_fan_out_bytes_is_refused():
+    """The copies of one link stanza are bounded in bytes too: 3 copies over fan_out_bytes are refused."""
+    profile = ConstrainedProfile(security="bearer", compression="zlib", rate=1_000_000)
+    pair = ConstrainedPair(profile, settings=LinkSettings(ack_every=1, fan_out_bytes=600))
+    pair.connect()
+    for occupant in OCCUPANTS[:3]:
+        pair.a.sends(groupchat(occupant))
+    pair.run(2.0)
+    assert pair.b.server.received == [] and pair.a.books()["bounced"] == 3
+
+
+def test_each_fanned_out_copy_is_addressing_checked_on_its_own():
+    """A recipient half B does not serve is dropped as misaddressed at B; the other copies are delivered."""
+    from guard.app.half import LINK_MISADDRESSED_RULE
+
+    pair = ConstrainedPair(ConstrainedProfile(security="bearer", compression="none", rate=1_000_000))
+    pair.connect()
+    for occupant in ("one@blue.example/r", "two@blue.example/r"):
+        pair.a.sends(groupchat(occupant))
+    # What a compromised half A could write: a second recipient outside B's domains, in the link's own list.
+    inject(pair, "<message from='room@conference.red.example/romeo' to='one@blue.example/r' type='groupchat'"
+                 " id='g9'><body>x</body><recipients xmlns='urn:xmpp-guard:link:0'><to jid='one@blue.example/r'/>"
+                 "<to jid='mallory@evil.example/x'/></recipients></message>")
+    pair.run(2.0)
+    assert ("drop", LINK_MISADDRESSED_RULE, "g9") in pair.b.audit.records
+    assert sum('id="g9"' in stanza for stanza in pair.b.server.received) == 1
+
+
+def inject(pair, xml):
+    """Write a stanza on half A's link connection as A's link would (addresses abbreviated), outside its numbering."""
+    from guard.edges.release import reparse_stanza
+    from guard.edges.xmlstream import serialise
+
+    pair.client.write(serialise(pair.a.constrained.written_form(reparse_stanza(xml))).encode("utf-8"))
+
+
+@pytest.mark.parametrize("listing", [
+    b"<recipients xmlns='urn:xmpp-guard:link:0'><to/></recipients>",
+    b"<recipients xmlns='urn:xmpp-guard:link:0'><to jid='a@blue.example'/><to jid='a@blue.example'/></recipients>",
+    b"<recipients xmlns='urn:xmpp-guard:link:0'>text<to jid='a@blue.example'/></recipients>",
+    b"<recipients xmlns='urn:xmpp-guard:link:0' extra='1'><to jid='a@blue.example'/></recipients>",
+    b"<recipients xmlns='urn:xmpp-guard:link:0'/>",
+    b"<other xmlns='urn:xmpp-guard:link:0'/>",
+])
+def test_a_malformed_recipients_list_is_a_stream_error(listing):
+    """Half B refuses a link stanza whose recipients list it cannot read: stream error, nothing accepted."""
+    pair = ConstrainedPair(ConstrainedProfile(security="bearer", compression="zlib", rate=1_000_000))
+    pair.connect()
+    inject(pair, "<message from='room@conference.red.example/romeo' to='a@blue.example' type='groupchat' id='g1'>"
+                 "<body>x</body>" + listing.decode() + "</message>")
+    pair.run(1.0)
+    assert pair.server.closing and pair.b.link.describe()["state"] == "down"
+    assert pair.b.books()["accepted"] == 0 and pair.b.server.received == []
+
+
+def test_a_stanza_from_this_side_holding_link_elements_is_not_carried():
+    """A local stanza carrying the link's own namespace (a forged recipients list) bounces at the sending half."""
+    pair = ConstrainedPair(ConstrainedProfile(security="bearer", compression="none", rate=1_000_000))
+    pair.connect()
+    pair.a.sends("<message from='romeo@red.example/a' to='juliet@blue.example' id='x1'><body>x</body>"
+                 "<recipients xmlns='urn:xmpp-guard:link:0'><to jid='nurse@blue.example'/></recipients></message>")
+    pair.run(1.0)
+    assert pair.b.server.received == [] and pair.a.books()["bounced"] == 1
+
+
+def test_a_compression_bomb_through_the_link_is_refused_before_it_inflates_past_the_budget():
+    """A deflate frame that would inflate to four times half B's frame budget closes the link (policy-violation)."""
+    import zlib
+
+    from guard.edges.constrained.compression import DEFLATED, LINK_ELEMENT_ALLOWANCE, frame
+    from guard.edges.xmlstream import ParserLimits
+
+    pair = ConstrainedPair(ConstrainedProfile(security="bearer", compression="zlib", rate=1_000_000))
+    pair.connect()
+    budget = ParserLimits().stanza_bytes + LINK_ELEMENT_ALLOWANCE
+    compressor = zlib.compressobj(9, zlib.DEFLATED, -15)
+    payload = compressor.compress(b"<message><body>" + b"A" * (4 * budget)) + compressor.flush(zlib.Z_SYNC_FLUSH)
+    bomb = frame(DEFLATED, payload[:-4])
+    assert len(bomb) < budget // 100
+    pair.client.transport.write(bomb)
+    pair.run(1.0)
+    assert pair.server.closing and pair.b.link.describe()["state"] == "down"
+    assert pair.b.books()["accepted"] == 0
+
+
+def test_an_address_that_is_no_valid_abbreviation_is_a_stream_error():
+    """Half B expands the implied domains before its addressing check: what it cannot expand closes the link."""
+    from guard.edges.link.constrained import NOT_AN_ABBREVIATION, ConstrainedLink
+
+    class Refusing:
+        def expand(self, element):
+            return None
+
+        def shorten(self, element):
+            return element
+
+    pair = ConstrainedPair(ConstrainedProfile(security="bearer", compression="none", rate=1_000_000))
+    pair.b.constrained.abbreviation = Refusing()
+    pair.connect()
+    pair.a.sends(chat(1))
+    pair.run(1.0)
+    assert pair.server.closing and pair.b.server.received == []
+    assert pair.a.link.describe()["refused_by_peer"] == 1 and pair.a.books()["bounced"] == 1
+    assert NOT_AN_ABBREVIATION and ConstrainedLink
