@@ -150,6 +150,7 @@ class Link:
         self.constrained = constrained
         self.schedule = constrained.new_schedule(settings) if constrained is not None else None
         self._pacer = None
+        self._charged = (None, 0)  # (connection, its bytes out already charged to the bearer's rate)
         self.profile_dropped = 0  # presence stripped or superseded under the constrained profile
         self.answered_too_late = 0  # IQs answered at once (they could not be answered across the bearer in time)
         self.expired = 0  # stanzas that waited past max_wait for the bearer
@@ -596,6 +597,7 @@ class Link:
             for parcel in item.parcels:
                 self._give_up(parcel, "remote-server-timeout", WAITED_TOO_LONG)
         wake_at = self.schedule.next_expiry()
+        self._charge_own_bytes(now)
         while self.stream is not None and self.state_name == "up":
             due = self.schedule.next_due(now)
             if due.item is None:
@@ -625,11 +627,26 @@ class Link:
         if self.outbox.add(carried, len(data)) is None:
             self._give_up(parcel, "resource-constraint", BUFFER_FULL)
             return
+        self._charge_own_bytes(now)
         counter = getattr(self.stream, "byte_count", None)
         before = counter.bytes_out if counter is not None else 0
         self._write_unsent()
         if counter is not None:
             self.schedule.wrote(item, counter.bytes_out - before, now)  # what it really cost the bearer
+            self._charged = (self.stream, counter.bytes_out)
+
+    def _charge_own_bytes(self, now) -> None:
+        """Charge the bearer's rate with what the connection wrote besides scheduled stanzas (header, resume,
+        acknowledgements, stanzas written again after a reconnection)."""
+        counter = getattr(self.stream, "byte_count", None)
+        if counter is None:
+            return
+        stream, charged = self._charged
+        if stream is not self.stream:
+            charged = 0
+        if counter.bytes_out > charged:
+            self.schedule.spend(counter.bytes_out - charged, now)
+        self._charged = (self.stream, counter.bytes_out)
 
     def _give_up_scheduled(self, condition: str, text: str) -> None:
         """Everything the schedule holds is given up (the down deadline, draining, stopping)."""

@@ -161,3 +161,35 @@ class ConstrainedPair:
         for protocol in (self.client, self.server):
             protocol.transport.disconnecting = True
             protocol.connectionLost(Failure(ConnectionLost("the bearer dropped")))
+
+
+def flights_before_first_stanzas(pair, flights=12):
+    """Open a new connection and move its bytes one flight (one direction's pending bytes) at a time: the flight
+    after which half B's server, then half A's, got its first stanza, and the bearer bytes both ways until then."""
+    factory_a = LinkStreamFactory(pair.a.link, pair.checks[0], pair.clock, prepare=pair.a.constrained.prepare_stream)
+    factory_b = LinkStreamFactory(pair.b.link, pair.checks[1], pair.clock, prepare=pair.b.constrained.prepare_stream)
+    if pair.tls is not None:
+        client = pair.tls[0].dialling(factory_a, pair.clock).buildProtocol(None)
+        server = pair.tls[1].listening(factory_b, pair.clock).buildProtocol(None)
+    else:
+        client, server = factory_a.buildProtocol(None), factory_b.buildProtocol(None)
+    client_transport, server_transport = iosim.makeFakeClient(client), iosim.makeFakeServer(server)
+    client.makeConnection(client_transport)
+    server.makeConnection(server_transport)
+    pair.client, pair.server = client, server
+    already = (len(pair.a.server.received), len(pair.b.server.received))
+    flight, sent, first = 0, {"a": 0, "b": 0}, {}
+    for _ in range(flights):
+        for transport, reader, writer in ((client_transport, server, "a"), (server_transport, client, "b")):
+            for _ in range(10):  # TLS writes and the pacer run on the clock (at 1 Mbit/s, 0.1 s paces 12 KB)
+                pair.clock.advance(0.01)
+            data = transport.getOutBuffer()
+            if not data:
+                continue
+            flight += 1
+            sent[writer] += len(data)
+            reader.dataReceived(data)
+            for half, name, before in ((pair.b, "b", already[1]), (pair.a, "a", already[0])):
+                if name not in first and len(half.server.received) > before:
+                    first[name] = (flight, dict(sent))
+    return first

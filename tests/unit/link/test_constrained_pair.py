@@ -298,3 +298,43 @@ def test_an_address_that_is_no_valid_abbreviation_is_a_stream_error():
     assert pair.server.closing and pair.b.server.received == []
     assert pair.a.link.describe()["refused_by_peer"] == 1 and pair.a.books()["bounced"] == 1
     assert NOT_AN_ABBREVIATION and ConstrainedLink
+
+
+@pytest.mark.parametrize("security, resumed, flights_to_b, flights_to_a", [
+    ("bearer", False, 1, 2),  # the first write after TCP carries header, resume and stanza, both ways
+    ("tls", False, 3, 4),  # TLS 1.3: ClientHello; ServerHello..Finished; client Finished + header + stanza
+    ("tls", True, 3, 4),  # resumed: the same flights, without certificates
+])
+def test_no_xmpp_round_trip_comes_before_the_first_stanza(material, security, resumed, flights_to_b, flights_to_a):
+    """Count the flights on a new connection until each side's first stanza arrives: only TCP and TLS come first."""
+    from .constrained_pairs import flights_before_first_stanzas
+
+    pair = ConstrainedPair(ConstrainedProfile(security=security, compression="dictionary", rate=1_000_000),
+                           material)
+    if resumed:
+        pair.connect()
+        pair.tls[0].sessions.watch(pair.client.wrappedProtocol)
+        pair.client.transport.loseConnection()
+        pair.run(0.2)
+    pair.a.sends(chat(1))
+    pair.b.sends(chat(2, "juliet@blue.example/b", "romeo@red.example"))
+    first = flights_before_first_stanzas(pair)
+    assert (first["b"][0], first["a"][0]) == (flights_to_b, flights_to_a)
+    if resumed:
+        assert pair.tls[0].sessions.offered == 1
+    print(f"{security}{' resumed' if resumed else ''}: first stanza at B after flight {first['b']}, "
+          f"at A after flight {first['a']} (bytes written by each half so far)")
+
+
+def test_a_compression_mismatch_says_so_in_the_log():
+    """The half that cannot read its peer's first bytes logs that both halves must use the same compression."""
+    from twisted.logger import globalLogPublisher
+
+    seen = []
+    globalLogPublisher.addObserver(seen.append)
+    try:
+        test_a_compression_mismatch_closes_the_link_with_a_stream_error_not_a_hang()
+    finally:
+        globalLogPublisher.removeObserver(seen.append)
+    assert any(event["log_level"].name == "error" and "compression" in event.get("log_format", "")
+               for event in seen)
