@@ -338,3 +338,64 @@ def test_a_compression_mismatch_says_so_in_the_log():
         globalLogPublisher.removeObserver(seen.append)
     assert any(event["log_level"].name == "error" and "compression" in event.get("log_format", "")
                for event in seen)
+
+
+def test_a_presence_to_many_recipients_crosses_once_and_is_fanned_out():
+    """Romeo's presence to 6 friends behind the link is one link stanza; half B makes one presence per friend."""
+    pair = ConstrainedPair(ConstrainedProfile(security="bearer", compression="dictionary", rate=1_000_000))
+    pair.connect()
+    for number in range(6):
+        pair.a.sends(presence("romeo@red.example/a", f"friend{number}@blue.example", show="away"))
+    pair.run(2.0)
+    assert pair.b.link.describe()["received"] == 1
+    assert sorted(stanza.split('to="')[1].split('"')[0] for stanza in pair.b.server.received) == \
+        [f"friend{number}@blue.example" for number in range(6)]
+    assert pair.b.books() == {"accepted": 6, "delivered": 6, "bounced": 0, "dropped": 0, "in_flight": 0}
+
+
+def test_the_link_paces_its_writes_to_the_rate_and_chat_overtakes_waiting_presence():
+    """At 2,400 bit/s, 12 presences wait their turn: a chat message offered after them crosses first, and after
+    one second no more bytes than the rate allows have been written."""
+    pair = ConstrainedPair(ConstrainedProfile(security="bearer", compression="none", rate=2400))
+    pair.connect()
+    for number in range(12):  # directed presences with different status texts: nothing to merge or coalesce
+        pair.a.sends(f"<presence from='romeo@red.example/a' to='friend{number}@blue.example'>"
+                     f"<status>status number {number}</status></presence>")
+    pair.a.sends(chat(1))
+    written = pair.a.link.stream.byte_count.bytes_out
+    pair.run(1.0, step=0.01)
+    assert (pair.a.link.stream.byte_count.bytes_out - written) * 8 <= 2400 * 1.0 + 8 * 200  # one stanza of slack
+    assert "<message" in pair.b.server.received[0]
+    assert 1 < len(pair.b.server.received) < 13
+    pair.run(10.0, step=0.05)
+    assert len(pair.b.server.received) == 13
+    assert pair.a.books() == {"accepted": 13, "delivered": 13, "bounced": 0, "dropped": 0, "in_flight": 0}
+
+
+def test_a_policy_reload_judges_the_stanzas_waiting_in_the_schedule_again():
+    """While the bearer is down, the export policy becomes stricter: the waiting chat is judged again and bounced."""
+    from guard.core.pipeline import Direction, Judgement
+
+    class BounceAll:
+        def judge(self, stanza, direction):
+            return Judgement.bounced(stanza, "no-export", "policy-violation")
+
+    pair = ConstrainedPair(ConstrainedProfile(security="bearer", compression="none", rate=1_000_000))
+    pair.a.sends(chat(1))
+    pair.a.sends(presence("romeo@red.example/a"))
+    assert pair.a.link.describe()["scheduled"] == 2
+    pair.a.relay.policies.swap(Direction("red", "blue"), BounceAll())
+    pair.a.relay.rejudge_link_buffer()
+    assert pair.a.link.describe()["scheduled"] == 0
+    assert pair.a.books() == {"accepted": 2, "delivered": 0, "bounced": 2, "dropped": 0, "in_flight": 0}
+    assert [record[1] for record in pair.a.audit.records] == ["no-export", "no-export"]
+
+
+def test_a_stopping_half_bounces_what_waits_in_the_schedule():
+    """The half stops with stanzas waiting for the bearer: each bounces (remote-server-timeout), none is lost."""
+    pair = ConstrainedPair(ConstrainedProfile(security="bearer", compression="none", rate=1_000_000))
+    for number in range(3):
+        pair.a.sends(chat(number))
+    pair.a.relay.shut_down()
+    assert pair.a.books() == {"accepted": 3, "delivered": 0, "bounced": 3, "dropped": 0, "in_flight": 0}
+    assert pair.a.link.describe()["scheduled"] == 0
