@@ -166,17 +166,21 @@ class Link:
         if self.schedule is not None:
             self._offer(parcel)
             return
+        data = self._serialised(parcel, parcel.stanza)
+        if data is not None:
+            self._offered(Carried(retained(parcel), data))
+
+    def _serialised(self, parcel, element) -> bytes | None:
+        """``element`` as the link writes it, or None once ``parcel`` is given up (too large, not writable)."""
         try:
-            data = serialise(parcel.stanza, max_bytes=self.stanza_bytes).encode("utf-8")
+            return serialise(element, max_bytes=self.stanza_bytes).encode("utf-8")
         except OversizedStanza:
             log.info("link: a stanza larger than {limit} bytes is not carried", limit=self.stanza_bytes)
             self._give_up(parcel, REFUSED_CONDITION, TOO_LARGE)
-            return
         except Exception as problem:  # noqa: BLE001 - what cannot be written is not carried
             log.error("link: a stanza could not be serialised: {problem!r}", problem=problem)
             self._give_up(parcel, "internal-server-error", NOT_WRITABLE)
-            return
-        self._offered(Carried(retained(parcel), data))
+        return None
 
     def hold(self) -> None:
         """Stop reading the peer (and so stop acknowledging it) until ``release``: this half's side is congested."""
@@ -551,15 +555,10 @@ class Link:
             log.warn("link: a stanza holding the link's own elements is not carried")
             self._give_up(parcel, REFUSED_CONDITION, NOT_WRITABLE)
             return
-        try:
-            size = len(serialise(stanza, max_bytes=self.stanza_bytes).encode("utf-8"))
-        except OversizedStanza:
-            self._give_up(parcel, REFUSED_CONDITION, TOO_LARGE)
+        data = self._serialised(parcel, stanza)
+        if data is None:
             return
-        except Exception as problem:  # noqa: BLE001 - what cannot be written is not carried
-            log.error("link: a stanza could not be serialised: {problem!r}", problem=problem)
-            self._give_up(parcel, "internal-server-error", NOT_WRITABLE)
-            return
+        size = len(data)
         from guard.core.constrained import schedule
 
         offered = self.schedule.offer(schedule.Outgoing(parcel, stanza, size, stanza.getAttribute("from") or "",
@@ -614,14 +613,8 @@ class Link:
         element = item.element
         if len(item.recipients) > 1:
             element = with_recipients(element, item.recipients)
-        try:
-            data = serialise(self.constrained.written_form(element), max_bytes=self.stanza_bytes).encode("utf-8")
-        except OversizedStanza:
-            self._give_up(parcel, REFUSED_CONDITION, TOO_LARGE)
-            return
-        except Exception as problem:  # noqa: BLE001 - what cannot be written is not carried
-            log.error("link: a stanza could not be serialised: {problem!r}", problem=problem)
-            self._give_up(parcel, "internal-server-error", NOT_WRITABLE)
+        data = self._serialised(parcel, self.constrained.written_form(element))
+        if data is None:
             return
         carried = Carried(retained(parcel), data)
         if self.outbox.add(carried, len(data)) is None:

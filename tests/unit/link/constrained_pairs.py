@@ -8,7 +8,7 @@ from twisted.test import iosim
 
 from guard.app.half import HalfRelay
 from guard.core.books import Books
-from guard.core.pipeline import Direction, Judgement
+from guard.core.pipeline import Direction
 from guard.core.topology import Topology
 from guard.edges.feeders import Feeders
 from guard.edges.limits import Limits
@@ -20,14 +20,11 @@ from guard.edges.link.tls import LinkTLS, PeerCheck, certificate_fingerprint
 from guard.edges.release import reparse_stanza
 from guard.edges.xmlstream import ParserLimits, serialise
 
+from .test_half import PassAll
+
 RED = frozenset({"red.example", "conference.red.example"})
 BLUE = frozenset({"blue.example"})
 TOPOLOGY = Topology({"red": RED, "blue": BLUE})
-
-
-class PassAll:
-    def judge(self, stanza, direction):
-        return Judgement.passed(stanza, "pass-all")
 
 
 class RecordingAudit:
@@ -127,16 +124,19 @@ class ConstrainedPair:
         self.pump = None
         self.bytes_on_bearer = 0
 
-    def connect(self):
+    def new_connection(self):
+        """Half A's and half B's protocols for one new connection (in TLS unless security = "bearer")."""
         factory_a = LinkStreamFactory(self.a.link, self.checks[0], self.clock,
                                       prepare=self.a.constrained.prepare_stream)
         factory_b = LinkStreamFactory(self.b.link, self.checks[1], self.clock,
                                       prepare=self.b.constrained.prepare_stream)
-        if self.tls is not None:
-            client = self.tls[0].dialling(factory_a, self.clock).buildProtocol(None)
-            server = self.tls[1].listening(factory_b, self.clock).buildProtocol(None)
-        else:
-            client, server = factory_a.buildProtocol(None), factory_b.buildProtocol(None)
+        if self.tls is None:
+            return factory_a.buildProtocol(None), factory_b.buildProtocol(None)
+        return (self.tls[0].dialling(factory_a, self.clock).buildProtocol(None),
+                self.tls[1].listening(factory_b, self.clock).buildProtocol(None))
+
+    def connect(self):
+        client, server = self.new_connection()
         client_transport, server_transport = iosim.makeFakeClient(client), iosim.makeFakeServer(server)
         for transport in (client_transport, server_transport):
             self._count(transport)
@@ -175,13 +175,7 @@ class ConstrainedPair:
 def flights_before_first_stanzas(pair, flights=12):
     """Open a new connection and move its bytes one flight (one direction's pending bytes) at a time: the flight
     after which half B's server, then half A's, got its first stanza, and the bearer bytes both ways until then."""
-    factory_a = LinkStreamFactory(pair.a.link, pair.checks[0], pair.clock, prepare=pair.a.constrained.prepare_stream)
-    factory_b = LinkStreamFactory(pair.b.link, pair.checks[1], pair.clock, prepare=pair.b.constrained.prepare_stream)
-    if pair.tls is not None:
-        client = pair.tls[0].dialling(factory_a, pair.clock).buildProtocol(None)
-        server = pair.tls[1].listening(factory_b, pair.clock).buildProtocol(None)
-    else:
-        client, server = factory_a.buildProtocol(None), factory_b.buildProtocol(None)
+    client, server = pair.new_connection()
     client_transport, server_transport = iosim.makeFakeClient(client), iosim.makeFakeServer(server)
     client.makeConnection(client_transport)
     server.makeConnection(server_transport)
