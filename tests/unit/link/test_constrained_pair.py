@@ -390,3 +390,31 @@ def test_a_stopping_half_bounces_what_waits_in_the_schedule():
     pair.a.relay.shut_down()
     assert pair.a.books() == {"accepted": 3, "delivered": 0, "bounced": 3, "dropped": 0, "in_flight": 0}
     assert pair.a.link.describe()["scheduled"] == 0
+
+
+@pytest.mark.parametrize("mode, crosses", [
+    ("all", ["broadcast", "directed", "probe"]),
+    ("available", ["broadcast", "directed", "probe"]),
+    ("directed", ["directed"]),
+    ("none", []),
+])
+def test_presence_is_stripped_as_the_mode_says_and_each_stripped_one_is_audited(mode, crosses):
+    """Broadcast, directed and probe presence against each presence mode: what stays behind is dropped, audited."""
+    pair = ConstrainedPair(ConstrainedProfile(security="bearer", compression="zlib", rate=1_000_000, presence=mode))
+    pair.connect()
+    sent = {
+        "broadcast": "<presence from='romeo@red.example/a' to='juliet@blue.example' id='broadcast'>"
+                     "<status>in Verona</status></presence>",
+        "directed": "<presence from='romeo@red.example/a' to='room@blue.example/romeo' id='directed'/>",
+        "probe": "<presence from='romeo@red.example' to='nurse@blue.example' type='probe' id='probe'/>",
+    }
+    for xml in sent.values():
+        pair.a.sends(xml)
+    pair.run(2.0)
+    assert sorted(stanza.split('id="')[1].split('"')[0] for stanza in pair.b.server.received) == sorted(crosses)
+    stripped = len(sent) - len(crosses)
+    assert pair.a.books() == {"accepted": 3, "delivered": len(crosses), "bounced": 0, "dropped": stripped,
+                              "in_flight": 0}
+    assert [record[:2] for record in pair.a.audit.records] == [("drop", "guard:link-presence-stripped")] * stripped
+    if mode == "available":
+        assert "<status>" not in "".join(pair.b.server.received)  # reduced to the state
