@@ -236,7 +236,9 @@ def checked_configuration(path):
         _refuse_workers_in_a_half(config)
         sides = {config.side.name: config.side}
         policies = half_policy_files(config)
-        summary = f"; half of a pair, link fingerprint {certificate_fingerprint(config.link.leg.certificate)}"
+        certificate = config.link.leg.certificate
+        fingerprint = certificate_fingerprint(certificate) if certificate else "none (security = bearer: no TLS)"
+        summary = f"; half of a pair, link fingerprint {fingerprint}"
     else:
         from .service import policy_files
 

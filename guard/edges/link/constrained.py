@@ -21,6 +21,8 @@ The decisions here are plain functions of elements; ``Link`` does the I/O.
 
 from __future__ import annotations
 
+import hashlib
+
 from dataclasses import dataclass
 
 from twisted.words.xish import domish
@@ -118,6 +120,14 @@ def default_domain(domains) -> str:
     return min(domains, key=lambda domain: (len(domain), domain))
 
 
+def compression_agreement(mode: str, dictionary: bytes) -> str:
+    """What the link header says of the compression a half uses: the mode, and with a dictionary its digest
+    (the shipped dictionary and both ends' domains: halves of another release or with other domains differ)."""
+    if mode != "dictionary":
+        return mode
+    return f"{mode}:{hashlib.sha256(dictionary).hexdigest()[:32]}"
+
+
 class ConstrainedLink:
     """The constrained profile's pieces for one link end, built once from the configuration."""
 
@@ -129,6 +139,7 @@ class ConstrainedLink:
         near, far = sorted(near_domains), sorted(far_domains)
         self.dictionary = link_dictionary(near, far)
         self.frame_budget = stanza_bytes + LINK_ELEMENT_ALLOWANCE
+        self.agreement = compression_agreement(profile.compression, self.dictionary)
         # The default domain each end implies: its shortest (then first in order), so that its subdomains
         # (conference.red.example) are written short too; both ends compute it from their mirrored domains.
         self.abbreviation = Abbreviation(default_domain(near), default_domain(far)) if near and far else None

@@ -48,8 +48,9 @@ OPEN_TIMEOUT_SECONDS = 30.0
 COMPRESSION_MISMATCH = "the link's first bytes cannot be read: both halves must use the same compression"
 
 
-def refuse_link_header(header, own_name: str, peer_name: str) -> tuple[str, str] | None:
-    """Whether the peer's stream header is not that of the peer half's link stream: (condition, text), or None."""
+def refuse_link_header(header, own_name: str, peer_name: str, compression: str | None = None) -> tuple[str, str] | None:
+    """Whether the peer's stream header is not that of the peer half's link stream: (condition, text), or None.
+    ``compression``: what this half reads with (the constrained profile); the peer's header must name the same."""
     if header.default_namespace != wire.SERVER_NS:
         return ("invalid-namespace", "the link stream uses jabber:server")
     if header.attributes.get("version") != "1.0":
@@ -58,6 +59,10 @@ def refuse_link_header(header, own_name: str, peer_name: str) -> tuple[str, str]
         return ("invalid-from", "the header does not name the peer half")
     if header.attributes.get("to") != own_name:
         return ("host-unknown", "the header does not name this half")
+    if compression is not None and header.attributes.get("compression") != compression:
+        # A dictionary that differs (another release, other domains configured) can decode into other,
+        # valid-looking text: raw deflate has no checksum, so the halves compare what they use here.
+        return ("policy-violation", "the halves do not use the same compression and dictionary")
     return None
 
 
@@ -193,11 +198,16 @@ class LinkStream(StreamLifecycle, Protocol):
             if not self._feeding and not self.closing:
                 self._read(b"")
 
+    def _compression_agreement(self) -> str | None:
+        """What the constrained profile's compression and dictionary are (None on the standard link)."""
+        constrained = getattr(self.link, "constrained", None)
+        return constrained.agreement if constrained is not None else None
+
     # -- parser callbacks -------------------------------------------------
 
     def _on_header(self, header):
         self._header_seen = True
-        refusal = refuse_link_header(header, self.link.own_name, self.link.peer_name)
+        refusal = refuse_link_header(header, self.link.own_name, self.link.peer_name, self._compression_agreement())
         if refusal is not None:
             self._input(self.header_refused, *refusal)
         else:
@@ -349,7 +359,7 @@ class LinkStream(StreamLifecycle, Protocol):
     @_machine.output()
     def _begin(self, fingerprint):
         self.peer_fingerprint = fingerprint
-        self._write(wire.stream_header(self.link.own_name, self.link.peer_name))
+        self._write(wire.stream_header(self.link.own_name, self.link.peer_name, self._compression_agreement()))
         self._ask_link(self.link.stream_authenticated, self)
 
     @_machine.output()

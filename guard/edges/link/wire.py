@@ -19,12 +19,14 @@ ACK_REQUEST = f"<r xmlns='{SM_NS}'/>".encode("utf-8")
 MAX_COUNTER = (1 << 63) - 1
 
 
-def stream_header(own_name: str, peer_name: str) -> bytes:
-    """The header a half opens its link stream with."""
+def stream_header(own_name: str, peer_name: str, compression: str | None = None) -> bytes:
+    """The header a half opens its link stream with; ``compression`` (the constrained profile) names the
+    compression and dictionary this half writes with, for the peer to check it reads with the same."""
+    agreed = f" compression={quoteattr(compression)}" if compression is not None else ""
     return (
         "<?xml version='1.0'?>"
         f"<stream:stream xmlns='{SERVER_NS}' xmlns:stream='{STREAMS_NS}'"
-        f" from={quoteattr(own_name)} to={quoteattr(peer_name)} version='1.0'>"
+        f" from={quoteattr(own_name)} to={quoteattr(peer_name)} version='1.0'{agreed}>"
     ).encode("utf-8")
 
 

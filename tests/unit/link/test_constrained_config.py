@@ -128,3 +128,12 @@ def test_a_half_with_security_bearer_builds_and_warns_at_start(tree):  # noqa: F
     assert any(event.get("warning") == BEARER_WARNING and event["log_level"].name == "warn" for event in seen)
     assert service.leg.describe()["own_fingerprint"] is None
     assert service.leg.describe()["profile"].startswith("profile constrained: security bearer")
+
+
+def test_check_config_of_a_bearer_half_says_it_has_no_link_certificate(tree):  # noqa: F811
+    """`guard check-config` on a half with security = "bearer" checks it and says there is no link fingerprint, not a traceback."""
+    from guard.app.cli import checked_configuration
+
+    bearer = CONSTRAINED.replace('security = "tls"', 'security = "bearer"')
+    _, summary = checked_configuration(variant(tree, NO_TLS_MATERIAL, bearer))
+    assert "link fingerprint none (security = bearer: no TLS)" in summary

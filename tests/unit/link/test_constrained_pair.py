@@ -421,3 +421,33 @@ def test_presence_is_stripped_as_the_mode_says_and_each_stripped_one_is_audited(
     assert [record[:2] for record in pair.a.audit.records] == [("drop", "guard:link-presence-stripped")] * stripped
     if mode == "available":
         assert "<status>" not in "".join(pair.b.server.received)  # reduced to the state
+
+
+def test_halves_whose_dictionaries_differ_refuse_the_link_instead_of_misreading_it():
+    """Half B was configured with a red domain of the same length as one half A serves but spelt otherwise: their
+    dictionaries differ at the same offsets, raw deflate has no checksum and would read other, well-formed text,
+    so the headers compare digests and the link is refused."""
+    from guard.edges.link.constrained import ConstrainedLink
+    from guard.edges.xmlstream import ParserLimits
+
+    profile = ConstrainedProfile(security="bearer", compression="dictionary", rate=1_000_000)
+    pair = ConstrainedPair(profile)
+    mirrored = ConstrainedLink(profile, ["blue.example", "conference.blue.example"],
+                               ["red.example", "conference.rex.example"], ParserLimits().stanza_bytes)
+    assert mirrored.agreement != pair.a.constrained.agreement
+    pair.b.constrained = pair.b.link.constrained = mirrored
+    pair.a.sends(chat(1))
+    pair.connect()
+    assert pair.client.closing and pair.server.closing
+    assert pair.b.server.received == []
+    assert pair.a.books()["in_flight"] == 1  # still waiting for a link that works, bounced at the deadline
+
+
+def test_the_agreement_names_the_mode_and_the_dictionary_digest():
+    """What a constrained half's header says it compresses with: the mode, and for a dictionary its digest."""
+    from guard.edges.link.constrained import compression_agreement
+
+    assert compression_agreement("none", b"") == "none"
+    assert compression_agreement("zlib", b"ignored") == "zlib"
+    assert compression_agreement("dictionary", b"a") != compression_agreement("dictionary", b"b")
+    assert compression_agreement("dictionary", b"a").startswith("dictionary:")
