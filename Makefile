@@ -20,8 +20,9 @@ BENCH_ROUNDS ?= 1
 # chromium and chromium-driver for the management page's browser tests; snmpd,
 # snmp and smitools for the SNMP tests (a real snmpd, snmpwalk, smilint);
 # systemd (systemd-analyze, systemd-socket-activate), man-db, groff-base and
-# logrotate for the deployment tests; ngircd, the IRC server of the IRC
-# gateway's tests (guard/lab/ngircd.py runs its own; the packaged service is stopped).
+# logrotate for the deployment tests.
+# ngircd: the IRC server of the IRC gateway's tests (guard/lab/ngircd.py runs
+# its own on loopback; the packaged service is stopped).
 system-deps:
 	@missing=""; \
 	$(PYTHON) -c 'import ensurepip, venv' 2>/dev/null || missing="$$missing python3-venv"; \
