@@ -56,8 +56,8 @@ from twisted.logger import Logger
 from twisted.protocols.basic import LineOnlyReceiver
 from zope.interface import Interface
 
-from guard.edges.irc.lines import BadLine, IrcMessage, ctcp_action, format_line, parse_line, read_ctcp
-from guard.edges.irc.nicks import Isupport
+from guard.edges.irc.lines import LINE_BYTES, TAGS_BYTES, BadLine, IrcMessage, ctcp_action, format_line, parse_line, read_ctcp
+from guard.edges.irc.nicks import Isupport, suffixed_nick
 from guard.edges.link.dialler import Backoff, LinkDialler
 
 log = Logger()
@@ -338,17 +338,16 @@ class ConnectionLimits:
     names_per_channel: int = 4096  # nicks kept from a NAMES reply
     capabilities: int = 64  # capabilities read from CAP LS
     isupport_tokens: int = 256  # RPL_ISUPPORT tokens read
-    unparsed_bytes: int = 8191 + 512  # a line being received (tags part plus the line), else the connection closes
+    unparsed_bytes: int = TAGS_BYTES + LINE_BYTES  # a line being received (tags part plus the line), else the connection closes
     idle_seconds: float = 90.0  # silence before we PING the server
     pong_seconds: float = 30.0  # silence after our PING before the connection is dropped (timeout)
     register_seconds: float = 30.0  # connect to 001 (registration, CAP, SASL)
     nick_attempts: int = 16
 
 
-def suffixed_nick(nick: str, attempt: int, nicklen: int) -> str:
-    """The ``attempt``-th alternative to ``nick`` (taken on the server): a numeric suffix within NICKLEN."""
-    suffix = str(attempt)
-    return nick[: max(1, nicklen - len(suffix))] + suffix
+def next_nick(nick: str, attempt: int, nicklen: int) -> str | None:
+    """The nick to try after ``attempt`` refusals of ``nick`` on the server: the NickBook's suffix rule (``nick|2``, ...)."""
+    return suffixed_nick(nick, attempt + 1, nicklen)
 
 
 # -- the protocol (one TCP/TLS connection) ------------------------------------
@@ -384,7 +383,7 @@ class IrcProtocol(LineOnlyReceiver):
         self._offered: dict[str, str] = {}
         self._acked: set[str] = set()
         self._sasl_done = False
-        self._isupport_tokens: list[str] = []
+        self._isupport_count = 0
         self._names: dict[str, list[str]] = {}
         self._nick_attempt = 0
         self._pump_call = None
@@ -521,7 +520,7 @@ class IrcProtocol(LineOnlyReceiver):
         if not raw:
             return
         try:
-            message = parse_line(raw, self.server.charset_fallback)
+            message = parse_line(raw, self.server.charset_fallback, line_bytes=self.isupport.linelen)
         except BadLine as error:
             self.bad_lines += 1
             log.info("irc {network}: refused a line from the server ({reason})",
@@ -633,15 +632,10 @@ class IrcProtocol(LineOnlyReceiver):
         self._pump()
 
     def _on_005(self, message):
-        for token in message.params[1:-1]:
-            if len(self._isupport_tokens) >= self.limits.isupport_tokens:
-                break
-            self._isupport_tokens.append(token)
-        try:
-            self.isupport = isupport_from_tokens(self._isupport_tokens)
-        except (ValueError, TypeError) as error:
-            log.info("irc {network}: ISUPPORT not understood ({error}); defaults kept",
-                     network=self.server.network, error=error)
+        room = self.limits.isupport_tokens - self._isupport_count
+        tokens = message.params[1:-1][: max(0, room)]
+        self._isupport_count += len(tokens)
+        self.isupport = self.isupport.updated(tokens)
 
     def _on_nick_taken(self, message):
         if self.reached_open:
@@ -652,7 +646,11 @@ class IrcProtocol(LineOnlyReceiver):
                      network=self.server.network, n=self._nick_attempt - 1)
             self._drop("nick-in-use", quit_text="no nick available")
             return
-        self.nick = self.owner.next_nick(self.owner.identity.nick, self._nick_attempt, self.isupport.nicklen)
+        candidate = self.owner.next_nick(self.owner.identity.nick, self._nick_attempt, self.isupport.nicklen)
+        if candidate is None:
+            self._drop("nick-in-use", quit_text="no nick available")
+            return
+        self.nick = candidate
         self._urgent("NICK", [self.nick])
 
     _on_432 = _on_433 = _on_436 = _on_437 = _on_nick_taken
@@ -727,7 +725,7 @@ class IrcProtocol(LineOnlyReceiver):
         if folded not in self.channels:
             return
         names = self._names.setdefault(folded, [])
-        prefixes = _prefix_symbols(self.isupport)
+        prefixes = "".join(self.isupport.prefixes().values()) or "@+"
         for item in message.params[-1].split():
             if len(names) >= self.limits.names_per_channel:
                 break
@@ -762,23 +760,8 @@ class IrcProtocol(LineOnlyReceiver):
         self._on_PRIVMSG(message, kind="notice")
 
 
-def _prefix_symbols(isupport) -> str:
-    prefix = getattr(isupport, "prefix", "(ov)@+")
-    if isinstance(prefix, str):
-        return prefix.partition(")")[2] or "@+"
-    try:
-        return "".join(symbol for _, symbol in prefix) or "@+"
-    except (TypeError, ValueError):
-        return "~&@%+"
-
-
 def _channel_types(isupport) -> str:
-    return getattr(isupport, "chantypes", "#&") or "#&"
-
-
-def isupport_from_tokens(tokens: list[str]) -> Isupport:
-    """``Isupport`` from the RPL_ISUPPORT tokens read so far."""
-    return Isupport.from_tokens(tokens)
+    return isupport.chantypes or "#&"
 
 
 def sasl_chunks(payload: bytes) -> list[str]:
@@ -806,7 +789,7 @@ class IrcConnection:
 
     def __init__(self, server: IrcServer, identity: IrcIdentity, clock, connector, listener,
                  occupant=None, limits: ConnectionLimits = ConnectionLimits(), random=_random.random,
-                 next_nick=suffixed_nick):
+                 next_nick=next_nick):
         """``connector(server, factory) -> Deferred[IrcProtocol]`` opens the transport (see ``endpoint_connector``)."""
         self.server = server
         self.identity = identity
@@ -860,7 +843,7 @@ class IrcConnection:
     def part(self, channel: str, reason: str = "") -> str | None:
         self.wanted.pop(self._fold(channel), None)
         if self.registered and self._fold(channel) in self.protocol.channels:
-            return self._queue([format_line("PART", [channel, reason] if reason else [channel])])
+            return self._queue([self._line("PART", [channel, reason] if reason else [channel])])
         return None
 
     def set_topic(self, channel: str, text: str) -> str | None:
@@ -879,14 +862,14 @@ class IrcConnection:
             return self._refuse("invalid-line")
         command = "NOTICE" if kind == "notice" else "PRIVMSG"
         try:
-            lines = [format_line(command, [target, ctcp_action(text) if kind == "action" else text]) for text in texts]
+            lines = [self._line(command, [target, ctcp_action(text) if kind == "action" else text]) for text in texts]
         except BadLine:
             return self._refuse("invalid-line")
         return self._queue(lines, token)
 
     def _command(self, command: str, params: list[str]) -> str | None:
         try:
-            line = format_line(command, params)
+            line = self._line(command, params)
         except BadLine:
             return self._refuse("invalid-line")
         return self._queue([line])
@@ -905,7 +888,12 @@ class IrcConnection:
         return reason
 
     def _join_line(self, channel: str, key: str | None) -> bytes:
-        return format_line("JOIN", [channel, key] if key else [channel])
+        return self._line("JOIN", [channel, key] if key else [channel])
+
+    def _line(self, command: str, params: list[str]) -> bytes:
+        """One line within the network's LINELEN (raises BadLine)."""
+        isupport = self.protocol.isupport if self.protocol is not None else Isupport()
+        return format_line(command, params, line_bytes=isupport.linelen)
 
     def _fold(self, name: str) -> str:
         isupport = self.protocol.isupport if self.protocol is not None else Isupport()

@@ -113,17 +113,17 @@ def test_registration_writes_cap_ls_nick_user_then_cap_end():
 
 
 def test_nick_in_use_retries_with_a_suffix_within_nicklen():
-    """433 during registration makes the connection try the next suffixed nick, shortened to NICKLEN."""
+    """433 during registration makes the connection try the NickBook's next suffixed nick, within NICKLEN."""
     connection, clock, connector, recorder = started()
     protocol = connector.protocols[0]
     written(protocol)
     feed(protocol, b":irc.lab.example 005 * NICKLEN=3 :are supported",
          b":irc.lab.example 433 * gw :Nickname already in use")
     clock.advance(1)
-    assert written(protocol) == b"NICK gw1\r\n"
-    feed(protocol, b":irc.lab.example 433 * gw1 :Nickname already in use")
+    assert written(protocol) == b"NICK g|2\r\n"
+    feed(protocol, b":irc.lab.example 433 * g|2 :Nickname already in use")
     clock.advance(1)
-    assert written(protocol) == b"NICK gw2\r\n"
+    assert written(protocol) == b"NICK g|3\r\n"
 
 
 def test_nick_attempts_are_bounded():
