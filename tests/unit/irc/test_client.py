@@ -546,3 +546,50 @@ def test_registration_must_finish_in_time():
     protocol = connector.protocols[0]
     clock.advance(30.1)
     assert protocol.transport.disconnecting and protocol.loss_reason == "timeout"
+
+
+def test_a_nicklen_too_short_for_any_suffix_gives_up_as_nick_in_use():
+    """When the NickBook's suffix rule has no nick within NICKLEN, the connection quits (nick-in-use), never loops."""
+    connection, clock, connector, recorder = started()
+    protocol = connector.protocols[0]
+    feed(protocol, b":s 005 * NICKLEN=1 :are supported", b":s 433 * gw :Nickname already in use")
+    assert protocol.transport.disconnecting and protocol.loss_reason == "nick-in-use"
+
+
+def test_tls_options_verify_against_the_configured_authority_and_present_the_client_certificate(tmp_path):
+    """With a CA file the options verify the server's name against it; a configured client certificate is loaded."""
+    from guard.edges.irc.client import tls_options
+    from guard.lab.pki import CertificateAuthority
+
+    authority = CertificateAuthority.create("irc-test-ca")
+    ca = authority.write(tmp_path)
+    client = authority.write_leaf(tmp_path, "gateway", ["gateway.example"])
+    server = IrcServer("lab", "127.0.5.1", 6697, ca_file=str(ca), server_name="irc.lab.example",
+                       client_certificate=str(client.certificate), client_key=str(client.key))
+    from OpenSSL import SSL
+    from twisted.internet.protocol import Factory, Protocol
+    from twisted.protocols.tls import TLSMemoryBIOFactory
+
+    tls = TLSMemoryBIOFactory(tls_options(server), True, Factory.forProtocol(Protocol)).buildProtocol(None)
+    tls.makeConnection(StringTransport())
+    connection = tls._tlsConnection
+    assert connection.get_context().get_verify_mode() & SSL.VERIFY_PEER
+    assert "gateway.example" in connection.get_certificate().to_cryptography().subject.rfc4514_string()
+    assert connection.get_servername() == b"irc.lab.example"
+
+
+def test_tls_verify_false_is_logged_as_an_error(tmp_path):
+    """tls_verify = false is honoured only as configured, and said loudly (an error in the log)."""
+    from twisted.logger import LogLevel, globalLogPublisher
+
+    from guard.edges.irc.client import tls_options
+
+    seen = []
+    globalLogPublisher.addObserver(seen.append)
+    try:
+        options = tls_options(IrcServer("lab", "127.0.5.1", 6697, tls_verify=False))
+    finally:
+        globalLogPublisher.removeObserver(seen.append)
+    assert options.verify is False
+    assert any(event.get("log_level") == LogLevel.error and "NOT verified" in event.get("log_format", "")
+               for event in seen)
