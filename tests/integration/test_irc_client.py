@@ -23,6 +23,7 @@ from twisted.internet import defer
 from zope.interface import implementer
 
 from guard.edges.irc.client import (
+    ConnectionLimits,
     IIrcEvents,
     IrcConnection,
     IrcIdentity,
@@ -223,5 +224,88 @@ def test_a_server_certificate_from_another_authority_is_refused(ngircd, reactor_
         lost = events.wait_for(lambda event: event[0] == "connection_lost", what="the refused connection")
         assert lost == ("connection_lost", "lab", None, "tls")
         assert events.named("connected") == []
+    finally:
+        reactor_thread.call(connection.stop)
+
+
+def test_500_lines_arrive_in_order_within_ngircd_flood_rules(ngircd, reactor_thread):
+    """500 messages leave at the default rate; a raw client gets them all in order, never more than a few seconds late, and the connection is never cut."""
+    events = Events()
+    limits = ConnectionLimits(queue_lines=600, queue_bytes=128 * 1024)
+    server = tls_server(ngircd)
+    connection = reactor_thread.call(lambda: _started(IrcConnection(
+        server, IrcIdentity("flood"), reactor_thread.reactor, endpoint_connector(reactor_thread.reactor, timeout=10),
+        events, limits=limits)))
+    raw = RawIrc("reader", ngircd.port)
+    try:
+        events.wait_for(lambda event: event[0] == "connected", what="registration")
+        raw.send("JOIN #flood")
+        raw.expect(lambda line: "JOIN" in line and "reader" in line, "own join")
+        reactor_thread.call(connection.join, "#flood")
+        events.wait_for(lambda event: event[:4] == ("joined", "lab", "#flood", "flood"), what="our join")
+        texts = [f"flood line {number:03d} " + "x" * 100 for number in range(500)]
+
+        def say_all():
+            return [connection.say("#flood", [text], number) for number, text in enumerate(texts)]
+
+        started_at = time.monotonic()
+        assert reactor_thread.call(say_all) == [None] * 500
+        received, lags = [], []
+        for line in raw.lines(timeout=500 * 0.4 + 60):
+            if " PRIVMSG #flood :" in line:
+                received.append(line.split(" PRIVMSG #flood :", 1)[1])
+                number = len(received) - 1
+                lags.append(time.monotonic() - started_at - number * 0.4)
+                if len(received) == 500:
+                    break
+        elapsed = time.monotonic() - started_at
+        assert received == texts
+        assert [event[1] for event in events.named("sent")] == list(range(500))
+        assert events.named("lost") == [] and events.named("connection_lost") == []
+        print(f"\n500 lines in {elapsed:.1f} s; latest line behind the 0.4 s schedule by at most {max(lags):.2f} s")
+        assert max(lags) < 5.0, "lines piled up at ngIRCd: the bucket is faster than the server takes them"
+    finally:
+        raw.close()
+        reactor_thread.call(connection.stop)
+
+
+def _started(connection: IrcConnection) -> IrcConnection:
+    connection.start()
+    return connection
+
+
+def test_ngircd_restarted_midway_reconnects_rejoins_and_reports_every_token_once(ngircd, reactor_thread):
+    """ngIRCd killed while 40 messages wait: each token is sent or lost (netsplit) once; the client reconnects and rejoins."""
+    events = Events()
+    connection = start_connection(reactor_thread, tls_server(ngircd), "gwr", events)
+    try:
+        events.wait_for(lambda event: event[0] == "connected", what="registration")
+        reactor_thread.call(connection.join, "#restart")
+        events.wait_for(lambda event: event[:4] == ("joined", "lab", "#restart", "gwr"), what="our join")
+
+        def say_all():
+            return [connection.say("#restart", [f"before {number}"], number) for number in range(40)]
+
+        assert reactor_thread.call(say_all) == [None] * 40
+        events.wait_for(lambda event: event == ("sent", 5), what="the sixth message written")
+        ngircd.restart()
+        events.wait_for(lambda event: event[0] == "connection_lost", what="the loss")
+        reported = [event for event in events.named("sent") + events.named("lost")]
+        assert sorted(event[1] for event in reported) == list(range(40)), reported
+        assert {event[2] for event in events.named("lost")} == {"netsplit"}
+        assert len(events.named("lost")) > 0
+        count = len(events.named("joined"))
+        events.wait_for(lambda event: len(events.named("connected")) == 2, what="the reconnection", timeout=60)
+        events.wait_for(lambda event: len(events.named("joined")) > count, what="the rejoin")
+        assert events.named("joined")[-1][:4] == ("joined", "lab", "#restart", "gwr")
+        raw = RawIrc("after", ngircd.port)
+        try:
+            raw.send("JOIN #restart")
+            raw.expect(lambda line: "JOIN" in line and "after" in line, "own join")
+            assert reactor_thread.call(connection.say, "#restart", ["after the restart"], "again") is None
+            raw.expect(lambda line: line.endswith("PRIVMSG #restart :after the restart"), "the message after restart")
+            events.wait_for(lambda event: event == ("sent", "again"), what="sent(again)")
+        finally:
+            raw.close()
     finally:
         reactor_thread.call(connection.stop)
