@@ -527,8 +527,14 @@ class IrcProtocol(LineOnlyReceiver):
                      network=self.server.network, reason=getattr(error, "reason", str(error)))
             return
         handler = getattr(self, "_on_" + message.command, None)
-        if handler is not None:
+        if handler is None:
+            return
+        try:
             handler(message)
+        except Exception:  # noqa: BLE001 - fail closed: a line we cannot handle ends the connection, said in the log
+            log.failure("irc {network}: handling a {command} line failed; connection closed",
+                        network=self.server.network, command=message.command[:16])
+            self._drop("protocol")
 
     def _is_me(self, nick: str) -> bool:
         return self.isupport.fold(nick) == self.isupport.fold(self.nick)

@@ -593,3 +593,15 @@ def test_tls_verify_false_is_logged_as_an_error(tmp_path):
     assert options.verify is False
     assert any(event.get("log_level") == LogLevel.error and "NOT verified" in event.get("log_format", "")
                for event in seen)
+
+
+def test_a_line_whose_handling_fails_closes_the_connection(monkeypatch):
+    """An exception while handling a server line ends the connection (protocol) instead of leaving it half-handled."""
+    connection, clock, connector, recorder, protocol = registered()
+
+    def broken(message):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(protocol, "_on_TOPIC", broken)
+    feed(protocol, b":x!x@h TOPIC #ops :anything")
+    assert protocol.transport.disconnecting and protocol.loss_reason == "protocol"
