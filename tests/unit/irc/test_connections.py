@@ -170,7 +170,6 @@ def test_describe_counts_connections_queues_and_refusals():
     connections.occupant_joined("ops", "a", "alice")
     connections.occupant_joined("ops", "b", "bob")
     connections.occupant_joined("ops", "c", "carol")
-    alice = connector.protocols[1]
     connections.say("ops", "a", ["queued until alice is in"], token=1)
     described = connections.describe()
     assert described["connections"] == 3 and described["occupant_connections"] == 2
