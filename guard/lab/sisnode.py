@@ -63,6 +63,7 @@ class Unit:
     data: bytes
     priority: int
     client: "NodeSession"
+    call: object = None
 
 
 @dataclass
@@ -75,6 +76,14 @@ class SisNetwork:
     nodes: dict = field(default_factory=dict)
     down: set = field(default_factory=set)  # frozensets of two node addresses whose channel is down
     busy_until: dict = field(default_factory=dict)  # (from, to) -> when the channel is free
+    pending: set = field(default_factory=set)  # units on the channel (their delayed calls)
+
+    def stop(self) -> None:
+        """Drop every unit still on the channel (the simulator stops)."""
+        for call in list(self.pending):
+            if call.active():
+                call.cancel()
+        self.pending.clear()
 
     def node(self, address: str, mtu: int = ANNEX_A_MTU, queue_bytes: int = DEFAULT_QUEUE_BYTES,
              refused_saps: Sequence[int] = ()) -> "SisNode":
@@ -173,9 +182,12 @@ class SisNode:
         if self.held > self.queue_bytes // 2 and not session.told_off:
             session.told_off = True
             session.say(DataflowOff())
-        self.network.clock.callLater(delay, self._arrive, unit)
+        call = self.network.clock.callLater(delay, self._arrive, unit)
+        self.network.pending.add(call)
+        unit.call = call
 
     def _arrive(self, unit: Unit) -> None:
+        self.network.pending.discard(unit.call)
         self.held -= len(unit.data)
         sender = unit.client
         sender.units_in_flight -= 1

@@ -611,8 +611,9 @@ class SisTransport:
     protocol registered as producer is paused while the window is full.
     """
 
-    def __init__(self, client: SisClient, peer: SisAddress, number: int, window: UnitWindow, on_end):
+    def __init__(self, client: SisClient, peer: SisAddress, number: int, window: UnitWindow, on_end, clock):
         self.client = client
+        self.clock = clock
         self.peer = peer
         self.number = number
         self.window = window
@@ -730,6 +731,10 @@ class SisTransport:
             except Exception:  # noqa: BLE001 - the connection ends anyway
                 log.failure("SIS: the close unit could not be sent")
         self._on_end(self)
+        # As a TCP transport does, tell the protocol later, never from inside its own write.
+        self.clock.callLater(0, self._tell_lost, reason)
+
+    def _tell_lost(self, reason: Failure) -> None:
         self.disconnected = True
         if self.protocol is not None:
             protocol, self.protocol = self.protocol, None
@@ -875,7 +880,7 @@ class SisClientEndpoint:
             raise error.ConnectionRefusedError("the factory refused the connection")
         connection = SisTransport(binding.client, self.peer, number,
                                   UnitWindow(self.options.window_units, self.options.held_bytes),
-                                  lambda ended: self._ended(binding, ended))
+                                  lambda ended: self._ended(binding, ended), self.reactor)
         binding.connection = connection
         connection.protocol = protocol
         protocol.makeConnection(connection)
@@ -970,7 +975,7 @@ class SisServerEndpoint:
             return
         connection = SisTransport(binding.client, self.peer, number,
                                   UnitWindow(self.options.window_units, self.options.held_bytes),
-                                  lambda ended: self._ended(binding, ended))
+                                  lambda ended: self._ended(binding, ended), self.reactor)
         binding.connection = connection
         connection.protocol = protocol
         protocol.makeConnection(connection)

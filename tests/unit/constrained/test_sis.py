@@ -12,6 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from twisted.internet import error
 from twisted.internet.protocol import Protocol
+from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 
 from guard.edges.constrained import sis
@@ -258,7 +259,7 @@ class Producer:
 def connection(mtu=64, units=2, held=100):
     client = FakeClient(mtu)
     ended = []
-    transport = SisTransport(client, SisAddress(PEER, 2), 7, UnitWindow(units, held), ended.append)
+    transport = SisTransport(client, SisAddress(PEER, 2), 7, UnitWindow(units, held), ended.append, Clock())
     protocol = LinkSide()
     transport.protocol = protocol
     protocol.makeConnection(transport)
@@ -307,6 +308,8 @@ def test_a_write_larger_than_the_mtu_is_refused_loudly_and_drops_the_connection(
     transport, client, protocol, ended = connection(mtu=64)
     transport.write(b"x" * largest_write(64))
     transport.write(b"y" * 64)
+    assert ("lost", error.ConnectionLost) not in protocol.events  # never from inside the protocol's own write
+    transport.clock.advance(0)
     assert client.sent == [(PEER, 2, b"\x07" + b"x" * 63), (PEER, 2, b"\x07")]
     assert protocol.events[-1] == ("lost", error.ConnectionLost) and ended == [transport]
 
@@ -317,6 +320,7 @@ def test_writes_past_the_held_bytes_drop_the_connection():
     transport.write(b"first")
     transport.write(b"12345678")
     transport.write(b"overflow")
+    transport.clock.advance(0)
     assert protocol.events[-1] == ("lost", error.ConnectionLost)
     assert len(client.sent) == 1
 
@@ -328,6 +332,7 @@ def test_lose_connection_sends_the_close_unit_once():
     transport.loseConnection()
     transport.loseConnection()
     transport.write(b"after")
+    transport.clock.advance(0)
     assert client.sent == [(PEER, 2, b"\x07")]
     assert protocol.events[-1] == ("lost", error.ConnectionDone)
 
