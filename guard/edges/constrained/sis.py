@@ -521,6 +521,8 @@ class SisClient(Protocol):
 
 # -- the link over unit data -----------------------------------------------------------
 
+REBIND_FIRST_SECONDS = 0.5  # a listening end binds again after losing its node: first delay, doubling
+REBIND_MAX_SECONDS = 30.0
 DEFAULT_WINDOW_UNITS = 8  # unit data sent and not yet confirmed
 DEFAULT_HELD_BYTES = 64 * 1024  # written while the window is full (or the node said S_DATAFLOW_OFF)
 CONNECTION_BYTE = 1  # each U_PDU starts with the connection number
@@ -532,6 +534,29 @@ def largest_write(mtu: int) -> int:
     With compression, a frame of a stanza of s bytes is at most ``deflate_bound(s) + 5`` bytes
     (guard.edges.constrained.compression); without it, the stanza itself."""
     return mtu - CONNECTION_BYTE
+
+
+def stanza_bytes_for_mtu(mtu: int, compression: str = "dictionary") -> int:
+    """
+    The largest ``[limits] stanza_bytes`` whose every stanza fits one write over a node of ``mtu``: the link
+    refuses (bounces) a larger stanza before writing it, so no write is ever over the MTU.  Without
+    compression a write is the stanza; with it, one frame of at most ``deflate_bound(size)`` payload bytes
+    after its type and length (guard.edges.constrained.compression).
+    """
+    from guard.edges.constrained.compression import deflate_bound, encode_length
+
+    room = largest_write(mtu)
+    if compression == "none":
+        return room
+    low, high = 0, room
+    while low < high:  # the largest size whose worst frame fits
+        size = (low + high + 1) // 2
+        payload = deflate_bound(size)
+        if 1 + len(encode_length(payload)) + payload <= room:
+            low = size
+        else:
+            high = size - 1
+    return low
 
 
 @dataclass
@@ -750,9 +775,12 @@ class _SisBinding:
         self.client: SisClient | None = None
         self.connection: SisTransport | None = None
         self.settled = False
+        self.bound = False
+        self.on_lost = None  # called once when a bound SIS connection is lost
 
     # SisClient's listener
     def sis_bound(self, mtu):
+        self.bound = True
         self._settle(None)
 
     def sis_bind_rejected(self, reason):
@@ -770,6 +798,9 @@ class _SisBinding:
     def sis_connection_lost(self, reason):
         self._settle(SisBindRejected("the SIS connection was lost before the bind"))
         self._lose("the SIS connection was lost")
+        if self.bound and self.on_lost is not None:
+            on_lost, self.on_lost = self.on_lost, None
+            on_lost(self)
 
     def sis_dataflow(self, on):
         if self.connection is not None:
@@ -913,16 +944,55 @@ class SisListeningPort:
         self.binding = binding
         self.factory = factory
         self.closed_number: int | None = None
+        self.stopped = False
+        self.rebinds = 0
+        self._failures = 0
+        self._timer = None
+        binding.on_lost = self._binding_lost
 
     def startListening(self):
         pass
 
     def stopListening(self):
+        self.stopped = True
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
         connection = self.binding.connection
         if connection is not None:
             connection.loseConnection()
-        self.binding.client.unbind()
+        self.binding.on_lost = None
+        if self.binding.client is not None:
+            self.binding.client.unbind()
         return defer.succeed(None)
+
+    def _binding_lost(self, binding):
+        """The SIS connection to the node is gone (node restarted, unbound us): bind again, backing off."""
+        if self.stopped:
+            return
+        self._failures += 1
+        delay = min(REBIND_MAX_SECONDS, REBIND_FIRST_SECONDS * 2 ** (self._failures - 1))
+        log.warn("SIS: the node's connection for SAP {sap} was lost; binding again in {delay:g} s",
+                 sap=self.endpoint.sap, delay=delay)
+        self._timer = self.endpoint.reactor.callLater(delay, self._rebind)
+
+    def _rebind(self):
+        self._timer = None
+        if self.stopped:
+            return
+        binding = _SisBinding(self.endpoint, None)
+        attempt = _bind(self.endpoint.reactor, self.endpoint.options.node_host, self.endpoint.options.node_port,
+                        self.endpoint.sap, self.endpoint.options.max_mtu, binding)
+        attempt.addCallbacks(self._rebound, lambda failure: self._binding_lost(binding))
+
+    def _rebound(self, binding):
+        if self.stopped:
+            binding.client.unbind()
+            return
+        self.rebinds += 1
+        self._failures = 0
+        self.binding = binding
+        binding.on_lost = self._binding_lost
+        log.info("SIS: SAP {sap} bound again", sap=self.endpoint.sap)
 
     def getHost(self):
         return SisAddress(-1, self.endpoint.sap)

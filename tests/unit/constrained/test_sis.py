@@ -360,3 +360,17 @@ def test_a_fresh_dial_never_reuses_the_last_connection_number():
         endpoint._last_number = numbers[-1] if numbers else 0
         numbers.append(endpoint._random.choice([n for n in range(1, 256) if n != endpoint._last_number]))
     assert all(a != b for a, b in zip(numbers, numbers[1:])) and all(1 <= n <= 255 for n in numbers)
+
+
+@pytest.mark.parametrize("mtu", [64, 512, 2048, 65535])
+def test_the_stanza_bytes_for_an_mtu_make_frames_that_always_fit_one_u_pdu(mtu):
+    """A write of stanza_bytes_for_mtu(mtu) random (incompressible) bytes, deflated or stored, is a frame no
+    larger than one U_PDU less the connection byte; without compression the limit is that room itself."""
+    from guard.edges.constrained.compression import FrameWriter
+
+    size = sis.stanza_bytes_for_mtu(mtu)
+    data = random.Random(mtu).randbytes(size)
+    assert len(FrameWriter(size)(data)) <= largest_write(mtu)
+    assert len(FrameWriter(size)(b"password" + data[8:])) <= largest_write(mtu)  # stored (a secret)
+    assert sis.stanza_bytes_for_mtu(mtu, "none") == largest_write(mtu)
+    assert size > 0.85 * largest_write(mtu) - 30

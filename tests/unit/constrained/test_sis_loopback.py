@@ -15,10 +15,11 @@ from twisted.trial import unittest
 
 from guard.edges.constrained.compression import LINK_ELEMENT_ALLOWANCE, install_compression, link_dictionary
 from guard.edges.constrained.sis import (BindRequest, SisBindRejected, SisClientEndpoint, SisServerEndpoint,
-                                         UnidataRequest, encode, endpoint_options, parse_address)
+                                         UnidataRequest, encode, endpoint_options, parse_address,
+                                         stanza_bytes_for_mtu)
 from guard.edges.link.link import Link, LinkSettings
 from guard.edges.link.stream import LinkStreamFactory
-from guard.edges.xmlstream import ParserLimits
+from guard.edges.xmlstream import ParserLimits, serialise
 from guard.lab.sisnode import SisNetwork
 
 from ..link.pairs import AcceptingCheck, RecordingOwner, message
@@ -98,6 +99,7 @@ class LinkOverSis(unittest.TestCase):
         endpoint = SisServerEndpoint(reactor, endpoint_options(self.endpoint_string(self.node_a, ADDRESS_B, mtu)))
         port = await endpoint.listen(factory)
         self.addCleanup(port.stopListening)
+        self.port_a = port
         return owner, link, factory
 
     async def dialling_half(self, mtu=2048):
@@ -180,6 +182,35 @@ class LinkOverSis(unittest.TestCase):
         self.assertTrue(await until(lambda: owner_a.of("received") == ["7"]))
         self.assertEqual(len(factory_a.streams), 1)
         self.assertEqual(stranger_node.delivered, 1)
+
+    async def test_a_listening_half_whose_node_drops_it_binds_again_and_takes_the_next_dial(self):
+        """Node A ends the listening half's SIS session (as a node restart would): the half binds its SAP again
+        after its back-off and the next dial from half B carries stanzas."""
+        await self.start_nodes()
+        owner_a, link_a, factory_a = await self.listening_half()
+        self.node_a.bound[2].transport.loseConnection()
+        self.assertTrue(await until(lambda: self.port_a.rebinds == 1 and 2 in self.node_a.bound))
+        owner_b, link_b, _, _ = await self.dialling_half()
+        link_b.send(message(3))
+        self.assertTrue(await until(lambda: owner_a.of("received") == ["3"]))
+
+    async def test_with_the_stanza_bytes_the_mtu_allows_the_largest_stanza_crosses(self):
+        """With stanza_bytes = stanza_bytes_for_mtu(512) on both links, a stanza of random text as large as the
+        limit allows crosses a 512-byte-MTU node; one a byte larger is bounced by the link, never written."""
+        await self.start_nodes(mtu=512)
+        limit = stanza_bytes_for_mtu(512)
+        owner_a, link_a, factory_a = await self.listening_half(mtu=512)
+        owner_b, link_b, _, stream_b = await self.dialling_half(mtu=512)
+        for link in (link_a, link_b):
+            link.stanza_bytes = limit
+        empty = len(serialise(message(1, body="x").stanza).encode()) - 1
+        link_b.send(message(1, body=os.urandom(limit).hex()[:limit - empty]))
+        self.assertTrue(await until(lambda: owner_a.of("received") == ["1"]))
+        link_b.send(message(2, body=os.urandom(limit).hex()[:limit - empty + 1]))
+        link_b.send(message(3))
+        self.assertTrue(await until(lambda: owner_a.of("received") == ["1", "3"]))
+        self.assertEqual(owner_b.of("undeliverable"), ["2"])
+        self.assertIsNone(stream_b.lost_with)
 
     async def test_a_stanza_whose_frame_is_over_the_mtu_drops_the_connection_loudly(self):
         """With a 512-byte MTU, a stanza of 1,500 random (incompressible) characters makes a frame larger than a
