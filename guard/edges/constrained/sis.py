@@ -521,6 +521,7 @@ class SisClient(Protocol):
 
 # -- the link over unit data -----------------------------------------------------------
 
+BIND_TIMEOUT_SECONDS = 30.0  # a node that does not answer S_BIND_REQUEST in time is given up (and dialled again)
 REBIND_FIRST_SECONDS = 0.5  # a listening end binds again after losing its node: first delay, doubling
 REBIND_MAX_SECONDS = 30.0
 DEFAULT_WINDOW_UNITS = 8  # unit data sent and not yet confirmed
@@ -847,11 +848,15 @@ class SisBindRejected(Exception):
     """The node did not bind the SAP (or the SIS connection failed before it did)."""
 
 
-def _bind(reactor, host, port, sap, max_mtu, binding) -> defer.Deferred:
-    """Connect to the node's SIS port and bind ``sap``: fires with the binding once the node accepted."""
+def _bind(reactor, options: "SisOptions", binding) -> defer.Deferred:
+    """Connect to the node's SIS port and bind the SAP: fires with the binding once the node accepted, or fails
+    (SisBindRejected) when it refuses, the connection fails, or no answer comes within ``bind_timeout``."""
     done = defer.Deferred()
+    timer = None
 
     def on_bound(binding, problem):
+        if timer is not None and timer.active():
+            timer.cancel()
         if problem is None:
             done.callback(binding)
         else:
@@ -859,14 +864,23 @@ def _bind(reactor, host, port, sap, max_mtu, binding) -> defer.Deferred:
                 binding.client.transport.loseConnection()
             done.errback(problem)
 
+    def too_late():
+        log.error("SIS: the node at {host}:{port} did not answer the bind within {seconds:g} s",
+                  host=options.node_host, port=options.node_port, seconds=options.bind_timeout)
+        binding.sis_failed("the node did not answer the bind in time")
+        binding.client.transport.abortConnection()
+
     binding.on_bound = on_bound
-    factory = Factory.forProtocol(lambda: SisClient(sap, binding, max_mtu))
+    factory = Factory.forProtocol(lambda: SisClient(options.sap, binding, options.max_mtu))
 
     def connected(client):
+        nonlocal timer
         binding.client = client
+        if not done.called:
+            timer = reactor.callLater(options.bind_timeout, too_late)
         return done
 
-    attempt = TCP4ClientEndpoint(reactor, host, port, timeout=10).connect(factory)
+    attempt = TCP4ClientEndpoint(reactor, options.node_host, options.node_port, timeout=10).connect(factory)
     attempt.addCallback(connected)
     return attempt
 
@@ -882,6 +896,7 @@ class SisOptions:
     max_mtu: int = ANNEX_A_MTU
     window_units: int = DEFAULT_WINDOW_UNITS
     held_bytes: int = DEFAULT_HELD_BYTES
+    bind_timeout: float = BIND_TIMEOUT_SECONDS
 
 
 @implementer(interfaces.IStreamClientEndpoint)
@@ -898,8 +913,7 @@ class SisClientEndpoint:
 
     def connect(self, protocolFactory):
         binding = _SisBinding(self, None)
-        attempt = _bind(self.reactor, self.options.node_host, self.options.node_port, self.sap,
-                        self.options.max_mtu, binding)
+        attempt = _bind(self.reactor, self.options, binding)
         return attempt.addCallback(self._open, protocolFactory)
 
     def _open(self, binding, protocolFactory):
@@ -980,8 +994,7 @@ class SisListeningPort:
         if self.stopped:
             return
         binding = _SisBinding(self.endpoint, None)
-        attempt = _bind(self.endpoint.reactor, self.endpoint.options.node_host, self.endpoint.options.node_port,
-                        self.endpoint.sap, self.endpoint.options.max_mtu, binding)
+        attempt = _bind(self.endpoint.reactor, self.endpoint.options, binding)
         attempt.addCallbacks(self._rebound, lambda failure: self._binding_lost(binding))
 
     def _rebound(self, binding):
@@ -1011,8 +1024,7 @@ class SisServerEndpoint:
 
     def listen(self, protocolFactory):
         binding = _SisBinding(self, None)
-        attempt = _bind(self.reactor, self.options.node_host, self.options.node_port, self.sap,
-                        self.options.max_mtu, binding)
+        attempt = _bind(self.reactor, self.options, binding)
 
         def listening(binding):
             self.port = SisListeningPort(self, binding, protocolFactory)

@@ -7,9 +7,11 @@ a stranger's units and the MTU bound.
 """
 
 import os
+from dataclasses import replace
 
 from twisted.internet import defer, error, reactor
-from twisted.internet.protocol import Factory
+from twisted.internet.endpoints import TCP4ServerEndpoint
+from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import deferLater
 from twisted.trial import unittest
 
@@ -182,6 +184,17 @@ class LinkOverSis(unittest.TestCase):
         self.assertTrue(await until(lambda: owner_a.of("received") == ["7"]))
         self.assertEqual(len(factory_a.streams), 1)
         self.assertEqual(stranger_node.delivered, 1)
+
+    async def test_a_node_that_never_answers_the_bind_is_given_up_after_the_bind_timeout(self):
+        """A SIS port that reads and says nothing: the dial fails with the guard's reason after bind_timeout and
+        the TCP connection is closed (the dialler then backs off and tries again)."""
+        silent = await TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(Factory.forProtocol(Protocol))
+        self.addCleanup(silent.stopListening)
+        options = endpoint_options(f"stanag5066:node=127.0.0.1:port={silent.getHost().port}:peer={ADDRESS_A}")
+        endpoint = SisClientEndpoint(reactor, replace(options, bind_timeout=0.3))
+        with self.assertRaises(SisBindRejected) as caught:
+            await endpoint.connect(Factory.forProtocol(Protocol))
+        self.assertIn("did not answer the bind in time", str(caught.exception))
 
     async def test_a_listening_half_whose_node_drops_it_binds_again_and_takes_the_next_dial(self):
         """Node A ends the listening half's SIS session (as a node restart would): the half binds its SAP again
