@@ -37,14 +37,14 @@ from twisted.internet.endpoints import TCP4ServerEndpoint
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 
-from guard.edges.constrained.sis import (ANNEX_A_MTU, BIND_INVALID_SAP, BIND_SAP_TAKEN, MAX_MTU, MODE_ARQ,
+from guard.edges.constrained.sis import (ANNEX_A_MTU, BIND_INVALID_SAP, BIND_SAP_TAKEN, MODE_ARQ,
                                          MODE_DEFAULT, REJECTED_MODE, REJECTED_NOT_RESPONDING,
                                          REJECTED_SAP_NOT_BOUND, REJECTED_TOO_LARGE, SAP_COUNT,
                                          UNBIND_INVALID_PRIMITIVES, UNIDATA_REQUEST_FIELDS, BindAccepted,
                                          BindRejected, BindRequest, DataflowOff, DataflowOn, PrimitiveReader,
                                          SisError, UnbindIndication, UnbindRequest, UnidataConfirm,
-                                         UnidataIndication, UnidataRejected, UnidataRequest, encode, format_address,
-                                         parse_address)
+                                         UnidataIndication, UnidataRejected, UnidataRequest, check_mtu, encode,
+                                         format_address, parse_address)
 
 log = Logger()
 
@@ -118,8 +118,7 @@ class SisNode:
     """One node: its SIS sessions by SAP, the bytes it holds for the channel."""
 
     def __init__(self, network: SisNetwork, address: int, mtu: int, queue_bytes: int, refused_saps: frozenset):
-        if not 0 < mtu <= MAX_MTU:
-            raise ValueError(f"an MTU is 1 to {MAX_MTU} bytes")
+        check_mtu(mtu)
         self.network = network
         self.address = address
         self.mtu = mtu

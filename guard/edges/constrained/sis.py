@@ -138,6 +138,12 @@ def _decode_address(raw: bytes) -> int:
     return value & MAX_ADDRESS
 
 
+def check_mtu(mtu: int) -> None:
+    """An MTU is what the 16-bit U_PDU size field can say, and at least one byte."""
+    if isinstance(mtu, bool) or not isinstance(mtu, int) or not 0 < mtu <= MAX_MTU:
+        raise ValueError(f"an MTU is 1 to {MAX_MTU} bytes")
+
+
 def _check_sap(sap: int) -> None:
     if not 0 <= sap < SAP_COUNT:
         raise ValueError("a SAP ID is 0 to 15")
@@ -436,8 +442,7 @@ class SisClient(Protocol):
 
     def __init__(self, sap: int, listener, max_mtu: int = ANNEX_A_MTU, rank: int = 0):
         _check_sap(sap)
-        if not 0 < max_mtu <= MAX_MTU:
-            raise ValueError(f"an MTU is 1 to {MAX_MTU} bytes")
+        check_mtu(max_mtu)
         self.sap = sap
         self.listener = listener
         self.max_mtu = max_mtu

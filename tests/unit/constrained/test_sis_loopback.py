@@ -9,7 +9,7 @@ a stranger's units and the MTU bound.
 import os
 from dataclasses import replace
 
-from twisted.internet import defer, error, reactor
+from twisted.internet import reactor
 from twisted.internet.endpoints import TCP4ServerEndpoint
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import deferLater
