@@ -812,20 +812,28 @@ class _SisBinding:
         if self.connection is not None:
             self.connection.dataflow(on)
 
-    def sis_confirmed(self, destination, destination_sap, echo):
+    def _answered(self, destination, echo) -> SisTransport | None:
+        """The connection a confirm or rejection is about (the echoed unit's first byte is its number), or None:
+        an answer for a connection that ended (the peer reconnected meanwhile) concerns nothing now."""
         connection = self.connection
-        if connection is None or (destination, destination_sap) != (connection.peer.node, connection.peer.sap):
-            log.info("SIS: a confirm for no connection dropped")
-            return
-        if not connection.confirmed(echo):
+        if connection is None or destination != connection.peer.node or echo[:1] != bytes((connection.number,)):
+            log.info("SIS: an answer for unit data of an ended connection dropped")
+            return None
+        return connection
+
+    def sis_confirmed(self, destination, destination_sap, echo):
+        connection = self._answered(destination, echo)
+        if connection is not None and not connection.confirmed(echo):
             log.error("SIS: a confirm that matches no unit in flight; connection dropped")
             connection.lost(Failure(error.ConnectionLost("a confirm that matches no unit in flight")))
 
     def sis_rejected(self, reason, destination, echo):
-        log.error("SIS link to {peer}: the node rejected unit data: {reason}; connection dropped (the link resends "
-                  "what was not acknowledged on the next one)", peer=format_address(destination), reason=reason)
-        if self.connection is not None:
-            self.connection.lost(Failure(error.ConnectionLost(f"unit data rejected: {reason}")))
+        connection = self._answered(destination, echo)
+        if connection is not None:
+            log.error("SIS link to {peer}: the node rejected unit data: {reason}; connection dropped (the link "
+                      "resends what was not acknowledged on the next one)", peer=format_address(destination),
+                      reason=reason)
+            connection.lost(Failure(error.ConnectionLost(f"unit data rejected: {reason}")))
 
     def sis_received(self, source, source_sap, data):
         peer = self.endpoint.peer

@@ -374,3 +374,64 @@ def test_the_stanza_bytes_for_an_mtu_make_frames_that_always_fit_one_u_pdu(mtu):
     assert len(FrameWriter(size)(b"password" + data[8:])) <= largest_write(mtu)  # stored (a secret)
     assert sis.stanza_bytes_for_mtu(mtu, "none") == largest_write(mtu)
     assert size > 0.85 * largest_write(mtu) - 30
+
+
+def listening_port():
+    """A listening endpoint bound (through a FakeClient) on a clock, with the link's protocols it built."""
+    clock = Clock()
+    endpoint = sis.SisServerEndpoint(clock, endpoint_options("stanag5066:node=a:peer=0.0.6.2"))
+    binding = sis._SisBinding(endpoint, None)
+    binding.client = FakeClient(mtu=64)
+    built = []
+
+    class Factory_:
+        def buildProtocol(self, addr):
+            built.append(LinkSide())
+            return built[-1]
+
+    endpoint.port = sis.SisListeningPort(endpoint, binding, Factory_())
+    return clock, binding, built
+
+
+def test_answers_for_units_of_an_ended_connection_do_not_end_the_next_one():
+    """The peer reconnects while units of the old connection are in flight: their late confirm and rejection
+    (their first byte names the old connection) are dropped, and the new connection carries on."""
+    clock, binding, built = listening_port()
+    binding.sis_received(PEER, 2, b"\x07<stream>")
+    binding.connection.write(b"<old/>")
+    binding.sis_received(PEER, 2, b"\x09<stream again>")
+    clock.advance(0)
+    assert built[0].events[-1] == ("lost", error.ConnectionLost)
+    binding.connection.write(b"<new/>")
+    binding.sis_confirmed(PEER, 2, b"\x07<old/>")
+    binding.sis_rejected("destination node not responding", PEER, b"\x07<old/>")
+    clock.advance(0)
+    assert built[1].events == [("read", b"<stream again>")]
+    assert binding.sis_confirmed(PEER, 2, b"\x09<new/>") is None and binding.connection.window.outstanding == []
+    binding.sis_rejected("destination node not responding", PEER, b"\x09<new/>")
+    clock.advance(0)
+    assert built[1].events[-1] == ("lost", error.ConnectionLost)
+
+
+def test_the_listener_takes_a_new_connection_number_and_drops_units_of_a_closed_one():
+    """A unit with a new number starts a connection; the close unit ends it; later units of that number are
+    dropped; a unit from another node or SAP never reaches the link."""
+    clock, binding, built = listening_port()
+    binding.sis_received(PEER, 3, b"\x07<from another SAP>")
+    binding.sis_received(parse_address("0.0.6.3"), 2, b"\x07<from a stranger>")
+    assert built == []
+    binding.sis_received(PEER, 2, b"\x07<a/>")
+    binding.sis_received(PEER, 2, b"\x07")
+    binding.sis_received(PEER, 2, b"\x07<late/>")
+    clock.advance(0)
+    assert len(built) == 1 and built[0].events == [("read", b"<a/>"), ("lost", error.ConnectionDone)]
+
+
+def test_the_link_pausing_its_reading_stops_reading_the_node():
+    """When the link stops reading (its own side is congested), the SIS connection to the node is not read
+    either, and reading resumes with the link."""
+    transport, client, protocol, _ = connection()
+    transport.pauseProducing()
+    assert client.transport.producerState == "paused"
+    transport.resumeProducing()
+    assert client.transport.producerState == "producing"
