@@ -35,10 +35,26 @@ old one then (the peer reconnected); units of a connection it closed are
 dropped.  Everything else is the link's own bytes: each write is one U_PDU,
 each S_UNIDATA_INDICATION is handed to the link as one read.  A write larger
 than the MTU (less the connection byte) is refused loudly and drops the
-connection: configure the link's stanza_bytes so its frames fit (see
-``largest_write``).  A rejected unit leaves a hole in the byte stream, so it
-drops the connection too (the link resends what was not acknowledged on the
-next one).
+connection: configure ``[limits] stanza_bytes`` at most
+``stanza_bytes_for_mtu(mtu, compression)`` and the link bounces a larger
+stanza before writing it.  A rejected unit leaves a hole in the byte stream,
+so it drops the connection too (the link resends what was not acknowledged
+on the next one); confirms and rejections are matched to the connection by
+the echoed connection byte, so late answers about an ended connection never
+touch the next one.
+
+Flow control and bounds: at most ``window`` units are in flight (sent, not
+confirmed); further writes wait, at most ``held`` bytes of them (past that
+the connection drops), and the link's protocol is paused (IPushProducer)
+while the window is full or the node said S_DATAFLOW_OFF.  When the link
+stops reading, the SIS connection is not read either.  A node that does not
+answer the bind within ``bind_timeout`` is given up; a listening end whose
+node drops it binds again, backing off from 0.5 s to 30 s.
+
+Not XEP-0365's RCOP: the XEP (0.1/0.2) carries each stanza as an RCOP PDU
+(STANAG 5066 Annex F.8) on SAP 2; this carries the link's frame after the
+one connection byte, and both ends are this guard.  Version 0.3 of the XEP
+moved to SLEP streaming, which is not implemented here.
 """
 
 from __future__ import annotations
@@ -436,8 +452,10 @@ class PrimitiveReader:
 class SisClient(Protocol):
     """
     One SIS connection to a node: binds to ``sap`` at once, then sends and
-    receives unit data.  It tells ``listener`` (see ``SisTransport`` for the
-    methods) what the node says; it decides nothing about the link.
+    receives unit data.  It tells ``listener`` what the node says (sis_bound,
+    sis_bind_rejected, sis_unbound, sis_failed, sis_received, sis_confirmed,
+    sis_rejected, sis_dataflow, sis_connection_lost: ``_SisBinding`` is the
+    endpoints' listener); it decides nothing about the link.
     """
 
     def __init__(self, sap: int, listener, max_mtu: int = ANNEX_A_MTU, rank: int = 0):
