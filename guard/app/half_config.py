@@ -112,7 +112,7 @@ def link_leg(checker, table, key, known=LINK_KEYS, stanza_bytes: int = ParserLim
         checker.fail(key, "needs pins or ca to authenticate the peer")
     listen = checker.string(table, "listen", key, required=False)
     dial = checker.string(table, "dial", key, required=False)
-    _check_endpoints(checker, key, listen, dial)
+    _check_endpoints(checker, key, listen, dial, profile, stanza_bytes)
     settings, backoff, open_timeout = _link_bounds(checker, table, key, stanza_bytes, profile)
     try:
         from guard.edges.link.tls import LinkTLS
@@ -129,9 +129,32 @@ def link_leg(checker, table, key, known=LINK_KEYS, stanza_bytes: int = ParserLim
                      profile)
 
 
-def _check_endpoints(checker, key, listen, dial):
+def _check_sis(checker, description, key, profile, stanza_bytes):
+    """A stanag5066: endpoint: well formed, on the constrained profile without TLS, stanzas that fit one U_PDU."""
+    from guard.edges.constrained import sis
+
+    try:
+        options = sis.endpoint_options(description)
+    except ValueError as problem:
+        checker.fail(key, f"not a STANAG 5066 endpoint ({problem})")
+    if profile is None or profile.security != "bearer":
+        checker.fail(key, 'a STANAG 5066 link needs profile = "constrained" with security = "bearer" '
+                          "(TLS handshakes do not fit unit data; the radio's crypto protects it)")
+    fits = sis.stanza_bytes_for_mtu(options.max_mtu, profile.compression)
+    if stanza_bytes > fits:
+        checker.fail("limits.stanza_bytes", f"must be at most {fits} bytes to fit one U_PDU of {options.max_mtu} "
+                                            f"bytes ({key})")
+
+
+def _check_endpoints(checker, key, listen, dial, profile=None, stanza_bytes=None):
+    from guard.edges.constrained import sis
+
     if (listen is None) == (dial is None):
         checker.fail(key, "needs exactly one of listen and dial")
+    description = listen if listen is not None else dial
+    if sis.is_sis_endpoint(description):
+        _check_sis(checker, description, f"{key}.{'listen' if listen is not None else 'dial'}", profile, stanza_bytes)
+        return
     if listen is not None:
         _check_listen(checker, listen, f"{key}.listen")
     else:
@@ -146,7 +169,7 @@ def _bearer_leg(checker, table, key, name, peer, profile, stanza_bytes) -> LegCo
                                             "remove it, or use security = \"tls\"")
     listen = checker.string(table, "listen", key, required=False)
     dial = checker.string(table, "dial", key, required=False)
-    _check_endpoints(checker, key, listen, dial)
+    _check_endpoints(checker, key, listen, dial, profile, stanza_bytes)
     settings, backoff, open_timeout = _link_bounds(checker, table, key, stanza_bytes, profile)
     return LegConfig(name, peer, None, None, (), None, listen, dial, settings, backoff, open_timeout, profile)
 

@@ -14,6 +14,7 @@ from twisted.internet import defer
 from twisted.internet.endpoints import clientFromString, serverFromString
 from twisted.logger import Logger
 
+from guard.edges.constrained import sis
 from guard.edges.xmlstream import ParserLimits
 
 from .dialler import Backoff, LinkDialler
@@ -108,14 +109,16 @@ class LinkLeg:
                      warning=BEARER_WARNING, identity=BEARER_IDENTITY)
         if self.config.listen is not None:
             try:
-                endpoint = serverFromString(self.reactor, self.config.listen)
+                endpoint = (sis.server_endpoint(self.reactor, self.config.listen) if sis.is_sis_endpoint(self.config.listen)
+                            else serverFromString(self.reactor, self.config.listen))
             except (KeyError, IndexError) as problem:
                 # A systemd: string whose socket was not passed (Twisted raises KeyError/IndexError).
                 raise NoSuchSocket(f"{self.config.listen}: no such socket was passed by systemd ({problem!r})") \
                     from problem
             self.port = yield endpoint.listen(self._wrapped(listening=True))
         else:
-            endpoint = clientFromString(self.reactor, self.config.dial)
+            endpoint = (sis.client_endpoint(self.reactor, self.config.dial) if sis.is_sis_endpoint(self.config.dial)
+                        else clientFromString(self.reactor, self.config.dial))
 
             def connect():
                 attempt = endpoint.connect(self._wrapped(listening=False))

@@ -1,5 +1,7 @@
 """[link] profile = "constrained" and [link.constrained]: checked like every link key, timers stretched to the bearer."""
 
+import re
+
 import pytest
 
 from guard.app.config import ConfigError
@@ -137,3 +139,27 @@ def test_check_config_of_a_bearer_half_says_it_has_no_link_certificate(tree):  #
     bearer = CONSTRAINED.replace('security = "tls"', 'security = "bearer"')
     _, summary = checked_configuration(variant(tree, NO_TLS_MATERIAL, bearer))
     assert "link fingerprint none (security = bearer: no TLS)" in summary
+
+
+SIS_DIAL = ('dial = "tcp:host=127.0.4.2:port=5299"', 'dial = "stanag5066:node=127.0.6.2:port=5066:sap=2:peer=0.0.6.1"')
+
+
+def test_a_stanag5066_link_loads_on_the_bearer_profile_with_stanzas_that_fit_one_u_pdu(tree):  # noqa: F811
+    """A half dialling through a STANAG 5066 node: constrained, no TLS, and stanza_bytes within one U_PDU."""
+    bearer = CONSTRAINED.replace('security = "tls"', 'security = "bearer"')
+    path = variant(tree, NO_TLS_MATERIAL + [SIS_DIAL, ("\n[guard]\n", "\n[limits]\nstanza_bytes = 1700\n\n[guard]\n")], bearer)
+    config = load_half_config(path)
+    assert config.link.leg.dial.startswith("stanag5066:") and config.link.leg.without_tls
+
+
+@pytest.mark.parametrize("security, stanza_bytes, message", [
+    ("tls", 1700, 'link.dial: a STANAG 5066 link needs profile = "constrained" with security = "bearer"'),
+    ("bearer", 4000, "limits.stanza_bytes: must be at most 1777 bytes to fit one U_PDU of 2048 bytes"),
+])
+def test_a_stanag5066_link_refuses_tls_and_stanzas_larger_than_a_u_pdu(tree, security, stanza_bytes, message):  # noqa: F811
+    """TLS flights do not fit unit data, and a stanza larger than a U_PDU could never cross: both refused at load."""
+    profile = CONSTRAINED.replace('security = "tls"', f'security = "{security}"')
+    material = NO_TLS_MATERIAL if security == "bearer" else []
+    path = variant(tree, material + [SIS_DIAL, ("\n[guard]\n", f"\n[limits]\nstanza_bytes = {stanza_bytes}\n\n[guard]\n")], profile)
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_half_config(path)
