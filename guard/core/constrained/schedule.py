@@ -704,6 +704,10 @@ class BearerSchedule:
         if item.share_charged:
             self._burst_share.charge(correction, now)
 
+    def backlog_seconds(self, now: float) -> float:
+        """Seconds the bearer still needs to carry what was written to it (the rate's debt), 0 when it is idle."""
+        return max(0.0, self._bearer.ready_at(now) - now)
+
     def spend(self, wire_bytes: int, now: float) -> None:
         """The link wrote bytes of its own (acks, keepalives, stream headers): charge them to the rate."""
         self._bearer.charge(wire_bytes, now)

@@ -150,6 +150,7 @@ class Link:
         self.schedule = constrained.new_schedule(settings) if constrained is not None else None
         self._pacer = None
         self._charged = (None, 0)  # (connection, its bytes out already charged to the bearer's rate)
+        self._bytes_in_seen = (None, 0)  # (connection, its bytes in at the last tick)
         self.profile_dropped = 0  # presence stripped or superseded under the constrained profile
         self.answered_too_late = 0  # IQs answered at once (they could not be answered across the bearer in time)
         self.expired = 0  # stanzas that waited past max_wait for the bearer
@@ -519,9 +520,24 @@ class Link:
     def _ask_for_ack(self) -> None:
         self._written_since_request = 0
         self._last_request = self.clock.seconds()
-        if self._ack_asked_at is None:
-            self._ack_asked_at = self._last_request
         self.stream.write(wire.ACK_REQUEST)
+        if self._ack_asked_at is None:
+            # Under the constrained profile the request reaches the peer only after the bearer has carried
+            # what was written before it (a long stanza takes minutes at 1,200 bit/s): the timeout counts from then.
+            self._ack_asked_at = self._last_request + self._bearer_backlog()
+
+    def _bearer_backlog(self) -> float:
+        """Seconds the bearer needs for what this half wrote to it (0 on the standard link)."""
+        return 0.0 if self.schedule is None else self.schedule.backlog_seconds(self.clock.seconds())
+
+    def _peer_bytes_arrived(self) -> bool:
+        """Whether the connection delivered bytes from the peer since the last tick (the constrained profile: the
+        peer's answer may wait on the bearer behind a long stanza of its own, whose bytes show the peer is there)."""
+        counter = getattr(self.stream, "byte_count", None)
+        if self.schedule is None or counter is None:
+            return False
+        seen, self._bytes_in_seen = self._bytes_in_seen, (self.stream, counter.bytes_in)
+        return seen[0] is self.stream and counter.bytes_in > seen[1]
 
     def _settle(self, settled) -> None:
         for carried in settled:
@@ -663,6 +679,8 @@ class Link:
             self.stream.write(wire.ack(self.inbox.received))
             return
         now = self.clock.seconds()
+        if self._peer_bytes_arrived() and self._ack_asked_at is not None:
+            self._ack_asked_at = max(self._ack_asked_at, now)  # the peer is there: its answer is on the way
         if self._ack_asked_at is not None and now - self._ack_asked_at >= self.settings.ack_timeout:
             log.warn("link: no acknowledgement for {t}s; dropping the connection", t=self.settings.ack_timeout)
             self.stream.close("connection-timeout", "acknowledgements stopped")

@@ -1,0 +1,102 @@
+"""A hostile review of the constrained link (issue 13): each test is a hole found in review, shown on two halves
+joined in memory by a bearer that carries bytes at its rate (not at once, as iosim's pump does)."""
+
+from twisted.test import iosim
+
+from guard.edges.link.link import LinkSettings
+from guard.edges.link.profile import ConstrainedProfile, stretched_settings
+from guard.edges.link.stream import OPEN_TIMEOUT_SECONDS
+
+from .constrained_pairs import ConstrainedPair
+
+
+class SlowBearer:
+    """Both directions of one connection between half A and half B, each carrying ``rate`` bits per second."""
+
+    def __init__(self, pair, rate_bits_per_second):
+        self.pair = pair
+        self.bytes_per_second = rate_bits_per_second / 8.0
+        client, server = pair.new_connection()
+        self.transports = (iosim.makeFakeClient(client), iosim.makeFakeServer(server))
+        client.makeConnection(self.transports[0])
+        server.makeConnection(self.transports[1])
+        pair.client, pair.server = client, server
+        # (the transport written to, the protocol that reads it, bytes on the air, credit in bytes)
+        self.directions = [[self.transports[0], server, bytearray(), 0.0],
+                           [self.transports[1], client, bytearray(), 0.0]]
+        self.carried = False  # False: nothing moves (a dead bearer)
+
+    def run(self, seconds, step=0.1):
+        """Let ``seconds`` pass, moving at most the rate's bytes each way at every step."""
+        for _ in range(round(seconds / step)):
+            self.pair.clock.advance(step)
+            for direction in self.directions:
+                writer, reader, air, credit = direction
+                air += writer.getOutBuffer() or b""
+                if not self.carried:
+                    continue
+                credit = min(credit + self.bytes_per_second * step, max(1.0, float(len(air))))
+                count = int(credit)
+                if count and air and not reader.transport.disconnected:
+                    chunk = bytes(air[:count])
+                    del air[:count]
+                    credit -= len(chunk)
+                    reader.dataReceived(chunk)
+                direction[3] = credit
+
+
+def stretched_pair(profile):
+    """Two halves whose link timers are stretched as a half's configuration stretches them."""
+    settings, _ = stretched_settings(LinkSettings(), OPEN_TIMEOUT_SECONDS, profile)
+    return ConstrainedPair(profile, settings=settings)
+
+
+def long_chat(size):
+    body = " ".join(f"word{number}" for number in range(size // 8))[:size]
+    return f"<message from='romeo@red.example/a' to='juliet@blue.example' type='chat' id='long'><body>{body}</body></message>"
+
+
+def test_a_stanza_longer_on_the_bearer_than_the_ack_timeout_is_delivered_on_the_first_connection():
+    """A 15 KB stanza takes 100 s at 1,200 bit/s, longer than the stretched ack timeout (66 s): the link waits for
+    the bearer to carry it before it counts the acknowledgement late, instead of dropping and resending it forever."""
+    profile = ConstrainedProfile(security="bearer", compression="none", rate=1200, round_trip=2.0)
+    pair = stretched_pair(profile)
+    assert pair.a.link.settings.ack_timeout < 100
+    bearer = SlowBearer(pair, 1200)
+    bearer.carried = True
+    bearer.run(2.0)
+    pair.a.sends(long_chat(15_000))
+    bearer.run(200.0)
+    assert len(pair.b.server.received) == 1
+    assert pair.a.link.connections == 1 and pair.a.link.describe()["state"] == "up"
+    assert pair.a.books()["delivered"] == 1
+
+
+def test_a_dead_bearer_is_still_noticed_within_keepalive_plus_ack_interval_plus_ack_timeout():
+    """With nothing written, a bearer that stops carrying is noticed within keepalive + ack_interval + ack_timeout."""
+    profile = ConstrainedProfile(security="bearer", compression="none", rate=1200, round_trip=2.0)
+    pair = stretched_pair(profile)
+    settings = pair.a.link.settings
+    bearer = SlowBearer(pair, 1200)
+    bearer.carried = True
+    bearer.run(10.0)
+    assert pair.a.link.describe()["state"] == "up"
+    bearer.carried = False
+    bound = settings.keepalive + settings.ack_interval + settings.ack_timeout
+    bearer.run(bound + 1.0)
+    assert pair.client.closing
+
+
+def test_a_dead_bearer_after_a_long_stanza_is_noticed_once_the_stanza_had_time_to_cross():
+    """After a 15 KB write (100 s at 1,200 bit/s) the bearer dies: the link notices within the stanza's time on the
+    bearer plus ack_interval plus ack_timeout, not never."""
+    profile = ConstrainedProfile(security="bearer", compression="none", rate=1200, round_trip=2.0)
+    pair = stretched_pair(profile)
+    settings = pair.a.link.settings
+    bearer = SlowBearer(pair, 1200)
+    bearer.carried = True
+    bearer.run(2.0)
+    bearer.carried = False
+    pair.a.sends(long_chat(15_000))
+    bearer.run(15_100 * 8 / 1200 + settings.ack_interval + settings.ack_timeout + 2.0)
+    assert pair.client.closing and pair.b.server.received == []
