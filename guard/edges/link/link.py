@@ -527,8 +527,14 @@ class Link:
             self._ack_asked_at = self._last_request + self._bearer_backlog()
 
     def _bearer_backlog(self) -> float:
-        """Seconds the bearer needs for what this half wrote to it (0 on the standard link)."""
-        return 0.0 if self.schedule is None else self.schedule.backlog_seconds(self.clock.seconds())
+        """Seconds the bearer needs for what this half wrote to it (0 on the standard link): the schedule's debt, and
+        what the connection wrote that is not charged yet (stanzas written again after a reconnection)."""
+        if self.schedule is None:
+            return 0.0
+        counter = getattr(self.stream, "byte_count", None)
+        stream, charged = self._charged
+        uncharged = counter.bytes_out - (charged if stream is self.stream else 0) if counter is not None else 0
+        return self.schedule.backlog_seconds(self.clock.seconds()) + max(0, uncharged) * 8.0 / self.schedule.rate_bits_per_second
 
     def _peer_bytes_arrived(self) -> bool:
         """Whether the connection delivered bytes from the peer since the last tick (the constrained profile: the

@@ -100,3 +100,34 @@ def test_a_dead_bearer_after_a_long_stanza_is_noticed_once_the_stanza_had_time_t
     pair.a.sends(long_chat(15_000))
     bearer.run(15_100 * 8 / 1200 + settings.ack_interval + settings.ack_timeout + 2.0)
     assert pair.client.closing and pair.b.server.received == []
+
+
+def cut(pair):
+    """The bearer drops the connection under both halves."""
+    from twisted.internet.error import ConnectionLost
+    from twisted.python.failure import Failure
+
+    for protocol in (pair.client, pair.server):
+        protocol.transport.disconnecting = True
+        protocol.connectionLost(Failure(ConnectionLost("the bearer dropped")))
+
+
+def test_stanzas_written_again_after_a_reconnection_are_waited_for_as_the_bearer_carries_them():
+    """Sixty 1 KB stanzas written and never acknowledged are written again at once on the next connection (400 s at
+    1,200 bit/s): the ack timeout counts from when the bearer has carried them, so the second connection delivers them."""
+    profile = ConstrainedProfile(security="bearer", compression="none", rate=1200, round_trip=2.0, max_wait=3600)
+    pair = stretched_pair(profile)
+    bearer = SlowBearer(pair, 1200)
+    bearer.carried = True
+    bearer.run(2.0)
+    bearer.carried = False  # the bearer dies: what A writes from now on never arrives
+    for number in range(60):
+        pair.a.sends(long_chat(1000).replace("id='long'", f"id='long{number}'"))
+    bearer.run(500.0)
+    assert pair.client.closing and pair.a.link.outbox.unacknowledged >= 50
+    cut(pair)
+    bearer = SlowBearer(pair, 1200)
+    bearer.carried = True
+    bearer.run(700.0)
+    assert len(pair.b.server.received) == 60 and pair.a.books()["delivered"] == 60
+    assert pair.a.link.connections == 2
