@@ -1,13 +1,15 @@
 """A hostile review of the constrained link (issue 13): each test is a hole found in review, shown on two halves
 joined in memory by a bearer that carries bytes at its rate (not at once, as iosim's pump does)."""
 
+import pytest
 from twisted.test import iosim
 
 from guard.edges.link.link import LinkSettings
 from guard.edges.link.profile import ConstrainedProfile, stretched_settings
 from guard.edges.link.stream import OPEN_TIMEOUT_SECONDS
 
-from .constrained_pairs import ConstrainedPair
+from .constrained_pairs import TOPOLOGY, ConstrainedPair
+from .test_constrained_pair import chat
 
 
 class SlowBearer:
@@ -131,3 +133,103 @@ def test_stanzas_written_again_after_a_reconnection_are_waited_for_as_the_bearer
     bearer.run(700.0)
     assert len(pair.b.server.received) == 60 and pair.a.books()["delivered"] == 60
     assert pair.a.link.connections == 2
+
+
+class SmallerParserOnB(ConstrainedPair):
+    """Half B's parser takes stanzas of at most ``stanza_bytes``; half A's takes the default (a config that looks
+    right: each half's own limit, as for the standard link)."""
+
+    def __init__(self, profile, stanza_bytes):
+        from guard.edges.link.constrained import ConstrainedLink
+        from guard.edges.xmlstream import ParserLimits
+
+        super().__init__(profile)
+        self.b_limits = ParserLimits(stanza_bytes=stanza_bytes)
+        self.b.constrained = ConstrainedLink(profile, TOPOLOGY.hosted_on("blue"), TOPOLOGY.hosted_on("red"), stanza_bytes)
+        self.b.link.constrained = self.b.constrained
+        self.b.link.stanza_bytes = stanza_bytes
+
+    def new_connection(self):
+        from guard.edges.link.stream import LinkStreamFactory
+
+        client, _ = super().new_connection()
+        factory_b = LinkStreamFactory(self.b.link, self.checks[1], self.clock, self.b_limits,
+                                      prepare=self.b.constrained.prepare_stream)
+        return client, factory_b.buildProtocol(None)
+
+
+def reconnect(pair):
+    cut(pair)
+    pair.connect()
+
+
+@pytest.mark.parametrize("compression", ["zlib", "dictionary"])
+@pytest.mark.parametrize("text", ["compressible", "incompressible"])
+def test_a_stanza_larger_than_the_peers_frame_budget_is_refused_by_its_number_and_never_sent_again(compression, text):
+    """Half B takes stanzas of 8 KiB, half A writes one of 20 KB: B refuses that stanza by its number (as its parser
+    refuses an oversized stanza on the standard link), A bounces it once, and the next connection carries the rest
+    instead of writing the same refused frame on every connection."""
+    import random
+    import re
+
+    pair = SmallerParserOnB(ConstrainedProfile(security="bearer", compression=compression, rate=1_000_000), 8192)
+    pair.connect()
+    pair.a.sends(chat(1))
+    pair.run(0.5)
+    if text == "compressible":
+        body = "x" * 20_000
+    else:
+        body = "".join(random.Random(13).choice("abcdefghijklmnopqrstuvwxyz0123456789") for _ in range(20_000))
+    pair.a.sends(f"<message from='romeo@red.example/a' to='juliet@blue.example' type='chat' id='big'>"
+                 f"<body>{body}</body></message>")
+    pair.a.sends(chat(2))
+    pair.run(1.0)
+    assert pair.server.closing
+    reconnect(pair)
+    pair.run(1.0)
+    reconnect(pair)
+    pair.run(1.0)
+    assert [re.search(r' id="(\w+)"', stanza).group(1) for stanza in pair.b.server.received] == ["c1", "c2"]
+    assert pair.a.link.describe()["refused_by_peer"] == 1
+    assert {key: pair.a.books()[key] for key in ("delivered", "bounced", "in_flight")} == \
+        {"delivered": 2, "bounced": 1, "in_flight": 0}
+
+
+def big_chat(text):
+    import random
+
+    if text == "compressible":
+        body = "x" * 20_000
+    else:
+        body = "".join(random.Random(13).choice("abcdefghijklmnopqrstuvwxyz0123456789") for _ in range(20_000))
+    return f"<message from='romeo@red.example/a' to='juliet@blue.example' type='chat' id='big'><body>{body}</body></message>"
+
+
+@pytest.mark.parametrize("held", [False, True])
+def test_the_stanzas_before_an_oversized_frame_in_the_same_read_are_taken_and_only_that_stanza_is_refused(held):
+    """One read brings a chat, a frame too large for half B and another chat (B perhaps not reading while its side is
+    congested): B takes the first chat, refuses the big one by its own number, and A bounces only that one."""
+    import re
+
+    pair = SmallerParserOnB(ConstrainedProfile(security="bearer", compression="zlib", rate=1_000_000), 8192)
+    pair.connect()
+    if held:
+        pair.b.link.hold()
+    pump, pair.pump = pair.pump, None  # the bearer holds what A writes, then delivers it in one read
+    pair.a.sends(chat(1))
+    pair.a.sends(big_chat("compressible"))
+    pair.a.sends(chat(2))
+    pair.run(0.5)
+    pair.server.dataReceived(pair.client.transport.getOutBuffer())
+    pair.pump = pump
+    pair.run(0.5)
+    if held:
+        assert pair.b.server.received == []
+        pair.b.link.release()
+        pair.run(0.5)
+    assert pair.server.closing
+    reconnect(pair)
+    pair.run(1.0)
+    assert [re.search(r' id="(\w+)"', stanza).group(1) for stanza in pair.b.server.received] == ["c1", "c2"]
+    assert {key: pair.a.books()[key] for key in ("delivered", "bounced", "in_flight")} == \
+        {"delivered": 2, "bounced": 1, "in_flight": 0}
