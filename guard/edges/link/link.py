@@ -151,6 +151,7 @@ class Link:
         self._pacer = None
         self._charged = (None, 0)  # (connection, its bytes out already charged to the bearer's rate)
         self._bytes_in_seen = (None, 0)  # (connection, its bytes in at the last tick)
+        self._scheduled_held = 0  # bytes waiting in the schedule the owner counts as held (its memory budget)
         self.profile_dropped = 0  # presence stripped or superseded under the constrained profile
         self.answered_too_late = 0  # IQs answered at once (they could not be answered across the bearer in time)
         self.expired = 0  # stanzas that waited past max_wait for the bearer
@@ -227,7 +228,9 @@ class Link:
         from guard.edges.release import reparse_stanza
 
         limits = ParserLimits(stanza_bytes=self.stanza_bytes)
-        for item in self.schedule.take_all():  # everything it holds, to be offered again
+        items = self.schedule.take_all()  # everything it holds, to be offered again
+        self._count_scheduled()
+        for item in items:
             for parcel in item.parcels:
                 try:
                     data = judge(Carried(parcel, serialise(parcel.stanza).encode("utf-8")))
@@ -564,6 +567,23 @@ class Link:
 
     def _offer(self, parcel) -> None:
         """Hand a parcel to the bearer schedule (or settle it now: stripped, superseded, refused, too late)."""
+        try:
+            self._offer_to_schedule(parcel)
+        finally:
+            self._count_scheduled()
+
+    def _count_scheduled(self) -> None:
+        """Tell the owner how many bytes wait in the schedule now: they count in the guard's memory budget (past it,
+        no feeder is read), as what waits in an S2S queue does."""
+        if self.schedule is None:
+            return
+        change, self._scheduled_held = self.schedule.queued_bytes - self._scheduled_held, self.schedule.queued_bytes
+        if change > 0 and hasattr(self.owner, "count_held"):
+            self.owner.count_held(change)
+        elif change < 0 and hasattr(self.owner, "count_freed"):
+            self.owner.count_freed(-change)
+
+    def _offer_to_schedule(self, parcel) -> None:
         state = self.state_name
         if state == "stopped":
             self._give_up(parcel, "remote-server-timeout", LINK_STOPPING)
@@ -611,6 +631,13 @@ class Link:
         self._pacer = None
         if self.schedule is None or self.state_name == "stopped":
             return
+        try:
+            self._write_due()
+        finally:
+            self._count_scheduled()
+
+    def _write_due(self) -> None:
+        """Bounce what waited too long, write what the rate allows now, and set the pacer for the next time."""
         now = self.clock.seconds()
         for item in self.schedule.expired(now):
             self.expired += len(item.parcels)
@@ -666,7 +693,9 @@ class Link:
         """Everything the schedule holds is given up (the down deadline, draining, stopping)."""
         if self.schedule is None:
             return
-        for item in self.schedule.take_all():
+        items = self.schedule.take_all()
+        self._count_scheduled()
+        for item in items:
             for parcel in item.parcels:
                 self._give_up(parcel, condition, text)
 

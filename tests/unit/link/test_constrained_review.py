@@ -233,3 +233,32 @@ def test_the_stanzas_before_an_oversized_frame_in_the_same_read_are_taken_and_on
     assert [re.search(r' id="(\w+)"', stanza).group(1) for stanza in pair.b.server.received] == ["c1", "c2"]
     assert {key: pair.a.books()[key] for key in ("delivered", "bounced", "in_flight")} == \
         {"delivered": 2, "bounced": 1, "in_flight": 0}
+
+
+def test_what_waits_in_the_bearer_schedule_counts_in_the_guards_memory_budget():
+    """Stanzas waiting for the bearer count in the bytes the guard holds, as an S2S queue's do: past the memory budget
+    the half stops reading (the link included), and once the bearer has carried them the count is back to zero."""
+    from guard.core.books import HeldBytes
+    from guard.edges.feeders import MEMORY_HOLD
+
+    pair = ConstrainedPair(ConstrainedProfile(security="bearer", compression="none", rate=1_000_000))
+    pair.a.relay.held = HeldBytes.for_budget(4096)
+    for number in range(40):
+        pair.a.sends(chat(number))
+    waiting = pair.a.link.schedule.queued_bytes
+    assert waiting > 4096 and pair.a.relay.held.held == waiting
+    assert MEMORY_HOLD in pair.a.relay.link_holds
+    pair.connect()
+    pair.run(3.0)
+    assert len(pair.b.server.received) == 40
+    assert pair.a.relay.held.held == 0 and MEMORY_HOLD not in pair.a.relay.link_holds
+
+
+def test_what_the_schedule_gives_up_is_no_longer_counted_as_held():
+    """Stopping with stanzas in the schedule bounces them and frees their bytes in the memory count."""
+    pair = ConstrainedPair(ConstrainedProfile(security="bearer", compression="none", rate=1_000_000))
+    for number in range(5):
+        pair.a.sends(chat(number))
+    assert pair.a.relay.held.held == pair.a.link.schedule.queued_bytes > 0
+    pair.a.link.stop()
+    assert pair.a.relay.held.held == 0 and pair.a.books()["bounced"] == 5
