@@ -56,6 +56,7 @@ PEER_REFUSED = "the peer half refused the stanza"
 WAITED_TOO_LONG = "the stanza waited too long for the bearer"
 IQ_TOO_LATE = "the request cannot be answered across the bearer in time"
 PRESENCE_STRIPPED = "presence not carried by this link (its presence setting)"
+UNKNOWN_PRESENCE = "a presence of a type this link does not carry"
 PRESENCE_SUPERSEDED = "presence superseded by a later one from the same sender to the same recipient"
 # The condition of both refusals: RFC 3920 and 6120 define it, so every client can read it
 # (policy-violation is RFC 6120 only, and some clients fail on it and wait out their timeout).
@@ -611,6 +612,8 @@ class Link:
         outcome = offered.outcome
         if outcome == schedule.STRIPPED:
             self._drop_by_profile(parcel, "stripped", PRESENCE_STRIPPED)
+        elif outcome == schedule.REFUSED and offered.reason == schedule.UNKNOWN_PRESENCE_TYPE:
+            self._give_up(parcel, REFUSED_CONDITION, UNKNOWN_PRESENCE)
         elif outcome == schedule.REFUSED:
             log.info("link: the bearer schedule is full ({reason}); bouncing a stanza", reason=offered.reason)
             self._give_up(parcel, "resource-constraint", BUFFER_FULL)
@@ -658,10 +661,16 @@ class Link:
         """Number and write one item the schedule let go (a merged groupchat message lists its recipients)."""
         parcels = tuple(item.parcels)
         parcel = parcels[0] if len(parcels) == 1 else Merged(parcels)
-        element = item.element
-        if len(item.recipients) > 1:
-            element = with_recipients(element, item.recipients)
-        data = self._serialised(parcel, self.constrained.written_form(element))
+        try:
+            element = item.element
+            if len(item.recipients) > 1:
+                element = with_recipients(element, item.recipients)
+            written = self.constrained.written_form(element)
+        except Exception as problem:  # noqa: BLE001 - what cannot be written is not carried (each copy bounces once)
+            log.error("link: a scheduled stanza could not be written: {problem!r}", problem=problem)
+            self._give_up(parcel, "internal-server-error", NOT_WRITABLE)
+            return
+        data = self._serialised(parcel, written)
         if data is None:
             return
         carried = Carried(retained(parcel), data)

@@ -262,3 +262,57 @@ def test_what_the_schedule_gives_up_is_no_longer_counted_as_held():
     assert pair.a.relay.held.held == pair.a.link.schedule.queued_bytes > 0
     pair.a.link.stop()
     assert pair.a.relay.held.held == 0 and pair.a.books()["bounced"] == 5
+
+
+class Broken(Exception):
+    """A fault planted in one of the constrained profile's pieces."""
+
+
+def fail(*args, **kwargs):
+    raise Broken("planted")
+
+
+def test_a_fault_in_the_bearer_schedule_bounces_the_stanza_once_and_the_link_goes_on():
+    """The schedule raising on an offer lets nothing through: that stanza bounces once (the relay's own catch settles
+    it; a regression guard, sound on main), and the next one crosses."""
+    pair = ConstrainedPair(ConstrainedProfile(security="bearer", compression="none", rate=1_000_000))
+    pair.connect()
+    offer = pair.a.link.schedule.offer
+    pair.a.link.schedule.offer = fail
+    pair.a.sends(chat(1))
+    pair.a.link.schedule.offer = offer
+    pair.a.sends(chat(2))
+    pair.run(1.0)
+    assert len(pair.b.server.received) == 1
+    assert {key: pair.a.books()[key] for key in ("delivered", "bounced", "in_flight")} == \
+        {"delivered": 1, "bounced": 1, "in_flight": 0}
+
+
+def test_a_fault_while_writing_a_scheduled_stanza_bounces_it_once_and_the_link_goes_on():
+    """Abbreviating a stanza the schedule let go raising (when the link comes up, outside any call of the relay's):
+    that stanza bounces once; the next crosses."""
+    pair = ConstrainedPair(ConstrainedProfile(security="bearer", compression="none", rate=1_000_000))
+    written_form = pair.a.constrained.written_form
+    pair.a.constrained.written_form = fail
+    pair.a.sends(chat(1))
+    pair.connect()
+    pair.a.constrained.written_form = written_form
+    pair.a.sends(chat(2))
+    pair.run(1.0)
+    assert len(pair.b.server.received) == 1
+    assert {key: pair.a.books()[key] for key in ("delivered", "bounced", "in_flight")} == \
+        {"delivered": 1, "bounced": 1, "in_flight": 0}
+
+
+def test_a_presence_of_a_type_outside_rfc_6121_is_refused_as_such_not_as_a_full_queue():
+    """The schedule refuses a presence type it does not know: the link bounces it with its own words for that, not
+    "too many stanzas waiting"."""
+    from guard.edges.link.link import REFUSED_CONDITION, UNKNOWN_PRESENCE
+
+    pair = ConstrainedPair(ConstrainedProfile(security="bearer", compression="none", rate=1_000_000))
+    bounced = []
+    undeliverable = pair.a.relay.link_undeliverable
+    pair.a.relay.link_undeliverable = lambda parcel, condition, text: (bounced.append((condition, text)),
+                                                                       undeliverable(parcel, condition, text))
+    pair.a.sends("<presence from='romeo@red.example/a' to='juliet@blue.example' type='bogus'/>")
+    assert bounced == [(REFUSED_CONDITION, UNKNOWN_PRESENCE)] and pair.a.books()["bounced"] == 1
