@@ -147,8 +147,27 @@ def _bearer_leg(checker, table, key, name, peer, profile, stanza_bytes) -> LegCo
     listen = checker.string(table, "listen", key, required=False)
     dial = checker.string(table, "dial", key, required=False)
     _check_endpoints(checker, key, listen, dial)
+    if listen is not None and _listens_everywhere(listen):
+        checker.fail(f"{key}.listen", 'with security = "bearer" must name the bearer\'s own interface '
+                                      "(tcp:PORT:interface=ADDRESS): without TLS, whoever reaches the port is taken "
+                                      "for the peer half and is sent every stanza waiting for it")
     settings, backoff, open_timeout = _link_bounds(checker, table, key, stanza_bytes, profile)
     return LegConfig(name, peer, None, None, (), None, listen, dial, settings, backoff, open_timeout, profile)
+
+
+# The addresses that mean "every interface of the host".
+EVERY_INTERFACE = ("", "0.0.0.0", "::", "::0", "0:0:0:0:0:0:0:0")
+
+
+def _listens_everywhere(description: str) -> bool:
+    """Whether a (valid) listen string is a TCP port on every interface of the host (no interface, or a wildcard)."""
+    from twisted.internet.endpoints import _parse
+
+    arguments, options = _parse(description)
+    if not arguments or arguments[0] not in ("tcp", "tcp6"):
+        return False  # systemd: (a socket the operator's unit binds), unix:
+    interface = options.get("interface", arguments[2] if len(arguments) > 2 else "")
+    return interface.strip() in EVERY_INTERFACE
 
 
 def constrained_profile(checker, table, key) -> ConstrainedProfile | None:

@@ -9,6 +9,9 @@ from guard.edges.link.profile import ConstrainedProfile, stretched_settings
 from guard.edges.link.stream import OPEN_TIMEOUT_SECONDS
 
 from .constrained_pairs import TOPOLOGY, ConstrainedPair
+from .test_constrained_config import CONSTRAINED as BEARER_HALF
+from .test_constrained_config import NO_TLS_MATERIAL
+from .test_half_config import tree, variant  # noqa: F401 - the fixture and the helper of the half's config tests
 from .test_constrained_pair import chat
 
 
@@ -156,6 +159,13 @@ class SmallerParserOnB(ConstrainedPair):
         factory_b = LinkStreamFactory(self.b.link, self.checks[1], self.clock, self.b_limits,
                                       prepare=self.b.constrained.prepare_stream)
         return client, factory_b.buildProtocol(None)
+
+
+DIAL = 'dial = "tcp:host=127.0.4.2:port=5299"'
+
+
+def toml_string(text):
+    return '"' + text.replace("\\", "\\\\") + '"'
 
 
 def reconnect(pair):
@@ -316,3 +326,35 @@ def test_a_presence_of_a_type_outside_rfc_6121_is_refused_as_such_not_as_a_full_
                                                                        undeliverable(parcel, condition, text))
     pair.a.sends("<presence from='romeo@red.example/a' to='juliet@blue.example' type='bogus'/>")
     assert bounced == [(REFUSED_CONDITION, UNKNOWN_PRESENCE)] and pair.a.books()["bounced"] == 1
+
+
+@pytest.mark.parametrize("listen", ["tcp:5299", "tcp:port=5299", "tcp:5299:interface=0.0.0.0", "tcp6:5299:interface=\\:\\:",
+                                    "tcp:5299:interface=", "tcp:5299:0.0.0.0"])
+def test_a_bearer_half_listening_on_every_interface_is_refused(tree, listen):  # noqa: F811
+    """Without TLS whoever reaches the link port is taken for the peer half (it gets every stanza waiting): a listening
+    half with security = "bearer" must name the bearer's own interface, not every address of the host."""
+    from guard.app.config import ConfigError
+    from guard.app.half_config import load_half_config
+
+    bearer = BEARER_HALF.replace("security = \"tls\"", "security = \"bearer\"")
+    with pytest.raises(ConfigError, match="link.listen: .*interface"):
+        load_half_config(variant(tree, NO_TLS_MATERIAL + [(DIAL, f"listen = {toml_string(listen)}")], bearer))
+
+
+@pytest.mark.parametrize("listen", ["tcp:5299:interface=192.0.2.7", "tcp6:5299:interface=fd00\\:\\:7",
+                                    "systemd:domain=INET:index=0", "unix:/run/xmpp-guard/link.sock"])
+def test_a_bearer_half_listening_on_one_interface_or_a_passed_socket_loads(tree, listen):  # noqa: F811
+    """One named interface, a socket systemd passes, or a Unix socket is what the operator meant: it loads."""
+    from guard.app.half_config import load_half_config
+
+    bearer = BEARER_HALF.replace("security = \"tls\"", "security = \"bearer\"")
+    config = load_half_config(variant(tree, NO_TLS_MATERIAL + [(DIAL, f"listen = {toml_string(listen)}")], bearer))
+    assert config.link.leg.listen == listen and config.link.leg.without_tls
+
+
+def test_a_tls_half_may_still_listen_on_every_interface(tree):  # noqa: F811
+    """With TLS the peer proves itself by its certificate: listening on every interface stays allowed."""
+    from guard.app.half_config import load_half_config
+
+    config = load_half_config(variant(tree, [(DIAL, 'listen = "tcp:5299"')], BEARER_HALF))
+    assert config.link.leg.listen == "tcp:5299"
