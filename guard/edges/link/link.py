@@ -56,7 +56,7 @@ PEER_REFUSED = "the peer half refused the stanza"
 WAITED_TOO_LONG = "the stanza waited too long for the bearer"
 IQ_TOO_LATE = "the request cannot be answered across the bearer in time"
 PRESENCE_STRIPPED = "presence not carried by this link (its presence setting)"
-UNKNOWN_PRESENCE = "a presence of a type this link does not carry"
+UNKNOWN_TYPE = "a stanza of a type this link does not carry"
 PRESENCE_SUPERSEDED = "presence superseded by a later one from the same sender to the same recipient"
 # The condition of both refusals: RFC 3920 and 6120 define it, so every client can read it
 # (policy-violation is RFC 6120 only, and some clients fail on it and wait out their timeout).
@@ -612,8 +612,8 @@ class Link:
         outcome = offered.outcome
         if outcome == schedule.STRIPPED:
             self._drop_by_profile(parcel, "stripped", PRESENCE_STRIPPED)
-        elif outcome == schedule.REFUSED and offered.reason == schedule.UNKNOWN_PRESENCE_TYPE:
-            self._give_up(parcel, REFUSED_CONDITION, UNKNOWN_PRESENCE)
+        elif outcome == schedule.REFUSED and offered.reason == schedule.UNKNOWN_TYPE:
+            self._give_up(parcel, REFUSED_CONDITION, UNKNOWN_TYPE)
         elif outcome == schedule.REFUSED:
             log.info("link: the bearer schedule is full ({reason}); bouncing a stanza", reason=offered.reason)
             self._give_up(parcel, "resource-constraint", BUFFER_FULL)

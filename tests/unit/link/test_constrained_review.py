@@ -317,7 +317,7 @@ def test_a_fault_while_writing_a_scheduled_stanza_bounces_it_once_and_the_link_g
 def test_a_presence_of_a_type_outside_rfc_6121_is_refused_as_such_not_as_a_full_queue():
     """The schedule refuses a presence type it does not know: the link bounces it with its own words for that, not
     "too many stanzas waiting"."""
-    from guard.edges.link.link import REFUSED_CONDITION, UNKNOWN_PRESENCE
+    from guard.edges.link.link import REFUSED_CONDITION, UNKNOWN_TYPE
 
     pair = ConstrainedPair(ConstrainedProfile(security="bearer", compression="none", rate=1_000_000))
     bounced = []
@@ -325,7 +325,7 @@ def test_a_presence_of_a_type_outside_rfc_6121_is_refused_as_such_not_as_a_full_
     pair.a.relay.link_undeliverable = lambda parcel, condition, text: (bounced.append((condition, text)),
                                                                        undeliverable(parcel, condition, text))
     pair.a.sends("<presence from='romeo@red.example/a' to='juliet@blue.example' type='bogus'/>")
-    assert bounced == [(REFUSED_CONDITION, UNKNOWN_PRESENCE)] and pair.a.books()["bounced"] == 1
+    assert bounced == [(REFUSED_CONDITION, UNKNOWN_TYPE)] and pair.a.books()["bounced"] == 1
 
 
 @pytest.mark.parametrize("listen", ["tcp:5299", "tcp:port=5299", "tcp:5299:interface=0.0.0.0", "tcp6:5299:interface=\\:\\:",
