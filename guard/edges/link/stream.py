@@ -61,8 +61,9 @@ def refuse_link_header(header, own_name: str, peer_name: str, compression: str |
         return ("host-unknown", "the header does not name this half")
     if compression is not None and header.attributes.get("compression") != compression:
         # A dictionary that differs (another release, other domains configured) can decode into other,
-        # valid-looking text: raw deflate has no checksum, so the halves compare what they use here.
-        return ("policy-violation", "the halves do not use the same compression and dictionary")
+        # valid-looking text: raw deflate has no checksum, so the halves compare what they use here; and
+        # domains that differ would expand an abbreviated address into another domain, in every mode.
+        return ("policy-violation", "the halves do not use the same compression, dictionary and domains")
     return None
 
 

@@ -358,3 +358,37 @@ def test_a_tls_half_may_still_listen_on_every_interface(tree):  # noqa: F811
 
     config = load_half_config(variant(tree, [(DIAL, 'listen = "tcp:5299"')], BEARER_HALF))
     assert config.link.leg.listen == "tcp:5299"
+
+
+@pytest.mark.parametrize("compression", ["none", "zlib", "dictionary"])
+def test_halves_that_imply_different_default_domains_refuse_the_link_in_every_compression_mode(compression):
+    """Half B lists one more red domain, shorter than red.example, so it reads "romeo@/a" as romeo@r.example/a: every
+    address half A abbreviates would name another domain.  The headers compare the domains behind the abbreviation in
+    every compression mode (not only inside the dictionary's digest), and the link is refused."""
+    from guard.edges.link.constrained import ConstrainedLink
+    from guard.edges.xmlstream import ParserLimits
+
+    profile = ConstrainedProfile(security="bearer", compression=compression, rate=1_000_000)
+    pair = ConstrainedPair(profile)
+    misread = ConstrainedLink(profile, ["blue.example"], ["red.example", "conference.red.example", "r.example"],
+                              ParserLimits().stanza_bytes)
+    assert misread.abbreviation.far_domain == "r.example" != pair.a.constrained.abbreviation.near_domain
+    pair.b.constrained = pair.b.link.constrained = misread
+    pair.a.sends(chat(1))
+    pair.connect()
+    assert pair.client.closing and pair.server.closing
+    assert pair.b.server.received == [] and pair.b.books()["accepted"] == 0
+    assert pair.a.books()["in_flight"] == 1  # still waiting for a link that works, bounced at the deadline
+
+
+def test_mirrored_halves_agree_on_the_domains_behind_the_abbreviation():
+    """Half A (red near, blue far) and half B (blue near, red far) compute the same agreement in every mode."""
+    from guard.edges.link.constrained import ConstrainedLink
+    from guard.edges.xmlstream import ParserLimits
+
+    for compression in ("none", "zlib", "dictionary"):
+        profile = ConstrainedProfile(security="bearer", compression=compression)
+        red, blue = TOPOLOGY.hosted_on("red"), TOPOLOGY.hosted_on("blue")
+        a = ConstrainedLink(profile, red, blue, ParserLimits().stanza_bytes)
+        b = ConstrainedLink(profile, blue, red, ParserLimits().stanza_bytes)
+        assert a.agreement == b.agreement and a.agreement.startswith(compression)
