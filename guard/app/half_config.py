@@ -183,7 +183,7 @@ def constrained_profile(checker, table, key) -> ConstrainedProfile | None:
     defaults = ConstrainedProfile()
     from guard.edges.constrained.compression import COMPRESSION_MODES
 
-    return ConstrainedProfile(
+    profile = ConstrainedProfile(
         # "bearer" only when the file says so: the default is TLS.
         security=checker.choice(section, "security", where, SECURITY_MODES, defaults.security),
         compression=checker.choice(section, "compression", where, COMPRESSION_MODES, defaults.compression),
@@ -194,6 +194,10 @@ def constrained_profile(checker, table, key) -> ConstrainedProfile | None:
         iq_deadline=_number(checker, section, "iq_deadline", where, defaults.iq_deadline),
         max_wait=_number(checker, section, "max_wait", where, defaults.max_wait),
     )
+    if profile.iq_deadline <= profile.round_trip:
+        # No answer comes back across the bearer sooner than its round trip: every request would be answered at once.
+        checker.fail(f"{where}.iq_deadline", f"must be longer than round_trip ({profile.round_trip:g} s)")
+    return profile
 
 
 def _zero_or_more(checker, table, name, key, default):

@@ -392,3 +392,16 @@ def test_mirrored_halves_agree_on_the_domains_behind_the_abbreviation():
         a = ConstrainedLink(profile, red, blue, ParserLimits().stanza_bytes)
         b = ConstrainedLink(profile, blue, red, ParserLimits().stanza_bytes)
         assert a.agreement == b.agreement and a.agreement.startswith(compression)
+
+
+@pytest.mark.parametrize("iq_deadline, round_trip", [(2, 2.0), (1, 2.5)])
+def test_an_iq_deadline_no_longer_than_the_round_trip_is_refused(tree, iq_deadline, round_trip):  # noqa: F811
+    """An IQ cannot be answered across the bearer in less than its round trip: such an iq_deadline would answer every
+    request at once with an error, so the file is refused with the key named."""
+    from guard.app.config import ConfigError
+    from guard.app.half_config import load_half_config
+
+    broken = BEARER_HALF.replace("iq_deadline = 60", f"iq_deadline = {iq_deadline}").replace(
+        "round_trip = 2.0", f"round_trip = {round_trip}")
+    with pytest.raises(ConfigError, match="link.constrained.iq_deadline: must be longer than round_trip"):
+        load_half_config(variant(tree, [], broken))
