@@ -217,7 +217,8 @@ class Outgoing:
     One judged stanza offered to the bearer.  ``parcel`` is the caller's and
     comes back in ``Queued.parcels`` or ``Offered.superseded``; ``size`` is
     its size on the link in bytes; ``sender`` is whom fairness is counted by
-    (the stanza's ``from``); ``receiver`` is its ``to``, for the caller's
+    (the link gives the bare JID of ``from``: one turn per account, whatever
+    its resources); ``receiver`` is its ``to``, for the caller's
     records: the schedule reads addresses from the element itself.  ``kind``
     is ``classify(element)``.
     """

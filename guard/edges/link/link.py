@@ -603,7 +603,9 @@ class Link:
         size = len(data)
         from guard.core.constrained import schedule
 
-        offered = self.schedule.offer(schedule.Outgoing(parcel, stanza, size, stanza.getAttribute("from") or "",
+        # Turns within a class are by account (the bare JID of ``from``): resources of one user share its turn.
+        account = (stanza.getAttribute("from") or "").partition("/")[0]
+        offered = self.schedule.offer(schedule.Outgoing(parcel, stanza, size, account,
                                                         stanza.getAttribute("to") or "",
                                                         self.schedule.classify(stanza)),
                                       self.clock.seconds())

@@ -405,3 +405,19 @@ def test_an_iq_deadline_no_longer_than_the_round_trip_is_refused(tree, iq_deadli
         "round_trip = 2.0", f"round_trip = {round_trip}")
     with pytest.raises(ConfigError, match="link.constrained.iq_deadline: must be longer than round_trip"):
         load_half_config(variant(tree, [], broken))
+
+
+def test_a_sender_with_many_resources_gets_one_turn_not_one_per_resource():
+    """Within a class the bearer is shared by account (bare JID): a user writing from five resources at once does not
+    get five turns for every one of another user's, so Juliet's chat leaves second, not sixth."""
+    import re
+
+    pair = ConstrainedPair(ConstrainedProfile(security="bearer", compression="none", rate=1_000_000))
+    for number in range(10):
+        pair.a.sends(chat(number, sender=f"mallory@red.example/r{number % 5}"))
+    pair.a.sends(chat(99, sender="romeo@red.example/a"))
+    pair.connect()
+    pair.run(1.0)
+    order = [re.search(r' id="(\w+)"', stanza).group(1) for stanza in pair.b.server.received]
+    assert len(order) == 11 and order[:2] == ["c0", "c99"]
+    assert order[2:] == [f"c{number}" for number in range(1, 10)]  # one account's stanzas keep their order
