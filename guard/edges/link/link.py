@@ -731,7 +731,9 @@ class Link:
             log.warn("link: no acknowledgement for {t}s; dropping the connection", t=self.settings.ack_timeout)
             self.stream.close("connection-timeout", "acknowledgements stopped")
             return
-        if self.outbox.unacknowledged:
+        if self.outbox.unacknowledged and (self.schedule is None or self._ack_asked_at is None):
+            # Under the constrained profile a request waits for its answer before the next one: every <r/> and
+            # its <a/> cost the bearer, and the answer to the first covers what was written before it.
             self._ask_for_ack()
         elif self._ack_asked_at is None and now - self._last_request >= self.settings.keepalive:
             self._ask_for_ack()  # an idle link: is the peer still there?

@@ -407,3 +407,18 @@ def test_a_sender_with_many_resources_gets_one_turn_not_one_per_resource():
     order = [re.search(r' id="(\w+)"', stanza).group(1) for stanza in pair.b.server.received]
     assert len(order) == 11 and order[:2] == ["c0", "c99"]
     assert order[2:] == [f"c{number}" for number in range(1, 10)]  # one account's stanzas keep their order
+
+
+def test_while_a_long_stanza_is_on_the_bearer_the_link_asks_for_its_acknowledgement_once_not_every_tick():
+    """A 15 KB stanza is 100 s on a 1,200 bit/s bearer: the link asks once and waits for the answer, instead of
+    writing <r/> every ack_interval (fifty requests and fifty answers, a quarter of a 75 bit/s bearer)."""
+    from guard.edges.link import wire
+
+    pair, bearer = pair_on_a_slow_bearer()
+    requests = []
+    write = pair.client.write
+    pair.client.write = lambda data: (requests.append(data) if data == wire.ACK_REQUEST else None, write(data))
+    pair.a.sends(long_chat(15_000))
+    bearer.run(200.0)
+    assert pair.a.books()["delivered"] == 1 and pair.a.link.connections == 1
+    assert 1 <= len(requests) <= 3
