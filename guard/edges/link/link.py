@@ -152,6 +152,7 @@ class Link:
         self._pacer = None
         self._charged = (None, 0)  # (connection, its bytes out already charged to the bearer's rate)
         self._bytes_in_seen = (None, 0)  # (connection, its bytes in at the last tick)
+        self._held_ack_at = float("-inf")  # when a held half last told the peer its count
         self._scheduled_held = 0  # bytes waiting in the schedule the owner counts as held (its memory budget)
         self.profile_dropped = 0  # presence stripped or superseded under the constrained profile
         self.answered_too_late = 0  # IQs answered at once (they could not be answered across the bearer in time)
@@ -721,8 +722,13 @@ class Link:
         if self.held:
             # Nothing from the peer is read, so its acknowledgements cannot
             # be awaited; tell it (truthfully) what we have counted, so that
-            # it keeps the connection while our side is congested.
-            self.stream.write(wire.ack(self.inbox.received))
+            # it keeps the connection while our side is congested.  Under the
+            # constrained profile, a few times per ack_timeout is enough (every
+            # byte costs the bearer; the peer counts arriving bytes as progress).
+            now = self.clock.seconds()
+            if self.schedule is None or now - self._held_ack_at >= self.settings.ack_timeout / 3:
+                self._held_ack_at = now
+                self.stream.write(wire.ack(self.inbox.received))
             return
         now = self.clock.seconds()
         if self._peer_bytes_arrived() and self._ack_asked_at is not None:

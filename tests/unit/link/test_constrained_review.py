@@ -422,3 +422,21 @@ def test_while_a_long_stanza_is_on_the_bearer_the_link_asks_for_its_acknowledgem
     bearer.run(200.0)
     assert pair.a.books()["delivered"] == 1 and pair.a.link.connections == 1
     assert 1 <= len(requests) <= 3
+
+
+def test_a_held_half_tells_the_peer_it_is_there_a_few_times_per_ack_timeout_not_every_tick():
+    """Half B's side is congested for 120 s: B keeps the link by writing its count a few times per ack_timeout
+    (the peer counts it as progress), not every ack_interval, and the link stays up."""
+    pair, bearer = pair_on_a_slow_bearer()
+    acks = []
+    write = pair.server.write
+    pair.server.write = lambda data: (acks.append(data) if data.startswith(b"<a ") else None, write(data))
+    pair.b.link.hold()
+    pair.a.sends(chat(1))
+    bearer.run(120.0)
+    settings = pair.b.link.settings
+    assert pair.client.reached_open and not pair.client.closing and not pair.server.closing
+    assert len(acks) <= 3 * 120 / settings.ack_timeout + 1 < 120 / settings.ack_interval
+    pair.b.link.release()
+    bearer.run(10.0)
+    assert len(pair.b.server.received) == 1 and pair.a.books()["delivered"] == 1
