@@ -71,7 +71,8 @@ def stretched_settings(settings, open_timeout: float, profile: ConstrainedProfil
     written before it (the schedule's debt at the rate), and bytes arriving from the peer show it is there
     (its answer may wait behind a long stanza of its own).  So a dead connection is noticed within
     keepalive + ack_interval + ack_timeout of the last write when idle, and within the bearer's time for what
-    was written + ack_interval + ack_timeout after a write.
+    was written + ack_interval + ack_timeout after a write.  One acknowledgement request is outstanding at a
+    time, and a held half writes its count three times per ack_timeout (every byte costs the bearer).
 
     Returns (settings, open_timeout)."""
     transfer = profile.seconds_to_send(OPEN_BYTES)
