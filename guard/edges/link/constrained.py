@@ -150,7 +150,8 @@ class ConstrainedLink:
         self.dictionary = link_dictionary(near, far)
         self.frame_budget = stanza_bytes + LINK_ELEMENT_ALLOWANCE
         # What both headers must say alike: the compression (and dictionary), and the domains the abbreviation implies.
-        self.agreement = f"{compression_agreement(profile.compression, self.dictionary)} {addressing_agreement(near, far)}"
+        compression = compression_agreement(profile.compression, self.dictionary)
+        self.agreement = f"{compression} {addressing_agreement(near, far)}"
         # The default domain each end implies: its shortest (then first in order), so that its subdomains
         # (conference.red.example) are written short too; both ends compute it from their mirrored domains.
         self.abbreviation = Abbreviation(default_domain(near), default_domain(far)) if near and far else None

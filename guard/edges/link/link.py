@@ -539,7 +539,8 @@ class Link:
         counter = getattr(self.stream, "byte_count", None)
         stream, charged = self._charged
         uncharged = counter.bytes_out - (charged if stream is self.stream else 0) if counter is not None else 0
-        return self.schedule.backlog_seconds(self.clock.seconds()) + max(0, uncharged) * 8.0 / self.schedule.rate_bits_per_second
+        uncharged_seconds = max(0, uncharged) * 8.0 / self.schedule.rate_bits_per_second
+        return self.schedule.backlog_seconds(self.clock.seconds()) + uncharged_seconds
 
     def _peer_bytes_arrived(self) -> bool:
         """Whether the connection delivered bytes from the peer since the last tick (the constrained profile: the
