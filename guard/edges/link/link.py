@@ -246,7 +246,11 @@ class Link:
                 if stanza is None:
                     self._give_up(parcel, "internal-server-error", NOT_WRITABLE)
                     continue
-                self._offer(_with_stanza(parcel, stanza))
+                offered = self._offer(_with_stanza(parcel, stanza))
+                if offered is not None and offered.item is not None:
+                    # Judged again, not offered anew: max_wait counts from its first offer.
+                    offered.item.offered_at = min(offered.item.offered_at, item.offered_at)
+        self._pace()  # the pacer wakes for the earliest expiry again
 
     def drain(self) -> None:
         """The half begins to stop: take nothing more from the peer, bounce what was never written,
@@ -568,10 +572,11 @@ class Link:
 
     # -- the constrained profile: the bearer schedule decides what is written next --------
 
-    def _offer(self, parcel) -> None:
-        """Hand a parcel to the bearer schedule (or settle it now: stripped, superseded, refused, too late)."""
+    def _offer(self, parcel):
+        """Hand a parcel to the bearer schedule (or settle it now: stripped, superseded, refused, too late); what the
+        schedule said (None when the link settled it before asking)."""
         try:
-            self._offer_to_schedule(parcel)
+            return self._offer_to_schedule(parcel)
         finally:
             self._count_scheduled()
 
@@ -586,7 +591,7 @@ class Link:
         elif change < 0 and hasattr(self.owner, "count_freed"):
             self.owner.count_freed(-change)
 
-    def _offer_to_schedule(self, parcel) -> None:
+    def _offer_to_schedule(self, parcel):
         state = self.state_name
         if state == "stopped":
             self._give_up(parcel, "remote-server-timeout", LINK_STOPPING)
@@ -625,6 +630,7 @@ class Link:
             self.answered_too_late += 1
             self._give_up(parcel, "remote-server-timeout", IQ_TOO_LATE)
         self._pace()
+        return offered
 
     def _drop_by_profile(self, parcel, why: str, text: str) -> None:
         self.profile_dropped += 1

@@ -440,3 +440,21 @@ def test_a_held_half_tells_the_peer_it_is_there_a_few_times_per_ack_timeout_not_
     pair.b.link.release()
     bearer.run(10.0)
     assert len(pair.b.server.received) == 1 and pair.a.books()["delivered"] == 1
+
+
+def test_a_policy_reload_does_not_restart_the_wait_of_what_waits_in_the_schedule():
+    """A chat waits for a bearer that is down (max_wait 10 s); a reload at 8 s judges it again and it passes: it still
+    bounces at 10 s, not 10 s after the reload (a reload every few seconds would keep it waiting for ever)."""
+    from guard.core.pipeline import Direction
+
+    from .test_half import PassAll
+
+    pair = ConstrainedPair(ConstrainedProfile(security="bearer", compression="none", rate=1_000_000, max_wait=10))
+    pair.a.sends(chat(1))
+    pair.run(8.0)
+    pair.a.relay.policies.swap(Direction("red", "blue"), PassAll())
+    pair.a.relay.rejudge_link_buffer()
+    assert pair.a.link.describe()["scheduled"] == 1
+    pair.run(2.5)
+    assert pair.a.link.describe()["scheduled"] == 0 and pair.a.link.expired == 1
+    assert pair.a.books()["bounced"] == 1
