@@ -170,8 +170,27 @@ def _bearer_leg(checker, table, key, name, peer, profile, stanza_bytes) -> LegCo
     listen = checker.string(table, "listen", key, required=False)
     dial = checker.string(table, "dial", key, required=False)
     _check_endpoints(checker, key, listen, dial, profile, stanza_bytes)
+    if listen is not None and _listens_everywhere(listen):
+        checker.fail(f"{key}.listen", 'with security = "bearer" must name the bearer\'s own interface '
+                                      "(tcp:PORT:interface=ADDRESS): without TLS, whoever reaches the port is taken "
+                                      "for the peer half and is sent every stanza waiting for it")
     settings, backoff, open_timeout = _link_bounds(checker, table, key, stanza_bytes, profile)
     return LegConfig(name, peer, None, None, (), None, listen, dial, settings, backoff, open_timeout, profile)
+
+
+# The addresses that mean "every interface of the host".
+EVERY_INTERFACE = ("", "0.0.0.0", "::", "::0", "0:0:0:0:0:0:0:0")
+
+
+def _listens_everywhere(description: str) -> bool:
+    """Whether a (valid) listen string is a TCP port on every interface of the host (no interface, or a wildcard)."""
+    from twisted.internet.endpoints import _parse
+
+    arguments, options = _parse(description)
+    if not arguments or arguments[0] not in ("tcp", "tcp6"):
+        return False  # systemd: (a socket the operator's unit binds), unix:
+    interface = options.get("interface", arguments[2] if len(arguments) > 2 else "")
+    return interface.strip() in EVERY_INTERFACE
 
 
 def constrained_profile(checker, table, key) -> ConstrainedProfile | None:
@@ -187,7 +206,7 @@ def constrained_profile(checker, table, key) -> ConstrainedProfile | None:
     defaults = ConstrainedProfile()
     from guard.edges.constrained.compression import COMPRESSION_MODES
 
-    return ConstrainedProfile(
+    profile = ConstrainedProfile(
         # "bearer" only when the file says so: the default is TLS.
         security=checker.choice(section, "security", where, SECURITY_MODES, defaults.security),
         compression=checker.choice(section, "compression", where, COMPRESSION_MODES, defaults.compression),
@@ -198,6 +217,10 @@ def constrained_profile(checker, table, key) -> ConstrainedProfile | None:
         iq_deadline=_number(checker, section, "iq_deadline", where, defaults.iq_deadline),
         max_wait=_number(checker, section, "max_wait", where, defaults.max_wait),
     )
+    if profile.iq_deadline <= profile.round_trip:
+        # No answer comes back across the bearer sooner than its round trip: every request would be answered at once.
+        checker.fail(f"{where}.iq_deadline", f"must be longer than round_trip ({profile.round_trip:g} s)")
+    return profile
 
 
 def _zero_or_more(checker, table, name, key, default):

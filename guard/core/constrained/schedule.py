@@ -66,8 +66,10 @@ Presence modes (``PRESENCE_MODES``):
 In every mode but ``none``, subscription presence (subscribe, subscribed,
 unsubscribe, unsubscribed) and presence errors cross unchanged: they are
 rare, small, and a roster breaks without them.  A presence type outside
-RFC 6121 is refused (fail closed).  What stays behind is ``stripped``: the
-caller settles it as dropped by the link profile.
+RFC 6121 is refused (fail closed), as is a message or IQ type outside RFC
+6120/6121 (an IQ of an unknown type is no result to carry without a
+deadline).  What stays behind is ``stripped``: the caller settles it as
+dropped by the link profile.
 
 Coalescing: while an available or unavailable presence from one ``from`` to
 one ``to`` waits, a newer one replaces it (the older parcel is returned as
@@ -136,7 +138,8 @@ TOO_LATE = "too_late"
 # Why (the schedule's own constant words).
 FULL_STANZAS = "queue-stanzas"
 FULL_BYTES = "queue-bytes"
-UNKNOWN_PRESENCE_TYPE = "presence-type"
+UNKNOWN_TYPE = "stanza-type"  # a type RFC 6120/6121 does not define, for any kind of stanza
+UNKNOWN_PRESENCE_TYPE = UNKNOWN_TYPE
 PRESENCE_MODE = "presence-mode"
 IQ_DEADLINE = "iq-deadline"
 
@@ -214,7 +217,8 @@ class Outgoing:
     One judged stanza offered to the bearer.  ``parcel`` is the caller's and
     comes back in ``Queued.parcels`` or ``Offered.superseded``; ``size`` is
     its size on the link in bytes; ``sender`` is whom fairness is counted by
-    (the stanza's ``from``); ``receiver`` is its ``to``, for the caller's
+    (the link gives the bare JID of ``from``: one turn per account, whatever
+    its resources); ``receiver`` is its ``to``, for the caller's
     records: the schedule reads addresses from the element itself.  ``kind``
     is ``classify(element)``.
     """
@@ -483,12 +487,12 @@ class BearerSchedule:
         if not isinstance(size, int) or isinstance(size, bool) or size < 1:
             raise ValueError(f"size must be a positive integer, not {size!r}")
 
+        if _type_of(element) not in KIND_TYPES[element.name]:
+            return Offered(REFUSED, reason=UNKNOWN_TYPE)  # fail closed: no class, deadline or mode is guessed for it
         is_presence = element.name == "presence"
         state_presence = False
         if is_presence:
             presence_type = _type_of(element)
-            if presence_type not in KIND_TYPES["presence"]:
-                return Offered(REFUSED, reason=UNKNOWN_PRESENCE_TYPE)
             if not self._presence_crosses(element, presence_type):
                 return Offered(STRIPPED, reason=PRESENCE_MODE)
             state_presence = presence_type in STATE_PRESENCE
@@ -703,6 +707,10 @@ class BearerSchedule:
         self._bearer.charge(correction, now)
         if item.share_charged:
             self._burst_share.charge(correction, now)
+
+    def backlog_seconds(self, now: float) -> float:
+        """Seconds the bearer still needs to carry what was written to it (the rate's debt), 0 when it is idle."""
+        return max(0.0, self._bearer.ready_at(now) - now)
 
     def spend(self, wire_bytes: int, now: float) -> None:
         """The link wrote bytes of its own (acks, keepalives, stream headers): charge them to the rate."""

@@ -108,6 +108,22 @@ TEXT_AFTER_REFUSAL = "compressed input after a refused frame"
 TEXT_WRITE_TOO_LARGE = "a write larger than one frame may carry"
 
 
+class OversizedFrame(Refused):
+    """
+    A frame declared or inflating past the frame budget: the far half wrote a
+    stanza larger than this half's parser takes (the halves' ``stanza_bytes``
+    differ, or the far half is hostile).  The link refuses the stanza being
+    read by its number, as its parser refuses an oversized stanza, so that the
+    far half settles it and never writes it again.  ``before``: the bytes of
+    the complete frames that came before it in the same read (to be parsed
+    first: they are the stanzas before the refused one).
+    """
+
+    def __init__(self, condition: str, text: str, before: bytes = b""):
+        super().__init__(condition, text)
+        self.before = before
+
+
 def carries_secret(serialised: bytes) -> bool:
     """Whether a write holds a secret (password, SASL exchange, dialback key, private form field): it goes stored."""
     lowered = serialised.lower()
@@ -224,7 +240,10 @@ class FrameReader:
         self._pending += data
         pieces = []
         while True:
-            header = self._header()
+            try:
+                header = self._header()
+            except OversizedFrame as refusal:
+                raise OversizedFrame(refusal.condition, refusal.text, b"".join(pieces)) from None
             if header is None:
                 break
             frame_type, header_bytes, length = header
@@ -232,7 +251,10 @@ class FrameReader:
                 break
             payload = bytes(self._pending[header_bytes:header_bytes + length])
             del self._pending[:header_bytes + length]
-            piece = self._payload(frame_type, payload, allowance)
+            try:
+                piece = self._payload(frame_type, payload, allowance)
+            except OversizedFrame as refusal:
+                raise OversizedFrame(refusal.condition, refusal.text, b"".join(pieces)) from None
             allowance -= len(piece)
             pieces.append(piece)
             self.frames_read += 1
@@ -256,7 +278,7 @@ class FrameReader:
                 if (index and byte == 0) or length == 0:
                     raise Refused("policy-violation", TEXT_BAD_LENGTH)
                 if length > largest_payload(frame_type, self.frame_budget):
-                    raise Refused("policy-violation", TEXT_TOO_LONG)
+                    raise OversizedFrame("policy-violation", TEXT_TOO_LONG)
                 return frame_type, 2 + index, length
         raise Refused("policy-violation", TEXT_BAD_LENGTH)
 
@@ -271,7 +293,9 @@ class FrameReader:
         except zlib.error:
             raise Refused("policy-violation", TEXT_MALFORMED) from None
         if len(inflated) > limit or self._inflater.unconsumed_tail:
-            raise Refused("policy-violation", TEXT_OVER_BUDGET if limit == self.frame_budget else TEXT_OVER_RATIO)
+            if limit == self.frame_budget:
+                raise OversizedFrame("policy-violation", TEXT_OVER_BUDGET)
+            raise Refused("policy-violation", TEXT_OVER_RATIO)
         if self._inflater.eof:
             raise Refused("policy-violation", TEXT_NOT_FLUSHED)
         probe = self._inflater.copy()

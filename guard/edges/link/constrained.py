@@ -128,6 +128,16 @@ def compression_agreement(mode: str, dictionary: bytes) -> str:
     return f"{mode}:{hashlib.sha256(dictionary).hexdigest()[:32]}"
 
 
+def addressing_agreement(near_domains, far_domains) -> str:
+    """What the link header says of the domains behind the abbreviation: a digest of every domain of both ends and of
+    the two default domains, the same at both ends of mirrored configurations.  Halves that differ would read an
+    implied domain as another one (``alice@`` as alice@ another of the peer's domains), in every compression mode."""
+    near, far = sorted(set(near_domains)), sorted(set(far_domains))
+    defaults = sorted((default_domain(near), default_domain(far))) if near and far else []
+    text = "\n".join(sorted(set(near) | set(far))) + "\n\n" + "\n".join(defaults)
+    return f"domains:{hashlib.sha256(text.encode('utf-8')).hexdigest()[:32]}"
+
+
 class ConstrainedLink:
     """The constrained profile's pieces for one link end, built once from the configuration."""
 
@@ -139,7 +149,9 @@ class ConstrainedLink:
         near, far = sorted(near_domains), sorted(far_domains)
         self.dictionary = link_dictionary(near, far)
         self.frame_budget = stanza_bytes + LINK_ELEMENT_ALLOWANCE
-        self.agreement = compression_agreement(profile.compression, self.dictionary)
+        # What both headers must say alike: the compression (and dictionary), and the domains the abbreviation implies.
+        compression = compression_agreement(profile.compression, self.dictionary)
+        self.agreement = f"{compression} {addressing_agreement(near, far)}"
         # The default domain each end implies: its shortest (then first in order), so that its subdomains
         # (conference.red.example) are written short too; both ends compute it from their mirrored domains.
         self.abbreviation = Abbreviation(default_domain(near), default_domain(far)) if near and far else None

@@ -56,6 +56,7 @@ PEER_REFUSED = "the peer half refused the stanza"
 WAITED_TOO_LONG = "the stanza waited too long for the bearer"
 IQ_TOO_LATE = "the request cannot be answered across the bearer in time"
 PRESENCE_STRIPPED = "presence not carried by this link (its presence setting)"
+UNKNOWN_TYPE = "a stanza of a type this link does not carry"
 PRESENCE_SUPERSEDED = "presence superseded by a later one from the same sender to the same recipient"
 # The condition of both refusals: RFC 3920 and 6120 define it, so every client can read it
 # (policy-violation is RFC 6120 only, and some clients fail on it and wait out their timeout).
@@ -150,6 +151,9 @@ class Link:
         self.schedule = constrained.new_schedule(settings) if constrained is not None else None
         self._pacer = None
         self._charged = (None, 0)  # (connection, its bytes out already charged to the bearer's rate)
+        self._bytes_in_seen = (None, 0)  # (connection, its bytes in at the last tick)
+        self._held_ack_at = float("-inf")  # when a held half last told the peer its count
+        self._scheduled_held = 0  # bytes waiting in the schedule the owner counts as held (its memory budget)
         self.profile_dropped = 0  # presence stripped or superseded under the constrained profile
         self.answered_too_late = 0  # IQs answered at once (they could not be answered across the bearer in time)
         self.expired = 0  # stanzas that waited past max_wait for the bearer
@@ -226,7 +230,9 @@ class Link:
         from guard.edges.release import reparse_stanza
 
         limits = ParserLimits(stanza_bytes=self.stanza_bytes)
-        for item in self.schedule.take_all():  # everything it holds, to be offered again
+        items = self.schedule.take_all()  # everything it holds, to be offered again
+        self._count_scheduled()
+        for item in items:
             for parcel in item.parcels:
                 try:
                     data = judge(Carried(parcel, serialise(parcel.stanza).encode("utf-8")))
@@ -240,7 +246,11 @@ class Link:
                 if stanza is None:
                     self._give_up(parcel, "internal-server-error", NOT_WRITABLE)
                     continue
-                self._offer(_with_stanza(parcel, stanza))
+                offered = self._offer(_with_stanza(parcel, stanza))
+                if offered is not None and offered.item is not None:
+                    # Judged again, not offered anew: max_wait counts from its first offer.
+                    offered.item.offered_at = min(offered.item.offered_at, item.offered_at)
+        self._pace()  # the pacer wakes for the earliest expiry again
 
     def drain(self) -> None:
         """The half begins to stop: take nothing more from the peer, bounce what was never written,
@@ -519,9 +529,31 @@ class Link:
     def _ask_for_ack(self) -> None:
         self._written_since_request = 0
         self._last_request = self.clock.seconds()
-        if self._ack_asked_at is None:
-            self._ack_asked_at = self._last_request
         self.stream.write(wire.ACK_REQUEST)
+        if self._ack_asked_at is None:
+            # Under the constrained profile the request reaches the peer only after the bearer has carried
+            # what was written before it (a long stanza takes minutes at 1,200 bit/s): the timeout counts from then.
+            self._ack_asked_at = self._last_request + self._bearer_backlog()
+
+    def _bearer_backlog(self) -> float:
+        """Seconds the bearer needs for what this half wrote to it (0 on the standard link): the schedule's debt, and
+        what the connection wrote that is not charged yet (stanzas written again after a reconnection)."""
+        if self.schedule is None:
+            return 0.0
+        counter = getattr(self.stream, "byte_count", None)
+        stream, charged = self._charged
+        uncharged = counter.bytes_out - (charged if stream is self.stream else 0) if counter is not None else 0
+        uncharged_seconds = max(0, uncharged) * 8.0 / self.schedule.rate_bits_per_second
+        return self.schedule.backlog_seconds(self.clock.seconds()) + uncharged_seconds
+
+    def _peer_bytes_arrived(self) -> bool:
+        """Whether the connection delivered bytes from the peer since the last tick (the constrained profile: the
+        peer's answer may wait on the bearer behind a long stanza of its own, whose bytes show the peer is there)."""
+        counter = getattr(self.stream, "byte_count", None)
+        if self.schedule is None or counter is None:
+            return False
+        seen, self._bytes_in_seen = self._bytes_in_seen, (self.stream, counter.bytes_in)
+        return seen[0] is self.stream and counter.bytes_in > seen[1]
 
     def _settle(self, settled) -> None:
         for carried in settled:
@@ -540,8 +572,26 @@ class Link:
 
     # -- the constrained profile: the bearer schedule decides what is written next --------
 
-    def _offer(self, parcel) -> None:
-        """Hand a parcel to the bearer schedule (or settle it now: stripped, superseded, refused, too late)."""
+    def _offer(self, parcel):
+        """Hand a parcel to the bearer schedule (or settle it now: stripped, superseded, refused, too late); what the
+        schedule said (None when the link settled it before asking)."""
+        try:
+            return self._offer_to_schedule(parcel)
+        finally:
+            self._count_scheduled()
+
+    def _count_scheduled(self) -> None:
+        """Tell the owner how many bytes wait in the schedule now: they count in the guard's memory budget (past it,
+        no feeder is read), as what waits in an S2S queue does."""
+        if self.schedule is None:
+            return
+        change, self._scheduled_held = self.schedule.queued_bytes - self._scheduled_held, self.schedule.queued_bytes
+        if change > 0 and hasattr(self.owner, "count_held"):
+            self.owner.count_held(change)
+        elif change < 0 and hasattr(self.owner, "count_freed"):
+            self.owner.count_freed(-change)
+
+    def _offer_to_schedule(self, parcel):
         state = self.state_name
         if state == "stopped":
             self._give_up(parcel, "remote-server-timeout", LINK_STOPPING)
@@ -560,7 +610,9 @@ class Link:
         size = len(data)
         from guard.core.constrained import schedule
 
-        offered = self.schedule.offer(schedule.Outgoing(parcel, stanza, size, stanza.getAttribute("from") or "",
+        # Turns within a class are by account (the bare JID of ``from``): resources of one user share its turn.
+        account = (stanza.getAttribute("from") or "").partition("/")[0]
+        offered = self.schedule.offer(schedule.Outgoing(parcel, stanza, size, account,
                                                         stanza.getAttribute("to") or "",
                                                         self.schedule.classify(stanza)),
                                       self.clock.seconds())
@@ -569,6 +621,8 @@ class Link:
         outcome = offered.outcome
         if outcome == schedule.STRIPPED:
             self._drop_by_profile(parcel, "stripped", PRESENCE_STRIPPED)
+        elif outcome == schedule.REFUSED and offered.reason == schedule.UNKNOWN_TYPE:
+            self._give_up(parcel, REFUSED_CONDITION, UNKNOWN_TYPE)
         elif outcome == schedule.REFUSED:
             log.info("link: the bearer schedule is full ({reason}); bouncing a stanza", reason=offered.reason)
             self._give_up(parcel, "resource-constraint", BUFFER_FULL)
@@ -576,6 +630,7 @@ class Link:
             self.answered_too_late += 1
             self._give_up(parcel, "remote-server-timeout", IQ_TOO_LATE)
         self._pace()
+        return offered
 
     def _drop_by_profile(self, parcel, why: str, text: str) -> None:
         self.profile_dropped += 1
@@ -589,6 +644,13 @@ class Link:
         self._pacer = None
         if self.schedule is None or self.state_name == "stopped":
             return
+        try:
+            self._write_due()
+        finally:
+            self._count_scheduled()
+
+    def _write_due(self) -> None:
+        """Bounce what waited too long, write what the rate allows now, and set the pacer for the next time."""
         now = self.clock.seconds()
         for item in self.schedule.expired(now):
             self.expired += len(item.parcels)
@@ -609,10 +671,16 @@ class Link:
         """Number and write one item the schedule let go (a merged groupchat message lists its recipients)."""
         parcels = tuple(item.parcels)
         parcel = parcels[0] if len(parcels) == 1 else Merged(parcels)
-        element = item.element
-        if len(item.recipients) > 1:
-            element = with_recipients(element, item.recipients)
-        data = self._serialised(parcel, self.constrained.written_form(element))
+        try:
+            element = item.element
+            if len(item.recipients) > 1:
+                element = with_recipients(element, item.recipients)
+            written = self.constrained.written_form(element)
+        except Exception as problem:  # noqa: BLE001 - what cannot be written is not carried (each copy bounces once)
+            log.error("link: a scheduled stanza could not be written: {problem!r}", problem=problem)
+            self._give_up(parcel, "internal-server-error", NOT_WRITABLE)
+            return
+        data = self._serialised(parcel, written)
         if data is None:
             return
         carried = Carried(retained(parcel), data)
@@ -644,7 +712,9 @@ class Link:
         """Everything the schedule holds is given up (the down deadline, draining, stopping)."""
         if self.schedule is None:
             return
-        for item in self.schedule.take_all():
+        items = self.schedule.take_all()
+        self._count_scheduled()
+        for item in items:
             for parcel in item.parcels:
                 self._give_up(parcel, condition, text)
 
@@ -659,15 +729,24 @@ class Link:
         if self.held:
             # Nothing from the peer is read, so its acknowledgements cannot
             # be awaited; tell it (truthfully) what we have counted, so that
-            # it keeps the connection while our side is congested.
-            self.stream.write(wire.ack(self.inbox.received))
+            # it keeps the connection while our side is congested.  Under the
+            # constrained profile, a few times per ack_timeout is enough (every
+            # byte costs the bearer; the peer counts arriving bytes as progress).
+            now = self.clock.seconds()
+            if self.schedule is None or now - self._held_ack_at >= self.settings.ack_timeout / 3:
+                self._held_ack_at = now
+                self.stream.write(wire.ack(self.inbox.received))
             return
         now = self.clock.seconds()
+        if self._peer_bytes_arrived() and self._ack_asked_at is not None:
+            self._ack_asked_at = max(self._ack_asked_at, now)  # the peer is there: its answer is on the way
         if self._ack_asked_at is not None and now - self._ack_asked_at >= self.settings.ack_timeout:
             log.warn("link: no acknowledgement for {t}s; dropping the connection", t=self.settings.ack_timeout)
             self.stream.close("connection-timeout", "acknowledgements stopped")
             return
-        if self.outbox.unacknowledged:
+        if self.outbox.unacknowledged and (self.schedule is None or self._ack_asked_at is None):
+            # Under the constrained profile a request waits for its answer before the next one: every <r/> and
+            # its <a/> cost the bearer, and the answer to the first covers what was written before it.
             self._ask_for_ack()
         elif self._ack_asked_at is None and now - self._last_request >= self.settings.keepalive:
             self._ask_for_ack()  # an idle link: is the peer still there?

@@ -67,6 +67,13 @@ def stretched_settings(settings, open_timeout: float, profile: ConstrainedProfil
     - open_timeout >= 4 * round_trip + the time ``OPEN_BYTES`` take at the rate;
     - down_deadline >= max_wait (a stanza may wait ``max_wait`` for the bearer, outages included).
 
+    An acknowledgement request counts as late ``ack_timeout`` seconds after the bearer has carried what was
+    written before it (the schedule's debt at the rate), and bytes arriving from the peer show it is there
+    (its answer may wait behind a long stanza of its own).  So a dead connection is noticed within
+    keepalive + ack_interval + ack_timeout of the last write when idle, and within the bearer's time for what
+    was written + ack_interval + ack_timeout after a write.  One acknowledgement request is outstanding at a
+    time, and a held half writes its count three times per ack_timeout (every byte costs the bearer).
+
     Returns (settings, open_timeout)."""
     transfer = profile.seconds_to_send(OPEN_BYTES)
     trip = profile.round_trip

@@ -21,7 +21,7 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from guard.edges.filters import ByteCount
+from guard.edges.filters import ByteCount, Refused
 from guard.edges.lifecycle import (StreamLifecycle, closed_state, ignore_when_closed, lifecycle_inputs,
                                    lifecycle_state)
 from guard.core.vocabulary import STANZA_NAMES
@@ -61,8 +61,9 @@ def refuse_link_header(header, own_name: str, peer_name: str, compression: str |
         return ("host-unknown", "the header does not name this half")
     if compression is not None and header.attributes.get("compression") != compression:
         # A dictionary that differs (another release, other domains configured) can decode into other,
-        # valid-looking text: raw deflate has no checksum, so the halves compare what they use here.
-        return ("policy-violation", "the halves do not use the same compression and dictionary")
+        # valid-looking text: raw deflate has no checksum, so the halves compare what they use here; and
+        # domains that differ would expand an abbreviated address into another domain, in every mode.
+        return ("policy-violation", "the halves do not use the same compression, dictionary and domains")
     return None
 
 
@@ -95,6 +96,7 @@ class LinkStream(StreamLifecycle, Protocol):
         self._feeding = False
         self._unread: list[bytes] = []
         self._unread_bytes = 0
+        self._oversized = None  # a compressed frame too large for this half: refused once what came before is parsed
 
     # -- transport events -------------------------------------------------
 
@@ -140,6 +142,31 @@ class LinkStream(StreamLifecycle, Protocol):
         if data is not None:
             self._read(data)
 
+    def _filter_in(self, data):
+        """The lifecycle's, but a compressed frame larger than this half's parser takes refuses the peer's stanza
+        being read by its number (the frames before it in the same read are parsed first), as the parser refuses an
+        oversized stanza: the peer settles that stanza and never writes it again (a refusal without a number
+        made it resend the same frame on every connection)."""
+        from guard.edges.constrained.compression import OversizedFrame
+
+        if self.closing or self.compression is None:
+            return super()._filter_in(data)
+        if self._oversized is not None:
+            return None  # the connection closes once what came before the refused frame is parsed
+        try:
+            return self.filters.incoming(data)
+        except OversizedFrame as refusal:
+            log.info("link: the peer wrote a compressed frame larger than this half takes ({text})", text=refusal.text)
+            self._oversized = refusal
+            self._read(refusal.before)
+        except Refused as refusal:
+            log.info("link: refused by a filter, {condition}: {text}", condition=refusal.condition, text=refusal.text)
+            self._input(self.fault, refusal.condition, refusal.text)
+        except Exception:  # noqa: BLE001 - a fault in a filter closes the stream: fail closed
+            log.failure("link: internal fault in an incoming filter")
+            self._drop()
+        return None
+
     def _read(self, data):
         """Parse ``data`` after what waits, unless reading is paused (or a chunk is being parsed: it waits)."""
         self._unread.append(data)
@@ -158,6 +185,9 @@ class LinkStream(StreamLifecycle, Protocol):
             self._input(self.parse_failed, fault.condition, fault.text)
         finally:
             self._feeding = False
+        refusal = self._oversized
+        if refusal is not None and not self._unread and not self._paused and not self.closing:
+            self._input(self.parse_failed, refusal.condition, refusal.text)  # the stanza after what was parsed
 
     def connectionLost(self, reason=None):
         self.lost_reason = reason
