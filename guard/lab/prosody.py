@@ -138,7 +138,7 @@ ssl = {{
     capath = {lua_string(str(folder / 'no-system-cas'))};
 }}
 
-VirtualHost {lua_string(settings.domain)}
+{render_component_ports(settings)}VirtualHost {lua_string(settings.domain)}
 
 Component {lua_string(settings.muc_domain)} "muc"
     muc_room_locking = false
@@ -154,12 +154,20 @@ def render_component(settings: ProsodySettings) -> str:
     return f"""\
     muc_room_default_public_jids = true
 
+Component {lua_string(domain)}
+    component_secret = {lua_string(secret)}
+"""
+
+
+def render_component_ports(settings: ProsodySettings) -> str:
+    """The server-wide lines of an external component's port (nothing when ``settings.component`` is None)."""
+    if settings.component is None:
+        return ""
+    return f"""\
 -- The external component (XEP-0114), on this server's loopback address only.
 component_ports = {{ {settings.component_port} }}
 component_interfaces = {{ {lua_string(settings.address)} }}
 
-Component {lua_string(domain)}
-    component_secret = {lua_string(secret)}
 """
 
 
