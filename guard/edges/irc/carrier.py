@@ -7,15 +7,14 @@ settlement, ``guard.app.irc``).
 What leaves is never the stanza that arrived: the bridge builds an
 ``IrcRelease`` (the IRC lines, the FLOT first when the label policy gives
 one) from what its label policy released, and that is the parcel's stanza.
-Every line handed to the IRC connections is a token the connections report
-back exactly once: ``sent(token)`` when it was written to the IRC server,
-``lost(token, reason)`` when its connection died first (a netsplit, a kill,
-a restart).  A parcel is delivered when all its lines were sent, and
-bounced to its XMPP sender with the guard's own text as soon as one of them
-is lost (what IRC said goes to the log and the audit only): nothing
-accepted is lost silently.
+Every parcel handed to the IRC connections (all its lines, one message) is
+a token the connections report back exactly once: ``sent(token)`` when its
+last line was written to the IRC server, ``lost(token, reason)`` when its
+connection died first (a netsplit, a kill, a restart).  A lost parcel is
+bounced to its XMPP sender with the guard's own text (what IRC said goes to
+the log and the audit only): nothing accepted is lost silently.
 
-Bounded in parcels and in bytes (the UTF-8 bytes of the lines waiting): a
+Bounded in parcels and in bytes (the UTF-8 bytes of the lines waiting to be written): a
 parcel over either bound is not taken (resource-constraint), and the
 carrier says ``congested`` until the waiting lines drain below half of each.
 """
@@ -64,33 +63,22 @@ class CarrierLimits:
     bytes: int = 1024 * 1024  # UTF-8 bytes of the lines waiting
 
 
-@dataclass(eq=False)
-class _Waiting:
-    """One parcel whose lines the connections hold: how many are not yet reported, and whether one was lost."""
-
-    parcel: object
-    size: int
-    unreported: set = field(default_factory=set)  # the indexes of the lines handed over and not yet reported
-    lost: bool = False
-    handing_over: bool = True  # lines are still being handed over: not complete even if all so far were reported
-
-
 @dataclass(frozen=True, eq=False)
-class LineToken:
-    """What the connections report back for one line (identity is the token)."""
+class ParcelToken:
+    """What the IRC connections report back for one parcel (its identity is the token)."""
 
-    waiting: _Waiting = field(repr=False)
-    index: int
+    parcel: object = field(repr=False)
+    size: int
 
 
 @implementer(ICarrier)
 class IrcCarrier:
     """
     Hands released room messages to the IRC connections and settles each
-    with ``owner`` (an ``ICarrierOwner``).  ``say(release, line_index, token)``
-    gives one line to the connections, which later call ``sent(token)`` or
-    ``lost(token, reason)`` on this carrier exactly once; it raises when the
-    line cannot be taken at all (then the parcel bounces at once).
+    with ``owner`` (an ``ICarrierOwner``).  ``say(release, token)`` gives the
+    lines of one parcel to the connections: None when taken (then they call
+    ``sent(token)`` or ``lost(token, reason)`` on this carrier exactly once),
+    or a reason when not taken (then the parcel bounces at once).
     """
 
     def __init__(self, owner, say, pairs=(), limits: CarrierLimits = CarrierLimits()):
@@ -98,11 +86,11 @@ class IrcCarrier:
         self._say = say
         self.pairs = tuple(pairs)
         self.limits = limits
-        self._waiting: set[_Waiting] = set()
+        self._waiting: set[ParcelToken] = set()
         self._waiting_bytes = 0
         self._congested = False
         self._stopped = False
-        self.counts = {"carried": 0, "delivered": 0, "lost": 0, "refused": 0, "lines": 0}
+        self.counts = {"carried": 0, "delivered": 0, "lost": 0, "refused": 0}
 
     # -- ICarrier --------------------------------------------------------------
 
@@ -111,21 +99,22 @@ class IrcCarrier:
             self._carry(parcel)
         except Exception:  # noqa: BLE001 - a fault here bounces the parcel: never raises, never silent
             log.failure("irc carrier: a fault while carrying a parcel")
-            self._give_up(parcel, MALFORMED_CONDITION, "a fault in the IRC carrier")
+            for token in [token for token in self._waiting if token.parcel is parcel]:
+                self._forget(token)
+            self.owner.undeliverable(parcel, MALFORMED_CONDITION, "a fault in the IRC carrier")
 
     def bounce_waiting(self, condition, text) -> None:
-        """Lines already handed over are the connections' to report; nothing else waits here."""
+        """What was handed over is the connections' to report (within the shutdown grace); nothing else waits."""
 
     def waiting(self) -> int:
         return len(self._waiting)
 
     def shut_down(self) -> None:
-        """Stop: every parcel still waiting for its lines is settled as undeliverable now."""
+        """Stop: every parcel still waiting for IRC is settled as undeliverable now; later reports are ignored."""
         self._stopped = True
-        for waiting in list(self._waiting):
-            if not waiting.lost:
-                self._settle_lost(waiting, STOPPING_CONDITION, "the gateway stopped before IRC took it")
-            self._forget(waiting)
+        for token in list(self._waiting):
+            self._forget(token)
+            self.owner.undeliverable(token.parcel, STOPPING_CONDITION, "the gateway stopped before IRC took it")
 
     def describe(self) -> dict:
         return {"kind": "irc", "waiting": len(self._waiting), "waiting_bytes": self._waiting_bytes,
@@ -138,105 +127,63 @@ class IrcCarrier:
     # -- what the IRC connections report --------------------------------------
 
     def sent(self, token) -> None:
-        """The line of ``token`` was written to the IRC server."""
-        waiting = self._reported(token)
-        if waiting is None:
-            return
-        self.counts["lines"] += 1
-        self._complete(waiting)
-
-    def _complete(self, waiting) -> None:
-        """Once every line handed over was reported: delivered, or (lost) forgotten."""
-        if waiting.unreported or waiting.handing_over or waiting not in self._waiting:
-            return
-        if waiting.lost:
-            self._forget(waiting)
-        else:
-            self._finish(waiting)
+        """Every line of the parcel of ``token`` was written to the IRC server."""
+        if self._reported(token):
             self.counts["delivered"] += 1
-            self.owner.delivered(waiting.parcel)
+            self.owner.delivered(token.parcel)
 
     def lost(self, token, reason) -> None:
-        """The line of ``token`` will never be written (``reason``: IRC's words, for the log and the audit)."""
-        waiting = self._reported(token)
-        if waiting is None:
-            return
-        if not waiting.lost:
-            self._settle_lost(waiting, LOST_CONDITION, reason)
-        self._complete(waiting)
+        """The parcel of ``token`` was not (wholly) written (``reason``: IRC's words, for the log and the audit)."""
+        if self._reported(token):
+            self.counts["lost"] += 1
+            self.owner.undeliverable(token.parcel, LOST_CONDITION, reason)
 
     # -- the steps -------------------------------------------------------------
 
     def _carry(self, parcel) -> None:
         if self._stopped:
-            self._give_up(parcel, STOPPING_CONDITION, "the gateway is stopping")
+            self.owner.undeliverable(parcel, STOPPING_CONDITION, "the gateway is stopping")
             return
         release = parcel.stanza
         if not isinstance(release, IrcRelease) or not release.lines:
-            self._give_up(parcel, MALFORMED_CONDITION, "nothing the IRC side can say")
+            self.owner.undeliverable(parcel, MALFORMED_CONDITION, "nothing the IRC side can say")
             return
         size = release.size
         if len(self._waiting) + 1 > self.limits.parcels or self._waiting_bytes + size > self.limits.bytes:
             self.counts["refused"] += 1
             if self._waiting:
                 self._set_congested(True)
-            self._give_up(parcel, FULL_CONDITION, "the IRC queue is full")
+            self.owner.undeliverable(parcel, FULL_CONDITION, "the IRC queue is full")
             return
         parcel = self.owner.judged_again(parcel)
         if parcel is None:
             return
-        waiting = _Waiting(parcel, size)
-        self._waiting.add(waiting)
+        token = ParcelToken(parcel, size)
+        self._waiting.add(token)
         self._waiting_bytes += size
         self.owner.count_held(size)
         self.counts["carried"] += 1
-        for index in range(len(release.lines)):
-            if waiting.lost:
-                break  # the rest is never handed over: the parcel is already bounced
-            waiting.unreported.add(index)
-            try:
-                self._say(release, index, LineToken(waiting, index))
-            except Exception as problem:  # noqa: BLE001 - the connections cannot take it: bounce, never silent
-                waiting.unreported.discard(index)
-                if not waiting.lost:
-                    self._settle_lost(waiting, LOST_CONDITION, f"not taken by the IRC connections: {problem}")
-        waiting.handing_over = False
-        self._complete(waiting)
+        refusal = self._say(parcel.stanza, token)
+        if refusal is not None:
+            if self._reported(token):
+                self.counts["lost"] += 1
+                self.owner.undeliverable(parcel, LOST_CONDITION, f"not taken by the IRC connections: {refusal}")
+            return
         if len(self._waiting) >= self.limits.parcels or self._waiting_bytes >= self.limits.bytes:
             self._set_congested(True)
 
-    def _reported(self, token):
-        """The parcel ``token`` stands for, once per token; None (logged) for a token reported twice or unknown."""
-        waiting = getattr(token, "waiting", None)
-        if waiting is None or token.index not in waiting.unreported:
-            log.warn("irc carrier: a report for a line it does not wait for ({token!r})", token=token)
-            return None
-        waiting.unreported.discard(token.index)
-        return waiting
+    def _reported(self, token) -> bool:
+        """Whether ``token`` is one this carrier waits for (then it waits no more); a second report is logged."""
+        if token not in self._waiting:
+            log.warn("irc carrier: a report for a parcel it does not wait for ({token!r})", token=token)
+            return False
+        self._forget(token)
+        return True
 
-    def _settle_lost(self, waiting, condition, reason) -> None:
-        waiting.lost = True
-        self.counts["lost"] += 1
-        self._release_bytes(waiting)
-        self.owner.undeliverable(waiting.parcel, condition, reason)
-
-    def _give_up(self, parcel, condition, reason) -> None:
-        self.owner.undeliverable(parcel, condition, reason)
-
-    def _release_bytes(self, waiting) -> None:
-        """The bytes of a lost parcel no longer count (its remaining reports are only awaited)."""
-        if waiting.size:
-            self.owner.count_freed(waiting.size)
-            self._waiting_bytes -= waiting.size
-            waiting.size = 0
-        self._maybe_decongest()
-
-    def _finish(self, waiting) -> None:
-        self._release_bytes(waiting)
-        self._forget(waiting)
-
-    def _forget(self, waiting) -> None:
-        self._waiting.discard(waiting)
+    def _forget(self, token) -> None:
+        self._waiting.discard(token)
+        self._waiting_bytes -= token.size
+        self.owner.count_freed(token.size)
         self._maybe_decongest()
 
     def _maybe_decongest(self) -> None:

@@ -40,23 +40,24 @@ class Owner:
 
 
 class Connections:
-    """Takes lines as the IRC connections do, keeping the tokens for the test to report."""
+    """Takes messages as IrcConnection.say does, keeping the tokens for the test to report."""
 
-    def __init__(self, refuse=False):
-        self.lines = []
+    def __init__(self, refuse=None):
+        self.said = []
         self.refuse = refuse
 
-    def say(self, release, index, token):
-        if self.refuse:
-            raise ConnectionError("no connection for ops")
-        self.lines.append((release.channel, release.nick, release.lines[index], token))
+    def say(self, release, token):
+        if self.refuse is not None:
+            return self.refuse
+        self.said.append((release.channel, release.nick, release.lines, token))
+        return None
 
 
 def parcel(*lines, action=False):
     return Parcel(IrcRelease("ops", "lab", "#ops", "alice", tuple(lines), action), object())
 
 
-def carrier(limits=CarrierLimits(), refuse=False):
+def carrier(limits=CarrierLimits(), refuse=None):
     owner, connections = Owner(), Connections(refuse)
     return IrcCarrier(owner, connections.say, limits=limits), owner, connections
 
@@ -66,66 +67,59 @@ def test_the_carrier_provides_icarrier():
     assert verifyObject(ICarrier, carrier()[0])
 
 
-def test_a_parcel_is_delivered_once_every_line_was_sent():
-    """FLOT and text are two lines: delivered only after both tokens come back as sent, and the bytes are freed."""
+def test_a_parcel_is_delivered_when_its_token_comes_back_sent():
+    """FLOT and text go to the connections as one message; delivered once its token is reported sent, bytes freed."""
     irc, owner, connections = carrier()
     irc.carry(parcel("Protective Marking: OFFICIAL", "hello"))
-    assert [line[:3] for line in connections.lines] == [("#ops", "alice", "Protective Marking: OFFICIAL"),
-                                                        ("#ops", "alice", "hello")]
-    irc.sent(connections.lines[0][3])
-    assert owner.events == [("held", 33)]
-    irc.sent(connections.lines[1][3])
+    assert [said[:3] for said in connections.said] == [("#ops", "alice", ("Protective Marking: OFFICIAL", "hello"))]
+    assert owner.events == [("held", 33)] and irc.waiting() == 1 and irc.waiting_bytes == 33
+    irc.sent(connections.said[0][3])
     assert owner.events == [("held", 33), ("freed", 33), ("delivered", ("Protective Marking: OFFICIAL", "hello"))]
     assert irc.waiting() == 0 and irc.waiting_bytes == 0
 
 
-def test_a_line_lost_in_a_netsplit_bounces_the_parcel_once_with_the_guards_condition():
-    """One line lost, the other sent afterwards: one undeliverable (remote-server-timeout, IRC's words as detail), no delivery."""
+def test_a_parcel_lost_in_a_netsplit_bounces_with_the_guards_condition():
+    """Lost: one undeliverable (remote-server-timeout; IRC's reason only as detail), never a delivery."""
     irc, owner, connections = carrier()
     irc.carry(parcel("one", "two"))
-    irc.lost(connections.lines[0][3], "Closing Link: netsplit")
-    irc.sent(connections.lines[1][3])
+    irc.lost(connections.said[0][3], "netsplit")
     assert owner.events == [("held", 6), ("freed", 6),
-                            ("undeliverable", ("one", "two"), "remote-server-timeout", "Closing Link: netsplit")]
+                            ("undeliverable", ("one", "two"), "remote-server-timeout", "netsplit")]
     assert irc.waiting() == 0
 
 
 def test_a_token_reported_twice_settles_nothing_more():
-    """sent then lost for the same token: the second report is ignored (exactly once)."""
+    """sent, then lost and sent again for the same token: the later reports are ignored (exactly once)."""
     irc, owner, connections = carrier()
     irc.carry(parcel("only"))
-    token = connections.lines[0][3]
+    token = connections.said[0][3]
     irc.sent(token)
     irc.lost(token, "late")
     irc.sent(token)
     assert owner.events == [("held", 4), ("freed", 4), ("delivered", ("only",))]
 
 
-def test_lines_the_connections_cannot_take_bounce_the_parcel_at_once():
-    """No connection for the nick: the parcel bounces now, nothing waits."""
-    irc, owner, _ = carrier(refuse=True)
+def test_a_parcel_the_connections_refuse_bounces_at_once():
+    """No connection for the nick (not-connected): the parcel bounces now with the refusal as detail, nothing waits."""
+    irc, owner, _ = carrier(refuse="not-connected")
     irc.carry(parcel("a", "b"))
     assert owner.events == [("held", 2), ("freed", 2),
                             ("undeliverable", ("a", "b"), "remote-server-timeout",
-                             "not taken by the IRC connections: no connection for ops")]
+                             "not taken by the IRC connections: not-connected")]
     assert irc.waiting() == 0
 
 
-def test_a_report_during_the_hand_over_does_not_deliver_before_every_line_is_handed_over():
-    """A connection that reports sent synchronously for line one: delivery waits until line two is sent as well."""
+def test_a_report_while_the_message_is_handed_over_settles_once():
+    """A connection that reports sent before say returns: delivered once, nothing left waiting."""
     owner = Owner()
-    tokens = []
 
-    def say_and_send_the_first(release, index, token):
-        tokens.append(token)
-        if index == 0:
-            irc.sent(token)
+    def say_and_send(release, token):
+        irc.sent(token)
+        return None
 
-    irc = IrcCarrier(owner, say_and_send_the_first)
+    irc = IrcCarrier(owner, say_and_send)
     irc.carry(parcel("x", "y"))
-    assert owner.events == [("held", 2)]
-    irc.sent(tokens[1])
-    assert owner.events[-1] == ("delivered", ("x", "y"))
+    assert owner.events == [("held", 2), ("freed", 2), ("delivered", ("x", "y"))] and irc.waiting() == 0
 
 
 def test_the_queue_is_bounded_in_parcels_and_bytes_and_says_when_it_is_congested():
@@ -137,7 +131,9 @@ def test_the_queue_is_bounded_in_parcels_and_bytes_and_says_when_it_is_congested
     assert ("congested", "irc-queue") in owner.events
     irc.carry(parcel("1234"))
     assert irc.waiting() == 2 and irc.waiting_bytes == 9
-    irc.sent(connections.lines[0][3])
+    irc.carry(parcel("1"))
+    assert owner.events[-1] == ("undeliverable", ("1",), "resource-constraint", "the IRC queue is full")
+    irc.sent(connections.said[0][3])
     assert owner.events[-2:] == [("decongested", "irc-queue"), ("delivered", ("12345",))]
 
 
@@ -153,7 +149,7 @@ def test_a_parcel_the_policy_no_longer_lets_leave_is_not_said():
     irc, owner, connections = carrier()
     owner.refuse_again = True
     irc.carry(parcel("x"))
-    assert connections.lines == [] and owner.events == [("settled-by-owner", ("x",))]
+    assert connections.said == [] and owner.events == [("settled-by-owner", ("x",))]
 
 
 def test_what_is_not_an_irc_release_bounces():
@@ -161,7 +157,21 @@ def test_what_is_not_an_irc_release_bounces():
     irc, owner, connections = carrier()
     irc.carry(Parcel(IrcRelease("ops", "lab", "#ops", "alice", ()), object()))
     assert owner.events == [("undeliverable", (), "internal-server-error", "nothing the IRC side can say")]
-    assert connections.lines == []
+    assert connections.said == []
+
+
+def test_a_fault_in_the_connections_bounces_the_parcel_and_frees_its_bytes():
+    """say raises: the parcel bounces (internal-server-error), nothing is left held."""
+    owner = Owner()
+
+    def broken(release, token):
+        raise RuntimeError("boom")
+
+    irc = IrcCarrier(owner, broken)
+    irc.carry(parcel("x"))
+    assert owner.events == [("held", 1), ("freed", 1),
+                            ("undeliverable", ("x",), "internal-server-error", "a fault in the IRC carrier")]
+    assert irc.waiting() == 0 and irc.waiting_bytes == 0
 
 
 def test_shutting_down_settles_what_waits_and_later_reports_are_ignored():
@@ -169,7 +179,7 @@ def test_shutting_down_settles_what_waits_and_later_reports_are_ignored():
     irc, owner, connections = carrier()
     irc.carry(parcel("a"))
     irc.shut_down()
-    irc.sent(connections.lines[0][3])
+    irc.sent(connections.said[0][3])
     assert owner.events == [("held", 1), ("freed", 1),
                             ("undeliverable", ("a",), "service-unavailable", "the gateway stopped before IRC took it")]
     irc.carry(parcel("b"))
