@@ -167,6 +167,50 @@ class RawIrcClient:
             pass
 
 
+def irc_pki_for_address(folder: Path, address: str, name: str):
+    """
+    The IRC lab's PKI with a server leaf that names ``address`` (an iPAddress
+    subjectAltName) as well as ``name``: the gateway verifies the server it
+    dials by its host, and the lab has no DNS for ``name``.
+    """
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    from guard.lab.ngircd import IrcPki
+    from guard.lab.pki import CertificateAuthority, KeyPair
+
+    folder.mkdir(parents=True, exist_ok=True)
+    authority = CertificateAuthority.create("irc-ca")
+    stranger = CertificateAuthority.create("irc-wrong-ca")
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = datetime.datetime.now(datetime.timezone.utc)
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
+        .issuer_name(authority.certificate.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(hours=1))
+        .not_valid_after(now + datetime.timedelta(days=30))
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName(name),
+                                                    x509.IPAddress(ipaddress.ip_address(address))]), critical=False)
+        .sign(authority.key, hashes.SHA256())
+    )
+    leaf = KeyPair(folder / "irc-server.pem", folder / "irc-server.key")
+    leaf.certificate.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    leaf.key.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    leaf.key.chmod(0o600)
+    return IrcPki(ca=authority.write(folder), server=leaf, wrong_ca=stranger.write(folder))
+
+
 def write_policy(folder: Path) -> Path:
     """The bridge policy of the lab: the shipped sample (policies/irc-bridge.toml), as it is."""
     return PROJECT_ROOT / "policies" / "irc-bridge.toml"
@@ -242,6 +286,8 @@ class IrcGatewayLab:
             self.prosody.register(user, PASSWORD)
         self.prosody.start()
         self.ngircd = NgircdLab(self.folder / "ngircd")
+        self.ngircd.pki = irc_pki_for_address(self.folder / "ngircd" / "pki", self.ngircd.address,
+                                              self.ngircd.settings.name)
         self.ngircd.start()
         self.start_gateway()
 
@@ -299,8 +345,8 @@ class IrcGatewayLab:
         parts = [f"--- guard-irc ({self.gateway_log}) ---\n{tail(self.gateway_log, 120)}"]
         if self.prosody is not None:
             parts.append(self.prosody.log_tail(60))
-        if self.ngircd is not None and hasattr(self.ngircd, "log_tail"):
-            parts.append(self.ngircd.log_tail())
+        if self.ngircd is not None:
+            parts.append(self.ngircd.log_tails())
         return "\n".join(parts)
 
 

@@ -42,15 +42,14 @@ CONGESTION = "irc-queue"
 
 @dataclass(frozen=True)
 class IrcRelease:
-    """What leaves for IRC, built by the bridge from what its label policy released: ``lines`` are texts of at
-    most one IRC line each, said in ``channel`` of ``network`` by the connection of ``nick`` (the MUC occupant)."""
+    """What leaves for IRC, built by the bridge from what its label policy released: ``lines`` (the FLOT first)
+    are texts of at most one IRC line each, said to ``target`` (the channel) on the IRC connection ``connection``
+    (the occupant's own, or the bot's relaying it); ``notice``: as NOTICEs."""
 
-    bridge: str
-    network: str
-    channel: str
-    nick: str
+    connection: object
+    target: str
     lines: tuple[str, ...]
-    action: bool = False  # /me: the lines are CTCP ACTIONs
+    notice: bool = False
 
     @property
     def size(self) -> int:

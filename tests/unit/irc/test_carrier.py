@@ -49,12 +49,12 @@ class Connections:
     def say(self, release, token):
         if self.refuse is not None:
             return self.refuse
-        self.said.append((release.channel, release.nick, release.lines, token))
+        self.said.append((release.target, release.connection, release.lines, token))
         return None
 
 
-def parcel(*lines, action=False):
-    return Parcel(IrcRelease("ops", "lab", "#ops", "alice", tuple(lines), action), object())
+def parcel(*lines):
+    return Parcel(IrcRelease("alice's connection", "#ops", tuple(lines)), object())
 
 
 def carrier(limits=CarrierLimits(), refuse=None):
@@ -71,7 +71,7 @@ def test_a_parcel_is_delivered_when_its_token_comes_back_sent():
     """FLOT and text go to the connections as one message; delivered once its token is reported sent, bytes freed."""
     irc, owner, connections = carrier()
     irc.carry(parcel("Protective Marking: OFFICIAL", "hello"))
-    assert [said[:3] for said in connections.said] == [("#ops", "alice", ("Protective Marking: OFFICIAL", "hello"))]
+    assert [said[:3] for said in connections.said] == [("#ops", "alice's connection", ("Protective Marking: OFFICIAL", "hello"))]
     assert owner.events == [("held", 33)] and irc.waiting() == 1 and irc.waiting_bytes == 33
     irc.sent(connections.said[0][3])
     assert owner.events == [("held", 33), ("freed", 33), ("delivered", ("Protective Marking: OFFICIAL", "hello"))]
@@ -155,7 +155,7 @@ def test_a_parcel_the_policy_no_longer_lets_leave_is_not_said():
 def test_what_is_not_an_irc_release_bounces():
     """A parcel whose stanza is not built by the bridge (or has no lines) never reaches IRC: internal-server-error."""
     irc, owner, connections = carrier()
-    irc.carry(Parcel(IrcRelease("ops", "lab", "#ops", "alice", ()), object()))
+    irc.carry(Parcel(IrcRelease("alice's connection", "#ops", ()), object()))
     assert owner.events == [("undeliverable", (), "internal-server-error", "nothing the IRC side can say")]
     assert connections.said == []
 
