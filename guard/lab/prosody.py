@@ -153,6 +153,7 @@ def render_component(settings: ProsodySettings) -> str:
     domain, secret = settings.component
     return f"""\
     muc_room_default_public_jids = true
+    muc_room_default_change_subject = true
 
 Component {lua_string(domain)}
     component_secret = {lua_string(secret)}

@@ -13,6 +13,7 @@ its own; the addresses are the IRC lab's alone (127.0.5.0/24).
 from __future__ import annotations
 
 import os
+import select
 import socket
 import ssl
 import subprocess
@@ -36,11 +37,14 @@ COMPONENT_SECRET = "irc-lab-component-secret"
 ROOM_SERVICE = "conference.red.example"
 ROOM = f"ops@{ROOM_SERVICE}"
 CHANNEL = "#ops"
+FLOOD_ROOM = f"flood@{ROOM_SERVICE}"
+FLOOD_CHANNEL = "#flood"
 NETWORK = "lab"
 IRC_DOMAIN = f"{NETWORK}.irc.invalid"
 PASSWORD = "irc-lab-password"
-USERS = ("alice", "bob", "carol", "averyveryverylongnickname")
+USERS = ("alice", "bob", "erin", "henry", "irene", "jack", "kate", "averyveryverylongnickname")
 BOT_NICK = "xmppgw"
+CONNECT_ATTEMPTS = 5
 ROOM_NICK = "irc"
 
 
@@ -83,21 +87,43 @@ class RawIrcClient:
     def __init__(self, address: str, port: int, cafile: Path, server_name: str, nick: str):
         self.nick = nick
         context = ssl.create_default_context(cafile=str(cafile))
-        raw = socket.create_connection((address, port), timeout=10)
-        self.sock = context.wrap_socket(raw, server_hostname=server_name)
-        self.sock.settimeout(None)
+        for attempt in range(CONNECT_ATTEMPTS):
+            # ngIRCd sometimes answers a connection that follows a QUIT from the same address in clear text
+            # (its per-address throttle): try again, a few times, a little later.
+            raw = socket.create_connection((address, port), timeout=10)
+            try:
+                self.sock = context.wrap_socket(raw, server_hostname=server_name)
+                break
+            except ssl.SSLError:
+                raw.close()
+                if attempt == CONNECT_ATTEMPTS - 1:
+                    raise
+                time.sleep(1.0)
+        self.sock.setblocking(False)
+        # One SSL object is not safe to read and write from two threads at once: every use holds this lock.
+        self._ssl = threading.Lock()
         self.lines: list[IrcLine] = []
         self._arrived = threading.Condition()
         self._closed = False
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
 
+    def _receive(self) -> bytes | None:
+        """What the socket has now (b"" for nothing yet, None once the server closed)."""
+        select.select([self.sock], [], [], 0.2)
+        with self._ssl:
+            try:
+                chunk = self.sock.recv(65536)
+            except (ssl.SSLWantReadError, ssl.SSLWantWriteError, BlockingIOError):
+                return b""
+        return chunk if chunk else None
+
     def _read(self) -> None:
         buffer = b""
         try:
             while True:
-                chunk = self.sock.recv(65536)
-                if not chunk:
+                chunk = self._receive()
+                if chunk is None:
                     break
                 buffer += chunk
                 while b"\r\n" in buffer:
@@ -116,7 +142,18 @@ class RawIrcClient:
                 self._arrived.notify_all()
 
     def send(self, line: str) -> None:
-        self.sock.sendall(line.encode("utf-8") + b"\r\n")
+        data = line.encode("utf-8") + b"\r\n"
+        deadline = time.monotonic() + 10
+        while data:
+            with self._ssl:
+                try:
+                    data = data[self.sock.send(data):]
+                except (ssl.SSLWantReadError, ssl.SSLWantWriteError, BlockingIOError):
+                    pass
+            if data:
+                if time.monotonic() > deadline:
+                    raise LabError(f"{self.nick}: the server does not take what we write")
+                select.select([], [self.sock], [], 0.2)
 
     def register(self, timeout: float = 15.0) -> "RawIrcClient":
         self.send(f"NICK {self.nick}")
@@ -159,12 +196,13 @@ class RawIrcClient:
     def close(self) -> None:
         try:
             self.send("QUIT :bye")
-        except OSError:
+        except (OSError, LabError):
             pass
-        try:
-            self.sock.close()
-        except OSError:
-            pass
+        with self._ssl:
+            try:
+                self.sock.close()
+            except OSError:
+                pass
 
 
 def irc_pki_for_address(folder: Path, address: str, name: str):
@@ -255,6 +293,15 @@ policy = "{policy}"
 irc_domain = "{IRC_DOMAIN}"
 room_nick = "{ROOM_NICK}"
 map_markings = {{ }}
+
+[[bridges]]
+room = "{FLOOD_ROOM}"
+network = "{NETWORK}"
+channel = "{FLOOD_CHANNEL}"
+policy = "{policy}"
+irc_domain = "{IRC_DOMAIN}"
+room_nick = "{ROOM_NICK}"
+flot_position = "prefix"
 """
 
 
