@@ -117,6 +117,10 @@ BASES = [
     Base("coalition", "release-translated", message(RED, BLUE, ALPHA_REL_BRAVO)),
     Base("allow-all", "allow-all", message(RED, BLUE, REL_BLUE)),
     Base("allow-all", "allow-all", error(RED, BLUE, "iq", REL_BLUE)),
+    # Issue 14: the IRC bridge's sample policy judges a room message toward the IRC side's pseudo-domain.
+    Base("irc-bridge", "room-message-release",
+         "<message from='ops@conference.red.example/alice' to='lab.irc.invalid' type='groupchat' id='m1' "
+         f"xml:lang='en'><subject>s</subject><body xml:lang='en'>hello</body>{UNCLASSIFIED}</message>"),
 ]
 
 
