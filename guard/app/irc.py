@@ -35,7 +35,6 @@ import sys
 from dataclasses import dataclass, replace
 
 from twisted.logger import Logger
-from twisted.words.xish import domish
 from zope.interface import implementer
 
 from guard.core.addressing import parse_jid
@@ -46,20 +45,15 @@ from guard.core.vocabulary import SERVER_NS
 from guard.edges.audit import AuditObserver
 from guard.edges.carriers import ICarrierOwner
 from guard.edges.irc.carrier import IrcCarrier, IrcRelease
-from guard.edges.irc.component import NotSent
+from guard.edges.irc.bridge import (MUC_USER_NS, STATUS_BANNED, STATUS_KICKED, STATUS_NICK_CHANGED, STATUS_SELF,
+                                    Audit, BounceToSender, IrcJoin, IrcKick, IrcNick, IrcPart, IrcSay, IrcTopic,
+                                    MucJoin, MucKick, MucLeave, MucNick, MucSay, MucSubject, build_bridges)
+from guard.edges.irc.component import ComponentDialler, ComponentStreamFactory, NotSent
 from guard.edges.metrics import StanzaCounts
 
 log = Logger()
 
-MUC_NS = "http://jabber.org/protocol/muc"
-MUC_USER_NS = MUC_NS + "#user"
 DELAY_NS = "urn:xmpp:delay"
-
-# MUC status codes (XEP-0045 section 15.6) the gateway reads.
-SELF_PRESENCE = "110"
-NICK_CHANGED = "303"
-KICKED = "307"
-BANNED = "301"
 
 # The rules the gateway's own settlements name (beside the bridge policy's rule ids).
 FROM_IRC_RULE = "irc:from-irc"  # what said on IRC reaches the room under (labelled by the bridge's policy)
@@ -69,68 +63,7 @@ EXIT_OK = 0
 EXIT_CONFIG = 2
 
 
-# -- addresses ------------------------------------------------------------------
-
-def bridge_occupant_jid(component: str, room: str) -> str:
-    """The full JID of the bridge's own occupant in ``room``."""
-    return f"{component}/{room}"
-
-
-def escape_localpart(text: str) -> str:
-    """``text`` as a JID localpart: letters, digits and ``-_.`` kept, every other character as ``=XX`` (UTF-8)."""
-    kept = []
-    for character in text:
-        if character.isascii() and (character.isalnum() or character in "-_."):
-            kept.append(character)
-        else:
-            kept.extend(f"={byte:02x}" for byte in character.encode("utf-8"))
-    return "".join(kept)
-
-
-def irc_user_jid(component: str, network: str, folded_nick: str) -> str:
-    """The bare JID the occupant of one IRC user of ``network`` joins from (``folded_nick``: by the network's casemapping)."""
-    return f"{escape_localpart(folded_nick)}%{escape_localpart(network)}@{component}"
-
-
-# -- MUC stanzas (built new: nothing a peer wrote is copied) ----------------------
-
-def join_presence(sender: str, room: str, nick: str) -> domish.Element:
-    """The presence that joins ``room`` as ``nick`` from ``sender``, asking for no history."""
-    presence = domish.Element((SERVER_NS, "presence"))
-    presence["from"] = sender
-    presence["to"] = f"{room}/{nick}"
-    muc = presence.addElement((MUC_NS, "x"))
-    muc.addElement("history")["maxstanzas"] = "0"
-    return presence
-
-
-def leave_presence(sender: str, room: str, nick: str, status: str | None = None) -> domish.Element:
-    presence = domish.Element((SERVER_NS, "presence"))
-    presence["from"] = sender
-    presence["to"] = f"{room}/{nick}"
-    presence["type"] = "unavailable"
-    if status:
-        presence.addElement("status", content=status)
-    return presence
-
-
-def room_message(sender: str, room: str, body: str | None, label=None, subject: str | None = None,
-                 stanza_id: str | None = None) -> domish.Element:
-    """A groupchat message to ``room`` (``label``: a ``<securitylabel/>`` the label policy built, or None)."""
-    message = domish.Element((SERVER_NS, "message"))
-    message["from"] = sender
-    message["to"] = room
-    message["type"] = "groupchat"
-    if stanza_id:
-        message["id"] = stanza_id
-    if subject is not None:
-        message.addElement("subject", content=subject)
-    if body is not None:
-        message.addElement("body", content=body)
-    if label is not None:
-        message.addChild(label)
-    return message
-
+# -- what the room says about its occupants ------------------------------------------------
 
 @dataclass(frozen=True)
 class RoomPresence:
@@ -172,35 +105,8 @@ def read_room_presence(stanza, room_service: str) -> RoomPresence | None:
                 jid = parse_jid(child.getAttribute("jid"))
                 real_jid = jid.full() if jid is not None else None
                 new_nick = child.getAttribute("nick")
-    return RoomPresence(room, sender.resource, kind is None, real_jid, SELF_PRESENCE in codes,
-                        new_nick if NICK_CHANGED in codes else None, bool(codes & {KICKED, BANNED}))
-
-
-@dataclass(frozen=True)
-class RoomMessage:
-    """A live groupchat message (or subject change) from ``room/nick``."""
-
-    room: str
-    nick: str
-    body: str | None
-    subject: str | None
-
-
-def read_room_message(stanza, room_service: str) -> RoomMessage | None:
-    """A live groupchat from an occupant (history, errors and other kinds: None)."""
-    if stanza.name != "message" or stanza.getAttribute("type") != "groupchat":
-        return None
-    sender = parse_jid(stanza.getAttribute("from"))
-    if sender is None or sender.host != room_service or not sender.user or not sender.resource:
-        return None
-    if next(stanza.elements(DELAY_NS, "delay"), None) is not None:
-        return None  # history replayed by the room: said before the bridge listened
-    body = next(stanza.elements(SERVER_NS, "body"), None)
-    subject = next(stanza.elements(SERVER_NS, "subject"), None)
-    if body is None and subject is None:
-        return None
-    return RoomMessage(f"{sender.user}@{sender.host}", sender.resource,
-                       None if body is None else str(body), None if subject is None else str(subject))
+    return RoomPresence(room, sender.resource, kind is None, real_jid, STATUS_SELF in codes,
+                        new_nick if STATUS_NICK_CHANGED in codes else None, bool(codes & {STATUS_KICKED, STATUS_BANNED}))
 
 
 def write_json_atomically(path: str, value) -> None:
@@ -217,7 +123,6 @@ XMPP_SIDE = "xmpp"
 IRC_SIDE = "irc"
 TOWARD_ROOM = Direction(IRC_SIDE, XMPP_SIDE)
 COMPONENT_DOWN = "remote-server-not-found"  # what a message toward the room bounces with while Prosody is away
-MUC_ADMIN_NS = MUC_NS + "#admin"
 STATUS_SECONDS = 5.0  # how often the status file is rewritten
 FROM_IRC_NOT_DELIVERED = "The gateway could not deliver your message to the XMPP room."
 SERVICE_NAME = "xmpp-guard IRC gateway"
@@ -269,16 +174,6 @@ class ConnectionEvents:
             self.gateway.carrier.lost(token, reason)
 
 
-def admin_kick(sender: str, room: str, nick: str, reason: str, stanza_id: str) -> domish.Element:
-    """A MUC admin request (XEP-0045 8.2): the occupant ``nick`` loses its role (is kicked)."""
-    iq = domish.Element((SERVER_NS, "iq"))
-    iq["from"], iq["to"], iq["type"], iq["id"] = sender, room, "set", stanza_id
-    item = iq.addElement((MUC_ADMIN_NS, "query")).addElement("item")
-    item["nick"], item["role"] = nick, "none"
-    item.addElement("reason", content=reason)
-    return item.parent.parent
-
-
 @implementer(ICarrierOwner)
 class IrcGateway:
     """
@@ -292,9 +187,6 @@ class IrcGateway:
 
     def __init__(self, config, clock, irc_connector, component_endpoint, audit, random_source=random.random):
         from collections import Counter
-
-        from guard.edges.irc.bridge import build_bridges
-        from guard.edges.irc.component import ComponentDialler, ComponentStreamFactory
 
         self.config = config
         self.clock = clock
@@ -463,6 +355,8 @@ class IrcGateway:
         if self.stopping:
             return
         now = self.clock.seconds()
+        if event == "connected" and key.room is None:
+            self._adopt_isupport(key)
         for bridge in self._bridges_for(key):
             try:
                 actions = self._ask_bridge(bridge, key, event, args, now)
@@ -471,6 +365,25 @@ class IrcGateway:
                 continue
             self._run(bridge, actions)
         self._schedule_due()
+
+    def _adopt_isupport(self, key) -> None:
+        """The bot registered: its network's nick book follows the server's ISUPPORT (NICKLEN, CASEMAPPING),
+        keeping every mapping it already gave (the same IRC nick for the same MUC nick)."""
+        from guard.edges.irc.nicks import NickBook
+
+        connection = self.connections.get(key)
+        isupport = getattr(getattr(connection, "protocol", None), "isupport", None)
+        bridges = [bridge for bridge in self.bridges if bridge.network == key.network]
+        if isupport is None or not bridges or bridges[0].nicks.isupport == isupport:
+            return
+        network = self.config.networks[key.network]
+        book = NickBook(isupport, reserved=(network.nick,), max_entries=self.config.limits.nick_book_entries)
+        dropped = book.load(bridges[0].nicks.dump())
+        if dropped:
+            log.warn("irc {network}: {dropped} nick mappings do not fit the server's rules and were dropped",
+                     network=key.network, dropped=dropped)
+        for bridge in bridges:
+            bridge.nicks = book
 
     @staticmethod
     def _ask_bridge(bridge, key, event, args, now) -> list:
@@ -524,44 +437,33 @@ class IrcGateway:
                 log.failure("irc gateway: a fault carrying out {action}", action=type(action).__name__)
 
     def _carry_out(self, bridge, action) -> None:
-        from guard.edges.irc import bridge as decisions
-
-        if isinstance(action, decisions.IrcSay):
+        if isinstance(action, IrcSay):
             self._irc_say(action)
-        elif isinstance(action, decisions.IrcJoin):
+        elif isinstance(action, IrcJoin):
             self._open_connection(action.connection_key, action.nick).join(action.channel)
-        elif isinstance(action, decisions.IrcPart):
+        elif isinstance(action, IrcPart):
             connection = self.connections.get(action.connection_key)
             if connection is not None:
                 connection.part(action.channel, action.reason)
                 if action.close:
                     self._close_connection(action.connection_key)
-        elif isinstance(action, decisions.IrcTopic):
+        elif isinstance(action, IrcTopic):
             self._irc_topic(action)
-        elif isinstance(action, decisions.IrcKick):
+        elif isinstance(action, IrcKick):
             connection = self.connections.get(action.connection_key)
             if connection is not None:
                 connection.kick(action.channel, action.nick, action.reason)
-        elif isinstance(action, decisions.IrcNick):
+        elif isinstance(action, IrcNick):
             self._irc_nick(action)
-        elif isinstance(action, decisions.MucJoin):
-            self._send(join_presence(action.from_jid, action.room, action.as_nick))
-        elif isinstance(action, decisions.MucLeave):
-            self._send(leave_presence(action.from_jid, action.room, action.as_nick, action.status))
-        elif isinstance(action, decisions.MucNick):
-            self._send(leave_presence(action.from_jid, action.room, action.as_nick))
-            self._send(join_presence(action.new_from_jid, action.room, action.new_nick))
-        elif isinstance(action, decisions.MucSay):
-            self._to_room(room_message(action.from_jid, action.room, action.body, action.securitylabel,
-                                       stanza_id=self._next_id()))
-        elif isinstance(action, decisions.MucSubject):
-            self._to_room(room_message(action.from_jid, action.room, None, action.securitylabel,
-                                       subject=action.subject, stanza_id=self._next_id()))
-        elif isinstance(action, decisions.MucKick):
-            self._send(admin_kick(action.from_jid, action.room, action.nick, action.reason, self._next_id()))
-        elif isinstance(action, decisions.BounceToSender):
+        elif isinstance(action, (MucJoin, MucLeave, MucNick)):
+            self._send(action.stanza(SERVER_NS))
+        elif isinstance(action, (MucSay, MucSubject)):
+            self._to_room(action.stanza(SERVER_NS))
+        elif isinstance(action, MucKick):
+            self._send(action.stanza(SERVER_NS, self._next_id()))
+        elif isinstance(action, BounceToSender):
             self._bounce_to_sender(action.reply)
-        elif isinstance(action, decisions.Audit):
+        elif isinstance(action, Audit):
             self._audit(action)
         else:
             log.error("irc gateway: an action it does not know: {action!r}", action=action)
@@ -610,6 +512,7 @@ class IrcGateway:
 
     def _to_room(self, stanza) -> None:
         """A message (or subject) said on IRC, toward the room: accepted, passed with the IRC side's label, written."""
+        stanza["id"] = self._next_id()
         size = len(stanza.toXml().encode("utf-8"))
         pair = (self.config.xmpp.component, self.config.xmpp.room_service)
         ticket = self.settlement.accept(stanza, pair, size, TOWARD_ROOM, 0, self.clock.seconds())
@@ -658,7 +561,7 @@ class IrcGateway:
         recipient = parcel.stanza.getAttribute("to")
         for bridge in self.bridges:
             for user in bridge.irc_users.values():
-                if bridge.irc_user_jid(user.irc_nick) == recipient:
+                if user.jid == recipient:
                     connection = self.connections.get(bridge.bot_key)
                     if connection is not None and connection.say(user.irc_nick, [FROM_IRC_NOT_DELIVERED], None,
                                                                  "notice") is None:
