@@ -128,6 +128,15 @@ FROM_IRC_NOT_DELIVERED = "The gateway could not deliver your message to the XMPP
 SERVICE_NAME = "xmpp-guard IRC gateway"
 
 
+# What a bridge is asked for each IRC event (the Bridge method, and whether it takes the time).
+BRIDGE_EVENTS = {
+    "connected": ("irc_connected", False), "connection_lost": ("irc_connection_lost", False),
+    "joined": ("irc_joined", True), "parted": ("irc_parted", True), "quit": ("irc_quit", True),
+    "kicked": ("irc_kicked", True), "nick_changed": ("irc_nick_changed", True), "topic": ("irc_topic", True),
+    "names": ("irc_names", True), "message": ("irc_message", True),
+}
+
+
 class ConnectionEvents:
     """The ``IIrcEvents`` listener of one IRC connection: tells the gateway which connection (``key``) heard what."""
 
@@ -163,7 +172,7 @@ class ConnectionEvents:
         self.gateway.irc_event(self.key, "names", channel, nicks)
 
     def message(self, network, target, nick, kind, text, tags):
-        self.gateway.irc_event(self.key, "message", target, nick, kind, text)
+        self.gateway.irc_event(self.key, "message", target, nick, kind, text, None)
 
     def sent(self, token):
         if token is not None:
@@ -387,28 +396,8 @@ class IrcGateway:
 
     @staticmethod
     def _ask_bridge(bridge, key, event, args, now) -> list:
-        if event == "connected":
-            return bridge.irc_connected(key, *args)
-        if event == "connection_lost":
-            return bridge.irc_connection_lost(key, *args)
-        if event == "joined":
-            return bridge.irc_joined(key, *args, now=now)
-        if event == "parted":
-            return bridge.irc_parted(key, *args, now=now)
-        if event == "quit":
-            return bridge.irc_quit(key, *args, now=now)
-        if event == "kicked":
-            return bridge.irc_kicked(key, *args, now=now)
-        if event == "nick_changed":
-            return bridge.irc_nick_changed(key, *args, now=now)
-        if event == "topic":
-            return bridge.irc_topic(key, *args, now=now)
-        if event == "names":
-            return bridge.irc_names(key, *args, now=now)
-        if event == "message":
-            target, nick, kind, text = args
-            return bridge.irc_message(key, target, nick, kind, text, None, now)
-        return []
+        method, timed = BRIDGE_EVENTS[event]
+        return getattr(bridge, method)(key, *args, now=now) if timed else getattr(bridge, method)(key, *args)
 
     def _schedule_due(self) -> None:
         """Lines held while they may be the start of a split IRC message are said when their window passes."""
