@@ -21,6 +21,8 @@ BENCH_ROUNDS ?= 1
 # snmp and smitools for the SNMP tests (a real snmpd, snmpwalk, smilint);
 # systemd (systemd-analyze, systemd-socket-activate), man-db, groff-base and
 # logrotate for the deployment tests.
+# ngircd: the IRC server of the IRC gateway's tests (guard/lab/ngircd.py runs
+# its own on loopback; the packaged service is stopped).
 system-deps:
 	@missing=""; \
 	$(PYTHON) -c 'import ensurepip, venv' 2>/dev/null || missing="$$missing python3-venv"; \
@@ -30,11 +32,13 @@ system-deps:
 	for package in chromium chromium-driver; do dpkg -s $$package >/dev/null 2>&1 || missing="$$missing $$package"; done; \
 	for package in snmpd snmp smitools; do dpkg -s $$package >/dev/null 2>&1 || missing="$$missing $$package"; done; \
 	command -v promtool >/dev/null 2>&1 || missing="$$missing prometheus"; \
+	dpkg -s ngircd >/dev/null 2>&1 || missing="$$missing ngircd"; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ]; then \
 	    echo "installing:$$missing"; \
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
 	    if echo "$$missing" | grep -q prosody; then service prosody stop >/dev/null 2>&1 || true; fi; \
+	    if echo "$$missing" | grep -q ngircd; then service ngircd stop >/dev/null 2>&1 || true; fi; \
 	  else \
 	    echo "missing Debian packages:$$missing"; \
 	    echo "run:  sudo apt-get install -y$$missing"; \

@@ -25,6 +25,10 @@ A line, as this module reads and writes it::
   never passed on.  Tag values are UTF-8 (IRCv3), invalid bytes replaced.  Control characters are
   left in the text here (formatting codes and CTCP use them); ``formatting`` strips them.
 
+No CTCP low-level dequoting is done (``\\x10`` sequences stay as they are, and ``formatting`` strips
+the ``\\x10``): Twisted's ``IRCClient.lineReceived`` applies ``lowDequote``, which turns ``\\x100``
+into NUL and ``\\x10n`` into LF inside a parameter, so lines must reach ``parse_line`` as bytes.
+
 CTCP: a PRIVMSG or NOTICE text that starts with ``\\x01`` is a CTCP message, never text.
 ``read_ctcp`` names its kind; only ACTION (``/me``) becomes text; the caller refuses the others
 (or answers VERSION itself with ``ctcp_message``).
@@ -292,8 +296,8 @@ def split_text(text: str, budget: int) -> list[str]:
     """
     ``text`` as the texts of IRC lines of at most ``budget`` UTF-8 bytes each: every newline (LF,
     CR LF or CR) starts a new line and empty lines are dropped (IRC cannot send them); a longer
-    line is cut at its last space that fits (the space is dropped), else at the last code point
-    that fits.  Raises ValueError when ``budget`` cannot hold one code point (4 bytes).
+    line is cut at its last space that fits (the spaces around the cut are dropped), else at the
+    last code point that fits.  Raises ValueError when ``budget`` cannot hold one code point (4 bytes).
     """
     if budget < 4:
         raise ValueError("budget below one code point")
@@ -306,8 +310,10 @@ def split_text(text: str, budget: int) -> list[str]:
             fits = _chars_within(line, budget)
             space = line.rfind(" ", 1, fits + 1)
             if space > 0:
-                pieces.append(line[:space])
-                line = line[space + 1:]
+                piece = line[:space].rstrip(" ")
+                if piece:
+                    pieces.append(piece)
+                line = line[space + 1:].lstrip(" ")
             else:
                 pieces.append(line[:fits])
                 line = line[fits:]

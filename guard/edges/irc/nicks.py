@@ -13,10 +13,11 @@ IRC nicks from MUC nicks and back, by the rules a network announces in RPL_ISUPP
   with a digit or ``-``, cut to NICKLEN - 5, then ``|`` and the first four characters of the
   base32 SHA-256 of the MUC nick (``Zoë`` -> ``Zoe|xxxx``), so distinct MUC nicks stay distinct.
   A nick whose fold is already held (by another MUC nick of the book, a reserved nick such as
-  the bot's, or an IRC user the server named in ERR_NICKNAMEINUSE) gets the suffix ``|2``,
-  ``|3``, ... within NICKLEN.  A MUC nick keeps its IRC nick for the life of the book, across
-  ``release`` (a released entry still holds its nick; only when the book is full is the least
-  recently used released entry forgotten), and across restarts with ``dump``/``load``.
+  the bot's or the network services' in ``SERVICE_NICKS``, or an IRC user the server named in
+  ERR_NICKNAMEINUSE) gets the suffix ``|2``, ``|3``, ... within NICKLEN.  A MUC nick keeps its
+  IRC nick for the life of the book, across ``release`` (a released entry still holds its nick;
+  only when the book is full is the least recently used released entry forgotten), and across
+  restarts with ``dump``/``load``.
 - ``muc_nick_for``: an IRC nick as a MUC nick (a resourcepart).  A nick in IRC's character set is
   a valid RFC 7622 resourcepart unchanged (ASCII 0x21-0x7E are all allowed by the OpaqueString
   profile, and stringprep leaves them as they are; a test walks the whole set), so it is used as
@@ -24,7 +25,8 @@ IRC nicks from MUC nicks and back, by the rules a network announces in RPL_ISUPP
   stringprep refuses it, escaped as ``irc|`` and a base32 hash.
 
 Bounds: at most ``max_entries`` entries (default 4096), each a MUC nick of at most 1023 UTF-8
-bytes (RFC 7622) and an IRC nick of at most NICKLEN; as many nicks named in use by the server.
+bytes (RFC 7622) and an IRC nick of at most NICKLEN, so at most about 4096 x (1023 + NICKLEN)
+bytes of text; and at most as many nicks the server named in use, each at most NICKLEN.
 """
 
 from __future__ import annotations
@@ -47,6 +49,9 @@ HASH_CHARS = 4
 ESCAPE_SEPARATOR = "|"
 DUMP_VERSION = 1
 
+# Nicks IRC users trust as the network's services: never given to a MUC occupant, so nobody on
+# XMPP can speak to IRC as NickServ on a network that happens to run no services.
+SERVICE_NICKS = ("NickServ", "ChanServ", "MemoServ", "OperServ", "HostServ", "BotServ", "SaslServ", "HelpServ", "Global")
 CASEMAPPINGS = ("ascii", "rfc1459", "strict-rfc1459")
 _ASCII_UPPER = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 _ASCII_LOWER = "abcdefghijklmnopqrstuvwxyz"
@@ -196,14 +201,21 @@ def suffixed_nick(base: str, number: int, nicklen: int) -> str | None:
 class NickBook:
     """The IRC nick of each MUC nick on one network: identical where IRC allows, escaped otherwise, unique by fold, stable."""
 
-    def __init__(self, isupport: Isupport, reserved: Iterable[str] = (), *, max_entries: int = MAX_ENTRIES):
+    def __init__(
+        self,
+        isupport: Isupport,
+        reserved: Iterable[str] = (),
+        *,
+        max_entries: int = MAX_ENTRIES,
+        service_nicks: Iterable[str] = SERVICE_NICKS,
+    ):
         if isupport.nicklen < MIN_NICKLEN:
             raise ValueError(f"NICKLEN {isupport.nicklen} leaves no room for an escaped nick (at least {MIN_NICKLEN})")
         if max_entries < 1:
             raise ValueError("max_entries must be positive")
         self.isupport = isupport
         self.max_entries = max_entries
-        self._reserved = frozenset(isupport.fold(nick) for nick in reserved)
+        self._reserved = frozenset(isupport.fold(nick) for nick in (*reserved, *service_nicks))
         self._entries: OrderedDict[str, str] = OrderedDict()  # muc nick -> irc nick, least recently used first
         self._active: set[str] = set()
         self._holders: dict[str, str] = {}  # fold(irc nick) -> muc nick

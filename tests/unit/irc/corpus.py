@@ -73,6 +73,11 @@ PARSED = [
         IrcMessage({}, None, "CMD", list("abcdefghijklmno")),
     ),
     (
+        "CTCP low-level quoting is not undone, so \\x100 never becomes a NUL",
+        b":a!b@c PRIVMSG #ops :a\x100b\x10nc\x10rd",
+        IrcMessage({}, "a!b@c", "PRIVMSG", ["#ops", "a\x100b\x10nc\x10rd"]),
+    ),
+    (
         "server tags",
         b"@time=2026-12-01T13:00:00.000Z;msgid=abc :a!b@c PRIVMSG #a :hi",
         IrcMessage({"time": "2026-12-01T13:00:00.000Z", "msgid": "abc"}, "a!b@c", "PRIVMSG", ["#a", "hi"]),

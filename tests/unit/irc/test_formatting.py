@@ -36,6 +36,7 @@ FORMATTED_TEXT = [
     ("bold and underline maps the bold", "\x02\x1fboth\x1f\x02 x", "both x", "*both* x"),
     ("stray controls go", "a\x01b\x07c\x1bd\x7fe\x85f", "abcdef", "abcdef"),
     ("tab becomes a space", "a\tb", "a b", "a b"),
+    ("CTCP low-level quote characters go, their letters stay", "a\x100b\x10n", "a0bn", "a0bn"),
     ("non-characters go", "a\ufffeb\uffffc", "abc", "abc"),
 ]
 

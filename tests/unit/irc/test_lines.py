@@ -121,9 +121,11 @@ def test_a_fallback_that_is_unknown_or_not_ascii_compatible_is_refused():
 
 
 def test_split_text_keeps_every_line_within_its_budget_at_spaces():
-    """A text longer than the budget is cut at its last space that fits, the space dropped."""
+    """A text longer than the budget is cut at its last space that fits, the spaces around the cut dropped."""
     assert split_text("hello world this is a test", 10) == ["hello", "world this", "is a test"]
     assert split_text("short", 10) == ["short"]
+    assert split_text("hello     world", 6) == ["hello", "world"]
+    assert split_text("  indented text", 20) == ["  indented text"]
 
 
 def test_split_text_starts_a_new_line_at_each_newline_and_drops_empty_lines():
@@ -217,3 +219,15 @@ def test_ctcp_messages_are_written_with_delimiters_and_refuse_control_characters
     for kind in ("", "ACT ION", "ACT\x01"):
         with pytest.raises(BadLine):
             ctcp_message(kind, "x")
+
+
+def test_parse_line_takes_bytes_only():
+    """A line already decoded to text is refused: decoding is parse_line's own, UTF-8 first then the fallback."""
+    with pytest.raises(BadLine) as refused:
+        parse_line("PING x")
+    assert refused.value.reason == "not bytes"
+
+
+def test_privmsg_budget_counts_the_target_in_utf8_bytes():
+    """A channel name with a two-byte character leaves one byte less for the text."""
+    assert privmsg_budget("#café", 40) == privmsg_budget("#cafe", 40) - 1

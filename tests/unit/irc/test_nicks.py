@@ -11,6 +11,7 @@ from guard.edges.irc.nicks import (
     SPECIAL,
     Isupport,
     NickBook,
+    SERVICE_NICKS,
     NickBookFull,
     escaped_nick,
     is_valid_nick,
@@ -188,6 +189,14 @@ def test_reserved_nicks_are_never_handed_out_in_any_case():
     assert len(folds) == 5
 
 
+def test_service_nicks_are_reserved_so_no_occupant_speaks_as_nickserv():
+    """A MUC occupant called NickServ or chanserv gets a suffixed nick, so IRC users never see services speak from XMPP."""
+    book = NickBook(NICKLEN_9)
+    assert book.irc_nick_for("NickServ") == "NickSer|2"
+    assert book.irc_nick_for("chanserv") == "chanser|2"
+    assert all(book.isupport.fold(book.irc_nick_for(nick)) != book.isupport.fold(nick) for nick in SERVICE_NICKS)
+
+
 def test_a_nick_the_server_says_is_in_use_is_replaced_and_the_replacement_kept():
     """After ERR_NICKNAMEINUSE the occupant gets the next free nick, keeps it, and nobody is given the refused one."""
     book = NickBook(NICKLEN_9)
@@ -197,6 +206,17 @@ def test_a_nick_the_server_says_is_in_use_is_replaced_and_the_replacement_kept()
     assert book.irc_nick_for("Dave") == "Dave|3"
     assert book.holder_of("dave") is None
     assert book.holder_of("DAVE|2") == "dave"
+
+
+def test_the_nicks_named_in_use_are_bounded_too():
+    """The book remembers at most max_entries nicks the server said were in use, the oldest forgotten first."""
+    book = NickBook(NICKLEN_9, max_entries=2)
+    for nick in ("ann", "ben", "cat"):
+        book.irc_nick_for(nick)
+        book.nick_in_use(nick)
+        book.release(nick)
+    assert book.dump()["in_use_on_irc"] == ["ben", "cat"]
+    assert book.irc_nick_for("ANN") == "ANN"
 
 
 def test_holder_of_names_only_occupants_whose_connection_is_in_use():
