@@ -663,3 +663,14 @@ def test_a_notice_from_someone_not_in_the_channel_still_reaches_the_room(lab):
     """A NOTICE to the channel from a service not in it is said by the listener as -nick- text."""
     (notice,) = lab.irc(b":ChanServ!s@services NOTICE #ops :channel registered")
     assert (notice.as_nick, notice.body) == ("irc", "-ChanServ- channel registered")
+
+
+def test_the_bridge_and_its_labels_do_no_io():
+    """bridge.py and labels.py import the core, the IRC wire and domish only: no sockets, reactor, clock or app."""
+    from tests.unit.test_layers import imports_of
+
+    folder = Path(__file__).resolve().parents[3] / "guard" / "edges" / "irc"
+    imported = {name for module in ("bridge.py", "labels.py") for name in imports_of(folder / module)}
+    outside = {name for name in imported if not name.startswith(("guard.core.", "guard.edges.irc."))}
+    assert outside <= {"__future__", "dataclasses", "itertools", "re", "string", "twisted.words.xish.domish"}, outside
+    assert "guard.edges.irc.client" not in imported and "guard.edges.irc.connections" not in imported
