@@ -630,7 +630,7 @@ def describe_bridge(bridge) -> dict:
 
 def irc_server(network):
     """The IrcServer an irc.toml network describes."""
-    from guard.edges.irc.client import NGIRCD_RATE, FloodRate, IrcServer, SaslCredentials
+    from guard.edges.irc.client import IrcServer, SaslCredentials
 
     sasl = None
     if network.sasl == "plain":
@@ -638,26 +638,23 @@ def irc_server(network):
             sasl = SaslCredentials("PLAIN", network.sasl_user, source.readline(4096).strip())
     elif network.sasl == "external":
         sasl = SaslCredentials("EXTERNAL")
-    flood = NGIRCD_RATE
-    if network.flood_burst is not None or network.flood_interval is not None:
-        flood = flood_rate(FloodRate, network.flood_burst, network.flood_interval)
+    flood = flood_rate(network.flood_burst, network.flood_interval)
     return IrcServer(network.name, network.host, network.port, network.tls, network.tls_verify, network.ca,
-                     client_certificate=network.client_certificate, client_key=network.client_key, sasl=sasl,
-                     flood=flood, charset_fallback=network.charset)
+                     server_name=network.server_name, client_certificate=network.client_certificate,
+                     client_key=network.client_key, sasl=sasl, flood=flood, charset_fallback=network.charset)
 
 
-def flood_rate(rate_class, burst, interval):
-    """A FloodRate with the configured burst and interval (the defaults for what is not configured)."""
-    from dataclasses import fields as dataclass_fields
+def flood_rate(burst, interval):
+    """The token bucket of a network's connections: ngIRCd's rate, with the configured burst (lines) and interval
+    (seconds per line) in place of its own where set."""
+    from guard.edges.irc.client import NGIRCD_RATE
 
-    defaults = rate_class()
-    names = {field.name for field in dataclass_fields(rate_class)}
     changes = {}
-    if burst is not None and "burst" in names:
-        changes["burst"] = burst
-    if interval is not None and "interval" in names:
-        changes["interval"] = interval
-    return replace(defaults, **changes)
+    if burst is not None:
+        changes["burst_lines"] = burst
+    if interval is not None:
+        changes["seconds_per_line"] = interval
+    return replace(NGIRCD_RATE, **changes)
 
 
 def connection_limits(limits):

@@ -468,12 +468,13 @@ class LabClient:
 
 
     def wait_for_occupant(self, room: str, nick: str, type: str = "available",
-                          timeout: float = DEFAULT_TIMEOUT) -> ReceivedPresence:
-        """Wait for a presence of ``type`` from the occupant ``room/nick`` (past or future)."""
+                          timeout: float = DEFAULT_TIMEOUT, after: int = 0) -> ReceivedPresence:
+        """Wait for a presence of ``type`` from the occupant ``room/nick`` (past or future; ``after``: only among
+        the presences received after the first ``after`` of them, e.g. ``len(client.presences)`` taken earlier)."""
         occupant = f"{room}/{nick}"
 
         def find():
-            return next((p for p in self.presences if p.sender == occupant and p.type == type), None)
+            return next((p for p in self.presences[after:] if p.sender == occupant and p.type == type), None)
 
         try:
             return self.loop.run(lambda: self._wait_until(find, timeout), timeout + 1)

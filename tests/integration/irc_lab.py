@@ -42,7 +42,7 @@ FLOOD_CHANNEL = "#flood"
 NETWORK = "lab"
 IRC_DOMAIN = f"{NETWORK}.irc.invalid"
 PASSWORD = "irc-lab-password"
-USERS = ("alice", "bob", "erin", "henry", "irene", "jack", "kate", "averyveryverylongnickname")
+USERS = ("alice", "bob", "erin", "henry", "irene", "jack", "kate", "liam", "averyveryverylongnickname")
 BOT_NICK = "xmppgw"
 CONNECT_ATTEMPTS = 5
 ROOM_NICK = "irc"
@@ -205,50 +205,6 @@ class RawIrcClient:
                 pass
 
 
-def irc_pki_for_address(folder: Path, address: str, name: str):
-    """
-    The IRC lab's PKI with a server leaf that names ``address`` (an iPAddress
-    subjectAltName) as well as ``name``: the gateway verifies the server it
-    dials by its host, and the lab has no DNS for ``name``.
-    """
-    import datetime
-    import ipaddress
-
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-
-    from guard.lab.ngircd import IrcPki
-    from guard.lab.pki import CertificateAuthority, KeyPair
-
-    folder.mkdir(parents=True, exist_ok=True)
-    authority = CertificateAuthority.create("irc-ca")
-    stranger = CertificateAuthority.create("irc-wrong-ca")
-    key = ec.generate_private_key(ec.SECP256R1())
-    now = datetime.datetime.now(datetime.timezone.utc)
-    certificate = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
-        .issuer_name(authority.certificate.subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(hours=1))
-        .not_valid_after(now + datetime.timedelta(days=30))
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName(name),
-                                                    x509.IPAddress(ipaddress.ip_address(address))]), critical=False)
-        .sign(authority.key, hashes.SHA256())
-    )
-    leaf = KeyPair(folder / "irc-server.pem", folder / "irc-server.key")
-    leaf.certificate.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
-    leaf.key.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
-    leaf.key.chmod(0o600)
-    return IrcPki(ca=authority.write(folder), server=leaf, wrong_ca=stranger.write(folder))
-
-
 def write_policy(folder: Path) -> Path:
     """The bridge policy of the lab: the shipped sample (policies/irc-bridge.toml), as it is."""
     return PROJECT_ROOT / "policies" / "irc-bridge.toml"
@@ -256,6 +212,7 @@ def write_policy(folder: Path) -> Path:
 
 def render_gateway_config(folder: Path, irc_ca: Path, policy: Path, irc_port: int, irc_address: str,
                           server_name: str) -> str:
+    # The lab has no DNS: the gateway dials ngIRCd's address and verifies the certificate's name (server_name).
     """The irc.toml the lab's gateway runs with (every path inside ``folder``)."""
     return f"""\
 [gateway]
@@ -281,6 +238,7 @@ port = {irc_port}
 tls = true
 ca = "{irc_ca}"
 tls_verify = true
+server_name = "{server_name}"
 nick = "{BOT_NICK}"
 user = "xmppgw"
 realname = "xmpp-guard IRC lab gateway"
@@ -333,8 +291,6 @@ class IrcGatewayLab:
             self.prosody.register(user, PASSWORD)
         self.prosody.start()
         self.ngircd = NgircdLab(self.folder / "ngircd")
-        self.ngircd.pki = irc_pki_for_address(self.folder / "ngircd" / "pki", self.ngircd.address,
-                                              self.ngircd.settings.name)
         self.ngircd.start()
         self.start_gateway()
 

@@ -8,7 +8,7 @@ from twisted.internet import defer
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.python.failure import Failure
 
-from guard.app.irc import IrcGateway, gateway_snapshot, irc_registry, main, read_room_presence
+from guard.app.irc import IrcGateway, gateway_snapshot, irc_registry, irc_server, main, read_room_presence
 from guard.app.irc_config import load_irc_config
 from guard.app.management.pages import status_page
 from guard.core.policy.elements import parse_stanza_text
@@ -281,3 +281,17 @@ def test_check_says_ok_for_a_good_configuration_and_names_the_key_of_a_bad_one(t
     bad.write_text(good.read_text().replace('channel = "#ops"', 'channel = "ops"'))
     assert main(["--config", str(bad), "--check"]) == 2
     assert "bridges[0].channel" in capsys.readouterr().err
+
+
+def test_a_networks_flood_settings_and_server_name_reach_its_connections(tmp_path):
+    """flood_burst/flood_interval replace ngIRCd's burst and rate; unset, the connection keeps ngIRCd's; server_name is the name verified."""
+    from guard.edges.irc.client import NGIRCD_RATE
+
+    text = write_config(tmp_path).read_text()
+    tuned = tmp_path / "tuned.toml"
+    tuned.write_text(text.replace('nick = "xmppgw"', 'nick = "xmppgw"\nflood_burst = 5\nflood_interval = 2.0\n'
+                                                     'server_name = "irc.lab.example"'))
+    server = irc_server(load_irc_config(str(tuned)).networks["lab"])
+    assert (server.flood.burst_lines, server.flood.seconds_per_line) == (5, 2.0)
+    assert server.server_name == "irc.lab.example"
+    assert irc_server(load_irc_config(str(write_config(tmp_path))).networks["lab"]).flood == NGIRCD_RATE
