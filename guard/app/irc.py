@@ -812,17 +812,17 @@ def management_page(gateway, management, reactor):
 # -- the process ---------------------------------------------------------------------------------
 
 def component_endpoint(reactor, xmpp):
-    """Prosody's component port: the ``connect`` endpoint string, wrapped in TLS verified against ``ca`` when ``tls``."""
+    """Prosody's component port: the ``connect`` endpoint string, wrapped in TLS verified against ``ca`` when ``tls``
+    (the certificate must name the host ``connect`` gives)."""
     from twisted.internet.endpoints import clientFromString, wrapClientTLS
-    from twisted.internet.ssl import Certificate, optionsForClientTLS
+
+    from guard.edges.irc.component import component_tls_options
 
     endpoint = clientFromString(reactor, xmpp.connect)
     if not xmpp.tls:
         return endpoint
-    with open(xmpp.ca, "rb") as handle:
-        authority = Certificate.loadPEM(handle.read())
     host = next((part[len("host="):] for part in xmpp.connect.split(":") if part.startswith("host=")), xmpp.component)
-    return wrapClientTLS(optionsForClientTLS(host, trustRoot=authority), endpoint)
+    return wrapClientTLS(component_tls_options(xmpp.ca, host), endpoint)
 
 
 class IrcGatewayService:

@@ -412,28 +412,28 @@ class ComponentDialler(LinkDialler):
     Keeps the one component connection, dialling again after each loss or
     refusal with backoff and jitter (``guard.edges.link.dialler``: the same
     machine as the pair link's).  ``endpoint`` is a Twisted client endpoint
-    (TCP on loopback, or TLS with the certificate verified).
+    (TCP on loopback, or TLS with ``component_tls_options``).
     """
 
     def __init__(self, endpoint, factory: ComponentStreamFactory, clock, random, backoff: Backoff = Backoff()):
         super().__init__(lambda: endpoint.connect(factory), clock, random, backoff)
 
 
-def component_endpoint(reactor, host: str, port: int, tls_cafile: str | None = None, server_name: str | None = None):
+def component_tls_options(cafile: str, server_name: str):
     """
-    The client endpoint to Prosody's component port: plain TCP (loopback), or
-    TLS verifying Prosody's certificate against ``tls_cafile`` for ``server_name``.
+    TLS client options toward Prosody's component port: its certificate must
+    chain to ``cafile`` and name ``server_name`` (a connection that does not
+    verify never carries the handshake, let alone a stanza).
     """
-    from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
-    from twisted.internet.ssl import Certificate, optionsForClientTLS
+    from twisted.internet.ssl import Certificate, optionsForClientTLS, trustRootFromCertificates
 
-    tcp = HostnameEndpoint(reactor, host, port)
-    if tls_cafile is None:
-        return tcp
-    with open(tls_cafile, "rb") as handle:
-        authority = Certificate.loadPEM(handle.read())
-    return wrapClientTLS(optionsForClientTLS(server_name or host, trustRoot=authority), tcp)
+    from guard.edges.tlsidentity import load_pem_chain
+
+    authorities = [Certificate(certificate) for certificate in load_pem_chain(cafile)]
+    if not authorities:
+        raise ValueError(f"{cafile}: no certificates")
+    return optionsForClientTLS(server_name, trustRoot=trustRootFromCertificates(authorities))
 
 
 __all__ = ["COMPONENT_NS", "ComponentDialler", "ComponentStream", "ComponentStreamFactory", "NotSent",
-           "component_endpoint", "handshake_digest"]
+           "component_tls_options", "handshake_digest"]

@@ -4,13 +4,14 @@ import hashlib
 import random
 
 from twisted.internet import defer
+from twisted.internet.protocol import Protocol
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.python.failure import Failure
 from twisted.words.xish import domish
 
 from guard.core.vocabulary import SERVER_NS
 from guard.edges.irc.component import (ComponentDialler, ComponentStream, ComponentStreamFactory, NotSent,
-                                       handshake_digest)
+                                       component_tls_options, handshake_digest)
 from guard.edges.link.dialler import Backoff
 from guard.edges.xmlstream import ParserLimits
 
@@ -267,3 +268,51 @@ def test_an_opened_stream_resets_the_backoff():
     dialler.stream.dataReceived(PROSODY_HEADER + b"<handshake/>")
     dialler.stream.connectionLost(Failure(ConnectionError("prosody restarted")))
     assert dialler.last_delay == 1.0
+
+
+class ProsodyOverTls(Protocol):
+    """Prosody's side of a TLS component connection: keeps what arrives, answers the header and the handshake."""
+
+    def __init__(self):
+        self.received = b""
+
+    def dataReceived(self, data):
+        self.received += data
+        if b"<stream:stream" in data:
+            self.transport.write(PROSODY_HEADER)
+        if b"<handshake>" in data:
+            self.transport.write(b"<handshake/>")
+
+
+def over_tls(authority):
+    """A component stream to a TLS server holding red.example's certificate, verified against ``authority``."""
+    from twisted.internet.address import IPv4Address
+    from twisted.internet.protocol import Factory
+    from twisted.protocols.tls import TLSMemoryBIOFactory
+    from twisted.test import iosim
+
+    from guard.app.management import tls_options
+
+    from ..streams.sides import pki
+
+    lab = pki()
+    clock, owner, prosody = MemoryReactorClock(), Owner(), ProsodyOverTls()
+    server = TLSMemoryBIOFactory(tls_options(str(lab.red_server.certificate), str(lab.red_server.key)), False,
+                                 Factory.forProtocol(lambda: prosody), clock=clock)
+    client = TLSMemoryBIOFactory(component_tls_options(str(getattr(lab, authority)), "red.example"), True,
+                                 ComponentStreamFactory(owner, COMPONENT, SECRET, clock), clock=clock)
+    address = IPv4Address("TCP", "127.0.0.1", 5347)
+    _, _, pump = iosim.connectedServerAndClient(lambda: server.buildProtocol(address),
+                                                lambda: client.buildProtocol(address), greet=True)
+    for _ in range(50):  # bounded: a handshake and two exchanges take a handful of rounds
+        clock.advance(0)
+        pump.pump()
+    return owner, prosody
+
+
+def test_over_tls_prosodys_certificate_is_verified_before_anything_is_sent():
+    """TLS to Prosody: with the right CA the stream opens; with another CA the handshake fails and not a byte of the header leaves."""
+    owner, prosody = over_tls("red_ca")
+    assert owner.events == [("opened",)] and f"<handshake>{DIGEST}</handshake>".encode() in prosody.received
+    refused_owner, refused_prosody = over_tls("blue_ca")
+    assert refused_prosody.received == b"" and ("opened",) not in refused_owner.events
