@@ -235,9 +235,10 @@ class NgircdLab:
 
 def main(argv: list[str]) -> int:
     """``python -m guard.lab.ngircd FOLDER``: run the IRC lab in the foreground until Ctrl-C."""
-    if len(argv) != 1:
-        print("usage: python -m guard.lab.ngircd FOLDER")
-        return 2
+    if len(argv) != 1 or argv[0] in ("-h", "--help"):
+        print("usage: python -m guard.lab.ngircd FOLDER\n"
+              f"runs ngIRCd on {IRC_ADDRESS}:{IRC_PORT} (TLS {IRC_TLS_PORT}) with its config and PKI in FOLDER")
+        return 0 if argv[:1] in (["-h"], ["--help"]) else 2
     lab = NgircdLab(Path(argv[0])).start()
     print(f"ngircd on {lab.address}:{lab.port} (TLS {lab.tls_port}, CA {lab.pki.ca}); Ctrl-C stops it")
     try:

@@ -24,6 +24,7 @@ from zope.interface import implementer
 
 from guard.edges.irc.client import (
     ConnectionLimits,
+    FloodRate,
     IIrcEvents,
     IrcConnection,
     IrcIdentity,
@@ -308,4 +309,34 @@ def test_ngircd_restarted_midway_reconnects_rejoins_and_reports_every_token_once
         finally:
             raw.close()
     finally:
+        reactor_thread.call(connection.stop)
+
+
+def test_a_kill_loses_what_waited_with_the_reason_kill(ngircd, reactor_thread):
+    """An IRC operator kills the gateway's nick while messages wait: they are reported lost (kill), then it reconnects."""
+    events = Events()
+    server = IrcServer("lab", IRC_ADDRESS, ngircd.port, tls=False, flood=FloodRate(burst_lines=3, seconds_per_line=5.0),
+                       backoff=Backoff(initial_delay=0.5, max_delay=2.0))
+    connection = start_connection(reactor_thread, server, "victim", events)
+    operator = RawIrc("oper", ngircd.port)
+    try:
+        events.wait_for(lambda event: event[0] == "connected", what="registration")
+        name, password = ngircd.settings.operator
+        operator.send(f"OPER {name} {password}")
+        operator.expect(lambda line: line.split()[1:2] == ["381"], "RPL_YOUREOPER")
+        time.sleep(16)  # the slow bucket refills (3 lines, 5 s each)
+
+        def say_all():
+            return [connection.say("oper", [f"waiting {number}"], number) for number in range(6)]
+
+        assert reactor_thread.call(say_all) == [None] * 6
+        operator.expect(lambda line: "waiting 2" in line, "the burst")
+        operator.send("KILL victim :enough")
+        lost = events.wait_for(lambda event: event[0] == "connection_lost", what="the kill")
+        assert lost == ("connection_lost", "lab", None, "kill")
+        assert [event[1:] for event in events.named("lost")] == [(3, "kill"), (4, "kill"), (5, "kill")]
+        assert [event[1] for event in events.named("sent")] == [0, 1, 2]
+        events.wait_for(lambda event: len(events.named("connected")) == 2, what="the reconnection")
+    finally:
+        operator.close()
         reactor_thread.call(connection.stop)

@@ -353,10 +353,6 @@ def next_nick(nick: str, attempt: int, nicklen: int) -> str | None:
 # -- the protocol (one TCP/TLS connection) ------------------------------------
 
 
-def _nick_of(source: str | None) -> str:
-    return (source or "").split("!", 1)[0]
-
-
 class IrcProtocol(LineOnlyReceiver):
     """Reads lines with ``parse_line``, writes with ``format_line``; its owner decides the rest."""
 
@@ -669,11 +665,8 @@ class IrcProtocol(LineOnlyReceiver):
 
     # channel events
 
-    def _events(self):
-        return self.owner.listener
-
     def _on_JOIN(self, message):
-        channel, nick = self._param(message, 0), _nick_of(message.source)
+        channel, nick = self._param(message, 0), (message.source_nick or "")
         folded = self.isupport.fold(channel)
         if self._is_me(nick):
             if folded not in self.owner.wanted or len(self.channels) >= self.limits.max_channels:
@@ -684,7 +677,7 @@ class IrcProtocol(LineOnlyReceiver):
         self.owner._event("joined", channel, nick)
 
     def _on_PART(self, message):
-        channel, nick = self._param(message, 0), _nick_of(message.source)
+        channel, nick = self._param(message, 0), (message.source_nick or "")
         folded = self.isupport.fold(channel)
         if folded not in self.channels:
             return
@@ -700,15 +693,15 @@ class IrcProtocol(LineOnlyReceiver):
         if self._is_me(victim):
             self.channels.pop(folded, None)
             self.owner.wanted.pop(folded, None)  # no rejoin after a kick: the bridge decides
-        self.owner._event("kicked", channel, victim, _nick_of(message.source), self._param(message, 2))
+        self.owner._event("kicked", channel, victim, (message.source_nick or ""), self._param(message, 2))
 
     def _on_QUIT(self, message):
-        nick = _nick_of(message.source)
+        nick = (message.source_nick or "")
         if not self._is_me(nick):
             self.owner._event("quit", nick, self._param(message, 0))
 
     def _on_NICK(self, message):
-        old, new = _nick_of(message.source), self._param(message, 0)
+        old, new = (message.source_nick or ""), self._param(message, 0)
         if not new:
             return
         if self._is_me(old):
@@ -718,7 +711,7 @@ class IrcProtocol(LineOnlyReceiver):
     def _on_TOPIC(self, message):
         channel = self._param(message, 0)
         if self.isupport.fold(channel) in self.channels:
-            self.owner._event("topic", channel, self._param(message, 1), _nick_of(message.source))
+            self.owner._event("topic", channel, self._param(message, 1), (message.source_nick or ""))
 
     def _on_332(self, message):
         channel = self._param(message, 1)
@@ -757,10 +750,10 @@ class IrcProtocol(LineOnlyReceiver):
             what, body = ctcp
             if what != "ACTION" or kind != "privmsg":
                 log.info("irc {network}: CTCP {what!r} from {nick!r} ignored",
-                         network=self.server.network, what=what[:32], nick=_nick_of(message.source)[:64])
+                         network=self.server.network, what=what[:32], nick=(message.source_nick or "")[:64])
                 return
             kind, text = "action", body
-        self.owner._event("message", target, _nick_of(message.source), kind, text, dict(message.tags))
+        self.owner._event("message", target, (message.source_nick or ""), kind, text, dict(message.tags))
 
     def _on_NOTICE(self, message):
         self._on_PRIVMSG(message, kind="notice")

@@ -44,6 +44,17 @@ def bot_in_channel():
     return connections, clock, connector, recorder, bot
 
 
+def alice_in_channel():
+    """The bot and occupant "a" (alice, on her own connection) both in #ops; events cleared."""
+    connections, clock, connector, recorder, bot = bot_in_channel()
+    connections.occupant_joined("ops", "a", "alice")
+    alice = connector.protocols[1]
+    register(alice, "alice", clock)
+    join(alice, "alice")
+    recorder.events.clear()
+    return connections, clock, connector, recorder, bot, alice
+
+
 def test_each_occupant_gets_its_own_connection_that_joins_the_channel():
     """An occupant opens a connection registered as its nick, which joins the bridge's channel."""
     connections, clock, connector, recorder, bot = bot_in_channel()
@@ -129,12 +140,7 @@ def test_the_relay_splits_lines_that_the_prefix_would_push_past_512_bytes():
 
 def test_channel_events_come_from_the_bot_only_and_not_about_our_own_occupants():
     """IRC users' events reach the listener once (from the bot); our occupants' own joins and messages are not echoed."""
-    connections, clock, connector, recorder, bot = bot_in_channel()
-    connections.occupant_joined("ops", "a", "alice")
-    alice = connector.protocols[1]
-    register(alice, "alice", clock)
-    join(alice, "alice")
-    recorder.events.clear()
+    connections, clock, connector, recorder, bot, alice = alice_in_channel()
     for protocol in (bot, alice):
         feed(protocol, b":alice!u@h JOIN #ops", b":dave!d@h JOIN #ops", b":alice!u@h PRIVMSG #ops :echo",
              b":dave!d@h PRIVMSG #ops :hi all", b":dave!d@h KICK #ops alice :out")
@@ -149,12 +155,7 @@ def test_channel_events_come_from_the_bot_only_and_not_about_our_own_occupants()
 
 def test_tokens_lost_on_an_occupant_connection_reach_the_listener():
     """A netsplit of an occupant's connection reports its waiting tokens lost, and its own connection_lost."""
-    connections, clock, connector, recorder, bot = bot_in_channel()
-    connections.occupant_joined("ops", "a", "alice")
-    alice = connector.protocols[1]
-    register(alice, "alice", clock)
-    join(alice, "alice")
-    recorder.events.clear()
+    connections, clock, connector, recorder, bot, alice = alice_in_channel()
     connections.say("ops", "a", ["one"], token="x")
     drop(alice)
     assert recorder.events == [("sent", "x"), ("connection_lost", "lab", "a", "netsplit")]
@@ -169,7 +170,6 @@ def test_describe_counts_connections_queues_and_refusals():
     connections.occupant_joined("ops", "a", "alice")
     connections.occupant_joined("ops", "b", "bob")
     connections.occupant_joined("ops", "c", "carol")
-    alice = connector.protocols[1]
     connections.say("ops", "a", ["queued until alice is in"], token=1)
     described = connections.describe()
     assert described["connections"] == 3 and described["occupant_connections"] == 2
