@@ -295,3 +295,18 @@ def test_a_networks_flood_settings_and_server_name_reach_its_connections(tmp_pat
     assert (server.flood.burst_lines, server.flood.seconds_per_line) == (5, 2.0)
     assert server.server_name == "irc.lab.example"
     assert irc_server(load_irc_config(str(write_config(tmp_path))).networks["lab"]).flood == NGIRCD_RATE
+
+
+def test_the_sample_configuration_checks_once_the_files_it_names_exist(tmp_path, capsys):
+    """deploy/irc/irc.toml, beside a policies/ folder and a run/irc-pki CA as its relative paths say: --check OK."""
+    import shutil
+
+    from guard.lab.pki import CertificateAuthority
+
+    (tmp_path / "deploy" / "irc").mkdir(parents=True)
+    (tmp_path / "run" / "irc-pki").mkdir(parents=True)
+    shutil.copy(PROJECT / "deploy" / "irc" / "irc.toml", tmp_path / "deploy" / "irc")
+    shutil.copytree(PROJECT / "policies", tmp_path / "policies")
+    (tmp_path / "run" / "irc-pki" / "irc-ca.pem").write_bytes(CertificateAuthority.create("irc-ca").certificate_pem())
+    assert main(["--config", str(tmp_path / "deploy" / "irc" / "irc.toml"), "--check"]) == 0
+    assert "OK (1 bridge(s), 1 network(s), component irc.red.example)" in capsys.readouterr().out
