@@ -54,6 +54,10 @@ STREAM_CLOSE = b"</stream:stream>"
 # How long the header and the handshake may take before the gateway gives up on a connection.
 OPEN_TIMEOUT_SECONDS = 30.0
 
+# Bytes Prosody may leave unread (it stopped reading what the gateway writes) before the connection is cut off
+# and dialled again: what waits in the transport is bounded too.
+UNREAD_OUTPUT_BYTES = 4 * 1024 * 1024
+
 # What the operator reads when Prosody ends the component stream with one of these conditions.
 STREAM_ERROR_MEANINGS = {
     "conflict": "another connection is already attached as this component (a second gateway?)",
@@ -140,6 +144,8 @@ class ComponentStream(StreamLifecycle, Protocol):
     _machine = MethodicalMachine()
     stream_kind = "component"
 
+    unread_output_limit = UNREAD_OUTPUT_BYTES
+
     def __init__(self, owner, component: str, secret: str, clock, limits: ParserLimits = ParserLimits(),
                  open_timeout: float = OPEN_TIMEOUT_SECONDS):
         self.owner = owner
@@ -158,6 +164,7 @@ class ComponentStream(StreamLifecycle, Protocol):
 
     def connectionMade(self):
         self._tell_events("stream_opened")
+        self._register_producer()
         self._start_timer("open", self.open_timeout, "the component stream did not open in time")
         self._write(stream_header(self.component))
 
@@ -391,6 +398,8 @@ class ComponentStream(StreamLifecycle, Protocol):
 
 class ComponentStreamFactory(Factory):
     """Builds the component streams the dialler connects."""
+
+    unread_output_limit = UNREAD_OUTPUT_BYTES
 
     def __init__(self, owner, component: str, secret: str, clock, limits: ParserLimits = ParserLimits(),
                  open_timeout: float = OPEN_TIMEOUT_SECONDS):

@@ -316,3 +316,14 @@ def test_over_tls_prosodys_certificate_is_verified_before_anything_is_sent():
     assert owner.events == [("opened",)] and f"<handshake>{DIGEST}</handshake>".encode() in prosody.received
     refused_owner, refused_prosody = over_tls("blue_ca")
     assert refused_prosody.received == b"" and ("opened",) not in refused_owner.events
+
+
+def test_prosody_that_stops_reading_is_cut_off_past_the_unread_bound():
+    """Prosody stops reading: writes go on up to unread_output_limit bytes, then the connection is aborted (bounded in bytes)."""
+    stream, transport, owner, _ = opened()
+    stream.unread_output_limit = 1000
+    transport.producer.pauseProducing()
+    while not transport.disconnected and transport.value().count(b"<message") < 100:
+        stream.send(stanza("x" * 100))
+    assert transport.disconnected and stream.close_condition == "cut-off"
+    assert len(transport.value()) <= 1000 + 300

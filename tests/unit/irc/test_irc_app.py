@@ -310,3 +310,20 @@ def test_the_sample_configuration_checks_once_the_files_it_names_exist(tmp_path,
     (tmp_path / "run" / "irc-pki" / "irc-ca.pem").write_bytes(CertificateAuthority.create("irc-ca").certificate_pem())
     assert main(["--config", str(tmp_path / "deploy" / "irc" / "irc.toml"), "--check"]) == 0
     assert "OK (1 bridge(s), 1 network(s), component irc.red.example)" in capsys.readouterr().out
+
+
+def test_when_the_audit_trail_cannot_be_written_nothing_more_reaches_irc(lab):
+    """audit_failure = stop: a refusal the trail cannot record halts the gateway; the next room message bounces, IRC hears nothing."""
+    gateway, clock, stream, irc, bot, _ = lab
+    alice_joins(stream)
+    gateway.audit.close()  # every record now fails, as on a full disk
+    room_message(stream, "the plan", SECRET, "h0")
+    assert gateway.settlement.halted_reason is not None
+    written(stream)
+    bot.transport.clear()
+    room_message(stream, "after the disk filled", None, "h1")
+    clock.advance(5)
+    assert "after the disk filled" not in bot.transport.value().decode()
+    reply = written(stream).decode()
+    assert "<service-unavailable " in reply and 'to="alice@red.example/phone"' in reply and 'id="h1"' in reply
+    assert gateway.books.balanced()
