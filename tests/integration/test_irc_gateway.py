@@ -11,6 +11,7 @@ people so that what one test leaves behind does not confuse the next.
 from __future__ import annotations
 
 import time
+import urllib.request
 import uuid
 from pathlib import Path
 
@@ -18,7 +19,8 @@ import pytest
 
 from guard.lab.clients import ClientError
 
-from .irc_lab import CHANNEL, FLOOD_CHANNEL, FLOOD_ROOM, IrcGatewayLab, LabError, ROOM
+from .irc_lab import (CHANNEL, FLOOD_CHANNEL, FLOOD_ROOM, GATEWAY_ADDRESS, METRICS_PORT, ROOM, IrcGatewayLab,
+                      LabError)
 from .labs import started
 
 RESTRICTED = "MQgCAQIGA4g3AQ=="  # ESS: policy 2.999.1, classification 2 (RESTRICTED)
@@ -185,6 +187,10 @@ def test_a_secret_message_is_refused_with_its_error_and_audit_record(people, irc
     records = [record for record in irc_lab.audit_records() if record.get("id") == stanza_id]
     assert [(record["event"], record["condition"]) for record in records] == [("bounce", "policy-violation")]
     assert records[0]["rule"] in ("label-not-releasable", "irc:label-not-releasable")
+    with urllib.request.urlopen(f"http://{GATEWAY_ADDRESS}:{METRICS_PORT}/metrics", timeout=10) as answer:
+        metrics = answer.read().decode()
+    assert f'xmpp_guard_irc_refusals_total{{rule="{records[0]["rule"]}"}}' in metrics
+    assert "xmpp_guard_irc_component_up 1.0" in metrics
 
 
 def test_a_flot_typed_on_irc_is_text_not_a_label(people):
