@@ -124,6 +124,7 @@ IRC_SIDE = "irc"
 TOWARD_ROOM = Direction(IRC_SIDE, XMPP_SIDE)
 COMPONENT_DOWN = "remote-server-not-found"  # what a message toward the room bounces with while Prosody is away
 STATUS_SECONDS = 5.0  # how often the status file is rewritten
+SHUTDOWN_FLUSH_SECONDS = 0.3  # what was written at stop gets this long to leave before the process ends
 FROM_IRC_NOT_DELIVERED = "The gateway could not deliver your message to the XMPP room."
 SERVICE_NAME = "xmpp-guard IRC gateway"
 
@@ -893,6 +894,7 @@ class IrcGatewayService:
     def stop(self):
         """Stop the gateway (what waits bounces), write the status and the books, close the trail and the ports."""
         from twisted.internet import defer
+        from twisted.internet.task import deferLater
 
         if self._status_loop is not None and self._status_loop.running:
             self._status_loop.stop()
@@ -900,7 +902,10 @@ class IrcGatewayService:
         self.write_status()
         log.info("books at shutdown: {books}", books=self.gateway.books.summary())
         self.audit.close()
-        return defer.gatherResults([defer.maybeDeferred(port.stopListening) for port in self._ports])
+        # The bounces, QUITs and the stream's end were written: give them a moment to reach the wire.
+        closing = [defer.maybeDeferred(port.stopListening) for port in self._ports]
+        closing.append(deferLater(self.reactor, SHUTDOWN_FLUSH_SECONDS, lambda: None))
+        return defer.gatherResults(closing)
 
     def write_status(self):
         path = self.config.settings.status_path
