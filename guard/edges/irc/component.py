@@ -397,21 +397,14 @@ class ComponentStream(StreamLifecycle, Protocol):
 
 
 class ComponentStreamFactory(Factory):
-    """Builds the component streams the dialler connects."""
+    """Builds the component streams the dialler connects (each with the arguments of ``ComponentStream``)."""
 
-    unread_output_limit = UNREAD_OUTPUT_BYTES
-
-    def __init__(self, owner, component: str, secret: str, clock, limits: ParserLimits = ParserLimits(),
-                 open_timeout: float = OPEN_TIMEOUT_SECONDS):
-        self.owner = owner
-        self.component = component
-        self.secret = secret
-        self.clock = clock
-        self.limits = limits
-        self.open_timeout = open_timeout
+    def __init__(self, *arguments, **keywords):
+        self.arguments = arguments
+        self.keywords = keywords
 
     def buildProtocol(self, addr):
-        stream = ComponentStream(self.owner, self.component, self.secret, self.clock, self.limits, self.open_timeout)
+        stream = ComponentStream(*self.arguments, **self.keywords)
         stream.factory = self
         return stream
 
