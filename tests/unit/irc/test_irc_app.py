@@ -294,6 +294,7 @@ def test_a_networks_flood_settings_and_server_name_reach_its_connections(tmp_pat
     server = irc_server(load_irc_config(str(tuned)).networks["lab"])
     assert (server.flood.burst_lines, server.flood.seconds_per_line) == (5, 2.0)
     assert server.server_name == "irc.lab.example"
+    assert server.network == "lab"  # the network's table name (it once became "server_name": a shadowed loop variable)
     assert irc_server(load_irc_config(str(write_config(tmp_path))).networks["lab"]).flood == NGIRCD_RATE
 
 
