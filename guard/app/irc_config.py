@@ -344,9 +344,9 @@ def _network(checker, name, table, limits) -> NetworkConfig:
     ca = checker.file(table, "ca", key, required=False)
     tls_verify = checker.boolean(table, "tls_verify", key, True)
     server_name = checker.string(table, "server_name", key, required=False)
-    for name in ("ca", "tls_verify", "server_name"):
-        if name in table and not tls:
-            checker.fail(f"{key}.{name}", "needs tls = true")
+    for option in ("ca", "tls_verify", "server_name"):
+        if option in table and not tls:
+            checker.fail(f"{key}.{option}", "needs tls = true")
     if server_name is not None and not (_domain_ok(server_name) or _is_ip(server_name)):
         checker.fail(f"{key}.server_name", "must be a DNS name or an IP address")
     sasl = checker.choice(table, "sasl", key, SASL_MECHANISMS, "none")

@@ -467,6 +467,32 @@ class LabClient:
         )
 
 
+    def wait_for_occupant(self, room: str, nick: str, type: str = "available",
+                          timeout: float = DEFAULT_TIMEOUT, after: int = 0) -> ReceivedPresence:
+        """Wait for a presence of ``type`` from the occupant ``room/nick`` (past or future; ``after``: only among
+        the presences received after the first ``after`` of them, e.g. ``len(client.presences)`` taken earlier)."""
+        occupant = f"{room}/{nick}"
+
+        def find():
+            return next((p for p in self.presences[after:] if p.sender == occupant and p.type == type), None)
+
+        try:
+            return self.loop.run(lambda: self._wait_until(find, timeout), timeout + 1)
+        except ClientError as error:
+            seen = "\n  ".join(repr(p) for p in self.presences[-10:]) or "(none)"
+            raise ClientError(f"{self.jid} did not see {occupant} {type} within {timeout} s; last seen:\n  {seen}") from error
+
+    def leave_room(self, room: str, nick: str) -> None:
+        """Leave ``room`` (an unavailable presence to our occupant)."""
+        self.send_xml(f"<presence to='{room}/{nick}' type='unavailable'/>")
+
+    def set_subject(self, room: str, subject: str) -> None:
+        """Change the room's subject (needs the right to: the room's configuration)."""
+        xmpp = self._xmpp()
+        self.loop.loop.call_soon_threadsafe(lambda: xmpp.send_message(mto=room, mbody=None, msubject=subject,
+                                                                      mtype="groupchat"))
+
+
 def blast(
     sender: LabClient,
     receiver: LabClient,

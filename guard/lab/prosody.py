@@ -25,6 +25,7 @@ PROSODY = "prosody"
 PROSODYCTL = "prosodyctl"
 C2S_PORT = 15222
 S2S_PORT = 5269
+COMPONENT_PORT = 15347
 DNS_FORWARD = "127.0.1.53@5300"
 
 MODULES = (
@@ -78,6 +79,11 @@ class ProsodySettings:
     dns_forward: str = DNS_FORWARD
     c2s_port: int = C2S_PORT
     s2s_port: int = S2S_PORT
+    # An external (XEP-0114) component, off by default: (domain, secret), e.g. ("irc.red.example", "...").
+    # When set, Prosody listens for it on ``address``:``component_port`` and the MUC shows real JIDs to
+    # occupants (the IRC gateway bounces a refused message to its sender's real JID).
+    component: tuple[str, str] | None = None
+    component_port: int = COMPONENT_PORT
 
 
 def render_config(settings: ProsodySettings, folder: Path) -> str:
@@ -132,11 +138,37 @@ ssl = {{
     capath = {lua_string(str(folder / 'no-system-cas'))};
 }}
 
-VirtualHost {lua_string(settings.domain)}
+{render_component_ports(settings)}VirtualHost {lua_string(settings.domain)}
 
 Component {lua_string(settings.muc_domain)} "muc"
     muc_room_locking = false
     restrict_room_creation = false
+{render_component(settings)}"""
+
+
+def render_component(settings: ProsodySettings) -> str:
+    """The lines for an external component (nothing when ``settings.component`` is None)."""
+    if settings.component is None:
+        return ""
+    domain, secret = settings.component
+    return f"""\
+    muc_room_default_public_jids = true
+    muc_room_default_change_subject = true
+
+Component {lua_string(domain)}
+    component_secret = {lua_string(secret)}
+"""
+
+
+def render_component_ports(settings: ProsodySettings) -> str:
+    """The server-wide lines of an external component's port (nothing when ``settings.component`` is None)."""
+    if settings.component is None:
+        return ""
+    return f"""\
+-- The external component (XEP-0114), on this server's loopback address only.
+component_ports = {{ {settings.component_port} }}
+component_interfaces = {{ {lua_string(settings.address)} }}
+
 """
 
 
@@ -229,6 +261,12 @@ class ProsodyServer:
         return self.settings.address
 
     @property
+    def ports(self) -> list[int]:
+        """The ports this server listens on: c2s, s2s and, with a component, the component port."""
+        extra = [self.settings.component_port] if self.settings.component is not None else []
+        return [self.settings.c2s_port, self.settings.s2s_port, *extra]
+
+    @property
     def pid(self) -> int:
         if self.process is None:
             raise LabError(f"prosody {self.settings.name} is not running")
@@ -261,7 +299,7 @@ class ProsodyServer:
         try:
             wait_for_ports(
                 self.address,
-                [self.settings.c2s_port, self.settings.s2s_port],
+                self.ports,
                 timeout,
                 self.process,
                 f"prosody {self.settings.name}",
@@ -297,7 +335,7 @@ class ProsodyServer:
         if self.process is not None and self.process.poll() is None:
             raise LabError(f"prosody {self.settings.name} is still running")
         deadline = time.monotonic() + timeout
-        while any(_port_accepts(self.address, port) for port in (self.settings.c2s_port, self.settings.s2s_port)):
+        while any(_port_accepts(self.address, port) for port in self.ports):
             if time.monotonic() > deadline:
                 raise LabError(f"prosody {self.settings.name}: its ports are still taken")
             time.sleep(0.1)

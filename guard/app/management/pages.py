@@ -170,6 +170,29 @@ def refusals_section(refusals: list[dict]) -> str:
             + "</section>")
 
 
+def irc_section(snapshot: dict) -> str:
+    """The IRC gateway's bridges, IRC connections and refusals by rule (only in guard-irc's snapshot)."""
+    irc = snapshot.get("irc")
+    if irc is None:
+        return ""
+    bridges = [[text(bridge.get(name)) for name in ("room", "network", "channel", "occupants",
+                                                    "occupant_connections", "irc_users", "bot_in_channel")]
+               for bridge in irc.get("bridges") or []]
+    connections = [[text(connection.get(name)) for name in ("key", "nick", "registered", "queue_lines", "queue_bytes",
+                                                            "sent", "lost", "last_loss")]
+                   for connection in irc.get("connections") or []]
+    refusals = [[text(rule), text(count)] for rule, count in sorted((irc.get("refusals_by_rule") or {}).items())]
+    return ('<section id="irc"><h2>IRC bridges</h2>'
+            + table(("room", "network", "channel", "room occupants", "their IRC connections", "IRC users in the room",
+                     "bot in channel"), bridges, "no bridge")
+            + "<h3>IRC connections</h3>"
+            + table(("connection", "nick", "registered", "queued lines", "queued bytes", "sent", "lost", "last loss"),
+                    connections, "no IRC connection")
+            + "<h3>Refusals by rule</h3>"
+            + table(("rule", "refused"), refusals, "nothing refused")
+            + "</section>")
+
+
 def chart_section() -> str:
     return ('<section id="traffic"><h2>Stanzas per second</h2>'
             '<canvas id="rates-chart" width="900" height="220">stanzas per second by direction and verdict</canvas>'
@@ -188,6 +211,7 @@ def status_page(snapshot: dict, refusals: list[dict], reload_allowed: bool, now:
                 visitor_method: str | None = None) -> bytes:
     body = (header(visitor_method) + "<main>" + service_section(snapshot) + chart_section()
             + peers_section(snapshot, now) + carriers_section(snapshot) + links_section(snapshot)
+            + irc_section(snapshot)
             + policies_section(snapshot, reload_allowed) + refusals_section(refusals) + "</main>")
     return document("xmpp-guard: status", body, script=True)
 
