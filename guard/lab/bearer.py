@@ -10,7 +10,11 @@ makes one connection behave like an HF radio or satellite link.
   connection is dropped, what was in flight is lost, and new connections are
   refused until it ends.
 - **One connection at a time**: a bearer carries one link; a second
-  connection while one is up is refused.
+  connection while one is up is refused.  For plain S2S, which needs a TCP
+  connection per domain pair and direction, ``max_connections`` lets more
+  share the bearer (one token bucket per direction for all of them), and
+  ``reverse_routes`` carry connections dialled from the far end over the
+  same two buckets.
 - **Books**: bytes each way (counted as they enter the bearer), connections,
   refusals, drops, and the *turns* (how many times the direction of flow
   changed) before a marker is first seen, so that a benchmark can report the
@@ -109,7 +113,7 @@ class BearerBooks:
     refused_outage: int = 0
     dropped_by_outage: int = 0
     outages_begun: int = 0
-    turns: int = 0  # on the current (or last) connection
+    turns: int = 0  # since the bearer last came up (its first connection after none)
     turns_before_marker: int | None = None
     seconds_to_marker: float | None = None  # from the connection to the marker's arrival at the far end
     connected_at: float | None = None
@@ -130,10 +134,13 @@ class ShapedDirection:
 
     def __init__(self, clock, rate_bits_per_second: float, delay: float, deliver: Callable[[bytes], None],
                  on_end: Callable[[], None], on_leave: Callable[[int], None],
-                 pause: Callable[[], None], resume: Callable[[], None], buffer_bytes: int = DIRECTION_BUFFER_BYTES):
+                 pause: Callable[[], None], resume: Callable[[], None], buffer_bytes: int = DIRECTION_BUFFER_BYTES,
+                 bucket: TokenBucket | None = None):
+        """``bucket``: the token bucket this direction spends (shared by every connection of the bearer that
+        goes the same way); by default one of its own."""
         self.clock = clock
         self.delay = delay
-        self.bucket = TokenBucket(rate_bits_per_second, bucket_capacity(rate_bits_per_second), clock.seconds())
+        self.bucket = bucket or TokenBucket(rate_bits_per_second, bucket_capacity(rate_bits_per_second), clock.seconds())
         self.send_bytes = tick_bytes(rate_bits_per_second)
         self._deliver, self._on_end, self._on_leave = deliver, on_end, on_leave
         self._pause, self._resume = pause, resume
@@ -245,21 +252,38 @@ class _MarkerWatch:
         return None
 
 
+@dataclass(frozen=True)
+class Route:
+    """Connections accepted on ``listen`` are carried to ``target``; ``reverse``: dialled from the far end of the
+    bearer (its bytes toward the target go the bearer's "back" way)."""
+
+    listen_host: str
+    listen_port: int
+    target_host: str
+    target_port: int
+    reverse: bool = False
+
+
 class _BearerConnection:
     """One dialer connection and its connection to the target, shaped both ways."""
 
-    def __init__(self, simulator: "BearerSimulator", near: "_NearEnd"):
+    def __init__(self, simulator: "BearerSimulator", near: "_NearEnd", route: Route):
         self.simulator = simulator
         self.near = near
+        self.route = route
         self.far: _FarEnd | None = None
         clock = simulator.reactor
+        # The bearer's directions: "forward" from the main route's dialer toward its target, "back" the other way.
+        self.toward_target = "back" if route.reverse else "forward"
+        self.toward_dialer = "forward" if route.reverse else "back"
         self.forward = ShapedDirection(clock, simulator.rate, simulator.one_way_delay, self._to_far,
-                                       self._end_far, lambda n: self._left("forward", n),
-                                       self._pause_near, self._resume_near)
+                                       self._end_far, lambda n: self._left(self.toward_target, n),
+                                       self._pause_near, self._resume_near,
+                                       bucket=simulator.buckets[self.toward_target])
         self.back = ShapedDirection(clock, simulator.rate, simulator.one_way_delay, self._to_near,
-                                    self._end_near, lambda n: self._left("back", n),
-                                    self._pause_far, self._resume_far)
-        self._last_direction: str | None = None
+                                    self._end_near, lambda n: self._left(self.toward_dialer, n),
+                                    self._pause_far, self._resume_far,
+                                    bucket=simulator.buckets[self.toward_dialer])
         self._watches = {d: _MarkerWatch(simulator.marker) for d in ("forward", "back")} if simulator.marker else {}
         self._marker_direction: str | None = None
         self._marker_offset = 0  # the marker has left the bucket once this many bytes of its direction have
@@ -271,20 +295,16 @@ class _BearerConnection:
     # -- bytes entering the bearer --------------------------------------------
 
     def from_near(self, data: bytes) -> None:
-        self._entered("forward", data)
+        self._entered(self.toward_target, data)
         self.forward.send(data)
 
     def from_far(self, data: bytes) -> None:
-        self._entered("back", data)
+        self._entered(self.toward_dialer, data)
         self.back.send(data)
 
     def _entered(self, direction: str, data: bytes) -> None:
+        self.simulator.flow(direction)
         books = self.simulator.books
-        if self._last_direction is not None and direction != self._last_direction:
-            books.turns += 1
-            if len(books.turn_times) < TURN_TIMES_KEPT:
-                books.turn_times.append(round(self.simulator.reactor.seconds() - books.connected_at, 4))
-        self._last_direction = direction
         watch = self._watches.get(direction)
         if watch is not None and books.turns_before_marker is None:
             end = watch.end_in(data)
@@ -355,7 +375,7 @@ class _BearerConnection:
             self.near.transport.resumeProducing()
 
     def far_failed(self) -> None:
-        self.simulator.log(f"bearer: the target {self.simulator.target_host}:{self.simulator.target_port} "
+        self.simulator.log(f"bearer: the target {self.route.target_host}:{self.route.target_port} "
                            "refused the connection")
         self.cut()
 
@@ -386,12 +406,13 @@ class _BearerConnection:
 class _NearEnd(Protocol):
     """The dialer's side of the bearer."""
 
-    def __init__(self, simulator: "BearerSimulator"):
+    def __init__(self, simulator: "BearerSimulator", route: Route):
         self.simulator = simulator
+        self.route = route
         self.connection: _BearerConnection | None = None
 
     def connectionMade(self) -> None:
-        self.connection = self.simulator.admit(self)
+        self.connection = self.simulator.admit(self, self.route)
 
     def dataReceived(self, data: bytes) -> None:
         if self.connection is not None and not self.connection.finished:
@@ -433,11 +454,12 @@ class _FarFactory(ClientFactory):
 
 
 class _NearFactory(Factory):
-    def __init__(self, simulator: "BearerSimulator"):
+    def __init__(self, simulator: "BearerSimulator", route: Route):
         self.simulator = simulator
+        self.route = route
 
     def buildProtocol(self, addr):
-        return _NearEnd(self.simulator)
+        return _NearEnd(self.simulator, self.route)
 
 
 class BearerSimulator:
@@ -450,7 +472,8 @@ class BearerSimulator:
 
     def __init__(self, reactor, listen_host: str, listen_port: int, target_host: str, target_port: int,
                  rate_bits_per_second: float, one_way_delay: float, outages: Sequence[tuple[float, float]] = (),
-                 marker: bytes | None = None, log: Callable[[str], None] | None = None):
+                 marker: bytes | None = None, log: Callable[[str], None] | None = None, max_connections: int = 1,
+                 reverse_routes: Sequence[tuple[str, int, str, int]] = ()):
         if not MIN_RATE_BITS <= rate_bits_per_second <= MAX_RATE_BITS:
             raise ValueError(f"rate {rate_bits_per_second} bit/s is outside {MIN_RATE_BITS}..{MAX_RATE_BITS}")
         if not 0 <= one_way_delay <= MAX_ONE_WAY_DELAY:
@@ -460,6 +483,8 @@ class BearerSimulator:
                 raise ValueError(f"outage ({start}, {duration}): start >= 0 and duration > 0 seconds")
         if marker is not None and not marker:
             raise ValueError("an empty marker marks nothing")
+        if not 1 <= max_connections <= 64:
+            raise ValueError(f"max_connections {max_connections} is outside 1..64")
         self.reactor = reactor
         self.listen_host, self.listen_port = listen_host, listen_port
         self.target_host, self.target_port = target_host, target_port
@@ -468,32 +493,46 @@ class BearerSimulator:
         self.outages = sorted(outages)
         self.marker = marker
         self.log = log or (lambda text: None)
+        self.max_connections = max_connections
+        self.routes = [Route(listen_host, listen_port, target_host, target_port),
+                       *(Route(*route, reverse=True) for route in reverse_routes)]
+        now = reactor.seconds()
+        capacity = bucket_capacity(rate_bits_per_second)
+        self.buckets = {"forward": TokenBucket(rate_bits_per_second, capacity, now),
+                        "back": TokenBucket(rate_bits_per_second, capacity, now)}
         self.books = BearerBooks()
-        self.current: _BearerConnection | None = None
+        self.connections: list[_BearerConnection] = []
+        self._last_direction: str | None = None
         self._outage_until: float | None = None
         self._calls: list = []
-        self._listening = None
+        self._listening: list = []
+
+    @property
+    def current(self) -> _BearerConnection | None:
+        """The oldest connection carried now, if any."""
+        return self.connections[0] if self.connections else None
 
     # -- lifecycle ---------------------------------------------------------------------
 
     def start(self):
-        """Listen, and schedule the outages; returns the listening port."""
-        self._listening = self.reactor.listenTCP(self.listen_port, _NearFactory(self), interface=self.listen_host)
+        """Listen on every route, and schedule the outages; returns the main route's listening port."""
+        self._listening = [self.reactor.listenTCP(route.listen_port, _NearFactory(self, route),
+                                                  interface=route.listen_host) for route in self.routes]
         for start, duration in self.outages:
             self._calls.append(self.reactor.callLater(start, self.begin_outage, duration))
-        return self._listening
+        return self._listening[0]
 
     def stop(self):
         for call in self._calls:
             if call.active():
                 call.cancel()
         self._calls.clear()
-        if self.current is not None:
-            self.current.cut()
-        if self._listening is not None:
-            listening, self._listening = self._listening, None
-            return listening.stopListening()
-        return None
+        for connection in list(self.connections):
+            connection.cut()
+        listening, self._listening = self._listening, []
+        for port in listening[1:]:
+            port.stopListening()
+        return listening[0].stopListening() if listening else None
 
     # -- outages -----------------------------------------------------------------------
 
@@ -506,9 +545,9 @@ class BearerSimulator:
         self.books.outages_begun += 1
         self._outage_until = max(self._outage_until or 0.0, self.reactor.seconds() + duration)
         self.log(f"bearer: outage for {duration} s")
-        if self.current is not None:
+        for connection in list(self.connections):
             self.books.dropped_by_outage += 1
-            self.current.cut()
+            connection.cut()
         self._calls = [call for call in self._calls if call.active()]
         self._calls.append(self.reactor.callLater(duration, self._outage_over))
 
@@ -519,37 +558,50 @@ class BearerSimulator:
 
     # -- connections ----------------------------------------------------------------------
 
-    def admit(self, near: _NearEnd) -> _BearerConnection | None:
-        """A dialer connected: carry it, or refuse it (an outage, or a connection already up)."""
+    def admit(self, near: _NearEnd, route: Route) -> _BearerConnection | None:
+        """A dialer connected: carry it, or refuse it (an outage, or as many connections as the bearer carries)."""
         if self.in_outage:
             self.books.refused_outage += 1
             near.transport.abortConnection()
             return None
-        if self.current is not None:
+        if len(self.connections) >= self.max_connections:
             self.books.refused_busy += 1
             near.transport.abortConnection()
             return None
         self.books.connections += 1
-        self.books.turns = 0
-        self.books.turn_times = []
-        self.books.connected_at = self.reactor.seconds()
-        connection = _BearerConnection(self, near)
-        self.current = connection
+        if not self.connections:  # the bearer comes up: turns count from here
+            self.books.turns = 0
+            self.books.turn_times = []
+            self.books.connected_at = self.reactor.seconds()
+            self._last_direction = None
+        connection = _BearerConnection(self, near, route)
+        self.connections.append(connection)
         near.transport.pauseProducing()  # read nothing until the target answers
         connection._connect_timeout = self.reactor.callLater(CONNECT_TIMEOUT, connection.cut)
-        self.reactor.connectTCP(self.target_host, self.target_port, _FarFactory(connection), timeout=CONNECT_TIMEOUT)
+        self.reactor.connectTCP(route.target_host, route.target_port, _FarFactory(connection),
+                                timeout=CONNECT_TIMEOUT)
         return connection
 
+    def flow(self, direction: str) -> None:
+        """Bytes entered the bearer going ``direction``: a turn when the last ones went the other way."""
+        books = self.books
+        if self._last_direction is not None and direction != self._last_direction:
+            books.turns += 1
+            if len(books.turn_times) < TURN_TIMES_KEPT:
+                books.turn_times.append(round(self.reactor.seconds() - books.connected_at, 4))
+        self._last_direction = direction
+
     def connection_over(self, connection: _BearerConnection) -> None:
-        if self.current is connection:
-            self.current = None
+        if connection in self.connections:
+            self.connections.remove(connection)
 
     def status(self) -> dict:
-        held = {}
-        if self.current is not None:
-            held = {"held_forward": self.current.forward.held_bytes, "held_back": self.current.back.held_bytes}
+        held = {"held_forward": sum(c.forward.held_bytes if not c.route.reverse else c.back.held_bytes
+                                    for c in self.connections),
+                "held_back": sum(c.back.held_bytes if not c.route.reverse else c.forward.held_bytes
+                                 for c in self.connections)}
         return {"rate_bits_per_second": self.rate, "one_way_delay": self.one_way_delay,
-                "connected": self.current is not None, "in_outage": self.in_outage, **held, **self.books.as_dict()}
+                "connected": len(self.connections), "in_outage": self.in_outage, **held, **self.books.as_dict()}
 
 
 # -- the program ------------------------------------------------------------------------
@@ -572,6 +624,13 @@ def _outage(text: str) -> tuple[float, float]:
         raise argparse.ArgumentTypeError(f"expected START:DURATION in seconds, got {text!r}") from None
 
 
+def _route(text: str) -> tuple[str, int, str, int]:
+    listen, separator, target = text.partition("=")
+    if not separator:
+        raise argparse.ArgumentTypeError(f"expected host:port=host:port, got {text!r}")
+    return (*_host_port(listen), *_host_port(target))
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m guard.lab.bearer",
@@ -585,6 +644,11 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--delay", type=float, default=0.0, metavar="SECONDS", help="one-way delay (default 0)")
     parser.add_argument("--outage", type=_outage, action="append", default=[], metavar="START:DURATION",
                         help="an outage START seconds after the start, for DURATION seconds (repeatable)")
+    parser.add_argument("--max-connections", type=int, default=1, metavar="N",
+                        help="connections carried at once, sharing the rate (default 1: one link; plain S2S needs more)")
+    parser.add_argument("--reverse-route", type=_route, action="append", default=[], metavar="LISTEN=TARGET",
+                        help="also carry connections dialled from the far end, LISTEN host:port to TARGET host:port, "
+                             "over the same bearer (its bytes toward TARGET go the back way)")
     parser.add_argument("--signal-outage", type=float, default=None, metavar="SECONDS",
                         help="SIGUSR2 begins an outage of SECONDS (for tests that choose the moment)")
     parser.add_argument("--marker", default=None, help="count turns before these bytes are first seen")
@@ -599,7 +663,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     simulator = BearerSimulator(
         reactor, *arguments.listen, *arguments.target, arguments.rate, arguments.delay, arguments.outage,
-        marker=arguments.marker.encode() if arguments.marker else None, log=lambda text: print(text, flush=True))
+        marker=arguments.marker.encode() if arguments.marker else None, log=lambda text: print(text, flush=True),
+        max_connections=arguments.max_connections, reverse_routes=arguments.reverse_route)
 
     def write_status() -> None:
         if arguments.status is not None:

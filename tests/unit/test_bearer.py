@@ -327,3 +327,64 @@ def test_a_real_socket_at_64_kbps_carries_at_about_the_rate_and_delay():
     print(f"64 kbit/s bearer: first byte after {first:.3f} s, {rate:.0f} bytes/s (8,000 expected)")
     assert 0.2 <= first <= 1.0
     assert 5_000 <= rate <= 9_000
+
+
+def test_connections_sharing_the_bearer_share_its_rate():
+    """Two connections at once (plain S2S needs several) get 1,200 bit/s between them, not each."""
+    reactor = MemoryReactorClock()
+    simulator = BearerSimulator(reactor, "127.0.0.1", 5269, "127.0.0.2", 5269, 1200, 0.0, max_connections=2)
+    simulator.start()
+    _, factory, _, _ = reactor.tcpServers[0]
+    sinks = []
+    for index in range(2):
+        near = factory.buildProtocol(None)
+        near.makeConnection(StringTransport())
+        _, _, far_factory, _, _ = reactor.tcpClients[index]
+        far = far_factory.buildProtocol(None)
+        sink = StringTransport()
+        far.makeConnection(sink)
+        sinks.append(sink)
+        near.dataReceived(b"x" * 600)
+    for _ in range(400):
+        reactor.advance(0.01)  # 4 s: 600 bytes at 150 bytes a second, plus the full bucket
+    delivered = sum(len(sink.value()) for sink in sinks)
+    assert 600 <= delivered <= 600 + 2 * bucket_capacity(1200)
+    assert simulator.books.bytes_forward == delivered
+
+
+def test_a_third_connection_past_max_connections_is_refused():
+    """max_connections = 2 carries two connections and refuses the third."""
+    reactor = MemoryReactorClock()
+    simulator = BearerSimulator(reactor, "127.0.0.1", 5269, "127.0.0.2", 5269, 1200, 0.0, max_connections=2)
+    simulator.start()
+    _, factory, _, _ = reactor.tcpServers[0]
+    transports = []
+    for _ in range(3):
+        near = factory.buildProtocol(None)
+        transport = StringTransport()
+        near.makeConnection(transport)
+        transports.append(transport)
+    assert [t.disconnecting for t in transports] == [False, False, True]
+    assert simulator.books.refused_busy == 1
+
+
+def test_a_reverse_route_carries_the_far_end_dialling_back_over_the_same_bearer():
+    """A connection dialled from blue's end toward red is counted the bearer's back way, and its reply forward."""
+    reactor = MemoryReactorClock()
+    simulator = BearerSimulator(reactor, "127.0.0.1", 5269, "127.0.0.2", 5269, 64_000, 0.25, max_connections=2,
+                                reverse_routes=[("127.0.0.3", 5269, "127.0.0.4", 5269)])
+    simulator.start()
+    assert [(host, port) for port, _, _, host in reactor.tcpServers] == [("127.0.0.1", 5269), ("127.0.0.3", 5269)]
+    _, factory, _, _ = reactor.tcpServers[1]
+    near = factory.buildProtocol(None)
+    near.makeConnection(StringTransport())
+    assert reactor.tcpClients[0][:2] == ("127.0.0.4", 5269)
+    _, _, far_factory, _, _ = reactor.tcpClients[0]
+    far = far_factory.buildProtocol(None)
+    far.makeConnection(StringTransport())
+    near.dataReceived(b"from blue")
+    reactor.advance(0.3)
+    far.dataReceived(b"red answers")
+    reactor.advance(0.3)
+    assert (simulator.books.bytes_forward, simulator.books.bytes_back) == (11, 9)
+    assert simulator.books.turns == 1
