@@ -37,6 +37,8 @@ log = Logger()
 
 LINK_MISADDRESSED_RULE = "guard:link-misaddressed"
 LINK_IN_DOUBT_RULE = "guard:link-in-doubt"
+# The constrained profile's own drops (presence it does not carry, presence a later one replaced): audited.
+LINK_PROFILE_RULES = {"stripped": "guard:link-presence-stripped", "superseded": "guard:link-presence-superseded"}
 IN_DOUBT_TEXT = "written to the peer half, not acknowledged before this half stopped: it may have been delivered"
 
 
@@ -154,6 +156,14 @@ class HalfRelay(Relay):
     def link_undeliverable(self, parcel, condition, text):
         self.undeliverable(parcel, condition, text)
 
+    def link_dropped_by_profile(self, parcel, why, text):
+        """The constrained profile does not carry ``parcel`` (``why``: "stripped" or "superseded"): dropped, audited."""
+        if parcel.original is None:
+            self.settlement.bounce_lost(parcel, text)  # one of our own bounces (a presence error) the profile strips
+            return
+        self.settlement.drop(parcel.ticket, LINK_PROFILE_RULES[why], 1, text, stanza=parcel.original,
+                             direction=Direction(self.own_side, self.far.name))
+
     def link_in_doubt(self, parcel):
         """Written to the peer, never acknowledged, and this half stops: neither bounced nor delivered; audited."""
         if parcel.original is None:
@@ -177,6 +187,12 @@ class HalfRelay(Relay):
         status = super().status()
         status["pair_link"] = self.leg.describe() if self.leg is not None else None
         return status
+
+
+def profile_summary(config: HalfConfig) -> str:
+    """The link's profile in one line (``--check`` and the start-up log)."""
+    profile = config.link.leg.profile
+    return "profile standard" if profile is None else profile.describe()
 
 
 def half_policy_files(config: HalfConfig):
@@ -205,7 +221,8 @@ class HalfService(GuardProcess):
         self.relay.add_side(self.side)
         self.sides[self.side.name] = self.side
         try:
-            self.leg = LinkLeg(config.link.leg, self.relay, reactor, config.limits.parser_limits())
+            self.leg = LinkLeg(config.link.leg, self.relay, reactor, config.limits.parser_limits(),
+                               near_domains=config.side.domains, far_domains=config.link.far_domains)
         except (ValueError, OSError, Exception) as problem:  # noqa: BLE001 - report any load fault
             raise ConfigError(f"{config.path}: link: {problem}") from problem
         self.relay.leg = self.leg
@@ -235,11 +252,60 @@ class HalfService(GuardProcess):
         except NoSuchSocket as problem:
             raise ConfigError(f"{self.config.path}: link.listen: {problem}") from problem
         leg = self.config.link.leg
-        log.info("pair link {own} <-> {peer}: {role} {endpoint}; our fingerprint {fingerprint}",
+        log.info("pair link {own} <-> {peer}: {role} {endpoint}; our fingerprint {fingerprint}; {profile}",
                  own=leg.own_name, peer=leg.peer_name, role="listening on" if leg.listen else "dialling",
-                 endpoint=leg.listen or leg.dial, fingerprint=self.leg.tls.fingerprint)
+                 endpoint=leg.listen or leg.dial,
+                 fingerprint=self.leg.tls.fingerprint or "none (no TLS)",
+                 profile=profile_summary(self.config))
         self.write_status()
 
     def stopService(self):
         super().stopService()
         return self._close_down(after_closing=self.leg.stop)
+
+
+def main(argv=None) -> int:
+    """``python -m guard.app.half --config X.toml [--check]``: run one half (either profile), or check its file."""
+    import argparse
+    import sys
+
+    parser = argparse.ArgumentParser(prog="python -m guard.app.half",
+                                     description="Run one half of a back-to-back pair (standard or constrained link).")
+    parser.add_argument("--config", "-c", required=True, metavar="FILE", help="the half's configuration (TOML)")
+    parser.add_argument("--check", action="store_true",
+                        help="check the configuration, print the link's profile (security, compression), start nothing")
+    arguments = parser.parse_args(argv)
+    from .cli import main as guard_main
+
+    if arguments.check:
+        try:
+            config = checked_half(arguments.config)
+        except ConfigError as problem:
+            print(f"{problem}", file=sys.stderr)
+            return 1
+        print(f"{arguments.config}: OK (side {config.side.name}: {len(config.side.domains)} domains; "
+              f"link {config.link.leg.own_name} <-> {config.link.leg.peer_name}, {profile_summary(config)})")
+        return 0
+    return guard_main(["run", "--config", arguments.config])
+
+
+def checked_half(path: str) -> HalfConfig:
+    """A half's configuration after every check that starts nothing (as ``guard check-config``): its keys, its
+    side's certificates, both policies and their test cases, the files it writes."""
+    from .cli import _check_cases
+    from .config import check_writable, written_files
+    from .half_config import is_half_config, load_half_config
+
+    if not is_half_config(path):
+        raise ConfigError(f"{path}: link: is required for a half")
+    config = load_half_config(path)
+    load_side_material(config.path, config.side)
+    for direction, key, policy_path in half_policy_files(config):
+        _check_cases(config.path, key, policy_path, load_checked_policy(config.path, key, policy_path, direction))
+    for key, written, replaced in written_files(config.settings):
+        check_writable(config.path, key, written, replaced)
+    return config
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

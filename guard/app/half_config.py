@@ -17,6 +17,7 @@ from guard.core.topology import Topology
 from guard.edges.link.dialler import Backoff
 from guard.edges.link.leg import LegConfig
 from guard.edges.link.link import LinkSettings
+from guard.edges.link.profile import PRESENCE_MODES, PROFILES, SECURITY_MODES, ConstrainedProfile, stretched_settings
 from guard.edges.link.tls import PeerCheck, normalise_fingerprint
 from guard.edges.limits import Limits
 from guard.edges.xmlstream import ParserLimits
@@ -28,7 +29,10 @@ LINK_KEYS = (
     "name", "peer", "far_side", "far_domains", "import_policy", "certificate", "key", "pins", "ca",
     "listen", "dial", "buffer_stanzas", "buffer_bytes", "down_deadline", "ack_every", "ack_interval", "ack_timeout",
     "keepalive", "open_timeout", "backoff_initial", "backoff_max", "backoff_jitter",
+    "profile", "constrained",
 )
+CONSTRAINED_KEYS = ("security", "compression", "rate", "round_trip", "presence", "groupchat_merge", "iq_deadline",
+                    "max_wait")
 
 
 @dataclass(frozen=True)
@@ -89,6 +93,9 @@ def link_leg(checker, table, key, known=LINK_KEYS, stanza_bytes: int = ParserLim
     peer = checker.string(table, "peer", key)
     if name == peer:
         checker.fail(f"{key}.peer", "must differ from name")
+    profile = constrained_profile(checker, table, key)
+    if profile is not None and profile.security == "bearer":
+        return _bearer_leg(checker, table, key, name, peer, profile, stanza_bytes)
     certificate = checker.file(table, "certificate", key)
     key_file = checker.file(table, "key", key)
     raw_pins = table.get("pins", [])
@@ -105,12 +112,82 @@ def link_leg(checker, table, key, known=LINK_KEYS, stanza_bytes: int = ParserLim
         checker.fail(key, "needs pins or ca to authenticate the peer")
     listen = checker.string(table, "listen", key, required=False)
     dial = checker.string(table, "dial", key, required=False)
+    _check_endpoints(checker, key, listen, dial)
+    settings, backoff, open_timeout = _link_bounds(checker, table, key, stanza_bytes, profile)
+    try:
+        from guard.edges.link.tls import LinkTLS
+
+        LinkTLS(certificate, key_file)
+    except Exception as problem:  # noqa: BLE001 - report any load fault
+        checker.fail(f"{key}.certificate", f"cannot use {certificate} with {key_file}: {problem}")
+    if ca is not None:
+        try:
+            PeerCheck(peer, tuple(pins), ca)
+        except Exception as problem:  # noqa: BLE001 - report any load fault
+            checker.fail(f"{key}.ca", f"cannot use {ca}: {problem}")
+    return LegConfig(name, peer, certificate, key_file, tuple(pins), ca, listen, dial, settings, backoff, open_timeout,
+                     profile)
+
+
+def _check_endpoints(checker, key, listen, dial):
     if (listen is None) == (dial is None):
         checker.fail(key, "needs exactly one of listen and dial")
     if listen is not None:
         _check_listen(checker, listen, f"{key}.listen")
     else:
         _check_dial(checker, dial, f"{key}.dial")
+
+
+def _bearer_leg(checker, table, key, name, peer, profile, stanza_bytes) -> LegConfig:
+    """A constrained link with security = "bearer": plain TCP, so no certificate, key, pins or CA (refused if set)."""
+    for unused in ("certificate", "key", "pins", "ca"):
+        if unused in table:
+            checker.fail(f"{key}.{unused}", 'is not used with [link.constrained] security = "bearer" (no TLS): '
+                                            "remove it, or use security = \"tls\"")
+    listen = checker.string(table, "listen", key, required=False)
+    dial = checker.string(table, "dial", key, required=False)
+    _check_endpoints(checker, key, listen, dial)
+    settings, backoff, open_timeout = _link_bounds(checker, table, key, stanza_bytes, profile)
+    return LegConfig(name, peer, None, None, (), None, listen, dial, settings, backoff, open_timeout, profile)
+
+
+def constrained_profile(checker, table, key) -> ConstrainedProfile | None:
+    """``[link] profile`` and ``[link.constrained]``: the constrained profile, or None for the standard link."""
+    profile = checker.choice(table, "profile", key, PROFILES, "standard")
+    if profile == "standard":
+        if "constrained" in table:
+            checker.fail(f"{key}.constrained", 'is only read with profile = "constrained"')
+        return None
+    where = f"{key}.constrained"
+    section = checker.table(table.get("constrained", {}), where)
+    checker.only(section, CONSTRAINED_KEYS, where)
+    defaults = ConstrainedProfile()
+    from guard.edges.constrained.compression import COMPRESSION_MODES
+
+    return ConstrainedProfile(
+        # "bearer" only when the file says so: the default is TLS.
+        security=checker.choice(section, "security", where, SECURITY_MODES, defaults.security),
+        compression=checker.choice(section, "compression", where, COMPRESSION_MODES, defaults.compression),
+        rate=_number(checker, section, "rate", where, defaults.rate, whole=True),
+        round_trip=_number(checker, section, "round_trip", where, defaults.round_trip),
+        presence=checker.choice(section, "presence", where, PRESENCE_MODES, defaults.presence),
+        groupchat_merge=_zero_or_more(checker, section, "groupchat_merge", where, defaults.groupchat_merge),
+        iq_deadline=_number(checker, section, "iq_deadline", where, defaults.iq_deadline),
+        max_wait=_number(checker, section, "max_wait", where, defaults.max_wait),
+    )
+
+
+def _zero_or_more(checker, table, name, key, default):
+    if name not in table:
+        return default
+    value = table[name]
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+        checker.fail(f"{key}.{name}", "must be a number, zero or more")
+    return value
+
+
+def _link_bounds(checker, table, key, stanza_bytes, profile):
+    """(LinkSettings, Backoff, open_timeout) from the link's keys; under the constrained profile, stretched."""
     defaults, backoff_defaults = LinkSettings(), Backoff()
     settings = LinkSettings(
         buffer_stanzas=_number(checker, table, "buffer_stanzas", key, defaults.buffer_stanzas, whole=True),
@@ -129,18 +206,9 @@ def link_leg(checker, table, key, known=LINK_KEYS, stanza_bytes: int = ParserLim
         jitter=_number(checker, table, "backoff_jitter", key, backoff_defaults.jitter, at_most=1),
     )
     open_timeout = _number(checker, table, "open_timeout", key, LegConfig.open_timeout)
-    try:
-        from guard.edges.link.tls import LinkTLS
-
-        LinkTLS(certificate, key_file)
-    except Exception as problem:  # noqa: BLE001 - report any load fault
-        checker.fail(f"{key}.certificate", f"cannot use {certificate} with {key_file}: {problem}")
-    if ca is not None:
-        try:
-            PeerCheck(peer, tuple(pins), ca)
-        except Exception as problem:  # noqa: BLE001 - report any load fault
-            checker.fail(f"{key}.ca", f"cannot use {ca}: {problem}")
-    return LegConfig(name, peer, certificate, key_file, tuple(pins), ca, listen, dial, settings, backoff, open_timeout)
+    if profile is not None:
+        settings, open_timeout = stretched_settings(settings, open_timeout, profile)
+    return settings, backoff, open_timeout
 
 
 def load_half_config(path: str) -> HalfConfig:

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 from dataclasses import dataclass
 
 from automat import MethodicalMachine
@@ -41,6 +42,7 @@ from guard.edges.carriers import ICarrier
 from guard.edges.xmlstream import OversizedStanza, ParserLimits, serialise
 
 from . import wire
+from .constrained import Merged, carries_link_elements, fan_out, parcels_of, with_recipients
 from .ledger import Inbox, LinkFault, Outbox, StanzaNotTaken
 
 log = Logger()
@@ -52,6 +54,10 @@ BUFFER_FULL = "too many stanzas waiting for the link"
 TOO_LARGE = "the stanza is too large for the link"
 NOT_WRITABLE = "the stanza could not be sent"
 PEER_REFUSED = "the peer half refused the stanza"
+WAITED_TOO_LONG = "the stanza waited too long for the bearer"
+IQ_TOO_LATE = "the request cannot be answered across the bearer in time"
+PRESENCE_STRIPPED = "presence not carried by this link (its presence setting)"
+PRESENCE_SUPERSEDED = "presence superseded by a later one from the same sender to the same recipient"
 # The condition of both refusals: RFC 3920 and 6120 define it, so every client can read it
 # (policy-violation is RFC 6120 only, and some clients fail on it and wait out their timeout).
 REFUSED_CONDITION = "not-acceptable"
@@ -68,11 +74,14 @@ class LinkSettings:
     ack_interval: float = 1.0  # seconds between checks for unacknowledged stanzas
     ack_timeout: float = 30.0  # seconds an acknowledgement request may stay unanswered
     keepalive: float = 60.0  # seconds of an idle link after which <r/> checks the peer is still there
+    fan_out_recipients: int = 100  # recipients one merged link stanza may list (constrained profile)
+    fan_out_bytes: int = 4 * 1024 * 1024  # copies x wire size one merged link stanza may fan out into
 
 
 @dataclass(frozen=True)
 class Carried:
-    """A parcel on the link and its bytes, serialised once when it was handed over."""
+    """A parcel on the link and its bytes, serialised once when it was handed over (a ``Merged`` parcel under
+    the constrained profile: several parcels, one link stanza)."""
 
     parcel: object
     data: bytes
@@ -86,6 +95,13 @@ def top_element(element):
 
 
 def retained(parcel):
+    """What the link keeps of a parcel (of each one of a ``Merged`` parcel), as ``retained_one``."""
+    if isinstance(parcel, Merged):
+        return Merged(tuple(retained_one(each) for each in parcel.parcels))
+    return retained_one(parcel)
+
+
+def retained_one(parcel):
     """What the link keeps of a parcel once its bytes exist: its stanzas cut to their top elements,
     the one its ticket keeps for judging again too (the link judges again from the bytes).
 
@@ -110,7 +126,8 @@ class Link:
     _machine = MethodicalMachine()
 
     def __init__(self, owner, own_name: str, peer_name: str, clock, settings: LinkSettings = LinkSettings(),
-                 session: str | None = None, stanza_bytes: int = ParserLimits().stanza_bytes):
+                 session: str | None = None, stanza_bytes: int = ParserLimits().stanza_bytes, constrained=None):
+        """``constrained``: the constrained profile's pieces (guard.edges.link.constrained.ConstrainedLink), or None."""
         self.owner = owner
         self.own_name = own_name
         self.peer_name = peer_name
@@ -130,6 +147,12 @@ class Link:
         self._ack_asked_at: float | None = None
         self._last_request = 0.0
         self._written_since_request = 0
+        self.constrained = constrained
+        self.schedule = constrained.new_schedule(settings) if constrained is not None else None
+        self._pacer = None
+        self.profile_dropped = 0  # presence stripped or superseded under the constrained profile
+        self.answered_too_late = 0  # IQs answered at once (they could not be answered across the bearer in time)
+        self.expired = 0  # stanzas that waited past max_wait for the bearer
 
     # -- the owner's verbs --------------------------------------------------
 
@@ -139,6 +162,9 @@ class Link:
 
     def send(self, parcel) -> None:
         """Carry ``parcel.stanza`` to the peer half: exactly once, or bounce it."""
+        if self.schedule is not None:
+            self._offer(parcel)
+            return
         try:
             data = serialise(parcel.stanza, max_bytes=self.stanza_bytes).encode("utf-8")
         except OversizedStanza:
@@ -176,6 +202,8 @@ class Link:
         Stanzas already written were judged by the old policy: they are never written again (a new
         connection would resend them unjudged); the peer's next <resume/> settles each one."""
         self.outbox.freeze()
+        if self.schedule is not None:
+            self._rejudge_scheduled(judge)
         for carried in self.outbox.take_unwritten():
             try:
                 data = judge(carried)
@@ -188,6 +216,28 @@ class Link:
         if self.stream is not None and self.state_name == "up":
             self._write_unsent()
 
+    def _rejudge_scheduled(self, judge) -> None:
+        """The constrained profile: every parcel waiting in the bearer schedule is judged again and offered again
+        (what the judge lets through, parsed from the bytes it returns), in the order it waited."""
+        from guard.edges.release import reparse_stanza
+
+        limits = ParserLimits(stanza_bytes=self.stanza_bytes)
+        for item in self.schedule.expired(math.inf):  # everything it holds, to be offered again
+            for parcel in item.parcels:
+                try:
+                    data = judge(Carried(parcel, serialise(parcel.stanza).encode("utf-8")))
+                    stanza = reparse_stanza(data.decode("utf-8"), limits) if data is not None else None
+                except Exception as problem:  # noqa: BLE001 - a judgement that fails lets nothing through
+                    log.error("link: judging a scheduled stanza again failed: {problem!r}", problem=problem)
+                    self._give_up(parcel, "internal-server-error", NOT_WRITABLE)
+                    continue
+                if data is None:
+                    continue  # settled by the owner
+                if stanza is None:
+                    self._give_up(parcel, "internal-server-error", NOT_WRITABLE)
+                    continue
+                self._offer(_with_stanza(parcel, stanza))
+
     def drain(self) -> None:
         """The half begins to stop: take nothing more from the peer, bounce what was never written,
         and ask the peer to acknowledge the rest while there is time."""
@@ -196,6 +246,7 @@ class Link:
             self.release()  # nothing read now is counted, so nothing piles up; acknowledgements can be read
         for carried in self.outbox.take_unwritten():
             self._give_up(carried.parcel, "remote-server-timeout", LINK_STOPPING)
+        self._give_up_scheduled("remote-server-timeout", LINK_STOPPING)
         if self.stream is not None and self.state_name == "up" and self.outbox.unacknowledged:
             self._ask_for_ack()
 
@@ -223,6 +274,9 @@ class Link:
             "bounced": self.bounced,
             "refused_by_peer": self.refused_by_peer,
             "settled_in_doubt": self.in_doubt,
+            **({} if self.schedule is None else {
+                "scheduled": self.schedule.queued_stanzas, "scheduled_bytes": self.schedule.queued_bytes, "dropped_by_profile": self.profile_dropped,
+                "answered_too_late": self.answered_too_late, "expired": self.expired}),
         }
 
     # -- what a stream reports (its own faults become LinkFault) -------------
@@ -252,11 +306,26 @@ class Link:
             raise LinkFault("conflict", "this connection was replaced")
         if self.inbox.accept():
             try:
-                self.owner.link_stanza_received(element, size)
+                copies = self._arrived_copies(element, size)
+            except StanzaNotTaken as refusal:
+                log.warn("link: refusing the peer's stanza {n}: {text}", n=self.inbox.expected - 1, text=refusal.text)
+                self.inbox.take_back()
+                raise
+            try:
+                for each in copies:
+                    self.owner.link_stanza_received(each, size)
             except Exception as problem:  # noqa: BLE001 - what was not taken is never acknowledged
                 log.failure("link: this half could not take the peer's stanza {n}", n=self.inbox.expected - 1)
                 self.inbox.take_back()
                 raise StanzaNotTaken("internal-server-error", "this half could not take the stanza") from problem
+
+    def _arrived_copies(self, element, size) -> list:
+        """The stanzas one received link stanza stands for: under the constrained profile, its addresses expanded
+        and a merged message fanned out (one copy per recipient); otherwise the stanza itself."""
+        if self.constrained is None:
+            return [element]
+        expanded = self.constrained.read_form(element)
+        return fan_out(expanded, self.settings.fan_out_recipients, self.settings.fan_out_bytes, size)
 
     def acknowledged(self, stream, received: int) -> None:
         if stream is not self.stream:
@@ -352,6 +421,8 @@ class Link:
     @_machine.output()
     def _write_waiting(self, stream):
         self._write_unsent()
+        if self.schedule is not None:
+            self._pace()
 
     @_machine.output()
     def _bounce(self, carried):
@@ -372,10 +443,14 @@ class Link:
                      "the peer's next resume", t=self.settings.down_deadline, n=len(unwritten), d=self.outbox.in_doubt)
         for carried in unwritten:
             self._give_up(carried.parcel, "remote-server-timeout", LINK_DOWN)
+        self._give_up_scheduled("remote-server-timeout", LINK_DOWN)
 
     @_machine.output()
     def _settle_everything(self):
         self._cancel_deadline()
+        self._give_up_scheduled("remote-server-timeout", LINK_STOPPING)
+        if self._pacer is not None and self._pacer.active():
+            self._pacer.cancel()
         settlement = self.outbox.take_all()
         for carried in settlement.refused:
             self._give_up(carried.parcel, "remote-server-timeout", LINK_STOPPING)
@@ -446,15 +521,123 @@ class Link:
 
     def _settle(self, settled) -> None:
         for carried in settled:
-            self.owner.link_delivered(carried.parcel)
+            for parcel in parcels_of(carried.parcel):
+                self.owner.link_delivered(parcel)
 
     def _give_up(self, parcel, condition, text) -> None:
-        self.bounced += 1
-        self.owner.link_undeliverable(parcel, condition, text)
+        for each in parcels_of(parcel):
+            self.bounced += 1
+            self.owner.link_undeliverable(each, condition, text)
 
     def _report_in_doubt(self, parcel) -> None:
-        self.in_doubt += 1
-        self.owner.link_in_doubt(parcel)
+        for each in parcels_of(parcel):
+            self.in_doubt += 1
+            self.owner.link_in_doubt(each)
+
+    # -- the constrained profile: the bearer schedule decides what is written next --------
+
+    def _offer(self, parcel) -> None:
+        """Hand a parcel to the bearer schedule (or settle it now: stripped, superseded, refused, too late)."""
+        state = self.state_name
+        if state == "stopped":
+            self._give_up(parcel, "remote-server-timeout", LINK_STOPPING)
+            return
+        if state == "down_too_long":
+            self._give_up(parcel, "remote-server-timeout", LINK_DOWN)
+            return
+        stanza = parcel.stanza
+        if carries_link_elements(stanza):
+            log.warn("link: a stanza holding the link's own elements is not carried")
+            self._give_up(parcel, REFUSED_CONDITION, NOT_WRITABLE)
+            return
+        try:
+            size = len(serialise(stanza, max_bytes=self.stanza_bytes).encode("utf-8"))
+        except OversizedStanza:
+            self._give_up(parcel, REFUSED_CONDITION, TOO_LARGE)
+            return
+        except Exception as problem:  # noqa: BLE001 - what cannot be written is not carried
+            log.error("link: a stanza could not be serialised: {problem!r}", problem=problem)
+            self._give_up(parcel, "internal-server-error", NOT_WRITABLE)
+            return
+        from guard.core.constrained import schedule
+
+        offered = self.schedule.offer(schedule.Outgoing(parcel, stanza, size, stanza.getAttribute("from") or "",
+                                                        stanza.getAttribute("to") or "",
+                                                        self.schedule.classify(stanza)),
+                                      self.clock.seconds())
+        for superseded in offered.superseded:
+            self._drop_by_profile(superseded, "superseded", PRESENCE_SUPERSEDED)
+        outcome = offered.outcome
+        if outcome == schedule.STRIPPED:
+            self._drop_by_profile(parcel, "stripped", PRESENCE_STRIPPED)
+        elif outcome == schedule.REFUSED:
+            log.info("link: the bearer schedule is full ({reason}); bouncing a stanza", reason=offered.reason)
+            self._give_up(parcel, "resource-constraint", BUFFER_FULL)
+        elif outcome == schedule.TOO_LATE:
+            self.answered_too_late += 1
+            self._give_up(parcel, "remote-server-timeout", IQ_TOO_LATE)
+        self._pace()
+
+    def _drop_by_profile(self, parcel, why: str, text: str) -> None:
+        self.profile_dropped += 1
+        self.owner.link_dropped_by_profile(parcel, why, text)
+
+    def _pace(self) -> None:
+        """Write what the bearer's rate allows now, one stanza per write; bounce what waited past max_wait (and
+        IQs that can no longer be answered in time); ask again when the schedule says."""
+        if self._pacer is not None and self._pacer.active():
+            self._pacer.cancel()
+        self._pacer = None
+        if self.schedule is None or self.state_name == "stopped":
+            return
+        now = self.clock.seconds()
+        for item in self.schedule.expired(now):
+            self.expired += len(item.parcels)
+            for parcel in item.parcels:
+                self._give_up(parcel, "remote-server-timeout", WAITED_TOO_LONG)
+        wake_at = self.schedule.next_expiry()
+        while self.stream is not None and self.state_name == "up":
+            due = self.schedule.next_due(now)
+            if due.item is None:
+                wake_at = due.wake_at
+                break
+            self._write_queued(due.item, now)
+        if wake_at is not None:
+            self._pacer = self.clock.callLater(max(0.0, wake_at - now), self._pace)
+
+    def _write_queued(self, item, now) -> None:
+        """Number and write one item the schedule let go (a merged groupchat message lists its recipients)."""
+        parcels = tuple(item.parcels)
+        parcel = parcels[0] if len(parcels) == 1 else Merged(parcels)
+        element = item.element
+        if len(item.recipients) > 1:
+            element = with_recipients(element, item.recipients)
+        try:
+            data = serialise(self.constrained.written_form(element), max_bytes=self.stanza_bytes).encode("utf-8")
+        except OversizedStanza:
+            self._give_up(parcel, REFUSED_CONDITION, TOO_LARGE)
+            return
+        except Exception as problem:  # noqa: BLE001 - what cannot be written is not carried
+            log.error("link: a stanza could not be serialised: {problem!r}", problem=problem)
+            self._give_up(parcel, "internal-server-error", NOT_WRITABLE)
+            return
+        carried = Carried(retained(parcel), data)
+        if self.outbox.add(carried, len(data)) is None:
+            self._give_up(parcel, "resource-constraint", BUFFER_FULL)
+            return
+        counter = getattr(self.stream, "byte_count", None)
+        before = counter.bytes_out if counter is not None else 0
+        self._write_unsent()
+        if counter is not None:
+            self.schedule.wrote(item, counter.bytes_out - before, now)  # what it really cost the bearer
+
+    def _give_up_scheduled(self, condition: str, text: str) -> None:
+        """Everything the schedule holds is given up (the down deadline, draining, stopping)."""
+        if self.schedule is None:
+            return
+        for item in self.schedule.expired(math.inf):  # everything it holds
+            for parcel in item.parcels:
+                self._give_up(parcel, condition, text)
 
     def _progressed(self) -> None:
         """The peer settled something on this connection (or has nothing waiting): the deadline is off."""
@@ -543,6 +726,15 @@ class Link:
     stopped.upon(_deadline_passed, enter=stopped, outputs=[])
     stopped.upon(_stop, enter=stopped, outputs=[])
     stopped.upon(_start, enter=stopped, outputs=[])
+
+
+def _with_stanza(parcel, stanza):
+    """``parcel`` carrying ``stanza`` instead (a stanza judged again)."""
+    if dataclasses.is_dataclass(parcel):
+        return dataclasses.replace(parcel, stanza=stanza)
+    changed = copy.copy(parcel)
+    changed.stanza = stanza
+    return changed
 
 
 @implementer(ICarrier)

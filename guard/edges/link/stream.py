@@ -44,6 +44,9 @@ STANZA_OPENINGS = tuple(f"<{name}{after}".encode() for name in sorted(STANZA_NAM
 # How long a link connection may take to open (TLS, headers, resume) unless the leg's configuration says otherwise.
 OPEN_TIMEOUT_SECONDS = 30.0
 
+# What the link says when the peer's first bytes cannot be read under the constrained profile's compression.
+COMPRESSION_MISMATCH = "the link's first bytes cannot be read: both halves must use the same compression"
+
 
 def refuse_link_header(header, own_name: str, peer_name: str) -> tuple[str, str] | None:
     """Whether the peer's stream header is not that of the peer half's link stream: (condition, text), or None."""
@@ -74,6 +77,10 @@ class LinkStream(StreamLifecycle, Protocol):
         self.peer_fingerprint: str | None = None  # noted when the certificate proves the peer
         self.reached_open = False  # noted when the peer's <resume/> opened this connection (the dialler reads it after)
         self.when_lost = []  # callables told when the connection is gone
+        self.when_open = []  # callables told when the peer's <resume/> opened the connection
+        self.lost_reason = None  # why the connection was lost (the when_lost callables may read it)
+        self.compression: str | None = None  # the constrained profile's compression mode, once installed
+        self._header_seen = False
         self.byte_count = ByteCount().install(self.filters)
         self._parser = StreamParser(self._on_header, self._on_element, self._on_end, limits)
         self._link_fault: LinkFault | None = None  # what the link refused during the last input
@@ -89,6 +96,13 @@ class LinkStream(StreamLifecycle, Protocol):
     def connectionMade(self):
         self._tell_events("stream_opened")
         self._start_timer("open", self.open_timeout, "the link did not open in time")
+        if self._without_tls:
+            from .profile import BEARER_IDENTITY, BEARER_WARNING
+
+            log.warn("link connection to {peer}: {warning}; {identity}", peer=self.link.peer_name,
+                     warning=BEARER_WARNING, identity=BEARER_IDENTITY)
+            self.handshakeCompleted()
+            return
         # Stanzas and acknowledgements are small writes: do not let Nagle's
         # algorithm hold them back waiting for a delayed ACK.
         tcp = getattr(self.transport, "transport", self.transport)
@@ -107,8 +121,14 @@ class LinkStream(StreamLifecycle, Protocol):
             self._tell_events("tls_failed", "untrusted-certificate")
             self._input(self.identity_refused, problem or "no identity")
         else:
-            self._note_peer_certificate()
+            if not self._without_tls:
+                self._note_peer_certificate()
             self._input(self.identity_proved, fingerprint)
+
+    @property
+    def _without_tls(self) -> bool:
+        """security = "bearer": plain TCP, no handshake; the peer check proves it by the header names only."""
+        return getattr(self.peer_check, "without_tls", False)
 
     def dataReceived(self, data):
         data = self._filter_in(data)
@@ -135,6 +155,7 @@ class LinkStream(StreamLifecycle, Protocol):
             self._feeding = False
 
     def connectionLost(self, reason=None):
+        self.lost_reason = reason
         self._cancel_all_timers()
         self._input(self.connection_lost)
         self._tell_closed(reason)
@@ -175,6 +196,7 @@ class LinkStream(StreamLifecycle, Protocol):
     # -- parser callbacks -------------------------------------------------
 
     def _on_header(self, header):
+        self._header_seen = True
         refusal = refuse_link_header(header, self.link.own_name, self.link.peer_name)
         if refusal is not None:
             self._input(self.header_refused, *refusal)
@@ -340,6 +362,8 @@ class LinkStream(StreamLifecycle, Protocol):
         self._cancel_timer("open")
         self.reached_open = True
         self._ask_link(self.link.peer_resumed, self, resume)
+        for callback in self.when_open:
+            callback(self)
 
     @_machine.output()
     def _deliver(self, element, size):
@@ -356,6 +380,11 @@ class LinkStream(StreamLifecycle, Protocol):
 
     @_machine.output()
     def _refuse(self, condition, text):
+        if self.compression is not None and not self._header_seen and condition not in (
+                "connection-timeout", "system-shutdown", "conflict"):
+            log.error("link: the peer's first bytes cannot be read ({condition}: {text}); is its [link.constrained] "
+                      "compression {mode!r} as this half's?", condition=condition, text=text, mode=self.compression)
+            text = COMPRESSION_MISMATCH
         log.info("link: closing with {condition}: {text}", condition=condition, text=text)
         self._send_error(condition, text)
 
@@ -426,14 +455,19 @@ class LinkStream(StreamLifecycle, Protocol):
 class LinkStreamFactory(Factory):
     """Builds the link's streams, for the listening half or for the dialler."""
 
-    def __init__(self, link, peer_check, clock, limits: ParserLimits = ParserLimits(), open_timeout: float = OPEN_TIMEOUT_SECONDS):
+    def __init__(self, link, peer_check, clock, limits: ParserLimits = ParserLimits(), open_timeout: float = OPEN_TIMEOUT_SECONDS,
+                 prepare=None):
+        """``prepare(stream)``, when given, is called on every new stream (the constrained profile's compression)."""
         self.link = link
         self.peer_check = peer_check
         self.clock = clock
         self.limits = limits
         self.open_timeout = open_timeout
+        self.prepare = prepare
 
     def buildProtocol(self, addr):
         stream = LinkStream(self.link, self.peer_check, self.clock, self.limits, self.open_timeout)
         stream.factory = self
+        if self.prepare is not None:
+            self.prepare(stream)
         return stream

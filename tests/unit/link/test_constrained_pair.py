@@ -1,0 +1,300 @@
+"""Two halves with [link] profile = "constrained", in memory: chat both ways in every compression and security mode,
+groupchat merged and fanned out, presence stripped and coalesced with audit records, IQs answered in time, outages."""
+
+import pytest
+
+from guard.edges.link.link import LinkSettings
+from guard.edges.link.profile import ConstrainedProfile
+from guard.lab.pki import CertificateAuthority
+
+from .constrained_pairs import ConstrainedPair
+
+
+@pytest.fixture(scope="module")
+def material(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("constrained-pair-pki")
+    ca = CertificateAuthority.create("link-ca")
+    return {"a": ca.write_leaf(folder, "half-a", ["half-a"]), "b": ca.write_leaf(folder, "half-b", ["half-b"])}
+
+
+def chat(number, sender="romeo@red.example/a", recipient="juliet@blue.example"):
+    return (f"<message from='{sender}' to='{recipient}' type='chat' id='c{number}'>"
+            f"<body>message {number} across the bearer</body></message>")
+
+
+@pytest.mark.parametrize("security", ["bearer", "tls"])
+@pytest.mark.parametrize("compression", ["none", "zlib", "dictionary"])
+def test_chat_crosses_both_ways_and_every_stanza_is_delivered_once(material, security, compression):
+    """Romeo and Juliet chat across the constrained link: each message arrives once, addresses intact, books balanced."""
+    pair = ConstrainedPair(ConstrainedProfile(security=security, compression=compression, rate=1_000_000),
+                           material)
+    pair.connect()
+    for number in range(3):
+        pair.a.sends(chat(number))
+        pair.b.sends(chat(100 + number, "juliet@blue.example/b", "romeo@red.example"))
+    pair.run(3.0)
+    assert pair.b.server.received == [
+        f'<message from="romeo@red.example/a" to="juliet@blue.example" type="chat" id="c{n}">'
+        f"<body>message {n} across the bearer</body></message>" for n in range(3)]
+    assert len(pair.a.server.received) == 3 and 'from="juliet@blue.example/b"' in pair.a.server.received[0]
+    for half in (pair.a, pair.b):
+        assert half.books() == {"accepted": 6, "delivered": 6, "bounced": 0, "dropped": 0, "in_flight": 0}
+
+
+def test_compression_lowers_the_bytes_on_the_bearer():
+    """The same chat costs fewer bearer bytes with zlib than without, and fewer still with the dictionary."""
+    costs = {}
+    for compression in ("none", "zlib", "dictionary"):
+        pair = ConstrainedPair(ConstrainedProfile(security="bearer", compression=compression, rate=1_000_000))
+        pair.connect()
+        before = pair.bytes_on_bearer
+        for number in range(20):
+            pair.a.sends(chat(number))
+        pair.run(3.0)
+        assert len(pair.b.server.received) == 20
+        costs[compression] = pair.bytes_on_bearer - before
+    assert costs["dictionary"] < costs["zlib"] < costs["none"], costs
+    print(f"bearer bytes for 20 chat messages and their acknowledgements: {costs}")
+
+
+def test_a_compression_mismatch_closes_the_link_with_a_stream_error_not_a_hang():
+    """Half A deflates, half B does not: B cannot read A's first bytes and closes; nothing is carried or lost."""
+    pair = ConstrainedPair(ConstrainedProfile(security="bearer", compression="zlib", rate=1_000_000),
+                           profile_b=ConstrainedProfile(security="bearer", compression="none", rate=1_000_000))
+    pair.a.sends(chat(1))
+    pair.connect()
+    assert pair.a.link.describe()["state"] != "up" or pair.b.link.describe()["state"] != "up"
+    assert pair.client.closing and pair.server.closing
+    assert pair.b.server.received == []
+    assert pair.a.books()["in_flight"] == 1  # still waiting for a link that works, bounced at the deadline
+
+
+def groupchat(recipient, stanza_id="g1", body="hello room"):
+    return (f"<message from='room@conference.red.example/romeo' to='{recipient}' type='groupchat' id='{stanza_id}'>"
+            f"<body>{body}</body></message>")
+
+
+OCCUPANTS = [f"occupant{n}@blue.example/r" for n in range(5)]
+
+
+def test_a_groupchat_message_to_five_occupants_crosses_once_and_is_fanned_out_and_settled_per_copy():
+    """Five copies of one room message merge into one link stanza; B fans it out; both halves' books balance."""
+    pair = ConstrainedPair(ConstrainedProfile(security="bearer", compression="none", rate=1_000_000))
+    pair.connect()
+    for occupant in OCCUPANTS:
+        pair.a.sends(groupchat(occupant))
+    pair.run(2.0)
+    assert pair.b.link.describe()["received"] == 1  # one link stanza
+    assert [stanza.split(" to=")[1].split('"')[1] for stanza in pair.b.server.received] == OCCUPANTS
+    assert all("recipients" not in stanza for stanza in pair.b.server.received)
+    assert pair.a.books() == {"accepted": 5, "delivered": 5, "bounced": 0, "dropped": 0, "in_flight": 0}
+    assert pair.b.books() == {"accepted": 5, "delivered": 5, "bounced": 0, "dropped": 0, "in_flight": 0}
+
+
+def test_a_merged_groupchat_message_the_link_gives_up_on_bounces_each_copy_once():
+    """The link is cut before B acknowledges, then stays down past the deadline: each of the 3 copies bounces once."""
+    pair = ConstrainedPair(ConstrainedProfile(security="bearer", compression="zlib", rate=1_000_000),
+                           settings=LinkSettings(ack_every=1000, down_deadline=30.0))
+    pair.connect()
+    pair.cut()
+    for occupant in OCCUPANTS[:3]:
+        pair.a.sends(groupchat(occupant))
+    pair.run(31.0, step=0.5)
+    assert pair.a.books() == {"accepted": 3, "delivered": 0, "bounced": 3, "dropped": 0, "in_flight": 0}
+    assert [record[0] for record in pair.a.audit.records] == ["bounce"] * 3
+
+
+def presence(sender, recipient=None, kind=None, show=None):
+    to = f" to='{recipient}'" if recipient else " to='juliet@blue.example'"
+    type_ = f" type='{kind}'" if kind else ""
+    child = f"<show>{show}</show>" if show else ""
+    return f"<presence from='{sender}'{to}{type_}>{child}</presence>"
+
+
+def test_presence_mode_none_drops_presence_with_an_audit_record_and_carries_chat():
+    """presence = "none": no presence crosses, each one is settled dropped by the link profile and audited."""
+    pair = ConstrainedPair(ConstrainedProfile(security="bearer", compression="dictionary", rate=1_000_000,
+                                              presence="none"))
+    pair.connect()
+    pair.a.sends(presence("romeo@red.example/a"))
+    pair.a.sends(chat(1))
+    pair.run(2.0)
+    assert len(pair.b.server.received) == 1 and "<message" in pair.b.server.received[0]
+    assert pair.a.books() == {"accepted": 2, "delivered": 1, "bounced": 0, "dropped": 1, "in_flight": 0}
+    assert ("drop", "guard:link-presence-stripped", None) in pair.a.audit.records
+
+
+def test_presence_superseded_while_the_link_is_down_is_dropped_audited_and_only_the_latest_crosses():
+    """While down, three presence changes from Romeo to Juliet wait as one: the two older are dropped and audited."""
+    pair = ConstrainedPair(ConstrainedProfile(security="bearer", compression="zlib", rate=1_000_000))
+    for show in ("away", "dnd", "chat"):
+        pair.a.sends(presence("romeo@red.example/a", show=show))
+    pair.connect()
+    pair.run(2.0)
+    assert len(pair.b.server.received) == 1 and "<show>chat</show>" in pair.b.server.received[0]
+    assert pair.a.books() == {"accepted": 3, "delivered": 1, "bounced": 0, "dropped": 2, "in_flight": 0}
+    assert [record[1] for record in pair.a.audit.records] == ["guard:link-presence-superseded"] * 2
+
+
+def test_an_iq_that_cannot_be_answered_in_time_is_answered_at_once_from_this_side():
+    """A bearer too slow for the IQ deadline: the requester gets remote-server-timeout now, from half A."""
+    pair = ConstrainedPair(ConstrainedProfile(security="bearer", compression="none", rate=75, round_trip=5.0,
+                                              iq_deadline=4))
+    pair.a.sends("<iq from='romeo@red.example/a' to='juliet@blue.example/b' type='get' id='q1'>"
+                 "<query xmlns='jabber:iq:version'/></iq>")
+    assert pair.a.books()["bounced"] == 1
+    assert pair.a.server.received and "remote-server-timeout" in pair.a.server.received[0]
+    assert pair.a.link.describe()["answered_too_late"] == 1
+
+
+def test_stanzas_wait_across_an_outage_and_nothing_acknowledged_is_replayed():
+    """Cut mid-traffic: what waited crosses after the link returns; B receives each stanza exactly once."""
+    pair = ConstrainedPair(ConstrainedProfile(security="bearer", compression="dictionary", rate=1_000_000),
+                           settings=LinkSettings(ack_every=2, down_deadline=120.0))
+    pair.connect()
+    for number in range(4):
+        pair.a.sends(chat(number))
+    pair.run(1.0)
+    pair.cut()
+    for number in range(4, 8):
+        pair.a.sends(chat(number))
+    pair.run(60.0, step=1.0)
+    assert len(pair.b.server.received) == 4
+    pair.connect()
+    pair.run(3.0)
+    assert [stanza.split("id=")[1][1:4].strip('"') for stanza in pair.b.server.received] == \
+        [f"c{n}" for n in range(8)]
+    assert pair.b.link.describe()["duplicates_dropped"] <= 4
+    assert pair.a.books() == {"accepted": 8, "delivered": 8, "bounced": 0, "dropped": 0, "in_flight": 0}
+    assert pair.b.books() == {"accepted": 8, "delivered": 8, "bounced": 0, "dropped": 0, "in_flight": 0}
+
+
+def test_a_stanza_that_waited_past_max_wait_bounces():
+    """The link never comes: after max_wait seconds the waiting chat bounces with remote-server-timeout."""
+    pair = ConstrainedPair(ConstrainedProfile(security="bearer", compression="none", rate=1_000_000, max_wait=20),
+                           settings=LinkSettings(down_deadline=600.0))
+    pair.a.sends(chat(1))
+    pair.run(19.0, step=1.0)
+    assert pair.a.books()["in_flight"] == 1
+    pair.run(2.0, step=1.0)
+    assert pair.a.books() == {"accepted": 1, "delivered": 0, "bounced": 1, "dropped": 0, "in_flight": 0}
+    assert pair.a.link.describe()["expired"] == 1
+
+
+def test_a_merged_message_over_the_receivers_recipient_bound_is_refused_and_each_copy_bounces_once():
+    """Half B fans out at most 2 recipients: A's 3-copy message is refused by its number, and A bounces each copy."""
+    profile = ConstrainedProfile(security="bearer", compression="dictionary", rate=1_000_000)
+    pair = ConstrainedPair(profile, settings=LinkSettings(ack_every=1, fan_out_recipients=2))
+    pair.connect()
+    for occupant in OCCUPANTS[:3]:
+        pair.a.sends(groupchat(occupant))
+    pair.run(2.0)
+    assert pair.b.server.received == [] and pair.b.books()["accepted"] == 0
+    assert pair.a.link.describe()["refused_by_peer"] == 1  # one link stanza
+    assert pair.a.books() == {"accepted": 3, "delivered": 0, "bounced": 3, "dropped": 0, "in_flight": 0}
+
+
+def test_a_merged_message_whose_copies_exceed_the_fan_out_bytes_is_refused():
+    """The copies of one link stanza are bounded in bytes too: 3 copies over fan_out_bytes are refused."""
+    profile = ConstrainedProfile(security="bearer", compression="zlib", rate=1_000_000)
+    pair = ConstrainedPair(profile, settings=LinkSettings(ack_every=1, fan_out_bytes=600))
+    pair.connect()
+    for occupant in OCCUPANTS[:3]:
+        pair.a.sends(groupchat(occupant))
+    pair.run(2.0)
+    assert pair.b.server.received == [] and pair.a.books()["bounced"] == 3
+
+
+def test_each_fanned_out_copy_is_addressing_checked_on_its_own():
+    """A recipient half B does not serve is dropped as misaddressed at B; the other copies are delivered."""
+    from guard.app.half import LINK_MISADDRESSED_RULE
+
+    pair = ConstrainedPair(ConstrainedProfile(security="bearer", compression="none", rate=1_000_000))
+    pair.connect()
+    for occupant in ("one@blue.example/r", "two@blue.example/r"):
+        pair.a.sends(groupchat(occupant))
+    # What a compromised half A could write: a second recipient outside B's domains, in the link's own list.
+    inject(pair, "<message from='room@conference.red.example/romeo' to='one@blue.example/r' type='groupchat'"
+                 " id='g9'><body>x</body><recipients xmlns='urn:xmpp-guard:link:0'><to jid='one@blue.example/r'/>"
+                 "<to jid='mallory@evil.example/x'/></recipients></message>")
+    pair.run(2.0)
+    assert ("drop", LINK_MISADDRESSED_RULE, "g9") in pair.b.audit.records
+    assert sum('id="g9"' in stanza for stanza in pair.b.server.received) == 1
+
+
+def inject(pair, xml):
+    """Write a stanza on half A's link connection as A's link would (addresses abbreviated), outside its numbering."""
+    from guard.edges.release import reparse_stanza
+    from guard.edges.xmlstream import serialise
+
+    pair.client.write(serialise(pair.a.constrained.written_form(reparse_stanza(xml))).encode("utf-8"))
+
+
+@pytest.mark.parametrize("listing", [
+    b"<recipients xmlns='urn:xmpp-guard:link:0'><to/></recipients>",
+    b"<recipients xmlns='urn:xmpp-guard:link:0'><to jid='a@blue.example'/><to jid='a@blue.example'/></recipients>",
+    b"<recipients xmlns='urn:xmpp-guard:link:0'>text<to jid='a@blue.example'/></recipients>",
+    b"<recipients xmlns='urn:xmpp-guard:link:0' extra='1'><to jid='a@blue.example'/></recipients>",
+    b"<recipients xmlns='urn:xmpp-guard:link:0'/>",
+    b"<other xmlns='urn:xmpp-guard:link:0'/>",
+])
+def test_a_malformed_recipients_list_is_a_stream_error(listing):
+    """Half B refuses a link stanza whose recipients list it cannot read: stream error, nothing accepted."""
+    pair = ConstrainedPair(ConstrainedProfile(security="bearer", compression="zlib", rate=1_000_000))
+    pair.connect()
+    inject(pair, "<message from='room@conference.red.example/romeo' to='a@blue.example' type='groupchat' id='g1'>"
+                 "<body>x</body>" + listing.decode() + "</message>")
+    pair.run(1.0)
+    assert pair.server.closing and pair.b.link.describe()["state"] == "down"
+    assert pair.b.books()["accepted"] == 0 and pair.b.server.received == []
+
+
+def test_a_stanza_from_this_side_holding_link_elements_is_not_carried():
+    """A local stanza carrying the link's own namespace (a forged recipients list) bounces at the sending half."""
+    pair = ConstrainedPair(ConstrainedProfile(security="bearer", compression="none", rate=1_000_000))
+    pair.connect()
+    pair.a.sends("<message from='romeo@red.example/a' to='juliet@blue.example' id='x1'><body>x</body>"
+                 "<recipients xmlns='urn:xmpp-guard:link:0'><to jid='nurse@blue.example'/></recipients></message>")
+    pair.run(1.0)
+    assert pair.b.server.received == [] and pair.a.books()["bounced"] == 1
+
+
+def test_a_compression_bomb_through_the_link_is_refused_before_it_inflates_past_the_budget():
+    """A deflate frame that would inflate to four times half B's frame budget closes the link (policy-violation)."""
+    import zlib
+
+    from guard.edges.constrained.compression import DEFLATED, LINK_ELEMENT_ALLOWANCE, frame
+    from guard.edges.xmlstream import ParserLimits
+
+    pair = ConstrainedPair(ConstrainedProfile(security="bearer", compression="zlib", rate=1_000_000))
+    pair.connect()
+    budget = ParserLimits().stanza_bytes + LINK_ELEMENT_ALLOWANCE
+    compressor = zlib.compressobj(9, zlib.DEFLATED, -15)
+    payload = compressor.compress(b"<message><body>" + b"A" * (4 * budget)) + compressor.flush(zlib.Z_SYNC_FLUSH)
+    bomb = frame(DEFLATED, payload[:-4])
+    assert len(bomb) < budget // 100
+    pair.client.transport.write(bomb)
+    pair.run(1.0)
+    assert pair.server.closing and pair.b.link.describe()["state"] == "down"
+    assert pair.b.books()["accepted"] == 0
+
+
+def test_an_address_that_is_no_valid_abbreviation_is_a_stream_error():
+    """Half B expands the implied domains before its addressing check: what it cannot expand closes the link."""
+    from guard.edges.link.constrained import NOT_AN_ABBREVIATION, ConstrainedLink
+
+    class Refusing:
+        def expand(self, element):
+            return None
+
+        def shorten(self, element):
+            return element
+
+    pair = ConstrainedPair(ConstrainedProfile(security="bearer", compression="none", rate=1_000_000))
+    pair.b.constrained.abbreviation = Refusing()
+    pair.connect()
+    pair.a.sends(chat(1))
+    pair.run(1.0)
+    assert pair.server.closing and pair.b.server.received == []
+    assert pair.a.link.describe()["refused_by_peer"] == 1 and pair.a.books()["bounced"] == 1
+    assert NOT_AN_ABBREVIATION and ConstrainedLink
