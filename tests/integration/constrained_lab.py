@@ -163,13 +163,19 @@ class ConstrainedLab(PairLab):
     def _write_gateway(self, folder, half, *arguments) -> Path:
         """A pair half's file (PairLab._write_half) with the constrained profile's keys added."""
         path = self._write_half(folder, half, *arguments)
+        text = path.read_text()
+        if self.security == "bearer":  # no TLS: the link's certificate, key, pins and CA are refused
+            head, link = text.split("\n[link]\n", 1)
+            link = "\n".join(line for line in link.splitlines()
+                             if line.split(" = ", 1)[0] not in ("certificate", "key", "pins", "ca"))
+            text = f"{head}\n[link]\n{link}\n"
         constrained = {"security": self.security, "compression": self.compression, "rate": self.rate,
                        "round_trip": round(2 * self.delay + 0.1, 3), "presence": self.presence,
                        **self.constrained_options}
-        lines = ['profile = "constrained"', "", "[link.constrained]"]
+        lines = ['profile = "constrained"', "buffer_bytes = 1048576", "", "[link.constrained]"]
         lines += [f"{key} = {toml_string(value) if isinstance(value, str) else value}"
                   for key, value in constrained.items()]
-        path.write_text(path.read_text() + "\n".join(lines) + "\n")
+        path.write_text(text + "\n".join(lines) + "\n")
         return path
 
     def start_half(self, half: str):
