@@ -32,7 +32,7 @@ import shutil
 import statistics
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Sequence
 
@@ -52,6 +52,7 @@ LABEL = ("<securitylabel xmlns='urn:xmpp:sec-label:0'>"
 WORDS = ("grid", "reference", "convoy", "holding", "at", "checkpoint", "north", "of", "the", "river", "until",
          "relieved", "fuel", "state", "amber", "request", "resupply", "by", "first", "light")
 
+PHASES = ("first", "messages", "roster", "room")
 SETUPS = {
     "s2s": {"standalone": True},
     "tls-none": {"security": "tls", "compression": "none"},
@@ -105,8 +106,10 @@ def _percentile(values: list[float], fraction: float) -> float:
 class Run:
     """One setup at one rate: a lab, its clients, and the phases of the traffic."""
 
-    def __init__(self, setup: str, rate: int, delay: float, traffic: Traffic, timeout: float):
+    def __init__(self, setup: str, rate: int, delay: float, traffic: Traffic, timeout: float,
+                 phases: Sequence[str] = PHASES):
         self.traffic = traffic
+        self.phases = phases
         self.timeout = timeout
         contacts = [f"contact{n:02d}" for n in range(1, traffic.roster + 1)]
         occupants = [f"occupant{n:02d}" for n in range(1, traffic.occupants + 1)]
@@ -134,10 +137,14 @@ class Run:
                 self.lab.start()
                 with self.lab.client(loop, "romeo@red.example") as romeo, \
                         self.lab.client(loop, "juliet@blue.example") as juliet:
-                    self.first_stanza(romeo, juliet)
-                    self.messages(romeo, juliet)
-                    self.roster_with_messages(loop, romeo, juliet)
-                    self.room(loop, romeo)
+                    if "first" in self.phases:
+                        self.first_stanza(romeo, juliet)
+                    if "messages" in self.phases:
+                        self.messages(romeo, juliet)
+                    if "roster" in self.phases:
+                        self.roster_with_messages(loop, romeo, juliet)
+                    if "room" in self.phases:
+                        self.room(loop, romeo)
             succeeded = True
             return self.figures
         except Exception:
@@ -249,24 +256,28 @@ class Run:
                                       (after["back"] - before["back"]) / count)
 
 
-def report(figures: Figures, traffic: Traffic, baseline: Figures | None) -> None:
+def report(figures: Figures, traffic: Traffic, baseline: Figures | None, phases: Sequence[str]) -> None:
     print(f"== {figures.setup} at {figures.rate} bit/s, {figures.delay:g} s one way ==")
-    exact = "" if figures.first_turns_exact is None else f" (marker seen after {figures.first_turns_exact})"
-    print(f"  first stanza            {figures.first_seconds:.2f} s after the bearer connection, "
-          f"{figures.first_turns} turns{exact}")
-    forward, back = figures.per_message
-    ratio = f"   {forward / baseline.per_message[0]:.2f} x s2s" if baseline and baseline.per_message[0] else ""
-    print(f"  per labelled message    {forward:.0f} bytes forward, {back:.0f} back{ratio}")
-    forward, back = figures.per_contact
-    print(f"  per contact online      {forward:.0f} bytes forward, {back:.0f} back ({traffic.roster} contacts)")
-    forward, back = figures.per_groupchat
-    print(f"  per groupchat message   {forward:.0f} bytes forward, {back:.0f} back "
-          f"({traffic.occupants} occupants behind the bearer; {forward / traffic.occupants:.0f} per occupant)")
-    if figures.latencies:
+    if "first" in phases:
+        exact = "" if figures.first_turns_exact is None else f" (marker seen after {figures.first_turns_exact})"
+        print(f"  first stanza            {figures.first_seconds:.2f} s after the bearer connection, "
+              f"{figures.first_turns} turns{exact}")
+    if "messages" in phases:
+        forward, back = figures.per_message
+        ratio = f"   {forward / baseline.per_message[0]:.2f} x s2s" if baseline and baseline.per_message[0] else ""
+        print(f"  per labelled message    {forward:.0f} bytes forward, {back:.0f} back{ratio}")
+    if "roster" in phases:
+        forward, back = figures.per_contact
+        paced = "" if "messages" in phases else f"; with the {traffic.paced} paced messages"
+        print(f"  per contact online      {forward:.0f} bytes forward, {back:.0f} back ({traffic.roster} contacts{paced})")
         print(f"  latency under roster    median {statistics.median(figures.latencies):.2f} s, "
               f"p95 {_percentile(figures.latencies, 0.95):.2f} s, max {max(figures.latencies):.2f} s "
               f"({len(figures.latencies)} labelled messages)")
-    print(f"  roster burst drained    {figures.drain_seconds:.1f} s")
+        print(f"  roster burst drained    {figures.drain_seconds:.1f} s")
+    if "room" in phases:
+        forward, back = figures.per_groupchat
+        print(f"  per groupchat message   {forward:.0f} bytes forward, {back:.0f} back "
+              f"({traffic.occupants} occupants behind the bearer; {forward / traffic.occupants:.0f} per occupant)")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -277,14 +288,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--rates", default=None, help="comma-separated bit/s (default 1200,9600)")
     parser.add_argument("--delay", type=float, default=None, help="one-way delay in seconds (default 1.0)")
     parser.add_argument("--timeout", type=float, default=None, help="seconds to wait for one delivery")
+    parser.add_argument("--phases", default=",".join(PHASES),
+                        help=f"comma-separated, in this order: {', '.join(PHASES)} (default all)")
+    parser.add_argument("--messages", type=int, default=None, help="labelled messages (default 200; quick 10)")
+    parser.add_argument("--roster", type=int, default=None, help="contacts coming online (default 50; quick 10)")
+    parser.add_argument("--occupants", type=int, default=None, help="room occupants on blue (default 10; quick 3)")
     arguments = parser.parse_args(argv)
     traffic = QUICK if arguments.quick else FULL
+    traffic = replace(traffic, **{name: value for name in ("messages", "roster", "occupants")
+                                  if (value := getattr(arguments, name)) is not None})
     setups = (arguments.setups or ("s2s,tls-dictionary" if arguments.quick else ",".join(SETUPS))).split(",")
     rates = [int(rate) for rate in (arguments.rates or ("9600" if arguments.quick else "1200,9600")).split(",")]
     delay = arguments.delay if arguments.delay is not None else (0.25 if arguments.quick else 1.0)
     unknown = [setup for setup in setups if setup not in SETUPS]
     if unknown:
         parser.error(f"unknown setups: {', '.join(unknown)}")
+    phases = arguments.phases.split(",")
+    if any(phase not in PHASES for phase in phases):
+        parser.error(f"phases are among {', '.join(PHASES)}")
     print(f"traffic: {traffic.messages} labelled messages one after the other; a roster of {traffic.roster} "
           f"coming online with {traffic.paced} labelled messages paced; a room with {traffic.occupants} "
           f"occupants behind the bearer, {traffic.room_messages} messages")
@@ -293,8 +314,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         baseline = None
         for setup in setups:
             started = time.monotonic()
-            figures = Run(setup, rate, delay, traffic, timeout).run()
-            report(figures, traffic, baseline)
+            figures = Run(setup, rate, delay, traffic, timeout, phases).run()
+            report(figures, traffic, baseline, phases)
             print(f"  (run took {time.monotonic() - started:.0f} s)", flush=True)
             if setup == "s2s":
                 baseline = figures
