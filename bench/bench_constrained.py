@@ -59,6 +59,7 @@ SETUPS = {
     "tls-zlib": {"security": "tls", "compression": "zlib"},
     "tls-dictionary": {"security": "tls", "compression": "dictionary"},
     "bearer-dictionary": {"security": "bearer", "compression": "dictionary"},
+    "bearer-none": {"security": "bearer", "compression": "none"},  # plain bytes: the marker is seen on the bearer
 }
 
 
