@@ -32,6 +32,8 @@ from .profile import ConstrainedProfile
 from .wire import LINK_NS
 
 RECIPIENTS = "recipients"
+# What the schedule merges and the receiving end fans out: groupchat messages, and one presence to many recipients.
+FANNED_OUT = ("message", "presence")
 
 # Texts of the stream errors the receiving end closes with (the guard's own; the peer's bytes go to the log).
 MALFORMED_RECIPIENTS = "a malformed recipients list"
@@ -78,13 +80,13 @@ def with_recipients(element, recipients) -> domish.Element:
 
 
 def fan_out(element, max_recipients: int, max_bytes: int, size: int) -> list:
-    """The stanzas a received link stanza stands for: itself, or one message per listed recipient (each with that
+    """The stanzas a received link stanza stands for: itself, or one message (or presence) per listed recipient (each with that
     recipient as ``to`` and no recipients element).  StanzaNotTaken when the list is malformed or over the bounds
     (at most ``max_recipients`` copies, and at most ``max_bytes`` counting ``size`` bytes per copy)."""
     listings = [child for child in element.children if getattr(child, "uri", None) == LINK_NS]
     if not listings:
         return [element]
-    if len(listings) != 1 or listings[0].name != RECIPIENTS or element.name != "message":
+    if len(listings) != 1 or listings[0].name != RECIPIENTS or element.name not in FANNED_OUT:
         raise StanzaNotTaken("policy-violation", MALFORMED_RECIPIENTS)
     listing = listings[0]
     if listing.attributes or any(isinstance(child, str) and child.strip() for child in listing.children):

@@ -150,6 +150,7 @@ class Link:
         self.constrained = constrained
         self.schedule = constrained.new_schedule(settings) if constrained is not None else None
         self._pacer = None
+        self._charged = (None, 0)  # (connection, its bytes out already charged to the bearer's rate)
         self.profile_dropped = 0  # presence stripped or superseded under the constrained profile
         self.answered_too_late = 0  # IQs answered at once (they could not be answered across the bearer in time)
         self.expired = 0  # stanzas that waited past max_wait for the bearer
@@ -165,17 +166,21 @@ class Link:
         if self.schedule is not None:
             self._offer(parcel)
             return
+        data = self._serialised(parcel, parcel.stanza)
+        if data is not None:
+            self._offered(Carried(retained(parcel), data))
+
+    def _serialised(self, parcel, element) -> bytes | None:
+        """``element`` as the link writes it, or None once ``parcel`` is given up (too large, not writable)."""
         try:
-            data = serialise(parcel.stanza, max_bytes=self.stanza_bytes).encode("utf-8")
+            return serialise(element, max_bytes=self.stanza_bytes).encode("utf-8")
         except OversizedStanza:
             log.info("link: a stanza larger than {limit} bytes is not carried", limit=self.stanza_bytes)
             self._give_up(parcel, REFUSED_CONDITION, TOO_LARGE)
-            return
         except Exception as problem:  # noqa: BLE001 - what cannot be written is not carried
             log.error("link: a stanza could not be serialised: {problem!r}", problem=problem)
             self._give_up(parcel, "internal-server-error", NOT_WRITABLE)
-            return
-        self._offered(Carried(retained(parcel), data))
+        return None
 
     def hold(self) -> None:
         """Stop reading the peer (and so stop acknowledging it) until ``release``: this half's side is congested."""
@@ -550,15 +555,10 @@ class Link:
             log.warn("link: a stanza holding the link's own elements is not carried")
             self._give_up(parcel, REFUSED_CONDITION, NOT_WRITABLE)
             return
-        try:
-            size = len(serialise(stanza, max_bytes=self.stanza_bytes).encode("utf-8"))
-        except OversizedStanza:
-            self._give_up(parcel, REFUSED_CONDITION, TOO_LARGE)
+        data = self._serialised(parcel, stanza)
+        if data is None:
             return
-        except Exception as problem:  # noqa: BLE001 - what cannot be written is not carried
-            log.error("link: a stanza could not be serialised: {problem!r}", problem=problem)
-            self._give_up(parcel, "internal-server-error", NOT_WRITABLE)
-            return
+        size = len(data)
         from guard.core.constrained import schedule
 
         offered = self.schedule.offer(schedule.Outgoing(parcel, stanza, size, stanza.getAttribute("from") or "",
@@ -596,6 +596,7 @@ class Link:
             for parcel in item.parcels:
                 self._give_up(parcel, "remote-server-timeout", WAITED_TOO_LONG)
         wake_at = self.schedule.next_expiry()
+        self._charge_own_bytes(now)
         while self.stream is not None and self.state_name == "up":
             due = self.schedule.next_due(now)
             if due.item is None:
@@ -612,24 +613,33 @@ class Link:
         element = item.element
         if len(item.recipients) > 1:
             element = with_recipients(element, item.recipients)
-        try:
-            data = serialise(self.constrained.written_form(element), max_bytes=self.stanza_bytes).encode("utf-8")
-        except OversizedStanza:
-            self._give_up(parcel, REFUSED_CONDITION, TOO_LARGE)
-            return
-        except Exception as problem:  # noqa: BLE001 - what cannot be written is not carried
-            log.error("link: a stanza could not be serialised: {problem!r}", problem=problem)
-            self._give_up(parcel, "internal-server-error", NOT_WRITABLE)
+        data = self._serialised(parcel, self.constrained.written_form(element))
+        if data is None:
             return
         carried = Carried(retained(parcel), data)
         if self.outbox.add(carried, len(data)) is None:
             self._give_up(parcel, "resource-constraint", BUFFER_FULL)
             return
+        self._charge_own_bytes(now)
         counter = getattr(self.stream, "byte_count", None)
         before = counter.bytes_out if counter is not None else 0
         self._write_unsent()
         if counter is not None:
             self.schedule.wrote(item, counter.bytes_out - before, now)  # what it really cost the bearer
+            self._charged = (self.stream, counter.bytes_out)
+
+    def _charge_own_bytes(self, now) -> None:
+        """Charge the bearer's rate with what the connection wrote besides scheduled stanzas (header, resume,
+        acknowledgements, stanzas written again after a reconnection)."""
+        counter = getattr(self.stream, "byte_count", None)
+        if counter is None:
+            return
+        stream, charged = self._charged
+        if stream is not self.stream:
+            charged = 0
+        if counter.bytes_out > charged:
+            self.schedule.spend(counter.bytes_out - charged, now)
+        self._charged = (self.stream, counter.bytes_out)
 
     def _give_up_scheduled(self, condition: str, text: str) -> None:
         """Everything the schedule holds is given up (the down deadline, draining, stopping)."""

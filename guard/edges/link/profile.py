@@ -64,7 +64,8 @@ def stretched_settings(settings, open_timeout: float, profile: ConstrainedProfil
     - ack_interval >= round_trip (asking more often only repeats the question in flight);
     - ack_timeout >= 6 * round_trip + the time one ``OPEN_BYTES`` take at the rate;
     - keepalive >= 10 * round_trip;
-    - open_timeout >= 4 * round_trip + the time ``OPEN_BYTES`` take at the rate.
+    - open_timeout >= 4 * round_trip + the time ``OPEN_BYTES`` take at the rate;
+    - down_deadline >= max_wait (a stanza may wait ``max_wait`` for the bearer, outages included).
 
     Returns (settings, open_timeout)."""
     transfer = profile.seconds_to_send(OPEN_BYTES)
@@ -74,6 +75,7 @@ def stretched_settings(settings, open_timeout: float, profile: ConstrainedProfil
         ack_interval=max(settings.ack_interval, trip),
         ack_timeout=max(settings.ack_timeout, 6 * trip + transfer),
         keepalive=max(settings.keepalive, 10 * trip),
+        down_deadline=max(settings.down_deadline, profile.max_wait),
     )
     return stretched, max(open_timeout, 4 * trip + transfer)
 

@@ -8,7 +8,7 @@ from twisted.test import iosim
 
 from guard.app.half import HalfRelay
 from guard.core.books import Books
-from guard.core.pipeline import Direction, Judgement
+from guard.core.pipeline import Direction
 from guard.core.topology import Topology
 from guard.edges.feeders import Feeders
 from guard.edges.limits import Limits
@@ -20,14 +20,11 @@ from guard.edges.link.tls import LinkTLS, PeerCheck, certificate_fingerprint
 from guard.edges.release import reparse_stanza
 from guard.edges.xmlstream import ParserLimits, serialise
 
+from .test_half import PassAll
+
 RED = frozenset({"red.example", "conference.red.example"})
 BLUE = frozenset({"blue.example"})
 TOPOLOGY = Topology({"red": RED, "blue": BLUE})
-
-
-class PassAll:
-    def judge(self, stanza, direction):
-        return Judgement.passed(stanza, "pass-all")
 
 
 class RecordingAudit:
@@ -49,6 +46,15 @@ class OwnServer:
     def carry(self, parcel):
         self.received.append(serialise(parcel.stanza))
         self.relay.delivered(parcel)
+
+    def bounce_waiting(self, condition, text):
+        """Nothing waits here: every stanza is delivered as it comes."""
+
+    def waiting(self):
+        return 0
+
+    def shut_down(self):
+        """Nothing to close."""
 
 
 class MemoryLeg:
@@ -118,16 +124,19 @@ class ConstrainedPair:
         self.pump = None
         self.bytes_on_bearer = 0
 
-    def connect(self):
+    def new_connection(self):
+        """Half A's and half B's protocols for one new connection (in TLS unless security = "bearer")."""
         factory_a = LinkStreamFactory(self.a.link, self.checks[0], self.clock,
                                       prepare=self.a.constrained.prepare_stream)
         factory_b = LinkStreamFactory(self.b.link, self.checks[1], self.clock,
                                       prepare=self.b.constrained.prepare_stream)
-        if self.tls is not None:
-            client = self.tls[0].dialling(factory_a, self.clock).buildProtocol(None)
-            server = self.tls[1].listening(factory_b, self.clock).buildProtocol(None)
-        else:
-            client, server = factory_a.buildProtocol(None), factory_b.buildProtocol(None)
+        if self.tls is None:
+            return factory_a.buildProtocol(None), factory_b.buildProtocol(None)
+        return (self.tls[0].dialling(factory_a, self.clock).buildProtocol(None),
+                self.tls[1].listening(factory_b, self.clock).buildProtocol(None))
+
+    def connect(self):
+        client, server = self.new_connection()
         client_transport, server_transport = iosim.makeFakeClient(client), iosim.makeFakeServer(server)
         for transport in (client_transport, server_transport):
             self._count(transport)
@@ -161,3 +170,29 @@ class ConstrainedPair:
         for protocol in (self.client, self.server):
             protocol.transport.disconnecting = True
             protocol.connectionLost(Failure(ConnectionLost("the bearer dropped")))
+
+
+def flights_before_first_stanzas(pair, flights=12):
+    """Open a new connection and move its bytes one flight (one direction's pending bytes) at a time: the flight
+    after which half B's server, then half A's, got its first stanza, and the bearer bytes both ways until then."""
+    client, server = pair.new_connection()
+    client_transport, server_transport = iosim.makeFakeClient(client), iosim.makeFakeServer(server)
+    client.makeConnection(client_transport)
+    server.makeConnection(server_transport)
+    pair.client, pair.server = client, server
+    already = (len(pair.a.server.received), len(pair.b.server.received))
+    flight, sent, first = 0, {"a": 0, "b": 0}, {}
+    for _ in range(flights):
+        for transport, reader, writer in ((client_transport, server, "a"), (server_transport, client, "b")):
+            for _ in range(10):  # TLS writes and the pacer run on the clock (at 1 Mbit/s, 0.1 s paces 12 KB)
+                pair.clock.advance(0.01)
+            data = transport.getOutBuffer()
+            if not data:
+                continue
+            flight += 1
+            sent[writer] += len(data)
+            reader.dataReceived(data)
+            for half, name, before in ((pair.b, "b", already[1]), (pair.a, "a", already[0])):
+                if name not in first and len(half.server.received) > before:
+                    first[name] = (flight, dict(sent))
+    return first

@@ -36,6 +36,7 @@ def test_the_constrained_profile_loads_and_stretches_the_link_timers_to_the_bear
     assert leg.settings.ack_timeout == pytest.approx(max(30, 12 + transfer))
     assert leg.settings.keepalive == 60
     assert leg.open_timeout == pytest.approx(max(30, 8 + transfer))
+    assert leg.settings.down_deadline == 600  # stretched to max_wait: stanzas wait across outages that long
     assert not leg.without_tls
 
 

@@ -181,10 +181,12 @@ def test_a_stanza_that_waited_past_max_wait_bounces():
     assert pair.a.link.describe()["expired"] == 1
 
 
-def test_a_merged_message_over_the_receivers_recipient_bound_is_refused_and_each_copy_bounces_once():
-    """Half B fans out at most 2 recipients: A's 3-copy message is refused by its number, and A bounces each copy."""
+@pytest.mark.parametrize("bound", [{"fan_out_recipients": 2}, {"fan_out_bytes": 600}])
+def test_a_merged_message_over_the_receivers_fan_out_bounds_is_refused_and_each_copy_bounces_once(bound):
+    """Half B fans out at most 2 recipients (or 600 bytes of copies): A's 3-copy message is refused by its number,
+    and A bounces each copy once."""
     profile = ConstrainedProfile(security="bearer", compression="dictionary", rate=1_000_000)
-    pair = ConstrainedPair(profile, settings=LinkSettings(ack_every=1, fan_out_recipients=2))
+    pair = ConstrainedPair(profile, settings=LinkSettings(ack_every=1, **bound))
     pair.connect()
     for occupant in OCCUPANTS[:3]:
         pair.a.sends(groupchat(occupant))
@@ -192,17 +194,6 @@ def test_a_merged_message_over_the_receivers_recipient_bound_is_refused_and_each
     assert pair.b.server.received == [] and pair.b.books()["accepted"] == 0
     assert pair.a.link.describe()["refused_by_peer"] == 1  # one link stanza
     assert pair.a.books() == {"accepted": 3, "delivered": 0, "bounced": 3, "dropped": 0, "in_flight": 0}
-
-
-def test_a_merged_message_whose_copies_exceed_the_fan_out_bytes_is_refused():
-    """The copies of one link stanza are bounded in bytes too: 3 copies over fan_out_bytes are refused."""
-    profile = ConstrainedProfile(security="bearer", compression="zlib", rate=1_000_000)
-    pair = ConstrainedPair(profile, settings=LinkSettings(ack_every=1, fan_out_bytes=600))
-    pair.connect()
-    for occupant in OCCUPANTS[:3]:
-        pair.a.sends(groupchat(occupant))
-    pair.run(2.0)
-    assert pair.b.server.received == [] and pair.a.books()["bounced"] == 3
 
 
 def test_each_fanned_out_copy_is_addressing_checked_on_its_own():
@@ -298,3 +289,132 @@ def test_an_address_that_is_no_valid_abbreviation_is_a_stream_error():
     assert pair.server.closing and pair.b.server.received == []
     assert pair.a.link.describe()["refused_by_peer"] == 1 and pair.a.books()["bounced"] == 1
     assert NOT_AN_ABBREVIATION and ConstrainedLink
+
+
+@pytest.mark.parametrize("security, resumed, flights_to_b, flights_to_a", [
+    ("bearer", False, 1, 2),  # the first write after TCP carries header, resume and stanza, both ways
+    ("tls", False, 3, 4),  # TLS 1.3: ClientHello; ServerHello..Finished; client Finished + header + stanza
+    ("tls", True, 3, 4),  # resumed: the same flights, without certificates
+])
+def test_no_xmpp_round_trip_comes_before_the_first_stanza(material, security, resumed, flights_to_b, flights_to_a):
+    """Count the flights on a new connection until each side's first stanza arrives: only TCP and TLS come first."""
+    from .constrained_pairs import flights_before_first_stanzas
+
+    pair = ConstrainedPair(ConstrainedProfile(security=security, compression="dictionary", rate=1_000_000),
+                           material)
+    if resumed:
+        pair.connect()
+        pair.tls[0].sessions.watch(pair.client.wrappedProtocol)
+        pair.client.transport.loseConnection()
+        pair.run(0.2)
+    pair.a.sends(chat(1))
+    pair.b.sends(chat(2, "juliet@blue.example/b", "romeo@red.example"))
+    first = flights_before_first_stanzas(pair)
+    assert (first["b"][0], first["a"][0]) == (flights_to_b, flights_to_a)
+    if resumed:
+        assert pair.tls[0].sessions.offered == 1
+    print(f"{security}{' resumed' if resumed else ''}: first stanza at B after flight {first['b']}, "
+          f"at A after flight {first['a']} (bytes written by each half so far)")
+
+
+def test_a_compression_mismatch_says_so_in_the_log():
+    """The half that cannot read its peer's first bytes logs that both halves must use the same compression."""
+    from twisted.logger import globalLogPublisher
+
+    seen = []
+    globalLogPublisher.addObserver(seen.append)
+    try:
+        test_a_compression_mismatch_closes_the_link_with_a_stream_error_not_a_hang()
+    finally:
+        globalLogPublisher.removeObserver(seen.append)
+    assert any(event["log_level"].name == "error" and "compression" in event.get("log_format", "")
+               for event in seen)
+
+
+def test_a_presence_to_many_recipients_crosses_once_and_is_fanned_out():
+    """Romeo's presence to 6 friends behind the link is one link stanza; half B makes one presence per friend."""
+    pair = ConstrainedPair(ConstrainedProfile(security="bearer", compression="dictionary", rate=1_000_000))
+    pair.connect()
+    for number in range(6):
+        pair.a.sends(presence("romeo@red.example/a", f"friend{number}@blue.example", show="away"))
+    pair.run(2.0)
+    assert pair.b.link.describe()["received"] == 1
+    assert sorted(stanza.split('to="')[1].split('"')[0] for stanza in pair.b.server.received) == \
+        [f"friend{number}@blue.example" for number in range(6)]
+    assert pair.b.books() == {"accepted": 6, "delivered": 6, "bounced": 0, "dropped": 0, "in_flight": 0}
+
+
+def test_the_link_paces_its_writes_to_the_rate_and_chat_overtakes_waiting_presence():
+    """At 2,400 bit/s, 12 presences wait their turn: a chat message offered after them crosses first, and after
+    one second no more bytes than the rate allows have been written."""
+    pair = ConstrainedPair(ConstrainedProfile(security="bearer", compression="none", rate=2400))
+    pair.connect()
+    for number in range(12):  # directed presences with different status texts: nothing to merge or coalesce
+        pair.a.sends(f"<presence from='romeo@red.example/a' to='friend{number}@blue.example'>"
+                     f"<status>status number {number}</status></presence>")
+    pair.a.sends(chat(1))
+    written = pair.a.link.stream.byte_count.bytes_out
+    pair.run(1.0, step=0.01)
+    assert (pair.a.link.stream.byte_count.bytes_out - written) * 8 <= 2400 * 1.0 + 8 * 200  # one stanza of slack
+    assert "<message" in pair.b.server.received[0]
+    assert 1 < len(pair.b.server.received) < 13
+    pair.run(10.0, step=0.05)
+    assert len(pair.b.server.received) == 13
+    assert pair.a.books() == {"accepted": 13, "delivered": 13, "bounced": 0, "dropped": 0, "in_flight": 0}
+
+
+def test_a_policy_reload_judges_the_stanzas_waiting_in_the_schedule_again():
+    """While the bearer is down, the export policy becomes stricter: the waiting chat is judged again and bounced."""
+    from guard.core.pipeline import Direction, Judgement
+
+    class BounceAll:
+        def judge(self, stanza, direction):
+            return Judgement.bounced(stanza, "no-export", "policy-violation")
+
+    pair = ConstrainedPair(ConstrainedProfile(security="bearer", compression="none", rate=1_000_000))
+    pair.a.sends(chat(1))
+    pair.a.sends(presence("romeo@red.example/a"))
+    assert pair.a.link.describe()["scheduled"] == 2
+    pair.a.relay.policies.swap(Direction("red", "blue"), BounceAll())
+    pair.a.relay.rejudge_link_buffer()
+    assert pair.a.link.describe()["scheduled"] == 0
+    assert pair.a.books() == {"accepted": 2, "delivered": 0, "bounced": 2, "dropped": 0, "in_flight": 0}
+    assert [record[1] for record in pair.a.audit.records] == ["no-export", "no-export"]
+
+
+def test_a_stopping_half_bounces_what_waits_in_the_schedule():
+    """The half stops with stanzas waiting for the bearer: each bounces (remote-server-timeout), none is lost."""
+    pair = ConstrainedPair(ConstrainedProfile(security="bearer", compression="none", rate=1_000_000))
+    for number in range(3):
+        pair.a.sends(chat(number))
+    pair.a.relay.shut_down()
+    assert pair.a.books() == {"accepted": 3, "delivered": 0, "bounced": 3, "dropped": 0, "in_flight": 0}
+    assert pair.a.link.describe()["scheduled"] == 0
+
+
+@pytest.mark.parametrize("mode, crosses", [
+    ("all", ["broadcast", "directed", "probe"]),
+    ("available", ["broadcast", "directed", "probe"]),
+    ("directed", ["directed"]),
+    ("none", []),
+])
+def test_presence_is_stripped_as_the_mode_says_and_each_stripped_one_is_audited(mode, crosses):
+    """Broadcast, directed and probe presence against each presence mode: what stays behind is dropped, audited."""
+    pair = ConstrainedPair(ConstrainedProfile(security="bearer", compression="zlib", rate=1_000_000, presence=mode))
+    pair.connect()
+    sent = {
+        "broadcast": "<presence from='romeo@red.example/a' to='juliet@blue.example' id='broadcast'>"
+                     "<status>in Verona</status></presence>",
+        "directed": "<presence from='romeo@red.example/a' to='room@blue.example/romeo' id='directed'/>",
+        "probe": "<presence from='romeo@red.example' to='nurse@blue.example' type='probe' id='probe'/>",
+    }
+    for xml in sent.values():
+        pair.a.sends(xml)
+    pair.run(2.0)
+    assert sorted(stanza.split('id="')[1].split('"')[0] for stanza in pair.b.server.received) == sorted(crosses)
+    stripped = len(sent) - len(crosses)
+    assert pair.a.books() == {"accepted": 3, "delivered": len(crosses), "bounced": 0, "dropped": stripped,
+                              "in_flight": 0}
+    assert [record[:2] for record in pair.a.audit.records] == [("drop", "guard:link-presence-stripped")] * stripped
+    if mode == "available":
+        assert "<status>" not in "".join(pair.b.server.received)  # reduced to the state
