@@ -150,6 +150,34 @@ def test_presence_is_stripped_as_configured(constrained, romeo, juliet):
     assert stripped, "gateway A audits the presence its link profile kept off the bearer"
 
 
+def test_a_room_message_crosses_once_for_every_occupant_behind_the_bearer(constrained, loop, romeo):
+    """A room on red with four occupants on blue: each message reaches all four, and crosses the link once."""
+    romeo.join_room(ROOM, "romeo", timeout=TIMEOUT)
+    occupants = []
+    try:
+        for name in BLUE_OCCUPANTS:
+            client = constrained.client(loop, f"{name}@blue.example").connect()
+            occupants.append(client)
+            client.join_room(ROOM, name, timeout=TIMEOUT)
+        wait_balanced(constrained, "a")
+        crossings, bytes_per_message = [], []
+        for number in range(3):
+            body = f"sitrep {number}: all stations report in"
+            link_before = received_over_link(constrained, "b")
+            bearer_before = constrained.bearer_books()["bytes_forward"]
+            romeo.send_xml(f"<message to='{ROOM}' type='groupchat' id='room{number}'><body>{body}</body></message>")
+            for client in occupants:
+                client.wait_for_groupchat(ROOM, "romeo", body, timeout=TIMEOUT)
+            wait_balanced(constrained, "a")
+            crossings.append(received_over_link(constrained, "b") - link_before)
+            bytes_per_message.append(constrained.bearer_books()["bytes_forward"] - bearer_before)
+    finally:
+        for client in occupants:
+            client.disconnect()
+    assert crossings == [1, 1, 1], crossings
+    print(f"room message to {len(BLUE_OCCUPANTS)} occupants: {bytes_per_message} bytes forward on the bearer")
+
+
 def test_an_outage_in_the_middle_of_traffic_loses_nothing_and_the_books_balance(constrained, romeo, juliet):
     """Twenty messages with a 4 s outage after the fifth: all twenty arrive once, in order; both halves balance."""
     bodies = [f"traffic {n:02d}" for n in range(20)]
