@@ -25,7 +25,13 @@ Classes, served strictly in this order:
    arrives during the burst.
 
 Within a class, senders (``Outgoing.sender``) take turns, one item each
-(round robin); one sender's items keep their order.
+(round robin); one sender's items keep their order.  Across classes one
+order is kept: a message or IQ never overtakes a presence queued before it
+that was sent to a full JID with the same bare ``from`` and bare ``to`` (a
+MUC join before the first message to the room; a room's occupant presence
+before its subject and history to that occupant).  When the message's turn
+comes, that presence leaves in its place (it inherits the message's class).
+Presence to a bare JID (roster broadcast) holds nothing back.
 
 Rate: a token bucket in bytes, filled at ``rate_bits_per_second / 8`` up to
 ``burst_bytes`` (default 0).  An item leaves when the balance is not
@@ -144,15 +150,24 @@ _EPSILON_BYTES = 1e-6
 class ScheduleLimits:
     """The bounds and knobs of one bearer schedule (see the module's text for each)."""
 
+    # Enforced by offer: stanzas waiting (each copy of a merged item counts) and
+    # the bytes the waiting items will cost the bearer; past either, REFUSED.
     queue_stanzas: int = 2000
     queue_bytes: int = 1024 * 1024
+    # Enforced by expired: seconds an item may wait for the bearer.
     max_wait_seconds: float = 600.0
+    # New presence items per window that are not held; the held ones use at
+    # most roster_share of the rate (0 < share <= 1).
     roster_burst: int = 8
     roster_window_seconds: float = 10.0
     roster_share: float = 0.5
+    # Enforced by offer (TOO_LATE) and expired: how long a requester waits for
+    # an IQ answer, and the bearer's round trip spent on it.
     iq_deadline_seconds: float = 60.0
     round_trip_seconds: float = 2.0
+    # Bytes the rate may save up while the bearer is idle (0: none).
     burst_bytes: int = 0
+    # XEP-0131 headers (name, value) that make a message flash (priority).
     flash_headers: tuple = DEFAULT_FLASH_HEADERS
 
     def __post_init__(self):
@@ -172,11 +187,14 @@ class ScheduleLimits:
         if not _positive_number(self.roster_share) or self.roster_share > 1:
             raise ValueError(f"roster_share must be above 0 and at most 1, not {self.roster_share!r}")
         headers = self.flash_headers
-        if not isinstance(headers, tuple) or not all(
-            isinstance(pair, tuple) and len(pair) == 2 and all(isinstance(part, str) and part for part in pair)
+        if isinstance(headers, (str, bytes)) or not isinstance(headers, (tuple, list)) or not all(
+            isinstance(pair, (tuple, list)) and len(pair) == 2
+            and all(isinstance(part, str) and part.strip() for part in pair)
             for pair in headers
         ):
-            raise ValueError("flash_headers must be a tuple of (header name, value) pairs of non-empty strings")
+            raise ValueError("flash_headers must be a list of [header name, value] pairs of non-empty strings")
+        # as read from a config file (lists), kept as tuples
+        object.__setattr__(self, "flash_headers", tuple((name, value) for name, value in headers))
 
 
 def _number(value) -> bool:
@@ -230,6 +248,9 @@ class Queued:
     merge_key: tuple | None = field(default=None, repr=False)
     answer_by: float | None = None  # an IQ get/set: the last moment it can leave and be answered in time
     state_presence: bool = False
+    waits_for: list = field(default_factory=list, repr=False)  # directed presence that must leave first
+    queued: bool = field(default=True, repr=False)
+    share_charged: bool = field(default=False, repr=False)
 
 
 @dataclass(frozen=True)
@@ -408,7 +429,9 @@ class BearerSchedule:
         self._lane_bytes = {lane: 0 for lane in LANES}
         self._open_groups: dict[tuple, Queued] = {}  # merge key -> the item still gathering copies
         self._presence_slots: dict[tuple, Queued] = {}  # (from, to) of available/unavailable -> its item
-        self._new_presence_times: deque = deque()  # when each recent new presence item was made
+        self._directed: dict[tuple, Queued] = {}  # (bare from, bare to) -> last presence item sent to a full JID
+        # when the last roster_burst + 1 new presence items were made (enough to tell whether the window holds more)
+        self._new_presence_times: deque = deque(maxlen=limits.roster_burst + 1)
         self._stanzas = 0
         self._bytes = 0
 
@@ -435,6 +458,17 @@ class BearerSchedule:
         to) while the bearer was down, so what waits is already the snapshot.
         """
         return [item for lane in ("presence", HELD) for items in self._lanes[lane].values() for item in items]
+
+    def take_all(self) -> list:
+        """Take out every waiting item, class by class (the link stopping, or judging all again after a reload)."""
+        items = self.queued_items()
+        for item in items:
+            self._remove(item)
+        return items
+
+    def queued_items(self) -> list:
+        """Every waiting item, class by class (for a status page; nothing leaves)."""
+        return [item for lane in LANES for items in self._lanes[lane].values() for item in items]
 
     # -- offer ---------------------------------------------------------------
 
@@ -512,6 +546,7 @@ class BearerSchedule:
                 self._presence_slots[(sender_jid, to)] = group
             if slot is not None and slot is not group:
                 self._remove(slot)
+            self._note_order(group, element, is_presence, sender_jid, to)
             return Offered(MERGED, group, superseded)
 
         if slot is not None:
@@ -532,7 +567,24 @@ class BearerSchedule:
             self._open_groups[merge_key] = item
         if state_presence and to:
             self._presence_slots[(sender_jid, to)] = item
+        self._note_order(item, element, is_presence, sender_jid, to)
         return Offered(QUEUED, item, superseded)
+
+    def _note_order(self, item: Queued, element, is_presence: bool, sender_jid: str, to: str) -> None:
+        """Remember a presence sent to a full JID; make a message or IQ wait for the one of its bare addresses."""
+        key = (_bare(sender_jid), _bare(to))
+        if is_presence:
+            if "/" in to:
+                self._directed[key] = item
+            return
+        presence_item = self._directed.get(key)
+        if presence_item is None:
+            return
+        if not presence_item.queued:
+            del self._directed[key]
+            return
+        if presence_item is not item and all(presence_item is not known for known in item.waits_for):
+            item.waits_for.append(presence_item)
 
     def _presence_crosses(self, element: domish.Element, presence_type: str) -> bool:
         mode = self.presence_mode
@@ -600,7 +652,16 @@ class BearerSchedule:
         sender_jid = item.element.attributes.get("from", "")
         if self._presence_slots.get((sender_jid, to)) is item:
             del self._presence_slots[(sender_jid, to)]
+        self._forget_directed(item, sender_jid, to)
         return parcel
+
+    def _forget_directed(self, item: Queued, sender_jid: str, to: str) -> None:
+        """``item`` no longer holds a copy for the bare JID of ``to``: it holds no message back for it."""
+        key = (_bare(sender_jid), _bare(to))
+        if self._directed.get(key) is item and (
+            not item.queued or all(_bare(recipient) != key[1] for recipient in item.recipients)
+        ):
+            del self._directed[key]
 
     def _take_over(self, slot: Queued, parcel, element, size, to, merge_key, now) -> Queued:
         """A newer presence takes the place of the emptied item of the one it replaced."""
@@ -629,6 +690,7 @@ class BearerSchedule:
                 if item is not None:
                     self._bearer.charge(item.size, now)
                     self._burst_share.charge(item.size, now)
+                    item.share_charged = True
                     return Due(item, None)
         return Due(None, self._wake_at(now))
 
@@ -636,7 +698,7 @@ class BearerSchedule:
         """The link wrote ``item`` as ``wire_bytes`` on the bearer (compressed, with its own framing): correct the charge."""
         correction = wire_bytes - item.size
         self._bearer.charge(correction, now)
-        if item.lane == HELD:
+        if item.share_charged:
             self._burst_share.charge(correction, now)
 
     def spend(self, wire_bytes: int, now: float) -> None:
@@ -665,15 +727,27 @@ class BearerSchedule:
         return at
 
     def _take_due(self, lane: str, now: float) -> Queued | None:
-        """The first sender in turn whose first item is due: take that item and send the sender to the back."""
+        """
+        The first sender in turn whose first item is due: take that item and
+        send the sender to the back.  An item waiting for a directed presence
+        has that presence taken in its place (it inherits the item's class),
+        and the sender keeps its turn.
+        """
         senders = self._lanes[lane]
         for sender, items in senders.items():
-            if items[0].due_at <= now:
-                item = items[0]
-                self._remove(item)
-                if sender in senders:  # still has items: its turn comes again after everyone else's
-                    senders[sender] = senders.pop(sender)
-                return item
+            item = items[0]
+            if item.due_at > now:
+                continue
+            blocker = _first_queued(item.waits_for)
+            if blocker is not None:
+                if blocker.due_at > now:
+                    continue
+                self._remove(blocker)
+                return blocker
+            self._remove(item)
+            if sender in senders:  # still has items: its turn comes again after everyone else's
+                senders[sender] = senders.pop(sender)
+            return item
         return None
 
     def _remove(self, item: Queued) -> None:
@@ -683,13 +757,14 @@ class BearerSchedule:
         if not items:
             del senders[item.sender]
         self._count(item, -len(item.parcels), -item.size)
+        item.queued = False
         if item.merge_key is not None and self._open_groups.get(item.merge_key) is item:
             del self._open_groups[item.merge_key]
-        if item.state_presence:
-            sender_jid = item.element.attributes.get("from", "")
-            for to in item.recipients:
-                if self._presence_slots.get((sender_jid, to)) is item:
-                    del self._presence_slots[(sender_jid, to)]
+        sender_jid = item.element.attributes.get("from", "")
+        for to in item.recipients:
+            if self._presence_slots.get((sender_jid, to)) is item:
+                del self._presence_slots[(sender_jid, to)]
+            self._forget_directed(item, sender_jid, to)
 
     def _wake_at(self, now: float) -> float | None:
         bearer_at = self._bearer.ready_at(now)
@@ -697,13 +772,25 @@ class BearerSchedule:
         for lane in LANES:
             for items in self._lanes[lane].values():
                 at = max(items[0].due_at, bearer_at)
-                if lane == HELD:
+                blocker = _first_queued(items[0].waits_for)
+                if blocker is not None:
+                    at = max(at, blocker.due_at)
+                elif lane == HELD:
                     at = max(at, self._burst_share.ready_at(now))
                 times.append(at)
         expiry = self.next_expiry()
         if expiry is not None:
             times.append(expiry)
         return min(times, default=None)
+
+
+def _first_queued(items: list) -> Queued | None:
+    return next((item for item in items if item.queued), None)
+
+
+def _bare(jid: str) -> str:
+    """A JID without its resource."""
+    return jid.partition("/")[0]
 
 
 def _without(recipients: list, to: str) -> list:

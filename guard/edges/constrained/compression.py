@@ -34,6 +34,11 @@ The link writes one stanza (or one of its own elements) per write, so the
 frame budget is the receiving half's ``stanza_bytes`` plus
 ``LINK_ELEMENT_ALLOWANCE``.  A write larger than the budget is refused by the
 writing side too (the connection drops): the far half could not take it.
+
+Frames carry no checksum (4 bytes a stanza is too dear at 1,200 bps): the
+integrity of what crosses is TLS's, or the bearer's own crypto's; a changed
+byte that still inflates reaches the parser and the policy like any other
+input.  Mode "none" installs nothing: the link's bytes go as they are.
 """
 
 from __future__ import annotations

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import math
 from dataclasses import dataclass
 
 from automat import MethodicalMachine
@@ -227,7 +226,7 @@ class Link:
         from guard.edges.release import reparse_stanza
 
         limits = ParserLimits(stanza_bytes=self.stanza_bytes)
-        for item in self.schedule.expired(math.inf):  # everything it holds, to be offered again
+        for item in self.schedule.take_all():  # everything it holds, to be offered again
             for parcel in item.parcels:
                 try:
                     data = judge(Carried(parcel, serialise(parcel.stanza).encode("utf-8")))
@@ -645,7 +644,7 @@ class Link:
         """Everything the schedule holds is given up (the down deadline, draining, stopping)."""
         if self.schedule is None:
             return
-        for item in self.schedule.expired(math.inf):  # everything it holds
+        for item in self.schedule.take_all():
             for parcel in item.parcels:
                 self._give_up(parcel, condition, text)
 

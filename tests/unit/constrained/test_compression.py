@@ -9,6 +9,8 @@ import tracemalloc
 import zlib
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 
@@ -346,3 +348,28 @@ def test_a_bomb_closes_a_real_link_stream_with_policy_violation():
     assert stream_b.closing and transport_b.disconnecting
     error = ends[0][2].filters.incoming(transport_b.value())
     assert error.startswith(b"<stream:error><policy-violation ") and error.endswith(b"</stream:stream>")
+
+
+FUZZ_SETTINGS = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+GOOD_FRAMES = b"".join(FrameWriter(BUDGET, DICTIONARY)(write) for write in WRITES)
+
+
+@FUZZ_SETTINGS
+@given(st.one_of(st.binary(max_size=300),
+                 st.tuples(st.integers(0, len(GOOD_FRAMES) - 1), st.integers(0, 255)).map(
+                     lambda change: GOOD_FRAMES[:change[0]] + bytes((change[1],)) + GOOD_FRAMES[change[0] + 1:])),
+       st.integers(1, 64))
+def test_whatever_arrives_is_read_or_refused_within_bounds(data, chunk):
+    """Random bytes, or good frames with one byte changed, in any chunking: the reader returns bytes within its read
+    allowance, or None, or refuses; it never fails otherwise, and what waits is never more than one frame."""
+    reader = FrameReader(BUDGET, DICTIONARY)
+    longest = 1 + 4 + largest_payload(DEFLATED, BUDGET)
+    try:
+        for start in range(0, len(data), chunk):
+            piece = data[start:start + chunk]
+            waiting = reader.pending_bytes
+            result = reader(piece)
+            assert result is None or len(result) <= 2 * BUDGET + MAX_READ_RATIO * (waiting + len(piece))
+            assert reader.pending_bytes <= longest
+    except Refused as refused:
+        assert refused.condition == "policy-violation"

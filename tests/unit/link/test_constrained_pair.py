@@ -57,10 +57,13 @@ def test_compression_lowers_the_bytes_on_the_bearer():
     print(f"bearer bytes for 20 chat messages and their acknowledgements: {costs}")
 
 
-def test_a_compression_mismatch_closes_the_link_with_a_stream_error_not_a_hang():
-    """Half A deflates, half B does not: B cannot read A's first bytes and closes; nothing is carried or lost."""
-    pair = ConstrainedPair(ConstrainedProfile(security="bearer", compression="zlib", rate=1_000_000),
-                           profile_b=ConstrainedProfile(security="bearer", compression="none", rate=1_000_000))
+@pytest.mark.parametrize("mode_a, mode_b", [("zlib", "none"), ("none", "zlib"), ("dictionary", "none"),
+                                             ("none", "dictionary"), ("dictionary", "zlib"), ("zlib", "dictionary")])
+def test_a_compression_mismatch_closes_the_link_with_a_stream_error_not_a_hang(mode_a, mode_b):
+    """Half A and half B use different compression: the first bytes cannot be read, the connection closes, and
+    nothing is carried or lost."""
+    pair = ConstrainedPair(ConstrainedProfile(security="bearer", compression=mode_a, rate=1_000_000),
+                           profile_b=ConstrainedProfile(security="bearer", compression=mode_b, rate=1_000_000))
     pair.a.sends(chat(1))
     pair.connect()
     assert pair.a.link.describe()["state"] != "up" or pair.b.link.describe()["state"] != "up"
@@ -324,7 +327,7 @@ def test_a_compression_mismatch_says_so_in_the_log():
     seen = []
     globalLogPublisher.addObserver(seen.append)
     try:
-        test_a_compression_mismatch_closes_the_link_with_a_stream_error_not_a_hang()
+        test_a_compression_mismatch_closes_the_link_with_a_stream_error_not_a_hang("zlib", "none")
     finally:
         globalLogPublisher.removeObserver(seen.append)
     assert any(event["log_level"].name == "error" and "compression" in event.get("log_format", "")

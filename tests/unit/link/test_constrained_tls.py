@@ -17,7 +17,8 @@ from .pairs import RecordingOwner, message
 def material(tmp_path_factory):
     folder = tmp_path_factory.mktemp("constrained-pki")
     ca = CertificateAuthority.create("link-ca")
-    return {"a": ca.write_leaf(folder, "half-a", ["half-a"]), "b": ca.write_leaf(folder, "half-b", ["half-b"])}
+    return {"a": ca.write_leaf(folder, "half-a", ["half-a"]), "b": ca.write_leaf(folder, "half-b", ["half-b"]),
+            "ca": ca.write(folder)}
 
 
 def counted(transport, tally, key):
@@ -34,7 +35,7 @@ def counted(transport, tally, key):
 class Halves:
     """half-a dials half-b over TLS 1.3 in memory, again and again, with the same links and TLS contexts."""
 
-    def __init__(self, material, tls13_only=True):
+    def __init__(self, material, tls13_only=True, by_ca=False):
         self.clock = Clock()
         a, b = material["a"], material["b"]
         self.owner_a, self.owner_b = RecordingOwner(), RecordingOwner()
@@ -42,8 +43,12 @@ class Halves:
         self.link_b = Link(self.owner_b, "half-b", "half-a", self.clock, session="sessionb")
         self.tls_a = LinkTLS(str(a.certificate), str(a.key), tls13_only=tls13_only)
         self.tls_b = LinkTLS(str(b.certificate), str(b.key), tls13_only=tls13_only)
-        self.check_a = PeerCheck("half-b", pins=[certificate_fingerprint(str(b.certificate))])
-        self.check_b = PeerCheck("half-a", pins=[certificate_fingerprint(str(a.certificate))])
+        if by_ca:
+            self.check_a = PeerCheck("half-b", ca_path=str(material["ca"]))
+            self.check_b = PeerCheck("half-a", ca_path=str(material["ca"]))
+        else:
+            self.check_a = PeerCheck("half-b", pins=[certificate_fingerprint(str(b.certificate))])
+            self.check_b = PeerCheck("half-a", pins=[certificate_fingerprint(str(a.certificate))])
         self.pump = None
 
     def connect(self):
@@ -83,9 +88,11 @@ def test_a_constrained_link_speaks_tls_1_3_only(material):
     assert halves.client.getHandle().get_protocol_version_name() == "TLSv1.3"
 
 
-def test_a_reconnection_resumes_the_session_with_fewer_bytes_and_still_proves_the_peer(material):
-    """The second connection offers the kept session: no certificates cross, and both peers are still proved."""
-    halves = Halves(material)
+@pytest.mark.parametrize("by_ca", [False, True])
+def test_a_reconnection_resumes_the_session_with_fewer_bytes_and_still_proves_the_peer(material, by_ca):
+    """The second connection offers the kept session: no certificates cross, and both peers are still proved
+    (by pinned fingerprints, or by the link CA and the name in the certificate kept in the session)."""
+    halves = Halves(material, by_ca=by_ca)
     full = halves.connect()
     halves.keep_session()
     halves.cut()
