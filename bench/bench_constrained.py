@@ -179,6 +179,8 @@ class Run:
         self.figures.first_turns_exact = raw["turns_before_marker"]
 
     def messages(self, romeo, juliet) -> None:
+        self._deliver(romeo, juliet, *labelled(0, tag="warm"))  # streams (S2S) and windows (zlib) set up before
+        time.sleep(2 * self.figures.delay + 1.0)
         before = self.books()
         for number in range(1, self.traffic.messages + 1):
             self._deliver(romeo, juliet, *labelled(number))
