@@ -212,7 +212,9 @@ class ConstrainedLab(PairLab):
         self.start_bearer("bearer", (S2S_BEARER_TO_BLUE, S2S_PORT), (BLUE_ADDRESS, S2S_PORT), more=(
             "--max-connections", "16",
             "--reverse-route", f"{S2S_BEARER_TO_RED}:{S2S_PORT}={GATEWAY_B_ADDRESS}:{S2S_PORT}"))
-        text = topology.render_guard_config(self.pki, self.authentication, ALLOW_ALL, self.guard_log_level)
+        # Red's traffic is judged by red's export policy, as gateway A judges it: the same stanzas leave.
+        text = topology.render_guard_config(self.pki, self.authentication, {"red": RED_EXPORT, "blue": ALLOW_ALL},
+                                            self.guard_log_level)
         for old, new in ((topology.GUARD_RED_FACING, GATEWAY_A_ADDRESS),
                          (topology.GUARD_BLUE_FACING, GATEWAY_B_ADDRESS),
                          (topology.RED_ADDRESS, RED_ADDRESS), (topology.BLUE_ADDRESS, S2S_BEARER_TO_BLUE)):
