@@ -26,10 +26,11 @@ from __future__ import annotations
 import json
 import signal
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from guard.lab.pki import BLUE_DOMAINS, RED_DOMAINS
-from guard.lab.prosody import LabError, ProsodyServer, ProsodySettings, stop_process, write_roster
+from guard.lab.prosody import LabError, ProsodyServer, stop_process, write_roster
 from guard.lab.topology import C2S_PORT, PASSWORD, S2S_PORT, USERS, LabClient, ensure_free, toml_string
 
 from pair_lab import PairLab  # noqa: E402  (tests/integration on sys.path: conftest, bench)
@@ -123,34 +124,22 @@ class ConstrainedLab(PairLab):
         self._spawn("dns", arguments, [(DNS_ADDRESS, DNS_PORT)], 15.0)
 
     def _prosody(self, name, domain, muc_domain, address) -> ProsodyServer:
-        settings = ProsodySettings(
-            name=name, domain=domain, muc_domain=muc_domain, address=address,
-            certificate=self.pki.server(name), cafile=self.pki.side_ca(name),
-            secure_auth=self.authentication == "certificate",
-            log_level=self.prosody_log_level, dns_forward=f"{DNS_ADDRESS}@{DNS_PORT}",
-            c2s_port=C2S_PORT, s2s_port=S2S_PORT,
-        )  # fmt: skip
-        return ProsodyServer(settings, self.folder / name)
+        """The pair lab's server, resolving through this lab's DNS."""
+        server = super()._prosody(name, domain, muc_domain, address)
+        return ProsodyServer(replace(server.settings, dns_forward=f"{DNS_ADDRESS}@{DNS_PORT}"), server.folder)
 
     def client(self, loop, jid: str, password: str = PASSWORD) -> LabClient:
-        domain = jid.split("@", 1)[-1].split("/", 1)[0]
-        address = {"red.example": RED_ADDRESS, "blue.example": BLUE_ADDRESS}.get(domain)
-        if address is None:
-            raise LabError(f"no lab server hosts {domain!r}")
-        return LabClient(loop, jid, password, address, C2S_PORT, cafile=self.pki.both_cas)
+        """The pair lab's client, connecting to this lab's server for its domain."""
+        client = super().client(loop, jid, password)
+        client.address = {"red.example": RED_ADDRESS, "blue.example": BLUE_ADDRESS}[client.jid.domain]
+        return client
 
     # -- the gateways ------------------------------------------------------------------
 
     def _write_pair_material(self) -> None:
-        from guard.edges.link.tls import certificate_fingerprint
-        from guard.lab.pki import CertificateAuthority
-
+        """The pair lab's link CA, certificates and fingerprints; then each half's file for this lab."""
+        super()._write_pair_material()
         folder = self.folder / "pair"
-        folder.mkdir(parents=True, exist_ok=True)
-        link_ca = CertificateAuthority.create("link-ca")
-        self.link_certificates = {name: link_ca.write_leaf(folder, name, [name]) for name in ("half-a", "half-b")}
-        self.fingerprints = {name: certificate_fingerprint(str(pair.certificate))
-                             for name, pair in self.link_certificates.items()}
         self.half_configs["a"] = self._write_gateway(
             folder, "a", "red", "blue", RED_DOMAINS, BLUE_DOMAINS, RED_ADDRESS, GATEWAY_A_ADDRESS,
             self.pki.guard_facing("red"), RED_EXPORT, ALLOW_ALL, "half-b",

@@ -26,7 +26,6 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from guard.edges.constrained.compression import DEFLATED, SYNC_FLUSH_TAIL, frame  # noqa: E402
-from guard.lab.clients import ClientLoop  # noqa: E402
 from constrained_lab import BLUE_OCCUPANTS, LINK_ADDRESS, LINK_PORT, ConstrainedLab  # noqa: E402
 
 from .labs import started  # noqa: E402
@@ -49,33 +48,14 @@ TIMEOUT = 30
 
 
 @pytest.fixture(scope="module")
-def constrained(tmp_path_factory):
-    """The constrained lab: 64 kbit/s, 0.25 s one way, security = bearer, dictionary, presence = directed."""
+def lab(tmp_path_factory):
+    """The constrained lab: 64 kbit/s, 0.25 s one way, security = bearer, dictionary, presence = directed.
+    (Named ``lab`` so that conftest's romeo and juliet fixtures connect to it.)"""
     laboratory = ConstrainedLab(tmp_path_factory.mktemp("constrained-lab"), rate=64_000, delay=0.25,
                                 security="bearer", compression="dictionary", presence="directed",
                                 outage_on_signal=4.0)
     yield started(laboratory, "the constrained lab", ready=lambda: laboratory.wait_link_up("a"))
     laboratory.stop()
-
-
-@pytest.fixture(scope="module")
-def loop():
-    with ClientLoop() as client_loop:
-        yield client_loop
-
-
-@pytest.fixture
-def romeo(constrained, loop):
-    client = constrained.client(loop, "romeo@red.example").connect()
-    yield client
-    client.disconnect()
-
-
-@pytest.fixture
-def juliet(constrained, loop):
-    client = constrained.client(loop, "juliet@blue.example").connect()
-    yield client
-    client.disconnect()
 
 
 def received_over_link(lab: ConstrainedLab, half: str) -> int:
@@ -95,48 +75,48 @@ def wait_balanced(lab: ConstrainedLab, half: str, timeout: float = TIMEOUT) -> d
         time.sleep(0.5)
 
 
-def test_chat_crosses_both_ways(constrained, romeo, juliet):
+def test_chat_crosses_both_ways(lab, romeo, juliet):
     """A chat message from red reaches blue over the bearer, and the answer comes back."""
     romeo.send_message("juliet@blue.example", "radio check")
     juliet.wait_for_body("romeo@red.example", "radio check", timeout=TIMEOUT)
     juliet.send_message("romeo@red.example", "loud and clear")
     romeo.wait_for_body("juliet@blue.example", "loud and clear", timeout=TIMEOUT)
-    books = constrained.bearer_books()
+    books = lab.bearer_books()
     assert books["bytes_forward"] > 0 and books["bytes_back"] > 0
 
 
-def test_labelled_chat_arrives_with_the_label_gateway_a_encoded(constrained, romeo, juliet):
+def test_labelled_chat_arrives_with_the_label_gateway_a_encoded(lab, romeo, juliet):
     """A RESTRICTED REL BLUE message crosses with its label, re-encoded by red's gateway, and nothing else."""
     romeo.send_xml(RELEASABLE.format(id="lab1", body="grid 3141 clear"))
     received = juliet.wait_for_body("romeo@red.example", "grid 3141 clear", timeout=TIMEOUT)
     assert "MRoCAQIGA4g3ATEQMA6ABIg3AQmBBgwEQkxVRQ==" in received.xml
 
 
-def test_a_secret_message_is_refused_by_red_export_policy_and_never_crosses(constrained, romeo, juliet):
+def test_a_secret_message_is_refused_by_red_export_policy_and_never_crosses(lab, romeo, juliet):
     """SECRET bounces to romeo (policy-violation, red's rule), the bearer carries nothing of it, blue sees nothing."""
-    before = received_over_link(constrained, "b")
+    before = received_over_link(lab, "b")
     romeo.send_xml(SECRET.format(id="sec1", body="the plan"))
     bounce = romeo.wait_for_error("juliet@blue.example", timeout=TIMEOUT)
     assert "<policy-violation" in bounce.xml, bounce.xml
     romeo.send_message("juliet@blue.example", "after the secret")
     juliet.wait_for_body("romeo@red.example", "after the secret", timeout=TIMEOUT)
     assert not [m for m in juliet.messages if m.body == "the plan"]
-    assert received_over_link(constrained, "b") == before + 1  # only the message after it crossed
-    audited = [r for r in constrained.audit_records("a") if r.get("rule") == "label-not-releasable"]
+    assert received_over_link(lab, "b") == before + 1  # only the message after it crossed
+    audited = [r for r in lab.audit_records("a") if r.get("rule") == "label-not-releasable"]
     assert audited, "gateway A audits its refusal"
 
 
-def test_contraband_red_lets_out_is_refused_by_blue_import_policy(constrained, romeo, juliet):
+def test_contraband_red_lets_out_is_refused_by_blue_import_policy(lab, romeo, juliet):
     """Blue's own import policy (deploy/pair/blue-import.toml) bounces contraband that red's export let out."""
     romeo.send_message("juliet@blue.example", "some contraband")
     bounce = romeo.wait_for_error("juliet@blue.example", timeout=TIMEOUT)
     assert "<policy-violation" in bounce.xml, bounce.xml
-    audited = [r for r in constrained.audit_records("b") if r.get("rule") == "no-contraband"]
+    audited = [r for r in lab.audit_records("b") if r.get("rule") == "no-contraband"]
     assert audited, "gateway B audits its refusal"
     assert not [m for m in juliet.messages if "contraband" in m.body]
 
 
-def test_presence_is_stripped_as_configured(constrained, romeo, juliet):
+def test_presence_is_stripped_as_configured(lab, romeo, juliet):
     """With presence = "directed", presence to juliet's bare JID (a roster broadcast) stays on red, audited;
     presence to one of her resources crosses whole."""
     romeo.send_xml("<presence to='juliet@blue.example'><status>broadcast to the roster</status></presence>")
@@ -145,32 +125,32 @@ def test_presence_is_stripped_as_configured(constrained, romeo, juliet):
     assert "to one resource" in presence.xml and "<show>away</show>" in presence.xml
     time.sleep(1.0)
     assert not [p for p in juliet.presences if "broadcast to the roster" in p.xml]
-    stripped = [r for r in constrained.audit_records("a") if r.get("rule") == "guard:link-presence-stripped"
+    stripped = [r for r in lab.audit_records("a") if r.get("rule") == "guard:link-presence-stripped"
                 and r.get("recipient") == "juliet@blue.example"]
     assert stripped, "gateway A audits the presence its link profile kept off the bearer"
 
 
-def test_a_room_message_crosses_once_for_every_occupant_behind_the_bearer(constrained, loop, romeo):
+def test_a_room_message_crosses_once_for_every_occupant_behind_the_bearer(lab, client_loop, romeo):
     """A room on red with four occupants on blue: each message reaches all four, and crosses the link once."""
     romeo.join_room(ROOM, "romeo", timeout=TIMEOUT)
     occupants = []
     try:
         for name in BLUE_OCCUPANTS:
-            client = constrained.client(loop, f"{name}@blue.example").connect()
+            client = lab.client(client_loop, f"{name}@blue.example").connect()
             occupants.append(client)
             client.join_room(ROOM, name, timeout=TIMEOUT)
-        wait_balanced(constrained, "a")
+        wait_balanced(lab, "a")
         crossings, bytes_per_message = [], []
         for number in range(3):
             body = f"sitrep {number}: all stations report in"
-            link_before = received_over_link(constrained, "b")
-            bearer_before = constrained.bearer_books()["bytes_forward"]
+            link_before = received_over_link(lab, "b")
+            bearer_before = lab.bearer_books()["bytes_forward"]
             romeo.send_xml(f"<message to='{ROOM}' type='groupchat' id='room{number}'><body>{body}</body></message>")
             for client in occupants:
                 client.wait_for_groupchat(ROOM, "romeo", body, timeout=TIMEOUT)
-            wait_balanced(constrained, "a")
-            crossings.append(received_over_link(constrained, "b") - link_before)
-            bytes_per_message.append(constrained.bearer_books()["bytes_forward"] - bearer_before)
+            wait_balanced(lab, "a")
+            crossings.append(received_over_link(lab, "b") - link_before)
+            bytes_per_message.append(lab.bearer_books()["bytes_forward"] - bearer_before)
     finally:
         for client in occupants:
             client.disconnect()
@@ -178,34 +158,34 @@ def test_a_room_message_crosses_once_for_every_occupant_behind_the_bearer(constr
     print(f"room message to {len(BLUE_OCCUPANTS)} occupants: {bytes_per_message} bytes forward on the bearer")
 
 
-def test_an_outage_in_the_middle_of_traffic_loses_nothing_and_the_books_balance(constrained, romeo, juliet):
+def test_an_outage_in_the_middle_of_traffic_loses_nothing_and_the_books_balance(lab, romeo, juliet):
     """Twenty messages with a 4 s outage after the fifth: all twenty arrive once, in order; both halves balance."""
     bodies = [f"traffic {n:02d}" for n in range(20)]
-    outages_before = constrained.bearer_books()["outages_begun"]
+    outages_before = lab.bearer_books()["outages_begun"]
     for number, body in enumerate(bodies):
         romeo.send_message("juliet@blue.example", body)
         if number == 4:
-            constrained.begin_outage()
+            lab.begin_outage()
         time.sleep(0.1)
     for body in bodies:
         juliet.wait_for_body("romeo@red.example", body, timeout=60)
     arrived = [m.body for m in juliet.messages if m.body.startswith("traffic ")]
     assert arrived == bodies
-    books = constrained.bearer_books()
+    books = lab.bearer_books()
     assert books["outages_begun"] == outages_before + 1
     assert books["dropped_by_outage"] >= 1  # the link's connection was cut with traffic waiting
     for half in ("a", "b"):
-        status = wait_balanced(constrained, half)
+        status = wait_balanced(lab, half)
         books_of_half = status["books"]
         assert books_of_half["in_flight"] == 0, (half, books_of_half)
         assert books_of_half["accepted"] == (books_of_half["delivered"] + books_of_half["bounced"]
                                              + books_of_half["dropped"]), (half, books_of_half)
         assert status["pair_link"]["unacknowledged"] == 0 and status["pair_link"]["queued"] == 0
-    traffic_bounces = [r for r in constrained.audit_records("a") if "traffic" in str(r)]
+    traffic_bounces = [r for r in lab.audit_records("a") if "traffic" in str(r)]
     assert not traffic_bounces
 
 
-def test_a_compression_bomb_on_the_link_port_is_refused_and_the_link_carries_on(constrained, romeo, juliet):
+def test_a_compression_bomb_on_the_link_port_is_refused_and_the_link_carries_on(lab, romeo, juliet):
     """One deflate frame of 1 KiB that inflates to 16 MiB, sent raw to gateway B's link port: refused, not inflated."""
     compressor = zlib.compressobj(9, zlib.DEFLATED, -15)
     payload = compressor.compress(b"<" + b"a" * (16 * 1024 * 1024)) + compressor.flush(zlib.Z_SYNC_FLUSH)
@@ -226,6 +206,6 @@ def test_a_compression_bomb_on_the_link_port_is_refused_and_the_link_carries_on(
                 closed = True
                 break
     assert closed, "gateway B closes a connection whose frame inflates past its budget"
-    assert "inflates past the frame budget" in constrained.log_of("half-b")
+    assert "inflates past the frame budget" in lab.log_of("half-b")
     romeo.send_message("juliet@blue.example", "still here")
     juliet.wait_for_body("romeo@red.example", "still here", timeout=60)

@@ -329,12 +329,18 @@ def test_a_real_socket_at_64_kbps_carries_at_about_the_rate_and_delay():
     assert 5_000 <= rate <= 9_000
 
 
+def shared_bearer(max_connections: int):
+    """A 1,200 bit/s simulator without delay carrying up to ``max_connections``: (reactor, simulator, dialer factory)."""
+    reactor = MemoryReactorClock()
+    simulator = BearerSimulator(reactor, "127.0.0.1", 5269, "127.0.0.2", 5269, 1200, 0.0,
+                                max_connections=max_connections)
+    simulator.start()
+    return reactor, simulator, reactor.tcpServers[0][1]
+
+
 def test_connections_sharing_the_bearer_share_its_rate():
     """Two connections at once (plain S2S needs several) get 1,200 bit/s between them, not each."""
-    reactor = MemoryReactorClock()
-    simulator = BearerSimulator(reactor, "127.0.0.1", 5269, "127.0.0.2", 5269, 1200, 0.0, max_connections=2)
-    simulator.start()
-    _, factory, _, _ = reactor.tcpServers[0]
+    reactor, simulator, factory = shared_bearer(2)
     sinks = []
     for index in range(2):
         near = factory.buildProtocol(None)
@@ -354,10 +360,7 @@ def test_connections_sharing_the_bearer_share_its_rate():
 
 def test_a_third_connection_past_max_connections_is_refused():
     """max_connections = 2 carries two connections and refuses the third."""
-    reactor = MemoryReactorClock()
-    simulator = BearerSimulator(reactor, "127.0.0.1", 5269, "127.0.0.2", 5269, 1200, 0.0, max_connections=2)
-    simulator.start()
-    _, factory, _, _ = reactor.tcpServers[0]
+    _, simulator, factory = shared_bearer(2)
     transports = []
     for _ in range(3):
         near = factory.buildProtocol(None)
