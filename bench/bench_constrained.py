@@ -108,7 +108,7 @@ class Run:
     """One setup at one rate: a lab, its clients, and the phases of the traffic."""
 
     def __init__(self, setup: str, rate: int, delay: float, traffic: Traffic, timeout: float,
-                 phases: Sequence[str] = PHASES):
+                 phases: Sequence[str] = PHASES, gateway_rate: float = 1.0):
         self.traffic = traffic
         self.phases = phases
         self.timeout = timeout
@@ -123,7 +123,7 @@ class Run:
             roster={"tybalt@red.example": {f"{c}@blue.example": "both" for c in contacts},
                     **{f"{c}@blue.example": {"tybalt@red.example": "both"} for c in contacts}},
             extra_users={"red": ("tybalt",), "blue": (*contacts, *occupants)},
-            **options)
+            constrained_options={"rate": max(75, int(rate * gateway_rate))}, **options)
         self.standalone = standalone
         self.figures = Figures(setup, rate, delay)
 
@@ -208,6 +208,9 @@ class Run:
     def roster_with_messages(self, loop, romeo, juliet) -> None:
         """tybalt comes online (his roster: `roster` contacts on blue) while romeo sends paced labelled messages."""
         gap = max(1.0, 2 * self.figures.delay)
+        # Streams up (the link's TLS handshake, the guard's S2S stream) and the bearer idle before the burst.
+        self._deliver(romeo, juliet, *labelled(0, tag="warm-roster"))
+        self._wait_idle(time.monotonic())
         before = self.books()
         started = time.monotonic()
         tybalt = self.lab.client(loop, "tybalt@red.example")
@@ -293,6 +296,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=None, help="seconds to wait for one delivery")
     parser.add_argument("--phases", default=",".join(PHASES),
                         help=f"comma-separated, in this order: {', '.join(PHASES)} (default all)")
+    parser.add_argument("--gateway-rate", type=float, default=1.0, metavar="FRACTION",
+                        help="the gateways' [link.constrained] rate as a fraction of the bearer's (default 1.0)")
     parser.add_argument("--messages", type=int, default=None, help="labelled messages (default 200; quick 10)")
     parser.add_argument("--roster", type=int, default=None, help="contacts coming online (default 50; quick 10)")
     parser.add_argument("--occupants", type=int, default=None, help="room occupants on blue (default 10; quick 3)")
@@ -317,7 +322,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         baseline = None
         for setup in setups:
             started = time.monotonic()
-            figures = Run(setup, rate, delay, traffic, timeout, phases).run()
+            figures = Run(setup, rate, delay, traffic, timeout, phases, arguments.gateway_rate).run()
             report(figures, traffic, baseline, phases)
             print(f"  (run took {time.monotonic() - started:.0f} s)", flush=True)
             if setup == "s2s":
