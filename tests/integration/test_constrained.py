@@ -45,6 +45,8 @@ SECRET = (  # SECRET under red-national: red's export policy keeps it home
     "</securitylabel></message>"
 )
 TIMEOUT = 30
+# Romeo and Juliet are each other's contacts: each login broadcasts presence across the boundary.
+ROSTERS = {"romeo@red.example": {"juliet@blue.example": "both"}, "juliet@blue.example": {"romeo@red.example": "both"}}
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +55,7 @@ def lab(tmp_path_factory):
     (Named ``lab`` so that conftest's romeo and juliet fixtures connect to it.)"""
     laboratory = ConstrainedLab(tmp_path_factory.mktemp("constrained-lab"), rate=64_000, delay=0.25,
                                 security="bearer", compression="dictionary", presence="directed",
-                                outage_on_signal=4.0)
+                                outage_on_signal=4.0, roster=ROSTERS)
     yield started(laboratory, "the constrained lab", ready=lambda: laboratory.wait_link_up("a"))
     laboratory.stop()
 
@@ -117,8 +119,8 @@ def test_contraband_red_lets_out_is_refused_by_blue_import_policy(lab, romeo, ju
 
 
 def test_presence_is_stripped_as_configured(lab, romeo, juliet):
-    """With presence = "directed", presence to juliet's bare JID (a roster broadcast) stays on red, audited;
-    presence to one of her resources crosses whole."""
+    """With presence = "directed", presence to juliet's bare JID (red's broadcast of romeo's login to his roster,
+    and one romeo sends) stays on red, audited; presence to one of her resources crosses whole."""
     romeo.send_xml("<presence to='juliet@blue.example'><status>broadcast to the roster</status></presence>")
     romeo.send_xml(f"<presence to='{juliet.full_jid}'><show>away</show><status>to one resource</status></presence>")
     presence = juliet.wait_for_presence("romeo@red.example", type="away", timeout=TIMEOUT)  # slixmpp: show as type
@@ -128,6 +130,7 @@ def test_presence_is_stripped_as_configured(lab, romeo, juliet):
     stripped = [r for r in lab.audit_records("a") if r.get("rule") == "guard:link-presence-stripped"
                 and r.get("recipient") == "juliet@blue.example"]
     assert stripped, "gateway A audits the presence its link profile kept off the bearer"
+    assert any(r.get("type") == "probe" for r in stripped), "the probe red sends at romeo's login stays on red too"
 
 
 def test_a_room_message_crosses_once_for_every_occupant_behind_the_bearer(lab, client_loop, romeo):
