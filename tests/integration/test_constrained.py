@@ -7,10 +7,11 @@ of traffic with the books balanced after, a compression bomb refused, and the
 policy of each end applied.
 
 The lab's bearer is 64 kbit/s with 0.25 s one way (the slow rates are the
-benchmark's, bench/bench_constrained.py); the gateways run security =
-"bearer" (no TLS: the raw bomb can reach the inflater) with the dictionary,
-and presence = "directed" (presence = "available" strips a room join's
-<x xmlns='http://jabber.org/protocol/muc'/>, and Prosody then refuses the join).
+benchmark's, bench/bench_constrained.py).  The gateways run in two modes:
+security = "bearer" with the dictionary and presence = "directed" (no TLS: the
+raw bomb can reach the inflater), and security = "tls" with zlib and presence
+= "available" (which strips a room join's <x xmlns='http://jabber.org/protocol/muc'/>
+today, so that Prosody refuses the join: the room test runs in the first mode).
 """
 
 from __future__ import annotations
@@ -49,13 +50,18 @@ TIMEOUT = 30
 ROSTERS = {"romeo@red.example": {"juliet@blue.example": "both"}, "juliet@blue.example": {"romeo@red.example": "both"}}
 
 
-@pytest.fixture(scope="module")
-def lab(tmp_path_factory):
-    """The constrained lab: 64 kbit/s, 0.25 s one way, security = bearer, dictionary, presence = directed.
+# The gateways' [link.constrained] modes each lab runs with.
+BEARER = pytest.param({"security": "bearer", "compression": "dictionary", "presence": "directed"},
+                      id="bearer-dictionary-directed")
+TLS = pytest.param({"security": "tls", "compression": "zlib", "presence": "available"}, id="tls-zlib-available")
+
+
+@pytest.fixture(scope="module", params=[BEARER, TLS])
+def lab(request, tmp_path_factory):
+    """The constrained lab: 64 kbit/s, 0.25 s one way, with one of the gateways' modes.
     (Named ``lab`` so that conftest's romeo and juliet fixtures connect to it.)"""
     laboratory = ConstrainedLab(tmp_path_factory.mktemp("constrained-lab"), rate=64_000, delay=0.25,
-                                security="bearer", compression="dictionary", presence="directed",
-                                outage_on_signal=4.0, roster=ROSTERS)
+                                outage_on_signal=4.0, roster=ROSTERS, **request.param)
     yield started(laboratory, "the constrained lab", ready=lambda: laboratory.wait_link_up("a"))
     laboratory.stop()
 
@@ -96,6 +102,7 @@ def test_labelled_chat_arrives_with_the_label_gateway_a_encoded(lab, romeo, juli
 
 def test_a_secret_message_is_refused_by_red_export_policy_and_never_crosses(lab, romeo, juliet):
     """SECRET bounces to romeo (policy-violation, red's rule), the bearer carries nothing of it, blue sees nothing."""
+    wait_balanced(lab, "a")  # the presence of romeo's login has crossed (presence = "available")
     before = received_over_link(lab, "b")
     romeo.send_xml(SECRET.format(id="sec1", body="the plan"))
     bounce = romeo.wait_for_error("juliet@blue.example", timeout=TIMEOUT)
@@ -118,6 +125,7 @@ def test_contraband_red_lets_out_is_refused_by_blue_import_policy(lab, romeo, ju
     assert not [m for m in juliet.messages if "contraband" in m.body]
 
 
+@pytest.mark.parametrize("lab", [BEARER], indirect=True)
 def test_presence_is_stripped_as_configured(lab, romeo, juliet):
     """With presence = "directed", presence to juliet's bare JID (red's broadcast of romeo's login to his roster,
     and one romeo sends) stays on red, audited; presence to one of her resources crosses whole."""
@@ -133,6 +141,17 @@ def test_presence_is_stripped_as_configured(lab, romeo, juliet):
     assert any(r.get("type") == "probe" for r in stripped), "the probe red sends at romeo's login stays on red too"
 
 
+@pytest.mark.parametrize("lab", [TLS], indirect=True)
+def test_presence_crosses_reduced_to_available_as_configured(lab, romeo, juliet):
+    """With presence = "available", romeo's show, status and priority stay on red: juliet sees him available, bare."""
+    romeo.send_xml("<presence to='juliet@blue.example'><show>away</show><status>on patrol</status>"
+                   "<priority>5</priority></presence>")
+    presence = juliet.wait_for_presence("romeo@red.example", timeout=TIMEOUT)
+    assert "on patrol" not in presence.xml and "<show" not in presence.xml and "<priority" not in presence.xml
+    assert not [p for p in juliet.presences if "on patrol" in p.xml]
+
+
+@pytest.mark.parametrize("lab", [BEARER], indirect=True)  # "available" strips the join's <x/> (h-schedule)
 def test_a_room_message_crosses_once_for_every_occupant_behind_the_bearer(lab, client_loop, romeo):
     """A room on red with four occupants on blue: each message reaches all four, and crosses the link once."""
     romeo.join_room(ROOM, "romeo", timeout=TIMEOUT)
@@ -188,6 +207,7 @@ def test_an_outage_in_the_middle_of_traffic_loses_nothing_and_the_books_balance(
     assert not traffic_bounces
 
 
+@pytest.mark.parametrize("lab", [BEARER], indirect=True)  # no TLS: the raw frame reaches the inflater
 def test_a_compression_bomb_on_the_link_port_is_refused_and_the_link_carries_on(lab, romeo, juliet):
     """One deflate frame of 1 KiB that inflates to 16 MiB, sent raw to gateway B's link port: refused, not inflated."""
     compressor = zlib.compressobj(9, zlib.DEFLATED, -15)
