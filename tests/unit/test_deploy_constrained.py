@@ -1,32 +1,30 @@
 """deploy/constrained: the sample gateways load with the constrained profile, and red's export policy passes its cases."""
 
 import io
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from guard.app.half_config import load_half_config
 from guard.app.policy_commands import check_policy_main
-from guard.lab.pki import CertificateAuthority, write_lab_pki
 
 PROJECT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
 def tree(tmp_path_factory):
-    """A copy of deploy/constrained, deploy/pair and policies/ beside a run/ folder holding both PKIs."""
+    """A copy of deploy/ and policies/ beside a run/ folder holding the PKIs the guide's commands write."""
     root = tmp_path_factory.mktemp("constrained-config")
-    for folder in ("constrained", "pair"):
-        shutil.copytree(PROJECT / "deploy" / folder, root / "deploy" / folder)
+    shutil.copytree(PROJECT / "deploy", root / "deploy")
     shutil.copytree(PROJECT / "policies", root / "policies")
-    write_lab_pki(root / "run" / "pki")
-    link = root / "run" / "pair-pki"
-    link.mkdir(parents=True)
-    authority = CertificateAuthority.create("link-ca")
-    authority.write(link)
-    for name in ("half-a", "half-b"):
-        authority.write_leaf(link, name, [name])
+    environment = {**os.environ, "PYTHON": sys.executable, "PYTHONPATH": str(PROJECT)}
+    for command in (["deploy/make-test-pki", "run/pki"], ["deploy/pair/make-pair-pki", "run/pair-pki"]):
+        subprocess.run([str(PROJECT / command[0]), str(root / command[1])], check=True, capture_output=True,
+                       env=environment, timeout=60)
     return root
 
 
