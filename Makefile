@@ -102,6 +102,13 @@ bench: venv
 	$(PY) bench/bench_firehose.py --rounds $(BENCH_ROUNDS)
 	$(PY) bench/bench_streams.py --streams $(BENCH_STREAMS)
 
+# The constrained bearer (issue 13): two gateways and plain S2S through the bearer simulator, quick form
+# (about two minutes, so not part of `make bench`); the full run (1,200 and 9,600 bit/s, the issue's traffic,
+# most of an hour) by hand: .venv/bin/python bench/bench_constrained.py
+.PHONY: bench-constrained
+bench-constrained: venv
+	$(PY) bench/bench_constrained.py --quick
+
 clean:
 	rm -rf run .pytest_cache
 
