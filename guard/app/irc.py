@@ -41,11 +41,11 @@ from guard.core.addressing import parse_jid
 from guard.core.books import Books
 from guard.core.pipeline import Direction, Judgement
 from guard.core.settlement import Deliver, ReturnBounce, Settlement
-from guard.core.vocabulary import SERVER_NS
+from guard.core.vocabulary import DELAY_NS, MUC_USER_NS, SERVER_NS
 from guard.edges.audit import AuditObserver
 from guard.edges.carriers import ICarrierOwner
 from guard.edges.irc.carrier import IrcCarrier, IrcRelease
-from guard.edges.irc.bridge import (MUC_USER_NS, STATUS_BANNED, STATUS_KICKED, STATUS_NICK_CHANGED, STATUS_SELF,
+from guard.edges.irc.bridge import (STATUS_BANNED, STATUS_KICKED, STATUS_NICK_CHANGED, STATUS_SELF,
                                     Audit, BounceToSender, IrcJoin, IrcKick, IrcNick, IrcPart, IrcSay, IrcTopic,
                                     MucJoin, MucKick, MucLeave, MucNick, MucSay, MucSubject, build_bridges)
 from guard.edges.irc.component import ComponentDialler, ComponentStreamFactory, NotSent
@@ -53,7 +53,6 @@ from guard.edges.metrics import StanzaCounts
 
 log = Logger()
 
-DELAY_NS = "urn:xmpp:delay"
 
 # The rules the gateway's own settlements name (beside the bridge policy's rule ids).
 FROM_IRC_RULE = "irc:from-irc"  # what said on IRC reaches the room under (labelled by the bridge's policy)

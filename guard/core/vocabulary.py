@@ -29,6 +29,14 @@ SEC_LABEL_ESS_NS = "urn:xmpp:sec-label:ess:0"  # XEP-0258 ESS label encoding
 STANAG_4774_NS = "urn:nato:stanag:4774:confidentialitymetadatalabel:1:0"
 XML_NS = "http://www.w3.org/XML/1998/namespace"
 XMLNS_NS = "http://www.w3.org/2000/xmlns/"
+COMPONENT_NS = "jabber:component:accept"  # XEP-0114: the IRC gateway's component stream
+MUC_NS = "http://jabber.org/protocol/muc"  # XEP-0045: the <x/> of a room join
+MUC_USER_NS = MUC_NS + "#user"  # XEP-0045: occupant information
+MUC_ADMIN_NS = MUC_NS + "#admin"  # XEP-0045: kicks and roles
+DELAY_NS = "urn:xmpp:delay"  # XEP-0203: delayed delivery (a room's history)
+SHIM_NS = "http://jabber.org/protocol/shim"  # XEP-0131: stanza headers
+IQ_AUTH_NS = "jabber:iq:auth"  # XEP-0078: non-SASL authentication (carries passwords)
+IQ_REGISTER_NS = "jabber:iq:register"  # XEP-0077: in-band registration (carries passwords)
 XML_LANG = (XML_NS, "lang")  # the xml:lang attribute, as domish keys it
 
 # The namespaces a stanza (and its RFC 6120/6121 children: body, thread, show,

@@ -10,8 +10,8 @@ The lab's bearer is 64 kbit/s with 0.25 s one way (the slow rates are the
 benchmark's, bench/bench_constrained.py).  The gateways run in two modes:
 security = "bearer" with the dictionary and presence = "directed" (no TLS: the
 raw bomb can reach the inflater), and security = "tls" with zlib and presence
-= "available" (which strips a room join's <x xmlns='http://jabber.org/protocol/muc'/>
-today, so that Prosody refuses the join: the room test runs in the first mode).
+= "available" (a room join keeps its <x xmlns='http://jabber.org/protocol/muc'/>,
+without which Prosody refuses it: the room test runs in both modes).
 """
 
 from __future__ import annotations
@@ -151,7 +151,6 @@ def test_presence_crosses_reduced_to_available_as_configured(lab, romeo, juliet)
     assert not [p for p in juliet.presences if "on patrol" in p.xml]
 
 
-@pytest.mark.parametrize("lab", [BEARER], indirect=True)  # "available" strips the join's <x/> (h-schedule)
 def test_a_room_message_crosses_once_for_every_occupant_behind_the_bearer(lab, client_loop, romeo):
     """A room on red with four occupants on blue: each message reaches all four, and crosses the link once."""
     romeo.join_room(ROOM, "romeo", timeout=TIMEOUT)

@@ -110,11 +110,8 @@ from twisted.words.xish import domish
 
 from guard.core.policy.elements import child_elements, clone, text_of
 from guard.core.policy.labels import outer_securitylabels
-from guard.core.vocabulary import DEFAULT_TYPES, KIND_TYPES, STANZA_NAMESPACES, XML_LANG
+from guard.core.vocabulary import DEFAULT_TYPES, KIND_TYPES, MUC_NS, MUC_USER_NS, SHIM_NS, STANZA_NAMESPACES, XML_LANG
 
-SHIM_NS = "http://jabber.org/protocol/shim"  # XEP-0131 stanza headers
-MUC_USER_NS = "http://jabber.org/protocol/muc#user"  # XEP-0045 occupant information
-MUC_NS = "http://jabber.org/protocol/muc"  # XEP-0045: the <x/> of a join (a room refuses a join without it)
 
 # The classes, in the order they are served; HELD (roster bursts) goes after all of them.
 KINDS = ("priority", "chat", "iq", "groupchat", "presence")

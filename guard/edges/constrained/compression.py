@@ -47,7 +47,7 @@ import zlib
 from importlib import resources
 from typing import Iterable
 
-from guard.core.vocabulary import DIALBACK_NS, SASL_NS
+from guard.core.vocabulary import DIALBACK_NS, IQ_AUTH_NS, IQ_REGISTER_NS, SASL_NS
 
 from guard.edges.filters import IN, OUT, FilterChain, Refused
 
@@ -89,8 +89,6 @@ MEMORY_LEVEL = 9
 # in-band registration (their payloads are credentials), any password or
 # password-like field (MUC room passwords, data-form fields of type
 # text-private, room secrets).  Over-matching costs bytes, never a secret.
-IQ_AUTH_NS = "jabber:iq:auth"  # XEP-0078
-IQ_REGISTER_NS = "jabber:iq:register"  # XEP-0077
 SECRET_MARKERS = tuple(marker.encode("ascii") for marker in (
     SASL_NS, DIALBACK_NS, IQ_AUTH_NS, IQ_REGISTER_NS,
     "text-private", "password", "passwd", "roomsecret",

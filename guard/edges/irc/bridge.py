@@ -77,18 +77,15 @@ from guard.core.pipeline import Judgement
 from guard.core.policy.elements import child_elements, text_of
 from guard.core.policy.labels import SecurityLabel
 from guard.core.settlement import Deliver, ReturnBounce
+from guard.core.vocabulary import DELAY_NS, MUC_ADMIN_NS, MUC_NS, MUC_USER_NS
 from guard.edges.irc.formatting import formatting_to_styling, text_for_irc, without_controls
 from guard.edges.irc.labels import (TOWARD_IRC, BridgeLabels, Labelled, MarkingOnly, Refused, RefusedFromIrc)
 from guard.edges.irc.lines import CTCP_ACTION_OVERHEAD, ctcp_action, privmsg_budget, read_ctcp, source_prefix_bytes, split_text
 from guard.edges.irc.nicks import Isupport, NickBook, NickBookFull
 
 # The MUC words the bridge reads and writes (XEP-0045).
-MUC_NS = "http://jabber.org/protocol/muc"
-MUC_USER_NS = MUC_NS + "#user"
-MUC_ADMIN_NS = MUC_NS + "#admin"
 MUC_NICK_SUFFIX = "[irc]"  # added to an IRC user's MUC nick that an occupant of the room already holds
 MUC_NICK_ATTEMPTS = 5
-DELAY_NS = "urn:xmpp:delay"  # XEP-0203: a message the room replays (history), never bridged again
 STATUS_SELF = "110"
 STATUS_NICK_CHANGED = "303"
 STATUS_KICKED = "307"

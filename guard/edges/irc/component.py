@@ -38,7 +38,7 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 
 from guard.core.addressing import parse_jid
-from guard.core.vocabulary import SERVER_NS, STANZA_NAMES, STREAM_ERRORS_NS, STREAMS_NS
+from guard.core.vocabulary import COMPONENT_NS, SERVER_NS, STANZA_NAMES, STREAM_ERRORS_NS, STREAMS_NS
 from guard.edges.filters import ByteCount
 from guard.edges.lifecycle import (StreamLifecycle, closed_state, ignore_when_closed, lifecycle_inputs,
                                    lifecycle_state)
@@ -47,7 +47,6 @@ from guard.edges.xmlstream import OversizedStanza, ParserLimits, StreamFault, St
 
 log = Logger()
 
-COMPONENT_NS = "jabber:component:accept"  # XEP-0114
 
 STREAM_CLOSE = b"</stream:stream>"
 
