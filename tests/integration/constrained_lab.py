@@ -195,23 +195,13 @@ class ConstrainedLab(PairLab):
     def _start_standalone_guard(self) -> None:
         """Plain S2S over the bearer: one standalone guard whose route to blue, and blue's route to it, cross a
         simulator each."""
-        from guard.lab import topology
-
         # S2S needs a TCP connection per domain pair and direction: they share the bearer's rate.
         self.start_bearer("bearer", (S2S_BEARER_TO_BLUE, S2S_PORT), (BLUE_ADDRESS, S2S_PORT), more=(
             "--max-connections", "16",
             "--reverse-route", f"{S2S_BEARER_TO_RED}:{S2S_PORT}={GATEWAY_B_ADDRESS}:{S2S_PORT}"))
         # Red's traffic is judged by red's export policy, as gateway A judges it: the same stanzas leave.
-        text = topology.render_guard_config(self.pki, self.authentication, {"red": RED_EXPORT, "blue": ALLOW_ALL},
-                                            self.guard_log_level)
-        for old, new in ((topology.GUARD_RED_FACING, GATEWAY_A_ADDRESS),
-                         (topology.GUARD_BLUE_FACING, GATEWAY_B_ADDRESS),
-                         (topology.RED_ADDRESS, RED_ADDRESS), (topology.BLUE_ADDRESS, S2S_BEARER_TO_BLUE)):
-            text = text.replace(f'"{old}:', f'"{new}:').replace(f"interface={old}", f"interface={new}")
-        self.guard_config = self.folder / "guard.toml"
-        self.guard_config.write_text(text)
-        arguments = [self.python, "-m", "guard", "run", "--config", str(self.guard_config)]
-        self._spawn("guard", arguments, [(GATEWAY_A_ADDRESS, S2S_PORT), (GATEWAY_B_ADDRESS, S2S_PORT)], 20.0)
+        self._run_standalone_guard({"red": RED_EXPORT, "blue": ALLOW_ALL}, GATEWAY_A_ADDRESS, GATEWAY_B_ADDRESS,
+                                   RED_ADDRESS, S2S_BEARER_TO_BLUE)
 
     # -- the bearer's books and outages ---------------------------------------------------
 

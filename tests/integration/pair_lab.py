@@ -263,16 +263,20 @@ class PairLab(Lab):
         return path
 
     def _start_standalone_guard(self) -> None:
+        self._run_standalone_guard(ALLOW_ALL, HALF_A_ADDRESS, HALF_B_ADDRESS, RED_ADDRESS, BLUE_ADDRESS)
+
+    def _run_standalone_guard(self, policies, red_facing: str, blue_facing: str, red_route: str, blue_route: str) -> None:
+        """One standalone guard listening on ``red_facing`` and ``blue_facing``, reaching red and blue at their routes."""
         from guard.lab import topology
 
-        text = topology.render_guard_config(self.pki, self.authentication, ALLOW_ALL, self.guard_log_level)
-        for old, new in ((topology.GUARD_RED_FACING, HALF_A_ADDRESS), (topology.GUARD_BLUE_FACING, HALF_B_ADDRESS),
-                         (topology.RED_ADDRESS, RED_ADDRESS), (topology.BLUE_ADDRESS, BLUE_ADDRESS)):
+        text = topology.render_guard_config(self.pki, self.authentication, policies, self.guard_log_level)
+        for old, new in ((topology.GUARD_RED_FACING, red_facing), (topology.GUARD_BLUE_FACING, blue_facing),
+                         (topology.RED_ADDRESS, red_route), (topology.BLUE_ADDRESS, blue_route)):
             text = text.replace(f'"{old}:', f'"{new}:').replace(f"interface={old}", f"interface={new}")
         self.guard_config = self.folder / "guard.toml"
         self.guard_config.write_text(text)
         arguments = [self.python, "-m", "guard", "run", "--config", str(self.guard_config)]
-        self._spawn("guard", arguments, [(HALF_A_ADDRESS, S2S_PORT), (HALF_B_ADDRESS, S2S_PORT)], 20.0)
+        self._spawn("guard", arguments, [(red_facing, S2S_PORT), (blue_facing, S2S_PORT)], 20.0)
 
     def start_half(self, half: str):
         listens = [(HALF_A_ADDRESS if half == "a" else HALF_B_ADDRESS, S2S_PORT)]
