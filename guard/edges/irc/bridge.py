@@ -99,6 +99,7 @@ ME_PREFIX = "/me "  # XEP-0245
 # '~' of an unidentified user.
 HOST_ALLOWANCE = 63
 JOIN_SLACK_BYTES = 32
+RELAY_NAME_BYTES = 64  # the MUC nick in the bot's <nick> relay (a resourcepart may be 1023 bytes)
 LOST_CONDITION = "remote-server-not-found"  # what a message lost with its IRC connection bounces with
 
 # The gateway's own rules and texts.
@@ -640,7 +641,7 @@ class Bridge:
             return self._settled(self.settlement.judged(ticket, released.judgement))
         if released.subject is not None and released.text is None:
             return self._topic_from_room(ticket, released, occupant)
-        if not released.text:
+        if not _says_something(released.text):
             self.settlement.drop(ticket, RULE_NOTHING_TO_SAY, 1, NOTHING_TO_SAY_TEXT)
             return []
         decision = self.settlement.judged(ticket, released.judgement)
@@ -686,7 +687,7 @@ class Bridge:
         own = occupant is not None and occupant.connected
         key = occupant.key if own else self.bot_key
         nick = occupant.irc_nick if own else self.bot_nick
-        name = without_controls(muc_nick)
+        name = relay_name(muc_nick)
         budget = self._budget(nick)
         lines = []
         if flot is not None:
@@ -831,9 +832,16 @@ class Bridge:
         """NICK: an IRC user's occupant follows it; an occupant's own connection that got another nick is noted."""
         occupant = self._occupant_by_key(key)
         if occupant is not None:
-            occupant.irc_nick = new
+            # Every connection in the channel hears every NICK: only its own (forced by the server) renames it.
+            if occupant.irc_nick is not None and self.fold(old) == self.fold(occupant.irc_nick):
+                occupant.irc_nick = new
             return []
-        if not self._from_bot(key) or self._own_irc_nick(old) or self._own_irc_nick(new):
+        if not self._from_bot(key):
+            return []
+        if self.fold(old) == self.fold(self.bot_nick):
+            self.bot_nick = new
+            return []
+        if self._own_irc_nick(old) or self._own_irc_nick(new):
             return []
         user = self.irc_users.pop(self.fold(old), None)
         if user is None:
@@ -996,6 +1004,21 @@ class Bridge:
                 actions += self._irc_user_gone(self.irc_users[folded].irc_nick)
             return actions + [Audit("connection-lost", "irc:connection-lost", self.room, reason)]
         return []
+
+
+def _says_something(text: str | None) -> bool:
+    """Whether ``text`` leaves anything but white space for IRC once control characters and ``/me`` are gone."""
+    shown = text_for_irc(text or "")
+    if shown.startswith(ME_PREFIX):
+        shown = shown[len(ME_PREFIX):]
+    return bool(shown.strip())
+
+
+def relay_name(muc_nick: str) -> str:
+    """The name the bot's ``<nick> text`` relay shows for ``muc_nick``: no control character, at most
+    ``RELAY_NAME_BYTES`` UTF-8 bytes (cut on a code point), so the text keeps the room a line has."""
+    name = without_controls(muc_nick).encode("utf-8", errors="replace")
+    return name[:RELAY_NAME_BYTES].decode("utf-8", errors="ignore")
 
 
 def _groupchat(uri, from_jid, room, name, text, securitylabel) -> domish.Element:

@@ -19,7 +19,8 @@ from guard.edges.irc.labels import BridgeLabels
 from guard.edges.irc.lines import parse_line, privmsg_budget, source_prefix_bytes
 from guard.edges.irc.nicks import Isupport, NickBook
 
-POLICY = load_policy(str(Path(__file__).resolve().parents[3] / "policies" / "irc-bridge.toml"))
+POLICY_PATH = Path(__file__).resolve().parents[3] / "policies" / "irc-bridge.toml"
+POLICY = load_policy(str(POLICY_PATH))
 ROOM = "ops@conference.red.example"
 LISTENER = "irc.red.example/ops"
 BOT = ConnectionKey("lab")

@@ -1,0 +1,79 @@
+"""Holes found by the hostile review of the IRC pieces (issue 14): each test shows one, as the attacker would use it."""
+
+from dataclasses import replace
+
+from guard.core.pipeline import Verdict
+from guard.core.policy import compile_policy_text
+from guard.core.policy.elements import parse_stanza_text
+from guard.edges.irc.bridge import MucSay
+from guard.edges.irc.labels import BridgeLabels, Refused, Released
+from tests.unit.irc.test_bridge import POLICY_PATH, budget, BOT, BRIDGE, ESS, ROOM, Lab, alice_key, joined, said
+
+POLICY_TEXT = POLICY_PATH.read_text()
+PLAIN_POLICY = ('[policy]\nname = "plain"\n[[rules]]\nid = "all"\nrev = 1\nwhy = "w"\n'
+                'verdict = "pass"\nkeep = ["body"]\n')
+
+
+def labelled_message(body, label):
+    return parse_stanza_text(
+        f"<message from='{ROOM}/alice' to='irc.red.example/ops' type='groupchat' id='m1'><body>{body}</body>"
+        "<securitylabel xmlns='urn:xmpp:sec-label:0'><label><esssecuritylabel xmlns='urn:xmpp:sec-label:ess:0'>"
+        f"{ESS[label]}</esssecuritylabel></label></securitylabel></message>")
+
+
+def test_another_users_nick_change_heard_by_an_occupants_connection_does_not_rename_the_occupant():
+    """Bob's NICK seen on alice's own connection leaves alice's IRC nick alone, so alice's lines never echo back."""
+    lab = Lab()
+    lab.room(joined("alice"))
+    lab.irc(b":bob!b@h JOIN #ops")
+    assert lab.irc(b":bob!b@h NICK carol", key=alice_key()) == []
+    assert lab.irc(b":bob!b@h NICK carol")[0].new_nick == "carol"
+    # What alice's connection said in the channel, heard by the bot: our own words, never the room's again.
+    assert lab.irc(b":alice!a@h PRIVMSG #ops :Protective Marking: RESTRICTED") == []
+    assert lab.irc(b":alice!a@h PRIVMSG #ops :the rota") == []
+    (say,) = lab.irc(b":carol!b@h PRIVMSG #ops :carol speaks")
+    assert isinstance(say, MucSay) and say.body == "carol speaks"
+
+
+def test_an_occupants_own_nick_changed_by_the_server_is_followed():
+    """A NICK of alice's own connection or of the bot (forced by the server) is its new nick: their echoes stay ours."""
+    lab = Lab()
+    lab.room(joined("alice"))
+    assert lab.irc(b":alice!a@h NICK alice_", key=alice_key()) == []
+    assert lab.irc(b":alice!a@h NICK alice_") == []
+    assert lab.irc(b":alice_!a@h PRIVMSG #ops :our own words") == []
+    assert lab.irc(b":xmppgw!x@h NICK Guest42") == []  # the bot's own nick, forced: still the bot
+    (kicked,) = lab.irc(b":op!o@h KICK #ops Guest42 :go away")
+    assert (kicked.event, lab.bridge.bot_in_channel) == ("bot-kicked", False)
+
+
+def test_a_relayed_occupant_with_a_long_muc_nick_still_gets_lines_within_the_limit():
+    """The bot's <nick> relay of a 600-byte MUC nick writes lines IRC accepts, the nick cut, the text whole."""
+    wide = compile_policy_text(POLICY_TEXT.replace('[policy]\n', '[policy]\nresource_max_bytes = 1023\n'), "wide.toml")
+    lab = Lab(replace(BRIDGE, max_occupant_connections=0, policy=wide))
+    nick = "n" * 600
+    lab.room(joined(nick))
+    (say,) = lab.room(said(nick, "short words " * 40).replace(f"id='m-{nick}'", "id='m1'"))
+    assert say.connection_key == BOT
+    assert all(len(line.encode()) <= budget("xmppgw") for line in say.lines)
+    assert len(say.lines) < 8
+    assert " ".join(line.split("> ", 1)[1].strip() for line in say.lines[1:]) == ("short words " * 40).strip()
+
+
+def test_a_labelled_message_is_refused_by_a_bridge_policy_that_cannot_read_labels():
+    """With no label policy to judge it, a SECRET-labelled room message never reaches IRC (checked sound: the core drops it)."""
+    labels = BridgeLabels(compile_policy_text(PLAIN_POLICY, "plain.toml"), "lab.irc.invalid")
+    refused = labels.release(labelled_message("the plan", "SECRET"))
+    assert isinstance(refused, Refused) and refused.judgement.verdict is Verdict.DROP
+    assert isinstance(labels.release(parse_stanza_text(
+        f"<message from='{ROOM}/alice' to='irc.red.example/ops' type='groupchat'><body>plain</body></message>")),
+        Released)
+
+
+def test_a_text_of_only_control_characters_is_dropped_not_delivered_as_a_bare_flot():
+    """A body that is nothing but control characters says nothing on IRC: dropped (nothing-to-say), no FLOT alone."""
+    lab = Lab()
+    lab.room(joined("alice"))
+    assert lab.room(said("alice", "\x85\x9b\u200b".replace("\u200b", "") + "\n\n")) == []
+    assert lab.heard.events == [("drop", "irc:nothing-to-say", None)]
+    assert lab.summary() == (1, 0, 0, 1, 0)
