@@ -99,6 +99,7 @@ ME_PREFIX = "/me "  # XEP-0245
 # '~' of an unidentified user.
 HOST_ALLOWANCE = 63
 JOIN_SLACK_BYTES = 32
+REFUSAL_NOTICE_SECONDS = 2.0  # at most one refusal notice to IRC users per bridge in this time (the rest audited only)
 RELAY_NAME_BYTES = 64  # the MUC nick in the bot's <nick> relay (a resourcepart may be 1023 bytes)
 LOST_CONDITION = "remote-server-not-found"  # what a message lost with its IRC connection bounces with
 
@@ -406,6 +407,7 @@ class Bridge:
         self._serials = itertools.count(1)
         self._user_serials = itertools.count(1)
         self._connections = 0
+        self._notice_due = float("-inf")  # when the gateway may next send a refusal notice to IRC
 
     # -- names --------------------------------------------------------------
 
@@ -884,8 +886,8 @@ class Bridge:
         if not self._ours(target):
             if key.is_bot or self._occupant_by_key(key) is None or kind == "notice":
                 return []
-            return [IrcSay(key, nick, (PRIVATE_REFUSED_TEXT,), notice=True),
-                    Audit("private-refused", RULE_PRIVATE_REFUSED, self.room, nick)]
+            return self._notice(key, nick, PRIVATE_REFUSED_TEXT, now) + [
+                Audit("private-refused", RULE_PRIVATE_REFUSED, self.room, nick)]
         if not self._from_bot(key, target):
             return []
         if kind == "privmsg":
@@ -919,6 +921,15 @@ class Bridge:
             self.pending[folded] = PendingLines(kind, [text], len(text.encode("utf-8")), now + self.join_window)
             return actions
         return actions + self._to_room(nick, kind, text, now)
+
+    def _notice(self, key: ConnectionKey, nick: str, text: str, now: float) -> list:
+        """The gateway's own notice to an IRC user, at most one per ``REFUSAL_NOTICE_SECONDS`` for the bridge:
+        IRC users choose how often they are refused, and each notice waits in a connection's bounded queue
+        before that connection's room messages."""
+        if now < self._notice_due:
+            return []
+        self._notice_due = now + REFUSAL_NOTICE_SECONDS
+        return [IrcSay(key, nick, (text,), notice=True)]
 
     def _budget_of(self, source: str, target: str) -> int:
         nick, _, rest = source.partition("!")
@@ -960,8 +971,8 @@ class Bridge:
             return [Audit("refused", RULE_JOINED_TOO_LONG, self.room, f"{nick}: {len(text.encode('utf-8'))} bytes")]
         labelled = self.labels.from_irc(text)
         if isinstance(labelled, RefusedFromIrc):
-            return [IrcSay(self.bot_key, nick, (labelled.own_text,), notice=True),
-                    Audit("refused", labelled.rule_id, self.room, f"{nick}: {labelled.detail}")]
+            return self._notice(self.bot_key, nick, labelled.own_text, now) + [
+                Audit("refused", labelled.rule_id, self.room, f"{nick}: {labelled.detail}")]
         if isinstance(labelled, MarkingOnly):
             if user is not None:
                 self.marked_next[folded] = (labelled.label, now + max(self.join_window, 1.0))

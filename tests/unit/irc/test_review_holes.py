@@ -5,7 +5,7 @@ from dataclasses import replace
 from guard.core.pipeline import Verdict
 from guard.core.policy import compile_policy_text
 from guard.core.policy.elements import parse_stanza_text
-from guard.edges.irc.bridge import MucSay
+from guard.edges.irc.bridge import Audit, IrcSay, MucSay
 from guard.edges.irc.labels import BridgeLabels, Refused, Released
 from tests.unit.irc.test_bridge import POLICY_PATH, budget, BOT, BRIDGE, ESS, ROOM, Lab, alice_key, joined, said
 
@@ -77,3 +77,15 @@ def test_a_text_of_only_control_characters_is_dropped_not_delivered_as_a_bare_fl
     assert lab.room(said("alice", "\x85\x9b\u200b".replace("\u200b", "") + "\n\n")) == []
     assert lab.heard.events == [("drop", "irc:nothing-to-say", None)]
     assert lab.summary() == (1, 0, 0, 1, 0)
+
+
+def test_private_messages_flooding_an_occupants_connection_get_few_notices_so_its_queue_stays_free():
+    """An IRC user's 300 private lines to alice's nick get one refusal notice per interval; each is audited."""
+    lab = Lab()
+    lab.room(joined("alice"))
+    actions = [action for n in range(300)
+               for action in lab.irc(b":carol!c@h PRIVMSG alice :psst %d" % n, key=alice_key(), now=n / 100)]
+    notices = [action for action in actions if isinstance(action, IrcSay)]
+    audits = [action for action in actions if isinstance(action, Audit)]
+    assert [notice.lines for notice in notices] == [("Private messages are not bridged to XMPP.",)] * 2
+    assert len(audits) == 300
