@@ -845,8 +845,10 @@ class IrcConnection:
             return self._queue([self._line("PART", [channel, reason] if reason else [channel])])
         return None
 
-    def set_topic(self, channel: str, text: str) -> str | None:
-        return self._command("TOPIC", [channel, text])
+    def set_topic(self, channel: str, text: str, token=None) -> str | None:
+        """Set ``channel``'s topic; with ``token``, reported once like a message's (``sent`` when the TOPIC
+        line was written, ``lost`` when the connection ended first).  A refusal reason or None."""
+        return self._command("TOPIC", [channel, text], token)
 
     def kick(self, channel: str, nick: str, reason: str = "") -> str | None:
         return self._command("KICK", [channel, nick, reason] if reason else [channel, nick])
@@ -866,12 +868,12 @@ class IrcConnection:
             return self._refuse("invalid-line")
         return self._queue(lines, token)
 
-    def _command(self, command: str, params: list[str]) -> str | None:
+    def _command(self, command: str, params: list[str], token=None) -> str | None:
         try:
             line = self._line(command, params)
         except BadLine:
             return self._refuse("invalid-line")
-        return self._queue([line])
+        return self._queue([line], token)
 
     def _queue(self, lines: list[bytes], token=None, front: bool = False) -> str | None:
         if self.protocol is None or self.protocol.lost or self.protocol.closing:

@@ -348,6 +348,22 @@ def test_tokens_not_written_when_the_connection_drops_are_lost_once_with_the_rea
     assert ("connection_lost", "lab", None, "netsplit") in recorder.events
 
 
+def test_a_topic_taken_with_a_token_is_reported_sent_when_written_or_lost_when_the_connection_drops():
+    """A room subject is settled like a message: sent when its TOPIC line left, lost (once) when it never did."""
+    connection, clock, connector, recorder, protocol = registered()
+    for number in range(4):
+        connection.say("#ops", [f"m{number}"], token=number)
+    assert connection.set_topic("#ops", "rota week 49", token="topic-1") is None
+    assert connection.set_topic("#ops", "rota week 50", token="topic-2") is None
+    clock.advance(0.4)
+    assert written(protocol).endswith(b"PRIVMSG #ops m3\r\n")
+    clock.advance(0.4)
+    assert written(protocol) == b"TOPIC #ops :rota week 49\r\n"
+    drop(protocol)
+    assert [event for event in recorder.events if event[0] in ("sent", "lost")] == [
+        ("sent", 0), ("sent", 1), ("sent", 2), ("sent", 3), ("sent", "topic-1"), ("lost", "topic-2", "netsplit")]
+
+
 @pytest.mark.parametrize("farewell, reason", [
     (b"ERROR :Closing connection: gw[127.0.0.1] (Killed (oper (go away)))", "kill"),
     (b":oper!o@h KILL gw :go away", "kill"),
