@@ -418,9 +418,10 @@ class Bridge:
         """A new JID for the occupant of an IRC user: ``nick%network@component/room-localpart~serial`` (the
         nick hex-encoded where it cannot be a localpart); unique for the bridge's life."""
         resource = f"{self.room_local}~{next(self._user_serials)}"
-        candidate = f"{irc_nick}%{self.network}@{self.component}/{resource}"
-        if parse_jid(candidate) is not None and not set(irc_nick) & set("/@%"):
-            return candidate
+        candidate = parse_jid(f"{irc_nick}%{self.network}@{self.component}/{resource}")
+        if candidate is not None and not set(irc_nick) & set("/@%"):
+            # As prepared (``Carol`` -> ``carol``): the room answers (a refused join, an error) to that form.
+            return candidate.full()
         return f"{irc_nick.encode('utf-8').hex()[:64]}%{self.network}@{self.component}/{resource}"
 
     def _new_irc_user(self, irc_nick: str) -> IrcUser:

@@ -5,7 +5,7 @@ from dataclasses import replace
 from guard.core.pipeline import Verdict
 from guard.core.policy import compile_policy_text
 from guard.core.policy.elements import parse_stanza_text
-from guard.edges.irc.bridge import Audit, IrcSay, MucSay
+from guard.edges.irc.bridge import Audit, IrcSay, MucJoin, MucSay
 from guard.edges.irc.labels import BridgeLabels, Refused, Released
 from tests.unit.irc.test_bridge import POLICY_PATH, budget, BOT, BRIDGE, ESS, ROOM, Lab, alice_key, joined, said
 
@@ -89,3 +89,14 @@ def test_private_messages_flooding_an_occupants_connection_get_few_notices_so_it
     audits = [action for action in actions if isinstance(action, Audit)]
     assert [notice.lines for notice in notices] == [("Private messages are not bridged to XMPP.",)] * 2
     assert len(audits) == 300
+
+
+def test_the_room_refusing_the_join_of_an_irc_user_with_capitals_in_its_nick_is_matched_and_retried():
+    """Carol's occupant joins from the JID as the room prepares it (carol%...), so the room's 409 reaches her retry."""
+    lab = Lab()
+    (join,) = lab.irc(b":Carol!c@h JOIN #ops")
+    assert join == MucJoin(ROOM, "Carol", "carol%lab@irc.red.example/ops~1")
+    (again,) = lab.room("<presence from='ops@conference.red.example/Carol' to='carol%lab@irc.red.example/ops~1' "
+                        "type='error'><error type='cancel'><conflict xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/>"
+                        "</error></presence>")
+    assert again == MucJoin(ROOM, "Carol[irc2]", "carol%lab@irc.red.example/ops~1")
