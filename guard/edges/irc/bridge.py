@@ -177,6 +177,9 @@ class XmppOccupant:
     key: ConnectionKey
     connected: bool = False  # holds a connection slot (its own connection is open or opening)
     kicked_on_irc: bool = False
+    # The nick its own connection registered with (the server's word, from ``irc_connected``): only that nick
+    # is the gateway's own on IRC; until then an IRC user holding ``irc_nick`` is that IRC user.
+    nick_on_irc: str | None = None
 
 
 @dataclass
@@ -443,13 +446,14 @@ class Bridge:
         folded = self.fold(irc_nick)
         if folded == self.fold(self.bot_nick):
             return True
-        return any(o.connected and o.irc_nick is not None and self.fold(o.irc_nick) == folded
+        return any(o.connected and o.nick_on_irc is not None and self.fold(o.nick_on_irc) == folded
                    for o in self.occupants.values())
 
     def _occupant_by_irc_nick(self, irc_nick: str) -> XmppOccupant | None:
+        """The occupant whose own connection registered as ``irc_nick`` (the server's word), or None."""
         folded = self.fold(irc_nick)
         for occupant in self.occupants.values():
-            if occupant.irc_nick is not None and self.fold(occupant.irc_nick) == folded:
+            if occupant.nick_on_irc is not None and self.fold(occupant.nick_on_irc) == folded:
                 return occupant
         return None
 
@@ -562,6 +566,7 @@ class Bridge:
         if not occupant.connected:
             return []
         occupant.connected = False
+        occupant.nick_on_irc = None
         self._connections -= 1
         self.slots.give_back()
         return [IrcPart(occupant.key, self.channel, reason)]
@@ -836,8 +841,8 @@ class Bridge:
         occupant = self._occupant_by_key(key)
         if occupant is not None:
             # Every connection in the channel hears every NICK: only its own (forced by the server) renames it.
-            if occupant.irc_nick is not None and self.fold(old) == self.fold(occupant.irc_nick):
-                occupant.irc_nick = new
+            if occupant.nick_on_irc is not None and self.fold(old) == self.fold(occupant.nick_on_irc):
+                occupant.irc_nick = occupant.nick_on_irc = new
             return []
         if not self._from_bot(key):
             return []
@@ -999,8 +1004,8 @@ class Bridge:
             self.bot_nick = nick
             return []
         occupant = self._occupant_by_key(key)
-        if occupant is not None:
-            occupant.irc_nick = nick
+        if occupant is not None and occupant.connected:
+            occupant.irc_nick = occupant.nick_on_irc = nick
         return []
 
     def irc_connection_lost(self, key: ConnectionKey, reason: str = "") -> list:

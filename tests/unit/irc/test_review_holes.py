@@ -5,9 +5,9 @@ from dataclasses import replace
 from guard.core.pipeline import Verdict
 from guard.core.policy import compile_policy_text
 from guard.core.policy.elements import parse_stanza_text
-from guard.edges.irc.bridge import Audit, IrcSay, MucJoin, MucSay
+from guard.edges.irc.bridge import Audit, IrcJoin, IrcPart, IrcSay, MucJoin, MucLeave, MucSay
 from guard.edges.irc.labels import BridgeLabels, Refused, Released
-from tests.unit.irc.test_bridge import POLICY_PATH, budget, BOT, BRIDGE, ESS, ROOM, Lab, alice_key, joined, said
+from tests.unit.irc.test_bridge import POLICY_PATH, budget, BOT, BRIDGE, ESS, ROOM, Lab, alice_key, irc_jid, joined, said
 
 POLICY_TEXT = POLICY_PATH.read_text()
 PLAIN_POLICY = ('[policy]\nname = "plain"\n[[rules]]\nid = "all"\nrev = 1\nwhy = "w"\n'
@@ -25,6 +25,7 @@ def test_another_users_nick_change_heard_by_an_occupants_connection_does_not_ren
     """Bob's NICK seen on alice's own connection leaves alice's IRC nick alone, so alice's lines never echo back."""
     lab = Lab()
     lab.room(joined("alice"))
+    lab.bridge.irc_connected(alice_key(), "alice")
     lab.irc(b":bob!b@h JOIN #ops")
     assert lab.irc(b":bob!b@h NICK carol", key=alice_key()) == []
     assert lab.irc(b":bob!b@h NICK carol")[0].new_nick == "carol"
@@ -39,6 +40,7 @@ def test_an_occupants_own_nick_changed_by_the_server_is_followed():
     """A NICK of alice's own connection or of the bot (forced by the server) is its new nick: their echoes stay ours."""
     lab = Lab()
     lab.room(joined("alice"))
+    lab.bridge.irc_connected(alice_key(), "alice")
     assert lab.irc(b":alice!a@h NICK alice_", key=alice_key()) == []
     assert lab.irc(b":alice!a@h NICK alice_") == []
     assert lab.irc(b":alice_!a@h PRIVMSG #ops :our own words") == []
@@ -100,3 +102,19 @@ def test_the_room_refusing_the_join_of_an_irc_user_with_capitals_in_its_nick_is_
                         "type='error'><error type='cancel'><conflict xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/>"
                         "</error></presence>")
     assert again == MucJoin(ROOM, "Carol[irc2]", "carol%lab@irc.red.example/ops~1")
+
+
+def test_an_xmpp_occupant_taking_an_irc_users_nick_neither_mutes_it_nor_takes_its_kick():
+    """XMPP "Carol" (IRC nick Carol, the same as carol by IRC's case folding) joining while IRC carol talks: until
+    Carol's connection registers (as Carol|2), IRC carol is still IRC carol: heard in the room, and an operator's
+    kick of her is hers, not the occupant's."""
+    lab = Lab()
+    lab.irc(b":carol!c@h JOIN #ops")
+    assert lab.room(joined("Carol")) == [IrcJoin(alice_key(), "#ops", "Carol")]
+    (say,) = lab.irc(b":carol!c@h PRIVMSG #ops :still me")
+    assert isinstance(say, MucSay) and say.body == "still me"
+    assert lab.irc(b":op!o@h KICK #ops carol :spam") == [MucLeave(ROOM, "carol", irc_jid("carol"))]
+    lab.bridge.irc_connected(alice_key(), "Carol|2")
+    assert lab.irc(b":Carol|2!c@h PRIVMSG #ops :the occupant's own line") == []
+    (kicked, *_) = lab.irc(b":op!o@h KICK #ops Carol|2 :behave")
+    assert kicked == IrcPart(alice_key(), "#ops", "kicked from the XMPP room")
