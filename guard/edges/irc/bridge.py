@@ -105,6 +105,7 @@ LOST_CONDITION = "remote-server-not-found"  # what a message lost with its IRC c
 
 # The gateway's own rules and texts.
 RULE_NOTHING_TO_SAY = "irc:nothing-to-say"
+RULE_ONLY_GROUPCHAT = "irc:only-groupchat"
 RULE_KICKED_ON_IRC = "irc:kicked-on-irc"
 RULE_KICK_REFUSED = "irc:kick-refused"
 RULE_CTCP_REFUSED = "irc:ctcp-refused"
@@ -114,6 +115,7 @@ RULE_JOIN_REFUSED = "irc:join-refused"
 RULE_IRC_USERS_FULL = "irc:irc-users-full"
 KICKED_ON_IRC_TEXT = "You were kicked from the IRC channel; rejoin the room to talk there again."
 NOTHING_TO_SAY_TEXT = "the message carries no text the IRC channel can show"
+ONLY_GROUPCHAT_TEXT = "Only room messages are bridged to IRC."
 KICK_REFUSED_TEXT = "The gateway is not an operator of the IRC channel: {nick} was not kicked there."
 # {nick}: a room nick the room already shows; who kicked and why (IRC's words) go to the audit only.
 KICKED_FROM_CHANNEL_TEXT = "{nick} was kicked from the IRC channel by an IRC operator."
@@ -647,6 +649,10 @@ class Bridge:
         released = self.labels.release(stanza, size)
         if isinstance(released, Refused):
             return self._settled(self.settlement.judged(ticket, released.judgement))
+        if stanza.getAttribute("type") != "groupchat":
+            # A private message to the listener never goes to the channel, whatever the bridge policy passed.
+            return self._settled(self.settlement.judged(ticket, Judgement.bounced(
+                stanza, RULE_ONLY_GROUPCHAT, "service-unavailable", text=ONLY_GROUPCHAT_TEXT)))
         if released.subject is not None and released.text is None:
             return self._topic_from_room(ticket, released, occupant)
         if not _says_something(released.text):

@@ -118,3 +118,15 @@ def test_an_xmpp_occupant_taking_an_irc_users_nick_neither_mutes_it_nor_takes_it
     assert lab.irc(b":Carol|2!c@h PRIVMSG #ops :the occupant's own line") == []
     (kicked, *_) = lab.irc(b":op!o@h KICK #ops Carol|2 :behave")
     assert kicked == IrcPart(alice_key(), "#ops", "kicked from the XMPP room")
+
+
+def test_a_private_message_to_the_listener_never_reaches_the_channel_even_under_a_permissive_policy():
+    """A bridge policy that passes every message still cannot publish an occupant's private message on IRC."""
+    permissive = compile_policy_text(POLICY_TEXT.split("# --- rules")[0] + (
+        '[[rules]]\nid = "everything"\nrev = 1\nwhy = "careless"\nverdict = "pass"\nkeep = ["body"]\n'), "careless.toml")
+    lab = Lab(replace(BRIDGE, policy=permissive))
+    lab.room(joined("alice"))
+    (bounce,) = lab.room(said("alice", "just between us").replace("type='groupchat'", "type='chat'"))
+    assert (bounce.condition, bounce.text) == ("service-unavailable", "Only room messages are bridged to IRC.")
+    assert lab.heard.events == [("bounce", "irc:only-groupchat", "service-unavailable")]
+    assert lab.summary() == (1, 0, 1, 0, 0)
