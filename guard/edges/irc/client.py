@@ -571,7 +571,10 @@ class IrcProtocol(LineOnlyReceiver):
             if not more:
                 self._request_capabilities()
         elif sub == "ACK":
-            self._acked.update(item.lower().lstrip("-") for item in message.params[-1].split()[: self.limits.capabilities])
+            for item in message.params[-1].split():
+                if len(self._acked) >= self.limits.capabilities:
+                    break  # a server repeating ACKs of new names is not given memory for them
+                self._acked.add(item.lower().lstrip("-"))
             if self.server.sasl is not None:
                 if "sasl" in self._acked:
                     self._urgent("AUTHENTICATE", [self.server.sasl.mechanism])

@@ -501,6 +501,17 @@ def test_names_are_bounded():
     assert recorder.events[-1] == ("names", "lab", "#ops", ("a", "b", "c"))
 
 
+def test_capabilities_acknowledged_are_bounded_over_many_acks():
+    """A server acknowledging new capability names again and again keeps at most ``capabilities`` of them."""
+    connection, clock, connector, recorder, protocol = registered(limits=ConnectionLimits(capabilities=8))
+    for round_ in range(50):
+        names = " ".join(f"cap{round_}-{n}" for n in range(8))
+        feed(protocol, f":irc.lab.example CAP gw ACK :{names}".encode())
+        clock.advance(1.0)
+    assert len(protocol._acked) == 8
+    assert connection.registered
+
+
 def test_channels_joined_are_bounded():
     """A connection joins at most max_channels channels; the next join is refused."""
     connection, clock, connector, recorder, protocol = registered(limits=ConnectionLimits(max_channels=2))
