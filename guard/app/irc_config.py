@@ -347,6 +347,13 @@ def _network(checker, name, table, limits) -> NetworkConfig:
     for name in ("ca", "tls_verify", "server_name"):
         if name in table and not tls:
             checker.fail(f"{key}.{name}", "needs tls = true")
+    if not _is_loopback(host):
+        # Room text released to the channel, and SASL, never cross a network in clear or to an unverified peer.
+        if not tls:
+            checker.fail(f"{key}.tls", f"must be true: {host} is not a loopback address (room text would cross in clear)")
+        if not tls_verify:
+            checker.fail(f"{key}.tls_verify", f"must be true: {host} is not a loopback address (anyone on the path "
+                                              f"could read and change what crosses)")
     if server_name is not None and not (_domain_ok(server_name) or _is_ip(server_name)):
         checker.fail(f"{key}.server_name", "must be a DNS name or an IP address")
     sasl = checker.choice(table, "sasl", key, SASL_MECHANISMS, "none")

@@ -130,3 +130,4 @@ def test_a_private_message_to_the_listener_never_reaches_the_channel_even_under_
     assert (bounce.condition, bounce.text) == ("service-unavailable", "Only room messages are bridged to IRC.")
     assert lab.heard.events == [("bounce", "irc:only-groupchat", "service-unavailable")]
     assert lab.summary() == (1, 0, 1, 0, 0)
+
