@@ -344,9 +344,9 @@ def _network(checker, name, table, limits) -> NetworkConfig:
     ca = checker.file(table, "ca", key, required=False)
     tls_verify = checker.boolean(table, "tls_verify", key, True)
     server_name = checker.string(table, "server_name", key, required=False)
-    for name in ("ca", "tls_verify", "server_name"):
-        if name in table and not tls:
-            checker.fail(f"{key}.{name}", "needs tls = true")
+    for option in ("ca", "tls_verify", "server_name"):
+        if option in table and not tls:
+            checker.fail(f"{key}.{option}", "needs tls = true")
     if not _is_loopback(host):
         # Room text released to the channel, and SASL, never cross a network in clear or to an unverified peer.
         if not tls:
