@@ -99,6 +99,7 @@ ME_PREFIX = "/me "  # XEP-0245
 # '~' of an unidentified user.
 HOST_ALLOWANCE = 63
 JOIN_SLACK_BYTES = 32
+LEAVING_NICKS = 1024  # nicks of our closed or renamed connections whose leaving the bot has not heard yet
 REFUSAL_NOTICE_SECONDS = 2.0  # at most one refusal notice to IRC users per bridge in this time (the rest audited only)
 RELAY_NAME_BYTES = 64  # the MUC nick in the bot's <nick> relay (a resourcepart may be 1023 bytes)
 LOST_CONDITION = "remote-server-not-found"  # what a message lost with its IRC connection bounces with
@@ -413,6 +414,9 @@ class Bridge:
         self._user_serials = itertools.count(1)
         self._connections = 0
         self._notice_due = float("-inf")  # when the gateway may next send a refusal notice to IRC
+        # fold(nick) of occupants' connections closed or renamed: lines the bot still hears from them (written
+        # before, relayed after) are ours until the bot hears that nick leave (PART, QUIT, KICK, NICK), or join anew.
+        self.leaving: dict[str, None] = {}
 
     # -- names --------------------------------------------------------------
 
@@ -446,10 +450,18 @@ class Bridge:
     def _own_irc_nick(self, irc_nick: str) -> bool:
         """Whether ``irc_nick`` is one of the gateway's own connections in this channel (the bot, an occupant)."""
         folded = self.fold(irc_nick)
-        if folded == self.fold(self.bot_nick):
+        if folded == self.fold(self.bot_nick) or folded in self.leaving:
             return True
         return any(o.connected and o.nick_on_irc is not None and self.fold(o.nick_on_irc) == folded
                    for o in self.occupants.values())
+
+    def _left_channel(self, nick: str | None) -> None:
+        """``nick`` was one of our connections' and may still speak in what the bot hears: ours until it leaves."""
+        if nick is None:
+            return
+        self.leaving[self.fold(nick)] = None
+        while len(self.leaving) > LEAVING_NICKS:
+            del self.leaving[next(iter(self.leaving))]
 
     def _occupant_by_irc_nick(self, irc_nick: str) -> XmppOccupant | None:
         """The occupant whose own connection registered as ``irc_nick`` (the server's word), or None."""
@@ -568,6 +580,7 @@ class Bridge:
         if not occupant.connected:
             return []
         occupant.connected = False
+        self._left_channel(occupant.nick_on_irc)
         occupant.nick_on_irc = None
         self._connections -= 1
         self.slots.give_back()
@@ -750,6 +763,7 @@ class Bridge:
         if self.fold(nick) == self.fold(self.bot_nick):
             self.bot_in_channel = True
             return []
+        self.leaving.pop(self.fold(nick), None)  # a nick joining is not one of ours leaving
         if self._own_irc_nick(nick) or self.fold(nick) in self.irc_users:
             return []
         if len(self.irc_users) >= self.max_irc_users:
@@ -798,11 +812,13 @@ class Bridge:
         if self.fold(nick) == self.fold(self.bot_nick):
             self.bot_in_channel = self.bot_is_op = False
             return []
+        self.leaving.pop(self.fold(nick), None)
         return self._irc_user_gone(nick)
 
     def irc_quit(self, key: ConnectionKey, nick: str, reason: str = "", now: float = 0.0) -> list:
         if not self._from_bot(key):
             return []
+        self.leaving.pop(self.fold(nick), None)
         return self._irc_user_gone(nick)
 
     def _irc_user_gone(self, nick: str) -> list:
@@ -827,6 +843,8 @@ class Bridge:
             occupant.kicked_on_irc = True
             text = KICKED_FROM_CHANNEL_TEXT.format(nick=occupant.muc_nick)
             actions = self._disconnect(occupant, KICKED_FROM_ROOM_REASON) + self._promote_relayed()
+            if key == self.bot_key:
+                self.leaving.pop(self.fold(nick), None)  # the bot heard it leave: nothing more comes from it
             return actions + [self._gateway_says(text),
                               Audit("kicked-on-irc", RULE_KICKED_ON_IRC, self.room, f"{nick} by {by}: {reason}")]
         if not self._from_bot(key):
@@ -834,6 +852,7 @@ class Bridge:
         if self.fold(nick) == self.fold(self.bot_nick):
             self.bot_in_channel = self.bot_is_op = False
             return [Audit("bot-kicked", RULE_KICKED_ON_IRC, self.room, f"by {by}: {reason}")]
+        self.leaving.pop(self.fold(nick), None)
         user = self.irc_users.pop(self.fold(nick), None)
         if user is None or not user.in_room:
             return []
@@ -848,6 +867,7 @@ class Bridge:
         if occupant is not None:
             # Every connection in the channel hears every NICK: only its own (forced by the server) renames it.
             if occupant.nick_on_irc is not None and self.fold(old) == self.fold(occupant.nick_on_irc):
+                self._left_channel(old)
                 occupant.irc_nick = occupant.nick_on_irc = new
             return []
         if not self._from_bot(key):
@@ -855,7 +875,9 @@ class Bridge:
         if self.fold(old) == self.fold(self.bot_nick):
             self.bot_nick = new
             return []
-        if self._own_irc_nick(old) or self._own_irc_nick(new):
+        own = self._own_irc_nick(old) or self._own_irc_nick(new)
+        self.leaving.pop(self.fold(old), None)
+        if own:
             return []
         user = self.irc_users.pop(self.fold(old), None)
         if user is None:
@@ -1022,6 +1044,7 @@ class Bridge:
         """
         if key == self.bot_key:
             self.bot_in_channel = self.bot_is_op = False
+            self.leaving.clear()  # the bot rejoins and reads NAMES afresh: no line before it is heard again
             actions = []
             for folded in list(self.irc_users):
                 actions += self._irc_user_gone(self.irc_users[folded].irc_nick)

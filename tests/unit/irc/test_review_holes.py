@@ -5,9 +5,9 @@ from dataclasses import replace
 from guard.core.pipeline import Verdict
 from guard.core.policy import compile_policy_text
 from guard.core.policy.elements import parse_stanza_text
-from guard.edges.irc.bridge import Audit, IrcJoin, IrcPart, IrcSay, MucJoin, MucLeave, MucSay
+from guard.edges.irc.bridge import Audit, IrcJoin, IrcNick, IrcPart, IrcSay, MucJoin, MucLeave, MucSay
 from guard.edges.irc.labels import BridgeLabels, Refused, Released
-from tests.unit.irc.test_bridge import POLICY_PATH, budget, BOT, BRIDGE, ESS, ROOM, Lab, alice_key, irc_jid, joined, said
+from tests.unit.irc.test_bridge import POLICY_PATH, budget, BOT, BRIDGE, ESS, ROOM, Lab, alice_key, irc_jid, joined, left, said
 
 POLICY_TEXT = POLICY_PATH.read_text()
 PLAIN_POLICY = ('[policy]\nname = "plain"\n[[rules]]\nid = "all"\nrev = 1\nwhy = "w"\n'
@@ -131,3 +131,33 @@ def test_a_private_message_to_the_listener_never_reaches_the_channel_even_under_
     assert lab.heard.events == [("bounce", "irc:only-groupchat", "service-unavailable")]
     assert lab.summary() == (1, 0, 1, 0, 0)
 
+
+
+def test_what_an_occupant_said_just_before_leaving_never_comes_back_from_the_bot_under_the_irc_label():
+    """Alice says a RESTRICTED line and leaves at once; the bot hears her lines after the bridge closed her
+    connection: they are ours (not the room's again as <alice> text, UNCLASSIFIED) until the bot hears her part."""
+    lab = Lab()
+    lab.room(joined("alice"))
+    lab.bridge.irc_connected(alice_key(), "alice")
+    (say,) = lab.room(said("alice", "the rota", label="RESTRICTED"))
+    assert say.lines == ("Protective Marking: RESTRICTED", "the rota")
+    assert lab.room(left("alice")) == [IrcPart(alice_key(), "#ops", "left the XMPP room")]
+    assert lab.irc(b":alice!a@h PRIVMSG #ops :Protective Marking: RESTRICTED") == []
+    assert lab.irc(b":alice!a@h PRIVMSG #ops :the rota") == []
+    assert lab.irc(b":alice!a@h PART #ops :left the XMPP room") == []
+    assert lab.irc(b":alice!x@elsewhere JOIN #ops") == [MucJoin(ROOM, "alice", irc_jid("alice"))]
+    (hers,) = lab.irc(b":alice!x@elsewhere PRIVMSG #ops :another alice")
+    assert hers.body == "another alice"
+
+
+def test_a_renamed_occupants_lines_under_its_old_nick_stay_ours_whichever_connection_hears_first():
+    """Alice renamed alicia: her connection may hear the NICK before the bot hears her last line as alice."""
+    lab = Lab()
+    lab.room(joined("alice"))
+    lab.bridge.irc_connected(alice_key(), "alice")
+    assert lab.room(left("alice", "303", new_nick="alicia")) == [IrcNick(alice_key(), "alicia")]
+    assert lab.irc(b":alice!a@h NICK alicia", key=alice_key()) == []
+    assert lab.irc(b":alice!a@h PRIVMSG #ops :said before the rename") == []
+    assert lab.irc(b":alice!a@h NICK alicia") == []
+    assert lab.irc(b":alicia!a@h PRIVMSG #ops :said after it") == []
+    assert lab.bridge.leaving == {}
