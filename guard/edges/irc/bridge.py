@@ -1033,6 +1033,8 @@ class Bridge:
             return []
         occupant = self._occupant_by_key(key)
         if occupant is not None and occupant.connected:
+            if occupant.nick_on_irc is not None and self.fold(occupant.nick_on_irc) != self.fold(nick):
+                self._left_channel(occupant.nick_on_irc)  # reconnected under another nick (a rename by reconnecting)
             occupant.irc_nick = occupant.nick_on_irc = nick
         return []
 

@@ -161,3 +161,16 @@ def test_a_renamed_occupants_lines_under_its_old_nick_stay_ours_whichever_connec
     assert lab.irc(b":alice!a@h NICK alicia") == []
     assert lab.irc(b":alicia!a@h PRIVMSG #ops :said after it") == []
     assert lab.bridge.leaving == {}
+
+
+def test_an_occupant_reconnected_under_its_new_nick_still_owns_the_lines_of_its_old_one():
+    """A rename carried out by reconnecting as the new nick: the old connection's last lines are still ours."""
+    lab = Lab()
+    lab.room(joined("alice"))
+    lab.bridge.irc_connected(alice_key(), "alice")
+    lab.room(left("alice", "303", new_nick="alicia"))
+    assert lab.bridge.irc_connected(alice_key(), "alicia") == []
+    assert lab.irc(b":alice!a@h PRIVMSG #ops :said before the rename") == []
+    assert lab.irc(b":alice!a@h QUIT :xmpp-guard gateway closing") == []
+    assert lab.irc(b":alicia!a@h PRIVMSG #ops :said after it") == []
+    assert lab.bridge.leaving == {}
