@@ -127,6 +127,9 @@ LEFT_ROOM_REASON = "left the XMPP room"
 XMPP_LOST_REASON = "the XMPP side went away"
 
 
+IDENTITY_FOLD = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
+
+
 # -- who ----------------------------------------------------------------------
 
 @dataclass(frozen=True)
@@ -421,7 +424,10 @@ class Bridge:
     # -- names --------------------------------------------------------------
 
     def fold(self, nick: str) -> str:
-        return self.nicks.isupport.fold(nick)
+        """``nick`` (or a channel) as the bridge tells IRC users apart: ASCII case only, the narrowest casemapping.
+        Folding wider than the server (rfc1459 on an ascii server: ``bob[`` and ``bob{`` are two users there)
+        would let one IRC user speak as another's occupant; the NickBook still folds widely when it gives nicks."""
+        return nick.translate(IDENTITY_FOLD)
 
     def irc_user_jid(self, irc_nick: str) -> str:
         """A new JID for the occupant of an IRC user: ``nick%network@component/room-localpart~serial`` (the

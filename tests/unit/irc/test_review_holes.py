@@ -174,3 +174,16 @@ def test_an_occupant_reconnected_under_its_new_nick_still_owns_the_lines_of_its_
     assert lab.irc(b":alice!a@h QUIT :xmpp-guard gateway closing") == []
     assert lab.irc(b":alicia!a@h PRIVMSG #ops :said after it") == []
     assert lab.bridge.leaving == {}
+
+
+def test_two_irc_users_the_server_tells_apart_are_two_occupants_even_if_rfc1459_would_fold_them_together():
+    """On an ascii-casemapping server (ngIRCd) bob[ and bob{ are two users: bob{ never speaks as bob['s occupant."""
+    lab = Lab()
+    assert lab.irc(b":bob[!b@h JOIN #ops") == [MucJoin(ROOM, "bob[", irc_jid("bob["))]
+    (join,) = lab.irc(b":bob{!x@elsewhere JOIN #ops")
+    assert join.as_nick == "bob{" and join.from_jid != irc_jid("bob[")
+    (say,) = lab.irc(b":bob{!x@elsewhere PRIVMSG #ops :I am not bob[")
+    assert (say.as_nick, say.from_jid) == (join.as_nick, join.from_jid)
+    assert lab.irc(b":bob{!x@elsewhere QUIT :bye") == [MucLeave(ROOM, "bob{", join.from_jid)]
+    (still,) = lab.irc(b":bob[!b@h PRIVMSG #ops :still here")
+    assert still.as_nick == "bob["
