@@ -2,6 +2,8 @@
 
 from dataclasses import replace
 
+import pytest
+
 from guard.core.pipeline import Verdict
 from guard.core.policy import compile_policy_text
 from guard.core.policy.elements import parse_stanza_text
@@ -14,6 +16,14 @@ PLAIN_POLICY = ('[policy]\nname = "plain"\n[[rules]]\nid = "all"\nrev = 1\nwhy =
                 'verdict = "pass"\nkeep = ["body"]\n')
 
 
+def alice_on_irc():
+    """A bridge whose room has alice, her own IRC connection registered as alice."""
+    lab = Lab()
+    lab.room(joined("alice"))
+    lab.bridge.irc_connected(alice_key(), "alice")
+    return lab
+
+
 def labelled_message(body, label):
     return parse_stanza_text(
         f"<message from='{ROOM}/alice' to='irc.red.example/ops' type='groupchat' id='m1'><body>{body}</body>"
@@ -23,9 +33,7 @@ def labelled_message(body, label):
 
 def test_another_users_nick_change_heard_by_an_occupants_connection_does_not_rename_the_occupant():
     """Bob's NICK seen on alice's own connection leaves alice's IRC nick alone, so alice's lines never echo back."""
-    lab = Lab()
-    lab.room(joined("alice"))
-    lab.bridge.irc_connected(alice_key(), "alice")
+    lab = alice_on_irc()
     lab.irc(b":bob!b@h JOIN #ops")
     assert lab.irc(b":bob!b@h NICK carol", key=alice_key()) == []
     assert lab.irc(b":bob!b@h NICK carol")[0].new_nick == "carol"
@@ -38,9 +46,7 @@ def test_another_users_nick_change_heard_by_an_occupants_connection_does_not_ren
 
 def test_an_occupants_own_nick_changed_by_the_server_is_followed():
     """A NICK of alice's own connection or of the bot (forced by the server) is its new nick: their echoes stay ours."""
-    lab = Lab()
-    lab.room(joined("alice"))
-    lab.bridge.irc_connected(alice_key(), "alice")
+    lab = alice_on_irc()
     assert lab.irc(b":alice!a@h NICK alice_", key=alice_key()) == []
     assert lab.irc(b":alice!a@h NICK alice_") == []
     assert lab.irc(b":alice_!a@h PRIVMSG #ops :our own words") == []
@@ -136,9 +142,7 @@ def test_a_private_message_to_the_listener_never_reaches_the_channel_even_under_
 def test_what_an_occupant_said_just_before_leaving_never_comes_back_from_the_bot_under_the_irc_label():
     """Alice says a RESTRICTED line and leaves at once; the bot hears her lines after the bridge closed her
     connection: they are ours (not the room's again as <alice> text, UNCLASSIFIED) until the bot hears her part."""
-    lab = Lab()
-    lab.room(joined("alice"))
-    lab.bridge.irc_connected(alice_key(), "alice")
+    lab = alice_on_irc()
     (say,) = lab.room(said("alice", "the rota", label="RESTRICTED"))
     assert say.lines == ("Protective Marking: RESTRICTED", "the rota")
     assert lab.room(left("alice")) == [IrcPart(alice_key(), "#ops", "left the XMPP room")]
@@ -150,28 +154,26 @@ def test_what_an_occupant_said_just_before_leaving_never_comes_back_from_the_bot
     assert hers.body == "another alice"
 
 
-def test_a_renamed_occupants_lines_under_its_old_nick_stay_ours_whichever_connection_hears_first():
-    """Alice renamed alicia: her connection may hear the NICK before the bot hears her last line as alice."""
-    lab = Lab()
-    lab.room(joined("alice"))
-    lab.bridge.irc_connected(alice_key(), "alice")
-    assert lab.room(left("alice", "303", new_nick="alicia")) == [IrcNick(alice_key(), "alicia")]
+def renamed_by_nick(lab):
+    """The occupant's own connection hears its NICK first; the bot hears it after alice's last line."""
     assert lab.irc(b":alice!a@h NICK alicia", key=alice_key()) == []
-    assert lab.irc(b":alice!a@h PRIVMSG #ops :said before the rename") == []
-    assert lab.irc(b":alice!a@h NICK alicia") == []
-    assert lab.irc(b":alicia!a@h PRIVMSG #ops :said after it") == []
-    assert lab.bridge.leaving == {}
+    return b":alice!a@h NICK alicia"
 
 
-def test_an_occupant_reconnected_under_its_new_nick_still_owns_the_lines_of_its_old_one():
-    """A rename carried out by reconnecting as the new nick: the old connection's last lines are still ours."""
-    lab = Lab()
-    lab.room(joined("alice"))
-    lab.bridge.irc_connected(alice_key(), "alice")
-    lab.room(left("alice", "303", new_nick="alicia"))
+def renamed_by_reconnecting(lab):
+    """guard-irc renames by reconnecting as the new nick; the old connection quits after its last line."""
     assert lab.bridge.irc_connected(alice_key(), "alicia") == []
+    return b":alice!a@h QUIT :xmpp-guard gateway closing"
+
+
+@pytest.mark.parametrize("rename", [renamed_by_nick, renamed_by_reconnecting])
+def test_a_renamed_occupants_lines_under_its_old_nick_stay_ours_until_the_bot_hears_it_go(rename):
+    """Alice renamed alicia: a line the bot hears from alice after the bridge took the new nick is still ours."""
+    lab = alice_on_irc()
+    assert lab.room(left("alice", "303", new_nick="alicia")) == [IrcNick(alice_key(), "alicia")]
+    gone = rename(lab)
     assert lab.irc(b":alice!a@h PRIVMSG #ops :said before the rename") == []
-    assert lab.irc(b":alice!a@h QUIT :xmpp-guard gateway closing") == []
+    assert lab.irc(gone) == []
     assert lab.irc(b":alicia!a@h PRIVMSG #ops :said after it") == []
     assert lab.bridge.leaving == {}
 
