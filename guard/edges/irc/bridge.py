@@ -99,6 +99,11 @@ ME_PREFIX = "/me "  # XEP-0245
 # '~' of an unidentified user.
 HOST_ALLOWANCE = 63
 JOIN_SLACK_BYTES = 32
+# Occupant connections one bridge opens at most per CONNECTION_OPEN_SECONDS: XMPP users joining and leaving (or
+# renaming) in a loop would otherwise make the gateway connect again and again, and IRC servers throttle or ban an
+# address that does (ngIRCd, hybrid, InspIRCd); past it the bot relays, and ``due`` opens the rest later.
+CONNECTION_OPENS = 10
+CONNECTION_OPEN_SECONDS = 60.0
 LEAVING_NICKS = 1024  # nicks of our closed or renamed connections whose leaving the bot has not heard yet
 REFUSAL_NOTICE_SECONDS = 2.0  # at most one refusal notice to IRC users per bridge in this time (the rest audited only)
 RELAY_NAME_BYTES = 64  # the MUC nick in the bot's <nick> relay (a resourcepart may be 1023 bytes)
@@ -420,6 +425,7 @@ class Bridge:
         # fold(nick) of occupants' connections closed or renamed: lines the bot still hears from them (written
         # before, relayed after) are ours until the bot hears that nick leave (PART, QUIT, KICK, NICK), or join anew.
         self.leaving: dict[str, None] = {}
+        self._opened_at: list[float] = []  # when the bridge opened its last occupant connections (CONNECTION_OPENS at most)
 
     # -- names --------------------------------------------------------------
 
@@ -506,7 +512,7 @@ class Bridge:
         room tells the listener about them again)."""
         actions = []
         for occupant in list(self.occupants.values()):
-            actions.extend(self._occupant_gone(occupant, XMPP_LOST_REASON))
+            actions.extend(self._occupant_gone(occupant, XMPP_LOST_REASON, now=None))
         self.listener_is_moderator = False
         return actions
 
@@ -533,13 +539,13 @@ class Bridge:
             return self._irc_users_occupant_presence(user, unavailable, statuses, item)
         occupant = self.occupants.get(nick)
         if not unavailable:
-            return [] if occupant is not None else self._occupant_joined(nick)
+            return [] if occupant is not None else self._occupant_joined(nick, now)
         if occupant is None:
             return []
         if STATUS_NICK_CHANGED in statuses and item.get("nick"):
             return self._occupant_renamed(occupant, item["nick"])
         reason = KICKED_FROM_ROOM_REASON if STATUS_KICKED in statuses or STATUS_BANNED in statuses else LEFT_ROOM_REASON
-        return self._occupant_gone(occupant, reason)
+        return self._occupant_gone(occupant, reason, now)
 
     def _join_refused(self, stanza: domish.Element) -> list:
         """The room refused an IRC user's occupant: a nick conflict (409) is tried again under another nick, a
@@ -562,22 +568,30 @@ class Bridge:
                 return user
         return None
 
-    def _occupant_joined(self, muc_nick: str) -> list:
+    def _occupant_joined(self, muc_nick: str, now: float) -> list:
         try:
             irc_nick = self.nicks.irc_nick_for(muc_nick)
         except (NickBookFull, ValueError):
             irc_nick = None  # no IRC nick to be had: the bot relays this occupant
         occupant = XmppOccupant(muc_nick, irc_nick, ConnectionKey(self.network, self.room, next(self._serials)))
         self.occupants[muc_nick] = occupant
-        return self._connect(occupant)
+        return self._connect(occupant, now)
 
-    def _connect(self, occupant: XmppOccupant) -> list:
-        """Give ``occupant`` its own IRC connection if both caps allow it (else the bot relays it)."""
+    def _may_open(self, now: float) -> bool:
+        """Whether the bridge may open one more occupant connection now (``CONNECTION_OPENS`` per window)."""
+        while self._opened_at and self._opened_at[0] <= now - CONNECTION_OPEN_SECONDS:
+            del self._opened_at[0]
+        return len(self._opened_at) < CONNECTION_OPENS
+
+    def _connect(self, occupant: XmppOccupant, now: float) -> list:
+        """Give ``occupant`` its own IRC connection if both caps and the rate of opening allow it (else the bot
+        relays it)."""
         if (occupant.connected or occupant.kicked_on_irc or occupant.irc_nick is None
-                or self._connections >= self.max_connections):
+                or self._connections >= self.max_connections or not self._may_open(now)):
             return []
         if not self.slots.take():
             return []
+        self._opened_at.append(now)
         self._connections += 1
         occupant.connected = True
         return [IrcJoin(occupant.key, self.channel, occupant.irc_nick)]
@@ -592,20 +606,22 @@ class Bridge:
         self.slots.give_back()
         return [IrcPart(occupant.key, self.channel, reason)]
 
-    def _occupant_gone(self, occupant: XmppOccupant, reason: str) -> list:
+    def _occupant_gone(self, occupant: XmppOccupant, reason: str, now: float | None) -> list:
+        """``occupant`` left: its connection goes, and (``now`` known: not the whole room going) its slot is given on."""
         del self.occupants[occupant.muc_nick]
         self.nicks.release(occupant.muc_nick)
         actions = self._disconnect(occupant, reason)
-        return actions + self._promote_relayed()
+        return actions if now is None else actions + self._promote_relayed(now)
 
-    def _promote_relayed(self) -> list:
+    def _relayed(self) -> list:
+        """Occupants the bot relays that could have a connection of their own (in arrival order)."""
+        return [o for o in self.occupants.values()
+                if not o.connected and not o.kicked_on_irc and o.irc_nick is not None]
+
+    def _promote_relayed(self, now: float) -> list:
         """A slot freed: the first occupant the bot relays gets its own connection."""
-        for occupant in self.occupants.values():
-            if not occupant.connected and not occupant.kicked_on_irc:
-                found = self._connect(occupant)
-                if found:
-                    return found
-                break
+        for occupant in self._relayed():
+            return self._connect(occupant, now)
         return []
 
     def _occupant_renamed(self, occupant: XmppOccupant, new_muc_nick: str) -> list:
@@ -848,7 +864,7 @@ class Bridge:
                 return []
             occupant.kicked_on_irc = True
             text = KICKED_FROM_CHANNEL_TEXT.format(nick=occupant.muc_nick)
-            actions = self._disconnect(occupant, KICKED_FROM_ROOM_REASON) + self._promote_relayed()
+            actions = self._disconnect(occupant, KICKED_FROM_ROOM_REASON) + self._promote_relayed(now)
             if key == self.bot_key:
                 self.leaving.pop(self.fold(nick), None)  # the bot heard it leave: nothing more comes from it
             return actions + [self._gateway_says(text),
@@ -981,15 +997,24 @@ class Bridge:
             return 4
 
     def due(self, now: float) -> list:
-        """Held IRC lines whose window has passed, said in the room now."""
+        """Held IRC lines whose window has passed, said in the room now; relayed occupants the rate of opening
+        held back get their connections."""
         actions = []
         for folded in [f for f, held in self.pending.items() if held.due <= now]:
             actions += self._flush(folded, now)
-        return actions
+        while True:
+            opened = self._promote_relayed(now)
+            if not opened:
+                return actions
+            actions += opened
 
     def wake_at(self) -> float | None:
-        """When ``due`` next has something to say (None: nothing is held)."""
-        return min((held.due for held in self.pending.values()), default=None)
+        """When ``due`` next has something to do (None: nothing is held or waits for the rate of opening)."""
+        times = [held.due for held in self.pending.values()]
+        if (self._relayed() and len(self._opened_at) >= CONNECTION_OPENS
+                and self._connections < self.max_connections):
+            times.append(self._opened_at[0] + CONNECTION_OPEN_SECONDS)
+        return min(times, default=None)
 
     def _flush(self, folded: str, now: float) -> list:
         held = self.pending.pop(folded, None)

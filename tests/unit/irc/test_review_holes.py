@@ -189,3 +189,24 @@ def test_two_irc_users_the_server_tells_apart_are_two_occupants_even_if_rfc1459_
     assert lab.irc(b":bob{!x@elsewhere QUIT :bye") == [MucLeave(ROOM, "bob{", join.from_jid)]
     (still,) = lab.irc(b":bob[!b@h PRIVMSG #ops :still here")
     assert still.as_nick == "bob["
+
+
+def test_an_occupant_joining_and_leaving_in_a_loop_opens_few_connections_and_the_rest_come_later():
+    """Thirty joins and leaves in a minute open ten connections; then the bot relays, and due() opens one later."""
+    lab = Lab()
+    opened = [action for n in range(30) for action in lab.room(joined(f"churn{n}"), now=n) + lab.room(
+        left(f"churn{n}"), now=n + 0.5) if isinstance(action, IrcJoin)]
+    assert len(opened) == 10
+    lab.room(joined("alice"), now=30)
+    (say,) = lab.room(said("alice", "relayed for now"), now=30)
+    assert say.connection_key == BOT
+    assert lab.bridge.wake_at() == 60.0 and lab.bridge.due(59.9) == []
+    assert lab.bridge.due(60.0) == [IrcJoin(alice_key(31), "#ops", "alice")]
+
+
+def test_the_xmpp_side_going_away_gives_no_slot_on_to_occupants_that_are_leaving_too():
+    """Component lost with alice connected and bob relayed: alice parts; bob is not connected only to part."""
+    lab = Lab(replace(BRIDGE, max_occupant_connections=1))
+    lab.room(joined("alice"))
+    lab.room(joined("bob"))
+    assert lab.bridge.xmpp_lost() == [IrcPart(alice_key(1), "#ops", "the XMPP side went away")]
