@@ -47,7 +47,7 @@ from __future__ import annotations
 import base64
 import random as _random
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable
 
 from twisted.internet import defer, endpoints, ssl
@@ -57,7 +57,7 @@ from twisted.protocols.basic import LineOnlyReceiver
 from zope.interface import Interface
 
 from guard.edges.irc.lines import LINE_BYTES, TAGS_BYTES, BadLine, IrcMessage, ctcp_action, format_line, parse_line, read_ctcp
-from guard.edges.irc.nicks import Isupport, suffixed_nick
+from guard.edges.irc.nicks import Isupport, is_valid_nick, suffixed_nick
 from guard.edges.link.dialler import Backoff, LinkDialler
 
 log = Logger()
@@ -846,6 +846,17 @@ class IrcConnection:
         self.wanted.pop(self._fold(channel), None)
         if self.registered and self._fold(channel) in self.protocol.channels:
             return self._queue([self._line("PART", [channel, reason] if reason else [channel])])
+        return None
+
+    def change_nick(self, nick: str) -> str | None:
+        """Be called ``nick`` from now on: a NICK line after what is queued (nothing waiting is lost, no
+        reconnection), and the nick asked for at every later registration.  A refusal reason or None."""
+        isupport = self.protocol.isupport if self.protocol is not None else Isupport()
+        if not is_valid_nick(nick, isupport.nicklen):
+            return self._refuse("invalid-line")
+        self.identity = replace(self.identity, nick=nick)
+        if self.registered:
+            return self._command("NICK", [nick])
         return None
 
     def set_topic(self, channel: str, text: str, token=None) -> str | None:

@@ -348,6 +348,22 @@ def test_tokens_not_written_when_the_connection_drops_are_lost_once_with_the_rea
     assert ("connection_lost", "lab", None, "netsplit") in recorder.events
 
 
+def test_a_nick_change_is_a_nick_line_after_what_waits_and_the_nick_of_later_registrations():
+    """change_nick writes NICK behind the queued messages (none lost, no reconnection) and registers as it later."""
+    connection, clock, connector, recorder, protocol = registered()
+    assert connection.say("#ops", ["before the rename"], token="m1") is None
+    assert connection.change_nick("alicia") is None
+    assert connection.change_nick("bad nick") == "invalid-line"
+    clock.advance(1.0)
+    assert written(protocol) == b"PRIVMSG #ops :before the rename\r\nNICK alicia\r\n"
+    feed(protocol, b":gw!u@h NICK alicia")
+    assert connection.nick == "alicia" and len(connector.protocols) == 1
+    drop(protocol)
+    clock.advance(10)
+    assert b"NICK alicia\r\n" in written(connector.protocols[-1])
+    assert [event for event in recorder.events if event[0] in ("sent", "lost")] == [("sent", "m1")]
+
+
 def test_a_topic_taken_with_a_token_is_reported_sent_when_written_or_lost_when_the_connection_drops():
     """A room subject is settled like a message: sent when its TOPIC line left, lost (once) when it never did."""
     connection, clock, connector, recorder, protocol = registered()
