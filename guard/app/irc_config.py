@@ -373,6 +373,13 @@ def _network(checker, name, table, limits) -> NetworkConfig:
         check_fallback(charset)
     except ValueError:
         checker.fail(f"{key}.charset", f"{charset!r} is not an ASCII-compatible character set Python knows")
+    if not _is_loopback(host):
+        # Room text released to the channel, and SASL, never cross a network in clear or to an unverified peer.
+        if not tls:
+            checker.fail(f"{key}.tls", f"must be true: {host} is not a loopback address (room text would cross in clear)")
+        if not tls_verify:
+            checker.fail(f"{key}.tls_verify", f"must be true: {host} is not a loopback address (anyone on the path "
+                                              f"could read and change what crosses)")
     flood_burst = checker.number(table, "flood_burst", key, None, 1, 100)
     flood_interval = checker.number(table, "flood_interval", key, None, 0.01, 60.0, whole=False)
     max_connections = checker.number(table, "max_connections", key, 64, 1, limits.total_connections)

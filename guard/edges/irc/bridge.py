@@ -96,10 +96,19 @@ ME_PREFIX = "/me "  # XEP-0245
 # '~' of an unidentified user.
 HOST_ALLOWANCE = 63
 JOIN_SLACK_BYTES = 32
+# Occupant connections one bridge opens at most per CONNECTION_OPEN_SECONDS: XMPP users joining and leaving (or
+# renaming) in a loop would otherwise make the gateway connect again and again, and IRC servers throttle or ban an
+# address that does (ngIRCd, hybrid, InspIRCd); past it the bot relays, and ``due`` opens the rest later.
+CONNECTION_OPENS = 10
+CONNECTION_OPEN_SECONDS = 60.0
+LEAVING_NICKS = 1024  # nicks of our closed or renamed connections whose leaving the bot has not heard yet
+REFUSAL_NOTICE_SECONDS = 2.0  # at most one refusal notice to IRC users per bridge in this time (the rest audited only)
+RELAY_NAME_BYTES = 64  # the MUC nick in the bot's <nick> relay (a resourcepart may be 1023 bytes)
 LOST_CONDITION = "remote-server-not-found"  # what a message lost with its IRC connection bounces with
 
 # The gateway's own rules and texts.
 RULE_NOTHING_TO_SAY = "irc:nothing-to-say"
+RULE_ONLY_GROUPCHAT = "irc:only-groupchat"
 RULE_KICKED_ON_IRC = "irc:kicked-on-irc"
 RULE_KICK_REFUSED = "irc:kick-refused"
 RULE_CTCP_REFUSED = "irc:ctcp-refused"
@@ -109,6 +118,7 @@ RULE_JOIN_REFUSED = "irc:join-refused"
 RULE_IRC_USERS_FULL = "irc:irc-users-full"
 KICKED_ON_IRC_TEXT = "You were kicked from the IRC channel; rejoin the room to talk there again."
 NOTHING_TO_SAY_TEXT = "the message carries no text the IRC channel can show"
+ONLY_GROUPCHAT_TEXT = "Only room messages are bridged to IRC."
 KICK_REFUSED_TEXT = "The gateway is not an operator of the IRC channel: {nick} was not kicked there."
 # {nick}: a room nick the room already shows; who kicked and why (IRC's words) go to the audit only.
 KICKED_FROM_CHANNEL_TEXT = "{nick} was kicked from the IRC channel by an IRC operator."
@@ -117,6 +127,9 @@ PRIVATE_REFUSED_TEXT = "Private messages are not bridged to XMPP."
 KICKED_FROM_ROOM_REASON = "kicked from the XMPP room"
 LEFT_ROOM_REASON = "left the XMPP room"
 XMPP_LOST_REASON = "the XMPP side went away"
+
+
+IDENTITY_FOLD = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
 
 
 # -- who ----------------------------------------------------------------------
@@ -172,6 +185,9 @@ class XmppOccupant:
     key: ConnectionKey
     connected: bool = False  # holds a connection slot (its own connection is open or opening)
     kicked_on_irc: bool = False
+    # The nick its own connection registered with (the server's word, from ``irc_connected``): only that nick
+    # is the gateway's own on IRC; until then an IRC user holding ``irc_nick`` is that IRC user.
+    nick_on_irc: str | None = None
 
 
 @dataclass
@@ -402,19 +418,28 @@ class Bridge:
         self._serials = itertools.count(1)
         self._user_serials = itertools.count(1)
         self._connections = 0
+        self._notice_due = float("-inf")  # when the gateway may next send a refusal notice to IRC
+        # fold(nick) of occupants' connections closed or renamed: lines the bot still hears from them (written
+        # before, relayed after) are ours until the bot hears that nick leave (PART, QUIT, KICK, NICK), or join anew.
+        self.leaving: dict[str, None] = {}
+        self._opened_at: list[float] = []  # when the bridge opened its last occupant connections (CONNECTION_OPENS at most)
 
     # -- names --------------------------------------------------------------
 
     def fold(self, nick: str) -> str:
-        return self.nicks.isupport.fold(nick)
+        """``nick`` (or a channel) as the bridge tells IRC users apart: ASCII case only, the narrowest casemapping.
+        Folding wider than the server (rfc1459 on an ascii server: ``bob[`` and ``bob{`` are two users there)
+        would let one IRC user speak as another's occupant; the NickBook still folds widely when it gives nicks."""
+        return nick.translate(IDENTITY_FOLD)
 
     def irc_user_jid(self, irc_nick: str) -> str:
         """A new JID for the occupant of an IRC user: ``nick%network@component/room-localpart~serial`` (the
         nick hex-encoded where it cannot be a localpart); unique for the bridge's life."""
         resource = f"{self.room_local}~{next(self._user_serials)}"
-        candidate = f"{irc_nick}%{self.network}@{self.component}/{resource}"
-        if parse_jid(candidate) is not None and not set(irc_nick) & set("/@%"):
-            return candidate
+        candidate = parse_jid(f"{irc_nick}%{self.network}@{self.component}/{resource}")
+        if candidate is not None and not set(irc_nick) & set("/@%"):
+            # As prepared (``Carol`` -> ``carol``): the room answers (a refused join, an error) to that form.
+            return candidate.full()
         return f"{irc_nick.encode('utf-8').hex()[:64]}%{self.network}@{self.component}/{resource}"
 
     def _new_irc_user(self, irc_nick: str) -> IrcUser:
@@ -434,15 +459,24 @@ class Bridge:
     def _own_irc_nick(self, irc_nick: str) -> bool:
         """Whether ``irc_nick`` is one of the gateway's own connections in this channel (the bot, an occupant)."""
         folded = self.fold(irc_nick)
-        if folded == self.fold(self.bot_nick):
+        if folded == self.fold(self.bot_nick) or folded in self.leaving:
             return True
-        return any(o.connected and o.irc_nick is not None and self.fold(o.irc_nick) == folded
+        return any(o.connected and o.nick_on_irc is not None and self.fold(o.nick_on_irc) == folded
                    for o in self.occupants.values())
 
+    def _left_channel(self, nick: str | None) -> None:
+        """``nick`` was one of our connections' and may still speak in what the bot hears: ours until it leaves."""
+        if nick is None:
+            return
+        self.leaving[self.fold(nick)] = None
+        while len(self.leaving) > LEAVING_NICKS:
+            del self.leaving[next(iter(self.leaving))]
+
     def _occupant_by_irc_nick(self, irc_nick: str) -> XmppOccupant | None:
+        """The occupant whose own connection registered as ``irc_nick`` (the server's word), or None."""
         folded = self.fold(irc_nick)
         for occupant in self.occupants.values():
-            if occupant.irc_nick is not None and self.fold(occupant.irc_nick) == folded:
+            if occupant.nick_on_irc is not None and self.fold(occupant.nick_on_irc) == folded:
                 return occupant
         return None
 
@@ -475,7 +509,7 @@ class Bridge:
         room tells the listener about them again)."""
         actions = []
         for occupant in list(self.occupants.values()):
-            actions.extend(self._occupant_gone(occupant, XMPP_LOST_REASON))
+            actions.extend(self._occupant_gone(occupant, XMPP_LOST_REASON, now=None))
         self.listener_is_moderator = False
         return actions
 
@@ -502,13 +536,13 @@ class Bridge:
             return self._irc_users_occupant_presence(user, unavailable, statuses, item)
         occupant = self.occupants.get(nick)
         if not unavailable:
-            return [] if occupant is not None else self._occupant_joined(nick)
+            return [] if occupant is not None else self._occupant_joined(nick, now)
         if occupant is None:
             return []
         if STATUS_NICK_CHANGED in statuses and item.get("nick"):
             return self._occupant_renamed(occupant, item["nick"])
         reason = KICKED_FROM_ROOM_REASON if STATUS_KICKED in statuses or STATUS_BANNED in statuses else LEFT_ROOM_REASON
-        return self._occupant_gone(occupant, reason)
+        return self._occupant_gone(occupant, reason, now)
 
     def _join_refused(self, stanza: domish.Element) -> list:
         """The room refused an IRC user's occupant: a nick conflict (409) is tried again under another nick, a
@@ -531,22 +565,30 @@ class Bridge:
                 return user
         return None
 
-    def _occupant_joined(self, muc_nick: str) -> list:
+    def _occupant_joined(self, muc_nick: str, now: float) -> list:
         try:
             irc_nick = self.nicks.irc_nick_for(muc_nick)
         except (NickBookFull, ValueError):
             irc_nick = None  # no IRC nick to be had: the bot relays this occupant
         occupant = XmppOccupant(muc_nick, irc_nick, ConnectionKey(self.network, self.room, next(self._serials)))
         self.occupants[muc_nick] = occupant
-        return self._connect(occupant)
+        return self._connect(occupant, now)
 
-    def _connect(self, occupant: XmppOccupant) -> list:
-        """Give ``occupant`` its own IRC connection if both caps allow it (else the bot relays it)."""
+    def _may_open(self, now: float) -> bool:
+        """Whether the bridge may open one more occupant connection now (``CONNECTION_OPENS`` per window)."""
+        while self._opened_at and self._opened_at[0] <= now - CONNECTION_OPEN_SECONDS:
+            del self._opened_at[0]
+        return len(self._opened_at) < CONNECTION_OPENS
+
+    def _connect(self, occupant: XmppOccupant, now: float) -> list:
+        """Give ``occupant`` its own IRC connection if both caps and the rate of opening allow it (else the bot
+        relays it)."""
         if (occupant.connected or occupant.kicked_on_irc or occupant.irc_nick is None
-                or self._connections >= self.max_connections):
+                or self._connections >= self.max_connections or not self._may_open(now)):
             return []
         if not self.slots.take():
             return []
+        self._opened_at.append(now)
         self._connections += 1
         occupant.connected = True
         return [IrcJoin(occupant.key, self.channel, occupant.irc_nick)]
@@ -555,24 +597,28 @@ class Bridge:
         if not occupant.connected:
             return []
         occupant.connected = False
+        self._left_channel(occupant.nick_on_irc)
+        occupant.nick_on_irc = None
         self._connections -= 1
         self.slots.give_back()
         return [IrcPart(occupant.key, self.channel, reason)]
 
-    def _occupant_gone(self, occupant: XmppOccupant, reason: str) -> list:
+    def _occupant_gone(self, occupant: XmppOccupant, reason: str, now: float | None) -> list:
+        """``occupant`` left: its connection goes, and (``now`` known: not the whole room going) its slot is given on."""
         del self.occupants[occupant.muc_nick]
         self.nicks.release(occupant.muc_nick)
         actions = self._disconnect(occupant, reason)
-        return actions + self._promote_relayed()
+        return actions if now is None else actions + self._promote_relayed(now)
 
-    def _promote_relayed(self) -> list:
+    def _relayed(self) -> list:
+        """Occupants the bot relays that could have a connection of their own (in arrival order)."""
+        return [o for o in self.occupants.values()
+                if not o.connected and not o.kicked_on_irc and o.irc_nick is not None]
+
+    def _promote_relayed(self, now: float) -> list:
         """A slot freed: the first occupant the bot relays gets its own connection."""
-        for occupant in self.occupants.values():
-            if not occupant.connected and not occupant.kicked_on_irc:
-                found = self._connect(occupant)
-                if found:
-                    return found
-                break
+        for occupant in self._relayed():
+            return self._connect(occupant, now)
         return []
 
     def _occupant_renamed(self, occupant: XmppOccupant, new_muc_nick: str) -> list:
@@ -635,9 +681,13 @@ class Bridge:
         released = self.labels.release(stanza, size)
         if isinstance(released, Refused):
             return self._settled(self.settlement.judged(ticket, released.judgement))
+        if stanza.getAttribute("type") != "groupchat":
+            # A private message to the listener never goes to the channel, whatever the bridge policy passed.
+            return self._settled(self.settlement.judged(ticket, Judgement.bounced(
+                stanza, RULE_ONLY_GROUPCHAT, "service-unavailable", text=ONLY_GROUPCHAT_TEXT)))
         if released.subject is not None and released.text is None:
             return self._topic_from_room(ticket, released, occupant)
-        if not released.text:
+        if not _says_something(released.text):
             self.settlement.drop(ticket, RULE_NOTHING_TO_SAY, 1, NOTHING_TO_SAY_TEXT)
             return []
         decision = self.settlement.judged(ticket, released.judgement)
@@ -683,7 +733,7 @@ class Bridge:
         own = occupant is not None and occupant.connected
         key = occupant.key if own else self.bot_key
         nick = occupant.irc_nick if own else self.bot_nick
-        name = without_controls(muc_nick)
+        name = relay_name(muc_nick)
         budget = self._budget(nick)
         lines = []
         if flot is not None:
@@ -732,6 +782,7 @@ class Bridge:
         if self.fold(nick) == self.fold(self.bot_nick):
             self.bot_in_channel = True
             return []
+        self.leaving.pop(self.fold(nick), None)  # a nick joining is not one of ours leaving
         if self._own_irc_nick(nick) or self.fold(nick) in self.irc_users:
             return []
         if len(self.irc_users) >= self.max_irc_users:
@@ -780,11 +831,13 @@ class Bridge:
         if self.fold(nick) == self.fold(self.bot_nick):
             self.bot_in_channel = self.bot_is_op = False
             return []
+        self.leaving.pop(self.fold(nick), None)
         return self._irc_user_gone(nick)
 
     def irc_quit(self, key: ConnectionKey, nick: str, reason: str = "", now: float = 0.0) -> list:
         if not self._from_bot(key):
             return []
+        self.leaving.pop(self.fold(nick), None)
         return self._irc_user_gone(nick)
 
     def _irc_user_gone(self, nick: str) -> list:
@@ -808,7 +861,9 @@ class Bridge:
                 return []
             occupant.kicked_on_irc = True
             text = KICKED_FROM_CHANNEL_TEXT.format(nick=occupant.muc_nick)
-            actions = self._disconnect(occupant, KICKED_FROM_ROOM_REASON) + self._promote_relayed()
+            actions = self._disconnect(occupant, KICKED_FROM_ROOM_REASON) + self._promote_relayed(now)
+            if key == self.bot_key:
+                self.leaving.pop(self.fold(nick), None)  # the bot heard it leave: nothing more comes from it
             return actions + [self._gateway_says(text),
                               Audit("kicked-on-irc", RULE_KICKED_ON_IRC, self.room, f"{nick} by {by}: {reason}")]
         if not self._from_bot(key):
@@ -816,6 +871,7 @@ class Bridge:
         if self.fold(nick) == self.fold(self.bot_nick):
             self.bot_in_channel = self.bot_is_op = False
             return [Audit("bot-kicked", RULE_KICKED_ON_IRC, self.room, f"by {by}: {reason}")]
+        self.leaving.pop(self.fold(nick), None)
         user = self.irc_users.pop(self.fold(nick), None)
         if user is None or not user.in_room:
             return []
@@ -828,9 +884,19 @@ class Bridge:
         """NICK: an IRC user's occupant follows it; an occupant's own connection that got another nick is noted."""
         occupant = self._occupant_by_key(key)
         if occupant is not None:
-            occupant.irc_nick = new
+            # Every connection in the channel hears every NICK: only its own (forced by the server) renames it.
+            if occupant.nick_on_irc is not None and self.fold(old) == self.fold(occupant.nick_on_irc):
+                self._left_channel(old)
+                occupant.irc_nick = occupant.nick_on_irc = new
             return []
-        if not self._from_bot(key) or self._own_irc_nick(old) or self._own_irc_nick(new):
+        if not self._from_bot(key):
+            return []
+        if self.fold(old) == self.fold(self.bot_nick):
+            self.bot_nick = new
+            return []
+        own = self._own_irc_nick(old) or self._own_irc_nick(new)
+        self.leaving.pop(self.fold(old), None)
+        if own:
             return []
         user = self.irc_users.pop(self.fold(old), None)
         if user is None:
@@ -873,8 +939,8 @@ class Bridge:
         if not self._ours(target):
             if key.is_bot or self._occupant_by_key(key) is None or kind == "notice":
                 return []
-            return [IrcSay(key, nick, (PRIVATE_REFUSED_TEXT,), notice=True),
-                    Audit("private-refused", RULE_PRIVATE_REFUSED, self.room, nick)]
+            return self._notice(key, nick, PRIVATE_REFUSED_TEXT, now) + [
+                Audit("private-refused", RULE_PRIVATE_REFUSED, self.room, nick)]
         if not self._from_bot(key, target):
             return []
         if kind == "privmsg":
@@ -909,6 +975,15 @@ class Bridge:
             return actions
         return actions + self._to_room(nick, kind, text, now)
 
+    def _notice(self, key: ConnectionKey, nick: str, text: str, now: float) -> list:
+        """The gateway's own notice to an IRC user, at most one per ``REFUSAL_NOTICE_SECONDS`` for the bridge:
+        IRC users choose how often they are refused, and each notice waits in a connection's bounded queue
+        before that connection's room messages."""
+        if now < self._notice_due:
+            return []
+        self._notice_due = now + REFUSAL_NOTICE_SECONDS
+        return [IrcSay(key, nick, (text,), notice=True)]
+
     def _budget_of(self, source: str, target: str) -> int:
         nick, _, rest = source.partition("!")
         user, _, host = rest.partition("@")
@@ -919,15 +994,24 @@ class Bridge:
             return 4
 
     def due(self, now: float) -> list:
-        """Held IRC lines whose window has passed, said in the room now."""
+        """Held IRC lines whose window has passed, said in the room now; relayed occupants the rate of opening
+        held back get their connections."""
         actions = []
         for folded in [f for f, held in self.pending.items() if held.due <= now]:
             actions += self._flush(folded, now)
-        return actions
+        while True:
+            opened = self._promote_relayed(now)
+            if not opened:
+                return actions
+            actions += opened
 
     def wake_at(self) -> float | None:
-        """When ``due`` next has something to say (None: nothing is held)."""
-        return min((held.due for held in self.pending.values()), default=None)
+        """When ``due`` next has something to do (None: nothing is held or waits for the rate of opening)."""
+        times = [held.due for held in self.pending.values()]
+        if (self._relayed() and len(self._opened_at) >= CONNECTION_OPENS
+                and self._connections < self.max_connections):
+            times.append(self._opened_at[0] + CONNECTION_OPEN_SECONDS)
+        return min(times, default=None)
 
     def _flush(self, folded: str, now: float) -> list:
         held = self.pending.pop(folded, None)
@@ -949,8 +1033,8 @@ class Bridge:
             return [Audit("refused", RULE_JOINED_TOO_LONG, self.room, f"{nick}: {len(text.encode('utf-8'))} bytes")]
         labelled = self.labels.from_irc(text)
         if isinstance(labelled, RefusedFromIrc):
-            return [IrcSay(self.bot_key, nick, (labelled.own_text,), notice=True),
-                    Audit("refused", labelled.rule_id, self.room, f"{nick}: {labelled.detail}")]
+            return self._notice(self.bot_key, nick, labelled.own_text, now) + [
+                Audit("refused", labelled.rule_id, self.room, f"{nick}: {labelled.detail}")]
         if isinstance(labelled, MarkingOnly):
             if user is not None:
                 self.marked_next[folded] = (labelled.label, now + max(self.join_window, 1.0))
@@ -976,8 +1060,10 @@ class Bridge:
             self.bot_nick = nick
             return []
         occupant = self._occupant_by_key(key)
-        if occupant is not None:
-            occupant.irc_nick = nick
+        if occupant is not None and occupant.connected:
+            if occupant.nick_on_irc is not None and self.fold(occupant.nick_on_irc) != self.fold(nick):
+                self._left_channel(occupant.nick_on_irc)  # reconnected under another nick (a rename by reconnecting)
+            occupant.irc_nick = occupant.nick_on_irc = nick
         return []
 
     def irc_connection_lost(self, key: ConnectionKey, reason: str = "") -> list:
@@ -988,11 +1074,27 @@ class Bridge:
         """
         if key == self.bot_key:
             self.bot_in_channel = self.bot_is_op = False
+            self.leaving.clear()  # the bot rejoins and reads NAMES afresh: no line before it is heard again
             actions = []
             for folded in list(self.irc_users):
                 actions += self._irc_user_gone(self.irc_users[folded].irc_nick)
             return actions + [Audit("connection-lost", "irc:connection-lost", self.room, reason)]
         return []
+
+
+def _says_something(text: str | None) -> bool:
+    """Whether ``text`` leaves anything but white space for IRC once control characters and ``/me`` are gone."""
+    shown = text_for_irc(text or "")
+    if shown.startswith(ME_PREFIX):
+        shown = shown[len(ME_PREFIX):]
+    return bool(shown.strip())
+
+
+def relay_name(muc_nick: str) -> str:
+    """The name the bot's ``<nick> text`` relay shows for ``muc_nick``: no control character, at most
+    ``RELAY_NAME_BYTES`` UTF-8 bytes (cut on a code point), so the text keeps the room a line has."""
+    name = without_controls(muc_nick).encode("utf-8", errors="replace")
+    return name[:RELAY_NAME_BYTES].decode("utf-8", errors="ignore")
 
 
 def _groupchat(uri, from_jid, room, name, text, securitylabel) -> domish.Element:

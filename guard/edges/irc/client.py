@@ -47,7 +47,7 @@ from __future__ import annotations
 import base64
 import random as _random
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable
 
 from twisted.internet import defer, endpoints, ssl
@@ -57,7 +57,7 @@ from twisted.protocols.basic import LineOnlyReceiver
 from zope.interface import Interface
 
 from guard.edges.irc.lines import LINE_BYTES, TAGS_BYTES, BadLine, IrcMessage, ctcp_action, format_line, parse_line, read_ctcp
-from guard.edges.irc.nicks import Isupport, suffixed_nick
+from guard.edges.irc.nicks import Isupport, is_valid_nick, suffixed_nick
 from guard.edges.link.dialler import Backoff, LinkDialler
 
 log = Logger()
@@ -571,7 +571,10 @@ class IrcProtocol(LineOnlyReceiver):
             if not more:
                 self._request_capabilities()
         elif sub == "ACK":
-            self._acked.update(item.lower().lstrip("-") for item in message.params[-1].split()[: self.limits.capabilities])
+            for item in message.params[-1].split():
+                if len(self._acked) >= self.limits.capabilities:
+                    break  # a server repeating ACKs of new names is not given memory for them
+                self._acked.add(item.lower().lstrip("-"))
             if self.server.sasl is not None:
                 if "sasl" in self._acked:
                     self._urgent("AUTHENTICATE", [self.server.sasl.mechanism])
@@ -845,8 +848,21 @@ class IrcConnection:
             return self._queue([self._line("PART", [channel, reason] if reason else [channel])])
         return None
 
-    def set_topic(self, channel: str, text: str) -> str | None:
-        return self._command("TOPIC", [channel, text])
+    def change_nick(self, nick: str) -> str | None:
+        """Be called ``nick`` from now on: a NICK line after what is queued (nothing waiting is lost, no
+        reconnection), and the nick asked for at every later registration.  A refusal reason or None."""
+        isupport = self.protocol.isupport if self.protocol is not None else Isupport()
+        if not is_valid_nick(nick, isupport.nicklen):
+            return self._refuse("invalid-line")
+        self.identity = replace(self.identity, nick=nick)
+        if self.registered:
+            return self._command("NICK", [nick])
+        return None
+
+    def set_topic(self, channel: str, text: str, token=None) -> str | None:
+        """Set ``channel``'s topic; with ``token``, reported once like a message's (``sent`` when the TOPIC
+        line was written, ``lost`` when the connection ended first).  A refusal reason or None."""
+        return self._command("TOPIC", [channel, text], token)
 
     def kick(self, channel: str, nick: str, reason: str = "") -> str | None:
         return self._command("KICK", [channel, nick, reason] if reason else [channel, nick])
@@ -866,12 +882,12 @@ class IrcConnection:
             return self._refuse("invalid-line")
         return self._queue(lines, token)
 
-    def _command(self, command: str, params: list[str]) -> str | None:
+    def _command(self, command: str, params: list[str], token=None) -> str | None:
         try:
             line = self._line(command, params)
         except BadLine:
             return self._refuse("invalid-line")
-        return self._queue([line])
+        return self._queue([line], token)
 
     def _queue(self, lines: list[bytes], token=None, front: bool = False) -> str | None:
         if self.protocol is None or self.protocol.lost or self.protocol.closing:

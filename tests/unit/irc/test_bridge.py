@@ -19,7 +19,8 @@ from guard.edges.irc.labels import BridgeLabels
 from guard.edges.irc.lines import parse_line, privmsg_budget, source_prefix_bytes
 from guard.edges.irc.nicks import Isupport, NickBook
 
-POLICY = load_policy(str(Path(__file__).resolve().parents[3] / "policies" / "irc-bridge.toml"))
+POLICY_PATH = Path(__file__).resolve().parents[3] / "policies" / "irc-bridge.toml"
+POLICY = load_policy(str(POLICY_PATH))
 ROOM = "ops@conference.red.example"
 LISTENER = "irc.red.example/ops"
 BOT = ConnectionKey("lab")
@@ -378,6 +379,7 @@ def test_the_gateways_own_occupants_and_connections_are_never_bridged_back(lab):
     """Echoes are not taken: the room repeating our IRC users, copies to our other occupants, our own IRC nicks."""
     lab.irc(b":carol!c@h JOIN #ops")
     lab.room(joined("alice"))
+    lab.bridge.irc_connected(alice_key(), "alice")
     assert lab.room(said("carol", "echo of carol")) == []
     assert lab.room(said("irc", "echo of the listener")) == []
     assert lab.room(said("alice", "a copy", to=irc_jid("carol"))) == []
@@ -394,6 +396,7 @@ def test_the_gateways_own_occupants_and_connections_are_never_bridged_back(lab):
 def test_an_irc_kick_of_a_bridged_occupant_closes_its_connection_and_tells_the_room(lab):
     """The occupant's IRC connection goes, the room is told, and its later messages bounce until it rejoins."""
     lab.room(joined("alice"))
+    lab.bridge.irc_connected(alice_key(), "alice")
     actions = lab.irc(b":op!o@h KICK #ops alice :behave")
     assert actions == [IrcPart(alice_key(), "#ops", "kicked from the XMPP room"),
                        MucSay(ROOM, "irc", LISTENER, "alice was kicked from the IRC channel by an IRC operator.", UNCLASSIFIED),

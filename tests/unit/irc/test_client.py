@@ -348,6 +348,38 @@ def test_tokens_not_written_when_the_connection_drops_are_lost_once_with_the_rea
     assert ("connection_lost", "lab", None, "netsplit") in recorder.events
 
 
+def test_a_nick_change_is_a_nick_line_after_what_waits_and_the_nick_of_later_registrations():
+    """change_nick writes NICK behind the queued messages (none lost, no reconnection) and registers as it later."""
+    connection, clock, connector, recorder, protocol = registered()
+    assert connection.say("#ops", ["before the rename"], token="m1") is None
+    assert connection.change_nick("alicia") is None
+    assert connection.change_nick("bad nick") == "invalid-line"
+    clock.advance(1.0)
+    assert written(protocol) == b"PRIVMSG #ops :before the rename\r\nNICK alicia\r\n"
+    feed(protocol, b":gw!u@h NICK alicia")
+    assert connection.nick == "alicia" and len(connector.protocols) == 1
+    drop(protocol)
+    clock.advance(10)
+    assert b"NICK alicia\r\n" in written(connector.protocols[-1])
+    assert [event for event in recorder.events if event[0] in ("sent", "lost")] == [("sent", "m1")]
+
+
+def test_a_topic_taken_with_a_token_is_reported_sent_when_written_or_lost_when_the_connection_drops():
+    """A room subject is settled like a message: sent when its TOPIC line left, lost (once) when it never did."""
+    connection, clock, connector, recorder, protocol = registered()
+    for number in range(4):
+        connection.say("#ops", [f"m{number}"], token=number)
+    assert connection.set_topic("#ops", "rota week 49", token="topic-1") is None
+    assert connection.set_topic("#ops", "rota week 50", token="topic-2") is None
+    clock.advance(0.4)
+    assert written(protocol).endswith(b"PRIVMSG #ops m3\r\n")
+    clock.advance(0.4)
+    assert written(protocol) == b"TOPIC #ops :rota week 49\r\n"
+    drop(protocol)
+    assert [event for event in recorder.events if event[0] in ("sent", "lost")] == [
+        ("sent", 0), ("sent", 1), ("sent", 2), ("sent", 3), ("sent", "topic-1"), ("lost", "topic-2", "netsplit")]
+
+
 @pytest.mark.parametrize("farewell, reason", [
     (b"ERROR :Closing connection: gw[127.0.0.1] (Killed (oper (go away)))", "kill"),
     (b":oper!o@h KILL gw :go away", "kill"),
@@ -483,6 +515,17 @@ def test_names_are_bounded():
     feed(protocol, b":gw!u@h JOIN #ops", b":s 353 gw = #ops :a b c d e", b":s 353 gw = #ops :f g",
          b":s 366 gw #ops :End")
     assert recorder.events[-1] == ("names", "lab", "#ops", ("a", "b", "c"))
+
+
+def test_capabilities_acknowledged_are_bounded_over_many_acks():
+    """A server acknowledging new capability names again and again keeps at most ``capabilities`` of them."""
+    connection, clock, connector, recorder, protocol = registered(limits=ConnectionLimits(capabilities=8))
+    for round_ in range(50):
+        names = " ".join(f"cap{round_}-{n}" for n in range(8))
+        feed(protocol, f":irc.lab.example CAP gw ACK :{names}".encode())
+        clock.advance(1.0)
+    assert len(protocol._acked) == 8
+    assert connection.registered
 
 
 def test_channels_joined_are_bounded():

@@ -206,6 +206,18 @@ def test_a_policy_for_other_sides_is_refused(folder):
     assert "a bridge policy names from_side" in refused(folder, CONFIG)
 
 
+@pytest.mark.parametrize("change, key", [
+    ('host = "irc.example.net"\ntls = false', "networks.lab.tls"),
+    ('host = "192.0.2.7"\ntls_verify = false', "networks.lab.tls_verify"),
+])
+def test_an_irc_network_off_loopback_needs_verified_tls(folder, change, key):
+    """Plain TCP or an unverified certificate toward an IRC server off loopback is refused at load, as for Prosody."""
+    found = refused(folder, CONFIG.replace('host = "127.0.5.1"', change).replace('ca = "ca.pem"\n', ""))
+    assert f": {key}: must be true: " in found and "is not a loopback address" in found
+    assert load(folder, CONFIG.replace('host = "127.0.5.1"', 'host = "127.0.5.1"\ntls_verify = false')).networks[
+        "lab"].tls_verify is False
+
+
 def test_secret_file_and_tls_toward_prosody(folder):
     """The secret may come from a file; a non-loopback Prosody needs TLS with a CA."""
     (folder / "secret").write_text("from-a-file\n")
