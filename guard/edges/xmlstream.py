@@ -193,19 +193,15 @@ def _check_xml_declaration(version: str, encoding: str | None, _standalone: int)
 
 class ParsedElement(domish.Element):
     """
-    A ``domish.Element`` as the parser makes one, built in half the time of
-    ``domish.Element(qname, None, attributes)`` with the same fields: its
+    A ``domish.Element`` as the parser makes one (``StreamParser._on_start``
+    sets its fields directly, in a third of the time of
+    ``domish.Element(qname, None, attributes)``), with the same fields: its
     namespace is its default, it declares no prefixes, and it takes the
-    attribute dictionary it is given (a new one for each element).
+    attribute dictionary expat made for it (a new one for each element).
     """
 
-    def __init__(self, qname: tuple[str, str], attributes: dict) -> None:
-        self.uri, self.name = qname
-        self.defaultUri = self.uri
-        self.localPrefixes = {}
-        self.attributes = attributes
-        self.children = []
-        self.parent = None
+
+_new_object = object.__new__
 
 
 class StreamParser:
@@ -228,6 +224,10 @@ class StreamParser:
         self._limits = limits
         self._depth_limit = limits.element_depth
         self._elements_limit = limits.children_per_stanza
+        self._attributes_limit = limits.attributes_per_element
+        self._value_bytes_limit = limits.attribute_value_bytes
+        # A value of at most this many characters is within attribute_value_bytes (4 bytes a character at most).
+        self._value_characters_unchecked = limits.attribute_value_bytes // 4
 
         self._header: StreamHeader | None = None
         self._root_default: str | None = None
@@ -523,14 +523,11 @@ class StreamParser:
         return split
 
     def _on_namespace(self, prefix: str | None, uri: str | None) -> None:
-        limits = self._limits
         self._declarations += 1
-        if self._declarations > limits.attributes_per_element:
+        if self._declarations > self._attributes_limit:
             raise StreamFault("policy-violation", "too many attributes")
         uri = uri or ""
-        if len(uri) > limits.attribute_value_bytes // 4 and (
-            len(uri.encode("utf-8")) > limits.attribute_value_bytes
-        ):
+        if len(uri) > self._value_characters_unchecked and len(uri.encode("utf-8")) > self._value_bytes_limit:
             raise StreamFault("policy-violation", "namespace name too long")
         if self._header is None:
             if prefix is None:
@@ -538,26 +535,34 @@ class StreamParser:
             else:
                 self._root_prefixes[prefix] = uri
 
-    def _check_attributes(self, attributes: dict[str, str]) -> None:
-        limits = self._limits
-        if len(attributes) + self._declarations > limits.attributes_per_element:
-            raise StreamFault("policy-violation", "too many attributes")
-        self._declarations = 0
-        if attributes and max(map(len, attributes.values())) > limits.attribute_value_bytes // 4:
-            for value in attributes.values():
-                if len(value.encode("utf-8")) > limits.attribute_value_bytes:
-                    raise StreamFault("policy-violation", "attribute value too long")
+    def _check_value_bytes(self, attributes: dict[str, str]) -> None:
+        for value in attributes.values():
+            if len(value.encode("utf-8")) > self._value_bytes_limit:
+                raise StreamFault("policy-violation", "attribute value too long")
 
     def _on_start(self, name: str, attributes: dict[str, str]) -> None:
         if attributes or self._declarations:
-            self._check_attributes(attributes)
-            # Namespaced attribute names arrive as "uri local"; plain ones hold no space.
-            if " " in "<".join(attributes):
-                attributes = self._qualify(attributes)
+            # The attribute bounds, checked inline (a call per element costs as much as the checks).
+            if len(attributes) + self._declarations > self._attributes_limit:
+                raise StreamFault("policy-violation", "too many attributes")
+            self._declarations = 0
+            if attributes:
+                if max(map(len, attributes.values())) > self._value_characters_unchecked:
+                    self._check_value_bytes(attributes)
+                # Namespaced attribute names arrive as "uri local"; plain ones hold no space.
+                if " " in "<".join(attributes):
+                    attributes = self._qualify(attributes)
         if self._header is None:
             self._start_stream(name, attributes)
             return
-        element = ParsedElement(self._element_names.get(name) or self._element_name(name), attributes)
+        # ParsedElement's fields, set here (a class call per element costs more than setting them).
+        element = _new_object(ParsedElement)
+        element.uri, element.name = self._element_names.get(name) or self._element_name(name)
+        element.defaultUri = element.uri
+        element.localPrefixes = {}
+        element.attributes = attributes
+        element.children = []
+        element.parent = None
         stack = self._stack
         if stack:
             if len(stack) >= self._depth_limit:
@@ -699,7 +704,8 @@ _SEALED_ELEMENTS = 64  # a sealed element with more elements inside is written b
 
 _FORBIDDEN = "\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff"
 _FORBIDDEN_CHARACTER = re.compile(f"[{_FORBIDDEN}]")
-_TEXT_SPECIAL = re.compile(f"[&<\r{_FORBIDDEN}]|]]>")
+# Text needs escaping when it holds one of these or "]]>" (tested apart: a class with no alternation is one fast scan).
+_TEXT_SPECIAL_CHARACTER = re.compile(f"[&<\r{_FORBIDDEN}]")
 _ATTRIBUTE_SPECIAL = re.compile(f"[&<\"\t\n\r{_FORBIDDEN}]")
 
 _NAME_START = (
@@ -738,7 +744,7 @@ def _check_name(name: object) -> str:
 def _escape_text(text: object) -> str:
     if text.__class__ is not str:
         raise TypeError(f"cannot serialise {type(text).__name__} as text")
-    if _TEXT_SPECIAL.search(text) is None:  # type: ignore[arg-type]
+    if _TEXT_SPECIAL_CHARACTER.search(text) is None and "]]>" not in text:  # type: ignore[arg-type, operator]
         return text  # type: ignore[return-value]
     if _FORBIDDEN_CHARACTER.search(text) is not None:  # type: ignore[arg-type]
         raise ValueError("text holds a character XML 1.0 forbids")
@@ -823,10 +829,12 @@ class _Output:
 
 
 def _write(element: domish.Element, namespace: str, scope: dict[str, str], output: _Output) -> None:
-    """Write element (and its children) where namespace is the default and scope maps namespaces to bound prefixes."""
+    """Write element (and its children) where namespace is the default and scope maps namespaces to bound prefixes.
+
+    The start tag is one piece (name, declarations and attributes joined), so that the stanza
+    element's start tag is always output.pieces[0]."""
     if element.__class__ is SealedElement and _write_sealed(element, namespace, scope, output):
         return
-    pieces = output.pieces
     local = element.name
     if not _valid_names.get(local):  # the cache's test, inline: a call per element costs as much as the rest
         _check_name(local)
@@ -848,13 +856,17 @@ def _write(element: domish.Element, namespace: str, scope: dict[str, str], outpu
             start = f"{local} xmlns={_quote_attribute(uri)}"
             output.declared.add(uri)
             namespace = uri
-    pieces.append("<" + start)
-    length = 1 + len(start)
 
     attributes = element.attributes
     if attributes:
+        parts = [start]
         child_scope = scope
         for key, value in attributes.items():
+            # The common case first: a plain name known to be valid, a str value needing no escape.
+            if (key.__class__ is str and value.__class__ is str and _valid_names.get(key) and key != "xmlns"
+                    and _ATTRIBUTE_SPECIAL.search(value) is None):
+                parts.append(f' {key}="{value}"')
+                continue
             if key.__class__ is str:
                 attribute = key
                 if not _valid_names.get(key):
@@ -882,30 +894,34 @@ def _write(element: domish.Element, namespace: str, scope: dict[str, str], outpu
                         else:
                             output.declared.add(attribute_uri)
                             prefix = output.prefix_of(attribute_uri)
-                            bind = f" xmlns:{prefix}={_quote_attribute(attribute_uri)}"
-                            length += len(bind)
-                            pieces.append(bind)
+                            parts.append(f" xmlns:{prefix}={_quote_attribute(attribute_uri)}")
                             if child_scope is scope:
                                 child_scope = dict(scope)
                             child_scope[attribute_uri] = prefix
                     attribute = prefix + ":" + attribute_local
-            if value.__class__ is str and _ATTRIBUTE_SPECIAL.search(value) is None:
-                written = f' {attribute}="{value}"'
-            else:
-                written = f" {attribute}={_quote_attribute(value)}"
-            length += len(written)
-            pieces.append(written)
+            parts.append(f" {attribute}={_quote_attribute(value)}")
         scope = child_scope
+        start = "".join(parts)
 
+    pieces = output.pieces
     children = element.children
     if not children:
-        pieces.append("/>")
-        output.length += length + 2
+        pieces.append("<" + start + "/>")
+        output.length += len(start) + 3
         if output.length > output.limit:
             raise output.over()
         return
-    pieces.append(">")
-    output.length += length + len(name) + 4  # the end tag counted now, with the start tag
+    if len(children) == 1 and children[0].__class__ is str:  # an element holding one text: written in one piece
+        text = children[0]
+        if _TEXT_SPECIAL_CHARACTER.search(text) is not None or "]]>" in text:
+            text = _escape_text(text)
+        output.length += len(start) + len(text) + len(name) + 5
+        if output.length > output.limit:
+            raise output.over()
+        pieces.append(f"<{start}>{text}</{name}>")
+        return
+    pieces.append("<" + start + ">")
+    output.length += len(start) + len(name) + 5  # the end tag counted now, with the start tag
     if output.length > output.limit:
         raise output.over()
     run = None  # adjacent text children, escaped together (a "]]" and a ">" may be in two of them)
@@ -1003,9 +1019,9 @@ def serialise(element: domish.Element, default_namespace: str = SERVER_NS,
     _write(element, default_namespace, {}, output)
     pieces = output.pieces
     if output.root_declarations:
-        # The stanza element's start tag ends at the first ">" written: before
-        # it come only its name and attributes, each starting with "<" or " ".
-        pieces.insert(pieces.index(">"), "".join(output.root_declarations))
+        # Hoisting happens only below the stanza element, so it has element children and its start
+        # tag, the first piece, ends with ">".
+        pieces[0] = pieces[0][:-1] + "".join(output.root_declarations) + ">"
     text = "".join(pieces)
     if max_bytes is not None and len(text) > max_bytes // 4 and len(text.encode("utf-8")) > max_bytes:
         raise OversizedStanza(f"the stanza serialises to more than {max_bytes} bytes")

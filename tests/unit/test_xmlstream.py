@@ -12,6 +12,8 @@ from __future__ import annotations
 import time
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from twisted.words.xish import domish
 
 from guard.core.policy.elements import clone, parse_stanza_text, seal, sealed_copy
@@ -1058,3 +1060,61 @@ def test_a_sealed_element_refuses_every_change():
         with pytest.raises(TypeError):
             change()
     assert serialise(copy) == serialise(clone(sealed))
+
+
+# -- the serialiser against Twisted's domish parser, on random trees ------------------------------
+
+_URIS = ["jabber:server", "urn:xmpp:a", "urn:xmpp:b", ""]
+_NAMES = ["message", "body", "x", "a.b", "_c-1", "\u00e9l\u00e9ment", "xmlns", "xml"]
+# Text and attribute values hold every character XML escaping is about, and some that need none.
+_TEXT = st.text(alphabet=st.sampled_from(list("ab &<>]\"'\r\n\t\u00e9\u2728\U0001f600")), max_size=12)
+_ATTRIBUTE_KEYS = st.one_of(
+    st.sampled_from(["id", "to", "type", "a-b", "_x"]),
+    st.sampled_from([(XML_NS, "lang"), ("urn:xmpp:a", "mark"), ("urn:xmpp:b", "mark"), ("urn:xmpp:c", "k")]),
+)
+
+
+@st.composite
+def _trees(draw, depth=0):
+    """A domish element with random namespaces, attributes (plain and namespaced), text runs and children."""
+    element = domish.Element((draw(st.sampled_from(_URIS)), draw(st.sampled_from(_NAMES))))
+    for key, value in draw(st.dictionaries(_ATTRIBUTE_KEYS, _TEXT, max_size=4)).items():
+        element.attributes[key] = value
+    for _ in range(draw(st.integers(0, 3 if depth < 3 else 0))):
+        if draw(st.booleans()):
+            element.children.append(draw(_TEXT))  # appended, not added: adjacent texts stay separate
+        else:
+            child = draw(_trees(depth + 1))
+            child.parent = element
+            element.children.append(child)
+    return element
+
+
+def _as_parsed(element: domish.Element):
+    """What a parser gives back for element: (uri, name, attributes, children) with adjacent texts joined,
+    empty texts gone and a CR read as a parser reads it in text."""
+    children = []
+    for child in element.children:
+        if isinstance(child, str):
+            if children and isinstance(children[-1], str):
+                children[-1] += child
+            elif child:
+                children.append(child)
+        else:
+            children.append(_as_parsed(child))
+    attributes = {key if isinstance(key, str) else tuple(key): value for key, value in element.attributes.items()}
+    return (element.uri, element.name, attributes, [c for c in children if c != ""])
+
+
+@settings(max_examples=300, deadline=None)
+@given(_trees(), st.integers(1, 400))
+def test_serialise_reads_back_equal_in_domish_and_keeps_its_bound(tree, max_bytes):
+    """Any tree serialises to XML that Twisted's domish parser reads back as the same tree, and with
+    max_bytes it is refused exactly when its UTF-8 text is longer."""
+    xml = serialise(tree)
+    assert _as_parsed(parse_stanza_text(xml)) == _as_parsed(tree)
+    if len(xml.encode("utf-8")) > max_bytes:
+        with pytest.raises(OversizedStanza):
+            serialise(tree, max_bytes=max_bytes)
+    else:
+        assert serialise(tree, max_bytes=max_bytes) == xml

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from guard.core.accepted import NotAccepted, accepted_from_element
 from guard.core.pipeline import Judgement, Verdict
 from guard.core.policy.conditions import DomainIs, KindIs, KINDS, Negated, TypeIs
-from guard.core.policy.elements import clone, seal, sealed_copy
+from guard.core.policy.elements import adopt, clone, seal, sealed_copy
 from guard.core.policy.facts import StanzaFacts
 from guard.core.policy.labels import LabelMeaningError
 from guard.core.policy.memory import BoundedMemory
@@ -215,7 +215,13 @@ class CompiledPolicy:
         current, actions, notes = stanza, [], []
         for rule in rules:
             if trace is None:
-                matched = all(condition.holds(facts) for condition in rule.conditions)
+                # all(condition.holds(facts) ...) without a generator per rule.
+                for condition in rule.conditions:
+                    if not condition.holds(facts):
+                        matched = False
+                        break
+                else:
+                    matched = True
             else:
                 reasons = []
                 matched = True
@@ -298,7 +304,7 @@ class CompiledPolicy:
             error = reduced_error(current)
             if error.element is None:
                 return None, _dropping(error.reason)
-            outgoing.addChild(error.element)
+            adopt(outgoing, error.element)
             actions.append("error:reduced")
         elif fold is not None:
             folded = fold.fold(current, facts.type)
@@ -306,10 +312,10 @@ class CompiledPolicy:
             if folded.children is None:
                 return None, _dropping(f"folded away: {folded.note}")
             for child in folded.children:
-                outgoing.addChild(child)
+                adopt(outgoing, child)
         else:
             for child in kept_children(current, keep, outgoing.uri):
-                outgoing.addChild(child)
+                adopt(outgoing, child)
         if translate is not None:
             label, why = facts.label
             if label is None:
@@ -321,7 +327,7 @@ class CompiledPolicy:
             except (LabelMeaningError, KeyError, ValueError) as problem:
                 notes.append(f"security label cannot be translated: {problem}")
                 return None, self._refusing(facts, UNTRANSLATABLE)
-            outgoing.addChild(relabelled)
+            adopt(outgoing, relabelled)
             actions.append(f"translate:{translate.name}")
         elif facts.stanza_label.present:
             # Never the sender's label: the one the guard encodes from what it judged.
@@ -329,8 +335,8 @@ class CompiledPolicy:
             if label is None or self.labels is None:
                 return None, _dropping(f"the security label cannot be carried: {why}")
             try:
-                outgoing.addChild(self._encoded(("release", label),
-                                                lambda: self.labels.outgoing_label(facts.stanza_label, label)))
+                adopt(outgoing, self._encoded(("release", label),
+                                              lambda: self.labels.outgoing_label(facts.stanza_label, label)))
             except (LabelMeaningError, KeyError, ValueError) as problem:
                 return None, _dropping(f"the security label cannot be carried: {problem}")
             actions.append("label:re-encoded")

@@ -62,6 +62,28 @@ def text_of(element: domish.Element) -> str:
 _new_element = object.__new__
 
 
+def new_element(uri: str | None, name: str) -> domish.Element:
+    """
+    ``domish.Element((uri, name), defaultUri=uri)`` with its fields set
+    directly, in a third of the time: in ``uri``, its default, with no
+    prefixes, attributes or children.
+    """
+    element = _new_element(domish.Element)
+    element.uri = element.defaultUri = uri
+    element.name = name
+    element.localPrefixes = {}
+    element.attributes = {}
+    element.children = []
+    element.parent = None
+    return element
+
+
+def adopt(parent: domish.Element, child: domish.Element) -> None:
+    """``parent.addChild(child)`` for an element the guard built: no zope.interface lookup."""
+    child.parent = parent
+    parent.children.append(child)
+
+
 def clone(element: domish.Element, skip=None, keep_text=True) -> domish.Element:
     """
     A deep copy of ``element`` that shares nothing with it.

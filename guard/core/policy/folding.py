@@ -54,11 +54,23 @@ class MessageFolding:
     def fold(self, stanza, stanza_type):
         if stanza_type in self.drop_types:
             return Folded(None, f"message type {stanza_type} is folded away")
-        children = [c for c in child_elements(stanza) if not _is_envelope(c)]
-        if self.drop_if_only and children and all(any(p.matches(c) for p in self.drop_if_only) for c in children):
+        elements = child_elements(stanza)
+        if self.drop_if_only and self._only_folded_away([c for c in elements if not _is_envelope(c)]):
             return Folded(None, "message holds only elements that are folded away")
-        kept = kept_children(stanza, self.keep, stanza.uri)
-        return Folded(kept, f"kept {len(kept)} of {len(child_elements(stanza))} children")
+        kept = kept_children(stanza, self.keep, stanza.uri, elements)
+        return Folded(kept, f"kept {len(kept)} of {len(elements)} children")
+
+    def _only_folded_away(self, children):
+        """Whether there are children and each matches a ``drop_if_only`` pattern (loops: no generator per child)."""
+        if not children:
+            return False
+        for child in children:
+            for pattern in self.drop_if_only:
+                if pattern.matches(child):
+                    break
+            else:
+                return False
+        return True
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 
 from twisted.words.xish import domish
 
-from guard.core.policy.elements import child_elements, text_of
+from guard.core.policy.elements import adopt, child_elements, new_element, text_of
 from guard.core.vocabulary import (
     JID_PART_MAX_BYTES, PING_NS, STANZA_ERROR_CONDITIONS, STANZA_ERROR_TYPES, STANZA_ERRORS_NS, STANZA_NAMESPACES,
     XML_LANG,
@@ -85,7 +85,7 @@ class Shape:
             if text is None:
                 return None
         uri = stanza_uri if self.uri is None else self.uri
-        built = domish.Element((uri, self.element), defaultUri=uri)
+        built = new_element(uri, self.element)
         for attribute in self.attributes:
             if attribute == "xml:lang":
                 _copy_language(element, built)
@@ -97,14 +97,15 @@ class Shape:
             built.addContent(text)
         if self.children:
             for child in kept_children(element, self.children, stanza_uri):
-                built.addChild(child)
+                adopt(built, child)
         return built
 
 
-def kept_children(element: domish.Element, shapes, stanza_uri: str) -> list:
-    """Each child of ``element`` a shape in ``shapes`` allows, built by the first shape that matches it."""
+def kept_children(element: domish.Element, shapes, stanza_uri: str, elements=None) -> list:
+    """Each child of ``element`` a shape in ``shapes`` allows, built by the first shape that matches it
+    (``elements``: its element children, when the caller has listed them already)."""
     kept = []
-    for child in child_elements(element):
+    for child in child_elements(element) if elements is None else elements:
         for shape in shapes:
             if shape.matches(child):
                 built = shape.build(child, stanza_uri)
@@ -176,7 +177,7 @@ def envelope(accepted) -> domish.Element:
     the strict parser read them, ``id``, ``type`` and a well-formed ``xml:lang``.
     """
     element = accepted.element
-    built = domish.Element((element.uri, element.name), defaultUri=element.uri)
+    built = new_element(element.uri, element.name)
     attributes = built.attributes
     attributes["from"] = accepted.sender.full()
     attributes["to"] = accepted.recipient.full()

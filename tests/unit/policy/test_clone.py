@@ -3,7 +3,7 @@
 import pytest
 from twisted.words.xish import domish
 
-from guard.core.policy.elements import clone
+from guard.core.policy.elements import adopt, clone, new_element
 
 from .wire import read
 
@@ -60,3 +60,13 @@ def test_a_copy_has_the_fields_domish_would_give_it():
         assert type(copied) is domish.Element
         assert (copied.uri, copied.name, copied.defaultUri, copied.localPrefixes, copied.attributes) == (
             reference.uri, reference.name, reference.defaultUri, reference.localPrefixes, reference.attributes)
+
+
+@pytest.mark.parametrize("uri", ["jabber:server", "urn:xmpp:sec-label:0", "", None])
+def test_new_element_has_exactly_the_fields_of_the_domish_constructor(uri):
+    """new_element(uri, name) is domish.Element((uri, name), defaultUri=uri) field for field, and adopt is addChild."""
+    made, built = new_element(uri, "body"), domish.Element((uri, "body"), defaultUri=uri)
+    assert made.__class__ is domish.Element and vars(made) == vars(built)
+    parent = new_element("jabber:server", "message")
+    adopt(parent, made)
+    assert made.parent is parent and parent.children == [made]
