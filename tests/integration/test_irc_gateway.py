@@ -26,7 +26,7 @@ from .labs import started
 RESTRICTED = "MQgCAQIGA4g3AQ=="  # ESS: policy 2.999.1, classification 2 (RESTRICTED)
 SECRET = "MQgCAQQGA4g3AQ=="  # ESS: policy 2.999.1, classification 4 (SECRET)
 WAIT = 20.0
-TRANSCRIPT = Path("/work/briefs/s4/irc-transcript.txt")
+TRANSCRIPT = Path(__file__).resolve().parents[2] / "run" / "irc-transcript.txt"  # beside the lab PKI; not committed
 
 
 def labelled(room: str, body: str, ess: str, stanza_id: str) -> str:
@@ -310,6 +310,7 @@ def test_transcript_of_a_labelled_conversation_seen_from_both_sides(people):
         else:
             room_side.append(f"  <{message.sender.split('/', 1)[-1]}> [{marking}] {message.body}")
     irc_side = [f"  <{line.nick}> {line.text}" for line in carol.privmsgs(CHANNEL, mark)]
+    TRANSCRIPT.parent.mkdir(parents=True, exist_ok=True)
     TRANSCRIPT.write_text(
         "A labelled conversation through the xmpp-guard IRC gateway\n"
         f"(room {ROOM}, channel {CHANNEL}; written by tests/integration/test_irc_gateway.py)\n\n"
