@@ -424,6 +424,18 @@ class IrcGateway:
                 self._carry_out(bridge, action)
             except Exception:  # noqa: BLE001 - one action's fault does not stop the others
                 log.failure("irc gateway: a fault carrying out {action}", action=type(action).__name__)
+                self._settle_faulted(action)
+
+    def _settle_faulted(self, action) -> None:
+        """A room message (or subject) whose action faulted bounces (internal-server-error) if still in flight:
+        never left in flight for ever."""
+        token = getattr(action, "token", None) if isinstance(action, (IrcSay, IrcTopic)) else None
+        if token is None or not self.settlement.is_open(token.ticket):
+            return
+        try:
+            self.undeliverable(token, "internal-server-error", "a fault carrying out the action")
+        except Exception:  # noqa: BLE001 - the fault is logged; the books show the message in flight
+            log.failure("irc gateway: a fault bouncing a message whose action faulted")
 
     def _carry_out(self, bridge, action) -> None:
         if isinstance(action, IrcSay):

@@ -328,3 +328,20 @@ def test_when_the_audit_trail_cannot_be_written_nothing_more_reaches_irc(lab):
     reply = written(stream).decode()
     assert "<service-unavailable " in reply and 'to="alice@red.example/phone"' in reply and 'id="h1"' in reply
     assert gateway.books.balanced()
+
+
+def test_a_fault_carrying_out_a_room_message_bounces_it_instead_of_leaving_it_in_flight(lab, monkeypatch):
+    """carrier.carry raises: alice gets internal-server-error and the books show it bounced, none in flight."""
+    gateway, clock, stream, irc, bot, _ = lab
+    alice_joins(stream)
+    written(stream)
+
+    def faulty_carry(parcel):
+        raise RuntimeError("a fault in the carrier")
+
+    monkeypatch.setattr(gateway.carrier, "carry", faulty_carry)
+    room_message(stream, "the rota", None, "f1")
+    reply = written(stream).decode()
+    assert "<internal-server-error " in reply and 'to="alice@red.example/phone"' in reply and 'id="f1"' in reply
+    summary = gateway.books.summary()
+    assert (summary["in_flight"], summary["bounced"], summary["delivered"]) == (0, 1, 0) and gateway.books.balanced()
