@@ -137,6 +137,14 @@ BRIDGE_EVENTS = {
 }
 
 
+@dataclass(frozen=True, eq=False)
+class TopicToken:
+    """What a connection reports back (sent or lost) for a room subject's TOPIC line: the parcel it settles
+    (eq=False: two equal subjects are two tokens; a connection keys its tokens by identity)."""
+
+    parcel: object
+
+
 class ConnectionEvents:
     """The ``IIrcEvents`` listener of one IRC connection: tells the gateway which connection (``key``) heard what."""
 
@@ -175,11 +183,15 @@ class ConnectionEvents:
         self.gateway.irc_event(self.key, "message", target, nick, kind, text, None)
 
     def sent(self, token):
-        if token is not None:
+        if isinstance(token, TopicToken):
+            self.gateway.delivered(token.parcel)
+        elif token is not None:
             self.gateway.carrier.sent(token)
 
     def lost(self, token, reason):
-        if token is not None:
+        if isinstance(token, TopicToken):
+            self.gateway.undeliverable(token.parcel, "remote-server-not-found", reason)
+        elif token is not None:
             self.gateway.carrier.lost(token, reason)
 
 
@@ -487,13 +499,11 @@ class IrcGateway:
         return connection.say(release.target, list(release.lines), token, "notice" if release.notice else "privmsg")
 
     def _irc_topic(self, action) -> None:
+        """A room subject: settled when the connection reports its TOPIC line written (or lost), never when queued."""
         connection = self.connections.get(action.connection_key)
-        refusal = "not-connected" if connection is None else connection.set_topic(action.channel, action.topic)
-        if action.token is None:
-            return
-        if refusal is None:
-            self.settlement.delivered(action.token)
-        else:
+        token = None if action.token is None else TopicToken(action.token)
+        refusal = "not-connected" if connection is None else connection.set_topic(action.channel, action.topic, token)
+        if action.token is not None and refusal is not None:
             self.undeliverable(action.token, "remote-server-timeout", f"the topic was not taken: {refusal}")
 
     def _irc_nick(self, action) -> None:

@@ -345,3 +345,43 @@ def test_a_fault_carrying_out_a_room_message_bounces_it_instead_of_leaving_it_in
     assert "<internal-server-error " in reply and 'to="alice@red.example/phone"' in reply and 'id="f1"' in reply
     summary = gateway.books.summary()
     assert (summary["in_flight"], summary["bounced"], summary["delivered"]) == (0, 1, 0) and gateway.books.balanced()
+
+
+def room_subject(stream, subject, stanza_id="t1"):
+    stream.dataReceived(f"<message from='ops@conference.red.example/alice' to='{LISTENER}' type='groupchat' "
+                        f"id='{stanza_id}'><subject>{subject}</subject></message>".encode())
+
+
+def fill_the_bots_burst(gateway):
+    """The gateway's own notices (nothing accepted rides on them) use up the bot's flood burst: what follows waits."""
+    bot_connection = gateway.connections[gateway.bridges[0].bot_key]
+    assert bot_connection.say("#ops", [f"filler {number}" for number in range(12)], None, "notice") is None
+
+
+def test_a_room_subject_whose_topic_line_never_left_bounces_instead_of_settling_delivered(lab):
+    """The TOPIC line is queued, then the bot's connection drops: alice gets remote-server-not-found; bounced 1, delivered 0."""
+    gateway, clock, stream, irc, bot, _ = lab
+    alice_joins(stream)
+    written(stream)
+    fill_the_bots_burst(gateway)
+    room_subject(stream, "the new rota", "t1")
+    assert gateway.books.summary()["in_flight"] == 1  # only queued: not settled yet
+    bot.connectionLost(Failure(ConnectionError("netsplit")))
+    reply = written(stream).decode()
+    assert "<remote-server-not-found " in reply and 'to="alice@red.example/phone"' in reply and 'id="t1"' in reply
+    summary = gateway.books.summary()
+    assert (summary["bounced"], summary["delivered"], summary["in_flight"]) == (1, 0, 0) and gateway.books.balanced()
+
+
+def test_a_room_subject_settles_delivered_once_its_topic_line_is_written(lab):
+    """The TOPIC line waits behind the burst, then leaves: delivered 1, and the line is on the wire."""
+    gateway, clock, stream, irc, bot, _ = lab
+    alice_joins(stream)
+    fill_the_bots_burst(gateway)
+    bot.transport.clear()
+    room_subject(stream, "the new rota", "t2")
+    assert gateway.books.summary()["delivered"] == 0
+    clock.pump([1.0] * 60)  # the flood control's one line every few seconds
+    assert [line for line in irc.written(bot) if line.startswith("TOPIC")] == ["TOPIC #ops :Protective Marking: UNCLASSIFIED the new rota"]
+    summary = gateway.books.summary()
+    assert (summary["delivered"], summary["bounced"], summary["in_flight"]) == (1, 0, 0) and gateway.books.balanced()
