@@ -376,7 +376,8 @@ class IrcGateway:
         if self.stopping:
             return
         now = self.clock.seconds()
-        if event == "connected" and key.room is None:
+        if event in ("connected", "joined", "names") and key.room is None:
+            # The server's 005 lines follow its 001 ("connected") and always precede the reply to our JOIN.
             self._adopt_isupport(key)
         for bridge in self._bridges_for(key):
             try:
@@ -388,7 +389,7 @@ class IrcGateway:
         self._schedule_due()
 
     def _adopt_isupport(self, key) -> None:
-        """The bot registered: its network's nick book follows the server's ISUPPORT (NICKLEN, CASEMAPPING),
+        """The bot heard its network's ISUPPORT: the nick book follows it (NICKLEN, CASEMAPPING, LINELEN),
         keeping every mapping it already gave (the same IRC nick for the same MUC nick)."""
         from guard.edges.irc.nicks import NickBook
 

@@ -385,3 +385,28 @@ def test_a_room_subject_settles_delivered_once_its_topic_line_is_written(lab):
     assert [line for line in irc.written(bot) if line.startswith("TOPIC")] == ["TOPIC #ops :Protective Marking: UNCLASSIFIED the new rota"]
     summary = gateway.books.summary()
     assert (summary["delivered"], summary["bounced"], summary["in_flight"]) == (1, 0, 0) and gateway.books.balanced()
+
+
+def test_the_nick_book_follows_the_isupport_the_server_sent_after_its_welcome(tmp_path):
+    """005 (NICKLEN=30, CASEMAPPING=ascii) comes after 001: alexandrina's own connection registers as NICK alexandrina,
+    not the 9-character default's alexandri."""
+    config = load_irc_config(str(write_config(tmp_path, occupant_connections=1)))
+    clock, component, irc = MemoryReactorClock(), ComponentEndpoint(), IrcServerSide()
+    gateway = IrcGateway(config, clock, irc.connect, component, AuditLog(None))
+    gateway.start()
+    stream = component.streams[0]
+    stream.dataReceived(PROSODY_HEADER + b"<handshake/>")
+    bot = irc.protocols[0]
+    irc.feed(bot, ":irc.lab.example 001 xmppgw :Welcome",
+             ":irc.lab.example 005 xmppgw NICKLEN=30 CASEMAPPING=ascii LINELEN=1024 :are supported",
+             ":xmppgw!~x@h JOIN #ops", ":irc.lab.example 353 xmppgw = #ops :@xmppgw carol",
+             ":irc.lab.example 366 xmppgw #ops :End")
+    clock.advance(5)
+    isupport = gateway.bridges[0].nicks.isupport
+    assert (isupport.nicklen, isupport.casemapping, isupport.linelen) == (30, "ascii", 1024)
+    stream.dataReceived(f"<presence from='ops@conference.red.example/alexandrina' to='{LISTENER}'>"
+                        "<x xmlns='http://jabber.org/protocol/muc#user'><item affiliation='none' role='participant' "
+                        "jid='alexandrina@red.example/phone'/></x></presence>".encode())
+    clock.advance(1)
+    assert len(irc.protocols) == 2
+    assert "NICK alexandrina" in irc.written(irc.protocols[1])
