@@ -410,3 +410,36 @@ def test_the_nick_book_follows_the_isupport_the_server_sent_after_its_welcome(tm
     clock.advance(1)
     assert len(irc.protocols) == 2
     assert "NICK alexandrina" in irc.written(irc.protocols[1])
+
+
+def test_an_occupants_messages_go_through_the_bot_until_its_own_connection_is_registered(tmp_path):
+    """alice's connection is registering, then registered, then lost in a netsplit: the bot relays her messages
+    while it is not registered (none bounces), her own connection says them once it is."""
+    config = load_irc_config(str(write_config(tmp_path, occupant_connections=1)))
+    clock, component, irc = MemoryReactorClock(), ComponentEndpoint(), IrcServerSide()
+    gateway = IrcGateway(config, clock, irc.connect, component, AuditLog(None))
+    gateway.start()
+    stream = component.streams[0]
+    stream.dataReceived(PROSODY_HEADER + b"<handshake/>")
+    bot = irc.protocols[0]
+    irc.feed(bot, ":irc.lab.example 001 xmppgw :Welcome", ":xmppgw!~x@h JOIN #ops",
+             ":irc.lab.example 353 xmppgw = #ops :@xmppgw carol", ":irc.lab.example 366 xmppgw #ops :End")
+    clock.advance(5)
+    alice_joins(stream)
+    alice = irc.protocols[1]
+    bot.transport.clear()
+    room_message(stream, "while registering", None, "r1")
+    clock.advance(5)
+    assert "PRIVMSG #ops :<alice> while registering" in irc.written(bot)
+    irc.feed(alice, ":irc.lab.example 001 alice :Welcome", ":alice!~a@h JOIN #ops")
+    alice.transport.clear()
+    room_message(stream, "registered now", None, "r2")
+    clock.advance(5)
+    assert "PRIVMSG #ops :registered now" in irc.written(alice)
+    alice.connectionLost(Failure(ConnectionError("netsplit")))
+    bot.transport.clear()
+    room_message(stream, "after the split", None, "r3")
+    clock.advance(1)
+    assert "PRIVMSG #ops :<alice> after the split" in irc.written(bot)
+    summary = gateway.books.summary()
+    assert (summary["delivered"], summary["bounced"], summary["in_flight"]) == (3, 0, 0)
