@@ -45,7 +45,7 @@ from guard.core.vocabulary import DELAY_NS, MUC_USER_NS, SERVER_NS
 from guard.edges.audit import AuditObserver
 from guard.edges.carriers import ICarrierOwner
 from guard.edges.irc.carrier import IrcCarrier, IrcRelease
-from guard.edges.irc.bridge import (STATUS_BANNED, STATUS_KICKED, STATUS_NICK_CHANGED, STATUS_SELF,
+from guard.edges.irc.bridge import (REFUSAL_NOTICE_SECONDS, STATUS_BANNED, STATUS_KICKED, STATUS_NICK_CHANGED, STATUS_SELF,
                                     Audit, BounceToSender, IrcJoin, IrcKick, IrcNick, IrcPart, IrcSay, IrcTopic,
                                     MucJoin, MucKick, MucLeave, MucNick, MucSay, MucSubject, build_bridges)
 from guard.edges.irc.component import ComponentDialler, ComponentStreamFactory, NotSent
@@ -125,6 +125,10 @@ COMPONENT_DOWN = "remote-server-not-found"  # what a message toward the room bou
 STATUS_SECONDS = 5.0  # how often the status file is rewritten
 SHUTDOWN_FLUSH_SECONDS = 0.3  # what was written at stop gets this long to leave before the process ends
 FROM_IRC_NOT_DELIVERED = "The gateway could not deliver your message to the XMPP room."
+# The bot's FROM_IRC_NOT_DELIVERED notices (each waits in its bounded queue before the room messages it relays):
+# at most one per IRC nick in this time, and one per bridge in REFUSAL_NOTICE_SECONDS; the rest are lost bounces.
+NOT_DELIVERED_NOTICE_SECONDS = 60.0
+NOTICE_RATE_LIMITED = "the IRC user was told recently: notices are rate-limited"
 SERVICE_NAME = "xmpp-guard IRC gateway"
 
 
@@ -231,6 +235,8 @@ class IrcGateway:
         self.refusals = Counter()  # rule -> refusals the bridges audited (beside the settlement's)
         self.actions = Counter()  # action kind -> how many were carried out
         self.held_bytes = 0
+        self.told_at: dict = {}  # (room, folded IRC nick) -> when the bot last told it, oldest first
+        self.notice_due: dict[str, float] = {}  # room -> when its bridge's next such notice may go
         self.irc_congested = False
         self.started = clock.seconds()
         self._ids = 0
@@ -569,15 +575,27 @@ class IrcGateway:
             self.settlement.bounce_lost(parcel, "the component stream is not open")
 
     def _notify_irc_user(self, parcel) -> None:
-        """An IRC user's message did not reach the room: the bot tells them (the gateway's own text)."""
+        """An IRC user's message did not reach the room: the bot tells them (the gateway's own text), at most once
+        per NOT_DELIVERED_NOTICE_SECONDS per nick and once per REFUSAL_NOTICE_SECONDS per bridge; a bounce not told
+        is counted and audited as lost."""
         recipient = parcel.stanza.getAttribute("to")
+        now = self.clock.seconds()
+        while self.told_at and next(iter(self.told_at.values())) <= now - NOT_DELIVERED_NOTICE_SECONDS:
+            del self.told_at[next(iter(self.told_at))]
         for bridge in self.bridges:
             for user in bridge.irc_users.values():
-                if user.jid == recipient:
-                    connection = self.connections.get(bridge.bot_key)
-                    if connection is not None and connection.say(user.irc_nick, [FROM_IRC_NOT_DELIVERED], None,
-                                                                 "notice") is None:
-                        return
+                if user.jid != recipient:
+                    continue
+                told = (bridge.room, bridge.fold(user.irc_nick))
+                if told in self.told_at or now < self.notice_due.get(bridge.room, now):
+                    self.settlement.bounce_lost(parcel, NOTICE_RATE_LIMITED)
+                    return
+                connection = self.connections.get(bridge.bot_key)
+                if connection is not None and connection.say(user.irc_nick, [FROM_IRC_NOT_DELIVERED], None,
+                                                             "notice") is None:
+                    self.told_at[told] = now
+                    self.notice_due[bridge.room] = now + REFUSAL_NOTICE_SECONDS
+                    return
         self.settlement.bounce_lost(parcel, "the IRC user could not be told")
 
     def _audit(self, action) -> None:

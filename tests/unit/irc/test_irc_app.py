@@ -443,3 +443,30 @@ def test_an_occupants_messages_go_through_the_bot_until_its_own_connection_is_re
     assert "PRIVMSG #ops :<alice> after the split" in irc.written(bot)
     summary = gateway.books.summary()
     assert (summary["delivered"], summary["bounced"], summary["in_flight"]) == (3, 0, 0)
+
+
+def test_notices_to_irc_users_while_prosody_is_away_are_rate_limited_and_every_one_still_audited(lab):
+    """Prosody away: carol's five messages get one notice (four bounces lost, each audited), dave's right after gets
+    none (one notice per bridge in 2 s), bob's 3 s later gets his own, carol is told again only after a minute."""
+    gateway, clock, stream, irc, bot, folder = lab
+    irc.feed(bot, ":bob!~b@h JOIN #ops", ":dave!~d@h JOIN #ops")
+    stream.connectionLost(Failure(ConnectionError("prosody restarted")))
+    bot.transport.clear()
+    for number in range(5):
+        irc.feed(bot, f":carol!~c@h PRIVMSG #ops :anyone {number}?")
+    clock.advance(1)
+    irc.feed(bot, ":dave!~d@h PRIVMSG #ops :me too")
+    clock.advance(2)
+    irc.feed(bot, ":bob!~b@h PRIVMSG #ops :hello?")
+    clock.advance(30)
+    irc.feed(bot, ":carol!~c@h PRIVMSG #ops :still nobody?")
+    clock.advance(31)
+    irc.feed(bot, ":carol!~c@h PRIVMSG #ops :a minute later")
+    clock.pump([1.0] * 30)
+    notices = [line for line in irc.written(bot) if line.startswith("NOTICE ")]
+    told = f" :{'The gateway could not deliver your message to the XMPP room.'}"
+    assert notices == ["NOTICE carol" + told, "NOTICE bob" + told, "NOTICE carol" + told]
+    summary = gateway.books.summary()
+    assert (summary["bounced"], summary["in_flight"]) == (9, 0) and gateway.books.balanced()
+    assert gateway.settlement.counts["bounce-lost"] == 6
+    assert [record["event"] for record in audit_records(folder)].count("bounce-lost") == 6
