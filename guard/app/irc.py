@@ -514,19 +514,13 @@ class IrcGateway:
             self.undeliverable(action.token, "remote-server-timeout", f"the topic was not taken: {refusal}")
 
     def _irc_nick(self, action) -> None:
-        """An occupant's MUC nick changed: its IRC connection takes the new nick (reconnecting as it, if need be)."""
+        """An occupant's MUC nick changed: a NICK line on its IRC connection, behind what waits (no reconnection)."""
         connection = self.connections.get(action.connection_key)
         if connection is None:
             return
-        change = getattr(connection, "change_nick", None)
-        if change is not None:
-            change(action.nick)
-            return
-        channels = [channel for channel, _ in connection.wanted.values()]
-        self._close_connection(action.connection_key)
-        reopened = self._open_connection(action.connection_key, action.nick)
-        for channel in channels:
-            reopened.join(channel)
+        refusal = connection.change_nick(action.nick)
+        if refusal is not None:
+            log.warn("irc gateway: the rename of an occupant's connection was refused: {reason}", reason=refusal)
 
     def _to_room(self, stanza) -> None:
         """A message (or subject) said on IRC, toward the room: accepted, passed with the IRC side's label, written."""

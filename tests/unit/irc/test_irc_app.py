@@ -470,3 +470,26 @@ def test_notices_to_irc_users_while_prosody_is_away_are_rate_limited_and_every_o
     assert (summary["bounced"], summary["in_flight"]) == (9, 0) and gateway.books.balanced()
     assert gateway.settlement.counts["bounce-lost"] == 6
     assert [record["event"] for record in audit_records(folder)].count("bounce-lost") == 6
+
+
+def test_an_occupants_rename_is_a_nick_line_on_its_own_connection_not_a_reconnection(tmp_path):
+    """alice becomes alicia in the room: her registered connection writes NICK alicia; no second connection is opened."""
+    config = load_irc_config(str(write_config(tmp_path, occupant_connections=1)))
+    clock, component, irc = MemoryReactorClock(), ComponentEndpoint(), IrcServerSide()
+    gateway = IrcGateway(config, clock, irc.connect, component, AuditLog(None))
+    gateway.start()
+    stream = component.streams[0]
+    stream.dataReceived(PROSODY_HEADER + b"<handshake/>")
+    irc.feed(irc.protocols[0], ":irc.lab.example 001 xmppgw :Welcome", ":xmppgw!~x@h JOIN #ops",
+             ":irc.lab.example 366 xmppgw #ops :End")
+    alice_joins(stream)
+    alice = irc.protocols[1]
+    irc.feed(alice, ":irc.lab.example 001 alice :Welcome", ":alice!~a@h JOIN #ops")
+    alice.transport.clear()
+    stream.dataReceived(f"<presence from='ops@conference.red.example/alice' to='{LISTENER}' type='unavailable'>"
+                        "<x xmlns='http://jabber.org/protocol/muc#user'><item jid='alice@red.example/phone' "
+                        "nick='alicia'/><status code='303'/></x></presence>".encode())
+    clock.advance(5)
+    lines = irc.written(alice)
+    assert "NICK alicia" in lines and not any(line.startswith("QUIT") for line in lines)
+    assert len(irc.protocols) == 2 and alice.transport.connected
