@@ -137,7 +137,7 @@ BRIDGE_EVENTS = {
     "connected": ("irc_connected", False), "connection_lost": ("irc_connection_lost", False),
     "joined": ("irc_joined", True), "parted": ("irc_parted", True), "quit": ("irc_quit", True),
     "kicked": ("irc_kicked", True), "nick_changed": ("irc_nick_changed", True), "topic": ("irc_topic", True),
-    "names": ("irc_names", True), "message": ("irc_message", True),
+    "names": ("irc_names", True), "message": ("irc_message", True), "mode": ("irc_mode", True),
 }
 
 
@@ -182,6 +182,9 @@ class ConnectionEvents:
 
     def names(self, network, channel, nicks):
         self.gateway.irc_event(self.key, "names", channel, nicks)
+
+    def mode(self, network, channel, modes, arguments):
+        self.gateway.irc_event(self.key, "mode", channel, modes, arguments)
 
     def message(self, network, target, nick, kind, text, tags):
         self.gateway.irc_event(self.key, "message", target, nick, kind, text, None)

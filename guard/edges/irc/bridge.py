@@ -820,13 +820,14 @@ class Bridge:
         if not self._from_bot(key, channel):
             return []
         arguments = list(arguments)
+        always, when_set = _modes_with_arguments(self.nicks.isupport)
         adding = True
-        with_argument = set("ovhbeIkaq")
         for letter in modes:
             if letter in "+-":
                 adding = letter == "+"
                 continue
-            argument = arguments.pop(0) if letter in with_argument and arguments and (adding or letter != "k") else None
+            takes = letter in always or (adding and letter in when_set)
+            argument = arguments.pop(0) if takes and arguments else None
             if letter == "o" and argument is not None and self.fold(argument) == self.fold(self.bot_nick):
                 self.bot_is_op = adding
         return []
@@ -1090,6 +1091,16 @@ class Bridge:
         if occupant is not None:
             occupant.registered = False  # it reconnects by itself; the bot relays it meanwhile
         return []
+
+
+DEFAULT_CHANMODES = "beI,k,l,imnpst"  # RFC 2811's channel modes, by ISUPPORT CHANMODES' four kinds
+
+
+def _modes_with_arguments(isupport) -> tuple[set, set]:
+    """The channel modes that always take an argument (lists, keys, membership prefixes) and those that take one
+    only when set (limits), from the server's ISUPPORT CHANMODES and PREFIX (RFC 2811's when it did not say)."""
+    kinds = (isupport.tokens.get("CHANMODES") or DEFAULT_CHANMODES).split(",") + ["", "", ""]
+    return set(kinds[0]) | set(kinds[1]) | set(isupport.prefixes()) | {"o", "v"}, set(kinds[2])
 
 
 def _says_something(text: str | None) -> bool:

@@ -493,3 +493,29 @@ def test_an_occupants_rename_is_a_nick_line_on_its_own_connection_not_a_reconnec
     lines = irc.written(alice)
     assert "NICK alicia" in lines and not any(line.startswith("QUIT") for line in lines)
     assert len(irc.protocols) == 2 and alice.transport.connected
+
+
+def room_kick(stream, nick):
+    stream.dataReceived(f"<presence from='ops@conference.red.example/{nick}' to='{LISTENER}' type='unavailable'>"
+                        "<x xmlns='http://jabber.org/protocol/muc#user'><item affiliation='none' role='none'/>"
+                        "<status code='307'/></x></presence>".encode())
+
+
+def test_the_bot_listed_as_an_operator_by_names_or_made_one_by_mode_kicks_whom_a_moderator_kicks(lab):
+    """NAMES listed @xmppgw: a moderator's kick of carol is a KICK on IRC; after MODE -o the next is refused;
+    after MODE +lvo 10 bob xmppgw (a limit takes an argument when set) it is a KICK again."""
+    gateway, clock, stream, irc, bot, _ = lab
+    irc.feed(bot, ":bob!~b@h JOIN #ops", ":dave!~d@h JOIN #ops")
+    bot.transport.clear()
+    room_kick(stream, "carol")
+    clock.advance(5)
+    assert "KICK #ops carol :kicked from the XMPP room" in irc.written(bot)
+    irc.feed(bot, ":op!~o@h MODE #ops -o xmppgw")
+    bot.transport.clear()
+    room_kick(stream, "bob")
+    clock.advance(5)
+    assert not any(line.startswith("KICK") for line in irc.written(bot))
+    irc.feed(bot, ":op!~o@h MODE #ops +lvo 10 bob xmppgw")
+    room_kick(stream, "dave")
+    clock.advance(5)
+    assert "KICK #ops dave :kicked from the XMPP room" in irc.written(bot)
