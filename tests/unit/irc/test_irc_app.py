@@ -387,9 +387,9 @@ def test_a_room_subject_settles_delivered_once_its_topic_line_is_written(lab):
     assert (summary["delivered"], summary["bounced"], summary["in_flight"]) == (1, 0, 0) and gateway.books.balanced()
 
 
-def test_the_nick_book_follows_the_isupport_the_server_sent_after_its_welcome(tmp_path):
-    """005 (NICKLEN=30, CASEMAPPING=ascii) comes after 001: alexandrina's own connection registers as NICK alexandrina,
-    not the 9-character default's alexandri."""
+def gateway_with_own_connections(tmp_path, *isupport_lines):
+    """A gateway that gives one room occupant its own IRC connection; its component is open and its bot, told
+    ``isupport_lines`` after its welcome, is in #ops with carol."""
     config = load_irc_config(str(write_config(tmp_path, occupant_connections=1)))
     clock, component, irc = MemoryReactorClock(), ComponentEndpoint(), IrcServerSide()
     gateway = IrcGateway(config, clock, irc.connect, component, AuditLog(None))
@@ -397,10 +397,16 @@ def test_the_nick_book_follows_the_isupport_the_server_sent_after_its_welcome(tm
     stream = component.streams[0]
     stream.dataReceived(PROSODY_HEADER + b"<handshake/>")
     bot = irc.protocols[0]
-    irc.feed(bot, ":irc.lab.example 001 xmppgw :Welcome",
-             ":irc.lab.example 005 xmppgw NICKLEN=30 CASEMAPPING=ascii LINELEN=1024 :are supported",
-             ":xmppgw!~x@h JOIN #ops", ":irc.lab.example 353 xmppgw = #ops :@xmppgw carol",
-             ":irc.lab.example 366 xmppgw #ops :End")
+    irc.feed(bot, ":irc.lab.example 001 xmppgw :Welcome", *isupport_lines, ":xmppgw!~x@h JOIN #ops",
+             ":irc.lab.example 353 xmppgw = #ops :@xmppgw carol", ":irc.lab.example 366 xmppgw #ops :End")
+    return gateway, clock, stream, irc, bot
+
+
+def test_the_nick_book_follows_the_isupport_the_server_sent_after_its_welcome(tmp_path):
+    """005 (NICKLEN=30, CASEMAPPING=ascii) comes after 001: alexandrina's own connection registers as NICK alexandrina,
+    not the 9-character default's alexandri."""
+    gateway, clock, stream, irc, bot = gateway_with_own_connections(
+        tmp_path, ":irc.lab.example 005 xmppgw NICKLEN=30 CASEMAPPING=ascii LINELEN=1024 :are supported")
     clock.advance(5)
     isupport = gateway.bridges[0].nicks.isupport
     assert (isupport.nicklen, isupport.casemapping, isupport.linelen) == (30, "ascii", 1024)
@@ -415,15 +421,7 @@ def test_the_nick_book_follows_the_isupport_the_server_sent_after_its_welcome(tm
 def test_an_occupants_messages_go_through_the_bot_until_its_own_connection_is_registered(tmp_path):
     """alice's connection is registering, then registered, then lost in a netsplit: the bot relays her messages
     while it is not registered (none bounces), her own connection says them once it is."""
-    config = load_irc_config(str(write_config(tmp_path, occupant_connections=1)))
-    clock, component, irc = MemoryReactorClock(), ComponentEndpoint(), IrcServerSide()
-    gateway = IrcGateway(config, clock, irc.connect, component, AuditLog(None))
-    gateway.start()
-    stream = component.streams[0]
-    stream.dataReceived(PROSODY_HEADER + b"<handshake/>")
-    bot = irc.protocols[0]
-    irc.feed(bot, ":irc.lab.example 001 xmppgw :Welcome", ":xmppgw!~x@h JOIN #ops",
-             ":irc.lab.example 353 xmppgw = #ops :@xmppgw carol", ":irc.lab.example 366 xmppgw #ops :End")
+    gateway, clock, stream, irc, bot = gateway_with_own_connections(tmp_path)
     clock.advance(5)
     alice_joins(stream)
     alice = irc.protocols[1]
@@ -474,14 +472,7 @@ def test_notices_to_irc_users_while_prosody_is_away_are_rate_limited_and_every_o
 
 def test_an_occupants_rename_is_a_nick_line_on_its_own_connection_not_a_reconnection(tmp_path):
     """alice becomes alicia in the room: her registered connection writes NICK alicia; no second connection is opened."""
-    config = load_irc_config(str(write_config(tmp_path, occupant_connections=1)))
-    clock, component, irc = MemoryReactorClock(), ComponentEndpoint(), IrcServerSide()
-    gateway = IrcGateway(config, clock, irc.connect, component, AuditLog(None))
-    gateway.start()
-    stream = component.streams[0]
-    stream.dataReceived(PROSODY_HEADER + b"<handshake/>")
-    irc.feed(irc.protocols[0], ":irc.lab.example 001 xmppgw :Welcome", ":xmppgw!~x@h JOIN #ops",
-             ":irc.lab.example 366 xmppgw #ops :End")
+    gateway, clock, stream, irc, bot = gateway_with_own_connections(tmp_path)
     alice_joins(stream)
     alice = irc.protocols[1]
     irc.feed(alice, ":irc.lab.example 001 alice :Welcome", ":alice!~a@h JOIN #ops")
