@@ -45,7 +45,7 @@ from guard.core.vocabulary import DELAY_NS, MUC_USER_NS, SERVER_NS
 from guard.edges.audit import AuditObserver
 from guard.edges.carriers import ICarrierOwner
 from guard.edges.irc.carrier import IrcCarrier, IrcRelease
-from guard.edges.irc.bridge import (STATUS_BANNED, STATUS_KICKED, STATUS_NICK_CHANGED, STATUS_SELF,
+from guard.edges.irc.bridge import (REFUSAL_NOTICE_SECONDS, STATUS_BANNED, STATUS_KICKED, STATUS_NICK_CHANGED, STATUS_SELF,
                                     Audit, BounceToSender, IrcJoin, IrcKick, IrcNick, IrcPart, IrcSay, IrcTopic,
                                     MucJoin, MucKick, MucLeave, MucNick, MucSay, MucSubject, build_bridges)
 from guard.edges.irc.component import ComponentDialler, ComponentStreamFactory, NotSent
@@ -125,6 +125,10 @@ COMPONENT_DOWN = "remote-server-not-found"  # what a message toward the room bou
 STATUS_SECONDS = 5.0  # how often the status file is rewritten
 SHUTDOWN_FLUSH_SECONDS = 0.3  # what was written at stop gets this long to leave before the process ends
 FROM_IRC_NOT_DELIVERED = "The gateway could not deliver your message to the XMPP room."
+# The bot's FROM_IRC_NOT_DELIVERED notices (each waits in its bounded queue before the room messages it relays):
+# at most one per IRC nick in this time, and one per bridge in REFUSAL_NOTICE_SECONDS; the rest are lost bounces.
+NOT_DELIVERED_NOTICE_SECONDS = 60.0
+NOTICE_RATE_LIMITED = "the IRC user was told recently: notices are rate-limited"
 SERVICE_NAME = "xmpp-guard IRC gateway"
 
 
@@ -133,8 +137,16 @@ BRIDGE_EVENTS = {
     "connected": ("irc_connected", False), "connection_lost": ("irc_connection_lost", False),
     "joined": ("irc_joined", True), "parted": ("irc_parted", True), "quit": ("irc_quit", True),
     "kicked": ("irc_kicked", True), "nick_changed": ("irc_nick_changed", True), "topic": ("irc_topic", True),
-    "names": ("irc_names", True), "message": ("irc_message", True),
+    "names": ("irc_names", True), "message": ("irc_message", True), "mode": ("irc_mode", True),
 }
+
+
+@dataclass(frozen=True, eq=False)
+class TopicToken:
+    """What a connection reports back (sent or lost) for a room subject's TOPIC line: the parcel it settles
+    (eq=False: two equal subjects are two tokens; a connection keys its tokens by identity)."""
+
+    parcel: object
 
 
 class ConnectionEvents:
@@ -171,15 +183,22 @@ class ConnectionEvents:
     def names(self, network, channel, nicks):
         self.gateway.irc_event(self.key, "names", channel, nicks)
 
+    def mode(self, network, channel, modes, arguments):
+        self.gateway.irc_event(self.key, "mode", channel, modes, arguments)
+
     def message(self, network, target, nick, kind, text, tags):
         self.gateway.irc_event(self.key, "message", target, nick, kind, text, None)
 
     def sent(self, token):
-        if token is not None:
+        if isinstance(token, TopicToken):
+            self.gateway.delivered(token.parcel)
+        elif token is not None:
             self.gateway.carrier.sent(token)
 
     def lost(self, token, reason):
-        if token is not None:
+        if isinstance(token, TopicToken):
+            self.gateway.undeliverable(token.parcel, "remote-server-not-found", reason)
+        elif token is not None:
             self.gateway.carrier.lost(token, reason)
 
 
@@ -219,6 +238,8 @@ class IrcGateway:
         self.refusals = Counter()  # rule -> refusals the bridges audited (beside the settlement's)
         self.actions = Counter()  # action kind -> how many were carried out
         self.held_bytes = 0
+        self.told_at: dict = {}  # (room, folded IRC nick) -> when the bot last told it, oldest first
+        self.notice_due: dict[str, float] = {}  # room -> when its bridge's next such notice may go
         self.irc_congested = False
         self.started = clock.seconds()
         self._ids = 0
@@ -364,7 +385,8 @@ class IrcGateway:
         if self.stopping:
             return
         now = self.clock.seconds()
-        if event == "connected" and key.room is None:
+        if event in ("connected", "joined", "names") and key.room is None:
+            # The server's 005 lines follow its 001 ("connected") and always precede the reply to our JOIN.
             self._adopt_isupport(key)
         for bridge in self._bridges_for(key):
             try:
@@ -376,7 +398,7 @@ class IrcGateway:
         self._schedule_due()
 
     def _adopt_isupport(self, key) -> None:
-        """The bot registered: its network's nick book follows the server's ISUPPORT (NICKLEN, CASEMAPPING),
+        """The bot heard its network's ISUPPORT: the nick book follows it (NICKLEN, CASEMAPPING, LINELEN),
         keeping every mapping it already gave (the same IRC nick for the same MUC nick)."""
         from guard.edges.irc.nicks import NickBook
 
@@ -424,6 +446,18 @@ class IrcGateway:
                 self._carry_out(bridge, action)
             except Exception:  # noqa: BLE001 - one action's fault does not stop the others
                 log.failure("irc gateway: a fault carrying out {action}", action=type(action).__name__)
+                self._settle_faulted(action)
+
+    def _settle_faulted(self, action) -> None:
+        """A room message (or subject) whose action faulted bounces (internal-server-error) if still in flight:
+        never left in flight for ever."""
+        token = getattr(action, "token", None) if isinstance(action, (IrcSay, IrcTopic)) else None
+        if token is None or not self.settlement.is_open(token.ticket):
+            return
+        try:
+            self.undeliverable(token, "internal-server-error", "a fault carrying out the action")
+        except Exception:  # noqa: BLE001 - the fault is logged; the books show the message in flight
+            log.failure("irc gateway: a fault bouncing a message whose action faulted")
 
     def _carry_out(self, bridge, action) -> None:
         if isinstance(action, IrcSay):
@@ -475,29 +509,21 @@ class IrcGateway:
         return connection.say(release.target, list(release.lines), token, "notice" if release.notice else "privmsg")
 
     def _irc_topic(self, action) -> None:
+        """A room subject: settled when the connection reports its TOPIC line written (or lost), never when queued."""
         connection = self.connections.get(action.connection_key)
-        refusal = "not-connected" if connection is None else connection.set_topic(action.channel, action.topic)
-        if action.token is None:
-            return
-        if refusal is None:
-            self.settlement.delivered(action.token)
-        else:
+        token = None if action.token is None else TopicToken(action.token)
+        refusal = "not-connected" if connection is None else connection.set_topic(action.channel, action.topic, token)
+        if action.token is not None and refusal is not None:
             self.undeliverable(action.token, "remote-server-timeout", f"the topic was not taken: {refusal}")
 
     def _irc_nick(self, action) -> None:
-        """An occupant's MUC nick changed: its IRC connection takes the new nick (reconnecting as it, if need be)."""
+        """An occupant's MUC nick changed: a NICK line on its IRC connection, behind what waits (no reconnection)."""
         connection = self.connections.get(action.connection_key)
         if connection is None:
             return
-        change = getattr(connection, "change_nick", None)
-        if change is not None:
-            change(action.nick)
-            return
-        channels = [channel for channel, _ in connection.wanted.values()]
-        self._close_connection(action.connection_key)
-        reopened = self._open_connection(action.connection_key, action.nick)
-        for channel in channels:
-            reopened.join(channel)
+        refusal = connection.change_nick(action.nick)
+        if refusal is not None:
+            log.warn("irc gateway: the rename of an occupant's connection was refused: {reason}", reason=refusal)
 
     def _to_room(self, stanza) -> None:
         """A message (or subject) said on IRC, toward the room: accepted, passed with the IRC side's label, written."""
@@ -546,15 +572,27 @@ class IrcGateway:
             self.settlement.bounce_lost(parcel, "the component stream is not open")
 
     def _notify_irc_user(self, parcel) -> None:
-        """An IRC user's message did not reach the room: the bot tells them (the gateway's own text)."""
+        """An IRC user's message did not reach the room: the bot tells them (the gateway's own text), at most once
+        per NOT_DELIVERED_NOTICE_SECONDS per nick and once per REFUSAL_NOTICE_SECONDS per bridge; a bounce not told
+        is counted and audited as lost."""
         recipient = parcel.stanza.getAttribute("to")
+        now = self.clock.seconds()
+        while self.told_at and next(iter(self.told_at.values())) <= now - NOT_DELIVERED_NOTICE_SECONDS:
+            del self.told_at[next(iter(self.told_at))]
         for bridge in self.bridges:
             for user in bridge.irc_users.values():
-                if user.jid == recipient:
-                    connection = self.connections.get(bridge.bot_key)
-                    if connection is not None and connection.say(user.irc_nick, [FROM_IRC_NOT_DELIVERED], None,
-                                                                 "notice") is None:
-                        return
+                if user.jid != recipient:
+                    continue
+                told = (bridge.room, bridge.fold(user.irc_nick))
+                if told in self.told_at or now < self.notice_due.get(bridge.room, now):
+                    self.settlement.bounce_lost(parcel, NOTICE_RATE_LIMITED)
+                    return
+                connection = self.connections.get(bridge.bot_key)
+                if connection is not None and connection.say(user.irc_nick, [FROM_IRC_NOT_DELIVERED], None,
+                                                             "notice") is None:
+                    self.told_at[told] = now
+                    self.notice_due[bridge.room] = now + REFUSAL_NOTICE_SECONDS
+                    return
         self.settlement.bounce_lost(parcel, "the IRC user could not be told")
 
     def _audit(self, action) -> None:

@@ -42,7 +42,8 @@ FLOOD_CHANNEL = "#flood"
 NETWORK = "lab"
 IRC_DOMAIN = f"{NETWORK}.irc.invalid"
 PASSWORD = "irc-lab-password"
-USERS = ("alice", "bob", "erin", "henry", "irene", "jack", "kate", "liam", "averyveryverylongnickname")
+USERS = ("alice", "bob", "erin", "henry", "irene", "jack", "kate", "liam", "averyveryverylongnickname", "mona")
+MODERATOR = "mona"  # a Prosody admin: the owner (so a moderator) of every room, who may kick
 BOT_NICK = "xmppgw"
 CONNECT_ATTEMPTS = 5
 ROOM_NICK = "irc"
@@ -263,6 +264,16 @@ flot_position = "prefix"
 """
 
 
+class ModeratedProsody(ProsodyServer):
+    """The lab's Prosody with MODERATOR a server admin, so an owner (a moderator, who may kick) of every room."""
+
+    def write_config(self) -> Path:
+        path = super().write_config()
+        # A global option: before every VirtualHost and Component section of the generated file.
+        path.write_text(f'admins = {{ "{MODERATOR}@red.example" }}\n' + path.read_text())
+        return path
+
+
 class IrcGatewayLab:
     """Prosody + ngIRCd + the gateway process, started and stopped together; the log tails of all three."""
 
@@ -282,7 +293,7 @@ class IrcGatewayLab:
 
         self._lock.acquire()
         self.pki = write_lab_pki(self.folder / "pki")
-        self.prosody = ProsodyServer(
+        self.prosody = ModeratedProsody(
             ProsodySettings("red", "red.example", ROOM_SERVICE, XMPP_ADDRESS, self.pki.red_server, self.pki.red_ca,
                             True, component=(COMPONENT, COMPONENT_SECRET)),
             self.folder / "prosody")

@@ -19,8 +19,8 @@ import pytest
 
 from guard.lab.clients import ClientError
 
-from .irc_lab import (CHANNEL, FLOOD_CHANNEL, FLOOD_ROOM, GATEWAY_ADDRESS, METRICS_PORT, ROOM, IrcGatewayLab,
-                      LabError)
+from .irc_lab import (BOT_NICK, CHANNEL, FLOOD_CHANNEL, FLOOD_ROOM, GATEWAY_ADDRESS, METRICS_PORT, MODERATOR, ROOM,
+                      IrcGatewayLab, LabError)
 from .labs import started
 
 RESTRICTED = "MQgCAQIGA4g3AQ=="  # ESS: policy 2.999.1, classification 2 (RESTRICTED)
@@ -204,6 +204,28 @@ def test_a_flot_typed_on_irc_is_text_not_a_label(people):
     assert ">UNCLASSIFIED</displaymarking>" in marking.xml and "SECRET</displaymarking>" not in marking.xml
     text = alice.wait_for_groupchat(ROOM, "carol", "the real plan")
     assert ">UNCLASSIFIED</displaymarking>" in text.xml
+
+
+def test_a_room_moderators_kick_of_an_irc_user_is_a_kick_on_irc_by_the_operator_bot(people, irc_lab):
+    """An IRC operator makes the bot a channel operator (MODE +o, heard by the gateway); mona, a room moderator, kicks
+    oscar's occupant from the room; the bot kicks oscar from #ops."""
+    opal = people.irc("opal")
+    opal.send("OPER labop lab-oper-password")
+    opal.wait_for(lambda line: line.command == "381", WAIT, "RPL_YOUREOPER")
+    opal.send(f"MODE {CHANNEL} +o {BOT_NICK}")
+    deadline = time.monotonic() + WAIT
+    while not all(bridge["bot_is_op"] for bridge in irc_lab.status()["bridges"] if bridge["channel"] == CHANNEL):
+        assert time.monotonic() < deadline, "the gateway never knew its bot as an operator of #ops"
+        time.sleep(0.5)
+    oscar = people.irc("oscar")
+    mona = people.xmpp(MODERATOR)
+    mona.wait_for_occupant(ROOM, "oscar")
+    mark = oscar.mark()
+    mona.send_xml(f"<iq type='set' to='{ROOM}' id='kick-oscar'><query xmlns='http://jabber.org/protocol/muc#admin'>"
+                  "<item nick='oscar' role='none'><reason>off topic</reason></item></query></iq>")
+    kick = oscar.wait_for(lambda line: line.command == "KICK" and line.params[1:2] == ["oscar"], WAIT,
+                          "oscar kicked from #ops", mark)
+    assert kick.nick == BOT_NICK and kick.params[0].lower() == CHANNEL
 
 
 def test_ngircd_restarted_mid_conversation(people, irc_lab):

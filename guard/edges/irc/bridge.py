@@ -188,6 +188,12 @@ class XmppOccupant:
     # The nick its own connection registered with (the server's word, from ``irc_connected``): only that nick
     # is the gateway's own on IRC; until then an IRC user holding ``irc_nick`` is that IRC user.
     nick_on_irc: str | None = None
+    registered: bool = False  # its own connection is registered now (not connecting, registering or reconnecting)
+
+    @property
+    def speaks_on_irc(self) -> bool:
+        """Whether its messages go on its own connection: the bot relays them until that connection is registered."""
+        return self.connected and self.registered
 
 
 @dataclass
@@ -596,7 +602,7 @@ class Bridge:
     def _disconnect(self, occupant: XmppOccupant, reason: str) -> list:
         if not occupant.connected:
             return []
-        occupant.connected = False
+        occupant.connected = occupant.registered = False
         self._left_channel(occupant.nick_on_irc)
         occupant.nick_on_irc = None
         self._connections -= 1
@@ -704,7 +710,7 @@ class Bridge:
         decision = self.settlement.judged(ticket, released.judgement)
         if not isinstance(decision, Deliver):
             return self._settled(decision)
-        key = occupant.key if occupant is not None and occupant.connected else self.bot_key
+        key = occupant.key if occupant is not None and occupant.speaks_on_irc else self.bot_key
         topic = without_controls(text_for_irc(released.subject)).replace("\n", " ")
         if released.marking is not None:
             topic = f"{self.labels.flot.render(released.marking)} {topic}"
@@ -730,7 +736,7 @@ class Bridge:
         flot = None if released.marking is None else text_for_irc(self.labels.flot.render(released.marking))
         if flot is not None and self.labels.flot.position == "prefix":
             text, flot = f"{flot} {text}", None
-        own = occupant is not None and occupant.connected
+        own = occupant is not None and occupant.speaks_on_irc
         key = occupant.key if own else self.bot_key
         nick = occupant.irc_nick if own else self.bot_nick
         name = relay_name(muc_nick)
@@ -814,13 +820,14 @@ class Bridge:
         if not self._from_bot(key, channel):
             return []
         arguments = list(arguments)
+        always, when_set = _modes_with_arguments(self.nicks.isupport)
         adding = True
-        with_argument = set("ovhbeIkaq")
         for letter in modes:
             if letter in "+-":
                 adding = letter == "+"
                 continue
-            argument = arguments.pop(0) if letter in with_argument and arguments and (adding or letter != "k") else None
+            takes = letter in always or (adding and letter in when_set)
+            argument = arguments.pop(0) if takes and arguments else None
             if letter == "o" and argument is not None and self.fold(argument) == self.fold(self.bot_nick):
                 self.bot_is_op = adding
         return []
@@ -1064,6 +1071,7 @@ class Bridge:
             if occupant.nick_on_irc is not None and self.fold(occupant.nick_on_irc) != self.fold(nick):
                 self._left_channel(occupant.nick_on_irc)  # reconnected under another nick (a rename by reconnecting)
             occupant.irc_nick = occupant.nick_on_irc = nick
+            occupant.registered = True
         return []
 
     def irc_connection_lost(self, key: ConnectionKey, reason: str = "") -> list:
@@ -1079,7 +1087,20 @@ class Bridge:
             for folded in list(self.irc_users):
                 actions += self._irc_user_gone(self.irc_users[folded].irc_nick)
             return actions + [Audit("connection-lost", "irc:connection-lost", self.room, reason)]
+        occupant = self._occupant_by_key(key)
+        if occupant is not None:
+            occupant.registered = False  # it reconnects by itself; the bot relays it meanwhile
         return []
+
+
+DEFAULT_CHANMODES = "beI,k,l,imnpst"  # RFC 2811's channel modes, by ISUPPORT CHANMODES' four kinds
+
+
+def _modes_with_arguments(isupport) -> tuple[set, set]:
+    """The channel modes that always take an argument (lists, keys, membership prefixes) and those that take one
+    only when set (limits), from the server's ISUPPORT CHANMODES and PREFIX (RFC 2811's when it did not say)."""
+    kinds = (isupport.tokens.get("CHANMODES") or DEFAULT_CHANMODES).split(",") + ["", "", ""]
+    return set(kinds[0]) | set(kinds[1]) | set(isupport.prefixes()) | {"o", "v"}, set(kinds[2])
 
 
 def _says_something(text: str | None) -> bool:

@@ -113,7 +113,12 @@ class IIrcEvents(Interface):
         """The topic of ``channel`` is ``text``; ``by`` is None for the topic found on joining."""
 
     def names(network, channel, nicks):
-        """Who was in ``channel`` when we joined it (at most ``ConnectionLimits.names_per_channel``)."""
+        """Who was in ``channel`` when we joined it (at most ``ConnectionLimits.names_per_channel``), each as the
+        server listed it: with its membership prefixes (``@op``, ``+voiced``), which tell who is an operator."""
+
+    def mode(network, channel, modes, arguments):
+        """A MODE on ``channel`` (one we are in): ``modes`` (e.g. ``+o-v``) and their ``arguments``, as the server
+        sent them."""
 
     def message(network, target, nick, kind, text, tags):
         """``nick`` said ``text`` to ``target`` (a channel or our nick); ``kind`` in MESSAGE_KINDS."""
@@ -727,11 +732,15 @@ class IrcProtocol(LineOnlyReceiver):
         if folded not in self.channels:
             return
         names = self._names.setdefault(folded, [])
-        prefixes = "".join(self.isupport.prefixes().values()) or "@+"
         for item in message.params[-1].split():
             if len(names) >= self.limits.names_per_channel:
                 break
-            names.append(item.lstrip(prefixes))
+            names.append(item)  # with its prefixes: the listener strips them (and reads who is an operator)
+
+    def _on_MODE(self, message):
+        channel = self._param(message, 0)
+        if channel[:1] in _channel_types(self.isupport) and self.isupport.fold(channel) in self.channels:
+            self.owner._event("mode", channel, self._param(message, 1), tuple(message.params[2:]))
 
     def _on_366(self, message):
         channel = self._param(message, 1)

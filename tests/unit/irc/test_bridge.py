@@ -156,6 +156,7 @@ def test_an_over_long_or_invalid_muc_nick_is_escaped_and_stable(lab):
 def test_a_room_message_goes_to_irc_with_its_flot_on_the_occupants_connection_and_settles_on_sent(lab):
     """The released text leaves on the occupant's own connection, its FLOT first; the token settles it delivered."""
     lab.room(joined("alice"))
+    lab.bridge.irc_connected(alice_key(), "alice")  # her own connection registered: it speaks for her
     (say,) = lab.room(said("alice", "hello there"))
     assert (say.connection_key, say.target, say.lines) == (alice_key(), "#ops",
                                                            ("Protective Marking: UNCLASSIFIED", "hello there"))
@@ -188,6 +189,7 @@ def test_a_restricted_message_carries_its_marking_and_the_flot_can_be_a_prefix()
     """A RESTRICTED message reaches IRC marked RESTRICTED; with position "prefix" the FLOT starts the line."""
     lab = Lab(replace(BRIDGE, flot_position="prefix", flot_template="[{marking}]"))
     lab.room(joined("alice"))
+    lab.bridge.irc_connected(alice_key(), "alice")  # her own connection registered: it speaks for her
     (say,) = lab.room(said("alice", "the rota", label="RESTRICTED"))
     assert say.lines == ("[RESTRICTED] the rota",)
 
@@ -195,6 +197,7 @@ def test_a_restricted_message_carries_its_marking_and_the_flot_can_be_a_prefix()
 def test_a_long_or_multi_line_message_is_split_within_the_connections_budget(lab):
     """Every IRC line fits the occupant's PRIVMSG budget; newlines start lines; no word is lost."""
     lab.room(joined("alice"))
+    lab.bridge.irc_connected(alice_key(), "alice")  # her own connection registered: it speaks for her
     words = " ".join(f"word{n}" for n in range(300))
     (say,) = lab.room(said("alice", f"first line\n{words}"))
     assert say.lines[:2] == ("Protective Marking: UNCLASSIFIED", "first line")
@@ -205,6 +208,7 @@ def test_a_long_or_multi_line_message_is_split_within_the_connections_budget(lab
 def test_me_from_the_room_is_a_ctcp_action(lab):
     """XEP-0245 "/me waves" leaves as CTCP ACTION on the occupant's connection, after the FLOT line."""
     lab.room(joined("alice"))
+    lab.bridge.irc_connected(alice_key(), "alice")  # her own connection registered: it speaks for her
     (say,) = lab.room(said("alice", "/me waves"))
     assert say.lines == ("Protective Marking: UNCLASSIFIED", "\x01ACTION waves\x01")
 
@@ -212,6 +216,7 @@ def test_me_from_the_room_is_a_ctcp_action(lab):
 def test_control_characters_from_xmpp_never_reach_irc(lab):
     """C1 controls (XML allows them, C0 it does not) are removed and a tab is a space before IRC sees the text."""
     lab.room(joined("alice"))
+    lab.bridge.irc_connected(alice_key(), "alice")  # her own connection registered: it speaks for her
     (say,) = lab.room(said("alice", "\x9b31mred\x9b0m\tand a tab"))
     assert say.lines[1] == "31mred0m and a tab"
 
@@ -254,6 +259,7 @@ def test_an_occupant_leaving_or_kicked_from_the_room_leaves_irc(lab):
 def test_an_occupants_nick_change_changes_its_irc_nick(lab):
     """MUC status 303 (nick changed) becomes NICK on the occupant's connection, by the NickBook."""
     lab.room(joined("alice"))
+    lab.bridge.irc_connected(alice_key(), "alice")  # her own connection registered: it speaks for her
     assert lab.room(left("alice", "303", new_nick="alicia")) == [IrcNick(alice_key(), "alicia")]
     (say,) = lab.room(said("alicia", "it is me"))
     assert say.connection_key == alice_key()
@@ -449,6 +455,7 @@ def test_an_irc_nick_change_renames_its_occupant(lab):
 def test_topic_both_ways(lab):
     """The room's subject becomes the channel's topic with its FLOT; an IRC TOPIC becomes the room's subject."""
     lab.room(joined("alice"))
+    lab.bridge.irc_connected(alice_key(), "alice")  # her own connection registered: it speaks for her
     (topic,) = lab.room(f"<message from='{ROOM}/alice' to='{LISTENER}' type='groupchat'>"
                         f"<subject>rota week 49</subject></message>")
     assert isinstance(topic, IrcTopic)

@@ -463,7 +463,8 @@ def test_a_kick_is_reported_and_the_channel_is_not_rejoined():
 
 
 def test_channel_events_reach_the_listener():
-    """Joins, names, topic, messages, actions, notices, nick changes, parts, kicks and quits, in order."""
+    """Joins, names (with their prefixes), channel modes, topic, messages, actions, notices, nick changes, parts,
+    kicks and quits, in order (a MODE on another channel or on our nick is not one)."""
     connection, clock, connector, recorder, protocol = registered()
     connection.join("#ops")
     feed(protocol,
@@ -471,6 +472,9 @@ def test_channel_events_reach_the_listener():
          b":s 332 gw #ops :Today: backups",
          b":s 353 gw = #ops :gw @alice +bob",
          b":s 366 gw #ops :End of NAMES list",
+         b":alice!a@h MODE #ops +ov gw bob",
+         b":alice!a@h MODE #elsewhere +o gw",
+         b":alice!a@h MODE gw +i",
          b":alice!a@h PRIVMSG #ops :hello",
          b"@time=2026-12-01T10:00:00.000Z :bob!b@h PRIVMSG #ops :\x01ACTION waves\x01",
          b":bob!b@h PRIVMSG #ops :\x01VERSION\x01",
@@ -486,7 +490,8 @@ def test_channel_events_reach_the_listener():
     assert recorder.events == [
         ("joined", "lab", "#ops", "gw"),
         ("topic", "lab", "#ops", "Today: backups", None),
-        ("names", "lab", "#ops", ("gw", "alice", "bob")),
+        ("names", "lab", "#ops", ("gw", "@alice", "+bob")),
+        ("mode", "lab", "#ops", "+ov", ("gw", "bob")),
         ("message", "lab", "#ops", "alice", "privmsg", "hello", {}),
         ("message", "lab", "#ops", "bob", "action", "waves", {"time": "2026-12-01T10:00:00.000Z"}),
         ("message", "lab", "#ops", "alice", "notice", "note", {}),

@@ -328,3 +328,185 @@ def test_when_the_audit_trail_cannot_be_written_nothing_more_reaches_irc(lab):
     reply = written(stream).decode()
     assert "<service-unavailable " in reply and 'to="alice@red.example/phone"' in reply and 'id="h1"' in reply
     assert gateway.books.balanced()
+
+
+def test_a_fault_carrying_out_a_room_message_bounces_it_instead_of_leaving_it_in_flight(lab, monkeypatch):
+    """carrier.carry raises: alice gets internal-server-error and the books show it bounced, none in flight."""
+    gateway, clock, stream, irc, bot, _ = lab
+    alice_joins(stream)
+    written(stream)
+
+    def faulty_carry(parcel):
+        raise RuntimeError("a fault in the carrier")
+
+    monkeypatch.setattr(gateway.carrier, "carry", faulty_carry)
+    room_message(stream, "the rota", None, "f1")
+    reply = written(stream).decode()
+    assert "<internal-server-error " in reply and 'to="alice@red.example/phone"' in reply and 'id="f1"' in reply
+    summary = gateway.books.summary()
+    assert (summary["in_flight"], summary["bounced"], summary["delivered"]) == (0, 1, 0) and gateway.books.balanced()
+
+
+def room_subject(stream, subject, stanza_id="t1"):
+    stream.dataReceived(f"<message from='ops@conference.red.example/alice' to='{LISTENER}' type='groupchat' "
+                        f"id='{stanza_id}'><subject>{subject}</subject></message>".encode())
+
+
+def fill_the_bots_burst(gateway):
+    """The gateway's own notices (nothing accepted rides on them) use up the bot's flood burst: what follows waits."""
+    bot_connection = gateway.connections[gateway.bridges[0].bot_key]
+    assert bot_connection.say("#ops", [f"filler {number}" for number in range(12)], None, "notice") is None
+
+
+def test_a_room_subject_whose_topic_line_never_left_bounces_instead_of_settling_delivered(lab):
+    """The TOPIC line is queued, then the bot's connection drops: alice gets remote-server-not-found; bounced 1, delivered 0."""
+    gateway, clock, stream, irc, bot, _ = lab
+    alice_joins(stream)
+    written(stream)
+    fill_the_bots_burst(gateway)
+    room_subject(stream, "the new rota", "t1")
+    assert gateway.books.summary()["in_flight"] == 1  # only queued: not settled yet
+    bot.connectionLost(Failure(ConnectionError("netsplit")))
+    reply = written(stream).decode()
+    assert "<remote-server-not-found " in reply and 'to="alice@red.example/phone"' in reply and 'id="t1"' in reply
+    summary = gateway.books.summary()
+    assert (summary["bounced"], summary["delivered"], summary["in_flight"]) == (1, 0, 0) and gateway.books.balanced()
+
+
+def test_a_room_subject_settles_delivered_once_its_topic_line_is_written(lab):
+    """The TOPIC line waits behind the burst, then leaves: delivered 1, and the line is on the wire."""
+    gateway, clock, stream, irc, bot, _ = lab
+    alice_joins(stream)
+    fill_the_bots_burst(gateway)
+    bot.transport.clear()
+    room_subject(stream, "the new rota", "t2")
+    assert gateway.books.summary()["delivered"] == 0
+    clock.pump([1.0] * 60)  # the flood control's one line every few seconds
+    assert [line for line in irc.written(bot) if line.startswith("TOPIC")] == ["TOPIC #ops :Protective Marking: UNCLASSIFIED the new rota"]
+    summary = gateway.books.summary()
+    assert (summary["delivered"], summary["bounced"], summary["in_flight"]) == (1, 0, 0) and gateway.books.balanced()
+
+
+def gateway_with_own_connections(tmp_path, *isupport_lines):
+    """A gateway that gives one room occupant its own IRC connection; its component is open and its bot, told
+    ``isupport_lines`` after its welcome, is in #ops with carol."""
+    config = load_irc_config(str(write_config(tmp_path, occupant_connections=1)))
+    clock, component, irc = MemoryReactorClock(), ComponentEndpoint(), IrcServerSide()
+    gateway = IrcGateway(config, clock, irc.connect, component, AuditLog(None))
+    gateway.start()
+    stream = component.streams[0]
+    stream.dataReceived(PROSODY_HEADER + b"<handshake/>")
+    bot = irc.protocols[0]
+    irc.feed(bot, ":irc.lab.example 001 xmppgw :Welcome", *isupport_lines, ":xmppgw!~x@h JOIN #ops",
+             ":irc.lab.example 353 xmppgw = #ops :@xmppgw carol", ":irc.lab.example 366 xmppgw #ops :End")
+    return gateway, clock, stream, irc, bot
+
+
+def test_the_nick_book_follows_the_isupport_the_server_sent_after_its_welcome(tmp_path):
+    """005 (NICKLEN=30, CASEMAPPING=ascii) comes after 001: alexandrina's own connection registers as NICK alexandrina,
+    not the 9-character default's alexandri."""
+    gateway, clock, stream, irc, bot = gateway_with_own_connections(
+        tmp_path, ":irc.lab.example 005 xmppgw NICKLEN=30 CASEMAPPING=ascii LINELEN=1024 :are supported")
+    clock.advance(5)
+    isupport = gateway.bridges[0].nicks.isupport
+    assert (isupport.nicklen, isupport.casemapping, isupport.linelen) == (30, "ascii", 1024)
+    stream.dataReceived(f"<presence from='ops@conference.red.example/alexandrina' to='{LISTENER}'>"
+                        "<x xmlns='http://jabber.org/protocol/muc#user'><item affiliation='none' role='participant' "
+                        "jid='alexandrina@red.example/phone'/></x></presence>".encode())
+    clock.advance(1)
+    assert len(irc.protocols) == 2
+    assert "NICK alexandrina" in irc.written(irc.protocols[1])
+
+
+def test_an_occupants_messages_go_through_the_bot_until_its_own_connection_is_registered(tmp_path):
+    """alice's connection is registering, then registered, then lost in a netsplit: the bot relays her messages
+    while it is not registered (none bounces), her own connection says them once it is."""
+    gateway, clock, stream, irc, bot = gateway_with_own_connections(tmp_path)
+    clock.advance(5)
+    alice_joins(stream)
+    alice = irc.protocols[1]
+    bot.transport.clear()
+    room_message(stream, "while registering", None, "r1")
+    clock.advance(5)
+    assert "PRIVMSG #ops :<alice> while registering" in irc.written(bot)
+    irc.feed(alice, ":irc.lab.example 001 alice :Welcome", ":alice!~a@h JOIN #ops")
+    alice.transport.clear()
+    room_message(stream, "registered now", None, "r2")
+    clock.advance(5)
+    assert "PRIVMSG #ops :registered now" in irc.written(alice)
+    alice.connectionLost(Failure(ConnectionError("netsplit")))
+    bot.transport.clear()
+    room_message(stream, "after the split", None, "r3")
+    clock.advance(1)
+    assert "PRIVMSG #ops :<alice> after the split" in irc.written(bot)
+    summary = gateway.books.summary()
+    assert (summary["delivered"], summary["bounced"], summary["in_flight"]) == (3, 0, 0)
+
+
+def test_notices_to_irc_users_while_prosody_is_away_are_rate_limited_and_every_one_still_audited(lab):
+    """Prosody away: carol's five messages get one notice (four bounces lost, each audited), dave's right after gets
+    none (one notice per bridge in 2 s), bob's 3 s later gets his own, carol is told again only after a minute."""
+    gateway, clock, stream, irc, bot, folder = lab
+    irc.feed(bot, ":bob!~b@h JOIN #ops", ":dave!~d@h JOIN #ops")
+    stream.connectionLost(Failure(ConnectionError("prosody restarted")))
+    bot.transport.clear()
+    for number in range(5):
+        irc.feed(bot, f":carol!~c@h PRIVMSG #ops :anyone {number}?")
+    clock.advance(1)
+    irc.feed(bot, ":dave!~d@h PRIVMSG #ops :me too")
+    clock.advance(2)
+    irc.feed(bot, ":bob!~b@h PRIVMSG #ops :hello?")
+    clock.advance(30)
+    irc.feed(bot, ":carol!~c@h PRIVMSG #ops :still nobody?")
+    clock.advance(31)
+    irc.feed(bot, ":carol!~c@h PRIVMSG #ops :a minute later")
+    clock.pump([1.0] * 30)
+    notices = [line for line in irc.written(bot) if line.startswith("NOTICE ")]
+    told = f" :{'The gateway could not deliver your message to the XMPP room.'}"
+    assert notices == ["NOTICE carol" + told, "NOTICE bob" + told, "NOTICE carol" + told]
+    summary = gateway.books.summary()
+    assert (summary["bounced"], summary["in_flight"]) == (9, 0) and gateway.books.balanced()
+    assert gateway.settlement.counts["bounce-lost"] == 6
+    assert [record["event"] for record in audit_records(folder)].count("bounce-lost") == 6
+
+
+def test_an_occupants_rename_is_a_nick_line_on_its_own_connection_not_a_reconnection(tmp_path):
+    """alice becomes alicia in the room: her registered connection writes NICK alicia; no second connection is opened."""
+    gateway, clock, stream, irc, bot = gateway_with_own_connections(tmp_path)
+    alice_joins(stream)
+    alice = irc.protocols[1]
+    irc.feed(alice, ":irc.lab.example 001 alice :Welcome", ":alice!~a@h JOIN #ops")
+    alice.transport.clear()
+    stream.dataReceived(f"<presence from='ops@conference.red.example/alice' to='{LISTENER}' type='unavailable'>"
+                        "<x xmlns='http://jabber.org/protocol/muc#user'><item jid='alice@red.example/phone' "
+                        "nick='alicia'/><status code='303'/></x></presence>".encode())
+    clock.advance(5)
+    lines = irc.written(alice)
+    assert "NICK alicia" in lines and not any(line.startswith("QUIT") for line in lines)
+    assert len(irc.protocols) == 2 and alice.transport.connected
+
+
+def room_kick(stream, nick):
+    stream.dataReceived(f"<presence from='ops@conference.red.example/{nick}' to='{LISTENER}' type='unavailable'>"
+                        "<x xmlns='http://jabber.org/protocol/muc#user'><item affiliation='none' role='none'/>"
+                        "<status code='307'/></x></presence>".encode())
+
+
+def test_the_bot_listed_as_an_operator_by_names_or_made_one_by_mode_kicks_whom_a_moderator_kicks(lab):
+    """NAMES listed @xmppgw: a moderator's kick of carol is a KICK on IRC; after MODE -o the next is refused;
+    after MODE +lvo 10 bob xmppgw (a limit takes an argument when set) it is a KICK again."""
+    gateway, clock, stream, irc, bot, _ = lab
+    irc.feed(bot, ":bob!~b@h JOIN #ops", ":dave!~d@h JOIN #ops")
+    bot.transport.clear()
+    room_kick(stream, "carol")
+    clock.advance(5)
+    assert "KICK #ops carol :kicked from the XMPP room" in irc.written(bot)
+    irc.feed(bot, ":op!~o@h MODE #ops -o xmppgw")
+    bot.transport.clear()
+    room_kick(stream, "bob")
+    clock.advance(5)
+    assert not any(line.startswith("KICK") for line in irc.written(bot))
+    irc.feed(bot, ":op!~o@h MODE #ops +lvo 10 bob xmppgw")
+    room_kick(stream, "dave")
+    clock.advance(5)
+    assert "KICK #ops dave :kicked from the XMPP room" in irc.written(bot)
