@@ -244,6 +244,10 @@ nick = "{BOT_NICK}"
 user = "xmppgw"
 realname = "xmpp-guard IRC lab gateway"
 
+[limits]
+# The tests open and close many occupants' connections in a minute; production keeps the default (10).
+connections_per_minute = 200
+
 [[bridges]]
 room = "{ROOM}"
 network = "{NETWORK}"

@@ -96,9 +96,10 @@ ME_PREFIX = "/me "  # XEP-0245
 # '~' of an unidentified user.
 HOST_ALLOWANCE = 63
 JOIN_SLACK_BYTES = 32
-# Occupant connections one bridge opens at most per CONNECTION_OPEN_SECONDS: XMPP users joining and leaving (or
-# renaming) in a loop would otherwise make the gateway connect again and again, and IRC servers throttle or ban an
-# address that does (ngIRCd, hybrid, InspIRCd); past it the bot relays, and ``due`` opens the rest later.
+# Occupant connections one bridge opens at most per CONNECTION_OPEN_SECONDS ([limits] connections_per_minute,
+# default CONNECTION_OPENS): XMPP users joining and leaving (or renaming) in a loop would otherwise make the gateway
+# connect again and again, and IRC servers throttle or ban an address that does (ngIRCd, hybrid, InspIRCd); past it
+# the bot relays, and ``due`` opens the rest later.
 CONNECTION_OPENS = 10
 CONNECTION_OPEN_SECONDS = 60.0
 LEAVING_NICKS = 1024  # nicks of our closed or renamed connections whose leaving the bot has not heard yet
@@ -394,7 +395,8 @@ class Bridge:
     """The decisions of one room <-> channel bridge; every method answers a list of actions."""
 
     def __init__(self, bridge, network, labels: BridgeLabels, settlement, nicks: NickBook, component: str,
-                 slots: ConnectionSlots, joined_message_bytes: int = 16 * 1024, max_irc_users: int = 500):
+                 slots: ConnectionSlots, joined_message_bytes: int = 16 * 1024, max_irc_users: int = 500,
+                 connection_opens: int = CONNECTION_OPENS):
         self.room = bridge.room
         self.channel = bridge.channel
         self.network = network.name
@@ -409,6 +411,7 @@ class Bridge:
         self.slots = slots
         self.joined_message_bytes = joined_message_bytes
         self.max_irc_users = max_irc_users
+        self.connection_opens = connection_opens
         self.room_local = self.room.split("@", 1)[0]
         self.listener_jid = f"{component}/{self.room_local}"
         self.bot_key = ConnectionKey(self.network)
@@ -584,7 +587,7 @@ class Bridge:
         """Whether the bridge may open one more occupant connection now (``CONNECTION_OPENS`` per window)."""
         while self._opened_at and self._opened_at[0] <= now - CONNECTION_OPEN_SECONDS:
             del self._opened_at[0]
-        return len(self._opened_at) < CONNECTION_OPENS
+        return len(self._opened_at) < self.connection_opens
 
     def _connect(self, occupant: XmppOccupant, now: float) -> list:
         """Give ``occupant`` its own IRC connection if both caps and the rate of opening allow it (else the bot
@@ -1015,7 +1018,7 @@ class Bridge:
     def wake_at(self) -> float | None:
         """When ``due`` next has something to do (None: nothing is held or waits for the rate of opening)."""
         times = [held.due for held in self.pending.values()]
-        if (self._relayed() and len(self._opened_at) >= CONNECTION_OPENS
+        if (self._relayed() and len(self._opened_at) >= self.connection_opens
                 and self._connections < self.max_connections):
             times.append(self._opened_at[0] + CONNECTION_OPEN_SECONDS)
         return min(times, default=None)
@@ -1144,7 +1147,8 @@ def build_bridges(config, settlement) -> list:
         slots[name] = ConnectionSlots(network.max_connections - 1, parent=gateway)
     return [Bridge(bridge, config.networks[bridge.network], BridgeLabels.for_bridge(bridge), settlement,
                    books[bridge.network], config.xmpp.component, slots[bridge.network],
-                   config.limits.joined_message_bytes, config.limits.irc_users_per_bridge)
+                   config.limits.joined_message_bytes, config.limits.irc_users_per_bridge,
+                   config.limits.connections_per_minute)
             for bridge in config.bridges]
 
 

@@ -210,3 +210,22 @@ def test_the_xmpp_side_going_away_gives_no_slot_on_to_occupants_that_are_leaving
     lab.room(joined("alice"))
     lab.room(joined("bob"))
     assert lab.bridge.xmpp_lost() == [IrcPart(alice_key(1), "#ops", "the XMPP side went away")]
+
+
+def test_the_connections_a_bridge_opens_per_minute_come_from_the_configuration():
+    """[limits] connections_per_minute reaches every bridge build_bridges makes, and bounds the opens as the default does."""
+    from guard.app.irc_config import GatewaySettings, IrcConfig, IrcLimits, XmppConfig
+    from guard.core.settlement import Settlement
+    from guard.edges.irc.bridge import build_bridges
+    from tests.unit.irc.test_bridge import NETWORK
+
+    config = IrcConfig("irc.toml", GatewaySettings(), XmppConfig("irc.red.example", "tcp:host=127.0.0.1:port=5347",
+                                                                 False, None, "s", "conference.red.example"),
+                       {"lab": NETWORK}, (BRIDGE,), IrcLimits(connections_per_minute=3))
+    (bridge,) = build_bridges(config, Settlement(config.topology))
+    assert bridge.connection_opens == 3
+    lab = Lab()
+    lab.bridge.connection_opens = 3
+    opened = [action for n in range(6) for action in lab.room(joined(f"churn{n}"), now=n) + lab.room(
+        left(f"churn{n}"), now=n + 0.5) if isinstance(action, IrcJoin)]
+    assert len(opened) == 3
