@@ -98,6 +98,14 @@ the configuration does not load.
 """
 
 
+def process_reactor():
+    """The process's reactor: only the command lines' composition roots take the global one (library code is
+    given a reactor)."""
+    from twisted.internet import reactor
+
+    return reactor
+
+
 def _run(arguments) -> int:
     from twisted.internet import reactor
     from twisted.logger import (FilteringLogObserver, LogLevel, LogLevelFilterPredicate,

@@ -969,7 +969,9 @@ def check(path: str) -> int:
     return EXIT_OK
 
 
-def main(argv=None) -> int:
+def main(argv=None, reactor=None) -> int:
+    """The guard-irc command; ``reactor`` is the one it runs on (the command line's composition root supplies
+    the process's reactor when it is None)."""
     parser = argparse.ArgumentParser(
         prog="guard-irc",
         description=("The xmpp-guard IRC gateway: MUC rooms bridged to IRC channels, each room message judged by "
@@ -986,11 +988,14 @@ def main(argv=None) -> int:
     arguments = parser.parse_args(argv)
     if arguments.check:
         return check(arguments.config)
-    return run(arguments.config)
+    if reactor is None:
+        from .cli import process_reactor
+
+        reactor = process_reactor()
+    return run(arguments.config, reactor)
 
 
-def run(path: str) -> int:
-    from twisted.internet import reactor
+def run(path: str, reactor) -> int:
     from twisted.logger import (FilteringLogObserver, LogLevel, LogLevelFilterPredicate, globalLogBeginner,
                                 textFileLogObserver)
 

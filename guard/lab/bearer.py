@@ -45,6 +45,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
+from twisted.internet import defer, task
 from twisted.internet.protocol import ClientFactory, Factory, Protocol
 from twisted.python.failure import Failure
 
@@ -659,7 +660,12 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     arguments = _parser().parse_args(argv)
-    from twisted.internet import reactor
+    task.react(_serve, (arguments,))
+    return 0
+
+
+def _serve(reactor, arguments):
+    """Shape connections until the process is stopped (task.react gives the reactor; SIGTERM stops it)."""
 
     simulator = BearerSimulator(
         reactor, *arguments.listen, *arguments.target, arguments.rate, arguments.delay, arguments.outage,
@@ -680,14 +686,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if arguments.signal_outage is not None:
         signal.signal(signal.SIGUSR2,
                       lambda *_: reactor.callFromThread(simulator.begin_outage, arguments.signal_outage))
-    signal.signal(signal.SIGTERM, lambda *_: reactor.callFromThread(reactor.stop))
     simulator.start()
     reactor.callWhenRunning(every_second)
     print(f"bearer: {arguments.listen[0]}:{arguments.listen[1]} -> {arguments.target[0]}:{arguments.target[1]} "
           f"at {arguments.rate:g} bit/s, {arguments.delay:g} s one way, outages {arguments.outage}", flush=True)
-    reactor.run(installSignalHandlers=False)
-    write_status()
-    return 0
+    reactor.addSystemEventTrigger("after", "shutdown", write_status)
+    return defer.Deferred()  # never fires: SIGINT or SIGTERM stops the reactor
 
 
 if __name__ == "__main__":

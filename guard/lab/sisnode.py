@@ -33,6 +33,7 @@ import sys
 from dataclasses import dataclass, field
 from typing import Sequence
 
+from twisted.internet import defer, task
 from twisted.internet.endpoints import TCP4ServerEndpoint
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
@@ -288,13 +289,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--delay", type=float, default=0.0, help="one-way delay in seconds (default 0)")
     parser.add_argument("--mtu", type=int, default=ANNEX_A_MTU, help=f"U_PDU MTU in bytes (default {ANNEX_A_MTU})")
     arguments = parser.parse_args(argv)
-    from twisted.internet import reactor
 
-    network = SisNetwork(reactor, arguments.rate, arguments.delay)
-    for address, host, port in arguments.node:
-        network.node(address, mtu=arguments.mtu).listen(reactor, port, host)
-        print(f"node {address}: SIS port {host}:{port}", flush=True)
-    reactor.run()
+    def serve(reactor):
+        """Listen on every node's SIS port until the process is stopped (the reactor is given by task.react)."""
+        network = SisNetwork(reactor, arguments.rate, arguments.delay)
+        for address, host, port in arguments.node:
+            network.node(address, mtu=arguments.mtu).listen(reactor, port, host)
+            print(f"node {address}: SIS port {host}:{port}", flush=True)
+        return defer.Deferred()  # never fires: SIGINT or SIGTERM stops the reactor
+
+    task.react(serve)
     return 0
 
 
