@@ -225,7 +225,9 @@ class Inbox:
         self.duplicates = 0
         self.skipped = 0  # numbers the peer gave up on (bounced) before sending them to us
         self.counting = True  # False once this half takes nothing more (it is stopping)
-        self.not_counted = 0  # stanzas that arrived after counting stopped (the peer keeps and resends them)
+        self.taking = True  # False while this half's memory budget is spent: new stanzas stay the peer's
+        self.passed_over = False  # a stanza on this connection was not counted: nothing after it on it can be
+        self.not_counted = 0  # stanzas that arrived and were not counted (the peer keeps and resends them)
 
     def resume(self, resume: Resume) -> None:
         """The peer's <resume/> opens its numbering on this connection."""
@@ -249,10 +251,11 @@ class Inbox:
         if sequence <= self.received:
             self.duplicates += 1
             return False
-        if not self.counting:
+        if not self.counting or not self.taking or self.passed_over:
             # Not counted, so not acknowledged: the peer still holds it, and
             # nothing after it on this connection can be counted either.
             self.not_counted += 1
+            self.passed_over = True
             return False
         self.received = sequence
         return True
@@ -266,5 +269,15 @@ class Inbox:
         """Take nothing more: every later stanza stays the peer's to resend (to this half's next run)."""
         self.counting = False
 
+    def stop_taking(self) -> None:
+        """Count no new stanza until ``take_again`` (this half's memory budget is spent); acknowledgements are
+        still read.  What arrives meanwhile stays the peer's, resent on the next connection."""
+        self.taking = False
+
+    def take_again(self) -> None:
+        """Count new stanzas again; one passed over on this connection leaves a gap only a new connection closes."""
+        self.taking = True
+
     def connection_over(self) -> None:
         self.expected = None
+        self.passed_over = False

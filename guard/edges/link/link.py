@@ -38,6 +38,7 @@ from twisted.words.xish import domish
 from zope.interface import implementer
 
 from guard.edges.carriers import ICarrier
+from guard.edges.feeders import MEMORY_HOLD
 from guard.edges.xmlstream import OversizedStanza, ParserLimits, serialise
 
 from . import wire
@@ -142,6 +143,7 @@ class Link:
         self.refused_by_peer = 0
         self.in_doubt = 0
         self.held = False  # this half's own side is congested: the link is not read
+        self.held_for_memory = False  # the guard's memory budget is spent: the link is read, its stanzas not taken
         self._deadline = None
         self._ticker = None
         self._ack_asked_at: float | None = None
@@ -153,7 +155,7 @@ class Link:
         self._charged = (None, 0)  # (connection, its bytes out already charged to the bearer's rate)
         self._bytes_in_seen = (None, 0)  # (connection, its bytes in at the last tick)
         self._held_ack_at = float("-inf")  # when a held half last told the peer its count
-        self._scheduled_held = 0  # bytes waiting in the schedule the owner counts as held (its memory budget)
+        self._counted_held = 0  # bytes in the buffer and the schedule the owner counts as held (its memory budget)
         self.profile_dropped = 0  # presence stripped or superseded under the constrained profile
         self.answered_too_late = 0  # IQs answered at once (they could not be answered across the bearer in time)
         self.expired = 0  # stanzas that waited past max_wait for the bearer
@@ -171,7 +173,10 @@ class Link:
             return
         data = self._serialised(parcel, parcel.stanza)
         if data is not None:
-            self._offered(Carried(retained(parcel), data))
+            try:
+                self._offered(Carried(retained(parcel), data))
+            finally:
+                self._count_held()
 
     def _serialised(self, parcel, element) -> bytes | None:
         """``element`` as the link writes it, or None once ``parcel`` is given up (too large, not writable)."""
@@ -204,6 +209,32 @@ class Link:
         if self.stream is not None:
             self.stream.resume_reading()
 
+    def hold_for_memory(self) -> None:
+        """The guard's memory budget is spent: take no new stanza from the peer (it keeps them), but go on
+        reading, so that its acknowledgements free what this link's buffer holds (part of that budget)."""
+        if not self.inbox.counting or self.held_for_memory:
+            return  # draining: nothing read is counted anyway
+        self.held_for_memory = True
+        self.inbox.stop_taking()
+        log.info("link: the memory budget is spent; taking no stanza from {peer}", peer=self.peer_name)
+
+    def release_for_memory(self) -> None:
+        """Take the peer's stanzas again.  If one was passed over on this connection, nothing after it on the same
+        connection can be counted: the connection is reset, and the peer resends from what this half counted."""
+        if not self.held_for_memory:
+            return
+        self.held_for_memory = False
+        self.inbox.take_again()
+        log.info("link: taking stanzas from {peer} again", peer=self.peer_name)
+        if self.inbox.passed_over and self.inbox.counting and self.stream is not None:
+            # Not from inside the stream's own callbacks (an acknowledgement may be what freed the budget).
+            self.clock.callLater(0, self._reset_passed_over, self.stream)
+
+    def _reset_passed_over(self, stream) -> None:
+        if stream is self.stream and self.inbox.passed_over and self.inbox.counting and not self.held_for_memory:
+            log.info("link: resetting the connection to {peer}: it resends what was not taken", peer=self.peer_name)
+            stream.close("reset", "stanzas were not taken while the memory budget was spent")
+
     def rejudge_unwritten(self, judge) -> None:
         """Pass every stanza never written through ``judge(carried)``: the bytes to carry instead, or None
         when the owner has settled it (bounced, dropped, referred).  Used when the policies change.
@@ -212,17 +243,20 @@ class Link:
         self.outbox.freeze()
         if self.schedule is not None:
             self._rejudge_scheduled(judge)
-        for carried in self.outbox.take_unwritten():
-            try:
-                data = judge(carried)
-            except Exception as problem:  # noqa: BLE001 - a judgement that fails lets nothing through
-                log.error("link: judging a waiting stanza again failed: {problem!r}", problem=problem)
-                self._give_up(carried.parcel, "internal-server-error", NOT_WRITABLE)
-                continue
-            if data is not None:
-                self._keep(Carried(carried.parcel, data))
-        if self.stream is not None and self.state_name == "up":
-            self._write_unsent()
+        try:
+            for carried in self.outbox.take_unwritten():
+                try:
+                    data = judge(carried)
+                except Exception as problem:  # noqa: BLE001 - a judgement that fails lets nothing through
+                    log.error("link: judging a waiting stanza again failed: {problem!r}", problem=problem)
+                    self._give_up(carried.parcel, "internal-server-error", NOT_WRITABLE)
+                    continue
+                if data is not None:
+                    self._keep(Carried(carried.parcel, data))
+            if self.stream is not None and self.state_name == "up":
+                self._write_unsent()
+        finally:
+            self._count_held()
 
     def _rejudge_scheduled(self, judge) -> None:
         """The constrained profile: every parcel waiting in the bearer schedule is judged again and offered again
@@ -231,7 +265,7 @@ class Link:
 
         limits = ParserLimits(stanza_bytes=self.stanza_bytes)
         items = self.schedule.take_all()  # everything it holds, to be offered again
-        self._count_scheduled()
+        self._count_held()
         for item in items:
             for parcel in item.parcels:
                 try:
@@ -256,9 +290,12 @@ class Link:
         """The half begins to stop: take nothing more from the peer, bounce what was never written,
         and ask the peer to acknowledge the rest while there is time."""
         self.inbox.stop_counting()
+        self.held_for_memory = False  # stopped counting covers it, and nothing is reset from now on
         if self.held:
             self.release()  # nothing read now is counted, so nothing piles up; acknowledgements can be read
-        for carried in self.outbox.take_unwritten():
+        unwritten = self.outbox.take_unwritten()
+        self._count_held()
+        for carried in unwritten:
             self._give_up(carried.parcel, "remote-server-timeout", LINK_STOPPING)
         self._give_up_scheduled("remote-server-timeout", LINK_STOPPING)
         if self.stream is not None and self.state_name == "up" and self.outbox.unacknowledged:
@@ -281,7 +318,8 @@ class Link:
             "unacknowledged": self.outbox.unacknowledged,
             "in_doubt": self.outbox.in_doubt,
             "buffer_bytes": self.outbox.bytes,
-            "held": self.held,
+            "held": self.held or self.held_for_memory,
+            "held_for_memory": self.held_for_memory,
             "received": self.inbox.received,
             "duplicates_dropped": self.inbox.duplicates,
             "connections": self.connections,
@@ -307,6 +345,7 @@ class Link:
             raise LinkFault("conflict", "this connection was replaced")
         self.inbox.resume(resume)
         settlement = self.outbox.resume_from(resume)
+        self._count_held()
         if settlement.delivered or not self.outbox.entries:
             self._progressed()
         self._settle(settlement.delivered)
@@ -346,6 +385,7 @@ class Link:
             raise LinkFault("conflict", "this connection was replaced")
         self._ack_asked_at = None
         settled = self.outbox.acknowledge(received)
+        self._count_held()
         if settled:
             self._progressed()
         self._settle(settled)
@@ -355,6 +395,7 @@ class Link:
         if stream is not self.stream:
             return
         settlement = self.outbox.refuse(sequence)
+        self._count_held()
         if settlement is None:
             log.warn("link: the peer refused stanza {n}, which is not one waiting for it", n=sequence)
             return
@@ -452,6 +493,7 @@ class Link:
         self._deadline = None
         unwritten = self.outbox.take_unwritten()
         self.outbox.freeze()
+        self._count_held()
         if unwritten or self.outbox.in_doubt:
             log.warn("link without progress for {t}s: bouncing {n} waiting stanzas; {d} written ones wait for "
                      "the peer's next resume", t=self.settings.down_deadline, n=len(unwritten), d=self.outbox.in_doubt)
@@ -466,6 +508,7 @@ class Link:
         if self._pacer is not None and self._pacer.active():
             self._pacer.cancel()
         settlement = self.outbox.take_all()
+        self._count_held()
         for carried in settlement.refused:
             self._give_up(carried.parcel, "remote-server-timeout", LINK_STOPPING)
         for carried in settlement.in_doubt:
@@ -578,14 +621,15 @@ class Link:
         try:
             return self._offer_to_schedule(parcel)
         finally:
-            self._count_scheduled()
+            self._count_held()
 
-    def _count_scheduled(self) -> None:
-        """Tell the owner how many bytes wait in the schedule now: they count in the guard's memory budget (past it,
-        no feeder is read), as what waits in an S2S queue does."""
-        if self.schedule is None:
-            return
-        change, self._scheduled_held = self.schedule.queued_bytes - self._scheduled_held, self.schedule.queued_bytes
+    def _count_held(self) -> None:
+        """Tell the owner how many bytes the link holds now: its retransmission buffer (until the peer acknowledges,
+        refuses or the link settles each stanza) and, under the constrained profile, the schedule (until written,
+        then in the buffer: each byte counted once).  They count in the guard's memory budget (past it, no feeder
+        is read), as what waits in an S2S queue does."""
+        holding = self.outbox.bytes + (self.schedule.queued_bytes if self.schedule is not None else 0)
+        change, self._counted_held = holding - self._counted_held, holding
         if change > 0 and hasattr(self.owner, "count_held"):
             self.owner.count_held(change)
         elif change < 0 and hasattr(self.owner, "count_freed"):
@@ -647,7 +691,7 @@ class Link:
         try:
             self._write_due()
         finally:
-            self._count_scheduled()
+            self._count_held()
 
     def _write_due(self) -> None:
         """Bounce what waited too long, write what the rate allows now, and set the pacer for the next time."""
@@ -713,7 +757,7 @@ class Link:
         if self.schedule is None:
             return
         items = self.schedule.take_all()
-        self._count_scheduled()
+        self._count_held()
         for item in items:
             for parcel in item.parcels:
                 self._give_up(parcel, condition, text)
@@ -859,9 +903,10 @@ class LinkCarrier:
 class LinkFeeder:
     """
     The pair link as the feeder of every (far domain, own domain) pair: it
-    is not read while it is held for any reason (a congested pair toward one
-    of this half's servers, or the memory budget), and is read again once
-    the last reason is released.
+    is not read while a pair toward one of this half's servers is congested,
+    and takes no stanza while the memory budget is spent (it is read then, for
+    the acknowledgements that free its own buffer); it takes stanzas again
+    once the last reason is released.
     """
 
     def __init__(self, link: Link, pairs):
@@ -871,11 +916,23 @@ class LinkFeeder:
 
     def hold(self, reason: str) -> None:
         self.reasons.add(reason)
-        self.link.hold()
+        self._apply()
 
     def release(self, reason: str) -> None:
         if reason not in self.reasons:
             return
         self.reasons.discard(reason)
-        if not self.reasons:
+        self._apply()
+
+    def _apply(self) -> None:
+        """A congested pair stops the link being read.  The memory budget alone does not: what the link's own buffer
+        holds is part of that budget, and only the peer's acknowledgements, read from the link, free it; so the link
+        is read and its stanzas are not taken (``Link.hold_for_memory``)."""
+        if MEMORY_HOLD in self.reasons:
+            self.link.hold_for_memory()
+        if self.reasons - {MEMORY_HOLD}:
+            self.link.hold()
+        elif self.link.held:
             self.link.release()
+        if MEMORY_HOLD not in self.reasons:
+            self.link.release_for_memory()

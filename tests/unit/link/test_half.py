@@ -9,7 +9,7 @@ from guard.core.addressing import check_addressing
 from guard.core.books import Books
 from guard.core.pipeline import Direction, Judgement
 from guard.core.topology import Topology
-from guard.edges.feeders import Feeders, congestion_reason
+from guard.edges.feeders import MEMORY_HOLD, Feeders, congestion_reason
 from guard.edges.limits import Limits
 from guard.edges.link.link import LinkSettings
 from guard.edges.relay import PolicyTable
@@ -220,6 +220,7 @@ def test_a_congested_own_server_stops_the_link_being_read_and_acknowledged():
     pair.flush()
     pair.clock.advance(1.0)
     pair.flush()
+    to_red = relay.links[("red", "blue.example", "red.example")]
     assert [parcel.stanza["id"] for parcel in to_red.queue] == ["j0", "j1", "j2"]
     assert pair.b.describe()["unacknowledged"] == 0 and pair.owner_b.of("delivered") == ["j0", "j1", "j2"]
 
@@ -414,3 +415,103 @@ def test_one_of_our_own_bounces_left_in_doubt_at_shutdown_is_audited_not_only_lo
     reply = reparse_stanza("<message from='juliet@blue.example' to='romeo@red.example/a' type='error' id='b1'/>")
     relay.link_in_doubt(RelayParcel(reply, None))
     assert audit.records == [("bounce-lost", "guard:bounce-lost", None)] and relay.bounces_lost == 1
+
+
+# -- the link's retransmission buffer counts in the memory budget -------------------
+
+
+class RecordingFeeder:
+    """An inbound stream from red's server: records each hold and release by reason."""
+
+    authenticated_pairs = {("red.example", "blue.example")}
+
+    def __init__(self):
+        self.events = []
+
+    def hold(self, reason):
+        self.events.append(("hold", reason))
+
+    def release(self, reason):
+        self.events.append(("release", reason))
+
+
+def half_a_over_budget(budget=1000):
+    """Half A with a small memory budget, joined to a half B that does not read (so never acknowledges), and
+    Romeo's stream on red sending until the link's buffer alone holds more than the budget."""
+    relay, audit, pair, red = half_a_joined(limits=Limits(outbound_queue=100, memory_budget_bytes=budget))
+    romeo = RecordingFeeder()
+    red.inbound_streams.add(romeo)
+    pair.connect()
+    pair.b.hold()
+    for number in range(15):
+        from_romeo(relay, red, number)
+    pair.flush()
+    return relay, pair, romeo
+
+
+def test_the_links_unacknowledged_stanzas_count_in_the_memory_budget_and_hold_the_feeders():
+    """A far half that never acknowledges: what the link keeps for it counts as held, so at memory_budget_bytes
+    Romeo's stream is held (before, the guard held the budget plus the whole link buffer)."""
+    relay, pair, romeo = half_a_over_budget()
+    assert pair.a.describe()["unacknowledged"] == 15
+    assert relay.held.held == pair.a.outbox.bytes > 1000
+    assert set(romeo.events) == {("hold", MEMORY_HOLD)}  # held again for each stanza still arriving (idempotent)
+
+
+def test_what_the_peer_acknowledges_is_freed_from_the_memory_budget():
+    """Half B reads again and acknowledges: the bytes are freed, and Romeo's stream is read again."""
+    relay, pair, romeo = half_a_over_budget()
+    pair.b.release()
+    pair.flush()
+    pair.clock.advance(1.0)  # half A's ticker asks for an acknowledgement
+    pair.flush()
+    assert pair.a.describe()["unacknowledged"] == 0 and relay.books.delivered == 15
+    assert relay.held.held == 0 and romeo.events[-1] == ("release", MEMORY_HOLD)
+
+
+def test_what_the_link_gives_up_or_settles_when_stopping_is_freed_from_the_memory_budget():
+    """The link is never up: past its down deadline what it kept bounces, and its bytes are no longer held (only
+    the bounces waiting for red's server are); stopping settles the rest and frees it too."""
+    relay, _, pair, red = half_a_joined(LinkSettings(down_deadline=10.0), limits=Limits(outbound_queue=100))
+    for number in range(3):
+        from_romeo(relay, red, number)
+    assert relay.held.held == pair.a.outbox.bytes > 0
+    pair.clock.advance(11.0)
+    to_red = relay.links[("red", "blue.example", "red.example")]  # the bounces wait for red's server
+    assert pair.a.outbox.bytes == 0 and relay.books.bounced == 3
+    assert relay.held.held == to_red.queued_bytes
+    relay, _, pair, red = half_a_joined(limits=Limits(outbound_queue=100))
+    pair.connect()
+    pair.b.hold()
+    from_romeo(relay, red, 1)
+    pair.flush()
+    assert relay.held.held == pair.a.outbox.bytes > 0
+    pair.a.stop()
+    assert relay.held.held == 0 and relay.books.dropped == 1  # written, never acknowledged: in doubt, audited
+
+
+def test_over_the_budget_the_link_still_reads_acknowledgements_and_takes_the_peers_stanzas_only_after():
+    """Both ways busy: half A is over its budget with what half B has not acknowledged, and half B sends too.
+    Half A reads on (else B's acknowledgements, behind B's stanzas, could never free it) but takes none of
+    B's stanzas; once B's acknowledgement frees the budget the connection is reset and B resends them:
+    each reaches red once, in order."""
+    relay, pair, romeo = half_a_over_budget()
+    for number in range(3):
+        from_juliet(pair, number)
+    pair.flush()
+    assert ("red", "blue.example", "red.example") not in relay.links and relay.books.accepted == 15
+    assert pair.a.describe()["held_for_memory"] is True
+    pair.b.release()
+    pair.flush()
+    pair.clock.advance(1.0)  # each half asks for an acknowledgement; A's answer does not count B's stanzas
+    pair.flush()
+    assert relay.held.held == 0 and romeo.events[-1] == ("release", MEMORY_HOLD)
+    pair.clock.advance(0)  # the reset, outside the stream's own callbacks
+    pair.flush()
+    assert pair.streams[0].closing
+    pair.connect()
+    pair.clock.advance(1.0)
+    pair.flush()
+    to_red = relay.links[("red", "blue.example", "red.example")]
+    assert [parcel.stanza["id"] for parcel in to_red.queue] == ["j0", "j1", "j2"]
+    assert pair.owner_b.of("delivered") == ["j0", "j1", "j2"] and relay.books.accepted == 18
