@@ -69,6 +69,7 @@ from guard.edges.handover import (
     WorkerChannels,
     frame,
     hello_frame,
+    policy_revision,
     read_hello,
     routed,
     routed_frame_bound,
@@ -375,12 +376,27 @@ def join_handover(guard) -> WorkerChannels | None:
     except OSError:
         return None
     index, count = read_hello(fd)
-    channels = WorkerChannels(index, count, guard.relay, guard.config.limits.stanza_bytes)
+    # Each frame names the revision of the policies it was judged under; the pinned worker judges again on another.
+    channels = WorkerChannels(index, count, guard.relay, guard.config.limits.stanza_bytes,
+                              revision=revision_in_force(guard))
     guard.reactor.adoptStreamConnection(fd, socket.AF_UNIX, _Once(channels))
     os.close(fd)
     guard.relay.carrier_for_pair = channels.carrier_for_pair
     log.info("worker {index} of {count}: pairs pinned to other workers are handed over", index=index, count=count)
     return channels
+
+
+def revision_in_force(guard):
+    """``revision()``: the revision of ``guard``'s policies in force (``policy_revision``), worked out once per load."""
+    known = [None, ""]
+
+    def revision() -> str:
+        records = guard.policy_records
+        if known[0] is not records:
+            known[:] = [records, policy_revision(records)]
+        return known[1]
+
+    return revision
 
 
 class WorkerProcess(protocol.ProcessProtocol):

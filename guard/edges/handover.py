@@ -8,9 +8,16 @@ worker that accepted a stanza judges it and settles it in its own books; when
 the pair is pinned elsewhere its relay hands the parcel to a
 ``HandoverCarrier`` (an ``ICarrier``) that writes it as a frame on a channel
 to the pinned worker.  There a ``HandoverReceiver`` gives it to the S2S
-carrier of the pair, as that carrier's owner (judged once: it is not judged
-again), and reports back ``delivered`` or ``undeliverable``; the accepting
-worker then settles it.
+carrier of the pair, as that carrier's owner, and reports back
+``delivered``, ``undeliverable`` or ``dropped``; the accepting worker then
+settles it.
+
+Each frame names the policy revision it was judged under (``revision``: the
+digests of the policies in force, the same in every worker that loaded the
+same files).  Before the pinned worker writes a parcel it judges it again
+with its own policy in force if that revision is not its own, or if it
+reloaded while the parcel waited: workers reload one by one, and a stanza
+never leaves under a policy the worker writing it no longer holds.
 
 Frames are ``length (4 bytes, big-endian) | kind (1 byte) | body``, each at
 most ``stanza_bytes + ENVELOPE_BYTES``; anything else ends the channel.
@@ -24,12 +31,15 @@ from __future__ import annotations
 
 import hashlib
 import struct
+from dataclasses import replace
 
 from twisted.internet import protocol
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from guard.core.accepted import accepted_from_element
 from guard.core.bounce import peer_detail
+from guard.core.pipeline import Direction, Verdict, judge_fail_closed
 from guard.core.settlement import Parcel
 from guard.core.vocabulary import SERVER_NS, STANZA_ERROR_CONDITIONS, STREAMS_NS
 from guard.edges.carriers import ICarrier, ICarrierOwner
@@ -48,7 +58,8 @@ DELIVERED = 2  # pinned -> accepting: number
 UNDELIVERABLE = 3  # pinned -> accepting: number, condition, detail (the far server's words: audit only)
 HOLD = 4  # pinned -> accepting: sender, receiver (the pair's S2S carrier is congested)
 RELEASE = 5  # pinned -> accepting: sender, receiver
-KINDS = frozenset({CARRY, DELIVERED, UNDELIVERABLE, HOLD, RELEASE})
+DROPPED = 6  # pinned -> accepting: number, rule id (judged again by the pinned worker's policy, not passed)
+KINDS = frozenset({CARRY, DELIVERED, UNDELIVERABLE, HOLD, RELEASE, DROPPED})
 
 _HEAD = struct.Struct(">IB")
 _NUMBER = struct.Struct(">Q")
@@ -58,6 +69,7 @@ _CARRY_HEAD = struct.Struct(">QBI")
 CHANNEL_DOWN = "the worker this domain pair is pinned to cannot be reached"
 CHANNEL_FULL = "the worker this domain pair is pinned to has too much waiting"
 IN_DOUBT_TEXT = "handed to another worker, which stopped before it confirmed the stanza"
+JUDGED_AGAIN_TEXT = "judged again by the worker carrying it, whose policies were reloaded"
 HANDOVER_IN_DOUBT_RULE = "guard:handover-in-doubt"
 # The stream header the receiving parser is fed once, so that each frame's stanza parses as a stream child.
 _RECEIVING_HEADER = (f"<stream:stream xmlns='{SERVER_NS}' xmlns:stream='{STREAMS_NS}' version='1.0'>").encode()
@@ -81,11 +93,23 @@ def _fields(*texts: str) -> bytes:
     return b"\0".join(text.encode("utf-8") for text in texts)
 
 
-def carry_frame(number: int, parcel, side: str, pair: tuple[str, str], stanza_bytes: int) -> bytes:
-    """A CARRY frame for ``parcel`` (raises OversizedStanza when its stanza is larger than ``stanza_bytes``)."""
+def carry_frame(number: int, parcel, side: str, pair: tuple[str, str], stanza_bytes: int, revision: str = "") -> bytes:
+    """A CARRY frame for ``parcel`` judged under policy ``revision`` (raises OversizedStanza when its stanza is
+    larger than ``stanza_bytes``)."""
     xml = serialise(parcel.stanza, max_bytes=stanza_bytes).encode("utf-8")
     head = _CARRY_HEAD.pack(number, 1 if parcel.original is None else 0, parcel.size)
-    return frame(CARRY, head + _fields(side, *pair) + b"\0" + xml)
+    return frame(CARRY, head + _fields(side, *pair, revision) + b"\0" + xml)
+
+
+def policy_revision(policy_records) -> str:
+    """The revision of the policies in force, as every worker that loaded the same files names it: a digest of
+    each policy file's digest by direction (``GuardProcess.policy_records``)."""
+    text = "\n".join(sorted(f"{record['direction']}={record['digest']}" for record in policy_records))
+    return hashlib.blake2b(text.encode("utf-8"), digest_size=12).hexdigest()
+
+
+def _no_revision() -> str:
+    return ""
 
 
 def number_frame(kind: int, number: int, *texts: str) -> bytes:
@@ -148,10 +172,13 @@ class HandoverCarrier(protocol.Protocol):
     written and never confirmed when the channel ends.
     """
 
-    def __init__(self, owner, stanza_bytes: int, in_doubt, unconfirmed_bound: int = UNCONFIRMED_BOUND):
+    def __init__(self, owner, stanza_bytes: int, in_doubt, unconfirmed_bound: int = UNCONFIRMED_BOUND,
+                 revision=_no_revision):
+        """``revision()``: the revision of the policies in force in this worker (``policy_revision``)."""
         self.owner = owner
         self.stanza_bytes = stanza_bytes
         self.in_doubt = in_doubt
+        self.revision = revision
         self.unconfirmed_bound = unconfirmed_bound
         self.reader = FrameReader(self.stanza_bytes + ENVELOPE_BYTES)
         self.pairs: set = set()
@@ -162,7 +189,8 @@ class HandoverCarrier(protocol.Protocol):
         self.stopped = False
         self.holding = False
         self.pair_holds: dict[tuple[str, str], _PairHold] = {}
-        self.counts = {"carried": 0, "delivered": 0, "undeliverable": 0, "in_doubt": 0, "bounced_down": 0}
+        self.counts = {"carried": 0, "delivered": 0, "undeliverable": 0, "in_doubt": 0, "bounced_down": 0,
+                       "dropped": 0}
 
     @property
     def hold_reason(self) -> str:
@@ -187,7 +215,7 @@ class HandoverCarrier(protocol.Protocol):
             return
         number, self.next_number = self.next_number, self.next_number + 1
         try:
-            data = carry_frame(number, parcel, side_name, pair, self.stanza_bytes)
+            data = carry_frame(number, parcel, side_name, pair, self.stanza_bytes, self.revision())
         except Exception as problem:  # noqa: BLE001 - a stanza that cannot be framed is not delivered
             log.error("could not hand a stanza over: {problem!r}", problem=problem)
             self.owner.undeliverable(parcel, "internal-server-error", "the stanza could not be sent")
@@ -256,13 +284,18 @@ class HandoverCarrier(protocol.Protocol):
             reason = f"the worker carrying {pair[0]}->{pair[1]} is congested"
             (self.owner.congested if kind == HOLD else self.owner.decongested)(hold, reason)
             return
-        if kind not in (DELIVERED, UNDELIVERABLE) or len(body) < _NUMBER.size:
+        if kind not in (DELIVERED, UNDELIVERABLE, DROPPED) or len(body) < _NUMBER.size:
             raise FrameFault(f"a frame of kind {kind} from the pinned worker")
         (number,) = _NUMBER.unpack_from(body)
         parcel = self._confirm(number)
         if kind == DELIVERED:
             self.counts["delivered"] += 1
             self.owner.delivered(parcel)
+            return
+        if kind == DROPPED:
+            (rule_id,) = _texts(body[_NUMBER.size:], 1)
+            self.counts["dropped"] += 1
+            dropped_settler(self.owner)(parcel, rule_id[:200])
             return
         condition, detail = _texts(body[_NUMBER.size:], 2)
         if condition not in STANZA_ERROR_CONDITIONS:
@@ -340,16 +373,19 @@ class HandoverReceiver(protocol.Protocol):
     this worker's: the bytes waiting in the S2S queue count in its budget.
     """
 
-    def __init__(self, relay, carrier_for, stanza_bytes: int, parser_limits=None):
+    def __init__(self, relay, carrier_for, stanza_bytes: int, parser_limits=None, revision=_no_revision):
+        """``revision()``: the revision of the policies in force in this worker (``policy_revision``)."""
         self.relay = relay
         self.carrier_for = carrier_for
+        self.revision = revision
         self.reader = FrameReader(stanza_bytes + ENVELOPE_BYTES)
         self.parsed = []
         self._parser_kwargs = {"limits": parser_limits} if parser_limits is not None else {}
         self.parser = StreamParser(lambda header: None, lambda element, size: self.parsed.append(element),
                                    lambda: None, **self._parser_kwargs)
         self.parser.feed(_RECEIVING_HEADER)
-        self.numbers: dict[int, tuple[int, Parcel]] = {}  # id(parcel) -> (number, parcel)
+        # id(parcel) -> (number, parcel, its side, whether it must be judged again here, this worker's generation then)
+        self.numbers: dict[int, tuple] = {}
 
     def dataReceived(self, data):
         try:
@@ -365,7 +401,7 @@ class HandoverReceiver(protocol.Protocol):
         if len(body) < _CARRY_HEAD.size:
             raise FrameFault("a short CARRY frame")
         number, own_bounce, size = _CARRY_HEAD.unpack_from(body)
-        side, sender, receiver, xml = _texts(body[_CARRY_HEAD.size:], 4)
+        side, sender, receiver, revision, xml = _texts(body[_CARRY_HEAD.size:], 5)
         self.parsed.clear()
         self.parser.feed(xml.encode("utf-8"))
         if len(self.parsed) != 1:
@@ -376,13 +412,53 @@ class HandoverReceiver(protocol.Protocol):
             carrier = self.carrier_for(side, (sender, receiver), self)
         except KeyError:
             raise FrameFault("a CARRY frame for a side or pair this worker does not carry") from None
-        self.numbers[id(parcel)] = (number, parcel)
+        self.numbers[id(parcel)] = (number, parcel, side, revision != self.revision(), self.relay.policies.generation)
         carrier.carry(parcel)
 
     def _number(self, parcel):
         """The accepting worker's number for ``parcel``, or None when that worker is gone since it was handed over."""
         entry = self.numbers.pop(id(parcel), None)
         return None if entry is None else entry[0]
+
+    def judged_again(self, parcel):
+        """
+        ``parcel`` as it may leave now.  Judged by the accepting worker under
+        the revision its frame names: if that is not this worker's, or this
+        worker reloaded while it waited, this worker's policy in force judges
+        what would leave again; a pass leaves as that policy builds it, a
+        bounce is reported undeliverable with its condition, anything else
+        (drop, refer: the authority is asked where the stanza was accepted,
+        which settled it already) is reported dropped under the rule.  Our
+        own bounces are not judged.
+        """
+        entry = self.numbers.get(id(parcel))
+        if entry is None or parcel.original is None:
+            return parcel
+        number, _, side, other_revision, generation = entry
+        if not other_revision and generation == self.relay.policies.generation:
+            return parcel
+        direction = Direction(self.relay.topology.far_side(side), side)
+        judgement, problem = judge_fail_closed(self.relay.policies.current(direction), parcel.stanza, direction,
+                                               accepted_from_element(parcel.stanza, direction, parcel.size))
+        if problem is not None:
+            log.error("policy for {direction} failed on a handed-over stanza: {problem!r}",
+                      direction=str(direction), problem=problem)
+        if judgement.verdict is Verdict.PASS:
+            renewed = replace(parcel, stanza=judgement.stanza)
+            del self.numbers[id(parcel)]
+            self.numbers[id(renewed)] = (number, renewed, side, False, self.relay.policies.generation)
+            return renewed
+        log.info("a handed-over stanza judged again after a reload: {verdict} by {rule}",
+                 verdict=judgement.verdict.name, rule=judgement.rule_id)
+        self._number(parcel)
+        if number is None:
+            return None
+        if judgement.verdict is Verdict.BOUNCE:
+            condition = judgement.condition if judgement.condition in STANZA_ERROR_CONDITIONS else "policy-violation"
+            self._send(number_frame(UNDELIVERABLE, number, condition, JUDGED_AGAIN_TEXT))
+        else:
+            self._send(number_frame(DROPPED, number, judgement.rule_id))
+        return None
 
     def handed_over(self, parcel) -> bool:
         """Whether ``parcel`` came over this channel and is not reported yet (in this life of the peer or an earlier one)."""
@@ -394,7 +470,7 @@ class HandoverReceiver(protocol.Protocol):
 
     def accepting_worker_gone(self):
         """The accepting worker died (its parcels are in doubt there): what we still carry for it is not confirmed."""
-        self.numbers = {key: (None, parcel) for key, (_, parcel) in self.numbers.items()}
+        self.numbers = {key: (None, *rest) for key, (_, *rest) in self.numbers.items()}
         self.reader = FrameReader(self.reader.max_frame)
         self.parsed = []
         self.parser = StreamParser(lambda header: None, lambda element, size: self.parsed.append(element),
@@ -421,14 +497,22 @@ class HandoverReceiver(protocol.Protocol):
         for pair in carrier.pairs:
             self._send(frame(RELEASE, _fields(*pair)))
 
-    def judged_again(self, parcel):
-        return parcel  # judged where it was accepted; that worker judges it again after a reload before handing over
-
     def count_held(self, amount):
         self.relay.count_held(amount)
 
     def count_freed(self, amount):
         self.relay.count_freed(amount)
+
+
+def dropped_settler(relay):
+    """What settles a parcel the pinned worker judged again and did not pass (``DROPPED``), in ``relay``'s books:
+    dropped under the rule that judged it there (audited)."""
+
+    def settle(parcel, rule_id):
+        relay.settlement.drop(parcel.ticket, rule_id, 1, JUDGED_AGAIN_TEXT, stanza=parcel.original,
+                              direction=parcel.ticket.direction)
+
+    return settle
 
 
 def in_doubt_settler(relay):
@@ -517,7 +601,7 @@ class WorkerChannels(protocol.Protocol):
     makes the S2S carrier a received pair leaves on.
     """
 
-    def __init__(self, index: int, count: int, relay, stanza_bytes: int):
+    def __init__(self, index: int, count: int, relay, stanza_bytes: int, revision=_no_revision):
         self.index = index
         self.count = count
         self.relay = relay
@@ -528,8 +612,9 @@ class WorkerChannels(protocol.Protocol):
         for peer in range(count):
             if peer == index:
                 continue
-            self.carriers[peer] = HandoverCarrier(relay, stanza_bytes, in_doubt_settler(relay))
-            self.receivers[peer] = HandoverReceiver(relay, self._received_pair_carrier, stanza_bytes)
+            self.carriers[peer] = HandoverCarrier(relay, stanza_bytes, in_doubt_settler(relay), revision=revision)
+            self.receivers[peer] = HandoverReceiver(relay, self._received_pair_carrier, stanza_bytes,
+                                                    revision=revision)
         self.pinned_owner = PinnedPairOwner(relay, self.receivers)
 
     def carrier_for_pair(self, side_name, pair):
@@ -652,7 +737,7 @@ class PinnedPairOwner:
 
     def judged_again(self, parcel):
         receiver = self._receiver_of(parcel)
-        return parcel if receiver is not None else self.relay.judged_again(parcel)
+        return receiver.judged_again(parcel) if receiver is not None else self.relay.judged_again(parcel)
 
     def count_held(self, amount):
         self.relay.count_held(amount)

@@ -370,3 +370,83 @@ def test_a_worker_that_sends_the_supervisor_a_frame_it_does_not_route_loses_its_
     assert one.transport.disconnecting
     one.connectionLost()
     assert set(router.lines) == {0} and zero.transport.value() == frame(PEER_DOWN, bytes([1]))
+
+
+# -- a reload while a stanza is handed over ----------------------------------------------------
+
+
+class Stricter:
+    """The policy after the reload: what says "secret" is bounced, what says "quiet" is dropped, the rest passes
+    with its body replaced (so that a test sees which policy built what left)."""
+
+    def judge(self, stanza, direction):
+        from guard.core.pipeline import Judgement
+
+        body = str(stanza.body) if stanza.body else ""
+        if body == "secret":
+            return Judgement.bounced(stanza, "no-secrets", "not-acceptable")
+        if body == "quiet":
+            return Judgement.dropped(stanza, "no-quiet", 3)
+        rebuilt = parse(f"<message from='{stanza['from']}' to='{stanza['to']}' id='{stanza['id']}'>"
+                        f"<body>judged by the new policy</body></message>")
+        return Judgement.passed(rebuilt, "rest-v2")
+
+
+def reload_worker(world):
+    """One worker's SIGHUP: its policies are swapped for Stricter (a new generation)."""
+    from .test_relay import BLUE_TO_RED, RED_TO_BLUE
+
+    for direction in (RED_TO_BLUE, BLUE_TO_RED):
+        world.relay.policies.swap(direction, Stricter())
+
+
+def test_a_stanza_waiting_on_the_pinned_worker_across_a_reload_is_judged_again_there():
+    """Judged on A under the old policy and waiting in B's queue while both reload: B's new policy judges what
+    would leave (before, it left under the old verdict); a bounce and a drop are settled on A, audited, once."""
+    workers = Workers()
+    for number, body in enumerate(("hello", "secret", "quiet")):
+        workers.a.arrive(MESSAGE.format(id=f"m{number}", body=body))
+    workers.pump.flush()
+    reload_worker(workers.a)
+    reload_worker(workers.b)
+    workers.b.ready("blue", *PAIR)
+    workers.pump.flush()
+    assert [entry[2] for entry in workers.b.sent()] == [
+        '<message from="romeo@red.example/a" to="juliet@blue.example" id="m0"><body>judged by the new policy</body>'
+        '</message>']
+    assert (workers.a.books.delivered, workers.a.books.bounced, workers.a.books.dropped,
+            workers.a.books.in_flight) == (1, 1, 1, 0)
+    assert [record[1] for record in workers.a.audit.records if record[0] == "drop"] == ["no-quiet"]
+    assert workers.b.books.accepted == 0 and workers.b.relay.held.held == 0  # (A holds the bounce to red)
+
+
+def test_a_stanza_handed_over_after_the_pinned_worker_reloaded_is_judged_again_there():
+    """B reloaded first (SIGHUP reaches workers one by one): A, still under the old revision, hands over a stanza
+    its new policy bounces; B sees the other revision in the frame and judges it again, and A bounces it."""
+    workers = Workers()
+    revisions = {"a": "r1", "b": "r2"}
+    workers.channel.revision = lambda: revisions["a"]
+    workers.receiver.revision = lambda: revisions["b"]
+    reload_worker(workers.b)
+    workers.a.arrive(MESSAGE.format(id="m1", body="secret"))
+    workers.pump.flush()
+    workers.b.ready("blue", *PAIR)
+    workers.pump.flush()
+    assert workers.b.sent() == []
+    assert (workers.a.books.bounced, workers.a.books.in_flight) == (1, 0)
+    revisions["a"] = "r2"  # A reloaded too: the same revision, not judged again
+    reload_worker(workers.a)
+    workers.a.arrive(MESSAGE.format(id="m2", body="hello"))
+    workers.pump.flush()
+    assert [entry[2] for entry in workers.b.sent()] == [
+        '<message from="romeo@red.example/a" to="juliet@blue.example" id="m2"><body>judged by the new policy</body>'
+        '</message>']
+
+
+def test_the_policy_revision_is_the_same_for_the_same_files_and_changes_with_one():
+    """Two workers that loaded the same files name the same revision, in any order; another digest changes it."""
+    from guard.edges.handover import policy_revision
+
+    records = [{"direction": "red->blue", "digest": "aa"}, {"direction": "blue->red", "digest": "bb"}]
+    assert policy_revision(records) == policy_revision(list(reversed(records)))
+    assert policy_revision(records) != policy_revision([records[0], {"direction": "blue->red", "digest": "cc"}])
