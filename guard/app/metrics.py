@@ -187,6 +187,11 @@ class _GuardCollector:
         records = getattr(process.audit, "records", None)
         if isinstance(records, int):
             yield CounterMetricFamily(PREFIX + "audit_records", "Records written to the audit trail.", value=records)
+        failures = getattr(process.audit, "write_failures", None)
+        if isinstance(failures, int):
+            yield CounterMetricFamily(PREFIX + "audit_write_failures",
+                                      "Audit records that could not be written (with audit_failure = \"continue\" "
+                                      "the guard relays on; with \"stop\" it halts at the first).", value=failures)
 
     @staticmethod
     def _books(process):

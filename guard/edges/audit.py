@@ -94,6 +94,8 @@ MIN_ROTATE_BYTES = 2 * MAX_RECORD_BYTES
 ROTATED_DIGITS = 8
 JOURNAL_SOCKET = "/run/systemd/journal/socket"
 SYSLOG_IDENTIFIER = "xmpp-guard-audit"
+# Seconds between two log lines about audit records that could not be written (each one is counted).
+FAILURE_LOG_INTERVAL = 60.0
 
 
 def line_hash(line: bytes) -> str:
@@ -255,6 +257,7 @@ class AuditLog:
         self._started = False
         self.records = 0
         self.copies_lost = 0
+        self.write_failures = 0  # records that could not be written (with audit_failure = "continue" relaying goes on)
         self.head = ChainHead(0, GENESIS)
         if path is not None:
             self.head = trail_head(path)
@@ -272,7 +275,20 @@ class AuditLog:
         """Whether every decision is recorded, the stanzas let through too."""
         return self.level == "all"
 
+    @property
+    def clock(self):
+        """What gives the time of each record (epoch seconds)."""
+        return self._clock
+
     def record(self, event: str, **fields) -> None:
+        """Write one record; AuditUnavailable (counted in ``write_failures``) when it cannot be written."""
+        try:
+            self._record(event, fields)
+        except AuditUnavailable:
+            self.write_failures += 1
+            raise
+
+    def _record(self, event: str, fields: dict) -> None:
         if self._closed:
             raise AuditUnavailable(f"{self.path or 'the audit trail'}: closed")
         if self.path is not None:
@@ -432,8 +448,12 @@ class AuditObserver(SettlementObserver):
     the core, never written to the trail).
     """
 
-    def __init__(self, trail):
+    def __init__(self, trail, clock=None):
+        """``clock``: seconds, for spacing the log of write failures (by default the trail's)."""
         self.trail = trail
+        self._clock = clock or getattr(trail, "clock", None) or time.monotonic
+        self._failure_logged_at: float | None = None
+        self._failures_not_logged = 0
 
     def stanza_passed(self, event):
         if not getattr(self.trail, "records_passes", False) and not event.notes:
@@ -480,5 +500,17 @@ class AuditObserver(SettlementObserver):
                 **extra,
             )
         except AuditUnavailable as problem:
-            log.critical("AUDIT TRAIL UNAVAILABLE: {problem}", problem=str(problem))
+            self._log_failure(problem)
             raise RecordUnavailable(f"audit trail unavailable: {problem}") from problem
+
+    def _log_failure(self, problem) -> None:
+        """Log a record that could not be written: the first at once, then at most one line per
+        FAILURE_LOG_INTERVAL saying how many more failed (with audit_failure = "continue" each stanza may fail)."""
+        now = self._clock()
+        if self._failure_logged_at is not None and now - self._failure_logged_at < FAILURE_LOG_INTERVAL:
+            self._failures_not_logged += 1
+            return
+        more, self._failures_not_logged = self._failures_not_logged, 0
+        self._failure_logged_at = now
+        log.critical("AUDIT TRAIL UNAVAILABLE: {problem} ({more} more records not written since the last report)",
+                     problem=str(problem), more=more)

@@ -114,3 +114,28 @@ def test_a_record_the_trail_cannot_write_is_unavailable_to_the_settlement():
     stanza = reparse_stanza("<message from='romeo@red.example/a' to='juliet@blue.example' id='m1'/>")
     with pytest.raises(RecordUnavailable, match="^audit trail unavailable: the audit trail: closed$"):
         AuditObserver(trail).stanza_dropped(SettlementEvent("drop", stanza, "r"))
+
+
+def test_records_that_cannot_be_written_are_counted_and_logged_at_most_once_a_minute():
+    """With audit_failure = "continue" every refusal may fail to be recorded: each failure counts in the trail's
+    write_failures, the first is logged at once, later ones in one line per FAILURE_LOG_INTERVAL with their number."""
+    from twisted.internet.task import Clock
+    from twisted.logger import capturedLogs
+
+    from guard.core.settlement import RecordUnavailable, SettlementEvent
+    from guard.edges.audit import FAILURE_LOG_INTERVAL, AuditObserver
+    from guard.edges.release import reparse_stanza
+
+    trail = AuditLog(None)
+    trail.record("drop", rule="written")
+    trail.close()
+    clock = Clock()
+    observer = AuditObserver(trail, clock=clock.seconds)
+    stanza = reparse_stanza("<message from='romeo@red.example/a' to='juliet@blue.example' id='m1'/>")
+    with capturedLogs() as events:
+        for step in (0.0, 1.0, 1.0, FAILURE_LOG_INTERVAL):
+            clock.advance(step)
+            with pytest.raises(RecordUnavailable):
+                observer.stanza_dropped(SettlementEvent("drop", stanza, "r"))
+    logged = [event.get("more") for event in events if "AUDIT TRAIL UNAVAILABLE" in event.get("log_format", "")]
+    assert (trail.records, trail.write_failures, logged) == (1, 4, [0, 2])

@@ -206,6 +206,27 @@ def test_the_status_page_shows_the_snapshot():
         assert expected in page, expected
 
 
+def test_audit_records_not_written_are_shown_with_the_failure_mode():
+    """A trail that failed to write (relaying went on, audit_failure = "continue") is a warning on the status page
+    with the count; none is shown while every record was written."""
+    assert b"audit-write-failures" not in Harness().get("/", BEARER)[2]
+    snapshot = {**a_snapshot(), "audit": {"write_failures": 7, "failure_mode": "continue"}}
+    page = Harness(snapshot=snapshot).get("/", BEARER)[2].decode()
+    assert ('<p class="warning" id="audit-write-failures">audit records not written: 7 (audit_failure = continue)</p>'
+            in page)
+
+
+def test_the_page_reads_the_audit_failures_of_the_process():
+    """What the page is given of a process: its trail's write_failures and the configured failure mode."""
+    from types import SimpleNamespace
+
+    from guard.app.management import audit_status
+
+    process = SimpleNamespace(audit=SimpleNamespace(write_failures=3),
+                              config=SimpleNamespace(audit_failure="continue"))
+    assert audit_status(process) == {"write_failures": 3, "failure_mode": "continue"}
+
+
 def test_what_a_peer_controls_is_escaped():
     """A domain, a certificate subject and a refusal's addresses with markup in them come out as text."""
     refusal = {"time": 1_700_000_000, "event": "drop", "rule": HOSTILE, "direction": "red->blue",

@@ -536,3 +536,18 @@ def test_stanza_rates_are_per_second_over_the_last_seconds_from_the_same_counter
     assert service.metrics.stanza_rates() == {("red->blue", "passed"): 2.5}  # 5 since the first sample, 2 s ago
     clock.advance(20.0)
     assert service.metrics.stanza_rates() == {("red->blue", "passed"): 0.0}
+
+
+def test_audit_records_that_cannot_be_written_in_continue_mode_are_counted_in_the_scrape(tmp_path):
+    """audit_failure = "continue" and a trail that cannot be written: the bounce is still made, relaying goes on,
+    and xmpp_guard_audit_write_failures_total counts the record that was lost."""
+    service, _ = lab_service(tmp_path)
+    assert samples(service.metrics.registry)[("xmpp_guard_audit_write_failures_total", ())] == 0
+    service.relay.settlement.stop_on_audit_failure = False  # what [guard] audit_failure = "continue" sets
+    service.audit.close()
+    relay_message(service)
+    carrier = service.relay.links[("blue", "red.example", "blue.example")]
+    carrier.stream_failed(carrier.stream, "remote-server-not-found", "refused")
+    seen = samples(service.metrics.registry)
+    assert seen[("xmpp_guard_audit_write_failures_total", ())] == 1
+    assert (seen[("xmpp_guard_relaying_halted", ())], seen[("xmpp_guard_books_bounced_total", ())]) == (0, 1)

@@ -32,7 +32,7 @@ def management_page(process, snapshot_of) -> ManagementPage:
                               reload=process.reload_policies, refusal=ConfigError)
     return ManagementPage(
         Access(read_token(config.token_file) if config.token_file is not None else None, clock),
-        snapshot_of=lambda: snapshot_of(process),
+        snapshot_of=lambda: {**snapshot_of(process), "audit": audit_status(process)},
         counts_of=lambda: process_stanza_counts(process),
         refusals_of=lambda: recent_refusals(process.config.audit_path),
         clock=clock,
@@ -40,6 +40,12 @@ def management_page(process, snapshot_of) -> ManagementPage:
         tls=config.tls,
         client_certificates=config.client_ca is not None,
     )
+
+
+def audit_status(process) -> dict:
+    """What the page says of the audit trail: records that could not be written, and what the guard does then."""
+    return {"write_failures": getattr(process.audit, "write_failures", 0),
+            "failure_mode": process.config.audit_failure}
 
 
 def tls_options(certificate: str, key: str, client_ca: str | None = None):

@@ -97,12 +97,22 @@ def service_section(snapshot: dict) -> str:
         f"{text(service.get('name'))} {text(service.get('version'))}, "
         f"up {text(duration(service.get('uptime')))} (since {text(moment(service.get('started')))})</p>"
         + (f'<p class="warning">halted: {text(reason)}</p>' if reason else "")
+        + audit_failures(snapshot.get("audit") or {})
         + "<h3>Books</h3>"
         + table(("accepted", "delivered", "bounced", "dropped", "in flight"),
                 [[text(books.get(name)) for name in ("accepted", "delivered", "bounced", "dropped", "in_flight")]],
                 "no books")
         + "</section>"
     )
+
+
+def audit_failures(audit: dict) -> str:
+    """A warning when audit records could not be written (relaying went on if the failure mode is "continue")."""
+    failures = audit.get("write_failures") or 0
+    if not failures:
+        return ""
+    return (f'<p class="warning" id="audit-write-failures">audit records not written: {text(failures)} '
+            f"(audit_failure = {text(audit.get('failure_mode'))})</p>")
 
 
 def peers_section(snapshot: dict, now: float) -> str:
