@@ -9,6 +9,8 @@ registry, never from the streams directly.
   status (up, halted when relaying stopped, congested under back-pressure),
   last change, inbound and outbound associations now, and (from the
   metrics' stream counters) associations accumulated, rejected and failed;
+  the last inbound and outbound activity (the sysUpTime when a stanza was
+  last accepted, and last delivered; 0 before the first);
 - its ``assocTable``: one row per S2S stream, both sides and both
   directions; ``assocRemoteApplication`` is the peer domain,
   ``assocApplicationProtocol`` is ``applTCPProtoID.5269`` (XMPP S2S), the
@@ -116,9 +118,12 @@ class GuardMib:
     is open and the management page and the logs name it the same way.
     """
 
-    def __init__(self, read_snapshot, read_registry=lambda: None, directions=()):
+    def __init__(self, read_snapshot, read_registry=lambda: None, directions=(), read_activity=lambda: (None, None)):
+        """``read_activity()``: (when a stanza was last accepted, when one was last delivered), in seconds on the
+        clock of the snapshot's ``started``, None for never."""
         self.read_snapshot = read_snapshot
         self.read_registry = read_registry
+        self.read_activity = read_activity
         self.directions = tuple(directions)
         self.last_status = None
         self.last_change = 0
@@ -150,6 +155,9 @@ class GuardMib:
         streams = [stream for side in snapshot["sides"].values() for stream in side["peers"]]
         inbound = sum(1 for stream in streams if stream["direction"] == "inbound")
         outbound = sum(1 for stream in streams if stream["direction"] == "outbound")
+        now = float(service["started"]) + float(service["uptime"] or 0)
+        last_in, last_out = (0 if last is None else self._since(now_ticks, max(0.0, now - last))
+                             for last in self.read_activity())
         column = lambda number: APPL_ENTRY + (number, GUARD_APPL_INDEX)  # noqa: E731
         return [
             (column(2), OCTET_STRING, admin_string(service["name"])),                  # applName
@@ -160,6 +168,8 @@ class GuardMib:
             (column(7), TIME_TICKS, self.last_change),                                 # applLastChange
             (column(8), GAUGE32, inbound),                                             # applInboundAssociations
             (column(9), GAUGE32, outbound),                                            # applOutboundAssociations
+            (column(12), TIME_TICKS, last_in),                                         # applLastInboundActivity
+            (column(13), TIME_TICKS, last_out),                                        # applLastOutboundActivity
             (column(16), OCTET_STRING, admin_string("XMPP server-to-server boundary guard")),  # applDescription
         ]
 
@@ -196,6 +206,14 @@ class GuardMib:
         return entries
 
 
+def last_activity(process) -> tuple[float | None, float | None]:
+    """When ``process`` last accepted a stanza and last delivered one (its metrics' stanza counts), None for never."""
+    stanzas = getattr(getattr(process, "metrics", None), "stanzas", None)
+    if stanzas is None:
+        return None, None
+    return stanzas.last_accepted, stanzas.last_delivered
+
+
 def subagent_for(process):
     """
     The AgentX subagent of ``process`` (a GuardProcess) when its [snmp]
@@ -207,6 +225,7 @@ def subagent_for(process):
         return None
     mib = GuardMib(lambda: snapshot(process),
                    lambda: getattr(getattr(process, "metrics", None), "registry", None),
-                   directions=[str(direction) for direction, _, _ in process.policy_files()])
+                   directions=[str(direction) for direction, _, _ in process.policy_files()],
+                   read_activity=lambda: last_activity(process))
     return AgentXSubagent(process.reactor, settings.agentx, SUBTREES, mib.view, b"xmpp-guard",
                           ping_interval=settings.ping_interval)

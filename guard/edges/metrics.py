@@ -101,12 +101,20 @@ class StanzaCounts(SettlementObserver):
         self.bounces_lost = 0
         self.settled_twice = 0
         self._rules = frozenset(rules)
+        # When (seconds on the clock) a stanza was last accepted, and last delivered; None before the first
+        # (SNMP's applLastInboundActivity and applLastOutboundActivity).
+        self.last_accepted: float | None = None
+        self.last_delivered: float | None = None
 
     def rules_in_force(self, rules) -> None:
         """The rule ids of the policies now in force (their ids become label values; others are "other")."""
         self._rules = frozenset(rules)
 
     # -- ISettlementObserver --------------------------------------------------
+
+    def stanza_accepted(self, ticket):
+        arrived = ticket.arrived
+        self.last_accepted = arrived if arrived is not None else self.clock.seconds()
 
     def stanza_passed(self, event):
         self._decided(event, "passed")
@@ -118,6 +126,7 @@ class StanzaCounts(SettlementObserver):
         self._decided(event, "dropped")
 
     def stanza_delivered(self, event):
+        now = self.last_delivered = self.clock.seconds()
         ticket = event.ticket
         if ticket is None or ticket.arrived is None:
             return
@@ -125,7 +134,7 @@ class StanzaCounts(SettlementObserver):
         buckets = self._latency.get(key)
         if buckets is None:
             buckets = self._latency[key] = Buckets(LATENCY_BUCKETS)
-        buckets.observe(max(0.0, self.clock.seconds() - ticket.arrived))
+        buckets.observe(max(0.0, now - ticket.arrived))
 
     def bounce_lost(self, event):
         self.bounces_lost += 1

@@ -194,6 +194,10 @@ def test_assoc_rows_appear_for_the_streams_of_a_message_and_the_books_move(lab, 
     accumulated_in, accumulated_out = (int(row[f"{APPL}.{column}.1"].split()[-1]) for column in (10, 11))
     assert accumulated_in >= inbound >= 1 and accumulated_out >= outbound >= 1
     assert row[f"{APPL}.14.1"] == row[f"{APPL}.15.1"] == "Counter32: 0"
+    # applLastInboundActivity / applLastOutboundActivity: the sysUpTime of the last stanza accepted / delivered.
+    started_at, last_in, last_out = (int(row[f"{APPL}.{column}.1"].split("(")[1].split(")")[0])
+                                     for column in (5, 12, 13))
+    assert last_in > 0 and last_out > 0 and min(last_in, last_out) >= started_at
     assert all(found[f"{ASSOC}.3.{index}"] == "OID: .1.3.6.1.2.1.27.4.5269" for index in remote)
     after = values(walk(snmpd, BOOKS))
     accepted, delivered = f"{BOOKS}.1.0", f"{BOOKS}.2.0"

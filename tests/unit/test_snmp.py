@@ -101,6 +101,37 @@ def test_last_change_moves_only_when_the_status_changes():
     assert values(mib.view(now_ticks=40000))[APPL + (7, 1)] == (TIME_TICKS, 30000)
 
 
+def test_last_inbound_and_outbound_activity_are_the_sysuptime_of_the_last_stanza_accepted_and_delivered():
+    """applLastInboundActivity (12) is the sysUpTime when a stanza was last accepted, applLastOutboundActivity (13)
+    when one was last delivered; both 0 before the first (the snapshot is at 1030 s, the master at 100 s)."""
+    activity = {"now": (None, None)}
+    mib = GuardMib(lambda: snapshot(), read_activity=lambda: activity["now"])
+    view = values(mib.view(now_ticks=10000))
+    assert (view[APPL + (12, 1)], view[APPL + (13, 1)]) == ((TIME_TICKS, 0), (TIME_TICKS, 0))
+    activity["now"] = (1027.5, 1029.0)
+    view = values(mib.view(now_ticks=10000))
+    assert (view[APPL + (12, 1)], view[APPL + (13, 1)]) == ((TIME_TICKS, 9750), (TIME_TICKS, 9900))
+
+
+def test_the_last_activity_comes_from_the_stanza_counts_of_the_metrics():
+    """The stanza counts note when a stanza was accepted (its arrival) and when one was delivered (the clock)."""
+    from types import SimpleNamespace
+
+    from twisted.internet.task import Clock
+
+    from guard.app.snmp import last_activity
+    from guard.edges.metrics import StanzaCounts
+
+    clock = Clock()
+    counts = StanzaCounts(clock)
+    process = SimpleNamespace(metrics=SimpleNamespace(stanzas=counts))
+    assert last_activity(process) == (None, None) and last_activity(SimpleNamespace()) == (None, None)
+    clock.advance(50)
+    counts.stanza_accepted(SimpleNamespace(arrived=42.0))
+    counts.stanza_delivered(SimpleNamespace(ticket=None))
+    assert last_activity(process) == (42.0, 50.0)
+
+
 def test_books_and_halted_reason():
     """XMPP-GUARD-MIB carries the books as Counter64 (in flight a Gauge32) and why relaying stopped."""
     view = values(GuardMib(lambda: snapshot(state="halted", halted_reason="audit trail unavailable")).view(100))
@@ -269,6 +300,7 @@ def test_every_name_in_the_view_is_the_object_the_mibs_define():
         "NETWORK-SERVICES-MIB::applInboundAssociations.1", "NETWORK-SERVICES-MIB::applOutboundAssociations.1",
         "NETWORK-SERVICES-MIB::applAccumulatedInboundAssociations.1",
         "NETWORK-SERVICES-MIB::applAccumulatedOutboundAssociations.1",
+        "NETWORK-SERVICES-MIB::applLastInboundActivity.1", "NETWORK-SERVICES-MIB::applLastOutboundActivity.1",
         "NETWORK-SERVICES-MIB::applRejectedInboundAssociations.1",
         "NETWORK-SERVICES-MIB::applFailedOutboundAssociations.1",
         "NETWORK-SERVICES-MIB::applDescription.1",
