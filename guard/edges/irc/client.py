@@ -812,7 +812,7 @@ class IrcConnection:
         self.next_nick = next_nick
         self.wanted: dict[str, tuple[str, str | None]] = {}  # folded channel -> (channel, key)
         self.protocol: IrcProtocol | None = None
-        self.dialler = LinkDialler(self._dial, clock, random, server.backoff)
+        self.dialler = LinkDialler(self._dial, clock, random, server.backoff, dialled="irc")
         self.counts = {"connections": 0, "registered": 0, "sent": 0, "lost": 0}
         self.refusals: dict[str, int] = {}
         self.last_loss: str | None = None

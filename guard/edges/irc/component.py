@@ -417,7 +417,7 @@ class ComponentDialler(LinkDialler):
     """
 
     def __init__(self, endpoint, factory: ComponentStreamFactory, clock, random, backoff: Backoff = Backoff()):
-        super().__init__(lambda: endpoint.connect(factory), clock, random, backoff)
+        super().__init__(lambda: endpoint.connect(factory), clock, random, backoff, dialled="component")
 
 
 def component_tls_options(cafile: str, server_name: str):

@@ -42,9 +42,11 @@ class LinkDialler:
 
     _machine = MethodicalMachine()
 
-    def __init__(self, connect, clock, random, backoff: Backoff = Backoff()):
-        """``connect()`` returns a Deferred firing with the connected ``LinkStream``."""
+    def __init__(self, connect, clock, random, backoff: Backoff = Backoff(), dialled: str = "link"):
+        """``connect()`` returns a Deferred firing with the connected ``LinkStream``; ``dialled`` names what is
+        dialled in the log ("link", "irc", "component")."""
         self._connect = connect
+        self.dialled = dialled
         self.clock = clock
         self.random = random
         self.backoff = backoff
@@ -130,7 +132,7 @@ class LinkDialler:
     def _count_failure(self, reason):
         self._pending = None
         self.failures += 1
-        log.info("link: dial attempt {n} failed: {reason}", n=self.attempts,
+        log.info("{dialled}: dial attempt {n} failed: {reason}", dialled=self.dialled, n=self.attempts,
                  reason=getattr(reason, "getErrorMessage", lambda: str(reason))())
 
     @_machine.output()

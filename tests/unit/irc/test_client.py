@@ -438,6 +438,19 @@ def test_reconnects_after_a_backoff_with_jitter_within_its_bounds():
     assert delays == [3.0, 6.0, 12.0, 24.0, 48.0, 90.0]
 
 
+def test_a_refused_connection_is_logged_as_irc_not_link():
+    """The IRC connection's dialler names what it dials: its failures are logged as "irc: dial attempt ..."."""
+    from twisted.logger import capturedLogs, formatEvent
+
+    connection, clock, connector, recorder, protocol = registered(random=lambda: 0.0)
+    connector.refuse = True
+    with capturedLogs() as events:
+        drop(protocol)
+        clock.advance(connection.dialler.last_delay)
+    logged = [formatEvent(event) for event in events if "dial attempt" in event.get("log_format", "")]
+    assert len(logged) == 1 and logged[0].startswith("irc: dial attempt 2 failed")
+
+
 def test_rejoins_its_channels_after_reconnecting():
     """Channels joined before a loss are joined again, first thing after the new registration."""
     connection, clock, connector, recorder, protocol = registered()

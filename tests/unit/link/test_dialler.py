@@ -113,3 +113,35 @@ def test_stop_during_an_attempt_cancels_it():
     assert attempts.pending[0].called
     clock.advance(100)
     assert len(attempts.pending) == 1
+
+
+def dial_failures_logged(make_dialler):
+    """The log events of one failed attempt of the dialler ``make_dialler(connect, clock)`` builds."""
+    from twisted.logger import capturedLogs
+
+    attempts, clock = Attempts(), Clock()
+    dialler = make_dialler(attempts, clock)
+    with capturedLogs() as events:
+        dialler.start()
+        attempts.pending[0].errback(ConnectionRefusedError("refused"))
+    dialler.stop()
+    from twisted.logger import formatEvent
+
+    return [formatEvent(event) for event in events if "dial attempt" in event.get("log_format", "")]
+
+
+def test_a_failed_attempt_is_logged_under_the_name_of_what_is_dialled():
+    """The pair link, an IRC server and the component port each log their own failures under their own name."""
+    from guard.edges.irc.component import ComponentDialler
+
+    class Endpoint:
+        def __init__(self, connect):
+            self.connect = lambda factory: connect()
+
+    assert dial_failures_logged(lambda connect, clock: LinkDialler(connect, clock, lambda: 0.5)) == [
+        "link: dial attempt 1 failed: refused"]
+    assert dial_failures_logged(lambda connect, clock: LinkDialler(connect, clock, lambda: 0.5, dialled="irc")) == [
+        "irc: dial attempt 1 failed: refused"]
+    assert dial_failures_logged(lambda connect, clock: ComponentDialler(Endpoint(connect), None, clock,
+                                                                       lambda: 0.5)) == [
+        "component: dial attempt 1 failed: refused"]
