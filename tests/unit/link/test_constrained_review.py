@@ -458,3 +458,21 @@ def test_a_policy_reload_does_not_restart_the_wait_of_what_waits_in_the_schedule
     pair.run(2.5)
     assert pair.a.link.describe()["scheduled"] == 0 and pair.a.link.expired == 1
     assert pair.a.books()["bounced"] == 1
+
+
+def test_what_the_bearer_carried_stays_counted_until_the_peer_acknowledges_it_and_nothing_twice():
+    """Under the constrained profile a stanza counts in the memory budget while it waits in the schedule, then, once
+    written, in the retransmission buffer until half B acknowledges it: the count is always the sum of both (each
+    byte once), and returns to zero when B acknowledges everything."""
+    pair = ConstrainedPair(ConstrainedProfile(security="bearer", compression="none", rate=20_000))
+    pair.connect()
+    pair.b.link.hold()  # half B reads nothing, so acknowledges nothing
+    for number in range(20):
+        pair.a.sends(chat(number))
+    pair.run(0.5)
+    link = pair.a.link
+    assert link.outbox.bytes > 0 and link.schedule.queued_bytes > 0
+    assert pair.a.relay.held.held == link.outbox.bytes + link.schedule.queued_bytes
+    pair.b.link.release()
+    pair.run(30.0)
+    assert len(pair.b.server.received) == 20 and pair.a.relay.held.held == 0

@@ -117,3 +117,18 @@ def test_outbox_counts_hold_across_sends_acknowledgements_and_rewinds():
     assert outbox.rewind() == 4
     assert [entry.sequence for entry in outbox.unsent()] == [4, 5, 6, 7, 8, 9, 10]
     assert (outbox.queued, outbox.unacknowledged) == (7, 3)
+
+
+def test_while_not_taking_no_stanza_is_counted_and_after_one_passed_over_none_on_that_connection_is():
+    """Over the memory budget the inbox counts nothing new; taking again does not count the rest of a connection on
+    which one was passed over (its numbers would skip it), only a new connection's, from the peer's resume."""
+    inbox = Inbox()
+    inbox.resume(Resume("peer", 1, None, 0))
+    assert inbox.accept() is True
+    inbox.stop_taking()
+    assert (inbox.accept(), inbox.received, inbox.not_counted) == (False, 1, 1)
+    inbox.take_again()
+    assert (inbox.accept(), inbox.received, inbox.passed_over) == (False, 1, True)
+    inbox.connection_over()
+    inbox.resume(Resume("peer", 2, None, 0))
+    assert (inbox.accept(), inbox.received, inbox.passed_over) == (True, 2, False)
