@@ -368,9 +368,11 @@ class HandoverReceiver(protocol.Protocol):
     """
     The pinned worker's end of a channel: gives each parcel to the S2S carrier
     of its pair (``carrier_for(side, pair, owner)`` makes or finds it, with this
-    receiver as its owner) and reports what becomes of it.  It does not judge
-    the stanza again: the accepting worker did, and settles it.  ``relay`` is
-    this worker's: the bytes waiting in the S2S queue count in its budget.
+    receiver as its owner) and reports what becomes of it.  The accepting
+    worker judged the stanza and settles it; this worker judges it again only
+    when the frame names another policy revision than its own or it reloaded
+    while the stanza waited (``judged_again``).  ``relay`` is this worker's:
+    the bytes waiting in the S2S queue count in its budget.
     """
 
     def __init__(self, relay, carrier_for, stanza_bytes: int, parser_limits=None, revision=_no_revision):
