@@ -45,12 +45,23 @@ class Feeder:
 class RecordingLink:
     def __init__(self, log):
         self.log = log
+        self.held = self.held_for_memory = False
 
     def hold(self):
+        self.held = True
         self.log.append(("link hold",))
 
     def release(self):
+        self.held = False
         self.log.append(("link release",))
+
+    def hold_for_memory(self):
+        self.held_for_memory = True
+        self.log.append(("link takes nothing",))
+
+    def release_for_memory(self):
+        self.held_for_memory = False
+        self.log.append(("link takes again",))
 
 
 def test_an_inbound_stream_registers_itself_with_its_sides_feeders_while_it_is_open():
@@ -113,21 +124,24 @@ def test_a_side_nobody_feeds_yet_is_held_without_fault():
 
 def test_the_link_is_read_again_only_once_its_last_reason_is_released():
     """The link feeder keeps a reason per congested pair and the memory budget: releasing one of two, or one
-    it was never held for, leaves it unread; the last one reads it again."""
+    it was never held for, leaves it unread; the last one reads it again.  The memory budget alone does not stop
+    the reading (the peer's acknowledgements free the link's own buffer): it stops the link taking stanzas."""
     log = []
     feeder = LinkFeeder(RecordingLink(log), {BLUE_TO_RED})
     feeder.hold(congestion_reason(*BLUE_TO_RED))
     feeder.hold(MEMORY_HOLD)
     feeder.release("waiting for blue.example->red.example")
     feeder.release(MEMORY_HOLD)
-    assert log == [("link hold",), ("link hold",)] and feeder.reasons == {"congested blue.example->red.example"}
+    assert log == [("link hold",), ("link takes nothing",), ("link takes again",)]
+    assert feeder.reasons == {"congested blue.example->red.example"}
     feeder.release(congestion_reason(*BLUE_TO_RED))
     assert log[-1] == ("link release",) and feeder.reasons == set()
 
 
 def test_a_half_holds_its_link_for_a_congested_pair_toward_its_own_server_and_for_the_memory_budget():
     """In a half the link feeds every (far domain, own domain) pair: congestion toward red holds it for that pair
-    (link_holds names it); at the memory budget it is held too; it is read again when both are released."""
+    (link_holds names it); at the memory budget it is held too (it takes no stanza); once the congestion is
+    released it is read (for acknowledgements), and it takes stanzas again once the memory is freed."""
     log = []
     relay = HalfRelay(TOPOLOGY, PolicyTable({}), Books(), None, MemoryReactorClock(), "red", "blue")
     relay.leg = SimpleNamespace(link=RecordingLink(log))
@@ -137,6 +151,6 @@ def test_a_half_holds_its_link_for_a_congested_pair_toward_its_own_server_and_fo
     relay.count_held(100)
     assert relay.link_holds == {"congested blue.example->red.example", MEMORY_HOLD}
     relay.decongested(toward_red, congestion_reason(*BLUE_TO_RED))
-    assert log == [("link hold",), ("link hold",)]
+    assert log == [("link hold",), ("link takes nothing",), ("link release",)]
     relay.count_freed(100)
-    assert log[-1] == ("link release",) and relay.link_holds == set()
+    assert log[-1] == ("link takes again",) and relay.link_holds == set()

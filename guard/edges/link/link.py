@@ -928,11 +928,13 @@ class LinkFeeder:
         """A congested pair stops the link being read.  The memory budget alone does not: what the link's own buffer
         holds is part of that budget, and only the peer's acknowledgements, read from the link, free it; so the link
         is read and its stanzas are not taken (``Link.hold_for_memory``)."""
-        if MEMORY_HOLD in self.reasons:
+        memory = MEMORY_HOLD in self.reasons
+        if memory and not self.link.held_for_memory:
             self.link.hold_for_memory()
         if self.reasons - {MEMORY_HOLD}:
-            self.link.hold()
+            if not self.link.held:
+                self.link.hold()
         elif self.link.held:
             self.link.release()
-        if MEMORY_HOLD not in self.reasons:
+        if not memory and self.link.held_for_memory:
             self.link.release_for_memory()
