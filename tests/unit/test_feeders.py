@@ -47,21 +47,21 @@ class RecordingLink:
         self.log = log
         self.held = self.held_for_memory = False
 
+    def _note(self, flag, value, event):
+        setattr(self, flag, value)
+        self.log.append((event,))
+
     def hold(self):
-        self.held = True
-        self.log.append(("link hold",))
+        self._note("held", True, "link hold")
 
     def release(self):
-        self.held = False
-        self.log.append(("link release",))
+        self._note("held", False, "link release")
 
     def hold_for_memory(self):
-        self.held_for_memory = True
-        self.log.append(("link takes nothing",))
+        self._note("held_for_memory", True, "link takes nothing")
 
     def release_for_memory(self):
-        self.held_for_memory = False
-        self.log.append(("link takes again",))
+        self._note("held_for_memory", False, "link takes again")
 
 
 def test_an_inbound_stream_registers_itself_with_its_sides_feeders_while_it_is_open():
