@@ -502,17 +502,10 @@ class WorkerSupervisor(service.Service):
         if self.workers.get(worker.index) is worker:
             del self.workers[worker.index]
             self.router.close_line(worker.index)
-        if self.stopping:
+        books = self._retire_books(worker.index)
+        if self.stopping:  # its last status is the one it wrote as it stopped: counted in the final sum
             log.info("worker {index} stopped: {reason}", index=worker.index, reason=str(reason))
             return
-        last = self._read_worker_status(worker.index) or {}
-        books = last.get("books", {})
-        for name in BOOK_NAMES:
-            if name != "in_flight":
-                self.retired_books[name] += books.get(name, 0)
-        # Accepted and not settled when it last wrote its status: in doubt (its audit trail says what was decided).
-        self.in_doubt += books.get("in_flight", 0)
-        self._forget_worker_status(worker.index)
         lived = self.reactor.seconds() - worker.started
         self.deaths_in_a_row[worker.index] = 1 if lived >= RESTART_RESET_AFTER else \
             self.deaths_in_a_row[worker.index] + 1
@@ -522,6 +515,22 @@ class WorkerSupervisor(service.Service):
                   "restarting it in {delay} s", index=worker.index, reason=str(reason), lived=lived,
                   in_flight=books.get("in_flight", 0), delay=delay)
         self._restart_calls[worker.index] = self.reactor.callLater(delay, self._spawn, worker.index)
+
+    def _retire_books(self, index: int) -> dict:
+        """
+        The books of worker ``index``, which ended, as its last status file
+        says: counted in ``retired_books`` (stopped or dead, a worker's books
+        stay in the sum), what it had in flight in ``in_doubt`` (its audit
+        trail says what was decided), and the file forgotten so that they are
+        never counted twice.  Returns those books.
+        """
+        books = (self._read_worker_status(index) or {}).get("books", {})
+        for name in BOOK_NAMES:
+            if name != "in_flight":
+                self.retired_books[name] += books.get(name, 0)
+        self.in_doubt += books.get("in_flight", 0)
+        self._forget_worker_status(index)
+        return books
 
     # -- signals --------------------------------------------------------------
 

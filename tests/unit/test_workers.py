@@ -216,3 +216,50 @@ def test_a_half_of_a_pair_refuses_workers(tree):
     for load in (lambda: checked_configuration(path), lambda: _load_process(path, MemoryReactorClock())):
         with pytest.raises(ConfigError, match=r"guard.workers: a half of a pair runs as one process"):
             load()
+
+
+def _supervisor_with_two_stopped_workers(tmp_path, in_flight):
+    """A supervisor whose two workers wrote their last status files (worker 1 with ``in_flight``), stopping."""
+    import json
+    from types import SimpleNamespace
+
+    from twisted.internet.testing import MemoryReactorClock
+
+    from guard.app.workers import WorkerProcess, WorkerSupervisor
+
+    config = load_config(config_with(tmp_path, "workers = 2"))
+    supervisor = WorkerSupervisor(config, MemoryReactorClock(), environment={})
+    for index, (accepted, delivered, flying) in enumerate(((4, 4, 0), (3, 3 - in_flight, in_flight))):
+        worker = WorkerProcess(supervisor, index, 0.0)
+        worker.transport = SimpleNamespace(pid=100 + index)
+        supervisor.workers[index] = worker
+        Path(worker_file(config.status_path, index)).write_text(json.dumps({"books": {
+            "accepted": accepted, "delivered": delivered, "bounced": 0, "dropped": 0, "in_flight": flying}}))
+    supervisor.stopping = True
+    return supervisor
+
+
+def test_the_final_status_after_a_stop_keeps_the_books_of_every_worker(tmp_path):
+    """Workers stopped by SIGTERM leave their books in the supervisor's final sum: nothing they settled disappears."""
+    import json
+
+    supervisor = _supervisor_with_two_stopped_workers(tmp_path, in_flight=0)
+    for worker in list(supervisor.workers.values()):
+        supervisor.worker_ended(worker, "stopped")
+    supervisor._write_sum()
+    final = json.loads(Path(supervisor.config.status_path).read_text())
+    assert (final["books"], final["in_doubt"]) == (
+        {"accepted": 7, "delivered": 7, "bounced": 0, "dropped": 0, "in_flight": 0}, 0)
+
+
+def test_a_worker_stopped_with_stanzas_in_flight_leaves_them_in_doubt_counted_once(tmp_path):
+    """A worker that ended while stopping with stanzas in flight (killed after the grace) has them in doubt, once."""
+    import json
+
+    supervisor = _supervisor_with_two_stopped_workers(tmp_path, in_flight=2)
+    for worker in list(supervisor.workers.values()):
+        supervisor.worker_ended(worker, "killed")
+        supervisor.worker_ended(worker, "killed")  # told twice: its file is forgotten after the first
+    supervisor._write_sum()
+    final = json.loads(Path(supervisor.config.status_path).read_text())
+    assert (final["books"]["accepted"], final["books"]["delivered"], final["in_doubt"]) == (7, 5, 2)
