@@ -23,6 +23,11 @@ from .sides import RecordingRelay, make_side, pki
 from .test_handshakes import RED_DOMAINS, RecordingOwner, deferLater
 
 
+def no_port_of_the_guard(reactor):
+    """The far servers of these tests listen in the test's own reactor: none of its ports is the guard's own."""
+    return []
+
+
 class CertificateName(unittest.TestCase):
     timeout = 20
 
@@ -40,7 +45,7 @@ class CertificateName(unittest.TestCase):
                    (target, dns.A): [a("127.0.0.1")]}
         red = make_side("red", reactor, certificate=material.red_server.certificate, key=material.red_server.key,
                         presents_for=RED_DOMAINS)
-        red.resolver = DomainResolver(TableResolver(records), reactor)
+        red.resolver = DomainResolver(TableResolver(records), reactor, listeners=no_port_of_the_guard)
         owner = RecordingOwner()
         stream = open_outbound_stream(owner, red, "red.example", "blue.example", "srv:domain=blue.example:timeout=5")
         self.addCleanup(self.hang_up, stream)
@@ -100,7 +105,7 @@ class DirectTls(unittest.TestCase):
                    ("tls.lab.example", dns.A): [a("127.0.0.1")]}
         red = make_side("red", reactor, certificate=material.red_server.certificate, key=material.red_server.key,
                         presents_for=RED_DOMAINS)
-        red.resolver = DomainResolver(TableResolver(records), reactor)
+        red.resolver = DomainResolver(TableResolver(records), reactor, listeners=no_port_of_the_guard)
         stream = open_outbound_stream(RecordingOwner(), red, "red.example", "blue.example",
                                       "srv:domain=blue.example:timeout=5")
         self.addCleanup(lambda: stream.transport and stream.transport.abortConnection())
