@@ -17,10 +17,11 @@ spreads the connections over the workers.  Each worker is a full guard
   (``audit.jsonl`` -> ``audit.worker-0.jsonl``): each trail is one hash
   chain written by one process;
 - its share of the limits that must hold for the whole guard
-  (``connections_per_address`` and ``streams_per_domain`` divided by N,
-  rounded down: together the workers never exceed the limit; a peer may be
-  refused before reaching it when the kernel gives one worker more than
-  its share of a peer's connections).
+  (``connections_per_address``, ``streams_per_domain`` and the budgets in
+  ``WORKER_DIVIDED_BUDGETS`` divided by N, rounded down: together the
+  workers never exceed the limit, in connections, verifications or bytes
+  held; a peer may be refused before reaching it when the kernel gives one
+  worker more than its share of a peer's connections).
 
 The supervisor forwards SIGHUP (reload) and SIGUSR1 (status) to every
 worker, writes the status file as the sum of the workers' (the books add
@@ -94,6 +95,10 @@ STOP_MARGIN = 10.0
 REAP_INTERVAL = 1.0
 # Every STATUS_REFRESH seconds the supervisor asks its workers for their status and writes the sum.
 STATUS_REFRESH = 5.0
+# Budgets that hold for the whole guard besides config.WORKER_SHARED_LIMITS: each worker holds 1/N of each (a peer
+# spreading its connections over the workers gets no more dialback verifications, nor the guard more held bytes,
+# than one process would); a value smaller than N is refused when the supervisor starts.
+WORKER_DIVIDED_BUDGETS = ("verifications_per_address", "verifications_per_side", "memory_budget_bytes")
 # Numbers that add up over workers in the status file.
 BOOK_NAMES = ("accepted", "delivered", "bounced", "dropped", "in_flight")
 
@@ -121,8 +126,13 @@ def worker_file(path: str | None, index: int) -> str | None:
 
 
 def worker_limits(limits, workers: int):
-    """``limits`` with each limit that holds for the whole guard cut to one worker's share (rounded down)."""
-    return dataclasses.replace(limits, **{name: getattr(limits, name) // workers for name in WORKER_SHARED_LIMITS})
+    """``limits`` with each limit that holds for the whole guard cut to one worker's share (rounded down);
+    ConfigError when a share would be nothing."""
+    divided = WORKER_SHARED_LIMITS + WORKER_DIVIDED_BUDGETS
+    for name in divided:
+        if getattr(limits, name) < workers:
+            raise ConfigError(f"limits.{name}: must be at least guard.workers ({workers}): each worker holds a share")
+    return dataclasses.replace(limits, **{name: getattr(limits, name) // workers for name in divided})
 
 
 def worker_metrics_file(config: GuardConfig, index: int) -> str | None:
@@ -414,6 +424,7 @@ class WorkerSupervisor(service.Service):
             self.environment.pop(name, None)
         self.dialback_secret = config.dialback_secret or secrets.token_hex(32)
         self.count = config.settings.workers
+        worker_limits(config.limits, self.count)  # refused here, before any worker starts, when a share is nothing
         self.workers: dict[int, WorkerProcess] = {}
         self.restarts = {index: 0 for index in range(self.count)}
         self.deaths_in_a_row = {index: 0 for index in range(self.count)}

@@ -106,6 +106,28 @@ def test_a_worker_holds_its_share_of_the_limits_that_hold_for_the_whole_guard():
     assert (shared.connections_per_address, shared.streams_per_domain, shared.outbound_queue) == (21, 2, 1000)
 
 
+def test_a_peer_spread_over_the_workers_gets_no_more_verifications_nor_held_bytes_than_from_one_process():
+    """The per-address and per-side dialback verification caps and the memory budget are divided between the
+    workers too: a peer whose connections land on every worker is held to the configured totals."""
+    shared = worker_limits(Limits(verifications_per_address=16, verifications_per_side=256,
+                                  memory_budget_bytes=32 * 1024 * 1024, verifications_per_stream=4), 3)
+    assert (shared.verifications_per_address, shared.verifications_per_side, shared.memory_budget_bytes,
+            shared.verifications_per_stream) == (5, 85, 32 * 1024 * 1024 // 3, 4)
+    assert 3 * shared.verifications_per_address <= 16 and 3 * shared.memory_budget_bytes <= 32 * 1024 * 1024
+
+
+def test_a_budget_smaller_than_the_workers_stops_the_supervisor_before_any_worker_starts(tmp_path):
+    """A worker's share of nothing would refuse every verification: the supervisor refuses the configuration."""
+    from twisted.internet.testing import MemoryReactorClock
+
+    from guard.app.workers import WorkerSupervisor
+
+    config = load_config(config_with(tmp_path, "workers = 20", limits={"connections_per_address": 64,
+                                                                       "streams_per_domain": 20}))
+    with pytest.raises(ConfigError, match=r"limits.verifications_per_address: must be at least guard.workers \(20\)"):
+        WorkerSupervisor(config, MemoryReactorClock(), environment={})
+
+
 def test_a_worker_runs_with_the_supervisors_secret_its_files_and_its_share(tmp_path):
     """worker_config gives the worker the secret it was handed, its own audit and status paths and its share of the limits."""
     config = load_config(config_with(tmp_path, "workers = 2", limits={"connections_per_address": 9}))
