@@ -139,3 +139,36 @@ class RealDns(unittest.TestCase):
         self.assertEqual((yield resolver.targets("blue.example")), [("blue-server.lab.example", 5270, False)])
         self.assertEqual((yield resolver.addresses("blue-server.lab.example")), ["127.0.2.1"])
         self.assertEqual((yield resolver.targets("red.example")), [("red.example", 5269, False)])
+
+
+class LoopThroughTheGuard(unittest.TestCase):
+    timeout = 20
+
+    @defer.inlineCallbacks
+    def test_an_srv_target_that_is_the_guards_own_listener_is_not_connected_to(self):
+        """A hostile DNS points blue.example at the guard's own red listener (a real port of this reactor): the
+        stream fails remote-server-not-found without a connection, instead of carrying stanzas round the guard."""
+        material = pki()
+        keypair = material.guard_facing("red")
+        listening_side = make_side("red", reactor, relay=RecordingRelay(), certificate=keypair.certificate,
+                                   key=keypair.key, presents_for=BLUE_DOMAINS)
+        accepted = []
+        factory = InboundFactory(listening_side)
+        building = factory.buildProtocol
+
+        def build(address):
+            accepted.append(address)
+            return building(address)
+
+        factory.buildProtocol = build
+        port = yield TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(factory)
+        self.addCleanup(port.stopListening)
+        records = {("_xmpp-server._tcp.blue.example", dns.SRV): [srv(0, 1, port.getHost().port, "guard.lab.example")],
+                   ("guard.lab.example", dns.A): [a("127.0.0.1")]}
+        blue = make_side("blue", reactor)
+        blue.resolver = DomainResolver(TableResolver(records), reactor)
+        owner = RecordingOwner()
+        open_outbound_stream(owner, blue, "red.example", "blue.example", "srv:domain=blue.example:timeout=5")
+        self.assertEqual((yield owner.settled), ("failed", "remote-server-not-found"))
+        yield deferLater(0.1)
+        self.assertEqual(accepted, [])
