@@ -607,3 +607,16 @@ def test_a_search_called_off_by_its_carrier_tries_no_further_target():
     connecting.addErrback(lambda failure: None)
     connecting.cancel()
     assert len(reactor.tcpClients) == 1 and reactor.connectors[0].stoppedConnecting
+
+
+def test_a_static_route_wins_and_never_asks_the_dns():
+    """A domain with a static route is connected to there even on a side with a DNS server: no question is asked."""
+    from tests.unit.test_carriers import RecordingOwner, parcel
+    from guard.edges.s2s.carrier import S2SCarrier
+
+    reactor = MemoryReactorClock()
+    side = make_side("blue", reactor, routes={"blue.example": "tcp:host=127.0.2.1:port=5269:timeout=5"})
+    names = TableResolver(TWO_GUARDS)
+    side.resolver = DomainResolver(names, reactor)
+    S2SCarrier(RecordingOwner([]), side, "red.example", "blue.example").carry(parcel(1))
+    assert [(host, port) for host, port, *_ in reactor.tcpClients] == [("127.0.2.1", 5269)] and names.asked == []
