@@ -385,7 +385,8 @@ def join_handover(guard) -> WorkerChannels | None:
     except OSError:
         return None
     index, count = read_hello(fd)
-    channels = WorkerChannels(index, count, guard.relay, guard.config.limits.stanza_bytes)
+    channels = WorkerChannels(index, count, guard.relay, guard.config.limits.stanza_bytes,
+                              guard.config.limits.parser_limits())
     guard.reactor.adoptStreamConnection(fd, socket.AF_UNIX, _Once(channels))
     os.close(fd)
     guard.relay.carrier_for_pair = channels.carrier_for_pair
