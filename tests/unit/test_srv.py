@@ -348,6 +348,7 @@ def test_a_route_written_srv_is_looked_up_through_the_side_dns(tmp_path):
     blue = service.sides["blue"]
     assert blue.routes["blue.example"] == "srv:domain=blue.example:timeout=10"
     assert blue.resolver.names.pickServer() == ("127.0.1.53", 5300) and service.sides["red"].resolver is None
+    assert blue.resolver.own_names == blue.fronted and "red.example" in blue.resolver.own_names
 
 
 def test_an_srv_route_needs_the_side_dns_and_a_dns_server_must_be_an_address(tmp_path):
