@@ -489,6 +489,8 @@ class WorkerSupervisor(service.Service):
         self._restart_calls.pop(index, None)
         if self.stopping:
             return
+        # A status file there now is an earlier run's (a supervisor killed): never this worker's books.
+        self._forget_worker_status(index)
         child_fds = {0: "w", 1: 1, 2: 2}
         for position, port in enumerate(self._ports):
             child_fds[FIRST_LISTENING_FD + position] = port.fileno()

@@ -285,3 +285,32 @@ def test_a_worker_stopped_with_stanzas_in_flight_leaves_them_in_doubt_counted_on
     supervisor._write_sum()
     final = json.loads(Path(supervisor.config.status_path).read_text())
     assert (final["books"]["accepted"], final["books"]["delivered"], final["in_doubt"]) == (7, 5, 2)
+
+
+def test_a_status_file_left_by_an_earlier_run_is_not_counted_when_a_new_worker_dies_before_writing_its_own(tmp_path):
+    """A supervisor killed last time left worker 0's status file: worker 0 of this run dies before its first
+    status, and the old books are counted neither as retired nor as in doubt."""
+    import json
+    from types import SimpleNamespace
+
+    from twisted.internet.testing import MemoryReactorClock, StringTransport
+
+    from guard.app.workers import WorkerSupervisor
+
+    class SpawningReactor(MemoryReactorClock):
+        def spawnProcess(self, process, executable, args, env, childFDs):
+            process.transport = SimpleNamespace(pid=4242)
+            return process.transport
+
+        def adoptStreamConnection(self, fileDescriptor, addressFamily, factory):
+            factory.buildProtocol(None).makeConnection(StringTransport())
+
+    config = load_config(config_with(tmp_path, "workers = 2"))
+    Path(worker_file(config.status_path, 0)).write_text(json.dumps({"books": {
+        "accepted": 9, "delivered": 6, "bounced": 0, "dropped": 0, "in_flight": 3}}))
+    supervisor = WorkerSupervisor(config, SpawningReactor(), environment={})
+    supervisor._spawn(0)
+    supervisor.worker_ended(supervisor.workers[0], "died while starting")
+    assert (supervisor.retired_books["accepted"], supervisor.in_doubt) == (0, 0)
+    for call in supervisor._restart_calls.values():
+        call.cancel()
