@@ -172,3 +172,29 @@ class LoopThroughTheGuard(unittest.TestCase):
         self.assertEqual((yield owner.settled), ("failed", "remote-server-not-found"))
         yield deferLater(0.1)
         self.assertEqual(accepted, [])
+
+
+class LabResponder(unittest.TestCase):
+    timeout = 20
+
+    @defer.inlineCallbacks
+    def test_the_lab_dns_says_no_service_and_direct_tls_over_the_wire(self):
+        """The lab's responder writes a "." target as the root name and answers _xmpps-server records: over real
+        UDP the guard's resolver reads "no service" for one domain and a direct TLS target for another."""
+        from twisted.names import dns as names_dns, server
+
+        from guard.edges.s2s.srv import LookupFailed, side_resolver
+        from guard.lab.dns import LabTableResolver, ServerAddress, parse_srv_argument
+
+        authority = LabTableResolver(
+            {"blue.example": ServerAddress("127.0.2.1", 5269), "red.example": ServerAddress("127.0.1.1", 5269)},
+            services={"red.example": [parse_srv_argument("red.example=0:0:0:.")[1]]},
+            direct_tls={"blue.example": [parse_srv_argument("blue.example=0:1:5270:tls.lab.example")[1]]})
+        port = reactor.listenUDP(0, names_dns.DNSDatagramProtocol(server.DNSServerFactory(authorities=[authority])),
+                                 interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        resolver = side_resolver(("127.0.0.1", port.getHost().port), reactor)
+        self.assertEqual(sorted((yield resolver.targets("blue.example"))),
+                         [("blue.example", 5269, False), ("tls.lab.example", 5270, True)])
+        with self.assertRaisesRegex(LookupFailed, "offers no XMPP server"):
+            yield resolver.targets("red.example")
