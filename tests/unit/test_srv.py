@@ -271,6 +271,9 @@ def test_a_fault_inside_the_endpoint_fails_the_connection_closed():
     from twisted.internet.protocol import Factory, Protocol
 
     class Broken:
+        def holding_down(self, domain):
+            return None
+
         def targets(self, domain):
             raise RuntimeError("broken resolver")
 
@@ -621,3 +624,40 @@ def test_a_static_route_wins_and_never_asks_the_dns():
     side.resolver = DomainResolver(names, reactor)
     S2SCarrier(RecordingOwner([]), side, "red.example", "blue.example").carry(parcel(1))
     assert [(host, port) for host, port, *_ in reactor.tcpClients] == [("127.0.2.1", 5269)] and names.asked == []
+
+
+def test_after_every_server_refused_the_domain_is_held_down_for_a_while():
+    """Every address refused: the next connections within HOLD_DOWN_SECONDS fail at once, with no question and no
+    connection attempt (stanzas arriving one by one do not become a stream of attempts at addresses the DNS
+    chose); after it the servers are tried again."""
+    from guard.edges.s2s.srv import HOLD_DOWN_SECONDS
+    from twisted.internet.protocol import Factory, Protocol
+
+    reactor = MemoryReactorClock()
+    names = TableResolver(TWO_GUARDS)
+    resolver = DomainResolver(names, reactor, random=random.Random(3))
+    endpoint = SrvEndpoint(reactor, resolver, "blue.example", timeout=7)
+    first = endpoint.connect(Factory.forProtocol(Protocol))
+    for attempt in range(2):
+        reactor.tcpClients[attempt][2].clientConnectionFailed(None, Failure(ConnectionRefusedError("down")))
+    with pytest.raises(LookupFailed, match="no server of the domain accepted"):
+        found(first)
+    asked = len(names.asked)
+    reactor.advance(HOLD_DOWN_SECONDS - 0.5)
+    with pytest.raises(LookupFailed, match=r"held down"):
+        found(endpoint.connect(Factory.forProtocol(Protocol)))
+    assert (len(reactor.tcpClients), len(names.asked)) == (2, asked)
+    reactor.advance(1)
+    endpoint.connect(Factory.forProtocol(Protocol))
+    assert len(reactor.tcpClients) == 3
+
+
+def test_the_domains_held_down_are_bounded():
+    """However many domains fail, at most CACHE_ENTRIES are remembered (the oldest go first)."""
+    from guard.edges.s2s.srv import CACHE_ENTRIES
+
+    resolver = DomainResolver(TableResolver({}), Clock())
+    for index in range(CACHE_ENTRIES + 10):
+        resolver.hold_down(f"d{index}.example", "refused")
+    assert len(resolver.held_down) == CACHE_ENTRIES and resolver.holding_down("d0.example") is None
+    assert resolver.holding_down(f"d{CACHE_ENTRIES + 9}.example") == "refused"

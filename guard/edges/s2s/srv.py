@@ -29,6 +29,11 @@ Everything the DNS says is hostile:
   bound to every address matches any address of this machine).  A loop
   through the guard would carry each stanza again and again.
 - A TTL with its highest bit set counts as 0 (RFC 2181 8): not cached.
+- When every address tried for a domain failed to connect, a connection to
+  that domain within ``HOLD_DOWN_SECONDS`` fails at once (remembered for at
+  most ``CACHE_ENTRIES`` domains): stanzas arriving one by one cannot turn
+  the guard into a stream of connection attempts at addresses the DNS
+  chose.
 
 - No SRV record of either kind (the names do not exist, or have no SRV
   record): the domain's own A/AAAA records on port 5269, with STARTTLS.
@@ -84,6 +89,7 @@ ENTRY_OVERHEAD = 64  # bytes counted for each cached entry and record, beside it
 MAX_ALIASES = 8  # CNAMEs followed inside one answer
 TTL_TOP_BIT = 2**31  # RFC 2181 8: a TTL with this bit set is taken as 0
 SEARCH_SECONDS = 60.0  # the whole search for a server (lookups and connections), at least the connect timeout
+HOLD_DOWN_SECONDS = 5.0  # after every server of a domain failed to connect, its next search waits this long
 
 NO_SERVICE = "the domain offers no XMPP server service"
 NO_DNS = "no DNS server is configured for this side"
@@ -274,6 +280,25 @@ class DomainResolver:
         self.own_names = frozenset(own_names)  # the domains the guard fronts on this side: targets never tried
         self.listeners = listeners  # listeners(reactor): the (address, port) the guard listens on
         self.is_local = is_local
+        self.held_down: OrderedDict[str, tuple[float, str]] = OrderedDict()  # domain -> (until, why), oldest first
+
+    def hold_down(self, domain: str, why: str) -> None:
+        """No server of ``domain`` accepted a connection: the next HOLD_DOWN_SECONDS fail at once with ``why``."""
+        self.held_down.pop(domain, None)
+        while len(self.held_down) >= CACHE_ENTRIES:
+            self.held_down.popitem(last=False)
+        self.held_down[domain] = (self.clock.seconds() + HOLD_DOWN_SECONDS, why)
+
+    def holding_down(self, domain: str) -> str | None:
+        """Why ``domain`` is held down now, or None (its hold-down over, or a server of it connected)."""
+        entry = self.held_down.get(domain)
+        if entry is None:
+            return None
+        until, why = entry
+        if until <= self.clock.seconds():
+            del self.held_down[domain]
+            return None
+        return why
 
     def refusal(self, address: str, port: int) -> str | None:
         """Why ``address`` ``port`` is never connected to (no single host, or the guard itself), or None."""
@@ -385,6 +410,9 @@ class SrvEndpoint:
     def _connect(self, factory, deadline):
         if self.resolver is None:
             raise LookupFailed(string=NO_DNS)
+        held = self.resolver.holding_down(self.domain)
+        if held is not None:
+            raise LookupFailed(string=f"{held} (held down {HOLD_DOWN_SECONDS:g} s)")
         targets = yield self.resolver.targets(self.domain)
         attempts, failures = 0, []
         for host, port, direct_tls in targets[: self.max_attempts]:
@@ -409,7 +437,9 @@ class SrvEndpoint:
                 timeout = max(0.001, min(self.timeout, deadline - self.reactor.seconds()))
                 try:
                     endpoint = kind(self.reactor, address, port, timeout=timeout)
-                    return (yield endpoint.connect(_DirectTls(factory) if direct_tls else factory))
+                    connected = yield endpoint.connect(_DirectTls(factory) if direct_tls else factory)
+                    self.resolver.held_down.pop(self.domain, None)
+                    return connected
                 except (defer.CancelledError, ConnectingCancelledError):  # the search was called off: no next one
                     raise
                 except Exception as problem:  # noqa: BLE001 - refused, timed out, unreachable: the next one
@@ -417,7 +447,10 @@ class SrvEndpoint:
                              domain=self.domain, address=address, port=port, host=peer_detail(host),
                              problem=peer_detail(str(problem)))
                     failures.append(f"{host} {address}:{port}: {problem}")
-        raise LookupFailed(string=f"{NOT_CONNECTED} ({attempts} tried): {'; '.join(failures)[:500]}")
+        why = f"{NOT_CONNECTED} ({attempts} tried): {'; '.join(failures)[:500]}"
+        if attempts:
+            self.resolver.hold_down(self.domain, why)
+        raise LookupFailed(string=why)
 
 
 class _DirectTls(Factory):
