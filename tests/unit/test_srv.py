@@ -436,9 +436,10 @@ def alias(name, target, ttl=300):
 SERVICE = "_xmpp-server._tcp.blue.example"
 
 
-def test_a_ttl_with_its_highest_bit_set_is_not_cached():
+@pytest.mark.parametrize("ttl", [0, 2**31, 2**32 - 1])
+def test_a_ttl_of_0_or_with_its_highest_bit_set_is_not_cached(ttl):
     """RFC 2181 8: a TTL of 2^31 or more counts as 0, so the answer is asked again, not kept for an hour."""
-    names = AnswerResolver({SERVICE: [record(SERVICE, dns.Record_SRV(0, 1, 5269, "a.lab.example"), ttl=2**31 + 5)]})
+    names = AnswerResolver({SERVICE: [record(SERVICE, dns.Record_SRV(0, 1, 5269, "a.lab.example"), ttl=ttl)]})
     resolver = DomainResolver(names, Clock())
     found(resolver.targets("blue.example"))
     found(resolver.targets("blue.example"))
