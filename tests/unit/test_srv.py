@@ -662,3 +662,13 @@ def test_the_domains_held_down_are_bounded():
         resolver.hold_down(f"d{index}.example", "refused")
     assert len(resolver.held_down) == CACHE_ENTRIES and resolver.holding_down("d0.example") is None
     assert resolver.holding_down(f"d{CACHE_ENTRIES + 9}.example") == "refused"
+
+
+def test_records_of_another_class_or_another_name_in_the_answer_are_ignored():
+    """An answer may carry anything: only class IN records of the asked name (or of its CNAME inside the answer)
+    count; a CHAOS-class SRV record or one for another name is no target."""
+    chaos = dns.RRHeader(name=SERVICE, type=dns.SRV, cls=dns.CH, ttl=300,
+                         payload=dns.Record_SRV(0, 1, 5269, "chaos.lab.example"))
+    other = record("_xmpp-server._tcp.evil.example", dns.Record_SRV(0, 1, 5269, "evil.lab.example"))
+    names = AnswerResolver({SERVICE: [chaos, other, record(SERVICE, dns.Record_SRV(5, 1, 5269, "good.lab.example"))]})
+    assert found(DomainResolver(names, Clock()).targets("blue.example")) == [("good.lab.example", 5269, False)]

@@ -184,17 +184,18 @@ def answer_ttl(answer) -> int:
 
 def records_of(answers, name, kind):
     """
-    The records of ``kind`` for ``name`` in one answer and the CNAMEs followed
-    to them: a CNAME is followed inside the answer (never asked further), at
+    The records of ``kind`` (class IN) for ``name`` in one answer and the CNAMEs
+    followed to them: a CNAME is followed inside the answer (never asked further), at
     most MAX_ALIASES deep; a loop or a longer chain is LookupFailed.
     """
     wanted, aliases, seen = name.lower(), [], set()
     for _ in range(MAX_ALIASES + 1):
         seen.add(wanted)
-        found = [answer for answer in answers if answer.type == kind and _name(answer) == wanted]
+        found = [answer for answer in answers if answer.type == kind and answer.cls == dns.IN and _name(answer) == wanted]
         if found:
             return found, aliases
-        alias = next((answer for answer in answers if answer.type == dns.CNAME and _name(answer) == wanted), None)
+        alias = next((answer for answer in answers
+                      if answer.type == dns.CNAME and answer.cls == dns.IN and _name(answer) == wanted), None)
         if alias is None:
             return [], aliases
         aliases.append(alias)
