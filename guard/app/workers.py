@@ -17,10 +17,11 @@ spreads the connections over the workers.  Each worker is a full guard
   (``audit.jsonl`` -> ``audit.worker-0.jsonl``): each trail is one hash
   chain written by one process;
 - its share of the limits that must hold for the whole guard
-  (``connections_per_address`` and ``streams_per_domain`` divided by N,
-  rounded down: together the workers never exceed the limit; a peer may be
-  refused before reaching it when the kernel gives one worker more than
-  its share of a peer's connections).
+  (``connections_per_address``, ``streams_per_domain`` and the budgets in
+  ``WORKER_DIVIDED_BUDGETS`` divided by N, rounded down: together the
+  workers never exceed the limit, in connections, verifications or bytes
+  held; a peer may be refused before reaching it when the kernel gives one
+  worker more than its share of a peer's connections).
 
 The supervisor forwards SIGHUP (reload) and SIGUSR1 (status) to every
 worker, writes the status file as the sum of the workers' (the books add
@@ -95,6 +96,10 @@ STOP_MARGIN = 10.0
 REAP_INTERVAL = 1.0
 # Every STATUS_REFRESH seconds the supervisor asks its workers for their status and writes the sum.
 STATUS_REFRESH = 5.0
+# Budgets that hold for the whole guard besides config.WORKER_SHARED_LIMITS: each worker holds 1/N of each (a peer
+# spreading its connections over the workers gets no more dialback verifications, nor the guard more held bytes,
+# than one process would); a value smaller than N is refused when the supervisor starts.
+WORKER_DIVIDED_BUDGETS = ("verifications_per_address", "verifications_per_side", "memory_budget_bytes")
 # Numbers that add up over workers in the status file.
 BOOK_NAMES = ("accepted", "delivered", "bounced", "dropped", "in_flight")
 
@@ -122,8 +127,13 @@ def worker_file(path: str | None, index: int) -> str | None:
 
 
 def worker_limits(limits, workers: int):
-    """``limits`` with each limit that holds for the whole guard cut to one worker's share (rounded down)."""
-    return dataclasses.replace(limits, **{name: getattr(limits, name) // workers for name in WORKER_SHARED_LIMITS})
+    """``limits`` with each limit that holds for the whole guard cut to one worker's share (rounded down);
+    ConfigError when a share would be nothing."""
+    divided = WORKER_SHARED_LIMITS + WORKER_DIVIDED_BUDGETS
+    for name in divided:
+        if getattr(limits, name) < workers:
+            raise ConfigError(f"limits.{name}: must be at least guard.workers ({workers}): each worker holds a share")
+    return dataclasses.replace(limits, **{name: getattr(limits, name) // workers for name in divided})
 
 
 def worker_metrics_file(config: GuardConfig, index: int) -> str | None:
@@ -378,7 +388,7 @@ def join_handover(guard) -> WorkerChannels | None:
     index, count = read_hello(fd)
     # Each frame names the revision of the policies it was judged under; the pinned worker judges again on another.
     channels = WorkerChannels(index, count, guard.relay, guard.config.limits.stanza_bytes,
-                              revision=revision_in_force(guard))
+                              guard.config.limits.parser_limits(), revision=revision_in_force(guard))
     guard.reactor.adoptStreamConnection(fd, socket.AF_UNIX, _Once(channels))
     os.close(fd)
     guard.relay.carrier_for_pair = channels.carrier_for_pair
@@ -430,6 +440,7 @@ class WorkerSupervisor(service.Service):
             self.environment.pop(name, None)
         self.dialback_secret = config.dialback_secret or secrets.token_hex(32)
         self.count = config.settings.workers
+        worker_limits(config.limits, self.count)  # refused here, before any worker starts, when a share is nothing
         self.workers: dict[int, WorkerProcess] = {}
         self.restarts = {index: 0 for index in range(self.count)}
         self.deaths_in_a_row = {index: 0 for index in range(self.count)}
@@ -493,6 +504,8 @@ class WorkerSupervisor(service.Service):
         self._restart_calls.pop(index, None)
         if self.stopping:
             return
+        # A status file there now is an earlier run's (a supervisor killed): never this worker's books.
+        self._forget_worker_status(index)
         child_fds = {0: "w", 1: 1, 2: 2}
         for position, port in enumerate(self._ports):
             child_fds[FIRST_LISTENING_FD + position] = port.fileno()
@@ -518,17 +531,10 @@ class WorkerSupervisor(service.Service):
         if self.workers.get(worker.index) is worker:
             del self.workers[worker.index]
             self.router.close_line(worker.index)
-        if self.stopping:
+        books = self._retire_books(worker.index)
+        if self.stopping:  # its last status is the one it wrote as it stopped: counted in the final sum
             log.info("worker {index} stopped: {reason}", index=worker.index, reason=str(reason))
             return
-        last = self._read_worker_status(worker.index) or {}
-        books = last.get("books", {})
-        for name in BOOK_NAMES:
-            if name != "in_flight":
-                self.retired_books[name] += books.get(name, 0)
-        # Accepted and not settled when it last wrote its status: in doubt (its audit trail says what was decided).
-        self.in_doubt += books.get("in_flight", 0)
-        self._forget_worker_status(worker.index)
         lived = self.reactor.seconds() - worker.started
         self.deaths_in_a_row[worker.index] = 1 if lived >= RESTART_RESET_AFTER else \
             self.deaths_in_a_row[worker.index] + 1
@@ -538,6 +544,22 @@ class WorkerSupervisor(service.Service):
                   "restarting it in {delay} s", index=worker.index, reason=str(reason), lived=lived,
                   in_flight=books.get("in_flight", 0), delay=delay)
         self._restart_calls[worker.index] = self.reactor.callLater(delay, self._spawn, worker.index)
+
+    def _retire_books(self, index: int) -> dict:
+        """
+        The books of worker ``index``, which ended, as its last status file
+        says: counted in ``retired_books`` (stopped or dead, a worker's books
+        stay in the sum), what it had in flight in ``in_doubt`` (its audit
+        trail says what was decided), and the file forgotten so that they are
+        never counted twice.  Returns those books.
+        """
+        books = (self._read_worker_status(index) or {}).get("books", {})
+        for name in BOOK_NAMES:
+            if name != "in_flight":
+                self.retired_books[name] += books.get(name, 0)
+        self.in_doubt += books.get("in_flight", 0)
+        self._forget_worker_status(index)
+        return books
 
     # -- signals --------------------------------------------------------------
 

@@ -44,7 +44,7 @@ from guard.core.settlement import Parcel
 from guard.core.vocabulary import SERVER_NS, STANZA_ERROR_CONDITIONS, STREAMS_NS
 from guard.edges.carriers import ICarrier, ICarrierOwner
 from guard.edges.s2s.carrier import S2SCarrier
-from guard.edges.xmlstream import StreamFault, StreamParser, serialise
+from guard.edges.xmlstream import ParserLimits, StreamFault, StreamParser, serialise
 
 log = Logger()
 
@@ -70,6 +70,7 @@ CHANNEL_DOWN = "the worker this domain pair is pinned to cannot be reached"
 CHANNEL_FULL = "the worker this domain pair is pinned to has too much waiting"
 IN_DOUBT_TEXT = "handed to another worker, which stopped before it confirmed the stanza"
 JUDGED_AGAIN_TEXT = "judged again by the worker carrying it, whose policies were reloaded"
+NOT_PARSED = "the stanza handed over could not be read again"
 HANDOVER_IN_DOUBT_RULE = "guard:handover-in-doubt"
 # The stream header the receiving parser is fed once, so that each frame's stanza parses as a stream child.
 _RECEIVING_HEADER = (f"<stream:stream xmlns='{SERVER_NS}' xmlns:stream='{STREAMS_NS}' version='1.0'>").encode()
@@ -77,6 +78,22 @@ _RECEIVING_HEADER = (f"<stream:stream xmlns='{SERVER_NS}' xmlns:stream='{STREAMS
 
 class FrameFault(Exception):
     """The channel carried something that is not a frame we write: the channel ends."""
+
+
+def receiving_limits(limits: ParserLimits | None, stanza_bytes: int) -> ParserLimits:
+    """
+    The parser limits of the pinned worker reading a handed-over stanza: the
+    accepting worker judged it within ``limits``, and serialising it may add
+    namespace declarations (on an element that enters a namespace, or hoisted
+    to the stanza element), so counts are bounded by the frame's bytes alone
+    (``stanza_bytes``: serialise stops there) rather than judged again; the
+    depth stays (the serialiser and the relay recurse).  A stanza the peer
+    made within every limit must never break the channel between workers.
+    """
+    limits = limits or ParserLimits(stanza_bytes=stanza_bytes)
+    return ParserLimits(stanza_bytes=stanza_bytes, element_depth=limits.element_depth,
+                        attributes_per_element=stanza_bytes, attribute_value_bytes=stanza_bytes,
+                        children_per_stanza=stanza_bytes, header_bytes=ParserLimits().header_bytes)
 
 
 def pinned_worker(pair: tuple[str, str], workers: int) -> int:
@@ -382,7 +399,8 @@ class HandoverReceiver(protocol.Protocol):
         self.revision = revision
         self.reader = FrameReader(stanza_bytes + ENVELOPE_BYTES)
         self.parsed = []
-        self._parser_kwargs = {"limits": parser_limits} if parser_limits is not None else {}
+        # What the accepting worker judged is read within the frame's bytes (receiving_limits), not judged again.
+        self._parser_kwargs = {"limits": parser_limits or receiving_limits(None, stanza_bytes)}
         self.parser = StreamParser(lambda header: None, lambda element, size: self.parsed.append(element),
                                    lambda: None, **self._parser_kwargs)
         self.parser.feed(_RECEIVING_HEADER)
@@ -395,7 +413,7 @@ class HandoverReceiver(protocol.Protocol):
                 if kind != CARRY:
                     raise FrameFault(f"a frame of kind {kind} from the accepting worker")
                 self._carry(body)
-        except (FrameFault, StreamFault) as fault:
+        except FrameFault as fault:
             log.error("the channel from another worker broke: {fault}", fault=str(fault))
             self.transport.loseConnection()
 
@@ -404,11 +422,10 @@ class HandoverReceiver(protocol.Protocol):
             raise FrameFault("a short CARRY frame")
         number, own_bounce, size = _CARRY_HEAD.unpack_from(body)
         side, sender, receiver, revision, xml = _texts(body[_CARRY_HEAD.size:], 5)
-        self.parsed.clear()
-        self.parser.feed(xml.encode("utf-8"))
-        if len(self.parsed) != 1:
-            raise FrameFault("a CARRY frame that is not one stanza")
-        stanza = self.parsed.pop()
+        stanza = self._parse(xml)
+        if stanza is None:  # this stanza is not delivered; the frames around it are whole: the channel goes on
+            self._send(number_frame(UNDELIVERABLE, number, "internal-server-error", NOT_PARSED))
+            return
         parcel = Parcel(stanza, None if own_bounce else stanza, None, size)
         try:
             carrier = self.carrier_for(side, (sender, receiver), self)
@@ -416,6 +433,27 @@ class HandoverReceiver(protocol.Protocol):
             raise FrameFault("a CARRY frame for a side or pair this worker does not carry") from None
         self.numbers[id(parcel)] = (number, parcel, side, revision != self.revision(), self.relay.policies.generation)
         carrier.carry(parcel)
+
+    def _parse(self, xml: str):
+        """The one stanza ``xml`` holds, or None (logged; the parser starts afresh for the next frame)."""
+        self.parsed.clear()
+        try:
+            self.parser.feed(xml.encode("utf-8"))
+        except StreamFault as fault:
+            log.error("a stanza handed over could not be read again: {fault}", fault=str(fault))
+            self._fresh_parser()
+            return None
+        if len(self.parsed) != 1:
+            log.error("a stanza handed over was {count} elements", count=len(self.parsed))
+            self._fresh_parser()
+            return None
+        return self.parsed.pop()
+
+    def _fresh_parser(self):
+        self.parsed = []
+        self.parser = StreamParser(lambda header: None, lambda element, size: self.parsed.append(element),
+                                   lambda: None, **self._parser_kwargs)
+        self.parser.feed(_RECEIVING_HEADER)
 
     def _number(self, parcel):
         """The accepting worker's number for ``parcel``, or None when that worker is gone since it was handed over."""
@@ -474,10 +512,7 @@ class HandoverReceiver(protocol.Protocol):
         """The accepting worker died (its parcels are in doubt there): what we still carry for it is not confirmed."""
         self.numbers = {key: (None, *rest) for key, (_, *rest) in self.numbers.items()}
         self.reader = FrameReader(self.reader.max_frame)
-        self.parsed = []
-        self.parser = StreamParser(lambda header: None, lambda element, size: self.parsed.append(element),
-                                   lambda: None, **self._parser_kwargs)
-        self.parser.feed(_RECEIVING_HEADER)
+        self._fresh_parser()
 
     # -- ICarrierOwner, for the S2S carriers of the pairs pinned here ---------------
 
@@ -603,7 +638,8 @@ class WorkerChannels(protocol.Protocol):
     makes the S2S carrier a received pair leaves on.
     """
 
-    def __init__(self, index: int, count: int, relay, stanza_bytes: int, revision=_no_revision):
+    def __init__(self, index: int, count: int, relay, stanza_bytes: int, parser_limits: ParserLimits | None = None,
+                 revision=_no_revision):
         self.index = index
         self.count = count
         self.relay = relay
@@ -616,7 +652,7 @@ class WorkerChannels(protocol.Protocol):
                 continue
             self.carriers[peer] = HandoverCarrier(relay, stanza_bytes, in_doubt_settler(relay), revision=revision)
             self.receivers[peer] = HandoverReceiver(relay, self._received_pair_carrier, stanza_bytes,
-                                                    revision=revision)
+                                                    receiving_limits(parser_limits, stanza_bytes), revision=revision)
         self.pinned_owner = PinnedPairOwner(relay, self.receivers)
 
     def carrier_for_pair(self, side_name, pair):

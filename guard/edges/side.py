@@ -33,6 +33,10 @@ class Side:
     events: object = None  # who hears its streams' events (guard.edges.metrics.StreamEvents), or None
     resolver: object = None  # its DNS for srv: routes (guard.edges.s2s.srv.DomainResolver), or None: no DNS
 
+    def __post_init__(self):
+        if self.resolver is not None:  # an SRV target naming a domain the guard fronts here is the guard itself
+            self.resolver.own_names = frozenset(self.fronted)
+
     @property
     def clock(self):
         return self.reactor

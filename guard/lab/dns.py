@@ -18,7 +18,10 @@ Several servers behind one domain (issue 11: two guards, SRV weights):
 those SRV records for the domain instead of the one pointing at the domain
 itself, and ``--host guard-a.lab.example=127.0.3.1`` gives a target its A
 record.  Targets may be named otherwise than the domain: the servers behind
-them must still prove the domain.
+them must still prove the domain.  A target "." says the domain offers no
+service (RFC 2782).  ``--xmpps blue.example=0:1:5270:tls.lab.example``
+(repeatable) answers ``_xmpps-server._tcp`` records (XEP-0368, TLS from the
+first byte) for the domain, which otherwise has none.
 """
 
 from __future__ import annotations
@@ -32,6 +35,8 @@ from twisted.internet import defer
 from twisted.names import common, dns, server
 
 SRV_PREFIX = "_xmpp-server._tcp."
+DIRECT_TLS_PREFIX = "_xmpps-server._tcp."
+NO_SERVICE_TARGET = "."  # RFC 2782: the service is decidedly not available at this domain
 TTL = 5
 
 
@@ -88,20 +93,28 @@ def parse_host_argument(text: str) -> tuple[str, str]:
     return name.lower().rstrip("."), address
 
 
+def _srv_answer(name: str, records: Sequence[ServiceRecord]) -> list[dns.RRHeader]:
+    """SRV records of ``name``; a target "." is written as the root name (an empty name, one zero byte)."""
+    return [dns.RRHeader(name=name, type=dns.SRV, ttl=TTL, auth=True, payload=dns.Record_SRV(
+        priority=record.priority, weight=record.weight, port=record.port,
+        target=b"" if record.target == NO_SERVICE_TARGET else record.target, ttl=TTL))
+        for record in records]
+
+
 def answer_for(
     table: Mapping[str, ServerAddress], name: str, record_type: int,
     services: Mapping[str, Sequence[ServiceRecord]] | None = None, hosts: Mapping[str, str] | None = None,
+    direct_tls: Mapping[str, Sequence[ServiceRecord]] | None = None,
 ) -> list[dns.RRHeader] | None:
     """The answer records for one question, or None when the name does not exist.  ``services`` replaces the
-    SRV record of a domain by its own records; ``hosts`` are further names with an A record."""
+    SRV record of a domain by its own records; ``hosts`` are further names with an A record; ``direct_tls``
+    are a domain's _xmpps-server records (XEP-0368)."""
     name = name.lower().rstrip(".")
-    services, hosts = services or {}, hosts or {}
+    services, hosts, direct_tls = services or {}, hosts or {}, direct_tls or {}
+    if name.startswith(DIRECT_TLS_PREFIX) and name[len(DIRECT_TLS_PREFIX):] in direct_tls:
+        return _srv_answer(name, direct_tls[name[len(DIRECT_TLS_PREFIX):]]) if record_type == dns.SRV else []
     if name.startswith(SRV_PREFIX) and name[len(SRV_PREFIX):] in services:
-        if record_type != dns.SRV:
-            return []
-        return [dns.RRHeader(name=name, type=dns.SRV, ttl=TTL, auth=True, payload=dns.Record_SRV(
-            priority=record.priority, weight=record.weight, port=record.port, target=record.target, ttl=TTL))
-            for record in services[name[len(SRV_PREFIX):]]]
+        return _srv_answer(name, services[name[len(SRV_PREFIX):]]) if record_type == dns.SRV else []
     if name in hosts and name not in table:
         if record_type != dns.A:
             return []
@@ -124,26 +137,28 @@ def answer_for(
 class LabTableResolver(common.ResolverBase):
     """An authoritative resolver answering only from the lab's table."""
 
-    def __init__(self, table: Mapping[str, ServerAddress], services=None, hosts=None):
+    def __init__(self, table: Mapping[str, ServerAddress], services=None, hosts=None, direct_tls=None):
         super().__init__()
         self.table = dict(table)
         self.services = dict(services or {})
         self.hosts = dict(hosts or {})
+        self.direct_tls = dict(direct_tls or {})
 
     def _lookup(self, name, cls, type, timeout):  # noqa: A002 - Twisted's signature
         if isinstance(name, bytes):
             name = name.decode("ascii", "replace")
         if cls != dns.IN:
             return defer.fail(dns.DomainError(name))
-        answers = answer_for(self.table, name, type, self.services, self.hosts)
+        answers = answer_for(self.table, name, type, self.services, self.hosts, self.direct_tls)
         if answers is None:
             return defer.fail(dns.AuthoritativeDomainError(name))
         return defer.succeed((answers, [], []))
 
 
-def listen(reactor, table: Mapping[str, ServerAddress], interface: str, port: int, services=None, hosts=None):
+def listen(reactor, table: Mapping[str, ServerAddress], interface: str, port: int, services=None, hosts=None,
+           direct_tls=None):
     """Listen for DNS on UDP and TCP; return the two listening ports."""
-    factory = server.DNSServerFactory(authorities=[LabTableResolver(table, services, hosts)])
+    factory = server.DNSServerFactory(authorities=[LabTableResolver(table, services, hosts, direct_tls)])
     udp = reactor.listenUDP(port, dns.DNSDatagramProtocol(factory), interface=interface)
     tcp = reactor.listenTCP(port, factory, interface=interface)
     return udp, tcp
@@ -164,6 +179,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--srv", action="append", type=parse_srv_argument, default=[],
                         metavar="DOMAIN=PRIORITY:WEIGHT:PORT:TARGET",
                         help="an SRV record of the domain, replacing the one pointing at itself (repeatable)")
+    parser.add_argument("--xmpps", action="append", type=parse_srv_argument, default=[],
+                        metavar="DOMAIN=PRIORITY:WEIGHT:PORT:TARGET",
+                        help="an _xmpps-server SRV record of the domain (XEP-0368, direct TLS; repeatable)")
     parser.add_argument("--host", action="append", type=parse_host_argument, default=[], metavar="NAME=ADDRESS",
                         help="an A record for an SRV target (repeatable)")
     arguments = parser.parse_args(argv)
@@ -172,11 +190,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     for domain, record in arguments.srv:
         services.setdefault(domain, []).append(record)
     hosts = dict(arguments.host)
+    direct_tls: dict[str, list[ServiceRecord]] = {}
+    for domain, record in arguments.xmpps:
+        direct_tls.setdefault(domain, []).append(record)
 
     from twisted.internet import defer, task
 
     def serve(reactor):
-        listen(reactor, table, arguments.listen, arguments.port, services, hosts)
+        listen(reactor, table, arguments.listen, arguments.port, services, hosts, direct_tls)
         print(f"lab dns listening on {arguments.listen}:{arguments.port} for {sorted(table)}", flush=True)
         return defer.Deferred()  # until SIGTERM or SIGINT
 

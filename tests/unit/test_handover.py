@@ -1,5 +1,7 @@
 """Handing a judged stanza over to the worker its pair is pinned to (guard.edges.handover)."""
 
+import struct
+
 import pytest
 from twisted.internet.testing import StringTransport
 from twisted.test import iosim
@@ -450,3 +452,66 @@ def test_the_policy_revision_is_the_same_for_the_same_files_and_changes_with_one
     records = [{"direction": "red->blue", "digest": "aa"}, {"direction": "blue->red", "digest": "bb"}]
     assert policy_revision(records) == policy_revision(list(reversed(records)))
     assert policy_revision(records) != policy_revision([records[0], {"direction": "blue->red", "digest": "cc"}])
+
+
+# -- a peer's stanza never breaks the channel between workers ----------------------------------------------------
+
+CHILD_AT_THE_ATTRIBUTE_LIMIT = (
+    "<message xmlns:x='urn:example:x' from='romeo@red.example/a' to='juliet@blue.example' id='{id}'>"
+    "<x:payload " + " ".join(f"a{index}='v'" for index in range(64)) + "/></message>")
+
+
+def test_a_stanza_within_every_limit_whose_serialisation_declares_a_namespace_is_delivered_by_the_pinned_worker():
+    """64 attributes on a child in a prefixed namespace pass the accepting worker's limits; serialised, the child
+    declares its namespace (65 attributes): the pinned worker reads it within the frame's bytes and delivers it,
+    and the channel carries the next stanza (it broke, settling both in doubt and stranding later ones)."""
+    star = Star()
+    accepting, pinned = star.worlds[ACCEPTING], star.worlds[PINNED]
+    accepting.arrive(CHILD_AT_THE_ATTRIBUTE_LIMIT.format(id="m1"))
+    accepting.arrive(MESSAGE.format(id="m2", body="next"))
+    star.pump()
+    stream = next(iter(pinned.streams.values()))
+    stream.owner.stream_ready(stream)
+    star.pump()
+    assert [entry[2][:72] for entry in pinned.sent()] == [
+        '<message from="romeo@red.example/a" to="juliet@blue.example" id="m1"><pa',
+        '<message from="romeo@red.example/a" to="juliet@blue.example" id="m2"><bo']
+    assert (accepting.books.accepted, accepting.books.delivered, accepting.books.dropped,
+            accepting.books.in_flight) == (2, 2, 0, 0)
+
+
+def test_a_handed_over_stanza_that_cannot_be_read_again_is_undeliverable_and_the_channel_goes_on():
+    """A CARRY frame whose XML does not parse as one stanza is reported undeliverable (internal-server-error) by
+    number; the frames after it are read with a fresh parser and carried."""
+    from guard.edges.handover import UNDELIVERABLE, carry_frame
+
+    pinned = World()
+    carried = []
+
+    class Carrier:
+        def carry(self, parcel):
+            carried.append(parcel.stanza.getAttribute("id"))
+
+    receiver = HandoverReceiver(pinned.relay, lambda side, pair, owner: Carrier(), Limits().stanza_bytes)
+    receiver.makeConnection(StringTransport())
+    head = struct.pack(">QBI", 7, 0, 10) + b"blue\0red.example\0blue.example\0\0"
+    receiver.dataReceived(frame(CARRY, head + b"<message id='half'><body>"))
+    receiver.dataReceived(frame(CARRY, struct.pack(">QBI", 8, 0, 10) + b"blue\0red.example\0blue.example\0\0"
+                                + b"<message id='a'/><message id='b'/>"))
+    stanza = parse(MESSAGE.format(id="m9", body="fine"))
+    good = Parcel(stanza, stanza, None, 10)
+    receiver.dataReceived(carry_frame(9, good, "blue", PAIR, Limits().stanza_bytes))
+    reports = FrameReader(1024).feed(receiver.transport.value())
+    assert [(kind, body[:8]) for kind, body in reports] == [(UNDELIVERABLE, struct.pack(">Q", 7)),
+                                                           (UNDELIVERABLE, struct.pack(">Q", 8))]
+    assert all(b"internal-server-error" in body for _, body in reports)
+    assert carried == ["m9"] and not receiver.transport.disconnecting
+
+
+def test_the_pinned_worker_reads_handed_over_stanzas_as_deep_as_the_configured_limit():
+    """WorkerChannels gives its receivers the configured depth (not the parser's default), counts bounded by bytes."""
+    world = World()
+    channels = WorkerChannels(0, 2, world.relay, Limits().stanza_bytes, Limits(element_depth=100).parser_limits())
+    limits = channels.receivers[1].parser._limits
+    assert (limits.element_depth, limits.stanza_bytes, limits.attributes_per_element) == (
+        100, Limits().stanza_bytes, Limits().stanza_bytes)

@@ -271,6 +271,9 @@ def test_a_fault_inside_the_endpoint_fails_the_connection_closed():
     from twisted.internet.protocol import Factory, Protocol
 
     class Broken:
+        def holding_down(self, domain):
+            return None
+
         def targets(self, domain):
             raise RuntimeError("broken resolver")
 
@@ -348,6 +351,7 @@ def test_a_route_written_srv_is_looked_up_through_the_side_dns(tmp_path):
     blue = service.sides["blue"]
     assert blue.routes["blue.example"] == "srv:domain=blue.example:timeout=10"
     assert blue.resolver.names.pickServer() == ("127.0.1.53", 5300) and service.sides["red"].resolver is None
+    assert blue.resolver.own_names == blue.fronted and "red.example" in blue.resolver.own_names
 
 
 def test_an_srv_route_needs_the_side_dns_and_a_dns_server_must_be_an_address(tmp_path):
@@ -400,3 +404,271 @@ def test_the_lab_dns_answers_several_srv_targets_and_their_addresses():
     assert answer_for(table, "_xmpps-server._tcp.blue.example", dns.SRV, services, hosts) is None
     with pytest.raises(Exception, match="priority:weight:port:target"):
         parse_srv_argument("blue.example=0:60:guard-a")
+
+
+# -- a hostile DNS -----------------------------------------------------------------------
+
+
+class AnswerResolver(common.ResolverBase):
+    """A DNS server that answers each name with the records given for it, whatever the question's type."""
+
+    def __init__(self, answers):
+        super().__init__()
+        self.answers = answers
+        self.asked = []
+
+    def _lookup(self, name, cls, type, timeout):  # noqa: A002 - Twisted's signature
+        name = name.decode() if isinstance(name, bytes) else name
+        self.asked.append((name, type))
+        if name not in self.answers:
+            return defer.fail(dns_error.DNSNameError(name))
+        return defer.succeed((list(self.answers[name]), [], []))
+
+
+def record(name, payload, ttl=300):
+    return dns.RRHeader(name=name, type=payload.TYPE, ttl=ttl, payload=payload)
+
+
+def alias(name, target, ttl=300):
+    return record(name, dns.Record_CNAME(name=target, ttl=ttl), ttl)
+
+
+SERVICE = "_xmpp-server._tcp.blue.example"
+
+
+@pytest.mark.parametrize("ttl", [0, 2**31, 2**32 - 1])
+def test_a_ttl_of_0_or_with_its_highest_bit_set_is_not_cached(ttl):
+    """RFC 2181 8: a TTL of 2^31 or more counts as 0, so the answer is asked again, not kept for an hour."""
+    names = AnswerResolver({SERVICE: [record(SERVICE, dns.Record_SRV(0, 1, 5269, "a.lab.example"), ttl=ttl)]})
+    resolver = DomainResolver(names, Clock())
+    found(resolver.targets("blue.example"))
+    found(resolver.targets("blue.example"))
+    assert names.asked.count((SERVICE, dns.SRV)) == 2
+    assert (SERVICE, dns.SRV) not in resolver.cache.entries
+
+
+def test_a_cname_chain_inside_the_answer_is_followed_and_cached_for_its_shortest_ttl():
+    """An SRV name that is an alias: the records of the name it points to, in the same answer, are the targets;
+    no further question is asked, and the answer is cached for the shortest TTL of the chain."""
+    clock = Clock()
+    names = AnswerResolver({SERVICE: [alias(SERVICE, "srv.hosting.example", ttl=20),
+                                      record("srv.hosting.example", dns.Record_SRV(0, 1, 5270, "a.lab.example"))]})
+    resolver = DomainResolver(names, clock)
+    assert found(resolver.targets("blue.example")) == [("a.lab.example", 5270, False)]
+    assert names.asked == [("_xmpps-server._tcp.blue.example", dns.SRV), (SERVICE, dns.SRV)]
+    clock.advance(21)
+    found(resolver.targets("blue.example"))
+    assert names.asked.count((SERVICE, dns.SRV)) == 2
+
+
+@pytest.mark.parametrize("chain", [
+    [alias(SERVICE, "one.example"), alias("one.example", SERVICE)],
+    [alias(SERVICE, "hop0.example")] + [alias(f"hop{i}.example", f"hop{i + 1}.example") for i in range(12)]
+    + [record("hop12.example", dns.Record_SRV(0, 1, 5269, "a.lab.example"))],
+])
+def test_a_cname_loop_or_an_endless_chain_fails_the_lookup_closed(chain):
+    """A CNAME loop, or a chain longer than MAX_ALIASES, is no route: never a fallback, never an endless walk."""
+    with pytest.raises(LookupFailed, match="CNAME chain that loops or is too long"):
+        found(DomainResolver(AnswerResolver({SERVICE: chain}), Clock()).targets("blue.example"))
+
+
+def test_a_record_on_port_0_is_no_server():
+    """An SRV record on port 0 is dropped: it takes no attempt, and alone it leaves no target."""
+    names = AnswerResolver({SERVICE: [record(SERVICE, dns.Record_SRV(0, 1, 0, "a.lab.example")),
+                                      record(SERVICE, dns.Record_SRV(1, 1, 5269, "b.lab.example"))]})
+    assert found(DomainResolver(names, Clock()).targets("blue.example")) == [("b.lab.example", 5269, False)]
+
+
+def test_a_huge_answer_keeps_max_records_and_tries_max_attempts():
+    """Thousands of SRV records: MAX_RECORDS are kept (in bytes too), and at most max_attempts addresses tried."""
+    from guard.edges.s2s.srv import MAX_RECORDS
+    from twisted.internet.protocol import Factory, Protocol
+
+    many = [record(SERVICE, dns.Record_SRV(index % 7, 1, 5269, f"t{index}.lab.example")) for index in range(3000)]
+    answers = {SERVICE: many}
+    answers.update({f"t{index}.lab.example": [record(f"t{index}.lab.example", dns.Record_A(f"127.0.5.{index % 200 + 1}"))]
+                    for index in range(3000)})
+    reactor = MemoryReactorClock()
+    resolver = DomainResolver(AnswerResolver(answers), reactor, random=random.Random(5))
+    assert len(found(resolver.targets("blue.example"))) == MAX_RECORDS
+    assert resolver.cache.bytes < 4 * 1024
+    SrvEndpoint(reactor, resolver, "blue.example", timeout=7, max_attempts=4).connect(Factory.forProtocol(Protocol))
+    for attempt in range(4):
+        reactor.tcpClients[attempt][2].clientConnectionFailed(None, Failure(ConnectionRefusedError("down")))
+    assert len(reactor.tcpClients) == 4
+
+
+def test_an_address_that_is_no_single_host_is_never_connected_to():
+    """A target whose A record is 0.0.0.0 (it reaches this machine), multicast or broadcast is skipped without
+    an attempt; the next target is connected to."""
+    from twisted.internet.protocol import Factory, Protocol
+
+    reactor = MemoryReactorClock()
+    records = {("_xmpp-server._tcp.blue.example", dns.SRV): [srv(0, 1, 5269, "zero.lab.example"),
+                                                              srv(1, 1, 5269, "many.lab.example"),
+                                                              srv(2, 1, 5269, "good.lab.example")],
+               ("zero.lab.example", dns.A): [a("0.0.0.0")],
+               ("zero.lab.example", dns.AAAA): [(dns.Record_AAAA(address="::", ttl=300), 300)],
+               ("many.lab.example", dns.A): [a("224.0.0.1"), a("255.255.255.255")],
+               ("good.lab.example", dns.A): [a("127.0.3.2")]}
+    endpoint_for(records, reactor).connect(Factory.forProtocol(Protocol))
+    assert [(host, port) for host, port, *_ in reactor.tcpClients] == [("127.0.3.2", 5269)]
+
+
+class ListeningPortAt:
+    """A TCP port the reactor listens on (as the guard's sides do), at ``host`` and ``port``."""
+
+    def __init__(self, host, port):
+        from twisted.internet.address import IPv4Address
+
+        self.address = IPv4Address("TCP", host, port)
+
+    def getHost(self):
+        return self.address
+
+
+def test_a_target_that_is_the_guards_own_listener_is_never_connected_to():
+    """An SRV target resolving to an address and port the guard itself listens on (or to any local address on the
+    port of a listener bound to every address) would loop each stanza through the guard: it is skipped."""
+    from twisted.internet.interfaces import IListeningPort
+    from twisted.internet.protocol import Factory, Protocol
+    from zope.interface import directlyProvides
+
+    reactor = MemoryReactorClock()
+    for host, port in (("127.0.1.1", 5269), ("0.0.0.0", 5270)):
+        listening = ListeningPortAt(host, port)
+        directlyProvides(listening, IListeningPort)
+        reactor.addReader(listening)
+    records = {("_xmpp-server._tcp.blue.example", dns.SRV): [srv(0, 1, 5269, "same.lab.example"),
+                                                              srv(1, 1, 5270, "wild.lab.example"),
+                                                              srv(2, 1, 5269, "good.lab.example")],
+               ("same.lab.example", dns.A): [a("127.0.1.1")],
+               ("wild.lab.example", dns.A): [a("127.0.9.9")],
+               ("good.lab.example", dns.A): [a("127.0.3.2")]}
+    endpoint_for(records, reactor).connect(Factory.forProtocol(Protocol))
+    assert [(host, port) for host, port, *_ in reactor.tcpClients] == [("127.0.3.2", 5269)]
+
+
+def test_the_decision_of_a_loop_through_the_guard():
+    """Same address and port, an IPv4-mapped spelling, or a local address on a wildcard listener's port loop;
+    another port or another machine's address on a wildcard listener's port do not."""
+    from guard.edges.s2s.srv import loops_to_guard
+
+    listeners = [("127.0.1.1", 5269), ("::", 5280)]
+    local = {"127.0.1.1", "10.0.0.5", "::1"}.__contains__
+    assert loops_to_guard("127.0.1.1", 5269, listeners, local)
+    assert loops_to_guard("::ffff:127.0.1.1", 5269, listeners, local)
+    assert loops_to_guard("10.0.0.5", 5280, listeners, local)
+    assert not loops_to_guard("127.0.1.1", 5270, listeners, local)
+    assert not loops_to_guard("192.0.2.7", 5280, listeners, local)
+
+
+def test_an_srv_target_naming_a_domain_the_guard_fronts_on_that_side_is_not_tried():
+    """On the blue side the guard is red.example: a blue SRV target red.example loops through the guard, so it is
+    dropped; when every target is such a name the lookup fails closed.  The side gives its resolver those names."""
+    from guard.edges.side import Side
+
+    names = TableResolver({("_xmpp-server._tcp.blue.example", dns.SRV): [srv(0, 1, 5269, "red.example"),
+                                                                          srv(1, 1, 5269, "blue.example")],
+                           ("_xmpp-server._tcp.blue2.example", dns.SRV): [srv(0, 1, 5269, "Red.Example.")]})
+    resolver = DomainResolver(names, Clock())
+    side = make_side("blue", MemoryReactorClock())
+    Side(**{**{field: getattr(side, field) for field in ("name", "topology", "authentication", "identities",
+                                                          "anchors", "routes", "limits", "dialback_secret",
+                                                          "reactor")}, "resolver": resolver})
+    assert "red.example" in resolver.own_names and "blue.example" not in resolver.own_names
+    assert found(resolver.targets("blue.example")) == [("blue.example", 5269, False)]
+    with pytest.raises(LookupFailed, match="is the guard itself"):
+        found(resolver.targets("blue2.example"))
+
+
+def test_the_whole_search_for_a_server_ends_within_search_seconds():
+    """However many targets and slow answers, the search ends by search_seconds: the attempt under way is
+    abandoned (its connector stopped) and the connection fails closed; no attempt waits past the deadline."""
+    from twisted.internet.protocol import Factory, Protocol
+
+    reactor = MemoryReactorClock()
+    records = {("_xmpp-server._tcp.blue.example", dns.SRV): [srv(index, 1, 5269, f"g{index}.lab.example")
+                                                              for index in range(5)]}
+    records.update({(f"g{index}.lab.example", dns.A): [a(f"127.0.3.{index + 1}")] for index in range(5)})
+    resolver = DomainResolver(TableResolver(records), reactor, random=random.Random(3))
+    endpoint = SrvEndpoint(reactor, resolver, "blue.example", timeout=30, search_seconds=45)
+    connecting = endpoint.connect(Factory.forProtocol(Protocol))
+    reactor.advance(30)
+    reactor.tcpClients[0][2].clientConnectionFailed(None, Failure(ConnectionRefusedError("slow refusal")))
+    assert reactor.tcpClients[1][3] == 15  # what is left of the search, not the route's 30 s
+    reactor.advance(15)
+    with pytest.raises(LookupFailed, match="in time"):
+        found(connecting)
+    assert reactor.connectors[1].stoppedConnecting and len(reactor.tcpClients) == 2
+
+
+def test_a_search_called_off_by_its_carrier_tries_no_further_target():
+    """The carrier cancels the connection (the guard stops): the attempt under way ends and no other target is tried."""
+    from twisted.internet.protocol import Factory, Protocol
+
+    reactor = MemoryReactorClock()
+    connecting = endpoint_for(TWO_GUARDS, reactor).connect(Factory.forProtocol(Protocol))
+    connecting.addErrback(lambda failure: None)
+    connecting.cancel()
+    assert len(reactor.tcpClients) == 1 and reactor.connectors[0].stoppedConnecting
+
+
+def test_a_static_route_wins_and_never_asks_the_dns():
+    """A domain with a static route is connected to there even on a side with a DNS server: no question is asked."""
+    from tests.unit.test_carriers import RecordingOwner, parcel
+    from guard.edges.s2s.carrier import S2SCarrier
+
+    reactor = MemoryReactorClock()
+    side = make_side("blue", reactor, routes={"blue.example": "tcp:host=127.0.2.1:port=5269:timeout=5"})
+    names = TableResolver(TWO_GUARDS)
+    side.resolver = DomainResolver(names, reactor)
+    S2SCarrier(RecordingOwner([]), side, "red.example", "blue.example").carry(parcel(1))
+    assert [(host, port) for host, port, *_ in reactor.tcpClients] == [("127.0.2.1", 5269)] and names.asked == []
+
+
+def test_after_every_server_refused_the_domain_is_held_down_for_a_while():
+    """Every address refused: the next connections within HOLD_DOWN_SECONDS fail at once, with no question and no
+    connection attempt (stanzas arriving one by one do not become a stream of attempts at addresses the DNS
+    chose); after it the servers are tried again."""
+    from guard.edges.s2s.srv import HOLD_DOWN_SECONDS
+    from twisted.internet.protocol import Factory, Protocol
+
+    reactor = MemoryReactorClock()
+    names = TableResolver(TWO_GUARDS)
+    resolver = DomainResolver(names, reactor, random=random.Random(3))
+    endpoint = SrvEndpoint(reactor, resolver, "blue.example", timeout=7)
+    first = endpoint.connect(Factory.forProtocol(Protocol))
+    for attempt in range(2):
+        reactor.tcpClients[attempt][2].clientConnectionFailed(None, Failure(ConnectionRefusedError("down")))
+    with pytest.raises(LookupFailed, match="no server of the domain accepted"):
+        found(first)
+    asked = len(names.asked)
+    reactor.advance(HOLD_DOWN_SECONDS - 0.5)
+    with pytest.raises(LookupFailed, match=r"held down"):
+        found(endpoint.connect(Factory.forProtocol(Protocol)))
+    assert (len(reactor.tcpClients), len(names.asked)) == (2, asked)
+    reactor.advance(1)
+    endpoint.connect(Factory.forProtocol(Protocol))
+    assert len(reactor.tcpClients) == 3
+
+
+def test_the_domains_held_down_are_bounded():
+    """However many domains fail, at most CACHE_ENTRIES are remembered (the oldest go first)."""
+    from guard.edges.s2s.srv import CACHE_ENTRIES
+
+    resolver = DomainResolver(TableResolver({}), Clock())
+    for index in range(CACHE_ENTRIES + 10):
+        resolver.hold_down(f"d{index}.example", "refused")
+    assert len(resolver.held_down) == CACHE_ENTRIES and resolver.holding_down("d0.example") is None
+    assert resolver.holding_down(f"d{CACHE_ENTRIES + 9}.example") == "refused"
+
+
+def test_records_of_another_class_or_another_name_in_the_answer_are_ignored():
+    """An answer may carry anything: only class IN records of the asked name (or of its CNAME inside the answer)
+    count; a CHAOS-class SRV record or one for another name is no target."""
+    chaos = dns.RRHeader(name=SERVICE, type=dns.SRV, cls=dns.CH, ttl=300,
+                         payload=dns.Record_SRV(0, 1, 5269, "chaos.lab.example"))
+    other = record("_xmpp-server._tcp.evil.example", dns.Record_SRV(0, 1, 5269, "evil.lab.example"))
+    names = AnswerResolver({SERVICE: [chaos, other, record(SERVICE, dns.Record_SRV(5, 1, 5269, "good.lab.example"))]})
+    assert found(DomainResolver(names, Clock()).targets("blue.example")) == [("good.lab.example", 5269, False)]

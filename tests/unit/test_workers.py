@@ -106,6 +106,28 @@ def test_a_worker_holds_its_share_of_the_limits_that_hold_for_the_whole_guard():
     assert (shared.connections_per_address, shared.streams_per_domain, shared.outbound_queue) == (21, 2, 1000)
 
 
+def test_a_peer_spread_over_the_workers_gets_no_more_verifications_nor_held_bytes_than_from_one_process():
+    """The per-address and per-side dialback verification caps and the memory budget are divided between the
+    workers too: a peer whose connections land on every worker is held to the configured totals."""
+    shared = worker_limits(Limits(verifications_per_address=16, verifications_per_side=256,
+                                  memory_budget_bytes=32 * 1024 * 1024, verifications_per_stream=4), 3)
+    assert (shared.verifications_per_address, shared.verifications_per_side, shared.memory_budget_bytes,
+            shared.verifications_per_stream) == (5, 85, 32 * 1024 * 1024 // 3, 4)
+    assert 3 * shared.verifications_per_address <= 16 and 3 * shared.memory_budget_bytes <= 32 * 1024 * 1024
+
+
+def test_a_budget_smaller_than_the_workers_stops_the_supervisor_before_any_worker_starts(tmp_path):
+    """A worker's share of nothing would refuse every verification: the supervisor refuses the configuration."""
+    from twisted.internet.testing import MemoryReactorClock
+
+    from guard.app.workers import WorkerSupervisor
+
+    config = load_config(config_with(tmp_path, "workers = 20", limits={"connections_per_address": 64,
+                                                                       "streams_per_domain": 20}))
+    with pytest.raises(ConfigError, match=r"limits.verifications_per_address: must be at least guard.workers \(20\)"):
+        WorkerSupervisor(config, MemoryReactorClock(), environment={})
+
+
 def test_a_worker_runs_with_the_supervisors_secret_its_files_and_its_share(tmp_path):
     """worker_config gives the worker the secret it was handed, its own audit and status paths and its share of the limits."""
     config = load_config(config_with(tmp_path, "workers = 2", limits={"connections_per_address": 9}))
@@ -216,3 +238,79 @@ def test_a_half_of_a_pair_refuses_workers(tree):
     for load in (lambda: checked_configuration(path), lambda: _load_process(path, MemoryReactorClock())):
         with pytest.raises(ConfigError, match=r"guard.workers: a half of a pair runs as one process"):
             load()
+
+
+def _supervisor_with_two_stopped_workers(tmp_path, in_flight):
+    """A supervisor whose two workers wrote their last status files (worker 1 with ``in_flight``), stopping."""
+    import json
+    from types import SimpleNamespace
+
+    from twisted.internet.testing import MemoryReactorClock
+
+    from guard.app.workers import WorkerProcess, WorkerSupervisor
+
+    config = load_config(config_with(tmp_path, "workers = 2"))
+    supervisor = WorkerSupervisor(config, MemoryReactorClock(), environment={})
+    for index, (accepted, delivered, flying) in enumerate(((4, 4, 0), (3, 3 - in_flight, in_flight))):
+        worker = WorkerProcess(supervisor, index, 0.0)
+        worker.transport = SimpleNamespace(pid=100 + index)
+        supervisor.workers[index] = worker
+        Path(worker_file(config.status_path, index)).write_text(json.dumps({"books": {
+            "accepted": accepted, "delivered": delivered, "bounced": 0, "dropped": 0, "in_flight": flying}}))
+    supervisor.stopping = True
+    return supervisor
+
+
+def test_the_final_status_after_a_stop_keeps_the_books_of_every_worker(tmp_path):
+    """Workers stopped by SIGTERM leave their books in the supervisor's final sum: nothing they settled disappears."""
+    import json
+
+    supervisor = _supervisor_with_two_stopped_workers(tmp_path, in_flight=0)
+    for worker in list(supervisor.workers.values()):
+        supervisor.worker_ended(worker, "stopped")
+    supervisor._write_sum()
+    final = json.loads(Path(supervisor.config.status_path).read_text())
+    assert (final["books"], final["in_doubt"]) == (
+        {"accepted": 7, "delivered": 7, "bounced": 0, "dropped": 0, "in_flight": 0}, 0)
+
+
+def test_a_worker_stopped_with_stanzas_in_flight_leaves_them_in_doubt_counted_once(tmp_path):
+    """A worker that ended while stopping with stanzas in flight (killed after the grace) has them in doubt, once."""
+    import json
+
+    supervisor = _supervisor_with_two_stopped_workers(tmp_path, in_flight=2)
+    for worker in list(supervisor.workers.values()):
+        supervisor.worker_ended(worker, "killed")
+        supervisor.worker_ended(worker, "killed")  # told twice: its file is forgotten after the first
+    supervisor._write_sum()
+    final = json.loads(Path(supervisor.config.status_path).read_text())
+    assert (final["books"]["accepted"], final["books"]["delivered"], final["in_doubt"]) == (7, 5, 2)
+
+
+def test_a_status_file_left_by_an_earlier_run_is_not_counted_when_a_new_worker_dies_before_writing_its_own(tmp_path):
+    """A supervisor killed last time left worker 0's status file: worker 0 of this run dies before its first
+    status, and the old books are counted neither as retired nor as in doubt."""
+    import json
+    from types import SimpleNamespace
+
+    from twisted.internet.testing import MemoryReactorClock, StringTransport
+
+    from guard.app.workers import WorkerSupervisor
+
+    class SpawningReactor(MemoryReactorClock):
+        def spawnProcess(self, process, executable, args, env, childFDs):
+            process.transport = SimpleNamespace(pid=4242)
+            return process.transport
+
+        def adoptStreamConnection(self, fileDescriptor, addressFamily, factory):
+            factory.buildProtocol(None).makeConnection(StringTransport())
+
+    config = load_config(config_with(tmp_path, "workers = 2"))
+    Path(worker_file(config.status_path, 0)).write_text(json.dumps({"books": {
+        "accepted": 9, "delivered": 6, "bounced": 0, "dropped": 0, "in_flight": 3}}))
+    supervisor = WorkerSupervisor(config, SpawningReactor(), environment={})
+    supervisor._spawn(0)
+    supervisor.worker_ended(supervisor.workers[0], "died while starting")
+    assert (supervisor.retired_books["accepted"], supervisor.in_doubt) == (0, 0)
+    for call in supervisor._restart_calls.values():
+        call.cancel()

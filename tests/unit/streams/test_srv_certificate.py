@@ -23,6 +23,11 @@ from .sides import RecordingRelay, make_side, pki
 from .test_handshakes import RED_DOMAINS, RecordingOwner, deferLater
 
 
+def no_port_of_the_guard(reactor):
+    """The far servers of these tests listen in the test's own reactor: none of its ports is the guard's own."""
+    return []
+
+
 class CertificateName(unittest.TestCase):
     timeout = 20
 
@@ -40,7 +45,7 @@ class CertificateName(unittest.TestCase):
                    (target, dns.A): [a("127.0.0.1")]}
         red = make_side("red", reactor, certificate=material.red_server.certificate, key=material.red_server.key,
                         presents_for=RED_DOMAINS)
-        red.resolver = DomainResolver(TableResolver(records), reactor)
+        red.resolver = DomainResolver(TableResolver(records), reactor, listeners=no_port_of_the_guard)
         owner = RecordingOwner()
         stream = open_outbound_stream(owner, red, "red.example", "blue.example", "srv:domain=blue.example:timeout=5")
         self.addCleanup(self.hang_up, stream)
@@ -100,7 +105,7 @@ class DirectTls(unittest.TestCase):
                    ("tls.lab.example", dns.A): [a("127.0.0.1")]}
         red = make_side("red", reactor, certificate=material.red_server.certificate, key=material.red_server.key,
                         presents_for=RED_DOMAINS)
-        red.resolver = DomainResolver(TableResolver(records), reactor)
+        red.resolver = DomainResolver(TableResolver(records), reactor, listeners=no_port_of_the_guard)
         stream = open_outbound_stream(RecordingOwner(), red, "red.example", "blue.example",
                                       "srv:domain=blue.example:timeout=5")
         self.addCleanup(lambda: stream.transport and stream.transport.abortConnection())
@@ -134,3 +139,62 @@ class RealDns(unittest.TestCase):
         self.assertEqual((yield resolver.targets("blue.example")), [("blue-server.lab.example", 5270, False)])
         self.assertEqual((yield resolver.addresses("blue-server.lab.example")), ["127.0.2.1"])
         self.assertEqual((yield resolver.targets("red.example")), [("red.example", 5269, False)])
+
+
+class LoopThroughTheGuard(unittest.TestCase):
+    timeout = 20
+
+    @defer.inlineCallbacks
+    def test_an_srv_target_that_is_the_guards_own_listener_is_not_connected_to(self):
+        """A hostile DNS points blue.example at the guard's own red listener (a real port of this reactor): the
+        stream fails remote-server-not-found without a connection, instead of carrying stanzas round the guard."""
+        material = pki()
+        keypair = material.guard_facing("red")
+        listening_side = make_side("red", reactor, relay=RecordingRelay(), certificate=keypair.certificate,
+                                   key=keypair.key, presents_for=BLUE_DOMAINS)
+        accepted = []
+        factory = InboundFactory(listening_side)
+        building = factory.buildProtocol
+
+        def build(address):
+            accepted.append(address)
+            return building(address)
+
+        factory.buildProtocol = build
+        port = yield TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(factory)
+        self.addCleanup(port.stopListening)
+        records = {("_xmpp-server._tcp.blue.example", dns.SRV): [srv(0, 1, port.getHost().port, "guard.lab.example")],
+                   ("guard.lab.example", dns.A): [a("127.0.0.1")]}
+        blue = make_side("blue", reactor)
+        blue.resolver = DomainResolver(TableResolver(records), reactor)
+        owner = RecordingOwner()
+        open_outbound_stream(owner, blue, "red.example", "blue.example", "srv:domain=blue.example:timeout=5")
+        self.assertEqual((yield owner.settled), ("failed", "remote-server-not-found"))
+        yield deferLater(0.1)
+        self.assertEqual(accepted, [])
+
+
+class LabResponder(unittest.TestCase):
+    timeout = 20
+
+    @defer.inlineCallbacks
+    def test_the_lab_dns_says_no_service_and_direct_tls_over_the_wire(self):
+        """The lab's responder writes a "." target as the root name and answers _xmpps-server records: over real
+        UDP the guard's resolver reads "no service" for one domain and a direct TLS target for another."""
+        from twisted.names import dns as names_dns, server
+
+        from guard.edges.s2s.srv import LookupFailed, side_resolver
+        from guard.lab.dns import LabTableResolver, ServerAddress, parse_srv_argument
+
+        authority = LabTableResolver(
+            {"blue.example": ServerAddress("127.0.2.1", 5269), "red.example": ServerAddress("127.0.1.1", 5269)},
+            services={"red.example": [parse_srv_argument("red.example=0:0:0:.")[1]]},
+            direct_tls={"blue.example": [parse_srv_argument("blue.example=0:1:5270:tls.lab.example")[1]]})
+        port = reactor.listenUDP(0, names_dns.DNSDatagramProtocol(server.DNSServerFactory(authorities=[authority])),
+                                 interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        resolver = side_resolver(("127.0.0.1", port.getHost().port), reactor)
+        self.assertEqual(sorted((yield resolver.targets("blue.example"))),
+                         [("blue.example", 5269, False), ("tls.lab.example", 5270, True)])
+        with self.assertRaisesRegex(LookupFailed, "offers no XMPP server"):
+            yield resolver.targets("red.example")
