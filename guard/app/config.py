@@ -482,8 +482,10 @@ def _check_workers(checker, config) -> None:
         checker.fail("snmp.agentx", "is not served with guard.workers > 1 yet (the snapshot does not add up)")
 
 
-# The limits a worker holds a share of (limit // workers): together the workers never exceed the limit.
-WORKER_SHARED_LIMITS = ("connections_per_address", "streams_per_domain")
+# The limits a worker holds a share of (limit // workers): together the workers never exceed the limit, in
+# connections, dialback verifications or bytes held (a peer spreading its connections over the workers gets no more).
+WORKER_SHARED_LIMITS = ("connections_per_address", "streams_per_domain", "verifications_per_address",
+                        "verifications_per_side", "memory_budget_bytes")
 
 
 AUDIT_OUTPUT_KEYS = ("audit_rotate_bytes", "audit_keep", "audit_syslog", "audit_syslog_address", "audit_journald")

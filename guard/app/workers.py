@@ -17,8 +17,9 @@ spreads the connections over the workers.  Each worker is a full guard
   (``audit.jsonl`` -> ``audit.worker-0.jsonl``): each trail is one hash
   chain written by one process;
 - its share of the limits that must hold for the whole guard
-  (``connections_per_address``, ``streams_per_domain`` and the budgets in
-  ``WORKER_DIVIDED_BUDGETS`` divided by N, rounded down: together the
+  (``config.WORKER_SHARED_LIMITS``: connections per address, streams per
+  domain, dialback verifications and the memory budget, divided by N,
+  rounded down; ``guard check`` refuses a value smaller than N: together the
   workers never exceed the limit, in connections, verifications or bytes
   held; a peer may be refused before reaching it when the kernel gives one
   worker more than its share of a peer's connections).
@@ -96,10 +97,6 @@ STOP_MARGIN = 10.0
 REAP_INTERVAL = 1.0
 # Every STATUS_REFRESH seconds the supervisor asks its workers for their status and writes the sum.
 STATUS_REFRESH = 5.0
-# Budgets that hold for the whole guard besides config.WORKER_SHARED_LIMITS: each worker holds 1/N of each (a peer
-# spreading its connections over the workers gets no more dialback verifications, nor the guard more held bytes,
-# than one process would); a value smaller than N is refused when the supervisor starts.
-WORKER_DIVIDED_BUDGETS = ("verifications_per_address", "verifications_per_side", "memory_budget_bytes")
 # Numbers that add up over workers in the status file.
 BOOK_NAMES = ("accepted", "delivered", "bounced", "dropped", "in_flight")
 
@@ -129,7 +126,7 @@ def worker_file(path: str | None, index: int) -> str | None:
 def worker_limits(limits, workers: int):
     """``limits`` with each limit that holds for the whole guard cut to one worker's share (rounded down);
     ConfigError when a share would be nothing."""
-    divided = WORKER_SHARED_LIMITS + WORKER_DIVIDED_BUDGETS
+    divided = WORKER_SHARED_LIMITS
     for name in divided:
         if getattr(limits, name) < workers:
             raise ConfigError(f"limits.{name}: must be at least guard.workers ({workers}): each worker holds a share")

@@ -39,7 +39,8 @@ def test_a_workers_value_out_of_bounds_or_not_a_whole_number_is_refused(tmp_path
         load_config(config_with(tmp_path, f"workers = {value}"))
 
 
-@pytest.mark.parametrize("limit", ["connections_per_address", "streams_per_domain"])
+@pytest.mark.parametrize("limit", ["connections_per_address", "streams_per_domain", "verifications_per_address",
+                                   "verifications_per_side", "memory_budget_bytes"])
 def test_a_shared_limit_smaller_than_the_workers_is_refused(tmp_path, limit):
     """A limit each worker holds a share of must leave every worker at least one."""
     with pytest.raises(ConfigError, match=rf"limits\.{limit}: must be at least guard.workers \(4\)"):
@@ -122,8 +123,13 @@ def test_a_budget_smaller_than_the_workers_stops_the_supervisor_before_any_worke
 
     from guard.app.workers import WorkerSupervisor
 
+    import dataclasses
+
     config = load_config(config_with(tmp_path, "workers = 20", limits={"connections_per_address": 64,
-                                                                       "streams_per_domain": 20}))
+                                                                       "streams_per_domain": 20,
+                                                                       "verifications_per_address": 20}))
+    # A configuration that did not pass guard check (which refuses it too): the supervisor still refuses it.
+    config = dataclasses.replace(config, limits=dataclasses.replace(config.limits, verifications_per_address=16))
     with pytest.raises(ConfigError, match=r"limits.verifications_per_address: must be at least guard.workers \(20\)"):
         WorkerSupervisor(config, MemoryReactorClock(), environment={})
 
