@@ -87,7 +87,12 @@ class IrcServerSide:
 @pytest.fixture
 def lab(tmp_path):
     """A gateway whose component stream is open and whose bot is registered in #ops."""
-    config = load_irc_config(str(write_config(tmp_path)))
+    return open_lab(tmp_path, write_config(tmp_path))
+
+
+def open_lab(tmp_path, config_path):
+    """The gateway of the configuration ``config_path``, its component stream open, its bot registered in #ops."""
+    config = load_irc_config(str(config_path))
     clock, component, irc = MemoryReactorClock(), ComponentEndpoint(), IrcServerSide()
     audit = AuditLog(str(tmp_path / "audit.jsonl"))
     gateway = IrcGateway(config, clock, irc.connect, component, audit)
