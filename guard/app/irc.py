@@ -44,7 +44,7 @@ from guard.core.settlement import Deliver, ReturnBounce, Settlement
 from guard.core.vocabulary import DELAY_NS, MUC_USER_NS, SERVER_NS
 from guard.edges.audit import AuditObserver
 from guard.edges.carriers import ICarrierOwner
-from guard.edges.irc.carrier import IrcCarrier, IrcRelease
+from guard.edges.irc.carrier import REFUSED_CONDITION, IrcCarrier, IrcRelease
 from guard.edges.irc.bridge import (REFUSAL_NOTICE_SECONDS, STATUS_BANNED, STATUS_KICKED, STATUS_NICK_CHANGED, STATUS_SELF,
                                     Audit, BounceToSender, IrcJoin, IrcKick, IrcNick, IrcPart, IrcSay, IrcTopic,
                                     MucJoin, MucKick, MucLeave, MucNick, MucSay, MucSubject, build_bridges)
@@ -52,6 +52,7 @@ from guard.edges.irc.component import ComponentDialler, ComponentStreamFactory, 
 from guard.edges.metrics import StanzaCounts
 
 log = Logger()
+RULE_UNCONFIRMED = "irc:delivery-unconfirmed"  # written to IRC, the server's answer never came (in doubt)
 
 
 # The rules the gateway's own settlements name (beside the bridge policy's rule ids).
@@ -194,6 +195,18 @@ class ConnectionEvents:
             self.gateway.delivered(token.parcel)
         elif token is not None:
             self.gateway.carrier.sent(token)
+
+    def refused(self, token, reason):
+        if isinstance(token, TopicToken):
+            self.gateway.undeliverable(token.parcel, REFUSED_CONDITION, f"the IRC server refused it: {reason}")
+        elif token is not None:
+            self.gateway.carrier.refused_by_irc(token, reason)
+
+    def unconfirmed(self, token, reason):
+        if isinstance(token, TopicToken):
+            self.gateway.delivered_unconfirmed(token.parcel, reason)
+        elif token is not None:
+            self.gateway.carrier.unconfirmed(token, reason)
 
     def lost(self, token, reason):
         if isinstance(token, TopicToken):
@@ -654,6 +667,22 @@ class IrcGateway:
 
     def delivered(self, parcel) -> None:
         self.settlement.delivered(parcel)
+
+    def delivered_unconfirmed(self, parcel, reason) -> None:
+        """Written to IRC, the server's answer never came (its checkpoint timed out, or the connection ended):
+        the text left the guard, so it is settled delivered, and audited as unconfirmed (in doubt)."""
+        from guard.core.bounce import peer_detail
+        from guard.edges.audit import AuditUnavailable
+
+        self.settlement.delivered(parcel)
+        original = getattr(parcel, "original", None)
+        try:
+            self.audit.record("delivery-unconfirmed", rule=RULE_UNCONFIRMED, rev=1,
+                              id=original.getAttribute("id") if original is not None else None,
+                              detail=peer_detail(reason))
+        except AuditUnavailable as problem:
+            log.critical("AUDIT TRAIL UNAVAILABLE: {problem}", problem=str(problem))
+            self.settlement.halt(f"audit trail unavailable: {problem}")
 
     def undeliverable(self, parcel, condition, text) -> None:
         self._settled(self.settlement.undeliverable(parcel, condition, text))
