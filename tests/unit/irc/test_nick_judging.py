@@ -31,7 +31,7 @@ def test_a_nick_is_judged_as_the_occupants_presence_under_it():
         "<presence xmlns='jabber:server' from='ops@conference.red.example/alice' to='lab.irc.invalid'>"
         "<x xmlns='http://jabber.org/protocol/muc#user'><item nick='alice'/></x></presence>")
     labels = BridgeLabels.for_bridge(BRIDGE)
-    assert labels.release_nick(ROOM, "alice").rule_id == "occupant-nick"
+    assert labels.release_nick(ROOM, "alice").rule_id == "room-message-release"
     assert labels.release_nick(ROOM, "TopSecretPlan").rule_id == "nick-no-marking"
 
 
