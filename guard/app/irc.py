@@ -44,7 +44,7 @@ from guard.core.settlement import Deliver, ReturnBounce, Settlement
 from guard.core.vocabulary import DELAY_NS, MUC_USER_NS, SERVER_NS
 from guard.edges.audit import AuditObserver
 from guard.edges.carriers import ICarrierOwner
-from guard.edges.irc.carrier import IrcCarrier, IrcRelease
+from guard.edges.irc.carrier import REFUSED_CONDITION, IrcCarrier, IrcRelease
 from guard.edges.irc.bridge import (REFUSAL_NOTICE_SECONDS, STATUS_BANNED, STATUS_KICKED, STATUS_NICK_CHANGED, STATUS_SELF,
                                     Audit, BounceToSender, IrcJoin, IrcKick, IrcNick, IrcPart, IrcSay, IrcTopic,
                                     MucJoin, MucKick, MucLeave, MucNick, MucSay, MucSubject, build_bridges)
@@ -52,6 +52,7 @@ from guard.edges.irc.component import ComponentDialler, ComponentStreamFactory, 
 from guard.edges.metrics import StanzaCounts
 
 log = Logger()
+RULE_UNCONFIRMED = "irc:delivery-unconfirmed"  # written to IRC, the server's answer never came (in doubt)
 
 
 # The rules the gateway's own settlements name (beside the bridge policy's rule ids).
@@ -195,6 +196,18 @@ class ConnectionEvents:
         elif token is not None:
             self.gateway.carrier.sent(token)
 
+    def refused(self, token, reason):
+        if isinstance(token, TopicToken):
+            self.gateway.undeliverable(token.parcel, REFUSED_CONDITION, f"the IRC server refused it: {reason}")
+        elif token is not None:
+            self.gateway.carrier.refused_by_irc(token, reason)
+
+    def unconfirmed(self, token, reason):
+        if isinstance(token, TopicToken):
+            self.gateway.delivered_unconfirmed(token.parcel, reason)
+        elif token is not None:
+            self.gateway.carrier.unconfirmed(token, reason)
+
     def lost(self, token, reason):
         if isinstance(token, TopicToken):
             self.gateway.undeliverable(token.parcel, "remote-server-not-found", reason)
@@ -245,8 +258,52 @@ class IrcGateway:
         self._ids = 0
         self._due_call = None
         self.stopping = False
+        self.policy_reloads = 0  # reloads that swapped the bridges' policies in
 
     # -- lifecycle ------------------------------------------------------------------
+
+    def reload_policies(self, load=None) -> bool:
+        """
+        SIGHUP (and the management page's reload): read the configuration
+        file again and swap in every bridge's policy and label settings
+        (FLOT, ``map_markings``, checked against the new policy), all or
+        none.  A configuration or policy that does not load, or that no
+        longer names every running bridge (room, network, channel), is
+        refused and logged (the checker names the file, line and rule); the
+        policies in force stay.  Other keys take effect at the next start.
+        Room messages already released to an IRC connection leave as judged.
+        """
+        from guard.edges.audit import AuditUnavailable
+        from guard.edges.irc.labels import BridgeLabels
+
+        from .config import ConfigError
+        from .irc_config import load_irc_config
+
+        try:
+            fresh = (load or load_irc_config)(self.config.path)
+        except ConfigError as problem:
+            log.error("policy reload refused, the policies in force stay: {problem}", problem=str(problem))
+            return False
+        wanted = {(bridge.room, bridge.network, bridge.channel): bridge for bridge in fresh.bridges}
+        missing = [bridge.room for bridge in self.bridges if (bridge.room, bridge.network, bridge.channel) not in wanted]
+        if missing:
+            log.error("policy reload refused, the policies in force stay: {path} no longer bridges {rooms} "
+                      "(bridges change at the next start)", path=self.config.path, rooms=missing)
+            return False
+        labels = {bridge.room: BridgeLabels.for_bridge(wanted[(bridge.room, bridge.network, bridge.channel)])
+                  for bridge in self.bridges}
+        for bridge in self.bridges:
+            bridge.labels = labels[bridge.room]
+        self.counts.rules_in_force(rule.id for bridge in fresh.bridges for rule in getattr(bridge.policy, "rules", ()))
+        self.policy_reloads += 1
+        files = sorted({bridge.policy_path for bridge in fresh.bridges})
+        log.info("policies reloaded: {files}", files=files)
+        try:
+            self.audit.record("policy-reload", rule="guard:policy-reload", rev=1, config=self.config.path, files=files)
+        except AuditUnavailable as problem:
+            log.critical("AUDIT TRAIL UNAVAILABLE: {problem}", problem=str(problem))
+            self.settlement.halt(f"audit trail unavailable: {problem}")
+        return True
 
     def start(self) -> None:
         """Dial Prosody, and connect every network's bot (it joins every bridged channel of its network)."""
@@ -611,6 +668,22 @@ class IrcGateway:
     def delivered(self, parcel) -> None:
         self.settlement.delivered(parcel)
 
+    def delivered_unconfirmed(self, parcel, reason) -> None:
+        """Written to IRC, the server's answer never came (its checkpoint timed out, or the connection ended):
+        the text left the guard, so it is settled delivered, and audited as unconfirmed (in doubt)."""
+        from guard.core.bounce import peer_detail
+        from guard.edges.audit import AuditUnavailable
+
+        self.settlement.delivered(parcel)
+        original = getattr(parcel, "original", None)
+        try:
+            self.audit.record("delivery-unconfirmed", rule=RULE_UNCONFIRMED, rev=1,
+                              id=original.getAttribute("id") if original is not None else None,
+                              detail=peer_detail(reason))
+        except AuditUnavailable as problem:
+            log.critical("AUDIT TRAIL UNAVAILABLE: {problem}", problem=str(problem))
+            self.settlement.halt(f"audit trail unavailable: {problem}")
+
     def undeliverable(self, parcel, condition, text) -> None:
         self._settled(self.settlement.undeliverable(parcel, condition, text))
 
@@ -637,6 +710,7 @@ class IrcGateway:
         component = self.component.describe() if self.component is not None else None
         return {
             "service": {"name": SERVICE_NAME, "started": self.started, "uptime": max(0.0, now - self.started),
+                        "policy_reloads": self.policy_reloads,
                         "state": "halted" if self.settlement.halted_reason else "running",
                         "halted_reason": self.settlement.halted_reason},
             "books": self.books.summary(),
@@ -821,8 +895,23 @@ def gateway_snapshot(gateway) -> dict:
     }
 
 
+def reload_action(gateway):
+    """The management page's reload ([management] allow_reload): the configuration checked as ``--check`` checks
+    it, then the bridges' policies swapped in (``IrcGateway.reload_policies``)."""
+    from guard.app.management.site import ReloadAction
+
+    from .config import ConfigError
+    from .irc_config import load_irc_config
+
+    def checked():
+        config = load_irc_config(gateway.config.path)
+        return f"{len(config.bridges)} bridge policies"
+
+    return ReloadAction(checked, gateway.reload_policies, ConfigError)
+
+
 def management_page(gateway, management, reactor):
-    """The guard's management site over the gateway's snapshot (read-only: the bridges' policies load at start)."""
+    """The guard's management site over the gateway's snapshot (a reload swaps the bridges' policies in)."""
     from guard.app.config import read_token
     from guard.app.management.access import Access
     from guard.app.management.refusals import recent_refusals
@@ -841,7 +930,7 @@ def management_page(gateway, management, reactor):
         counts_of=counts,
         refusals_of=lambda: recent_refusals(gateway.config.settings.audit_path),
         clock=reactor.seconds,
-        reload=None,
+        reload=reload_action(gateway) if management.allow_reload else None,
         tls=management.tls,
         client_certificates=management.client_ca is not None,
     )
@@ -978,7 +1067,9 @@ def main(argv=None, reactor=None) -> int:
                      "its bridge's label policy before it reaches IRC (a first-line marking carries its label), "
                      "everything said on IRC labelled with the IRC side's default label. It connects to Prosody as "
                      "an XEP-0114 component and to each IRC network over TLS, and runs in the foreground until "
-                     "SIGTERM or SIGINT. SIGUSR1 rewrites the status file."),
+                     "SIGTERM or SIGINT. SIGUSR1 rewrites the status file; SIGHUP reloads the bridges' policies (all or "
+                     "none: a policy that does not load is logged with its file, line and rule, and the old ones "
+                     "stay)."),
         epilog="Example:\n  guard-irc --config deploy/irc/irc.toml --check\n  guard-irc --config deploy/irc/irc.toml",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", "-c", required=True, metavar="FILE",
@@ -1024,6 +1115,7 @@ def run(path: str, reactor) -> int:
     signal.signal(signal.SIGTERM, stop_once)
     signal.signal(signal.SIGINT, stop_once)
     signal.signal(signal.SIGUSR1, lambda signum, frame: reactor.callFromThread(gateway.write_status))
+    signal.signal(signal.SIGHUP, lambda signum, frame: reactor.callFromThread(gateway.gateway.reload_policies))
 
     def start():
         def failed(failure):

@@ -24,7 +24,8 @@ Tables (deploy/irc/irc.toml documents every key):
   flot_template, flot_position, map_markings, max_occupant_connections,
   join_window;
 - ``[limits]``: queue_bytes, queue_lines, total_connections,
-  nick_book_entries, joined_message_bytes, irc_users_per_bridge, connections_per_minute.
+  nick_book_entries, joined_message_bytes, irc_users_per_bridge, connections_per_minute,
+  renames_per_minute.
 """
 
 from __future__ import annotations
@@ -73,6 +74,7 @@ class IrcLimits:
     joined_message_bytes: int = 16 * 1024  # UTF-8 bytes of IRC lines joined back into one room message
     irc_users_per_bridge: int = 500  # IRC users a bridge joins the room as (past it: relayed as <nick> text)
     connections_per_minute: int = 10  # occupant connections one bridge opens per minute (past it: the bot relays)
+    renames_per_minute: int = 3  # nick changes of one occupant (either side) that cross per minute (past it: held)
 
     BOUNDS = {  # name -> (lowest, highest)
         "queue_bytes": (512, 64 * 1024 * 1024),
@@ -82,6 +84,7 @@ class IrcLimits:
         "joined_message_bytes": (512, 1024 * 1024),
         "irc_users_per_bridge": (1, 100_000),
         "connections_per_minute": (1, 10_000),
+        "renames_per_minute": (1, 1000),
     }
 
     @classmethod

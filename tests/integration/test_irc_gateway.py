@@ -228,6 +228,35 @@ def test_a_room_moderators_kick_of_an_irc_user_is_a_kick_on_irc_by_the_operator_
     assert kick.nick == BOT_NICK and kick.params[0].lower() == CHANNEL
 
 
+def test_a_message_ngircd_refuses_on_a_moderated_channel_bounces_to_its_sender(people, irc_lab):
+    """An IRC operator makes #ops moderated (+m): bob's unvoiced connection gets 404 for his message; bob gets the
+    guard's forbidden error, the trail a bounce naming 404, the books no delivery; once -m, he is heard again."""
+    opal = people.irc("opal")
+    bob = people.xmpp("bob")
+    opal.wait_for(lambda line: line.command == "JOIN" and line.nick == "bob", WAIT, "bob's own connection joining")
+    opal.send("OPER labop lab-oper-password")
+    opal.wait_for(lambda line: line.command == "381", WAIT, "RPL_YOUREOPER")
+    mark = opal.mark()
+    opal.send(f"MODE {CHANNEL} +m")
+    opal.wait_for(lambda line: line.command == "MODE" and line.params[1:2] == ["+m"], WAIT, "#ops moderated", mark)
+    try:
+        stanza_id = f"m-{uuid.uuid4().hex[:8]}"
+        bob.send_xml(f"<message to='{ROOM}' type='groupchat' id='{stanza_id}'><body>unheard words</body></message>")
+        error = bob.wait_for_message(lambda m: m.type == "error" and m.id == stanza_id, WAIT, "the bounce")
+        assert '<forbidden xmlns="urn:ietf:params:xml:ns:xmpp-stanzas"' in error.xml, error.xml
+        assert "unheard words" not in error.xml and "Cannot send" not in error.xml
+        assert not [line for line in opal.privmsgs(CHANNEL, mark) if "unheard words" in line.text]
+        records = [record for record in irc_lab.audit_records() if record.get("id") == stanza_id]
+        assert [record["event"] for record in records] == ["pass", "bounce"], records
+        assert records[1]["condition"] == "forbidden" and "404 #ops" in records[1]["detail"], records[1]
+    finally:
+        opal.send(f"MODE {CHANNEL} -m")
+        opal.wait_for(lambda line: line.command == "MODE" and line.params[1:2] == ["-m"], WAIT, "#ops open again", mark)
+    mark = opal.mark()
+    bob.send_message(ROOM, "heard again", type="groupchat")
+    wait_privmsg(opal, CHANNEL, "bob", "heard again", mark)
+
+
 def test_ngircd_restarted_mid_conversation(people, irc_lab):
     """ngIRCd is killed and started again: the gateway reconnects and rejoins; the conversation goes on both ways."""
     carol = people.irc("carol")

@@ -77,7 +77,7 @@ from guard.core.pipeline import Judgement
 from guard.core.policy.elements import child_elements, text_of
 from guard.core.policy.labels import SecurityLabel
 from guard.core.settlement import Deliver, ReturnBounce
-from guard.core.vocabulary import DELAY_NS, MUC_ADMIN_NS, MUC_NS, MUC_USER_NS
+from guard.core.vocabulary import DELAY_NS, MUC_ADMIN_NS, MUC_NS, MUC_USER_NS, SERVER_NS
 from guard.edges.irc.formatting import formatting_to_styling, text_for_irc, without_controls
 from guard.edges.irc.labels import (TOWARD_IRC, BridgeLabels, Labelled, MarkingOnly, Refused, RefusedFromIrc)
 from guard.edges.irc.lines import CTCP_ACTION_OVERHEAD, ctcp_action, privmsg_budget, read_ctcp, source_prefix_bytes, split_text
@@ -106,6 +106,10 @@ LEAVING_NICKS = 1024  # nicks of our closed or renamed connections whose leaving
 REFUSAL_NOTICE_SECONDS = 2.0  # at most one refusal notice to IRC users per bridge in this time (the rest audited only)
 RELAY_NAME_BYTES = 64  # the MUC nick in the bot's <nick> relay (a resourcepart may be 1023 bytes)
 LOST_CONDITION = "remote-server-not-found"  # what a message lost with its IRC connection bounces with
+# Renames of one occupant (either side) that cross per RENAME_SECONDS ([limits] renames_per_minute): a rename is
+# content reaching the other side and, on IRC, a NICK line every connection in the channel sees.
+RENAMES = 3
+RENAME_SECONDS = 60.0
 
 # The gateway's own rules and texts.
 RULE_NOTHING_TO_SAY = "irc:nothing-to-say"
@@ -117,6 +121,10 @@ RULE_PRIVATE_REFUSED = "irc:private-refused"
 RULE_JOINED_TOO_LONG = "irc:joined-too-long"
 RULE_JOIN_REFUSED = "irc:join-refused"
 RULE_IRC_USERS_FULL = "irc:irc-users-full"
+RULE_RENAME_RATE = "irc:rename-rate"
+RULE_NICK_REFUSED = "irc:nick-refused"
+RENAME_RATE_TEXT = "Renamed too often: the new nick reaches the IRC channel within a minute."
+NICK_NOT_ON_IRC_TEXT = "Your room nick is not allowed on the IRC channel; choose another nick to talk there."
 KICKED_ON_IRC_TEXT = "You were kicked from the IRC channel; rejoin the room to talk there again."
 NOTHING_TO_SAY_TEXT = "the message carries no text the IRC channel can show"
 ONLY_GROUPCHAT_TEXT = "Only room messages are bridged to IRC."
@@ -190,6 +198,12 @@ class XmppOccupant:
     # is the gateway's own on IRC; until then an IRC user holding ``irc_nick`` is that IRC user.
     nick_on_irc: str | None = None
     registered: bool = False  # its own connection is registered now (not connecting, registering or reconnecting)
+    # The room nick IRC knows it by: the last one the bridge policy passed (``Labels.release_nick``), used for its
+    # IRC nick and the bot's ``<nick>`` relay; None while its nick is refused or a rename waits for the rate.
+    shown_nick: str | None = None
+    nick_refusal: str | None = None  # the rule that keeps its nick off IRC (its messages bounce meanwhile)
+    renamed_at: list = field(default_factory=list)  # when it renamed in the last RENAME_SECONDS (bounded)
+    nick_due: float | None = None  # a rename held by the rate crosses then
 
     @property
     def speaks_on_irc(self) -> bool:
@@ -207,6 +221,8 @@ class IrcUser:
     jid: str
     in_room: bool = True
     conflicts: int = 0  # nicks the room refused (409) for it
+    refused: bool = False  # its nick was refused (``nick_from_irc``): kept out of the room until it takes another
+    renamed_at: list = field(default_factory=list)  # when its renames crossed in the last RENAME_SECONDS (bounded)
 
 
 @dataclass
@@ -396,7 +412,7 @@ class Bridge:
 
     def __init__(self, bridge, network, labels: BridgeLabels, settlement, nicks: NickBook, component: str,
                  slots: ConnectionSlots, joined_message_bytes: int = 16 * 1024, max_irc_users: int = 500,
-                 connection_opens: int = CONNECTION_OPENS):
+                 connection_opens: int = CONNECTION_OPENS, renames: int = RENAMES):
         self.room = bridge.room
         self.channel = bridge.channel
         self.network = network.name
@@ -412,6 +428,7 @@ class Bridge:
         self.joined_message_bytes = joined_message_bytes
         self.max_irc_users = max_irc_users
         self.connection_opens = connection_opens
+        self.renames = renames
         self.room_local = self.room.split("@", 1)[0]
         self.listener_jid = f"{component}/{self.room_local}"
         self.bot_key = ConnectionKey(self.network)
@@ -455,6 +472,15 @@ class Bridge:
         user = IrcUser(irc_nick, self._free_muc_nick(self.nicks.muc_nick_for(irc_nick)), self.irc_user_jid(irc_nick))
         self.irc_users[self.fold(irc_nick)] = user
         return user
+
+    def _rename_allowed(self, times: list, now: float) -> bool:
+        """Whether one more rename fits ``renames`` per ``RENAME_SECONDS`` (``times``: when the last ones crossed,
+        kept to at most ``renames`` entries); counted when allowed."""
+        times[:] = [at for at in times if at > now - RENAME_SECONDS][-self.renames:]
+        if len(times) >= self.renames:
+            return False
+        times.append(now)
+        return True
 
     def _free_muc_nick(self, wanted: str, skip: IrcUser | None = None) -> str:
         """``wanted``, or ``wanted[irc]``, ``wanted[irc2]``...: a MUC nick no occupant the bridge knows holds."""
@@ -509,6 +535,8 @@ class Bridge:
         """The component is connected: join the room as the listener and as every IRC user in the channel."""
         actions = [MucJoin(self.room, self.room_nick, self.listener_jid)]
         for user in self.irc_users.values():
+            if user.refused:
+                continue
             user.in_room = True
             actions.append(MucJoin(self.room, user.muc_nick, user.jid))
         return actions
@@ -549,7 +577,7 @@ class Bridge:
         if occupant is None:
             return []
         if STATUS_NICK_CHANGED in statuses and item.get("nick"):
-            return self._occupant_renamed(occupant, item["nick"])
+            return self._occupant_renamed(occupant, item["nick"], now)
         reason = KICKED_FROM_ROOM_REASON if STATUS_KICKED in statuses or STATUS_BANNED in statuses else LEFT_ROOM_REASON
         return self._occupant_gone(occupant, reason, now)
 
@@ -575,13 +603,49 @@ class Bridge:
         return None
 
     def _occupant_joined(self, muc_nick: str, now: float) -> list:
-        try:
-            irc_nick = self.nicks.irc_nick_for(muc_nick)
-        except (NickBookFull, ValueError):
-            irc_nick = None  # no IRC nick to be had: the bot relays this occupant
-        occupant = XmppOccupant(muc_nick, irc_nick, ConnectionKey(self.network, self.room, next(self._serials)))
+        occupant = XmppOccupant(muc_nick, None, ConnectionKey(self.network, self.room, next(self._serials)))
         self.occupants[muc_nick] = occupant
+        return self._cross_nick(occupant, now)
+
+    def _cross_nick(self, occupant: XmppOccupant, now: float) -> list:
+        """
+        The occupant's room nick toward IRC, judged by the bridge policy (``release_nick``): passed, it
+        becomes the occupant's IRC nick (a NICK on its connection, or a connection opened) and its relay
+        name; refused, it does not cross: the occupant is parted from IRC, its messages bounce until it
+        takes a nick the policy passes, it gets the presence error and the audit trail a record.
+        """
+        occupant.nick_due = None
+        verdict = self.labels.release_nick(self.room, occupant.muc_nick)
+        if isinstance(verdict, Refused):
+            actions = self._withdraw_nick(occupant, verdict.rule_id)
+            return actions + self._nick_error(occupant.muc_nick, verdict.condition or "policy-violation",
+                                              verdict.own_text or NICK_NOT_ON_IRC_TEXT) + [
+                Audit("nick-refused", verdict.rule_id, self.room, occupant.muc_nick)]
+        if occupant.shown_nick is not None:
+            self.nicks.release(occupant.shown_nick)
+        occupant.shown_nick, occupant.nick_refusal = occupant.muc_nick, None
+        try:
+            occupant.irc_nick = self.nicks.irc_nick_for(occupant.muc_nick)
+        except (NickBookFull, ValueError):
+            occupant.irc_nick = None  # no IRC nick to be had: the bot relays this occupant
+            return self._disconnect(occupant, LEFT_ROOM_REASON)
+        if occupant.connected:
+            return [IrcNick(occupant.key, occupant.irc_nick)]
         return self._connect(occupant, now)
+
+    def _withdraw_nick(self, occupant: XmppOccupant, rule: str) -> list:
+        """The occupant has no nick IRC may see now: its connection parts, its messages bounce (``rule``)."""
+        if occupant.shown_nick is not None:
+            self.nicks.release(occupant.shown_nick)
+        occupant.shown_nick = occupant.irc_nick = None
+        occupant.nick_refusal = rule
+        return self._disconnect(occupant, LEFT_ROOM_REASON)
+
+    def _nick_error(self, muc_nick: str, condition: str, text: str) -> list:
+        """The presence error the occupant ``muc_nick`` gets for a nick that did not cross (the guard's text)."""
+        presence = domish.Element((SERVER_NS, "presence"))
+        presence["from"], presence["to"] = f"{self.room}/{muc_nick}", self.listener_jid
+        return [BounceToSender(presence, condition, text, error_reply(presence, condition, text))]
 
     def _may_open(self, now: float) -> bool:
         """Whether the bridge may open one more occupant connection now (``CONNECTION_OPENS`` per window)."""
@@ -615,14 +679,15 @@ class Bridge:
     def _occupant_gone(self, occupant: XmppOccupant, reason: str, now: float | None) -> list:
         """``occupant`` left: its connection goes, and (``now`` known: not the whole room going) its slot is given on."""
         del self.occupants[occupant.muc_nick]
-        self.nicks.release(occupant.muc_nick)
+        if occupant.shown_nick is not None:
+            self.nicks.release(occupant.shown_nick)
         actions = self._disconnect(occupant, reason)
         return actions if now is None else actions + self._promote_relayed(now)
 
     def _relayed(self) -> list:
         """Occupants the bot relays that could have a connection of their own (in arrival order)."""
         return [o for o in self.occupants.values()
-                if not o.connected and not o.kicked_on_irc and o.irc_nick is not None]
+                if not o.connected and not o.kicked_on_irc and o.irc_nick is not None and o.shown_nick is not None]
 
     def _promote_relayed(self, now: float) -> list:
         """A slot freed: the first occupant the bot relays gets its own connection."""
@@ -630,17 +695,18 @@ class Bridge:
             return self._connect(occupant, now)
         return []
 
-    def _occupant_renamed(self, occupant: XmppOccupant, new_muc_nick: str) -> list:
+    def _occupant_renamed(self, occupant: XmppOccupant, new_muc_nick: str, now: float) -> list:
+        """The occupant's new room nick crosses as a join's does (``_cross_nick``), at most ``renames`` a minute:
+        past it the rename does not cross (parted from IRC, its messages bounce) until the minute allows, audited."""
         del self.occupants[occupant.muc_nick]
-        self.nicks.release(occupant.muc_nick)
         occupant.muc_nick = new_muc_nick
         self.occupants[new_muc_nick] = occupant
-        try:
-            occupant.irc_nick = self.nicks.irc_nick_for(new_muc_nick)
-        except (NickBookFull, ValueError):
-            occupant.irc_nick = None
-            return self._disconnect(occupant, LEFT_ROOM_REASON)
-        return [IrcNick(occupant.key, occupant.irc_nick)] if occupant.connected else []
+        if not self._rename_allowed(occupant.renamed_at, now):
+            actions = self._withdraw_nick(occupant, RULE_RENAME_RATE)
+            occupant.nick_due = occupant.renamed_at[0] + RENAME_SECONDS
+            return actions + self._nick_error(new_muc_nick, "resource-constraint", RENAME_RATE_TEXT) + [
+                Audit("rename-refused", RULE_RENAME_RATE, self.room, new_muc_nick)]
+        return self._cross_nick(occupant, now)
 
     def _irc_users_occupant_presence(self, user: IrcUser, unavailable, statuses, item) -> list:
         """Presence about the gateway's own occupant for an IRC user: only a room moderator's kick matters."""
@@ -687,6 +753,12 @@ class Bridge:
         if occupant is not None and occupant.kicked_on_irc:
             return self._settled(self.settlement.judged(ticket, Judgement.bounced(
                 stanza, RULE_KICKED_ON_IRC, "forbidden", text=KICKED_ON_IRC_TEXT)))
+        shown = self._shown_nick(occupant, nick)
+        if shown is None:
+            rule = (occupant.nick_refusal if occupant is not None else None) or RULE_NICK_REFUSED
+            text = RENAME_RATE_TEXT if rule == RULE_RENAME_RATE else NICK_NOT_ON_IRC_TEXT
+            return self._settled(self.settlement.judged(ticket, Judgement.bounced(
+                stanza, rule, "resource-constraint" if rule == RULE_RENAME_RATE else "policy-violation", text=text)))
         released = self.labels.release(stanza, size)
         if isinstance(released, Refused):
             return self._settled(self.settlement.judged(ticket, released.judgement))
@@ -702,11 +774,18 @@ class Bridge:
         decision = self.settlement.judged(ticket, released.judgement)
         if not isinstance(decision, Deliver):
             return self._settled(decision)
-        key, lines = self._lines_for(nick, occupant, released)
+        key, lines = self._lines_for(shown, occupant, released)
         if not lines:
             self.settlement.delivered(decision.parcel)
             return []
         return [IrcSay(key, self.channel, tuple(lines), token=decision.parcel)]
+
+    def _shown_nick(self, occupant: XmppOccupant | None, nick: str) -> str | None:
+        """The room nick IRC may see for the sender ``nick``: its occupant's judged nick, or (an occupant the
+        bridge did not see join) ``nick`` if the policy passes it now; None: no nick of it may reach IRC."""
+        if occupant is not None:
+            return occupant.shown_nick
+        return None if isinstance(self.labels.release_nick(self.room, nick), Refused) else nick
 
     def _topic_from_room(self, ticket, released, occupant) -> list:
         self.room_subject = released.subject
@@ -798,6 +877,11 @@ class Bridge:
             # Past the bound no state is kept for it: what it says is relayed by the listener as <nick> text.
             return [Audit("irc-user-relayed", RULE_IRC_USERS_FULL, self.room, nick)]
         user = self._new_irc_user(nick)
+        judged = self.labels.nick_from_irc(nick)
+        if isinstance(judged, RefusedFromIrc):
+            user.in_room, user.refused = False, True
+            return self._notice(self.bot_key, nick, judged.own_text, now) + [
+                Audit("nick-refused", judged.rule_id, self.room, judged.detail)]
         return [MucJoin(self.room, user.muc_nick, user.jid)]
 
     def irc_names(self, key: ConnectionKey, channel: str, names, now: float = 0.0) -> list:
@@ -911,9 +995,21 @@ class Bridge:
         user = self.irc_users.pop(self.fold(old), None)
         if user is None:
             return []
-        old_muc_nick = user.muc_nick
-        user.irc_nick, user.muc_nick = new, self._free_muc_nick(self.nicks.muc_nick_for(new), skip=user)
+        user.irc_nick = new
         self.irc_users[self.fold(new)] = user
+        # The new nick crosses to the room only if judged (``nick_from_irc``) and within ``renames`` a minute;
+        # otherwise its occupant keeps the room nick it has (or, refused on joining, stays out), audited.
+        judged = self.labels.nick_from_irc(new)
+        if isinstance(judged, RefusedFromIrc):
+            return self._notice(self.bot_key, new, judged.own_text, now) + [
+                Audit("nick-refused", judged.rule_id, self.room, judged.detail)]
+        if not self._rename_allowed(user.renamed_at, now):
+            return [Audit("rename-refused", RULE_RENAME_RATE, self.room, f"{old} -> {new}")]
+        old_muc_nick = user.muc_nick
+        user.muc_nick = self._free_muc_nick(self.nicks.muc_nick_for(new), skip=user)
+        if user.refused:
+            user.refused, user.in_room = False, True
+            return [MucJoin(self.room, user.muc_nick, user.jid)]
         if not user.in_room or user.muc_nick == old_muc_nick:
             return []
         return [MucNick(self.room, old_muc_nick, user.jid, user.muc_nick)]
@@ -1009,6 +1105,11 @@ class Bridge:
         actions = []
         for folded in [f for f, held in self.pending.items() if held.due <= now]:
             actions += self._flush(folded, now)
+        for occupant in [o for o in self.occupants.values() if o.nick_due is not None and o.nick_due <= now]:
+            if self._rename_allowed(occupant.renamed_at, now):
+                actions += self._cross_nick(occupant, now)
+            else:
+                occupant.nick_due = occupant.renamed_at[0] + RENAME_SECONDS
         while True:
             opened = self._promote_relayed(now)
             if not opened:
@@ -1018,6 +1119,7 @@ class Bridge:
     def wake_at(self) -> float | None:
         """When ``due`` next has something to do (None: nothing is held or waits for the rate of opening)."""
         times = [held.due for held in self.pending.values()]
+        times += [o.nick_due for o in self.occupants.values() if o.nick_due is not None]
         if (self._relayed() and len(self._opened_at) >= self.connection_opens
                 and self._connections < self.max_connections):
             times.append(self._opened_at[0] + CONNECTION_OPEN_SECONDS)
@@ -1148,7 +1250,7 @@ def build_bridges(config, settlement) -> list:
     return [Bridge(bridge, config.networks[bridge.network], BridgeLabels.for_bridge(bridge), settlement,
                    books[bridge.network], config.xmpp.component, slots[bridge.network],
                    config.limits.joined_message_bytes, config.limits.irc_users_per_bridge,
-                   config.limits.connections_per_minute)
+                   config.limits.connections_per_minute, config.limits.renames_per_minute)
             for bridge in config.bridges]
 
 

@@ -8,9 +8,13 @@ What leaves is never the stanza that arrived: the bridge builds an
 ``IrcRelease`` (the IRC lines, the FLOT first when the label policy gives
 one) from what its label policy released, and that is the parcel's stanza.
 Every parcel handed to the IRC connections (all its lines, one message) is
-a token the connections report back exactly once: ``sent(token)`` when its
-last line was written to the IRC server, ``lost(token, reason)`` when its
-connection died first (a netsplit, a kill, a restart).  A lost parcel is
+a token the connections report back exactly once: ``sent(token)`` when the
+IRC server took it (written, and a checkpoint PONG came back with no error
+naming its channel), ``refused(token, reason)`` when the server answered it
+with such an error (404 on a moderated channel: bounced, ``forbidden``),
+``unconfirmed(token, reason)`` when it was written but the answer never came
+(delivered in doubt, audited), ``lost(token, reason)`` when its connection
+died before it was written (a netsplit, a kill, a restart).  A lost parcel is
 bounced to its XMPP sender with the guard's own text (what IRC said goes to
 the log and the audit only): nothing accepted is lost silently.
 
@@ -32,6 +36,8 @@ log = Logger()
 
 # What a lost line bounces with: the IRC side could not take it (a netsplit, a kill, a restart).
 LOST_CONDITION = "remote-server-timeout"
+# What a message the IRC server refused (404 ERR_CANNOTSENDTOCHAN, ...) bounces with.
+REFUSED_CONDITION = "forbidden"
 # What a parcel the carrier cannot take (full, or nothing to say) bounces with.
 FULL_CONDITION = "resource-constraint"
 MALFORMED_CONDITION = "internal-server-error"
@@ -89,7 +95,7 @@ class IrcCarrier:
         self._waiting_bytes = 0
         self._congested = False
         self._stopped = False
-        self.counts = {"carried": 0, "delivered": 0, "lost": 0, "refused": 0}
+        self.counts = {"carried": 0, "delivered": 0, "lost": 0, "refused": 0, "refused_by_irc": 0, "unconfirmed": 0}
 
     # -- ICarrier --------------------------------------------------------------
 
@@ -130,6 +136,19 @@ class IrcCarrier:
         if self._reported(token):
             self.counts["delivered"] += 1
             self.owner.delivered(token.parcel)
+
+    def refused_by_irc(self, token, reason) -> None:
+        """The IRC server answered the parcel of ``token`` with an error naming its channel (``reason``: the
+        numeric and channel, for the log and the audit): bounced with the guard's own text."""
+        if self._reported(token):
+            self.counts["refused_by_irc"] += 1
+            self.owner.undeliverable(token.parcel, REFUSED_CONDITION, f"the IRC server refused it: {reason}")
+
+    def unconfirmed(self, token, reason) -> None:
+        """The parcel of ``token`` was written but the IRC server's answer never came: delivered in doubt."""
+        if self._reported(token):
+            self.counts["unconfirmed"] += 1
+            self.owner.delivered_unconfirmed(token.parcel, reason)
 
     def lost(self, token, reason) -> None:
         """The parcel of ``token`` was not (wholly) written (``reason``: IRC's words, for the log and the audit)."""

@@ -38,8 +38,32 @@ The shape of one connection::
            └─ TokenBucket: lines and bytes the server accepts without penalty
 
 Every message the connection takes is a token reported exactly once to the
-listener: ``sent(token)`` when its last line was written, ``lost(token,
-reason)`` when the connection ended first (``LOSS_REASONS``).
+listener: ``sent(token)`` when the server took it, ``refused(token, reason)``
+when the server answered it with an error naming its channel (404
+ERR_CANNOTSENDTOCHAN on a moderated channel, 442, 482, ... any 4xx whose
+first parameter is that channel), ``unconfirmed(token, reason)`` when it was
+written but the server's answer never came (in doubt), ``lost(token,
+reason)`` when the connection ended before it was written (``LOSS_REASONS``).
+
+How "the server took it" is known without labeled-response (ngIRCd has
+none): a server answers a client's lines in order, and a PRIVMSG it takes
+gets no answer at all.  So after writing messages the connection writes a
+checkpoint, ``PING :guard-N``; when its PONG comes back, every message whose
+last line was written before that PING and that no 4xx naming its channel
+came back for (between the last checkpoint and this PONG) was taken: sent;
+one that did is refused.  A 4xx does not say which line it answers, so every
+message to that channel the checkpoint covers is refused (a message the
+server may have taken is bounced rather than claimed delivered).  One
+checkpoint is outstanding at a time; it is written when nothing else is
+ready to be written, or once CHECKPOINT_MESSAGES messages or
+CHECKPOINT_SECONDS wait for one, within the flood bucket.  A PONG that does
+not come within ``ConnectionLimits.pong_seconds`` settles what the
+checkpoint covers as ``unconfirmed`` (written, answer unknown: the gateway
+counts them delivered and audits each as unconfirmed), and so does the end
+of the connection for messages written and not yet confirmed.  Messages
+written and waiting for a checkpoint are bounded like the queue
+(``queue_lines`` messages, ``queue_bytes`` bytes): at the bound, no more
+messages are written until a checkpoint answers or times out.
 """
 
 from __future__ import annotations
@@ -83,6 +107,9 @@ SASL_CHUNK = 400  # IRCv3 SASL: AUTHENTICATE payloads in chunks of 400 bytes
 WANTED_CAPABILITIES = ("message-tags", "server-time")  # requested when offered (sasl: when configured)
 _SASL_FAILURES = {"902", "904", "905", "906", "907", "908"}
 _NICK_TAKEN = {"432", "433", "436", "437"}
+CHECKPOINT_PREFIX = "guard-"  # the token of our checkpoint PINGs
+CHECKPOINT_MESSAGES = 32  # messages written that make a checkpoint due even while more lines are ready
+CHECKPOINT_SECONDS = 10.0  # how long a written message waits at most for its checkpoint to be written
 
 
 class IIrcEvents(Interface):
@@ -124,7 +151,16 @@ class IIrcEvents(Interface):
         """``nick`` said ``text`` to ``target`` (a channel or our nick); ``kind`` in MESSAGE_KINDS."""
 
     def sent(token):
-        """The last line of the message taken with ``token`` was written."""
+        """The message taken with ``token`` was written and the server took it (a checkpoint PONG came back with
+        no error naming its channel before it)."""
+
+    def refused(token, reason):
+        """The message taken with ``token`` was written and the server refused it: ``reason`` is the numeric and
+        the channel (e.g. "404 #ops"), for the log and the audit."""
+
+    def unconfirmed(token, reason):
+        """The message taken with ``token`` was written but the server's answer never came (``reason``: "timeout"
+        or the connection's loss reason): in doubt."""
 
     def lost(token, reason):
         """The message taken with ``token`` was not (wholly) written: the connection ended (``reason``)."""
@@ -245,6 +281,7 @@ class OutgoingLines:
             raise QueueFull("queue-bytes")
         entries = [_Entry(line) for line in lines]
         if token is not None:
+            entries[0].first_of = token
             entries[-1].token = token
             self._unfinished[id(token)] = token
         if front:
@@ -261,14 +298,14 @@ class OutgoingLines:
         return None
 
     def pop(self, ordered_open: bool):
-        """The next line and the token it completes (or None)."""
+        """The next line, the token it completes (or None) and the token it starts (or None)."""
         if self._urgent:
-            return self._urgent.popleft(), None
+            return self._urgent.popleft(), None, None
         entry = self._ordered.popleft()
         self.ordered_bytes -= len(entry.line)
         if entry.token is not None:
             self._unfinished.pop(id(entry.token), None)
-        return entry.line, entry.token
+        return entry.line, entry.token, entry.first_of
 
     def drain(self) -> list:
         """Forget everything; the tokens of messages not wholly written, in the order they were taken."""
@@ -278,6 +315,101 @@ class OutgoingLines:
         self._unfinished.clear()
         self.ordered_bytes = 0
         return tokens
+
+
+@dataclass
+class _Written:
+    """A message whose first line was written: waiting for its last line and a checkpoint's answer."""
+
+    token: object
+    target: str  # its channel, folded
+    size: int = 0  # bytes of its lines written
+    complete: bool = False  # its last line was written
+    refused: str | None = None  # "<numeric> <channel>" when a 4xx named its channel before a checkpoint's PONG
+
+
+class Unconfirmed:
+    """Messages written and not yet confirmed, in write order, and the one checkpoint (PING) outstanding: which of
+    them it covers and the 4xx that came back before its PONG.  No I/O; bounded by its owner."""
+
+    def __init__(self):
+        self.messages: deque[_Written] = deque()
+        self.bytes = 0
+        self.checkpoint: str | None = None  # the token of the PING outstanding
+        self.covered = 0  # how many of ``messages`` (the first ones) were wholly written before that PING
+        self.reached = 0  # how many had a line written before it (the newest may have been half written)
+        self.checkpoint_at = 0.0
+        self._serial = 0
+
+    def __len__(self) -> int:
+        return len(self.messages)
+
+    def started(self, token, target: str) -> None:
+        self.messages.append(_Written(token, target))
+
+    def line_written(self, token, size: int, last: bool) -> None:
+        """A line of the message of ``token`` (the newest such message) was written."""
+        for written in reversed(self.messages):
+            if written.token is token:
+                written.size += size
+                written.complete = written.complete or last
+                self.bytes += size
+                return
+
+    @property
+    def uncovered(self) -> int:
+        """Messages wholly written that no checkpoint covers yet (only the newest message may be half written)."""
+        complete = len(self.messages) - (1 if self.messages and not self.messages[-1].complete else 0)
+        return complete - self.covered
+
+    def needs_checkpoint(self) -> bool:
+        return self.checkpoint is None and self.uncovered > 0
+
+    def open_checkpoint(self, now: float) -> str:
+        """A checkpoint PING is written now: it covers every message written so far."""
+        self._serial += 1
+        self.checkpoint = f"{CHECKPOINT_PREFIX}{self._serial}"
+        self.covered = self.covered + self.uncovered
+        self.reached = len(self.messages)
+        self.checkpoint_at = now
+        return self.checkpoint
+
+    def error_for(self, target: str, reason: str) -> bool:
+        """A 4xx naming ``target``: every message to it the outstanding checkpoint covers (or, with none
+        outstanding, every one written since the last answer) is refused.  Whether any was."""
+        limit = self.reached if self.checkpoint is not None else len(self.messages)
+        hit = False
+        for index, written in enumerate(self.messages):
+            if index >= limit:
+                break
+            if written.target == target:
+                written.refused = written.refused or reason
+                hit = True
+        return hit
+
+    def answered(self, checkpoint: str) -> list | None:
+        """The PONG of ``checkpoint``: the messages it covers (wholly written before it), settled now (None: not
+        our outstanding checkpoint).  A message half written at the PING waits for the next checkpoint."""
+        if checkpoint != self.checkpoint:
+            return None
+        return self._settle()
+
+    def timed_out(self) -> list:
+        """The checkpoint got no PONG in time: what it covers is settled in doubt."""
+        return self._settle()
+
+    def _settle(self) -> list:
+        settled = [self.messages.popleft() for _ in range(self.covered)]
+        self.bytes -= sum(written.size for written in settled)
+        self.checkpoint, self.covered, self.reached = None, 0, 0
+        return settled
+
+    def drain(self) -> list:
+        """The connection ended: the messages wholly written and not confirmed (the others are lost with it)."""
+        complete = [written for written in self.messages if written.complete]
+        self.messages.clear()
+        self.bytes, self.checkpoint, self.covered, self.reached = 0, None, 0, 0
+        return complete
 
 
 # -- configuration ------------------------------------------------------------
@@ -377,6 +509,11 @@ class IrcProtocol(LineOnlyReceiver):
         self.isupport = Isupport()
         self.channels: dict[str, str] = {}  # folded name -> name as joined
         self.lines = OutgoingLines(self.limits.queue_lines, self.limits.queue_bytes, self.limits.urgent_lines)
+        self.unconfirmed = Unconfirmed()
+        self._oldest_unchecked = 0.0  # when the first message not covered by a checkpoint was written
+        self._checkpoint_call = None
+        self._quiet_call = None
+        self._quiet = False  # the reactor turned with nothing ready to write: a checkpoint may go
         self.bucket = TokenBucket(self.server.flood, self.clock.seconds())
         self.loss_reason: str | None = None
         self.bad_lines = 0
@@ -410,13 +547,15 @@ class IrcProtocol(LineOnlyReceiver):
         if self.lost:
             return
         self.lost = True
-        for call in (self._pump_call, self._register_call, self._idle_call, self._pong_call):
+        for call in (self._pump_call, self._register_call, self._idle_call, self._pong_call, self._checkpoint_call,
+                     self._quiet_call):
             if call is not None and call.active():
                 call.cancel()
         if self.loss_reason is None:
             self.loss_reason = "tls" if _is_tls_failure(reason) else "netsplit"
         tokens = self.lines.drain()
-        self.owner._protocol_lost(self, self.loss_reason, tokens, reason)
+        in_doubt = [written.token for written in self.unconfirmed.drain()]
+        self.owner._protocol_lost(self, self.loss_reason, tokens, reason, in_doubt)
         for callback in list(self.when_lost):
             callback(self)
 
@@ -464,20 +603,114 @@ class IrcProtocol(LineOnlyReceiver):
             return
         self._pump_call = None
         while not (self.lost or self.closing) and self.transport is not None:
-            line = self.lines.peek(self.reached_open)
+            now = self.clock.seconds()
+            ordered_open = self.reached_open and not self._unconfirmed_full()
+            ready = self.lines.peek(ordered_open)
+            checkpoint = self._checkpoint_due(now, ready)
+            line = format_line("PING", [CHECKPOINT_PREFIX]) if checkpoint else ready
             if line is None:
                 return
-            now = self.clock.seconds()
             wait = self.bucket.wait(now, len(line))
             if wait > 0:
                 self._pump_call = self.clock.callLater(wait, self._pump)
                 return
             self.bucket.take(now, len(line))
-            line, token = self.lines.pop(self.reached_open)
+            if checkpoint:
+                self._write_checkpoint(now)
+                continue
+            line, token, first_of = self.lines.pop(ordered_open)
             self.transport.write(line)
             self.lines_written += 1
-            if token is not None:
-                self.owner._token_sent(token)
+            self._track(line, token, first_of, now)
+
+    # -- what the server took (checkpoints) -------------------------------
+
+    def _track(self, line: bytes, token, first_of, now: float) -> None:
+        """A line was written: a message's first line starts waiting for a checkpoint, its last completes it."""
+        self._quiet = False
+        if first_of is not None:
+            target = _target_of(line)
+            if target is None:  # not a line to a channel (no answer names it): taken as written
+                if token is not None:
+                    self.owner._token_sent(token)
+                return
+            if self.unconfirmed.uncovered == 0:
+                self._oldest_unchecked = now
+            self.unconfirmed.started(first_of, self.isupport.fold(target))
+        if first_of is None and token is None:
+            for written in reversed(self.unconfirmed.messages):  # a middle line of the newest message
+                if not written.complete:
+                    self.unconfirmed.line_written(written.token, len(line), False)
+                    break
+            return
+        self.unconfirmed.line_written(first_of if first_of is not None else token, len(line), token is not None)
+
+    def _unconfirmed_full(self) -> bool:
+        return (len(self.unconfirmed) >= self.limits.queue_lines
+                or self.unconfirmed.bytes >= self.limits.queue_bytes)
+
+    def _checkpoint_due(self, now: float, ready) -> bool:
+        """Whether our next line is a checkpoint PING: messages wait for one, none is outstanding, and nothing
+        else is ready, or enough messages or time wait."""
+        if not self.reached_open or not self.unconfirmed.needs_checkpoint():
+            return False
+        if self.unconfirmed.uncovered >= CHECKPOINT_MESSAGES or now - self._oldest_unchecked >= CHECKPOINT_SECONDS:
+            return True
+        if ready is not None:
+            return False
+        if self._quiet:
+            return True
+        if self._quiet_call is None:
+            # Nothing ready now: messages the gateway hands over in this same turn of the reactor go before it.
+            self._quiet_call = self.clock.callLater(0, self._quieted)
+        return False
+
+    def _quieted(self) -> None:
+        self._quiet_call = None
+        self._quiet = True
+        self._pump()
+
+    def _write_checkpoint(self, now: float) -> None:
+        self._quiet = False
+        token = self.unconfirmed.open_checkpoint(now)
+        self.transport.write(format_line("PING", [token]))
+        self.lines_written += 1
+        self._checkpoint_call = self.clock.callLater(self.limits.pong_seconds, self._checkpoint_late, token)
+
+    def _checkpoint_late(self, token: str) -> None:
+        self._checkpoint_call = None
+        if self.unconfirmed.checkpoint != token or self.lost:
+            return
+        log.warn("irc {network}: no PONG to checkpoint {token} within {seconds} s: what it covers is settled in doubt",
+                 network=self.server.network, token=token, seconds=self.limits.pong_seconds)
+        for written in self.unconfirmed.timed_out():
+            self.owner._token_unconfirmed(written.token, "timeout")
+        self._pump()
+
+    def _on_PONG(self, message):
+        settled = self.unconfirmed.answered(message.params[-1] if message.params else "")
+        if settled is None:
+            return
+        if self._checkpoint_call is not None and self._checkpoint_call.active():
+            self._checkpoint_call.cancel()
+        self._checkpoint_call = None
+        for written in settled:
+            if written.refused is not None:
+                self.owner._token_refused(written.token, written.refused)
+            else:
+                self.owner._token_sent(written.token)
+        self._pump()
+
+    def _on_error_numeric(self, message):
+        """A 4xx: when its first parameter after our nick is a channel we wrote messages to, they are refused."""
+        target = self._param(message, 1)
+        if target[:1] not in _channel_types(self.isupport):
+            return
+        reason = f"{message.command} {target[:64]}"
+        if self.unconfirmed.error_for(self.isupport.fold(target), reason):
+            log.info("irc {network}: the server refused a message to {channel} ({numeric}: {text!r})",
+                     network=self.server.network, channel=target[:64], numeric=message.command,
+                     text=self._param(message, 2)[:200])
 
     # -- timers ------------------------------------------------------------
 
@@ -528,6 +761,8 @@ class IrcProtocol(LineOnlyReceiver):
                      network=self.server.network, reason=getattr(error, "reason", str(error)))
             return
         handler = getattr(self, "_on_" + message.command, None)
+        if handler is None and len(message.command) == 3 and message.command.startswith("4"):
+            handler = self._on_error_numeric
         if handler is None:
             return
         try:
@@ -663,7 +898,7 @@ class IrcProtocol(LineOnlyReceiver):
         self.nick = candidate
         self._urgent("NICK", [self.nick])
 
-    _on_432 = _on_433 = _on_436 = _on_437 = _on_nick_taken
+    _on_432 = _on_433 = _on_436 = _on_437 = _on_nick_taken  # nicks, never channels: not message refusals
 
     def _on_sasl_failure(self, message):
         if self.server.sasl is not None and not self._sasl_done:
@@ -775,6 +1010,17 @@ def _channel_types(isupport) -> str:
     return isupport.chantypes or "#&"
 
 
+_TARGETED = (b"PRIVMSG ", b"NOTICE ", b"TOPIC ")
+
+
+def _target_of(line: bytes) -> str | None:
+    """The channel or nick a PRIVMSG, NOTICE or TOPIC line we wrote (``format_line``'s, no tags or source) names."""
+    if not line.startswith(_TARGETED):
+        return None
+    parts = line.split(b" ", 2)
+    return parts[1].decode("utf-8", errors="replace") if len(parts) > 1 else None
+
+
 def sasl_chunks(payload: bytes) -> list[str]:
     """AUTHENTICATE arguments for ``payload``: base64 in 400-byte pieces, '+' after a full last piece or for nothing."""
     encoded = base64.b64encode(payload).decode("ascii")
@@ -813,7 +1059,7 @@ class IrcConnection:
         self.wanted: dict[str, tuple[str, str | None]] = {}  # folded channel -> (channel, key)
         self.protocol: IrcProtocol | None = None
         self.dialler = LinkDialler(self._dial, clock, random, server.backoff, dialled="irc")
-        self.counts = {"connections": 0, "registered": 0, "sent": 0, "lost": 0}
+        self.counts = {"connections": 0, "registered": 0, "sent": 0, "lost": 0, "refused": 0, "unconfirmed": 0}
         self.refusals: dict[str, int] = {}
         self.last_loss: str | None = None
         self.stopped = True
@@ -954,13 +1200,15 @@ class IrcConnection:
                  occupant=self.occupant or "bot")
         self.listener.connected(self.network, self.occupant, protocol.nick)
 
-    def _protocol_lost(self, protocol: IrcProtocol, reason: str, tokens: list, failure) -> None:
+    def _protocol_lost(self, protocol: IrcProtocol, reason: str, tokens: list, failure, in_doubt=()) -> None:
         was_current = protocol is self.protocol
         if was_current:
             self.protocol = None
         self.last_loss = reason
         log.info("irc {network}: connection of {occupant} ended ({reason})", network=self.network,
                  occupant=self.occupant or "bot", reason=reason)
+        for token in in_doubt:
+            self._token_unconfirmed(token, reason)
         for token in tokens:
             self.counts["lost"] += 1
             self.listener.lost(token, reason)
@@ -969,6 +1217,14 @@ class IrcConnection:
     def _token_sent(self, token) -> None:
         self.counts["sent"] += 1
         self.listener.sent(token)
+
+    def _token_refused(self, token, reason: str) -> None:
+        self.counts["refused"] += 1
+        self.listener.refused(token, reason)
+
+    def _token_unconfirmed(self, token, reason: str) -> None:
+        self.counts["unconfirmed"] += 1
+        self.listener.unconfirmed(token, reason)
 
     def _event(self, name: str, *args) -> None:
         getattr(self.listener, name)(self.network, *args)
@@ -983,6 +1239,8 @@ class IrcConnection:
             "channels": sorted(channel for channel, _ in self.wanted.values()),
             "queue_lines": protocol.lines.ordered_lines if protocol else 0,
             "queue_bytes": protocol.lines.ordered_bytes if protocol else 0,
+            "unanswered": len(protocol.unconfirmed) if protocol else 0,  # written, the server's answer awaited
+            "unanswered_bytes": protocol.unconfirmed.bytes if protocol else 0,
             "bad_lines": protocol.bad_lines if protocol else 0,
             "last_loss": self.last_loss,
             "refusals": dict(self.refusals),

@@ -246,7 +246,7 @@ class IrcConnections:
                    for entry in self.occupants.values() if self.bridges[entry.bridge].network == network)
 
     def _heard(self, who: _Occupant | None, network: str, name: str, args: tuple) -> None:
-        if name in ("sent", "lost"):
+        if name in ("sent", "refused", "unconfirmed", "lost"):  # a message's settlement, whichever connection
             getattr(self.listener, name)(*args)
             return
         if name in ("connected", "connection_lost"):

@@ -19,7 +19,19 @@ Control characters (after decoding, in both directions): every C0 character (U+0
 DEL (U+007F) and every C1 character (U+0080 to U+009F) is removed, except TAB, which becomes a
 space, and, toward IRC, the line breaks (LF, CR LF, CR become LF) that ``lines.split_text`` turns
 into separate lines.  U+FFFE, U+FFFF and lone surrogates (not XML characters) are removed too.
-Nothing else is changed (bidirectional and other format characters are text to XMPP and to IRC).
+
+Invisible formatting characters (Unicode's format class, Cf, and the two separators), in both
+directions: the bidirectional embeddings and overrides (U+202A to U+202E) and isolates (U+2066 to
+U+2069), which reorder what a reader sees and can make a line look said by someone else or say
+the opposite, are removed; so are the invisible characters that only hide words from the eye and
+from filters: ZERO WIDTH SPACE U+200B, WORD JOINER U+2060, the invisible operators U+2061 to
+U+2064, the deprecated format characters U+206A to U+206F, ZERO WIDTH NO-BREAK SPACE (the byte
+order mark) U+FEFF and the interlinear annotation characters U+FFF9 to U+FFFB.  LINE SEPARATOR
+U+2028 and PARAGRAPH SEPARATOR U+2029 are line breaks: toward IRC they split lines like LF; from
+IRC (one line) they become a space.  Kept, because right-to-left and many other scripts need
+them and they reorder nothing beyond a neutral character: the marks LRM U+200E, RLM U+200F and
+ARABIC LETTER MARK U+061C, ZWNJ U+200C and ZWJ U+200D (Persian, Indic scripts, emoji sequences).
+A nick is stricter (``nicks.has_invisible``): any format character at all is refused or escaped.
 """
 
 from __future__ import annotations
@@ -46,14 +58,20 @@ _CODE = re.compile(
     "|\x04(?:[0-9A-Fa-f]{6}(?:,[0-9A-Fa-f]{6})?)?"
     "|[\x02\x0f\x11\x16\x1d\x1e\x1f]"
 )
-_CONTROLS = re.compile("[\x00-\x08\x0a-\x1f\x7f-\x9f\ufffe\uffff\ud800-\udfff]")
-_CONTROLS_BUT_LF = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\ufffe\uffff\ud800-\udfff]")
-_LINE_BREAK = re.compile("\r\n|\r")
+# Removed from text both ways: bidi embeddings, overrides and isolates, and invisible characters (see above).
+INVISIBLE = "\u200b\u202a-\u202e\u2060-\u2064\u2066-\u206f\ufeff\ufff9-\ufffb"
+SEPARATORS = "\u2028\u2029"
+_CONTROLS = re.compile(f"[\x00-\x08\x0a-\x1f\x7f-\x9f\ufffe\uffff\ud800-\udfff{INVISIBLE}]")
+_CONTROLS_BUT_LF = re.compile(f"[\x00-\x08\x0b-\x1f\x7f-\x9f\ufffe\uffff\ud800-\udfff{INVISIBLE}]")
+_LINE_BREAK = re.compile(f"\r\n|[\r{SEPARATORS}]")
+_SEPARATOR = re.compile(f"[{SEPARATORS}]")
 
 
 def without_controls(text: str) -> str:
-    """``text`` from IRC with no control character: TAB becomes a space, the others go."""
-    return _CONTROLS.sub("", text.replace("\t", " "))
+    """``text`` from IRC with no control or invisible formatting character: TAB and the line and paragraph
+    separators become a space, the others go (the marks LRM, RLM, ALM, ZWNJ and ZWJ stay)."""
+    return _CONTROLS.sub("", _SEPARATOR.sub(" ", text.replace("\t", " ")))
+
 
 
 def text_for_irc(text: str) -> str:

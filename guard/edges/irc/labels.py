@@ -44,7 +44,8 @@ from guard.core.policy.elements import child_elements, clone, text_of
 from guard.core.policy.facts import StanzaFacts
 from guard.core.policy.labels import SecurityLabel
 from guard.core.settlement import REFER_WITHOUT_AUTHORITY
-from guard.core.vocabulary import SERVER_NS, XML_LANG
+from guard.core.vocabulary import MUC_USER_NS, SERVER_NS, XML_LANG
+from guard.edges.irc.nicks import has_invisible
 
 XMPP_SIDE = "xmpp"
 IRC_SIDE = "irc"
@@ -59,6 +60,10 @@ RULE_MARKING_ABOVE_CLEARANCE = "irc:marking-above-clearance"
 NOT_RELEASABLE_TEXT = "The message's security label is not releasable to the IRC channel."
 NO_LABEL_TEXT = "The message has no security label the IRC gateway can establish."
 MARKING_ABOVE_CLEARANCE_TEXT = "That marking is above what this channel is cleared for; the message was not bridged."
+RULE_NICK_INVISIBLE = "irc:nick-invisible"
+RULE_NICK_MARKING = "irc:nick-marking"
+NICK_REFUSED_TEXT = "That room nick is not allowed on the IRC channel; choose another nick to talk there."
+NICK_INVISIBLE_TEXT = "Room nicks with invisible or bidirectional formatting characters do not reach IRC."
 
 
 @dataclass(frozen=True)
@@ -158,6 +163,19 @@ def _spaced(text: str) -> str:
     return r"\s+".join(re.escape(word) for word in text.split())
 
 
+def nick_presence(room: str, nick: str, to: str) -> domish.Element:
+    """
+    A room nick as the policy judges it: what it is, the occupant's presence under that nick,
+    ``<presence from='room/nick' to='...'><x xmlns='muc#user'><item nick='nick'/></x></presence>``
+    (the item's nick is there so that ``text_matches`` sees the nick as it sees a body's text; ``from``
+    patterns see it as the resource).
+    """
+    presence = domish.Element((SERVER_NS, "presence"))
+    presence["from"], presence["to"] = f"{room}/{nick}", to
+    presence.addElement((MUC_USER_NS, "x")).addElement("item")["nick"] = nick
+    return presence
+
+
 def _first(element: domish.Element, name: str) -> domish.Element | None:
     """The ``name`` child in the stanza's namespace without xml:lang, or else the first one."""
     found = [c for c in child_elements(element) if c.name == name and c.uri == element.uri]
@@ -220,6 +238,44 @@ class BridgeLabels:
         if judgement.verdict is not Verdict.PASS:
             return Refused(None, judgement.text, judgement.rule_id, judgement.rule_rev, judgement, judgement.notes)
         return self._passed(judged, judgement)
+
+    def release_nick(self, room: str, nick: str) -> Released | Refused:
+        """
+        Judge a room nick toward the IRC side (an occupant joining, or renaming): a nick is content, it
+        reaches IRC as an IRC nick and in the bot's ``<nick> text`` relay.  Judged as the occupant's
+        presence under that nick (``nick_presence``) by the bridge policy, then as a message is: its label
+        must be known and releasable to the IRC side.  A nick with an invisible or bidi formatting character
+        is refused before the policy (``irc:nick-invisible``); any fault refuses it.
+        """
+        try:
+            presence = nick_presence(room, nick, self.irc_domain)
+        except Exception as problem:  # noqa: BLE001 - fail closed on anything
+            judgement = Judgement.dropped(domish.Element((SERVER_NS, "presence")), "guard:policy-failure",
+                                          text=repr(problem))
+            return Refused(None, NICK_REFUSED_TEXT, judgement.rule_id, 1, judgement)
+        if has_invisible(nick):
+            judgement = Judgement.bounced(presence, RULE_NICK_INVISIBLE, "policy-violation", text=NICK_INVISIBLE_TEXT)
+            return Refused("policy-violation", NICK_INVISIBLE_TEXT, RULE_NICK_INVISIBLE, 1, judgement)
+        judgement, _ = judge_fail_closed(self.policy, presence, TOWARD_IRC)
+        if judgement.verdict is not Verdict.PASS:
+            return Refused(judgement.condition or "policy-violation", judgement.text or NICK_REFUSED_TEXT,
+                           judgement.rule_id, judgement.rule_rev, judgement, judgement.notes)
+        return self._passed(presence, judgement)
+
+    def nick_from_irc(self, nick: str) -> Labelled | RefusedFromIrc:
+        """
+        An IRC nick toward the room (an IRC user joining or renaming), judged as ``from_irc`` judges a
+        message: it gets the IRC side's default label; a nick holding a marking ``map_markings`` maps is
+        refused (a presence carries no label, XEP-0258), and so is one with an invisible or bidi
+        formatting character (``NickBook.muc_nick_for`` escapes those too).
+        """
+        if has_invisible(nick):
+            return RefusedFromIrc(RULE_NICK_INVISIBLE, NICK_INVISIBLE_TEXT, f"nick {nick!r}")
+        folded = nick.casefold()
+        for marking in self.map_markings:
+            if marking.replace(" ", "").casefold() in folded:
+                return RefusedFromIrc(RULE_NICK_MARKING, NICK_REFUSED_TEXT, f"nick {nick!r} holds marking {marking!r}")
+        return Labelled(nick, self.default_label)
 
     def _passed(self, judged, judgement) -> Released | Refused:
         label = marking = None

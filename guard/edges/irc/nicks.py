@@ -22,7 +22,8 @@ IRC nicks from MUC nicks and back, by the rules a network announces in RPL_ISUPP
   a valid RFC 7622 resourcepart unchanged (ASCII 0x21-0x7E are all allowed by the OpaqueString
   profile, and stringprep leaves them as they are; a test walks the whole set), so it is used as
   it is.  A nick a lax server allowed outside that set is used as stringprep prepares it, or, if
-  stringprep refuses it, escaped as ``irc|`` and a base32 hash.
+  stringprep refuses it or it holds an invisible or bidi formatting character (``has_invisible``:
+  a right-to-left override would make it read as someone else), escaped as ``irc|`` and a base32 hash.
 
 Bounds: at most ``max_entries`` entries (default 4096), each a MUC nick of at most 1023 UTF-8
 bytes (RFC 7622) and an IRC nick of at most NICKLEN, so at most about 4096 x (1023 + NICKLEN)
@@ -81,6 +82,13 @@ def is_valid_nick(nick: str, nicklen: int) -> bool:
         and nick[0] in _FIRST
         and all(char in _REST for char in nick[1:])
     )
+
+
+def has_invisible(nick: str) -> bool:
+    """Whether ``nick`` holds a character that is not shown as itself: a control, a format character (Cf: bidi
+    controls and marks, zero-width characters, ...), a line or paragraph separator, or a non-character.  A nick
+    names who speaks: none of these may disguise it, so the gateway refuses or escapes such a nick."""
+    return any(unicodedata.category(char) in ("Cc", "Cf", "Zl", "Zp", "Cs", "Co", "Cn") for char in nick)
 
 
 def _short_hash(text: str, chars: int) -> str:
@@ -266,7 +274,8 @@ class NickBook:
         """``irc_nick`` as a MUC nick (a valid resourcepart; see the module's text)."""
         if is_valid_nick(irc_nick, MUC_NICK_BYTES):
             return irc_nick
-        parsed = parse_jid(f"irc@irc.invalid/{irc_nick}") if irc_nick else None
+        # A nick with an invisible or bidi formatting character (a lax server's) would disguise who speaks.
+        parsed = parse_jid(f"irc@irc.invalid/{irc_nick}") if irc_nick and not has_invisible(irc_nick) else None
         if parsed is not None and parsed.resource:
             return parsed.resource
         return f"irc{ESCAPE_SEPARATOR}{_short_hash(irc_nick, 8)}"

@@ -250,30 +250,39 @@ def test_token_bucket_counts_bytes_when_a_byte_rate_is_set():
 
 
 def test_messages_leave_at_the_flood_rate_in_order():
-    """Ten messages: three at once, then one every 0.4 s, in the order taken, each reported sent once."""
+    """Ten messages: three at once, then one every 0.4 s, in the order taken, then one checkpoint PING; each is
+    reported sent once, when its PONG comes back."""
     connection, clock, connector, recorder, protocol = registered()
     for number in range(10):
         assert connection.say("#ops", [f"line {number}"], token=number) is None
     assert written(protocol) == b"".join(b"PRIVMSG #ops :line %d\r\n" % n for n in range(3))
-    start, times = clock.seconds(), []
+    start, times, pings = clock.seconds(), [], []
     for _ in range(400):
         clock.advance(0.01)
         out = written(protocol)
-        if out:
+        if out.startswith(b"PING"):
+            pings.append(out)
+        elif out:
             assert out == b"PRIVMSG #ops :line %d\r\n" % (len(times) + 3)
             times.append(clock.seconds() - start)
     gaps = [later - earlier for earlier, later in zip([0.0] + times, times)]
     assert len(times) == 7 and all(0.39 <= gap <= 0.415 for gap in gaps), gaps
+    assert pings == [b"PING guard-1\r\n"] and recorder.events == []
+    feed(protocol, b":irc.lab.example PONG irc.lab.example :guard-1")
     assert recorder.events == [("sent", number) for number in range(10)]
 
 
 def test_a_message_of_several_lines_is_sent_when_its_last_line_is_written():
-    """The token of a three-line message is reported after its third line, not before."""
+    """The token of a three-line message is reported after its third line and the checkpoint after it, not before."""
     connection, clock, connector, recorder, protocol = registered(
         server=IrcServer("lab", "h", 1, flood=FloodRate(burst_lines=2, seconds_per_line=1.0)))
     connection.say("#ops", ["one", "two", "three"], token="m")
-    assert recorder.events == []
     clock.advance(1.0)
+    assert written(protocol) == b"PRIVMSG #ops one\r\nPRIVMSG #ops two\r\nPRIVMSG #ops three\r\n"
+    feed(protocol, b":h PONG h :guard-1")  # no checkpoint was written yet: not ours
+    clock.advance(1.0)
+    assert written(protocol) == b"PING guard-1\r\n" and recorder.events == []
+    feed(protocol, b":h PONG h :guard-1")
     assert recorder.events == [("sent", "m")]
 
 
@@ -295,7 +304,7 @@ def test_the_queue_refuses_past_its_lines_and_reports_nothing_for_what_it_refuse
     assert connection.say("#ops", ["g"], token=4) is None
     assert connection.describe()["queue_lines"] == 4
     assert connection.describe()["refusals"] == {"queue-lines": 1}
-    assert recorder.events == [("sent", 1)]
+    assert recorder.events == []  # "a" was written; no checkpoint yet (more waits): not known taken
 
 
 def test_the_queue_refuses_past_its_bytes():
@@ -334,16 +343,17 @@ def test_invalid_text_is_refused_before_it_is_queued():
 
 
 def test_tokens_not_written_when_the_connection_drops_are_lost_once_with_the_reason():
-    """Written messages were reported sent; the rest are reported lost (netsplit) exactly once each."""
+    """Written messages no checkpoint confirmed are reported unconfirmed (in doubt); the rest are reported lost
+    (netsplit); exactly once each."""
     connection, clock, connector, recorder, protocol = registered()
     for number in range(6):
         connection.say("#ops", [f"m{number}"], token=number)
     clock.advance(0.4)
     drop(protocol)
     clock.advance(100)
-    sent = [event for event in recorder.events if event[0] == "sent"]
+    unconfirmed = [event for event in recorder.events if event[0] == "unconfirmed"]
     lost = [event for event in recorder.events if event[0] == "lost"]
-    assert sent == [("sent", 0), ("sent", 1), ("sent", 2), ("sent", 3)]
+    assert unconfirmed == [("unconfirmed", number, "netsplit") for number in range(4)]
     assert lost == [("lost", 4, "netsplit"), ("lost", 5, "netsplit")]
     assert ("connection_lost", "lab", None, "netsplit") in recorder.events
 
@@ -355,17 +365,19 @@ def test_a_nick_change_is_a_nick_line_after_what_waits_and_the_nick_of_later_reg
     assert connection.change_nick("alicia") is None
     assert connection.change_nick("bad nick") == "invalid-line"
     clock.advance(1.0)
-    assert written(protocol) == b"PRIVMSG #ops :before the rename\r\nNICK alicia\r\n"
+    assert written(protocol) == b"PRIVMSG #ops :before the rename\r\nNICK alicia\r\nPING guard-1\r\n"
     feed(protocol, b":gw!u@h NICK alicia")
     assert connection.nick == "alicia" and len(connector.protocols) == 1
     drop(protocol)
     clock.advance(10)
     assert b"NICK alicia\r\n" in written(connector.protocols[-1])
-    assert [event for event in recorder.events if event[0] in ("sent", "lost")] == [("sent", "m1")]
+    assert [event for event in recorder.events if event[0] in ("sent", "lost", "unconfirmed")] == [
+        ("unconfirmed", "m1", "netsplit")]
 
 
 def test_a_topic_taken_with_a_token_is_reported_sent_when_written_or_lost_when_the_connection_drops():
-    """A room subject is settled like a message: sent when its TOPIC line left, lost (once) when it never did."""
+    """A room subject is settled like a message: in doubt when its TOPIC line left unconfirmed, lost (once) when it
+    never did."""
     connection, clock, connector, recorder, protocol = registered()
     for number in range(4):
         connection.say("#ops", [f"m{number}"], token=number)
@@ -376,8 +388,9 @@ def test_a_topic_taken_with_a_token_is_reported_sent_when_written_or_lost_when_t
     clock.advance(0.4)
     assert written(protocol) == b"TOPIC #ops :rota week 49\r\n"
     drop(protocol)
-    assert [event for event in recorder.events if event[0] in ("sent", "lost")] == [
-        ("sent", 0), ("sent", 1), ("sent", 2), ("sent", 3), ("sent", "topic-1"), ("lost", "topic-2", "netsplit")]
+    assert [event for event in recorder.events if event[0] in ("sent", "lost", "unconfirmed")] == [
+        ("unconfirmed", 0, "netsplit"), ("unconfirmed", 1, "netsplit"), ("unconfirmed", 2, "netsplit"),
+        ("unconfirmed", 3, "netsplit"), ("unconfirmed", "topic-1", "netsplit"), ("lost", "topic-2", "netsplit")]
 
 
 @pytest.mark.parametrize("farewell, reason", [
@@ -394,7 +407,7 @@ def test_the_reason_a_connection_ended_is_what_the_server_said(farewell, reason)
     connection.say("#ops", ["two"], token="b")
     feed(protocol, farewell)
     drop(protocol, Failure(ConnectionDone()))
-    assert ("lost", "b", reason) in recorder.events and ("sent", "a") in recorder.events
+    assert ("lost", "b", reason) in recorder.events and ("unconfirmed", "a", reason) in recorder.events
 
 
 def test_nothing_is_taken_while_disconnected():

@@ -75,7 +75,8 @@ def test_past_the_bridge_cap_the_bot_relays_as_nick_text():
     assert connections.say("ops", "c", ["hello"], token="t1") is None
     assert connections.say("ops", "c", ["waves"], token="t2", kind="action") is None
     clock.advance(1)
-    assert written(bot) == b"PRIVMSG #ops :<carol> hello\r\nPRIVMSG #ops :* carol waves\r\n"
+    assert written(bot) == b"PRIVMSG #ops :<carol> hello\r\nPRIVMSG #ops :* carol waves\r\nPING guard-1\r\n"
+    feed(bot, b":irc.lab.example PONG irc.lab.example :guard-1")
     assert recorder.events == [("sent", "t1"), ("sent", "t2")]
     assert connections.describe()["refusals"] == {"bridge-cap": 1}
 
@@ -102,12 +103,12 @@ def test_a_relayed_occupant_gets_a_connection_when_a_slot_frees_and_speaks_throu
     assert b"NICK carol\r\n" in written(carol)
     connections.say("ops", "c", ["still relayed"], token=1)
     clock.advance(1)
-    assert written(bot) == b"PRIVMSG #ops :<carol> still relayed\r\n"
+    assert written(bot) == b"PRIVMSG #ops :<carol> still relayed\r\nPING guard-1\r\n"
     assert register(carol, "carol", clock).endswith(b"JOIN #ops\r\n")
     join(carol, "carol")
     connections.say("ops", "c", ["my own voice"], token=2)
     clock.advance(1)
-    assert written(carol) == b"PRIVMSG #ops :my own voice\r\n"
+    assert written(carol) == b"PRIVMSG #ops :my own voice\r\nPING guard-1\r\n"
     assert connections.describe()["relayed"] == 0
 
 
@@ -133,8 +134,9 @@ def test_the_relay_splits_lines_that_the_prefix_would_push_past_512_bytes():
     clock.advance(1)
     lines = written(connector.protocols[0]).split(b"\r\n")[:-1]
     relayed_prefix = len(b":bot!xmppguard@" + b"h" * 63 + b" ")
-    assert len(lines) == 3 and all(relayed_prefix + len(line) + 2 <= 512 for line in lines[1:])  # JOIN, 2 PRIVMSGs
+    assert len(lines) == 4 and all(relayed_prefix + len(line) + 2 <= 512 for line in lines[1:])  # JOIN, 2 lines, PING
     assert lines[1].startswith(b"PRIVMSG #ops :<carol> word") and lines[2].startswith(b"PRIVMSG #ops :<carol> word")
+    feed(connector.protocols[0], b":irc.lab.example PONG irc.lab.example :" + lines[3].split()[-1])
     assert recorder.events[-1] == ("sent", "long")
 
 
@@ -154,14 +156,15 @@ def test_channel_events_come_from_the_bot_only_and_not_about_our_own_occupants()
 
 
 def test_tokens_lost_on_an_occupant_connection_reach_the_listener():
-    """A netsplit of an occupant's connection reports its waiting tokens lost, and its own connection_lost."""
+    """A netsplit of an occupant's connection reports its written, unconfirmed tokens in doubt, and its own
+    connection_lost; the bot relays the occupant's next message."""
     connections, clock, connector, recorder, bot, alice = alice_in_channel()
     connections.say("ops", "a", ["one"], token="x")
     drop(alice)
-    assert recorder.events == [("sent", "x"), ("connection_lost", "lab", "a", "netsplit")]
+    assert recorder.events == [("unconfirmed", "x", "netsplit"), ("connection_lost", "lab", "a", "netsplit")]
     connections.say("ops", "a", ["two"], token="y")
     clock.advance(0.5)
-    assert written(bot) == b"PRIVMSG #ops :<alice> two\r\n"
+    assert written(bot) == b"PRIVMSG #ops :<alice> two\r\nPING guard-1\r\n"
 
 
 def test_describe_counts_connections_queues_and_refusals():
@@ -176,7 +179,7 @@ def test_describe_counts_connections_queues_and_refusals():
     assert described["relayed"] == 1 and described["per_bridge"] == {"ops": 2}
     assert described["refusals"] == {"bridge-cap": 1}
     assert described["queue_lines"] == 0  # alice has not joined: the bot took it, and wrote it at once
-    for number in range(60):  # the bot has 49 lines of its burst of 50 left: 11 wait
+    for number in range(60):  # the bot has 49 lines of its burst of 50 left, one is a checkpoint PING (after 32): 12 wait
         connections.say("ops", "c", ["n%02d" % number], token=number)
     described = connections.describe()
-    assert described["queue_lines"] == 11 and described["queue_bytes"] == 11 * len(b"PRIVMSG #ops :<carol> n00\r\n")
+    assert described["queue_lines"] == 12 and described["queue_bytes"] == 12 * len(b"PRIVMSG #ops :<carol> n00\r\n")

@@ -87,7 +87,12 @@ class IrcServerSide:
 @pytest.fixture
 def lab(tmp_path):
     """A gateway whose component stream is open and whose bot is registered in #ops."""
-    config = load_irc_config(str(write_config(tmp_path)))
+    return open_lab(tmp_path, write_config(tmp_path))
+
+
+def open_lab(tmp_path, config_path):
+    """The gateway of the configuration ``config_path``, its component stream open, its bot registered in #ops."""
+    config = load_irc_config(str(config_path))
     clock, component, irc = MemoryReactorClock(), ComponentEndpoint(), IrcServerSide()
     audit = AuditLog(str(tmp_path / "audit.jsonl"))
     gateway = IrcGateway(config, clock, irc.connect, component, audit)
@@ -152,14 +157,18 @@ def test_on_attaching_the_gateway_joins_the_room_without_history_and_as_each_irc
 
 
 def test_a_released_room_message_is_said_on_irc_with_its_flot_and_settles_as_delivered(lab):
-    """A RESTRICTED message: the bot relays '<alice> Protective Marking: RESTRICTED' then the text; written = delivered."""
+    """A RESTRICTED message: the bot relays '<alice> Protective Marking: RESTRICTED' then the text, then a checkpoint
+    PING; its PONG (no 404 before it) settles the message delivered."""
     gateway, clock, stream, irc, bot, _ = lab
     alice_joins(stream)
     bot.transport.clear()
     room_message(stream, "the rota", RESTRICTED)
     clock.advance(5)
     lines = irc.written(bot)
-    assert lines[:2] == ["PRIVMSG #ops :<alice> Protective Marking: RESTRICTED", "PRIVMSG #ops :<alice> the rota"]
+    assert lines[:3] == ["PRIVMSG #ops :<alice> Protective Marking: RESTRICTED", "PRIVMSG #ops :<alice> the rota",
+                         "PING guard-1"]
+    assert gateway.books.summary()["delivered"] == 0
+    irc.feed(bot, ":irc.lab.example PONG irc.lab.example :guard-1")
     assert gateway.books.summary()["delivered"] == 1 and gateway.books.balanced()
 
 
@@ -429,6 +438,7 @@ def test_an_occupants_messages_go_through_the_bot_until_its_own_connection_is_re
     room_message(stream, "while registering", None, "r1")
     clock.advance(5)
     assert "PRIVMSG #ops :<alice> while registering" in irc.written(bot)
+    irc.feed(bot, ":irc.lab.example PONG irc.lab.example :guard-1")
     irc.feed(alice, ":irc.lab.example 001 alice :Welcome", ":alice!~a@h JOIN #ops")
     alice.transport.clear()
     room_message(stream, "registered now", None, "r2")
@@ -439,8 +449,11 @@ def test_an_occupants_messages_go_through_the_bot_until_its_own_connection_is_re
     room_message(stream, "after the split", None, "r3")
     clock.advance(1)
     assert "PRIVMSG #ops :<alice> after the split" in irc.written(bot)
+    irc.feed(bot, ":irc.lab.example PONG irc.lab.example :guard-2")
     summary = gateway.books.summary()
     assert (summary["delivered"], summary["bounced"], summary["in_flight"]) == (3, 0, 0)
+    # r2 was written on alice's connection and its checkpoint never answered: delivered in doubt.
+    assert gateway.carrier.describe()["unconfirmed"] == 1
 
 
 def test_notices_to_irc_users_while_prosody_is_away_are_rate_limited_and_every_one_still_audited(lab):
