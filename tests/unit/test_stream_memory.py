@@ -301,3 +301,20 @@ def test_a_bio_holding_bytes_is_not_replaced(lab):
     assert drain(server) == b"x" * 5000
     server.bio_write(record[3:])
     assert drain(server) == b"<presence/>"
+
+
+def test_a_rested_parser_takes_under_three_kib():
+    """A parser resting after the stream header (what an idle stream keeps) takes under 3 KiB of Python objects (3.6 with an instance dictionary)."""
+    import tracemalloc
+
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        parsers = [recording_parser([]) for _ in range(200)]
+        for parser in parsers:
+            parser.feed(HEADER)
+            assert parser.rest()
+        per_parser = (tracemalloc.get_traced_memory()[0] - before) / len(parsers)
+    finally:
+        tracemalloc.stop()
+    assert per_parser < 3 * 1024
