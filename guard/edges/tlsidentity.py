@@ -257,6 +257,8 @@ class _RefusingRenegotiation:
     def clientConnectionForTLS(self, protocol):
         connection = self._inner.clientConnectionForTLS(protocol)
         connection.set_options(SSL.OP_NO_RENEGOTIATION)
+        if type(connection) is SSL.Connection:  # Twisted's plain memory-BIO connection: same object, releasing BIOs
+            connection.__class__ = BufferReleasingConnection
         return connection
 
 
@@ -279,7 +281,7 @@ RELEASE_BIO_AFTER_BYTES = 2048
 
 class BufferReleasingConnection(SSL.Connection):
     """
-    A memory-BIO server connection (what Twisted's TLSMemoryBIOProtocol drives)
+    A memory-BIO connection (what Twisted's TLSMemoryBIOProtocol drives)
     whose two BIOs are replaced by fresh, empty ones once they are drained after
     carrying more than RELEASE_BIO_AFTER_BYTES: the handshake's flights and a
     burst's reads and writes leave no buffer behind on an idle stream.

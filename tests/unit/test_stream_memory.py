@@ -285,6 +285,40 @@ def test_an_idle_connection_after_a_burst_keeps_no_grown_buffer(lab):
     assert per_connection < 64 * 1024
 
 
+def test_an_idle_outbound_connection_after_a_burst_keeps_no_grown_buffer(lab):
+    """The guard's client connection to a far server also lets go of its BIOs after 60 KiB each way (under 64 KiB of C heap each)."""
+    material, identity = lab
+    far_server = SSL.Context(SSL.TLS_SERVER_METHOD)
+    far_server.use_certificate_file(str(material.server("red").certificate))
+    far_server.use_privatekey_file(str(material.server("red").key))
+    options = identity.client_options("red.example")
+    burst = b"<message>" + b"x" * 60000 + b"</message>"
+    kept = []
+    before = heap_in_use()
+    for _ in range(16):
+        tls = TLSMemoryBIOFactory(options, True, Factory.forProtocol(Protocol)).buildProtocol(None)
+        guard = options.clientConnectionForTLS(tls)
+        server = SSL.Connection(far_server, None)
+        server.set_accept_state()
+        guard.set_connect_state()
+        for _ in range(10):
+            for end in (guard, server):
+                try:
+                    end.do_handshake()
+                except SSL.WantReadError:
+                    pass
+            pump(guard, server)
+        guard.sendall(burst)
+        pump(guard, server)
+        assert drain(server) == burst
+        server.sendall(burst)
+        pump(guard, server)
+        assert drain(guard) == burst
+        kept.append(guard)
+    per_connection = (heap_in_use() - before) / len(kept)
+    assert per_connection < 64 * 1024
+
+
 def test_a_bio_holding_bytes_is_not_replaced(lab):
     """Records that arrive in pieces around a release are read whole, in order: a BIO is replaced only while it holds no byte."""
     material, identity = lab
