@@ -11,6 +11,7 @@ from guard.edges.tlsidentity import Identity, TrustAnchors
 from guard.edges.xmlstream import ParserLimits, StreamFault, StreamParser
 
 from .streams.sides import pki
+from .test_tls_renegotiation import pump
 
 
 def identity_for_red() -> Identity:
@@ -159,22 +160,6 @@ def red_client_context(material, maximum=None) -> SSL.Context:
     return context
 
 
-def pump(one: SSL.Connection, other: SSL.Connection) -> None:
-    """Move every byte each connection wrote into the other, until neither has more (bounded)."""
-    for _ in range(50):
-        moved = False
-        for source, sink in ((one, other), (other, one)):
-            try:
-                data = source.bio_read(65536)
-            except SSL.WantReadError:
-                continue
-            sink.bio_write(data)
-            moved = True
-        if not moved:
-            return
-    raise AssertionError("the connections kept writing")
-
-
 def drain(connection: SSL.Connection) -> bytes:
     """Every application byte ``connection`` can read now."""
     received = b""
@@ -186,18 +171,23 @@ def drain(connection: SSL.Connection) -> bytes:
     raise AssertionError("recv never ran dry")
 
 
+def shake_hands(one: SSL.Connection, other: SSL.Connection) -> None:
+    """Both ends' handshakes over memory BIOs (their accept or connect state already set)."""
+    for _ in range(10):
+        for end in (one, other):
+            try:
+                end.do_handshake()
+            except SSL.WantReadError:
+                pass
+        pump(one, other)
+
+
 def handshake(server: SSL.Connection, client: SSL.Connection) -> None:
     """Both ends' handshakes over memory BIOs, then one exchange each way (TLS 1.3 tickets come after the handshake)."""
     server.set_accept_state()
     client.set_connect_state()
     client.set_tlsext_host_name(b"blue.example")
-    for _ in range(10):
-        for end in (client, server):
-            try:
-                end.do_handshake()
-            except SSL.WantReadError:
-                pass
-        pump(client, server)
+    shake_hands(client, server)
     client.send(b"<stream:stream>")
     pump(client, server)
     assert drain(server) == b"<stream:stream>"
@@ -263,26 +253,36 @@ def heap_in_use() -> int:
     return info.uordblks + info.hblkhd
 
 
+BURST = b"<message>" + b"x" * 60000 + b"</message>"
+
+
+def heap_per_connection_after_bursts(connect) -> float:
+    """C heap each of 16 guard connections keeps, idle after a 60 KiB burst each way; ``connect()`` gives
+    (the guard's end, the far end) after their handshake."""
+    kept = []
+    before = heap_in_use()
+    for _ in range(16):
+        guard_end, far_end = connect()
+        for source, sink in ((far_end, guard_end), (guard_end, far_end)):
+            source.sendall(BURST)
+            pump(guard_end, far_end)
+            assert drain(sink) == BURST
+        kept.append(guard_end)
+    return (heap_in_use() - before) / len(kept)
+
+
 def test_an_idle_connection_after_a_burst_keeps_no_grown_buffer(lab):
     """After 60 KiB each way, an idle server connection holds under 64 KiB of C heap (its BIOs were about 160 KiB before they were released)."""
     material, identity = lab
     client_context = red_client_context(material)
-    burst = b"<message>" + b"x" * 60000 + b"</message>"
-    kept = []
-    before = heap_in_use()
-    for _ in range(16):
+
+    def connect():
         server = identity.server_options().serverConnectionForTLS(None)
         client = SSL.Connection(client_context, None)
         handshake(server, client)
-        client.sendall(burst)
-        pump(client, server)
-        assert drain(server) == burst
-        server.sendall(burst)
-        pump(client, server)
-        assert drain(client) == burst
-        kept.append(server)
-    per_connection = (heap_in_use() - before) / len(kept)
-    assert per_connection < 64 * 1024
+        return server, client
+
+    assert heap_per_connection_after_bursts(connect) < 64 * 1024
 
 
 def test_an_idle_outbound_connection_after_a_burst_keeps_no_grown_buffer(lab):
@@ -292,31 +292,17 @@ def test_an_idle_outbound_connection_after_a_burst_keeps_no_grown_buffer(lab):
     far_server.use_certificate_file(str(material.server("red").certificate))
     far_server.use_privatekey_file(str(material.server("red").key))
     options = identity.client_options("red.example")
-    burst = b"<message>" + b"x" * 60000 + b"</message>"
-    kept = []
-    before = heap_in_use()
-    for _ in range(16):
+
+    def connect():
         tls = TLSMemoryBIOFactory(options, True, Factory.forProtocol(Protocol)).buildProtocol(None)
         guard = options.clientConnectionForTLS(tls)
         server = SSL.Connection(far_server, None)
         server.set_accept_state()
         guard.set_connect_state()
-        for _ in range(10):
-            for end in (guard, server):
-                try:
-                    end.do_handshake()
-                except SSL.WantReadError:
-                    pass
-            pump(guard, server)
-        guard.sendall(burst)
-        pump(guard, server)
-        assert drain(server) == burst
-        server.sendall(burst)
-        pump(guard, server)
-        assert drain(guard) == burst
-        kept.append(guard)
-    per_connection = (heap_in_use() - before) / len(kept)
-    assert per_connection < 64 * 1024
+        shake_hands(guard, server)
+        return guard, server
+
+    assert heap_per_connection_after_bursts(connect) < 64 * 1024
 
 
 def test_a_bio_holding_bytes_is_not_replaced(lab):
