@@ -9,7 +9,12 @@ server is measured the same way for both: its resident memory (VmRSS, from
 /proc) after a few warm-up streams, then after each step (1,000 and 5,000
 streams by default), each read a moment after the last stream authenticated;
 per stream = (RSS at the step - RSS after the warm-up) / streams opened since.
-Before reading, it checks that no stream was closed by the server.
+Before reading, it checks that no stream was closed by the server.  The same
+difference is split by where the pages are (/proc/PID/smaps): ``heap`` is
+malloc's main arena (C libraries: OpenSSL's connections and sessions, expat;
+and Python objects over 512 bytes), ``anon`` the other anonymous mappings
+(Python's object arenas for the small objects; Lua's allocations in Prosody
+go to the heap), ``other`` the rest (files, stacks).
 
 - ``guard``: the guard as a process (allow-all, shipped limits but
   connections_per_address and streams_per_domain raised to fit the streams);
@@ -112,11 +117,29 @@ class Streams:
         self.peers.clear()
 
 
+def resident_by_mapping(pid: int) -> dict[str, int]:
+    """Resident KiB of process ``pid`` in malloc's heap, in other anonymous mappings, and in the rest."""
+    kinds = {"heap": 0, "anon": 0, "other": 0}
+    kind = "other"
+    with open(f"/proc/{pid}/smaps", encoding="ascii", errors="replace") as smaps:
+        for line in smaps:
+            fields = line.split()
+            if not fields:
+                continue
+            if "-" in fields[0] and not fields[0].endswith(":"):  # a mapping's first line: range perms offset dev inode [path]
+                path = fields[5] if len(fields) > 5 else ""
+                kind = "heap" if path == "[heap]" else "anon" if path == "" else "other"
+            elif fields[0] == "Rss:":
+                kinds[kind] += int(fields[1])
+    return kinds
+
+
 def measure(pid: int, streams: Streams, steps: Sequence[int]) -> list[tuple[int, float, int, float]]:
     """(streams, seconds to open, RSS KiB, KiB per stream) at each step, after the warm-up."""
     streams.open_up_to(WARM_UP_STREAMS)
     time.sleep(SETTLE_SECONDS)
     base = resident_kib(pid)
+    base_mappings = resident_by_mapping(pid)
     print(f"  rss after {WARM_UP_STREAMS} warm-up streams: {base / 1024:.1f} MiB", flush=True)
     rows = []
     for step in steps:
@@ -126,9 +149,11 @@ def measure(pid: int, streams: Streams, steps: Sequence[int]) -> list[tuple[int,
         if closed:
             raise RuntimeError(f"the server wrote to or closed {closed} of {len(streams.peers)} idle streams")
         rss = resident_kib(pid)
+        mappings = resident_by_mapping(pid)
         rows.append((step, seconds, rss, (rss - base) / step))
+        split = "  ".join(f"{kind} {(mappings[kind] - base_mappings[kind]) / step:5.1f}" for kind in mappings)
         print(f"  {step:>6} streams  opened in {seconds:6.1f} s ({step / seconds:5.0f}/s)  rss {rss / 1024:7.1f} MiB"
-              f"  {(rss - base) / step:6.1f} KiB/stream", flush=True)
+              f"  {(rss - base) / step:6.1f} KiB/stream ({split})", flush=True)
     return rows
 
 

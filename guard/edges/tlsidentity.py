@@ -16,9 +16,12 @@ from dataclasses import dataclass
 from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID
 from OpenSSL import SSL, crypto
+from OpenSSL._util import ffi as _ffi
+from OpenSSL._util import lib as _lib
 from pyasn1.codec.der import decoder as der_decoder
 from pyasn1.type import char
-from service_identity.cryptography import verify_certificate_hostname
+from service_identity.cryptography import extract_patterns
+from service_identity.hazmat import DNS_ID, verify_service_identity
 from twisted.internet import ssl
 from twisted.internet.interfaces import IOpenSSLClientConnectionCreator, IOpenSSLServerConnectionCreator
 from zope.interface import implementer
@@ -38,25 +41,45 @@ def load_pem_chain(path: str) -> list[crypto.X509]:
 
 @dataclass(frozen=True)
 class PeerVerdict:
-    """What a verified peer certificate proves: a trusted chain and the domains it names."""
+    """
+    What a verified peer certificate proves: a trusted chain and the domains it
+    names.  The certificate itself is not kept (a stream holds its verdict as
+    long as it lives): only its subjectAltName patterns, which service-identity
+    matches exactly as it would match the certificate, and the two facts a
+    stream reports (subject, notAfter).
+    """
 
     chain_valid: bool
     problem: str | None
     xmpp_addrs: frozenset[str]
     dns_names: frozenset[str]
-    certificate: x509.Certificate | None
+    subject: str | None = None  # RFC 4514, None when no certificate was presented
+    not_after: float | None = None  # epoch seconds
+    patterns: tuple = ()  # service_identity's patterns of the subjectAltName
 
     def proves(self, domain: str) -> bool:
         """Whether the certificate authenticates ``domain`` (chain valid and a subjectAltName matches)."""
-        if not self.chain_valid or self.certificate is None:
+        if not self.chain_valid or self.subject is None:
             return False
         if domain in self.xmpp_addrs:
             return True
         try:
-            verify_certificate_hostname(self.certificate, domain)
+            verify_service_identity(cert_patterns=list(self.patterns), obligatory_ids=[DNS_ID(domain)],
+                                    optional_ids=[])
         except Exception:  # noqa: BLE001 - no match, no names, or a malformed name: not proven
             return False
         return True
+
+
+def judged(chain_valid: bool, problem: str | None, certificate: x509.Certificate) -> PeerVerdict:
+    """The verdict on ``certificate``, keeping what the verdict needs of it and not the certificate."""
+    xmpp_addrs, dns_names = certificate_names(certificate)
+    try:
+        patterns = tuple(extract_patterns(certificate))
+    except Exception:  # noqa: BLE001 - a malformed subjectAltName names nothing
+        patterns = ()
+    return PeerVerdict(chain_valid, problem, xmpp_addrs, dns_names, certificate.subject.rfc4514_string(),
+                       certificate.not_valid_after_utc.timestamp(), patterns)
 
 
 def certificate_names(certificate: x509.Certificate) -> tuple[frozenset[str], frozenset[str]]:
@@ -101,22 +124,21 @@ class TrustAnchors:
         """
         leaf = connection.get_peer_certificate() if connection is not None else None
         if leaf is None:
-            return PeerVerdict(False, "no certificate presented", frozenset(), frozenset(), None)
+            return PeerVerdict(False, "no certificate presented", frozenset(), frozenset())
         chain = connection.get_peer_cert_chain() or []
         intermediates = [c for c in chain if c.to_cryptography() != leaf.to_cryptography()]
         certificate = leaf.to_cryptography()
-        xmpp_addrs, dns_names = certificate_names(certificate)
         try:
             crypto.X509StoreContext(self._store(), leaf, intermediates).verify_certificate()
         except crypto.X509StoreContextError as problem:
-            return PeerVerdict(False, f"chain not trusted: {problem}", xmpp_addrs, dns_names, certificate)
+            return judged(False, f"chain not trusted: {problem}", certificate)
         try:
             usages = certificate.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
         except x509.ExtensionNotFound:
             usages = None
         if usages is not None and usage not in usages:
-            return PeerVerdict(False, f"certificate not valid for {usage._name}", xmpp_addrs, dns_names, certificate)
-        return PeerVerdict(True, None, xmpp_addrs, dns_names, certificate)
+            return judged(False, f"certificate not valid for {usage._name}", certificate)
+        return judged(True, None, certificate)
 
     def judge_server(self, connection: SSL.Connection | None) -> PeerVerdict:
         """Verify the certificate a server we connected to presented (chain and serverAuth)."""
@@ -193,6 +215,12 @@ class Identity:
         for certificate in anchors.certificates:
             context.add_client_ca(certificate)
         context.set_session_id(b"xmpp-guard")
+        # No resumption: every stream is a full handshake whose certificate is judged afresh, and no
+        # session a peer's handshakes create is kept.  OpenSSL's server cache would otherwise hold up to
+        # 20,480 sessions (each with the peer's certificate) from TLS 1.2 peers, and TLS 1.3 tickets
+        # would let a peer resume without presenting its certificate again.
+        context.set_session_cache_mode(SSL.SESS_CACHE_OFF)
+        context.set_options(SSL.OP_NO_TICKET)
         return context
 
     def server_options(self):
@@ -229,6 +257,8 @@ class _RefusingRenegotiation:
     def clientConnectionForTLS(self, protocol):
         connection = self._inner.clientConnectionForTLS(protocol)
         connection.set_options(SSL.OP_NO_RENEGOTIATION)
+        if type(connection) is SSL.Connection:  # Twisted's plain memory-BIO connection: same object, releasing BIOs
+            connection.__class__ = BufferReleasingConnection
         return connection
 
 
@@ -240,4 +270,70 @@ class _FixedContext:
         self._context = context
 
     def serverConnectionForTLS(self, protocol):
-        return SSL.Connection(self._context, None)
+        return BufferReleasingConnection(self._context, None)
+
+
+# A memory BIO's buffer only grows (OpenSSL reuses it, never shrinks it): after the handshake, or one
+# large read or write, an idle stream would keep that much.  Once this many bytes went through a BIO,
+# it is replaced by a fresh one the next time it is empty.
+RELEASE_BIO_AFTER_BYTES = 2048
+
+
+class BufferReleasingConnection(SSL.Connection):
+    """
+    A memory-BIO connection (what Twisted's TLSMemoryBIOProtocol drives)
+    whose two BIOs are replaced by fresh, empty ones once they are drained after
+    carrying more than RELEASE_BIO_AFTER_BYTES: the handshake's flights and a
+    burst's reads and writes leave no buffer behind on an idle stream.
+    Nothing is lost: a BIO is only replaced while it holds no byte.
+    """
+
+    _into_carried = 0  # bytes written into the incoming BIO since it was made
+    _from_carried = 0  # bytes read out of the outgoing BIO since it was made
+    _shut = False  # bio_shutdown marked the incoming BIO at end of file: keep it
+
+    def bio_write(self, buf) -> int:
+        self._release_drained_incoming()  # what the handshake left (it reads without recv)
+        written = super().bio_write(buf)
+        self._into_carried += written
+        return written
+
+    def recv(self, bufsiz: int, flags: int | None = None) -> bytes:
+        try:
+            return super().recv(bufsiz, flags)
+        except SSL.WantReadError:
+            self._release_drained_incoming()  # every record read: the stream waits for its peer
+            raise
+
+    def _release_drained_incoming(self) -> None:
+        if self._into_carried > RELEASE_BIO_AFTER_BYTES and not self._shut and _pending(self._into_ssl) == 0:
+            fresh = _new_memory_bio()
+            _lib.SSL_set_bio(self._ssl, fresh, self._from_ssl)  # frees the old incoming BIO
+            self._into_ssl, self._into_carried = fresh, 0
+
+    def bio_read(self, bufsiz: int) -> bytes:
+        try:
+            data = super().bio_read(bufsiz)
+        except SSL.WantReadError:
+            if self._from_carried > RELEASE_BIO_AFTER_BYTES:
+                fresh = _new_memory_bio()
+                _lib.SSL_set_bio(self._ssl, self._into_ssl, fresh)  # frees the old outgoing BIO
+                self._from_ssl, self._from_carried = fresh, 0
+            raise
+        self._from_carried += len(data)
+        return data
+
+    def bio_shutdown(self) -> None:
+        self._shut = True
+        super().bio_shutdown()
+
+
+def _pending(bio) -> int:
+    return _lib.BIO_get_mem_data(bio, _ffi.NULL)
+
+
+def _new_memory_bio():
+    bio = _lib.BIO_new(_lib.BIO_s_mem())
+    if bio == _ffi.NULL:
+        raise MemoryError("BIO_new")
+    return bio
