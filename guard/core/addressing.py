@@ -84,6 +84,16 @@ def _parsed_jid(text: str) -> jid.JID | None:
     return parsed
 
 
+# Addressings that held are remembered by their (from, to) texts, so that a stream's
+# steady traffic between the same addresses is not parsed again: only texts of at
+# most JID_CACHE_TEXT characters each, at most ADDRESSED_CACHE_SIZE pairs (the table
+# is emptied when full), so it holds at most about ADDRESSED_CACHE_SIZE × (two texts
+# of JID_CACHE_TEXT characters, four bytes each, and a small Addressed).  What a
+# stream authenticated is checked for every stanza: only the parsing is remembered.
+ADDRESSED_CACHE_SIZE = 4096
+_addressed_by_text: dict[tuple[str, str], Addressed] = {}
+
+
 def check_addressing(stanza, authenticated_pairs, fronted_domains) -> Addressed | Misaddressed:
     """
     Decide whether ``stanza`` may be judged at all.
@@ -94,8 +104,15 @@ def check_addressing(stanza, authenticated_pairs, fronted_domains) -> Addressed 
     """
     if stanza.name not in STANZA_NAMES or stanza.uri != SERVER_NS:
         return Misaddressed("unsupported-stanza-type", f"{stanza.uri} {stanza.name} is not a stanza")
-    raw_from = stanza.getAttribute("from")
-    raw_to = stanza.getAttribute("to")
+    attributes = stanza.attributes
+    raw_from = attributes.get("from")
+    raw_to = attributes.get("to")
+    addressed = _addressed_by_text.get((raw_from, raw_to))
+    if addressed is not None:
+        receiving = addressed.recipient.host
+        if (addressed.sender.host, receiving) in authenticated_pairs and receiving in fronted_domains:
+            return addressed
+        return _misaddressed(addressed.sender, addressed.recipient, authenticated_pairs, fronted_domains)
     if not raw_from or not raw_to:
         return Misaddressed("improper-addressing", "from and to are required on server streams")
     sender = parse_jid(raw_from)
@@ -104,6 +121,19 @@ def check_addressing(stanza, authenticated_pairs, fronted_domains) -> Addressed 
     recipient = parse_jid(raw_to)
     if recipient is None:
         return Misaddressed("improper-addressing", "malformed to address")
+    refusal = _misaddressed(sender, recipient, authenticated_pairs, fronted_domains)
+    if refusal is not None:
+        return refusal
+    addressed = Addressed(sender, recipient)
+    if len(raw_from) <= JID_CACHE_TEXT and len(raw_to) <= JID_CACHE_TEXT:
+        if len(_addressed_by_text) >= ADDRESSED_CACHE_SIZE:
+            _addressed_by_text.clear()
+        _addressed_by_text[(raw_from, raw_to)] = addressed
+    return addressed
+
+
+def _misaddressed(sender, recipient, authenticated_pairs, fronted_domains) -> Misaddressed | None:
+    """The fault, in the order the checks are made, of well-formed addresses on this stream; None when they hold."""
     if not any(sender.host == sending for sending, _ in authenticated_pairs):
         return Misaddressed("invalid-from", f"{sender.host} is not authenticated on this stream")
     if recipient.host not in fronted_domains:
@@ -113,4 +143,4 @@ def check_addressing(stanza, authenticated_pairs, fronted_domains) -> Addressed 
             "improper-addressing",
             f"{sender.host} did not authenticate to {recipient.host} on this stream",
         )
-    return Addressed(sender, recipient)
+    return None

@@ -198,6 +198,12 @@ class ParsedElement(domish.Element):
     ``domish.Element(qname, None, attributes)``), with the same fields: its
     namespace is its default, it declares no prefixes, and it takes the
     attribute dictionary expat made for it (a new one for each element).
+
+    One difference: ``parent`` is always None.  A child that points back at
+    its parent makes every stanza a reference cycle, which only Python's
+    cyclic garbage collector frees, after walking every live tree again and
+    again (a fifth of the parser's work); without it a stanza is freed the
+    moment the relay lets go of it.  Nothing in the guard walks up a tree.
     """
 
 
@@ -563,19 +569,8 @@ class StreamParser:
                 # Namespaced attribute names arrive as "uri local"; plain ones hold no space.
                 if " " in "<".join(attributes):
                     attributes = self._qualify(attributes)
-        if self._header is None:
-            self._start_stream(name, attributes)
-            return
-        # ParsedElement's fields, set here (a class call per element costs more than setting them).
-        element = _new_object(ParsedElement)
-        element.uri, element.name = self._element_names.get(name) or self._element_name(name)
-        element.defaultUri = element.uri
-        element.localPrefixes = {}
-        element.attributes = attributes
-        element.children = []
-        element.parent = None
         stack = self._stack
-        if stack:
+        if stack:  # an element inside a stanza
             if len(stack) >= self._depth_limit:
                 raise StreamFault("policy-violation", "elements nested too deeply")
             self._stanza_elements += 1
@@ -585,11 +580,23 @@ class StreamParser:
             if self._text:
                 parent.children.append("".join(self._text))
                 self._text.clear()
-            parent.children.append(element)
-            element.parent = parent
-        else:
+        elif self._header is None:
+            self._start_stream(name, attributes)
+            return
+        else:  # a stanza (or nonza) starts
+            parent = None
             self._stanza_start = self._expat.CurrentByteIndex + self._expat_offset
             self._stanza_elements = 0
+        # ParsedElement's fields, set here (a class call per element costs more than setting them).
+        element = _new_object(ParsedElement)
+        uri, element.name = self._element_names.get(name) or self._element_name(name)
+        element.uri = element.defaultUri = uri
+        element.localPrefixes = {}
+        element.attributes = attributes
+        element.children = []
+        element.parent = None  # not the parent: see ParsedElement
+        if parent is not None:
+            parent.children.append(element)
         stack.append(element)
 
     def _qualify(self, attributes: dict[str, str]) -> dict[str, str]:

@@ -80,3 +80,33 @@ def test_the_parsed_jid_memory_is_bounded_in_bytes():
     short = "someone-new-7f3@red.example/pc"
     assert parse_jid(short) is parse_jid(short)
     assert addressing._remembered_jid.cache_info().currsize <= addressing.JID_CACHE_SIZE
+
+
+def test_a_remembered_addressing_is_still_judged_against_each_stream():
+    """An addressing that held on one stream is refused on a stream that authenticated another pair, with the same error as the first time."""
+    xml = "<message from='romeo@red.example/orchard' to='juliet@blue.example'/>"
+    assert isinstance(check_addressing(stanza(xml), PAIRS, FRONTED), Addressed)
+    other_stream = {("green.example", "blue.example")}
+    assert check_addressing(stanza(xml), other_stream, FRONTED) == Misaddressed(
+        "invalid-from", "red.example is not authenticated on this stream")
+    assert check_addressing(stanza(xml), PAIRS, frozenset({"conference.blue.example"})) == Misaddressed(
+        "host-unknown", "blue.example is not served through this guard")
+    assert check_addressing(stanza(xml), {("red.example", "conference.blue.example")}, FRONTED) == Misaddressed(
+        "improper-addressing", "red.example did not authenticate to blue.example on this stream")
+
+
+def test_the_remembered_addressings_are_bounded_in_entries_and_text():
+    """Only (from, to) texts of at most 128 characters each are remembered, and never more than ADDRESSED_CACHE_SIZE pairs."""
+    from guard.core import addressing
+
+    long_from = f"{'u' * 200}@red.example"
+    assert isinstance(check_addressing(stanza(f"<message from='{long_from}' to='juliet@blue.example'/>"),
+                                       PAIRS, FRONTED), Addressed)
+    assert (long_from, "juliet@blue.example") not in addressing._addressed_by_text
+    for n in range(addressing.ADDRESSED_CACHE_SIZE + 10):
+        element = domish.Element((None, "message"))
+        element.uri = "jabber:server"
+        element["from"], element["to"] = f"r{n}@red.example", "juliet@blue.example"
+        assert isinstance(check_addressing(element, PAIRS, FRONTED), Addressed)
+        assert len(addressing._addressed_by_text) <= addressing.ADDRESSED_CACHE_SIZE
+    assert ("r0@red.example", "juliet@blue.example") not in addressing._addressed_by_text

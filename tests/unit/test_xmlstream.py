@@ -165,12 +165,32 @@ def test_elements_carry_namespaces_attributes_and_children():
         "jabber:server",
         "body",
         ["Art thou not Romeo, and a Montague? \u2728"],
-        message,
+        None,  # no link back up: see test_a_parsed_stanza_is_freed_without_the_garbage_collector
     )
     assert (active.uri, active.defaultUri) == ("http://jabber.org/protocol/chatstates",) * 2
     assert (result.uri, result.name) == ("jabber:server:dialback", "result")
     assert (features.uri, features.name) == (STREAMS_NS, "features")
     assert message.parent is None
+
+
+def test_a_parsed_stanza_is_freed_without_the_garbage_collector():
+    """A stanza tree holds no reference cycle: it is gone as soon as its last reference is, with the cyclic collector off."""
+    import gc
+    import weakref
+
+    recorder = Recorder().feed(HEADER + MESSAGE)
+    (message,) = recorder.elements
+    body = message.children[0]
+    gone = [weakref.ref(message), weakref.ref(body)]
+    recorder.elements.clear()
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        del message, body
+        assert [ref() for ref in gone] == [None, None]
+    finally:
+        if was_enabled:
+            gc.enable()
 
 
 def test_namespaced_attribute_is_a_tuple_key():
@@ -981,7 +1001,7 @@ def test_many_adjacent_text_children_serialise_in_linear_time():
 
 
 def test_a_parsed_element_has_the_fields_domish_would_give_it():
-    """The parser's lean element type carries exactly what domish.Element(qname, None, attributes) would."""
+    """The parser's lean element type carries exactly what domish.Element(qname, None, attributes) would, but no link to its parent."""
     found = []
     parser = xmlstream.StreamParser(lambda header: None, lambda element, size: found.append(element), lambda: None)
     parser.feed(HEADER + b"<message to='b@blue.example' xml:lang='en'><body>hi</body>"
@@ -992,7 +1012,7 @@ def test_a_parsed_element_has_the_fields_domish_would_give_it():
         assert isinstance(element, domish.Element)
         assert (element.uri, element.name, element.defaultUri, element.localPrefixes, element.attributes) == (
             reference.uri, reference.name, reference.defaultUri, reference.localPrefixes, reference.attributes)
-    assert [child.parent for child in elements[1:]] == [elements[0], elements[0], elements[2]]
+    assert [child.parent for child in elements] == [None] * 4  # no reference cycles: freed without the collector
     assert found[0].parent is None and found[0].body is elements[1]
     assert found[0].toXml() == ("<message xmlns='jabber:server' to='b@blue.example' xml:lang='en'><body>hi</body>"
                                 "<x xmlns='jabber:x:data'><field var='v'/></x></message>")

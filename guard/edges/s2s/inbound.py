@@ -26,6 +26,7 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 
 from guard.core.addressing import Misaddressed, check_addressing
+from guard.core.vocabulary import SERVER_NS, STANZA_NAMES
 from guard.edges.filters import IN, ByteCount, PreauthBudget, RateBudget
 from guard.edges.lifecycle import (StreamLifecycle, closed_state, header_inputs, ignore_when_closed,
                                    lifecycle_inputs, lifecycle_state)
@@ -55,10 +56,12 @@ class InboundStream(StreamLifecycle, Protocol):
         "side", "stream_id", "first_header", "authenticated_pairs", "peer_verdict", "_parser", "_preauth_elements",
         "peer_address", "refusal_at_connect", "_holds", "byte_count", "_backlog", "_parsed_this_turn",
         "_elements_received", "_stanza_input", "_preauth_budget", "authentication",
+        "_fronted",  # the side's fronted domains, read at the first stanza
     )  # fmt: skip
 
     def __init__(self, side):
         self.side = side
+        self._fronted = None
         self._begin_lifecycle(side.clock)
         self.stream_id = wire.new_stream_id()
         self.first_header = None
@@ -228,6 +231,10 @@ class InboundStream(StreamLifecycle, Protocol):
             if self._preauth_elements > self.side.limits.preauth_elements:
                 self._input(self.fault, "policy-violation", "too many elements before authentication")
                 return
+        elif element.uri == SERVER_NS and element.name in STANZA_NAMES:
+            # The common case, taken first: a stanza on an authenticated stream.
+            self._authenticated_stanza(element, size)
+            return
         kind = (element.uri, element.name)
         if kind == (wire.SERVER_NS, "message") or kind == (wire.SERVER_NS, "presence") or kind == (wire.SERVER_NS, "iq"):
             self._stanza(element, size)
@@ -248,8 +255,16 @@ class InboundStream(StreamLifecycle, Protocol):
         if not self.authenticated_pairs:
             self._input(self.fault, "not-authorized", "stanza before authentication")
             return
-        verdict = check_addressing(element, self.authenticated_pairs, self.side.fronted)
-        if isinstance(verdict, Misaddressed):
+        self._authenticated_stanza(element, size)
+
+    def _authenticated_stanza(self, element, size):
+        """A stanza on a stream that authenticated at least one pair: addressed, then to the machine (or straight
+        to the relay while the stream is open, see ``_stanza_while_open``)."""
+        fronted = self._fronted
+        if fronted is None:
+            fronted = self._fronted = self.side.fronted  # the side's domains do not change
+        verdict = check_addressing(element, self.authenticated_pairs, fronted)
+        if verdict.__class__ is Misaddressed:
             self._input(self.fault, verdict.condition, verdict.text)
         else:
             self._input(self._stanza_input, element, verdict, size)
