@@ -80,8 +80,13 @@ def new_element(uri: str | None, name: str) -> domish.Element:
 
 
 def adopt(parent: domish.Element, child: domish.Element) -> None:
-    """``parent.addChild(child)`` for an element the guard built: no zope.interface lookup."""
-    child.parent = parent
+    """
+    ``parent.addChild(child)`` for an element the guard built, without a
+    zope.interface lookup and without pointing ``child`` back at ``parent``:
+    nothing reads ``parent``, and a tree without back references is no
+    reference cycle, so it is freed when its last holder lets go rather than
+    by the cyclic garbage collector (as the parser's trees, ParsedElement).
+    """
     parent.children.append(child)
 
 
@@ -119,9 +124,7 @@ def clone(element: domish.Element, skip=None, keep_text=True) -> domish.Element:
         elif isinstance(child, domish.Element):
             if skip is not None and skip(child):
                 continue
-            child_copy = clone(child)
-            child_copy.parent = copy
-            children.append(child_copy)
+            children.append(clone(child))  # no back reference: see adopt
         elif isinstance(child, str):  # a str subclass: as addContent would take it
             if keep_text:
                 copy.addContent(str(child))
