@@ -104,3 +104,45 @@ def test_a_frozen_stanza_is_shared_even_when_not_handed_over():
     stanza = freeze(read(STANZA))
     judgement = compile_policy(ALLOW_ALL).judge_accepted(accepted_from_element(stanza, RED_TO_BLUE), RED_TO_BLUE)
     assert judgement.stanza is stanza
+
+
+def test_whoever_held_the_attribute_or_prefix_dictionaries_cannot_change_a_frozen_element():
+    """A frozen element reads its own copies: writing the dictionaries it had before freezing changes nothing shared."""
+    stanza = read(STANZA)
+    body = next(element for element in elements_of(stanza) if element.name == "body")
+    held_attributes, held_body_attributes = stanza.attributes, body.attributes
+    stanza.localPrefixes["p"] = "urn:p"
+    held_prefixes = stanza.localPrefixes
+    freeze(stanza)
+    written = serialise(stanza)
+    held_attributes["to"] = "c@blue.example"
+    held_body_attributes["onclick"] = "x"
+    held_prefixes["q"] = "urn:q"
+    assert stanza["to"] == "b@blue.example" and "onclick" not in body.attributes
+    assert dict(stanza.localPrefixes) == {"p": "urn:p"}
+    assert serialise(stanza) == written
+
+
+def test_a_tree_that_cannot_be_frozen_is_left_wholly_unfrozen():
+    """Something neither text nor element deep inside is refused before any element changes, so a frozen root
+    always means a wholly frozen tree (keep = "everything" shares a frozen root without looking inside)."""
+    stanza = read(STANZA)
+    field = next(element for element in elements_of(stanza) if element.name == "field")
+    field.children.append(3)
+    with pytest.raises(TypeError):
+        freeze(stanza)
+    assert all(element.__class__ is not FrozenElement for element in elements_of(stanza))
+    stanza["to"] = "c@blue.example"  # still the holder's to change
+    field.children.pop()
+    assert freeze(stanza) is stanza and all(element.__class__ is FrozenElement for element in elements_of(stanza))
+
+
+def test_an_element_met_twice_is_frozen_once():
+    """A child shared by two parents in one tree is frozen once, and freezing the tree completes."""
+    stanza = read("<message from='a@red.example' to='b@blue.example'><a/><b/></message>")
+    first, second = [child for child in stanza.children]
+    shared = domish.Element((None, "shared"))
+    first.children.append(shared)
+    second.children.append(shared)
+    freeze(stanza)
+    assert all(element.__class__ is FrozenElement for element in (stanza, first, second, shared))
