@@ -1,7 +1,15 @@
 """A frozen tree cannot change, so the guard may share it instead of copying it; only a handed-over stanza is frozen."""
 
+import glob
+import os
+
 import pytest
 from twisted.words.xish import domish
+
+from guard.core.pipeline import Direction
+from guard.core.policy.cases import load_cases
+from guard.core.policy.elements import parse_stanza_text
+from guard.core.policy.loader import load_policy
 
 from guard.core.accepted import accept, accepted_from_element
 from guard.core.addressing import check_addressing
@@ -146,3 +154,29 @@ def test_an_element_met_twice_is_frozen_once():
     second.children.append(shared)
     freeze(stanza)
     assert all(element.__class__ is FrozenElement for element in (stanza, first, second, shared))
+
+
+POLICIES = os.path.join(os.path.dirname(__file__), "..", "..", "..", "policies")
+SHIPPED = sorted(path for path in glob.glob(os.path.join(POLICIES, "*.toml")) if not path.endswith(".tests.toml"))
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=[os.path.basename(path) for path in SHIPPED])
+def test_every_shipped_policy_judges_a_frozen_stanza_as_it_judges_a_fresh_one(path):
+    """A stanza frozen under keep = "everything" and judged again (the far half, a reload, another worker) gets, from
+    every shipped policy's cases, the verdict, rule, condition, text and output a fresh parse gets: no policy needs to
+    change what it reads."""
+    policy = load_policy(path)
+    for case in load_cases(path[:-len(".toml")] + ".tests.toml"):
+        direction = None
+        if "direction" in case:
+            source, destination = case["direction"].split("->", 1)
+            direction = Direction(source.strip(), destination.strip())
+        size = len(case["stanza"].strip().encode("utf-8"))
+
+        def judged(stanza):
+            judgement = policy.judge(stanza, direction, size=size)
+            written = serialise(judgement.stanza) if judgement.verdict.value == "pass" else None
+            return judgement.verdict, judgement.rule_id, judgement.condition, judgement.text, written
+
+        frozen = freeze(parse_stanza_text(case["stanza"]))
+        assert judged(frozen) == judged(parse_stanza_text(case["stanza"])), case["name"]
