@@ -160,18 +160,22 @@ def freeze(element: domish.Element) -> FrozenElement:
     shared instead of copied.  Only for a tree whose holder hands it over:
     the relay's accepted stanza, which nothing but the settlement (reading)
     holds.  Anything neither text nor element inside raises TypeError, as
-    ``clone`` does (the elements frozen before it stay frozen, reading the
-    same); a str subclass becomes a plain str (it could carry state).  The
-    walk visits each element once: the parser bounds how many there are.
+    ``clone`` does, before any element changes: a tree is frozen whole or not
+    at all, so every element inside a FrozenElement is frozen too.  Each
+    frozen element reads its own copies of its attributes and prefixes (whoever
+    still holds the dictionaries it had cannot change what it reads); a str
+    subclass becomes a plain str (it could carry state).  The walk visits
+    each element once (one met twice is frozen once): the parser bounds how
+    many there are.
     """
-    pending = [element]
+    thawed, seen, pending = [], set(), [element]
     while pending:
         node = pending.pop()
-        if node.__class__ is FrozenElement:
+        if node.__class__ is FrozenElement or id(node) in seen:  # frozen already, or met before (shared)
             continue
-        children = node.children
+        seen.add(id(node))
         plain = True
-        for child in children:
+        for child in node.children:
             if child.__class__ is not str:
                 if isinstance(child, domish.Element):
                     pending.append(child)
@@ -179,10 +183,13 @@ def freeze(element: domish.Element) -> FrozenElement:
                     plain = False
                 else:
                     raise TypeError(f"cannot freeze {type(child).__name__} inside an element")
+        thawed.append((node, plain))
+    for node, plain in reversed(thawed):  # the deepest first: an element is frozen after everything inside it
+        children = node.children
         node.children = tuple(children) if plain else tuple(
             str(child) if isinstance(child, str) else child for child in children)
-        node.attributes = _read_only(node.attributes) if node.attributes else _NOTHING
-        node.localPrefixes = _read_only(node.localPrefixes) if node.localPrefixes else _NOTHING
+        node.attributes = _read_only(dict(node.attributes)) if node.attributes else _NOTHING
+        node.localPrefixes = _read_only(dict(node.localPrefixes)) if node.localPrefixes else _NOTHING
         _set_class(node, "__class__", FrozenElement)
     return element
 

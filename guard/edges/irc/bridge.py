@@ -1140,6 +1140,12 @@ class Bridge:
         if user is not None and not user.in_room:
             return []  # kept out of the room (a room moderator's kick, a refused join)
         name = without_controls(nick)
+        if kind == "notice" or user is None:
+            # The nick is shown in the text (-nick- or <nick>): judged as it is shown, as a joining nick is.
+            shown = self.labels.nick_from_irc(name)
+            if isinstance(shown, RefusedFromIrc):
+                return self._notice(self.bot_key, nick, shown.own_text, now) + [
+                    Audit("nick-refused", shown.rule_id, self.room, shown.detail)]
         text = formatting_to_styling(text)
         if len(text.encode("utf-8")) > self.joined_message_bytes:
             return [Audit("refused", RULE_JOINED_TOO_LONG, self.room, f"{nick}: {len(text.encode('utf-8'))} bytes")]

@@ -171,3 +171,29 @@ def test_the_relay_name_of_an_irc_user_without_an_occupant_loses_its_overrides()
     (say,) = lab.irc(raw)
     assert say.body == "<dave> hi"
 
+
+
+def test_a_nick_shown_in_relayed_text_is_judged_as_a_joining_nick_is():
+    """An IRC user without an occupant (relayed as <nick> text) and any notice (-nick- text) show the nick in the
+    room: a nick holding a marking the bridge maps does not cross that way either (the IRC user told, audited)."""
+    lab = Lab(max_irc_users=1)
+    lab.irc(b":carol!c@h JOIN #ops")
+    for line in (b":Restricted!r@h PRIVMSG #ops :hi", b":Re\xe2\x80\x8bstricted!r@h NOTICE #ops :hi"):
+        actions = lab.irc(line, now=10.0)
+        assert [type(action) for action in actions] in ([IrcSay, Audit], [Audit]), line
+        assert actions[-1].rule == "irc:nick-marking", line
+    (say,) = lab.irc(b":dave!d@h PRIVMSG #ops :hi", now=20.0)
+    assert say.body == "<dave> hi"
+
+
+def test_a_notice_from_an_occupant_whose_rename_was_refused_does_not_show_the_refused_nick():
+    """An IRC user whose NICK to a marking was refused keeps its room nick; its notices, which show the IRC nick,
+    do not cross under the refused one."""
+    lab = Lab()
+    lab.irc(b":carol!c@h JOIN #ops")
+    lab.irc(b":carol!c@h NICK RESTRICTED", now=1.0)
+    actions = lab.irc(b":RESTRICTED!c@h NOTICE #ops :hello", now=100.0)
+    assert not any(isinstance(action, MucSay) for action in actions)
+    assert actions[-1] == Audit("nick-refused", "irc:nick-marking", ROOM, actions[-1].detail)
+    (say,) = lab.irc(b":RESTRICTED!c@h PRIVMSG #ops :hello", now=101.0)
+    assert say == MucSay(ROOM, "carol", irc_jid("carol"), "hello", UNCLASSIFIED)

@@ -1,7 +1,15 @@
 """A frozen tree cannot change, so the guard may share it instead of copying it; only a handed-over stanza is frozen."""
 
+import glob
+import os
+
 import pytest
 from twisted.words.xish import domish
+
+from guard.core.pipeline import Direction
+from guard.core.policy.cases import load_cases
+from guard.core.policy.elements import parse_stanza_text
+from guard.core.policy.loader import load_policy
 
 from guard.core.accepted import accept, accepted_from_element
 from guard.core.addressing import check_addressing
@@ -104,3 +112,71 @@ def test_a_frozen_stanza_is_shared_even_when_not_handed_over():
     stanza = freeze(read(STANZA))
     judgement = compile_policy(ALLOW_ALL).judge_accepted(accepted_from_element(stanza, RED_TO_BLUE), RED_TO_BLUE)
     assert judgement.stanza is stanza
+
+
+def test_whoever_held_the_attribute_or_prefix_dictionaries_cannot_change_a_frozen_element():
+    """A frozen element reads its own copies: writing the dictionaries it had before freezing changes nothing shared."""
+    stanza = read(STANZA)
+    body = next(element for element in elements_of(stanza) if element.name == "body")
+    held_attributes, held_body_attributes = stanza.attributes, body.attributes
+    stanza.localPrefixes["p"] = "urn:p"
+    held_prefixes = stanza.localPrefixes
+    freeze(stanza)
+    written = serialise(stanza)
+    held_attributes["to"] = "c@blue.example"
+    held_body_attributes["onclick"] = "x"
+    held_prefixes["q"] = "urn:q"
+    assert stanza["to"] == "b@blue.example" and "onclick" not in body.attributes
+    assert dict(stanza.localPrefixes) == {"p": "urn:p"}
+    assert serialise(stanza) == written
+
+
+def test_a_tree_that_cannot_be_frozen_is_left_wholly_unfrozen():
+    """Something neither text nor element deep inside is refused before any element changes, so a frozen root
+    always means a wholly frozen tree (keep = "everything" shares a frozen root without looking inside)."""
+    stanza = read(STANZA)
+    field = next(element for element in elements_of(stanza) if element.name == "field")
+    field.children.append(3)
+    with pytest.raises(TypeError):
+        freeze(stanza)
+    assert all(element.__class__ is not FrozenElement for element in elements_of(stanza))
+    stanza["to"] = "c@blue.example"  # still the holder's to change
+    field.children.pop()
+    assert freeze(stanza) is stanza and all(element.__class__ is FrozenElement for element in elements_of(stanza))
+
+
+def test_an_element_met_twice_is_frozen_once():
+    """A child shared by two parents in one tree is frozen once, and freezing the tree completes."""
+    stanza = read("<message from='a@red.example' to='b@blue.example'><a/><b/></message>")
+    first, second = [child for child in stanza.children]
+    shared = domish.Element((None, "shared"))
+    first.children.append(shared)
+    second.children.append(shared)
+    freeze(stanza)
+    assert all(element.__class__ is FrozenElement for element in (stanza, first, second, shared))
+
+
+POLICIES = os.path.join(os.path.dirname(__file__), "..", "..", "..", "policies")
+SHIPPED = sorted(path for path in glob.glob(os.path.join(POLICIES, "*.toml")) if not path.endswith(".tests.toml"))
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=[os.path.basename(path) for path in SHIPPED])
+def test_every_shipped_policy_judges_a_frozen_stanza_as_it_judges_a_fresh_one(path):
+    """A stanza frozen under keep = "everything" and judged again (the far half, a reload, another worker) gets, from
+    every shipped policy's cases, the verdict, rule, condition, text and output a fresh parse gets: no policy needs to
+    change what it reads."""
+    policy = load_policy(path)
+    for case in load_cases(path[:-len(".toml")] + ".tests.toml"):
+        direction = None
+        if "direction" in case:
+            source, destination = case["direction"].split("->", 1)
+            direction = Direction(source.strip(), destination.strip())
+        size = len(case["stanza"].strip().encode("utf-8"))
+
+        def judged(stanza):
+            judgement = policy.judge(stanza, direction, size=size)
+            written = serialise(judgement.stanza) if judgement.verdict.value == "pass" else None
+            return judgement.verdict, judgement.rule_id, judgement.condition, judgement.text, written
+
+        frozen = freeze(parse_stanza_text(case["stanza"]))
+        assert judged(frozen) == judged(parse_stanza_text(case["stanza"])), case["name"]
