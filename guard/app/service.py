@@ -23,6 +23,7 @@ from guard.core.books import Books
 from guard.core.pipeline import Direction
 from guard.core.policy import PolicyError, load_policy
 from guard.core.policy.cases import cases_path, run_cases
+from guard.edges.handover import policy_revision
 from guard.edges.audit import AuditLog, AuditUnavailable
 from guard.edges.relay import PolicyTable, Relay
 from guard.edges.release import ReleaseAuthority
@@ -323,6 +324,8 @@ class GuardProcess(service.Service):
 
     def status(self) -> dict:
         status = self.relay.status()
+        # Which policies are in force, as every process that loaded the same files names them (workers compare it).
+        status["policy_revision"] = policy_revision(self.policy_records)
         if self.release_authority is not None:
             status["release_authority"] = self.release_authority.describe()
         return status

@@ -186,6 +186,9 @@ class WorkersCollector:
         yield GaugeMetricFamily(PREFIX + "stanzas_in_doubt",
                                 "Stanzas accepted by workers that died before settling them.",
                                 value=supervisor.in_doubt)
+        yield GaugeMetricFamily(PREFIX + "workers_policies_differ",
+                                "1 while the running workers enforce different policies (a reload some refused).",
+                                value=1 if supervisor.policies_differ else 0)
 
 
 def worker_config(config: GuardConfig, index: int, dialback_secret: str) -> GuardConfig:
@@ -265,6 +268,9 @@ def add_up(statuses: list[dict], retired_books: dict, in_doubt: int) -> dict:
     books = {name: retired_books.get(name, 0) for name in BOOK_NAMES}
     inbound: dict[str, int] = {}
     halted = []
+    # The policies each running worker enforces: after a reload one worker refused, they differ (and must be seen).
+    revisions = sorted({status["policy_revision"] for status in statuses
+                        if not status.get("stale") and status.get("policy_revision")})
     for status in statuses:
         for name in BOOK_NAMES:
             books[name] += status.get("books", {}).get(name, 0)
@@ -277,9 +283,12 @@ def add_up(statuses: list[dict], retired_books: dict, in_doubt: int) -> dict:
         "in_doubt": in_doubt,
         "halted": "; ".join(halted) or None,
         "inbound_streams": inbound,
+        "policy_revisions": revisions,
+        "policies_differ": len(revisions) > 1,
         "workers": [
             {key: status.get(key) for key in ("worker", "pid", "restarts", "stale", "books", "held_bytes",
-                                              "bounces_lost", "links", "inbound_streams", "halted")}
+                                              "bounces_lost", "links", "inbound_streams", "halted",
+                                              "policy_revision")}
             for status in statuses
         ],
     }
@@ -442,6 +451,7 @@ class WorkerSupervisor(service.Service):
         self.restarts = {index: 0 for index in range(self.count)}
         self.deaths_in_a_row = {index: 0 for index in range(self.count)}
         self.retired_books = {name: 0 for name in BOOK_NAMES}
+        self.policies_differ = False  # as the last status written said (WorkerSupervisor._note_policies)
         self.in_doubt = 0
         self.stopping = False
         self._ports = []
@@ -608,10 +618,24 @@ class WorkerSupervisor(service.Service):
         return add_up(statuses, self.retired_books, self.in_doubt)
 
     def _write_sum(self, stale=frozenset()) -> None:
+        status = self.status(stale)
+        self._note_policies(status)
         temporary = self.config.status_path + ".tmp"
         with open(temporary, "w", encoding="utf-8") as out:
-            json.dump(self.status(stale), out, indent=2, sort_keys=True)
+            json.dump(status, out, indent=2, sort_keys=True)
         os.replace(temporary, self.config.status_path)
+
+    def _note_policies(self, status: dict) -> None:
+        """Log when the running workers come to enforce different policies (a reload one refused) and when
+        they agree again; ``policies_differ`` is what the status file and the metrics say meanwhile."""
+        differ = status["policies_differ"]
+        if differ and not self.policies_differ:
+            log.error("the workers enforce different policies (revisions {revisions}): a reload was refused by "
+                      "some; see each worker's log, fix the policy and reload again",
+                      revisions=", ".join(status["policy_revisions"]))
+        elif self.policies_differ and not differ:
+            log.info("the workers enforce the same policies again")
+        self.policies_differ = differ
 
     def _status_mtime(self, index: int) -> int:
         try:

@@ -78,7 +78,8 @@ def test_the_supervisors_metrics_are_every_workers_labelled_and_its_own(tmp_path
             f"xmpp_guard_books_accepted_total {accepted}.0\n"
             "# HELP xmpp_guard_streams_open Streams.\n# TYPE xmpp_guard_streams_open gauge\n"
             f'xmpp_guard_streams_open{{side="red"}} {index + 1}.0\n')
-    supervisor = SimpleNamespace(config=config, count=2, workers={0: object()}, restarts={0: 0, 1: 3}, in_doubt=2)
+    supervisor = SimpleNamespace(config=config, count=2, workers={0: object()}, restarts={0: 0, 1: 3}, in_doubt=2,
+                                 policies_differ=False)
     registry = CollectorRegistry(auto_describe=False)
     registry.register(WorkersCollector(supervisor))
     page = generate_latest(registry).decode()
@@ -92,6 +93,7 @@ def test_the_supervisors_metrics_are_every_workers_labelled_and_its_own(tmp_path
         'xmpp_guard_worker_restarts_total{worker="0"} 0.0',
         'xmpp_guard_worker_restarts_total{worker="1"} 3.0',
         "xmpp_guard_stanzas_in_doubt 2.0",
+        "xmpp_guard_workers_policies_differ 0.0",
     ]
 
 
@@ -320,3 +322,77 @@ def test_a_status_file_left_by_an_earlier_run_is_not_counted_when_a_new_worker_d
     assert (supervisor.retired_books["accepted"], supervisor.in_doubt) == (0, 0)
     for call in supervisor._restart_calls.values():
         call.cancel()
+
+
+def _running_workers_with_revisions(tmp_path, revisions):
+    """A supervisor whose running workers last wrote a status naming the policy revisions ``revisions``."""
+    import json
+    from types import SimpleNamespace
+
+    from twisted.internet.testing import MemoryReactorClock
+
+    from guard.app.workers import WorkerProcess, WorkerSupervisor
+
+    config = load_config(config_with(tmp_path, f"workers = {len(revisions)}"))
+    supervisor = WorkerSupervisor(config, MemoryReactorClock(), environment={})
+    for index, revision in enumerate(revisions):
+        worker = WorkerProcess(supervisor, index, 0.0)
+        worker.transport = SimpleNamespace(pid=100 + index)
+        supervisor.workers[index] = worker
+        Path(worker_file(config.status_path, index)).write_text(json.dumps({"policy_revision": revision}))
+    return supervisor
+
+
+def test_workers_that_enforce_different_policies_are_said_to_in_the_status_the_log_and_the_metrics(tmp_path):
+    """After a reload one worker refused, the workers judge by different policies: the status names each
+    worker's revision and says they differ, the supervisor logs it once (and once when they agree again),
+    and xmpp_guard_workers_policies_differ is 1 meanwhile."""
+    import json
+
+    from prometheus_client import CollectorRegistry, generate_latest
+    from twisted.logger import globalLogPublisher
+
+    from guard.app.workers import WorkersCollector
+
+    supervisor = _running_workers_with_revisions(tmp_path, ["aaa", "bbb"])
+    said = []
+    globalLogPublisher.addObserver(said.append)
+    try:
+        supervisor._write_sum()
+        supervisor._write_sum()
+        status = json.loads(Path(supervisor.config.status_path).read_text())
+        registry = CollectorRegistry(auto_describe=False)
+        registry.register(WorkersCollector(supervisor))
+        differ_metric = [line for line in generate_latest(registry).decode().splitlines()
+                         if line.startswith("xmpp_guard_workers_policies_differ ")]
+        Path(worker_file(supervisor.config.status_path, 1)).write_text(json.dumps({"policy_revision": "aaa"}))
+        supervisor._write_sum()
+        agreed = json.loads(Path(supervisor.config.status_path).read_text())
+    finally:
+        globalLogPublisher.removeObserver(said.append)
+    assert (status["policies_differ"], status["policy_revisions"],
+            [worker["policy_revision"] for worker in status["workers"]]) == (True, ["aaa", "bbb"], ["aaa", "bbb"])
+    assert differ_metric == ["xmpp_guard_workers_policies_differ 1.0"]
+    assert (agreed["policies_differ"], agreed["policy_revisions"]) == (False, ["aaa"])
+    texts = [event.get("log_format", "") for event in said if "polic" in event.get("log_format", "")]
+    assert len(texts) == 2 and texts[0].startswith("the workers enforce different policies") and (
+        texts[1] == "the workers enforce the same policies again")
+
+
+def test_a_stale_or_dead_workers_revision_does_not_count_as_a_difference(tmp_path):
+    """Only running workers with a fresh status are compared: a dead worker's old revision says nothing."""
+    statuses = [{"worker": 0, "policy_revision": "aaa"}, {"worker": 1, "policy_revision": "bbb", "stale": True}]
+    total = add_up(statuses, {}, 0)
+    assert (total["policies_differ"], total["policy_revisions"]) == (False, ["aaa"])
+
+
+def test_a_guard_process_names_the_revision_of_its_policies_in_its_status(tmp_path):
+    """Every process's status carries policy_revision, the same for the same files (what the supervisor compares)."""
+    from twisted.internet.testing import MemoryReactorClock
+
+    from guard.app.service import GuardService
+    from guard.edges.handover import policy_revision
+
+    config = load_config(config_with(tmp_path, "workers = 1"))
+    one, two = GuardService(config, MemoryReactorClock()), GuardService(config, MemoryReactorClock())
+    assert one.status()["policy_revision"] == two.status()["policy_revision"] == policy_revision(one.policy_records)
