@@ -480,18 +480,18 @@ def promtool(*arguments):
 
 
 def test_the_alert_rules_pass_promtool_check_and_their_own_tests():
-    """promtool check rules accepts alerts.yml, and promtool test rules runs alerts.test.yml: each of the five
+    """promtool check rules accepts alerts.yml, and promtool test rules runs alerts.test.yml: each of the six
     alerts fires when it should and not before."""
     checked = promtool("check", "rules", "alerts.yml")
-    assert checked.returncode == 0 and "SUCCESS: 5 rules found" in checked.stdout, checked.stdout + checked.stderr
+    assert checked.returncode == 0 and "SUCCESS: 6 rules found" in checked.stdout, checked.stdout + checked.stderr
     tested = promtool("test", "rules", "alerts.test.yml")
     assert tested.returncode == 0 and "SUCCESS" in tested.stdout, tested.stdout + tested.stderr
 
 
 def test_the_alerts_cover_audit_books_certificates_link_and_far_side():
-    """The rules are the five the operators page on."""
+    """The rules are the six the operators page on."""
     alerts = re.findall(r"^      - alert: (\w+)$", (MONITORING / "alerts.yml").read_text(), re.MULTILINE)
-    assert alerts == ["XmppGuardAuditFailure", "XmppGuardBooksNotBalancing",
+    assert alerts == ["XmppGuardAuditFailure", "XmppGuardAuditRecordsLost", "XmppGuardBooksNotBalancing",
                                                  "XmppGuardCertificateExpiring", "XmppGuardLinkDown",
                                                  "XmppGuardFarSideUnreachable"]
 
