@@ -555,12 +555,12 @@ def test_the_decision_of_a_loop_through_the_guard():
     from guard.edges.s2s.srv import loops_to_guard
 
     listeners = [("127.0.1.1", 5269), ("::", 5280)]
-    local = {"127.0.1.1", "10.0.0.5", "::1"}.__contains__
+    local = {"127.0.1.1", "127.0.5.5", "::1"}.__contains__
     assert loops_to_guard("127.0.1.1", 5269, listeners, local)
     assert loops_to_guard("::ffff:127.0.1.1", 5269, listeners, local)
-    assert loops_to_guard("10.0.0.5", 5280, listeners, local)
+    assert loops_to_guard("127.0.5.5", 5280, listeners, local)
     assert not loops_to_guard("127.0.1.1", 5270, listeners, local)
-    assert not loops_to_guard("192.0.2.7", 5280, listeners, local)
+    assert not loops_to_guard("127.0.7.7", 5280, listeners, local)
 
 
 def test_an_srv_target_naming_a_domain_the_guard_fronts_on_that_side_is_not_tried():
