@@ -194,6 +194,12 @@ class StreamLifecycle:
         """The peer's certificate (a ``cryptography`` certificate, or None), as describe() reports it."""
         self.certificate_subject, self.certificate_not_after = certificate_facts(certificate)
 
+    def _note_verdict(self, verdict):
+        """The facts of the certificate a ``PeerVerdict`` judged (it keeps them, not the certificate), as
+        describe() reports them."""
+        self.certificate_subject = getattr(verdict, "subject", None)
+        self.certificate_not_after = getattr(verdict, "not_after", None)
+
     # -- what the stream-events listener (the metrics) hears ---------------------
 
     # What a stream is, for the listener: "inbound", "outbound" or "link".

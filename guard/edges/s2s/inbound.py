@@ -466,8 +466,7 @@ class InboundStream(StreamLifecycle, Protocol):
         self._cancel_timer("tls")
         self.peer_verdict = self.side.anchors.judge_peer(self.transport.getHandle())
         if getattr(self.peer_verdict, "chain_valid", False):  # only a certificate the side's CA issued is described
-            self.certificate_subject = getattr(self.peer_verdict, "subject", None)
-            self.certificate_not_after = getattr(self.peer_verdict, "not_after", None)
+            self._note_verdict(self.peer_verdict)
         offer = authentication_offer(self.side.authentication, self.peer_verdict, header.attributes.get("from"))
         if offer.problem is not None:
             log.info("inbound {peer}: certificate does not authenticate {domain}: {problem}",

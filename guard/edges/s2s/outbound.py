@@ -409,8 +409,7 @@ class OutboundStream(StreamLifecycle, Protocol):
             verdict = self.side.anchors.judge_server(self.transport.getHandle())
             refusal = refuse_far_server(verdict, self.receiver)
             if refusal is None:
-                self.certificate_subject = getattr(verdict, "subject", None)
-                self.certificate_not_after = getattr(verdict, "not_after", None)
+                self._note_verdict(verdict)
             else:
                 self._tell_events("tls_failed", "untrusted-certificate")
         self._answer_header(header, refusal)
