@@ -37,10 +37,6 @@ class AcceptedStanza(NamedTuple):
     recipient: jid.JID
     size: int
     direction: object = None
-    # True when the caller hands the element over (the relay: the stream or link that parsed it lets go of it, and
-    # the settlement keeps it only to read it): a verdict that lets it leave whole may then freeze it (guard.core.
-    # policy.elements.freeze: every later change raises) and share it instead of copying it.
-    handed_over: bool = False
 
     @property
     def pair(self) -> tuple[str, str]:
@@ -75,11 +71,10 @@ def stanza_type(element: domish.Element) -> str:
     return element.getAttribute("type") or DEFAULT_TYPES.get(element.name, "")
 
 
-def accept(element: domish.Element, addressed, size: int, direction=None, handed_over: bool = False) -> AcceptedStanza:
-    """The accepted value of a stanza that ``check_addressing`` accepted (``addressed``), ``size`` wire bytes
-    (``handed_over``: see ``AcceptedStanza``)."""
+def accept(element: domish.Element, addressed, size: int, direction=None) -> AcceptedStanza:
+    """The accepted value of a stanza that ``check_addressing`` accepted (``addressed``), ``size`` wire bytes."""
     return AcceptedStanza(element, element.name, stanza_type(element), addressed.sender, addressed.recipient,
-                          size, direction, handed_over)
+                          size, direction)
 
 
 def accepted_from_element(element, direction=None, size: int | None = None) -> AcceptedStanza | NotAccepted:

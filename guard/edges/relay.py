@@ -152,9 +152,8 @@ class Relay:
         if self.held.over:
             self.back_pressure.feeders_of(side.name).hold_all(MEMORY_HOLD)  # a feeder that came after the hold
         direction = ticket.direction
-        # Handed over: once accepted, the stream lets go of the stanza and the settlement only reads it.
-        accepted = accept(ticket.stanza, addressed, ticket.size, direction, handed_over=True)
-        judgement, problem = judge_fail_closed(self.policies.current(direction), ticket.stanza, direction, accepted)
+        judgement, problem = judge_fail_closed(self.policies.current(direction), ticket.stanza, direction,
+                                               accept(ticket.stanza, addressed, ticket.size, direction))
         if problem is not None:
             log.error("policy for {direction} failed on a stanza: {problem!r}", direction=str(direction), problem=problem)
         self._act(self._settle(ticket, judgement))

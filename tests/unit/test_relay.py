@@ -10,14 +10,11 @@ from twisted.internet.testing import MemoryReactorClock
 from guard.core.addressing import check_addressing
 from guard.core.books import Books
 from guard.core.pipeline import Direction, Judgement, Verdict
-from guard.core.policy import compile_policy_text
-from guard.core.policy.elements import FrozenElement
 from guard.edges.audit import AuditUnavailable
 from guard.edges.limits import Limits
 from guard.edges.relay import PolicyTable, Relay
 from guard.edges.xmlstream import StreamParser, serialise
 
-from .policy.test_freeze import ALLOW_ALL
 from .streams.sides import TOPOLOGY, make_side
 
 RED_TO_BLUE = Direction("red", "blue")
@@ -819,62 +816,3 @@ def test_a_parcel_reported_twice_by_a_carrier_is_settled_once_and_bounces_nobody
     assert (world.books.accepted, world.books.delivered, world.books.bounced, world.books.in_flight) == (1, 1, 0, 0)
     assert world.relay.settlement.counts["refused"] == 2
     assert not any(entry[0] == "open" and entry[1] == "red" for entry in world.log) and world.audit.records == []
-
-
-class ChangingStream(StandInStream):
-    """An outbound stream that tries to change the stanza it is given before writing it (what must never work)."""
-
-    def send(self, stanza):
-        stanza["to"] = "mallory@blue.example"
-        super().send(stanza)
-
-
-class RecordingPolicy:
-    """A compiled policy that keeps each judgement it gives."""
-
-    def __init__(self, text):
-        self.policy, self.judgements = compile_policy_text(text, "recorded.toml"), []
-
-    def judge_accepted(self, accepted, direction):
-        self.judgements.append(self.policy.judge_accepted(accepted, direction))
-        return self.judgements[-1]
-
-
-def test_allow_all_sends_the_received_tree_itself_frozen_and_byte_identical():
-    """keep = "everything" lets the very tree the stream parsed leave, frozen (no copy), serialised as received."""
-    policy = RecordingPolicy(ALLOW_ALL)
-    world = World(policy=policy)
-    received = parse("<message from='romeo@red.example/a' to='juliet@blue.example' id='m1'>"
-                     "<body>hello</body><x xmlns='urn:x' a='b'>t</x></message>")
-    addressed = check_addressing(received, {("red.example", "blue.example")}, TOPOLOGY.fronted_on("red"))
-    world.relay.stanza_received(world.relay.sides["red"], received, addressed, 100)
-    world.ready("blue", "red.example", "blue.example")
-    assert policy.judgements[0].stanza is received and isinstance(received, FrozenElement)
-    assert world.sent() == [("send", ("blue", "red.example", "blue.example"),
-                             '<message from="romeo@red.example/a" to="juliet@blue.example" id="m1">'
-                             '<body>hello</body><x xmlns="urn:x" a="b">t</x></message>')]
-    assert (world.books.delivered, world.books.in_flight) == (1, 0)
-
-
-def test_a_stream_that_changes_a_shared_tree_fails_and_the_stanza_is_bounced_unchanged():
-    """The shared received tree refuses changes: a path that tried one bounces the stanza, never sends it changed."""
-    world = World(policy=compile_policy_text(ALLOW_ALL, "allow.toml"))
-
-    def open_changing(owner, side, sender, receiver, route, purpose="relay", verify=None):
-        opener = ChangingStream if side.name == "blue" else StandInStream
-        stream = opener(world.log, owner, side, sender, receiver, route, purpose, world.max_bytes)
-        world.streams[stream.key] = stream
-        return stream
-
-    world.relay.open_stream = open_changing
-    world.arrive(MESSAGE.format(id="m1", body="hello"))
-    world.ready("blue", "red.example", "blue.example")
-    world.ready("red", "blue.example", "red.example")
-    assert world.audit.records == [
-        ("bounce", "guard:internal-server-error", "romeo@red.example/a", "juliet@blue.example")]
-    assert world.sent() == [
-        ("send", ("red", "blue.example", "red.example"),
-         '<message type="error" from="juliet@blue.example" to="romeo@red.example/a" id="m1">'
-         '<error type="cancel"><internal-server-error xmlns="urn:ietf:params:xml:ns:xmpp-stanzas"/>'
-         '<text xmlns="urn:ietf:params:xml:ns:xmpp-stanzas">the guard could not send this stanza</text></error></message>')]
-    assert (world.books.delivered, world.books.bounced, world.books.in_flight) == (0, 1, 0)

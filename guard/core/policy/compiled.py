@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from guard.core.accepted import NotAccepted, accepted_from_element
 from guard.core.pipeline import Judgement, Verdict
 from guard.core.policy.conditions import DomainIs, KindIs, KINDS, Negated, TypeIs
-from guard.core.policy.elements import FrozenElement, adopt, clone, freeze, seal, sealed_copy
+from guard.core.policy.elements import adopt, clone, seal, sealed_copy
 from guard.core.policy.facts import StanzaFacts
 from guard.core.policy.labels import LabelMeaningError
 from guard.core.policy.memory import BoundedMemory
@@ -280,8 +280,7 @@ class CompiledPolicy:
         if keep == EVERYTHING:
             # allow-all: the guard terminates streams and judges nothing; the
             # stanza leaves whole (re-serialised by the wire serialiser).
-            return _with(Judgement.passed(_whole(facts, current), rule_id, rev), actions + ["keep:everything"], notes,
-                         facts)
+            return _with(Judgement.passed(clone(current), rule_id, rev), actions + ["keep:everything"], notes, facts)
         outgoing, refusal = self._construct(facts, current, fold, translate, keep, actions, notes)
         if outgoing is None:
             return _with(refusal(stanza, rule_id, rev), actions, notes, facts)
@@ -365,20 +364,6 @@ class CompiledPolicy:
             return Judgement.dropped(facts.stanza, rule_id, rev,
                                      text=f"not bounced ({facts.kind} {facts.type}): {text or condition}")
         return Judgement.bounced(facts.stanza, rule_id, condition or "not-acceptable", text=text, rule_rev=rev)
-
-
-def _whole(facts, current):
-    """
-    The stanza that leaves whole (keep = "everything"): ``current`` itself
-    when nothing can change it (frozen), or when it is the received tree
-    its holder handed over (then frozen here, in place); else a copy.  A
-    frozen tree raises on any change, so sharing it is as safe as copying it.
-    """
-    if current.__class__ is FrozenElement:
-        return current
-    if facts.accepted.handed_over and current is facts.stanza:
-        return freeze(current)
-    return clone(current)
 
 
 def _dropping(text):

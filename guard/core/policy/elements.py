@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from types import MappingProxyType
 
 from twisted.words.xish import domish
 
@@ -131,67 +130,6 @@ def clone(element: domish.Element, skip=None, keep_text=True) -> domish.Element:
         else:
             raise TypeError(f"cannot copy {type(child).__name__} inside an element")
     return copy
-
-
-class FrozenElement(domish.Element):
-    """
-    A received element that can no longer change (``freeze``): its
-    attributes and prefixes are read-only mappings, its children a tuple, and
-    setting or deleting a field or calling a mutator raises TypeError.  Any
-    number of holders may share it: nobody can change what another reads.
-    """
-
-    def _frozen(self, *_arguments, **_keywords):
-        raise TypeError("a frozen element cannot be changed")
-
-    __setattr__ = __delattr__ = __setitem__ = __delitem__ = _frozen
-    addChild = addElement = addContent = addRawXml = addUniqueId = swapAttributeValues = _frozen
-
-
-_read_only = MappingProxyType
-_set_class = object.__setattr__
-_NOTHING = MappingProxyType({})  # the attributes or prefixes of every frozen element that has none (one read-only view)
-
-
-def freeze(element: domish.Element) -> FrozenElement:
-    """
-    ``element`` itself, made unchangeable in place (every element in it a
-    FrozenElement; texts are str, immutable already), so that it can be
-    shared instead of copied.  Only for a tree whose holder hands it over:
-    the relay's accepted stanza, which nothing but the settlement (reading)
-    holds.  Anything neither text nor element inside raises TypeError, as
-    ``clone`` does, before any element changes: a tree is frozen whole or not
-    at all, so every element inside a FrozenElement is frozen too.  Each
-    frozen element reads its own copies of its attributes and prefixes (whoever
-    still holds the dictionaries it had cannot change what it reads); a str
-    subclass becomes a plain str (it could carry state).  The walk visits
-    each element once (one met twice is frozen once): the parser bounds how
-    many there are.
-    """
-    thawed, seen, pending = [], set(), [element]
-    while pending:
-        node = pending.pop()
-        if node.__class__ is FrozenElement or id(node) in seen:  # frozen already, or met before (shared)
-            continue
-        seen.add(id(node))
-        plain = True
-        for child in node.children:
-            if child.__class__ is not str:
-                if isinstance(child, domish.Element):
-                    pending.append(child)
-                elif isinstance(child, str):
-                    plain = False
-                else:
-                    raise TypeError(f"cannot freeze {type(child).__name__} inside an element")
-        thawed.append((node, plain))
-    for node, plain in reversed(thawed):  # the deepest first: an element is frozen after everything inside it
-        children = node.children
-        node.children = tuple(children) if plain else tuple(
-            str(child) if isinstance(child, str) else child for child in children)
-        node.attributes = _read_only(dict(node.attributes)) if node.attributes else _NOTHING
-        node.localPrefixes = _read_only(dict(node.localPrefixes)) if node.localPrefixes else _NOTHING
-        _set_class(node, "__class__", FrozenElement)
-    return element
 
 
 class SealedElement(domish.Element):
